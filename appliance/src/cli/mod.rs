@@ -1,0 +1,137 @@
+//! The command line: `appliance run` (the daemon) and `appliance bench` (measurements an
+//! operator runs on the gateway itself). Exit codes: 0 success, 1 failure, 2 usage or
+//! configuration error, each with one clear line on stderr.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::log::Durability;
+
+#[derive(Debug, Parser)]
+#[command(name = "appliance", version, about = "Edge-to-core pipeline appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance daemon until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Measure this machine: the log against the disk it writes to.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML configuration file; without it every setting has its default.
+    #[arg(long, env = "APPLIANCE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for topics and metadata (overrides `data-dir` of the file).
+    #[arg(long, env = "APPLIANCE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// When appends are acknowledged: after fsync (default) or once written to the OS.
+    #[arg(long, env = "APPLIANCE_DURABILITY", value_enum)]
+    durability: Option<DurabilityArg>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    Fsync,
+    Os,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(value: DurabilityArg) -> Self {
+        match value {
+            DurabilityArg::Fsync => Self::Fsync,
+            DurabilityArg::Os => Self::Os,
+        }
+    }
+}
+
+/// A failure of a command, with the exit code it maps to.
+#[derive(Debug)]
+enum Failure {
+    Usage(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(durability) = args.durability {
+        config.log.durability = durability.into();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn run(args: RunArgs) -> Result<(), Failure> {
+    let config = load_config(&args).map_err(Failure::Usage)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("starting the runtime")))?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown_on_signal(shutdown.clone()).map_err(Failure::Runtime)?;
+        let result = crate::app::run(config, shutdown).await;
+        signals.abort();
+        result.map_err(|e| Failure::Runtime(e.into()))
+    })
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+fn shutdown_on_signal(shutdown: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+        shutdown.cancel();
+    }))
+}

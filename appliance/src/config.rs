@@ -1,0 +1,235 @@
+//! The appliance's TOML configuration and its defaults. No file is needed: every field has a
+//! default, and command-line flags (or their `APPLIANCE_*` environment variables) override
+//! the file.
+//!
+//! ```toml
+//! data-dir = "/var/lib/appliance"
+//!
+//! [log]
+//! durability = "fsync"                 # or "os": acknowledge after write, before fsync
+//! retention-check-interval-ms = 300000
+//!
+//! [log.topic-defaults]                 # any TopicConfig field
+//! retention-ms = 604800000
+//! segment-bytes = 134217728
+//!
+//! [topics.sensors]                     # topics created at start when missing
+//! partitions = 4
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Directory for topics (`topics/`) and metadata (`meta/`); created when missing.
+    pub data_dir: PathBuf,
+    /// The partitioned log.
+    pub log: LogSection,
+    /// Topics that must exist: created at start with these settings over `log.topic-defaults`.
+    pub topics: BTreeMap<String, toml::Table>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("appliance-data"),
+            log: LogSection::default(),
+            topics: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LogSection {
+    /// `fsync` (default): an append is acknowledged once fdatasync returned. `os`: once written.
+    pub durability: Durability,
+    /// How often retention looks for segments to delete.
+    pub retention_check_interval_ms: u64,
+    /// Settings of topics created without their own.
+    pub topic_defaults: TopicConfig,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            retention_check_interval_ms: 5 * 60 * 1000,
+            topic_defaults: TopicConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration:\n  {}", problems.join("\n  "))]
+    Invalid { problems: Vec<String> },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks everything and reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems: Vec<String> = self
+            .log
+            .topic_defaults
+            .problems()
+            .iter()
+            .map(|p| format!("log.topic-defaults.{p}"))
+            .collect();
+        if self.log.retention_check_interval_ms == 0 {
+            problems.push("log.retention-check-interval-ms must be at least 1".into());
+        }
+        if let Err(declared) = self.declared_topics() {
+            problems.extend(declared);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+
+    /// The `[topics.NAME]` tables as topic names and full configs.
+    pub fn declared_topics(&self) -> Result<Vec<(TopicName, TopicConfig)>, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut topics = Vec::new();
+        for (name, overrides) in &self.topics {
+            let topic = match TopicName::new(name.clone()) {
+                Ok(topic) => topic,
+                Err(error) => {
+                    problems.push(format!("topics.{name}: {error}"));
+                    continue;
+                }
+            };
+            match self.topic_config(overrides) {
+                Ok(config) => {
+                    problems.extend(
+                        config
+                            .problems()
+                            .iter()
+                            .map(|p| format!("topics.{name}.{p}")),
+                    );
+                    topics.push((topic, config));
+                }
+                Err(error) => problems.push(format!("topics.{name}: {}", error.message())),
+            }
+        }
+        if problems.is_empty() {
+            Ok(topics)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn topic_config(&self, overrides: &toml::Table) -> Result<TopicConfig, toml::de::Error> {
+        let mut table = toml::Table::try_from(&self.log.topic_defaults)
+            .map_err(|e| <toml::de::Error as serde::de::Error>::custom(e.to_string()))?;
+        table.extend(overrides.clone());
+        toml::Value::Table(table).try_into()
+    }
+
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            data_dir: self.data_dir.clone(),
+            durability: self.log.durability,
+            retention_check_interval: Duration::from_millis(self.log.retention_check_interval_ms),
+            topic_defaults: self.log.topic_defaults.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config: Config = toml::from_str("").expect("parses");
+        assert_eq!(config, Config::default());
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn declared_topics_take_defaults_and_overrides() {
+        let config: Config = toml::from_str(
+            r#"
+            [log.topic-defaults]
+            retention-ms = 1000
+            [topics.sensors]
+            partitions = 4
+            "#,
+        )
+        .expect("parses");
+        let topics = config.declared_topics().expect("valid");
+        assert_eq!(topics[0].0.as_str(), "sensors");
+        assert_eq!(topics[0].1.partitions, 4);
+        assert_eq!(topics[0].1.retention_ms, Some(1000));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let config: Config = toml::from_str(
+            r#"
+            [log.topic-defaults]
+            partitions = 0
+            [topics."bad name"]
+            [topics.ok]
+            partitions = 5000
+            [topics.typo]
+            partitons = 2
+            "#,
+        )
+        .expect("parses");
+        let message = config.validate().expect_err("invalid").to_string();
+        for expected in [
+            "log.topic-defaults.partitions must be 1 to 1024",
+            "topics.bad name: invalid topic name",
+            "topics.ok.partitions must be 1 to 1024",
+            "topics.typo: unknown field `partitons`",
+        ] {
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing from {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let error = toml::from_str::<Config>("data-dri = \"x\"").expect_err("typo");
+        assert!(
+            error.to_string().contains("unknown field `data-dri`"),
+            "{error}"
+        );
+    }
+}

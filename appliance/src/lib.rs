@@ -1,0 +1,31 @@
+//! The appliance: a single binary that keeps a durable partitioned log on an edge gateway,
+//! runs WebAssembly plugins as connectors and transforms, and links edges to a hub.
+//!
+//! # Layout
+//!
+//! ```text
+//! main.rs      parse the command line, load config, call app::run or a client command
+//! cli/         clap commands: `run`, `bench`
+//! app.rs       wires the subsystems; the only module that knows them all
+//! config.rs    TOML configuration and defaults
+//! log/         partitioned log: topics, partitions, segments, indexes, group commit, retention
+//! meta/        sled-backed metadata: topic configs, consumer-group offsets
+//! ```
+//!
+//! # Data flow
+//!
+//! ```text
+//! producer -> log::Log::append -> partition writer (group commit, fsync) -> segment files
+//!                                                    |
+//! consumer <- log::Log::read (whole batches <= high watermark, long-poll) <+
+//! consumer offsets -> meta::Meta (sled, flushed before acknowledging)
+//! ```
+//!
+//! Dependencies point one way: `app` and `cli` use `log` and `meta`; `log` stores topic
+//! configs through `meta`; `meta` depends on nothing of ours.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod log;
+pub mod meta;

@@ -1,0 +1,580 @@
+//! Kafka RecordBatch v2: the one format records have from the producer to disk to the link.
+//!
+//! The log itself only needs the fixed 61-byte batch header (offsets, timestamps, length, CRC)
+//! and never decompresses records, so appends and reads stay copies of bytes. Whole-record
+//! encoding and decoding go through `kafka-protocol`'s records module; this module adds the
+//! checks a hostile batch needs before that code sees it (record counts against sizes, bounded
+//! decompression) and the compressors (zstd, lz4 frame, gzip).
+//!
+//! ```text
+//! offset  size  field                 covered by CRC-32C
+//!      0     8  base offset           no  (the log assigns it on append)
+//!      8     4  batch length          no  (bytes after this field)
+//!     12     4  partition leader epoch no
+//!     16     1  magic (= 2)           no
+//!     17     4  crc                   -
+//!     21     2  attributes            yes (bits 0-2 compression, 3 timestamp type)
+//!     23     4  last offset delta     yes
+//!     27     8  base timestamp        yes
+//!     35     8  max timestamp         yes
+//!     43     8  producer id           yes
+//!     51     2  producer epoch        yes
+//!     53     4  base sequence         yes
+//!     57     4  record count          yes
+//!     61     -  records (compressed as a whole when attributes say so)
+//! ```
+
+use std::io::{Read, Write};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    self as kp, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use serde::{Deserialize, Serialize};
+
+use super::types::{Offset, Timestamp};
+
+/// Length of the fixed batch header that precedes the records.
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Bytes before the `batch length` field's coverage starts.
+const LENGTH_PREFIX: usize = 12;
+const CRC_COVERAGE_START: usize = 21;
+const MAGIC_V2: u8 = 2;
+/// The smallest encoding of one record: length, attributes, timestamp delta, offset delta,
+/// key length, value length and header count, one byte each.
+const MIN_RECORD_LEN: usize = 7;
+/// Decompressed records of one batch may not exceed this, so that a small hostile batch cannot
+/// expand into an unbounded allocation.
+pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// What is wrong with a batch's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch is truncated: {needed} bytes needed, {available} available")]
+    Truncated { needed: usize, available: usize },
+    #[error("batch length field {length} is out of range")]
+    BadLength { length: i64 },
+    #[error("batch has magic byte {magic}; only RecordBatch v2 (magic 2) is supported")]
+    UnsupportedMagic { magic: u8 },
+    #[error("batch CRC-32C mismatch: header says {stored:#010x}, content gives {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("batch holds {record_count} records but its last offset delta is {last_offset_delta}")]
+    BadRecordCount {
+        record_count: i64,
+        last_offset_delta: i64,
+    },
+    #[error("batch has a negative base offset {base_offset}")]
+    NegativeOffset { base_offset: i64 },
+    #[error("batch uses compression codec {codec}; supported are none, gzip, lz4 and zstd")]
+    UnsupportedCompression { codec: i16 },
+    #[error("batch is a transactional or control batch, which the appliance does not accept")]
+    Transactional,
+    #[error("batch decompresses to more than {limit} bytes")]
+    DecompressionLimit { limit: usize },
+    #[error("batch holds {byte_count} bytes of records, too few for {record_count} records")]
+    RecordsTooShort {
+        record_count: usize,
+        byte_count: usize,
+    },
+    #[error("{extra} bytes follow the batch; send exactly one batch per append")]
+    TrailingBytes { extra: usize },
+    #[error("batch is empty: a batch needs at least one record")]
+    Empty,
+    #[error("batch records are malformed: {detail}")]
+    Malformed { detail: String },
+}
+
+/// How the records of a batch are compressed (attribute bits 0-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn from_attributes(attributes: i16) -> Result<Self, BatchError> {
+        match attributes & 0x7 {
+            0 => Ok(Self::None),
+            1 => Ok(Self::Gzip),
+            3 => Ok(Self::Lz4),
+            4 => Ok(Self::Zstd),
+            codec => Err(BatchError::UnsupportedCompression { codec }),
+        }
+    }
+
+    fn to_kafka(self) -> kp::Compression {
+        match self {
+            Self::None => kp::Compression::None,
+            Self::Gzip => kp::Compression::Gzip,
+            Self::Lz4 => kp::Compression::Lz4,
+            Self::Zstd => kp::Compression::Zstd,
+        }
+    }
+}
+
+/// The fixed header of a RecordBatch v2, as the log needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: Offset,
+    /// The whole batch, header included.
+    pub total_len: usize,
+    pub stored_crc: u32,
+    pub compression: Compression,
+    pub last_offset_delta: u32,
+    pub base_timestamp: Timestamp,
+    pub max_timestamp: Timestamp,
+    pub record_count: u32,
+}
+
+impl BatchHeader {
+    /// Parses the header at the start of `bytes` (which may hold more than this batch) and checks
+    /// every field that can be checked without the records.
+    pub fn parse(bytes: &[u8]) -> Result<Self, BatchError> {
+        if bytes.len() < BATCH_HEADER_LEN {
+            return Err(BatchError::Truncated {
+                needed: BATCH_HEADER_LEN,
+                available: bytes.len(),
+            });
+        }
+        let mut buf = bytes;
+        let base_offset = buf.get_i64();
+        let length = i64::from(buf.get_i32());
+        let _partition_leader_epoch = buf.get_i32();
+        let magic = buf.get_u8();
+        let stored_crc = buf.get_u32();
+        let attributes = buf.get_i16();
+        let last_offset_delta = i64::from(buf.get_i32());
+        let base_timestamp = buf.get_i64();
+        let max_timestamp = buf.get_i64();
+        let _producer_id = buf.get_i64();
+        let _producer_epoch = buf.get_i16();
+        let _base_sequence = buf.get_i32();
+        let record_count = i64::from(buf.get_i32());
+
+        if magic != MAGIC_V2 {
+            return Err(BatchError::UnsupportedMagic { magic });
+        }
+        if length < (BATCH_HEADER_LEN - LENGTH_PREFIX) as i64 || length > i64::from(i32::MAX) {
+            return Err(BatchError::BadLength { length });
+        }
+        if base_offset < 0 {
+            return Err(BatchError::NegativeOffset { base_offset });
+        }
+        if record_count <= 0 || last_offset_delta != record_count - 1 {
+            return Err(if record_count == 0 {
+                BatchError::Empty
+            } else {
+                BatchError::BadRecordCount {
+                    record_count,
+                    last_offset_delta,
+                }
+            });
+        }
+        if attributes & (0b11 << 4) != 0 {
+            return Err(BatchError::Transactional);
+        }
+        let compression = Compression::from_attributes(attributes)?;
+        Ok(Self {
+            base_offset: Offset(base_offset.unsigned_abs()),
+            total_len: LENGTH_PREFIX + length as usize,
+            stored_crc,
+            compression,
+            last_offset_delta: last_offset_delta as u32,
+            base_timestamp: Timestamp(base_timestamp),
+            max_timestamp: Timestamp(max_timestamp),
+            record_count: record_count as u32,
+        })
+    }
+
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset.plus(u64::from(self.last_offset_delta))
+    }
+
+    pub fn next_offset(&self) -> Offset {
+        self.last_offset().next()
+    }
+}
+
+/// Checks that `bytes` is exactly one whole batch with a correct CRC, and returns its header.
+pub fn validate(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    if bytes.len() < header.total_len {
+        return Err(BatchError::Truncated {
+            needed: header.total_len,
+            available: bytes.len(),
+        });
+    }
+    verify_crc(&header, &bytes[..header.total_len])?;
+    Ok(header)
+}
+
+/// Checks the CRC-32C of a whole batch against its header.
+pub fn verify_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> {
+    let computed = crc32c::crc32c(&batch[CRC_COVERAGE_START..header.total_len]);
+    if computed == header.stored_crc {
+        Ok(())
+    } else {
+        Err(BatchError::CrcMismatch {
+            stored: header.stored_crc,
+            computed,
+        })
+    }
+}
+
+/// Sets the base offset of a batch in place. The CRC does not cover it, so nothing else changes:
+/// this is what lets the log assign offsets without re-encoding.
+pub fn set_base_offset(batch: &mut [u8], offset: Offset) {
+    batch[..8].copy_from_slice(&offset.0.to_be_bytes());
+}
+
+/// One record header: Kafka allows a null value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+/// A record as a producer hands it in: key, value (`None` is a tombstone), headers, timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    pub timestamp: Timestamp,
+}
+
+/// A record as read back from the log, with the offset it was stored at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: Offset,
+    pub record: Record,
+}
+
+/// Encodes records as one batch with base offset 0; the log assigns the real offsets on append.
+pub fn encode(records: &[Record], compression: Compression) -> Result<BytesMut, BatchError> {
+    if records.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let kafka_records: Vec<kp::Record> = records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| to_kafka_record(index as i64, record))
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: compression.to_kafka(),
+    };
+    RecordBatchEncoder::encode_with_custom_compression(
+        &mut buf,
+        &kafka_records,
+        &options,
+        Some(
+            |records: &mut BytesMut, out: &mut BytesMut, _: kp::Compression| {
+                compress(compression, records, out)
+            },
+        ),
+    )
+    .map_err(malformed)?;
+    Ok(buf)
+}
+
+fn to_kafka_record(offset: i64, record: &Record) -> kp::Record {
+    let headers: IndexMap<StrBytes, Option<Bytes>> = record
+        .headers
+        .iter()
+        .map(|h| (StrBytes::from_string(h.key.clone()), h.value.clone()))
+        .collect();
+    kp::Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: kp::NO_PARTITION_LEADER_EPOCH,
+        producer_id: kp::NO_PRODUCER_ID,
+        producer_epoch: kp::NO_PRODUCER_EPOCH,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        // The encoder groups records whose offset minus sequence agree; this keeps them in one
+        // batch and gives it Kafka's "no sequence" base sequence of -1.
+        sequence: offset as i32 - 1,
+        timestamp: record.timestamp.0,
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers,
+    }
+}
+
+fn compress(
+    compression: Compression,
+    records: &mut BytesMut,
+    out: &mut BytesMut,
+) -> anyhow::Result<()> {
+    let mut writer = out.writer();
+    match compression {
+        Compression::None => writer.write_all(records)?,
+        Compression::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(writer, flate2::Compression::default());
+            encoder.write_all(records)?;
+            encoder.finish()?;
+        }
+        Compression::Lz4 => {
+            let mut encoder = lz4_flex::frame::FrameEncoder::new(writer);
+            encoder.write_all(records)?;
+            encoder.finish()?;
+        }
+        Compression::Zstd => zstd::stream::copy_encode(&records[..], writer, 3)?,
+    }
+    Ok(())
+}
+
+/// Decodes every whole batch in `bytes` into records, validating each batch first.
+pub fn decode_all(mut bytes: Bytes) -> Result<Vec<StoredRecord>, BatchError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let header = validate(&bytes)?;
+        let batch = bytes.split_to(header.total_len);
+        decode_batch(&header, batch, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Decodes one validated batch, appending its records to `out`.
+pub fn decode_batch(
+    header: &BatchHeader,
+    mut batch: Bytes,
+    out: &mut Vec<StoredRecord>,
+) -> Result<(), BatchError> {
+    let record_count = header.record_count as usize;
+    let stored_len = header.total_len - BATCH_HEADER_LEN;
+    if header.compression == Compression::None {
+        check_room_for_records(record_count, stored_len)?;
+    }
+    let compression = header.compression;
+    let decompress = move |records: &mut Bytes, _: kp::Compression| -> anyhow::Result<Bytes> {
+        let plain = decompress_bounded(compression, records)?;
+        check_room_for_records(record_count, plain.len())?;
+        Ok(plain)
+    };
+    let set = RecordBatchDecoder::decode_with_custom_compression(&mut batch, Some(decompress))
+        .map_err(|error| match error.downcast::<BatchError>() {
+            Ok(batch_error) => batch_error,
+            Err(other) => malformed(other),
+        })?;
+    if set.records.len() != record_count {
+        return Err(BatchError::Malformed {
+            detail: format!(
+                "header says {record_count} records, {} decoded",
+                set.records.len()
+            ),
+        });
+    }
+    out.reserve(set.records.len());
+    for record in set.records {
+        let offset = u64::try_from(record.offset).map_err(|_| BatchError::NegativeOffset {
+            base_offset: record.offset,
+        })?;
+        let headers = record
+            .headers
+            .into_iter()
+            .map(|(key, value)| Header {
+                key: key.to_string(),
+                value,
+            })
+            .collect();
+        out.push(StoredRecord {
+            offset: Offset(offset),
+            record: Record {
+                key: record.key,
+                value: record.value,
+                headers,
+                timestamp: Timestamp(record.timestamp),
+            },
+        });
+    }
+    Ok(())
+}
+
+fn check_room_for_records(record_count: usize, byte_count: usize) -> Result<(), BatchError> {
+    if record_count.saturating_mul(MIN_RECORD_LEN) > byte_count {
+        return Err(BatchError::RecordsTooShort {
+            record_count,
+            byte_count,
+        });
+    }
+    Ok(())
+}
+
+fn decompress_bounded(compression: Compression, records: &Bytes) -> Result<Bytes, BatchError> {
+    let limit = MAX_DECOMPRESSED_BATCH_BYTES;
+    let mut plain = Vec::new();
+    let read = match compression {
+        Compression::None => return Ok(records.clone()),
+        Compression::Gzip => flate2::read::GzDecoder::new(&records[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut plain),
+        Compression::Lz4 => lz4_flex::frame::FrameDecoder::new(&records[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut plain),
+        Compression::Zstd => zstd::stream::read::Decoder::new(&records[..])
+            .and_then(|decoder| decoder.take(limit as u64 + 1).read_to_end(&mut plain)),
+    };
+    read.map_err(|error| BatchError::Malformed {
+        detail: format!("{compression:?} decompression failed: {error}"),
+    })?;
+    if plain.len() > limit {
+        return Err(BatchError::DecompressionLimit { limit });
+    }
+    Ok(Bytes::from(plain))
+}
+
+fn malformed(error: anyhow::Error) -> BatchError {
+    BatchError::Malformed {
+        detail: format!("{error:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAGIC_POS: usize = 16;
+    const CRC_POS: usize = 17;
+
+    fn record(value: &[u8]) -> Record {
+        Record {
+            key: None,
+            value: Some(Bytes::copy_from_slice(value)),
+            headers: vec![],
+            timestamp: Timestamp(1_700_000_000_000),
+        }
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        (
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+            proptest::collection::btree_map(
+                "[a-z]{1,8}",
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+                0..4,
+            ),
+            0i64..4_000_000_000_000,
+        )
+            .prop_map(|(key, value, headers, timestamp)| Record {
+                key: key.map(Bytes::from),
+                value: value.map(Bytes::from),
+                headers: headers
+                    .into_iter()
+                    .map(|(key, value)| Header {
+                        key,
+                        value: value.map(Bytes::from),
+                    })
+                    .collect(),
+                timestamp: Timestamp(timestamp),
+            })
+    }
+
+    fn arb_compression() -> impl Strategy<Value = Compression> {
+        prop_oneof![
+            Just(Compression::None),
+            Just(Compression::Gzip),
+            Just(Compression::Lz4),
+            Just(Compression::Zstd),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_gives_the_records_back(
+            records in proptest::collection::vec(arb_record(), 1..50),
+            compression in arb_compression(),
+            base in 0u64..1 << 40,
+        ) {
+            let mut bytes = encode(&records, compression).expect("encode");
+            set_base_offset(&mut bytes, Offset(base));
+            let header = validate(&bytes).expect("valid");
+            prop_assert_eq!(header.base_offset, Offset(base));
+            prop_assert_eq!(header.record_count as usize, records.len());
+            prop_assert_eq!(header.compression, compression);
+            let max_ts = records.iter().map(|r| r.timestamp).max().expect("non-empty");
+            prop_assert_eq!(header.max_timestamp, max_ts);
+            let decoded = decode_all(bytes.freeze()).expect("decode");
+            prop_assert_eq!(decoded.len(), records.len());
+            for (i, (stored, original)) in decoded.iter().zip(&records).enumerate() {
+                prop_assert_eq!(stored.offset, Offset(base + i as u64));
+                prop_assert_eq!(&stored.record, original);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_all(Bytes::from(bytes));
+        }
+
+        #[test]
+        fn a_flipped_bit_is_detected_or_harmless(
+            records in proptest::collection::vec(arb_record(), 1..10),
+            compression in arb_compression(),
+            position in any::<proptest::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut bytes = encode(&records, compression).expect("encode");
+            let at = position.index(bytes.len());
+            bytes[at] ^= 1 << bit;
+            // Only the fields outside the CRC's coverage may change without an error, and none
+            // of them may panic the decoder.
+            if decode_all(bytes.freeze()).is_ok() {
+                prop_assert!(at < CRC_COVERAGE_START, "flip at {} went unnoticed", at);
+            }
+        }
+    }
+
+    /// Re-seals a hand-edited batch so the CRC no longer protects the decoder from it.
+    fn reseal(bytes: &mut [u8]) {
+        let crc = crc32c::crc32c(&bytes[CRC_COVERAGE_START..]);
+        bytes[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn a_huge_record_count_with_a_valid_crc_is_refused_not_allocated() {
+        let mut bytes = encode(&[record(b"x")], Compression::None).expect("encode");
+        bytes[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        bytes[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        reseal(&mut bytes);
+        let err = decode_all(bytes.freeze()).expect_err("must refuse");
+        assert!(matches!(err, BatchError::RecordsTooShort { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        let big = vec![0u8; MAX_DECOMPRESSED_BATCH_BYTES + 1024];
+        let mut bytes = encode(&[record(&big)], Compression::Zstd).expect("encode");
+        assert!(bytes.len() < 1024 * 1024, "zeros compress well");
+        reseal(&mut bytes);
+        let err = decode_all(bytes.freeze()).expect_err("must refuse");
+        assert!(
+            matches!(err, BatchError::DecompressionLimit { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn magic_and_truncation_are_reported() {
+        let bytes = encode(&[record(b"hello")], Compression::None).expect("encode");
+        let err = validate(&bytes[..bytes.len() - 1]).expect_err("truncated");
+        assert!(matches!(err, BatchError::Truncated { .. }));
+        let mut old = bytes.clone();
+        old[MAGIC_POS] = 1;
+        assert_eq!(
+            validate(&old),
+            Err(BatchError::UnsupportedMagic { magic: 1 })
+        );
+    }
+}

@@ -1,0 +1,649 @@
+//! The partitioned log: topic -> partition -> segment files. The only writer of data files.
+//!
+//! # Data flow
+//!
+//! ```text
+//! Log::append(topic, partition, batch)
+//!   -> Partition::append: size limit, header and CRC checks (in the caller's task)
+//!   -> bounded channel -> the partition's one writer task
+//!        drains every request waiting (group commit), assigns offsets by rewriting each
+//!        batch's base offset (outside the CRC), writes them, rolls segments by size and age,
+//!        one fdatasync for the whole group, then publishes the new high watermark and answers
+//!        every request of the group
+//! Log::read(topic, partition, offset) -> whole batches below the high watermark, CRC-checked;
+//!   a reader at the end waits on the high watermark's watch channel (long-poll, no busy loop)
+//! retention task -> deletes whole sealed segments by age and by total size
+//! ```
+//!
+//! # On disk
+//!
+//! ```text
+//! <data>/topics/<topic>/<partition>/
+//!     00000000000000000000.log        RecordBatch v2 batches, back to back (see batch.rs)
+//!     00000000000000000000.index      sparse offset index, one entry per ~4 KiB (index.rs)
+//!     00000000000000000000.timeindex  time index
+//!     recovery-point                  base offset and length of the active segment known to
+//!                                     be durable (20 bytes with a CRC-32C)
+//! ```
+//!
+//! # Invariants
+//!
+//! - Offsets are dense and never reused; segment `N` starts where segment `N-1` ends.
+//! - The high watermark is the offset after the last durable batch; no reader sees past it,
+//!   and an append is acknowledged only once the high watermark covers it (with
+//!   `durability = "os"`, once it is written).
+//! - Sealed segments were fsynced, with their indexes, before the next segment was created:
+//!   anything invalid in them is corruption and is reported with file and position.
+//! - On start the active segment is checked batch by batch. An invalid batch inside the
+//!   recovery point is corruption; past it, it is a torn write from the stop and is cut.
+//!   A partition with corruption refuses to serve instead of dropping data.
+
+mod batch;
+mod index;
+mod partition;
+mod segment;
+mod types;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use batch::{
+    BatchError, BatchHeader, Compression, Header, MAX_DECOMPRESSED_BATCH_BYTES, Record,
+    StoredRecord, decode_all, encode,
+};
+pub use partition::{AppendOutcome, Partition, ReadChunk};
+pub use types::{MAX_TOPIC_NAME_LEN, Offset, PartitionId, Timestamp, TopicName};
+
+use crate::meta::{Meta, MetaError};
+
+/// Index entries are added every this many bytes of batches, as Kafka's `index.interval.bytes`.
+pub const INDEX_INTERVAL_BYTES: u64 = 4096;
+/// A topic may have at most this many partitions.
+pub const MAX_PARTITIONS: u32 = 1024;
+/// Segment positions are 32-bit in the index, as in Kafka.
+pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+const MIN_SEGMENT_BYTES: u64 = 1024;
+
+/// When an append counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After fdatasync: survives power loss. The default.
+    #[default]
+    Fsync,
+    /// After the write reaches the OS: survives a crash of the process, not of the machine.
+    Os,
+}
+
+/// Per-topic settings, persisted in the metadata store. Defaults come from the `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TopicConfig {
+    /// Number of partitions, 1 to 1024.
+    pub partitions: u32,
+    /// Delete a sealed segment once its newest record is older than this; none keeps forever.
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest sealed segments while a partition holds more than this; none is unbounded.
+    pub retention_bytes: Option<u64>,
+    /// Roll to a new segment when the active one would exceed this size.
+    pub segment_bytes: u64,
+    /// Roll to a new segment when the active one's first append is older than this.
+    pub segment_ms: u64,
+    /// Largest batch accepted, in bytes as stored (after compression), as Kafka's setting.
+    pub max_message_bytes: u32,
+    /// Compression the appliance's own producers use for this topic.
+    pub compression: Compression,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            segment_bytes: 128 * 1024 * 1024,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            max_message_bytes: 1024 * 1024,
+            compression: Compression::None,
+        }
+    }
+}
+
+impl TopicConfig {
+    /// Every problem with the settings, each naming the field and the allowed range.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, field: &'static str, allowed: &'static str| {
+            if !ok {
+                problems.push(ConfigProblem { field, allowed });
+            }
+        };
+        check(
+            (1..=MAX_PARTITIONS).contains(&self.partitions),
+            "partitions",
+            "1 to 1024",
+        );
+        check(
+            (MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes),
+            "segment-bytes",
+            "1024 to 2147483647",
+        );
+        check(self.segment_ms >= 1, "segment-ms", "at least 1");
+        check(
+            self.max_message_bytes >= 64 && u64::from(self.max_message_bytes) <= self.segment_bytes,
+            "max-message-bytes",
+            "64 up to segment-bytes",
+        );
+        check(
+            self.retention_ms.is_none_or(|ms| ms >= 1),
+            "retention-ms",
+            "at least 1, or absent to keep forever",
+        );
+        problems
+    }
+}
+
+/// One invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub field: &'static str,
+    pub allowed: &'static str,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} must be {}", self.field, self.allowed)
+    }
+}
+
+/// What makes stored data unusable, found while reading or recovering a segment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Corruption {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("expected a batch at offset {expected}, found one at offset {found}")]
+    OffsetGap { expected: Offset, found: Offset },
+    #[error("{durable_len} bytes were durable before the stop but the file is shorter")]
+    MissingDurableBytes { durable_len: u64 },
+    #[error("segments do not follow each other: the next one was expected at offset {expected}")]
+    SegmentGap { expected: Offset },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName { name: String, reason: &'static str },
+    #[error("invalid topic config: {}", join(problems))]
+    InvalidTopicConfig { problems: Vec<ConfigProblem> },
+    #[error("topic {topic} does not exist")]
+    UnknownTopic { topic: TopicName },
+    #[error("topic {topic} already exists")]
+    TopicExists { topic: TopicName },
+    #[error(
+        "directory {} holds data of a topic the metadata does not know; move it away before creating {topic}", path.display()
+    )]
+    OrphanTopicDirectory { topic: TopicName, path: PathBuf },
+    #[error("topic {topic} has partitions 0 to {}, not {partition}", partitions - 1)]
+    UnknownPartition {
+        topic: TopicName,
+        partition: PartitionId,
+        partitions: u32,
+    },
+    #[error(
+        "offset {offset} is out of range for {topic}/{partition}: valid offsets are {log_start} to {high_watermark}"
+    )]
+    OffsetOutOfRange {
+        topic: TopicName,
+        partition: PartitionId,
+        offset: Offset,
+        log_start: Offset,
+        high_watermark: Offset,
+    },
+    #[error("batch of {size} bytes exceeds max-message-bytes {max} of topic {topic}")]
+    RecordTooLarge {
+        topic: TopicName,
+        size: usize,
+        max: u32,
+    },
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("corrupt data in {} at byte {position}: {problem}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        problem: Corruption,
+    },
+    #[error("partition {topic}/{partition} is unavailable: {cause}")]
+    Unavailable {
+        topic: TopicName,
+        partition: PartitionId,
+        cause: Arc<LogError>,
+    },
+    #[error("the log is shutting down")]
+    ShuttingDown,
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+fn join(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Builds the `map_err` closure for an I/O error on `path`.
+pub(crate) fn io_error(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> LogError {
+    let path = path.to_path_buf();
+    move |source| LogError::Io { op, path, source }
+}
+
+/// Settings of the log as a whole.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `<data>/topics` lives here.
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// How often retention looks for segments to delete.
+    pub retention_check_interval: Duration,
+    /// Settings for topics created without their own.
+    pub topic_defaults: TopicConfig,
+}
+
+/// A topic's partitions; a partition that could not be opened keeps the reason.
+#[derive(Debug)]
+struct Topic {
+    config: Arc<RwLock<TopicConfig>>,
+    partitions: Vec<Result<Arc<Partition>, Arc<LogError>>>,
+    shutdown: CancellationToken,
+    writers: TaskTracker,
+}
+
+/// A topic as listed.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub name: TopicName,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartitionInfo {
+    pub id: PartitionId,
+    pub state: PartitionState,
+}
+
+#[derive(Debug, Clone)]
+pub enum PartitionState {
+    Online {
+        log_start: Offset,
+        high_watermark: Offset,
+        size_bytes: u64,
+        segments: usize,
+    },
+    /// Refusing to serve, with the reason (corruption names file and position).
+    Failed { reason: String },
+}
+
+/// Handle to the log; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Log {
+    inner: Arc<LogInner>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    config: LogConfig,
+    meta: Meta,
+    topics: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
+    /// Serialises topic creation and deletion, which do I/O between map updates.
+    admin: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+const TOPIC_DELETION_MARKER: &str = ".deleting";
+
+impl Log {
+    /// Opens every topic the metadata knows, recovering each partition, and starts the writers
+    /// and the retention task. Partitions that fail to open are reported, not fatal.
+    pub async fn open(config: LogConfig, meta: Meta) -> Result<Self, LogError> {
+        let topics_dir = config.data_dir.join("topics");
+        std::fs::create_dir_all(&topics_dir).map_err(io_error(&topics_dir, "create directory"))?;
+        let inner = Arc::new(LogInner {
+            config,
+            meta,
+            topics: RwLock::new(BTreeMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let log = Self { inner };
+        log.finish_interrupted_deletions().await?;
+        let stored: Vec<(String, TopicConfig)> = log.inner.meta.topics()?;
+        for (name, topic_config) in stored {
+            let name = TopicName::new(name)?;
+            let topic = log.open_topic(&name, topic_config, false).await?;
+            log.write_topics().insert(name, topic);
+        }
+        log.warn_about_orphans()?;
+        log.spawn_retention();
+        Ok(log)
+    }
+
+    fn topics_dir(&self) -> PathBuf {
+        self.inner.config.data_dir.join("topics")
+    }
+
+    fn topic_dir(&self, name: &TopicName) -> PathBuf {
+        self.topics_dir().join(name.as_str())
+    }
+
+    fn read_topics(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<TopicName, Arc<Topic>>> {
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_topics(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<TopicName, Arc<Topic>>> {
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn finish_interrupted_deletions(&self) -> Result<(), LogError> {
+        let dir = self.topics_dir();
+        for entry in std::fs::read_dir(&dir).map_err(io_error(&dir, "list topics"))? {
+            let path = entry.map_err(io_error(&dir, "list topics"))?.path();
+            if path.join(TOPIC_DELETION_MARKER).exists() {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                tracing::info!(topic = name, "finishing an interrupted topic deletion");
+                self.inner.meta.delete_topic(name).await?;
+                remove_dir(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn warn_about_orphans(&self) -> Result<(), LogError> {
+        let dir = self.topics_dir();
+        let topics = self.read_topics();
+        for entry in std::fs::read_dir(&dir).map_err(io_error(&dir, "list topics"))? {
+            let entry = entry.map_err(io_error(&dir, "list topics"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let known = TopicName::new(name.clone()).is_ok_and(|n| topics.contains_key(&n));
+            if !known {
+                tracing::warn!(
+                    path = %entry.path().display(),
+                    "directory under topics/ belongs to no topic in the metadata; it is not served"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_topic(
+        &self,
+        name: &TopicName,
+        config: TopicConfig,
+        create: bool,
+    ) -> Result<Arc<Topic>, LogError> {
+        let dir = self.topic_dir(name);
+        let shared_config = Arc::new(RwLock::new(config.clone()));
+        let shutdown = self.inner.shutdown.child_token();
+        let writers = TaskTracker::new();
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for id in 0..config.partitions {
+            let id = PartitionId(id);
+            let opened = Partition::open(
+                name.clone(),
+                id,
+                dir.join(id.0.to_string()),
+                shared_config.clone(),
+                self.inner.config.durability,
+                create,
+                &shutdown,
+                &writers,
+            )
+            .await;
+            partitions.push(match opened {
+                Ok(partition) => Ok(partition),
+                Err(cause) => {
+                    tracing::error!(topic = %name, partition = %id, error = %cause, "partition refuses to serve");
+                    if create {
+                        return Err(cause);
+                    }
+                    Err(Arc::new(cause))
+                }
+            });
+        }
+        writers.close();
+        Ok(Arc::new(Topic {
+            config: shared_config,
+            partitions,
+            shutdown,
+            writers,
+        }))
+    }
+
+    /// Creates a topic: the config is stored durably first, then the partition directories.
+    pub async fn create_topic(&self, name: TopicName, config: TopicConfig) -> Result<(), LogError> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(LogError::InvalidTopicConfig { problems });
+        }
+        let _admin = self.inner.admin.lock().await;
+        if self.inner.shutdown.is_cancelled() {
+            return Err(LogError::ShuttingDown);
+        }
+        if self.read_topics().contains_key(&name) {
+            return Err(LogError::TopicExists { topic: name });
+        }
+        let dir = self.topic_dir(&name);
+        if dir.exists() {
+            return Err(LogError::OrphanTopicDirectory {
+                topic: name,
+                path: dir,
+            });
+        }
+        self.inner.meta.put_topic(name.as_str(), &config).await?;
+        let topic = self.open_topic(&name, config, true).await?;
+        segment::sync_dir(&self.topics_dir())?;
+        self.write_topics().insert(name.clone(), topic);
+        tracing::info!(topic = %name, "topic created");
+        Ok(())
+    }
+
+    /// Deletes a topic and all its data. A crash midway is finished on the next start.
+    pub async fn delete_topic(&self, name: &TopicName) -> Result<(), LogError> {
+        let _admin = self.inner.admin.lock().await;
+        let topic = self
+            .write_topics()
+            .remove(name)
+            .ok_or_else(|| LogError::UnknownTopic {
+                topic: name.clone(),
+            })?;
+        topic.shutdown.cancel();
+        topic.writers.wait().await;
+        let dir = self.topic_dir(name);
+        let marker = dir.join(TOPIC_DELETION_MARKER);
+        segment::write_durably(&marker, b"")?;
+        self.inner.meta.delete_topic(name.as_str()).await?;
+        remove_dir(&dir)?;
+        segment::sync_dir(&self.topics_dir())?;
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(())
+    }
+
+    fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, LogError> {
+        self.read_topics()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic {
+                topic: name.clone(),
+            })
+    }
+
+    /// The partition, or why it cannot be used.
+    pub fn partition(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+    ) -> Result<Arc<Partition>, LogError> {
+        let entry = self.topic(topic)?;
+        match entry.partitions.get(partition.0 as usize) {
+            Some(Ok(p)) => Ok(p.clone()),
+            Some(Err(cause)) => Err(LogError::Unavailable {
+                topic: topic.clone(),
+                partition,
+                cause: cause.clone(),
+            }),
+            None => Err(LogError::UnknownPartition {
+                topic: topic.clone(),
+                partition,
+                partitions: entry.partitions.len() as u32,
+            }),
+        }
+    }
+
+    /// Appends one encoded batch; returns once it is durable (see [`Durability`]).
+    pub async fn append(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        batch: bytes::BytesMut,
+    ) -> Result<AppendOutcome, LogError> {
+        self.partition(topic, partition)?.append(batch).await
+    }
+
+    /// Reads whole batches from `offset`, waiting up to `max_wait` for data at the end.
+    pub async fn read(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        offset: Offset,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<ReadChunk, LogError> {
+        self.partition(topic, partition)?
+            .read_wait(offset, max_bytes, max_wait)
+            .await
+    }
+
+    pub fn topic_config(&self, name: &TopicName) -> Result<TopicConfig, LogError> {
+        Ok(read_lock(&self.topic(name)?.config).clone())
+    }
+
+    /// Every topic with its partitions' state.
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        self.read_topics()
+            .iter()
+            .map(|(name, topic)| TopicInfo {
+                name: name.clone(),
+                config: read_lock(&topic.config).clone(),
+                partitions: topic
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| PartitionInfo {
+                        id: PartitionId(i as u32),
+                        state: match p {
+                            Ok(p) => p.state(),
+                            Err(cause) => PartitionState::Failed {
+                                reason: cause.to_string(),
+                            },
+                        },
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn spawn_retention(&self) {
+        let log = self.clone();
+        let interval = self.inner.config.retention_check_interval;
+        let shutdown = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticker.tick() => log.apply_retention().await,
+                }
+            }
+        });
+    }
+
+    /// Deletes segments past retention in every partition now.
+    pub async fn apply_retention(&self) {
+        let partitions: Vec<Arc<Partition>> = self
+            .read_topics()
+            .values()
+            .flat_map(|t| t.partitions.iter().filter_map(|p| p.as_ref().ok().cloned()))
+            .collect();
+        let now = Timestamp::now();
+        let result = tokio::task::spawn_blocking(move || {
+            for partition in partitions {
+                if let Err(error) = partition.apply_retention(now) {
+                    tracing::warn!(%error, "retention failed");
+                }
+            }
+        })
+        .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "retention task panicked");
+        }
+    }
+
+    /// Stops accepting appends, lets every writer commit what it holds, writes the indexes and
+    /// flushes the metadata store.
+    pub async fn close(&self) -> Result<(), LogError> {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        let topics: Vec<Arc<Topic>> = self.read_topics().values().cloned().collect();
+        for topic in topics {
+            topic.writers.wait().await;
+        }
+        self.inner.meta.flush().await?;
+        Ok(())
+    }
+}
+
+pub(crate) fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn remove_dir(path: &Path) -> Result<(), LogError> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_error(path, "remove directory")(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

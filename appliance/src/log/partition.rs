@@ -1,0 +1,713 @@
+//! One partition: its segments, its single writer task (group commit) and its readers.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::batch::{self, BatchHeader};
+use super::segment::{self, Segment};
+use super::types::{Offset, PartitionId, Timestamp, TopicName};
+use super::{
+    Corruption, Durability, INDEX_INTERVAL_BYTES, LogError, PartitionState, TopicConfig, io_error,
+    read_lock,
+};
+
+/// Appends waiting for the writer; beyond this, producers wait (backpressure).
+const APPEND_QUEUE: usize = 1024;
+/// One group commit takes at most this many bytes, so a flood of appends still gets
+/// acknowledged in steps rather than after one giant write.
+const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+const RECOVERY_POINT_FILE: &str = "recovery-point";
+const RECOVERY_POINT_LEN: usize = 20;
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+}
+
+/// Whole batches read from a partition. The first batch may start before the offset asked
+/// for (a batch is never split); readers skip the records before it.
+#[derive(Debug, Clone)]
+pub struct ReadChunk {
+    pub batches: Bytes,
+    /// The offset to read from next.
+    pub next_offset: Offset,
+    pub high_watermark: Offset,
+    pub log_start: Offset,
+}
+
+struct AppendRequest {
+    batch: BytesMut,
+    header: BatchHeader,
+    reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+}
+
+#[derive(Debug)]
+pub struct Partition {
+    topic: TopicName,
+    id: PartitionId,
+    dir: PathBuf,
+    config: Arc<RwLock<TopicConfig>>,
+    /// Ordered by base offset; the last one is active. Never empty.
+    segments: RwLock<Vec<Arc<Segment>>>,
+    high_watermark: watch::Sender<Offset>,
+    appends: mpsc::Sender<AppendRequest>,
+    /// Set when the writer stopped on an error it cannot recover from (a failed fsync).
+    failure: OnceLock<Arc<LogError>>,
+}
+
+impl Partition {
+    /// Opens (or, with `create`, creates) the partition in `dir`, recovers it and starts its
+    /// writer on `writers`, stopping when `shutdown` is cancelled.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn open(
+        topic: TopicName,
+        id: PartitionId,
+        dir: PathBuf,
+        config: Arc<RwLock<TopicConfig>>,
+        durability: Durability,
+        create: bool,
+        shutdown: &CancellationToken,
+        writers: &TaskTracker,
+    ) -> Result<Arc<Self>, LogError> {
+        let recover_dir = dir.clone();
+        let (segments, recovery_point) =
+            tokio::task::spawn_blocking(move || recover(&recover_dir, create))
+                .await
+                .map_err(|e| LogError::Io {
+                    op: "recover partition",
+                    path: dir.clone(),
+                    source: std::io::Error::other(e),
+                })??;
+        let active = segments.last().cloned().ok_or(LogError::ShuttingDown)?;
+        let (appends, requests) = mpsc::channel(APPEND_QUEUE);
+        let partition = Arc::new(Self {
+            topic,
+            id,
+            dir,
+            config,
+            high_watermark: watch::Sender::new(active.next_offset()),
+            segments: RwLock::new(segments),
+            appends,
+            failure: OnceLock::new(),
+        });
+        let writer = Writer {
+            partition: partition.clone(),
+            write_len: active.visible_len(),
+            next_offset: active.next_offset(),
+            active,
+            active_since: None,
+            durability,
+            recovery_point,
+        };
+        writers.spawn(writer.run(requests, shutdown.clone()));
+        Ok(partition)
+    }
+
+    pub fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        *self.high_watermark.borrow()
+    }
+
+    pub fn log_start(&self) -> Offset {
+        read_lock(&self.segments)
+            .first()
+            .map_or(Offset(0), |s| s.base())
+    }
+
+    pub(super) fn state(&self) -> PartitionState {
+        if let Some(cause) = self.failure.get() {
+            return PartitionState::Failed {
+                reason: cause.to_string(),
+            };
+        }
+        let segments = read_lock(&self.segments);
+        PartitionState::Online {
+            log_start: segments.first().map_or(Offset(0), |s| s.base()),
+            high_watermark: self.high_watermark(),
+            size_bytes: segments.iter().map(|s| s.visible_len()).sum(),
+            segments: segments.len(),
+        }
+    }
+
+    fn unavailable(&self) -> LogError {
+        LogError::Unavailable {
+            topic: self.topic.clone(),
+            partition: self.id,
+            cause: self
+                .failure
+                .get()
+                .cloned()
+                .unwrap_or_else(|| Arc::new(LogError::ShuttingDown)),
+        }
+    }
+
+    /// Appends one encoded batch and waits until it is durable. The batch's base offset is
+    /// replaced by the partition's next offset.
+    pub async fn append(&self, batch: BytesMut) -> Result<AppendOutcome, LogError> {
+        let max = read_lock(&self.config).max_message_bytes;
+        if batch.len() > max as usize {
+            return Err(LogError::RecordTooLarge {
+                topic: self.topic.clone(),
+                size: batch.len(),
+                max,
+            });
+        }
+        let header = batch::validate(&batch)?;
+        if header.total_len != batch.len() {
+            return Err(LogError::InvalidBatch(batch::BatchError::TrailingBytes {
+                extra: batch.len() - header.total_len,
+            }));
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.appends
+            .send(AppendRequest {
+                batch,
+                header,
+                reply,
+            })
+            .await
+            .map_err(|_| self.unavailable())?;
+        outcome.await.map_err(|_| self.unavailable())?
+    }
+
+    /// Reads whole batches from `offset`, at most about `max_bytes` (always at least one batch).
+    /// Returns an empty chunk at the high watermark.
+    pub fn read(&self, offset: Offset, max_bytes: usize) -> Result<ReadChunk, LogError> {
+        let high_watermark = self.high_watermark();
+        let segments: Vec<Arc<Segment>> = {
+            let all = read_lock(&self.segments);
+            let first_needed = all
+                .partition_point(|s| s.base() <= offset)
+                .saturating_sub(1);
+            all[first_needed..].to_vec()
+        };
+        let log_start = segments.first().map_or(Offset(0), |s| s.base());
+        let chunk = |batches, next_offset| ReadChunk {
+            batches,
+            next_offset,
+            high_watermark,
+            log_start,
+        };
+        if offset > high_watermark || (offset < log_start && offset < high_watermark) {
+            return Err(LogError::OffsetOutOfRange {
+                topic: self.topic.clone(),
+                partition: self.id,
+                offset,
+                log_start: self.log_start(),
+                high_watermark,
+            });
+        }
+        for segment in &segments {
+            if offset >= high_watermark {
+                break;
+            }
+            if let Some(position) = segment.locate(offset)? {
+                let (batches, next_offset) =
+                    segment.read_batches(position, max_bytes, high_watermark)?;
+                if !batches.is_empty() {
+                    return Ok(chunk(batches, next_offset));
+                }
+            }
+        }
+        Ok(chunk(Bytes::new(), offset))
+    }
+
+    /// [`Partition::read`], but at the high watermark waits up to `max_wait` for new data.
+    pub async fn read_wait(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<ReadChunk, LogError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut changes = self.high_watermark.subscribe();
+        loop {
+            let chunk = self.read(offset, max_bytes)?;
+            if !chunk.batches.is_empty() || max_wait.is_zero() {
+                return Ok(chunk);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Err(_elapsed) => return Ok(chunk),
+                Ok(Err(_closed)) => return Err(self.unavailable()),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// The first offset whose record has a timestamp at or after `target`, if any.
+    pub fn offset_for_timestamp(&self, target: Timestamp) -> Result<Option<Offset>, LogError> {
+        let high_watermark = self.high_watermark();
+        let segments: Vec<Arc<Segment>> = read_lock(&self.segments).clone();
+        for segment in segments {
+            if segment.max_timestamp().is_none_or(|max| max < target) {
+                continue;
+            }
+            let mut found = None;
+            segment.visit_headers(segment.time_floor(target), |position, header| {
+                if header.base_offset >= high_watermark {
+                    return false;
+                }
+                if header.max_timestamp >= target {
+                    found = Some((position, *header));
+                    return false;
+                }
+                true
+            })?;
+            if let Some((position, header)) = found {
+                let bytes = segment.read_batch(position, &header)?;
+                let mut records = Vec::new();
+                batch::decode_batch(&header, bytes, &mut records).map_err(|e| {
+                    LogError::Corrupt {
+                        path: segment.path().to_path_buf(),
+                        position,
+                        problem: Corruption::Batch(e),
+                    }
+                })?;
+                return Ok(records
+                    .iter()
+                    .find(|r| r.record.timestamp >= target)
+                    .map(|r| r.offset));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes sealed segments past the topic's retention by age, then by size, oldest first.
+    /// Returns how many were deleted.
+    pub fn apply_retention(&self, now: Timestamp) -> Result<usize, LogError> {
+        let config = read_lock(&self.config).clone();
+        let doomed: Vec<Arc<Segment>> = {
+            let mut segments = self
+                .segments
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sealed = segments.len().saturating_sub(1);
+            let mut remaining: u64 = segments.iter().map(|s| s.visible_len()).sum();
+            let mut count = 0;
+            while count < sealed {
+                let segment = &segments[count];
+                let len = segment.visible_len();
+                let expired = config.retention_ms.is_some_and(|ms| {
+                    segment
+                        .max_timestamp()
+                        .is_some_and(|max| max.0 < now.0.saturating_sub(ms as i64))
+                });
+                let oversized = config
+                    .retention_bytes
+                    .is_some_and(|max| remaining.saturating_sub(len) >= max);
+                if !(expired || oversized) {
+                    break;
+                }
+                remaining -= len;
+                count += 1;
+            }
+            segments.drain(..count).collect()
+        };
+        for segment in &doomed {
+            segment.delete_files()?;
+            tracing::info!(
+                topic = %self.topic,
+                partition = %self.id,
+                segment = %segment.path().display(),
+                "retention deleted segment"
+            );
+        }
+        if !doomed.is_empty() {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(doomed.len())
+    }
+}
+
+/// Lists the segments in `dir`, opens the sealed ones and recovers the active one.
+fn recover(dir: &Path, create: bool) -> Result<(Vec<Arc<Segment>>, RecoveryPointFile), LogError> {
+    if !dir.exists() {
+        if !create {
+            tracing::warn!(dir = %dir.display(), "partition directory is missing; starting it empty");
+        }
+        std::fs::create_dir_all(dir).map_err(io_error(dir, "create partition directory"))?;
+        if let Some(parent) = dir.parent() {
+            segment::sync_dir(parent)?;
+        }
+    }
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir, "list partition"))? {
+        let entry = entry.map_err(io_error(dir, "list partition"))?;
+        if let Some(base) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_log_file_name)
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort();
+    let recovery_point = RecoveryPointFile::open(dir)?;
+    let Some((&active_base, sealed_bases)) = bases.split_last() else {
+        let first = Segment::create(dir, recovery_point.last.map_or(Offset(0), |p| p.base))?;
+        return Ok((vec![Arc::new(first)], recovery_point));
+    };
+    let mut segments = Vec::with_capacity(bases.len());
+    let mut expected: Option<Offset> = None;
+    for &base in sealed_bases {
+        let segment = Segment::open_sealed(dir, base)?;
+        check_follows(&segment, expected)?;
+        expected = Some(segment.next_offset());
+        segments.push(Arc::new(segment));
+    }
+    let durable_len = match recovery_point.last {
+        Some(point) if point.base == active_base => point.durable_len,
+        Some(point) if point.base > active_base => {
+            return Err(LogError::Corrupt {
+                path: segment::log_path(dir, point.base),
+                position: 0,
+                problem: Corruption::MissingDurableBytes {
+                    durable_len: point.durable_len,
+                },
+            });
+        }
+        _ => 0,
+    };
+    let active = Segment::recover_active(dir, active_base, durable_len)?;
+    check_follows(&active, expected)?;
+    segments.push(Arc::new(active));
+    Ok((segments, recovery_point))
+}
+
+fn check_follows(segment: &Segment, expected: Option<Offset>) -> Result<(), LogError> {
+    match expected {
+        Some(expected) if segment.base() != expected => Err(LogError::Corrupt {
+            path: segment.path().to_path_buf(),
+            position: 0,
+            problem: Corruption::SegmentGap { expected },
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecoveryPoint {
+    base: Offset,
+    durable_len: u64,
+}
+
+/// The `recovery-point` file: overwritten in place after each durable commit, never fsynced on
+/// its own. Whatever value reached the disk was true when written, because it is written only
+/// after the data it describes was fsynced.
+#[derive(Debug)]
+struct RecoveryPointFile {
+    file: File,
+    path: PathBuf,
+    last: Option<RecoveryPoint>,
+}
+
+impl RecoveryPointFile {
+    fn open(dir: &Path) -> Result<Self, LogError> {
+        let path = dir.join(RECOVERY_POINT_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_error(&path, "open recovery point"))?;
+        let mut buf = [0u8; RECOVERY_POINT_LEN];
+        let last = match file.read_exact_at(&mut buf, 0) {
+            Ok(()) => {
+                let (body, mut crc) = buf.split_at(16);
+                if crc32c::crc32c(body) == crc.get_u32() {
+                    let mut body = body;
+                    Some(RecoveryPoint {
+                        base: Offset(body.get_u64()),
+                        durable_len: body.get_u64(),
+                    })
+                } else {
+                    tracing::warn!(file = %path.display(), "recovery point is damaged; checking the whole active segment as a possible torn tail");
+                    None
+                }
+            }
+            Err(_) => None,
+        };
+        Ok(Self { file, path, last })
+    }
+
+    fn write(&mut self, point: RecoveryPoint) -> Result<(), LogError> {
+        if self.last == Some(point) {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(RECOVERY_POINT_LEN);
+        buf.put_u64(point.base.0);
+        buf.put_u64(point.durable_len);
+        let crc = crc32c::crc32c(&buf);
+        buf.put_u32(crc);
+        self.file
+            .write_all_at(&buf, 0)
+            .map_err(io_error(&self.path, "write recovery point"))?;
+        self.last = Some(point);
+        Ok(())
+    }
+}
+
+/// The partition's only writer: owns the active segment's write position.
+struct Writer {
+    partition: Arc<Partition>,
+    active: Arc<Segment>,
+    /// Bytes written to the active segment, published or not.
+    write_len: u64,
+    next_offset: Offset,
+    /// When the active segment got its first append since it was opened; drives `segment-ms`.
+    active_since: Option<Instant>,
+    durability: Durability,
+    recovery_point: RecoveryPointFile,
+}
+
+type Reply = (
+    oneshot::Sender<Result<AppendOutcome, LogError>>,
+    Result<AppendOutcome, LogError>,
+);
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<AppendRequest>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                request = requests.recv() => match request {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
+            let group = take_group(first, &mut requests);
+            match self.commit_off_thread(group).await {
+                Some(writer) => self = writer,
+                None => return,
+            }
+        }
+        requests.close();
+        let mut rest = Vec::new();
+        while let Ok(request) = requests.try_recv() {
+            rest.push(request);
+        }
+        if !rest.is_empty() {
+            match self.commit_off_thread(rest).await {
+                Some(writer) => self = writer,
+                None => return,
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || self.close()).await;
+    }
+
+    /// Runs the blocking commit on the blocking pool and answers the group.
+    async fn commit_off_thread(self, group: Vec<AppendRequest>) -> Option<Self> {
+        let partition = self.partition.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut writer = self;
+            let replies = writer.commit(group);
+            (writer, replies)
+        })
+        .await;
+        match joined {
+            Ok((writer, replies)) => {
+                for (reply, outcome) in replies {
+                    let _ = reply.send(outcome);
+                }
+                let failed = writer.partition.failure.get().is_some();
+                (!failed).then_some(writer)
+            }
+            Err(panic) => {
+                let cause = Arc::new(LogError::Io {
+                    op: "commit",
+                    path: partition.dir.clone(),
+                    source: std::io::Error::other(panic.to_string()),
+                });
+                let _ = partition.failure.set(cause);
+                None
+            }
+        }
+    }
+
+    /// Writes the group, makes it durable with one fsync and publishes it.
+    fn commit(&mut self, group: Vec<AppendRequest>) -> Vec<Reply> {
+        let mut replies = Vec::with_capacity(group.len());
+        let mut written: Vec<(u64, BatchHeader)> = Vec::with_capacity(group.len());
+        for mut request in group {
+            if self.should_roll(&request.header)
+                && let Err(error) = self.roll(&mut written)
+            {
+                self.fail(error, &mut replies);
+                replies.push((request.reply, Err(self.partition.unavailable())));
+                continue;
+            }
+            if self.partition.failure.get().is_some() {
+                replies.push((request.reply, Err(self.partition.unavailable())));
+                continue;
+            }
+            batch::set_base_offset(&mut request.batch, self.next_offset);
+            let mut header = request.header;
+            header.base_offset = self.next_offset;
+            match self.active.write_at(self.write_len, &request.batch) {
+                Ok(()) => {
+                    written.push((self.write_len, header));
+                    self.write_len += request.batch.len() as u64;
+                    self.next_offset = header.next_offset();
+                    self.active_since.get_or_insert_with(Instant::now);
+                    replies.push((
+                        request.reply,
+                        Ok(AppendOutcome {
+                            base_offset: header.base_offset,
+                            last_offset: header.last_offset(),
+                        }),
+                    ));
+                }
+                Err(error) => {
+                    // A failed write (a full disk, say) leaves the partition as it was.
+                    let _ = self.active.truncate_to(self.write_len);
+                    replies.push((request.reply, Err(error)));
+                }
+            }
+        }
+        if self.partition.failure.get().is_none()
+            && let Err(error) = self.make_durable(&written)
+        {
+            self.fail(error, &mut replies);
+        }
+        replies
+    }
+
+    fn should_roll(&self, header: &BatchHeader) -> bool {
+        if self.write_len == 0 {
+            return false;
+        }
+        let config = read_lock(&self.partition.config);
+        let too_big = self.write_len + header.total_len as u64 > config.segment_bytes;
+        let too_old = self
+            .active_since
+            .is_some_and(|since| since.elapsed() >= Duration::from_millis(config.segment_ms));
+        let relative_end =
+            self.next_offset.0 - self.active.base().0 + u64::from(header.record_count);
+        too_big || too_old || relative_end > u64::from(u32::MAX)
+    }
+
+    /// Makes everything written durable (per the durability setting) and visible.
+    fn make_durable(&mut self, written: &[(u64, BatchHeader)]) -> Result<(), LogError> {
+        if written.is_empty() {
+            return Ok(());
+        }
+        if self.durability == Durability::Fsync {
+            self.active.sync()?;
+        }
+        self.publish(written);
+        if self.durability == Durability::Fsync {
+            self.recovery_point.write(RecoveryPoint {
+                base: self.active.base(),
+                durable_len: self.write_len,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn publish(&self, written: &[(u64, BatchHeader)]) {
+        self.active.publish(
+            self.write_len,
+            self.next_offset,
+            written,
+            INDEX_INTERVAL_BYTES,
+        );
+        self.partition.high_watermark.send_replace(self.next_offset);
+    }
+
+    /// Seals the active segment (data and indexes durable) and starts the next one.
+    fn roll(&mut self, written: &mut Vec<(u64, BatchHeader)>) -> Result<(), LogError> {
+        self.active.sync()?;
+        self.active.publish(
+            self.write_len,
+            self.next_offset,
+            written,
+            INDEX_INTERVAL_BYTES,
+        );
+        written.clear();
+        self.active.write_index_files()?;
+        let next = Arc::new(Segment::create(&self.partition.dir, self.next_offset)?);
+        self.partition
+            .segments
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(next.clone());
+        self.active = next;
+        self.write_len = 0;
+        self.active_since = None;
+        self.recovery_point.write(RecoveryPoint {
+            base: self.active.base(),
+            durable_len: 0,
+        })
+    }
+
+    /// A failed fsync leaves the file's state unknown (the kernel may have dropped the dirty
+    /// pages), so the partition stops taking writes until a restart recovers it from disk.
+    fn fail(&mut self, error: LogError, replies: &mut [Reply]) {
+        tracing::error!(topic = %self.partition.topic, partition = %self.partition.id, %error, "partition writer failed; restart to recover");
+        let _ = self.partition.failure.set(Arc::new(error));
+        for (_, outcome) in replies.iter_mut() {
+            if outcome.is_ok() {
+                *outcome = Err(self.partition.unavailable());
+            }
+        }
+    }
+
+    /// Final commit at shutdown: everything durable, indexes written, recovery point exact.
+    fn close(mut self) {
+        let result = self.active.sync().and_then(|()| {
+            self.active.write_index_files()?;
+            self.recovery_point.write(RecoveryPoint {
+                base: self.active.base(),
+                durable_len: self.write_len,
+            })?;
+            self.recovery_point
+                .file
+                .sync_all()
+                .map_err(io_error(&self.recovery_point.path, "fsync recovery point"))
+        });
+        if let Err(error) = result {
+            tracing::error!(topic = %self.partition.topic, partition = %self.partition.id, %error, "final flush failed");
+        }
+    }
+}
+
+fn take_group(
+    first: AppendRequest,
+    requests: &mut mpsc::Receiver<AppendRequest>,
+) -> Vec<AppendRequest> {
+    let mut bytes = first.batch.len();
+    let mut group = vec![first];
+    while bytes < MAX_GROUP_BYTES {
+        match requests.try_recv() {
+            Ok(request) => {
+                bytes += request.batch.len();
+                group.push(request);
+            }
+            Err(_) => break,
+        }
+    }
+    group
+}

@@ -1,0 +1,686 @@
+//! Behaviour of the log as a whole: appends, reads, rolls, recovery, corruption, retention.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::*;
+
+fn log_config(dir: &Path, durability: Durability) -> LogConfig {
+    LogConfig {
+        data_dir: dir.to_path_buf(),
+        durability,
+        retention_check_interval: Duration::from_secs(3600),
+        topic_defaults: TopicConfig::default(),
+    }
+}
+
+async fn open(dir: &Path) -> Log {
+    let meta = Meta::open(&dir.join("meta")).expect("meta opens");
+    Log::open(log_config(dir, Durability::Fsync), meta)
+        .await
+        .expect("log opens")
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::new(name).expect("valid name")
+}
+
+fn small_segments(partitions: u32) -> TopicConfig {
+    TopicConfig {
+        partitions,
+        segment_bytes: 4096,
+        max_message_bytes: 4096,
+        retention_ms: None,
+        ..TopicConfig::default()
+    }
+}
+
+fn records(values: &[String], timestamp: i64) -> Vec<Record> {
+    values
+        .iter()
+        .map(|v| Record {
+            key: Some(Bytes::from(format!("k-{v}"))),
+            value: Some(Bytes::from(v.clone())),
+            headers: vec![Header {
+                key: "h".into(),
+                value: None,
+            }],
+            timestamp: Timestamp(timestamp),
+        })
+        .collect()
+}
+
+fn batch_of(values: &[String], timestamp: i64) -> BytesMut {
+    encode(&records(values, timestamp), Compression::None).expect("encodes")
+}
+
+fn values(from: usize, count: usize) -> Vec<String> {
+    (from..from + count).map(|i| format!("value-{i}")).collect()
+}
+
+/// Every record of the partition from `from` to the high watermark, in order.
+fn read_all(partition: &Partition, from: Offset) -> Result<Vec<StoredRecord>, LogError> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while offset < partition.high_watermark() {
+        let chunk = partition.read(offset, 1500)?;
+        assert!(!chunk.batches.is_empty(), "no progress at {offset}");
+        out.extend(
+            decode_all(chunk.batches)
+                .expect("decodes")
+                .into_iter()
+                .filter(|r| r.offset >= offset),
+        );
+        offset = chunk.next_offset;
+    }
+    Ok(out)
+}
+
+fn partition_dir(dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    dir.join("topics").join(topic).join(partition.to_string())
+}
+
+fn segment_files(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Appends `batches` batches of `per_batch` records to partition 0, numbering values from 0.
+async fn fill(log: &Log, name: &TopicName, batches: usize, per_batch: usize) {
+    for b in 0..batches {
+        log.append(
+            name,
+            PartitionId(0),
+            batch_of(&values(b * per_batch, per_batch), 1000 + b as i64),
+        )
+        .await
+        .expect("append");
+    }
+}
+
+#[tokio::test]
+async fn appended_records_read_back_in_order_across_rolled_segments_and_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), small_segments(2))
+            .await
+            .expect("create");
+        let outcome = log
+            .append(&name, PartitionId(1), batch_of(&values(0, 3), 5))
+            .await
+            .expect("append");
+        assert_eq!(
+            (outcome.base_offset, outcome.last_offset),
+            (Offset(0), Offset(2))
+        );
+        fill(&log, &name, 60, 5).await;
+        let partition = log.partition(&name, PartitionId(0)).expect("partition");
+        assert_eq!(partition.high_watermark(), Offset(300));
+        let all = read_all(&partition, Offset(0)).expect("read");
+        assert_eq!(all.len(), 300);
+        assert!(
+            all.iter()
+                .enumerate()
+                .all(|(i, r)| r.offset == Offset(i as u64)
+                    && r.record.value == Some(Bytes::from(format!("value-{i}"))))
+        );
+        log.close().await.expect("close");
+    }
+    let segments = segment_files(&partition_dir(dir.path(), "t", 0), "log");
+    assert!(
+        segments.len() > 3,
+        "4 KiB segments must have rolled: {segments:?}"
+    );
+    let log = open(dir.path()).await;
+    let partition = log.partition(&name, PartitionId(0)).expect("partition");
+    assert_eq!(partition.high_watermark(), Offset(300));
+    let from_middle = read_all(&partition, Offset(123)).expect("read");
+    assert_eq!(from_middle.first().map(|r| r.offset), Some(Offset(123)));
+    assert_eq!(from_middle.len(), 177);
+    let next = log
+        .append(&name, PartitionId(0), batch_of(&values(300, 1), 5))
+        .await
+        .expect("append after restart");
+    assert_eq!(next.base_offset, Offset(300));
+    assert_eq!(
+        log.partition(&name, PartitionId(1))
+            .expect("p1")
+            .high_watermark(),
+        Offset(3)
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_reader_at_the_end_waits_for_new_data_and_times_out_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let name = topic("t");
+    log.create_topic(name.clone(), TopicConfig::default())
+        .await
+        .expect("create");
+    let empty = log
+        .read(
+            &name,
+            PartitionId(0),
+            Offset(0),
+            1024,
+            Duration::from_millis(50),
+        )
+        .await
+        .expect("read");
+    assert!(empty.batches.is_empty());
+    let reader = {
+        let log = log.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            log.read(
+                &name,
+                PartitionId(0),
+                Offset(0),
+                1024,
+                Duration::from_secs(30),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    log.append(&name, PartitionId(0), batch_of(&values(0, 2), 1))
+        .await
+        .expect("append");
+    let chunk = reader.await.expect("join").expect("read");
+    assert_eq!(decode_all(chunk.batches).expect("decode").len(), 2);
+    assert_eq!(chunk.next_offset, Offset(2));
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let name = topic("t");
+    let err = log
+        .create_topic(
+            name.clone(),
+            TopicConfig {
+                partitions: 0,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect_err("0 partitions");
+    assert!(
+        err.to_string().contains("partitions must be 1 to 1024"),
+        "{err}"
+    );
+    log.create_topic(name.clone(), small_segments(1))
+        .await
+        .expect("create");
+    assert!(matches!(
+        log.create_topic(name.clone(), small_segments(1)).await,
+        Err(LogError::TopicExists { .. })
+    ));
+    let big = batch_of(&[("x".repeat(5000))], 1);
+    let err = log
+        .append(&name, PartitionId(0), big)
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(err, LogError::RecordTooLarge { max: 4096, .. }),
+        "{err}"
+    );
+    let mut flipped = batch_of(&values(0, 1), 1);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0xff;
+    let err = log
+        .append(&name, PartitionId(0), flipped)
+        .await
+        .expect_err("bad crc");
+    assert!(err.to_string().contains("CRC-32C mismatch"), "{err}");
+    let mut two = batch_of(&values(0, 1), 1);
+    two.extend_from_slice(&batch_of(&values(1, 1), 1));
+    assert!(matches!(
+        log.append(&name, PartitionId(0), two).await,
+        Err(LogError::InvalidBatch(BatchError::TrailingBytes { .. }))
+    ));
+    assert!(matches!(
+        log.append(&name, PartitionId(7), batch_of(&values(0, 1), 1))
+            .await,
+        Err(LogError::UnknownPartition { partitions: 1, .. })
+    ));
+    assert!(matches!(
+        log.append(&topic("nope"), PartitionId(0), batch_of(&values(0, 1), 1))
+            .await,
+        Err(LogError::UnknownTopic { .. })
+    ));
+    let err = log
+        .read(&name, PartitionId(0), Offset(5), 100, Duration::ZERO)
+        .await
+        .expect_err("past the end");
+    assert!(
+        err.to_string().contains("valid offsets are 0 to 0"),
+        "{err}"
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_nothing_after_it_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), TopicConfig::default())
+            .await
+            .expect("create");
+        fill(&log, &name, 10, 3).await;
+        log.close().await.expect("close");
+    }
+    let active = segment_files(&partition_dir(dir.path(), "t", 0), "log")
+        .pop()
+        .expect("segment");
+    let mut partial = batch_of(&values(30, 5), 9).to_vec();
+    partial.truncate(partial.len() / 2);
+    let mut bytes = std::fs::read(&active).expect("read");
+    let durable_len = bytes.len();
+    bytes.extend_from_slice(&partial);
+    std::fs::write(&active, &bytes).expect("write torn tail");
+
+    let log = open(dir.path()).await;
+    let partition = log.partition(&name, PartitionId(0)).expect("partition");
+    assert_eq!(partition.high_watermark(), Offset(30));
+    assert_eq!(read_all(&partition, Offset(0)).expect("read").len(), 30);
+    assert_eq!(
+        std::fs::metadata(&active).expect("stat").len() as usize,
+        durable_len
+    );
+    let next = log
+        .append(&name, PartitionId(0), batch_of(&values(30, 1), 9))
+        .await
+        .expect("append");
+    assert_eq!(next.base_offset, Offset(30));
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_sealed_segment_is_reported_with_file_and_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        let config = TopicConfig {
+            segment_bytes: 64 * 1024,
+            ..small_segments(1)
+        };
+        log.create_topic(name.clone(), config)
+            .await
+            .expect("create");
+        fill(&log, &name, 80, 50).await;
+        log.close().await.expect("close");
+    }
+    let segments = segment_files(&partition_dir(dir.path(), "t", 0), "log");
+    assert!(segments.len() >= 3, "{segments:?}");
+    let sealed = &segments[1];
+    let mut bytes = std::fs::read(sealed).expect("read");
+    let position = 200;
+    bytes[position] ^= 0x01;
+    std::fs::write(sealed, &bytes).expect("flip");
+
+    let log = open(dir.path()).await;
+    let partition = log
+        .partition(&name, PartitionId(0))
+        .expect("index files pass their checks");
+    let before = partition
+        .read(Offset(0), 100)
+        .expect("the first segment is fine");
+    assert!(!before.batches.is_empty());
+    let error = read_all(&partition, Offset(0)).expect_err("corruption must surface");
+    let message = error.to_string();
+    assert!(matches!(error, LogError::Corrupt { .. }), "{message}");
+    assert!(message.contains(&sealed.display().to_string()), "{message}");
+    assert!(message.contains("CRC-32C mismatch"), "{message}");
+    log.close().await.expect("close");
+    drop(log);
+
+    // With its index gone, the damaged segment cannot be re-indexed: the partition refuses to
+    // serve, and says where the damage is.
+    for index in segment_files(&partition_dir(dir.path(), "t", 0), "index") {
+        std::fs::remove_file(index).expect("remove index");
+    }
+    let log = open(dir.path()).await;
+    let error = log
+        .partition(&name, PartitionId(0))
+        .expect_err("refuses to serve");
+    assert!(
+        error.to_string().contains(&sealed.display().to_string()),
+        "{error}"
+    );
+    assert!(matches!(
+        log.list_topics()[0].partitions[0].state,
+        PartitionState::Failed { .. }
+    ));
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn corruption_inside_the_durable_part_of_the_active_segment_is_not_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), TopicConfig::default())
+            .await
+            .expect("create");
+        fill(&log, &name, 10, 3).await;
+        log.close().await.expect("close");
+    }
+    let active = segment_files(&partition_dir(dir.path(), "t", 0), "log")
+        .pop()
+        .expect("segment");
+    let mut bytes = std::fs::read(&active).expect("read");
+    let length = bytes.len();
+    bytes[length / 2] ^= 0x10;
+    std::fs::write(&active, &bytes).expect("flip");
+    let log = open(dir.path()).await;
+    let error = log
+        .partition(&name, PartitionId(0))
+        .expect_err("refuses to serve");
+    assert!(error.to_string().contains("corrupt data in"), "{error}");
+    assert_eq!(
+        std::fs::metadata(&active).expect("stat").len() as usize,
+        length,
+        "nothing cut"
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn missing_or_damaged_index_files_are_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), small_segments(1))
+            .await
+            .expect("create");
+        fill(&log, &name, 40, 5).await;
+        log.close().await.expect("close");
+    }
+    let pdir = partition_dir(dir.path(), "t", 0);
+    let indexes = segment_files(&pdir, "index");
+    let original = std::fs::read(&indexes[0]).expect("read index");
+    std::fs::remove_file(&indexes[0]).expect("delete index");
+    std::fs::write(&indexes[1], b"garbage!garbage!").expect("damage index");
+    let time_indexes = segment_files(&pdir, "timeindex");
+    std::fs::write(&time_indexes[2], [0xff; 7]).expect("damage time index");
+
+    let log = open(dir.path()).await;
+    let partition = log.partition(&name, PartitionId(0)).expect("partition");
+    assert_eq!(read_all(&partition, Offset(0)).expect("read").len(), 200);
+    assert_eq!(std::fs::read(&indexes[0]).expect("rebuilt"), original);
+    assert_ne!(
+        std::fs::read(&indexes[1]).expect("rebuilt"),
+        b"garbage!garbage!"
+    );
+    assert_eq!(
+        partition
+            .offset_for_timestamp(Timestamp(1020))
+            .expect("lookup"),
+        Some(Offset(100))
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn lookup_by_timestamp_finds_the_first_record_at_or_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let name = topic("t");
+    log.create_topic(name.clone(), small_segments(1))
+        .await
+        .expect("create");
+    fill(&log, &name, 40, 5).await;
+    let partition = log.partition(&name, PartitionId(0)).expect("partition");
+    for (target, expected) in [
+        (0, Some(0)),
+        (1000, Some(0)),
+        (1001, Some(5)),
+        (1039, Some(195)),
+        (1040, None),
+    ] {
+        assert_eq!(
+            partition
+                .offset_for_timestamp(Timestamp(target))
+                .expect("lookup"),
+            expected.map(Offset),
+            "timestamp {target}"
+        );
+    }
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn retention_deletes_whole_old_segments_by_age_and_by_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let now = Timestamp::now().0;
+    let aged = topic("aged");
+    log.create_topic(
+        aged.clone(),
+        TopicConfig {
+            retention_ms: Some(3_600_000),
+            ..small_segments(1)
+        },
+    )
+    .await
+    .expect("create");
+    for b in 0..40 {
+        let age = if b < 20 { 2 * 3_600_000 } else { 0 };
+        log.append(
+            &aged,
+            PartitionId(0),
+            batch_of(&values(b * 5, 5), now - age),
+        )
+        .await
+        .expect("append");
+    }
+    let sized = topic("sized");
+    log.create_topic(
+        sized.clone(),
+        TopicConfig {
+            retention_ms: None,
+            retention_bytes: Some(8192),
+            ..small_segments(1)
+        },
+    )
+    .await
+    .expect("create");
+    fill(&log, &sized, 100, 5).await;
+
+    let aged_partition = log.partition(&aged, PartitionId(0)).expect("partition");
+    let sized_partition = log.partition(&sized, PartitionId(0)).expect("partition");
+    let segments_before = segment_files(&partition_dir(dir.path(), "aged", 0), "log").len();
+    log.apply_retention().await;
+
+    let aged_start = aged_partition.log_start();
+    assert!(aged_start > Offset(0), "old segments deleted");
+    assert!(
+        aged_start <= Offset(100),
+        "only segments wholly older than retention go"
+    );
+    let remaining = read_all(&aged_partition, aged_start).expect("read");
+    assert!(remaining.iter().all(|r| r.offset >= aged_start));
+    assert_eq!(remaining.last().map(|r| r.offset), Some(Offset(199)));
+    assert!(segment_files(&partition_dir(dir.path(), "aged", 0), "log").len() < segments_before);
+    let err = aged_partition
+        .read(Offset(0), 100)
+        .expect_err("deleted offsets");
+    assert!(matches!(err, LogError::OffsetOutOfRange { .. }), "{err}");
+
+    let PartitionState::Online { size_bytes, .. } = sized_partition.state() else {
+        panic!("partition online");
+    };
+    assert!(
+        size_bytes >= 8192 && size_bytes < 8192 + 4096 + 4096,
+        "{size_bytes}"
+    );
+    assert!(sized_partition.log_start() > Offset(0));
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn deleted_topics_are_gone_after_restart_and_can_be_created_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), small_segments(3))
+            .await
+            .expect("create");
+        fill(&log, &name, 5, 5).await;
+        log.delete_topic(&name).await.expect("delete");
+        assert!(!dir.path().join("topics/t").exists());
+        log.close().await.expect("close");
+    }
+    let log = open(dir.path()).await;
+    assert!(log.list_topics().is_empty());
+    log.create_topic(name.clone(), small_segments(1))
+        .await
+        .expect("recreate");
+    assert_eq!(
+        log.partition(&name, PartitionId(0))
+            .expect("p")
+            .high_watermark(),
+        Offset(0)
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn os_durability_acknowledges_and_recovers_on_a_clean_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    for round in 0..2 {
+        let meta = Meta::open(&dir.path().join("meta")).expect("meta");
+        let log = Log::open(log_config(dir.path(), Durability::Os), meta)
+            .await
+            .expect("open");
+        if round == 0 {
+            log.create_topic(name.clone(), small_segments(1))
+                .await
+                .expect("create");
+        }
+        fill(&log, &name, 10, 5).await;
+        assert_eq!(
+            log.partition(&name, PartitionId(0))
+                .expect("p")
+                .high_watermark(),
+            Offset(50 * (round + 1))
+        );
+        log.close().await.expect("close");
+    }
+}
+
+/// Operations of the model check.
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        records: usize,
+        compression: Compression,
+    },
+    Reopen,
+    /// A stop in the middle of a write: a prefix of one more batch lands past the durable end.
+    TornWrite {
+        keep_per_mille: u16,
+    },
+    Read {
+        from_per_mille: u16,
+    },
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1usize..20, prop_oneof![Just(Compression::None), Just(Compression::Lz4), Just(Compression::Zstd)])
+            .prop_map(|(records, compression)| Op::Append { records, compression }),
+        1 => Just(Op::Reopen),
+        1 => (0u16..1000).prop_map(|keep_per_mille| Op::TornWrite { keep_per_mille }),
+        2 => (0u16..1000).prop_map(|from_per_mille| Op::Read { from_per_mille }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The log against a plain vector of values: whatever mix of appends, restarts and torn
+    /// writes, every acknowledged record reads back at its offset and nothing else appears.
+    #[test]
+    fn the_log_behaves_like_a_vector(ops in proptest::collection::vec(arb_op(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let name = topic("model");
+            let mut log = open(dir.path()).await;
+            log.create_topic(name.clone(), TopicConfig { segment_bytes: 2048, max_message_bytes: 2048, ..small_segments(1) })
+                .await
+                .expect("create");
+            let mut model: Vec<String> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Append { records, compression } => {
+                        let new = values(model.len(), records);
+                        let batch = encode(&records_of(&new), compression).expect("encode");
+                        let outcome = log.append(&name, PartitionId(0), batch).await.expect("append");
+                        prop_assert_eq!(outcome.base_offset, Offset(model.len() as u64));
+                        model.extend(new);
+                    }
+                    Op::Reopen => {
+                        log.close().await.expect("close");
+                        drop(log);
+                        log = open(dir.path()).await;
+                    }
+                    Op::TornWrite { keep_per_mille } => {
+                        log.close().await.expect("close");
+                        drop(log);
+                        let active = segment_files(&partition_dir(dir.path(), "model", 0), "log")
+                            .pop()
+                            .expect("segment");
+                        let torn = batch_of(&values(model.len(), 3), 1);
+                        let keep = (torn.len() * usize::from(keep_per_mille) / 1000).max(1);
+                        let mut bytes = std::fs::read(&active).expect("read");
+                        bytes.extend_from_slice(&torn[..keep]);
+                        std::fs::write(&active, bytes).expect("write");
+                        log = open(dir.path()).await;
+                    }
+                    Op::Read { from_per_mille } => {
+                        let from = model.len() * usize::from(from_per_mille) / 1000;
+                        let partition = log.partition(&name, PartitionId(0)).expect("partition");
+                        let read = read_all(&partition, Offset(from as u64)).expect("read");
+                        let got: Vec<String> = read
+                            .iter()
+                            .map(|r| String::from_utf8_lossy(r.record.value.as_deref().unwrap_or_default()).into_owned())
+                            .collect();
+                        prop_assert_eq!(&got[..], &model[from..]);
+                    }
+                }
+                let partition = log.partition(&name, PartitionId(0)).expect("partition");
+                prop_assert_eq!(partition.high_watermark(), Offset(model.len() as u64));
+            }
+            log.close().await.expect("close");
+            Ok(())
+        })?;
+    }
+}
+
+fn records_of(values: &[String]) -> Vec<Record> {
+    records(values, 1)
+}

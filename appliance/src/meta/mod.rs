@@ -1,0 +1,331 @@
+//! Metadata that is not the log, in sled: topic configs and consumer-group committed offsets.
+//!
+//! Every change is flushed to disk before the call that made it returns, so an acknowledged
+//! topic creation or offset commit survives a crash. Values are JSON, so a store can be read
+//! with sled's own tools when something needs explaining.
+//!
+//! ```text
+//! tree "topics"   key: topic name                               value: topic config (JSON)
+//! tree "offsets"  key: group \0 topic \0 partition (u32 BE)     value: CommittedOffset (JSON)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+const TOPICS: &str = "topics";
+const OFFSETS: &str = "offsets";
+/// Group ids share Kafka's length bound for names.
+pub const MAX_GROUP_ID_LEN: usize = 249;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata store at {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("metadata store {op} failed: {source}")]
+    Store {
+        op: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("metadata entry {key:?} cannot be decoded: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid group id {group:?}: {reason}")]
+    InvalidGroupId { group: String, reason: &'static str },
+}
+
+/// A validated consumer group id: 1 to 249 characters, no NUL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(String);
+
+impl GroupId {
+    pub fn new(group: impl Into<String>) -> Result<Self, MetaError> {
+        let group = group.into();
+        let reason = if group.is_empty() {
+            Some("it is empty")
+        } else if group.len() > MAX_GROUP_ID_LEN {
+            Some("it is longer than 249 bytes")
+        } else if group.contains('\0') || group.chars().any(char::is_control) {
+            Some("control characters are not allowed")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(MetaError::InvalidGroupId { group, reason }),
+            None => Ok(Self(group)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A group's committed position in one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub offset: u64,
+    /// Free text a consumer stores with its commit, as Kafka's offset metadata.
+    #[serde(default)]
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// One offset to commit or read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub committed: CommittedOffset,
+}
+
+/// Handle to the metadata store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    db: sled::Db,
+    topics: sled::Tree,
+    offsets: sled::Tree,
+}
+
+impl Meta {
+    pub fn open(dir: &Path) -> Result<Self, MetaError> {
+        let open_error = |source| MetaError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let db = sled::open(dir).map_err(open_error)?;
+        let topics = db.open_tree(TOPICS).map_err(open_error)?;
+        let offsets = db.open_tree(OFFSETS).map_err(open_error)?;
+        Ok(Self {
+            db,
+            topics,
+            offsets,
+        })
+    }
+
+    pub async fn flush(&self) -> Result<(), MetaError> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|source| MetaError::Store {
+                op: "flush",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Stores a topic's config, durably.
+    pub async fn put_topic<T: Serialize>(&self, name: &str, config: &T) -> Result<(), MetaError> {
+        let value = serde_json::to_vec(config).map_err(|source| MetaError::Decode {
+            key: name.to_owned(),
+            source,
+        })?;
+        self.topics
+            .insert(name.as_bytes(), value)
+            .map_err(|source| MetaError::Store {
+                op: "insert topic",
+                source,
+            })?;
+        self.flush().await
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
+        self.topics
+            .remove(name.as_bytes())
+            .map_err(|source| MetaError::Store {
+                op: "remove topic",
+                source,
+            })?;
+        let mut batch = sled::Batch::default();
+        for entry in self.offsets.iter() {
+            let (key, _) = entry.map_err(|source| MetaError::Store {
+                op: "scan offsets",
+                source,
+            })?;
+            if split_offset_key(&key).is_some_and(|(_, topic, _)| topic == name) {
+                batch.remove(key);
+            }
+        }
+        self.offsets
+            .apply_batch(batch)
+            .map_err(|source| MetaError::Store {
+                op: "remove offsets",
+                source,
+            })?;
+        self.flush().await
+    }
+
+    /// Every stored topic with its config.
+    pub fn topics<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, MetaError> {
+        self.topics
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(|source| MetaError::Store {
+                    op: "scan topics",
+                    source,
+                })?;
+                let name = String::from_utf8_lossy(&key).into_owned();
+                let config =
+                    serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
+                        key: name.clone(),
+                        source,
+                    })?;
+                Ok((name, config))
+            })
+            .collect()
+    }
+
+    /// Commits a group's offsets, all or none, durably.
+    pub async fn commit_offsets(
+        &self,
+        group: &GroupId,
+        offsets: &[PartitionOffset],
+    ) -> Result<(), MetaError> {
+        let mut batch = sled::Batch::default();
+        for offset in offsets {
+            let value =
+                serde_json::to_vec(&offset.committed).map_err(|source| MetaError::Decode {
+                    key: offset.topic.clone(),
+                    source,
+                })?;
+            batch.insert(offset_key(group, &offset.topic, offset.partition), value);
+        }
+        self.offsets
+            .apply_batch(batch)
+            .map_err(|source| MetaError::Store {
+                op: "commit offsets",
+                source,
+            })?;
+        self.flush().await
+    }
+
+    /// A group's committed offsets, in topic and partition order.
+    pub fn committed_offsets(&self, group: &GroupId) -> Result<Vec<PartitionOffset>, MetaError> {
+        let mut prefix = group.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        self.offsets
+            .scan_prefix(prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(|source| MetaError::Store {
+                    op: "scan offsets",
+                    source,
+                })?;
+                let (_, topic, partition) = split_offset_key(&key).unwrap_or_default();
+                let committed =
+                    serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
+                        key: format!("{group}/{topic}/{partition}"),
+                        source,
+                    })?;
+                Ok(PartitionOffset {
+                    topic: topic.to_owned(),
+                    partition,
+                    committed,
+                })
+            })
+            .collect()
+    }
+
+    /// Every group that has committed offsets.
+    pub fn groups(&self) -> Result<Vec<GroupId>, MetaError> {
+        let mut groups: Vec<GroupId> = Vec::new();
+        for entry in self.offsets.iter() {
+            let (key, _) = entry.map_err(|source| MetaError::Store {
+                op: "scan offsets",
+                source,
+            })?;
+            if let Some((group, _, _)) = split_offset_key(&key)
+                && groups.last().is_none_or(|last| last.as_str() != group)
+            {
+                groups.push(GroupId(group.to_owned()));
+            }
+        }
+        Ok(groups)
+    }
+}
+
+fn offset_key(group: &GroupId, topic: &str, partition: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group.0.len() + topic.len() + 6);
+    key.extend_from_slice(group.0.as_bytes());
+    key.push(0);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn split_offset_key(key: &[u8]) -> Option<(&str, &str, u32)> {
+    let (rest, partition) = key.split_at_checked(key.len().checked_sub(4)?)?;
+    let rest = rest.strip_suffix(&[0])?;
+    let separator = rest.iter().position(|&b| b == 0)?;
+    let group = std::str::from_utf8(&rest[..separator]).ok()?;
+    let topic = std::str::from_utf8(&rest[separator + 1..]).ok()?;
+    Some((group, topic, u32::from_be_bytes(partition.try_into().ok()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(offset: u64) -> CommittedOffset {
+        CommittedOffset {
+            offset,
+            metadata: String::new(),
+            commit_timestamp_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_and_topics_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let group = GroupId::new("g1").expect("valid");
+        {
+            let meta = Meta::open(dir.path()).expect("open");
+            meta.put_topic("t", &serde_json::json!({"partitions": 3}))
+                .await
+                .expect("put");
+            let offsets: Vec<PartitionOffset> = (0..3)
+                .map(|p| PartitionOffset {
+                    topic: "t".into(),
+                    partition: p,
+                    committed: committed(u64::from(p) * 10),
+                })
+                .collect();
+            meta.commit_offsets(&group, &offsets).await.expect("commit");
+            meta.commit_offsets(&GroupId::new("g2").expect("valid"), &offsets[..1])
+                .await
+                .expect("commit");
+        }
+        let meta = Meta::open(dir.path()).expect("reopen");
+        let topics: Vec<(String, serde_json::Value)> = meta.topics().expect("topics");
+        assert_eq!(topics.len(), 1);
+        let back = meta.committed_offsets(&group).expect("read");
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[2].partition, 2);
+        assert_eq!(back[2].committed.offset, 20);
+        assert_eq!(meta.groups().expect("groups").len(), 2);
+        meta.delete_topic("t").await.expect("delete");
+        assert!(meta.committed_offsets(&group).expect("read").is_empty());
+    }
+
+    #[test]
+    fn group_ids_are_validated() {
+        assert!(GroupId::new("").is_err());
+        assert!(GroupId::new("a\0b").is_err());
+        assert!(GroupId::new("x".repeat(250)).is_err());
+        assert!(GroupId::new("readers-1").is_ok());
+    }
+}
