@@ -1,1 +1,133 @@
+//! Harness for end-to-end tests: starts real `appliance` processes and talks to them as an
+//! operator does (command line, signals, files), and stops them when a test ends.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long a process gets to become ready or to stop.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `appliance` binary of this build: `APPLIANCE_BIN`, or the one beside the test's own
+/// target directory (`cargo test --workspace` builds it).
+pub fn appliance_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("APPLIANCE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not in a cargo target directory")?;
+    let bin = profile_dir.join("appliance");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} does not exist: run the tests with `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// A command for the appliance binary, run in `dir`.
+pub fn appliance(dir: &Path) -> anyhow::Result<Command> {
+    let mut command = Command::new(appliance_bin()?);
+    command.current_dir(dir).env_remove("APPLIANCE_LOG");
+    Ok(command)
+}
+
+/// Runs the appliance to completion with `args`, in `dir`.
+pub fn run_to_end(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(appliance(dir)?.args(args).stdin(Stdio::null()).output()?)
+}
+
+/// A running `appliance run` process; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `appliance run ARGS` in `dir` and waits until it logs that it is ready.
+    pub fn start(dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = appliance(dir)?
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let collected = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("appliance ready") {
+                    let _ = ready_tx.send(());
+                }
+                collected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line);
+            }
+        });
+        let mut daemon = Self { child, log };
+        match ready_rx.recv_timeout(PROCESS_TIMEOUT) {
+            Ok(()) => Ok(daemon),
+            Err(_) => {
+                let status = daemon.child.try_wait()?;
+                bail!(
+                    "appliance did not become ready (exit: {status:?}); its log:\n{}",
+                    daemon.log_text()
+                )
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Everything the process logged so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn stop_with(mut self, signal: Signal) -> anyhow::Result<(ExitStatus, String)> {
+        kill(self.pid(), signal)?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Ok((status, self.log_text()));
+            }
+            if started.elapsed() > PROCESS_TIMEOUT {
+                bail!(
+                    "appliance did not exit after {signal}; its log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,8 +14,8 @@ use bytes::{Bytes, BytesMut};
 use clap::{Args, Subcommand};
 
 use crate::log::{
-    Compression, Durability, Log, LogConfig, Offset, PartitionId, Record, Timestamp, TopicConfig,
-    TopicName,
+    Compression, Durability, Log, LogConfig, Offset, Partition, PartitionId, Record, Timestamp,
+    TopicConfig, TopicName,
 };
 use crate::meta::Meta;
 
@@ -63,6 +63,8 @@ const MB: f64 = 1_000_000.0;
 /// The disk baseline writes in chunks of this size, each followed by fdatasync: the pattern
 /// of a group commit that has gathered a few MiB.
 const DISK_CHUNK: usize = 4 * 1024 * 1024;
+/// The parallel disk baseline uses as many files as the multi-partition cases use partitions.
+const PARALLEL_STREAMS: usize = 8;
 
 async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
@@ -82,8 +84,9 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
         args.batch_kib,
         scratch.path().display()
     );
-    let disk_mb_s = disk_baseline(scratch.path().join("disk-baseline"), case_time)?;
-    println!("disk baseline: sequential write, fdatasync every 4 MiB: {disk_mb_s:>10.1} MB/s");
+    let disk_before = DiskBaseline::measure(scratch.path(), case_time)?;
+    println!("disk baseline, sequential write + fdatasync every 4 MiB (before the cases):");
+    disk_before.print();
     println!();
 
     let meta = Meta::open(&scratch.path().join("meta"))?;
@@ -101,6 +104,9 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     println!(
         "{:>8} {:>10} {:>11} {:>10} {:>14} {:>10}",
         "record", "producers", "partitions", "MB/s", "records/s", "of disk"
+    );
+    println!(
+        "(\"of disk\": against the 1-file baseline for 1 partition, the {PARALLEL_STREAMS}-file one for {PARALLEL_STREAMS})"
     );
     let mut cases = Vec::new();
     for record_bytes in [100, 1024] {
@@ -125,7 +131,7 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
                     result.partitions,
                     result.mb_s,
                     result.records_s,
-                    100.0 * result.mb_s / disk_mb_s
+                    100.0 * result.mb_s / disk_before.for_partitions(partitions)
                 );
                 cases.push(result);
             }
@@ -141,6 +147,14 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     );
     log.close().await?;
 
+    // Virtual and flash disks change speed as their caches fill: measure again, and judge
+    // the log against the better of the two figures.
+    let disk_after = DiskBaseline::measure(scratch.path(), case_time)?;
+    println!();
+    println!("disk baseline again (after the cases):");
+    disk_after.print();
+    let disk = disk_before.best(&disk_after);
+
     let find = |record_bytes, producers, partitions| {
         cases.iter().find(|c| {
             c.record_bytes == record_bytes && c.producers == producers && c.partitions == partitions
@@ -149,10 +163,11 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     let append_mb_s_1k_64p = find(1024, 64, 1).map_or(0.0, |c| c.mb_s);
     let append_rps_100b_8p = find(100, 64, 8).map_or(0.0, |c| c.records_s);
     println!();
-    println!("targets:");
+    println!("targets (against the better disk baseline):");
     println!(
-        "  1 KiB records, 64 producers, 1 partition: {:.0}% of disk bandwidth (target >= 80%)",
-        100.0 * append_mb_s_1k_64p / disk_mb_s
+        "  1 KiB records, 64 producers, 1 partition: {append_mb_s_1k_64p:.1} MB/s, {:.0}% of {:.1} MB/s (target >= 80%)",
+        100.0 * append_mb_s_1k_64p / disk.single,
+        disk.single
     );
     println!(
         "  100 B records, 64 producers, 8 partitions: {append_rps_100b_8p:.0} records/s (target >= 1000000)"
@@ -160,7 +175,10 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     println!("  sequential read: {read_mb_s:.0} MB/s (target >= 1000)");
     if args.json {
         let summary = serde_json::json!({
-            "disk_mb_s": disk_mb_s,
+            "disk_mb_s": disk.single,
+            "disk_mb_s_parallel": disk.parallel,
+            "disk_mb_s_before": disk_before.single,
+            "disk_mb_s_after": disk_after.single,
             "append_mb_s_1k_64p": append_mb_s_1k_64p,
             "append_rps_100b_8p": append_rps_100b_8p,
             "read_mb_s": read_mb_s,
@@ -173,21 +191,78 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends `DISK_CHUNK`s to a growing file with fdatasync after each, for `duration`.
-fn disk_baseline(path: PathBuf, duration: Duration) -> anyhow::Result<f64> {
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let chunk = vec![0xA5u8; DISK_CHUNK];
-    let started = Instant::now();
-    let mut written = 0u64;
-    while started.elapsed() < duration {
-        file.write_all_at(&chunk, written)?;
-        file.sync_data()?;
-        written += chunk.len() as u64;
+/// The disk's own write bandwidth, from one file and from several at once.
+#[derive(Debug, Clone, Copy)]
+struct DiskBaseline {
+    single: f64,
+    parallel: f64,
+}
+
+impl DiskBaseline {
+    fn measure(dir: &Path, duration: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            single: disk_baseline(dir, 1, duration)?,
+            parallel: disk_baseline(dir, PARALLEL_STREAMS, duration)?,
+        })
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(&path)?;
-    Ok(written as f64 / MB / elapsed)
+
+    fn print(&self) {
+        println!("  1 file:                 {:>10.1} MB/s", self.single);
+        println!(
+            "  {PARALLEL_STREAMS} files in parallel:    {:>10.1} MB/s",
+            self.parallel
+        );
+    }
+
+    fn for_partitions(&self, partitions: u32) -> f64 {
+        if partitions == 1 {
+            self.single
+        } else {
+            self.parallel
+        }
+    }
+
+    fn best(&self, other: &Self) -> Self {
+        Self {
+            single: self.single.max(other.single),
+            parallel: self.parallel.max(other.parallel),
+        }
+    }
+}
+
+/// Appends `DISK_CHUNK`s to `streams` growing files at once, each with fdatasync after every
+/// chunk, for `duration`; returns the total MB/s.
+fn disk_baseline(dir: &Path, streams: usize, duration: Duration) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let written: u64 = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..streams)
+            .map(|stream| {
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    let path = dir.join(format!("disk-baseline-{stream}"));
+                    let file = File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let chunk = vec![0xA5u8; DISK_CHUNK];
+                    let mut written = 0u64;
+                    while started.elapsed() < duration {
+                        file.write_all_at(&chunk, written)?;
+                        file.sync_data()?;
+                        written += chunk.len() as u64;
+                    }
+                    drop(file);
+                    std::fs::remove_file(&path)?;
+                    Ok(written)
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("baseline writer panicked")))
+            })
+            .sum::<anyhow::Result<u64>>()
+    })?;
+    Ok(written as f64 / MB / started.elapsed().as_secs_f64())
 }
 
 /// One pre-encoded batch per case: producers append copies of it, the log assigns offsets.
@@ -230,15 +305,27 @@ async fn append_case(
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for producer in 0..producers {
-        let partition = log.partition(&topic, PartitionId(producer as u32 % partitions))?;
+        let partitions: Vec<Arc<Partition>> = assigned_partitions(producer, producers, partitions)
+            .map(|p| log.partition(&topic, PartitionId(p)))
+            .collect::<Result<_, _>>()?;
         let template = template.clone();
         let bytes_total = bytes_total.clone();
         let records_total = records_total.clone();
         tasks.spawn(async move {
             while Instant::now() < deadline {
-                partition.append(BytesMut::from(&template[..])).await?;
-                bytes_total.fetch_add(template.len() as u64, Ordering::Relaxed);
-                records_total.fetch_add(records_per_batch, Ordering::Relaxed);
+                // One request in flight, with a batch for each of the producer's partitions,
+                // as a Kafka producer with max.in.flight.requests = 1.
+                let mut request = tokio::task::JoinSet::new();
+                for partition in &partitions {
+                    let partition = partition.clone();
+                    let batch = BytesMut::from(&template[..]);
+                    request.spawn(async move { partition.append(batch).await });
+                }
+                while let Some(acked) = request.join_next().await {
+                    acked??;
+                    bytes_total.fetch_add(template.len() as u64, Ordering::Relaxed);
+                    records_total.fetch_add(records_per_batch, Ordering::Relaxed);
+                }
             }
             anyhow::Ok(())
         });
@@ -253,6 +340,22 @@ async fn append_case(
         partitions,
         mb_s: bytes_total.load(Ordering::Relaxed) as f64 / MB / elapsed,
         records_s: records_total.load(Ordering::Relaxed) as f64 / elapsed,
+    })
+}
+
+/// The partitions a producer writes to: with fewer producers than partitions each producer
+/// covers several, otherwise each producer writes to one.
+fn assigned_partitions(
+    producer: usize,
+    producers: usize,
+    partitions: u32,
+) -> impl Iterator<Item = u32> {
+    (0..partitions).filter(move |&p| {
+        if producers >= partitions as usize {
+            p as usize == producer % partitions as usize
+        } else {
+            p as usize % producers == producer
+        }
     })
 }
 

@@ -67,7 +67,11 @@ enum Failure {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The bench prints a table; only warnings may interrupt it.
+    init_tracing(match cli.command {
+        Command::Run(_) => "info",
+        Command::Bench(_) => "warn",
+    });
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
@@ -75,21 +79,38 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(error)) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::from(2)
         }
         Err(Failure::Runtime(error)) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::from(1)
         }
     }
 }
 
-fn init_tracing() {
+/// The error and its causes on one line, skipping a cause its parent's message already quotes.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+    }
+    text
+}
+
+/// Logs go to stderr, filtered by `APPLIANCE_LOG` (e.g. `debug`, `appliance::log=trace`).
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -129,7 +129,9 @@ impl SegmentIndex {
         time_bytes: &[u8],
         segment_len: u64,
     ) -> Result<Self, &'static str> {
-        if offset_bytes.len() % OFFSET_ENTRY_LEN != 0 || time_bytes.len() % TIME_ENTRY_LEN != 0 {
+        if !offset_bytes.len().is_multiple_of(OFFSET_ENTRY_LEN)
+            || !time_bytes.len().is_multiple_of(TIME_ENTRY_LEN)
+        {
             return Err("size is not a whole number of entries");
         }
         let mut offsets = Vec::with_capacity(offset_bytes.len() / OFFSET_ENTRY_LEN);

@@ -69,6 +69,9 @@ pub const MAX_PARTITIONS: u32 = 1024;
 /// Segment positions are 32-bit in the index, as in Kafka.
 pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 const MIN_SEGMENT_BYTES: u64 = 1024;
+/// A batch larger than the segment size gets a segment of its own, so this bound is
+/// independent of `segment-bytes`.
+pub const MAX_MESSAGE_BYTES: u32 = 1 << 30;
 
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -136,9 +139,9 @@ impl TopicConfig {
         );
         check(self.segment_ms >= 1, "segment-ms", "at least 1");
         check(
-            self.max_message_bytes >= 64 && u64::from(self.max_message_bytes) <= self.segment_bytes,
+            (64..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes),
             "max-message-bytes",
-            "64 up to segment-bytes",
+            "64 to 1073741824",
         );
         check(
             self.retention_ms.is_none_or(|ms| ms >= 1),

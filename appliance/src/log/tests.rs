@@ -531,7 +531,7 @@ async fn retention_deletes_whole_old_segments_by_age_and_by_size() {
         panic!("partition online");
     };
     assert!(
-        size_bytes >= 8192 && size_bytes < 8192 + 4096 + 4096,
+        (8192..8192 + 4096 + 4096).contains(&size_bytes),
         "{size_bytes}"
     );
     assert!(sized_partition.log_start() > Offset(0));

@@ -20,6 +20,11 @@ pub const MAX_GROUP_ID_LEN: usize = 249;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
+    #[error(
+        "metadata store at {} is locked: another appliance process uses this data directory",
+        path.display()
+    )]
+    Locked { path: PathBuf },
     #[error("metadata store at {}: {source}", path.display())]
     Open {
         path: PathBuf,
@@ -103,9 +108,17 @@ pub struct Meta {
 
 impl Meta {
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
-        let open_error = |source| MetaError::Open {
-            path: dir.to_path_buf(),
-            source,
+        let open_error = |source| match source {
+            // sled reports its exclusive file lock only as text.
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                MetaError::Locked {
+                    path: dir.to_path_buf(),
+                }
+            }
+            source => MetaError::Open {
+                path: dir.to_path_buf(),
+                source,
+            },
         };
         let db = sled::open(dir).map_err(open_error)?;
         let topics = db.open_tree(TOPICS).map_err(open_error)?;

@@ -1,0 +1,148 @@
+//! `appliance run` and `appliance bench` as an operator uses them: defaults with no file,
+//! configuration, signals, a SIGKILL and a restart, bad input.
+
+use std::os::unix::process::ExitStatusExt;
+
+use appliance_e2e::{Daemon, run_to_end};
+use nix::sys::signal::Signal;
+
+#[test]
+fn runs_on_defaults_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start(dir.path(), &[])?;
+    let (status, log) = daemon.stop_with(Signal::SIGTERM)?;
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    assert!(
+        log.contains("SIGTERM received") && log.contains("shutdown complete"),
+        "{log}"
+    );
+    assert!(dir.path().join("appliance-data/meta").is_dir());
+    assert!(dir.path().join("appliance-data/topics").is_dir());
+    Ok(())
+}
+
+#[test]
+fn declared_topics_are_created_and_survive_a_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("appliance.toml");
+    std::fs::write(
+        &config,
+        "data-dir = \"data\"\n[topics.sensors]\npartitions = 3\nretention-ms = 3600000\n",
+    )?;
+    let config_arg = config.to_str().expect("utf-8 path");
+    let daemon = Daemon::start(dir.path(), &["--config", config_arg])?;
+    for partition in 0..3 {
+        let segment = dir.path().join(format!(
+            "data/topics/sensors/{partition}/00000000000000000000.log"
+        ));
+        assert!(segment.exists(), "{} missing", segment.display());
+    }
+    let (status, _) = daemon.stop_with(Signal::SIGKILL)?;
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32));
+
+    // The flag overrides the file; the same data directory comes back with its topic.
+    let data = dir.path().join("data");
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--config",
+            config_arg,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+    )?;
+    assert!(
+        daemon.log_text().contains("topics=1"),
+        "{}",
+        daemon.log_text()
+    );
+    let (status, log) = daemon.stop_with(Signal::SIGINT)?;
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    Ok(())
+}
+
+#[test]
+fn a_second_appliance_on_the_same_data_directory_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _first = Daemon::start(dir.path(), &["--data-dir", "data"])?;
+    let second = run_to_end(dir.path(), &["run", "--data-dir", "data"])?;
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("another appliance process uses this data directory"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_every_problem() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cases: [(&str, &[&str]); 3] = [
+        ("data-dri = \"x\"\n", &["unknown field `data-dri`"]),
+        (
+            "[topics.\"bad name\"]\n[topics.ok]\npartitions = 0\n",
+            &[
+                "topics.bad name: invalid topic name",
+                "topics.ok.partitions must be 1 to 1024",
+            ],
+        ),
+        (
+            "[log]\ndurability = \"maybe\"\n",
+            &["unknown variant `maybe`"],
+        ),
+    ];
+    for (text, expected) in cases {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, text)?;
+        let output = run_to_end(dir.path(), &["run", "--config", "bad.toml"])?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
+        for needle in expected {
+            assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+        }
+    }
+    let missing = run_to_end(dir.path(), &["run", "--config", "nope.toml"])?;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file nope.toml"));
+    let usage = run_to_end(dir.path(), &["run", "--durability", "sometimes"])?;
+    assert_eq!(usage.status.code(), Some(2));
+    Ok(())
+}
+
+#[test]
+fn bench_log_prints_a_table_and_a_json_summary() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let output = run_to_end(
+        dir.path(),
+        &["bench", "log", "--dir", ".", "--seconds", "0.05", "--json"],
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("disk baseline") && stdout.contains("records/s"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    for key in [
+        "disk_mb_s",
+        "append_mb_s_1k_64p",
+        "append_rps_100b_8p",
+        "read_mb_s",
+    ] {
+        let figure = summary[key].as_f64().unwrap_or_default();
+        assert!(figure > 0.0, "{key} = {figure} in {summary}");
+    }
+    assert_eq!(summary["cases"].as_array().map(Vec::len), Some(8));
+    assert_eq!(
+        std::fs::read_dir(dir.path())?.count(),
+        0,
+        "scratch directory removed"
+    );
+    Ok(())
+}
