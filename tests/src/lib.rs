@@ -70,13 +70,14 @@ impl Daemon {
         let collected = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("appliance ready") {
-                    let _ = ready_tx.send(());
-                }
+                let ready = line.contains("appliance ready");
                 collected
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(line);
+                if ready {
+                    let _ = ready_tx.send(());
+                }
             }
         });
         let mut daemon = Self { child, log };

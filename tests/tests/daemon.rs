@@ -124,7 +124,7 @@ fn bench_log_prints_a_table_and_a_json_summary() -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("disk baseline") && stdout.contains("records/s"),
+        stdout.contains("disk MB/s") && stdout.contains("records/s"),
         "{stdout}"
     );
     let summary: serde_json::Value =

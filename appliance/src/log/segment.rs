@@ -346,6 +346,15 @@ impl Segment {
         let visible_len = self.visible_len();
         let first = self.read_header(position)?;
         let available = visible_len.saturating_sub(position) as usize;
+        if first.base_offset < high_watermark && first.total_len > available {
+            return Err(self.corrupt(
+                position,
+                Corruption::Batch(BatchError::Truncated {
+                    needed: first.total_len,
+                    available,
+                }),
+            ));
+        }
         let want = max_bytes.max(first.total_len).min(available);
         let mut buf = BytesMut::zeroed(want);
         self.file

@@ -442,6 +442,103 @@ async fn missing_or_damaged_index_files_are_rebuilt() {
 }
 
 #[tokio::test]
+async fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let name = topic("t");
+    log.create_topic(
+        name.clone(),
+        TopicConfig {
+            segment_ms: 20,
+            ..small_segments(1)
+        },
+    )
+    .await
+    .expect("create");
+    for b in 0..3 {
+        log.append(&name, PartitionId(0), batch_of(&values(b, 1), 1))
+            .await
+            .expect("append");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let segments = segment_files(&partition_dir(dir.path(), "t", 0), "log");
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    let partition = log.partition(&name, PartitionId(0)).expect("partition");
+    assert_eq!(read_all(&partition, Offset(0)).expect("read").len(), 3);
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_damaged_length_field_in_a_sealed_segment_is_an_error_not_an_empty_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), small_segments(1))
+            .await
+            .expect("create");
+        fill(&log, &name, 40, 5).await;
+        log.close().await.expect("close");
+    }
+    let first = segment_files(&partition_dir(dir.path(), "t", 0), "log").remove(0);
+    let mut bytes = std::fs::read(&first).expect("read");
+    // The batch length is outside the CRC: make the first batch claim to run past the file.
+    bytes[8..12].copy_from_slice(&0x00ff_ffffu32.to_be_bytes());
+    std::fs::write(&first, &bytes).expect("write");
+    let log = open(dir.path()).await;
+    match log.partition(&name, PartitionId(0)) {
+        Err(error) => assert!(error.to_string().contains("corrupt data in"), "{error}"),
+        Ok(partition) => {
+            let error = partition
+                .read(Offset(0), 1024)
+                .expect_err("must not read empty");
+            assert!(error.to_string().contains("batch is truncated"), "{error}");
+        }
+    }
+    log.close().await.expect("close");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Whatever bytes the segment and index files hold, opening and reading the log returns
+    /// data or errors; it never panics.
+    #[test]
+    fn hostile_files_never_panic(
+        sealed in proptest::collection::vec(any::<u8>(), 0..3000),
+        active in proptest::collection::vec(any::<u8>(), 0..3000),
+        index in proptest::collection::vec(any::<u8>(), 0..64),
+        time_index in proptest::collection::vec(any::<u8>(), 0..64),
+        recovery_point in proptest::collection::vec(any::<u8>(), 0..24),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let name = topic("t");
+            {
+                let log = open(dir.path()).await;
+                log.create_topic(name.clone(), small_segments(1)).await.expect("create");
+                log.close().await.expect("close");
+            }
+            let pdir = partition_dir(dir.path(), "t", 0);
+            std::fs::write(pdir.join("00000000000000000000.log"), &sealed).expect("write");
+            std::fs::write(pdir.join("00000000000000000000.index"), &index).expect("write");
+            std::fs::write(pdir.join("00000000000000000000.timeindex"), &time_index).expect("write");
+            std::fs::write(pdir.join("00000000000000000100.log"), &active).expect("write");
+            std::fs::write(pdir.join("recovery-point"), &recovery_point).expect("write");
+            let log = open(dir.path()).await;
+            if let Ok(partition) = log.partition(&name, PartitionId(0)) {
+                let _ = partition.read(Offset(0), 4096);
+                let _ = partition.read(Offset(100), 4096);
+                let _ = partition.offset_for_timestamp(Timestamp(0));
+                let _ = log.append(&name, PartitionId(0), batch_of(&values(0, 1), 1)).await;
+            }
+            log.close().await.expect("close");
+        });
+    }
+}
+
+#[tokio::test]
 async fn lookup_by_timestamp_finds_the_first_record_at_or_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path()).await;
