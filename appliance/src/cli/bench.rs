@@ -33,8 +33,10 @@ pub struct LogBenchArgs {
     /// Seconds each append case runs.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Size of each producer's batches, in KiB (as a Kafka producer's batch.size).
-    #[arg(long, default_value_t = 64)]
+    /// Size of each producer's batches, in KiB (as a Kafka producer's batch.size). Each
+    /// producer has one batch per partition in flight, so this sets how much data one fsync
+    /// can cover.
+    #[arg(long, default_value_t = 256)]
     batch_kib: usize,
     /// End with one JSON object holding every figure on the last line.
     #[arg(long)]

@@ -228,6 +228,8 @@ pub enum LogError {
         partition: PartitionId,
         cause: Arc<LogError>,
     },
+    #[error("append failed: {cause}")]
+    AppendFailed { cause: Arc<LogError> },
     #[error("the log is shutting down")]
     ShuttingDown,
     #[error("{op} {}: {source}", path.display())]

@@ -1,5 +1,6 @@
 //! One partition: its segments, its single writer task (group commit) and its readers.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -21,9 +22,12 @@ use super::{
 
 /// Appends waiting for the writer; beyond this, producers wait (backpressure).
 const APPEND_QUEUE: usize = 1024;
-/// One group commit takes at most this many bytes, so a flood of appends still gets
+/// One group takes at most this many bytes, so a flood of appends is written and
 /// acknowledged in steps rather than after one giant write.
 const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes written but not yet durable; beyond this the writer waits for the fsync in flight
+/// before taking more appends, which bounds how long an acknowledgement can take.
+const MAX_UNSYNCED_BYTES: u64 = 64 * 1024 * 1024;
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const RECOVERY_POINT_LEN: usize = 20;
 
@@ -108,6 +112,8 @@ impl Partition {
             active_since: None,
             durability,
             recovery_point,
+            unsynced: VecDeque::new(),
+            in_flight: None,
         };
         writers.spawn(writer.run(requests, shutdown.clone()));
         Ok(partition)
@@ -448,6 +454,12 @@ impl RecoveryPointFile {
         Ok(Self { file, path, last })
     }
 
+    fn sync(&self) -> Result<(), LogError> {
+        self.file
+            .sync_all()
+            .map_err(io_error(&self.path, "fsync recovery point"))
+    }
+
     fn write(&mut self, point: RecoveryPoint) -> Result<(), LogError> {
         if self.last == Some(point) {
             return Ok(());
@@ -466,22 +478,45 @@ impl RecoveryPointFile {
 }
 
 /// The partition's only writer: owns the active segment's write position.
+///
+/// Commits are pipelined: while one fdatasync is in flight, the next group of batches is
+/// already being written, and the next fdatasync starts as soon as the previous one returns.
+/// So the disk never waits for the writer, and one fdatasync covers every batch written
+/// while the previous one ran.
 struct Writer {
     partition: Arc<Partition>,
     active: Arc<Segment>,
-    /// Bytes written to the active segment, published or not.
+    /// Bytes written to the active segment, durable or not.
     write_len: u64,
     next_offset: Offset,
     /// When the active segment got its first append since it was opened; drives `segment-ms`.
     active_since: Option<Instant>,
     durability: Durability,
     recovery_point: RecoveryPointFile,
+    /// Written to the active segment, waiting to be durable, oldest first.
+    unsynced: VecDeque<Written>,
+    in_flight: Option<InFlightSync>,
 }
 
-type Reply = (
-    oneshot::Sender<Result<AppendOutcome, LogError>>,
-    Result<AppendOutcome, LogError>,
-);
+/// A batch written to the active segment whose producer waits for its acknowledgement.
+struct Written {
+    position: u64,
+    header: BatchHeader,
+    reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+}
+
+/// An fdatasync running on the blocking pool, covering the first `covered` unsynced batches.
+struct InFlightSync {
+    job: tokio::task::JoinHandle<Result<(), LogError>>,
+    covered: usize,
+}
+
+/// What woke the writer.
+enum Event {
+    Synced(Result<(), LogError>),
+    Requests(Vec<AppendRequest>),
+    Stop,
+}
 
 impl Writer {
     async fn run(
@@ -490,18 +525,27 @@ impl Writer {
         shutdown: CancellationToken,
     ) {
         loop {
-            let first = tokio::select! {
+            let room = self.unsynced_bytes() < MAX_UNSYNCED_BYTES;
+            let event = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
-                request = requests.recv() => match request {
-                    Some(request) => request,
-                    None => break,
+                synced = wait_for(&mut self.in_flight) => Event::Synced(synced),
+                () = shutdown.cancelled() => Event::Stop,
+                request = requests.recv(), if room => match request {
+                    Some(first) => Event::Requests(take_group(first, &mut requests)),
+                    None => Event::Stop,
                 },
             };
-            let group = take_group(first, &mut requests);
-            match self.commit_off_thread(group).await {
-                Some(writer) => self = writer,
-                None => return,
+            let step = match event {
+                Event::Synced(result) => {
+                    let covered = self.in_flight.take().map_or(0, |sync| sync.covered);
+                    result.map(|()| self.complete(covered))
+                }
+                Event::Requests(group) => self.append_group(group).await,
+                Event::Stop => break,
+            };
+            if let Err(error) = step.and_then(|()| self.start_sync_if_idle()) {
+                self.fail(error);
+                return;
             }
         }
         requests.close();
@@ -509,90 +553,166 @@ impl Writer {
         while let Ok(request) = requests.try_recv() {
             rest.push(request);
         }
-        if !rest.is_empty() {
-            match self.commit_off_thread(rest).await {
-                Some(writer) => self = writer,
-                None => return,
-            }
-        }
-        let _ = tokio::task::spawn_blocking(move || self.close()).await;
-    }
-
-    /// Runs the blocking commit on the blocking pool and answers the group.
-    async fn commit_off_thread(self, group: Vec<AppendRequest>) -> Option<Self> {
-        let partition = self.partition.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut writer = self;
-            let replies = writer.commit(group);
-            (writer, replies)
-        })
-        .await;
-        match joined {
-            Ok((writer, replies)) => {
-                for (reply, outcome) in replies {
-                    let _ = reply.send(outcome);
-                }
-                let failed = writer.partition.failure.get().is_some();
-                (!failed).then_some(writer)
-            }
-            Err(panic) => {
-                let cause = Arc::new(LogError::Io {
-                    op: "commit",
-                    path: partition.dir.clone(),
-                    source: std::io::Error::other(panic.to_string()),
-                });
-                let _ = partition.failure.set(cause);
-                None
-            }
+        let finished = async {
+            self.append_group(rest).await?;
+            self.sync_now().await?;
+            let active = self.active.clone();
+            blocking(move || active.write_index_files()).await?;
+            self.recovery_point.write(RecoveryPoint {
+                base: self.active.base(),
+                durable_len: self.write_len,
+            })?;
+            self.recovery_point.sync()
+        };
+        if let Err(error) = finished.await {
+            tracing::error!(topic = %self.partition.topic, partition = %self.partition.id, %error, "final flush failed");
+            self.fail(error);
         }
     }
 
-    /// Writes the group, makes it durable with one fsync and publishes it.
-    fn commit(&mut self, group: Vec<AppendRequest>) -> Vec<Reply> {
-        let mut replies = Vec::with_capacity(group.len());
-        let mut written: Vec<(u64, BatchHeader)> = Vec::with_capacity(group.len());
+    /// Assigns offsets to the group's batches and writes them, rolling segments between them
+    /// where needed. Batches become durable and acknowledged later, in [`Writer::complete`].
+    async fn append_group(&mut self, group: Vec<AppendRequest>) -> Result<(), LogError> {
+        let mut run: Vec<(u64, BatchHeader, AppendRequest)> = Vec::with_capacity(group.len());
         for mut request in group {
-            if self.should_roll(&request.header)
-                && let Err(error) = self.roll(&mut written)
-            {
-                self.fail(error, &mut replies);
-                replies.push((request.reply, Err(self.partition.unavailable())));
-                continue;
+            if self.should_roll(&request.header) {
+                self.write_run(std::mem::take(&mut run)).await?;
+                self.roll().await?;
             }
-            if self.partition.failure.get().is_some() {
-                replies.push((request.reply, Err(self.partition.unavailable())));
-                continue;
-            }
+            let position = self.write_len;
             batch::set_base_offset(&mut request.batch, self.next_offset);
             let mut header = request.header;
             header.base_offset = self.next_offset;
-            match self.active.write_at(self.write_len, &request.batch) {
-                Ok(()) => {
-                    written.push((self.write_len, header));
-                    self.write_len += request.batch.len() as u64;
-                    self.next_offset = header.next_offset();
-                    self.active_since.get_or_insert_with(Instant::now);
-                    replies.push((
-                        request.reply,
-                        Ok(AppendOutcome {
-                            base_offset: header.base_offset,
-                            last_offset: header.last_offset(),
-                        }),
-                    ));
-                }
-                Err(error) => {
-                    // A failed write (a full disk, say) leaves the partition as it was.
-                    let _ = self.active.truncate_to(self.write_len);
-                    replies.push((request.reply, Err(error)));
-                }
+            self.write_len += header.total_len as u64;
+            self.next_offset = header.next_offset();
+            self.active_since.get_or_insert_with(Instant::now);
+            run.push((position, header, request));
+        }
+        self.write_run(run).await
+    }
+
+    /// Writes consecutive batches of the active segment on the blocking pool. A failed write
+    /// (a full disk, say) cuts what it left and fails that batch and the ones after it; the
+    /// partition stays as it was before them. Only an error of the pool itself is returned.
+    async fn write_run(
+        &mut self,
+        run: Vec<(u64, BatchHeader, AppendRequest)>,
+    ) -> Result<(), LogError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let segment = self.active.clone();
+        let (run, failure) = blocking(move || {
+            let failure = run
+                .iter()
+                .enumerate()
+                .find_map(|(i, (position, _, request))| {
+                    segment
+                        .write_at(*position, &request.batch)
+                        .err()
+                        .map(|error| {
+                            let _ = segment.truncate_to(*position);
+                            (i, error)
+                        })
+                });
+            Ok((run, failure))
+        })
+        .await?;
+        let written = failure.as_ref().map_or(run.len(), |(i, _)| *i);
+        let mut run = run.into_iter();
+        for (position, header, request) in run.by_ref().take(written) {
+            self.unsynced.push_back(Written {
+                position,
+                header,
+                reply: request.reply,
+            });
+        }
+        if let Some((_, error)) = failure {
+            let error = Arc::new(error);
+            let mut rest = run.peekable();
+            if let Some((position, header, _)) = rest.peek() {
+                self.write_len = *position;
+                self.next_offset = header.base_offset;
+            }
+            for (_, _, request) in rest {
+                let _ = request.reply.send(Err(LogError::AppendFailed {
+                    cause: error.clone(),
+                }));
             }
         }
-        if self.partition.failure.get().is_none()
-            && let Err(error) = self.make_durable(&written)
-        {
-            self.fail(error, &mut replies);
+        if self.durability == Durability::Os {
+            self.complete(self.unsynced.len());
         }
-        replies
+        Ok(())
+    }
+
+    fn unsynced_bytes(&self) -> u64 {
+        self.unsynced
+            .front()
+            .map_or(0, |oldest| self.write_len - oldest.position)
+    }
+
+    fn start_sync_if_idle(&mut self) -> Result<(), LogError> {
+        if self.durability == Durability::Fsync
+            && self.in_flight.is_none()
+            && !self.unsynced.is_empty()
+        {
+            let segment = self.active.clone();
+            self.in_flight = Some(InFlightSync {
+                job: tokio::task::spawn_blocking(move || segment.sync()),
+                covered: self.unsynced.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for the sync in flight, then makes everything written durable.
+    async fn sync_now(&mut self) -> Result<(), LogError> {
+        if let Some(sync) = self.in_flight.take() {
+            join(sync.job).await?;
+            self.complete(sync.covered);
+        }
+        let segment = self.active.clone();
+        blocking(move || segment.sync()).await?;
+        self.complete(self.unsynced.len());
+        Ok(())
+    }
+
+    /// Publishes the first `covered` unsynced batches (now durable) and acknowledges them.
+    fn complete(&mut self, covered: usize) {
+        let done: Vec<Written> = self
+            .unsynced
+            .drain(..covered.min(self.unsynced.len()))
+            .collect();
+        let Some(last) = done.last() else {
+            return;
+        };
+        let durable_len = last.position + last.header.total_len as u64;
+        let high_watermark = last.header.next_offset();
+        let published: Vec<(u64, BatchHeader)> =
+            done.iter().map(|w| (w.position, w.header)).collect();
+        self.active.publish(
+            durable_len,
+            high_watermark,
+            &published,
+            INDEX_INTERVAL_BYTES,
+        );
+        self.partition.high_watermark.send_replace(high_watermark);
+        if self.durability == Durability::Fsync
+            && let Err(error) = self.recovery_point.write(RecoveryPoint {
+                base: self.active.base(),
+                durable_len,
+            })
+        {
+            // The data is durable; a stale recovery point only makes the next start check more.
+            tracing::warn!(%error, "recovery point not updated");
+        }
+        for written in done {
+            let _ = written.reply.send(Ok(AppendOutcome {
+                base_offset: written.header.base_offset,
+                last_offset: written.header.last_offset(),
+            }));
+        }
     }
 
     fn should_roll(&self, header: &BatchHeader) -> bool {
@@ -609,46 +729,18 @@ impl Writer {
         too_big || too_old || relative_end > u64::from(u32::MAX)
     }
 
-    /// Makes everything written durable (per the durability setting) and visible.
-    fn make_durable(&mut self, written: &[(u64, BatchHeader)]) -> Result<(), LogError> {
-        if written.is_empty() {
-            return Ok(());
-        }
-        if self.durability == Durability::Fsync {
-            self.active.sync()?;
-        }
-        self.publish(written);
-        if self.durability == Durability::Fsync {
-            self.recovery_point.write(RecoveryPoint {
-                base: self.active.base(),
-                durable_len: self.write_len,
-            })?;
-        }
-        Ok(())
-    }
-
-    fn publish(&self, written: &[(u64, BatchHeader)]) {
-        self.active.publish(
-            self.write_len,
-            self.next_offset,
-            written,
-            INDEX_INTERVAL_BYTES,
-        );
-        self.partition.high_watermark.send_replace(self.next_offset);
-    }
-
     /// Seals the active segment (data and indexes durable) and starts the next one.
-    fn roll(&mut self, written: &mut Vec<(u64, BatchHeader)>) -> Result<(), LogError> {
-        self.active.sync()?;
-        self.active.publish(
-            self.write_len,
-            self.next_offset,
-            written,
-            INDEX_INTERVAL_BYTES,
-        );
-        written.clear();
-        self.active.write_index_files()?;
-        let next = Arc::new(Segment::create(&self.partition.dir, self.next_offset)?);
+    async fn roll(&mut self) -> Result<(), LogError> {
+        self.sync_now().await?;
+        let sealed = self.active.clone();
+        let dir = self.partition.dir.clone();
+        let base = self.next_offset;
+        let next = blocking(move || {
+            sealed.write_index_files()?;
+            Segment::create(&dir, base)
+        })
+        .await?;
+        let next = Arc::new(next);
         self.partition
             .segments
             .write()
@@ -665,33 +757,38 @@ impl Writer {
 
     /// A failed fsync leaves the file's state unknown (the kernel may have dropped the dirty
     /// pages), so the partition stops taking writes until a restart recovers it from disk.
-    fn fail(&mut self, error: LogError, replies: &mut [Reply]) {
+    fn fail(&mut self, error: LogError) {
         tracing::error!(topic = %self.partition.topic, partition = %self.partition.id, %error, "partition writer failed; restart to recover");
         let _ = self.partition.failure.set(Arc::new(error));
-        for (_, outcome) in replies.iter_mut() {
-            if outcome.is_ok() {
-                *outcome = Err(self.partition.unavailable());
-            }
+        for written in self.unsynced.drain(..) {
+            let _ = written.reply.send(Err(self.partition.unavailable()));
         }
     }
+}
 
-    /// Final commit at shutdown: everything durable, indexes written, recovery point exact.
-    fn close(mut self) {
-        let result = self.active.sync().and_then(|()| {
-            self.active.write_index_files()?;
-            self.recovery_point.write(RecoveryPoint {
-                base: self.active.base(),
-                durable_len: self.write_len,
-            })?;
-            self.recovery_point
-                .file
-                .sync_all()
-                .map_err(io_error(&self.recovery_point.path, "fsync recovery point"))
-        });
-        if let Err(error) = result {
-            tracing::error!(topic = %self.partition.topic, partition = %self.partition.id, %error, "final flush failed");
-        }
+/// Resolves when the sync in flight finishes; never, when there is none.
+async fn wait_for(in_flight: &mut Option<InFlightSync>) -> Result<(), LogError> {
+    match in_flight {
+        Some(sync) => join(&mut sync.job).await,
+        None => std::future::pending().await,
     }
+}
+
+async fn join<T>(
+    job: impl std::future::Future<Output = Result<Result<T, LogError>, tokio::task::JoinError>>,
+) -> Result<T, LogError> {
+    job.await.map_err(|error| LogError::Io {
+        op: "run blocking file operation",
+        path: PathBuf::new(),
+        source: std::io::Error::other(error.to_string()),
+    })?
+}
+
+/// Runs a file operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    join(tokio::task::spawn_blocking(work)).await
 }
 
 fn take_group(
