@@ -93,6 +93,27 @@ fn segment_files(dir: &Path, extension: &str) -> Vec<PathBuf> {
     files
 }
 
+/// A data directory with topic `t`, its partition 0 filled by [`fill`], written by a log
+/// that was then closed.
+async fn written_topic(config: TopicConfig, batches: usize, per_batch: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let name = topic("t");
+    log.create_topic(name.clone(), config)
+        .await
+        .expect("create");
+    fill(&log, &name, batches, per_batch).await;
+    log.close().await.expect("close");
+    dir
+}
+
+/// The active (last) segment file of `t`/0.
+fn last_segment(dir: &Path) -> PathBuf {
+    segment_files(&partition_dir(dir, "t", 0), "log")
+        .pop()
+        .expect("segment")
+}
+
 /// Appends `batches` batches of `per_batch` records to partition 0, numbering values from 0.
 async fn fill(log: &Log, name: &TopicName, batches: usize, per_batch: usize) {
     for b in 0..batches {
@@ -276,19 +297,9 @@ async fn bad_input_gets_clear_errors() {
 
 #[tokio::test]
 async fn a_torn_tail_is_cut_and_nothing_after_it_is_served() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let name = topic("t");
-    {
-        let log = open(dir.path()).await;
-        log.create_topic(name.clone(), TopicConfig::default())
-            .await
-            .expect("create");
-        fill(&log, &name, 10, 3).await;
-        log.close().await.expect("close");
-    }
-    let active = segment_files(&partition_dir(dir.path(), "t", 0), "log")
-        .pop()
-        .expect("segment");
+    let dir = written_topic(TopicConfig::default(), 10, 3).await;
+    let active = last_segment(dir.path());
     let mut partial = batch_of(&values(30, 5), 9).to_vec();
     partial.truncate(partial.len() / 2);
     let mut bytes = std::fs::read(&active).expect("read");
@@ -314,20 +325,16 @@ async fn a_torn_tail_is_cut_and_nothing_after_it_is_served() {
 
 #[tokio::test]
 async fn a_flipped_byte_in_a_sealed_segment_is_reported_with_file_and_position() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let name = topic("t");
-    {
-        let log = open(dir.path()).await;
-        let config = TopicConfig {
+    let dir = written_topic(
+        TopicConfig {
             segment_bytes: 64 * 1024,
             ..small_segments(1)
-        };
-        log.create_topic(name.clone(), config)
-            .await
-            .expect("create");
-        fill(&log, &name, 80, 50).await;
-        log.close().await.expect("close");
-    }
+        },
+        80,
+        50,
+    )
+    .await;
     let segments = segment_files(&partition_dir(dir.path(), "t", 0), "log");
     assert!(segments.len() >= 3, "{segments:?}");
     let sealed = &segments[1];
@@ -374,19 +381,9 @@ async fn a_flipped_byte_in_a_sealed_segment_is_reported_with_file_and_position()
 
 #[tokio::test]
 async fn corruption_inside_the_durable_part_of_the_active_segment_is_not_truncated() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let name = topic("t");
-    {
-        let log = open(dir.path()).await;
-        log.create_topic(name.clone(), TopicConfig::default())
-            .await
-            .expect("create");
-        fill(&log, &name, 10, 3).await;
-        log.close().await.expect("close");
-    }
-    let active = segment_files(&partition_dir(dir.path(), "t", 0), "log")
-        .pop()
-        .expect("segment");
+    let dir = written_topic(TopicConfig::default(), 10, 3).await;
+    let active = last_segment(dir.path());
     let mut bytes = std::fs::read(&active).expect("read");
     let length = bytes.len();
     bytes[length / 2] ^= 0x10;
@@ -406,16 +403,8 @@ async fn corruption_inside_the_durable_part_of_the_active_segment_is_not_truncat
 
 #[tokio::test]
 async fn missing_or_damaged_index_files_are_rebuilt() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let name = topic("t");
-    {
-        let log = open(dir.path()).await;
-        log.create_topic(name.clone(), small_segments(1))
-            .await
-            .expect("create");
-        fill(&log, &name, 40, 5).await;
-        log.close().await.expect("close");
-    }
+    let dir = written_topic(small_segments(1), 40, 5).await;
     let pdir = partition_dir(dir.path(), "t", 0);
     let indexes = segment_files(&pdir, "index");
     let original = std::fs::read(&indexes[0]).expect("read index");
@@ -470,16 +459,8 @@ async fn segments_roll_by_age() {
 
 #[tokio::test]
 async fn a_damaged_length_field_in_a_sealed_segment_is_an_error_not_an_empty_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let name = topic("t");
-    {
-        let log = open(dir.path()).await;
-        log.create_topic(name.clone(), small_segments(1))
-            .await
-            .expect("create");
-        fill(&log, &name, 40, 5).await;
-        log.close().await.expect("close");
-    }
+    let dir = written_topic(small_segments(1), 40, 5).await;
     let first = segment_files(&partition_dir(dir.path(), "t", 0), "log").remove(0);
     let mut bytes = std::fs::read(&first).expect("read");
     // The batch length is outside the CRC: make the first batch claim to run past the file.
