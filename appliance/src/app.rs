@@ -3,7 +3,9 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, ApiError, Metrics};
 use crate::config::Config;
+use crate::group::Coordinator;
 use crate::log::{Log, LogError};
 use crate::meta::{Meta, MetaError};
 
@@ -14,6 +16,21 @@ pub enum AppError {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("the {what} task failed: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -29,7 +46,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         source,
     })?;
     let meta = Meta::open(&config.data_dir.join("meta"))?;
-    let log = Log::open(config.log_config(), meta).await?;
+    let log = Log::open(config.log_config(), meta.clone()).await?;
     let declared = config.declared_topics().unwrap_or_default();
     for (name, topic_config) in declared {
         match log.create_topic(name.clone(), topic_config).await {
@@ -37,14 +54,61 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             Err(error) => return Err(error.into()),
         }
     }
+    let grpc_listener = listen("gRPC API", config.api.grpc_addr).await?;
+    let metrics_listener = listen("metrics endpoint", config.api.metrics_addr).await?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| AppError::Listen {
+            what: "gRPC API",
+            addr: config.api.grpc_addr,
+            source,
+        })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| AppError::Listen {
+            what: "metrics endpoint",
+            addr: config.api.metrics_addr,
+            source,
+        })?;
+    let coordinator = Coordinator::new(log.clone(), meta);
+    let metrics = Metrics::new(log.clone(), coordinator.clone());
+    let metrics_server = tokio::spawn(api::metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let grpc_server = tokio::spawn(api::serve(
+        grpc_listener,
+        log.clone(),
+        coordinator,
+        metrics,
+        shutdown.clone(),
+    ));
     tracing::info!(
         data_dir = %config.data_dir.display(),
         topics = log.list_topics().len(),
+        %grpc_addr,
+        %metrics_addr,
         "appliance ready"
     );
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    let served = grpc_server.await;
+    let _ = metrics_server.await;
     log.close().await?;
     tracing::info!("shutdown complete");
+    served.map_err(|source| AppError::Task {
+        what: "gRPC server",
+        source,
+    })??;
     Ok(())
+}
+
+async fn listen(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, AppError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Listen { what, addr, source })
 }

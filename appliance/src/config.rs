@@ -13,11 +13,16 @@
 //! retention-ms = 604800000
 //! segment-bytes = 134217728
 //!
+//! [api]
+//! grpc-addr = "127.0.0.1:7070"
+//! metrics-addr = "127.0.0.1:9464"
+//!
 //! [topics.sensors]                     # topics created at start when missing
 //! partitions = 4
 //! ```
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,6 +37,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The partitioned log.
     pub log: LogSection,
+    /// The gRPC API and the metrics endpoint.
+    pub api: ApiSection,
     /// Topics that must exist: created at start with these settings over `log.topic-defaults`.
     pub topics: BTreeMap<String, toml::Table>,
 }
@@ -41,6 +48,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("appliance-data"),
             log: LogSection::default(),
+            api: ApiSection::default(),
             topics: BTreeMap::new(),
         }
     }
@@ -63,6 +71,24 @@ impl Default for LogSection {
             durability: Durability::Fsync,
             retention_check_interval_ms: 5 * 60 * 1000,
             topic_defaults: TopicConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ApiSection {
+    /// Address of the gRPC API (TCP). Port 0 picks a free port; the log says which.
+    pub grpc_addr: SocketAddr,
+    /// Address of the Prometheus endpoint, `GET /metrics` (TCP).
+    pub metrics_addr: SocketAddr,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
 }

@@ -24,8 +24,10 @@
 //! Dependencies point one way: `app` and `cli` use `log` and `meta`; `log` stores topic
 //! configs through `meta`; `meta` depends on nothing of ours.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod group;
 pub mod log;
 pub mod meta;

@@ -1,6 +1,15 @@
-//! Generated Rust for the appliance's protocols.
+//! Generated Rust for the appliance's gRPC API, package `appliance.v1`.
 //!
-//! The `.proto` files under `proto/appliance/v1/` are the source of truth of the gRPC management
-//! API (package `appliance.v1`) and of the cluster-link protocol. Code generation (tonic/prost
-//! through protox, no system `protoc`) arrives with the gRPC API; until then this crate only
-//! reserves its place in the workspace.
+//! The `.proto` files under `proto/appliance/v1/` are the source of truth; `build.rs` compiles
+//! them with protox (no system `protoc`) into prost messages and tonic clients and servers.
+//! Clients in other languages generate from the same files.
+
+/// The `appliance.v1` package: messages, `*_client` and `*_server` modules.
+pub mod v1 {
+    #![allow(clippy::all, missing_debug_implementations)]
+    tonic::include_proto!("appliance.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every `.proto` file, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/appliance_descriptor.bin"));

@@ -52,9 +52,31 @@ pub fn run_to_end(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
 pub struct Daemon {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// `http://ADDR` of its gRPC API.
+    pub grpc_url: String,
+    /// `ADDR` of its metrics endpoint.
+    pub metrics_addr: String,
+}
+
+/// The value of `field=` in a log line.
+fn log_field(line: &str, field: &str) -> Option<String> {
+    let start = line.find(&format!("{field}="))? + field.len() + 1;
+    Some(line[start..].split_whitespace().next()?.to_owned())
 }
 
 impl Daemon {
+    /// Starts `appliance run ARGS` in `dir` with the gRPC and metrics endpoints on free ports.
+    pub fn start_on_free_ports(dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let mut all = vec![
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        all.extend_from_slice(args);
+        Self::start(dir, &all)
+    }
+
     /// Starts `appliance run ARGS` in `dir` and waits until it logs that it is ready.
     pub fn start(dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = appliance(dir)?
@@ -70,20 +92,34 @@ impl Daemon {
         let collected = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let ready = line.contains("appliance ready");
+                let ready = line.contains("appliance ready").then(|| {
+                    (
+                        log_field(&line, "grpc_addr"),
+                        log_field(&line, "metrics_addr"),
+                    )
+                });
                 collected
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(line);
-                if ready {
-                    let _ = ready_tx.send(());
+                if let Some(addresses) = ready {
+                    let _ = ready_tx.send(addresses);
                 }
             }
         });
-        let mut daemon = Self { child, log };
+        let mut daemon = Self {
+            child,
+            log,
+            grpc_url: String::new(),
+            metrics_addr: String::new(),
+        };
         match ready_rx.recv_timeout(PROCESS_TIMEOUT) {
-            Ok(()) => Ok(daemon),
-            Err(_) => {
+            Ok((Some(grpc), Some(metrics))) => {
+                daemon.grpc_url = format!("http://{grpc}");
+                daemon.metrics_addr = metrics;
+                Ok(daemon)
+            }
+            _ => {
                 let status = daemon.child.try_wait()?;
                 bail!(
                     "appliance did not become ready (exit: {status:?}); its log:\n{}",
@@ -91,6 +127,30 @@ impl Daemon {
                 )
             }
         }
+    }
+
+    /// Runs the appliance CLI against this daemon (`--server` set), in `dir`.
+    pub fn cli(&self, dir: &Path, args: &[&str], stdin: &[u8]) -> anyhow::Result<Output> {
+        let mut child = appliance(dir)?
+            .args(args)
+            .env("APPLIANCE_SERVER", &self.grpc_url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut input = child.stdin.take().context("stdin")?;
+        std::io::Write::write_all(&mut input, stdin)?;
+        drop(input);
+        Ok(child.wait_with_output()?)
+    }
+
+    /// A gRPC channel to this daemon.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(
+            tonic::transport::Channel::from_shared(self.grpc_url.clone())?
+                .connect()
+                .await?,
+        )
     }
 
     pub fn pid(&self) -> Pid {

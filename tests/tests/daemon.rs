@@ -30,7 +30,7 @@ fn declared_topics_are_created_and_survive_a_sigkill() -> anyhow::Result<()> {
         "data-dir = \"data\"\n[topics.sensors]\npartitions = 3\nretention-ms = 3600000\n",
     )?;
     let config_arg = config.to_str().expect("utf-8 path");
-    let daemon = Daemon::start(dir.path(), &["--config", config_arg])?;
+    let daemon = Daemon::start_on_free_ports(dir.path(), &["--config", config_arg])?;
     for partition in 0..3 {
         let segment = dir.path().join(format!(
             "data/topics/sensors/{partition}/00000000000000000000.log"
@@ -42,7 +42,7 @@ fn declared_topics_are_created_and_survive_a_sigkill() -> anyhow::Result<()> {
 
     // The flag overrides the file; the same data directory comes back with its topic.
     let data = dir.path().join("data");
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_on_free_ports(
         dir.path(),
         &[
             "--config",
@@ -64,8 +64,19 @@ fn declared_topics_are_created_and_survive_a_sigkill() -> anyhow::Result<()> {
 #[test]
 fn a_second_appliance_on_the_same_data_directory_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let _first = Daemon::start(dir.path(), &["--data-dir", "data"])?;
-    let second = run_to_end(dir.path(), &["run", "--data-dir", "data"])?;
+    let _first = Daemon::start_on_free_ports(dir.path(), &["--data-dir", "data"])?;
+    let second = run_to_end(
+        dir.path(),
+        &[
+            "run",
+            "--data-dir",
+            "data",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    )?;
     assert_eq!(second.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(

@@ -3,7 +3,9 @@
 //! configuration error, each with one clear line on stderr.
 
 mod bench;
+mod client;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,6 +26,34 @@ struct Cli {
 enum Command {
     /// Run the appliance daemon until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Manage topics of a running appliance.
+    Topic {
+        #[command(subcommand)]
+        command: client::TopicCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Produce one record per line of standard input; prints how many were acknowledged.
+    Produce {
+        #[command(flatten)]
+        args: client::ProduceArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Print records of a topic, one value (or JSON object) per line.
+    Consume {
+        #[command(flatten)]
+        args: client::ConsumeArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Inspect consumer groups and move their offsets.
+    Group {
+        #[command(subcommand)]
+        command: client::GroupCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Measure this machine: the log against the disk it writes to.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -40,6 +70,12 @@ struct RunArgs {
     /// When appends are acknowledged: after fsync (default) or once written to the OS.
     #[arg(long, env = "APPLIANCE_DURABILITY", value_enum)]
     durability: Option<DurabilityArg>,
+    /// Address of the gRPC API [default: 127.0.0.1:7070].
+    #[arg(long, env = "APPLIANCE_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// Address of the Prometheus endpoint [default: 127.0.0.1:9464].
+    #[arg(long, env = "APPLIANCE_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -70,10 +106,22 @@ pub fn main() -> ExitCode {
     // The bench prints a table; only warnings may interrupt it.
     init_tracing(match cli.command {
         Command::Run(_) => "info",
-        Command::Bench(_) => "warn",
+        _ => "warn",
     });
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Topic { command, server } => {
+            client::run(&server, |channel| client::topic(channel, command))
+        }
+        Command::Produce { args, server } => {
+            client::run(&server, |channel| client::produce(channel, args))
+        }
+        Command::Consume { args, server } => {
+            client::run(&server, |channel| client::consume(channel, args))
+        }
+        Command::Group { command, server } => {
+            client::run(&server, |channel| client::group(channel, command))
+        }
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
     };
     match result {
@@ -125,6 +173,12 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(durability) = args.durability {
         config.log.durability = durability.into();
+    }
+    if let Some(addr) = args.grpc_addr {
+        config.api.grpc_addr = addr;
+    }
+    if let Some(addr) = args.metrics_addr {
+        config.api.metrics_addr = addr;
     }
     config.validate()?;
     Ok(config)

@@ -41,6 +41,7 @@
 mod batch;
 mod index;
 mod partition;
+mod partitioner;
 mod segment;
 mod types;
 
@@ -58,6 +59,7 @@ pub use batch::{
     StoredRecord, decode_all, encode,
 };
 pub use partition::{AppendOutcome, Partition, ReadChunk};
+pub use partitioner::partition_for_key;
 pub use types::{MAX_TOPIC_NAME_LEN, Offset, PartitionId, Timestamp, TopicName};
 
 use crate::meta::{Meta, MetaError};
@@ -412,25 +414,43 @@ impl Log {
         config: TopicConfig,
         create: bool,
     ) -> Result<Arc<Topic>, LogError> {
-        let dir = self.topic_dir(name);
-        let shared_config = Arc::new(RwLock::new(config.clone()));
-        let shutdown = self.inner.shutdown.child_token();
         let writers = TaskTracker::new();
-        let mut partitions = Vec::with_capacity(config.partitions as usize);
-        for id in 0..config.partitions {
+        writers.close();
+        let mut topic = Topic {
+            partitions: Vec::with_capacity(config.partitions as usize),
+            config: Arc::new(RwLock::new(config.clone())),
+            shutdown: self.inner.shutdown.child_token(),
+            writers,
+        };
+        self.open_partitions(name, &mut topic, config.partitions, create)
+            .await?;
+        Ok(Arc::new(topic))
+    }
+
+    /// Opens partitions from `topic.partitions.len()` up to `count`. With `create`, a partition
+    /// that fails is an error; otherwise it is kept as failed and the others still open.
+    async fn open_partitions(
+        &self,
+        name: &TopicName,
+        topic: &mut Topic,
+        count: u32,
+        create: bool,
+    ) -> Result<(), LogError> {
+        let dir = self.topic_dir(name);
+        for id in topic.partitions.len() as u32..count {
             let id = PartitionId(id);
             let opened = Partition::open(
                 name.clone(),
                 id,
                 dir.join(id.0.to_string()),
-                shared_config.clone(),
+                topic.config.clone(),
                 self.inner.config.durability,
                 create,
-                &shutdown,
-                &writers,
+                &topic.shutdown,
+                &topic.writers,
             )
             .await;
-            partitions.push(match opened {
+            topic.partitions.push(match opened {
                 Ok(partition) => Ok(partition),
                 Err(cause) => {
                     tracing::error!(topic = %name, partition = %id, error = %cause, "partition refuses to serve");
@@ -441,13 +461,49 @@ impl Log {
                 }
             });
         }
-        writers.close();
-        Ok(Arc::new(Topic {
-            config: shared_config,
-            partitions,
-            shutdown,
-            writers,
-        }))
+        Ok(())
+    }
+
+    /// Changes a topic's settings, durably; partitions may grow, never shrink (offsets and
+    /// key placement of existing partitions stay as they are).
+    pub async fn update_topic_config(
+        &self,
+        name: &TopicName,
+        config: TopicConfig,
+    ) -> Result<(), LogError> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(LogError::InvalidTopicConfig { problems });
+        }
+        let _admin = self.inner.admin.lock().await;
+        let current = self.topic(name)?;
+        let partitions = current.partitions.len() as u32;
+        if config.partitions < partitions {
+            return Err(LogError::InvalidTopicConfig {
+                problems: vec![ConfigProblem {
+                    field: "partitions",
+                    allowed: "at least the current count: partitions can be added, not removed",
+                }],
+            });
+        }
+        self.inner.meta.put_topic(name.as_str(), &config).await?;
+        *current
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config.clone();
+        if config.partitions > partitions {
+            let mut grown = Topic {
+                config: current.config.clone(),
+                partitions: current.partitions.clone(),
+                shutdown: current.shutdown.clone(),
+                writers: current.writers.clone(),
+            };
+            self.open_partitions(name, &mut grown, config.partitions, true)
+                .await?;
+            self.write_topics().insert(name.clone(), Arc::new(grown));
+            tracing::info!(topic = %name, from = partitions, to = config.partitions, "partitions added");
+        }
+        Ok(())
     }
 
     /// Creates a topic: the config is stored durably first, then the partition directories.
@@ -552,6 +608,11 @@ impl Log {
         self.partition(topic, partition)?
             .read_wait(offset, max_bytes, max_wait)
             .await
+    }
+
+    /// Settings of topics created without their own.
+    pub fn topic_defaults(&self) -> &TopicConfig {
+        &self.inner.config.topic_defaults
     }
 
     pub fn topic_config(&self, name: &TopicName) -> Result<TopicConfig, LogError> {

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,8 @@ pub struct Partition {
     appends: mpsc::Sender<AppendRequest>,
     /// Set when the writer stopped on an error it cannot recover from (a failed fsync).
     failure: OnceLock<Arc<LogError>>,
+    appended_records: AtomicU64,
+    appended_bytes: AtomicU64,
 }
 
 impl Partition {
@@ -103,6 +106,8 @@ impl Partition {
             segments: RwLock::new(segments),
             appends,
             failure: OnceLock::new(),
+            appended_records: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
         });
         let writer = Writer {
             partition: partition.clone(),
@@ -167,6 +172,17 @@ impl Partition {
     /// Appends one encoded batch and waits until it is durable. The batch's base offset is
     /// replaced by the partition's next offset.
     pub async fn append(&self, batch: BytesMut) -> Result<AppendOutcome, LogError> {
+        self.submit(batch).await?.await
+    }
+
+    /// Validates and queues one batch; the returned future resolves once it is durable.
+    /// Batches submitted one after the other are stored in that order, so a producer can
+    /// submit its next batch before the previous one is durable.
+    pub async fn submit(
+        &self,
+        batch: BytesMut,
+    ) -> Result<impl std::future::Future<Output = Result<AppendOutcome, LogError>> + use<>, LogError>
+    {
         let max = read_lock(&self.config).max_message_bytes;
         if batch.len() > max as usize {
             return Err(LogError::RecordTooLarge {
@@ -190,7 +206,21 @@ impl Partition {
             })
             .await
             .map_err(|_| self.unavailable())?;
-        outcome.await.map_err(|_| self.unavailable())?
+        let unavailable = self.unavailable();
+        Ok(async move { outcome.await.map_err(|_| unavailable)? })
+    }
+
+    /// Records and stored bytes appended since the appliance started.
+    pub fn appended(&self) -> (u64, u64) {
+        (
+            self.appended_records.load(Ordering::Relaxed),
+            self.appended_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A receiver that sees every change of the high watermark.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<Offset> {
+        self.high_watermark.subscribe()
     }
 
     /// Reads whole batches from `offset`, at most about `max_bytes` (always at least one batch).
@@ -698,6 +728,14 @@ impl Writer {
             INDEX_INTERVAL_BYTES,
         );
         self.partition.high_watermark.send_replace(high_watermark);
+        let records: u64 = done.iter().map(|w| u64::from(w.header.record_count)).sum();
+        let bytes: u64 = done.iter().map(|w| w.header.total_len as u64).sum();
+        self.partition
+            .appended_records
+            .fetch_add(records, Ordering::Relaxed);
+        self.partition
+            .appended_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         if self.durability == Durability::Fsync
             && let Err(error) = self.recovery_point.write(RecoveryPoint {
                 base: self.active.base(),

@@ -1,0 +1,143 @@
+//! Conversions between protobuf messages and the subsystems' typed values.
+
+use appliance_proto::v1 as pb;
+use tonic::Status;
+
+use super::error::invalid;
+use crate::log::{
+    Compression, Header, PartitionId, Record, StoredRecord, Timestamp, TopicConfig, TopicName,
+};
+use crate::meta::GroupId;
+
+pub fn topic_name(field: &str, name: &str) -> Result<TopicName, Status> {
+    TopicName::new(name).map_err(|e| invalid(field, e))
+}
+
+pub fn group_id(field: &str, group: &str) -> Result<GroupId, Status> {
+    GroupId::new(group).map_err(|e| invalid(field, e))
+}
+
+/// Applies the fields set in `patch` over `base`.
+pub fn topic_config(
+    base: TopicConfig,
+    patch: Option<pb::TopicConfig>,
+) -> Result<TopicConfig, Status> {
+    let Some(patch) = patch else {
+        return Ok(base);
+    };
+    let mut config = base;
+    if let Some(partitions) = patch.partitions {
+        config.partitions = partitions;
+    }
+    if let Some(ms) = patch.retention_ms {
+        config.retention_ms = match ms {
+            -1 => None,
+            ms if ms >= 1 => Some(ms as u64),
+            _ => {
+                return Err(invalid(
+                    "config.retention_ms",
+                    "must be -1 (keep forever) or at least 1",
+                ));
+            }
+        };
+    }
+    if let Some(bytes) = patch.retention_bytes {
+        config.retention_bytes = match bytes {
+            -1 => None,
+            bytes if bytes >= 0 => Some(bytes as u64),
+            _ => {
+                return Err(invalid(
+                    "config.retention_bytes",
+                    "must be -1 (unbounded) or at least 0",
+                ));
+            }
+        };
+    }
+    if let Some(bytes) = patch.segment_bytes {
+        config.segment_bytes = bytes;
+    }
+    if let Some(ms) = patch.segment_ms {
+        config.segment_ms = ms;
+    }
+    if let Some(bytes) = patch.max_message_bytes {
+        config.max_message_bytes = bytes;
+    }
+    config.compression = match pb::Compression::try_from(patch.compression) {
+        Ok(pb::Compression::Unspecified) => config.compression,
+        Ok(pb::Compression::None) => Compression::None,
+        Ok(pb::Compression::Gzip) => Compression::Gzip,
+        Ok(pb::Compression::Lz4) => Compression::Lz4,
+        Ok(pb::Compression::Zstd) => Compression::Zstd,
+        Err(_) => return Err(invalid("config.compression", "unknown compression")),
+    };
+    Ok(config)
+}
+
+pub fn topic_config_message(config: &TopicConfig) -> pb::TopicConfig {
+    pb::TopicConfig {
+        partitions: Some(config.partitions),
+        retention_ms: Some(config.retention_ms.map_or(-1, |ms| ms as i64)),
+        retention_bytes: Some(config.retention_bytes.map_or(-1, |b| b as i64)),
+        segment_bytes: Some(config.segment_bytes),
+        segment_ms: Some(config.segment_ms),
+        max_message_bytes: Some(config.max_message_bytes),
+        compression: match config.compression {
+            Compression::None => pb::Compression::None,
+            Compression::Gzip => pb::Compression::Gzip,
+            Compression::Lz4 => pb::Compression::Lz4,
+            Compression::Zstd => pb::Compression::Zstd,
+        } as i32,
+    }
+}
+
+/// A record to store; a zero timestamp means now.
+pub fn record(record: pb::Record, now: Timestamp) -> Record {
+    Record {
+        key: record.key,
+        value: record.value,
+        headers: record
+            .headers
+            .into_iter()
+            .map(|h| Header {
+                key: h.key,
+                value: h.value,
+            })
+            .collect(),
+        timestamp: if record.timestamp_ms == 0 {
+            now
+        } else {
+            Timestamp(record.timestamp_ms)
+        },
+    }
+}
+
+pub fn consumed(
+    topic: &TopicName,
+    partition: PartitionId,
+    stored: StoredRecord,
+) -> pb::ConsumedRecord {
+    pb::ConsumedRecord {
+        topic: topic.to_string(),
+        partition: partition.0,
+        offset: stored.offset.0,
+        key: stored.record.key,
+        value: stored.record.value,
+        headers: stored
+            .record
+            .headers
+            .into_iter()
+            .map(|h| pb::Header {
+                key: h.key,
+                value: h.value,
+            })
+            .collect(),
+        timestamp_ms: stored.record.timestamp.0,
+    }
+}
+
+pub fn topic_partition(topic: &TopicName, partition: PartitionId) -> pb::TopicPartition {
+    pb::TopicPartition {
+        topic: topic.to_string(),
+        partition: partition.0,
+    }
+}

@@ -1,0 +1,301 @@
+//! Prometheus metrics: request latencies recorded as requests finish, and the log's and the
+//! groups' state read at scrape time, so the hot paths only bump counters they already keep.
+//!
+//! ```text
+//! appliance_grpc_request_duration_seconds{method}        histogram
+//! appliance_log_appended_records_total{topic,partition}  counter  (rate() = append rate)
+//! appliance_log_appended_bytes_total{topic,partition}    counter
+//! appliance_log_high_watermark{topic,partition}          gauge
+//! appliance_log_start_offset{topic,partition}            gauge
+//! appliance_log_size_bytes{topic,partition}              gauge
+//! appliance_log_partition_online{topic,partition}        gauge    (0: refusing to serve)
+//! appliance_group_lag{group,topic,partition}             gauge    (records behind the end)
+//! appliance_group_members{group}                         gauge
+//! ```
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::group::Coordinator;
+use crate::log::{Log, PartitionState};
+
+/// Scrapes served at once; more wait for a free slot.
+const MAX_CONNECTIONS: usize = 16;
+
+/// The gRPC methods, as the `method` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Rpc {
+    CreateTopic,
+    GetTopic,
+    ListTopics,
+    UpdateTopicConfig,
+    DeleteTopic,
+    Produce,
+    ProduceStream,
+    Fetch,
+    Subscribe,
+    ListGroups,
+    DescribeGroup,
+    CommitOffsets,
+    ResetOffsets,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RpcLabels {
+    method: Rpc,
+}
+
+/// Handle to the registry; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    durations: Family<RpcLabels, Histogram>,
+    registry: Arc<Registry>,
+}
+
+/// Observes a request's duration when dropped.
+#[derive(Debug)]
+pub struct Timer {
+    histogram: Histogram,
+    started: Instant,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Metrics {
+    pub fn new(log: Log, coordinator: Coordinator) -> Self {
+        let durations = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        let mut registry = Registry::with_prefix("appliance");
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Time to answer a gRPC request (for streams: to set the stream up)",
+            durations.clone(),
+        );
+        registry.register_collector(Box::new(StateCollector { log, coordinator }));
+        Self {
+            durations,
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn time(&self, rpc: Rpc) -> Timer {
+        Timer {
+            histogram: self
+                .durations
+                .get_or_create(&RpcLabels { method: rpc })
+                .clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The exposition text of every metric.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// A gauge read from each partition's state: name, help, value.
+type StateGauge = (&'static str, &'static str, fn(&PartitionState) -> i64);
+
+#[derive(Debug)]
+struct StateCollector {
+    log: Log,
+    coordinator: Coordinator,
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let topics = self.log.list_topics();
+        let partitions: Vec<_> = topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+            .map(|(topic, p)| {
+                let labels = [
+                    ("topic", topic.name.to_string()),
+                    ("partition", p.id.to_string()),
+                ];
+                let appended = self
+                    .log
+                    .partition(&topic.name, p.id)
+                    .map_or((0, 0), |handle| handle.appended());
+                (labels, &p.state, appended)
+            })
+            .collect();
+        let mut counter = |name: &str, help: &str, value: &dyn Fn(&(u64, u64)) -> u64| {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (labels, _, appended) in &partitions {
+                ConstCounter::new(value(appended)).encode(family.encode_family(labels)?)?;
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+        counter(
+            "log_appended_records",
+            "Records appended since start",
+            &|a| a.0,
+        )?;
+        counter(
+            "log_appended_bytes",
+            "Stored bytes appended since start",
+            &|a| a.1,
+        )?;
+        let gauges: [StateGauge; 4] = [
+            (
+                "log_high_watermark",
+                "Offset after the last durable record",
+                |s| match s {
+                    PartitionState::Online { high_watermark, .. } => high_watermark.0 as i64,
+                    PartitionState::Failed { .. } => 0,
+                },
+            ),
+            (
+                "log_start_offset",
+                "First offset still stored",
+                |s| match s {
+                    PartitionState::Online { log_start, .. } => log_start.0 as i64,
+                    PartitionState::Failed { .. } => 0,
+                },
+            ),
+            ("log_size_bytes", "Bytes stored", |s| match s {
+                PartitionState::Online { size_bytes, .. } => *size_bytes as i64,
+                PartitionState::Failed { .. } => 0,
+            }),
+            (
+                "log_partition_online",
+                "1 when serving, 0 when refusing to",
+                |s| i64::from(matches!(s, PartitionState::Online { .. })),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            for (labels, state, _) in &partitions {
+                ConstGauge::new(value(state)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let groups = self.coordinator.list().unwrap_or_default();
+        let mut members = encoder.encode_descriptor(
+            "group_members",
+            "Members consuming in the group",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for group in &groups {
+            ConstGauge::new(group.members as i64)
+                .encode(members.encode_family(&[("group", group.group.to_string())])?)?;
+        }
+        let mut lag = encoder.encode_descriptor(
+            "group_lag",
+            "Records between the group's committed offset and the high watermark",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for group in &groups {
+            for partition in self.coordinator.lags(&group.group).unwrap_or_default() {
+                let labels = [
+                    ("group", group.group.to_string()),
+                    ("topic", partition.topic.to_string()),
+                    ("partition", partition.partition.to_string()),
+                ];
+                ConstGauge::new(partition.lag as i64).encode(lag.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` over HTTP/1.1 until `shutdown`.
+pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "metrics listener accept failed");
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = respond(&metrics, &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn respond<B>(metrics: &Metrics, request: &Request<B>) -> Response<Full<Bytes>> {
+    let reply = |status, content_type, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
+        }
+        response
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "only /metrics is served here\n".into(),
+        );
+    }
+    match metrics.render() {
+        Ok(text) => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        ),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "encoding failed\n".into(),
+        ),
+    }
+}

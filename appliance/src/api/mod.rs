@@ -1,0 +1,94 @@
+//! The gRPC API (package `appliance.v1`) and the metrics endpoint: thin adapters from
+//! protobuf to the subsystems. Each service converts its request into typed values
+//! (`convert.rs`), calls one subsystem handle, and maps errors to statuses in one place
+//! (`error.rs`). Health (`grpc.health.v1`) and server reflection are served beside them, so
+//! stock tools (grpcurl, grpc_health_probe) work.
+//!
+//! ```text
+//! client --gRPC--> Topics  -> log::Log (create, describe, update, delete)
+//!                  Records -> log::Log (produce: split by partition, encode, submit; fetch)
+//!                          -> group::Coordinator (subscribe: membership stream)
+//!                  Groups  -> group::Coordinator (describe, commit, reset)
+//! Prometheus --HTTP GET /metrics--> metrics::Metrics
+//! ```
+
+mod convert;
+mod error;
+mod groups;
+pub mod metrics;
+mod records;
+mod topics;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+
+use appliance_proto::v1::groups_server::GroupsServer;
+use appliance_proto::v1::records_server::RecordsServer;
+use appliance_proto::v1::topics_server::TopicsServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::group::Coordinator;
+use crate::log::Log;
+pub use error::invalid;
+pub use metrics::Metrics;
+
+/// Largest request the server decodes; bigger ones get RESOURCE_EXHAUSTED before any work.
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves the gRPC API on `listener` until `shutdown`, then lets requests in progress finish.
+pub async fn serve(
+    listener: TcpListener,
+    log: Log,
+    coordinator: Coordinator,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TopicsServer<topics::TopicsService>>()
+        .await;
+    health
+        .set_serving::<RecordsServer<records::RecordsService>>()
+        .await;
+    health
+        .set_serving::<GroupsServer<groups::GroupsService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(appliance_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let topics = topics::TopicsService {
+        log: log.clone(),
+        metrics: metrics.clone(),
+    };
+    let records = records::RecordsService {
+        log,
+        coordinator: coordinator.clone(),
+        metrics: metrics.clone(),
+        round_robin: Arc::new(AtomicU32::new(0)),
+        shutdown: shutdown.clone(),
+    };
+    let groups = groups::GroupsService {
+        coordinator,
+        metrics,
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(TopicsServer::new(topics).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(RecordsServer::new(records).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(GroupsServer::new(groups).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The `Topics` service.
+
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::topics_server::Topics;
+use tonic::{Request, Response, Status};
+
+use super::convert::{topic_config, topic_config_message, topic_name};
+use super::metrics::{Metrics, Rpc};
+use crate::log::{Log, PartitionState, TopicInfo};
+
+#[derive(Debug)]
+pub struct TopicsService {
+    pub log: Log,
+    pub metrics: Metrics,
+}
+
+fn topic_message(info: TopicInfo) -> pb::Topic {
+    pb::Topic {
+        name: info.name.to_string(),
+        config: Some(topic_config_message(&info.config)),
+        partitions: info
+            .partitions
+            .into_iter()
+            .map(|p| match p.state {
+                PartitionState::Online {
+                    log_start,
+                    high_watermark,
+                    size_bytes,
+                    segments,
+                } => pb::PartitionStatus {
+                    partition: p.id.0,
+                    log_start_offset: log_start.0,
+                    high_watermark: high_watermark.0,
+                    size_bytes,
+                    segments: segments as u32,
+                    error: String::new(),
+                },
+                PartitionState::Failed { reason } => pb::PartitionStatus {
+                    partition: p.id.0,
+                    error: reason,
+                    ..Default::default()
+                },
+            })
+            .collect(),
+    }
+}
+
+impl TopicsService {
+    fn describe(&self, name: &str) -> Result<pb::Topic, Status> {
+        let name = topic_name("name", name)?;
+        self.log
+            .list_topics()
+            .into_iter()
+            .find(|t| t.name == name)
+            .map(topic_message)
+            .ok_or_else(|| Status::not_found(format!("topic {name} does not exist")))
+    }
+}
+
+#[tonic::async_trait]
+impl Topics for TopicsService {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::Topic>, Status> {
+        let _timer = self.metrics.time(Rpc::CreateTopic);
+        let request = request.into_inner();
+        let name = topic_name("name", &request.name)?;
+        let config = topic_config(self.log.topic_defaults().clone(), request.config)?;
+        self.log.create_topic(name, config).await?;
+        Ok(Response::new(self.describe(&request.name)?))
+    }
+
+    async fn get_topic(
+        &self,
+        request: Request<pb::GetTopicRequest>,
+    ) -> Result<Response<pb::Topic>, Status> {
+        let _timer = self.metrics.time(Rpc::GetTopic);
+        Ok(Response::new(self.describe(&request.into_inner().name)?))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::ListTopics);
+        Ok(Response::new(pb::ListTopicsResponse {
+            topics: self
+                .log
+                .list_topics()
+                .into_iter()
+                .map(topic_message)
+                .collect(),
+        }))
+    }
+
+    async fn update_topic_config(
+        &self,
+        request: Request<pb::UpdateTopicConfigRequest>,
+    ) -> Result<Response<pb::Topic>, Status> {
+        let _timer = self.metrics.time(Rpc::UpdateTopicConfig);
+        let request = request.into_inner();
+        let name = topic_name("name", &request.name)?;
+        let config = topic_config(self.log.topic_config(&name)?, request.config)?;
+        self.log.update_topic_config(&name, config).await?;
+        Ok(Response::new(self.describe(&request.name)?))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::DeleteTopic);
+        let name = topic_name("name", &request.into_inner().name)?;
+        self.log.delete_topic(&name).await?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+}

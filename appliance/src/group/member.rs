@@ -1,0 +1,178 @@
+//! One member of a consumer group: what a Subscribe stream drives. Leaving the group is
+//! dropping the membership.
+
+use std::collections::HashMap;
+
+use futures_util::future::select_all;
+use tokio::sync::watch;
+
+use super::{Coordinator, GroupError, TopicPartition};
+use crate::log::{Offset, Partition, PartitionId, StoredRecord, TopicName, decode_all};
+use crate::meta::GroupId;
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    Earliest,
+    Latest,
+}
+
+/// What a member receives next.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The partitions the member consumes now (sent first, and after every change).
+    Assignment {
+        member_id: String,
+        generation: u64,
+        partitions: Vec<TopicPartition>,
+    },
+    /// Records of one partition, in offset order.
+    Records {
+        topic: TopicName,
+        partition: PartitionId,
+        records: Vec<StoredRecord>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Membership {
+    coordinator: Coordinator,
+    group: GroupId,
+    member_id: String,
+    changes: watch::Receiver<u64>,
+    start: StartPosition,
+    max_bytes: usize,
+    /// Start positions of owned partitions that have no committed offset, fixed when the
+    /// partition was first seen so that `Latest` does not move while waiting.
+    start_positions: HashMap<TopicPartition, Offset>,
+    announced: Option<Vec<TopicPartition>>,
+    /// Round-robin over deliverable partitions, so a busy one does not starve the others.
+    cursor: usize,
+}
+
+impl Membership {
+    pub(super) fn new(
+        coordinator: Coordinator,
+        group: GroupId,
+        member_id: String,
+        changes: watch::Receiver<u64>,
+        start: StartPosition,
+        max_bytes: usize,
+    ) -> Self {
+        Self {
+            coordinator,
+            group,
+            member_id,
+            changes,
+            start,
+            max_bytes,
+            start_positions: HashMap::new(),
+            announced: None,
+            cursor: 0,
+        }
+    }
+
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    /// Waits for the next assignment change or records to deliver.
+    pub async fn next(&mut self) -> Result<Delivery, GroupError> {
+        loop {
+            self.changes.borrow_and_update();
+            let (generation, owned) = self.coordinator.owned(&self.group, &self.member_id)?;
+            let partitions: Vec<TopicPartition> = owned.iter().map(|(p, _)| p.clone()).collect();
+            if self.announced.as_ref() != Some(&partitions) {
+                self.start_positions.retain(|p, _| partitions.contains(p));
+                self.announced = Some(partitions.clone());
+                return Ok(Delivery::Assignment {
+                    member_id: self.member_id.clone(),
+                    generation,
+                    partitions,
+                });
+            }
+            let deliverable: Vec<TopicPartition> = owned
+                .into_iter()
+                .filter_map(|(partition, free)| free.then_some(partition))
+                .collect();
+            let mut watches = Vec::with_capacity(deliverable.len());
+            for i in 0..deliverable.len() {
+                let index = (self.cursor + i) % deliverable.len();
+                let partition = &deliverable[index];
+                let handle = self
+                    .coordinator
+                    .log()
+                    .partition(&partition.0, partition.1)?;
+                let watch = handle.watch_high_watermark();
+                let position = self.position(partition, &handle)?;
+                let chunk = handle.read(position, self.max_bytes)?;
+                if chunk.batches.is_empty() {
+                    watches.push(watch);
+                    continue;
+                }
+                let mut records =
+                    decode_all(chunk.batches).map_err(crate::log::LogError::InvalidBatch)?;
+                records.retain(|r| r.offset >= position);
+                self.coordinator.delivered(
+                    &self.group,
+                    &self.member_id,
+                    partition,
+                    chunk.next_offset,
+                );
+                self.cursor = index + 1;
+                return Ok(Delivery::Records {
+                    topic: partition.0.clone(),
+                    partition: partition.1,
+                    records,
+                });
+            }
+            self.wait(watches).await?;
+        }
+    }
+
+    /// The committed offset, or the start position, kept within what the partition holds.
+    fn position(
+        &mut self,
+        partition: &TopicPartition,
+        handle: &Partition,
+    ) -> Result<Offset, GroupError> {
+        let position = match self.coordinator.committed(&self.group, partition)? {
+            Some(committed) => Offset(committed.offset),
+            None => *self
+                .start_positions
+                .entry(partition.clone())
+                .or_insert_with(|| match self.start {
+                    StartPosition::Earliest => handle.log_start(),
+                    StartPosition::Latest => handle.high_watermark(),
+                }),
+        };
+        Ok(position
+            .max(handle.log_start())
+            .min(handle.high_watermark()))
+    }
+
+    /// Until the group changes or one of the partitions gets new records.
+    async fn wait(
+        &mut self,
+        mut watches: Vec<watch::Receiver<crate::log::Offset>>,
+    ) -> Result<(), GroupError> {
+        let gone = || GroupError::UnknownMember {
+            group: self.group.clone(),
+            member: self.member_id.clone(),
+        };
+        if watches.is_empty() {
+            return self.changes.changed().await.map_err(|_| gone());
+        }
+        let records = select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        tokio::select! {
+            changed = self.changes.changed() => changed.map_err(|_| gone()),
+            _ = records => Ok(()),
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.coordinator.leave(&self.group, &self.member_id);
+    }
+}

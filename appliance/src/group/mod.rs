@@ -1,0 +1,579 @@
+//! Consumer groups: who consumes which partition, and committed offsets.
+//!
+//! The coordinator keeps each group's live members in memory and its committed offsets in
+//! the metadata store. Partitions of the topics a group subscribes to are divided among its
+//! members by Kafka's range assignment (per topic, sorted members, contiguous ranges),
+//! recomputed whenever a member joins or leaves.
+//!
+//! # Delivery and hand-over
+//!
+//! ```text
+//! member stream --next()--> owned partition with nothing outstanding?
+//!                              yes: read from its position, mark [position, end) outstanding
+//!                              no:  wait for records, a commit or an assignment change
+//! CommitOffsets(member) --> meta (flushed) --> outstanding cleared, position = committed
+//!                       --> partition assigned elsewhere? hand it over now
+//! member leaves         --> its partitions go to their new owners at once (what it did
+//!                           not commit is delivered again: at least once for a crash)
+//! ```
+//!
+//! A partition's next records are delivered only after the previous ones were committed, and
+//! a partition changes owner only when nothing delivered is uncommitted. So members that
+//! commit what they receive see every record exactly once across any rebalance.
+
+mod member;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::log::{Log, LogError, Offset, PartitionId, Timestamp, TopicName};
+use crate::meta::{CommittedOffset, GroupId, Meta, MetaError, PartitionOffset};
+
+pub use member::{Delivery, Membership, StartPosition};
+
+/// A topic and one of its partitions.
+pub type TopicPartition = (TopicName, PartitionId);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("member {member} is not in group {group} (it left, or its stream ended)")]
+    UnknownMember { group: GroupId, member: String },
+    #[error("partition {topic}/{partition} is not owned by member {member} of group {group}")]
+    NotOwner {
+        group: GroupId,
+        member: String,
+        topic: TopicName,
+        partition: PartitionId,
+    },
+    #[error(
+        "group {group} has {members} active members: stop them first, or commit with a member_id"
+    )]
+    GroupActive { group: GroupId, members: usize },
+    #[error("offset {offset} of {topic}/{partition} is past the high watermark {high_watermark}")]
+    OffsetBeyondEnd {
+        topic: TopicName,
+        partition: PartitionId,
+        offset: Offset,
+        high_watermark: Offset,
+    },
+    #[error("a subscription needs at least one topic")]
+    NoTopics,
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// A group's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    Stable,
+    Rebalancing,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub member_id: String,
+    pub topics: Vec<TopicName>,
+    /// Partitions the member consumes now.
+    pub owned: Vec<TopicPartition>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupSummary {
+    pub group: GroupId,
+    pub state: GroupState,
+    pub members: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    pub group: GroupId,
+    pub state: GroupState,
+    pub generation: u64,
+    pub members: Vec<MemberInfo>,
+    pub offsets: Vec<PartitionLag>,
+}
+
+/// A partition's committed offset and how far behind the end it is.
+#[derive(Debug, Clone)]
+pub struct PartitionLag {
+    pub topic: TopicName,
+    pub partition: PartitionId,
+    pub committed: Option<CommittedOffset>,
+    pub high_watermark: Offset,
+    pub lag: u64,
+}
+
+/// Where to move a group's offsets.
+#[derive(Debug, Clone, Copy)]
+pub enum ResetTarget {
+    Earliest,
+    Latest,
+    Offset(Offset),
+    Timestamp(Timestamp),
+}
+
+#[derive(Debug)]
+struct MemberState {
+    topics: Vec<TopicName>,
+    /// Bumped whenever something the member waits on changes.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Lease {
+    owner: Option<String>,
+    target: Option<String>,
+    /// End of the records delivered to the owner and not yet committed.
+    outstanding: Option<Offset>,
+}
+
+#[derive(Debug, Default)]
+struct GroupEntry {
+    generation: u64,
+    members: BTreeMap<String, MemberState>,
+    leases: BTreeMap<TopicPartition, Lease>,
+}
+
+impl GroupEntry {
+    fn state(&self) -> GroupState {
+        if self.members.is_empty() {
+            GroupState::Empty
+        } else if self.leases.values().any(|l| l.owner != l.target) {
+            GroupState::Rebalancing
+        } else {
+            GroupState::Stable
+        }
+    }
+
+    fn notify_all(&self) {
+        for member in self.members.values() {
+            member.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Hands a partition to its target when nothing delivered to its owner is uncommitted.
+    fn settle(&mut self, partition: &TopicPartition) {
+        if let Some(lease) = self.leases.get_mut(partition)
+            && lease.owner != lease.target
+            && (lease.outstanding.is_none() || lease.owner.is_none())
+        {
+            lease.owner = lease.target.clone();
+            lease.outstanding = None;
+        }
+    }
+}
+
+/// Handle to the coordinator; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    log: Log,
+    meta: Meta,
+    groups: Arc<Mutex<BTreeMap<GroupId, GroupEntry>>>,
+    next_member: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Coordinator {
+    pub fn new(log: Log, meta: Meta) -> Self {
+        Self {
+            log,
+            meta,
+            groups: Arc::default(),
+            next_member: Arc::default(),
+        }
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    fn groups(&self) -> MutexGuard<'_, BTreeMap<GroupId, GroupEntry>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a member subscribed to `topics` and rebalances the group.
+    pub fn join(
+        &self,
+        group: GroupId,
+        topics: Vec<TopicName>,
+        start: StartPosition,
+        max_bytes: usize,
+    ) -> Result<Membership, GroupError> {
+        if topics.is_empty() {
+            return Err(GroupError::NoTopics);
+        }
+        for topic in &topics {
+            self.log.topic_config(topic)?;
+        }
+        let number = self
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let member_id = format!("{group}-{}-{number}", std::process::id());
+        let (changed, changes) = watch::channel(0);
+        {
+            let mut groups = self.groups();
+            let entry = groups.entry(group.clone()).or_default();
+            entry.members.insert(
+                member_id.clone(),
+                MemberState {
+                    topics: topics.clone(),
+                    changed,
+                },
+            );
+            self.rebalance(entry);
+        }
+        tracing::info!(%group, member = %member_id, ?topics, "member joined");
+        Ok(Membership::new(
+            self.clone(),
+            group,
+            member_id,
+            changes,
+            start,
+            max_bytes,
+        ))
+    }
+
+    fn leave(&self, group: &GroupId, member_id: &str) {
+        let mut groups = self.groups();
+        if let Some(entry) = groups.get_mut(group) {
+            entry.members.remove(member_id);
+            for lease in entry.leases.values_mut() {
+                if lease.owner.as_deref() == Some(member_id) {
+                    lease.owner = None;
+                    lease.outstanding = None;
+                }
+            }
+            self.rebalance(entry);
+            if entry.members.is_empty() {
+                groups.remove(group);
+            }
+        }
+        tracing::info!(%group, member = %member_id, "member left");
+    }
+
+    /// Range assignment per topic over the sorted members subscribed to it.
+    fn rebalance(&self, entry: &mut GroupEntry) {
+        let mut targets: BTreeMap<TopicPartition, String> = BTreeMap::new();
+        let topics: BTreeSet<&TopicName> = entry
+            .members
+            .values()
+            .flat_map(|m| m.topics.iter())
+            .collect();
+        for topic in topics {
+            let members: Vec<&String> = entry
+                .members
+                .iter()
+                .filter(|(_, m)| m.topics.contains(topic))
+                .map(|(id, _)| id)
+                .collect();
+            let partitions = self
+                .log
+                .topic_config(topic)
+                .map_or(0, |config| config.partitions);
+            let per_member = partitions as usize / members.len();
+            let extra = partitions as usize % members.len();
+            let mut next = 0u32;
+            for (i, member) in members.iter().enumerate() {
+                let count = per_member + usize::from(i < extra);
+                for _ in 0..count {
+                    targets.insert((topic.clone(), PartitionId(next)), (*member).clone());
+                    next += 1;
+                }
+            }
+        }
+        entry
+            .leases
+            .retain(|partition, lease| targets.contains_key(partition) || lease.owner.is_some());
+        for lease in entry.leases.values_mut() {
+            lease.target = None;
+        }
+        for (partition, member) in targets {
+            entry.leases.entry(partition).or_default().target = Some(member);
+        }
+        let partitions: Vec<TopicPartition> = entry.leases.keys().cloned().collect();
+        for partition in &partitions {
+            entry.settle(partition);
+        }
+        entry
+            .leases
+            .retain(|_, lease| lease.owner.is_some() || lease.target.is_some());
+        entry.generation += 1;
+        entry.notify_all();
+    }
+
+    /// Partitions `member` owns now, and which of them may deliver (nothing outstanding).
+    fn owned(
+        &self,
+        group: &GroupId,
+        member: &str,
+    ) -> Result<(u64, Vec<(TopicPartition, bool)>), GroupError> {
+        let groups = self.groups();
+        let entry = groups
+            .get(group)
+            .filter(|e| e.members.contains_key(member))
+            .ok_or_else(|| GroupError::UnknownMember {
+                group: group.clone(),
+                member: member.to_owned(),
+            })?;
+        let owned = entry
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.owner.as_deref() == Some(member))
+            .map(|(partition, lease)| (partition.clone(), lease.outstanding.is_none()))
+            .collect();
+        Ok((entry.generation, owned))
+    }
+
+    /// Records that `member` was sent the records of `partition` up to `end`.
+    fn delivered(&self, group: &GroupId, member: &str, partition: &TopicPartition, end: Offset) {
+        let mut groups = self.groups();
+        if let Some(lease) = groups
+            .get_mut(group)
+            .and_then(|e| e.leases.get_mut(partition))
+            .filter(|l| l.owner.as_deref() == Some(member))
+        {
+            lease.outstanding = Some(end);
+        }
+    }
+
+    /// The committed offset of one partition, if any.
+    pub fn committed(
+        &self,
+        group: &GroupId,
+        partition: &TopicPartition,
+    ) -> Result<Option<CommittedOffset>, GroupError> {
+        Ok(self
+            .meta
+            .committed_offsets(group)?
+            .into_iter()
+            .find(|o| o.topic == partition.0.as_str() && o.partition == partition.1.0)
+            .map(|o| o.committed))
+    }
+
+    /// Commits offsets durably. With a member, each partition must be one it owns; without,
+    /// the group must have no members.
+    pub async fn commit(
+        &self,
+        group: &GroupId,
+        member: Option<&str>,
+        offsets: Vec<(TopicPartition, Offset, String)>,
+    ) -> Result<(), GroupError> {
+        for ((topic, partition), offset, _) in &offsets {
+            let high_watermark = self.log.partition(topic, *partition)?.high_watermark();
+            if *offset > high_watermark {
+                return Err(GroupError::OffsetBeyondEnd {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    high_watermark,
+                });
+            }
+        }
+        self.check_may_commit(group, member, &offsets)?;
+        let now = Timestamp::now().0;
+        let records: Vec<PartitionOffset> = offsets
+            .iter()
+            .map(|((topic, partition), offset, metadata)| PartitionOffset {
+                topic: topic.to_string(),
+                partition: partition.0,
+                committed: CommittedOffset {
+                    offset: offset.0,
+                    metadata: metadata.clone(),
+                    commit_timestamp_ms: now,
+                },
+            })
+            .collect();
+        self.meta.commit_offsets(group, &records).await?;
+        if member.is_some() {
+            let mut groups = self.groups();
+            if let Some(entry) = groups.get_mut(group) {
+                for (partition, _, _) in &offsets {
+                    if let Some(lease) = entry.leases.get_mut(partition) {
+                        lease.outstanding = None;
+                    }
+                    entry.settle(partition);
+                }
+                entry.notify_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn check_may_commit(
+        &self,
+        group: &GroupId,
+        member: Option<&str>,
+        offsets: &[(TopicPartition, Offset, String)],
+    ) -> Result<(), GroupError> {
+        let groups = self.groups();
+        let entry = groups.get(group);
+        match member {
+            None => match entry.map_or(0, |e| e.members.len()) {
+                0 => Ok(()),
+                members => Err(GroupError::GroupActive {
+                    group: group.clone(),
+                    members,
+                }),
+            },
+            Some(member) => {
+                let entry = entry
+                    .filter(|e| e.members.contains_key(member))
+                    .ok_or_else(|| GroupError::UnknownMember {
+                        group: group.clone(),
+                        member: member.to_owned(),
+                    })?;
+                for ((topic, partition), _, _) in offsets {
+                    let owns = entry
+                        .leases
+                        .get(&(topic.clone(), *partition))
+                        .is_some_and(|l| l.owner.as_deref() == Some(member));
+                    if !owns {
+                        return Err(GroupError::NotOwner {
+                            group: group.clone(),
+                            member: member.to_owned(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                        });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves the committed offsets of `topic`'s `partitions` (all when empty); the group must
+    /// have no members.
+    pub async fn reset(
+        &self,
+        group: &GroupId,
+        topic: &TopicName,
+        partitions: &[PartitionId],
+        target: ResetTarget,
+    ) -> Result<Vec<PartitionLag>, GroupError> {
+        let count = self.log.topic_config(topic)?.partitions;
+        let chosen: Vec<PartitionId> = if partitions.is_empty() {
+            (0..count).map(PartitionId).collect()
+        } else {
+            partitions.to_vec()
+        };
+        let mut offsets = Vec::with_capacity(chosen.len());
+        for partition in chosen {
+            let handle = self.log.partition(topic, partition)?;
+            let offset = match target {
+                ResetTarget::Earliest => handle.log_start(),
+                ResetTarget::Latest => handle.high_watermark(),
+                ResetTarget::Offset(offset) => {
+                    offset.max(handle.log_start()).min(handle.high_watermark())
+                }
+                ResetTarget::Timestamp(ts) => handle
+                    .offset_for_timestamp(ts)?
+                    .unwrap_or_else(|| handle.high_watermark()),
+            };
+            offsets.push(((topic.clone(), partition), offset, String::new()));
+        }
+        self.commit(group, None, offsets).await?;
+        Ok(self
+            .lags(group)?
+            .into_iter()
+            .filter(|lag| &lag.topic == topic)
+            .collect())
+    }
+
+    /// Every group with members or committed offsets.
+    pub fn list(&self) -> Result<Vec<GroupSummary>, GroupError> {
+        let mut summaries: BTreeMap<GroupId, GroupSummary> = self
+            .meta
+            .groups()?
+            .into_iter()
+            .map(|group| {
+                (
+                    group.clone(),
+                    GroupSummary {
+                        group,
+                        state: GroupState::Empty,
+                        members: 0,
+                    },
+                )
+            })
+            .collect();
+        for (group, entry) in self.groups().iter() {
+            summaries.insert(
+                group.clone(),
+                GroupSummary {
+                    group: group.clone(),
+                    state: entry.state(),
+                    members: entry.members.len(),
+                },
+            );
+        }
+        Ok(summaries.into_values().collect())
+    }
+
+    pub fn describe(&self, group: &GroupId) -> Result<GroupDescription, GroupError> {
+        let offsets = self.lags(group)?;
+        let groups = self.groups();
+        let entry = groups.get(group);
+        let members = entry.map_or_else(Vec::new, |entry| {
+            entry
+                .members
+                .iter()
+                .map(|(id, member)| MemberInfo {
+                    member_id: id.clone(),
+                    topics: member.topics.clone(),
+                    owned: entry
+                        .leases
+                        .iter()
+                        .filter(|(_, l)| l.owner.as_deref() == Some(id))
+                        .map(|(p, _)| p.clone())
+                        .collect(),
+                })
+                .collect()
+        });
+        Ok(GroupDescription {
+            group: group.clone(),
+            state: entry.map_or(GroupState::Empty, GroupEntry::state),
+            generation: entry.map_or(0, |e| e.generation),
+            members,
+            offsets,
+        })
+    }
+
+    /// Committed offsets and lag of every partition the group committed or is assigned.
+    pub fn lags(&self, group: &GroupId) -> Result<Vec<PartitionLag>, GroupError> {
+        let mut committed: BTreeMap<TopicPartition, Option<CommittedOffset>> = BTreeMap::new();
+        for offset in self.meta.committed_offsets(group)? {
+            if let Ok(topic) = TopicName::new(offset.topic) {
+                committed.insert(
+                    (topic, PartitionId(offset.partition)),
+                    Some(offset.committed),
+                );
+            }
+        }
+        if let Some(entry) = self.groups().get(group) {
+            for partition in entry.leases.keys() {
+                committed.entry(partition.clone()).or_insert(None);
+            }
+        }
+        Ok(committed
+            .into_iter()
+            .filter_map(|((topic, partition), committed)| {
+                let handle = self.log.partition(&topic, partition).ok()?;
+                let high_watermark = handle.high_watermark();
+                let from = committed
+                    .as_ref()
+                    .map_or(handle.log_start(), |c| Offset(c.offset));
+                Some(PartitionLag {
+                    lag: high_watermark.0.saturating_sub(from.0),
+                    topic,
+                    partition,
+                    committed,
+                    high_watermark,
+                })
+            })
+            .collect())
+    }
+}

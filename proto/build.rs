@@ -1,0 +1,29 @@
+//! Compiles `proto/appliance/v1/*.proto` with protox (pure Rust: no system protoc) and
+//! generates tonic clients and servers, plus the encoded descriptor set that server
+//! reflection serves.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "appliance/v1/topics.proto",
+    "appliance/v1/records.proto",
+    "appliance/v1/groups.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = protox::compile(PROTOS, ["."])?;
+    std::fs::write(
+        out_dir.join("appliance_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(descriptors)?;
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    Ok(())
+}
