@@ -1,6 +1,8 @@
 //! Wires the subsystems together and runs them until shutdown. The only place that knows them
 //! all; tests call [`run`] the way `main` does.
 
+use std::net::SocketAddr;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiError, Metrics};
@@ -20,7 +22,7 @@ pub enum AppError {
     #[error("cannot listen on {addr} for the {what}: {source}")]
     Listen {
         what: &'static str,
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -39,8 +41,32 @@ pub enum AppError {
 }
 
 /// Opens the data directory, runs until `shutdown` is cancelled, then stops in data-flow
-/// order: the log's writers commit what they hold, then the metadata store is flushed.
+/// order: the API stops taking requests, the log's writers commit what they hold, then the
+/// metadata store is flushed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    start(config, shutdown).await?.stopped().await
+}
+
+/// An appliance that is up: its endpoints are listening.
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stopped: tokio::task::JoinHandle<Result<(), AppError>>,
+}
+
+impl Running {
+    /// Waits until the appliance stopped after its `shutdown` was cancelled.
+    pub async fn stopped(self) -> Result<(), AppError> {
+        self.stopped.await.map_err(|source| AppError::Task {
+            what: "appliance",
+            source,
+        })?
+    }
+}
+
+/// Opens everything and starts serving; returns once the endpoints listen.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, AppError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -54,22 +80,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             Err(error) => return Err(error.into()),
         }
     }
-    let grpc_listener = listen("gRPC API", config.api.grpc_addr).await?;
-    let metrics_listener = listen("metrics endpoint", config.api.metrics_addr).await?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| AppError::Listen {
-            what: "gRPC API",
-            addr: config.api.grpc_addr,
-            source,
-        })?;
-    let metrics_addr = metrics_listener
-        .local_addr()
-        .map_err(|source| AppError::Listen {
-            what: "metrics endpoint",
-            addr: config.api.metrics_addr,
-            source,
-        })?;
+    let (grpc_listener, grpc_addr) = listen("gRPC API", config.api.grpc_addr).await?;
+    let (metrics_listener, metrics_addr) =
+        listen("metrics endpoint", config.api.metrics_addr).await?;
     let coordinator = Coordinator::new(log.clone(), meta);
     let metrics = Metrics::new(log.clone(), coordinator.clone());
     let metrics_server = tokio::spawn(api::metrics::serve(
@@ -91,24 +104,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         %metrics_addr,
         "appliance ready"
     );
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    let served = grpc_server.await;
-    let _ = metrics_server.await;
-    log.close().await?;
-    tracing::info!("shutdown complete");
-    served.map_err(|source| AppError::Task {
-        what: "gRPC server",
-        source,
-    })??;
-    Ok(())
+    let stopped = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down");
+        let served = grpc_server.await;
+        let _ = metrics_server.await;
+        log.close().await?;
+        tracing::info!("shutdown complete");
+        served.map_err(|source| AppError::Task {
+            what: "gRPC server",
+            source,
+        })??;
+        Ok(())
+    });
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        stopped,
+    })
 }
 
 async fn listen(
     what: &'static str,
-    addr: std::net::SocketAddr,
-) -> Result<tokio::net::TcpListener, AppError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Listen { what, addr, source })
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), AppError> {
+    let error = |source| AppError::Listen { what, addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
 }

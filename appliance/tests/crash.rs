@@ -15,7 +15,7 @@ use appliance::log::{
     Compression, Durability, Log, LogConfig, LogError, Offset, PartitionId, Record, Timestamp,
     TopicConfig, TopicName, decode_all, encode,
 };
-use appliance::meta::Meta;
+use appliance::meta::{Meta, MetaError};
 use bytes::Bytes;
 
 const CHILD_DIR_ENV: &str = "APPLIANCE_CRASH_CHILD_DIR";
@@ -40,7 +40,18 @@ fn records_for(producer: u32, sequence: u64) -> Vec<Record> {
 }
 
 async fn open_log(dir: &Path) -> anyhow::Result<Log> {
-    let meta = Meta::open(&dir.join("meta"))?;
+    // sled releases its lock from its flusher thread just after the previous handle in this
+    // process is dropped: a reopen may briefly find it locked.
+    let mut attempts = 0;
+    let meta = loop {
+        match Meta::open(&dir.join("meta")) {
+            Err(MetaError::Locked { .. }) if attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            opened => break opened?,
+        }
+    };
     Ok(Log::open(
         LogConfig {
             data_dir: dir.to_path_buf(),

@@ -157,3 +157,52 @@ fn bench_log_prints_a_table_and_a_json_summary() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn bench_grpc_prints_figures_beside_the_log() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let output = run_to_end(
+        dir.path(),
+        &[
+            "bench",
+            "grpc",
+            "--dir",
+            ".",
+            "--seconds",
+            "0.2",
+            "--streams",
+            "2",
+            "--batch-records",
+            "100",
+            "--json",
+        ],
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("gRPC ProduceStream") && stdout.contains("NATS JetStream"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    for key in [
+        "log_append_rps",
+        "grpc_produce_rps",
+        "log_read_rps",
+        "grpc_fetch_rps",
+        "grpc_subscribe_rps",
+    ] {
+        let figure = summary[key].as_f64().unwrap_or_default();
+        assert!(figure > 0.0, "{key} = {figure} in {summary}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path())?.count(),
+        0,
+        "scratch directory removed"
+    );
+    Ok(())
+}

@@ -105,26 +105,30 @@ impl Membership {
                     .partition(&partition.0, partition.1)?;
                 let watch = handle.watch_high_watermark();
                 let position = self.position(partition, &handle)?;
-                let chunk = handle.read(position, self.max_bytes)?;
-                if chunk.batches.is_empty() {
-                    watches.push(watch);
+                if !self
+                    .coordinator
+                    .claim(&self.group, &self.member_id, partition, position)
+                {
                     continue;
                 }
-                let mut records =
-                    decode_all(chunk.batches).map_err(crate::log::LogError::InvalidBatch)?;
-                records.retain(|r| r.offset >= position);
-                self.coordinator.delivered(
-                    &self.group,
-                    &self.member_id,
-                    partition,
-                    chunk.next_offset,
-                );
-                self.cursor = index + 1;
-                return Ok(Delivery::Records {
-                    topic: partition.0.clone(),
-                    partition: partition.1,
-                    records,
-                });
+                let read = read_from(&handle, position, self.max_bytes);
+                let delivered_until = read
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.as_ref().map(|(_, end)| *end));
+                self.coordinator
+                    .release(&self.group, &self.member_id, partition, delivered_until);
+                match read? {
+                    Some((records, _)) => {
+                        self.cursor = index + 1;
+                        return Ok(Delivery::Records {
+                            topic: partition.0.clone(),
+                            partition: partition.1,
+                            records,
+                        });
+                    }
+                    None => watches.push(watch),
+                }
             }
             self.wait(watches).await?;
         }
@@ -169,6 +173,21 @@ impl Membership {
             _ = records => Ok(()),
         }
     }
+}
+
+/// Records of `handle` from `position`, and the offset after them; `None` at the end.
+fn read_from(
+    handle: &Partition,
+    position: Offset,
+    max_bytes: usize,
+) -> Result<Option<(Vec<StoredRecord>, Offset)>, GroupError> {
+    let chunk = handle.read(position, max_bytes)?;
+    if chunk.batches.is_empty() {
+        return Ok(None);
+    }
+    let mut records = decode_all(chunk.batches).map_err(crate::log::LogError::InvalidBatch)?;
+    records.retain(|r| r.offset >= position);
+    Ok(Some((records, chunk.next_offset)))
 }
 
 impl Drop for Membership {

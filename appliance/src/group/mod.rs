@@ -328,15 +328,56 @@ impl Coordinator {
         Ok((entry.generation, owned))
     }
 
-    /// Records that `member` was sent the records of `partition` up to `end`.
-    fn delivered(&self, group: &GroupId, member: &str, partition: &TopicPartition, end: Offset) {
+    /// Reserves `partition` for a read by `member`: it must own it with nothing outstanding.
+    /// While reserved the partition cannot change owner, so records read under the
+    /// reservation go to exactly one member.
+    fn claim(
+        &self,
+        group: &GroupId,
+        member: &str,
+        partition: &TopicPartition,
+        from: Offset,
+    ) -> bool {
         let mut groups = self.groups();
-        if let Some(lease) = groups
+        match groups
             .get_mut(group)
             .and_then(|e| e.leases.get_mut(partition))
+            .filter(|l| l.owner.as_deref() == Some(member) && l.outstanding.is_none())
+        {
+            Some(lease) => {
+                lease.outstanding = Some(from);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends a reservation: with records sent up to `end`, they stay outstanding until
+    /// committed; with nothing sent, the partition is free again (and may move on).
+    fn release(
+        &self,
+        group: &GroupId,
+        member: &str,
+        partition: &TopicPartition,
+        delivered_until: Option<Offset>,
+    ) {
+        let mut groups = self.groups();
+        let Some(entry) = groups.get_mut(group) else {
+            return;
+        };
+        if let Some(lease) = entry
+            .leases
+            .get_mut(partition)
             .filter(|l| l.owner.as_deref() == Some(member))
         {
-            lease.outstanding = Some(end);
+            lease.outstanding = delivered_until;
+        }
+        if delivered_until.is_none() {
+            let before = entry.leases.get(partition).and_then(|l| l.owner.clone());
+            entry.settle(partition);
+            if entry.leases.get(partition).and_then(|l| l.owner.clone()) != before {
+                entry.notify_all();
+            }
         }
     }
 

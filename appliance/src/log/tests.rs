@@ -17,8 +17,21 @@ fn log_config(dir: &Path, durability: Durability) -> LogConfig {
     }
 }
 
+/// Opens the metadata store of `dir`. sled releases its lock from its flusher thread just
+/// after the last handle of a previous open is dropped, so a reopen in the same process may
+/// briefly find it locked.
+pub(crate) fn open_meta(dir: &Path) -> Meta {
+    for _ in 0..100 {
+        match Meta::open(&dir.join("meta")) {
+            Err(MetaError::Locked { .. }) => std::thread::sleep(Duration::from_millis(50)),
+            opened => return opened.expect("meta opens"),
+        }
+    }
+    panic!("the metadata store stayed locked");
+}
+
 async fn open(dir: &Path) -> Log {
-    let meta = Meta::open(&dir.join("meta")).expect("meta opens");
+    let meta = open_meta(dir);
     Log::open(log_config(dir, Durability::Fsync), meta)
         .await
         .expect("log opens")
@@ -649,7 +662,7 @@ async fn os_durability_acknowledges_and_recovers_on_a_clean_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let name = topic("t");
     for round in 0..2 {
-        let meta = Meta::open(&dir.path().join("meta")).expect("meta");
+        let meta = open_meta(dir.path());
         let log = Log::open(log_config(dir.path(), Durability::Os), meta)
             .await
             .expect("open");

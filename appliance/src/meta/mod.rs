@@ -130,10 +130,17 @@ impl Meta {
         })
     }
 
+    /// Makes every change durable. sled 0.34's `flush_async` deadlocks when several callers
+    /// flush at once (sled issue #1308, fixed only after 0.34), so the blocking flush runs on
+    /// the blocking pool instead.
     pub async fn flush(&self) -> Result<(), MetaError> {
-        self.db
-            .flush_async()
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
             .await
+            .map_err(|join| MetaError::Store {
+                op: "flush",
+                source: sled::Error::Io(std::io::Error::other(join.to_string())),
+            })?
             .map_err(|source| MetaError::Store {
                 op: "flush",
                 source,
@@ -299,6 +306,34 @@ mod tests {
             metadata: String::new(),
             commit_timestamp_ms: 1,
         }
+    }
+
+    /// Many concurrent flushes all complete (sled's own `flush_async` deadlocks here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_all_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Meta::open(dir.path()).expect("open");
+        let group = GroupId::new("g").expect("valid");
+        let mut commits = tokio::task::JoinSet::new();
+        for partition in 0..64 {
+            let meta = meta.clone();
+            let group = group.clone();
+            commits.spawn(async move {
+                let offset = PartitionOffset {
+                    topic: "t".into(),
+                    partition,
+                    committed: committed(u64::from(partition)),
+                };
+                meta.commit_offsets(&group, &[offset]).await
+            });
+        }
+        let all = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(done) = commits.join_next().await {
+                done.expect("join").expect("commit");
+            }
+        });
+        all.await.expect("every commit completes");
+        assert_eq!(meta.committed_offsets(&group).expect("read").len(), 64);
     }
 
     #[tokio::test]

@@ -11,19 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
-use clap::{Args, Subcommand};
+use clap::Args;
+
+use super::{MB, open_log, scratch_dir};
 
 use crate::log::{
-    Compression, Durability, Log, LogConfig, Offset, Partition, PartitionId, Record, Timestamp,
-    TopicConfig, TopicName,
+    Compression, Log, Offset, Partition, PartitionId, Record, Timestamp, TopicConfig, TopicName,
 };
-use crate::meta::Meta;
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Disk baseline, durable append throughput and read throughput of the log.
-    Log(LogBenchArgs),
-}
 
 #[derive(Debug, Args)]
 pub struct LogBenchArgs {
@@ -43,40 +37,25 @@ pub struct LogBenchArgs {
     json: bool,
 }
 
-pub fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Log(args) => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(log_bench(args))
-        }
-    }
-}
-
 #[derive(Debug, serde::Serialize)]
-struct CaseResult {
-    record_bytes: usize,
-    producers: usize,
-    partitions: u32,
-    mb_s: f64,
-    records_s: f64,
+pub(super) struct CaseResult {
+    pub record_bytes: usize,
+    pub producers: usize,
+    pub partitions: u32,
+    pub mb_s: f64,
+    pub records_s: f64,
     /// The disk's own bandwidth, measured just before the case with one file per partition.
     disk_mb_s: f64,
 }
 
-const MB: f64 = 1_000_000.0;
 /// The disk baseline writes in chunks of this size, each followed by fdatasync: the pattern
 /// of a group commit that has gathered a few MiB.
 const DISK_CHUNK: usize = 4 * 1024 * 1024;
 
-async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
+pub async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
     anyhow::ensure!(args.batch_kib >= 1, "--batch-kib must be at least 1");
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("appliance-bench-")
-        .tempdir_in(&args.dir)
-        .with_context(|| format!("creating a scratch directory in {}", args.dir.display()))?;
+    let scratch = scratch_dir(&args.dir)?;
     let case_time = Duration::from_secs_f64(args.seconds);
     let baseline_time = case_time / 2;
     let batch_bytes = args.batch_kib * 1024;
@@ -93,17 +72,7 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     println!("many files as the case has partitions (this machine's disk speed drifts over time)");
     println!();
 
-    let meta = Meta::open(&scratch.path().join("meta"))?;
-    let log = Log::open(
-        LogConfig {
-            data_dir: scratch.path().to_path_buf(),
-            durability: Durability::Fsync,
-            retention_check_interval: Duration::from_secs(3600),
-            topic_defaults: TopicConfig::default(),
-        },
-        meta,
-    )
-    .await?;
+    let log = open_log(scratch.path()).await?;
 
     println!(
         "{:>8} {:>10} {:>11} {:>10} {:>14} {:>11} {:>8}",
@@ -183,7 +152,7 @@ async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
 
 /// Appends `DISK_CHUNK`s to `streams` growing files at once, each with fdatasync after every
 /// chunk, for `duration` (at least one chunk each); returns the total MB/s.
-fn disk_baseline(dir: &Path, streams: usize, duration: Duration) -> anyhow::Result<f64> {
+pub(super) fn disk_baseline(dir: &Path, streams: usize, duration: Duration) -> anyhow::Result<f64> {
     let chunks: Vec<Vec<u8>> = (0..streams).map(|s| baseline_chunk(s as u64)).collect();
     let results: Vec<anyhow::Result<(u64, Duration)>> = std::thread::scope(|scope| {
         let writers: Vec<_> = chunks
@@ -249,7 +218,7 @@ fn case_topic(record_bytes: usize, producers: usize, partitions: u32) -> anyhow:
 }
 
 /// One pre-encoded batch per case: producers append copies of it, the log assigns offsets.
-fn template_batch(record_bytes: usize, batch_bytes: usize) -> anyhow::Result<Bytes> {
+pub(super) fn template_batch(record_bytes: usize, batch_bytes: usize) -> anyhow::Result<Bytes> {
     let value = Bytes::from(vec![b'x'; record_bytes]);
     let records: Vec<Record> = (0..(batch_bytes / (record_bytes + 10)).max(1))
         .map(|_| Record {
@@ -262,7 +231,7 @@ fn template_batch(record_bytes: usize, batch_bytes: usize) -> anyhow::Result<Byt
     Ok(crate::log::encode(&records, Compression::None)?.freeze())
 }
 
-async fn append_case(
+pub(super) async fn append_case(
     log: &Log,
     record_bytes: usize,
     producers: usize,
