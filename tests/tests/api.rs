@@ -922,6 +922,33 @@ async fn health_reflection_and_metrics_answer_stock_clients() -> anyhow::Result<
         );
     }
 
+    // Older tools (grpcurl before 1.8.8, Python's grpcio-reflection) ask v1alpha.
+    {
+        use tonic_reflection::pb::v1alpha as alpha;
+        let request = alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut responses =
+            alpha::server_reflection_client::ServerReflectionClient::new(channel.clone())
+                .server_reflection_info(tokio_stream::iter(vec![request]))
+                .await?
+                .into_inner();
+        let response = responses.next().await.context("a v1alpha response")??;
+        let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            response.message_response
+        else {
+            anyhow::bail!("unexpected v1alpha reflection response");
+        };
+        assert!(
+            list.service
+                .iter()
+                .any(|s| s.name == "appliance.v1.Records")
+        );
+    }
+
     create_topic(&channel, "m", 2).await?;
     produce_numbered(&channel, "m", 0, 10).await?;
     let _ = daemon.cli(

@@ -63,10 +63,15 @@ pub async fn serve(
     health
         .set_serving::<GroupsServer<groups::GroupsService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(appliance_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl asks v1 first, older tools (grpcurl before 1.8.8,
+    // Python's grpcio-reflection) only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(appliance_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let topics = topics::TopicsService {
         log: log.clone(),
         metrics: metrics.clone(),
@@ -84,7 +89,8 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(TopicsServer::new(topics).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(RecordsServer::new(records).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(GroupsServer::new(groups).max_decoding_message_size(MAX_REQUEST_BYTES))
