@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use appliance::log::{
-    Compression, Durability, Log, LogConfig, LogError, Offset, PartitionId, Record, Timestamp,
-    TopicConfig, TopicName, decode_all, encode,
+    Compression, Log, LogConfig, LogError, Offset, PartitionId, Record, Timestamp, TopicConfig,
+    TopicName, decode_all, encode,
 };
 use appliance::meta::{Meta, MetaError};
 use bytes::Bytes;
@@ -52,16 +52,7 @@ async fn open_log(dir: &Path) -> anyhow::Result<Log> {
             opened => break opened?,
         }
     };
-    Ok(Log::open(
-        LogConfig {
-            data_dir: dir.to_path_buf(),
-            durability: Durability::Fsync,
-            retention_check_interval: Duration::from_secs(3600),
-            topic_defaults: TopicConfig::default(),
-        },
-        meta,
-    )
-    .await?)
+    Ok(Log::open(LogConfig::new(dir.to_path_buf()), meta).await?)
 }
 
 /// The child: appends forever from several producers, printing `ACK partition base producer

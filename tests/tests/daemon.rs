@@ -121,88 +121,77 @@ fn bad_configuration_exits_2_naming_every_problem() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn bench_log_prints_a_table_and_a_json_summary() -> anyhow::Result<()> {
+/// Runs `appliance bench ARGS --json` in a fresh directory and checks that it succeeds,
+/// prints `table_text`, gives every figure in `figures` above zero and cleans up after itself.
+fn run_bench(
+    args: &[&str],
+    table_text: &[&str],
+    figures: &[&str],
+) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let output = run_to_end(
-        dir.path(),
-        &["bench", "log", "--dir", ".", "--seconds", "0.05", "--json"],
-    )?;
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--dir", ".", "--json"]);
+    let output = run_to_end(dir.path(), &all)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        stdout.contains("disk MB/s") && stdout.contains("records/s"),
-        "{stdout}"
-    );
+    for text in table_text {
+        assert!(stdout.contains(text), "{text:?} not in {stdout}");
+    }
     let summary: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
-    for key in [
-        "disk_mb_s",
-        "append_mb_s_1k_64p",
-        "append_rps_100b_8p",
-        "read_mb_s",
-    ] {
+    for key in figures {
         let figure = summary[key].as_f64().unwrap_or_default();
         assert!(figure > 0.0, "{key} = {figure} in {summary}");
     }
-    assert_eq!(summary["cases"].as_array().map(Vec::len), Some(8));
     assert_eq!(
         std::fs::read_dir(dir.path())?.count(),
         0,
         "scratch directory removed"
     );
+    Ok(summary)
+}
+
+#[test]
+fn bench_log_prints_a_table_and_a_json_summary() -> anyhow::Result<()> {
+    let summary = run_bench(
+        &["log", "--seconds", "0.05"],
+        &["disk MB/s", "records/s"],
+        &[
+            "disk_mb_s",
+            "append_mb_s_1k_64p",
+            "append_rps_100b_8p",
+            "read_mb_s",
+        ],
+    )?;
+    assert_eq!(summary["cases"].as_array().map(Vec::len), Some(8));
     Ok(())
 }
 
 #[test]
 fn bench_grpc_prints_figures_beside_the_log() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let output = run_to_end(
-        dir.path(),
+    run_bench(
         &[
-            "bench",
             "grpc",
-            "--dir",
-            ".",
             "--seconds",
             "0.2",
             "--streams",
             "2",
             "--batch-records",
             "100",
-            "--json",
+        ],
+        &["gRPC ProduceStream", "NATS JetStream"],
+        &[
+            "log_append_rps",
+            "grpc_produce_rps",
+            "log_read_rps",
+            "grpc_fetch_rps",
+            "grpc_subscribe_rps",
         ],
     )?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("gRPC ProduceStream") && stdout.contains("NATS JetStream"),
-        "{stdout}"
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
-    for key in [
-        "log_append_rps",
-        "grpc_produce_rps",
-        "log_read_rps",
-        "grpc_fetch_rps",
-        "grpc_subscribe_rps",
-    ] {
-        let figure = summary[key].as_f64().unwrap_or_default();
-        assert!(figure > 0.0, "{key} = {figure} in {summary}");
-    }
-    assert_eq!(
-        std::fs::read_dir(dir.path())?.count(),
-        0,
-        "scratch directory removed"
-    );
     Ok(())
 }

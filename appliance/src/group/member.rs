@@ -72,10 +72,6 @@ impl Membership {
         }
     }
 
-    pub fn member_id(&self) -> &str {
-        &self.member_id
-    }
-
     /// Waits for the next assignment change or records to deliver.
     pub async fn next(&mut self) -> Result<Delivery, GroupError> {
         loop {

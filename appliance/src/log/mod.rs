@@ -271,6 +271,19 @@ pub struct LogConfig {
     pub topic_defaults: TopicConfig,
 }
 
+impl LogConfig {
+    /// The log of `data_dir` with the daemon's defaults: fsync durability, retention checked
+    /// every 5 minutes, default topic settings.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            durability: Durability::Fsync,
+            retention_check_interval: Duration::from_secs(300),
+            topic_defaults: TopicConfig::default(),
+        }
+    }
+}
+
 /// A topic's partitions; a partition that could not be opened keeps the reason.
 #[derive(Debug)]
 struct Topic {

@@ -124,14 +124,6 @@ impl Partition {
         Ok(partition)
     }
 
-    pub fn topic(&self) -> &TopicName {
-        &self.topic
-    }
-
-    pub fn id(&self) -> PartitionId {
-        self.id
-    }
-
     pub fn high_watermark(&self) -> Offset {
         *self.high_watermark.borrow()
     }

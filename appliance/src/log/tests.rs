@@ -10,10 +10,9 @@ use super::*;
 
 fn log_config(dir: &Path, durability: Durability) -> LogConfig {
     LogConfig {
-        data_dir: dir.to_path_buf(),
         durability,
         retention_check_interval: Duration::from_secs(3600),
-        topic_defaults: TopicConfig::default(),
+        ..LogConfig::new(dir.to_path_buf())
     }
 }
 

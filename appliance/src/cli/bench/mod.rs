@@ -10,12 +10,11 @@ mod log;
 mod nats;
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::log::{Durability, Log, LogConfig, TopicConfig};
+use crate::log::{Log, LogConfig};
 use crate::meta::Meta;
 
 #[derive(Debug, Subcommand)]
@@ -48,14 +47,5 @@ fn scratch_dir(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
 /// A durable log in `dir`, as the daemon opens it.
 async fn open_log(dir: &Path) -> anyhow::Result<Log> {
     let meta = Meta::open(&dir.join("meta"))?;
-    Ok(Log::open(
-        LogConfig {
-            data_dir: dir.to_path_buf(),
-            durability: Durability::Fsync,
-            retention_check_interval: Duration::from_secs(3600),
-            topic_defaults: TopicConfig::default(),
-        },
-        meta,
-    )
-    .await?)
+    Ok(Log::open(LogConfig::new(dir.to_path_buf()), meta).await?)
 }
