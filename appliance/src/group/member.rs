@@ -34,44 +34,24 @@ pub enum Delivery {
     },
 }
 
+/// A member of a group, made by `Coordinator::join`; dropping it leaves the group.
 #[derive(Debug)]
 pub struct Membership {
-    coordinator: Coordinator,
-    group: GroupId,
-    member_id: String,
-    changes: watch::Receiver<u64>,
-    start: StartPosition,
-    max_bytes: usize,
+    pub(super) coordinator: Coordinator,
+    pub(super) group: GroupId,
+    pub(super) member_id: String,
+    pub(super) changes: watch::Receiver<u64>,
+    pub(super) start: StartPosition,
+    pub(super) max_bytes: usize,
     /// Start positions of owned partitions that have no committed offset, fixed when the
     /// partition was first seen so that `Latest` does not move while waiting.
-    start_positions: HashMap<TopicPartition, Offset>,
-    announced: Option<Vec<TopicPartition>>,
+    pub(super) start_positions: HashMap<TopicPartition, Offset>,
+    pub(super) announced: Option<Vec<TopicPartition>>,
     /// Round-robin over deliverable partitions, so a busy one does not starve the others.
-    cursor: usize,
+    pub(super) cursor: usize,
 }
 
 impl Membership {
-    pub(super) fn new(
-        coordinator: Coordinator,
-        group: GroupId,
-        member_id: String,
-        changes: watch::Receiver<u64>,
-        start: StartPosition,
-        max_bytes: usize,
-    ) -> Self {
-        Self {
-            coordinator,
-            group,
-            member_id,
-            changes,
-            start,
-            max_bytes,
-            start_positions: HashMap::new(),
-            announced: None,
-            cursor: 0,
-        }
-    }
-
     /// Waits for the next assignment change or records to deliver.
     pub async fn next(&mut self) -> Result<Delivery, GroupError> {
         loop {

@@ -227,14 +227,17 @@ impl Coordinator {
             self.rebalance(entry);
         }
         tracing::info!(%group, member = %member_id, ?topics, "member joined");
-        Ok(Membership::new(
-            self.clone(),
+        Ok(Membership {
+            coordinator: self.clone(),
             group,
             member_id,
             changes,
             start,
             max_bytes,
-        ))
+            start_positions: Default::default(),
+            announced: None,
+            cursor: 0,
+        })
     }
 
     fn leave(&self, group: &GroupId, member_id: &str) {

@@ -19,7 +19,7 @@ fn log_config(dir: &Path, durability: Durability) -> LogConfig {
 /// Opens the metadata store of `dir`. sled releases its lock from its flusher thread just
 /// after the last handle of a previous open is dropped, so a reopen in the same process may
 /// briefly find it locked.
-pub(crate) fn open_meta(dir: &Path) -> Meta {
+fn open_meta(dir: &Path) -> Meta {
     for _ in 0..100 {
         match Meta::open(&dir.join("meta")) {
             Err(MetaError::Locked { .. }) => std::thread::sleep(Duration::from_millis(50)),
