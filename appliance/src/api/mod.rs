@@ -36,6 +36,11 @@ pub use metrics::Metrics;
 
 /// Largest request the server decodes; bigger ones get RESOURCE_EXHAUSTED before any work.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// HTTP/2 flow-control windows. The 64 KiB default stalls every produce request and fetch
+/// response larger than that on a round trip; these let a whole 1 MiB fetch or a few
+/// produce requests be in flight per stream.
+pub const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -88,6 +93,8 @@ pub async fn serve(
         metrics,
     };
     tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -37,13 +37,21 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     async fn channel(&self) -> anyhow::Result<Channel> {
-        let endpoint = Channel::from_shared(self.server.clone())
-            .with_context(|| format!("--server {:?} is not a valid URL", self.server))?;
-        endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the appliance at {}", self.server))
+        connect(&self.server).await
     }
+}
+
+/// A channel to the appliance at `url`, with the server's large HTTP/2 windows so that big
+/// requests and responses are not held back by flow control.
+pub(super) async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(url.to_owned())
+        .with_context(|| format!("--server {url:?} is not a valid URL"))?
+        .initial_stream_window_size(crate::api::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::api::CONNECTION_WINDOW_BYTES);
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the appliance at {url}"))
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use clap::Args;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
+use super::super::client::connect;
 use super::log::append_case;
 use super::{nats, open_log, scratch_dir};
 use crate::config::{ApiSection, Config};
@@ -94,7 +94,7 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let running = crate::app::start(config, shutdown.clone()).await?;
     let url = format!("http://{}", running.grpc_addr);
     let figures = async {
-        let channel = Channel::from_shared(url.clone())?.connect().await?;
+        let channel = connect(&url).await?;
         TopicsClient::new(channel)
             .create_topic(pb::CreateTopicRequest {
                 name: TOPIC.into(),
@@ -236,7 +236,7 @@ async fn produce(
         };
         let url = url.to_owned();
         tasks.spawn(async move {
-            let channel = Channel::from_shared(url)?.connect().await?;
+            let channel = connect(&url).await?;
             let requests = futures_util::stream::repeat_with(move || request.clone())
                 .take_while(move |_| std::future::ready(Instant::now() < deadline));
             let response = RecordsClient::new(channel).produce_stream(requests).await?;
@@ -257,7 +257,7 @@ async fn fetch(url: &str, partitions: u32) -> anyhow::Result<f64> {
     for partition in 0..partitions {
         let url = url.to_owned();
         tasks.spawn(async move {
-            let mut client = RecordsClient::new(Channel::from_shared(url)?.connect().await?);
+            let mut client = RecordsClient::new(connect(&url).await?);
             let mut offset = 0;
             let mut records = 0u64;
             loop {
@@ -297,7 +297,7 @@ async fn subscribe(url: &str, members: u32, total: u64) -> anyhow::Result<f64> {
         let consumed = consumed.clone();
         let done = done.clone();
         tasks.spawn(async move {
-            let channel = Channel::from_shared(url)?.connect().await?;
+            let channel = connect(&url).await?;
             let mut groups = GroupsClient::new(channel.clone());
             let mut stream = RecordsClient::new(channel)
                 .subscribe(pb::SubscribeRequest {
