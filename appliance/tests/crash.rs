@@ -8,14 +8,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use appliance::log::{
     Compression, Log, LogConfig, LogError, Offset, PartitionId, Record, Timestamp, TopicConfig,
     TopicName, decode_all, encode,
 };
-use appliance::meta::{Meta, MetaError};
+use appliance::meta::Meta;
 use bytes::Bytes;
 
 const CHILD_DIR_ENV: &str = "APPLIANCE_CRASH_CHILD_DIR";
@@ -40,18 +39,7 @@ fn records_for(producer: u32, sequence: u64) -> Vec<Record> {
 }
 
 async fn open_log(dir: &Path) -> anyhow::Result<Log> {
-    // sled releases its lock from its flusher thread just after the previous handle in this
-    // process is dropped: a reopen may briefly find it locked.
-    let mut attempts = 0;
-    let meta = loop {
-        match Meta::open(&dir.join("meta")) {
-            Err(MetaError::Locked { .. }) if attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            opened => break opened?,
-        }
-    };
+    let meta = Meta::open(&dir.join("meta"))?;
     Ok(Log::open(LogConfig::new(dir.to_path_buf()), meta).await?)
 }
 

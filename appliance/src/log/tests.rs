@@ -16,17 +16,8 @@ fn log_config(dir: &Path, durability: Durability) -> LogConfig {
     }
 }
 
-/// Opens the metadata store of `dir`. sled releases its lock from its flusher thread just
-/// after the last handle of a previous open is dropped, so a reopen in the same process may
-/// briefly find it locked.
 fn open_meta(dir: &Path) -> Meta {
-    for _ in 0..100 {
-        match Meta::open(&dir.join("meta")) {
-            Err(MetaError::Locked { .. }) => std::thread::sleep(Duration::from_millis(50)),
-            opened => return opened.expect("meta opens"),
-        }
-    }
-    panic!("the metadata store stayed locked");
+    Meta::open(&dir.join("meta")).expect("meta opens")
 }
 
 async fn open(dir: &Path) -> Log {

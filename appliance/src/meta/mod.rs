@@ -10,11 +10,15 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 const TOPICS: &str = "topics";
 const OFFSETS: &str = "offsets";
+/// How long `Meta::open` waits for a lock released by a handle this process just dropped.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+const LOCK_RETRY: Duration = Duration::from_millis(50);
 /// Group ids share Kafka's length bound for names.
 pub const MAX_GROUP_ID_LEN: usize = 249;
 
@@ -107,7 +111,23 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Opens the store in `dir`. sled releases its exclusive lock from a background thread
+    /// just after the last handle of a previous open in this process is dropped, so a held
+    /// lock is waited for briefly before it is reported as another process's.
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            match Self::try_open(dir) {
+                Err(MetaError::Locked { .. }) if waited < LOCK_WAIT => {
+                    std::thread::sleep(LOCK_RETRY);
+                    waited += LOCK_RETRY;
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    fn try_open(dir: &Path) -> Result<Self, MetaError> {
         let open_error = |source| match source {
             // sled reports its exclusive file lock only as text.
             sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
