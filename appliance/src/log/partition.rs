@@ -219,14 +219,16 @@ impl Partition {
     /// Returns an empty chunk at the high watermark.
     pub fn read(&self, offset: Offset, max_bytes: usize) -> Result<ReadChunk, LogError> {
         let high_watermark = self.high_watermark();
-        let segments: Vec<Arc<Segment>> = {
+        let (log_start, segments): (Offset, Vec<Arc<Segment>>) = {
             let all = read_lock(&self.segments);
             let first_needed = all
                 .partition_point(|s| s.base() <= offset)
                 .saturating_sub(1);
-            all[first_needed..].to_vec()
+            (
+                all.first().map_or(Offset(0), |s| s.base()),
+                all[first_needed..].to_vec(),
+            )
         };
-        let log_start = segments.first().map_or(Offset(0), |s| s.base());
         let chunk = |batches, next_offset| ReadChunk {
             batches,
             next_offset,
@@ -238,7 +240,7 @@ impl Partition {
                 topic: self.topic.clone(),
                 partition: self.id,
                 offset,
-                log_start: self.log_start(),
+                log_start,
                 high_watermark,
             });
         }

@@ -168,6 +168,12 @@ async fn appended_records_read_back_in_order_across_rolled_segments_and_restarts
     let log = open(dir.path()).await;
     let partition = log.partition(&name, PartitionId(0)).expect("partition");
     assert_eq!(partition.high_watermark(), Offset(300));
+    let later_segment = partition.read(Offset(250), 100).expect("read");
+    assert_eq!(
+        later_segment.log_start,
+        Offset(0),
+        "the partition's start, not the segment's"
+    );
     let from_middle = read_all(&partition, Offset(123)).expect("read");
     assert_eq!(from_middle.first().map(|r| r.offset), Some(Offset(123)));
     assert_eq!(from_middle.len(), 177);
