@@ -392,10 +392,7 @@ impl Coordinator {
     ) -> Result<Option<CommittedOffset>, GroupError> {
         Ok(self
             .meta
-            .committed_offsets(group)?
-            .into_iter()
-            .find(|o| o.topic == partition.0.as_str() && o.partition == partition.1.0)
-            .map(|o| o.committed))
+            .committed_offset(group, partition.0.as_str(), partition.1.0)?)
     }
 
     /// Commits offsets durably. With a member, each partition must be one it owns; without,

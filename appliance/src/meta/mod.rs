@@ -253,6 +253,28 @@ impl Meta {
         self.flush().await
     }
 
+    /// A group's committed offset of one partition, if it committed one.
+    pub fn committed_offset(
+        &self,
+        group: &GroupId,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<CommittedOffset>, MetaError> {
+        let key = offset_key(group, topic, partition);
+        let value = self.offsets.get(&key).map_err(|source| MetaError::Store {
+            op: "read offset",
+            source,
+        })?;
+        value
+            .map(|value| {
+                serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
+                    key: format!("{group}/{topic}/{partition}"),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
     /// A group's committed offsets, in topic and partition order.
     pub fn committed_offsets(&self, group: &GroupId) -> Result<Vec<PartitionOffset>, MetaError> {
         let mut prefix = group.as_str().as_bytes().to_vec();
@@ -385,6 +407,9 @@ mod tests {
         assert_eq!(back[2].partition, 2);
         assert_eq!(back[2].committed.offset, 20);
         assert_eq!(meta.groups().expect("groups").len(), 2);
+        let one = meta.committed_offset(&group, "t", 2).expect("read");
+        assert_eq!(one.map(|c| c.offset), Some(20));
+        assert_eq!(meta.committed_offset(&group, "t", 9).expect("read"), None);
         meta.delete_topic("t").await.expect("delete");
         assert!(meta.committed_offsets(&group).expect("read").is_empty());
     }
