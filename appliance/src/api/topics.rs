@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{topic_config, topic_config_message, topic_name};
 use super::metrics::{Metrics, Rpc};
-use crate::log::{Log, PartitionState, TopicInfo};
+use crate::log::{Log, PartitionState, TopicInfo, TopicName};
 
 #[derive(Debug)]
 pub struct TopicsService {
@@ -46,14 +46,8 @@ fn topic_message(info: TopicInfo) -> pb::Topic {
 }
 
 impl TopicsService {
-    fn describe(&self, name: &str) -> Result<pb::Topic, Status> {
-        let name = topic_name("name", name)?;
-        self.log
-            .list_topics()
-            .into_iter()
-            .find(|t| t.name == name)
-            .map(topic_message)
-            .ok_or_else(|| Status::not_found(format!("topic {name} does not exist")))
+    fn describe(&self, name: &TopicName) -> Result<pb::Topic, Status> {
+        Ok(topic_message(self.log.topic_info(name)?))
     }
 }
 
@@ -67,8 +61,8 @@ impl Topics for TopicsService {
         let request = request.into_inner();
         let name = topic_name("name", &request.name)?;
         let config = topic_config(self.log.topic_defaults().clone(), request.config)?;
-        self.log.create_topic(name, config).await?;
-        Ok(Response::new(self.describe(&request.name)?))
+        self.log.create_topic(name.clone(), config).await?;
+        Ok(Response::new(self.describe(&name)?))
     }
 
     async fn get_topic(
@@ -76,7 +70,8 @@ impl Topics for TopicsService {
         request: Request<pb::GetTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
         let _timer = self.metrics.time(Rpc::GetTopic);
-        Ok(Response::new(self.describe(&request.into_inner().name)?))
+        let name = topic_name("name", &request.into_inner().name)?;
+        Ok(Response::new(self.describe(&name)?))
     }
 
     async fn list_topics(
@@ -103,7 +98,7 @@ impl Topics for TopicsService {
         let name = topic_name("name", &request.name)?;
         let config = topic_config(self.log.topic_config(&name)?, request.config)?;
         self.log.update_topic_config(&name, config).await?;
-        Ok(Response::new(self.describe(&request.name)?))
+        Ok(Response::new(self.describe(&name)?))
     }
 
     async fn delete_topic(

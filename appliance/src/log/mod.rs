@@ -636,25 +636,13 @@ impl Log {
     pub fn list_topics(&self) -> Vec<TopicInfo> {
         self.read_topics()
             .iter()
-            .map(|(name, topic)| TopicInfo {
-                name: name.clone(),
-                config: read_lock(&topic.config).clone(),
-                partitions: topic
-                    .partitions
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| PartitionInfo {
-                        id: PartitionId(i as u32),
-                        state: match p {
-                            Ok(p) => p.state(),
-                            Err(cause) => PartitionState::Failed {
-                                reason: cause.to_string(),
-                            },
-                        },
-                    })
-                    .collect(),
-            })
+            .map(|(name, topic)| topic_info(name, topic))
             .collect()
+    }
+
+    /// One topic with its partitions' state.
+    pub fn topic_info(&self, name: &TopicName) -> Result<TopicInfo, LogError> {
+        Ok(topic_info(name, &*self.topic(name)?))
     }
 
     fn spawn_retention(&self) {
@@ -707,6 +695,27 @@ impl Log {
         }
         self.inner.meta.flush().await?;
         Ok(())
+    }
+}
+
+fn topic_info(name: &TopicName, topic: &Topic) -> TopicInfo {
+    TopicInfo {
+        name: name.clone(),
+        config: read_lock(&topic.config).clone(),
+        partitions: topic
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PartitionInfo {
+                id: PartitionId(i as u32),
+                state: match p {
+                    Ok(p) => p.state(),
+                    Err(cause) => PartitionState::Failed {
+                        reason: cause.to_string(),
+                    },
+                },
+            })
+            .collect(),
     }
 }
 
