@@ -33,6 +33,14 @@ const STREAM_IN_FLIGHT: usize = 64;
 /// Messages a subscription may have queued for a slow client.
 const SUBSCRIBE_QUEUE: usize = 4;
 
+/// A request's `max_bytes`, where 0 means the default.
+fn max_bytes(requested: u32) -> usize {
+    match requested {
+        0 => DEFAULT_MAX_BYTES,
+        n => n as usize,
+    }
+}
+
 type Durable = Pin<Box<dyn Future<Output = Result<AppendOutcome, LogError>> + Send>>;
 
 /// One batch of a produce request, submitted to its partition.
@@ -166,10 +174,7 @@ impl Records for RecordsService {
         let request = request.into_inner();
         let topic = topic_name("topic", &request.topic)?;
         let partition = PartitionId(request.partition);
-        let max_bytes = match request.max_bytes {
-            0 => DEFAULT_MAX_BYTES,
-            n => n as usize,
-        };
+        let max_bytes = max_bytes(request.max_bytes);
         let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_WAIT);
         let offset = Offset(request.offset);
         let chunk = tokio::select! {
@@ -210,10 +215,7 @@ impl Records for RecordsService {
             }
             Err(_) => return Err(invalid("start", "unknown start position")),
         };
-        let max_bytes = match request.max_bytes {
-            0 => DEFAULT_MAX_BYTES,
-            n => n as usize,
-        };
+        let max_bytes = max_bytes(request.max_bytes);
         let mut membership = self.coordinator.join(group, topics, start, max_bytes)?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_QUEUE);
         let shutdown = self.shutdown.clone();

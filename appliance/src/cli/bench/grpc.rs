@@ -74,7 +74,6 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
         args.streams,
         batch_bytes,
         duration,
-        0.0,
     )
     .await?;
     let log_read_rps = log_read_decode(&log, args.streams).await?;

@@ -37,13 +37,20 @@ pub struct LogBenchArgs {
     json: bool,
 }
 
-#[derive(Debug, serde::Serialize)]
-pub(super) struct CaseResult {
-    pub record_bytes: usize,
-    pub producers: usize,
-    pub partitions: u32,
+/// What durable appends reached in one case.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(super) struct AppendFigures {
     pub mb_s: f64,
     pub records_s: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct CaseResult {
+    record_bytes: usize,
+    producers: usize,
+    partitions: u32,
+    #[serde(flatten)]
+    appended: AppendFigures,
     /// The disk's own bandwidth, measured just before the case with one file per partition.
     disk_mb_s: f64,
 }
@@ -83,25 +90,31 @@ pub async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
         for partitions in [1, 8] {
             for producers in [1, 64] {
                 let disk_mb_s = disk_baseline(scratch.path(), partitions as usize, baseline_time)?;
-                let result = append_case(
+                let appended = append_case(
                     &log,
                     record_bytes,
                     producers,
                     partitions,
                     batch_bytes,
                     case_time,
-                    disk_mb_s,
                 )
                 .await?;
+                let result = CaseResult {
+                    record_bytes,
+                    producers,
+                    partitions,
+                    appended,
+                    disk_mb_s,
+                };
                 println!(
                     "{:>6} B {:>10} {:>11} {:>10.1} {:>14.0} {:>11.1} {:>7.0}%",
                     result.record_bytes,
                     result.producers,
                     result.partitions,
-                    result.mb_s,
-                    result.records_s,
-                    result.disk_mb_s,
-                    100.0 * result.mb_s / result.disk_mb_s
+                    appended.mb_s,
+                    appended.records_s,
+                    disk_mb_s,
+                    100.0 * appended.mb_s / disk_mb_s
                 );
                 cases.push(result);
             }
@@ -123,8 +136,8 @@ pub async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
         })
     };
     let (append_mb_s_1k_64p, disk_mb_s) =
-        find(1024, 64, 1).map_or((0.0, 0.0), |c| (c.mb_s, c.disk_mb_s));
-    let append_rps_100b_8p = find(100, 64, 8).map_or(0.0, |c| c.records_s);
+        find(1024, 64, 1).map_or((0.0, 0.0), |c| (c.appended.mb_s, c.disk_mb_s));
+    let append_rps_100b_8p = find(100, 64, 8).map_or(0.0, |c| c.appended.records_s);
     println!();
     println!("targets:");
     println!(
@@ -238,8 +251,7 @@ pub(super) async fn append_case(
     partitions: u32,
     batch_bytes: usize,
     duration: Duration,
-    disk_mb_s: f64,
-) -> anyhow::Result<CaseResult> {
+) -> anyhow::Result<AppendFigures> {
     let topic = case_topic(record_bytes, producers, partitions)?;
     log.create_topic(
         topic.clone(),
@@ -287,13 +299,9 @@ pub(super) async fn append_case(
         joined??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    Ok(CaseResult {
-        record_bytes,
-        producers,
-        partitions,
+    Ok(AppendFigures {
         mb_s: bytes_total.load(Ordering::Relaxed) as f64 / MB / elapsed,
         records_s: records_total.load(Ordering::Relaxed) as f64 / elapsed,
-        disk_mb_s,
     })
 }
 
