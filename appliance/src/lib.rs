@@ -31,3 +31,4 @@ pub mod config;
 pub mod group;
 pub mod log;
 pub mod meta;
+pub mod plugin;

@@ -1,5 +1,129 @@
-//! The guest side of the appliance's plugin ABI.
+//! The guest side of the appliance's plugin ABI: what plugin authors depend on.
 //!
-//! Plugin authors depend on this crate and compile to `wasm32-wasip2`. The WIT worlds in
-//! `sdk/wit/` are the single source of truth of the ABI; the bindings, the plugin traits and the
-//! export macro arrive with the plugin host.
+//! A transform is a plain Rust type implementing [`Transform`], exported with
+//! [`#[transform]`](transform). The appliance hands it batches of [`Record`]s; the default
+//! [`Transform::process`] calls [`Transform::apply`] once per record, so most transforms only
+//! write `apply`. Build with `cargo build --target wasm32-wasip2 --release` and load the
+//! resulting `.wasm` with `appliance plugin add`.
+//!
+//! The WIT worlds in `sdk/wit/` are the single source of truth of the ABI: the host's bindings
+//! and the ones in [`wit`] are generated from the same file. Records, headers and batch
+//! information are the generated WIT types, extended here with helpers ([`json`] for values,
+//! header accessors on [`Record`]).
+
+mod config;
+pub mod host;
+pub mod json;
+mod record;
+
+pub use appliance_sdk_macros::transform;
+pub use config::Config;
+
+/// Bindings generated from `sdk/wit/plugin.wit`: the shared types and the host's imports.
+#[allow(unsafe_code, missing_debug_implementations, clippy::all)]
+pub mod wit {
+    wit_bindgen::generate!({
+        path: "wit",
+        inline: "
+            package appliance:sdk;
+            world imports {
+                import appliance:plugin/types@0.1.0;
+                import appliance:plugin/host@0.1.0;
+            }
+        ",
+        world: "appliance:sdk/imports",
+        generate_all,
+    });
+}
+
+pub use wit::appliance::plugin::types::{BatchInfo, Header, Record, RecordError};
+
+/// A single-message transform. One instance serves one partition of one pipeline, so it may
+/// keep state between batches.
+pub trait Transform: Sized + Send + 'static {
+    /// Builds the instance from the operator's configuration; an error rejects it and its
+    /// message is shown to the operator, so say which key is wrong and what it expects.
+    fn init(config: Config) -> Result<Self, String>;
+
+    /// Transforms one record: `Ok(None)` drops it, an error hands it to the pipeline's error
+    /// policy (fail, skip or dead-letter).
+    fn apply(&mut self, info: &BatchInfo, record: Record) -> Result<Option<Record>, String>;
+
+    /// Transforms one batch. Override it to split records or to work on the batch as a whole;
+    /// every output record must keep the `offset` of the input record it came from.
+    fn process(
+        &mut self,
+        info: &BatchInfo,
+        records: Vec<Record>,
+    ) -> Result<Vec<Record>, RecordError> {
+        let mut out = Vec::with_capacity(records.len());
+        for (index, record) in records.into_iter().enumerate() {
+            match self.apply(info, record) {
+                Ok(Some(record)) => out.push(record),
+                Ok(None) => {}
+                Err(message) => {
+                    return Err(RecordError {
+                        index: index as u32,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What the export macro expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    use std::sync::Mutex;
+
+    pub use wit_bindgen;
+
+    use super::{BatchInfo, Config, Record, RecordError, Transform};
+
+    /// The instance of the exported transform: one per WebAssembly instance.
+    pub struct Slot<T>(Mutex<Option<T>>);
+
+    impl<T> Slot<T> {
+        pub const fn new() -> Self {
+            Self(Mutex::new(None))
+        }
+    }
+
+    impl<T> Default for Slot<T> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl<T> std::fmt::Debug for Slot<T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Slot")
+        }
+    }
+
+    pub fn transform_init<T: Transform>(
+        slot: &Slot<T>,
+        config: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        let instance = T::init(Config::new(config))?;
+        *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(instance);
+        Ok(())
+    }
+
+    pub fn transform_process<T: Transform>(
+        slot: &Slot<T>,
+        info: BatchInfo,
+        records: Vec<Record>,
+    ) -> Result<Vec<Record>, RecordError> {
+        let mut guard = slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(instance) => instance.process(&info, records),
+            None => Err(RecordError {
+                index: 0,
+                message: "process called before a successful init".to_owned(),
+            }),
+        }
+    }
+}

@@ -7,7 +7,12 @@
 //! ```text
 //! tree "topics"   key: topic name                               value: topic config (JSON)
 //! tree "offsets"  key: group \0 topic \0 partition (u32 BE)     value: CommittedOffset (JSON)
+//! tree "plugins"            key: plugin name                    value: plugin record (JSON)
+//! tree "pipelines"          key: pipeline name                  value: pipeline spec (JSON)
+//! tree "pipeline-progress"  key: pipeline id / partition        value: progress (JSON)
 //! ```
+//!
+//! The last three are [`Table`]s of JSON documents owned by the subsystem that writes them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,12 +107,33 @@ pub struct PartitionOffset {
     pub committed: CommittedOffset,
 }
 
+/// A tree of JSON documents keyed by text, owned by one subsystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Plugins = 0,
+    Pipelines = 1,
+    PipelineProgress = 2,
+}
+
+impl Table {
+    const ALL: [Table; 3] = [Table::Plugins, Table::Pipelines, Table::PipelineProgress];
+
+    fn tree_name(self) -> &'static str {
+        match self {
+            Table::Plugins => "plugins",
+            Table::Pipelines => "pipelines",
+            Table::PipelineProgress => "pipeline-progress",
+        }
+    }
+}
+
 /// Handle to the metadata store; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Meta {
     db: sled::Db,
     topics: sled::Tree,
     offsets: sled::Tree,
+    tables: [sled::Tree; 3],
 }
 
 impl Meta {
@@ -143,10 +169,18 @@ impl Meta {
         let db = sled::open(dir).map_err(open_error)?;
         let topics = db.open_tree(TOPICS).map_err(open_error)?;
         let offsets = db.open_tree(OFFSETS).map_err(open_error)?;
+        let [plugins, pipelines, progress] =
+            Table::ALL.map(|table| db.open_tree(table.tree_name()));
+        let tables = [
+            plugins.map_err(open_error)?,
+            pipelines.map_err(open_error)?,
+            progress.map_err(open_error)?,
+        ];
         Ok(Self {
             db,
             topics,
             offsets,
+            tables,
         })
     }
 
@@ -316,6 +350,99 @@ impl Meta {
             }
         }
         Ok(groups)
+    }
+}
+
+impl Meta {
+    fn table(&self, table: Table) -> &sled::Tree {
+        &self.tables[table as usize]
+    }
+
+    /// Stores a document and makes it durable before returning.
+    pub async fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), MetaError> {
+        self.put_unflushed(table, key, value)?;
+        self.flush().await
+    }
+
+    /// Stores a document without waiting for the disk: sled writes it within about half a
+    /// second, and a crash before that keeps the previous version. For progress markers whose
+    /// older versions are still correct, only less recent.
+    pub fn put_unflushed<T: Serialize>(
+        &self,
+        table: Table,
+        key: &str,
+        value: &T,
+    ) -> Result<(), MetaError> {
+        let encoded = serde_json::to_vec(value).map_err(|source| MetaError::Decode {
+            key: key.to_owned(),
+            source,
+        })?;
+        self.table(table)
+            .insert(key.as_bytes(), encoded)
+            .map_err(|source| MetaError::Store {
+                op: "insert",
+                source,
+            })?;
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, MetaError> {
+        let value = self
+            .table(table)
+            .get(key.as_bytes())
+            .map_err(|source| MetaError::Store { op: "read", source })?;
+        value
+            .map(|value| {
+                serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
+                    key: key.to_owned(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// Removes one document, durably.
+    pub async fn remove(&self, table: Table, key: &str) -> Result<(), MetaError> {
+        self.table(table)
+            .remove(key.as_bytes())
+            .map_err(|source| MetaError::Store {
+                op: "remove",
+                source,
+            })?;
+        self.flush().await
+    }
+
+    /// Removes every document whose key starts with `prefix`, durably.
+    pub async fn remove_prefix(&self, table: Table, prefix: &str) -> Result<(), MetaError> {
+        let tree = self.table(table);
+        let mut batch = sled::Batch::default();
+        for entry in tree.scan_prefix(prefix.as_bytes()) {
+            let (key, _) = entry.map_err(|source| MetaError::Store { op: "scan", source })?;
+            batch.remove(key);
+        }
+        tree.apply_batch(batch)
+            .map_err(|source| MetaError::Store {
+                op: "remove",
+                source,
+            })?;
+        self.flush().await
+    }
+
+    /// Every document of the table, in key order.
+    pub fn entries<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, MetaError> {
+        self.table(table)
+            .iter()
+            .map(|entry| {
+                let (key, value) =
+                    entry.map_err(|source| MetaError::Store { op: "scan", source })?;
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let value = serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
+                    key: key.clone(),
+                    source,
+                })?;
+                Ok((key, value))
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,75 @@
+//! Compiled components on disk, keyed by the component's SHA-256 and the engine's
+//! compatibility hash, so a restart (or the same bytes added under another name) does not
+//! compile again, and a different wasmtime or engine configuration never loads a stale file.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+
+use wasmtime::component::Component;
+
+use super::{PluginError, create_dir, write_durably};
+
+#[derive(Debug)]
+pub struct ComponentCache {
+    engine: wasmtime::Engine,
+    dir: PathBuf,
+    engine_tag: String,
+}
+
+impl ComponentCache {
+    pub fn open(engine: &wasmtime::Engine, dir: PathBuf) -> Result<Self, PluginError> {
+        create_dir(&dir)?;
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            engine: engine.clone(),
+            dir,
+            engine_tag: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    /// The compiled component for `bytes`: loaded from the cache, or validated, compiled and
+    /// cached. A cache file that does not load is replaced.
+    pub fn component(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Component, PluginError> {
+        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_tag));
+        if path.exists() {
+            match deserialize(&self.engine, &path) {
+                Ok(component) => return Ok(component),
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "compiled plugin cache entry does not load; compiling again"
+                ),
+            }
+        }
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| PluginError::InvalidComponent {
+                name: name.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
+        match component.serialize() {
+            Ok(compiled) => {
+                if let Err(error) = write_durably(&path, &compiled) {
+                    tracing::warn!(%error, "cannot cache the compiled plugin");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot serialize the compiled plugin"),
+        }
+        Ok(component)
+    }
+}
+
+/// Loads native code that this process's engine compiled earlier.
+#[allow(unsafe_code)]
+fn deserialize(engine: &wasmtime::Engine, path: &std::path::Path) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime requires the file to be a `Component::serialize` output of a compatible
+    // engine. Only this module writes the cache directory (under the data directory, which
+    // the appliance owns), always whole files via rename, named by the engine's compatibility
+    // hash; wasmtime additionally checks the version and configuration recorded in the file.
+    unsafe { Component::deserialize_file(engine, path) }
+}

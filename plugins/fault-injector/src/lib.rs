@@ -1,0 +1,79 @@
+//! A transform that misbehaves on purpose, to test that the host contains it. `mode` picks
+//! the fault: `trap` (panics on the first batch), `loop` (never returns), `allocate` (grows its
+//! memory until something stops it), `reject-config` (fails init), `poison` (an error for
+//! each record whose value contains `poison`, every other record passes).
+
+use appliance_sdk::{BatchInfo, Config, Record, Transform, transform};
+
+#[transform]
+#[derive(Debug)]
+pub struct FaultInjector {
+    mode: Mode,
+    hoard: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Trap,
+    Loop,
+    Allocate,
+    Poison,
+}
+
+impl Transform for FaultInjector {
+    fn init(config: Config) -> Result<Self, String> {
+        config.only(&["mode"])?;
+        let mode = match config.require("mode", "trap, loop, allocate, reject-config or poison")? {
+            "trap" => Mode::Trap,
+            "loop" => Mode::Loop,
+            "allocate" => Mode::Allocate,
+            "poison" => Mode::Poison,
+            "reject-config" => return Err("this configuration is rejected on purpose".into()),
+            other => return Err(format!("unknown mode {other:?}")),
+        };
+        Ok(Self {
+            mode,
+            hoard: Vec::new(),
+        })
+    }
+
+    fn apply(&mut self, _: &BatchInfo, record: Record) -> Result<Option<Record>, String> {
+        match self.mode {
+            Mode::Trap => panic!("fault-injector: trapping on purpose"),
+            Mode::Loop => loop {
+                std::hint::spin_loop();
+            },
+            Mode::Allocate => loop {
+                self.hoard.push(vec![1; 1 << 20]);
+            },
+            Mode::Poison => {
+                let poisoned = record
+                    .value
+                    .as_deref()
+                    .is_some_and(|v| v.windows(6).any(|w| w == b"poison"));
+                if poisoned {
+                    Err("the value contains `poison`".into())
+                } else {
+                    Ok(Some(record))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_mode_rejects_only_poisoned_records() {
+        let mut plugin = FaultInjector::init([("mode", "poison")].into_iter().collect()).unwrap();
+        let info = BatchInfo {
+            topic: "t".into(),
+            partition: 0,
+        };
+        assert!(plugin.apply(&info, Record::from_value("ok")).unwrap().is_some());
+        assert!(plugin.apply(&info, Record::from_value("a poison b")).is_err());
+        assert!(FaultInjector::init([("mode", "reject-config")].into_iter().collect()).is_err());
+    }
+}

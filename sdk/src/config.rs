@@ -1,0 +1,110 @@
+//! An instance's configuration: the `key=value` pairs an operator gave a plugin.
+
+use std::str::FromStr;
+
+/// The configuration of one plugin instance. Keys may repeat: a list value is either one
+/// value separated by `|` or the key given several times.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pairs: Vec<(String, String)>,
+}
+
+impl Config {
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Self { pairs }
+    }
+
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
+    /// The last value given for `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key`, or an error saying it is missing and what it is for.
+    pub fn require(&self, key: &str, what: &str) -> Result<&str, String> {
+        self.get(key)
+            .ok_or_else(|| format!("missing required key `{key}` ({what})"))
+    }
+
+    /// Every value of `key`: repeated keys and `|`-separated values, empty items dropped.
+    pub fn list(&self, key: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .flat_map(|(_, v)| v.split('|'))
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .collect()
+    }
+
+    /// `key` parsed as `T`, or `default` when absent.
+    pub fn parse_or<T: FromStr>(&self, key: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e| format!("key `{key}`: cannot use {raw:?}: {e}")),
+        }
+    }
+
+    /// `key` as a boolean (`true`/`false`), or `default` when absent.
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool, String> {
+        self.parse_or(key, default)
+    }
+
+    /// Rejects keys outside `known`, naming them and the keys this plugin takes.
+    pub fn only(&self, known: &[&str]) -> Result<(), String> {
+        let unknown: Vec<&str> = self
+            .pairs
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !known.contains(k))
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "unknown key(s) {}; this plugin takes: {}",
+                unknown.join(", "),
+                known.join(", ")
+            ))
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Config {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self::new(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_come_from_pipes_and_repeated_keys() {
+        let config: Config = [("fields", "a|b"), ("fields", "c"), ("x", "1")]
+            .into_iter()
+            .collect();
+        assert_eq!(config.list("fields"), ["a", "b", "c"]);
+        assert_eq!(config.get("x"), Some("1"));
+        assert!(config.only(&["fields"]).unwrap_err().contains("unknown key(s) x"));
+        assert!(config.parse_or::<u32>("fields", 0).is_err());
+    }
+}
