@@ -31,4 +31,5 @@ pub mod config;
 pub mod group;
 pub mod log;
 pub mod meta;
+pub mod pipeline;
 pub mod plugin;

@@ -1,0 +1,447 @@
+//! Pipelines: a source topic, a chain of transform plugins, a destination topic, running
+//! continuously, one task per source partition, exactly once.
+//!
+//! ```text
+//! source partition p --read--> chain (plugin instances, on a blocking thread)
+//!     --> outputs grouped by destination partition (p mod partitions; a transform may re-route
+//!         a record to another topic; rejected records go to the dead-letter topic)
+//!     --> append, the last record of each batch tagged `appliance.pipeline: ID:p:OFFSET`
+//!     --> progress (next source offset, destination ends) in meta "pipeline-progress"
+//! ```
+//!
+//! Exactly once without transactions ([`progress`]): the progress is written after the
+//! appends are durable, and on start each destination's tail past the recorded end is scanned
+//! for this pipeline's tags, so output a crash left behind is never written twice and nothing
+//! is skipped. Each pipeline's spec lives in meta "pipelines"; a pipeline's state (running,
+//! paused, failed with a reason) and lag are reported per partition.
+
+mod chain;
+mod progress;
+mod task;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{Log, LogError, PartitionId, TopicName};
+use crate::meta::{Meta, MetaError, Table};
+use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
+
+pub use chain::{Predicate, Step};
+
+const MAX_NAME_LEN: usize = 128;
+const MAX_TRANSFORMS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("invalid pipeline name {name:?}: use 1 to 128 of a-z, A-Z, 0-9, '.', '_' and '-'")]
+    InvalidName { name: String },
+    #[error("no pipeline named {name:?}")]
+    NotFound { name: String },
+    #[error("a pipeline named {name:?} exists already")]
+    AlreadyExists { name: String },
+    #[error("pipeline {name:?}: {problem}")]
+    InvalidSpec { name: String, problem: String },
+    #[error("plugin {plugin:?} is used by pipeline {pipeline:?}; delete the pipeline first")]
+    PluginInUse { plugin: String, pipeline: String },
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// What happens to a record a transform rejects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Stop the partition with the error as its status. The default.
+    #[default]
+    Fail,
+    /// Drop the record and go on.
+    Skip,
+    /// Write the original record to the dead-letter topic with headers naming the error.
+    Dlq,
+}
+
+/// One transform of a chain: a plugin and its instance configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransformSpec {
+    pub plugin: String,
+    pub config: Vec<(String, String)>,
+}
+
+/// A pipeline as created; stored in meta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineSpec {
+    pub name: String,
+    /// Distinguishes this pipeline from an earlier one of the same name in destination tags.
+    pub id: u64,
+    pub from: TopicName,
+    pub to: TopicName,
+    pub transforms: Vec<TransformSpec>,
+    pub errors: ErrorPolicy,
+    pub dlq_topic: Option<TopicName>,
+    pub paused: bool,
+}
+
+/// What a caller asks for; becomes a [`PipelineSpec`].
+#[derive(Debug, Clone)]
+pub struct NewPipeline {
+    pub name: String,
+    pub from: TopicName,
+    pub to: TopicName,
+    pub transforms: Vec<TransformSpec>,
+    pub errors: ErrorPolicy,
+    pub dlq_topic: Option<TopicName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionState {
+    Starting,
+    Running,
+    Paused,
+    Failed { reason: String },
+}
+
+/// One source partition's view of a pipeline.
+#[derive(Debug, Clone)]
+pub struct PartitionStatus {
+    pub partition: PartitionId,
+    pub state: PartitionState,
+    /// The next source offset to transform.
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
+}
+
+impl PartitionStatus {
+    pub fn lag(&self) -> u64 {
+        self.high_watermark.saturating_sub(self.next_offset)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineStatus {
+    pub spec: PipelineSpec,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// Shared between a partition task (which writes it) and status readers.
+#[derive(Debug)]
+struct StatusCell(Mutex<PartitionStatus>);
+
+impl StatusCell {
+    fn update(&self, change: impl FnOnce(&mut PartitionStatus)) {
+        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn get(&self) -> PartitionStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    spec: PipelineSpec,
+    stop: CancellationToken,
+    partitions: Vec<Arc<StatusCell>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Handle to the pipelines; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pipelines {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: Log,
+    meta: Meta,
+    plugins: Plugins,
+    limits: Limits,
+    pipelines: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    shutdown: CancellationToken,
+}
+
+impl Pipelines {
+    /// Starts every stored pipeline that is not paused.
+    pub async fn open(
+        log: Log,
+        meta: Meta,
+        plugins: Plugins,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Result<Self, PipelineError> {
+        let this = Self {
+            inner: Arc::new(Inner {
+                log,
+                meta,
+                plugins,
+                limits,
+                pipelines: tokio::sync::Mutex::new(BTreeMap::new()),
+                shutdown,
+            }),
+        };
+        let stored: Vec<(String, PipelineSpec)> = this.inner.meta.entries(Table::Pipelines)?;
+        let mut pipelines = this.inner.pipelines.lock().await;
+        for (name, spec) in stored {
+            let running = this.launch(spec);
+            pipelines.insert(name, running);
+        }
+        drop(pipelines);
+        Ok(this)
+    }
+
+    /// Validates, stores durably and starts a pipeline. Each transform is instantiated once
+    /// here, so a configuration its plugin rejects is reported to the caller.
+    pub async fn create(&self, new: NewPipeline) -> Result<PipelineStatus, PipelineError> {
+        validate_name(&new.name)?;
+        let invalid = |problem: String| PipelineError::InvalidSpec {
+            name: new.name.clone(),
+            problem,
+        };
+        if new.transforms.len() > MAX_TRANSFORMS {
+            return Err(invalid(format!("at most {MAX_TRANSFORMS} transforms")));
+        }
+        if new.from == new.to {
+            return Err(invalid("the destination must differ from the source".to_owned()));
+        }
+        match (&new.errors, &new.dlq_topic) {
+            (ErrorPolicy::Dlq, None) => {
+                return Err(invalid("errors=dlq needs a dead-letter topic".to_owned()));
+            }
+            (ErrorPolicy::Dlq, Some(dlq)) if *dlq == new.from => {
+                return Err(invalid("the dead-letter topic must differ from the source".to_owned()));
+            }
+            (ErrorPolicy::Fail | ErrorPolicy::Skip, Some(_)) => {
+                return Err(invalid("a dead-letter topic is only used with errors=dlq".to_owned()));
+            }
+            _ => {}
+        }
+        self.inner.log.topic_info(&new.from)?;
+        for transform in &new.transforms {
+            let loaded = self.inner.plugins.get(&transform.plugin).await?;
+            if loaded.info.kind != PluginKind::Transform {
+                return Err(PluginError::WrongKind {
+                    name: transform.plugin.clone(),
+                    actual: loaded.info.kind,
+                    wanted: PluginKind::Transform,
+                }
+                .into());
+            }
+            let (_, plugin_config) = Predicate::split_config(&transform.config)
+                .map_err(|problem| invalid(format!("transform {}: {problem}", transform.plugin)))?;
+            let plugins = self.inner.plugins.clone();
+            let limits = self.inner.limits;
+            tokio::task::spawn_blocking(move || {
+                plugins.instantiate_transform(&loaded, &plugin_config, limits, "validation")
+            })
+            .await
+            .map_err(|join| invalid(format!("validating the transforms stopped: {join}")))??;
+        }
+        let mut pipelines = self.inner.pipelines.lock().await;
+        if pipelines.contains_key(&new.name) {
+            return Err(PipelineError::AlreadyExists { name: new.name });
+        }
+        for topic in std::iter::once(&new.to).chain(new.dlq_topic.as_ref()) {
+            task::ensure_topic(&self.inner.log, topic).await?;
+        }
+        let spec = PipelineSpec {
+            id: pipeline_id(&new.name),
+            name: new.name,
+            from: new.from,
+            to: new.to,
+            transforms: new.transforms,
+            errors: new.errors,
+            dlq_topic: new.dlq_topic,
+            paused: false,
+        };
+        self.inner.meta.put(Table::Pipelines, &spec.name, &spec).await?;
+        let running = self.launch(spec);
+        let status = status_of(&running);
+        pipelines.insert(status.spec.name.clone(), running);
+        Ok(status)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<PipelineStatus, PipelineError> {
+        let pipelines = self.inner.pipelines.lock().await;
+        pipelines
+            .get(name)
+            .map(status_of)
+            .ok_or_else(|| PipelineError::NotFound {
+                name: name.to_owned(),
+            })
+    }
+
+    pub async fn list(&self) -> Vec<PipelineStatus> {
+        self.inner.pipelines.lock().await.values().map(status_of).collect()
+    }
+
+    /// Stops a pipeline's tasks after the batch in flight; it stays stopped across restarts.
+    pub async fn pause(&self, name: &str) -> Result<PipelineStatus, PipelineError> {
+        self.set_paused(name, true).await
+    }
+
+    /// Restarts a paused pipeline, or the failed partitions of a running one.
+    pub async fn resume(&self, name: &str) -> Result<PipelineStatus, PipelineError> {
+        self.set_paused(name, false).await
+    }
+
+    /// Stops a pipeline and forgets it and its progress. Its output stays in its topics.
+    pub async fn delete(&self, name: &str) -> Result<(), PipelineError> {
+        let mut pipelines = self.inner.pipelines.lock().await;
+        let running = pipelines.remove(name).ok_or_else(|| PipelineError::NotFound {
+            name: name.to_owned(),
+        })?;
+        stop(running.stop, running.tasks).await;
+        self.inner.meta.remove(Table::Pipelines, name).await?;
+        self.inner
+            .meta
+            .remove_prefix(Table::PipelineProgress, &progress::key_prefix(running.spec.id))
+            .await?;
+        self.inner.plugins.forget_counters(&format!("{name}/"));
+        Ok(())
+    }
+
+    /// The first pipeline that uses `plugin`, if any.
+    pub async fn user_of(&self, plugin: &str) -> Option<String> {
+        self.inner
+            .pipelines
+            .lock()
+            .await
+            .values()
+            .find(|running| running.spec.transforms.iter().any(|t| t.plugin == plugin))
+            .map(|running| running.spec.name.clone())
+    }
+
+    /// Stops every pipeline's tasks (at shutdown).
+    pub async fn stop_all(&self) {
+        let mut pipelines = self.inner.pipelines.lock().await;
+        for running in pipelines.values_mut() {
+            stop(running.stop.clone(), std::mem::take(&mut running.tasks)).await;
+        }
+    }
+
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<PipelineStatus, PipelineError> {
+        let mut pipelines = self.inner.pipelines.lock().await;
+        let running = pipelines.remove(name).ok_or_else(|| PipelineError::NotFound {
+            name: name.to_owned(),
+        })?;
+        stop(running.stop, running.tasks).await;
+        let mut spec = running.spec;
+        spec.paused = paused;
+        let stored = self.inner.meta.put(Table::Pipelines, name, &spec).await;
+        let relaunched = self.launch(spec);
+        let status = status_of(&relaunched);
+        pipelines.insert(name.to_owned(), relaunched);
+        stored?;
+        Ok(status)
+    }
+
+    /// Starts one task per source partition (none when paused).
+    fn launch(&self, spec: PipelineSpec) -> Running {
+        let stop = self.inner.shutdown.child_token();
+        let partition_count = self
+            .inner
+            .log
+            .topic_config(&spec.from)
+            .map_or(0, |config| config.partitions);
+        let initial = if spec.paused {
+            PartitionState::Paused
+        } else {
+            PartitionState::Starting
+        };
+        let partitions: Vec<Arc<StatusCell>> = (0..partition_count)
+            .map(|p| {
+                Arc::new(StatusCell(Mutex::new(PartitionStatus {
+                    partition: PartitionId(p),
+                    state: initial.clone(),
+                    next_offset: 0,
+                    high_watermark: 0,
+                    records_in: 0,
+                    records_out: 0,
+                    skipped: 0,
+                    dead_lettered: 0,
+                })))
+            })
+            .collect();
+        let tasks = if spec.paused {
+            Vec::new()
+        } else {
+            partitions
+                .iter()
+                .map(|status| {
+                    let context = task::PartitionTask {
+                        spec: spec.clone(),
+                        partition: status.get().partition,
+                        log: self.inner.log.clone(),
+                        meta: self.inner.meta.clone(),
+                        plugins: self.inner.plugins.clone(),
+                        limits: self.inner.limits,
+                        status: status.clone(),
+                        stop: stop.clone(),
+                    };
+                    tokio::spawn(context.run())
+                })
+                .collect()
+        };
+        Running {
+            spec,
+            stop,
+            partitions,
+            tasks,
+        }
+    }
+}
+
+async fn stop(token: CancellationToken, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    token.cancel();
+    for task in tasks {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "a pipeline task ended abnormally");
+        }
+    }
+}
+
+fn status_of(running: &Running) -> PipelineStatus {
+    PipelineStatus {
+        spec: running.spec.clone(),
+        partitions: running.partitions.iter().map(|cell| cell.get()).collect(),
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), PipelineError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(PipelineError::InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// A practically unique id for a new pipeline: the name and the creation time, hashed with a
+/// per-process random key.
+fn pipeline_id(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::collections::hash_map::RandomState::new().hash_one((name, now))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! Exactly-once bookkeeping of one pipeline partition, without transactions.
+//!
+//! Two records of what was done, written in this order:
+//! 1. the output itself: the last record of every appended batch carries the header
+//!    `appliance.pipeline: <id>:<source partition>:<source offset>` (the source offset of
+//!    that last record; outputs are in source order, so it covers the whole batch);
+//! 2. after those appends are durable, [`Progress`]: the next source offset, and for each
+//!    destination partition the end offset up to which its tags are accounted for.
+//!
+//! After a crash the progress may be behind the output. On start, each destination's tail
+//! from its recorded end is scanned for this partition's tags ([`written_up_to`]); output
+//! whose source offset is at or below what a destination already holds is not written again.
+//! A destination is entered into the progress (durably) before the first batch is appended to
+//! it, so no destination escapes the scan.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::log::{self, Log, LogError, Offset, PartitionId, TopicName};
+
+pub const TAG_HEADER: &str = "appliance.pipeline";
+const SCAN_BYTES: usize = 1 << 20;
+
+/// A destination partition of a pipeline partition's output.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Destination {
+    pub topic: TopicName,
+    pub partition: PartitionId,
+}
+
+impl Destination {
+    /// The progress map's key; topic names cannot contain '/'.
+    fn key(&self) -> String {
+        format!("{}/{}", self.topic, self.partition.0)
+    }
+
+    fn from_key(key: &str) -> Option<Self> {
+        let (topic, partition) = key.rsplit_once('/')?;
+        Some(Self {
+            topic: TopicName::new(topic).ok()?,
+            partition: PartitionId(partition.parse().ok()?),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The next source offset to transform.
+    pub next: u64,
+    /// Destination key -> the destination's end offset when its tags were last accounted for.
+    ends: BTreeMap<String, u64>,
+}
+
+impl Progress {
+    pub fn knows(&self, destination: &Destination) -> bool {
+        self.ends.contains_key(&destination.key())
+    }
+
+    pub fn set_end(&mut self, destination: &Destination, end: Offset) {
+        self.ends.insert(destination.key(), end.0);
+    }
+
+    /// Every destination with the end its scan starts from.
+    pub fn destinations(&self) -> Vec<(Destination, Offset)> {
+        self.ends
+            .iter()
+            .filter_map(|(key, end)| Some((Destination::from_key(key)?, Offset(*end))))
+            .collect()
+    }
+}
+
+pub fn key(pipeline_id: u64, partition: PartitionId) -> String {
+    format!("{}{:010}", key_prefix(pipeline_id), partition.0)
+}
+
+pub fn key_prefix(pipeline_id: u64) -> String {
+    format!("{pipeline_id:016x}/")
+}
+
+pub fn tag(pipeline_id: u64, partition: PartitionId, source_offset: i64) -> Bytes {
+    Bytes::from(format!("{pipeline_id:016x}:{}:{source_offset}", partition.0))
+}
+
+fn parse_tag(value: &[u8]) -> Option<(u64, u32, u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.split(':');
+    let id = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((id, partition, offset))
+}
+
+/// The highest source offset of `(pipeline_id, partition)` tagged in `destination` at or after
+/// `from`, reading up to the destination's current end.
+pub async fn written_up_to(
+    log: &Log,
+    destination: &Destination,
+    from: Offset,
+    pipeline_id: u64,
+    partition: PartitionId,
+) -> Result<Option<u64>, LogError> {
+    let target = log.partition(&destination.topic, destination.partition)?;
+    let end = target.high_watermark();
+    let mut offset = from.max(target.log_start());
+    let mut highest = None;
+    while offset < end {
+        let chunk = target.read(offset, SCAN_BYTES)?;
+        if chunk.batches.is_empty() {
+            break;
+        }
+        let records = log::decode_all(chunk.batches).map_err(LogError::InvalidBatch)?;
+        for stored in records.iter().filter(|r| r.offset >= offset) {
+            for header in stored.record.headers.iter().filter(|h| h.key == TAG_HEADER) {
+                if let Some((id, p, source)) = header.value.as_deref().and_then(parse_tag)
+                    && id == pipeline_id
+                    && p == partition.0
+                {
+                    highest = highest.max(Some(source));
+                }
+            }
+        }
+        offset = chunk.next_offset;
+    }
+    Ok(highest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_and_keys_round_trip() {
+        let tag = tag(0xabc, PartitionId(3), 42);
+        assert_eq!(parse_tag(&tag), Some((0xabc, 3, 42)));
+        assert_eq!(parse_tag(b"0abc:3"), None);
+        assert_eq!(parse_tag(b"zz:1:2"), None);
+        let destination = Destination {
+            topic: TopicName::new("out.v1").unwrap(),
+            partition: PartitionId(2),
+        };
+        let mut progress = Progress::default();
+        progress.set_end(&destination, Offset(9));
+        assert!(progress.knows(&destination));
+        assert_eq!(progress.destinations(), [(destination, Offset(9))]);
+        assert!(key(1, PartitionId(2)).starts_with(&key_prefix(1)));
+    }
+}

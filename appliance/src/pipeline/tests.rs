@@ -1,0 +1,328 @@
+//! Pipelines over a real log, real plugins (built from plugins/) and a real metadata store.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::log::{Compression, Durability, LogConfig, Offset, Record, Timestamp, TopicConfig};
+
+struct Setup {
+    log: Log,
+    meta: Meta,
+    plugins: Plugins,
+    pipelines: Pipelines,
+    shutdown: CancellationToken,
+}
+
+async fn setup(dir: &Path) -> Setup {
+    let meta = Meta::open(&dir.join("meta")).unwrap();
+    let config = LogConfig {
+        durability: Durability::Os,
+        ..LogConfig::new(dir.to_path_buf())
+    };
+    let log = Log::open(config, meta.clone()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let plugins = Plugins::open(dir, meta.clone(), shutdown.clone()).unwrap();
+    let pipelines = Pipelines::open(
+        log.clone(),
+        meta.clone(),
+        plugins.clone(),
+        Limits {
+            max_memory_mb: 32,
+            timeout_ms: 500,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    Setup {
+        log,
+        meta,
+        plugins,
+        pipelines,
+        shutdown,
+    }
+}
+
+impl Setup {
+    async fn close(self) {
+        self.pipelines.stop_all().await;
+        self.shutdown.cancel();
+        self.log.close().await.unwrap();
+    }
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::new(name).unwrap()
+}
+
+async fn produce(log: &Log, name: &str, values: impl IntoIterator<Item = String>) {
+    let records: Vec<Record> = values
+        .into_iter()
+        .map(|v| Record {
+            key: None,
+            value: Some(Bytes::from(v)),
+            headers: Vec::new(),
+            timestamp: Timestamp(1_700_000_000_000),
+        })
+        .collect();
+    for chunk in records.chunks(500) {
+        let batch = crate::log::encode(chunk, Compression::None).unwrap();
+        log.append(&topic(name), PartitionId(0), batch).await.unwrap();
+    }
+}
+
+async fn values(log: &Log, name: &str) -> Vec<String> {
+    read_all(log, name)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.record.value.unwrap().to_vec()).unwrap())
+        .collect()
+}
+
+async fn read_all(log: &Log, name: &str) -> Vec<crate::log::StoredRecord> {
+    let partition = log.partition(&topic(name), PartitionId(0)).unwrap();
+    let mut out = Vec::new();
+    let mut offset = Offset(0);
+    while offset < partition.high_watermark() {
+        let chunk = partition.read(offset, 1 << 20).unwrap();
+        out.extend(crate::log::decode_all(chunk.batches).unwrap());
+        offset = chunk.next_offset;
+    }
+    out
+}
+
+fn step(plugin: &str, config: &[(&str, &str)]) -> TransformSpec {
+    TransformSpec {
+        plugin: plugin.to_owned(),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn new_pipeline(name: &str, from: &str, to: &str, transforms: Vec<TransformSpec>) -> NewPipeline {
+    NewPipeline {
+        name: name.to_owned(),
+        from: topic(from),
+        to: topic(to),
+        transforms,
+        errors: ErrorPolicy::Fail,
+        dlq_topic: None,
+    }
+}
+
+/// Polls the pipeline until `done` holds for its first partition, or panics with its status.
+async fn wait_for(pipelines: &Pipelines, name: &str, done: impl Fn(&PartitionStatus) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = pipelines.get(name).await.unwrap();
+        if done(&status.partitions[0]) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_pipeline_transforms_continuously() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    produce(&s.log, "in", (0..1000).map(|i| format!(r#"{{"i":{i}}}"#))).await;
+    let filter = step("filter", &[("field", "i"), ("less-than", "500")]);
+    s.pipelines
+        .create(new_pipeline("evens", "in", "out", vec![filter]))
+        .await
+        .unwrap();
+    wait_for(&s.pipelines, "evens", |p| p.next_offset == 1000).await;
+    produce(&s.log, "in", (1000..1100).map(|i| format!(r#"{{"i":{i}}}"#))).await;
+    wait_for(&s.pipelines, "evens", |p| p.next_offset == 1100 && p.lag() == 0).await;
+    let out = values(&s.log, "out").await;
+    assert_eq!(out.len(), 600);
+    assert_eq!(out[0], r#"{"i":500}"#);
+    assert_eq!(out[599], r#"{"i":1099}"#);
+    let status = s.pipelines.get("evens").await.unwrap();
+    assert_eq!(status.partitions[0].records_in, 1100);
+    assert_eq!(status.partitions[0].records_out, 600);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_progress_never_duplicates_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    produce(&s.log, "in", (0..3000).map(|i| format!(r#"{{"s":"v{i}"}}"#))).await;
+    let upper = step("filter", &[("field", "s"), ("equals", "none")]);
+    let created = s
+        .pipelines
+        .create(new_pipeline("copy", "in", "out", vec![upper]))
+        .await
+        .unwrap();
+    wait_for(&s.pipelines, "copy", |p| p.next_offset == 3000).await;
+    s.pipelines.pause("copy").await.unwrap();
+    // As if the process had died before its progress reached the disk: the destination is
+    // registered at its start, and nothing is recorded as done.
+    let key = progress::key(created.spec.id, PartitionId(0));
+    let mut lost: progress::Progress = s.meta.get(Table::PipelineProgress, &key).unwrap().unwrap();
+    lost.next = 1000;
+    lost.set_end(
+        &progress::Destination {
+            topic: topic("out"),
+            partition: PartitionId(0),
+        },
+        Offset(0),
+    );
+    s.meta.put(Table::PipelineProgress, &key, &lost).await.unwrap();
+    s.pipelines.resume("copy").await.unwrap();
+    produce(&s.log, "in", (3000..3500).map(|i| format!(r#"{{"s":"v{i}"}}"#))).await;
+    wait_for(&s.pipelines, "copy", |p| p.next_offset == 3500).await;
+    let out = values(&s.log, "out").await;
+    let expected: Vec<String> = (0..3500).map(|i| format!(r#"{{"s":"v{i}"}}"#)).collect();
+    assert_eq!(out, expected, "every record exactly once, in order");
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    s.plugins
+        .add("faulty", test_plugin("plugin_fault_injector"))
+        .await
+        .unwrap();
+    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    let values_in = ["a", "poison-1", "b", "poison-2", "c"].map(String::from);
+    produce(&s.log, "in", values_in.clone()).await;
+    let poison = || vec![step("faulty", &[("mode", "poison")])];
+
+    let mut skip = new_pipeline("skip", "in", "skipped", poison());
+    skip.errors = ErrorPolicy::Skip;
+    s.pipelines.create(skip).await.unwrap();
+    let mut dlq = new_pipeline("dlq", "in", "kept", poison());
+    dlq.errors = ErrorPolicy::Dlq;
+    dlq.dlq_topic = Some(topic("dead"));
+    s.pipelines.create(dlq).await.unwrap();
+    s.pipelines
+        .create(new_pipeline("strict", "in", "strict-out", poison()))
+        .await
+        .unwrap();
+
+    wait_for(&s.pipelines, "skip", |p| p.next_offset == 5).await;
+    wait_for(&s.pipelines, "dlq", |p| p.next_offset == 5).await;
+    wait_for(&s.pipelines, "strict", |p| {
+        matches!(p.state, PartitionState::Failed { .. })
+    })
+    .await;
+    assert_eq!(values(&s.log, "skipped").await, ["a", "b", "c"]);
+    assert_eq!(values(&s.log, "kept").await, ["a", "b", "c"]);
+    let dead = read_all(&s.log, "dead").await;
+    assert_eq!(dead.len(), 2);
+    let header = |key: &str| {
+        dead[1]
+            .record
+            .headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value.clone())
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+    };
+    assert_eq!(dead[1].record.value.as_deref(), Some(&b"poison-2"[..]));
+    assert_eq!(header("appliance.error.offset").as_deref(), Some("3"));
+    assert_eq!(header("appliance.error.plugin").as_deref(), Some("faulty"));
+    assert!(header("appliance.error.message").unwrap().contains("poison"));
+    let strict = s.pipelines.get("strict").await.unwrap();
+    let PartitionState::Failed { reason } = &strict.partitions[0].state else {
+        unreachable!()
+    };
+    assert!(reason.contains("rejected the record at offset 1"), "{reason}");
+    assert_eq!(strict.partitions[0].next_offset, 0);
+    assert_eq!(
+        s.pipelines.user_of("faulty").await.as_deref(),
+        Some("dlq"),
+        "a plugin in use is reported"
+    );
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trapping_plugin_fails_only_its_own_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    s.plugins
+        .add("faulty", test_plugin("plugin_fault_injector"))
+        .await
+        .unwrap();
+    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    produce(&s.log, "in", (0..10).map(|i| format!(r#"{{"i":{i}}}"#))).await;
+    for (name, mode) in [("trap", "trap"), ("spin", "loop"), ("hog", "allocate")] {
+        s.pipelines
+            .create(new_pipeline(name, "in", &format!("{name}-out"), vec![step("faulty", &[("mode", mode)])]))
+            .await
+            .unwrap();
+    }
+    s.pipelines
+        .create(new_pipeline("healthy", "in", "ok", vec![step("filter", &[("field", "nope")])]))
+        .await
+        .unwrap();
+    for (name, expected) in [
+        ("trap", "trapping on purpose"),
+        ("spin", "limit of 500 ms"),
+        ("hog", "memory limit of 32 MiB"),
+    ] {
+        wait_for(&s.pipelines, name, |p| matches!(p.state, PartitionState::Failed { .. })).await;
+        let status = s.pipelines.get(name).await.unwrap();
+        let PartitionState::Failed { reason } = &status.partitions[0].state else {
+            unreachable!()
+        };
+        assert!(reason.contains("\"faulty\"") && reason.contains(expected), "{reason}");
+    }
+    produce(&s.log, "in", (10..20).map(|i| format!(r#"{{"i":{i}}}"#))).await;
+    wait_for(&s.pipelines, "healthy", |p| p.next_offset == 20).await;
+    assert_eq!(values(&s.log, "ok").await.len(), 20);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_pipelines_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    let error = |result: Result<PipelineStatus, PipelineError>| result.unwrap_err().to_string();
+    let rejected = error(
+        s.pipelines
+            .create(new_pipeline("p", "in", "out", vec![step("filter", &[])]))
+            .await,
+    );
+    assert!(rejected.contains("rejected its configuration"), "{rejected}");
+    let missing = error(
+        s.pipelines
+            .create(new_pipeline("p", "in", "out", vec![step("nope", &[])]))
+            .await,
+    );
+    assert!(missing.contains("no plugin named \"nope\""), "{missing}");
+    let no_source = error(s.pipelines.create(new_pipeline("p", "absent", "out", vec![])).await);
+    assert!(no_source.contains("absent"), "{no_source}");
+    let mut no_dlq = new_pipeline("p", "in", "out", vec![]);
+    no_dlq.errors = ErrorPolicy::Dlq;
+    assert!(error(s.pipelines.create(no_dlq).await).contains("dead-letter topic"));
+    let bad_predicate = error(
+        s.pipelines
+            .create(new_pipeline("p", "in", "out", vec![step("filter", &[("field", "a"), ("predicate", "maybe")])]))
+            .await,
+    );
+    assert!(bad_predicate.contains("unknown predicate"), "{bad_predicate}");
+    assert!(s.pipelines.list().await.is_empty());
+    s.close().await;
+}
+
+fn test_plugin(crate_name: &str) -> Vec<u8> {
+    let path = Path::new(env!("APPLIANCE_PLUGINS_DIR")).join(format!("{crate_name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
