@@ -24,7 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parent()
         .ok_or("the appliance crate is not inside the workspace")?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    println!("cargo:rerun-if-changed={}", workspace.join("plugins").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("plugins").display()
+    );
     println!("cargo:rerun-if-changed={}", workspace.join("sdk").display());
 
     let plugins = plugin_crates(&workspace.join("plugins"))?;
@@ -38,7 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let built = wasm_target_dir.join(WASM_TARGET).join(PLUGIN_PROFILE);
     let published = profile_dir.join("plugins");
     fs::create_dir_all(&published)?;
-    println!("cargo:rustc-env=APPLIANCE_PLUGINS_DIR={}", published.display());
+    println!(
+        "cargo:rustc-env=APPLIANCE_PLUGINS_DIR={}",
+        published.display()
+    );
     let mut table = String::from("&[\n");
     for plugin in &plugins {
         let file = format!("{}.wasm", plugin.package.replace('-', "_"));
@@ -96,7 +102,13 @@ fn profile_dir(out_dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
         .find(|dir| dir.file_name().is_some_and(|name| name == "build"))
         .and_then(Path::parent)
         .map(Path::to_path_buf)
-        .ok_or_else(|| format!("OUT_DIR {} is not under a build/ directory", out_dir.display()).into())
+        .ok_or_else(|| {
+            format!(
+                "OUT_DIR {} is not under a build/ directory",
+                out_dir.display()
+            )
+            .into()
+        })
 }
 
 fn build(
@@ -108,7 +120,14 @@ fn build(
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
-        .args(["build", "--locked", "--target", WASM_TARGET, "--profile", PLUGIN_PROFILE])
+        .args([
+            "build",
+            "--locked",
+            "--target",
+            WASM_TARGET,
+            "--profile",
+            PLUGIN_PROFILE,
+        ])
         .arg("--target-dir")
         .arg(target_dir);
     for plugin in plugins {

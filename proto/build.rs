@@ -10,6 +10,8 @@ const PROTOS: &[&str] = &[
     "appliance/v1/topics.proto",
     "appliance/v1/records.proto",
     "appliance/v1/groups.proto",
+    "appliance/v1/plugins.proto",
+    "appliance/v1/pipelines.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -10,6 +10,8 @@ use crate::config::Config;
 use crate::group::Coordinator;
 use crate::log::{Log, LogError};
 use crate::meta::{Meta, MetaError};
+use crate::pipeline::{PipelineError, Pipelines};
+use crate::plugin::{PluginError, Plugins};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -38,6 +40,10 @@ pub enum AppError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
 }
 
 /// Opens the data directory, runs until `shutdown` is cancelled, then stops in data-flow
@@ -83,8 +89,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (grpc_listener, grpc_addr) = listen("gRPC API", config.api.grpc_addr).await?;
     let (metrics_listener, metrics_addr) =
         listen("metrics endpoint", config.api.metrics_addr).await?;
+    let plugins = Plugins::open(&config.data_dir, meta.clone(), shutdown.clone())?;
+    let pipelines = Pipelines::open(
+        log.clone(),
+        meta.clone(),
+        plugins.clone(),
+        config.plugins.limits(),
+        shutdown.clone(),
+    )
+    .await?;
     let coordinator = Coordinator::new(log.clone(), meta);
-    let metrics = Metrics::new(log.clone(), coordinator.clone());
+    let metrics = Metrics::new(
+        log.clone(),
+        coordinator.clone(),
+        plugins.clone(),
+        pipelines.clone(),
+    );
     let metrics_server = tokio::spawn(api::metrics::serve(
         metrics_listener,
         metrics.clone(),
@@ -92,9 +112,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let grpc_server = tokio::spawn(api::serve(
         grpc_listener,
-        log.clone(),
-        coordinator,
-        metrics,
+        api::Subsystems {
+            log: log.clone(),
+            coordinator,
+            plugins,
+            pipelines: pipelines.clone(),
+            metrics,
+        },
         shutdown.clone(),
     ));
     tracing::info!(
@@ -109,6 +133,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("shutting down");
         let served = grpc_server.await;
         let _ = metrics_server.await;
+        pipelines.stop_all().await;
         log.close().await?;
         tracing::info!("shutdown complete");
         served.map_err(|source| AppError::Task {

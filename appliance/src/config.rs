@@ -17,6 +17,10 @@
 //! grpc-addr = "127.0.0.1:7070"
 //! metrics-addr = "127.0.0.1:9464"
 //!
+//! [plugins]                            # defaults of every plugin instance
+//! max-memory-mb = 64                   # a transform's config may set its own
+//! timeout-ms = 5000                    # longest single call (one batch)
+//!
 //! [topics.sensors]                     # topics created at start when missing
 //! partitions = 4
 //! ```
@@ -29,6 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
+use crate::plugin::Limits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -39,6 +44,8 @@ pub struct Config {
     pub log: LogSection,
     /// The gRPC API and the metrics endpoint.
     pub api: ApiSection,
+    /// Sandbox limits of plugin instances.
+    pub plugins: PluginsSection,
     /// Topics that must exist: created at start with these settings over `log.topic-defaults`.
     pub topics: BTreeMap<String, toml::Table>,
 }
@@ -49,6 +56,7 @@ impl Default for Config {
             data_dir: PathBuf::from("appliance-data"),
             log: LogSection::default(),
             api: ApiSection::default(),
+            plugins: PluginsSection::default(),
             topics: BTreeMap::new(),
         }
     }
@@ -89,6 +97,34 @@ impl Default for ApiSection {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PluginsSection {
+    /// Memory one plugin instance may grow to, in MiB (1 to 4096).
+    pub max_memory_mb: u64,
+    /// Longest one plugin call (one batch) may run, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for PluginsSection {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            max_memory_mb: limits.max_memory_mb,
+            timeout_ms: limits.timeout_ms,
+        }
+    }
+}
+
+impl PluginsSection {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_memory_mb: self.max_memory_mb,
+            timeout_ms: self.timeout_ms,
         }
     }
 }
@@ -134,6 +170,12 @@ impl Config {
             .collect();
         if self.log.retention_check_interval_ms == 0 {
             problems.push("log.retention-check-interval-ms must be at least 1".into());
+        }
+        if !(1..=4096).contains(&self.plugins.max_memory_mb) {
+            problems.push("plugins.max-memory-mb must be from 1 to 4096".into());
+        }
+        if !(1..=3_600_000).contains(&self.plugins.timeout_ms) {
+            problems.push("plugins.timeout-ms must be from 1 to 3600000".into());
         }
         if let Err(declared) = self.declared_topics() {
             problems.extend(declared);

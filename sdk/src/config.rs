@@ -104,7 +104,12 @@ mod tests {
             .collect();
         assert_eq!(config.list("fields"), ["a", "b", "c"]);
         assert_eq!(config.get("x"), Some("1"));
-        assert!(config.only(&["fields"]).unwrap_err().contains("unknown key(s) x"));
+        assert!(
+            config
+                .only(&["fields"])
+                .unwrap_err()
+                .contains("unknown key(s) x")
+        );
         assert!(config.parse_or::<u32>("fields", 0).is_err());
     }
 }

@@ -14,8 +14,9 @@ pub fn get<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
 
 /// The field at `path`, mutable.
 pub fn get_mut<'v>(value: &'v mut Value, path: &str) -> Option<&'v mut Value> {
-    path.split('.')
-        .try_fold(value, |current, name| current.as_object_mut()?.get_mut(name))
+    path.split('.').try_fold(value, |current, name| {
+        current.as_object_mut()?.get_mut(name)
+    })
 }
 
 /// Sets the field at `path`, creating missing objects on the way. Fails when a step on the

@@ -13,11 +13,15 @@
 
 mod config;
 pub mod host;
+#[cfg(feature = "java-date-format")]
+pub mod java_date_format;
 pub mod json;
 mod record;
+mod side;
 
 pub use appliance_sdk_macros::transform;
 pub use config::Config;
+pub use side::Side;
 
 /// Bindings generated from `sdk/wit/plugin.wit`: the shared types and the host's imports.
 #[allow(unsafe_code, missing_debug_implementations, clippy::all)]

@@ -6,6 +6,8 @@ use tonic::{Code, Status};
 use crate::group::GroupError;
 use crate::log::LogError;
 use crate::meta::MetaError;
+use crate::pipeline::PipelineError;
+use crate::plugin::PluginError;
 
 impl From<LogError> for Status {
     fn from(error: LogError) -> Self {
@@ -58,6 +60,42 @@ impl From<GroupError> for Status {
             (None, GroupError::Log(error)) => error.into(),
             (None, GroupError::Meta(error)) => error.into(),
             (None, error) => Status::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<PluginError> for Status {
+    fn from(error: PluginError) -> Self {
+        let code = match &error {
+            PluginError::InvalidName { .. }
+            | PluginError::InvalidComponent { .. }
+            | PluginError::WrongKind { .. }
+            | PluginError::InvalidGrant { .. }
+            | PluginError::ConfigRejected { .. } => Code::InvalidArgument,
+            PluginError::NotFound { .. } => Code::NotFound,
+            PluginError::AlreadyExists { .. } => Code::AlreadyExists,
+            PluginError::BuiltIn { .. } => Code::FailedPrecondition,
+            PluginError::TooLarge { .. } => Code::ResourceExhausted,
+            PluginError::Fault { .. } | PluginError::Contract { .. } => Code::Aborted,
+            PluginError::Io { .. } => Code::Internal,
+            PluginError::Meta(_) => Code::Internal,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+impl From<PipelineError> for Status {
+    fn from(error: PipelineError) -> Self {
+        match error {
+            PipelineError::Plugin(error) => error.into(),
+            PipelineError::Log(error) => error.into(),
+            PipelineError::Meta(error) => error.into(),
+            PipelineError::InvalidName { .. } | PipelineError::InvalidSpec { .. } => {
+                Status::invalid_argument(error.to_string())
+            }
+            PipelineError::NotFound { .. } => Status::not_found(error.to_string()),
+            PipelineError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+            PipelineError::PluginInUse { .. } => Status::failed_precondition(error.to_string()),
         }
     }
 }

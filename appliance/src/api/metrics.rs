@@ -11,6 +11,12 @@
 //! appliance_log_partition_online{topic,partition}        gauge    (0: refusing to serve)
 //! appliance_group_lag{group,topic,partition}             gauge    (records behind the end)
 //! appliance_group_members{group}                         gauge
+//! appliance_pipeline_records_in_total{pipeline,partition}  counter (source records transformed)
+//! appliance_pipeline_records_out_total{pipeline,partition} counter (records appended)
+//! appliance_pipeline_rejected_total{pipeline,partition}    counter (skipped or dead-lettered)
+//! appliance_pipeline_lag{pipeline,partition}             gauge    (source records not yet transformed)
+//! appliance_pipeline_failed{pipeline,partition}          gauge    (1: stopped on an error)
+//! appliance_plugin_counter_total{plugin,instance,name}   counter  (a plugin's own counters)
 //! ```
 
 use std::convert::Infallible;
@@ -36,6 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::group::Coordinator;
 use crate::log::{Log, PartitionState};
+use crate::pipeline::{self, Pipelines};
+use crate::plugin::Plugins;
 
 /// Scrapes served at once; more wait for a free slot.
 const MAX_CONNECTIONS: usize = 16;
@@ -56,6 +64,15 @@ pub enum Rpc {
     DescribeGroup,
     CommitOffsets,
     ResetOffsets,
+    AddPlugin,
+    ListPlugins,
+    DeletePlugin,
+    CreatePipeline,
+    GetPipeline,
+    ListPipelines,
+    PausePipeline,
+    ResumePipeline,
+    DeletePipeline,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -84,7 +101,7 @@ impl Drop for Timer {
 }
 
 impl Metrics {
-    pub fn new(log: Log, coordinator: Coordinator) -> Self {
+    pub fn new(log: Log, coordinator: Coordinator, plugins: Plugins, pipelines: Pipelines) -> Self {
         let durations = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
         });
@@ -95,6 +112,7 @@ impl Metrics {
             durations.clone(),
         );
         registry.register_collector(Box::new(StateCollector { log, coordinator }));
+        registry.register_collector(Box::new(PipelineCollector { plugins, pipelines }));
         Self {
             durations,
             registry: Arc::new(registry),
@@ -227,6 +245,98 @@ impl Collector for StateCollector {
                     ("partition", partition.partition.to_string()),
                 ];
                 ConstGauge::new(partition.lag as i64).encode(lag.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct PipelineCollector {
+    plugins: Plugins,
+    pipelines: Pipelines,
+}
+
+/// A per-partition pipeline figure: name, help, is-counter, value.
+type PipelineFigure = (
+    &'static str,
+    &'static str,
+    bool,
+    fn(&pipeline::PartitionStatus) -> u64,
+);
+
+impl Collector for PipelineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let pipelines = self.pipelines.try_list().unwrap_or_default();
+        let figures: [PipelineFigure; 5] = [
+            (
+                "pipeline_records_in",
+                "Source records transformed",
+                true,
+                |p| p.records_in,
+            ),
+            (
+                "pipeline_records_out",
+                "Records appended to destinations",
+                true,
+                |p| p.records_out,
+            ),
+            (
+                "pipeline_rejected",
+                "Records a transform rejected (skipped or dead-lettered)",
+                true,
+                |p| p.skipped + p.dead_lettered,
+            ),
+            (
+                "pipeline_lag",
+                "Source records not yet transformed",
+                false,
+                |p| p.lag(),
+            ),
+            (
+                "pipeline_failed",
+                "1 when the partition stopped on an error",
+                false,
+                |p| u64::from(matches!(p.state, pipeline::PartitionState::Failed { .. })),
+            ),
+        ];
+        for (name, help, is_counter, value) in figures {
+            let metric_type = if is_counter {
+                ConstCounter::new(0u64).metric_type()
+            } else {
+                ConstGauge::new(0i64).metric_type()
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for status in &pipelines {
+                for partition in &status.partitions {
+                    let labels = [
+                        ("pipeline", status.spec.name.clone()),
+                        ("partition", partition.partition.to_string()),
+                    ];
+                    let figure = value(partition);
+                    let encoder = family.encode_family(&labels)?;
+                    if is_counter {
+                        ConstCounter::new(figure).encode(encoder)?;
+                    } else {
+                        ConstGauge::new(figure as i64).encode(encoder)?;
+                    }
+                }
+            }
+        }
+        let mut counters = encoder.encode_descriptor(
+            "plugin_counter",
+            "Counters plugins keep through the host's counter-add",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for ((plugin, instance), values) in self.plugins.counters() {
+            for (name, value) in values.snapshot() {
+                let labels = [
+                    ("plugin", plugin.clone()),
+                    ("instance", instance.clone()),
+                    ("name", name),
+                ];
+                ConstCounter::new(value).encode(counters.encode_family(&labels)?)?;
             }
         }
         Ok(())

@@ -9,6 +9,8 @@
 //!                  Records -> log::Log (produce: split by partition, encode, submit; fetch)
 //!                          -> group::Coordinator (subscribe: membership stream)
 //!                  Groups  -> group::Coordinator (describe, commit, reset)
+//!                  Plugins -> plugin::Plugins (add, list; delete unless a pipeline uses it)
+//!                  Pipelines -> pipeline::Pipelines (create, status, pause, resume, delete)
 //! Prometheus --HTTP GET /metrics--> metrics::Metrics
 //! ```
 
@@ -16,6 +18,8 @@ mod convert;
 mod error;
 mod groups;
 pub mod metrics;
+mod pipelines;
+mod plugins;
 mod records;
 mod topics;
 
@@ -23,6 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
 use appliance_proto::v1::groups_server::GroupsServer;
+use appliance_proto::v1::pipelines_server::PipelinesServer;
+use appliance_proto::v1::plugins_server::PluginsServer;
 use appliance_proto::v1::records_server::RecordsServer;
 use appliance_proto::v1::topics_server::TopicsServer;
 use tokio::net::TcpListener;
@@ -31,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::group::Coordinator;
 use crate::log::Log;
+use crate::pipeline::Pipelines;
+use crate::plugin::Plugins;
 pub use error::invalid;
 pub use metrics::Metrics;
 
@@ -50,14 +58,29 @@ pub enum ApiError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// The subsystems the API serves.
+#[derive(Debug, Clone)]
+pub struct Subsystems {
+    pub log: Log,
+    pub coordinator: Coordinator,
+    pub plugins: Plugins,
+    pub pipelines: Pipelines,
+    pub metrics: Metrics,
+}
+
 /// Serves the gRPC API on `listener` until `shutdown`, then lets requests in progress finish.
 pub async fn serve(
     listener: TcpListener,
-    log: Log,
-    coordinator: Coordinator,
-    metrics: Metrics,
+    subsystems: Subsystems,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
+    let Subsystems {
+        log,
+        coordinator,
+        plugins,
+        pipelines,
+        metrics,
+    } = subsystems;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<TopicsServer<topics::TopicsService>>()
@@ -67,6 +90,12 @@ pub async fn serve(
         .await;
     health
         .set_serving::<GroupsServer<groups::GroupsService>>()
+        .await;
+    health
+        .set_serving::<PluginsServer<plugins::PluginsService>>()
+        .await;
+    health
+        .set_serving::<PipelinesServer<pipelines::PipelinesService>>()
         .await;
     // Both reflection versions: grpcurl asks v1 first, older tools (grpcurl before 1.8.8,
     // Python's grpcio-reflection) only v1alpha.
@@ -90,8 +119,14 @@ pub async fn serve(
     };
     let groups = groups::GroupsService {
         coordinator,
-        metrics,
+        metrics: metrics.clone(),
     };
+    let plugins = plugins::PluginsService {
+        plugins,
+        pipelines: pipelines.clone(),
+        metrics: metrics.clone(),
+    };
+    let pipelines = pipelines::PipelinesService { pipelines, metrics };
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -101,6 +136,8 @@ pub async fn serve(
         .add_service(TopicsServer::new(topics).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(RecordsServer::new(records).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(GroupsServer::new(groups).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(PluginsServer::new(plugins).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(PipelinesServer::new(pipelines).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

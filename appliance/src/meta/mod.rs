@@ -359,7 +359,12 @@ impl Meta {
     }
 
     /// Stores a document and makes it durable before returning.
-    pub async fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), MetaError> {
+    pub async fn put<T: Serialize>(
+        &self,
+        table: Table,
+        key: &str,
+        value: &T,
+    ) -> Result<(), MetaError> {
         self.put_unflushed(table, key, value)?;
         self.flush().await
     }
@@ -386,7 +391,11 @@ impl Meta {
         Ok(())
     }
 
-    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, MetaError> {
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, MetaError> {
         let value = self
             .table(table)
             .get(key.as_bytes())
@@ -420,16 +429,18 @@ impl Meta {
             let (key, _) = entry.map_err(|source| MetaError::Store { op: "scan", source })?;
             batch.remove(key);
         }
-        tree.apply_batch(batch)
-            .map_err(|source| MetaError::Store {
-                op: "remove",
-                source,
-            })?;
+        tree.apply_batch(batch).map_err(|source| MetaError::Store {
+            op: "remove",
+            source,
+        })?;
         self.flush().await
     }
 
     /// Every document of the table, in key order.
-    pub fn entries<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, MetaError> {
+    pub fn entries<T: DeserializeOwned>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<(String, T)>, MetaError> {
         self.table(table)
             .iter()
             .map(|entry| {

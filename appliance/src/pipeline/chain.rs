@@ -57,7 +57,10 @@ impl Predicate {
         let kind = match get(PREDICATE) {
             None => {
                 if negate || get(PREDICATE_PATTERN).is_some() || get(PREDICATE_NAME).is_some() {
-                    return Err("`negate`, `predicate.pattern` and `predicate.name` need a `predicate`".to_owned());
+                    return Err(
+                        "`negate`, `predicate.pattern` and `predicate.name` need a `predicate`"
+                            .to_owned(),
+                    );
                 }
                 return Ok((None, plugin_config));
             }

@@ -212,17 +212,23 @@ impl Pipelines {
             return Err(invalid(format!("at most {MAX_TRANSFORMS} transforms")));
         }
         if new.from == new.to {
-            return Err(invalid("the destination must differ from the source".to_owned()));
+            return Err(invalid(
+                "the destination must differ from the source".to_owned(),
+            ));
         }
         match (&new.errors, &new.dlq_topic) {
             (ErrorPolicy::Dlq, None) => {
                 return Err(invalid("errors=dlq needs a dead-letter topic".to_owned()));
             }
             (ErrorPolicy::Dlq, Some(dlq)) if *dlq == new.from => {
-                return Err(invalid("the dead-letter topic must differ from the source".to_owned()));
+                return Err(invalid(
+                    "the dead-letter topic must differ from the source".to_owned(),
+                ));
             }
             (ErrorPolicy::Fail | ErrorPolicy::Skip, Some(_)) => {
-                return Err(invalid("a dead-letter topic is only used with errors=dlq".to_owned()));
+                return Err(invalid(
+                    "a dead-letter topic is only used with errors=dlq".to_owned(),
+                ));
             }
             _ => {}
         }
@@ -264,7 +270,10 @@ impl Pipelines {
             dlq_topic: new.dlq_topic,
             paused: false,
         };
-        self.inner.meta.put(Table::Pipelines, &spec.name, &spec).await?;
+        self.inner
+            .meta
+            .put(Table::Pipelines, &spec.name, &spec)
+            .await?;
         let running = self.launch(spec);
         let status = status_of(&running);
         pipelines.insert(status.spec.name.clone(), running);
@@ -282,7 +291,20 @@ impl Pipelines {
     }
 
     pub async fn list(&self) -> Vec<PipelineStatus> {
-        self.inner.pipelines.lock().await.values().map(status_of).collect()
+        self.inner
+            .pipelines
+            .lock()
+            .await
+            .values()
+            .map(status_of)
+            .collect()
+    }
+
+    /// Every pipeline, unless one is being created or changed right now (for metrics, which
+    /// must not wait).
+    pub fn try_list(&self) -> Option<Vec<PipelineStatus>> {
+        let pipelines = self.inner.pipelines.try_lock().ok()?;
+        Some(pipelines.values().map(status_of).collect())
     }
 
     /// Stops a pipeline's tasks after the batch in flight; it stays stopped across restarts.
@@ -298,14 +320,19 @@ impl Pipelines {
     /// Stops a pipeline and forgets it and its progress. Its output stays in its topics.
     pub async fn delete(&self, name: &str) -> Result<(), PipelineError> {
         let mut pipelines = self.inner.pipelines.lock().await;
-        let running = pipelines.remove(name).ok_or_else(|| PipelineError::NotFound {
-            name: name.to_owned(),
-        })?;
+        let running = pipelines
+            .remove(name)
+            .ok_or_else(|| PipelineError::NotFound {
+                name: name.to_owned(),
+            })?;
         stop(running.stop, running.tasks).await;
         self.inner.meta.remove(Table::Pipelines, name).await?;
         self.inner
             .meta
-            .remove_prefix(Table::PipelineProgress, &progress::key_prefix(running.spec.id))
+            .remove_prefix(
+                Table::PipelineProgress,
+                &progress::key_prefix(running.spec.id),
+            )
             .await?;
         self.inner.plugins.forget_counters(&format!("{name}/"));
         Ok(())
@@ -332,9 +359,11 @@ impl Pipelines {
 
     async fn set_paused(&self, name: &str, paused: bool) -> Result<PipelineStatus, PipelineError> {
         let mut pipelines = self.inner.pipelines.lock().await;
-        let running = pipelines.remove(name).ok_or_else(|| PipelineError::NotFound {
-            name: name.to_owned(),
-        })?;
+        let running = pipelines
+            .remove(name)
+            .ok_or_else(|| PipelineError::NotFound {
+                name: name.to_owned(),
+            })?;
         stop(running.stop, running.tasks).await;
         let mut spec = running.spec;
         spec.paused = paused;

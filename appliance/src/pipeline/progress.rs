@@ -80,7 +80,10 @@ pub fn key_prefix(pipeline_id: u64) -> String {
 }
 
 pub fn tag(pipeline_id: u64, partition: PartitionId, source_offset: i64) -> Bytes {
-    Bytes::from(format!("{pipeline_id:016x}:{}:{source_offset}", partition.0))
+    Bytes::from(format!(
+        "{pipeline_id:016x}:{}:{source_offset}",
+        partition.0
+    ))
 }
 
 fn parse_tag(value: &[u8]) -> Option<(u64, u32, u64)> {

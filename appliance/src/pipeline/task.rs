@@ -84,15 +84,12 @@ impl PartitionTask {
             .unwrap_or_default();
         let mut written = HashMap::new();
         for (destination, end) in progress.destinations() {
-            let upto = progress::written_up_to(
-                &self.log,
-                &destination,
-                end,
-                self.spec.id,
-                self.partition,
-            )
-            .await
-            .map_err(|e| format!("scanning {} for earlier output: {e}", destination.topic))?;
+            let upto =
+                progress::written_up_to(&self.log, &destination, end, self.spec.id, self.partition)
+                    .await
+                    .map_err(|e| {
+                        format!("scanning {} for earlier output: {e}", destination.topic)
+                    })?;
             if let Some(upto) = upto {
                 written.insert(destination, upto);
             }
@@ -201,8 +198,7 @@ impl Worker<'_> {
                 appends: appends.0,
                 next: last + 1,
             });
-            task.status
-                .update(|s| s.records_in += records.len() as u64);
+            task.status.update(|s| s.records_in += records.len() as u64);
             next = last + 1;
         }
         if let Some(done) = in_flight.take() {
@@ -280,7 +276,9 @@ impl Worker<'_> {
         match (task.spec.errors, &task.spec.dlq_topic) {
             (ErrorPolicy::Dlq, Some(dlq)) => {
                 for rejection in &rejected {
-                    let Some(original) = source.iter().find(|r| r.offset.0 as i64 == rejection.offset)
+                    let Some(original) = source
+                        .iter()
+                        .find(|r| r.offset.0 as i64 == rejection.offset)
                     else {
                         continue;
                     };
@@ -352,7 +350,8 @@ impl Worker<'_> {
             .await
             .map_err(|e| format!("appending output: {e}"))?;
         for (destination, outcome) in outcomes {
-            self.progress.set_end(&destination, outcome.last_offset.next());
+            self.progress
+                .set_end(&destination, outcome.last_offset.next());
         }
         self.progress.next = done.next;
         self.task
@@ -390,11 +389,12 @@ impl Worker<'_> {
         let topic = TopicName::new(routed.as_str())
             .map_err(|e| format!("routed to an invalid topic name: {e}"))?;
         if topic == self.task.spec.from {
-            return Err(format!("routed back to the source topic {topic}, which would loop"));
+            return Err(format!(
+                "routed back to the source topic {topic}, which would loop"
+            ));
         }
         Ok(topic)
     }
-
 }
 
 /// The destination partition for `topic` (created with the defaults if it does not exist):
@@ -425,7 +425,10 @@ pub async fn ensure_topic(log: &Log, topic: &TopicName) -> Result<(), LogError> 
     if log.topic_config(topic).is_ok() {
         return Ok(());
     }
-    match log.create_topic(topic.clone(), log.topic_defaults().clone()).await {
+    match log
+        .create_topic(topic.clone(), log.topic_defaults().clone())
+        .await
+    {
         Ok(()) | Err(LogError::TopicExists { .. }) => Ok(()),
         Err(error) => Err(error),
     }

@@ -71,7 +71,9 @@ async fn produce(log: &Log, name: &str, values: impl IntoIterator<Item = String>
         .collect();
     for chunk in records.chunks(500) {
         let batch = crate::log::encode(chunk, Compression::None).unwrap();
-        log.append(&topic(name), PartitionId(0), batch).await.unwrap();
+        log.append(&topic(name), PartitionId(0), batch)
+            .await
+            .unwrap();
     }
 }
 
@@ -133,7 +135,10 @@ async fn wait_for(pipelines: &Pipelines, name: &str, done: impl Fn(&PartitionSta
 async fn a_filter_pipeline_transforms_continuously() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
-    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    s.log
+        .create_topic(topic("in"), TopicConfig::default())
+        .await
+        .unwrap();
     produce(&s.log, "in", (0..1000).map(|i| format!(r#"{{"i":{i}}}"#))).await;
     let filter = step("filter", &[("field", "i"), ("less-than", "500")]);
     s.pipelines
@@ -141,8 +146,16 @@ async fn a_filter_pipeline_transforms_continuously() {
         .await
         .unwrap();
     wait_for(&s.pipelines, "evens", |p| p.next_offset == 1000).await;
-    produce(&s.log, "in", (1000..1100).map(|i| format!(r#"{{"i":{i}}}"#))).await;
-    wait_for(&s.pipelines, "evens", |p| p.next_offset == 1100 && p.lag() == 0).await;
+    produce(
+        &s.log,
+        "in",
+        (1000..1100).map(|i| format!(r#"{{"i":{i}}}"#)),
+    )
+    .await;
+    wait_for(&s.pipelines, "evens", |p| {
+        p.next_offset == 1100 && p.lag() == 0
+    })
+    .await;
     let out = values(&s.log, "out").await;
     assert_eq!(out.len(), 600);
     assert_eq!(out[0], r#"{"i":500}"#);
@@ -157,8 +170,16 @@ async fn a_filter_pipeline_transforms_continuously() {
 async fn lost_progress_never_duplicates_output() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
-    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
-    produce(&s.log, "in", (0..3000).map(|i| format!(r#"{{"s":"v{i}"}}"#))).await;
+    s.log
+        .create_topic(topic("in"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(
+        &s.log,
+        "in",
+        (0..3000).map(|i| format!(r#"{{"s":"v{i}"}}"#)),
+    )
+    .await;
     let upper = step("filter", &[("field", "s"), ("equals", "none")]);
     let created = s
         .pipelines
@@ -179,9 +200,17 @@ async fn lost_progress_never_duplicates_output() {
         },
         Offset(0),
     );
-    s.meta.put(Table::PipelineProgress, &key, &lost).await.unwrap();
+    s.meta
+        .put(Table::PipelineProgress, &key, &lost)
+        .await
+        .unwrap();
     s.pipelines.resume("copy").await.unwrap();
-    produce(&s.log, "in", (3000..3500).map(|i| format!(r#"{{"s":"v{i}"}}"#))).await;
+    produce(
+        &s.log,
+        "in",
+        (3000..3500).map(|i| format!(r#"{{"s":"v{i}"}}"#)),
+    )
+    .await;
     wait_for(&s.pipelines, "copy", |p| p.next_offset == 3500).await;
     let out = values(&s.log, "out").await;
     let expected: Vec<String> = (0..3500).map(|i| format!(r#"{{"s":"v{i}"}}"#)).collect();
@@ -197,7 +226,10 @@ async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
         .add("faulty", test_plugin("plugin_fault_injector"))
         .await
         .unwrap();
-    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    s.log
+        .create_topic(topic("in"), TopicConfig::default())
+        .await
+        .unwrap();
     let values_in = ["a", "poison-1", "b", "poison-2", "c"].map(String::from);
     produce(&s.log, "in", values_in.clone()).await;
     let poison = || vec![step("faulty", &[("mode", "poison")])];
@@ -236,12 +268,19 @@ async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
     assert_eq!(dead[1].record.value.as_deref(), Some(&b"poison-2"[..]));
     assert_eq!(header("appliance.error.offset").as_deref(), Some("3"));
     assert_eq!(header("appliance.error.plugin").as_deref(), Some("faulty"));
-    assert!(header("appliance.error.message").unwrap().contains("poison"));
+    assert!(
+        header("appliance.error.message")
+            .unwrap()
+            .contains("poison")
+    );
     let strict = s.pipelines.get("strict").await.unwrap();
     let PartitionState::Failed { reason } = &strict.partitions[0].state else {
         unreachable!()
     };
-    assert!(reason.contains("rejected the record at offset 1"), "{reason}");
+    assert!(
+        reason.contains("rejected the record at offset 1"),
+        "{reason}"
+    );
     assert_eq!(strict.partitions[0].next_offset, 0);
     assert_eq!(
         s.pipelines.user_of("faulty").await.as_deref(),
@@ -259,16 +298,29 @@ async fn a_trapping_plugin_fails_only_its_own_pipeline() {
         .add("faulty", test_plugin("plugin_fault_injector"))
         .await
         .unwrap();
-    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    s.log
+        .create_topic(topic("in"), TopicConfig::default())
+        .await
+        .unwrap();
     produce(&s.log, "in", (0..10).map(|i| format!(r#"{{"i":{i}}}"#))).await;
     for (name, mode) in [("trap", "trap"), ("spin", "loop"), ("hog", "allocate")] {
         s.pipelines
-            .create(new_pipeline(name, "in", &format!("{name}-out"), vec![step("faulty", &[("mode", mode)])]))
+            .create(new_pipeline(
+                name,
+                "in",
+                &format!("{name}-out"),
+                vec![step("faulty", &[("mode", mode)])],
+            ))
             .await
             .unwrap();
     }
     s.pipelines
-        .create(new_pipeline("healthy", "in", "ok", vec![step("filter", &[("field", "nope")])]))
+        .create(new_pipeline(
+            "healthy",
+            "in",
+            "ok",
+            vec![step("filter", &[("field", "nope")])],
+        ))
         .await
         .unwrap();
     for (name, expected) in [
@@ -276,12 +328,18 @@ async fn a_trapping_plugin_fails_only_its_own_pipeline() {
         ("spin", "limit of 500 ms"),
         ("hog", "memory limit of 32 MiB"),
     ] {
-        wait_for(&s.pipelines, name, |p| matches!(p.state, PartitionState::Failed { .. })).await;
+        wait_for(&s.pipelines, name, |p| {
+            matches!(p.state, PartitionState::Failed { .. })
+        })
+        .await;
         let status = s.pipelines.get(name).await.unwrap();
         let PartitionState::Failed { reason } = &status.partitions[0].state else {
             unreachable!()
         };
-        assert!(reason.contains("\"faulty\"") && reason.contains(expected), "{reason}");
+        assert!(
+            reason.contains("\"faulty\"") && reason.contains(expected),
+            "{reason}"
+        );
     }
     produce(&s.log, "in", (10..20).map(|i| format!(r#"{{"i":{i}}}"#))).await;
     wait_for(&s.pipelines, "healthy", |p| p.next_offset == 20).await;
@@ -293,31 +351,49 @@ async fn a_trapping_plugin_fails_only_its_own_pipeline() {
 async fn bad_pipelines_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
-    s.log.create_topic(topic("in"), TopicConfig::default()).await.unwrap();
+    s.log
+        .create_topic(topic("in"), TopicConfig::default())
+        .await
+        .unwrap();
     let error = |result: Result<PipelineStatus, PipelineError>| result.unwrap_err().to_string();
     let rejected = error(
         s.pipelines
             .create(new_pipeline("p", "in", "out", vec![step("filter", &[])]))
             .await,
     );
-    assert!(rejected.contains("rejected its configuration"), "{rejected}");
+    assert!(
+        rejected.contains("rejected its configuration"),
+        "{rejected}"
+    );
     let missing = error(
         s.pipelines
             .create(new_pipeline("p", "in", "out", vec![step("nope", &[])]))
             .await,
     );
     assert!(missing.contains("no plugin named \"nope\""), "{missing}");
-    let no_source = error(s.pipelines.create(new_pipeline("p", "absent", "out", vec![])).await);
+    let no_source = error(
+        s.pipelines
+            .create(new_pipeline("p", "absent", "out", vec![]))
+            .await,
+    );
     assert!(no_source.contains("absent"), "{no_source}");
     let mut no_dlq = new_pipeline("p", "in", "out", vec![]);
     no_dlq.errors = ErrorPolicy::Dlq;
     assert!(error(s.pipelines.create(no_dlq).await).contains("dead-letter topic"));
     let bad_predicate = error(
         s.pipelines
-            .create(new_pipeline("p", "in", "out", vec![step("filter", &[("field", "a"), ("predicate", "maybe")])]))
+            .create(new_pipeline(
+                "p",
+                "in",
+                "out",
+                vec![step("filter", &[("field", "a"), ("predicate", "maybe")])],
+            ))
             .await,
     );
-    assert!(bad_predicate.contains("unknown predicate"), "{bad_predicate}");
+    assert!(
+        bad_predicate.contains("unknown predicate"),
+        "{bad_predicate}"
+    );
     assert!(s.pipelines.list().await.is_empty());
     s.close().await;
 }

@@ -19,8 +19,8 @@ mod bindings {
     });
 }
 
-pub use bindings::appliance::plugin::types::{BatchInfo, Header, Record, RecordError};
 use bindings::appliance::plugin::host::{Host, Level};
+pub use bindings::appliance::plugin::types::{BatchInfo, Header, Record, RecordError};
 
 pub type TransformPre = bindings::TransformPre<InstanceState>;
 
@@ -34,7 +34,10 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// The export names of the plugin worlds, as they appear in a component's type.
 const WORLD_EXPORTS: [(&str, PluginKind); 3] = [
     ("appliance:plugin/transformer@0.1.0", PluginKind::Transform),
-    ("appliance:plugin/source-connector@0.1.0", PluginKind::Source),
+    (
+        "appliance:plugin/source-connector@0.1.0",
+        PluginKind::Source,
+    ),
     ("appliance:plugin/sink-connector@0.1.0", PluginKind::Sink),
 ];
 
@@ -167,7 +170,8 @@ pub fn pre_instantiate(
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| format!("its imports cannot be satisfied: {e:#}"))?;
-    TransformPre::new(pre).map_err(|e| format!("its exports do not match the transform world: {e:#}"))
+    TransformPre::new(pre)
+        .map_err(|e| format!("its exports do not match the transform world: {e:#}"))
 }
 
 /// A running transform instance. After a [`PluginError::Fault`] it must be dropped.
@@ -211,8 +215,8 @@ impl TransformInstance {
         for (key, value) in config {
             match key.as_str() {
                 "max-memory-mb" => {
-                    limits.max_memory_mb = parse_limit(value, 1, 4096)
-                        .map_err(|reason| grant_error(key, reason))?;
+                    limits.max_memory_mb =
+                        parse_limit(value, 1, 4096).map_err(|reason| grant_error(key, reason))?;
                 }
                 "timeout-ms" => {
                     limits.timeout_ms = parse_limit(value, 1, 3_600_000)
@@ -285,10 +289,11 @@ impl TransformInstance {
         records: &[Record],
     ) -> Result<Result<Vec<Record>, RecordError>, PluginError> {
         arm(&mut self.store, self.limits);
-        let result = self
-            .bindings
-            .appliance_plugin_transformer()
-            .call_process(&mut self.store, info, records);
+        let result = self.bindings.appliance_plugin_transformer().call_process(
+            &mut self.store,
+            info,
+            records,
+        );
         result.map_err(|error| classify(&self.store, self.limits, error))
     }
 
@@ -322,7 +327,8 @@ fn classify(store: &Store<InstanceState>, limits: Limits, error: wasmtime::Error
             None => format!("{error:#}"),
         };
         let stderr = state.stderr.contents();
-        let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_IN_STATUS)..]);
+        let tail =
+            String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_IN_STATUS)..]);
         let tail = tail.trim();
         Fault::Trap {
             message: if tail.is_empty() {
@@ -341,7 +347,9 @@ fn classify(store: &Store<InstanceState>, limits: Limits, error: wasmtime::Error
 fn parse_limit(value: &str, min: u64, max: u64) -> Result<u64, String> {
     match value.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!("expected a whole number from {min} to {max}, not {value:?}")),
+        _ => Err(format!(
+            "expected a whole number from {min} to {max}, not {value:?}"
+        )),
     }
 }
 

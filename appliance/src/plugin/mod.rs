@@ -29,9 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::meta::{Meta, MetaError, Table};
 
-pub use instance::{
-    BatchInfo, Header, InstanceCounters, Record, RecordError, TransformInstance,
-};
+pub use instance::{BatchInfo, Header, InstanceCounters, Record, RecordError, TransformInstance};
 
 /// How often the engine's epoch advances: the granularity of `timeout-ms`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -39,8 +37,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 const MAX_NAME_LEN: usize = 64;
 
-const BUILTIN_PLUGINS: &[(&str, &[u8])] =
-    include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+const BUILTIN_PLUGINS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -52,9 +49,7 @@ pub enum PluginError {
     AlreadyExists { name: String },
     #[error("plugin {name:?} is built in: it cannot be added, replaced or deleted")]
     BuiltIn { name: String },
-    #[error(
-        "plugin {name:?} is {size} bytes; the limit is {MAX_PLUGIN_BYTES} bytes"
-    )]
+    #[error("plugin {name:?} is {size} bytes; the limit is {MAX_PLUGIN_BYTES} bytes")]
     TooLarge { name: String, size: usize },
     #[error(
         "plugin {name:?} is not a usable WebAssembly component (build it with `cargo build \
@@ -175,7 +170,9 @@ pub struct Loaded {
 
 impl std::fmt::Debug for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loaded").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Loaded")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -280,7 +277,10 @@ impl Plugins {
             name: name.to_owned(),
             reason: format!("compilation stopped: {join}"),
         })??;
-        self.inner.meta.put(Table::Plugins, name, &loaded.info).await?;
+        self.inner
+            .meta
+            .put(Table::Plugins, name, &loaded.info)
+            .await?;
         lock(&self.inner.loaded).insert(name.to_owned(), loaded.clone());
         Ok(loaded.info.clone())
     }
@@ -322,9 +322,9 @@ impl Plugins {
             .any(|(_, other)| other.digest == info.digest);
         if !still_used {
             let path = self.inner.store_dir.join(format!("{}.wasm", info.digest));
-            std::fs::remove_file(&path).or_else(ignore_missing).map_err(|source| {
-                PluginError::Io { path, source }
-            })?;
+            std::fs::remove_file(&path)
+                .or_else(ignore_missing)
+                .map_err(|source| PluginError::Io { path, source })?;
         }
         Ok(())
     }
@@ -489,7 +489,9 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
     file.sync_data().map_err(io)?;
     std::fs::rename(&partial, path).map_err(io)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
     }
     Ok(())
 }
@@ -503,7 +505,9 @@ fn ignore_missing(error: std::io::Error) -> std::io::Result<()> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -65,10 +65,17 @@ async fn a_builtin_filter_runs_and_is_cached_on_disk() {
         .collect();
     assert_eq!(cached.len(), 1, "one compiled component in the cache");
     let rejected = plugins
-        .instantiate_transform(&filter, &config(&[("colour", "red")]), Limits::default(), "p/1")
+        .instantiate_transform(
+            &filter,
+            &config(&[("colour", "red")]),
+            Limits::default(),
+            "p/1",
+        )
         .unwrap_err();
     assert!(
-        rejected.to_string().contains("rejected its configuration: unknown key(s) colour"),
+        rejected
+            .to_string()
+            .contains("rejected its configuration: unknown key(s) colour"),
         "{rejected}"
     );
 }
@@ -83,15 +90,29 @@ async fn added_plugins_survive_a_restart_and_bad_bytes_are_refused() {
             .await
             .unwrap();
         assert_eq!(info.kind, PluginKind::Transform);
-        let error = plugins.add("junk", b"\0asm not really".to_vec()).await.unwrap_err();
-        assert!(matches!(error, PluginError::InvalidComponent { .. }), "{error}");
-        let error = plugins.add("filter", test_plugin("plugin_template")).await.unwrap_err();
+        let error = plugins
+            .add("junk", b"\0asm not really".to_vec())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, PluginError::InvalidComponent { .. }),
+            "{error}"
+        );
+        let error = plugins
+            .add("filter", test_plugin("plugin_template"))
+            .await
+            .unwrap_err();
         assert!(matches!(error, PluginError::BuiltIn { .. }), "{error}");
         let error = plugins.add("Bad Name", Vec::new()).await.unwrap_err();
         assert!(matches!(error, PluginError::InvalidName { .. }), "{error}");
     }
     let plugins = open(dir.path());
-    let names: Vec<String> = plugins.list().unwrap().into_iter().map(|p| p.name).collect();
+    let names: Vec<String> = plugins
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     assert!(names.contains(&"upper".to_owned()) && names.contains(&"filter".to_owned()));
     let upper = plugins.get("upper").await.unwrap();
     let mut instance = plugins
@@ -105,13 +126,19 @@ async fn added_plugins_survive_a_restart_and_bad_bytes_are_refused() {
     let counters = plugins.counters();
     assert_eq!(counters[0].1.snapshot(), [("uppercased".to_owned(), 1)]);
     plugins.delete("upper").await.unwrap();
-    assert!(matches!(plugins.get("nope").await.unwrap_err(), PluginError::NotFound { .. }));
+    assert!(matches!(
+        plugins.get("nope").await.unwrap_err(),
+        PluginError::NotFound { .. }
+    ));
 }
 
 async fn fault(mode: &str, limits: Limits) -> PluginError {
     let dir = tempfile::tempdir().unwrap();
     let plugins = open(dir.path());
-    plugins.add("faulty", test_plugin("plugin_fault_injector")).await.unwrap();
+    plugins
+        .add("faulty", test_plugin("plugin_fault_injector"))
+        .await
+        .unwrap();
     let loaded = plugins.get("faulty").await.unwrap();
     let mut instance = plugins
         .instantiate_transform(&loaded, &config(&[("mode", mode)]), limits, "p/0")
@@ -128,7 +155,10 @@ async fn traps_loops_and_runaway_memory_end_the_call_with_a_reason() {
         timeout_ms: 200,
     };
     let trap = fault("trap", limits).await.to_string();
-    assert!(trap.contains("\"faulty\" trapped") && trap.contains("trapping on purpose"), "{trap}");
+    assert!(
+        trap.contains("\"faulty\" trapped") && trap.contains("trapping on purpose"),
+        "{trap}"
+    );
     let timeout = fault("loop", limits).await.to_string();
     assert!(timeout.contains("limit of 200 ms"), "{timeout}");
     let memory = fault("allocate", limits).await.to_string();
@@ -150,11 +180,21 @@ async fn grants_and_limits_are_host_keys_the_plugin_never_sees() {
         .instantiate_transform(&filter, &keys, Limits::default(), "p/0")
         .unwrap();
     let error = plugins
-        .instantiate_transform(&filter, &config(&[("wasi.net", "x")]), Limits::default(), "p/0")
+        .instantiate_transform(
+            &filter,
+            &config(&[("wasi.net", "x")]),
+            Limits::default(),
+            "p/0",
+        )
         .unwrap_err();
     assert!(error.to_string().contains("unknown capability"), "{error}");
     let error = plugins
-        .instantiate_transform(&filter, &config(&[("timeout-ms", "0")]), Limits::default(), "p/0")
+        .instantiate_transform(
+            &filter,
+            &config(&[("timeout-ms", "0")]),
+            Limits::default(),
+            "p/0",
+        )
         .unwrap_err();
     assert!(error.to_string().contains("timeout-ms"), "{error}");
 }

@@ -72,8 +72,17 @@ mod tests {
             topic: "t".into(),
             partition: 0,
         };
-        assert!(plugin.apply(&info, Record::from_value("ok")).unwrap().is_some());
-        assert!(plugin.apply(&info, Record::from_value("a poison b")).is_err());
+        assert!(
+            plugin
+                .apply(&info, Record::from_value("ok"))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            plugin
+                .apply(&info, Record::from_value("a poison b"))
+                .is_err()
+        );
         assert!(FaultInjector::init([("mode", "reject-config")].into_iter().collect()).is_err());
     }
 }

@@ -81,7 +81,9 @@ impl Transform for Filter {
                 .transpose()
         };
         let conditions = [
-            config.get("equals").map(|v| Condition::Equals(v.to_owned())),
+            config
+                .get("equals")
+                .map(|v| Condition::Equals(v.to_owned())),
             config
                 .get("not-equals")
                 .map(|v| Condition::NotEquals(v.to_owned())),
@@ -202,11 +204,17 @@ mod tests {
             [r#"{"t":10}"#, r#"{"x":1}"#]
         );
         assert_eq!(
-            run(&[("field", "t"), ("greater-than", "30"), ("action", "keep")], &values),
+            run(
+                &[("field", "t"), ("greater-than", "30"), ("action", "keep")],
+                &values
+            ),
             [r#"{"t":40}"#]
         );
         assert_eq!(
-            run(&[("field", "t"), ("action", "keep"), ("invert", "true")], &values),
+            run(
+                &[("field", "t"), ("action", "keep"), ("invert", "true")],
+                &values
+            ),
             [r#"{"x":1}"#]
         );
     }
@@ -219,30 +227,63 @@ mod tests {
             [r#"{"a":{"s":"ok"}}"#]
         );
         assert_eq!(
-            run(&[("field", "a.s"), ("in", "x|ok"), ("action", "keep")], &values),
+            run(
+                &[("field", "a.s"), ("in", "x|ok"), ("action", "keep")],
+                &values
+            ),
             [r#"{"a":{"s":"ok"}}"#]
         );
         assert_eq!(
             run(&[("field", "a.s"), ("matches", "b.*")], &values),
             [r#"{"a":{"s":"ok"}}"#]
         );
-        let mut filter = Filter::init([("header", "h"), ("equals", "1")].into_iter().collect()).unwrap();
-        let info = BatchInfo { topic: "t".into(), partition: 0 };
+        let mut filter =
+            Filter::init([("header", "h"), ("equals", "1")].into_iter().collect()).unwrap();
+        let info = BatchInfo {
+            topic: "t".into(),
+            partition: 0,
+        };
         let mut tagged = Record::from_value("x");
         tagged.add_header("h", "1");
         assert!(filter.apply(&info, tagged).unwrap().is_none());
-        assert!(filter.apply(&info, Record::from_value("y")).unwrap().is_some());
+        assert!(
+            filter
+                .apply(&info, Record::from_value("y"))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
     fn bad_config_and_non_json_values_are_errors() {
-        assert!(Filter::init(Config::default()).unwrap_err().contains("say what to test"));
-        assert!(Filter::init([("field", "a"), ("greater-than", "x")].into_iter().collect()).is_err());
-        assert!(Filter::init([("field", "a"), ("colour", "x")].into_iter().collect())
-            .unwrap_err()
-            .contains("unknown key(s) colour"));
+        assert!(
+            Filter::init(Config::default())
+                .unwrap_err()
+                .contains("say what to test")
+        );
+        assert!(
+            Filter::init(
+                [("field", "a"), ("greater-than", "x")]
+                    .into_iter()
+                    .collect()
+            )
+            .is_err()
+        );
+        assert!(
+            Filter::init([("field", "a"), ("colour", "x")].into_iter().collect())
+                .unwrap_err()
+                .contains("unknown key(s) colour")
+        );
         let mut filter = Filter::init([("field", "a")].into_iter().collect()).unwrap();
-        let info = BatchInfo { topic: "t".into(), partition: 0 };
-        assert!(filter.apply(&info, Record::from_value("not json")).unwrap_err().contains("not JSON"));
+        let info = BatchInfo {
+            topic: "t".into(),
+            partition: 0,
+        };
+        assert!(
+            filter
+                .apply(&info, Record::from_value("not json"))
+                .unwrap_err()
+                .contains("not JSON")
+        );
     }
 }

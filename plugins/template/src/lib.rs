@@ -48,7 +48,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(out.value.unwrap(), br#"{"a":{"b":"HI"}}"#);
-        let untouched = plugin.apply(&info, Record::from_value("[1]")).unwrap().unwrap();
+        let untouched = plugin
+            .apply(&info, Record::from_value("[1]"))
+            .unwrap()
+            .unwrap();
         assert_eq!(untouched.value.unwrap(), b"[1]");
         assert!(Uppercase::init(Config::default()).is_err());
     }

@@ -1,0 +1,169 @@
+//! The `Pipelines` service.
+
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::pipelines_server::Pipelines as PipelinesApi;
+use tonic::{Request, Response, Status};
+
+use super::convert::topic_name;
+use super::error::invalid;
+use super::metrics::{Metrics, Rpc};
+use crate::pipeline::{
+    ErrorPolicy, NewPipeline, PartitionState, PipelineStatus, Pipelines, TransformSpec,
+};
+
+#[derive(Debug)]
+pub struct PipelinesService {
+    pub pipelines: Pipelines,
+    pub metrics: Metrics,
+}
+
+fn policy_message(policy: ErrorPolicy) -> pb::ErrorPolicy {
+    match policy {
+        ErrorPolicy::Fail => pb::ErrorPolicy::Fail,
+        ErrorPolicy::Skip => pb::ErrorPolicy::Skip,
+        ErrorPolicy::Dlq => pb::ErrorPolicy::Dlq,
+    }
+}
+
+fn pipeline_message(status: PipelineStatus) -> pb::Pipeline {
+    let spec = status.spec;
+    pb::Pipeline {
+        name: spec.name,
+        from_topic: spec.from.to_string(),
+        to_topic: spec.to.to_string(),
+        transforms: spec
+            .transforms
+            .into_iter()
+            .map(|t| pb::Transform {
+                plugin: t.plugin,
+                config: t
+                    .config
+                    .into_iter()
+                    .map(|(key, value)| pb::ConfigEntry { key, value })
+                    .collect(),
+            })
+            .collect(),
+        errors: policy_message(spec.errors) as i32,
+        dlq_topic: spec.dlq_topic.map(|t| t.to_string()).unwrap_or_default(),
+        paused: spec.paused,
+        partitions: status
+            .partitions
+            .into_iter()
+            .map(|p| {
+                let lag = p.lag();
+                let (state, failure) = match p.state {
+                    PartitionState::Starting => (pb::PipelineState::Starting, String::new()),
+                    PartitionState::Running => (pb::PipelineState::Running, String::new()),
+                    PartitionState::Paused => (pb::PipelineState::Paused, String::new()),
+                    PartitionState::Failed { reason } => (pb::PipelineState::Failed, reason),
+                };
+                pb::PipelinePartition {
+                    partition: p.partition.0,
+                    state: state as i32,
+                    failure,
+                    next_offset: p.next_offset,
+                    high_watermark: p.high_watermark,
+                    lag,
+                    records_in: p.records_in,
+                    records_out: p.records_out,
+                    skipped: p.skipped,
+                    dead_lettered: p.dead_lettered,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn new_pipeline(request: pb::CreatePipelineRequest) -> Result<NewPipeline, Status> {
+    let errors = match pb::ErrorPolicy::try_from(request.errors) {
+        Ok(pb::ErrorPolicy::Unspecified | pb::ErrorPolicy::Fail) => ErrorPolicy::Fail,
+        Ok(pb::ErrorPolicy::Skip) => ErrorPolicy::Skip,
+        Ok(pb::ErrorPolicy::Dlq) => ErrorPolicy::Dlq,
+        Err(_) => return Err(invalid("errors", "unknown error policy")),
+    };
+    let dlq_topic = if request.dlq_topic.is_empty() {
+        None
+    } else {
+        Some(topic_name("dlq_topic", &request.dlq_topic)?)
+    };
+    Ok(NewPipeline {
+        name: request.name,
+        from: topic_name("from_topic", &request.from_topic)?,
+        to: topic_name("to_topic", &request.to_topic)?,
+        transforms: request
+            .transforms
+            .into_iter()
+            .map(|t| TransformSpec {
+                plugin: t.plugin,
+                config: t.config.into_iter().map(|e| (e.key, e.value)).collect(),
+            })
+            .collect(),
+        errors,
+        dlq_topic,
+    })
+}
+
+#[tonic::async_trait]
+impl PipelinesApi for PipelinesService {
+    async fn create_pipeline(
+        &self,
+        request: Request<pb::CreatePipelineRequest>,
+    ) -> Result<Response<pb::Pipeline>, Status> {
+        let _timer = self.metrics.time(Rpc::CreatePipeline);
+        let new = new_pipeline(request.into_inner())?;
+        let status = self.pipelines.create(new).await?;
+        Ok(Response::new(pipeline_message(status)))
+    }
+
+    async fn get_pipeline(
+        &self,
+        request: Request<pb::GetPipelineRequest>,
+    ) -> Result<Response<pb::Pipeline>, Status> {
+        let _timer = self.metrics.time(Rpc::GetPipeline);
+        let status = self.pipelines.get(&request.into_inner().name).await?;
+        Ok(Response::new(pipeline_message(status)))
+    }
+
+    async fn list_pipelines(
+        &self,
+        _request: Request<pb::ListPipelinesRequest>,
+    ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::ListPipelines);
+        Ok(Response::new(pb::ListPipelinesResponse {
+            pipelines: self
+                .pipelines
+                .list()
+                .await
+                .into_iter()
+                .map(pipeline_message)
+                .collect(),
+        }))
+    }
+
+    async fn pause_pipeline(
+        &self,
+        request: Request<pb::PausePipelineRequest>,
+    ) -> Result<Response<pb::Pipeline>, Status> {
+        let _timer = self.metrics.time(Rpc::PausePipeline);
+        let status = self.pipelines.pause(&request.into_inner().name).await?;
+        Ok(Response::new(pipeline_message(status)))
+    }
+
+    async fn resume_pipeline(
+        &self,
+        request: Request<pb::ResumePipelineRequest>,
+    ) -> Result<Response<pb::Pipeline>, Status> {
+        let _timer = self.metrics.time(Rpc::ResumePipeline);
+        let status = self.pipelines.resume(&request.into_inner().name).await?;
+        Ok(Response::new(pipeline_message(status)))
+    }
+
+    async fn delete_pipeline(
+        &self,
+        request: Request<pb::DeletePipelineRequest>,
+    ) -> Result<Response<pb::DeletePipelineResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::DeletePipeline);
+        self.pipelines.delete(&request.into_inner().name).await?;
+        Ok(Response::new(pb::DeletePipelineResponse {}))
+    }
+}
