@@ -15,24 +15,42 @@ use nix::unistd::Pid;
 /// How long a process gets to become ready or to stop.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The target directory's profile directory this test binary was built into.
+fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("test binary is not in a cargo target directory")
+}
+
 /// The `appliance` binary of this build: `APPLIANCE_BIN`, or the one beside the test's own
 /// target directory (`cargo test --workspace` builds it).
 pub fn appliance_bin() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("APPLIANCE_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary is not in a cargo target directory")?;
-    let bin = profile_dir.join("appliance");
+    let bin = profile_dir()?.join("appliance");
     anyhow::ensure!(
         bin.exists(),
         "{} does not exist: run the tests with `cargo test --workspace`, which builds it",
         bin.display()
     );
     Ok(bin)
+}
+
+/// The WebAssembly component of the plugin crate `crate_name` (e.g. `plugin_template`), which
+/// the appliance's build script builds from plugins/ into `<profile>/plugins/`.
+pub fn plugin_wasm(crate_name: &str) -> anyhow::Result<PathBuf> {
+    let path = profile_dir()?
+        .join("plugins")
+        .join(format!("{crate_name}.wasm"));
+    anyhow::ensure!(
+        path.exists(),
+        "{} does not exist: `cargo test --workspace` builds the plugins",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// A command for the appliance binary, run in `dir`.

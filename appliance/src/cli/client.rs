@@ -190,7 +190,7 @@ where
 }
 
 /// A gRPC status as a failure: the server's message and the code's name.
-fn status(status: tonic::Status) -> Failure {
+pub(super) fn status(status: tonic::Status) -> Failure {
     Failure::Runtime(anyhow::anyhow!(
         "{} ({:?})",
         status.message(),
@@ -840,12 +840,12 @@ pub async fn group(channel: Channel, command: GroupCommand) -> Result<(), Failur
     Ok(())
 }
 
-fn print_json(value: &serde_json::Value) {
+pub(super) fn print_json(value: &serde_json::Value) {
     println!("{value}");
 }
 
 /// An aligned table: a header row, then one row per entry.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -4,6 +4,7 @@
 
 mod bench;
 mod client;
+mod manage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,20 @@ enum Command {
     Group {
         #[command(subcommand)]
         command: client::GroupCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Add, list and delete WebAssembly plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: manage::PluginCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Create, inspect, pause, resume and delete pipelines (topic -> transforms -> topic).
+    Pipeline {
+        #[command(subcommand)]
+        command: manage::PipelineCommand,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -121,6 +136,12 @@ pub fn main() -> ExitCode {
         }
         Command::Group { command, server } => {
             client::run(&server, |channel| client::group(channel, command))
+        }
+        Command::Plugin { command, server } => {
+            client::run(&server, |channel| manage::plugin(channel, command))
+        }
+        Command::Pipeline { command, server } => {
+            client::run(&server, |channel| manage::pipeline(channel, command))
         }
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
     };

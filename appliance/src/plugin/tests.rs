@@ -198,3 +198,162 @@ async fn grants_and_limits_are_host_keys_the_plugin_never_sees() {
         .unwrap_err();
     assert!(error.to_string().contains("timeout-ms"), "{error}");
 }
+
+/// Every built-in transform, compiled to WebAssembly and run in the sandbox, does its job on
+/// one record (its semantics in detail are unit-tested natively in its own crate).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_builtin_runs_in_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = open(dir.path());
+    let value = r#"{"id":7,"user":{"name":"ann","card":"1234"},"ts":86400000,"temp":"21.5"}"#;
+    let input = Record {
+        key: Some(br#"{"k":1}"#.to_vec()),
+        value: Some(value.as_bytes().to_vec()),
+        headers: vec![Header {
+            key: "trace".into(),
+            value: b"abc".to_vec(),
+        }],
+        timestamp: 1_700_000_000_000,
+        offset: 42,
+        topic: None,
+    };
+    let json = |r: &Record| -> serde_json::Value {
+        serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()
+    };
+    let cases: Vec<(&str, Vec<(&str, &str)>, Box<dyn Fn(&Record)>)> = vec![
+        (
+            "filter",
+            vec![("field", "id"), ("equals", "8")],
+            Box::new(|r| assert_eq!(r.offset, 42)),
+        ),
+        (
+            "insert-field",
+            vec![
+                ("offset.field", "meta.offset"),
+                ("static.field", "site"),
+                ("static.value", "x"),
+            ],
+            Box::new(move |r| {
+                assert_eq!(json(r)["meta"]["offset"], 42);
+                assert_eq!(json(r)["site"], "x");
+            }),
+        ),
+        (
+            "replace-field",
+            vec![("exclude", "user"), ("renames", "id:sensor")],
+            Box::new(move |r| {
+                assert_eq!(json(r)["sensor"], 7);
+                assert!(json(r).get("user").is_none());
+            }),
+        ),
+        (
+            "mask-field",
+            vec![("fields", "user.card"), ("replacement", "****")],
+            Box::new(move |r| assert_eq!(json(r)["user"]["card"], "****")),
+        ),
+        (
+            "value-to-key",
+            vec![("fields", "id")],
+            Box::new(|r| assert_eq!(r.key.as_deref(), Some(&br#"{"id":7}"#[..]))),
+        ),
+        (
+            "extract-field",
+            vec![("field", "user.name")],
+            Box::new(|r| assert_eq!(r.value.as_deref(), Some(&br#""ann""#[..]))),
+        ),
+        (
+            "hoist-field",
+            vec![("field", "payload")],
+            Box::new(move |r| assert_eq!(json(r)["payload"]["id"], 7)),
+        ),
+        (
+            "flatten",
+            vec![("delimiter", "_")],
+            Box::new(move |r| assert_eq!(json(r)["user_name"], "ann")),
+        ),
+        (
+            "cast",
+            vec![("spec", "temp:float64|id:string")],
+            Box::new(move |r| {
+                assert_eq!(json(r)["temp"], 21.5);
+                assert_eq!(json(r)["id"], "7");
+            }),
+        ),
+        (
+            "timestamp-converter",
+            vec![
+                ("field", "ts"),
+                ("target.type", "string"),
+                ("format", "yyyy-MM-dd"),
+            ],
+            Box::new(move |r| assert_eq!(json(r)["ts"], "1970-01-02")),
+        ),
+        (
+            "regex-router",
+            vec![("regex", "(.*)"), ("replacement", "$1-routed")],
+            Box::new(|r| assert_eq!(r.topic.as_deref(), Some("in-routed"))),
+        ),
+        (
+            "timestamp-router",
+            vec![],
+            Box::new(|r| assert_eq!(r.topic.as_deref(), Some("in-20231114"))),
+        ),
+        (
+            "insert-header",
+            vec![("header", "origin"), ("value.literal", "edge-1")],
+            Box::new(|r| {
+                assert!(
+                    r.headers
+                        .iter()
+                        .any(|h| h.key == "origin" && h.value == b"edge-1")
+                )
+            }),
+        ),
+        (
+            "drop-headers",
+            vec![("headers", "trace")],
+            Box::new(|r| assert!(r.headers.is_empty())),
+        ),
+        (
+            "header-from",
+            vec![
+                ("fields", "user.name"),
+                ("headers", "who"),
+                ("operation", "copy"),
+            ],
+            Box::new(|r| {
+                assert!(
+                    r.headers
+                        .iter()
+                        .any(|h| h.key == "who" && h.value == b"ann")
+                )
+            }),
+        ),
+    ];
+    let builtins: Vec<String> = plugins
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.builtin)
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(
+        builtins.len(),
+        cases.len(),
+        "a case for every built-in: {builtins:?}"
+    );
+    for (name, pairs, check) in cases {
+        let loaded = plugins.get(name).await.unwrap();
+        let mut instance = plugins
+            .instantiate_transform(&loaded, &config(&pairs), Limits::default(), "smoke")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = instance
+            .process(&info(), std::slice::from_ref(&input))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        if name == "filter" {
+            assert_eq!(out.len(), 1, "filter keeps what does not match");
+        }
+        check(&out[0]);
+    }
+}
