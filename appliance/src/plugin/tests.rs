@@ -220,7 +220,8 @@ async fn every_builtin_runs_in_the_sandbox() {
     let json = |r: &Record| -> serde_json::Value {
         serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()
     };
-    let cases: Vec<(&str, Vec<(&str, &str)>, Box<dyn Fn(&Record)>)> = vec![
+    type Check = Box<dyn Fn(&Record)>;
+    let cases: Vec<(&str, Vec<(&str, &str)>, Check)> = vec![
         (
             "filter",
             vec![("field", "id"), ("equals", "8")],
