@@ -220,8 +220,8 @@ async fn every_builtin_runs_in_the_sandbox() {
     let json = |r: &Record| -> serde_json::Value {
         serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()
     };
-    type Check = Box<dyn Fn(&Record)>;
-    let cases: Vec<(&str, Vec<(&str, &str)>, Check)> = vec![
+    type Case = (&'static str, Vec<(&'static str, &'static str)>, Box<dyn Fn(&Record)>);
+    let cases: Vec<Case> = vec![
         (
             "filter",
             vec![("field", "id"), ("equals", "8")],
