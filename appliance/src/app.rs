@@ -89,7 +89,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (grpc_listener, grpc_addr) = listen("gRPC API", config.api.grpc_addr).await?;
     let (metrics_listener, metrics_addr) =
         listen("metrics endpoint", config.api.metrics_addr).await?;
-    let plugins = Plugins::open(&config.data_dir, meta.clone(), shutdown.clone())?;
+    // The epoch ticker outlives the pipelines: a guest only yields (and stops) on its ticks.
+    let ticker = CancellationToken::new();
+    let plugins = Plugins::open(&config.data_dir, meta.clone(), ticker.clone())?;
     let pipelines = Pipelines::open(
         log.clone(),
         meta.clone(),
@@ -134,6 +136,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let served = grpc_server.await;
         let _ = metrics_server.await;
         pipelines.stop_all().await;
+        ticker.cancel();
         log.close().await?;
         tracing::info!("shutdown complete");
         served.map_err(|source| AppError::Task {

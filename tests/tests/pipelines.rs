@@ -258,7 +258,12 @@ async fn misbehaving_plugins_fail_only_their_own_pipeline() -> anyhow::Result<()
     );
     create_topic(&channel, "in").await?;
     produce(&channel, "in", 0..100).await?;
-    for (name, mode) in [("trap", "trap"), ("spin", "loop"), ("hog", "allocate")] {
+    for (name, mode) in [
+        ("trap", "trap"),
+        ("spin", "loop"),
+        ("nap", "sleep"),
+        ("hog", "allocate"),
+    ] {
         let created = daemon.cli(
             dir.path(),
             &[
@@ -291,6 +296,7 @@ async fn misbehaving_plugins_fail_only_their_own_pipeline() -> anyhow::Result<()
     for (name, reason) in [
         ("trap", "trapping on purpose"),
         ("spin", "ran longer than its limit of 300 ms"),
+        ("nap", "ran longer than its limit of 300 ms"),
         ("hog", "more than its memory limit of 32 MiB"),
     ] {
         let failed = wait_until(&channel, name, |p| {

@@ -135,7 +135,7 @@ pub struct ChainOutput {
 }
 
 /// Runs every step over the batch.
-pub fn run(
+pub async fn run(
     steps: &mut [Step],
     info: &BatchInfo,
     records: Vec<Record>,
@@ -146,12 +146,12 @@ pub fn run(
         rejected: Vec::new(),
     };
     for step in steps {
-        output.records = run_step(step, info, output.records, policy, &mut output.rejected)?;
+        output.records = run_step(step, info, output.records, policy, &mut output.rejected).await?;
     }
     Ok(output)
 }
 
-fn run_step(
+async fn run_step(
     step: &mut Step,
     info: &BatchInfo,
     input: Vec<Record>,
@@ -168,7 +168,7 @@ fn run_step(
         if selected.is_empty() {
             break Vec::new();
         }
-        match step.instance.process(info, &selected)? {
+        match step.instance.process(info, &selected).await? {
             Ok(out) => {
                 check_contract(step.instance.plugin(), &selected, &out)?;
                 break out;
@@ -258,7 +258,7 @@ mod tests {
     fn record(offset: i64) -> Record {
         Record {
             key: None,
-            value: Some(b"v".to_vec()),
+            value: Some(bytes::Bytes::from_static(b"v")),
             headers: Vec::new(),
             timestamp: 0,
             offset,

@@ -245,13 +245,10 @@ impl Pipelines {
             }
             let (_, plugin_config) = Predicate::split_config(&transform.config)
                 .map_err(|problem| invalid(format!("transform {}: {problem}", transform.plugin)))?;
-            let plugins = self.inner.plugins.clone();
-            let limits = self.inner.limits;
-            tokio::task::spawn_blocking(move || {
-                plugins.instantiate_transform(&loaded, &plugin_config, limits, "validation")
-            })
-            .await
-            .map_err(|join| invalid(format!("validating the transforms stopped: {join}")))??;
+            self.inner
+                .plugins
+                .instantiate_transform(&loaded, &plugin_config, self.inner.limits, "validation")
+                .await?;
         }
         let mut pipelines = self.inner.pipelines.lock().await;
         if pipelines.contains_key(&new.name) {

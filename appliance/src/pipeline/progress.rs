@@ -2,16 +2,19 @@
 //!
 //! Two records of what was done, written in this order:
 //! 1. the output itself: the last record of every appended batch carries the header
-//!    `appliance.pipeline: <id>:<source partition>:<source offset>` (the source offset of
-//!    that last record; outputs are in source order, so it covers the whole batch);
+//!    `appliance.pipeline: <id>:<source partition>:<from>:<to>`, the range of source offsets
+//!    whose output for this destination the batch completes (a batch never splits the output
+//!    of one source record, and the ranges of one destination follow each other);
 //! 2. after those appends are durable, [`Progress`]: the next source offset, and for each
 //!    destination partition the end offset up to which its tags are accounted for.
 //!
 //! After a crash the progress may be behind the output. On start, each destination's tail
-//! from its recorded end is scanned for this partition's tags ([`written_up_to`]); output
-//! whose source offset is at or below what a destination already holds is not written again.
+//! from its recorded end is scanned for this partition's tags ([`written_ranges`]); output for
+//! a source offset inside a range a destination already holds is not written again, and a
+//! batch that never landed (its range is missing) is written, even when a later one did.
 //! A destination is entered into the progress (durably) before the first batch is appended to
-//! it, so no destination escapes the scan.
+//! it, so no destination escapes the scan. Tags arriving from upstream on records are removed,
+//! so only this pipeline's own batches carry its tags.
 
 use std::collections::BTreeMap;
 
@@ -79,35 +82,53 @@ pub fn key_prefix(pipeline_id: u64) -> String {
     format!("{pipeline_id:016x}/")
 }
 
-pub fn tag(pipeline_id: u64, partition: PartitionId, source_offset: i64) -> Bytes {
+/// Source offsets `from..=to`.
+pub type SourceRange = (u64, u64);
+
+pub fn tag(pipeline_id: u64, partition: PartitionId, range: SourceRange) -> Bytes {
     Bytes::from(format!(
-        "{pipeline_id:016x}:{}:{source_offset}",
-        partition.0
+        "{pipeline_id:016x}:{}:{}:{}",
+        partition.0, range.0, range.1
     ))
 }
 
-fn parse_tag(value: &[u8]) -> Option<(u64, u32, u64)> {
+fn parse_tag(value: &[u8]) -> Option<(u64, u32, SourceRange)> {
     let text = std::str::from_utf8(value).ok()?;
     let mut parts = text.split(':');
     let id = u64::from_str_radix(parts.next()?, 16).ok()?;
     let partition = parts.next()?.parse().ok()?;
-    let offset = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((id, partition, offset))
+    let from = parts.next()?.parse().ok()?;
+    let to = parts.next()?.parse().ok()?;
+    (parts.next().is_none() && from <= to).then_some((id, partition, (from, to)))
 }
 
-/// The highest source offset of `(pipeline_id, partition)` tagged in `destination` at or after
-/// `from`, reading up to the destination's current end.
-pub async fn written_up_to(
+/// Whether `offset` lies in one of `ranges`.
+pub fn covers(ranges: &[SourceRange], offset: u64) -> bool {
+    ranges
+        .iter()
+        .any(|(from, to)| (*from..=*to).contains(&offset))
+}
+
+/// The source ranges of `(pipeline_id, partition)` tagged in `destination` at or after `from`,
+/// reading up to the destination's current end. A destination that no longer exists holds
+/// none.
+pub async fn written_ranges(
     log: &Log,
     destination: &Destination,
     from: Offset,
     pipeline_id: u64,
     partition: PartitionId,
-) -> Result<Option<u64>, LogError> {
-    let target = log.partition(&destination.topic, destination.partition)?;
+) -> Result<Vec<SourceRange>, LogError> {
+    let target = match log.partition(&destination.topic, destination.partition) {
+        Ok(target) => target,
+        Err(LogError::UnknownTopic { .. } | LogError::UnknownPartition { .. }) => {
+            return Ok(Vec::new());
+        }
+        Err(error) => return Err(error),
+    };
     let end = target.high_watermark();
     let mut offset = from.max(target.log_start());
-    let mut highest = None;
+    let mut ranges = Vec::new();
     while offset < end {
         let chunk = target.read(offset, SCAN_BYTES)?;
         if chunk.batches.is_empty() {
@@ -116,17 +137,17 @@ pub async fn written_up_to(
         let records = log::decode_all(chunk.batches).map_err(LogError::InvalidBatch)?;
         for stored in records.iter().filter(|r| r.offset >= offset) {
             for header in stored.record.headers.iter().filter(|h| h.key == TAG_HEADER) {
-                if let Some((id, p, source)) = header.value.as_deref().and_then(parse_tag)
+                if let Some((id, p, range)) = header.value.as_deref().and_then(parse_tag)
                     && id == pipeline_id
                     && p == partition.0
                 {
-                    highest = highest.max(Some(source));
+                    ranges.push(range);
                 }
             }
         }
         offset = chunk.next_offset;
     }
-    Ok(highest)
+    Ok(ranges)
 }
 
 #[cfg(test)]
@@ -135,10 +156,12 @@ mod tests {
 
     #[test]
     fn tags_and_keys_round_trip() {
-        let tag = tag(0xabc, PartitionId(3), 42);
-        assert_eq!(parse_tag(&tag), Some((0xabc, 3, 42)));
-        assert_eq!(parse_tag(b"0abc:3"), None);
-        assert_eq!(parse_tag(b"zz:1:2"), None);
+        let tag = tag(0xabc, PartitionId(3), (40, 42));
+        assert_eq!(parse_tag(&tag), Some((0xabc, 3, (40, 42))));
+        assert_eq!(parse_tag(b"0abc:3:4"), None);
+        assert_eq!(parse_tag(b"0abc:3:5:4"), None, "an empty range");
+        assert_eq!(parse_tag(b"zz:1:2:3"), None);
+        assert!(covers(&[(1, 3), (7, 7)], 7) && !covers(&[(1, 3), (7, 7)], 5));
         let destination = Destination {
             topic: TopicName::new("out.v1").unwrap(),
             partition: PartitionId(2),

@@ -1,6 +1,6 @@
-//! The task that runs one source partition of a pipeline: read, transform on a blocking
-//! thread, route, append, record progress. The appends of one batch are in flight while the
-//! next batch is read and transformed; its progress is recorded once they are durable.
+//! The task that runs one source partition of a pipeline: read, transform, route, append,
+//! record progress. The appends of one batch are in flight while the next batch is read and
+//! transformed; its progress is recorded once they are durable.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 
 use super::chain::{self, ChainOutput, Failure, Rejection, Step};
-use super::progress::{self, Destination, Progress};
+use super::progress::{self, Destination, Progress, SourceRange};
 use super::{ErrorPolicy, PartitionState, PipelineSpec, Predicate, StatusCell};
 use crate::log::{
     self, AppendOutcome, Header, Log, LogError, Offset, PartitionId, StoredRecord, Timestamp,
@@ -26,6 +26,11 @@ const READ_WAIT: Duration = Duration::from_millis(500);
 const OUTPUT_BATCH_SHARE: usize = 2;
 /// Per-record overhead of the batch format, for cutting output batches by size.
 const RECORD_OVERHEAD: usize = 32;
+/// A pipeline partition writes to at most this many destination partitions (routers build
+/// topic names from data; this keeps a bad rule from creating topics without end).
+const MAX_DESTINATIONS: usize = 1024;
+/// Error messages in dead-letter headers are cut to this length.
+const MAX_ERROR_HEADER: usize = 1024;
 
 pub const ERROR_HEADERS: [&str; 6] = [
     "appliance.error.pipeline",
@@ -39,6 +44,9 @@ pub const ERROR_HEADERS: [&str; 6] = [
 type Pending = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(Destination, AppendOutcome), LogError>> + Send>,
 >;
+
+/// Output for one destination partition: (source offset, record), in source order.
+type Routed = BTreeMap<Destination, Vec<(i64, log::Record)>>;
 
 /// Appends submitted for one source batch, and what to record once they are durable.
 struct InFlight {
@@ -60,57 +68,56 @@ pub(super) struct PartitionTask {
 
 impl PartitionTask {
     pub async fn run(self) {
-        if let Err(reason) = self.transform_until_stopped().await {
-            tracing::warn!(
-                pipeline = %self.spec.name,
-                partition = self.partition.0,
-                %reason,
-                "pipeline partition failed"
-            );
-            self.status
-                .update(|s| s.state = PartitionState::Failed { reason });
-        } else {
-            self.status.update(|s| s.state = PartitionState::Paused);
+        let outcome = tokio::select! {
+            outcome = self.transform_until_stopped() => outcome,
+            // A chain stuck on its start-up scan or in a plugin's call stops with the task.
+            _ = self.stop.cancelled() => Ok(()),
+        };
+        match outcome {
+            Ok(()) => self.status.update(|s| s.state = PartitionState::Paused),
+            Err(reason) => {
+                tracing::warn!(
+                    pipeline = %self.spec.name,
+                    partition = self.partition.0,
+                    %reason,
+                    "pipeline partition failed"
+                );
+                self.status
+                    .update(|s| s.state = PartitionState::Failed { reason });
+            }
         }
     }
 
     async fn transform_until_stopped(&self) -> Result<(), String> {
         let steps = self.start_chain().await?;
         let progress_key = progress::key(self.spec.id, self.partition);
-        let mut progress: Progress = self
+        let progress: Progress = self
             .meta
             .get(Table::PipelineProgress, &progress_key)
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
         let mut written = HashMap::new();
         for (destination, end) in progress.destinations() {
-            let upto =
-                progress::written_up_to(&self.log, &destination, end, self.spec.id, self.partition)
-                    .await
-                    .map_err(|e| {
-                        format!("scanning {} for earlier output: {e}", destination.topic)
-                    })?;
-            if let Some(upto) = upto {
-                written.insert(destination, upto);
+            let ranges = progress::written_ranges(
+                &self.log,
+                &destination,
+                end,
+                self.spec.id,
+                self.partition,
+            )
+            .await
+            .map_err(|e| format!("scanning {} for earlier output: {e}", destination.topic))?;
+            if !ranges.is_empty() {
+                written.insert(destination, ranges);
             }
         }
         let source = self
             .log
             .partition(&self.spec.from, self.partition)
             .map_err(|e| e.to_string())?;
-        if progress.next < source.log_start().0 {
-            tracing::warn!(
-                pipeline = %self.spec.name,
-                partition = self.partition.0,
-                from = progress.next,
-                to = source.log_start().0,
-                "source records were deleted by retention before this pipeline transformed them"
-            );
-            progress.next = source.log_start().0;
-        }
         let mut worker = Worker {
             task: self,
-            steps: Some(steps),
+            steps,
             progress,
             progress_key,
             written,
@@ -127,15 +134,12 @@ impl PartitionTask {
                 .await
                 .map_err(|e| e.to_string())?;
             let (predicate, config) = Predicate::split_config(&transform.config)?;
-            let plugins = self.plugins.clone();
-            let limits = self.limits;
             let label = format!("{}/{}/{index}", self.spec.name, self.partition.0);
-            let instance = tokio::task::spawn_blocking(move || {
-                plugins.instantiate_transform(&loaded, &config, limits, &label)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            let instance = self
+                .plugins
+                .instantiate_transform(&loaded, &config, self.limits, &label)
+                .await
+                .map_err(|e| e.to_string())?;
             steps.push(Step {
                 predicate,
                 instance,
@@ -147,29 +151,38 @@ impl PartitionTask {
 
 struct Worker<'t> {
     task: &'t PartitionTask,
-    /// Away on a blocking thread while a batch is transformed.
-    steps: Option<Vec<Step>>,
+    steps: Vec<Step>,
     progress: Progress,
     progress_key: String,
-    /// Destination -> the highest source offset it already holds (found by the start scan).
-    written: HashMap<Destination, u64>,
+    /// Destination -> the source ranges it already holds (found by the start scan).
+    written: HashMap<Destination, Vec<SourceRange>>,
 }
 
 impl Worker<'_> {
     async fn run(&mut self, source: &log::Partition) -> Result<(), String> {
         let task = self.task;
-        let mut next = self.progress.next;
         let mut in_flight: Option<InFlight> = None;
+        self.skip_deleted(source);
+        let mut next = self.progress.next;
         task.status.update(|s| {
             s.state = PartitionState::Running;
             s.next_offset = next;
         });
         loop {
-            let chunk = tokio::select! {
+            let read = tokio::select! {
                 _ = task.stop.cancelled() => break,
-                chunk = source.read_wait(Offset(next), READ_BYTES, READ_WAIT) => {
-                    chunk.map_err(|e| e.to_string())?
+                read = source.read_wait(Offset(next), READ_BYTES, READ_WAIT) => read,
+            };
+            let chunk = match read {
+                Err(LogError::OffsetOutOfRange { log_start, .. }) if Offset(next) < log_start => {
+                    if let Some(done) = in_flight.take() {
+                        self.finish(done).await?;
+                    }
+                    self.skip_deleted(source);
+                    next = self.progress.next;
+                    continue;
                 }
+                read => read.map_err(|e| e.to_string())?,
             };
             task.status
                 .update(|s| s.high_watermark = chunk.high_watermark.0);
@@ -177,6 +190,7 @@ impl Worker<'_> {
                 if let Some(done) = in_flight.take() {
                     self.finish(done).await?;
                 }
+                self.settle_ends().map_err(|e| e.to_string())?;
                 continue;
             }
             let records: Vec<StoredRecord> = log::decode_all(chunk.batches)
@@ -184,27 +198,43 @@ impl Worker<'_> {
                 .into_iter()
                 .filter(|r| r.offset.0 >= next)
                 .collect();
-            let Some(last) = records.last().map(|r| r.offset.0) else {
+            let (Some(first), Some(last)) = (records.first(), records.last()) else {
                 next = chunk.next_offset.0;
                 continue;
             };
+            let range = (first.offset.0, last.offset.0);
             let output = self.transform(&records).await.map_err(|f| f.to_string())?;
-            let appends = self.append(&records, output).await?;
+            let (appends, records_out) = self.append(&records, range, output).await?;
             if let Some(done) = in_flight.take() {
                 self.finish(done).await?;
             }
             in_flight = Some(InFlight {
-                records_out: appends.1,
-                appends: appends.0,
-                next: last + 1,
+                appends,
+                next: range.1 + 1,
+                records_out,
             });
             task.status.update(|s| s.records_in += records.len() as u64);
-            next = last + 1;
+            next = range.1 + 1;
         }
         if let Some(done) = in_flight.take() {
             self.finish(done).await?;
         }
         Ok(())
+    }
+
+    /// Moves past source records retention deleted before this pipeline transformed them.
+    fn skip_deleted(&mut self, source: &log::Partition) {
+        let log_start = source.log_start().0;
+        if self.progress.next < log_start {
+            tracing::warn!(
+                pipeline = %self.task.spec.name,
+                partition = self.task.partition.0,
+                from = self.progress.next,
+                to = log_start,
+                "source records were deleted by retention before this pipeline transformed them"
+            );
+            self.progress.next = log_start;
+        }
     }
 
     async fn transform(&mut self, records: &[StoredRecord]) -> Result<ChainOutput, Failure> {
@@ -213,28 +243,15 @@ impl Worker<'_> {
             partition: self.task.partition.0,
         };
         let input: Vec<plugin::Record> = records.iter().map(to_plugin_record).collect();
-        let mut steps = self.steps.take().unwrap_or_default();
-        let policy = self.task.spec.errors;
-        let (steps, output) = tokio::task::spawn_blocking(move || {
-            let output = chain::run(&mut steps, &info, input, policy);
-            (steps, output)
-        })
-        .await
-        .map_err(|join| {
-            Failure::Plugin(plugin::PluginError::Contract {
-                plugin: "(chain)".to_owned(),
-                detail: format!("the transform thread stopped: {join}"),
-            })
-        })?;
-        self.steps = Some(steps);
-        output
+        chain::run(&mut self.steps, &info, input, self.task.spec.errors).await
     }
 
-    /// Routes the output to destination partitions, adds dead letters, and submits the
-    /// appends. Returns them with the number of records submitted.
+    /// Routes the output of the source records in `range` to destination partitions, adds
+    /// dead letters, and submits the appends. Returns them with the number of records.
     async fn append(
         &mut self,
         source: &[StoredRecord],
+        range: SourceRange,
         output: ChainOutput,
     ) -> Result<(Vec<Pending>, u64), String> {
         let task = self.task;
@@ -242,11 +259,9 @@ impl Worker<'_> {
             records,
             mut rejected,
         } = output;
-        let mut routed: BTreeMap<Destination, Vec<(i64, log::Record)>> = BTreeMap::new();
-        let mut partitions_of: HashMap<TopicName, u32> = HashMap::new();
         let mut resolved = Vec::with_capacity(records.len());
         for record in records {
-            match self.destination_topic(&record) {
+            match self.check_output(&record) {
                 Ok(topic) => resolved.push((topic, record)),
                 Err(message) => rejected.push(Rejection {
                     offset: record.offset,
@@ -260,9 +275,10 @@ impl Worker<'_> {
         {
             return Err(Failure::Rejected(rejection.clone()).to_string());
         }
-        let rejected_offsets: Vec<i64> = rejected.iter().map(|r| r.offset).collect();
+        let mut routed: Routed = BTreeMap::new();
+        let mut partitions_of: HashMap<TopicName, u32> = HashMap::new();
         for (topic, record) in resolved {
-            if rejected_offsets.contains(&record.offset) {
+            if rejected.iter().any(|r| r.offset == record.offset) {
                 continue;
             }
             let destination = destination_partition(task, &mut partitions_of, topic)
@@ -273,39 +289,15 @@ impl Worker<'_> {
                 .or_default()
                 .push((record.offset, to_log_record(record)));
         }
-        match (task.spec.errors, &task.spec.dlq_topic) {
-            (ErrorPolicy::Dlq, Some(dlq)) => {
-                for rejection in &rejected {
-                    let Some(original) = source
-                        .iter()
-                        .find(|r| r.offset.0 as i64 == rejection.offset)
-                    else {
-                        continue;
-                    };
-                    let destination = destination_partition(task, &mut partitions_of, dlq.clone())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let letter = dead_letter(&task.spec, task.partition, original, rejection);
-                    let entries = routed.entry(destination).or_default();
-                    let at = entries.partition_point(|(offset, _)| *offset <= rejection.offset);
-                    entries.insert(at, (rejection.offset, letter));
-                }
-                let count = rejected.len() as u64;
-                task.status.update(|s| s.dead_lettered += count);
-            }
-            _ => {
-                let count = rejected.len() as u64;
-                task.status.update(|s| s.skipped += count);
-            }
-        }
+        route_rejections(task, source, &rejected, &mut routed, &mut partitions_of).await?;
         let mut appends: Vec<Pending> = Vec::new();
         let mut submitted = 0;
         for (destination, mut entries) in routed {
-            if let Some(upto) = self.written.get(&destination) {
-                entries.retain(|(offset, _)| *offset as u64 > *upto);
-            }
-            if entries.is_empty() {
-                continue;
+            if let Some(ranges) = self.written.get(&destination) {
+                entries.retain(|(offset, _)| !progress::covers(ranges, *offset as u64));
+                if entries.is_empty() {
+                    continue;
+                }
             }
             if !self.progress.knows(&destination) {
                 self.register(&destination).await?;
@@ -319,13 +311,12 @@ impl Worker<'_> {
                 .topic_config(&destination.topic)
                 .map_err(|e| e.to_string())?;
             let budget = topic_config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
-            for mut batch in cut_by_size(entries, budget) {
+            for (batch_range, mut batch) in cut_by_size(entries, budget, range) {
                 submitted += batch.len() as u64;
-                let (last_offset, last) = batch.last_mut().ok_or("empty output batch")?;
-                last.headers.retain(|h| h.key != progress::TAG_HEADER);
+                let (_, last) = batch.last_mut().ok_or("empty output batch")?;
                 last.headers.push(Header {
                     key: progress::TAG_HEADER.to_owned(),
-                    value: Some(progress::tag(task.spec.id, task.partition, *last_offset)),
+                    value: Some(progress::tag(task.spec.id, task.partition, batch_range)),
                 });
                 let records: Vec<log::Record> = batch.into_iter().map(|(_, r)| r).collect();
                 let encoded = log::encode(&records, topic_config.compression)
@@ -366,8 +357,39 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// With nothing in flight, every destination's tags up to its current end are accounted
+    /// for: moving the ends there keeps the next start's scan short.
+    fn settle_ends(&mut self) -> Result<(), crate::meta::MetaError> {
+        let mut moved = false;
+        for (destination, end) in self.progress.destinations() {
+            if let Ok(target) = self
+                .task
+                .log
+                .partition(&destination.topic, destination.partition)
+                && target.high_watermark() > end
+            {
+                self.progress.set_end(&destination, target.high_watermark());
+                moved = true;
+            }
+        }
+        if moved {
+            self.task.meta.put_unflushed(
+                Table::PipelineProgress,
+                &self.progress_key,
+                &self.progress,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Enters a destination into the progress, durably, before anything is appended to it.
     async fn register(&mut self, destination: &Destination) -> Result<(), String> {
+        if self.progress.destinations().len() >= MAX_DESTINATIONS {
+            return Err(format!(
+                "output would go to more than {MAX_DESTINATIONS} destination partitions; \
+                 check the routing transforms"
+            ));
+        }
         let end = self
             .task
             .log
@@ -382,24 +404,78 @@ impl Worker<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn destination_topic(&self, record: &plugin::Record) -> Result<TopicName, String> {
-        let Some(routed) = &record.topic else {
-            return Ok(self.task.spec.to.clone());
+    /// The topic an output record goes to, or why it cannot be written.
+    fn check_output(&self, record: &plugin::Record) -> Result<TopicName, String> {
+        let size = record_size(
+            record.key.as_ref(),
+            record.value.as_ref(),
+            record.headers.iter().map(|h| (&h.key, Some(&h.value))),
+        );
+        let topic = match &record.topic {
+            None => self.task.spec.to.clone(),
+            Some(routed) => {
+                let topic = TopicName::new(routed.as_str())
+                    .map_err(|e| format!("routed to an invalid topic name: {e}"))?;
+                if topic == self.task.spec.from {
+                    return Err(format!(
+                        "routed back to the source topic {topic}, which would loop"
+                    ));
+                }
+                topic
+            }
         };
-        let topic = TopicName::new(routed.as_str())
-            .map_err(|e| format!("routed to an invalid topic name: {e}"))?;
-        if topic == self.task.spec.from {
+        let max = self
+            .task
+            .log
+            .topic_config(&topic)
+            .map_or(self.task.log.topic_defaults().max_message_bytes, |c| {
+                c.max_message_bytes
+            }) as usize;
+        if size > max / OUTPUT_BATCH_SHARE {
             return Err(format!(
-                "routed back to the source topic {topic}, which would loop"
+                "the output record is {size} bytes; {topic} takes batches of at most {max} \
+                 bytes (max-message-bytes)"
             ));
         }
         Ok(topic)
     }
 }
 
+/// Counts rejected records, and with `errors=dlq` routes their originals, with error
+/// headers, to the dead-letter topic.
+async fn route_rejections(
+    task: &PartitionTask,
+    source: &[StoredRecord],
+    rejected: &[Rejection],
+    routed: &mut Routed,
+    partitions_of: &mut HashMap<TopicName, u32>,
+) -> Result<(), String> {
+    let count = rejected.len() as u64;
+    let (ErrorPolicy::Dlq, Some(dlq)) = (task.spec.errors, &task.spec.dlq_topic) else {
+        task.status.update(|s| s.skipped += count);
+        return Ok(());
+    };
+    for rejection in rejected {
+        let Some(original) = source
+            .iter()
+            .find(|r| r.offset.0 as i64 == rejection.offset)
+        else {
+            continue;
+        };
+        let destination = destination_partition(task, partitions_of, dlq.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let letter = dead_letter(&task.spec, task.partition, original, rejection);
+        let entries = routed.entry(destination).or_default();
+        let at = entries.partition_point(|(offset, _)| *offset <= rejection.offset);
+        entries.insert(at, (rejection.offset, letter));
+    }
+    task.status.update(|s| s.dead_lettered += count);
+    Ok(())
+}
+
 /// The destination partition for `topic` (created with the defaults if it does not exist):
-/// the source partition modulo the topic's partitions, so order per key is kept. A free
-/// function: the worker holds plugin stores, which must not be shared across an await.
+/// the source partition modulo the topic's partitions, so order per key is kept.
 async fn destination_partition(
     task: &PartitionTask,
     partitions_of: &mut HashMap<TopicName, u32>,
@@ -434,22 +510,41 @@ pub async fn ensure_topic(log: &Log, topic: &TopicName) -> Result<(), LogError> 
     }
 }
 
-/// Splits a destination's records into batches of about `budget` bytes, in order.
-fn cut_by_size(entries: Vec<(i64, log::Record)>, budget: usize) -> Vec<Vec<(i64, log::Record)>> {
-    let mut batches = Vec::new();
-    let mut current = Vec::new();
+fn record_size<'a>(
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+    headers: impl Iterator<Item = (&'a String, Option<&'a Bytes>)>,
+) -> usize {
+    RECORD_OVERHEAD
+        + key.map_or(0, Bytes::len)
+        + value.map_or(0, Bytes::len)
+        + headers
+            .map(|(k, v)| k.len() + v.map_or(0, Bytes::len))
+            .sum::<usize>()
+}
+
+/// Splits a destination's records into batches of about `budget` bytes, in order, never
+/// between two records of the same source offset. Each batch comes with the source range it
+/// completes for this destination: from where the previous batch's range ended (the first:
+/// from the start of the source batch) to its last record's offset (the last: to the end of
+/// the source batch, whose remaining records have no output here).
+fn cut_by_size(
+    entries: Vec<(i64, log::Record)>,
+    budget: usize,
+    source: SourceRange,
+) -> Vec<(SourceRange, Vec<(i64, log::Record)>)> {
+    let mut batches: Vec<Vec<(i64, log::Record)>> = Vec::new();
+    let mut current: Vec<(i64, log::Record)> = Vec::new();
     let mut size = 0;
     for entry in entries {
         let record = &entry.1;
-        let record_size = RECORD_OVERHEAD
-            + record.key.as_ref().map_or(0, Bytes::len)
-            + record.value.as_ref().map_or(0, Bytes::len)
-            + record
-                .headers
-                .iter()
-                .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
-                .sum::<usize>();
-        if !current.is_empty() && size + record_size > budget {
+        let record_size = record_size(
+            record.key.as_ref(),
+            record.value.as_ref(),
+            record.headers.iter().map(|h| (&h.key, h.value.as_ref())),
+        );
+        let new_offset = current.last().is_some_and(|(last, _)| *last != entry.0);
+        if new_offset && size + record_size > budget {
             batches.push(std::mem::take(&mut current));
             size = 0;
         }
@@ -459,20 +554,33 @@ fn cut_by_size(entries: Vec<(i64, log::Record)>, budget: usize) -> Vec<Vec<(i64,
     if !current.is_empty() {
         batches.push(current);
     }
+    let count = batches.len();
+    let mut from = source.0;
     batches
+        .into_iter()
+        .enumerate()
+        .map(|(index, batch)| {
+            let last = batch.last().map_or(source.1, |(offset, _)| *offset as u64);
+            let to = if index + 1 == count { source.1 } else { last };
+            let range = (from, to);
+            from = to + 1;
+            (range, batch)
+        })
+        .collect()
 }
 
 fn to_plugin_record(stored: &StoredRecord) -> plugin::Record {
     let record = &stored.record;
     plugin::Record {
-        key: record.key.as_ref().map(|k| k.to_vec()),
-        value: record.value.as_ref().map(|v| v.to_vec()),
+        key: record.key.clone(),
+        value: record.value.clone(),
         headers: record
             .headers
             .iter()
+            .filter(|h| h.key != progress::TAG_HEADER)
             .map(|h| plugin::Header {
                 key: h.key.clone(),
-                value: h.value.as_ref().map_or_else(Vec::new, |v| v.to_vec()),
+                value: h.value.clone().unwrap_or_default(),
             })
             .collect(),
         timestamp: record.timestamp.0,
@@ -483,14 +591,15 @@ fn to_plugin_record(stored: &StoredRecord) -> plugin::Record {
 
 fn to_log_record(record: plugin::Record) -> log::Record {
     log::Record {
-        key: record.key.map(Bytes::from),
-        value: record.value.map(Bytes::from),
+        key: record.key,
+        value: record.value,
         headers: record
             .headers
             .into_iter()
+            .filter(|h| h.key != progress::TAG_HEADER)
             .map(|h| Header {
                 key: h.key,
-                value: Some(Bytes::from(h.value)),
+                value: Some(h.value),
             })
             .collect(),
         timestamp: Timestamp(record.timestamp),
@@ -505,10 +614,19 @@ fn dead_letter(
     rejection: &Rejection,
 ) -> log::Record {
     let mut letter = original.record.clone();
+    letter.headers.retain(|h| h.key != progress::TAG_HEADER);
+    let mut message = rejection.message.clone();
+    if message.len() > MAX_ERROR_HEADER {
+        let mut end = MAX_ERROR_HEADER;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
     let values = [
         spec.name.clone(),
         rejection.plugin.clone(),
-        rejection.message.clone(),
+        message,
         spec.from.to_string(),
         partition.0.to_string(),
         original.offset.0.to_string(),
@@ -520,4 +638,39 @@ fn dead_letter(
         });
     }
     letter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: i64, bytes: usize) -> (i64, log::Record) {
+        (
+            offset,
+            log::Record {
+                key: None,
+                value: Some(Bytes::from(vec![b'x'; bytes])),
+                headers: Vec::new(),
+                timestamp: Timestamp(0),
+            },
+        )
+    }
+
+    #[test]
+    fn batches_never_split_one_source_record_and_their_ranges_tile_the_source_batch() {
+        let entries = vec![entry(10, 60), entry(10, 60), entry(12, 60), entry(15, 60)];
+        let batches = cut_by_size(entries, 100, (10, 20));
+        let shape: Vec<(SourceRange, Vec<i64>)> = batches
+            .iter()
+            .map(|(range, batch)| (*range, batch.iter().map(|(o, _)| *o).collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ((10, 10), vec![10, 10]),
+                ((11, 12), vec![12]),
+                ((13, 20), vec![15]),
+            ]
+        );
+    }
 }

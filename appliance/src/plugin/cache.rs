@@ -28,6 +28,18 @@ impl ComponentCache {
         })
     }
 
+    /// Removes the compiled code of a component that is no longer stored.
+    pub fn forget(&self, digest: &str) -> Result<(), PluginError> {
+        let path = self.path(digest);
+        std::fs::remove_file(&path)
+            .or_else(super::ignore_missing)
+            .map_err(|source| PluginError::Io { path, source })
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_tag))
+    }
+
     /// The compiled component for `bytes`: loaded from the cache, or validated, compiled and
     /// cached. A cache file that does not load is replaced.
     pub fn component(
@@ -36,7 +48,7 @@ impl ComponentCache {
         bytes: &[u8],
         digest: &str,
     ) -> Result<Component, PluginError> {
-        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_tag));
+        let path = self.path(digest);
         if path.exists() {
             match deserialize(&self.engine, &path) {
                 Ok(component) => return Ok(component),

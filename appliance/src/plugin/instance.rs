@@ -1,13 +1,28 @@
 //! One sandboxed plugin instance: its own `Store` with a WASI context that grants only what its
-//! config grants, a memory limiter, an epoch deadline per call, a captured stderr (a Rust
-//! guest's panic message lands there) and the host functions of `appliance:plugin/host`.
+//! config grants, a memory limiter over all of its memories, a deadline per call, a captured
+//! stderr (a Rust guest's panic message lands there) and the host functions of
+//! `appliance:plugin/host`.
+//!
+//! Calls are async. The epoch callback makes a running guest yield to the executor at every
+//! tick, so a busy plugin shares its thread, and traps it once its `timeout-ms` of ticks are
+//! spent; a timer around the call catches a guest that waits inside a host call instead (a WASI
+//! sleep). Records cross in borrowed form on the way in (lowered straight from the log's
+//! buffers, no copy on the host); the output is lifted into owned buffers that become the
+//! log's records without another copy. Output over [`MAX_OUTPUT_BYTES`] fails the call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use bytes::Bytes;
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentType, Func, HasSelf, Lift, Linker, Lower,
+    ResourceTable,
+};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::{EPOCH_TICK, Fault, Limits, PluginError, PluginKind, lock};
@@ -16,30 +31,101 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "appliance:plugin/transform",
+        exports: { default: async },
     });
 }
 
 use bindings::appliance::plugin::host::{Host, Level};
-pub use bindings::appliance::plugin::types::{BatchInfo, Header, Record, RecordError};
+pub use bindings::appliance::plugin::types::{BatchInfo, RecordError};
 
 pub type TransformPre = bindings::TransformPre<InstanceState>;
 
-const STDERR_CAPACITY: usize = 64 * 1024;
+/// Output of one call larger than this fails the call.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+/// The last this many bytes a plugin wrote to stderr are kept.
+const STDERR_KEPT: usize = 4096;
 /// How much of a trapped plugin's stderr goes into its status.
 const STDERR_IN_STATUS: usize = 1024;
 const MAX_LOG_MESSAGE: usize = 4096;
 const MAX_COUNTERS: usize = 64;
 const MAX_COUNTER_NAME: usize = 128;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Beyond `timeout-ms`, how long the timer around a call waits for the epoch deadline.
+const TIMER_GRACE: Duration = Duration::from_millis(500);
+const TRANSFORMER_EXPORT: &str = "appliance:plugin/transformer@0.1.0";
 /// The export names of the plugin worlds, as they appear in a component's type.
 const WORLD_EXPORTS: [(&str, PluginKind); 3] = [
-    ("appliance:plugin/transformer@0.1.0", PluginKind::Transform),
+    (TRANSFORMER_EXPORT, PluginKind::Transform),
     (
         "appliance:plugin/source-connector@0.1.0",
         PluginKind::Source,
     ),
     ("appliance:plugin/sink-connector@0.1.0", PluginKind::Sink),
 ];
+
+/// A record as the host holds it between the log and the plugins: byte fields share the
+/// buffers they were read into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: Option<Bytes>,
+    /// `None` is a tombstone.
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// The source offset the record descends from.
+    pub offset: i64,
+    /// Where a transform re-routed the record, if one did.
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Bytes,
+}
+
+/// `record` of the WIT types, lowered from borrowed host data.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct RecordIn<'a> {
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: Vec<HeaderIn<'a>>,
+    timestamp: i64,
+    offset: i64,
+    topic: Option<&'a str>,
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct HeaderIn<'a> {
+    key: &'a str,
+    value: &'a [u8],
+}
+
+/// `record` of the WIT types, lifted out of the plugin's memory. Lifting must finish within
+/// the call: the plugin frees the memory right after it.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct RecordOut {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<HeaderOut>,
+    timestamp: i64,
+    offset: i64,
+    topic: Option<String>,
+}
+
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct HeaderOut {
+    key: String,
+    value: Vec<u8>,
+}
+
+type ProcessParams<'a> = (&'a BatchInfo, &'a [RecordIn<'a>]);
+type ProcessResults = (Result<Vec<RecordOut>, RecordError>,);
 
 /// The counters an instance keeps through `counter-add`.
 #[derive(Debug, Default)]
@@ -51,23 +137,27 @@ impl InstanceCounters {
     }
 }
 
+/// Limits the total of all of an instance's memories.
 #[derive(Debug)]
 struct MemoryLimiter {
     max_bytes: usize,
+    total_bytes: usize,
     exceeded: bool,
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = self.total_bytes - current.min(self.total_bytes) + desired;
+        if total > self.max_bytes {
             self.exceeded = true;
             return Ok(false);
         }
+        self.total_bytes = total;
         Ok(true)
     }
 
@@ -81,12 +171,62 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// The end of what a plugin wrote to stderr; writes never fail, old bytes are dropped.
+#[derive(Debug, Clone, Default)]
+struct StderrTail(Arc<Mutex<VecDeque<u8>>>);
+
+impl StderrTail {
+    fn text(&self) -> String {
+        let kept = lock(&self.0);
+        let bytes: Vec<u8> = kept.iter().copied().collect();
+        String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(STDERR_IN_STATUS)..])
+            .trim()
+            .to_owned()
+    }
+}
+
+impl IsTerminal for StderrTail {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for StderrTail {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for StderrTail {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut kept = lock(&self.0);
+        kept.extend(&buf[buf.len().saturating_sub(STDERR_KEPT)..]);
+        let excess = kept.len().saturating_sub(STDERR_KEPT);
+        kept.drain(..excess);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The host side of one instance.
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
-    stderr: MemoryOutputPipe,
+    stderr: StderrTail,
+    /// Epoch ticks the call in progress may still run.
+    ticks_left: u64,
     plugin: Arc<str>,
     label: Arc<str>,
     counters: Arc<InstanceCounters>,
@@ -144,7 +284,7 @@ impl Host for InstanceState {
 /// store's context decides) and the appliance's host functions.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     bindings::Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
     Ok(linker)
 }
@@ -162,22 +302,34 @@ pub fn kind_of(engine: &Engine, component: &Component) -> Option<PluginKind> {
         .map(|(_, kind)| *kind)
 }
 
-/// Resolves a transform's imports and exports once, so each instance starts quickly.
+/// A transform resolved against the linker once, so each instance starts quickly.
+pub struct PreparedTransform {
+    pre: TransformPre,
+    process: ComponentExportIndex,
+}
+
+/// Resolves a transform's imports and exports once.
 pub fn pre_instantiate(
     linker: &Linker<InstanceState>,
     component: &Component,
-) -> Result<TransformPre, String> {
+) -> Result<PreparedTransform, String> {
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| format!("its imports cannot be satisfied: {e:#}"))?;
-    TransformPre::new(pre)
-        .map_err(|e| format!("its exports do not match the transform world: {e:#}"))
+    let pre = TransformPre::new(pre)
+        .map_err(|e| format!("its exports do not match the transform world: {e:#}"))?;
+    let process = component
+        .get_export_index(None, TRANSFORMER_EXPORT)
+        .and_then(|interface| component.get_export_index(Some(&interface), "process"))
+        .ok_or_else(|| format!("it does not export {TRANSFORMER_EXPORT}#process"))?;
+    Ok(PreparedTransform { pre, process })
 }
 
-/// A running transform instance. After a [`PluginError::Fault`] it must be dropped.
+/// A running transform instance. After a [`PluginError::Fault`] or
+/// [`PluginError::Contract`] it must be dropped.
 pub struct TransformInstance {
     store: Store<InstanceState>,
-    bindings: bindings::Transform,
+    process: Func,
     limits: Limits,
 }
 
@@ -190,110 +342,106 @@ impl std::fmt::Debug for TransformInstance {
     }
 }
 
+/// How a call ended when it did not return normally.
+enum CallError {
+    Wasm(wasmtime::Error),
+    TimerExpired,
+    Contract(String),
+}
+
+impl From<wasmtime::Error> for CallError {
+    fn from(error: wasmtime::Error) -> Self {
+        Self::Wasm(error)
+    }
+}
+
 impl TransformInstance {
     /// Instantiates and calls `init`. `config` may carry the host's keys `max-memory-mb`,
     /// `timeout-ms` and `wasi.*`, which are taken out before the plugin sees the rest.
-    pub(super) fn start(
+    pub(super) async fn start(
         engine: &Engine,
-        pre: &TransformPre,
+        prepared: &PreparedTransform,
         plugin: &str,
         label: &str,
         config: &[(String, String)],
         default_limits: Limits,
         counters: Arc<InstanceCounters>,
     ) -> Result<Self, PluginError> {
-        let grant_error = |key: &str, reason: String| PluginError::InvalidGrant {
-            plugin: plugin.to_owned(),
-            key: key.to_owned(),
-            reason,
-        };
-        let mut limits = default_limits;
-        let mut wasi = WasiCtxBuilder::new();
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let (limits, wasi, plugin_config) = sandbox(plugin, config, default_limits)?;
+        let stderr = StderrTail::default();
+        let mut wasi = wasi;
         wasi.stderr(stderr.clone());
-        let mut plugin_config = Vec::with_capacity(config.len());
-        for (key, value) in config {
-            match key.as_str() {
-                "max-memory-mb" => {
-                    limits.max_memory_mb =
-                        parse_limit(value, 1, 4096).map_err(|reason| grant_error(key, reason))?;
-                }
-                "timeout-ms" => {
-                    limits.timeout_ms = parse_limit(value, 1, 3_600_000)
-                        .map_err(|reason| grant_error(key, reason))?;
-                }
-                "wasi.dir" | "wasi.dir-rw" => {
-                    let (host, guest) = value.split_once(':').unwrap_or((value, value));
-                    let perms = if key == "wasi.dir" {
-                        FsPerms::ReadOnly
-                    } else {
-                        FsPerms::ReadWrite
-                    };
-                    wasi.preopened_dir(host, guest, perms)
-                        .map_err(|e| grant_error(key, format!("cannot open {host:?}: {e}")))?;
-                }
-                other => match other.strip_prefix("wasi.env.") {
-                    Some(name) if !name.is_empty() => {
-                        wasi.env(name, value);
-                    }
-                    _ if other.starts_with("wasi.") => {
-                        return Err(grant_error(
-                            key,
-                            "unknown capability; grants are wasi.dir, wasi.dir-rw and wasi.env.NAME"
-                                .to_owned(),
-                        ));
-                    }
-                    _ => plugin_config.push((key.clone(), value.clone())),
-                },
-            }
-        }
         let state = InstanceState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 max_bytes: usize::try_from(limits.max_memory_mb << 20).unwrap_or(usize::MAX),
+                total_bytes: 0,
                 exceeded: false,
             },
             stderr,
+            ticks_left: 0,
             plugin: plugin.into(),
             label: label.into(),
             counters,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
-        arm(&mut store, limits);
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|error| classify(&store, limits, error))?;
-        arm(&mut store, limits);
-        bindings
-            .appliance_plugin_transformer()
-            .call_init(&mut store, &plugin_config)
-            .map_err(|error| classify(&store, limits, error))?
-            .map_err(|message| PluginError::ConfigRejected {
-                plugin: plugin.to_owned(),
-                message,
-            })?;
+        store.epoch_deadline_callback(|mut context| {
+            let state = context.data_mut();
+            if state.ticks_left == 0 {
+                return Err(Trap::Interrupt.into());
+            }
+            state.ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let instantiated = guarded(&mut store, limits, async |store| {
+            let instance = prepared
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut *store)
+                .await?;
+            let bindings = bindings::Transform::new(&mut *store, &instance)?;
+            let process = instance
+                .get_func(&mut *store, prepared.process)
+                .ok_or_else(|| CallError::Contract("it has no process function".to_owned()))?;
+            let verdict = bindings
+                .appliance_plugin_transformer()
+                .call_init(&mut *store, &plugin_config)
+                .await?;
+            Ok((process, verdict))
+        })
+        .await;
+        let (process, verdict) = instantiated.map_err(|e| classify(&store, limits, e))?;
+        verdict.map_err(|message| PluginError::ConfigRejected {
+            plugin: plugin.to_owned(),
+            message,
+        })?;
         Ok(Self {
             store,
-            bindings,
+            process,
             limits,
         })
     }
 
     /// Transforms one batch. `Ok(Err(_))` is the plugin's verdict on one record; `Err(_)` is a
-    /// fault after which this instance must be dropped.
-    pub fn process(
+    /// fault or a broken contract, after which this instance must be dropped.
+    pub async fn process(
         &mut self,
         info: &BatchInfo,
         records: &[Record],
     ) -> Result<Result<Vec<Record>, RecordError>, PluginError> {
-        arm(&mut self.store, self.limits);
-        let result = self.bindings.appliance_plugin_transformer().call_process(
-            &mut self.store,
-            info,
-            records,
-        );
+        let inputs: Vec<RecordIn<'_>> = records.iter().map(record_in).collect();
+        let process = self.process;
+        let result = guarded(&mut self.store, self.limits, async |store| {
+            let typed = process.typed::<ProcessParams<'_>, ProcessResults>(&*store)?;
+            let (verdict,) = typed.call_async(&mut *store, (info, &inputs)).await?;
+            Ok(match verdict {
+                Ok(lifted) => Ok(into_records(lifted)?),
+                Err(rejection) => Err(rejection),
+            })
+        })
+        .await;
         result.map_err(|error| classify(&self.store, self.limits, error))
     }
 
@@ -302,46 +450,170 @@ impl TransformInstance {
     }
 }
 
-/// Gives the next call `timeout-ms` from now, in epoch ticks (rounded up, plus the tick in
-/// progress).
-fn arm(store: &mut Store<InstanceState>, limits: Limits) {
+/// Runs one call under the instance's deadline: `timeout-ms` of epoch ticks, and a timer for
+/// a guest that waits in the host instead of running.
+async fn guarded<R>(
+    store: &mut Store<InstanceState>,
+    limits: Limits,
+    call: impl AsyncFnOnce(&mut Store<InstanceState>) -> Result<R, CallError>,
+) -> Result<R, CallError> {
     let tick_ms = EPOCH_TICK.as_millis() as u64;
-    store.set_epoch_deadline(limits.timeout_ms.div_ceil(tick_ms) + 1);
+    let state = store.data_mut();
+    state.ticks_left = limits.timeout_ms.div_ceil(tick_ms);
+    state.limiter.exceeded = false;
+    store.set_epoch_deadline(1);
+    let timer = Duration::from_millis(limits.timeout_ms) + TIMER_GRACE;
+    match tokio::time::timeout(timer, call(store)).await {
+        Ok(result) => result,
+        Err(_) => Err(CallError::TimerExpired),
+    }
 }
 
-/// Names why a call failed: the memory limit, the deadline, or a trap (with the end of what
-/// the plugin wrote to stderr, where a Rust guest's panic message goes).
-fn classify(store: &Store<InstanceState>, limits: Limits, error: wasmtime::Error) -> PluginError {
-    let state = store.data();
-    let fault = if state.limiter.exceeded {
-        Fault::OutOfMemory {
-            limit_mb: limits.max_memory_mb,
-        }
-    } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        Fault::Timeout {
-            limit_ms: limits.timeout_ms,
-        }
-    } else {
-        let cause = match error.downcast_ref::<Trap>() {
-            Some(trap) => trap.to_string(),
-            None => format!("{error:#}"),
-        };
-        let stderr = state.stderr.contents();
-        let tail =
-            String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_IN_STATUS)..]);
-        let tail = tail.trim();
-        Fault::Trap {
-            message: if tail.is_empty() {
-                cause
-            } else {
-                format!("{cause}; plugin stderr: {tail}")
+fn record_in(record: &Record) -> RecordIn<'_> {
+    RecordIn {
+        key: record.key.as_deref(),
+        value: record.value.as_deref(),
+        headers: record
+            .headers
+            .iter()
+            .map(|h| HeaderIn {
+                key: &h.key,
+                value: &h.value,
+            })
+            .collect(),
+        timestamp: record.timestamp,
+        offset: record.offset,
+        topic: record.topic.as_deref(),
+    }
+}
+
+/// Turns a call's lifted output into host records, refusing more than [`MAX_OUTPUT_BYTES`].
+fn into_records(lifted: Vec<RecordOut>) -> Result<Vec<Record>, CallError> {
+    let total: usize = lifted
+        .iter()
+        .map(|r| {
+            r.key.as_ref().map_or(0, Vec::len)
+                + r.value.as_ref().map_or(0, Vec::len)
+                + r.topic.as_ref().map_or(0, String::len)
+                + r.headers
+                    .iter()
+                    .map(|h| h.key.len() + h.value.len())
+                    .sum::<usize>()
+        })
+        .sum();
+    if total > MAX_OUTPUT_BYTES {
+        return Err(CallError::Contract(format!(
+            "it returned {total} bytes for one batch; the limit is {} MiB",
+            MAX_OUTPUT_BYTES >> 20
+        )));
+    }
+    Ok(lifted
+        .into_iter()
+        .map(|r| Record {
+            key: r.key.map(Bytes::from),
+            value: r.value.map(Bytes::from),
+            headers: r
+                .headers
+                .into_iter()
+                .map(|h| Header {
+                    key: h.key,
+                    value: Bytes::from(h.value),
+                })
+                .collect(),
+            timestamp: r.timestamp,
+            offset: r.offset,
+            topic: r.topic,
+        })
+        .collect())
+}
+
+/// Splits the host's keys (limits and WASI grants) from the plugin's configuration.
+#[allow(clippy::type_complexity)]
+fn sandbox(
+    plugin: &str,
+    config: &[(String, String)],
+    default_limits: Limits,
+) -> Result<(Limits, WasiCtxBuilder, Vec<(String, String)>), PluginError> {
+    let grant_error = |key: &str, reason: String| PluginError::InvalidGrant {
+        plugin: plugin.to_owned(),
+        key: key.to_owned(),
+        reason,
+    };
+    let mut limits = default_limits;
+    let mut wasi = WasiCtxBuilder::new();
+    let mut plugin_config = Vec::with_capacity(config.len());
+    for (key, value) in config {
+        match key.as_str() {
+            "max-memory-mb" => {
+                limits.max_memory_mb =
+                    parse_limit(value, 1, 4096).map_err(|reason| grant_error(key, reason))?;
+            }
+            "timeout-ms" => {
+                limits.timeout_ms =
+                    parse_limit(value, 1, 3_600_000).map_err(|reason| grant_error(key, reason))?;
+            }
+            "wasi.dir" | "wasi.dir-rw" => {
+                let (host, guest) = value.split_once(':').unwrap_or((value, value));
+                let perms = if key == "wasi.dir" {
+                    FsPerms::ReadOnly
+                } else {
+                    FsPerms::ReadWrite
+                };
+                wasi.preopened_dir(host, guest, perms)
+                    .map_err(|e| grant_error(key, format!("cannot open {host:?}: {e}")))?;
+            }
+            other => match other.strip_prefix("wasi.env.") {
+                Some(name) if !name.is_empty() => {
+                    wasi.env(name, value);
+                }
+                _ if other.starts_with("wasi.") => {
+                    return Err(grant_error(
+                        key,
+                        "unknown capability; grants are wasi.dir, wasi.dir-rw and wasi.env.NAME"
+                            .to_owned(),
+                    ));
+                }
+                _ => plugin_config.push((key.clone(), value.clone())),
             },
         }
-    };
-    PluginError::Fault {
-        plugin: state.plugin.to_string(),
-        fault,
     }
+    Ok((limits, wasi, plugin_config))
+}
+
+/// Names why a call failed: the memory limit, the deadline, a broken contract, or a trap (with
+/// the end of what the plugin wrote to stderr, where a Rust guest's panic message goes).
+fn classify(store: &Store<InstanceState>, limits: Limits, error: CallError) -> PluginError {
+    let state = store.data();
+    let plugin = state.plugin.to_string();
+    let fault = match error {
+        CallError::Contract(detail) => return PluginError::Contract { plugin, detail },
+        CallError::TimerExpired => Fault::Timeout {
+            limit_ms: limits.timeout_ms,
+        },
+        CallError::Wasm(_) if state.limiter.exceeded => Fault::OutOfMemory {
+            limit_mb: limits.max_memory_mb,
+        },
+        CallError::Wasm(error) if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+            Fault::Timeout {
+                limit_ms: limits.timeout_ms,
+            }
+        }
+        CallError::Wasm(error) => {
+            let cause = match error.downcast_ref::<Trap>() {
+                Some(trap) => trap.to_string(),
+                None => format!("{error:#}"),
+            };
+            let tail = state.stderr.text();
+            Fault::Trap {
+                message: if tail.is_empty() {
+                    cause
+                } else {
+                    format!("{cause}; plugin stderr: {tail}")
+                },
+            }
+        }
+    };
+    PluginError::Fault { plugin, fault }
 }
 
 fn parse_limit(value: &str, min: u64, max: u64) -> Result<u64, String> {

@@ -6,14 +6,15 @@
 //! AddPlugin bytes -> validate + compile (cache/<sha256>-<engine>.cwasm) -> plugins/<sha256>.wasm
 //!                    -> meta "plugins" (name -> digest, kind)            (durable, then acked)
 //! pipeline -> Plugins::transform(name) -> Loaded (compiled once, pre-instantiated)
-//!          -> Plugins::instantiate(config, limits) -> TransformInstance (own Store, WASI ctx)
-//!          -> TransformInstance::process(batch) on a blocking thread, under an epoch deadline
+//!          -> Plugins::instantiate_transform(config, limits) -> TransformInstance (own Store,
+//!             WASI context) -> TransformInstance::process(batch), async, under a deadline
 //! ```
 //!
-//! A background task advances the engine's epoch every [`EPOCH_TICK`]; each call gets a
-//! deadline of its instance's `timeout-ms` in ticks. A trap, a missed deadline or memory growth
-//! past `max-memory-mb` ends that call with a [`Fault`] naming the plugin and the reason; the
-//! instance is then discarded, nothing else is affected.
+//! A background task advances the engine's epoch every [`EPOCH_TICK`]: at each tick a running
+//! guest yields to the executor, and once its `timeout-ms` of ticks are spent it traps. A trap,
+//! a missed deadline or memory growth past `max-memory-mb` ends that call with a [`Fault`]
+//! naming the plugin and the reason; the instance is then discarded, nothing else is affected.
+//! Adds and deletes are serialised, and a component is compiled at most once at a time.
 
 mod cache;
 mod instance;
@@ -165,7 +166,7 @@ pub fn validate_name(name: &str) -> Result<(), PluginError> {
 /// A compiled, pre-instantiated plugin.
 pub struct Loaded {
     pub info: PluginInfo,
-    pre: Option<instance::TransformPre>,
+    transform: Option<instance::PreparedTransform>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -189,6 +190,8 @@ struct Inner {
     cache: cache::ComponentCache,
     meta: Meta,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// Serialises add, delete and loading, so a name never maps to bytes it no longer has.
+    admin: tokio::sync::Mutex<()>,
     counters: Mutex<BTreeMap<(String, String), Arc<InstanceCounters>>>,
 }
 
@@ -202,11 +205,12 @@ impl std::fmt::Debug for Inner {
 
 impl Plugins {
     /// Sets up the engine and the stores under `data_dir` (`plugins/`, `plugin-cache/`), and
-    /// starts the epoch ticker, which stops with `shutdown`.
+    /// starts the epoch ticker. Cancel `ticker` only once no plugin runs any more: without
+    /// ticks a looping guest never yields.
     pub fn open(
         data_dir: &Path,
         meta: Meta,
-        shutdown: CancellationToken,
+        ticker: CancellationToken,
     ) -> Result<Self, PluginError> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
@@ -221,14 +225,14 @@ impl Plugins {
         let store_dir = data_dir.join("plugins");
         create_dir(&store_dir)?;
         let cache = cache::ComponentCache::open(&engine, data_dir.join("plugin-cache"))?;
-        let ticker = engine.clone();
+        let ticking = engine.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(EPOCH_TICK);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = interval.tick() => ticker.increment_epoch(),
+                    _ = ticker.cancelled() => return,
+                    _ = interval.tick() => ticking.increment_epoch(),
                 }
             }
         });
@@ -240,6 +244,7 @@ impl Plugins {
                 cache,
                 meta,
                 loaded: Mutex::new(HashMap::new()),
+                admin: tokio::sync::Mutex::new(()),
                 counters: Mutex::new(BTreeMap::new()),
             }),
         })
@@ -259,6 +264,7 @@ impl Plugins {
                 size: bytes.len(),
             });
         }
+        let _admin = self.inner.admin.lock().await;
         if self.stored(name)?.is_some() {
             return Err(PluginError::AlreadyExists {
                 name: name.to_owned(),
@@ -268,9 +274,10 @@ impl Plugins {
         let owned_name = name.to_owned();
         let loaded = tokio::task::spawn_blocking(move || {
             let digest = hex_digest(&bytes);
+            let loaded = this.load(&owned_name, &bytes, digest.clone(), false)?;
             let path = this.inner.store_dir.join(format!("{digest}.wasm"));
             write_durably(&path, &bytes)?;
-            this.load(&owned_name, &bytes, digest, false)
+            Ok::<_, PluginError>(loaded)
         })
         .await
         .map_err(|join| PluginError::InvalidComponent {
@@ -304,6 +311,7 @@ impl Plugins {
 
     /// Removes an added plugin. Whether something still uses it is the caller's question.
     pub async fn delete(&self, name: &str) -> Result<(), PluginError> {
+        let _admin = self.inner.admin.lock().await;
         if builtin(name).is_some() {
             return Err(PluginError::BuiltIn {
                 name: name.to_owned(),
@@ -325,12 +333,17 @@ impl Plugins {
             std::fs::remove_file(&path)
                 .or_else(ignore_missing)
                 .map_err(|source| PluginError::Io { path, source })?;
+            self.inner.cache.forget(&info.digest)?;
         }
         Ok(())
     }
 
     /// The plugin, compiled and pre-instantiated (from the on-disk cache when it is there).
     pub async fn get(&self, name: &str) -> Result<Arc<Loaded>, PluginError> {
+        if let Some(loaded) = lock(&self.inner.loaded).get(name) {
+            return Ok(loaded.clone());
+        }
+        let _admin = self.inner.admin.lock().await;
         if let Some(loaded) = lock(&self.inner.loaded).get(name) {
             return Ok(loaded.clone());
         }
@@ -349,31 +362,35 @@ impl Plugins {
     /// Starts an instance of a transform plugin and calls its `init` with `config`. Keys
     /// starting with `wasi.` grant capabilities and are not passed on (see
     /// docs/plugin-guide.md). `label` names the instance in logs and metrics.
-    pub fn instantiate_transform(
+    pub async fn instantiate_transform(
         &self,
         loaded: &Loaded,
         config: &[(String, String)],
         limits: Limits,
         label: &str,
     ) -> Result<TransformInstance, PluginError> {
-        let pre = loaded.pre.as_ref().ok_or_else(|| PluginError::WrongKind {
-            name: loaded.info.name.clone(),
-            actual: loaded.info.kind,
-            wanted: PluginKind::Transform,
-        })?;
+        let prepared = loaded
+            .transform
+            .as_ref()
+            .ok_or_else(|| PluginError::WrongKind {
+                name: loaded.info.name.clone(),
+                actual: loaded.info.kind,
+                wanted: PluginKind::Transform,
+            })?;
         let counters = lock(&self.inner.counters)
             .entry((loaded.info.name.clone(), label.to_owned()))
             .or_default()
             .clone();
         TransformInstance::start(
             &self.inner.engine,
-            pre,
+            prepared,
             &loaded.info.name,
             label,
             config,
             limits,
             counters,
         )
+        .await
     }
 
     /// Every instance's counters, for the metrics endpoint: (plugin, instance) -> counters.
@@ -421,7 +438,7 @@ impl Plugins {
                     .to_owned(),
             }
         })?;
-        let pre = match kind {
+        let transform = match kind {
             PluginKind::Transform => Some(
                 instance::pre_instantiate(&self.inner.linker, &component).map_err(|reason| {
                     PluginError::InvalidComponent {
@@ -440,7 +457,7 @@ impl Plugins {
                 size: bytes.len() as u64,
                 builtin,
             },
-            pre,
+            transform,
         }))
     }
 }
@@ -476,18 +493,18 @@ fn create_dir(dir: &Path) -> Result<(), PluginError> {
     })
 }
 
-/// Writes a file under a temporary name, fsyncs it and renames it into place, so a crash
-/// leaves either no file or the whole file.
+/// Writes a file under a temporary name of its own, fsyncs it and renames it into place, so a
+/// crash or a concurrent writer of the same file leaves either no file or a whole one.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
     let io = |source| PluginError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let partial = path.with_extension("partial");
-    let mut file = std::fs::File::create(&partial).map_err(io)?;
-    std::io::Write::write_all(&mut file, bytes).map_err(io)?;
-    file.sync_data().map_err(io)?;
-    std::fs::rename(&partial, path).map_err(io)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut partial = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    std::io::Write::write_all(&mut partial, bytes).map_err(io)?;
+    partial.as_file().sync_data().map_err(io)?;
+    partial.persist(path).map_err(|e| io(e.error))?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

@@ -32,7 +32,7 @@ fn info() -> BatchInfo {
 fn record(offset: i64, value: &str) -> Record {
     Record {
         key: None,
-        value: Some(value.as_bytes().to_vec()),
+        value: Some(bytes::Bytes::copy_from_slice(value.as_bytes())),
         headers: Vec::new(),
         timestamp: 0,
         offset,
@@ -53,9 +53,11 @@ async fn a_builtin_filter_runs_and_is_cached_on_disk() {
             Limits::default(),
             "p/0",
         )
+        .await
         .unwrap();
     let out = instance
         .process(&info(), &[record(7, r#"{"t":1}"#), record(8, r#"{"t":9}"#)])
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(out.len(), 1);
@@ -71,6 +73,7 @@ async fn a_builtin_filter_runs_and_is_cached_on_disk() {
             Limits::default(),
             "p/1",
         )
+        .await
         .unwrap_err();
     assert!(
         rejected
@@ -117,9 +120,11 @@ async fn added_plugins_survive_a_restart_and_bad_bytes_are_refused() {
     let upper = plugins.get("upper").await.unwrap();
     let mut instance = plugins
         .instantiate_transform(&upper, &config(&[("field", "s")]), Limits::default(), "p/0")
+        .await
         .unwrap();
     let out = instance
         .process(&info(), &[record(0, r#"{"s":"abc"}"#)])
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(out[0].value.as_deref(), Some(&br#"{"s":"ABC"}"#[..]));
@@ -142,10 +147,12 @@ async fn fault(mode: &str, limits: Limits) -> PluginError {
     let loaded = plugins.get("faulty").await.unwrap();
     let mut instance = plugins
         .instantiate_transform(&loaded, &config(&[("mode", mode)]), limits, "p/0")
-        .unwrap();
-    tokio::task::spawn_blocking(move || instance.process(&info(), &[record(0, "x")]).unwrap_err())
         .await
-        .unwrap()
+        .unwrap();
+    instance
+        .process(&info(), &[record(0, "x")])
+        .await
+        .unwrap_err()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,6 +168,8 @@ async fn traps_loops_and_runaway_memory_end_the_call_with_a_reason() {
     );
     let timeout = fault("loop", limits).await.to_string();
     assert!(timeout.contains("limit of 200 ms"), "{timeout}");
+    let sleep = fault("sleep", limits).await.to_string();
+    assert!(sleep.contains("limit of 200 ms"), "{sleep}");
     let memory = fault("allocate", limits).await.to_string();
     assert!(memory.contains("memory limit of 16 MiB"), "{memory}");
 }
@@ -178,6 +187,7 @@ async fn grants_and_limits_are_host_keys_the_plugin_never_sees() {
     ]);
     plugins
         .instantiate_transform(&filter, &keys, Limits::default(), "p/0")
+        .await
         .unwrap();
     let error = plugins
         .instantiate_transform(
@@ -186,6 +196,7 @@ async fn grants_and_limits_are_host_keys_the_plugin_never_sees() {
             Limits::default(),
             "p/0",
         )
+        .await
         .unwrap_err();
     assert!(error.to_string().contains("unknown capability"), "{error}");
     let error = plugins
@@ -195,6 +206,7 @@ async fn grants_and_limits_are_host_keys_the_plugin_never_sees() {
             Limits::default(),
             "p/0",
         )
+        .await
         .unwrap_err();
     assert!(error.to_string().contains("timeout-ms"), "{error}");
 }
@@ -207,11 +219,11 @@ async fn every_builtin_runs_in_the_sandbox() {
     let plugins = open(dir.path());
     let value = r#"{"id":7,"user":{"name":"ann","card":"1234"},"ts":86400000,"temp":"21.5"}"#;
     let input = Record {
-        key: Some(br#"{"k":1}"#.to_vec()),
-        value: Some(value.as_bytes().to_vec()),
+        key: Some(bytes::Bytes::from_static(br#"{"k":1}"#)),
+        value: Some(bytes::Bytes::copy_from_slice(value.as_bytes())),
         headers: vec![Header {
             key: "trace".into(),
-            value: b"abc".to_vec(),
+            value: bytes::Bytes::from_static(b"abc"),
         }],
         timestamp: 1_700_000_000_000,
         offset: 42,
@@ -220,7 +232,11 @@ async fn every_builtin_runs_in_the_sandbox() {
     let json = |r: &Record| -> serde_json::Value {
         serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()
     };
-    type Case = (&'static str, Vec<(&'static str, &'static str)>, Box<dyn Fn(&Record)>);
+    type Case = (
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        Box<dyn Fn(&Record)>,
+    );
     let cases: Vec<Case> = vec![
         (
             "filter",
@@ -306,7 +322,7 @@ async fn every_builtin_runs_in_the_sandbox() {
                 assert!(
                     r.headers
                         .iter()
-                        .any(|h| h.key == "origin" && h.value == b"edge-1")
+                        .any(|h| h.key == "origin" && h.value == b"edge-1"[..])
                 )
             }),
         ),
@@ -326,7 +342,7 @@ async fn every_builtin_runs_in_the_sandbox() {
                 assert!(
                     r.headers
                         .iter()
-                        .any(|h| h.key == "who" && h.value == b"ann")
+                        .any(|h| h.key == "who" && h.value == b"ann"[..])
                 )
             }),
         ),
@@ -347,9 +363,11 @@ async fn every_builtin_runs_in_the_sandbox() {
         let loaded = plugins.get(name).await.unwrap();
         let mut instance = plugins
             .instantiate_transform(&loaded, &config(&pairs), Limits::default(), "smoke")
+            .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let out = instance
             .process(&info(), std::slice::from_ref(&input))
+            .await
             .unwrap()
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         if name == "filter" {

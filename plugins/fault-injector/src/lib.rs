@@ -16,6 +16,7 @@ pub struct FaultInjector {
 enum Mode {
     Trap,
     Loop,
+    Sleep,
     Allocate,
     Poison,
 }
@@ -23,9 +24,13 @@ enum Mode {
 impl Transform for FaultInjector {
     fn init(config: Config) -> Result<Self, String> {
         config.only(&["mode"])?;
-        let mode = match config.require("mode", "trap, loop, allocate, reject-config or poison")? {
+        let mode = match config.require(
+            "mode",
+            "trap, loop, sleep, allocate, reject-config or poison",
+        )? {
             "trap" => Mode::Trap,
             "loop" => Mode::Loop,
+            "sleep" => Mode::Sleep,
             "allocate" => Mode::Allocate,
             "poison" => Mode::Poison,
             "reject-config" => return Err("this configuration is rejected on purpose".into()),
@@ -43,6 +48,10 @@ impl Transform for FaultInjector {
             Mode::Loop => loop {
                 std::hint::spin_loop();
             },
+            Mode::Sleep => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(Some(record))
+            }
             Mode::Allocate => loop {
                 self.hoard.push(vec![1; 1 << 20]);
             },

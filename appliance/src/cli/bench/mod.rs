@@ -4,10 +4,13 @@
 //! - `bench log`: the disk's bandwidth with fdatasync, durable appends, reads (`log.rs`).
 //! - `bench grpc`: produce, fetch and subscribe over the gRPC API on loopback, beside the
 //!   log's own figures and, when `nats-server` is installed, NATS JetStream (`grpc.rs`).
+//! - `bench pipeline`: pipelines with built-in WebAssembly transforms, the same transforms
+//!   compiled natively, and the cost of a call into the sandbox (`pipeline.rs`).
 
 mod grpc;
 mod log;
 mod nats;
+mod pipeline;
 
 use std::path::Path;
 
@@ -23,6 +26,8 @@ pub enum BenchCommand {
     Log(log::LogBenchArgs),
     /// gRPC produce, fetch and subscribe on loopback, beside the log and NATS JetStream.
     Grpc(grpc::GrpcBenchArgs),
+    /// Pipelines with the built-in filter and mask-field, beside native builds of both.
+    Pipeline(pipeline::PipelineBenchArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -30,6 +35,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log(args) => runtime.block_on(log::log_bench(args)),
         BenchCommand::Grpc(args) => runtime.block_on(grpc::grpc_bench(args)),
+        BenchCommand::Pipeline(args) => runtime.block_on(pipeline::pipeline_bench(args)),
     }
 }
 

@@ -1,0 +1,408 @@
+//! `appliance bench pipeline`: records through pipelines with the built-in `filter` and
+//! `mask-field` on 200-byte JSON records, the same transforms compiled natively and run in this
+//! process, and the per-call cost of crossing into the sandbox, all in one run.
+//!
+//! Three measurements:
+//! 1. Pipelines end to end (read, transform in WebAssembly, append durably): records per second
+//!    of wall time and per CPU-second of the whole process (every thread: reader, plugin
+//!    thread, log writer), beside a pipeline with no transform, which only copies.
+//! 2. The transform step alone on one thread, on batches of 1000 decoded records: the plugin
+//!    in its sandbox against the same crate compiled natively (`transform-filter`,
+//!    `transform-mask-field` as ordinary dependencies), both starting from the host's records.
+//! 3. Per-call overhead: a filter on a header no record has (no JSON work) at batch sizes 1,
+//!    100 and 1000.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::{log::disk_baseline, scratch_dir};
+use crate::log::{
+    Compression, Log, LogConfig, PartitionId, Record, Timestamp, TopicConfig, TopicName,
+};
+use crate::meta::Meta;
+use crate::pipeline::{ErrorPolicy, NewPipeline, Pipelines, TransformSpec};
+use crate::plugin::{self, BatchInfo, Limits, Plugins};
+
+#[derive(Debug, Args)]
+pub struct PipelineBenchArgs {
+    /// Directory to measure in (a temporary directory is made inside it and removed after).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Source records for each pipeline case.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Seconds each in-process transform case runs.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// End with one JSON object holding every figure on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+const RECORD_BYTES: usize = 200;
+const BATCH: usize = 1000;
+const FILTER: &[(&str, &str)] = &[("field", "temp"), ("greater-than", "30")];
+const MASK: &[(&str, &str)] = &[("fields", "card|sensor")];
+
+#[derive(Debug, serde::Serialize)]
+struct PipelineFigures {
+    case: &'static str,
+    records_s: f64,
+    records_per_cpu_s: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct StepFigures {
+    transform: &'static str,
+    wasm_records_s: f64,
+    native_records_s: f64,
+    wasm_over_native: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct CallFigures {
+    batch: usize,
+    wasm_us_per_call: f64,
+    native_us_per_call: f64,
+}
+
+pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.records >= BATCH, "--records must be at least {BATCH}");
+    anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
+    let scratch = scratch_dir(&args.dir)?;
+    let disk = disk_baseline(scratch.path(), 1, Duration::from_secs(1))?;
+    println!(
+        "pipeline bench: {} JSON records of {RECORD_BYTES} B, 1 partition, durable appends; {} cores",
+        args.records,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("disk (fdatasync per 4 MiB): {disk:.0} MB/s");
+
+    let shutdown = CancellationToken::new();
+    let meta = Meta::open(&scratch.path().join("meta"))?;
+    let log = Log::open(LogConfig::new(scratch.path().to_path_buf()), meta.clone()).await?;
+    let plugins = Plugins::open(scratch.path(), meta.clone(), shutdown.clone())?;
+    let pipelines = Pipelines::open(
+        log.clone(),
+        meta,
+        plugins.clone(),
+        Limits::default(),
+        shutdown.clone(),
+    )
+    .await?;
+    let source = TopicName::new("bench-source")?;
+    log.create_topic(source.clone(), TopicConfig::default())
+        .await?;
+    fill(&log, &source, args.records).await?;
+
+    println!();
+    println!("1. pipelines end to end (source -> plugin in its sandbox -> durable append)");
+    println!("{:<22} {:>12} {:>16}", "case", "records/s", "records/CPU-s");
+    let mut pipeline_figures = Vec::new();
+    for (case, transforms) in [
+        ("copy (no transform)", vec![]),
+        ("filter", vec![spec("filter", FILTER)]),
+        ("mask-field", vec![spec("mask-field", MASK)]),
+    ] {
+        let figures = pipeline_case(&pipelines, &source, case, transforms, args.records).await?;
+        println!(
+            "{:<22} {:>12.0} {:>16.0}",
+            figures.case, figures.records_s, figures.records_per_cpu_s
+        );
+        pipeline_figures.push(figures);
+    }
+    pipelines.stop_all().await;
+
+    println!();
+    println!("2. the transform step alone, one thread, batches of {BATCH}");
+    println!(
+        "{:<12} {:>14} {:>16} {:>12}",
+        "transform", "wasm rec/s", "native rec/s", "wasm/native"
+    );
+    let batch = host_records(BATCH);
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut step_figures = Vec::new();
+    for transform in ["filter", "mask-field"] {
+        let config = if transform == "filter" { FILTER } else { MASK };
+        let mut wasm = instance(&plugins, transform, config).await?;
+        let wasm_rate = rate(duration, BATCH, async || wasm_call(&mut wasm, &batch).await).await?;
+        let mut native = Native::new(transform, config)?;
+        let native_rate = rate(duration, BATCH, async || native.call(&batch)).await?;
+        let figures = StepFigures {
+            transform,
+            wasm_records_s: wasm_rate,
+            native_records_s: native_rate,
+            wasm_over_native: native_rate / wasm_rate,
+        };
+        println!(
+            "{:<12} {:>14.0} {:>16.0} {:>11.2}x",
+            figures.transform,
+            figures.wasm_records_s,
+            figures.native_records_s,
+            figures.wasm_over_native
+        );
+        step_figures.push(figures);
+    }
+
+    println!();
+    println!("3. per-call overhead: filter on a header no record has (no JSON work)");
+    println!(
+        "{:>6} {:>14} {:>16} {:>16}",
+        "batch", "wasm us/call", "wasm ns/record", "native us/call"
+    );
+    let header_filter: &[(&str, &str)] = &[("header", "absent")];
+    let mut wasm = instance(&plugins, "filter", header_filter).await?;
+    let mut native = Native::new("filter", header_filter)?;
+    let mut call_figures = Vec::new();
+    for size in [1, 100, 1000] {
+        let records = host_records(size);
+        let wasm_rate = rate(duration / 2, size, async || {
+            wasm_call(&mut wasm, &records).await
+        })
+        .await?;
+        let native_rate = rate(duration / 2, size, async || native.call(&records)).await?;
+        let figures = CallFigures {
+            batch: size,
+            wasm_us_per_call: size as f64 / wasm_rate * 1e6,
+            native_us_per_call: size as f64 / native_rate * 1e6,
+        };
+        println!(
+            "{:>6} {:>14.2} {:>16.0} {:>16.2}",
+            size,
+            figures.wasm_us_per_call,
+            figures.wasm_us_per_call * 1000.0 / size as f64,
+            figures.native_us_per_call
+        );
+        call_figures.push(figures);
+    }
+    shutdown.cancel();
+    log.close().await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "disk_mb_s": disk,
+                "pipelines": pipeline_figures,
+                "transform_step": step_figures,
+                "per_call": call_figures,
+            })
+        );
+    }
+    Ok(())
+}
+
+fn spec(plugin: &str, config: &[(&str, &str)]) -> TransformSpec {
+    TransformSpec {
+        plugin: plugin.to_owned(),
+        config: pairs(config),
+    }
+}
+
+fn pairs(config: &[(&str, &str)]) -> Vec<(String, String)> {
+    config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A 200-byte JSON reading; `temp` spreads over 0..50, so the filter drops about 40%.
+fn json_record(seq: usize) -> String {
+    let mut text = format!(
+        r#"{{"sensor":"sensor-{:07}","site":"plant-{}","temp":{:.2},"humidity":{:.1},"status":"ok","card":"4111-1111-1111-{:04}","seq":{seq},"note":""#,
+        seq % 10_000_000,
+        seq % 7,
+        (seq * 37 % 5000) as f64 / 100.0,
+        (seq * 13 % 1000) as f64 / 10.0,
+        seq % 10_000,
+    );
+    while text.len() < RECORD_BYTES - 2 {
+        text.push('.');
+    }
+    text.push_str(r#""}"#);
+    text
+}
+
+async fn fill(log: &Log, topic: &TopicName, count: usize) -> anyhow::Result<()> {
+    let mut seq = 0;
+    while seq < count {
+        let records: Vec<Record> = (seq..(seq + BATCH).min(count))
+            .map(|n| Record {
+                key: None,
+                value: Some(Bytes::from(json_record(n))),
+                headers: Vec::new(),
+                timestamp: Timestamp::now(),
+            })
+            .collect();
+        seq += records.len();
+        let batch = crate::log::encode(&records, Compression::None)?;
+        log.append(topic, PartitionId(0), batch).await?;
+    }
+    Ok(())
+}
+
+async fn pipeline_case(
+    pipelines: &Pipelines,
+    source: &TopicName,
+    case: &'static str,
+    transforms: Vec<TransformSpec>,
+    records: usize,
+) -> anyhow::Result<PipelineFigures> {
+    let name = format!("bench-{}", case.split(' ').next().unwrap_or("case"));
+    let cpu_before = cpu_seconds()?;
+    let started = Instant::now();
+    pipelines
+        .create(NewPipeline {
+            name: name.clone(),
+            from: source.clone(),
+            to: TopicName::new(format!("{name}-out"))?,
+            transforms,
+            errors: ErrorPolicy::Fail,
+            dlq_topic: None,
+        })
+        .await?;
+    loop {
+        let status = pipelines.get(&name).await?;
+        let partition = status.partitions.first().context("no partition")?;
+        if let crate::pipeline::PartitionState::Failed { reason } = &partition.state {
+            anyhow::bail!("pipeline {name} failed: {reason}");
+        }
+        if partition.next_offset as usize >= records {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()? - cpu_before;
+    pipelines.delete(&name).await?;
+    Ok(PipelineFigures {
+        case,
+        records_s: records as f64 / elapsed,
+        records_per_cpu_s: records as f64 / cpu,
+    })
+}
+
+/// User plus system CPU time of the whole process so far.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
+}
+
+fn host_records(count: usize) -> Vec<plugin::Record> {
+    (0..count)
+        .map(|n| plugin::Record {
+            key: None,
+            value: Some(Bytes::from(json_record(n))),
+            headers: Vec::new(),
+            timestamp: 1_700_000_000_000,
+            offset: n as i64,
+            topic: None,
+        })
+        .collect()
+}
+
+fn info() -> BatchInfo {
+    BatchInfo {
+        topic: "bench-source".into(),
+        partition: 0,
+    }
+}
+
+async fn instance(
+    plugins: &Plugins,
+    name: &str,
+    config: &[(&str, &str)],
+) -> anyhow::Result<plugin::TransformInstance> {
+    let loaded = plugins.get(name).await?;
+    Ok(plugins
+        .instantiate_transform(&loaded, &pairs(config), Limits::default(), "bench")
+        .await?)
+}
+
+async fn wasm_call(
+    instance: &mut plugin::TransformInstance,
+    records: &[plugin::Record],
+) -> anyhow::Result<usize> {
+    let out = instance
+        .process(&info(), records)
+        .await?
+        .map_err(|e| anyhow::anyhow!("record {} rejected: {}", e.index, e.message))?;
+    Ok(out.len())
+}
+
+/// Records per second of `call`, each call handling `per_call` records, run for `duration`.
+async fn rate(
+    duration: Duration,
+    per_call: usize,
+    mut call: impl AsyncFnMut() -> anyhow::Result<usize>,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut calls = 0u64;
+    while started.elapsed() < duration || calls == 0 {
+        std::hint::black_box(call().await?);
+        calls += 1;
+    }
+    Ok(calls as f64 * per_call as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The same transform crates compiled into this binary: the native baseline.
+enum Native {
+    Filter(transform_filter::Filter),
+    MaskField(transform_mask_field::MaskField),
+}
+
+impl Native {
+    fn new(name: &str, config: &[(&str, &str)]) -> anyhow::Result<Self> {
+        use appliance_sdk::Transform;
+        let config: appliance_sdk::Config = config.iter().copied().collect();
+        let native = match name {
+            "filter" => {
+                Self::Filter(transform_filter::Filter::init(config).map_err(anyhow::Error::msg)?)
+            }
+            "mask-field" => Self::MaskField(
+                transform_mask_field::MaskField::init(config).map_err(anyhow::Error::msg)?,
+            ),
+            other => anyhow::bail!("no native build of {other}"),
+        };
+        Ok(native)
+    }
+
+    /// Copies the host's records into the SDK's (as lowering copies them into the sandbox)
+    /// and transforms them.
+    fn call(&mut self, records: &[plugin::Record]) -> anyhow::Result<usize> {
+        use appliance_sdk::Transform;
+        let info = appliance_sdk::BatchInfo {
+            topic: "bench-source".into(),
+            partition: 0,
+        };
+        let batch: Vec<appliance_sdk::Record> = records
+            .iter()
+            .map(|r| appliance_sdk::Record {
+                key: r.key.as_ref().map(|k| k.to_vec()),
+                value: r.value.as_ref().map(|v| v.to_vec()),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|h| appliance_sdk::Header {
+                        key: h.key.clone(),
+                        value: h.value.to_vec(),
+                    })
+                    .collect(),
+                timestamp: r.timestamp,
+                offset: r.offset,
+                topic: r.topic.clone(),
+            })
+            .collect();
+        let out = match self {
+            Self::Filter(filter) => filter.process(&info, batch),
+            Self::MaskField(mask) => mask.process(&info, batch),
+        }
+        .map_err(|e| anyhow::anyhow!("record {} rejected: {}", e.index, e.message))?;
+        Ok(out.len())
+    }
+}
