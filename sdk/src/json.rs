@@ -1,6 +1,9 @@
 //! JSON values addressed by dotted paths (`payload.sensor.id`), as Kafka Connect's SMTs
 //! address nested fields.
 
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 pub use crate::record::{parse_json, to_json_bytes};
@@ -50,6 +53,110 @@ pub fn remove(value: &mut Value, path: &str) -> Option<Value> {
     }
 }
 
+/// The field at `path` of the JSON document `bytes`, read without building the rest of the
+/// document and without reading past the field: for a transform that only tests one field (a
+/// filter, a router), several times faster than parsing the whole value. `Ok(None)` when a
+/// step is missing or not an object (which takes reading the whole document); an error when
+/// `bytes` stop being JSON before the field is found. What follows the field is not checked.
+pub fn lookup(bytes: &[u8], path: &str) -> Result<Option<Value>, String> {
+    let mut found = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let outcome = PathSeed {
+        path,
+        found: &mut found,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|()| deserializer.end());
+    match outcome {
+        Ok(()) => Ok(None),
+        // Once the field is found nothing else is parsed, so the error is the stop signal.
+        Err(_) if found.is_some() => Ok(found),
+        Err(error) => Err(format!("not JSON: {error}")),
+    }
+}
+
+/// The error that stops parsing once the field is found (serde has no other way out).
+const FOUND: &str = "appliance-sdk: field found";
+
+/// Finds `path` in the value being deserialized, skipping everything before it.
+struct PathSeed<'p, 'f> {
+    path: &'p str,
+    found: &'f mut Option<Value>,
+}
+
+impl<'de> DeserializeSeed<'de> for PathSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PathSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let (name, rest) = match self.path.split_once('.') {
+            Some((name, rest)) => (name, Some(rest)),
+            None => (self.path, None),
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != name {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            match rest {
+                Some(rest) => map.next_value_seed(PathSeed {
+                    path: rest,
+                    found: &mut *self.found,
+                })?,
+                None => *self.found = Some(map.next_value::<Value>()?),
+            }
+            if self.found.is_some() {
+                return Err(serde::de::Error::custom(FOUND));
+            }
+            // The first field of that name was not an object holding the rest of the path;
+            // like `get`, do not look further.
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
 /// A JSON value as the text a header, key or route carries: strings without quotes.
 pub fn to_plain_string(value: &Value) -> String {
     match value {
@@ -75,5 +182,26 @@ mod tests {
         assert_eq!(remove(&mut v, "a.b"), Some(json!(1)));
         assert_eq!(to_plain_string(&json!("s")), "s");
         assert_eq!(to_plain_string(&json!(2)), "2");
+    }
+
+    #[test]
+    fn lookup_finds_a_field_without_building_the_document() {
+        let doc = br#"{"a":{"b":[1,{"c":2}],"s":"x"},"n":null,"t":3.5}"#;
+        assert_eq!(lookup(doc, "t"), Ok(Some(json!(3.5))));
+        assert_eq!(lookup(doc, "a.s"), Ok(Some(json!("x"))));
+        assert_eq!(lookup(doc, "a.b"), Ok(Some(json!([1, {"c": 2}]))));
+        assert_eq!(lookup(doc, "n"), Ok(Some(Value::Null)));
+        assert_eq!(lookup(doc, "a.b.c"), Ok(None));
+        assert_eq!(lookup(doc, "missing"), Ok(None));
+        assert_eq!(lookup(b"[1,2]", "a"), Ok(None));
+        assert!(lookup(br#"{"x":tru,"a":1}"#, "a").is_err());
+        assert!(lookup(br#"{"a":1"#, "b").is_err());
+        assert!(lookup(br#"{"b":1} trailing"#, "a").is_err());
+        assert_eq!(
+            lookup(br#"{"a":1,"z":tru"#, "a"),
+            Ok(Some(json!(1))),
+            "nothing after the field is read"
+        );
+        assert_eq!(lookup(br#"{"a":5,"a":{"b":1}}"#, "a.b"), Ok(None));
     }
 }

@@ -1,8 +1,8 @@
 //! The task that runs one source partition of a pipeline: read, transform, route, append,
-//! record progress. The appends of one batch are in flight while the next batch is read and
-//! transformed; its progress is recorded once they are durable.
+//! record progress. The appends of a few batches are in flight while the next batch is read
+//! and transformed; a batch's progress is recorded, in order, once its appends are durable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ use crate::plugin::{self, BatchInfo, Limits, Plugins};
 
 /// How much of the source one batch reads.
 const READ_BYTES: usize = 1 << 20;
+/// Source batches whose appends may be in flight at once: the next batches are transformed
+/// while earlier ones wait for their fsync.
+const MAX_IN_FLIGHT: usize = 4;
 const READ_WAIT: Duration = Duration::from_millis(500);
 /// Output batches are cut well below the destination's `max-message-bytes`.
 const OUTPUT_BATCH_SHARE: usize = 2;
@@ -161,7 +164,7 @@ struct Worker<'t> {
 impl Worker<'_> {
     async fn run(&mut self, source: &log::Partition) -> Result<(), String> {
         let task = self.task;
-        let mut in_flight: Option<InFlight> = None;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         self.skip_deleted(source);
         let mut next = self.progress.next;
         task.status.update(|s| {
@@ -175,9 +178,7 @@ impl Worker<'_> {
             };
             let chunk = match read {
                 Err(LogError::OffsetOutOfRange { log_start, .. }) if Offset(next) < log_start => {
-                    if let Some(done) = in_flight.take() {
-                        self.finish(done).await?;
-                    }
+                    self.finish_all(&mut in_flight).await?;
                     self.skip_deleted(source);
                     next = self.progress.next;
                     continue;
@@ -187,9 +188,7 @@ impl Worker<'_> {
             task.status
                 .update(|s| s.high_watermark = chunk.high_watermark.0);
             if chunk.batches.is_empty() {
-                if let Some(done) = in_flight.take() {
-                    self.finish(done).await?;
-                }
+                self.finish_all(&mut in_flight).await?;
                 self.settle_ends().map_err(|e| e.to_string())?;
                 continue;
             }
@@ -205,18 +204,24 @@ impl Worker<'_> {
             let range = (first.offset.0, last.offset.0);
             let output = self.transform(&records).await.map_err(|f| f.to_string())?;
             let (appends, records_out) = self.append(&records, range, output).await?;
-            if let Some(done) = in_flight.take() {
-                self.finish(done).await?;
-            }
-            in_flight = Some(InFlight {
+            in_flight.push_back(InFlight {
                 appends,
                 next: range.1 + 1,
                 records_out,
             });
+            if in_flight.len() > MAX_IN_FLIGHT
+                && let Some(done) = in_flight.pop_front()
+            {
+                self.finish(done).await?;
+            }
             task.status.update(|s| s.records_in += records.len() as u64);
             next = range.1 + 1;
         }
-        if let Some(done) = in_flight.take() {
+        self.finish_all(&mut in_flight).await
+    }
+
+    async fn finish_all(&mut self, in_flight: &mut VecDeque<InFlight>) -> Result<(), String> {
+        while let Some(done) = in_flight.pop_front() {
             self.finish(done).await?;
         }
         Ok(())
@@ -259,10 +264,15 @@ impl Worker<'_> {
             records,
             mut rejected,
         } = output;
-        let mut resolved = Vec::with_capacity(records.len());
+        // Output by topic (`None`: the pipeline's destination), each in source order.
+        let mut by_topic: HashMap<Option<TopicName>, Vec<(i64, log::Record)>> = HashMap::new();
+        let mut max_bytes: HashMap<Option<TopicName>, usize> = HashMap::new();
         for record in records {
-            match self.check_output(&record) {
-                Ok(topic) => resolved.push((topic, record)),
+            match self.check_output(&record, &mut max_bytes) {
+                Ok(topic) => by_topic
+                    .entry(topic)
+                    .or_default()
+                    .push((record.offset, to_log_record(record))),
                 Err(message) => rejected.push(Rejection {
                     offset: record.offset,
                     plugin: "(routing)".to_owned(),
@@ -277,19 +287,21 @@ impl Worker<'_> {
         }
         let mut routed: Routed = BTreeMap::new();
         let mut partitions_of: HashMap<TopicName, u32> = HashMap::new();
-        for (topic, record) in resolved {
-            if rejected.iter().any(|r| r.offset == record.offset) {
-                continue;
+        for (topic, mut entries) in by_topic {
+            if !rejected.is_empty() {
+                entries.retain(|(offset, _)| rejected.iter().all(|r| r.offset != *offset));
             }
+            let topic = topic.unwrap_or_else(|| task.spec.to.clone());
             let destination = destination_partition(task, &mut partitions_of, topic)
                 .await
                 .map_err(|e| e.to_string())?;
-            routed
-                .entry(destination)
-                .or_default()
-                .push((record.offset, to_log_record(record)));
+            routed.entry(destination).or_default().extend(entries);
         }
         route_rejections(task, source, &rejected, &mut routed, &mut partitions_of).await?;
+        for entries in routed.values_mut() {
+            // Stable, and linear on the runs that are already in order.
+            entries.sort_by_key(|(offset, _)| *offset);
+        }
         let mut appends: Vec<Pending> = Vec::new();
         let mut submitted = 0;
         for (destination, mut entries) in routed {
@@ -404,15 +416,15 @@ impl Worker<'_> {
             .map_err(|e| e.to_string())
     }
 
-    /// The topic an output record goes to, or why it cannot be written.
-    fn check_output(&self, record: &plugin::Record) -> Result<TopicName, String> {
-        let size = record_size(
-            record.key.as_ref(),
-            record.value.as_ref(),
-            record.headers.iter().map(|h| (&h.key, Some(&h.value))),
-        );
+    /// The topic an output record goes to (`None`: the pipeline's destination), or why it
+    /// cannot be written. `max_bytes` caches each topic's batch limit for the batch.
+    fn check_output(
+        &self,
+        record: &plugin::Record,
+        max_bytes: &mut HashMap<Option<TopicName>, usize>,
+    ) -> Result<Option<TopicName>, String> {
         let topic = match &record.topic {
-            None => self.task.spec.to.clone(),
+            None => None,
             Some(routed) => {
                 let topic = TopicName::new(routed.as_str())
                     .map_err(|e| format!("routed to an invalid topic name: {e}"))?;
@@ -421,19 +433,26 @@ impl Worker<'_> {
                         "routed back to the source topic {topic}, which would loop"
                     ));
                 }
-                topic
+                Some(topic)
             }
         };
-        let max = self
-            .task
-            .log
-            .topic_config(&topic)
-            .map_or(self.task.log.topic_defaults().max_message_bytes, |c| {
-                c.max_message_bytes
-            }) as usize;
+        let log = &self.task.log;
+        let max = *max_bytes.entry(topic.clone()).or_insert_with_key(|topic| {
+            let name = topic.as_ref().unwrap_or(&self.task.spec.to);
+            log.topic_config(name)
+                .map_or(log.topic_defaults().max_message_bytes, |c| {
+                    c.max_message_bytes
+                }) as usize
+        });
+        let size = record_size(
+            record.key.as_ref(),
+            record.value.as_ref(),
+            record.headers.iter().map(|h| (&h.key, Some(&h.value))),
+        );
         if size > max / OUTPUT_BATCH_SHARE {
+            let name = topic.as_ref().unwrap_or(&self.task.spec.to);
             return Err(format!(
-                "the output record is {size} bytes; {topic} takes batches of at most {max} \
+                "the output record is {size} bytes; {name} takes batches of at most {max} \
                  bytes (max-message-bytes)"
             ));
         }

@@ -131,46 +131,53 @@ impl Transform for Filter {
 impl Filter {
     fn matches(&self, record: &Record) -> Result<bool, String> {
         match &self.target {
-            Target::Header(name) => Ok(self.test(
-                record
-                    .header(name)
-                    .map(|v| String::from_utf8_lossy(v).into_owned()),
-            )),
-            Target::Key(None) => Ok(self.test(
-                record
-                    .key
-                    .as_deref()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-            )),
-            Target::Key(Some(path)) => {
-                let key = record.json_key().map_err(|e| format!("key is {e}"))?;
-                Ok(self.test_json(key.as_ref(), path))
-            }
-            Target::Field(path) => {
-                let value = record.json_value()?;
-                Ok(self.test_json(value.as_ref(), path))
-            }
+            Target::Header(name) => Ok(record
+                .header(name)
+                .is_some_and(|v| self.test_text(&String::from_utf8_lossy(v), None))),
+            Target::Key(None) => Ok(record
+                .key
+                .as_deref()
+                .is_some_and(|k| self.test_text(&String::from_utf8_lossy(k), None))),
+            Target::Key(Some(path)) => match &record.key {
+                None => Ok(false),
+                Some(key) => {
+                    let field = json::lookup(key, path).map_err(|e| format!("key is {e}"))?;
+                    Ok(self.test_json(field))
+                }
+            },
+            Target::Field(path) => match &record.value {
+                None => Ok(false),
+                Some(value) => Ok(self.test_json(json::lookup(value, path)?)),
+            },
         }
     }
 
-    fn test_json(&self, root: Option<&Value>, path: &str) -> bool {
-        let field = root
-            .and_then(|v| json::get(v, path))
-            .filter(|v| !v.is_null());
-        self.test(field.map(json::to_plain_string))
+    fn test_json(&self, field: Option<Value>) -> bool {
+        match field {
+            None | Some(Value::Null) => false,
+            Some(Value::String(text)) => self.test_text(&text, None),
+            Some(Value::Number(number)) if self.is_numeric() => self.test_text("", number.as_f64()),
+            Some(other) => self.test_text(&json::to_plain_string(&other), None),
+        }
     }
 
-    fn test(&self, text: Option<String>) -> bool {
-        let Some(text) = text else {
-            return false;
-        };
-        let number = || text.trim().parse::<f64>().ok();
+    fn is_numeric(&self) -> bool {
+        matches!(
+            self.condition,
+            Condition::GreaterThan(_) | Condition::LessThan(_)
+        )
+    }
+
+    /// Tests a present field, header or key: as text, or as `number` when the JSON field is
+    /// a number and the condition compares numbers.
+    fn test_text(&self, text: &str, number: Option<f64>) -> bool {
+        let number = || number.or_else(|| text.trim().parse::<f64>().ok());
         match &self.condition {
             Condition::Present => true,
-            Condition::Equals(v) => text == *v,
-            Condition::NotEquals(v) => text != *v,
-            Condition::In(set) => set.contains(&text),
-            Condition::Matches(re) => re.is_match(&text),
+            Condition::Equals(v) => text == v,
+            Condition::NotEquals(v) => text != v,
+            Condition::In(set) => set.iter().any(|v| v == text),
+            Condition::Matches(re) => re.is_match(text),
             Condition::GreaterThan(n) => number().is_some_and(|x| x > *n),
             Condition::LessThan(n) => number().is_some_and(|x| x < *n),
         }
