@@ -2,7 +2,16 @@
 
 use serde_json::Value;
 
-use crate::{Header, Record};
+use crate::{BatchInfo, Header, Record};
+
+impl BatchInfo {
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
 
 impl Record {
     /// A record with a value and nothing else, at offset 0 (for tests and sources).

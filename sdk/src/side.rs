@@ -32,6 +32,14 @@ impl Side {
         .map_err(|e| format!("the {self} is {e}"))
     }
 
+    /// This side as a JSON object, as [`Side::read`]; an error when it is JSON but no object.
+    pub fn read_object(self, record: &Record) -> Result<Option<Value>, String> {
+        match self.read(record)? {
+            Some(value) if !value.is_object() => Err(format!("the {self} is not a JSON object")),
+            other => Ok(other),
+        }
+    }
+
     pub fn write(self, record: &mut Record, json: &Value) {
         match self {
             Self::Value => record.set_json_value(json),

@@ -210,3 +210,32 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Every record of one partition, fetched over gRPC from offset 0 to the high watermark.
+pub async fn fetch_all(
+    channel: &tonic::transport::Channel,
+    topic: &str,
+    partition: u32,
+) -> anyhow::Result<Vec<appliance_proto::v1::ConsumedRecord>> {
+    use appliance_proto::v1 as pb;
+    let mut client = pb::records_client::RecordsClient::new(channel.clone());
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let response = client
+            .fetch(pb::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset,
+                max_bytes: 256 * 1024,
+                max_wait_ms: 0,
+            })
+            .await?
+            .into_inner();
+        out.extend(response.records);
+        offset = response.next_offset;
+        if offset >= response.high_watermark {
+            return Ok(out);
+        }
+    }
+}

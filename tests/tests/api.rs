@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use appliance_e2e::Daemon;
+use appliance_e2e::{Daemon, fetch_all};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::groups_client::GroupsClient;
 use appliance_proto::v1::records_client::RecordsClient;
@@ -37,34 +37,6 @@ async fn create_topic(channel: &Channel, name: &str, partitions: u32) -> anyhow:
         })
         .await?;
     Ok(())
-}
-
-/// Every record of one partition, fetched from offset 0 to the high watermark.
-async fn fetch_all(
-    channel: &Channel,
-    topic: &str,
-    partition: u32,
-) -> anyhow::Result<Vec<pb::ConsumedRecord>> {
-    let mut client = RecordsClient::new(channel.clone());
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let response = client
-            .fetch(pb::FetchRequest {
-                topic: topic.into(),
-                partition,
-                offset,
-                max_bytes: 256 * 1024,
-                max_wait_ms: 0,
-            })
-            .await?
-            .into_inner();
-        out.extend(response.records);
-        offset = response.next_offset;
-        if offset >= response.high_watermark {
-            return Ok(out);
-        }
-    }
 }
 
 /// Produces `count` records numbered from `from`, keyed over 1000 keys, in requests of 1000.

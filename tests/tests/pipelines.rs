@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use appliance_e2e::{Daemon, plugin_wasm};
+use appliance_e2e::{Daemon, fetch_all, plugin_wasm};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::pipelines_client::PipelinesClient;
 use appliance_proto::v1::plugins_client::PluginsClient;
@@ -64,30 +64,11 @@ async fn produce(
 
 /// Every value of partition 0 of `topic`.
 async fn values(channel: &Channel, topic: &str) -> anyhow::Result<Vec<String>> {
-    let mut client = RecordsClient::new(channel.clone());
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let response = client
-            .fetch(pb::FetchRequest {
-                topic: topic.into(),
-                partition: 0,
-                offset,
-                max_bytes: 1 << 20,
-                max_wait_ms: 0,
-            })
-            .await?
-            .into_inner();
-        if response.records.is_empty() {
-            return Ok(out);
-        }
-        for record in response.records {
-            offset = record.offset + 1;
-            out.push(String::from_utf8(
-                record.value.unwrap_or_default().to_vec(),
-            )?);
-        }
-    }
+    fetch_all(channel, topic, 0)
+        .await?
+        .into_iter()
+        .map(|r| Ok(String::from_utf8(r.value.unwrap_or_default().to_vec())?))
+        .collect()
 }
 
 fn transform(plugin: &str, config: &[(&str, &str)]) -> pb::Transform {

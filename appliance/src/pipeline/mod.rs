@@ -317,12 +317,7 @@ impl Pipelines {
     /// Stops a pipeline and forgets it and its progress. Its output stays in its topics.
     pub async fn delete(&self, name: &str) -> Result<(), PipelineError> {
         let mut pipelines = self.inner.pipelines.lock().await;
-        let running = pipelines
-            .remove(name)
-            .ok_or_else(|| PipelineError::NotFound {
-                name: name.to_owned(),
-            })?;
-        stop(running.stop, running.tasks).await;
+        let running = take_stopped(&mut pipelines, name).await?;
         self.inner.meta.remove(Table::Pipelines, name).await?;
         self.inner
             .meta
@@ -356,13 +351,7 @@ impl Pipelines {
 
     async fn set_paused(&self, name: &str, paused: bool) -> Result<PipelineStatus, PipelineError> {
         let mut pipelines = self.inner.pipelines.lock().await;
-        let running = pipelines
-            .remove(name)
-            .ok_or_else(|| PipelineError::NotFound {
-                name: name.to_owned(),
-            })?;
-        stop(running.stop, running.tasks).await;
-        let mut spec = running.spec;
+        let mut spec = take_stopped(&mut pipelines, name).await?.spec;
         spec.paused = paused;
         let stored = self.inner.meta.put(Table::Pipelines, name, &spec).await;
         let relaunched = self.launch(spec);
@@ -426,6 +415,20 @@ impl Pipelines {
             tasks,
         }
     }
+}
+
+/// Takes a pipeline out of the map once its tasks have stopped.
+async fn take_stopped(
+    pipelines: &mut BTreeMap<String, Running>,
+    name: &str,
+) -> Result<Running, PipelineError> {
+    let mut running = pipelines
+        .remove(name)
+        .ok_or_else(|| PipelineError::NotFound {
+            name: name.to_owned(),
+        })?;
+    stop(running.stop.clone(), std::mem::take(&mut running.tasks)).await;
+    Ok(running)
 }
 
 async fn stop(token: CancellationToken, tasks: Vec<tokio::task::JoinHandle<()>>) {

@@ -17,6 +17,7 @@ struct Setup {
     shutdown: CancellationToken,
 }
 
+/// A log with the empty source topic `in`, the plugin host and the pipelines.
 async fn setup(dir: &Path) -> Setup {
     let meta = Meta::open(&dir.join("meta")).unwrap();
     let config = LogConfig {
@@ -38,6 +39,9 @@ async fn setup(dir: &Path) -> Setup {
     )
     .await
     .unwrap();
+    log.create_topic(topic("in"), TopicConfig::default())
+        .await
+        .unwrap();
     Setup {
         log,
         meta,
@@ -48,6 +52,13 @@ async fn setup(dir: &Path) -> Setup {
 }
 
 impl Setup {
+    async fn add_faulty(&self) {
+        self.plugins
+            .add("faulty", test_plugin("plugin_fault_injector"))
+            .await
+            .unwrap();
+    }
+
     async fn close(self) {
         self.pipelines.stop_all().await;
         self.shutdown.cancel();
@@ -135,10 +146,6 @@ async fn wait_for(pipelines: &Pipelines, name: &str, done: impl Fn(&PartitionSta
 async fn a_filter_pipeline_transforms_continuously() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
-    s.log
-        .create_topic(topic("in"), TopicConfig::default())
-        .await
-        .unwrap();
     produce(&s.log, "in", (0..1000).map(|i| format!(r#"{{"i":{i}}}"#))).await;
     let filter = step("filter", &[("field", "i"), ("less-than", "500")]);
     s.pipelines
@@ -170,10 +177,6 @@ async fn a_filter_pipeline_transforms_continuously() {
 async fn lost_progress_never_duplicates_output() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
-    s.log
-        .create_topic(topic("in"), TopicConfig::default())
-        .await
-        .unwrap();
     produce(
         &s.log,
         "in",
@@ -222,14 +225,7 @@ async fn lost_progress_never_duplicates_output() {
 async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
-    s.plugins
-        .add("faulty", test_plugin("plugin_fault_injector"))
-        .await
-        .unwrap();
-    s.log
-        .create_topic(topic("in"), TopicConfig::default())
-        .await
-        .unwrap();
+    s.add_faulty().await;
     let values_in = ["a", "poison-1", "b", "poison-2", "c"].map(String::from);
     produce(&s.log, "in", values_in.clone()).await;
     let poison = || vec![step("faulty", &[("mode", "poison")])];
@@ -294,14 +290,7 @@ async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
 async fn a_trapping_plugin_fails_only_its_own_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
-    s.plugins
-        .add("faulty", test_plugin("plugin_fault_injector"))
-        .await
-        .unwrap();
-    s.log
-        .create_topic(topic("in"), TopicConfig::default())
-        .await
-        .unwrap();
+    s.add_faulty().await;
     produce(&s.log, "in", (0..10).map(|i| format!(r#"{{"i":{i}}}"#))).await;
     for (name, mode) in [("trap", "trap"), ("spin", "loop"), ("hog", "allocate")] {
         s.pipelines
@@ -351,10 +340,6 @@ async fn a_trapping_plugin_fails_only_its_own_pipeline() {
 async fn bad_pipelines_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
-    s.log
-        .create_topic(topic("in"), TopicConfig::default())
-        .await
-        .unwrap();
     let error = |result: Result<PipelineStatus, PipelineError>| result.unwrap_err().to_string();
     let rejected = error(
         s.pipelines

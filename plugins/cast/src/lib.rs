@@ -248,10 +248,7 @@ mod tests {
 
     fn cast(config: &[(&str, &str)], value: Value) -> Result<Value, String> {
         let mut transform = Cast::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let out = transform.apply(&info, Record::from_value(value.to_string()))?;
         Ok(out
             .expect("kept")
@@ -326,10 +323,7 @@ mod tests {
 
     #[test]
     fn key_side_tombstones_and_config_errors() {
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let mut on_key = Cast::init([("spec", "string"), ("on", "key")].into_iter().collect())
             .expect("valid config");
         let mut tombstone = Record::from_value("");

@@ -46,10 +46,7 @@ mod tests {
     fn removes_every_header_with_a_listed_name() {
         let mut drop = DropHeaders::init([("headers", "trace|auth")].into_iter().collect())
             .expect("valid config");
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let mut record = Record::from_value("v");
         record.add_header("trace", "1");
         record.add_header("keep", "k");

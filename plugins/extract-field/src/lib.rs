@@ -33,12 +33,9 @@ impl Transform for ExtractField {
     }
 
     fn apply(&mut self, _: &BatchInfo, mut record: Record) -> Result<Option<Record>, String> {
-        let Some(target) = self.side.read(&record)? else {
+        let Some(target) = self.side.read_object(&record)? else {
             return Ok(Some(record));
         };
-        if !target.is_object() {
-            return Err(format!("the {} is not a JSON object", self.side));
-        }
         let extracted = json::get(&target, &self.field)
             .ok_or_else(|| format!("the {} has no field `{}`", self.side, self.field))?;
         self.side.write(&mut record, extracted);
@@ -52,10 +49,7 @@ mod tests {
     use appliance_sdk::json::serde_json::json;
 
     fn info() -> BatchInfo {
-        BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        }
+        BatchInfo::new("t", 0)
     }
 
     fn extract(config: &[(&str, &str)]) -> ExtractField {

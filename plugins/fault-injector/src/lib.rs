@@ -77,10 +77,7 @@ mod tests {
     #[test]
     fn poison_mode_rejects_only_poisoned_records() {
         let mut plugin = FaultInjector::init([("mode", "poison")].into_iter().collect()).unwrap();
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         assert!(
             plugin
                 .apply(&info, Record::from_value("ok"))

@@ -190,10 +190,7 @@ mod tests {
 
     fn run(config: &[(&str, &str)], values: &[&str]) -> Vec<String> {
         let mut filter = Filter::init(config.iter().copied().collect()).unwrap();
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let records = values.iter().map(|v| Record::from_value(*v)).collect();
         filter
             .process(&info, records)
@@ -246,10 +243,7 @@ mod tests {
         );
         let mut filter =
             Filter::init([("header", "h"), ("equals", "1")].into_iter().collect()).unwrap();
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let mut tagged = Record::from_value("x");
         tagged.add_header("h", "1");
         assert!(filter.apply(&info, tagged).unwrap().is_none());
@@ -282,10 +276,7 @@ mod tests {
                 .contains("unknown key(s) colour")
         );
         let mut filter = Filter::init([("field", "a")].into_iter().collect()).unwrap();
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         assert!(
             filter
                 .apply(&info, Record::from_value("not json"))

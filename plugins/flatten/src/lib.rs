@@ -74,10 +74,7 @@ mod tests {
 
     fn flatten(config: &[(&str, &str)], record: Record) -> Result<Option<Record>, String> {
         let mut transform = Flatten::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         transform.apply(&info, record)
     }
 

@@ -60,12 +60,9 @@ impl Transform for HeaderFrom {
     }
 
     fn apply(&mut self, _: &BatchInfo, mut record: Record) -> Result<Option<Record>, String> {
-        let Some(mut target) = self.side.read(&record)? else {
+        let Some(mut target) = self.side.read_object(&record)? else {
             return Ok(Some(record));
         };
-        if !target.is_object() {
-            return Err(format!("the {} is not a JSON object", self.side));
-        }
         for (path, header) in &self.fields_to_headers {
             let field = if self.remove_fields {
                 json::remove(&mut target, path)
@@ -93,10 +90,7 @@ mod tests {
     use appliance_sdk::json::serde_json::json;
 
     fn info() -> BatchInfo {
-        BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        }
+        BatchInfo::new("t", 0)
     }
 
     fn header_from(config: &[(&str, &str)]) -> HeaderFrom {

@@ -52,10 +52,7 @@ mod tests {
     use appliance_sdk::json::serde_json::json;
 
     fn info() -> BatchInfo {
-        BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        }
+        BatchInfo::new("t", 0)
     }
 
     fn hoist(config: &[(&str, &str)]) -> HoistField {

@@ -82,12 +82,9 @@ impl Transform for InsertField {
     }
 
     fn apply(&mut self, info: &BatchInfo, mut record: Record) -> Result<Option<Record>, String> {
-        let Some(mut target) = self.side.read(&record)? else {
+        let Some(mut target) = self.side.read_object(&record)? else {
             return Ok(Some(record));
         };
-        if !target.is_object() {
-            return Err(format!("the {} is not a JSON object", self.side));
-        }
         let topic = record.topic.as_deref().unwrap_or(&info.topic);
         let insertions = [
             self.topic_field
@@ -124,10 +121,7 @@ mod tests {
     }
 
     fn info() -> BatchInfo {
-        BatchInfo {
-            topic: "orders".into(),
-            partition: 3,
-        }
+        BatchInfo::new("orders", 3)
     }
 
     fn record(value: &str) -> Record {

@@ -48,10 +48,7 @@ mod tests {
                 .collect(),
         )
         .expect("valid config");
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let mut record = Record::from_value("v");
         record.add_header("source", "upstream");
         let out = insert.apply(&info, record).expect("applies").expect("kept");

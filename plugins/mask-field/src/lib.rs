@@ -56,12 +56,9 @@ impl Transform for MaskField {
     }
 
     fn apply(&mut self, _: &BatchInfo, mut record: Record) -> Result<Option<Record>, String> {
-        let Some(mut target) = self.side.read(&record)? else {
+        let Some(mut target) = self.side.read_object(&record)? else {
             return Ok(Some(record));
         };
-        if !target.is_object() {
-            return Err(format!("the {} is not a JSON object", self.side));
-        }
         for path in &self.fields {
             if let Some(field) = json::get_mut(&mut target, path) {
                 *field = self
@@ -125,10 +122,7 @@ mod tests {
     fn mask(config: &[(&str, &str)], value: Value) -> Result<Value, String> {
         let mut transform =
             MaskField::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let out = transform.apply(&info, Record::from_value(value.to_string()))?;
         Ok(out
             .expect("kept")
@@ -186,10 +180,7 @@ mod tests {
 
     #[test]
     fn key_side_tombstones_and_config_errors() {
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let mut on_key = MaskField::init([("fields", "user"), ("on", "key")].into_iter().collect())
             .expect("valid config");
         let mut tombstone = Record::from_value("");

@@ -57,12 +57,9 @@ impl Transform for ReplaceField {
     }
 
     fn apply(&mut self, _: &BatchInfo, mut record: Record) -> Result<Option<Record>, String> {
-        let Some(target) = self.side.read(&record)? else {
+        let Some(target) = self.side.read_object(&record)? else {
             return Ok(Some(record));
         };
-        if !target.is_object() {
-            return Err(format!("the {} is not a JSON object", self.side));
-        }
         let mut kept = if self.include.is_empty() {
             target
         } else {
@@ -100,10 +97,7 @@ mod tests {
     fn replace(config: &[(&str, &str)], value: Value) -> Result<Value, String> {
         let mut transform =
             ReplaceField::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let out = transform.apply(&info, Record::from_value(value.to_string()))?;
         Ok(out
             .expect("kept")
@@ -147,10 +141,7 @@ mod tests {
         let mut on_key =
             ReplaceField::init([("exclude", "secret"), ("on", "key")].into_iter().collect())
                 .expect("valid config");
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let mut record = Record::from_value("not even JSON");
         record.key = Some(br#"{"id":1,"secret":2}"#.to_vec());
         let out = on_key.apply(&info, record).expect("applies").expect("kept");

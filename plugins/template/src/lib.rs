@@ -39,10 +39,7 @@ mod tests {
     #[test]
     fn upper_cases_the_field_and_leaves_other_records_alone() {
         let mut plugin = Uppercase::init([("field", "a.b")].into_iter().collect()).unwrap();
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let out = plugin
             .apply(&info, Record::from_value(r#"{"a":{"b":"hi"}}"#))
             .unwrap()

@@ -289,10 +289,7 @@ mod tests {
     fn convert(config: &[(&str, &str)], value: Value) -> Result<Value, String> {
         let mut transform =
             TimestampConverter::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let out = transform.apply(&info, Record::from_value(value.to_string()))?;
         Ok(out
             .expect("kept")
@@ -424,10 +421,7 @@ mod tests {
 
     #[test]
     fn key_side_tombstones_and_config_errors() {
-        let info = BatchInfo {
-            topic: "t".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("t", 0);
         let mut on_key = TimestampConverter::init(
             [
                 ("target.type", "unix"),

@@ -77,10 +77,7 @@ mod tests {
     fn route(config: &[(&str, &str)], record: Record) -> Option<String> {
         let mut router =
             TimestampRouter::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo {
-            topic: "orders".into(),
-            partition: 0,
-        };
+        let info = BatchInfo::new("orders", 0);
         router
             .apply(&info, record)
             .expect("applies")
