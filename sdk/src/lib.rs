@@ -60,21 +60,31 @@ pub trait Transform: Sized + Send + 'static {
         info: &BatchInfo,
         records: Vec<Record>,
     ) -> Result<Vec<Record>, RecordError> {
-        let mut out = Vec::with_capacity(records.len());
-        for (index, record) in records.into_iter().enumerate() {
-            match self.apply(info, record) {
-                Ok(Some(record)) => out.push(record),
-                Ok(None) => {}
-                Err(message) => {
-                    return Err(RecordError {
-                        index: index as u32,
-                        message,
-                    });
-                }
+        apply_each(self, info, records)
+    }
+}
+
+/// [`Transform::apply`] on each record of a batch, in order: the default
+/// [`Transform::process`], for overrides that handle only some batches themselves.
+pub fn apply_each<T: Transform>(
+    transform: &mut T,
+    info: &BatchInfo,
+    records: Vec<Record>,
+) -> Result<Vec<Record>, RecordError> {
+    let mut out = Vec::with_capacity(records.len());
+    for (index, record) in records.into_iter().enumerate() {
+        match transform.apply(info, record) {
+            Ok(Some(record)) => out.push(record),
+            Ok(None) => {}
+            Err(message) => {
+                return Err(RecordError {
+                    index: index as u32,
+                    message,
+                });
             }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 /// What the export macro expands to; not part of the API.

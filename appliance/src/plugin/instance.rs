@@ -7,8 +7,11 @@
 //! tick, so a busy plugin shares its thread, and traps it once its `timeout-ms` of ticks are
 //! spent; a timer around the call catches a guest that waits inside a host call instead (a WASI
 //! sleep). Records cross in borrowed form on the way in (lowered straight from the log's
-//! buffers, no copy on the host); the output is lifted into owned buffers that become the
-//! log's records without another copy. Output over [`MAX_OUTPUT_BYTES`] fails the call.
+//! buffers, no copy on the host). The output arrives through the `output.emit` import while
+//! the call runs: the host reads it straight from the plugin's memory, counting bytes before
+//! copying them, so no plugin can make the host allocate more than [`MAX_OUTPUT_BYTES`] per
+//! batch (lists in a plugin's memory may overlap, so its output could otherwise be far larger
+//! than its memory).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
@@ -19,9 +22,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::component::{
     Component, ComponentExportIndex, ComponentType, Func, HasSelf, Lift, Linker, Lower,
-    ResourceTable,
+    ResourceTable, WasmList, WasmStr,
 };
-use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -40,7 +43,7 @@ pub use bindings::appliance::plugin::types::{BatchInfo, RecordError};
 
 pub type TransformPre = bindings::TransformPre<InstanceState>;
 
-/// Output of one call larger than this fails the call.
+/// Output of one call larger than this fails the call, before the host holds it.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 /// The last this many bytes a plugin wrote to stderr are kept.
 const STDERR_KEPT: usize = 4096;
@@ -53,6 +56,7 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Beyond `timeout-ms`, how long the timer around a call waits for the epoch deadline.
 const TIMER_GRACE: Duration = Duration::from_millis(500);
 const TRANSFORMER_EXPORT: &str = "appliance:plugin/transformer@0.1.0";
+const OUTPUT_IMPORT: &str = "appliance:plugin/output@0.1.0";
 /// The export names of the plugin worlds, as they appear in a component's type.
 const WORLD_EXPORTS: [(&str, PluginKind); 3] = [
     (TRANSFORMER_EXPORT, PluginKind::Transform),
@@ -104,28 +108,27 @@ struct HeaderIn<'a> {
     value: &'a [u8],
 }
 
-/// `record` of the WIT types, lifted out of the plugin's memory. Lifting must finish within
-/// the call: the plugin frees the memory right after it.
+/// `record` of the WIT types, left in the plugin's memory until read (during `emit`).
 #[derive(ComponentType, Lift)]
 #[component(record)]
 struct RecordOut {
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<HeaderOut>,
+    key: Option<WasmList<u8>>,
+    value: Option<WasmList<u8>>,
+    headers: WasmList<HeaderOut>,
     timestamp: i64,
     offset: i64,
-    topic: Option<String>,
+    topic: Option<WasmStr>,
 }
 
 #[derive(ComponentType, Lift)]
 #[component(record)]
 struct HeaderOut {
-    key: String,
-    value: Vec<u8>,
+    key: WasmStr,
+    value: WasmList<u8>,
 }
 
 type ProcessParams<'a> = (&'a BatchInfo, &'a [RecordIn<'a>]);
-type ProcessResults = (Result<Vec<RecordOut>, RecordError>,);
+type ProcessResults = (Result<(), RecordError>,);
 
 /// The counters an instance keeps through `counter-add`.
 #[derive(Debug, Default)]
@@ -227,6 +230,11 @@ pub struct InstanceState {
     stderr: StderrTail,
     /// Epoch ticks the call in progress may still run.
     ticks_left: u64,
+    /// What the call in progress emitted so far, and its size.
+    output: Vec<Record>,
+    output_bytes: usize,
+    /// Set when the call in progress emitted more than [`MAX_OUTPUT_BYTES`].
+    output_overflow: bool,
     plugin: Arc<str>,
     label: Arc<str>,
     counters: Arc<InstanceCounters>,
@@ -281,11 +289,21 @@ impl Host for InstanceState {
 }
 
 /// The linker every instance is created from: WASI (which grants nothing by itself: each
-/// store's context decides) and the appliance's host functions.
+/// store's context decides), the appliance's host functions, and `output.emit`, defined here
+/// rather than through the generated bindings so that it reads its argument lazily.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    bindings::Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+    bindings::appliance::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    bindings::appliance::plugin::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    linker.instance(OUTPUT_IMPORT)?.func_wrap(
+        "emit",
+        |mut store: StoreContextMut<'_, InstanceState>, (list,): (WasmList<RecordOut>,)| {
+            let emitted = read_emitted(&mut store, &list)?;
+            store.data_mut().output.extend(emitted);
+            Ok(())
+        },
+    )?;
     Ok(linker)
 }
 
@@ -381,6 +399,9 @@ impl TransformInstance {
             },
             stderr,
             ticks_left: 0,
+            output: Vec::new(),
+            output_bytes: 0,
+            output_overflow: false,
             plugin: plugin.into(),
             label: label.into(),
             counters,
@@ -436,10 +457,8 @@ impl TransformInstance {
         let result = guarded(&mut self.store, self.limits, async |store| {
             let typed = process.typed::<ProcessParams<'_>, ProcessResults>(&*store)?;
             let (verdict,) = typed.call_async(&mut *store, (info, &inputs)).await?;
-            Ok(match verdict {
-                Ok(lifted) => Ok(into_records(lifted)?),
-                Err(rejection) => Err(rejection),
-            })
+            let output = std::mem::take(&mut store.data_mut().output);
+            Ok(verdict.map(|()| output))
         })
         .await;
         result.map_err(|error| classify(&self.store, self.limits, error))
@@ -461,6 +480,9 @@ async fn guarded<R>(
     let state = store.data_mut();
     state.ticks_left = limits.timeout_ms.div_ceil(tick_ms);
     state.limiter.exceeded = false;
+    state.output.clear();
+    state.output_bytes = 0;
+    state.output_overflow = false;
     store.set_epoch_deadline(1);
     let timer = Duration::from_millis(limits.timeout_ms) + TIMER_GRACE;
     match tokio::time::timeout(timer, call(store)).await {
@@ -487,44 +509,66 @@ fn record_in(record: &Record) -> RecordIn<'_> {
     }
 }
 
-/// Turns a call's lifted output into host records, refusing more than [`MAX_OUTPUT_BYTES`].
-fn into_records(lifted: Vec<RecordOut>) -> Result<Vec<Record>, CallError> {
-    let total: usize = lifted
-        .iter()
-        .map(|r| {
-            r.key.as_ref().map_or(0, Vec::len)
-                + r.value.as_ref().map_or(0, Vec::len)
-                + r.topic.as_ref().map_or(0, String::len)
-                + r.headers
-                    .iter()
-                    .map(|h| h.key.len() + h.value.len())
-                    .sum::<usize>()
-        })
-        .sum();
-    if total > MAX_OUTPUT_BYTES {
-        return Err(CallError::Contract(format!(
-            "it returned {total} bytes for one batch; the limit is {} MiB",
-            MAX_OUTPUT_BYTES >> 20
-        )));
-    }
-    Ok(lifted
-        .into_iter()
-        .map(|r| Record {
-            key: r.key.map(Bytes::from),
-            value: r.value.map(Bytes::from),
-            headers: r
-                .headers
-                .into_iter()
-                .map(|h| Header {
-                    key: h.key,
-                    value: Bytes::from(h.value),
+/// Copies emitted records out of the plugin's memory, counting each byte against the batch's
+/// [`MAX_OUTPUT_BYTES`] before copying it.
+fn read_emitted(
+    store: &mut StoreContextMut<'_, InstanceState>,
+    list: &WasmList<RecordOut>,
+) -> wasmtime::Result<Vec<Record>> {
+    let emitted: Vec<RecordOut> = list.iter(&mut *store)?.collect::<wasmtime::Result<_>>()?;
+    let mut records = Vec::with_capacity(emitted.len());
+    for out in emitted {
+        let header_list: Vec<HeaderOut> = out
+            .headers
+            .iter(&mut *store)?
+            .collect::<wasmtime::Result<_>>()?;
+        // Strings are borrowed from the plugin's memory to be measured before being copied.
+        let mut text_len = out
+            .topic
+            .as_ref()
+            .map(|t| t.to_str(&*store).map(|t| t.len()))
+            .transpose()?
+            .unwrap_or(0);
+        for header in &header_list {
+            text_len += header.key.to_str(&*store)?.len() + header.value.len();
+        }
+        charge(
+            store.data_mut(),
+            text_len
+                + out.key.as_ref().map_or(0, WasmList::len)
+                + out.value.as_ref().map_or(0, WasmList::len),
+        )?;
+        let bytes = |list: &WasmList<u8>| Bytes::copy_from_slice(list.as_le_slice(&*store));
+        let text = |string: &WasmStr| string.to_str(&*store).map(|t| t.into_owned());
+        let headers = header_list
+            .iter()
+            .map(|h| {
+                Ok(Header {
+                    key: text(&h.key)?,
+                    value: bytes(&h.value),
                 })
-                .collect(),
-            timestamp: r.timestamp,
-            offset: r.offset,
-            topic: r.topic,
-        })
-        .collect())
+            })
+            .collect::<wasmtime::Result<_>>()?;
+        records.push(Record {
+            key: out.key.as_ref().map(bytes),
+            value: out.value.as_ref().map(bytes),
+            headers,
+            timestamp: out.timestamp,
+            offset: out.offset,
+            topic: out.topic.as_ref().map(text).transpose()?,
+        });
+    }
+    Ok(records)
+}
+
+/// Counts `len` more bytes of output against the batch's budget.
+fn charge(state: &mut InstanceState, len: usize) -> wasmtime::Result<()> {
+    state.output_bytes = state.output_bytes.saturating_add(len);
+    if state.output_bytes > MAX_OUTPUT_BYTES {
+        state.output_overflow = true;
+        wasmtime::bail!("output over {} MiB", MAX_OUTPUT_BYTES >> 20);
+    }
+    Ok(())
 }
 
 /// Splits the host's keys (limits and WASI grants) from the plugin's configuration.
@@ -587,6 +631,15 @@ fn classify(store: &Store<InstanceState>, limits: Limits, error: CallError) -> P
     let plugin = state.plugin.to_string();
     let fault = match error {
         CallError::Contract(detail) => return PluginError::Contract { plugin, detail },
+        CallError::Wasm(_) if state.output_overflow => {
+            return PluginError::Contract {
+                plugin,
+                detail: format!(
+                    "it emitted more than {} MiB for one batch",
+                    MAX_OUTPUT_BYTES >> 20
+                ),
+            };
+        }
         CallError::TimerExpired => Fault::Timeout {
             limit_ms: limits.timeout_ms,
         },

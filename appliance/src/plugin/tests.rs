@@ -62,10 +62,17 @@ async fn a_builtin_filter_runs_and_is_cached_on_disk() {
         .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].offset, 7);
-    let cached: Vec<_> = std::fs::read_dir(dir.path().join("plugin-cache"))
-        .unwrap()
-        .collect();
-    assert_eq!(cached.len(), 1, "one compiled component in the cache");
+    let cache = || -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+        std::fs::read_dir(dir.path().join("plugin-cache"))
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (entry.path(), entry.metadata().unwrap().modified().unwrap())
+            })
+            .collect()
+    };
+    let compiled = cache();
+    assert_eq!(compiled.len(), 1, "one compiled component in the cache");
     let rejected = plugins
         .instantiate_transform(
             &filter,
@@ -80,6 +87,14 @@ async fn a_builtin_filter_runs_and_is_cached_on_disk() {
             .to_string()
             .contains("rejected its configuration: unknown key(s) colour"),
         "{rejected}"
+    );
+    drop((instance, filter, plugins));
+    let restarted = open(dir.path());
+    restarted.get("filter").await.unwrap();
+    assert_eq!(
+        cache(),
+        compiled,
+        "a restart loads the compiled code, not compiling again"
     );
 }
 
@@ -170,6 +185,16 @@ async fn traps_loops_and_runaway_memory_end_the_call_with_a_reason() {
     assert!(timeout.contains("limit of 200 ms"), "{timeout}");
     let sleep = fault("sleep", limits).await.to_string();
     assert!(sleep.contains("limit of 200 ms"), "{sleep}");
+    let flood = fault(
+        "flood",
+        Limits {
+            max_memory_mb: 512,
+            ..limits
+        },
+    )
+    .await
+    .to_string();
+    assert!(flood.contains("emitted more than 64 MiB"), "{flood}");
     let memory = fault("allocate", limits).await.to_string();
     assert!(memory.contains("memory limit of 16 MiB"), "{memory}");
 }

@@ -18,19 +18,39 @@ enum Mode {
     Loop,
     Sleep,
     Allocate,
+    Flood,
     Poison,
 }
 
 impl Transform for FaultInjector {
+    fn process(
+        &mut self,
+        info: &BatchInfo,
+        records: Vec<Record>,
+    ) -> Result<Vec<Record>, appliance_sdk::RecordError> {
+        if self.mode != Mode::Flood {
+            return appliance_sdk::apply_each(self, info, records);
+        }
+        let offset = records.first().map_or(0, |r| r.offset);
+        Ok((0..80)
+            .map(|_| {
+                let mut record = Record::from_value(vec![b'x'; 1 << 20]);
+                record.offset = offset;
+                record
+            })
+            .collect())
+    }
+
     fn init(config: Config) -> Result<Self, String> {
         config.only(&["mode"])?;
         let mode = match config.require(
             "mode",
-            "trap, loop, sleep, allocate, reject-config or poison",
+            "trap, loop, sleep, allocate, flood, reject-config or poison",
         )? {
             "trap" => Mode::Trap,
             "loop" => Mode::Loop,
             "sleep" => Mode::Sleep,
+            "flood" => Mode::Flood,
             "allocate" => Mode::Allocate,
             "poison" => Mode::Poison,
             "reject-config" => return Err("this configuration is rejected on purpose".into()),
@@ -52,6 +72,7 @@ impl Transform for FaultInjector {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
                 Ok(Some(record))
             }
+            Mode::Flood => Ok(Some(record)),
             Mode::Allocate => loop {
                 self.hoard.push(vec![1; 1 << 20]);
             },

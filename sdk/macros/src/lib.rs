@@ -68,8 +68,10 @@ pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
                 fn process(
                     info: ::appliance_sdk::BatchInfo,
                     records: ::std::vec::Vec<::appliance_sdk::Record>,
-                ) -> ::std::result::Result<::std::vec::Vec<::appliance_sdk::Record>, ::appliance_sdk::RecordError> {
-                    ::appliance_sdk::__private::transform_process(&SLOT, info, records)
+                ) -> ::std::result::Result<(), ::appliance_sdk::RecordError> {
+                    let output = ::appliance_sdk::__private::transform_process(&SLOT, info, records)?;
+                    appliance::plugin::output::emit(&output);
+                    Ok(())
                 }
             }
 
