@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use wasmtime::component::{
     Component, ComponentExportIndex, ComponentType, Func, HasSelf, Lift, Linker, Lower,
     ResourceTable, WasmList, WasmStr,
@@ -509,49 +509,71 @@ fn record_in(record: &Record) -> RecordIn<'_> {
     }
 }
 
-/// Copies emitted records out of the plugin's memory, counting each byte against the batch's
-/// [`MAX_OUTPUT_BYTES`] before copying it.
+/// Copies emitted records out of the plugin's memory, counting their bytes against the
+/// batch's [`MAX_OUTPUT_BYTES`] before copying any. Keys, values and header values go into one
+/// buffer per call, which the records share.
 fn read_emitted(
     store: &mut StoreContextMut<'_, InstanceState>,
     list: &WasmList<RecordOut>,
 ) -> wasmtime::Result<Vec<Record>> {
     let emitted: Vec<RecordOut> = list.iter(&mut *store)?.collect::<wasmtime::Result<_>>()?;
-    let mut records = Vec::with_capacity(emitted.len());
-    for out in emitted {
-        let header_list: Vec<HeaderOut> = out
-            .headers
-            .iter(&mut *store)?
-            .collect::<wasmtime::Result<_>>()?;
+    let mut headers_of = Vec::with_capacity(emitted.len());
+    let mut arena_len = 0usize;
+    for out in &emitted {
+        let mut text_bytes = 0usize;
+        // Most records have no headers; reading an empty list still costs a lift context.
+        let headers: Vec<HeaderOut> = if out.headers.len() == 0 {
+            Vec::new()
+        } else {
+            out.headers
+                .iter(&mut *store)?
+                .collect::<wasmtime::Result<_>>()?
+        };
         // Strings are borrowed from the plugin's memory to be measured before being copied.
-        let mut text_len = out
-            .topic
-            .as_ref()
-            .map(|t| t.to_str(&*store).map(|t| t.len()))
-            .transpose()?
-            .unwrap_or(0);
-        for header in &header_list {
-            text_len += header.key.to_str(&*store)?.len() + header.value.len();
+        if let Some(topic) = &out.topic {
+            text_bytes = text_bytes.saturating_add(topic.to_str(&*store)?.len());
         }
-        charge(
-            store.data_mut(),
-            text_len
-                + out.key.as_ref().map_or(0, WasmList::len)
-                + out.value.as_ref().map_or(0, WasmList::len),
-        )?;
-        let bytes = |list: &WasmList<u8>| Bytes::copy_from_slice(list.as_le_slice(&*store));
-        let text = |string: &WasmStr| string.to_str(&*store).map(|t| t.into_owned());
-        let headers = header_list
+        let mut bytes =
+            out.key.as_ref().map_or(0, WasmList::len) + out.value.as_ref().map_or(0, WasmList::len);
+        for header in &headers {
+            text_bytes = text_bytes.saturating_add(header.key.to_str(&*store)?.len());
+            bytes = bytes.saturating_add(header.value.len());
+        }
+        charge(store.data_mut(), text_bytes.saturating_add(bytes))?;
+        arena_len += bytes;
+        headers_of.push(headers);
+    }
+    let mut arena = BytesMut::with_capacity(arena_len);
+    let mut copy = |list: &WasmList<u8>| {
+        let start = arena.len();
+        arena.extend_from_slice(list.as_le_slice(&*store));
+        start..arena.len()
+    };
+    let mut spans = Vec::with_capacity(emitted.len());
+    for (out, headers) in emitted.iter().zip(&headers_of) {
+        let key = out.key.as_ref().map(&mut copy);
+        let value = out.value.as_ref().map(&mut copy);
+        let header_values: Vec<_> = headers.iter().map(|h| copy(&h.value)).collect();
+        spans.push((key, value, header_values));
+    }
+    let arena = arena.freeze();
+    let text = |string: &WasmStr| string.to_str(&*store).map(|t| t.into_owned());
+    let mut records = Vec::with_capacity(emitted.len());
+    for ((out, headers), (key, value, header_values)) in emitted.iter().zip(&headers_of).zip(spans)
+    {
+        let headers = headers
             .iter()
-            .map(|h| {
+            .zip(header_values)
+            .map(|(h, span)| {
                 Ok(Header {
                     key: text(&h.key)?,
-                    value: bytes(&h.value),
+                    value: arena.slice(span),
                 })
             })
             .collect::<wasmtime::Result<_>>()?;
         records.push(Record {
-            key: out.key.as_ref().map(bytes),
-            value: out.value.as_ref().map(bytes),
+            key: key.map(|span| arena.slice(span)),
+            value: value.map(|span| arena.slice(span)),
             headers,
             timestamp: out.timestamp,
             offset: out.offset,
