@@ -167,8 +167,42 @@ pub fn to_plain_string(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z ]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[abc]{1,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// On any JSON document, reading one field without building the document agrees
+        /// with building it and walking to the field.
+        #[test]
+        fn lookup_agrees_with_get(document in json_value(), path in "[abc]{1,2}(\\.[abc]{1,2}){0,2}") {
+            let bytes = serde_json::to_vec(&document).unwrap();
+            prop_assert_eq!(lookup(&bytes, &path), Ok(get(&document, &path).cloned()));
+        }
+
+        /// Arbitrary bytes never panic the lookup.
+        #[test]
+        fn lookup_survives_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = lookup(&bytes, "a.b");
+        }
+    }
 
     #[test]
     fn dotted_paths_get_set_and_remove() {

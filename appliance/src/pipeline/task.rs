@@ -661,7 +661,49 @@ fn dead_letter(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Whatever the output looks like, the batches keep every record in order, never split
+        /// one source record's output, and their ranges tile the source batch exactly, so a
+        /// lost batch is always a hole in the ranges a restart finds.
+        #[test]
+        fn batches_tile_the_source_range(
+            outputs in proptest::collection::vec((0u64..4, 1usize..300), 0..60),
+            budget in 1usize..2000,
+            start in 0u64..1000,
+            tail in 0u64..5,
+        ) {
+            let mut offset = start;
+            let mut entries = Vec::new();
+            for (step, size) in &outputs {
+                offset += step;
+                entries.push(entry(offset as i64, *size));
+            }
+            let source = (start, offset + tail);
+            let expected: Vec<i64> = entries.iter().map(|(o, _)| *o).collect();
+            let batches = cut_by_size(entries, budget, source);
+            let offsets: Vec<i64> = batches
+                .iter()
+                .flat_map(|(_, batch)| batch.iter().map(|(o, _)| *o))
+                .collect();
+            prop_assert_eq!(offsets, expected);
+            let mut next = source.0;
+            for (range, batch) in &batches {
+                prop_assert_eq!(range.0, next);
+                prop_assert!(range.0 <= range.1);
+                for (o, _) in batch {
+                    prop_assert!((range.0..=range.1).contains(&(*o as u64)));
+                }
+                next = range.1 + 1;
+            }
+            if !batches.is_empty() {
+                prop_assert_eq!(next, source.1 + 1);
+            }
+        }
+    }
 
     fn entry(offset: i64, bytes: usize) -> (i64, log::Record) {
         (
