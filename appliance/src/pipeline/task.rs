@@ -111,7 +111,10 @@ impl PartitionTask {
             .await
             .map_err(|e| format!("scanning {} for earlier output: {e}", destination.topic))?;
             if !ranges.is_empty() {
-                written.insert(destination, ranges);
+                written
+                    .entry(destination.topic)
+                    .or_insert_with(Vec::new)
+                    .extend(ranges);
             }
         }
         let source = self
@@ -157,8 +160,10 @@ struct Worker<'t> {
     steps: Vec<Step>,
     progress: Progress,
     progress_key: String,
-    /// Destination -> the source ranges it already holds (found by the start scan).
-    written: HashMap<Destination, Vec<SourceRange>>,
+    /// Destination topic -> the source ranges it already holds, in any of its partitions
+    /// (found by the start scan). By topic, so output is not written again to another
+    /// partition when the topic gained partitions since (source `p` goes to `p mod N`).
+    written: HashMap<TopicName, Vec<SourceRange>>,
 }
 
 impl Worker<'_> {
@@ -305,7 +310,7 @@ impl Worker<'_> {
         let mut appends: Vec<Pending> = Vec::new();
         let mut submitted = 0;
         for (destination, mut entries) in routed {
-            if let Some(ranges) = self.written.get(&destination) {
+            if let Some(ranges) = self.written.get(&destination.topic) {
                 entries.retain(|(offset, _)| !progress::covers(ranges, *offset as u64));
                 if entries.is_empty() {
                     continue;

@@ -71,6 +71,15 @@ fn topic(name: &str) -> TopicName {
 }
 
 async fn produce(log: &Log, name: &str, values: impl IntoIterator<Item = String>) {
+    produce_to(log, name, PartitionId(0), values).await;
+}
+
+async fn produce_to(
+    log: &Log,
+    name: &str,
+    partition: PartitionId,
+    values: impl IntoIterator<Item = String>,
+) {
     let records: Vec<Record> = values
         .into_iter()
         .map(|v| Record {
@@ -82,14 +91,16 @@ async fn produce(log: &Log, name: &str, values: impl IntoIterator<Item = String>
         .collect();
     for chunk in records.chunks(500) {
         let batch = crate::log::encode(chunk, Compression::None).unwrap();
-        log.append(&topic(name), PartitionId(0), batch)
-            .await
-            .unwrap();
+        log.append(&topic(name), partition, batch).await.unwrap();
     }
 }
 
 async fn values(log: &Log, name: &str) -> Vec<String> {
-    read_all(log, name)
+    values_of(log, name, PartitionId(0)).await
+}
+
+async fn values_of(log: &Log, name: &str, partition: PartitionId) -> Vec<String> {
+    read_partition(log, name, partition)
         .await
         .into_iter()
         .map(|r| String::from_utf8(r.record.value.unwrap().to_vec()).unwrap())
@@ -97,7 +108,15 @@ async fn values(log: &Log, name: &str) -> Vec<String> {
 }
 
 async fn read_all(log: &Log, name: &str) -> Vec<crate::log::StoredRecord> {
-    let partition = log.partition(&topic(name), PartitionId(0)).unwrap();
+    read_partition(log, name, PartitionId(0)).await
+}
+
+async fn read_partition(
+    log: &Log,
+    name: &str,
+    partition: PartitionId,
+) -> Vec<crate::log::StoredRecord> {
+    let partition = log.partition(&topic(name), partition).unwrap();
     let mut out = Vec::new();
     let mut offset = Offset(0);
     while offset < partition.high_watermark() {
@@ -131,10 +150,19 @@ fn new_pipeline(name: &str, from: &str, to: &str, transforms: Vec<TransformSpec>
 
 /// Polls the pipeline until `done` holds for its first partition, or panics with its status.
 async fn wait_for(pipelines: &Pipelines, name: &str, done: impl Fn(&PartitionStatus) -> bool) {
+    wait_for_partition(pipelines, name, 0, done).await;
+}
+
+async fn wait_for_partition(
+    pipelines: &Pipelines,
+    name: &str,
+    index: usize,
+    done: impl Fn(&PartitionStatus) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let status = pipelines.get(name).await.unwrap();
-        if done(&status.partitions[0]) {
+        if done(&status.partitions[index]) {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "{status:#?}");
@@ -218,6 +246,59 @@ async fn lost_progress_never_duplicates_output() {
     let out = values(&s.log, "out").await;
     let expected: Vec<String> = (0..3500).map(|i| format!(r#"{{"s":"v{i}"}}"#)).collect();
     assert_eq!(out, expected, "every record exactly once, in order");
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_gained_partitions_gets_no_duplicates_after_lost_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    let two = TopicConfig {
+        partitions: 2,
+        ..TopicConfig::default()
+    };
+    s.log.create_topic(topic("in2"), two.clone()).await.unwrap();
+    s.log
+        .create_topic(topic("out2"), TopicConfig::default())
+        .await
+        .unwrap();
+    let reading = |i| format!(r#"{{"s":"v{i}"}}"#);
+    produce_to(&s.log, "in2", PartitionId(1), (0..2000).map(reading)).await;
+    let all = step("filter", &[("field", "s"), ("equals", "none")]);
+    let created = s
+        .pipelines
+        .create(new_pipeline("grow", "in2", "out2", vec![all]))
+        .await
+        .unwrap();
+    wait_for_partition(&s.pipelines, "grow", 1, |p| p.next_offset == 2000).await;
+    s.pipelines.pause("grow").await.unwrap();
+    // Progress lost as if by a crash, and meanwhile out2 grew: source partition 1 now maps to
+    // out2/1, which holds none of the output already in out2/0.
+    let key = progress::key(created.spec.id, PartitionId(1));
+    let mut lost: progress::Progress = s.meta.get(Table::PipelineProgress, &key).unwrap().unwrap();
+    lost.next = 500;
+    lost.set_end(
+        &progress::Destination {
+            topic: topic("out2"),
+            partition: PartitionId(0),
+        },
+        Offset(0),
+    );
+    s.meta
+        .put(Table::PipelineProgress, &key, &lost)
+        .await
+        .unwrap();
+    s.log
+        .update_topic_config(&topic("out2"), two)
+        .await
+        .unwrap();
+    s.pipelines.resume("grow").await.unwrap();
+    produce_to(&s.log, "in2", PartitionId(1), (2000..2500).map(reading)).await;
+    wait_for_partition(&s.pipelines, "grow", 1, |p| p.next_offset == 2500).await;
+    let old: Vec<String> = (0..2000).map(reading).collect();
+    let new: Vec<String> = (2000..2500).map(reading).collect();
+    assert_eq!(values_of(&s.log, "out2", PartitionId(0)).await, old);
+    assert_eq!(values_of(&s.log, "out2", PartitionId(1)).await, new);
     s.close().await;
 }
 
