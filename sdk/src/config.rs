@@ -58,9 +58,15 @@ impl Config {
         }
     }
 
-    /// `key` as a boolean (`true`/`false`), or `default` when absent.
+    /// `key` as a boolean (`true`/`false` in any case, as Kafka reads them), or `default` when
+    /// absent.
     pub fn flag(&self, key: &str, default: bool) -> Result<bool, String> {
-        self.parse_or(key, default)
+        match self.get(key).map(str::trim) {
+            None => Ok(default),
+            Some(raw) if raw.eq_ignore_ascii_case("true") => Ok(true),
+            Some(raw) if raw.eq_ignore_ascii_case("false") => Ok(false),
+            Some(raw) => Err(format!("key `{key}` is true or false, not {raw:?}")),
+        }
     }
 
     /// Rejects keys outside `known`, naming them and the keys this plugin takes.

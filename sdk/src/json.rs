@@ -57,7 +57,9 @@ pub fn remove(value: &mut Value, path: &str) -> Option<Value> {
 /// document and without reading past the field: for a transform that only tests one field (a
 /// filter, a router), several times faster than parsing the whole value. `Ok(None)` when a
 /// step is missing or not an object (which takes reading the whole document); an error when
-/// `bytes` stop being JSON before the field is found. What follows the field is not checked.
+/// `bytes` stop being JSON before the field is found. What follows the field is not checked,
+/// so with a duplicated key (which JSON advises against) this finds the first occurrence where
+/// a parsed `Value` keeps the last.
 pub fn lookup(bytes: &[u8], path: &str) -> Result<Option<Value>, String> {
     let mut found = None;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);

@@ -67,8 +67,12 @@ impl Predicate {
             Some("topic-name-matches") => {
                 let pattern = get(PREDICATE_PATTERN)
                     .ok_or("predicate topic-name-matches needs `predicate.pattern`")?;
-                let regex = Regex::new(&format!("^(?:{pattern})$"))
-                    .map_err(|e| format!("`predicate.pattern` is not a regular expression: {e}"))?;
+                let invalid = |e: regex::Error| {
+                    format!("`predicate.pattern` is not a regular expression: {e}")
+                };
+                // Compiled alone first: wrapped unchecked, `a)|(b` would be another regex.
+                Regex::new(pattern).map_err(invalid)?;
+                let regex = Regex::new(&format!("^(?:{pattern})$")).map_err(invalid)?;
                 PredicateKind::TopicNameMatches(regex)
             }
             Some("has-header-key") => PredicateKind::HasHeaderKey(

@@ -74,9 +74,7 @@ impl Transform for Filter {
             config
                 .get(key)
                 .map(|raw| {
-                    raw.trim()
-                        .parse::<f64>()
-                        .map_err(|_| format!("`{key}` takes a number, not {raw:?}"))
+                    finite(raw).ok_or_else(|| format!("`{key}` takes a number, not {raw:?}"))
                 })
                 .transpose()
         };
@@ -93,9 +91,14 @@ impl Transform for Filter {
             config
                 .get("matches")
                 .map(|re| {
+                    let invalid = |e: regex_lite::Error| {
+                        format!("`matches` is not a regular expression: {e}")
+                    };
+                    // Compiled alone first: wrapped unchecked, `a)|(b` would be another regex.
+                    Regex::new(re).map_err(invalid)?;
                     Regex::new(&format!("^(?:{re})$"))
                         .map(Condition::Matches)
-                        .map_err(|e| format!("`matches` is not a regular expression: {e}"))
+                        .map_err(invalid)
                 })
                 .transpose()?,
             number("greater-than")?.map(Condition::GreaterThan),
@@ -169,19 +172,28 @@ impl Filter {
     }
 
     /// Tests a present field, header or key: as text, or as `number` when the JSON field is
-    /// a number and the condition compares numbers.
+    /// a number and the condition compares numbers. Text equal as numbers is equal (`2.50`
+    /// and `2.5`: JSON numbers do not keep how they were written).
     fn test_text(&self, text: &str, number: Option<f64>) -> bool {
-        let number = || number.or_else(|| text.trim().parse::<f64>().ok());
+        let number = || number.or_else(|| finite(text));
+        let same = |expected: &str| {
+            text == expected || finite(expected).is_some_and(|n| finite(text) == Some(n))
+        };
         match &self.condition {
             Condition::Present => true,
-            Condition::Equals(v) => text == v,
-            Condition::NotEquals(v) => text != v,
-            Condition::In(set) => set.iter().any(|v| v == text),
+            Condition::Equals(v) => same(v),
+            Condition::NotEquals(v) => !same(v),
+            Condition::In(set) => set.iter().any(|v| same(v)),
             Condition::Matches(re) => re.is_match(text),
             Condition::GreaterThan(n) => number().is_some_and(|x| x > *n),
             Condition::LessThan(n) => number().is_some_and(|x| x < *n),
         }
     }
+}
+
+/// `text` as a finite number (`NaN` and infinities are not numbers to compare).
+fn finite(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
 }
 
 #[cfg(test)]
@@ -224,6 +236,19 @@ mod tests {
     }
 
     #[test]
+    fn numbers_equal_as_numbers_whatever_their_text() {
+        let values = [r#"{"v":2.50}"#, r#"{"v":"2.5"}"#, r#"{"v":3}"#];
+        assert_eq!(
+            run(&[("field", "v"), ("equals", "2.50")], &values),
+            [r#"{"v":3}"#]
+        );
+        assert_eq!(
+            run(&[("field", "v"), ("in", "1|3.0")], &values),
+            [r#"{"v":2.50}"#, r#"{"v":"2.5"}"#]
+        );
+    }
+
+    #[test]
     fn nested_fields_text_conditions_and_headers() {
         let values = [r#"{"a":{"s":"ok"}}"#, r#"{"a":{"s":"bad"}}"#];
         assert_eq!(
@@ -261,6 +286,14 @@ mod tests {
             Filter::init(Config::default())
                 .unwrap_err()
                 .contains("say what to test")
+        );
+        assert!(
+            Filter::init(
+                [("field", "a"), ("greater-than", "NaN")]
+                    .into_iter()
+                    .collect()
+            )
+            .is_err()
         );
         assert!(
             Filter::init(

@@ -15,7 +15,10 @@ use regex_lite::Regex;
 #[transform]
 #[derive(Debug)]
 pub struct RegexRouter {
-    regex: Regex,
+    /// The pattern anchored at both ends: does the whole topic match?
+    whole: Regex,
+    /// The pattern as given: the first match it finds is what gets replaced.
+    search: Regex,
     replacement: Vec<Piece>,
 }
 
@@ -32,19 +35,29 @@ impl Transform for RegexRouter {
     fn init(config: Config) -> Result<Self, String> {
         config.only(KNOWN_KEYS)?;
         let pattern = config.require("regex", "the regular expression a topic must match")?;
-        let regex = Regex::new(&format!("^(?:{pattern})$"))
-            .map_err(|e| format!("`regex` is not a regular expression: {e}"))?;
+        let invalid = |e: regex_lite::Error| format!("`regex` is not a regular expression: {e}");
+        // Compiled alone first: wrapped unchecked, `a)|(b` would turn into a different regex.
+        let search = Regex::new(pattern).map_err(invalid)?;
+        let whole = Regex::new(&format!("^(?:{pattern})$")).map_err(invalid)?;
         let replacement =
             config.require("replacement", "the topic to route matching records to")?;
         let replacement =
-            parse_replacement(replacement, &regex).map_err(|e| format!("`replacement`: {e}"))?;
-        Ok(Self { regex, replacement })
+            parse_replacement(replacement, &search).map_err(|e| format!("`replacement`: {e}"))?;
+        Ok(Self {
+            whole,
+            search,
+            replacement,
+        })
     }
 
     fn apply(&mut self, info: &BatchInfo, mut record: Record) -> Result<Option<Record>, String> {
         let topic = record.topic.as_deref().unwrap_or(&info.topic);
-        if let Some(captures) = self.regex.captures(topic) {
-            let mut routed = String::new();
+        // As Kafka: when the whole topic matches, replace the first match a search finds.
+        if self.whole.is_match(topic)
+            && let Some(captures) = self.search.captures(topic)
+        {
+            let found = captures.get(0).map_or(0..0, |m| m.range());
+            let mut routed = topic[..found.start].to_owned();
             for piece in &self.replacement {
                 match piece {
                     Piece::Text(text) => routed.push_str(text),
@@ -53,6 +66,7 @@ impl Transform for RegexRouter {
                     }
                 }
             }
+            routed.push_str(&topic[found.end..]);
             record.topic = Some(routed);
         }
         Ok(Some(record))
@@ -159,7 +173,25 @@ mod tests {
         );
         assert_eq!(
             route(&[("regex", "a|ab"), ("replacement", "x")], "ab", None),
-            Some("x".to_owned())
+            Some("xb".to_owned()),
+            "Java's replaceFirst: the first match a search finds is replaced"
+        );
+        assert_eq!(
+            route(
+                &[("regex", "(.*?)-raw"), ("replacement", "$1-clean")],
+                "a-raw-raw",
+                None
+            ),
+            Some("a-clean-raw".to_owned())
+        );
+        assert!(
+            RegexRouter::init(
+                [("regex", "logs)|(metrics"), ("replacement", "x")]
+                    .into_iter()
+                    .collect()
+            )
+            .is_err(),
+            "a pattern that is only valid once wrapped is refused"
         );
     }
 

@@ -197,6 +197,18 @@ impl TimestampConverter {
         let format = self.format.as_ref().ok_or_else(|| {
             format!("{text:?} is text; set `format` to the Java date pattern it is written in")
         })?;
+        // chrono reads a zone name and drops it; reading the time as UTC would be off by hours.
+        if format
+            .items
+            .iter()
+            .any(|item| matches!(item, Item::Fixed(chrono::format::Fixed::TimezoneName)))
+        {
+            return Err(format!(
+                "`format` {:?} has a time-zone name (`z`), which cannot be read back; use an \
+                 offset (`Z` or `X`) to convert text",
+                format.pattern
+            ));
+        }
         let mut parsed = Parsed::new();
         parse(&mut parsed, text, format.items.iter())
             .and_then(|()| resolve_like_simple_date_format(parsed))
@@ -417,6 +429,13 @@ mod tests {
                 .expect_err("no such day")
                 .contains("does not match")
         );
+    }
+
+    #[test]
+    fn zone_names_are_written_but_not_read() {
+        let with_zone = [("target.type", "unix"), ("format", "yyyy-MM-dd HH:mm:ss z")];
+        let read = convert(&with_zone, json!("2024-03-01 12:00:05 PST"));
+        assert!(read.unwrap_err().contains("time-zone name"));
     }
 
     #[test]
