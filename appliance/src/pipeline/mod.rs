@@ -13,7 +13,8 @@
 //! appends are durable, and on start each destination's tail past the recorded end is scanned
 //! for this pipeline's tags, so output a crash left behind is never written twice and nothing
 //! is skipped. Each pipeline's spec lives in meta "pipelines"; a pipeline's state (running,
-//! paused, failed with a reason) and lag are reported per partition.
+//! paused, failed with a reason) and lag are reported per partition. Partitions added to a
+//! source topic get their task within [`PARTITION_CHECK`].
 
 mod chain;
 mod progress;
@@ -32,6 +33,8 @@ use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
 pub use chain::{Predicate, Step};
 
 const MAX_NAME_LEN: usize = 128;
+/// How often pipelines look for partitions added to their source topic.
+const PARTITION_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_TRANSFORMS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +200,21 @@ impl Pipelines {
             pipelines.insert(name, running);
         }
         drop(pipelines);
+        let watcher = this.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(PARTITION_CHECK);
+            loop {
+                tokio::select! {
+                    _ = watcher.inner.shutdown.cancelled() => return,
+                    _ = interval.tick() => {
+                        let mut pipelines = watcher.inner.pipelines.lock().await;
+                        for running in pipelines.values_mut() {
+                            watcher.grow(running);
+                        }
+                    }
+                }
+            }
+        });
         Ok(this)
     }
 
@@ -363,56 +381,54 @@ impl Pipelines {
 
     /// Starts one task per source partition (none when paused).
     fn launch(&self, spec: PipelineSpec) -> Running {
-        let stop = self.inner.shutdown.child_token();
+        let mut running = Running {
+            spec,
+            stop: self.inner.shutdown.child_token(),
+            partitions: Vec::new(),
+            tasks: Vec::new(),
+        };
+        self.grow(&mut running);
+        running
+    }
+
+    /// Gives every source partition without one a status and, unless the pipeline is paused,
+    /// a task: at launch, and when the source topic gains partitions.
+    fn grow(&self, running: &mut Running) {
         let partition_count = self
             .inner
             .log
-            .topic_config(&spec.from)
+            .topic_config(&running.spec.from)
             .map_or(0, |config| config.partitions);
-        let initial = if spec.paused {
+        let initial = if running.spec.paused {
             PartitionState::Paused
         } else {
             PartitionState::Starting
         };
-        let partitions: Vec<Arc<StatusCell>> = (0..partition_count)
-            .map(|p| {
-                Arc::new(StatusCell(Mutex::new(PartitionStatus {
+        for p in running.partitions.len() as u32..partition_count {
+            let status = Arc::new(StatusCell(Mutex::new(PartitionStatus {
+                partition: PartitionId(p),
+                state: initial.clone(),
+                next_offset: 0,
+                high_watermark: 0,
+                records_in: 0,
+                records_out: 0,
+                skipped: 0,
+                dead_lettered: 0,
+            })));
+            if !running.spec.paused {
+                let context = task::PartitionTask {
+                    spec: running.spec.clone(),
                     partition: PartitionId(p),
-                    state: initial.clone(),
-                    next_offset: 0,
-                    high_watermark: 0,
-                    records_in: 0,
-                    records_out: 0,
-                    skipped: 0,
-                    dead_lettered: 0,
-                })))
-            })
-            .collect();
-        let tasks = if spec.paused {
-            Vec::new()
-        } else {
-            partitions
-                .iter()
-                .map(|status| {
-                    let context = task::PartitionTask {
-                        spec: spec.clone(),
-                        partition: status.get().partition,
-                        log: self.inner.log.clone(),
-                        meta: self.inner.meta.clone(),
-                        plugins: self.inner.plugins.clone(),
-                        limits: self.inner.limits,
-                        status: status.clone(),
-                        stop: stop.clone(),
-                    };
-                    tokio::spawn(context.run())
-                })
-                .collect()
-        };
-        Running {
-            spec,
-            stop,
-            partitions,
-            tasks,
+                    log: self.inner.log.clone(),
+                    meta: self.inner.meta.clone(),
+                    plugins: self.inner.plugins.clone(),
+                    limits: self.inner.limits,
+                    status: status.clone(),
+                    stop: running.stop.clone(),
+                };
+                running.tasks.push(tokio::spawn(context.run()));
+            }
+            running.partitions.push(status);
         }
     }
 }

@@ -162,7 +162,7 @@ async fn wait_for_partition(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let status = pipelines.get(name).await.unwrap();
-        if done(&status.partitions[index]) {
+        if status.partitions.get(index).is_some_and(&done) {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "{status:#?}");
@@ -299,6 +299,38 @@ async fn a_destination_that_gained_partitions_gets_no_duplicates_after_lost_prog
     let new: Vec<String> = (2000..2500).map(reading).collect();
     assert_eq!(values_of(&s.log, "out2", PartitionId(0)).await, old);
     assert_eq!(values_of(&s.log, "out2", PartitionId(1)).await, new);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_added_to_the_source_are_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    produce(&s.log, "in", (0..10).map(|i| format!(r#"{{"i":{i}}}"#))).await;
+    let all = step("filter", &[("field", "i"), ("less-than", "0")]);
+    s.pipelines
+        .create(new_pipeline("widen", "in", "wide", vec![all]))
+        .await
+        .unwrap();
+    wait_for(&s.pipelines, "widen", |p| p.next_offset == 10).await;
+    let two = TopicConfig {
+        partitions: 2,
+        ..TopicConfig::default()
+    };
+    s.log.update_topic_config(&topic("in"), two).await.unwrap();
+    produce_to(
+        &s.log,
+        "in",
+        PartitionId(1),
+        (10..15).map(|i| format!(r#"{{"i":{i}}}"#)),
+    )
+    .await;
+    wait_for_partition(&s.pipelines, "widen", 1, |p| p.next_offset == 5).await;
+    assert_eq!(
+        values(&s.log, "wide").await.len(),
+        15,
+        "wide has 1 partition: 1 mod 1 = 0"
+    );
     s.close().await;
 }
 
