@@ -13,7 +13,8 @@
 //! batch (lists in a plugin's memory may overlap, so its output could otherwise be far larger
 //! than its memory).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,6 +27,7 @@ use wasmtime::component::{
 };
 use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::{EPOCH_TICK, Fault, Limits, PluginError, PluginKind, lock};
@@ -385,9 +387,8 @@ impl TransformInstance {
         default_limits: Limits,
         counters: Arc<InstanceCounters>,
     ) -> Result<Self, PluginError> {
-        let (limits, wasi, plugin_config) = sandbox(plugin, config, default_limits)?;
+        let (limits, mut wasi, plugin_config) = sandbox(plugin, config, default_limits).await?;
         let stderr = StderrTail::default();
-        let mut wasi = wasi;
         wasi.stderr(stderr.clone());
         let state = InstanceState {
             wasi: wasi.build(),
@@ -595,7 +596,7 @@ fn charge(state: &mut InstanceState, len: usize) -> wasmtime::Result<()> {
 
 /// Splits the host's keys (limits and WASI grants) from the plugin's configuration.
 #[allow(clippy::type_complexity)]
-fn sandbox(
+async fn sandbox(
     plugin: &str,
     config: &[(String, String)],
     default_limits: Limits,
@@ -608,6 +609,7 @@ fn sandbox(
     let mut limits = default_limits;
     let mut wasi = WasiCtxBuilder::new();
     let mut plugin_config = Vec::with_capacity(config.len());
+    let mut outbound: HashSet<SocketAddr> = HashSet::new();
     for (key, value) in config {
         match key.as_str() {
             "max-memory-mb" => {
@@ -628,6 +630,14 @@ fn sandbox(
                 wasi.preopened_dir(host, guest, perms)
                     .map_err(|e| grant_error(key, format!("cannot open {host:?}: {e}")))?;
             }
+            "wasi.net" => {
+                for target in value.split('|').map(str::trim).filter(|t| !t.is_empty()) {
+                    let resolved = tokio::net::lookup_host(target).await.map_err(|e| {
+                        grant_error(key, format!("{target:?} is not a reachable HOST:PORT: {e}"))
+                    })?;
+                    outbound.extend(resolved);
+                }
+            }
             other => match other.strip_prefix("wasi.env.") {
                 Some(name) if !name.is_empty() => {
                     wasi.env(name, value);
@@ -635,13 +645,29 @@ fn sandbox(
                 _ if other.starts_with("wasi.") => {
                     return Err(grant_error(
                         key,
-                        "unknown capability; grants are wasi.dir, wasi.dir-rw and wasi.env.NAME"
+                        "unknown capability; grants are wasi.dir, wasi.dir-rw, wasi.net and \
+                         wasi.env.NAME"
                             .to_owned(),
                     ));
                 }
                 _ => plugin_config.push((key.clone(), value.clone())),
             },
         }
+    }
+    if !outbound.is_empty() {
+        // Outbound TCP to the granted addresses only: the implicit bind a connect makes (to
+        // the wildcard address) and the connect itself. No listening, no UDP.
+        let outbound = Arc::new(outbound);
+        wasi.allow_tcp(true)
+            .allow_ip_name_lookup(true)
+            .socket_addr_check(move |addr, use_| {
+                let allowed = match use_ {
+                    SocketAddrUse::TcpConnect => outbound.contains(&addr),
+                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    _ => false,
+                };
+                Box::pin(async move { allowed })
+            });
     }
     Ok((limits, wasi, plugin_config))
 }

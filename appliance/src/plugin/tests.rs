@@ -401,3 +401,49 @@ async fn every_builtin_runs_in_the_sandbox() {
         check(&out[0]);
     }
 }
+
+/// Outbound connections need a `wasi.net` grant naming the address; nothing else gets out.
+#[tokio::test(flavor = "multi_thread")]
+async fn network_access_is_granted_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = open(dir.path());
+    plugins
+        .add("faulty", test_plugin("plugin_fault_injector"))
+        .await
+        .unwrap();
+    let loaded = plugins.get("faulty").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let granted = listener.local_addr().unwrap().to_string();
+    let connect_to = |addr: &str, grant: Option<&str>| {
+        let mut pairs = vec![("mode", "connect"), ("addr", addr)];
+        pairs.extend(grant.map(|g| ("wasi.net", g)));
+        config(&pairs)
+    };
+    let outcome = async |pairs: Vec<(String, String)>| {
+        let mut instance = plugins
+            .instantiate_transform(&loaded, &pairs, Limits::default(), "net")
+            .await
+            .unwrap();
+        instance.process(&info(), &[record(0, "x")]).await.unwrap()
+    };
+    let allowed = outcome(connect_to(&granted, Some(&granted))).await;
+    assert!(allowed.is_ok(), "{allowed:?}");
+    let denied = outcome(connect_to(&granted, None)).await.unwrap_err();
+    assert!(denied.message.contains("cannot connect"), "{denied:?}");
+    let elsewhere = other.local_addr().unwrap().to_string();
+    let outside = outcome(connect_to(&elsewhere, Some(&granted)))
+        .await
+        .unwrap_err();
+    assert!(outside.message.contains("cannot connect"), "{outside:?}");
+    let bad = plugins
+        .instantiate_transform(
+            &loaded,
+            &connect_to(&granted, Some("no-port")),
+            Limits::default(),
+            "net",
+        )
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("wasi.net"), "{bad}");
+}

@@ -12,7 +12,7 @@ pub struct FaultInjector {
     hoard: Vec<Vec<u8>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Mode {
     Trap,
     Loop,
@@ -20,6 +20,7 @@ enum Mode {
     Allocate,
     Flood,
     Poison,
+    Connect(String),
 }
 
 impl Transform for FaultInjector {
@@ -42,15 +43,20 @@ impl Transform for FaultInjector {
     }
 
     fn init(config: Config) -> Result<Self, String> {
-        config.only(&["mode"])?;
+        config.only(&["mode", "addr"])?;
         let mode = match config.require(
             "mode",
-            "trap, loop, sleep, allocate, flood, reject-config or poison",
+            "trap, loop, sleep, allocate, flood, connect, reject-config or poison",
         )? {
             "trap" => Mode::Trap,
             "loop" => Mode::Loop,
             "sleep" => Mode::Sleep,
             "flood" => Mode::Flood,
+            "connect" => Mode::Connect(
+                config
+                    .require("addr", "HOST:PORT to connect to")?
+                    .to_owned(),
+            ),
             "allocate" => Mode::Allocate,
             "poison" => Mode::Poison,
             "reject-config" => return Err("this configuration is rejected on purpose".into()),
@@ -63,7 +69,11 @@ impl Transform for FaultInjector {
     }
 
     fn apply(&mut self, _: &BatchInfo, record: Record) -> Result<Option<Record>, String> {
-        match self.mode {
+        match &self.mode {
+            Mode::Connect(addr) => match std::net::TcpStream::connect(addr.as_str()) {
+                Ok(_) => Ok(Some(record)),
+                Err(e) => Err(format!("cannot connect to {addr}: {e}")),
+            },
             Mode::Trap => panic!("fault-injector: trapping on purpose"),
             Mode::Loop => loop {
                 std::hint::spin_loop();
