@@ -217,7 +217,7 @@ async fn grants_and_limits_are_host_keys_the_plugin_never_sees() {
     let error = plugins
         .instantiate_transform(
             &filter,
-            &config(&[("wasi.net", "x")]),
+            &config(&[("wasi.gpu", "x")]),
             Limits::default(),
             "p/0",
         )
