@@ -16,6 +16,8 @@ const PLUGIN_PROFILE: &str = "plugin";
 struct PluginCrate {
     package: String,
     builtin: Option<String>,
+    /// The world it exports (`transform`, `source` or `sink`), from the same metadata.
+    kind: String,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,8 +53,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let component = built.join(&file);
         fs::copy(&component, published.join(&file))?;
         if let Some(name) = &plugin.builtin {
+            let kind = match plugin.kind.as_str() {
+                "transform" => "Transform",
+                "source" => "Source",
+                "sink" => "Sink",
+                other => {
+                    return Err(format!("{}: unknown plugin kind {other:?}", plugin.package).into());
+                }
+            };
             table.push_str(&format!(
-                "    ({name:?}, include_bytes!({:?})),\n",
+                "    ({name:?}, PluginKind::{kind}, include_bytes!({:?})),\n",
                 component.display().to_string()
             ));
         }
@@ -62,8 +72,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Every crate under `plugins/`, with the built-in name its manifest declares
-/// (`[package.metadata.appliance] builtin = "NAME"`), sorted for a stable table.
+/// Every crate under `plugins/`, with the built-in name and kind its manifest declares
+/// (`[package.metadata.appliance] builtin = "NAME"`, `kind = "source"`; transform by
+/// default), sorted for a stable table.
 fn plugin_crates(dir: &Path) -> Result<Vec<PluginCrate>, Box<dyn std::error::Error>> {
     let mut crates = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -80,15 +91,17 @@ fn plugin_crates(dir: &Path) -> Result<Vec<PluginCrate>, Box<dyn std::error::Err
             .get("name")
             .and_then(|n| n.as_str())
             .ok_or_else(|| format!("{} has no package name", manifest.display()))?;
-        let builtin = package
-            .get("metadata")
-            .and_then(|m| m.get("appliance"))
-            .and_then(|a| a.get("builtin"))
-            .and_then(|b| b.as_str())
-            .map(str::to_owned);
+        let metadata = package.get("metadata").and_then(|m| m.get("appliance"));
+        let field = |key: &str| {
+            metadata
+                .and_then(|a| a.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
         crates.push(PluginCrate {
             package: name.to_owned(),
-            builtin,
+            builtin: field("builtin"),
+            kind: field("kind").unwrap_or_else(|| "transform".to_owned()),
         });
     }
     crates.sort_by(|a, b| a.package.cmp(&b.package));

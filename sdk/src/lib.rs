@@ -1,7 +1,8 @@
 //! The guest side of the appliance's plugin ABI: what plugin authors depend on.
 //!
 //! A transform is a plain Rust type implementing [`Transform`], exported with
-//! [`#[transform]`](transform). The appliance hands it batches of [`Record`]s; the default
+//! [`#[transform]`](transform); connectors implement [`Source`] or [`Sink`] and are exported
+//! with [`#[source]`](source) or [`#[sink]`](sink). The appliance hands it batches of [`Record`]s; the default
 //! [`Transform::process`] calls [`Transform::apply`] once per record, so most transforms only
 //! write `apply`. Build with `cargo build --target wasm32-wasip2 --release` and load the
 //! resulting `.wasm` with `appliance plugin add`.
@@ -12,6 +13,7 @@
 //! header accessors on [`Record`]).
 
 mod config;
+mod connector;
 pub mod host;
 #[cfg(feature = "java-date-format")]
 pub mod java_date_format;
@@ -19,8 +21,9 @@ pub mod json;
 mod record;
 mod side;
 
-pub use appliance_sdk_macros::transform;
+pub use appliance_sdk_macros::{sink, source, transform};
 pub use config::Config;
+pub use connector::{Sink, Source};
 pub use side::Side;
 
 /// Bindings generated from `sdk/wit/plugin.wit`: the shared types and the host's imports.
@@ -40,7 +43,7 @@ pub mod wit {
     });
 }
 
-pub use wit::appliance::plugin::types::{BatchInfo, Header, Record, RecordError};
+pub use wit::appliance::plugin::types::{BatchInfo, Header, Record, RecordError, SourceRecord};
 
 /// A single-message transform. One instance serves one partition of one pipeline, so it may
 /// keep state between batches.
@@ -94,14 +97,29 @@ pub mod __private {
 
     pub use wit_bindgen;
 
-    use super::{BatchInfo, Config, Record, RecordError, Transform};
+    use super::{BatchInfo, Config, Record, RecordError, Sink, Source, SourceRecord, Transform};
 
-    /// The instance of the exported transform: one per WebAssembly instance.
+    type Pairs = Vec<(String, String)>;
+
+    /// The instance of the exported type: one per WebAssembly instance.
     pub struct Slot<T>(Mutex<Option<T>>);
 
     impl<T> Slot<T> {
         pub const fn new() -> Self {
             Self(Mutex::new(None))
+        }
+
+        fn set(&self, value: T) {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        }
+
+        /// Runs `call` on the instance; before a successful init there is none.
+        fn with<R>(&self, call: impl FnOnce(&mut T) -> R) -> Result<R, String> {
+            let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            guard
+                .as_mut()
+                .map(call)
+                .ok_or_else(|| "called before a successful init".to_owned())
         }
     }
 
@@ -117,12 +135,8 @@ pub mod __private {
         }
     }
 
-    pub fn transform_init<T: Transform>(
-        slot: &Slot<T>,
-        config: Vec<(String, String)>,
-    ) -> Result<(), String> {
-        let instance = T::init(Config::new(config))?;
-        *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(instance);
+    pub fn transform_init<T: Transform>(slot: &Slot<T>, config: Pairs) -> Result<(), String> {
+        slot.set(T::init(Config::new(config))?);
         Ok(())
     }
 
@@ -131,13 +145,50 @@ pub mod __private {
         info: BatchInfo,
         records: Vec<Record>,
     ) -> Result<Vec<Record>, RecordError> {
-        let mut guard = slot.0.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.as_mut() {
-            Some(instance) => instance.process(&info, records),
-            None => Err(RecordError {
-                index: 0,
-                message: "process called before a successful init".to_owned(),
-            }),
-        }
+        slot.with(|instance| instance.process(&info, records))
+            .unwrap_or_else(|message| Err(RecordError { index: 0, message }))
+    }
+
+    fn pairs_of(configs: Vec<Config>) -> Vec<Pairs> {
+        configs.into_iter().map(Config::into_pairs).collect()
+    }
+
+    pub fn source_plan<T: Source>(config: Pairs, max_tasks: u32) -> Result<Vec<Pairs>, String> {
+        T::plan(Config::new(config), max_tasks).map(pairs_of)
+    }
+
+    pub fn source_init<T: Source>(
+        slot: &Slot<T>,
+        config: Pairs,
+        resume_after: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        slot.set(T::init(Config::new(config), resume_after)?);
+        Ok(())
+    }
+
+    pub fn source_poll<T: Source>(slot: &Slot<T>, max: u32) -> Result<Vec<SourceRecord>, String> {
+        slot.with(|instance| instance.poll(max))?
+    }
+
+    pub fn sink_plan<T: Sink>(config: Pairs, max_tasks: u32) -> Result<Vec<Pairs>, String> {
+        T::plan(Config::new(config), max_tasks).map(pairs_of)
+    }
+
+    pub fn sink_init<T: Sink>(slot: &Slot<T>, config: Pairs) -> Result<(), String> {
+        slot.set(T::init(Config::new(config))?);
+        Ok(())
+    }
+
+    pub fn sink_put<T: Sink>(
+        slot: &Slot<T>,
+        info: BatchInfo,
+        records: Vec<Record>,
+    ) -> Result<(), RecordError> {
+        slot.with(|instance| instance.put(&info, records))
+            .unwrap_or_else(|message| Err(RecordError { index: 0, message }))
+    }
+
+    pub fn sink_flush<T: Sink>(slot: &Slot<T>) -> Result<(), String> {
+        slot.with(|instance| instance.flush())?
     }
 }

@@ -145,6 +145,28 @@ async fn added_plugins_survive_a_restart_and_bad_bytes_are_refused() {
     assert_eq!(out[0].value.as_deref(), Some(&br#"{"s":"ABC"}"#[..]));
     let counters = plugins.counters();
     assert_eq!(counters[0].1.snapshot(), [("uppercased".to_owned(), 1)]);
+    let generator = plugins.get("generator").await.unwrap();
+    assert_eq!(
+        generator.info.kind,
+        PluginKind::Source,
+        "the built-in source is one"
+    );
+    let wrong = plugins
+        .instantiate_transform(&generator, &[], Limits::default(), "p/0")
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, PluginError::WrongKind { .. }), "{wrong}");
+    let generator = plugins.get("generator").await.unwrap();
+    assert_eq!(
+        generator.info.kind,
+        PluginKind::Source,
+        "the built-in source is one"
+    );
+    let wrong = plugins
+        .instantiate_transform(&generator, &[], Limits::default(), "p/0")
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, PluginError::WrongKind { .. }), "{wrong}");
     plugins.delete("upper").await.unwrap();
     assert!(matches!(
         plugins.get("nope").await.unwrap_err(),
@@ -376,13 +398,13 @@ async fn every_builtin_runs_in_the_sandbox() {
         .list()
         .unwrap()
         .into_iter()
-        .filter(|p| p.builtin)
+        .filter(|p| p.builtin && p.kind == PluginKind::Transform)
         .map(|p| p.name)
         .collect();
     assert_eq!(
         builtins.len(),
         cases.len(),
-        "a case for every built-in: {builtins:?}"
+        "a case for every built-in transform: {builtins:?}"
     );
     for (name, pairs, check) in cases {
         let loaded = plugins.get(name).await.unwrap();
