@@ -335,6 +335,50 @@ async fn partitions_added_to_the_source_are_picked_up() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_predicate_limits_a_transform_to_the_records_it_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    let records: Vec<Record> = [("a", true), ("b", false), ("c", true)]
+        .into_iter()
+        .map(|(name, personal)| Record {
+            key: None,
+            value: Some(Bytes::from(format!(r#"{{"name":"{name}"}}"#))),
+            headers: personal
+                .then(|| crate::log::Header {
+                    key: "pii".into(),
+                    value: None,
+                })
+                .into_iter()
+                .collect(),
+            timestamp: Timestamp(1_700_000_000_000),
+        })
+        .collect();
+    let batch = crate::log::encode(&records, Compression::None).unwrap();
+    s.log
+        .append(&topic("in"), PartitionId(0), batch)
+        .await
+        .unwrap();
+    let mask = step(
+        "mask-field",
+        &[
+            ("fields", "name"),
+            ("predicate", "has-header-key"),
+            ("predicate.name", "pii"),
+        ],
+    );
+    s.pipelines
+        .create(new_pipeline("mask", "in", "masked", vec![mask]))
+        .await
+        .unwrap();
+    wait_for(&s.pipelines, "mask", |p| p.next_offset == 3).await;
+    assert_eq!(
+        values(&s.log, "masked").await,
+        [r#"{"name":""}"#, r#"{"name":"b"}"#, r#"{"name":""}"#]
+    );
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path()).await;
