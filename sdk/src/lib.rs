@@ -20,6 +20,7 @@ pub mod java_date_format;
 pub mod json;
 mod record;
 mod side;
+pub mod testing;
 
 pub use appliance_sdk_macros::{sink, source, transform};
 pub use config::Config;
@@ -99,7 +100,8 @@ pub mod __private {
 
     use super::{BatchInfo, Config, Record, RecordError, Sink, Source, SourceRecord, Transform};
 
-    type Pairs = Vec<(String, String)>;
+    /// A configuration as it crosses the ABI.
+    pub type Pairs = Vec<(String, String)>;
 
     /// The instance of the exported type: one per WebAssembly instance.
     pub struct Slot<T>(Mutex<Option<T>>);

@@ -52,6 +52,36 @@ async fn setup(dir: &Path) -> Setup {
 }
 
 impl Setup {
+    /// Rolls a pipeline partition's progress back to source offset `next`, with partition 0
+    /// of `destination` recorded as ending at 0: as if the process died before its progress
+    /// reached the disk (the destination registered at its start, nothing recorded as done).
+    async fn lose_progress(
+        &self,
+        pipeline_id: u64,
+        partition: PartitionId,
+        next: u64,
+        destination: &str,
+    ) {
+        let key = progress::key(pipeline_id, partition);
+        let mut lost: progress::Progress = self
+            .meta
+            .get(Table::PipelineProgress, &key)
+            .unwrap()
+            .unwrap();
+        lost.next = next;
+        lost.set_end(
+            &progress::Destination {
+                topic: topic(destination),
+                partition: PartitionId(0),
+            },
+            Offset(0),
+        );
+        self.meta
+            .put(Table::PipelineProgress, &key, &lost)
+            .await
+            .unwrap();
+    }
+
     async fn add_faulty(&self) {
         self.plugins
             .add("faulty", test_plugin("plugin_fault_injector"))
@@ -219,22 +249,8 @@ async fn lost_progress_never_duplicates_output() {
         .unwrap();
     wait_for(&s.pipelines, "copy", |p| p.next_offset == 3000).await;
     s.pipelines.pause("copy").await.unwrap();
-    // As if the process had died before its progress reached the disk: the destination is
-    // registered at its start, and nothing is recorded as done.
-    let key = progress::key(created.spec.id, PartitionId(0));
-    let mut lost: progress::Progress = s.meta.get(Table::PipelineProgress, &key).unwrap().unwrap();
-    lost.next = 1000;
-    lost.set_end(
-        &progress::Destination {
-            topic: topic("out"),
-            partition: PartitionId(0),
-        },
-        Offset(0),
-    );
-    s.meta
-        .put(Table::PipelineProgress, &key, &lost)
-        .await
-        .unwrap();
+    s.lose_progress(created.spec.id, PartitionId(0), 1000, "out")
+        .await;
     s.pipelines.resume("copy").await.unwrap();
     produce(
         &s.log,
@@ -272,22 +288,10 @@ async fn a_destination_that_gained_partitions_gets_no_duplicates_after_lost_prog
         .unwrap();
     wait_for_partition(&s.pipelines, "grow", 1, |p| p.next_offset == 2000).await;
     s.pipelines.pause("grow").await.unwrap();
-    // Progress lost as if by a crash, and meanwhile out2 grew: source partition 1 now maps to
+    // Progress lost as if by a crash, and meanwhile out2 grows: source partition 1 now maps to
     // out2/1, which holds none of the output already in out2/0.
-    let key = progress::key(created.spec.id, PartitionId(1));
-    let mut lost: progress::Progress = s.meta.get(Table::PipelineProgress, &key).unwrap().unwrap();
-    lost.next = 500;
-    lost.set_end(
-        &progress::Destination {
-            topic: topic("out2"),
-            partition: PartitionId(0),
-        },
-        Offset(0),
-    );
-    s.meta
-        .put(Table::PipelineProgress, &key, &lost)
-        .await
-        .unwrap();
+    s.lose_progress(created.spec.id, PartitionId(1), 500, "out2")
+        .await;
     s.log
         .update_topic_config(&topic("out2"), two)
         .await

@@ -247,14 +247,7 @@ mod tests {
     use appliance_sdk::json::serde_json::json;
 
     fn cast(config: &[(&str, &str)], value: Value) -> Result<Value, String> {
-        let mut transform = Cast::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo::new("t", 0);
-        let out = transform.apply(&info, Record::from_value(value.to_string()))?;
-        Ok(out
-            .expect("kept")
-            .json_value()
-            .expect("JSON")
-            .expect("not a tombstone"))
+        appliance_sdk::testing::apply_to_json::<Cast>(config, &value)
     }
 
     fn cast_one(type_name: &str, value: Value) -> Result<Value, String> {

@@ -120,15 +120,7 @@ mod tests {
     use appliance_sdk::json::serde_json::json;
 
     fn mask(config: &[(&str, &str)], value: Value) -> Result<Value, String> {
-        let mut transform =
-            MaskField::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo::new("t", 0);
-        let out = transform.apply(&info, Record::from_value(value.to_string()))?;
-        Ok(out
-            .expect("kept")
-            .json_value()
-            .expect("JSON")
-            .expect("not a tombstone"))
+        appliance_sdk::testing::apply_to_json::<MaskField>(config, &value)
     }
 
     #[test]

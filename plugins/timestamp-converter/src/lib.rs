@@ -299,15 +299,7 @@ mod tests {
     const MILLIS: i64 = 1_709_294_405_007;
 
     fn convert(config: &[(&str, &str)], value: Value) -> Result<Value, String> {
-        let mut transform =
-            TimestampConverter::init(config.iter().copied().collect()).expect("valid config");
-        let info = BatchInfo::new("t", 0);
-        let out = transform.apply(&info, Record::from_value(value.to_string()))?;
-        Ok(out
-            .expect("kept")
-            .json_value()
-            .expect("JSON")
-            .expect("not a tombstone"))
+        appliance_sdk::testing::apply_to_json::<TimestampConverter>(config, &value)
     }
 
     #[test]

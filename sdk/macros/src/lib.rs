@@ -22,7 +22,7 @@ pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
     export(attr, item, "transform", |name| {
         quote! {
             impl exports::appliance::plugin::transformer::Guest for Exports {
-                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
+                fn init(config: ::appliance_sdk::__private::Pairs)
                     -> ::std::result::Result<(), ::std::string::String>
                 {
                     ::appliance_sdk::__private::transform_init(&SLOT, config)
@@ -51,17 +51,17 @@ pub fn source(attr: TokenStream, item: TokenStream) -> TokenStream {
         quote! {
             impl exports::appliance::plugin::source_connector::Guest for Exports {
                 fn plan(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                    config: ::appliance_sdk::__private::Pairs,
                     max_tasks: u32,
                 ) -> ::std::result::Result<
-                    ::std::vec::Vec<::std::vec::Vec<(::std::string::String, ::std::string::String)>>,
+                    ::std::vec::Vec<::appliance_sdk::__private::Pairs>,
                     ::std::string::String,
                 > {
                     ::appliance_sdk::__private::source_plan::<super::#name>(config, max_tasks)
                 }
 
                 fn init(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                    config: ::appliance_sdk::__private::Pairs,
                     resume_after: ::std::option::Option<::std::vec::Vec<u8>>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     ::appliance_sdk::__private::source_init(&SLOT, config, resume_after)
@@ -85,16 +85,16 @@ pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
         quote! {
             impl exports::appliance::plugin::sink_connector::Guest for Exports {
                 fn plan(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                    config: ::appliance_sdk::__private::Pairs,
                     max_tasks: u32,
                 ) -> ::std::result::Result<
-                    ::std::vec::Vec<::std::vec::Vec<(::std::string::String, ::std::string::String)>>,
+                    ::std::vec::Vec<::appliance_sdk::__private::Pairs>,
                     ::std::string::String,
                 > {
                     ::appliance_sdk::__private::sink_plan::<super::#name>(config, max_tasks)
                 }
 
-                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
+                fn init(config: ::appliance_sdk::__private::Pairs)
                     -> ::std::result::Result<(), ::std::string::String>
                 {
                     ::appliance_sdk::__private::sink_init(&SLOT, config)
