@@ -10,7 +10,7 @@
 //!             WASI context) -> TransformInstance::process(batch), async, under a deadline
 //! ```
 //!
-//! A background task advances the engine's epoch every [`EPOCH_TICK`]: at each tick a running
+//! A background thread advances the engine's epoch every [`EPOCH_TICK`]: at each tick a running
 //! guest yields to the executor, and once its `timeout-ms` of ticks are spent it traps. A trap,
 //! a missed deadline or memory growth past `max-memory-mb` ends that call with a [`Fault`]
 //! naming the plugin and the reason; the instance is then discarded, nothing else is affected.
@@ -227,17 +227,21 @@ impl Plugins {
         let store_dir = data_dir.join("plugins");
         create_dir(&store_dir)?;
         let cache = cache::ComponentCache::open(&engine, data_dir.join("plugin-cache"))?;
+        // A thread of its own, not a task: guests run on the runtime's workers and only yield
+        // at a tick, so a ticker that needed a free worker could wait forever behind them.
         let ticking = engine.clone();
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(EPOCH_TICK);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticker.cancelled() => return,
-                    _ = interval.tick() => ticking.increment_epoch(),
+        std::thread::Builder::new()
+            .name("plugin-epoch".to_owned())
+            .spawn(move || {
+                while !ticker.is_cancelled() {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
                 }
-            }
-        });
+            })
+            .map_err(|source| PluginError::Io {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
