@@ -30,7 +30,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cargo:rerun-if-changed={}",
         workspace.join("plugins").display()
     );
-    println!("cargo:rerun-if-changed={}", workspace.join("sdk").display());
+    // Libraries plugins share (plugin-libs/) and the SDK are built into them too.
+    for shared in ["sdk", "plugin-libs"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(shared).display()
+        );
+    }
 
     let plugins = plugin_crates(&workspace.join("plugins"))?;
     let profile_dir = profile_dir(&out_dir)?;

@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "appliance/v1/groups.proto",
     "appliance/v1/plugins.proto",
     "appliance/v1/pipelines.proto",
+    "appliance/v1/connectors.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

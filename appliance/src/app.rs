@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiError, Metrics};
 use crate::config::Config;
+use crate::connect::{ConnectError, Connectors};
 use crate::group::Coordinator;
 use crate::log::{Log, LogError};
 use crate::meta::{Meta, MetaError};
@@ -44,6 +45,8 @@ pub enum AppError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Connector(#[from] ConnectError),
 }
 
 /// Opens the data directory, runs until `shutdown` is cancelled, then stops in data-flow
@@ -100,12 +103,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )
     .await?;
-    let coordinator = Coordinator::new(log.clone(), meta);
+    let coordinator = Coordinator::new(log.clone(), meta.clone());
+    let connectors = Connectors::open(
+        log.clone(),
+        meta,
+        plugins.clone(),
+        coordinator.clone(),
+        config.plugins.limits(),
+        shutdown.clone(),
+    )
+    .await?;
     let metrics = Metrics::new(
         log.clone(),
         coordinator.clone(),
         plugins.clone(),
         pipelines.clone(),
+        connectors.clone(),
     );
     let metrics_server = tokio::spawn(api::metrics::serve(
         metrics_listener,
@@ -119,6 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             coordinator,
             plugins,
             pipelines: pipelines.clone(),
+            connectors: connectors.clone(),
             metrics,
         },
         shutdown.clone(),
@@ -136,6 +150,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let served = grpc_server.await;
         let _ = metrics_server.await;
         pipelines.stop_all().await;
+        connectors.stop_all().await;
         ticker.cancel();
         log.close().await?;
         tracing::info!("shutdown complete");

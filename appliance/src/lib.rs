@@ -28,6 +28,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod group;
 pub mod log;
 pub mod meta;

@@ -2,6 +2,29 @@
 //! them out. As in Kafka Connect, `plan` splits a connector's work into task configurations
 //! and each task is one instance of the type; the appliance's worker owns scheduling,
 //! restarts, positions and offsets.
+//!
+//! # What the worker guarantees a source
+//! - `poll` runs again only after everything the previous polls emitted is durable in the log
+//!   (or was handled by the error policy). A source that must acknowledge upstream (an MQTT
+//!   PUBACK, deleting a spooled file) does it for the previous poll's records at the start of
+//!   the next poll: what it acknowledges is never lost.
+//! - The worker stores the position of the last record of each batch it appends, in the same
+//!   append as the records; after a crash or a restart `init` gets the newest stored position.
+//!   Records emitted after it are not in the log and must be produced again.
+//! - Every call has a deadline (`timeout-ms`, 5 s by default): `poll` returns what is available
+//!   now (use non-blocking or short-timeout reads) and returns no records when there is
+//!   nothing; the worker then waits a little (10 ms, growing to 250 ms while idle) and polls
+//!   again.
+//!
+//! # What the worker guarantees a sink
+//! - `put` gets the records of one partition in offset order, each with its offset, and
+//!   `info` names the topic and partition.
+//! - An error from `put` names the first record the sink did not take: the records before it
+//!   are taken (they will be flushed), the worker puts the rest again, from that record, after
+//!   a backoff (bounded retries; then the connector's error policy applies to that record).
+//! - Offsets are committed only after `flush` succeeds. After a crash or a restart the records
+//!   after the last commit are put again: a sink that must not write twice uses the topic,
+//!   partition and offset to skip what it already wrote.
 
 use crate::{BatchInfo, Config, Record, RecordError, SourceRecord};
 

@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::connect::ConnectError;
 use crate::group::GroupError;
 use crate::log::LogError;
 use crate::meta::MetaError;
@@ -96,6 +97,25 @@ impl From<PipelineError> for Status {
             PipelineError::NotFound { .. } => Status::not_found(error.to_string()),
             PipelineError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             PipelineError::PluginInUse { .. } => Status::failed_precondition(error.to_string()),
+        }
+    }
+}
+
+impl From<ConnectError> for Status {
+    fn from(error: ConnectError) -> Self {
+        match error {
+            ConnectError::Plugin(error) => error.into(),
+            ConnectError::Log(error) => error.into(),
+            ConnectError::Meta(error) => error.into(),
+            ConnectError::Group(error) => error.into(),
+            ConnectError::InvalidName { .. } | ConnectError::InvalidSpec { .. } => {
+                Status::invalid_argument(error.to_string())
+            }
+            ConnectError::NotFound { .. } => Status::not_found(error.to_string()),
+            ConnectError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+            ConnectError::NotPaused { .. } | ConnectError::PluginInUse { .. } => {
+                Status::failed_precondition(error.to_string())
+            }
         }
     }
 }

@@ -16,6 +16,11 @@
 //! appliance_pipeline_rejected_total{pipeline,partition}    counter (skipped or dead-lettered)
 //! appliance_pipeline_lag{pipeline,partition}             gauge    (source records not yet transformed)
 //! appliance_pipeline_failed{pipeline,partition}          gauge    (1: stopped on an error)
+//! appliance_connector_records_in_total{connector,task}   counter (polled or read)
+//! appliance_connector_records_out_total{connector,task}  counter (appended or delivered)
+//! appliance_connector_rejected_total{connector,task}     counter (skipped or dead-lettered)
+//! appliance_connector_restarts_total{connector,task}     counter (automatic restarts)
+//! appliance_connector_failed{connector,task}             gauge    (1: stopped on an error)
 //! appliance_plugin_counter_total{plugin,instance,name}   counter  (a plugin's own counters)
 //! ```
 
@@ -40,6 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::connect::{self, Connectors};
 use crate::group::Coordinator;
 use crate::log::{Log, PartitionState};
 use crate::pipeline::{self, Pipelines};
@@ -73,6 +79,15 @@ pub enum Rpc {
     PausePipeline,
     ResumePipeline,
     DeletePipeline,
+    CreateConnector,
+    GetConnector,
+    ListConnectors,
+    PauseConnector,
+    ResumeConnector,
+    RestartConnector,
+    DeleteConnector,
+    GetConnectorOffsets,
+    ResetConnectorOffsets,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -101,7 +116,13 @@ impl Drop for Timer {
 }
 
 impl Metrics {
-    pub fn new(log: Log, coordinator: Coordinator, plugins: Plugins, pipelines: Pipelines) -> Self {
+    pub fn new(
+        log: Log,
+        coordinator: Coordinator,
+        plugins: Plugins,
+        pipelines: Pipelines,
+        connectors: Connectors,
+    ) -> Self {
         let durations = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
         });
@@ -112,7 +133,11 @@ impl Metrics {
             durations.clone(),
         );
         registry.register_collector(Box::new(StateCollector { log, coordinator }));
-        registry.register_collector(Box::new(PipelineCollector { plugins, pipelines }));
+        registry.register_collector(Box::new(PipelineCollector {
+            plugins,
+            pipelines,
+            connectors,
+        }));
         Self {
             durations,
             registry: Arc::new(registry),
@@ -255,20 +280,43 @@ impl Collector for StateCollector {
 struct PipelineCollector {
     plugins: Plugins,
     pipelines: Pipelines,
+    connectors: Connectors,
 }
 
-/// A per-partition pipeline figure: name, help, is-counter, value.
-type PipelineFigure = (
-    &'static str,
-    &'static str,
-    bool,
-    fn(&pipeline::PartitionStatus) -> u64,
-);
+/// A figure of each row of a table (pipeline partitions, connector tasks): name, help,
+/// is-counter, value.
+type Figure<T> = (&'static str, &'static str, bool, fn(&T) -> u64);
+
+/// Encodes one metric family per figure, with one sample per row.
+fn encode_rows<T>(
+    encoder: &mut DescriptorEncoder,
+    figures: &[Figure<T>],
+    rows: &[([(&'static str, String); 2], T)],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, is_counter, value) in figures {
+        let metric_type = if *is_counter {
+            ConstCounter::new(0u64).metric_type()
+        } else {
+            ConstGauge::new(0i64).metric_type()
+        };
+        let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+        for (labels, row) in rows {
+            let figure = value(row);
+            let encoder = family.encode_family(labels)?;
+            if *is_counter {
+                ConstCounter::new(figure).encode(encoder)?;
+            } else {
+                ConstGauge::new(figure as i64).encode(encoder)?;
+            }
+        }
+    }
+    Ok(())
+}
 
 impl Collector for PipelineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let pipelines = self.pipelines.try_list().unwrap_or_default();
-        let figures: [PipelineFigure; 5] = [
+        let figures: [Figure<pipeline::PartitionStatus>; 5] = [
             (
                 "pipeline_records_in",
                 "Source records transformed",
@@ -300,29 +348,64 @@ impl Collector for PipelineCollector {
                 |p| u64::from(matches!(p.state, pipeline::PartitionState::Failed { .. })),
             ),
         ];
-        for (name, help, is_counter, value) in figures {
-            let metric_type = if is_counter {
-                ConstCounter::new(0u64).metric_type()
-            } else {
-                ConstGauge::new(0i64).metric_type()
-            };
-            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
-            for status in &pipelines {
-                for partition in &status.partitions {
+        let rows: Vec<_> = pipelines
+            .into_iter()
+            .flat_map(|status| {
+                let name = status.spec.name;
+                status.partitions.into_iter().map(move |partition| {
                     let labels = [
-                        ("pipeline", status.spec.name.clone()),
+                        ("pipeline", name.clone()),
                         ("partition", partition.partition.to_string()),
                     ];
-                    let figure = value(partition);
-                    let encoder = family.encode_family(&labels)?;
-                    if is_counter {
-                        ConstCounter::new(figure).encode(encoder)?;
-                    } else {
-                        ConstGauge::new(figure as i64).encode(encoder)?;
-                    }
-                }
-            }
-        }
+                    (labels, partition)
+                })
+            })
+            .collect();
+        encode_rows(&mut encoder, &figures, &rows)?;
+        let connectors = self.connectors.try_list().unwrap_or_default();
+        let figures: [Figure<connect::TaskStatus>; 5] = [
+            (
+                "connector_records_in",
+                "Records a source task polled or a sink task read",
+                true,
+                |t| t.records_in,
+            ),
+            (
+                "connector_records_out",
+                "Records a source task appended or a sink task delivered and committed",
+                true,
+                |t| t.records_out,
+            ),
+            (
+                "connector_rejected",
+                "Records rejected (skipped or dead-lettered)",
+                true,
+                |t| t.skipped + t.dead_lettered,
+            ),
+            (
+                "connector_restarts",
+                "Automatic restarts of the task after failures",
+                true,
+                |t| u64::from(t.restarts),
+            ),
+            (
+                "connector_failed",
+                "1 when the task stopped on an error",
+                false,
+                |t| u64::from(matches!(t.state, connect::TaskState::Failed { .. })),
+            ),
+        ];
+        let rows: Vec<_> = connectors
+            .into_iter()
+            .flat_map(|status| {
+                let name = status.spec.name;
+                status.tasks.into_iter().map(move |task| {
+                    let labels = [("connector", name.clone()), ("task", task.task.to_string())];
+                    (labels, task)
+                })
+            })
+            .collect();
+        encode_rows(&mut encoder, &figures, &rows)?;
         let mut counters = encoder.encode_descriptor(
             "plugin_counter",
             "Counters plugins keep through the host's counter-add",

@@ -11,9 +11,11 @@
 //!                  Groups  -> group::Coordinator (describe, commit, reset)
 //!                  Plugins -> plugin::Plugins (add, list; delete unless a pipeline uses it)
 //!                  Pipelines -> pipeline::Pipelines (create, status, pause, resume, delete)
+//!                  Connectors -> connect::Connectors (create, status, pause, restart, offsets)
 //! Prometheus --HTTP GET /metrics--> metrics::Metrics
 //! ```
 
+mod connectors;
 mod convert;
 mod error;
 mod groups;
@@ -26,6 +28,7 @@ mod topics;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
+use appliance_proto::v1::connectors_server::ConnectorsServer;
 use appliance_proto::v1::groups_server::GroupsServer;
 use appliance_proto::v1::pipelines_server::PipelinesServer;
 use appliance_proto::v1::plugins_server::PluginsServer;
@@ -35,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::connect::Connectors;
 use crate::group::Coordinator;
 use crate::log::Log;
 use crate::pipeline::Pipelines;
@@ -65,6 +69,7 @@ pub struct Subsystems {
     pub coordinator: Coordinator,
     pub plugins: Plugins,
     pub pipelines: Pipelines,
+    pub connectors: Connectors,
     pub metrics: Metrics,
 }
 
@@ -79,6 +84,7 @@ pub async fn serve(
         coordinator,
         plugins,
         pipelines,
+        connectors,
         metrics,
     } = subsystems;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -96,6 +102,9 @@ pub async fn serve(
         .await;
     health
         .set_serving::<PipelinesServer<pipelines::PipelinesService>>()
+        .await;
+    health
+        .set_serving::<ConnectorsServer<connectors::ConnectorsService>>()
         .await;
     // Both reflection versions: grpcurl asks v1 first, older tools (grpcurl before 1.8.8,
     // Python's grpcio-reflection) only v1alpha.
@@ -124,9 +133,17 @@ pub async fn serve(
     let plugins = plugins::PluginsService {
         plugins,
         pipelines: pipelines.clone(),
+        connectors: connectors.clone(),
         metrics: metrics.clone(),
     };
-    let pipelines = pipelines::PipelinesService { pipelines, metrics };
+    let pipelines = pipelines::PipelinesService {
+        pipelines,
+        metrics: metrics.clone(),
+    };
+    let connectors = connectors::ConnectorsService {
+        connectors,
+        metrics,
+    };
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -138,6 +155,7 @@ pub async fn serve(
         .add_service(GroupsServer::new(groups).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(PluginsServer::new(plugins).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(PipelinesServer::new(pipelines).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(ConnectorsServer::new(connectors).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -17,7 +17,7 @@ pub struct PipelinesService {
     pub metrics: Metrics,
 }
 
-fn policy_message(policy: ErrorPolicy) -> pb::ErrorPolicy {
+pub(super) fn policy_message(policy: ErrorPolicy) -> pb::ErrorPolicy {
     match policy {
         ErrorPolicy::Fail => pb::ErrorPolicy::Fail,
         ErrorPolicy::Skip => pb::ErrorPolicy::Skip,
@@ -31,18 +31,7 @@ fn pipeline_message(status: PipelineStatus) -> pb::Pipeline {
         name: spec.name,
         from_topic: spec.from.to_string(),
         to_topic: spec.to.to_string(),
-        transforms: spec
-            .transforms
-            .into_iter()
-            .map(|t| pb::Transform {
-                plugin: t.plugin,
-                config: t
-                    .config
-                    .into_iter()
-                    .map(|(key, value)| pb::ConfigEntry { key, value })
-                    .collect(),
-            })
-            .collect(),
+        transforms: spec.transforms.into_iter().map(transform_message).collect(),
         errors: policy_message(spec.errors) as i32,
         dlq_topic: spec.dlq_topic.map(|t| t.to_string()).unwrap_or_default(),
         paused: spec.paused,
@@ -74,13 +63,39 @@ fn pipeline_message(status: PipelineStatus) -> pb::Pipeline {
     }
 }
 
+pub(super) fn transform_message(transform: TransformSpec) -> pb::Transform {
+    pb::Transform {
+        plugin: transform.plugin,
+        config: transform
+            .config
+            .into_iter()
+            .map(|(key, value)| pb::ConfigEntry { key, value })
+            .collect(),
+    }
+}
+
+pub(super) fn transform_spec(transform: pb::Transform) -> TransformSpec {
+    TransformSpec {
+        plugin: transform.plugin,
+        config: transform
+            .config
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect(),
+    }
+}
+
+pub(super) fn error_policy(errors: i32) -> Result<ErrorPolicy, Status> {
+    match pb::ErrorPolicy::try_from(errors) {
+        Ok(pb::ErrorPolicy::Unspecified | pb::ErrorPolicy::Fail) => Ok(ErrorPolicy::Fail),
+        Ok(pb::ErrorPolicy::Skip) => Ok(ErrorPolicy::Skip),
+        Ok(pb::ErrorPolicy::Dlq) => Ok(ErrorPolicy::Dlq),
+        Err(_) => Err(invalid("errors", "unknown error policy")),
+    }
+}
+
 fn new_pipeline(request: pb::CreatePipelineRequest) -> Result<NewPipeline, Status> {
-    let errors = match pb::ErrorPolicy::try_from(request.errors) {
-        Ok(pb::ErrorPolicy::Unspecified | pb::ErrorPolicy::Fail) => ErrorPolicy::Fail,
-        Ok(pb::ErrorPolicy::Skip) => ErrorPolicy::Skip,
-        Ok(pb::ErrorPolicy::Dlq) => ErrorPolicy::Dlq,
-        Err(_) => return Err(invalid("errors", "unknown error policy")),
-    };
+    let errors = error_policy(request.errors)?;
     let dlq_topic = if request.dlq_topic.is_empty() {
         None
     } else {
@@ -90,14 +105,7 @@ fn new_pipeline(request: pb::CreatePipelineRequest) -> Result<NewPipeline, Statu
         name: request.name,
         from: topic_name("from_topic", &request.from_topic)?,
         to: topic_name("to_topic", &request.to_topic)?,
-        transforms: request
-            .transforms
-            .into_iter()
-            .map(|t| TransformSpec {
-                plugin: t.plugin,
-                config: t.config.into_iter().map(|e| (e.key, e.value)).collect(),
-            })
-            .collect(),
+        transforms: request.transforms.into_iter().map(transform_spec).collect(),
         errors,
         dlq_topic,
     })

@@ -5,6 +5,7 @@ use appliance_proto::v1::plugins_server::Plugins as PluginsApi;
 use tonic::{Request, Response, Status};
 
 use super::metrics::{Metrics, Rpc};
+use crate::connect::{ConnectError, Connectors};
 use crate::pipeline::{PipelineError, Pipelines};
 use crate::plugin::{PluginInfo, PluginKind, Plugins};
 
@@ -12,6 +13,7 @@ use crate::plugin::{PluginInfo, PluginKind, Plugins};
 pub struct PluginsService {
     pub plugins: Plugins,
     pub pipelines: Pipelines,
+    pub connectors: Connectors,
     pub metrics: Metrics,
 }
 
@@ -70,6 +72,13 @@ impl PluginsApi for PluginsService {
             return Err(PipelineError::PluginInUse {
                 plugin: name,
                 pipeline,
+            }
+            .into());
+        }
+        if let Some(connector) = self.connectors.user_of(&name).await {
+            return Err(ConnectError::PluginInUse {
+                plugin: name,
+                connector,
             }
             .into());
         }

@@ -144,6 +144,25 @@ pub async fn plugin(channel: Channel, command: PluginCommand) -> Result<(), Fail
     Ok(())
 }
 
+impl ErrorsArg {
+    pub(super) fn policy(self) -> pb::ErrorPolicy {
+        match self {
+            ErrorsArg::Fail => pb::ErrorPolicy::Fail,
+            ErrorsArg::Skip => pb::ErrorPolicy::Skip,
+            ErrorsArg::Dlq => pb::ErrorPolicy::Dlq,
+        }
+    }
+}
+
+/// Parses every `--transform` argument.
+pub(super) fn parse_transforms(specs: &[String]) -> Result<Vec<pb::Transform>, Failure> {
+    specs
+        .iter()
+        .map(|spec| parse_transform(spec))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(Failure::Usage)
+}
+
 pub async fn pipeline(channel: Channel, command: PipelineCommand) -> Result<(), Failure> {
     let mut client = PipelinesClient::new(channel);
     match command {
@@ -155,23 +174,14 @@ pub async fn pipeline(channel: Channel, command: PipelineCommand) -> Result<(), 
             errors,
             dlq_topic,
         } => {
-            let transforms = transforms
-                .iter()
-                .map(|spec| parse_transform(spec))
-                .collect::<anyhow::Result<Vec<_>>>()
-                .map_err(Failure::Usage)?;
-            let errors = match errors {
-                ErrorsArg::Fail => pb::ErrorPolicy::Fail,
-                ErrorsArg::Skip => pb::ErrorPolicy::Skip,
-                ErrorsArg::Dlq => pb::ErrorPolicy::Dlq,
-            };
+            let transforms = parse_transforms(&transforms)?;
             let pipeline = client
                 .create_pipeline(pb::CreatePipelineRequest {
                     name,
                     from_topic: from,
                     to_topic: to,
                     transforms,
-                    errors: errors as i32,
+                    errors: errors.policy() as i32,
                     dlq_topic: dlq_topic.unwrap_or_default(),
                 })
                 .await
@@ -253,7 +263,7 @@ pub async fn pipeline(channel: Channel, command: PipelineCommand) -> Result<(), 
 }
 
 /// `PLUGIN` or `PLUGIN:key=value,key=value`; `\,` and `\\` escape a comma and a backslash.
-fn parse_transform(spec: &str) -> anyhow::Result<pb::Transform> {
+pub(super) fn parse_transform(spec: &str) -> anyhow::Result<pb::Transform> {
     let (plugin, config) = spec.split_once(':').unwrap_or((spec, ""));
     if plugin.is_empty() {
         bail!("--transform {spec:?}: name a plugin before the ':'");
@@ -297,7 +307,7 @@ fn parse_transform(spec: &str) -> anyhow::Result<pb::Transform> {
     })
 }
 
-fn kind_name(kind: i32) -> &'static str {
+pub(super) fn kind_name(kind: i32) -> &'static str {
     match pb::PluginKind::try_from(kind) {
         Ok(pb::PluginKind::Transform) => "transform",
         Ok(pb::PluginKind::Source) => "source",
@@ -316,7 +326,7 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn errors_name(policy: i32) -> &'static str {
+pub(super) fn errors_name(policy: i32) -> &'static str {
     match pb::ErrorPolicy::try_from(policy) {
         Ok(pb::ErrorPolicy::Skip) => "skip",
         Ok(pb::ErrorPolicy::Dlq) => "dlq",
@@ -324,17 +334,43 @@ fn errors_name(policy: i32) -> &'static str {
     }
 }
 
-/// The worst state of any partition: failed, then starting, then paused, then running.
+/// The worst of `states`: failed, then starting, then paused, then running.
+pub(super) fn worst_state(states: &[&str]) -> Option<&'static str> {
+    ["failed", "starting", "paused", "running"]
+        .into_iter()
+        .find(|s| states.contains(s))
+}
+
+/// The worst state of any partition.
 fn summary_state(pipeline: &pb::Pipeline) -> &'static str {
     let states: Vec<&str> = pipeline
         .partitions
         .iter()
         .map(|p| state_name(p.state))
         .collect();
-    ["failed", "starting", "paused", "running"]
-        .into_iter()
-        .find(|s| states.contains(s))
-        .unwrap_or(if pipeline.paused { "paused" } else { "running" })
+    worst_state(&states).unwrap_or(if pipeline.paused { "paused" } else { "running" })
+}
+
+/// A transform as the status shows it: `PLUGIN key=value,key=value`.
+pub(super) fn transform_line(transform: &pb::Transform) -> String {
+    let config: Vec<String> = transform
+        .config
+        .iter()
+        .map(|e| format!("{}={}", e.key, e.value))
+        .collect();
+    format!("{} {}", transform.plugin, config.join(","))
+}
+
+pub(super) fn transforms_json(transforms: &[pb::Transform]) -> serde_json::Value {
+    json!(
+        transforms
+            .iter()
+            .map(|t| json!({
+                "plugin": t.plugin,
+                "config": t.config.iter().map(|e| json!([e.key, e.value])).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>()
+    )
 }
 
 fn print_status(pipeline: &pb::Pipeline) {
@@ -352,12 +388,7 @@ fn print_status(pipeline: &pb::Pipeline) {
         if pipeline.paused { "  (paused)" } else { "" }
     );
     for (index, transform) in pipeline.transforms.iter().enumerate() {
-        let config: Vec<String> = transform
-            .config
-            .iter()
-            .map(|e| format!("{}={}", e.key, e.value))
-            .collect();
-        println!("  {}. {} {}", index + 1, transform.plugin, config.join(","));
+        println!("  {}. {}", index + 1, transform_line(transform));
     }
     let rows: Vec<Vec<String>> = pipeline
         .partitions
@@ -401,10 +432,7 @@ fn pipeline_json(pipeline: &pb::Pipeline) -> serde_json::Value {
         "dlq_topic": pipeline.dlq_topic,
         "paused": pipeline.paused,
         "state": summary_state(pipeline),
-        "transforms": pipeline.transforms.iter().map(|t| json!({
-            "plugin": t.plugin,
-            "config": t.config.iter().map(|e| json!([e.key, e.value])).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
+        "transforms": transforms_json(&pipeline.transforms),
         "partitions": pipeline.partitions.iter().map(|p| json!({
             "partition": p.partition,
             "state": state_name(p.state),

@@ -4,6 +4,7 @@
 
 mod bench;
 mod client;
+mod connectors;
 mod manage;
 
 use std::net::SocketAddr;
@@ -66,6 +67,13 @@ enum Command {
     Pipeline {
         #[command(subcommand)]
         command: manage::PipelineCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Create, inspect, pause, resume, restart and delete connectors (source and sink plugins).
+    Connector {
+        #[command(subcommand)]
+        command: connectors::ConnectorCommand,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -142,6 +150,9 @@ pub fn main() -> ExitCode {
         }
         Command::Pipeline { command, server } => {
             client::run(&server, |channel| manage::pipeline(channel, command))
+        }
+        Command::Connector { command, server } => {
+            client::run(&server, |channel| connectors::connector(channel, command))
         }
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
     };

@@ -113,16 +113,26 @@ pub enum Table {
     Plugins = 0,
     Pipelines = 1,
     PipelineProgress = 2,
+    Connectors = 3,
+    ConnectorProgress = 4,
 }
 
 impl Table {
-    const ALL: [Table; 3] = [Table::Plugins, Table::Pipelines, Table::PipelineProgress];
+    const ALL: [Table; 5] = [
+        Table::Plugins,
+        Table::Pipelines,
+        Table::PipelineProgress,
+        Table::Connectors,
+        Table::ConnectorProgress,
+    ];
 
     fn tree_name(self) -> &'static str {
         match self {
             Table::Plugins => "plugins",
             Table::Pipelines => "pipelines",
             Table::PipelineProgress => "pipeline-progress",
+            Table::Connectors => "connectors",
+            Table::ConnectorProgress => "connector-progress",
         }
     }
 }
@@ -133,7 +143,7 @@ pub struct Meta {
     db: sled::Db,
     topics: sled::Tree,
     offsets: sled::Tree,
-    tables: [sled::Tree; 3],
+    tables: [sled::Tree; Table::ALL.len()],
 }
 
 impl Meta {
@@ -169,13 +179,13 @@ impl Meta {
         let db = sled::open(dir).map_err(open_error)?;
         let topics = db.open_tree(TOPICS).map_err(open_error)?;
         let offsets = db.open_tree(OFFSETS).map_err(open_error)?;
-        let [plugins, pipelines, progress] =
-            Table::ALL.map(|table| db.open_tree(table.tree_name()));
-        let tables = [
-            plugins.map_err(open_error)?,
-            pipelines.map_err(open_error)?,
-            progress.map_err(open_error)?,
-        ];
+        let opened: Vec<sled::Tree> = Table::ALL
+            .iter()
+            .map(|table| db.open_tree(table.tree_name()).map_err(open_error))
+            .collect::<Result<_, _>>()?;
+        let tables: [sled::Tree; Table::ALL.len()] = opened
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one tree per table"));
         Ok(Self {
             db,
             topics,
@@ -224,13 +234,25 @@ impl Meta {
                 op: "remove topic",
                 source,
             })?;
+        self.remove_offsets(self.offsets.iter(), |key| {
+            split_offset_key(key).is_some_and(|(_, topic, _)| topic == name)
+        })
+        .await
+    }
+
+    /// Removes the committed offsets in `scan` whose key `matches`, durably.
+    async fn remove_offsets(
+        &self,
+        scan: sled::Iter,
+        matches: impl Fn(&[u8]) -> bool,
+    ) -> Result<(), MetaError> {
         let mut batch = sled::Batch::default();
-        for entry in self.offsets.iter() {
+        for entry in scan {
             let (key, _) = entry.map_err(|source| MetaError::Store {
                 op: "scan offsets",
                 source,
             })?;
-            if split_offset_key(&key).is_some_and(|(_, topic, _)| topic == name) {
+            if matches(&key) {
                 batch.remove(key);
             }
         }
@@ -333,6 +355,14 @@ impl Meta {
                 })
             })
             .collect()
+    }
+
+    /// Forgets every offset a group committed.
+    pub async fn delete_group_offsets(&self, group: &GroupId) -> Result<(), MetaError> {
+        let mut prefix = group.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        self.remove_offsets(self.offsets.scan_prefix(prefix), |_| true)
+            .await
     }
 
     /// Every group that has committed offsets.

@@ -30,7 +30,24 @@ use crate::log::{Log, LogError, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
 use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
 
-pub use chain::{Predicate, Step};
+pub(crate) use chain::run as run_chain;
+pub use chain::{ChainOutput, Predicate, Rejection, Step};
+pub(crate) use task::{
+    cut_by_size, dead_letter, ensure_topic, record_size, to_log_record, to_plugin_record,
+};
+
+/// Headers the appliance writes to account for its own output (pipeline and source
+/// connector tags). They are taken off every record a plugin emits or receives, so no record
+/// carries a tag that the appliance did not put there itself.
+pub const TAG_HEADERS: [&str; 3] = [
+    progress::TAG_HEADER,
+    crate::connect::SOURCE_TAG_HEADER,
+    crate::connect::POSITION_HEADER,
+];
+
+pub(crate) fn is_tag_header(key: &str) -> bool {
+    TAG_HEADERS.contains(&key)
+}
 
 const MAX_NAME_LEN: usize = 128;
 /// How often pipelines look for partitions added to their source topic.
@@ -226,48 +243,19 @@ impl Pipelines {
             name: new.name.clone(),
             problem,
         };
-        if new.transforms.len() > MAX_TRANSFORMS {
-            return Err(invalid(format!("at most {MAX_TRANSFORMS} transforms")));
-        }
         if new.from == new.to {
             return Err(invalid(
                 "the destination must differ from the source".to_owned(),
             ));
         }
-        match (&new.errors, &new.dlq_topic) {
-            (ErrorPolicy::Dlq, None) => {
-                return Err(invalid("errors=dlq needs a dead-letter topic".to_owned()));
-            }
-            (ErrorPolicy::Dlq, Some(dlq)) if *dlq == new.from => {
-                return Err(invalid(
-                    "the dead-letter topic must differ from the source".to_owned(),
-                ));
-            }
-            (ErrorPolicy::Fail | ErrorPolicy::Skip, Some(_)) => {
-                return Err(invalid(
-                    "a dead-letter topic is only used with errors=dlq".to_owned(),
-                ));
-            }
-            _ => {}
-        }
+        check_error_policy(new.errors, new.dlq_topic.as_ref(), Some(&new.from)).map_err(invalid)?;
         self.inner.log.topic_info(&new.from)?;
-        for transform in &new.transforms {
-            let loaded = self.inner.plugins.get(&transform.plugin).await?;
-            if loaded.info.kind != PluginKind::Transform {
-                return Err(PluginError::WrongKind {
-                    name: transform.plugin.clone(),
-                    actual: loaded.info.kind,
-                    wanted: PluginKind::Transform,
-                }
-                .into());
-            }
-            let (_, plugin_config) = Predicate::split_config(&transform.config)
-                .map_err(|problem| invalid(format!("transform {}: {problem}", transform.plugin)))?;
-            self.inner
-                .plugins
-                .instantiate_transform(&loaded, &plugin_config, self.inner.limits, "validation")
-                .await?;
-        }
+        validate_transforms(&self.inner.plugins, self.inner.limits, &new.transforms)
+            .await
+            .map_err(|e| match e {
+                TransformsError::Plugin(e) => PipelineError::Plugin(e),
+                TransformsError::Invalid(problem) => invalid(problem),
+            })?;
         let mut pipelines = self.inner.pipelines.lock().await;
         if pipelines.contains_key(&new.name) {
             return Err(PipelineError::AlreadyExists { name: new.name });
@@ -276,7 +264,7 @@ impl Pipelines {
             task::ensure_topic(&self.inner.log, topic).await?;
         }
         let spec = PipelineSpec {
-            id: pipeline_id(&new.name),
+            id: unique_id(&new.name),
             name: new.name,
             from: new.from,
             to: new.to,
@@ -433,6 +421,103 @@ impl Pipelines {
     }
 }
 
+/// Checks that a dead-letter topic is given exactly when the policy is `dlq`, and differs from
+/// the topic records are read from.
+pub(crate) fn check_error_policy(
+    errors: ErrorPolicy,
+    dlq_topic: Option<&TopicName>,
+    source: Option<&TopicName>,
+) -> Result<(), String> {
+    match (errors, dlq_topic) {
+        (ErrorPolicy::Dlq, None) => Err("errors=dlq needs a dead-letter topic".to_owned()),
+        (ErrorPolicy::Dlq, Some(dlq)) if Some(dlq) == source => {
+            Err("the dead-letter topic must differ from the source".to_owned())
+        }
+        (ErrorPolicy::Fail | ErrorPolicy::Skip, Some(_)) => {
+            Err("a dead-letter topic is only used with errors=dlq".to_owned())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum TransformsError {
+    Plugin(PluginError),
+    Invalid(String),
+}
+
+/// Instantiates each transform of a chain once, so a configuration its plugin rejects is
+/// reported to whoever creates the chain.
+pub(crate) async fn validate_transforms(
+    plugins: &Plugins,
+    limits: Limits,
+    transforms: &[TransformSpec],
+) -> Result<(), TransformsError> {
+    if transforms.len() > MAX_TRANSFORMS {
+        return Err(TransformsError::Invalid(format!(
+            "at most {MAX_TRANSFORMS} transforms"
+        )));
+    }
+    for transform in transforms {
+        let loaded = plugins
+            .get(&transform.plugin)
+            .await
+            .map_err(TransformsError::Plugin)?;
+        if loaded.info.kind != PluginKind::Transform {
+            return Err(TransformsError::Plugin(PluginError::WrongKind {
+                name: transform.plugin.clone(),
+                actual: loaded.info.kind,
+                wanted: PluginKind::Transform,
+            }));
+        }
+        let (_, plugin_config) = Predicate::split_config(&transform.config).map_err(|problem| {
+            TransformsError::Invalid(format!("transform {}: {problem}", transform.plugin))
+        })?;
+        plugins
+            .instantiate_transform(&loaded, &plugin_config, limits, "validation")
+            .await
+            .map_err(TransformsError::Plugin)?;
+    }
+    Ok(())
+}
+
+/// Starts one instance of each transform of a chain; `label` prefixes the instances' labels.
+pub(crate) async fn start_chain(
+    plugins: &Plugins,
+    limits: Limits,
+    transforms: &[TransformSpec],
+    label: &str,
+) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::with_capacity(transforms.len());
+    for (index, transform) in transforms.iter().enumerate() {
+        let loaded = plugins
+            .get(&transform.plugin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (predicate, config) = Predicate::split_config(&transform.config)?;
+        let instance = plugins
+            .instantiate_transform(&loaded, &config, limits, &format!("{label}/{index}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        steps.push(Step {
+            predicate,
+            instance,
+        });
+    }
+    Ok(steps)
+}
+
+/// A practically unique id: the name and the current time, hashed with a per-process random
+/// key. Tags carry it, so output of an earlier pipeline or connector of the same name is
+/// never taken for this one's.
+pub(crate) fn unique_id(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::collections::hash_map::RandomState::new().hash_one((name, now))
+}
+
 /// Takes a pipeline out of the map once its tasks have stopped.
 async fn take_stopped(
     pipelines: &mut BTreeMap<String, Running>,
@@ -463,29 +548,23 @@ fn status_of(running: &Running) -> PipelineStatus {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), PipelineError> {
-    let valid = !name.is_empty()
+/// A pipeline or connector name: 1 to 128 of `a-z A-Z 0-9 . _ -`.
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if valid {
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn validate_name(name: &str) -> Result<(), PipelineError> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(PipelineError::InvalidName {
             name: name.to_owned(),
         })
     }
-}
-
-/// A practically unique id for a new pipeline: the name and the creation time, hashed with a
-/// per-process random key.
-fn pipeline_id(name: &str) -> u64 {
-    use std::hash::BuildHasher;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    std::collections::hash_map::RandomState::new().hash_one((name, now))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use futures_util::future::try_join_all;
 
 use super::chain::{self, ChainOutput, Failure, Rejection, Step};
 use super::progress::{self, Destination, Progress, SourceRange};
-use super::{ErrorPolicy, PartitionState, PipelineSpec, Predicate, StatusCell};
+use super::{ErrorPolicy, PartitionState, PipelineSpec, StatusCell, is_tag_header};
 use crate::log::{
     self, AppendOutcome, Header, Log, LogError, Offset, PartitionId, StoredRecord, Timestamp,
     TopicName,
@@ -132,26 +132,8 @@ impl PartitionTask {
     }
 
     async fn start_chain(&self) -> Result<Vec<Step>, String> {
-        let mut steps = Vec::with_capacity(self.spec.transforms.len());
-        for (index, transform) in self.spec.transforms.iter().enumerate() {
-            let loaded = self
-                .plugins
-                .get(&transform.plugin)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (predicate, config) = Predicate::split_config(&transform.config)?;
-            let label = format!("{}/{}/{index}", self.spec.name, self.partition.0);
-            let instance = self
-                .plugins
-                .instantiate_transform(&loaded, &config, self.limits, &label)
-                .await
-                .map_err(|e| e.to_string())?;
-            steps.push(Step {
-                predicate,
-                instance,
-            });
-        }
-        Ok(steps)
+        let label = format!("{}/{}", self.spec.name, self.partition.0);
+        super::start_chain(&self.plugins, self.limits, &self.spec.transforms, &label).await
     }
 }
 
@@ -489,7 +471,13 @@ async fn route_rejections(
         let destination = destination_partition(task, partitions_of, dlq.clone())
             .await
             .map_err(|e| e.to_string())?;
-        let letter = dead_letter(&task.spec, task.partition, original, rejection);
+        let letter = dead_letter(
+            &task.spec.name,
+            (&task.spec.from, task.partition),
+            original.offset.0 as i64,
+            &original.record,
+            rejection,
+        );
         let entries = routed.entry(destination).or_default();
         let at = entries.partition_point(|(offset, _)| *offset <= rejection.offset);
         entries.insert(at, (rejection.offset, letter));
@@ -534,7 +522,7 @@ pub async fn ensure_topic(log: &Log, topic: &TopicName) -> Result<(), LogError> 
     }
 }
 
-fn record_size<'a>(
+pub(crate) fn record_size<'a>(
     key: Option<&Bytes>,
     value: Option<&Bytes>,
     headers: impl Iterator<Item = (&'a String, Option<&'a Bytes>)>,
@@ -552,7 +540,7 @@ fn record_size<'a>(
 /// completes for this destination: from where the previous batch's range ended (the first:
 /// from the start of the source batch) to its last record's offset (the last: to the end of
 /// the source batch, whose remaining records have no output here).
-fn cut_by_size(
+pub(crate) fn cut_by_size(
     entries: Vec<(i64, log::Record)>,
     budget: usize,
     source: SourceRange,
@@ -593,7 +581,7 @@ fn cut_by_size(
         .collect()
 }
 
-fn to_plugin_record(stored: &StoredRecord) -> plugin::Record {
+pub(crate) fn to_plugin_record(stored: &StoredRecord) -> plugin::Record {
     let record = &stored.record;
     plugin::Record {
         key: record.key.clone(),
@@ -601,7 +589,7 @@ fn to_plugin_record(stored: &StoredRecord) -> plugin::Record {
         headers: record
             .headers
             .iter()
-            .filter(|h| h.key != progress::TAG_HEADER)
+            .filter(|h| !is_tag_header(&h.key))
             .map(|h| plugin::Header {
                 key: h.key.clone(),
                 value: h.value.clone().unwrap_or_default(),
@@ -613,14 +601,14 @@ fn to_plugin_record(stored: &StoredRecord) -> plugin::Record {
     }
 }
 
-fn to_log_record(record: plugin::Record) -> log::Record {
+pub(crate) fn to_log_record(record: plugin::Record) -> log::Record {
     log::Record {
         key: record.key,
         value: record.value,
         headers: record
             .headers
             .into_iter()
-            .filter(|h| h.key != progress::TAG_HEADER)
+            .filter(|h| !is_tag_header(&h.key))
             .map(|h| Header {
                 key: h.key,
                 value: Some(h.value),
@@ -630,15 +618,19 @@ fn to_log_record(record: plugin::Record) -> log::Record {
     }
 }
 
-/// The original record with headers that say what went wrong where.
-fn dead_letter(
-    spec: &PipelineSpec,
-    partition: PartitionId,
-    original: &StoredRecord,
+/// The original record with headers that say what went wrong where: `owner` is the pipeline
+/// or connector, `source` the topic and partition the record was read from (for a source
+/// connector, its topic and the partition it writes) and `offset` its offset there (for a
+/// source connector, its index in the poll).
+pub(crate) fn dead_letter(
+    owner: &str,
+    source: (&TopicName, PartitionId),
+    offset: i64,
+    original: &log::Record,
     rejection: &Rejection,
 ) -> log::Record {
-    let mut letter = original.record.clone();
-    letter.headers.retain(|h| h.key != progress::TAG_HEADER);
+    let mut letter = original.clone();
+    letter.headers.retain(|h| !is_tag_header(&h.key));
     let mut message = rejection.message.clone();
     if message.len() > MAX_ERROR_HEADER {
         let mut end = MAX_ERROR_HEADER;
@@ -648,12 +640,12 @@ fn dead_letter(
         message.truncate(end);
     }
     let values = [
-        spec.name.clone(),
+        owner.to_owned(),
         rejection.plugin.clone(),
         message,
-        spec.from.to_string(),
-        partition.0.to_string(),
-        original.offset.0.to_string(),
+        source.0.to_string(),
+        source.1.0.to_string(),
+        offset.to_string(),
     ];
     for (key, value) in ERROR_HEADERS.iter().zip(values) {
         letter.headers.push(Header {

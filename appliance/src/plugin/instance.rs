@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use wasmtime::component::{
-    Component, ComponentExportIndex, ComponentType, Func, HasSelf, Lift, Linker, Lower,
-    ResourceTable, WasmList, WasmStr,
+    Component, ComponentExportIndex, ComponentType, Func, HasSelf, Instance, InstancePre, Lift,
+    Linker, Lower, ResourceTable, WasmList, WasmStr,
 };
 use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -35,15 +35,24 @@ use super::{EPOCH_TICK, Fault, Limits, PluginError, PluginKind, lock};
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
-        world: "appliance:plugin/transform",
+        // One world with the imports and exports of all three plugin worlds, so they share
+        // one set of types and host traits; an instance loads only its own world's exports.
+        inline: "
+            package appliance:host;
+            world plugins {
+                include appliance:plugin/transform@0.1.0;
+                include appliance:plugin/source@0.1.0;
+                include appliance:plugin/sink@0.1.0;
+            }
+        ",
+        world: "appliance:host/plugins",
         exports: { default: async },
     });
 }
 
 use bindings::appliance::plugin::host::{Host, Level};
 pub use bindings::appliance::plugin::types::{BatchInfo, RecordError};
-
-pub type TransformPre = bindings::TransformPre<InstanceState>;
+use bindings::exports::appliance::plugin::{sink_connector, source_connector, transformer};
 
 /// Output of one call larger than this fails the call, before the host holds it.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
@@ -58,7 +67,9 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Beyond `timeout-ms`, how long the timer around a call waits for the epoch deadline.
 const TIMER_GRACE: Duration = Duration::from_millis(500);
 const TRANSFORMER_EXPORT: &str = "appliance:plugin/transformer@0.1.0";
+const SINK_EXPORT: &str = "appliance:plugin/sink-connector@0.1.0";
 const OUTPUT_IMPORT: &str = "appliance:plugin/output@0.1.0";
+const SOURCE_OUTPUT_IMPORT: &str = "appliance:plugin/source-output@0.1.0";
 /// The export names of the plugin worlds, as they appear in a component's type.
 const WORLD_EXPORTS: [(&str, PluginKind); 3] = [
     (TRANSFORMER_EXPORT, PluginKind::Transform),
@@ -66,7 +77,7 @@ const WORLD_EXPORTS: [(&str, PluginKind); 3] = [
         "appliance:plugin/source-connector@0.1.0",
         PluginKind::Source,
     ),
-    ("appliance:plugin/sink-connector@0.1.0", PluginKind::Sink),
+    (SINK_EXPORT, PluginKind::Sink),
 ];
 
 /// A record as the host holds it between the log and the plugins: byte fields share the
@@ -129,8 +140,18 @@ struct HeaderOut {
     value: WasmList<u8>,
 }
 
-type ProcessParams<'a> = (&'a BatchInfo, &'a [RecordIn<'a>]);
-type ProcessResults = (Result<(), RecordError>,);
+/// `source-record` of the WIT types, read like [`RecordOut`].
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct SourceRecordOut {
+    #[component(name = "record")]
+    record: RecordOut,
+    position: WasmList<u8>,
+}
+
+/// The parameters and results of `transformer.process` and `sink-connector.put`.
+type BatchParams<'a> = (&'a BatchInfo, &'a [RecordIn<'a>]);
+type BatchResults = (Result<(), RecordError>,);
 
 /// The counters an instance keeps through `counter-add`.
 #[derive(Debug, Default)]
@@ -232,8 +253,10 @@ pub struct InstanceState {
     stderr: StderrTail,
     /// Epoch ticks the call in progress may still run.
     ticks_left: u64,
-    /// What the call in progress emitted so far, and its size.
+    /// What the call in progress emitted so far (and a source, the position after each
+    /// record), and its size.
     output: Vec<Record>,
+    positions: Vec<Bytes>,
     output_bytes: usize,
     /// Set when the call in progress emitted more than [`MAX_OUTPUT_BYTES`].
     output_overflow: bool,
@@ -301,8 +324,29 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     linker.instance(OUTPUT_IMPORT)?.func_wrap(
         "emit",
         |mut store: StoreContextMut<'_, InstanceState>, (list,): (WasmList<RecordOut>,)| {
-            let emitted = read_emitted(&mut store, &list)?;
-            store.data_mut().output.extend(emitted);
+            let emitted: Vec<RecordOut> =
+                list.iter(&mut store)?.collect::<wasmtime::Result<_>>()?;
+            let records = read_records(&mut store, emitted)?;
+            store.data_mut().output.extend(records);
+            Ok(())
+        },
+    )?;
+    linker.instance(SOURCE_OUTPUT_IMPORT)?.func_wrap(
+        "emit",
+        |mut store: StoreContextMut<'_, InstanceState>, (list,): (WasmList<SourceRecordOut>,)| {
+            let emitted: Vec<SourceRecordOut> =
+                list.iter(&mut store)?.collect::<wasmtime::Result<_>>()?;
+            let mut records = Vec::with_capacity(emitted.len());
+            let mut positions = Vec::with_capacity(emitted.len());
+            for out in emitted {
+                charge(store.data_mut(), out.position.len())?;
+                positions.push(Bytes::copy_from_slice(out.position.as_le_slice(&store)));
+                records.push(out.record);
+            }
+            let records = read_records(&mut store, records)?;
+            let state = store.data_mut();
+            state.output.extend(records);
+            state.positions.extend(positions);
             Ok(())
         },
     )?;
@@ -322,44 +366,200 @@ pub fn kind_of(engine: &Engine, component: &Component) -> Option<PluginKind> {
         .map(|(_, kind)| *kind)
 }
 
-/// A transform resolved against the linker once, so each instance starts quickly.
-pub struct PreparedTransform {
-    pre: TransformPre,
-    process: ComponentExportIndex,
+/// A plugin resolved against the linker once, so each instance starts quickly.
+pub struct Prepared {
+    pre: InstancePre<InstanceState>,
+    exports: Exports,
 }
 
-/// Resolves a transform's imports and exports once.
-pub fn pre_instantiate(
+/// Where the functions of the plugin's world are, found once per component.
+enum Exports {
+    Transform {
+        indices: transformer::GuestIndices,
+        process: ComponentExportIndex,
+    },
+    Source(source_connector::GuestIndices),
+    Sink {
+        indices: sink_connector::GuestIndices,
+        put: ComponentExportIndex,
+    },
+}
+
+/// Resolves a plugin's imports and the exports of its world once.
+pub fn prepare(
     linker: &Linker<InstanceState>,
     component: &Component,
-) -> Result<PreparedTransform, String> {
+    kind: PluginKind,
+) -> Result<Prepared, String> {
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| format!("its imports cannot be satisfied: {e:#}"))?;
-    let pre = TransformPre::new(pre)
-        .map_err(|e| format!("its exports do not match the transform world: {e:#}"))?;
-    let process = component
-        .get_export_index(None, TRANSFORMER_EXPORT)
-        .and_then(|interface| component.get_export_index(Some(&interface), "process"))
-        .ok_or_else(|| format!("it does not export {TRANSFORMER_EXPORT}#process"))?;
-    Ok(PreparedTransform { pre, process })
+    let mismatch = |e: wasmtime::Error| format!("its exports do not match the {kind} world: {e:#}");
+    let function = |interface: &str, name: &str| {
+        component
+            .get_export_index(None, interface)
+            .and_then(|interface| component.get_export_index(Some(&interface), name))
+            .ok_or_else(|| format!("it does not export {interface}#{name}"))
+    };
+    let exports = match kind {
+        PluginKind::Transform => Exports::Transform {
+            indices: transformer::GuestIndices::new(&pre).map_err(mismatch)?,
+            process: function(TRANSFORMER_EXPORT, "process")?,
+        },
+        PluginKind::Source => {
+            Exports::Source(source_connector::GuestIndices::new(&pre).map_err(mismatch)?)
+        }
+        PluginKind::Sink => Exports::Sink {
+            indices: sink_connector::GuestIndices::new(&pre).map_err(mismatch)?,
+            put: function(SINK_EXPORT, "put")?,
+        },
+    };
+    Ok(Prepared { pre, exports })
 }
 
-/// A running transform instance. After a [`PluginError::Fault`] or
-/// [`PluginError::Contract`] it must be dropped.
-pub struct TransformInstance {
+impl Prepared {
+    pub fn kind(&self) -> PluginKind {
+        match self.exports {
+            Exports::Transform { .. } => PluginKind::Transform,
+            Exports::Source(_) => PluginKind::Source,
+            Exports::Sink { .. } => PluginKind::Sink,
+        }
+    }
+}
+
+/// Who an instance is, and what it may use.
+#[derive(Debug)]
+pub(super) struct InstanceSpec<'a> {
+    pub plugin: &'a str,
+    pub label: &'a str,
+    /// The plugin's config, possibly with the host's keys (`max-memory-mb`, `timeout-ms`,
+    /// `wasi.*`), which are taken out before the plugin sees the rest.
+    pub config: &'a [(String, String)],
+    pub default_limits: Limits,
+    pub counters: Arc<InstanceCounters>,
+}
+
+/// One store with its limits: what every kind of instance runs in.
+struct Sandbox {
     store: Store<InstanceState>,
-    process: Func,
     limits: Limits,
 }
 
-impl std::fmt::Debug for TransformInstance {
+impl Sandbox {
+    /// Builds the store and instantiates the component, then runs `init` on the instance
+    /// with the plugin's part of the config; `init` returns the plugin's verdict on it.
+    async fn start<G>(
+        engine: &Engine,
+        prepared: &Prepared,
+        spec: InstanceSpec<'_>,
+        init: impl AsyncFnOnce(
+            &mut Store<InstanceState>,
+            &Instance,
+            &Vec<(String, String)>,
+        ) -> Result<(G, Result<(), String>), CallError>,
+    ) -> Result<(Self, Instance, G), PluginError> {
+        let (limits, mut wasi, plugin_config) =
+            sandbox(spec.plugin, spec.config, spec.default_limits).await?;
+        let stderr = StderrTail::default();
+        wasi.stderr(stderr.clone());
+        let state = InstanceState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes: usize::try_from(limits.max_memory_mb << 20).unwrap_or(usize::MAX),
+                total_bytes: 0,
+                exceeded: false,
+            },
+            stderr,
+            ticks_left: 0,
+            output: Vec::new(),
+            positions: Vec::new(),
+            output_bytes: 0,
+            output_overflow: false,
+            plugin: spec.plugin.into(),
+            label: spec.label.into(),
+            counters: spec.counters,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_callback(|mut context| {
+            let state = context.data_mut();
+            if state.ticks_left == 0 {
+                return Err(Trap::Interrupt.into());
+            }
+            state.ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let mut sandbox = Self { store, limits };
+        let (instance, guest, verdict) = sandbox
+            .call(async |store| {
+                let instance = prepared.pre.instantiate_async(&mut *store).await?;
+                let (guest, verdict) = init(store, &instance, &plugin_config).await?;
+                Ok((instance, guest, verdict))
+            })
+            .await?;
+        verdict.map_err(|message| PluginError::ConfigRejected {
+            plugin: spec.plugin.to_owned(),
+            message,
+        })?;
+        Ok((sandbox, instance, guest))
+    }
+
+    /// Runs one call under the instance's limits and names how it failed, if it did.
+    async fn call<R>(
+        &mut self,
+        call: impl AsyncFnOnce(&mut Store<InstanceState>) -> Result<R, CallError>,
+    ) -> Result<R, PluginError> {
+        let result = guarded(&mut self.store, self.limits, call).await;
+        result.map_err(|error| classify(&self.store, self.limits, error))
+    }
+
+    /// Calls a batch function (`process`, `put`): a batch of borrowed records in, a verdict on
+    /// one record out, with what the call emitted.
+    async fn call_batch(
+        &mut self,
+        function: Func,
+        info: &BatchInfo,
+        records: &[Record],
+    ) -> Result<Result<Vec<Record>, RecordError>, PluginError> {
+        let inputs: Vec<RecordIn<'_>> = records.iter().map(record_in).collect();
+        self.call(async |store| {
+            let typed = function.typed::<BatchParams<'_>, BatchResults>(&*store)?;
+            let (verdict,) = typed.call_async(&mut *store, (info, &inputs)).await?;
+            let output = std::mem::take(&mut store.data_mut().output);
+            Ok(verdict.map(|()| output))
+        })
+        .await
+    }
+
+    fn plugin(&self) -> &str {
+        &self.store.data().plugin
+    }
+}
+
+impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransformInstance")
+        f.debug_struct("Sandbox")
             .field("state", self.store.data())
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
+}
+
+fn wrong_world(prepared: &Prepared, plugin: &str, wanted: PluginKind) -> PluginError {
+    PluginError::WrongKind {
+        name: plugin.to_owned(),
+        actual: prepared.kind(),
+        wanted,
+    }
+}
+
+/// A running transform instance. After a [`PluginError::Fault`] or
+/// [`PluginError::Contract`] it must be dropped.
+#[derive(Debug)]
+pub struct TransformInstance {
+    sandbox: Sandbox,
+    process: Func,
 }
 
 /// How a call ended when it did not return normally.
@@ -376,74 +576,25 @@ impl From<wasmtime::Error> for CallError {
 }
 
 impl TransformInstance {
-    /// Instantiates and calls `init`. `config` may carry the host's keys `max-memory-mb`,
-    /// `timeout-ms` and `wasi.*`, which are taken out before the plugin sees the rest.
+    /// Instantiates and calls `init`.
     pub(super) async fn start(
         engine: &Engine,
-        prepared: &PreparedTransform,
-        plugin: &str,
-        label: &str,
-        config: &[(String, String)],
-        default_limits: Limits,
-        counters: Arc<InstanceCounters>,
+        prepared: &Prepared,
+        spec: InstanceSpec<'_>,
     ) -> Result<Self, PluginError> {
-        let (limits, mut wasi, plugin_config) = sandbox(plugin, config, default_limits).await?;
-        let stderr = StderrTail::default();
-        wasi.stderr(stderr.clone());
-        let state = InstanceState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                max_bytes: usize::try_from(limits.max_memory_mb << 20).unwrap_or(usize::MAX),
-                total_bytes: 0,
-                exceeded: false,
-            },
-            stderr,
-            ticks_left: 0,
-            output: Vec::new(),
-            output_bytes: 0,
-            output_overflow: false,
-            plugin: plugin.into(),
-            label: label.into(),
-            counters,
+        let Exports::Transform { indices, process } = &prepared.exports else {
+            return Err(wrong_world(prepared, spec.plugin, PluginKind::Transform));
         };
-        let mut store = Store::new(engine, state);
-        store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_callback(|mut context| {
-            let state = context.data_mut();
-            if state.ticks_left == 0 {
-                return Err(Trap::Interrupt.into());
-            }
-            state.ticks_left -= 1;
-            Ok(UpdateDeadline::Yield(1))
-        });
-        let instantiated = guarded(&mut store, limits, async |store| {
-            let instance = prepared
-                .pre
-                .instance_pre()
-                .instantiate_async(&mut *store)
-                .await?;
-            let bindings = bindings::Transform::new(&mut *store, &instance)?;
-            let process = instance
-                .get_func(&mut *store, prepared.process)
-                .ok_or_else(|| CallError::Contract("it has no process function".to_owned()))?;
-            let verdict = bindings
-                .appliance_plugin_transformer()
-                .call_init(&mut *store, &plugin_config)
-                .await?;
-            Ok((process, verdict))
-        })
-        .await;
-        let (process, verdict) = instantiated.map_err(|e| classify(&store, limits, e))?;
-        verdict.map_err(|message| PluginError::ConfigRejected {
-            plugin: plugin.to_owned(),
-            message,
-        })?;
-        Ok(Self {
-            store,
-            process,
-            limits,
-        })
+        let (sandbox, _, process) =
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let process = instance
+                    .get_func(&mut *store, process)
+                    .ok_or_else(|| CallError::Contract("it has no process function".to_owned()))?;
+                Ok((process, guest.call_init(&mut *store, config).await?))
+            })
+            .await?;
+        Ok(Self { sandbox, process })
     }
 
     /// Transforms one batch. `Ok(Err(_))` is the plugin's verdict on one record; `Err(_)` is a
@@ -453,20 +604,172 @@ impl TransformInstance {
         info: &BatchInfo,
         records: &[Record],
     ) -> Result<Result<Vec<Record>, RecordError>, PluginError> {
-        let inputs: Vec<RecordIn<'_>> = records.iter().map(record_in).collect();
-        let process = self.process;
-        let result = guarded(&mut self.store, self.limits, async |store| {
-            let typed = process.typed::<ProcessParams<'_>, ProcessResults>(&*store)?;
-            let (verdict,) = typed.call_async(&mut *store, (info, &inputs)).await?;
-            let output = std::mem::take(&mut store.data_mut().output);
-            Ok(verdict.map(|()| output))
-        })
-        .await;
-        result.map_err(|error| classify(&self.store, self.limits, error))
+        self.sandbox.call_batch(self.process, info, records).await
     }
 
     pub fn plugin(&self) -> &str {
-        &self.store.data().plugin
+        self.sandbox.plugin()
+    }
+}
+
+/// Runs a connector's `plan` in an instance of its own, which is dropped afterwards.
+pub(super) async fn plan(
+    engine: &Engine,
+    prepared: &Prepared,
+    spec: InstanceSpec<'_>,
+    max_tasks: u32,
+) -> Result<Vec<Vec<(String, String)>>, PluginError> {
+    let plugin = spec.plugin.to_owned();
+    let (_, _, planned) = match &prepared.exports {
+        Exports::Source(indices) => {
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let planned = guest.call_plan(&mut *store, config, max_tasks).await?;
+                Ok((planned, Ok(())))
+            })
+            .await?
+        }
+        Exports::Sink { indices, .. } => {
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let planned = guest.call_plan(&mut *store, config, max_tasks).await?;
+                Ok((planned, Ok(())))
+            })
+            .await?
+        }
+        Exports::Transform { .. } => {
+            return Err(wrong_world(prepared, &plugin, PluginKind::Source));
+        }
+    };
+    planned.map_err(|message| PluginError::ConfigRejected { plugin, message })
+}
+
+/// What one `poll` of a source produced: records (their `offset` is their index in the
+/// poll) and the position after each.
+#[derive(Debug, Default)]
+pub struct Polled {
+    pub records: Vec<Record>,
+    pub positions: Vec<Bytes>,
+}
+
+/// A running source task.
+pub struct SourceInstance {
+    sandbox: Sandbox,
+    guest: source_connector::Guest,
+}
+
+impl std::fmt::Debug for SourceInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SourceInstance")
+            .field(&self.sandbox)
+            .finish()
+    }
+}
+
+impl SourceInstance {
+    /// Instantiates and calls `init` with the position to resume after.
+    pub(super) async fn start(
+        engine: &Engine,
+        prepared: &Prepared,
+        spec: InstanceSpec<'_>,
+        resume_after: Option<&[u8]>,
+    ) -> Result<Self, PluginError> {
+        let Exports::Source(indices) = &prepared.exports else {
+            return Err(wrong_world(prepared, spec.plugin, PluginKind::Source));
+        };
+        let (sandbox, _, guest) =
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let verdict = guest.call_init(&mut *store, config, resume_after).await?;
+                Ok((guest, verdict))
+            })
+            .await?;
+        Ok(Self { sandbox, guest })
+    }
+
+    /// Polls for up to `max` records. `Ok(Err(_))` is the plugin's own error (its task
+    /// fails with it); `Err(_)` is a fault.
+    pub async fn poll(&mut self, max: u32) -> Result<Result<Polled, String>, PluginError> {
+        let guest = &self.guest;
+        self.sandbox
+            .call(async |store| {
+                let verdict = guest.call_poll(&mut *store, max).await?;
+                let state = store.data_mut();
+                let mut polled = Polled {
+                    records: std::mem::take(&mut state.output),
+                    positions: std::mem::take(&mut state.positions),
+                };
+                for (index, record) in polled.records.iter_mut().enumerate() {
+                    record.offset = index as i64;
+                }
+                Ok(verdict.map(|()| polled))
+            })
+            .await
+    }
+
+    pub fn plugin(&self) -> &str {
+        self.sandbox.plugin()
+    }
+}
+
+/// A running sink task.
+pub struct SinkInstance {
+    sandbox: Sandbox,
+    guest: sink_connector::Guest,
+    put: Func,
+}
+
+impl std::fmt::Debug for SinkInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SinkInstance").field(&self.sandbox).finish()
+    }
+}
+
+impl SinkInstance {
+    pub(super) async fn start(
+        engine: &Engine,
+        prepared: &Prepared,
+        spec: InstanceSpec<'_>,
+    ) -> Result<Self, PluginError> {
+        let Exports::Sink { indices, put } = &prepared.exports else {
+            return Err(wrong_world(prepared, spec.plugin, PluginKind::Sink));
+        };
+        let (sandbox, _, (guest, put)) =
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let put = instance
+                    .get_func(&mut *store, put)
+                    .ok_or_else(|| CallError::Contract("it has no put function".to_owned()))?;
+                let verdict = guest.call_init(&mut *store, config).await?;
+                Ok(((guest, put), verdict))
+            })
+            .await?;
+        Ok(Self {
+            sandbox,
+            guest,
+            put,
+        })
+    }
+
+    /// Delivers a batch. `Ok(Err(e))`: the records before `e.index` are taken, that one is not.
+    pub async fn put(
+        &mut self,
+        info: &BatchInfo,
+        records: &[Record],
+    ) -> Result<Result<(), RecordError>, PluginError> {
+        let verdict = self.sandbox.call_batch(self.put, info, records).await?;
+        Ok(verdict.map(drop))
+    }
+
+    pub async fn flush(&mut self) -> Result<Result<(), String>, PluginError> {
+        let guest = &self.guest;
+        self.sandbox
+            .call(async |store| Ok(guest.call_flush(&mut *store).await?))
+            .await
+    }
+
+    pub fn plugin(&self) -> &str {
+        self.sandbox.plugin()
     }
 }
 
@@ -482,6 +785,7 @@ async fn guarded<R>(
     state.ticks_left = limits.timeout_ms.div_ceil(tick_ms);
     state.limiter.exceeded = false;
     state.output.clear();
+    state.positions.clear();
     state.output_bytes = 0;
     state.output_overflow = false;
     store.set_epoch_deadline(1);
@@ -513,11 +817,10 @@ fn record_in(record: &Record) -> RecordIn<'_> {
 /// Copies emitted records out of the plugin's memory, counting their bytes against the
 /// batch's [`MAX_OUTPUT_BYTES`] before copying any. Keys, values and header values go into one
 /// buffer per call, which the records share.
-fn read_emitted(
+fn read_records(
     store: &mut StoreContextMut<'_, InstanceState>,
-    list: &WasmList<RecordOut>,
+    emitted: Vec<RecordOut>,
 ) -> wasmtime::Result<Vec<Record>> {
-    let emitted: Vec<RecordOut> = list.iter(&mut *store)?.collect::<wasmtime::Result<_>>()?;
     let mut headers_of = Vec::with_capacity(emitted.len());
     let mut arena_len = 0usize;
     for out in &emitted {
@@ -592,6 +895,11 @@ fn charge(state: &mut InstanceState, len: usize) -> wasmtime::Result<()> {
         wasmtime::bail!("output over {} MiB", MAX_OUTPUT_BYTES >> 20);
     }
     Ok(())
+}
+
+/// Whether a config key is the host's (a limit or a grant) rather than the plugin's.
+pub fn is_host_key(key: &str) -> bool {
+    matches!(key, "max-memory-mb" | "timeout-ms") || key.starts_with("wasi.")
 }
 
 /// Splits the host's keys (limits and WASI grants) from the plugin's configuration.

@@ -30,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::meta::{Meta, MetaError, Table};
 
-pub use instance::{BatchInfo, Header, InstanceCounters, Record, RecordError, TransformInstance};
+pub use instance::{
+    BatchInfo, Header, InstanceCounters, Polled, Record, RecordError, SinkInstance, SourceInstance,
+    TransformInstance, is_host_key,
+};
 
 /// How often the engine's epoch advances: the granularity of `timeout-ms`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -75,7 +78,7 @@ pub enum PluginError {
     ConfigRejected { plugin: String, message: String },
     #[error("plugin {plugin:?} {fault}")]
     Fault { plugin: String, fault: Fault },
-    #[error("plugin {plugin:?} broke the transform contract: {detail}")]
+    #[error("plugin {plugin:?} broke the plugin contract: {detail}")]
     Contract { plugin: String, detail: String },
     #[error("plugin store {}: {source}", path.display())]
     Io {
@@ -168,7 +171,7 @@ pub fn validate_name(name: &str) -> Result<(), PluginError> {
 /// A compiled, pre-instantiated plugin.
 pub struct Loaded {
     pub info: PluginInfo,
-    transform: Option<instance::PreparedTransform>,
+    prepared: instance::Prepared,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -381,28 +384,82 @@ impl Plugins {
         limits: Limits,
         label: &str,
     ) -> Result<TransformInstance, PluginError> {
-        let prepared = loaded
-            .transform
-            .as_ref()
-            .ok_or_else(|| PluginError::WrongKind {
-                name: loaded.info.name.clone(),
-                actual: loaded.info.kind,
-                wanted: PluginKind::Transform,
-            })?;
+        let spec = self.spec(loaded, config, limits, label);
+        TransformInstance::start(&self.inner.engine, &loaded.prepared, spec).await
+    }
+
+    /// Runs a connector plugin's `plan`: at most `max_tasks` task configurations. A task
+    /// configuration never carries host keys: grants come from the operator's config only.
+    pub async fn plan(
+        &self,
+        loaded: &Loaded,
+        config: &[(String, String)],
+        limits: Limits,
+        max_tasks: u32,
+    ) -> Result<Vec<Vec<(String, String)>>, PluginError> {
+        let spec = self.spec(loaded, config, limits, "plan");
+        let tasks = instance::plan(&self.inner.engine, &loaded.prepared, spec, max_tasks).await?;
+        let broken = |detail: String| PluginError::Contract {
+            plugin: loaded.info.name.clone(),
+            detail,
+        };
+        if tasks.is_empty() || tasks.len() > max_tasks as usize {
+            return Err(broken(format!(
+                "its plan returned {} task configurations for at most {max_tasks}",
+                tasks.len()
+            )));
+        }
+        if let Some((key, _)) = tasks.iter().flatten().find(|(key, _)| is_host_key(key)) {
+            return Err(broken(format!(
+                "its plan returned the host key {key:?}; only the operator grants those"
+            )));
+        }
+        Ok(tasks)
+    }
+
+    /// Starts a source task: `init` with its config and the position to resume after.
+    pub async fn instantiate_source(
+        &self,
+        loaded: &Loaded,
+        config: &[(String, String)],
+        limits: Limits,
+        label: &str,
+        resume_after: Option<&[u8]>,
+    ) -> Result<SourceInstance, PluginError> {
+        let spec = self.spec(loaded, config, limits, label);
+        SourceInstance::start(&self.inner.engine, &loaded.prepared, spec, resume_after).await
+    }
+
+    /// Starts a sink task.
+    pub async fn instantiate_sink(
+        &self,
+        loaded: &Loaded,
+        config: &[(String, String)],
+        limits: Limits,
+        label: &str,
+    ) -> Result<SinkInstance, PluginError> {
+        let spec = self.spec(loaded, config, limits, label);
+        SinkInstance::start(&self.inner.engine, &loaded.prepared, spec).await
+    }
+
+    fn spec<'a>(
+        &self,
+        loaded: &'a Loaded,
+        config: &'a [(String, String)],
+        default_limits: Limits,
+        label: &'a str,
+    ) -> instance::InstanceSpec<'a> {
         let counters = lock(&self.inner.counters)
             .entry((loaded.info.name.clone(), label.to_owned()))
             .or_default()
             .clone();
-        TransformInstance::start(
-            &self.inner.engine,
-            prepared,
-            &loaded.info.name,
+        instance::InstanceSpec {
+            plugin: &loaded.info.name,
             label,
             config,
-            limits,
+            default_limits,
             counters,
-        )
-        .await
+        }
     }
 
     /// Every instance's counters, for the metrics endpoint: (plugin, instance) -> counters.
@@ -450,17 +507,13 @@ impl Plugins {
                     .to_owned(),
             }
         })?;
-        let transform = match kind {
-            PluginKind::Transform => Some(
-                instance::pre_instantiate(&self.inner.linker, &component).map_err(|reason| {
-                    PluginError::InvalidComponent {
-                        name: name.to_owned(),
-                        reason,
-                    }
-                })?,
-            ),
-            PluginKind::Source | PluginKind::Sink => None,
-        };
+        let prepared =
+            instance::prepare(&self.inner.linker, &component, kind).map_err(|reason| {
+                PluginError::InvalidComponent {
+                    name: name.to_owned(),
+                    reason,
+                }
+            })?;
         Ok(Arc::new(Loaded {
             info: PluginInfo {
                 name: name.to_owned(),
@@ -469,7 +522,7 @@ impl Plugins {
                 size: bytes.len() as u64,
                 builtin,
             },
-            transform,
+            prepared,
         }))
     }
 }

@@ -1,12 +1,12 @@
 //! `generator`: synthetic sensor readings at a configured rate, for demos and benches.
 //!
 //! Config: `rate` (records per second, default 1000), `sensors` (how many sensors take turns,
-//! default 10), `count` (stop after this many records; default: never). Record `n` is the same
+//! default 10), `count` (stop after this many records; default: never), `bytes` (pad each
+//! value with a `note` field to at least this many bytes, for benches; default: no padding). Record `n` is the same
 //! whenever it is generated (`{"sensor":"sensor-0003","seq":n,"temp":..,"humidity":..}`, keyed
 //! by the sensor), so a replay after a crash produces identical records. The position is the
 //! sequence number of the next record, 8 bytes big-endian.
 
-use appliance_sdk::json::{serde_json::json, to_json_bytes};
 use appliance_sdk::{Config, Record, Source, SourceRecord, host, source};
 
 #[source]
@@ -15,6 +15,7 @@ pub struct Generator {
     rate: u64,
     sensors: u64,
     count: Option<u64>,
+    bytes: usize,
     next: u64,
     /// When pacing started and the sequence number it started at.
     started_ms: i64,
@@ -23,9 +24,13 @@ pub struct Generator {
 
 impl Source for Generator {
     fn init(config: Config, resume_after: Option<Vec<u8>>) -> Result<Self, String> {
-        config.only(&["rate", "sensors", "count"])?;
+        config.only(&["rate", "sensors", "count", "bytes"])?;
         let rate: u64 = config.parse_or("rate", 1000)?;
         let sensors: u64 = config.parse_or("sensors", 10)?;
+        let bytes: usize = config.parse_or("bytes", 0)?;
+        if bytes > 1 << 20 {
+            return Err("`bytes` is at most 1048576".to_owned());
+        }
         if !(1..=10_000_000).contains(&rate) {
             return Err("`rate` is 1 to 10000000 records per second".to_owned());
         }
@@ -48,6 +53,7 @@ impl Source for Generator {
             rate,
             sensors,
             count,
+            bytes,
             next,
             started_ms: host::now_ms(),
             started_at: next,
@@ -72,13 +78,22 @@ impl Source for Generator {
 impl Generator {
     fn reading(&self, seq: u64) -> SourceRecord {
         let sensor = format!("sensor-{:04}", seq % self.sensors);
-        let value = json!({
-            "sensor": sensor,
-            "seq": seq,
-            "temp": (seq * 37 % 5000) as f64 / 100.0,
-            "humidity": (seq * 13 % 1000) as f64 / 10.0,
-        });
-        let mut record = Record::from_value(to_json_bytes(&value));
+        // Written directly rather than through a JSON document: a bench source must cost
+        // little per record. Every part is a number or a fixed ASCII name, so no escaping.
+        let mut bytes = format!(
+            r#"{{"sensor":"{sensor}","seq":{seq},"temp":{:?},"humidity":{:?}"#,
+            (seq * 37 % 5000) as f64 / 100.0,
+            (seq * 13 % 1000) as f64 / 10.0,
+        );
+        // `,"note":""` adds 10 bytes around the padding, the closing brace one more.
+        if let Some(padding) = self.bytes.checked_sub(bytes.len() + 11) {
+            bytes.push_str(r#","note":""#);
+            bytes.extend(std::iter::repeat_n('.', padding));
+            bytes.push('"');
+        }
+        bytes.push('}');
+        let bytes = bytes.into_bytes();
+        let mut record = Record::from_value(bytes);
         record.key = Some(sensor.into_bytes());
         record.timestamp = host::now_ms();
         SourceRecord {
@@ -119,6 +134,15 @@ mod tests {
         let rest = resumed.poll(10).unwrap();
         assert_eq!(rest.len(), 2);
         assert_eq!(rest[0].record.value, value_of(3), "a replay is identical");
+    }
+
+    #[test]
+    fn pads_values_to_the_size_asked() {
+        let padded = generator(&[("bytes", "200")], None).reading(12345);
+        assert_eq!(padded.record.value.as_ref().map(Vec::len), Some(200));
+        let value: serde_json::Value =
+            serde_json::from_slice(padded.record.value.as_deref().unwrap()).unwrap();
+        assert_eq!(value["seq"], 12345);
     }
 
     fn value_of(seq: u64) -> Option<Vec<u8>> {

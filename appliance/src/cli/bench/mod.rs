@@ -6,7 +6,10 @@
 //!   log's own figures and, when `nats-server` is installed, NATS JetStream (`grpc.rs`).
 //! - `bench pipeline`: pipelines with built-in WebAssembly transforms, the same transforms
 //!   compiled natively, and the cost of a call into the sandbox (`pipeline.rs`).
+//! - `bench connectors`: a generator source and a file sink beside the log's own append and
+//!   read figures (`connectors.rs`).
 
+mod connectors;
 mod grpc;
 mod log;
 mod nats;
@@ -28,6 +31,8 @@ pub enum BenchCommand {
     Grpc(grpc::GrpcBenchArgs),
     /// Pipelines with the built-in filter and mask-field, beside native builds of both.
     Pipeline(pipeline::PipelineBenchArgs),
+    /// The generator source and the file sink, beside the log's own append and read.
+    Connectors(connectors::ConnectorBenchArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -36,6 +41,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Log(args) => runtime.block_on(log::log_bench(args)),
         BenchCommand::Grpc(args) => runtime.block_on(grpc::grpc_bench(args)),
         BenchCommand::Pipeline(args) => runtime.block_on(pipeline::pipeline_bench(args)),
+        BenchCommand::Connectors(args) => runtime.block_on(connectors::connector_bench(args)),
     }
 }
 
@@ -48,6 +54,40 @@ fn scratch_dir(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
         .prefix("appliance-bench-")
         .tempdir_in(dir)
         .with_context(|| format!("creating a scratch directory in {}", dir.display()))
+}
+
+/// What the plugin benches run on: a durable log, its metadata store and the plugin host,
+/// in `dir`. Cancel `shutdown` when done (it stops the plugin host's epoch ticker).
+struct PluginHost {
+    shutdown: tokio_util::sync::CancellationToken,
+    meta: Meta,
+    log: Log,
+    plugins: crate::plugin::Plugins,
+}
+
+async fn open_plugin_host(dir: &Path) -> anyhow::Result<PluginHost> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let meta = Meta::open(&dir.join("meta"))?;
+    let log = Log::open(LogConfig::new(dir.to_path_buf()), meta.clone()).await?;
+    let plugins = crate::plugin::Plugins::open(dir, meta.clone(), shutdown.clone())?;
+    Ok(PluginHost {
+        shutdown,
+        meta,
+        log,
+        plugins,
+    })
+}
+
+/// Prints the first lines of a bench: what it measures, and the disk's own speed, which it
+/// returns (MB/s).
+fn print_header(dir: &Path, what: std::fmt::Arguments<'_>) -> anyhow::Result<f64> {
+    let disk = log::disk_baseline(dir, 1, std::time::Duration::from_secs(1))?;
+    println!(
+        "{what}; {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("disk (fdatasync per 4 MiB): {disk:.0} MB/s");
+    Ok(disk)
 }
 
 /// A durable log in `dir`, as the daemon opens it.

@@ -18,13 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
-use super::{log::disk_baseline, scratch_dir};
-use crate::log::{
-    Compression, Log, LogConfig, PartitionId, Record, Timestamp, TopicConfig, TopicName,
-};
-use crate::meta::Meta;
+use super::{PluginHost, open_plugin_host, print_header, scratch_dir};
+use crate::log::{Compression, Log, PartitionId, Record, Timestamp, TopicConfig, TopicName};
 use crate::pipeline::{ErrorPolicy, NewPipeline, Pipelines, TransformSpec};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
 
@@ -75,18 +71,19 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.records >= BATCH, "--records must be at least {BATCH}");
     anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
     let scratch = scratch_dir(&args.dir)?;
-    let disk = disk_baseline(scratch.path(), 1, Duration::from_secs(1))?;
-    println!(
-        "pipeline bench: {} JSON records of {RECORD_BYTES} B, 1 partition, durable appends; {} cores",
-        args.records,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    println!("disk (fdatasync per 4 MiB): {disk:.0} MB/s");
-
-    let shutdown = CancellationToken::new();
-    let meta = Meta::open(&scratch.path().join("meta"))?;
-    let log = Log::open(LogConfig::new(scratch.path().to_path_buf()), meta.clone()).await?;
-    let plugins = Plugins::open(scratch.path(), meta.clone(), shutdown.clone())?;
+    let disk = print_header(
+        scratch.path(),
+        format_args!(
+            "pipeline bench: {} JSON records of {RECORD_BYTES} B, 1 partition, durable appends",
+            args.records
+        ),
+    )?;
+    let PluginHost {
+        shutdown,
+        meta,
+        log,
+        plugins,
+    } = open_plugin_host(scratch.path()).await?;
     let pipelines = Pipelines::open(
         log.clone(),
         meta,

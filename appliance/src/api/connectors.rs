@@ -1,0 +1,229 @@
+//! The `Connectors` service.
+
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::connectors_server::Connectors as ConnectorsApi;
+use tonic::{Request, Response, Status};
+
+use super::convert::topic_name;
+use super::error::invalid;
+use super::metrics::{Metrics, Rpc};
+use super::pipelines::{error_policy, policy_message, transform_message, transform_spec};
+use crate::connect::{
+    ConnectorOffsets, ConnectorState, ConnectorStatus, Connectors, NewConnector, OffsetReset,
+    TaskState,
+};
+use crate::plugin::PluginKind;
+
+#[derive(Debug)]
+pub struct ConnectorsService {
+    pub connectors: Connectors,
+    pub metrics: Metrics,
+}
+
+fn config_message(config: Vec<(String, String)>) -> Vec<pb::ConfigEntry> {
+    config
+        .into_iter()
+        .map(|(key, value)| pb::ConfigEntry { key, value })
+        .collect()
+}
+
+fn connector_message(status: ConnectorStatus) -> pb::Connector {
+    let spec = status.spec;
+    let (state, failure) = match status.state {
+        ConnectorState::Starting => (pb::ConnectorState::Starting, String::new()),
+        ConnectorState::Running => (pb::ConnectorState::Running, String::new()),
+        ConnectorState::Paused => (pb::ConnectorState::Paused, String::new()),
+        ConnectorState::Failed { reason } => (pb::ConnectorState::Failed, reason),
+    };
+    pb::Connector {
+        name: spec.name,
+        plugin: spec.plugin,
+        kind: match spec.kind {
+            PluginKind::Sink => pb::ConnectorKind::Sink,
+            _ => pb::ConnectorKind::Source,
+        } as i32,
+        topic: spec.topic.to_string(),
+        config: config_message(spec.config),
+        tasks_max: spec.tasks_max,
+        transforms: spec.transforms.into_iter().map(transform_message).collect(),
+        errors: policy_message(spec.errors) as i32,
+        dlq_topic: spec.dlq_topic.map(|t| t.to_string()).unwrap_or_default(),
+        paused: spec.paused,
+        state: state as i32,
+        failure,
+        tasks: status
+            .tasks
+            .into_iter()
+            .map(|task| {
+                let (state, failure, restarting) = match task.state {
+                    TaskState::Starting => (pb::ConnectorState::Starting, String::new(), false),
+                    TaskState::Running => (pb::ConnectorState::Running, String::new(), false),
+                    TaskState::Paused => (pb::ConnectorState::Paused, String::new(), false),
+                    TaskState::Failed { reason, restarting } => {
+                        (pb::ConnectorState::Failed, reason, restarting)
+                    }
+                };
+                pb::ConnectorTask {
+                    task: task.task,
+                    state: state as i32,
+                    failure,
+                    restarting,
+                    restarts: task.restarts,
+                    records_in: task.records_in,
+                    records_out: task.records_out,
+                    skipped: task.skipped,
+                    dead_lettered: task.dead_lettered,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn offsets_message(name: String, offsets: ConnectorOffsets) -> pb::ConnectorOffsets {
+    let mut message = pb::ConnectorOffsets {
+        name,
+        ..Default::default()
+    };
+    match offsets {
+        ConnectorOffsets::Source(tasks) => {
+            message.source_tasks = tasks
+                .into_iter()
+                .map(|t| pb::SourceTaskOffset {
+                    task: t.task,
+                    partition: t.partition.0,
+                    end: t.end.0,
+                    position: t.position,
+                })
+                .collect();
+        }
+        ConnectorOffsets::Sink(partitions) => {
+            message.sink_partitions = partitions
+                .into_iter()
+                .map(|p| pb::SinkPartitionOffset {
+                    partition: p.partition.0,
+                    committed: p.committed.map(|o| o.0),
+                    high_watermark: p.high_watermark.0,
+                })
+                .collect();
+        }
+    }
+    message
+}
+
+fn new_connector(request: pb::CreateConnectorRequest) -> Result<NewConnector, Status> {
+    if request.plugin.is_empty() {
+        return Err(invalid("plugin", "name the source or sink plugin to run"));
+    }
+    Ok(NewConnector {
+        name: request.name,
+        plugin: request.plugin,
+        topic: topic_name("topic", &request.topic)?,
+        config: request
+            .config
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect(),
+        tasks_max: request.tasks.max(1),
+        transforms: request.transforms.into_iter().map(transform_spec).collect(),
+        errors: error_policy(request.errors)?,
+        dlq_topic: if request.dlq_topic.is_empty() {
+            None
+        } else {
+            Some(topic_name("dlq_topic", &request.dlq_topic)?)
+        },
+    })
+}
+
+#[tonic::async_trait]
+impl ConnectorsApi for ConnectorsService {
+    async fn create_connector(
+        &self,
+        request: Request<pb::CreateConnectorRequest>,
+    ) -> Result<Response<pb::Connector>, Status> {
+        let _timer = self.metrics.time(Rpc::CreateConnector);
+        let new = new_connector(request.into_inner())?;
+        let status = self.connectors.create(new).await?;
+        Ok(Response::new(connector_message(status)))
+    }
+
+    async fn get_connector(
+        &self,
+        request: Request<pb::GetConnectorRequest>,
+    ) -> Result<Response<pb::Connector>, Status> {
+        let _timer = self.metrics.time(Rpc::GetConnector);
+        let status = self.connectors.get(&request.into_inner().name).await?;
+        Ok(Response::new(connector_message(status)))
+    }
+
+    async fn list_connectors(
+        &self,
+        _request: Request<pb::ListConnectorsRequest>,
+    ) -> Result<Response<pb::ListConnectorsResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::ListConnectors);
+        let connectors = self.connectors.list().await;
+        Ok(Response::new(pb::ListConnectorsResponse {
+            connectors: connectors.into_iter().map(connector_message).collect(),
+        }))
+    }
+
+    async fn pause_connector(
+        &self,
+        request: Request<pb::PauseConnectorRequest>,
+    ) -> Result<Response<pb::Connector>, Status> {
+        let _timer = self.metrics.time(Rpc::PauseConnector);
+        let status = self.connectors.pause(&request.into_inner().name).await?;
+        Ok(Response::new(connector_message(status)))
+    }
+
+    async fn resume_connector(
+        &self,
+        request: Request<pb::ResumeConnectorRequest>,
+    ) -> Result<Response<pb::Connector>, Status> {
+        let _timer = self.metrics.time(Rpc::ResumeConnector);
+        let status = self.connectors.resume(&request.into_inner().name).await?;
+        Ok(Response::new(connector_message(status)))
+    }
+
+    async fn restart_connector(
+        &self,
+        request: Request<pb::RestartConnectorRequest>,
+    ) -> Result<Response<pb::Connector>, Status> {
+        let _timer = self.metrics.time(Rpc::RestartConnector);
+        let status = self.connectors.restart(&request.into_inner().name).await?;
+        Ok(Response::new(connector_message(status)))
+    }
+
+    async fn delete_connector(
+        &self,
+        request: Request<pb::DeleteConnectorRequest>,
+    ) -> Result<Response<pb::DeleteConnectorResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::DeleteConnector);
+        self.connectors.delete(&request.into_inner().name).await?;
+        Ok(Response::new(pb::DeleteConnectorResponse {}))
+    }
+
+    async fn get_connector_offsets(
+        &self,
+        request: Request<pb::GetConnectorOffsetsRequest>,
+    ) -> Result<Response<pb::ConnectorOffsets>, Status> {
+        let _timer = self.metrics.time(Rpc::GetConnectorOffsets);
+        let name = request.into_inner().name;
+        let offsets = self.connectors.offsets(&name).await?;
+        Ok(Response::new(offsets_message(name, offsets)))
+    }
+
+    async fn reset_connector_offsets(
+        &self,
+        request: Request<pb::ResetConnectorOffsetsRequest>,
+    ) -> Result<Response<pb::ConnectorOffsets>, Status> {
+        let _timer = self.metrics.time(Rpc::ResetConnectorOffsets);
+        let request = request.into_inner();
+        let to = match pb::ResetTo::try_from(request.to) {
+            Ok(pb::ResetTo::Earliest) => OffsetReset::Earliest,
+            Ok(pb::ResetTo::Latest) => OffsetReset::Latest,
+            _ => return Err(invalid("to", "RESET_TO_EARLIEST or RESET_TO_LATEST")),
+        };
+        let offsets = self.connectors.reset_offsets(&request.name, to).await?;
+        Ok(Response::new(offsets_message(request.name, offsets)))
+    }
+}

@@ -1,0 +1,820 @@
+//! Connectors: Kafka Connect's model in the appliance. A connector is a source or sink plugin
+//! with its configuration; the plugin's `plan` splits it into at most `tasks.max` task
+//! configurations, and the worker here runs one task per configuration and owns everything
+//! operational: starting, restarting with backoff, pausing, status, positions and offsets,
+//! the transform chain and the error policy.
+//!
+//! ```text
+//! source task: plugin.poll -> transforms -> one append to partition (task mod N) of the
+//!              connector's topic, its last record tagged with the task and the position
+//!              -> progress (partition, end, position) in meta "connector-progress"
+//! sink task:   partitions p with p mod tasks = task, from the group `connect-NAME`'s
+//!              committed offset -> transforms -> plugin.put -> plugin.flush -> commit
+//! ```
+//!
+//! Exactly once for sources without transactions ([`source`]): the position travels in the
+//! same append as the records, and a restarting task takes the newest position it finds in
+//! its partition's tail, so a crash at any point neither loses nor duplicates records. Sinks
+//! are at least once; they get each record's topic, partition and offset to write
+//! idempotently. Specs live in meta "connectors"; a task that fails is restarted after 1, 2,
+//! 4, 8 and 16 s, then stays FAILED with its reason until the operator restarts it.
+
+mod sink;
+mod source;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::group::{Coordinator, GroupError, ResetTarget};
+use crate::log::{Log, LogError, Offset, PartitionId, TopicName};
+use crate::meta::{GroupId, Meta, MetaError, Table};
+use crate::pipeline::{self, ErrorPolicy, TransformSpec, TransformsError};
+use crate::plugin::{Limits, Loaded, PluginError, PluginKind, Plugins, is_host_key};
+
+/// The header on the last record of each batch a source task appends: `ID:TASK` in hex and
+/// decimal, naming the connector (by its id, which changes when offsets are reset) and task.
+pub const SOURCE_TAG_HEADER: &str = "appliance.source";
+/// The header beside [`SOURCE_TAG_HEADER`] holding the source position after that record.
+pub const POSITION_HEADER: &str = "appliance.source.position";
+
+pub const MAX_TASKS: u32 = 256;
+/// A failing task is restarted this many times (with doubling backoff) before it stays failed.
+const MAX_RESTARTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// A task that ran this long before failing starts its backoff from the beginning again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid connector name {name:?}: use 1 to 128 of a-z, A-Z, 0-9, '.', '_' and '-'")]
+    InvalidName { name: String },
+    #[error("no connector named {name:?}")]
+    NotFound { name: String },
+    #[error("a connector named {name:?} exists already")]
+    AlreadyExists { name: String },
+    #[error("connector {name:?}: {problem}")]
+    InvalidSpec { name: String, problem: String },
+    #[error("connector {name:?} is running; pause it before resetting its offsets")]
+    NotPaused { name: String },
+    #[error("plugin {plugin:?} is used by connector {connector:?}; delete the connector first")]
+    PluginInUse { plugin: String, connector: String },
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+}
+
+/// A connector as created; stored in meta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorSpec {
+    pub name: String,
+    /// Changes when a source's offsets are reset, so tags written before are not resumed from.
+    pub id: u64,
+    pub plugin: String,
+    pub kind: PluginKind,
+    /// The topic a source writes or a sink reads.
+    pub topic: TopicName,
+    /// The plugin's config with the operator's grants (`wasi.*`) and limits.
+    pub config: Vec<(String, String)>,
+    pub tasks_max: u32,
+    pub transforms: Vec<TransformSpec>,
+    pub errors: ErrorPolicy,
+    pub dlq_topic: Option<TopicName>,
+    pub paused: bool,
+}
+
+impl ConnectorSpec {
+    /// The consumer group a sink connector commits its offsets under.
+    pub fn group(&self) -> Result<GroupId, MetaError> {
+        GroupId::new(format!("connect-{}", self.name))
+    }
+}
+
+/// What a caller asks for; becomes a [`ConnectorSpec`].
+#[derive(Debug, Clone)]
+pub struct NewConnector {
+    pub name: String,
+    pub plugin: String,
+    pub topic: TopicName,
+    pub config: Vec<(String, String)>,
+    pub tasks_max: u32,
+    pub transforms: Vec<TransformSpec>,
+    pub errors: ErrorPolicy,
+    pub dlq_topic: Option<TopicName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    Starting,
+    Running,
+    Paused,
+    /// `restarting` is true while a restart is pending (the backoff runs).
+    Failed {
+        reason: String,
+        restarting: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskStatus {
+    pub task: u32,
+    pub state: TaskState,
+    pub restarts: u32,
+    /// Records polled (source) or read (sink).
+    pub records_in: u64,
+    /// Records appended (source) or put and committed (sink).
+    pub records_out: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
+}
+
+/// The connector as a whole: planning its tasks, or why it could not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectorState {
+    Starting,
+    Running,
+    Paused,
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectorStatus {
+    pub spec: ConnectorSpec,
+    pub state: ConnectorState,
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// Where a connector's tasks are: each source task's stored position, or a sink's committed
+/// offsets.
+#[derive(Debug, Clone)]
+pub enum ConnectorOffsets {
+    Source(Vec<SourceOffset>),
+    Sink(Vec<SinkOffset>),
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceOffset {
+    pub task: u32,
+    pub partition: PartitionId,
+    /// The log offset up to which the task's output is accounted for.
+    pub end: Offset,
+    pub position: Option<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkOffset {
+    pub partition: PartitionId,
+    pub committed: Option<Offset>,
+    pub high_watermark: Offset,
+}
+
+/// Where [`Connectors::reset_offsets`] moves a connector.
+#[derive(Debug, Clone, Copy)]
+pub enum OffsetReset {
+    /// A source starts from scratch; a sink from the earliest offset.
+    Earliest,
+    /// A sink skips to the end of its topic (not available for sources).
+    Latest,
+}
+
+/// Shared between a task (which writes it) and status readers.
+#[derive(Debug)]
+struct TaskCell(Mutex<TaskStatus>);
+
+impl TaskCell {
+    fn new(task: u32) -> Self {
+        Self(Mutex::new(TaskStatus {
+            task,
+            state: TaskState::Starting,
+            restarts: 0,
+            records_in: 0,
+            records_out: 0,
+            skipped: 0,
+            dead_lettered: 0,
+        }))
+    }
+
+    fn update(&self, change: impl FnOnce(&mut TaskStatus)) {
+        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn set(&self, state: TaskState) {
+        self.update(|s| s.state = state);
+    }
+
+    fn get(&self) -> TaskStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A connector's live state, written by its runner.
+#[derive(Debug)]
+struct Runtime {
+    state: Mutex<ConnectorState>,
+    tasks: Mutex<Vec<Arc<TaskCell>>>,
+}
+
+impl Runtime {
+    fn set(&self, state: ConnectorState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    spec: ConnectorSpec,
+    stop: CancellationToken,
+    runtime: Arc<Runtime>,
+    runner: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What every task needs of the appliance.
+#[derive(Debug, Clone)]
+struct Context {
+    log: Log,
+    meta: Meta,
+    plugins: Plugins,
+    limits: Limits,
+}
+
+/// Handle to the connectors; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Connectors {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    context: Context,
+    groups: Coordinator,
+    connectors: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    shutdown: CancellationToken,
+}
+
+impl Connectors {
+    /// Starts every stored connector that is not paused.
+    pub async fn open(
+        log: Log,
+        meta: Meta,
+        plugins: Plugins,
+        groups: Coordinator,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ConnectError> {
+        let stored: Vec<(String, ConnectorSpec)> = meta.entries(Table::Connectors)?;
+        let this = Self {
+            inner: Arc::new(Inner {
+                context: Context {
+                    log,
+                    meta,
+                    plugins,
+                    limits,
+                },
+                groups,
+                connectors: tokio::sync::Mutex::new(BTreeMap::new()),
+                shutdown,
+            }),
+        };
+        let mut connectors = this.inner.connectors.lock().await;
+        for (name, spec) in stored {
+            connectors.insert(name, this.launch(spec));
+        }
+        drop(connectors);
+        Ok(this)
+    }
+
+    /// Validates, stores durably and starts a connector. Its plan runs and each task is
+    /// started once here, so a configuration the plugin rejects is reported to the caller.
+    pub async fn create(&self, new: NewConnector) -> Result<ConnectorStatus, ConnectError> {
+        validate_name(&new.name)?;
+        let invalid = |problem: String| ConnectError::InvalidSpec {
+            name: new.name.clone(),
+            problem,
+        };
+        if !(1..=MAX_TASKS).contains(&new.tasks_max) {
+            return Err(invalid(format!("tasks is 1 to {MAX_TASKS}")));
+        }
+        let context = &self.inner.context;
+        let loaded = context.plugins.get(&new.plugin).await?;
+        let kind = loaded.info.kind;
+        if kind == PluginKind::Transform {
+            return Err(invalid(format!(
+                "plugin {:?} is a transform; a connector runs a source or sink plugin (use it \
+                 with --transform)",
+                new.plugin
+            )));
+        }
+        let read_from = (kind == PluginKind::Sink).then_some(&new.topic);
+        pipeline::check_error_policy(new.errors, new.dlq_topic.as_ref(), read_from)
+            .map_err(invalid)?;
+        if new.dlq_topic.as_ref() == Some(&new.topic) {
+            return Err(invalid(
+                "the dead-letter topic must differ from the connector's topic".to_owned(),
+            ));
+        }
+        if kind == PluginKind::Sink {
+            context.log.topic_info(&new.topic)?;
+        }
+        pipeline::validate_transforms(&context.plugins, context.limits, &new.transforms)
+            .await
+            .map_err(|e| match e {
+                TransformsError::Plugin(e) => ConnectError::Plugin(e),
+                TransformsError::Invalid(problem) => invalid(problem),
+            })?;
+        let tasks = context
+            .plugins
+            .plan(&loaded, &new.config, context.limits, new.tasks_max)
+            .await?;
+        for task in &tasks {
+            let config = task_config(&new.config, task);
+            match kind {
+                PluginKind::Source => {
+                    context
+                        .plugins
+                        .instantiate_source(&loaded, &config, context.limits, "validation", None)
+                        .await?;
+                }
+                _ => {
+                    context
+                        .plugins
+                        .instantiate_sink(&loaded, &config, context.limits, "validation")
+                        .await?;
+                }
+            }
+        }
+        let mut connectors = self.inner.connectors.lock().await;
+        if connectors.contains_key(&new.name) {
+            return Err(ConnectError::AlreadyExists { name: new.name });
+        }
+        if kind == PluginKind::Source {
+            pipeline::ensure_topic(&context.log, &new.topic).await?;
+        }
+        if let Some(dlq) = &new.dlq_topic {
+            pipeline::ensure_topic(&context.log, dlq).await?;
+        }
+        let spec = ConnectorSpec {
+            id: pipeline::unique_id(&new.name),
+            name: new.name,
+            plugin: new.plugin,
+            kind,
+            topic: new.topic,
+            config: new.config,
+            tasks_max: new.tasks_max,
+            transforms: new.transforms,
+            errors: new.errors,
+            dlq_topic: new.dlq_topic,
+            paused: false,
+        };
+        context
+            .meta
+            .put(Table::Connectors, &spec.name, &spec)
+            .await?;
+        let running = self.launch(spec);
+        let status = status_of(&running);
+        connectors.insert(status.spec.name.clone(), running);
+        Ok(status)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<ConnectorStatus, ConnectError> {
+        let connectors = self.inner.connectors.lock().await;
+        connectors
+            .get(name)
+            .map(status_of)
+            .ok_or_else(|| ConnectError::NotFound {
+                name: name.to_owned(),
+            })
+    }
+
+    pub async fn list(&self) -> Vec<ConnectorStatus> {
+        let connectors = self.inner.connectors.lock().await;
+        connectors.values().map(status_of).collect()
+    }
+
+    /// Every connector, unless one is being changed right now (for metrics, which must not
+    /// wait).
+    pub fn try_list(&self) -> Option<Vec<ConnectorStatus>> {
+        let connectors = self.inner.connectors.try_lock().ok()?;
+        Some(connectors.values().map(status_of).collect())
+    }
+
+    /// Stops a connector's tasks; it stays stopped across restarts of the appliance.
+    pub async fn pause(&self, name: &str) -> Result<ConnectorStatus, ConnectError> {
+        self.relaunch(name, |spec| spec.paused = true).await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<ConnectorStatus, ConnectError> {
+        self.relaunch(name, |spec| spec.paused = false).await
+    }
+
+    /// Stops the connector and starts it again: plans anew, and failed tasks get a fresh
+    /// round of restarts.
+    pub async fn restart(&self, name: &str) -> Result<ConnectorStatus, ConnectError> {
+        self.relaunch(name, |_| {}).await
+    }
+
+    /// Stops a connector and forgets it, its positions and (for a sink) its group's offsets.
+    /// What it wrote stays in its topic.
+    pub async fn delete(&self, name: &str) -> Result<(), ConnectError> {
+        let mut connectors = self.inner.connectors.lock().await;
+        let running = take_stopped(&mut connectors, name).await?;
+        let meta = &self.inner.context.meta;
+        meta.remove(Table::Connectors, name).await?;
+        meta.remove_prefix(
+            Table::ConnectorProgress,
+            &source::key_prefix(running.spec.id),
+        )
+        .await?;
+        if running.spec.kind == PluginKind::Sink {
+            meta.delete_group_offsets(&running.spec.group()?).await?;
+        }
+        self.inner
+            .context
+            .plugins
+            .forget_counters(&format!("connector/{name}/"));
+        Ok(())
+    }
+
+    /// Each source task's stored position, or the sink group's committed offsets.
+    pub async fn offsets(&self, name: &str) -> Result<ConnectorOffsets, ConnectError> {
+        let spec = self.get(name).await?.spec;
+        let context = &self.inner.context;
+        match spec.kind {
+            PluginKind::Sink => {
+                let group = spec.group()?;
+                let partitions = context.log.topic_config(&spec.topic)?.partitions;
+                let mut offsets = Vec::with_capacity(partitions as usize);
+                for p in 0..partitions {
+                    let committed = context
+                        .meta
+                        .committed_offset(&group, spec.topic.as_str(), p)?
+                        .map(|c| Offset(c.offset));
+                    let high_watermark = context
+                        .log
+                        .partition(&spec.topic, PartitionId(p))?
+                        .high_watermark();
+                    offsets.push(SinkOffset {
+                        partition: PartitionId(p),
+                        committed,
+                        high_watermark,
+                    });
+                }
+                Ok(ConnectorOffsets::Sink(offsets))
+            }
+            _ => Ok(ConnectorOffsets::Source(source::stored_offsets(
+                &context.meta,
+                spec.id,
+            )?)),
+        }
+    }
+
+    /// Moves a paused connector: a source forgets its positions (the next start begins anew,
+    /// as on its first start); a sink's group moves to the start or end of the topic.
+    pub async fn reset_offsets(
+        &self,
+        name: &str,
+        to: OffsetReset,
+    ) -> Result<ConnectorOffsets, ConnectError> {
+        {
+            let mut connectors = self.inner.connectors.lock().await;
+            let running = connectors
+                .get_mut(name)
+                .ok_or_else(|| ConnectError::NotFound {
+                    name: name.to_owned(),
+                })?;
+            if !running.spec.paused {
+                return Err(ConnectError::NotPaused {
+                    name: name.to_owned(),
+                });
+            }
+            let meta = &self.inner.context.meta;
+            match (running.spec.kind, to) {
+                (PluginKind::Sink, to) => {
+                    let target = match to {
+                        OffsetReset::Earliest => ResetTarget::Earliest,
+                        OffsetReset::Latest => ResetTarget::Latest,
+                    };
+                    let group = running.spec.group()?;
+                    self.inner
+                        .groups
+                        .reset(&group, &running.spec.topic, &[], target)
+                        .await?;
+                }
+                (_, OffsetReset::Latest) => {
+                    return Err(ConnectError::InvalidSpec {
+                        name: name.to_owned(),
+                        problem: "a source's position is the plugin's own; it can only be \
+                                  reset to earliest (start anew)"
+                            .to_owned(),
+                    });
+                }
+                (_, OffsetReset::Earliest) => {
+                    let old = running.spec.id;
+                    running.spec.id = pipeline::unique_id(name);
+                    meta.put(Table::Connectors, name, &running.spec).await?;
+                    meta.remove_prefix(Table::ConnectorProgress, &source::key_prefix(old))
+                        .await?;
+                }
+            }
+        }
+        self.offsets(name).await
+    }
+
+    /// The first connector that uses `plugin`, as its connector or in its transforms.
+    pub async fn user_of(&self, plugin: &str) -> Option<String> {
+        let connectors = self.inner.connectors.lock().await;
+        connectors
+            .values()
+            .find(|running| {
+                running.spec.plugin == plugin
+                    || running.spec.transforms.iter().any(|t| t.plugin == plugin)
+            })
+            .map(|running| running.spec.name.clone())
+    }
+
+    /// Stops every connector's tasks (at shutdown).
+    pub async fn stop_all(&self) {
+        let mut connectors = self.inner.connectors.lock().await;
+        for running in connectors.values_mut() {
+            stop(running).await;
+        }
+    }
+
+    async fn relaunch(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut ConnectorSpec),
+    ) -> Result<ConnectorStatus, ConnectError> {
+        let mut connectors = self.inner.connectors.lock().await;
+        let mut spec = take_stopped(&mut connectors, name).await?.spec;
+        change(&mut spec);
+        let stored = self
+            .inner
+            .context
+            .meta
+            .put(Table::Connectors, name, &spec)
+            .await;
+        let running = self.launch(spec);
+        let status = status_of(&running);
+        connectors.insert(name.to_owned(), running);
+        stored?;
+        Ok(status)
+    }
+
+    fn launch(&self, spec: ConnectorSpec) -> Running {
+        let runtime = Arc::new(Runtime {
+            state: Mutex::new(ConnectorState::Starting),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let stop = self.inner.shutdown.child_token();
+        let runner = if spec.paused {
+            runtime.set(ConnectorState::Paused);
+            None
+        } else {
+            Some(tokio::spawn(run_connector(
+                self.inner.context.clone(),
+                Arc::new(spec.clone()),
+                runtime.clone(),
+                stop.clone(),
+            )))
+        };
+        Running {
+            spec,
+            stop,
+            runtime,
+            runner,
+        }
+    }
+}
+
+/// Plans the connector's tasks and runs them until stopped.
+async fn run_connector(
+    context: Context,
+    spec: Arc<ConnectorSpec>,
+    runtime: Arc<Runtime>,
+    stop: CancellationToken,
+) {
+    let planned = tokio::select! {
+        planned = plan(&context, &spec) => planned,
+        _ = stop.cancelled() => return,
+    };
+    let tasks = match planned {
+        Ok(tasks) => tasks,
+        Err(reason) => {
+            tracing::warn!(connector = %spec.name, %reason, "connector could not plan its tasks");
+            runtime.set(ConnectorState::Failed { reason });
+            return;
+        }
+    };
+    let cells: Vec<Arc<TaskCell>> = (0..tasks.len() as u32)
+        .map(|task| Arc::new(TaskCell::new(task)))
+        .collect();
+    *runtime.tasks.lock().unwrap_or_else(|p| p.into_inner()) = cells.clone();
+    runtime.set(ConnectorState::Running);
+    let count = tasks.len() as u32;
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .zip(cells)
+        .enumerate()
+        .map(|(index, (config, cell))| {
+            let task = Task {
+                context: context.clone(),
+                spec: spec.clone(),
+                index: index as u32,
+                tasks: count,
+                config,
+                cell,
+                stop: stop.clone(),
+            };
+            tokio::spawn(task.supervise())
+        })
+        .collect();
+    for handle in handles {
+        if let Err(error) = handle.await {
+            tracing::error!(connector = %spec.name, %error, "a connector task ended abnormally");
+        }
+    }
+    runtime.set(ConnectorState::Paused);
+}
+
+async fn plan(
+    context: &Context,
+    spec: &ConnectorSpec,
+) -> Result<Vec<Vec<(String, String)>>, String> {
+    let loaded = context
+        .plugins
+        .get(&spec.plugin)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tasks = context
+        .plugins
+        .plan(&loaded, &spec.config, context.limits, spec.tasks_max)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(tasks
+        .iter()
+        .map(|task| task_config(&spec.config, task))
+        .collect())
+}
+
+/// A task's instance config: the operator's grants and limits from the connector's config,
+/// then the task's own keys from the plan.
+fn task_config(connector: &[(String, String)], task: &[(String, String)]) -> Vec<(String, String)> {
+    connector
+        .iter()
+        .filter(|(key, _)| is_host_key(key))
+        .chain(task)
+        .cloned()
+        .collect()
+}
+
+/// One task of a connector, restarted with backoff when it fails.
+struct Task {
+    context: Context,
+    spec: Arc<ConnectorSpec>,
+    index: u32,
+    /// How many tasks the plan made (sink tasks divide the partitions among them).
+    tasks: u32,
+    config: Vec<(String, String)>,
+    cell: Arc<TaskCell>,
+    stop: CancellationToken,
+}
+
+impl Task {
+    async fn supervise(self) {
+        let mut failures = 0u32;
+        loop {
+            self.cell.set(TaskState::Starting);
+            let started = tokio::time::Instant::now();
+            let outcome = tokio::select! {
+                outcome = self.run() => outcome,
+                // A task stuck in a plugin's call or an append stops with the connector.
+                _ = self.stop.cancelled() => Ok(()),
+            };
+            let reason = match outcome {
+                Ok(()) => {
+                    self.cell.set(TaskState::Paused);
+                    return;
+                }
+                Err(reason) => reason,
+            };
+            if started.elapsed() >= HEALTHY_RUN {
+                failures = 0;
+            }
+            failures += 1;
+            let restarting = failures <= MAX_RESTARTS;
+            tracing::warn!(
+                connector = %self.spec.name,
+                task = self.index,
+                %reason,
+                restarting,
+                "connector task failed"
+            );
+            self.cell.set(TaskState::Failed { reason, restarting });
+            if !restarting {
+                return;
+            }
+            let backoff = FIRST_BACKOFF * 2u32.pow(failures - 1);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.stop.cancelled() => return,
+            }
+            self.cell.update(|s| s.restarts += 1);
+        }
+    }
+
+    async fn run(&self) -> Result<(), String> {
+        match self.spec.kind {
+            PluginKind::Sink => sink::run(self).await,
+            _ => source::run(self).await,
+        }
+    }
+
+    /// The task's plugin, the label of its instances in logs and metrics, and its transforms.
+    async fn prepare(&self) -> Result<(Arc<Loaded>, String, Vec<pipeline::Step>), String> {
+        let context = &self.context;
+        let loaded = context
+            .plugins
+            .get(&self.spec.plugin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let label = format!("connector/{}/{}", self.spec.name, self.index);
+        let steps = pipeline::start_chain(
+            &context.plugins,
+            context.limits,
+            &self.spec.transforms,
+            &label,
+        )
+        .await?;
+        Ok((loaded, label, steps))
+    }
+}
+
+/// Takes a connector out of the map once its tasks have stopped.
+async fn take_stopped(
+    connectors: &mut BTreeMap<String, Running>,
+    name: &str,
+) -> Result<Running, ConnectError> {
+    let mut running = connectors
+        .remove(name)
+        .ok_or_else(|| ConnectError::NotFound {
+            name: name.to_owned(),
+        })?;
+    stop(&mut running).await;
+    Ok(running)
+}
+
+async fn stop(running: &mut Running) {
+    running.stop.cancel();
+    if let Some(runner) = running.runner.take()
+        && let Err(error) = runner.await
+    {
+        tracing::error!(%error, "a connector ended abnormally");
+    }
+}
+
+fn status_of(running: &Running) -> ConnectorStatus {
+    let runtime = &running.runtime;
+    ConnectorStatus {
+        spec: running.spec.clone(),
+        state: runtime
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        tasks: runtime
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|cell| cell.get())
+            .collect(),
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ConnectError> {
+    if pipeline::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(ConnectError::InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// Backoff after the `attempt`th failed try of something the task retries itself.
+fn retry_backoff(attempt: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(5);
+    (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(16))).min(MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,449 @@
+//! A source task: poll the plugin, run the transforms, append, record the position.
+//!
+//! Exactly once without transactions. A task writes each poll's records to one partition of
+//! the connector's topic (task index mod partitions, fixed at its first start), so a poll's
+//! output is one append (more only when it exceeds the topic's batch size). The last record
+//! of each append carries [`SOURCE_TAG_HEADER`] = `ID:TASK` and [`POSITION_HEADER`] = the
+//! source position after the last source record the append completes. After the append is
+//! durable, [`SourceProgress`] (partition, end of what is accounted for, position) is written
+//! to meta without waiting for it. On start, the partition's tail past the recorded end is
+//! scanned for this task's tags: the newest one found is where the plugin resumes. A crash
+//! before an append is durable replays those records from the plugin; after, they are found.
+//! The plugin is polled again only once the previous poll's records are durable, which is
+//! also the backpressure: a slow or full disk stops the polling, nothing is buffered.
+//!
+//! Records a transform re-routes to another topic are appended before the connector's own
+//! batch; after a crash between the two they are written again (at least once for those).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task, TaskState};
+use crate::log::{self, Header, LogError, Offset, PartitionId, TopicName};
+use crate::meta::{Meta, MetaError, Table};
+use crate::pipeline::{self, ChainOutput, ErrorPolicy, Rejection};
+use crate::plugin::{self, BatchInfo, Polled};
+
+/// At most this many records per poll.
+const MAX_POLL: u32 = 4096;
+/// The wait after a poll that brought nothing, doubling while idle up to [`IDLE_MAX`].
+const IDLE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const IDLE_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+const SCAN_BYTES: usize = 1 << 20;
+/// Output batches are cut well below the topic's `max-message-bytes`.
+const OUTPUT_BATCH_SHARE: usize = 2;
+
+/// What a source task has durably done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceProgress {
+    /// The partition of the connector's topic the task writes.
+    pub partition: u32,
+    /// The offset up to which the partition's tags are accounted for.
+    pub end: u64,
+    /// The position after the last record the log holds, if any.
+    pub position: Option<Vec<u8>>,
+}
+
+pub fn key_prefix(connector_id: u64) -> String {
+    format!("{connector_id:016x}/")
+}
+
+fn key(connector_id: u64, task: u32) -> String {
+    format!("{}{task:05}", key_prefix(connector_id))
+}
+
+fn tag(connector_id: u64, task: u32) -> String {
+    format!("{connector_id:016x}:{task}")
+}
+
+/// Every task's stored progress, for `GetOffsets`.
+pub fn stored_offsets(meta: &Meta, connector_id: u64) -> Result<Vec<SourceOffset>, MetaError> {
+    let prefix = key_prefix(connector_id);
+    let entries: Vec<(String, SourceProgress)> = meta.entries(Table::ConnectorProgress)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(key, progress)| {
+            let task = key.strip_prefix(&prefix)?.parse().ok()?;
+            Some(SourceOffset {
+                task,
+                partition: PartitionId(progress.partition),
+                end: Offset(progress.end),
+                position: progress.position.map(Bytes::from),
+            })
+        })
+        .collect())
+}
+
+pub(super) async fn run(task: &Task) -> Result<(), String> {
+    let context = &task.context;
+    let (loaded, label, steps) = task.prepare().await?;
+    let progress = recover(task).await?;
+    let instance = context
+        .plugins
+        .instantiate_source(
+            &loaded,
+            &task.config,
+            context.limits,
+            &label,
+            progress.position.as_deref(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut worker = Worker {
+        task,
+        steps,
+        progress,
+        key: key(task.spec.id, task.index),
+        tag: Bytes::from(tag(task.spec.id, task.index)),
+    };
+    task.cell.set(TaskState::Running);
+    worker.run(instance).await
+}
+
+/// The task's progress: the stored one, moved up to the newest tag in the partition's tail.
+/// On the very first start the partition is chosen and entered durably before anything is
+/// written, so the scan always has a starting point.
+async fn recover(task: &Task) -> Result<SourceProgress, String> {
+    let context = &task.context;
+    let spec = &task.spec;
+    let key = key(spec.id, task.index);
+    let stored: Option<SourceProgress> = context
+        .meta
+        .get(Table::ConnectorProgress, &key)
+        .map_err(|e| e.to_string())?;
+    let mut progress = match stored {
+        Some(progress) => progress,
+        None => {
+            let partitions = context
+                .log
+                .topic_config(&spec.topic)
+                .map_err(|e| e.to_string())?
+                .partitions
+                .max(1);
+            let partition = task.index % partitions;
+            let end = context
+                .log
+                .partition(&spec.topic, PartitionId(partition))
+                .map_err(|e| e.to_string())?
+                .high_watermark();
+            let progress = SourceProgress {
+                partition,
+                end: end.0,
+                position: None,
+            };
+            context
+                .meta
+                .put(Table::ConnectorProgress, &key, &progress)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(progress);
+        }
+    };
+    let partition = context
+        .log
+        .partition(&spec.topic, PartitionId(progress.partition))
+        .map_err(|e| e.to_string())?;
+    let tag = tag(spec.id, task.index);
+    let mut offset = progress.end.max(partition.log_start().0);
+    loop {
+        let chunk = match partition.read(Offset(offset), SCAN_BYTES) {
+            Err(LogError::OffsetOutOfRange { .. }) => break,
+            chunk => chunk.map_err(|e| format!("scanning {} for positions: {e}", spec.topic))?,
+        };
+        if chunk.batches.is_empty() {
+            break;
+        }
+        let records = log::decode_all(chunk.batches)
+            .map_err(|e| format!("scanning {} for positions: {e}", spec.topic))?;
+        for stored in records.iter().filter(|r| r.offset.0 >= offset) {
+            let header = |name: &str| {
+                stored
+                    .record
+                    .headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value.as_ref())
+            };
+            if header(SOURCE_TAG_HEADER).is_some_and(|value| value.as_ref() == tag.as_bytes()) {
+                progress.position = header(POSITION_HEADER).map(|p| p.to_vec());
+                progress.end = stored.offset.0 + 1;
+            }
+        }
+        offset = chunk.next_offset.0.max(offset + 1);
+    }
+    Ok(progress)
+}
+
+struct Worker<'t> {
+    task: &'t Task,
+    steps: Vec<pipeline::Step>,
+    progress: SourceProgress,
+    key: String,
+    tag: Bytes,
+}
+
+impl Worker<'_> {
+    async fn run(&mut self, mut instance: plugin::SourceInstance) -> Result<(), String> {
+        let mut idle = IDLE_MIN;
+        loop {
+            let polled = instance
+                .poll(MAX_POLL)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|message| {
+                    format!("source plugin {:?} failed: {message}", instance.plugin())
+                })?;
+            if polled.records.is_empty() {
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(IDLE_MAX);
+                continue;
+            }
+            idle = IDLE_MIN;
+            if polled.positions.len() != polled.records.len()
+                || polled.records.len() > MAX_POLL as usize
+            {
+                return Err(format!(
+                    "source plugin {:?} broke the plugin contract: it emitted {} records for \
+                     a poll of at most {MAX_POLL}",
+                    instance.plugin(),
+                    polled.records.len()
+                ));
+            }
+            self.store(polled).await?;
+        }
+    }
+
+    /// Transforms and appends one poll's records, then records the position after them.
+    async fn store(&mut self, polled: Polled) -> Result<(), String> {
+        let task = self.task;
+        let spec = &task.spec;
+        let count = polled.records.len();
+        task.cell.update(|s| s.records_in += count as u64);
+        let info = BatchInfo {
+            topic: spec.topic.to_string(),
+            partition: self.progress.partition,
+        };
+        let originals: Vec<log::Record> = if spec.errors == ErrorPolicy::Dlq {
+            polled
+                .records
+                .iter()
+                .cloned()
+                .map(pipeline::to_log_record)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ChainOutput {
+            records,
+            mut rejected,
+        } = pipeline::run_chain(&mut self.steps, &info, polled.records, spec.errors)
+            .await
+            .map_err(|failure| failure.to_string())?;
+        let mut own: Vec<(i64, log::Record)> = Vec::with_capacity(records.len());
+        let mut routed: Vec<(TopicName, log::Record)> = Vec::new();
+        let mut max_bytes = HashMap::new();
+        for record in records {
+            let offset = record.offset;
+            match self.destination(&record, &mut max_bytes) {
+                Ok(None) => own.push((offset, pipeline::to_log_record(record))),
+                Ok(Some(topic)) => routed.push((topic, pipeline::to_log_record(record))),
+                Err(message) => rejected.push(Rejection {
+                    offset,
+                    plugin: "(routing)".to_owned(),
+                    message,
+                }),
+            }
+        }
+        if let Some(rejection) = rejected.first() {
+            match spec.errors {
+                ErrorPolicy::Fail => {
+                    return Err(format!(
+                        "{} rejected record {} of a poll: {} (errors=fail stops here; skip or \
+                         dlq would go on)",
+                        rejection.plugin, rejection.offset, rejection.message
+                    ));
+                }
+                ErrorPolicy::Skip => {
+                    task.cell.update(|s| s.skipped += rejected.len() as u64);
+                }
+                ErrorPolicy::Dlq => self.dead_letter(&originals, &rejected, &mut routed)?,
+            }
+            own.retain(|(offset, _)| rejected.iter().all(|r| r.offset != *offset));
+        }
+        for (topic, records) in group_by_topic(routed) {
+            self.append_elsewhere(&topic, records).await?;
+        }
+        let written = own.len() as u64;
+        let last = count as u64 - 1;
+        if own.is_empty() {
+            self.progress.position = polled.positions.last().map(|p| p.to_vec());
+        } else {
+            self.append_own(own, last, &polled.positions).await?;
+        }
+        task.context
+            .meta
+            .put_unflushed(Table::ConnectorProgress, &self.key, &self.progress)
+            .map_err(|e| e.to_string())?;
+        task.cell.update(|s| s.records_out += written);
+        Ok(())
+    }
+
+    /// Appends the records for the connector's topic, durably, each batch tagged with the
+    /// position after the last source record it completes.
+    async fn append_own(
+        &mut self,
+        own: Vec<(i64, log::Record)>,
+        last: u64,
+        positions: &[Bytes],
+    ) -> Result<(), String> {
+        let task = self.task;
+        let topic = &task.spec.topic;
+        let config = task
+            .context
+            .log
+            .topic_config(topic)
+            .map_err(|e| e.to_string())?;
+        let target = task
+            .context
+            .log
+            .partition(topic, PartitionId(self.progress.partition))
+            .map_err(|e| e.to_string())?;
+        let budget = config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
+        for ((_, to), mut batch) in pipeline::cut_by_size(own, budget, (0, last)) {
+            let position = positions
+                .get(to as usize)
+                .cloned()
+                .ok_or("a batch ends past the poll")?;
+            let (_, record) = batch.last_mut().ok_or("empty output batch")?;
+            record.headers.push(Header {
+                key: SOURCE_TAG_HEADER.to_owned(),
+                value: Some(self.tag.clone()),
+            });
+            record.headers.push(Header {
+                key: POSITION_HEADER.to_owned(),
+                value: Some(position.clone()),
+            });
+            let records: Vec<log::Record> = batch.into_iter().map(|(_, r)| r).collect();
+            let encoded = log::encode(&records, config.compression)
+                .map_err(|e| format!("encoding records for {topic}: {e}"))?;
+            let outcome = target
+                .append(encoded)
+                .await
+                .map_err(|e| format!("appending to {topic}: {e}"))?;
+            self.progress.end = outcome.last_offset.0 + 1;
+            self.progress.position = Some(position.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Appends records a transform re-routed (or dead letters) to another topic, durably.
+    async fn append_elsewhere(
+        &mut self,
+        topic: &TopicName,
+        records: Vec<log::Record>,
+    ) -> Result<(), String> {
+        let log = &self.task.context.log;
+        pipeline::ensure_topic(log, topic)
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = log.topic_config(topic).map_err(|e| e.to_string())?;
+        let partition = PartitionId(self.task.index % config.partitions.max(1));
+        let target = log.partition(topic, partition).map_err(|e| e.to_string())?;
+        let budget = config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
+        let entries: Vec<(i64, log::Record)> = records
+            .into_iter()
+            .enumerate()
+            .map(|(index, record)| (index as i64, record))
+            .collect();
+        let last = entries.len().saturating_sub(1) as u64;
+        for (_, batch) in pipeline::cut_by_size(entries, budget, (0, last)) {
+            let records: Vec<log::Record> = batch.into_iter().map(|(_, r)| r).collect();
+            let encoded = log::encode(&records, config.compression)
+                .map_err(|e| format!("encoding records for {topic}: {e}"))?;
+            target
+                .append(encoded)
+                .await
+                .map_err(|e| format!("appending to {topic}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn dead_letter(
+        &self,
+        originals: &[log::Record],
+        rejected: &[Rejection],
+        routed: &mut Vec<(TopicName, log::Record)>,
+    ) -> Result<(), String> {
+        let spec = &self.task.spec;
+        let dlq = spec.dlq_topic.clone().ok_or("errors=dlq without a topic")?;
+        for rejection in rejected {
+            let Some(original) = originals.get(rejection.offset as usize) else {
+                continue;
+            };
+            let letter = pipeline::dead_letter(
+                &spec.name,
+                (&spec.topic, PartitionId(self.progress.partition)),
+                rejection.offset,
+                original,
+                rejection,
+            );
+            routed.push((dlq.clone(), letter));
+        }
+        self.task
+            .cell
+            .update(|s| s.dead_lettered += rejected.len() as u64);
+        Ok(())
+    }
+
+    /// Where an output record goes: `None` for the connector's topic, or the topic a
+    /// transform re-routed it to; or why it cannot be written. `max_bytes` caches each
+    /// topic's batch limit for the poll.
+    fn destination(
+        &self,
+        record: &plugin::Record,
+        max_bytes: &mut HashMap<Option<TopicName>, usize>,
+    ) -> Result<Option<TopicName>, String> {
+        let spec = &self.task.spec;
+        let log = &self.task.context.log;
+        let topic = match &record.topic {
+            None => None,
+            Some(name) if name == spec.topic.as_str() => None,
+            Some(name) => Some(
+                TopicName::new(name.as_str())
+                    .map_err(|e| format!("routed to an invalid topic name: {e}"))?,
+            ),
+        };
+        let max = *max_bytes.entry(topic.clone()).or_insert_with_key(|topic| {
+            log.topic_config(topic.as_ref().unwrap_or(&spec.topic))
+                .map_or(log.topic_defaults().max_message_bytes, |c| {
+                    c.max_message_bytes
+                }) as usize
+        });
+        let size = pipeline::record_size(
+            record.key.as_ref(),
+            record.value.as_ref(),
+            record.headers.iter().map(|h| (&h.key, Some(&h.value))),
+        );
+        if size > max / OUTPUT_BATCH_SHARE {
+            return Err(format!(
+                "the record is {size} bytes; the topic takes batches of at most {max} bytes \
+                 (max-message-bytes)"
+            ));
+        }
+        Ok(topic)
+    }
+}
+
+/// Records grouped by topic, each group in its original order.
+fn group_by_topic(records: Vec<(TopicName, log::Record)>) -> Vec<(TopicName, Vec<log::Record>)> {
+    let mut groups: Vec<(TopicName, Vec<log::Record>)> = Vec::new();
+    for (topic, record) in records {
+        match groups.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, group)) => group.push(record),
+            None => groups.push((topic, vec![record])),
+        }
+    }
+    groups
+}

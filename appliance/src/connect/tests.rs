@@ -1,0 +1,310 @@
+//! Connectors over a real log, real plugins (built from plugins/) and a real metadata store.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::log::{Durability, LogConfig, StoredRecord};
+
+struct Setup {
+    log: Log,
+    meta: Meta,
+    plugins: Plugins,
+    connectors: Connectors,
+    shutdown: CancellationToken,
+}
+
+async fn setup(dir: &Path) -> Setup {
+    let meta = Meta::open(&dir.join("meta")).unwrap();
+    let config = LogConfig {
+        durability: Durability::Os,
+        ..LogConfig::new(dir.to_path_buf())
+    };
+    let log = Log::open(config, meta.clone()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let plugins = Plugins::open(dir, meta.clone(), shutdown.clone()).unwrap();
+    let connectors = Connectors::open(
+        log.clone(),
+        meta.clone(),
+        plugins.clone(),
+        Coordinator::new(log.clone(), meta.clone()),
+        Limits {
+            max_memory_mb: 32,
+            timeout_ms: 2000,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    Setup {
+        log,
+        meta,
+        plugins,
+        connectors,
+        shutdown,
+    }
+}
+
+impl Setup {
+    async fn add_fault_source(&self) {
+        let path = Path::new(env!("APPLIANCE_PLUGINS_DIR")).join("plugin_fault_source.wasm");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        self.plugins.add("fault-source", bytes).await.unwrap();
+    }
+
+    async fn close(self) {
+        self.connectors.stop_all().await;
+        self.shutdown.cancel();
+        self.log.close().await.unwrap();
+    }
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::new(name).unwrap()
+}
+
+fn pairs(config: &[(&str, &str)]) -> Vec<(String, String)> {
+    config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn source(name: &str, plugin: &str, topic_name: &str, config: &[(&str, &str)]) -> NewConnector {
+    NewConnector {
+        name: name.to_owned(),
+        plugin: plugin.to_owned(),
+        topic: topic(topic_name),
+        config: pairs(config),
+        tasks_max: 1,
+        transforms: Vec::new(),
+        errors: ErrorPolicy::Fail,
+        dlq_topic: None,
+    }
+}
+
+async fn read_all(log: &Log, name: &str) -> Vec<StoredRecord> {
+    let partition = log.partition(&topic(name), PartitionId(0)).unwrap();
+    let mut out = Vec::new();
+    let mut offset = Offset(0);
+    while offset < partition.high_watermark() {
+        let chunk = partition.read(offset, 1 << 20).unwrap();
+        out.extend(crate::log::decode_all(chunk.batches).unwrap());
+        offset = chunk.next_offset;
+    }
+    out
+}
+
+/// The `seq` field of each generator reading in the topic, in log order.
+async fn sequence(log: &Log, name: &str) -> Vec<u64> {
+    read_all(log, name)
+        .await
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value =
+                serde_json::from_slice(r.record.value.as_deref().unwrap()).unwrap();
+            value["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+async fn wait_for_task(
+    connectors: &Connectors,
+    name: &str,
+    done: impl Fn(&TaskStatus) -> bool,
+) -> TaskStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = connectors.get(name).await.unwrap();
+        if let Some(task) = status.tasks.first().filter(|t| done(t)) {
+            return task.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_writes_every_record_once_and_resumes_from_the_log_after_losing_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path()).await;
+    let generator = source(
+        "readings",
+        "generator",
+        "readings",
+        &[("rate", "20000"), ("count", "6000")],
+    );
+    let created = setup.connectors.create(generator).await.unwrap();
+    let id = created.spec.id;
+    wait_for_task(&setup.connectors, "readings", |t| t.records_out >= 2000).await;
+    setup.connectors.pause("readings").await.unwrap();
+    let written = sequence(&setup.log, "readings").await;
+    assert!(written.len() >= 2000);
+
+    // As if the process died before its progress reached the disk: only the registration
+    // (the partition and its end before anything was written) is left.
+    let key = source::key_prefix(id) + "00000";
+    let registered = source::SourceProgress {
+        partition: 0,
+        end: 0,
+        position: None,
+    };
+    setup
+        .meta
+        .put(Table::ConnectorProgress, &key, &registered)
+        .await
+        .unwrap();
+    setup.connectors.resume("readings").await.unwrap();
+    wait_for_task(&setup.connectors, "readings", |t| t.records_in > 0).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while sequence(&setup.log, "readings").await.len() < 6000 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sequence(&setup.log, "readings").await,
+        (0..6000).collect::<Vec<u64>>(),
+        "every reading once, in order, across the lost progress"
+    );
+    let records = read_all(&setup.log, "readings").await;
+    let last = records.last().unwrap();
+    let tag = last
+        .record
+        .headers
+        .iter()
+        .find(|h| h.key == SOURCE_TAG_HEADER)
+        .and_then(|h| h.value.clone());
+    assert_eq!(tag.as_deref(), Some(format!("{id:016x}:0").as_bytes()));
+    let ConnectorOffsets::Source(offsets) = setup.connectors.offsets("readings").await.unwrap()
+    else {
+        panic!("a source has source offsets");
+    };
+    assert_eq!(
+        offsets[0].position.as_deref(),
+        Some(&6000u64.to_be_bytes()[..])
+    );
+    setup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_source_fails_with_its_reason_while_another_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path()).await;
+    setup.add_fault_source().await;
+    setup
+        .connectors
+        .create(source(
+            "broken",
+            "fault-source",
+            "broken",
+            &[("mode", "trap")],
+        ))
+        .await
+        .unwrap();
+    setup
+        .connectors
+        .create(source("fine", "generator", "fine", &[("rate", "1000")]))
+        .await
+        .unwrap();
+    let failed = wait_for_task(&setup.connectors, "broken", |t| {
+        matches!(t.state, TaskState::Failed { .. })
+    })
+    .await;
+    let TaskState::Failed { reason, restarting } = failed.state else {
+        unreachable!()
+    };
+    assert!(reason.contains("trapped"), "{reason}");
+    assert!(reason.contains("trapping on purpose"), "{reason}");
+    assert!(restarting, "a failed task is restarted with backoff");
+    let before = wait_for_task(&setup.connectors, "fine", |t| t.records_out > 0).await;
+    wait_for_task(&setup.connectors, "fine", |t| {
+        t.records_out > before.records_out
+    })
+    .await;
+    setup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_connectors_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path()).await;
+    setup.add_fault_source().await;
+    let refused = |new: NewConnector| {
+        let connectors = setup.connectors.clone();
+        async move { connectors.create(new).await.unwrap_err().to_string() }
+    };
+    let grant = refused(source("g", "fault-source", "g", &[("mode", "plan-grant")])).await;
+    assert!(grant.contains("host key \"wasi.dir\""), "{grant}");
+    let rejected = refused(source(
+        "r",
+        "fault-source",
+        "r",
+        &[("mode", "reject-config")],
+    ))
+    .await;
+    assert!(rejected.contains("rejected on purpose"), "{rejected}");
+    let transform = refused(source("t", "filter", "t", &[])).await;
+    assert!(transform.contains("is a transform"), "{transform}");
+    let unknown = refused(source("u", "generator", "u", &[("rate", "fast")])).await;
+    assert!(unknown.contains("rate"), "{unknown}");
+    let mut dlq_without_topic = source("s", "generator", "missing", &[]);
+    dlq_without_topic.errors = ErrorPolicy::Dlq;
+    let dlq = refused(dlq_without_topic).await;
+    assert!(dlq.contains("dead-letter topic"), "{dlq}");
+    assert!(setup.connectors.list().await.is_empty());
+    setup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_reaching_outside_its_grant_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path()).await;
+    setup.add_fault_source().await;
+    let granted = tempfile::tempdir().unwrap();
+    std::fs::write(granted.path().join("inside"), b"hello").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+    let dir_grant = granted.path().to_str().unwrap();
+    let inside = granted.path().join("inside");
+    let secret = outside.path().join("secret");
+    setup
+        .connectors
+        .create(source(
+            "inside",
+            "fault-source",
+            "inside",
+            &[
+                ("mode", "read"),
+                ("path", inside.to_str().unwrap()),
+                ("wasi.dir", dir_grant),
+            ],
+        ))
+        .await
+        .unwrap();
+    setup
+        .connectors
+        .create(source(
+            "outside",
+            "fault-source",
+            "outside",
+            &[
+                ("mode", "read"),
+                ("path", secret.to_str().unwrap()),
+                ("wasi.dir", dir_grant),
+            ],
+        ))
+        .await
+        .unwrap();
+    wait_for_task(&setup.connectors, "inside", |t| t.records_out > 0).await;
+    let failed = wait_for_task(&setup.connectors, "outside", |t| {
+        matches!(t.state, TaskState::Failed { .. })
+    })
+    .await;
+    let TaskState::Failed { reason, .. } = failed.state else {
+        unreachable!()
+    };
+    assert!(reason.contains("cannot read"), "{reason}");
+    assert!(read_all(&setup.log, "outside").await.is_empty());
+    setup.close().await;
+}
