@@ -61,14 +61,15 @@ impl Source for Generator {
     }
 
     fn poll(&mut self, max: u32) -> Result<Vec<SourceRecord>, String> {
-        let elapsed_ms = u64::try_from(host::now_ms() - self.started_ms).unwrap_or(0);
+        let now = host::now_ms();
+        let elapsed_ms = u64::try_from(now - self.started_ms).unwrap_or(0);
         let due = self.started_at + elapsed_ms.saturating_mul(self.rate) / 1000;
         let mut end = due.min(self.next + u64::from(max));
         if let Some(count) = self.count {
             end = end.min(count);
         }
         let records = (self.next..end.max(self.next))
-            .map(|seq| self.reading(seq))
+            .map(|seq| self.reading(seq, now))
             .collect();
         self.next = end.max(self.next);
         Ok(records)
@@ -76,7 +77,8 @@ impl Source for Generator {
 }
 
 impl Generator {
-    fn reading(&self, seq: u64) -> SourceRecord {
+    /// Reading `seq`, timestamped `now` (one clock read per poll, not per record).
+    fn reading(&self, seq: u64, now: i64) -> SourceRecord {
         let sensor = format!("sensor-{:04}", seq % self.sensors);
         // Written directly rather than through a JSON document: a bench source must cost
         // little per record. Every part is a number or a fixed ASCII name, so no escaping.
@@ -95,7 +97,7 @@ impl Generator {
         let bytes = bytes.into_bytes();
         let mut record = Record::from_value(bytes);
         record.key = Some(sensor.into_bytes());
-        record.timestamp = host::now_ms();
+        record.timestamp = now;
         SourceRecord {
             record,
             position: (seq + 1).to_be_bytes().to_vec(),
@@ -138,7 +140,7 @@ mod tests {
 
     #[test]
     fn pads_values_to_the_size_asked() {
-        let padded = generator(&[("bytes", "200")], None).reading(12345);
+        let padded = generator(&[("bytes", "200")], None).reading(12345, 0);
         assert_eq!(padded.record.value.as_ref().map(Vec::len), Some(200));
         let value: serde_json::Value =
             serde_json::from_slice(padded.record.value.as_deref().unwrap()).unwrap();
@@ -146,7 +148,7 @@ mod tests {
     }
 
     fn value_of(seq: u64) -> Option<Vec<u8>> {
-        generator(&[], None).reading(seq).record.value
+        generator(&[], None).reading(seq, 0).record.value
     }
 
     #[test]
