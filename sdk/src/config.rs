@@ -73,13 +73,29 @@ impl Config {
         }
     }
 
-    /// Rejects keys outside `known`, naming them and the keys this plugin takes.
+    /// The keys starting with `prefix`, without it, with their values, in order
+    /// (`header.Accept=text/plain` with prefix `header.` gives `("Accept", "text/plain")`).
+    pub fn prefixed(&self, prefix: &str) -> Vec<(String, String)> {
+        self.pairs
+            .iter()
+            .filter_map(|(key, value)| Some((key.strip_prefix(prefix)?.to_owned(), value.clone())))
+            .collect()
+    }
+
+    /// Rejects keys outside `known`, naming them and the keys this plugin takes. An entry
+    /// ending in `.*` (`header.*`) takes every key that starts with what precedes the `*`.
     pub fn only(&self, known: &[&str]) -> Result<(), String> {
+        let takes = |key: &str| {
+            known.iter().any(|known| match known.strip_suffix('*') {
+                Some(prefix) if known.ends_with(".*") => key.starts_with(prefix),
+                _ => *known == key,
+            })
+        };
         let unknown: Vec<&str> = self
             .pairs
             .iter()
             .map(|(k, _)| k.as_str())
-            .filter(|k| !known.contains(k))
+            .filter(|k| !takes(k))
             .collect();
         if unknown.is_empty() {
             Ok(())
@@ -121,5 +137,25 @@ mod tests {
                 .contains("unknown key(s) x")
         );
         assert!(config.parse_or::<u32>("fields", 0).is_err());
+    }
+
+    #[test]
+    fn a_known_prefix_takes_every_key_under_it() {
+        let config: Config = [("url", "u"), ("header.Accept", "a"), ("header.X-Id", "7")]
+            .into_iter()
+            .collect();
+        assert!(config.only(&["url", "header.*"]).is_ok());
+        assert!(config.only(&["url"]).is_err());
+        assert!(
+            config.only(&["url", "head*"]).is_err(),
+            "only `.*` is a prefix"
+        );
+        assert_eq!(
+            config.prefixed("header."),
+            [
+                ("Accept".to_owned(), "a".to_owned()),
+                ("X-Id".to_owned(), "7".to_owned())
+            ]
+        );
     }
 }

@@ -48,7 +48,7 @@ const KEYS: &[&str] = &[
     "retries",
     "retry.backoff.ms",
     "timeout.ms",
-    "header.NAME",
+    "header.*",
 ];
 /// How long one `put` may spend on requests and backoffs, well inside the host's deadline.
 const CALL_BUDGET: Duration = Duration::from_secs(3);
@@ -79,16 +79,7 @@ enum Format {
 
 impl Sink for HttpSink {
     fn init(config: Config) -> Result<Self, String> {
-        if let Some((key, _)) = config
-            .pairs()
-            .iter()
-            .find(|(key, _)| !KEYS.contains(&key.as_str()) && !key.starts_with("header."))
-        {
-            return Err(format!(
-                "unknown key {key}; this plugin takes: {}",
-                KEYS.join(", ")
-            ));
-        }
+        config.only(KEYS)?;
         let url = Url::parse(config.require("url", "the http:// URL to POST to")?)?;
         let format = match config.get("format").map(str::trim) {
             None | Some("json") => Format::Json,
@@ -114,13 +105,7 @@ impl Sink for HttpSink {
                     .to_owned(),
             );
         }
-        let headers: Vec<(String, String)> = config
-            .pairs()
-            .iter()
-            .filter_map(|(key, value)| {
-                Some((key.strip_prefix("header.")?.to_owned(), value.clone()))
-            })
-            .collect();
+        let headers: Vec<(String, String)> = config.prefixed("header.");
         let configured = |wanted: &str| {
             headers
                 .iter()

@@ -291,5 +291,5 @@ fn configurations_that_cannot_work_are_refused() {
     assert!(
         init(&[("url", "http://h/"), ("header.Content-Length", "1")]).contains("set by the client")
     );
-    assert!(init(&[("url", "http://h/"), ("topic", "x")]).contains("unknown key topic"));
+    assert!(init(&[("url", "http://h/"), ("topic", "x")]).contains("unknown key(s) topic"));
 }

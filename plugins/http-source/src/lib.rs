@@ -49,7 +49,7 @@ const KEYS: &[&str] = &[
     "key.field",
     "timeout.ms",
     "max.response.bytes",
-    "header.NAME",
+    "header.*",
 ];
 const POSITION_VERSION: u8 = 1;
 const POSITION_LEN: usize = 17;
@@ -114,16 +114,7 @@ enum Format {
 
 impl Source for HttpSource {
     fn init(config: Config, resume_after: Option<Vec<u8>>) -> Result<Self, String> {
-        if let Some((key, _)) = config
-            .pairs()
-            .iter()
-            .find(|(key, _)| !KEYS.contains(&key.as_str()) && !key.starts_with("header."))
-        {
-            return Err(format!(
-                "unknown key {key}; this plugin takes: {}",
-                KEYS.join(", ")
-            ));
-        }
+        config.only(KEYS)?;
         let url = Url::parse(config.require("url", "the http:// URL to poll")?)?;
         let interval_ms: i64 = config.parse_or("interval.ms", 1000)?;
         if !(1..=86_400_000).contains(&interval_ms) {
@@ -152,13 +143,7 @@ impl Source for HttpSource {
             .map(str::trim)
             .filter(|field| !field.is_empty())
             .map(str::to_owned);
-        let headers = config
-            .pairs()
-            .iter()
-            .filter_map(|(key, value)| {
-                Some((key.strip_prefix("header.")?.to_owned(), value.clone()))
-            })
-            .collect();
+        let headers = config.prefixed("header.");
         check_grant(&url)?;
         let client = Client::new(url, headers)?.with_max_response_bytes(max_response);
         let last_request = resume_after

@@ -188,7 +188,7 @@ fn configurations_that_cannot_work_are_refused() {
     assert!(init(&[("url", "http://h/"), ("format", "xml")]).contains("format"));
     assert!(init(&[("url", "http://h/"), ("interval.ms", "0")]).contains("interval.ms"));
     assert!(init(&[("url", "http://h/"), ("timeout.ms", "10000")]).contains("timeout.ms"));
-    assert!(init(&[("url", "http://h/"), ("colour", "red")]).contains("unknown key colour"));
+    assert!(init(&[("url", "http://h/"), ("colour", "red")]).contains("unknown key(s) colour"));
     assert!(init(&[("url", "http://h/"), ("header.Bad Name", "x")]).contains("header name"));
     let ok = HttpSource::init(
         [("url", "http://h/"), ("header.Accept", "application/json")]
