@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::*;
 use crate::log::{Durability, LogConfig, StoredRecord};
 
@@ -306,5 +308,151 @@ async fn a_source_reaching_outside_its_grant_is_refused() {
     };
     assert!(reason.contains("cannot read"), "{reason}");
     assert!(read_all(&setup.log, "outside").await.is_empty());
+    setup.close().await;
+}
+
+/// Waits until the sink connector `name` has committed `offset` on partition 0.
+async fn wait_committed(connectors: &Connectors, name: &str, offset: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ConnectorOffsets::Sink(offsets) = connectors.offsets(name).await.unwrap() else {
+            panic!("a sink has sink offsets");
+        };
+        if offsets[0].committed == Some(Offset(offset)) {
+            return;
+        }
+        let status = connectors.get(name).await.unwrap();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{offsets:?} {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_commits_what_it_flushed_and_its_offsets_move_only_while_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path()).await;
+    let events = topic("events");
+    setup
+        .log
+        .create_topic(events.clone(), crate::log::TopicConfig::default())
+        .await
+        .unwrap();
+    let records: Vec<crate::log::Record> = (0..100)
+        .map(|n| crate::log::Record {
+            key: None,
+            value: Some(Bytes::from(format!("event-{n}"))),
+            headers: Vec::new(),
+            timestamp: crate::log::Timestamp(1_700_000_000_000),
+        })
+        .collect();
+    let batch = crate::log::encode(&records, crate::log::Compression::None).unwrap();
+    setup
+        .log
+        .append(&events, PartitionId(0), batch)
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("events.txt");
+    let mut export = source("export", "file-sink", "events", &[]);
+    export.config = pairs(&[
+        ("path", file.to_str().unwrap()),
+        ("wasi.dir-rw", out.path().to_str().unwrap()),
+    ]);
+    setup.connectors.create(export).await.unwrap();
+    wait_committed(&setup.connectors, "export", 100).await;
+    let lines = || std::fs::read_to_string(&file).unwrap().lines().count();
+    assert_eq!(lines(), 100);
+    let group = GroupId::new("connect-export").unwrap();
+    assert_eq!(
+        setup
+            .meta
+            .committed_offset(&group, "events", 0)
+            .unwrap()
+            .map(|c| c.offset),
+        Some(100),
+        "the sink's offsets are its group's"
+    );
+
+    let running = setup
+        .connectors
+        .reset_offsets("export", OffsetReset::Earliest)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(running, ConnectError::NotPaused { .. }),
+        "{running}"
+    );
+    setup.connectors.pause("export").await.unwrap();
+    let ConnectorOffsets::Sink(reset) = setup
+        .connectors
+        .reset_offsets("export", OffsetReset::Earliest)
+        .await
+        .unwrap()
+    else {
+        panic!("a sink has sink offsets");
+    };
+    assert_eq!(reset[0].committed, Some(Offset(0)));
+    setup.connectors.resume("export").await.unwrap();
+    wait_committed(&setup.connectors, "export", 100).await;
+    assert_eq!(lines(), 100, "file-sink skips what it already wrote");
+
+    setup.connectors.delete("export").await.unwrap();
+    assert_eq!(
+        setup.meta.committed_offset(&group, "events", 0).unwrap(),
+        None
+    );
+    assert!(setup.connectors.get("export").await.is_err());
+    setup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_reset_to_earliest_starts_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path()).await;
+    let generator = source(
+        "readings",
+        "generator",
+        "readings",
+        &[("rate", "100000"), ("count", "50")],
+    );
+    let first_id = setup.connectors.create(generator).await.unwrap().spec.id;
+    wait_for_task(&setup.connectors, "readings", |t| t.records_out == 50).await;
+    let latest = setup
+        .connectors
+        .reset_offsets("readings", OffsetReset::Latest)
+        .await
+        .unwrap_err();
+    assert!(matches!(latest, ConnectError::NotPaused { .. }), "{latest}");
+    setup.connectors.pause("readings").await.unwrap();
+    let latest = setup
+        .connectors
+        .reset_offsets("readings", OffsetReset::Latest)
+        .await
+        .unwrap_err();
+    assert!(
+        latest.to_string().contains("only be reset to earliest"),
+        "{latest}"
+    );
+    let ConnectorOffsets::Source(reset) = setup
+        .connectors
+        .reset_offsets("readings", OffsetReset::Earliest)
+        .await
+        .unwrap()
+    else {
+        panic!("a source has source offsets");
+    };
+    assert!(reset.is_empty(), "{reset:?}");
+    let resumed = setup.connectors.resume("readings").await.unwrap();
+    assert_ne!(resumed.spec.id, first_id, "old tags are not resumed from");
+    wait_for_task(&setup.connectors, "readings", |t| t.records_out == 50).await;
+    let seq = sequence(&setup.log, "readings").await;
+    let twice: Vec<u64> = (0..50).chain(0..50).collect();
+    assert_eq!(
+        seq, twice,
+        "the generator started again from its first reading"
+    );
     setup.close().await;
 }
