@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod group;
+pub mod link;
 pub mod log;
 pub mod meta;
 pub mod pipeline;

@@ -3,6 +3,7 @@
 //! configuration error, each with one clear line on stderr.
 
 mod bench;
+mod certs;
 mod client;
 mod connectors;
 mod manage;
@@ -77,6 +78,9 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Make the certificates of cluster links: a CA with a hub certificate, edge certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Measure this machine: the log against the disk it writes to.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -154,6 +158,7 @@ pub fn main() -> ExitCode {
         Command::Connector { command, server } => {
             client::run(&server, |channel| connectors::connector(channel, command))
         }
+        Command::Certs(command) => certs::run(command),
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
     };
     match result {
