@@ -1,12 +1,14 @@
 //! Cluster linking, edge -> hub over QUIC with mutual TLS (see docs/linking.md).
 //!
-//! What is here so far: the identities a link authenticates with. A link's trust is one CA
-//! the operator makes with `appliance certs init` ([`certs`]); the hub's certificate names the
-//! addresses edges dial, and each edge's client certificate (`appliance certs issue EDGE_ID`)
-//! names the edge, which is how the hub knows which edge is speaking and what its mirror
-//! topics (`<edge-id>.<topic>`) are called.
+//! What is here so far: the identities a link authenticates with, and the QUIC endpoints that
+//! check them. A link's trust is one CA the operator makes with `appliance certs init`
+//! ([`certs`]); the hub's certificate names the addresses edges dial, and each edge's client
+//! certificate (`appliance certs issue EDGE_ID`) names the edge, which is how the hub knows
+//! which edge is speaking ([`tls::edge_of`]) and what its mirror topics (`<edge-id>.<topic>`)
+//! are called.
 
 pub mod certs;
+pub mod tls;
 
 /// An edge's name: a DNS label (1 to 63 of `a-z 0-9 -`, not starting or ending with `-`), so
 /// it can stand in a certificate's subject alternative name and as the first part of the
@@ -56,6 +58,17 @@ pub enum LinkError {
     Exists { path: std::path::PathBuf },
     #[error("{what}: {reason}")]
     Certificate { what: String, reason: String },
+    #[error("cannot bind the link endpoint to {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("refused the link from {peer}: {reason}")]
+    Refused {
+        peer: std::net::SocketAddr,
+        reason: String,
+    },
 }
 
 #[cfg(test)]

@@ -1,0 +1,260 @@
+//! QUIC endpoints of a link, with mutual TLS 1.3 over rustls (ring provider) and the link
+//! protocol's version in ALPN.
+//!
+//! The hub accepts only clients whose certificate chains to the link CA; the edge accepts only
+//! a hub whose certificate chains to it and names the address it dials. Which edge is speaking
+//! is what its certificate names ([`edge_of`]): an edge can only ever claim its own id.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use super::{EdgeId, LinkError};
+
+/// The link protocol's version, as ALPN names it: peers that speak another one do not connect.
+pub const ALPN: &[u8] = b"appliance-link/1";
+
+/// Where the PEM files of one side of a link are.
+#[derive(Debug, Clone)]
+pub struct TlsFiles<'a> {
+    /// The CA the peer's certificate must chain to.
+    pub ca: &'a Path,
+    /// This side's certificate and its key.
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// The hub's endpoint, listening on `addr` (UDP) for edges with certificates of the CA.
+pub fn hub_endpoint(addr: SocketAddr, files: &TlsFiles<'_>) -> Result<quinn::Endpoint, LinkError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(files.ca)?), provider.clone())
+            .build()
+            .map_err(|e| tls_error(files.ca, e))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error(files.cert, e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain(files.cert)?, key(files.key)?)
+        .map_err(|e| tls_error(files.cert, e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(files.cert, e))?;
+    let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    quinn::Endpoint::server(config, addr).map_err(|source| LinkError::Bind { addr, source })
+}
+
+/// An edge's endpoint: dials hubs whose certificates chain to the CA, presenting its own.
+pub fn edge_endpoint(files: &TlsFiles<'_>) -> Result<quinn::Endpoint, LinkError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error(files.cert, e))?
+        .with_root_certificates(roots(files.ca)?)
+        .with_client_auth_cert(chain(files.cert)?, key(files.key)?)
+        .map_err(|e| tls_error(files.cert, e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| tls_error(files.cert, e))?;
+    let any: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let mut endpoint =
+        quinn::Endpoint::client(any).map_err(|source| LinkError::Bind { addr: any, source })?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    Ok(endpoint)
+}
+
+/// The edge a connection accepted by the hub belongs to: the id its verified client
+/// certificate names (its only DNS name).
+pub fn edge_of(connection: &quinn::Connection) -> Result<EdgeId, LinkError> {
+    let refused = |reason: &str| LinkError::Refused {
+        peer: connection.remote_address(),
+        reason: reason.to_owned(),
+    };
+    let identity = connection
+        .peer_identity()
+        .ok_or_else(|| refused("it presented no certificate"))?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| refused("its certificate is not X.509"))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| refused("it presented no certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|_| refused("its certificate cannot be read"))?;
+    let names: Vec<&str> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => Some(*dns),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match names.as_slice() {
+        [id] => EdgeId::new(id).map_err(|_| refused("its certificate names no valid edge id")),
+        _ => Err(refused(
+            "its certificate must name exactly one edge id (appliance certs issue makes one)",
+        )),
+    }
+}
+
+fn roots(ca: &Path) -> Result<RootCertStore, LinkError> {
+    let mut roots = RootCertStore::empty();
+    for cert in chain(ca)? {
+        roots.add(cert).map_err(|e| tls_error(ca, e))?;
+    }
+    Ok(roots)
+}
+
+fn chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, LinkError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_error(path, e))?;
+    if certs.is_empty() {
+        return Err(tls_error(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, LinkError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| tls_error(path, e))
+}
+
+fn tls_error(path: &Path, error: impl std::fmt::Display) -> LinkError {
+    LinkError::Certificate {
+        what: path.display().to_string(),
+        reason: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::certs;
+    use super::*;
+
+    struct Deployment {
+        dir: tempfile::TempDir,
+    }
+
+    impl Deployment {
+        fn new(edges: &[&str]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            certs::init(dir.path(), &[]).unwrap();
+            for edge in edges {
+                certs::issue(dir.path(), &EdgeId::new(edge).unwrap()).unwrap();
+            }
+            Self { dir }
+        }
+
+        fn path(&self, name: &str) -> std::path::PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn hub(&self) -> quinn::Endpoint {
+            let (ca, cert, key) = (
+                self.path("ca.pem"),
+                self.path("hub.pem"),
+                self.path("hub.key"),
+            );
+            let files = TlsFiles {
+                ca: &ca,
+                cert: &cert,
+                key: &key,
+            };
+            hub_endpoint(([127, 0, 0, 1], 0).into(), &files).unwrap()
+        }
+
+        /// An edge endpoint trusting `ca_of`'s CA, with `edge`'s certificate from `cert_of`.
+        fn edge(ca_of: &Deployment, cert_of: &Deployment, edge: &str) -> quinn::Endpoint {
+            let ca = ca_of.path("ca.pem");
+            let (cert, key) = (
+                cert_of.path(&format!("{edge}.pem")),
+                cert_of.path(&format!("{edge}.key")),
+            );
+            let files = TlsFiles {
+                ca: &ca,
+                cert: &cert,
+                key: &key,
+            };
+            edge_endpoint(&files).unwrap()
+        }
+    }
+
+    /// Dials the hub as `edge` and returns what the hub made of it.
+    async fn dial(hub: &quinn::Endpoint, edge: &quinn::Endpoint) -> Result<EdgeId, String> {
+        let addr = hub.local_addr().unwrap();
+        let accepting = async {
+            let incoming = hub.accept().await.ok_or("hub closed")?;
+            let connection = incoming.await.map_err(|e| format!("hub side: {e}"))?;
+            edge_of(&connection).map_err(|e| e.to_string())
+        };
+        let dialing = async {
+            let connection = edge
+                .connect(addr, "localhost")
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| format!("edge side: {e}"))?;
+            Ok::<_, String>(connection)
+        };
+        let run = async {
+            let (accepted, dialed) = tokio::join!(accepting, dialing);
+            let _connection = dialed?;
+            accepted
+        };
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+
+    #[tokio::test]
+    async fn the_hub_knows_an_edge_by_its_certificate() {
+        let deployment = Deployment::new(&["plant-7"]);
+        let hub = deployment.hub();
+        let edge = Deployment::edge(&deployment, &deployment, "plant-7");
+        assert_eq!(dial(&hub, &edge).await.unwrap().as_str(), "plant-7");
+    }
+
+    #[tokio::test]
+    async fn an_edge_with_a_certificate_of_another_ca_is_refused() {
+        let ours = Deployment::new(&[]);
+        let theirs = Deployment::new(&["intruder"]);
+        let hub = ours.hub();
+        let edge = Deployment::edge(&ours, &theirs, "intruder");
+        let refused = dial(&hub, &edge).await.unwrap_err();
+        assert!(refused.contains("hub side"), "{refused}");
+        assert!(refused.contains("invalid peer certificate"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_server_certificate_does_not_pass_for_an_edge() {
+        let deployment = Deployment::new(&[]);
+        let hub = deployment.hub();
+        let impostor = Deployment::edge(&deployment, &deployment, "hub");
+        let refused = dial(&hub, &impostor).await.unwrap_err();
+        assert!(refused.contains("hub side"), "{refused}");
+        assert!(refused.contains("invalid peer certificate"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn an_edge_does_not_talk_to_a_hub_of_another_ca() {
+        let ours = Deployment::new(&["plant-7"]);
+        let theirs = Deployment::new(&[]);
+        let hub = theirs.hub();
+        let edge = Deployment::edge(&ours, &ours, "plant-7");
+        let refused = dial(&hub, &edge).await.unwrap_err();
+        assert!(refused.contains("edge side"), "{refused}");
+        assert!(refused.contains("invalid peer certificate"), "{refused}");
+    }
+}
