@@ -19,7 +19,9 @@ impl From<LogError> for Status {
             | LogError::InvalidBatch(_) => Code::InvalidArgument,
             LogError::UnknownTopic { .. } => Code::NotFound,
             LogError::TopicExists { .. } => Code::AlreadyExists,
-            LogError::OrphanTopicDirectory { .. } => Code::FailedPrecondition,
+            LogError::OrphanTopicDirectory { .. } | LogError::NotNextOffset { .. } => {
+                Code::FailedPrecondition
+            }
             LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
             LogError::RecordTooLarge { .. } => Code::ResourceExhausted,
             LogError::Corrupt { .. } => Code::DataLoss,

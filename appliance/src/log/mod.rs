@@ -232,6 +232,16 @@ pub enum LogError {
     },
     #[error("append failed: {cause}")]
     AppendFailed { cause: Arc<LogError> },
+    #[error(
+        "the batch for {topic}/{partition} starts at offset {got}, but the partition's next \
+         offset is {expected}: a batch kept at its own offsets goes exactly there"
+    )]
+    NotNextOffset {
+        topic: TopicName,
+        partition: PartitionId,
+        expected: Offset,
+        got: Offset,
+    },
     #[error("the log is shutting down")]
     ShuttingDown,
     #[error("{op} {}: {source}", path.display())]

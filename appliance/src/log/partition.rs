@@ -53,7 +53,18 @@ pub struct ReadChunk {
 struct AppendRequest {
     batch: BytesMut,
     header: BatchHeader,
+    placement: Placement,
     reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+}
+
+/// Where an appended batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// At the partition's next offset, whatever its base offset says (a producer's batch).
+    Next,
+    /// At its own base offset, which must be the partition's next offset (a mirrored batch,
+    /// which keeps the offsets it has at its origin).
+    Own,
 }
 
 #[derive(Debug)]
@@ -167,12 +178,29 @@ impl Partition {
         self.submit(batch).await?.await
     }
 
+    /// Appends one batch at its own base offset and waits until it is durable: what a mirror
+    /// does, so that every record keeps the offset it has at its origin and the stored bytes
+    /// are the origin's. A batch that does not start at the partition's next offset is
+    /// refused with [`LogError::NotNextOffset`], which names the offset expected.
+    pub async fn append_at_own_offset(&self, batch: BytesMut) -> Result<AppendOutcome, LogError> {
+        self.queue(batch, Placement::Own).await?.await
+    }
+
     /// Validates and queues one batch; the returned future resolves once it is durable.
     /// Batches submitted one after the other are stored in that order, so a producer can
     /// submit its next batch before the previous one is durable.
     pub async fn submit(
         &self,
         batch: BytesMut,
+    ) -> Result<impl std::future::Future<Output = Result<AppendOutcome, LogError>> + use<>, LogError>
+    {
+        self.queue(batch, Placement::Next).await
+    }
+
+    async fn queue(
+        &self,
+        batch: BytesMut,
+        placement: Placement,
     ) -> Result<impl std::future::Future<Output = Result<AppendOutcome, LogError>> + use<>, LogError>
     {
         let max = read_lock(&self.config).max_message_bytes;
@@ -194,6 +222,7 @@ impl Partition {
             .send(AppendRequest {
                 batch,
                 header,
+                placement,
                 reply,
             })
             .await
@@ -599,6 +628,16 @@ impl Writer {
     async fn append_group(&mut self, group: Vec<AppendRequest>) -> Result<(), LogError> {
         let mut run: Vec<(u64, BatchHeader, AppendRequest)> = Vec::with_capacity(group.len());
         for mut request in group {
+            if request.placement == Placement::Own && request.header.base_offset != self.next_offset
+            {
+                let _ = request.reply.send(Err(LogError::NotNextOffset {
+                    topic: self.partition.topic.clone(),
+                    partition: self.partition.id,
+                    expected: self.next_offset,
+                    got: request.header.base_offset,
+                }));
+                continue;
+            }
             if self.should_roll(&request.header) {
                 self.write_run(std::mem::take(&mut run)).await?;
                 self.roll().await?;

@@ -771,3 +771,88 @@ proptest! {
 fn records_of(values: &[String]) -> Vec<Record> {
     records(values, 1)
 }
+
+/// Every stored byte of partition 0 of `name`, batch by batch, from offset 0.
+fn stored_bytes(log: &Log, name: &TopicName) -> Vec<u8> {
+    let partition = log.partition(name, PartitionId(0)).expect("partition");
+    let mut bytes = Vec::new();
+    let mut offset = Offset(0);
+    while offset < partition.high_watermark() {
+        let chunk = partition.read(offset, 1 << 16).expect("read");
+        bytes.extend_from_slice(&chunk.batches);
+        offset = chunk.next_offset;
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// A mirror fed the origin's batches at their own offsets, in any order, with repeats
+    /// (what a link delivers after resends), ends up with the origin's bytes at the origin's
+    /// offsets: batches that are not next are refused with the offset that is, and nothing
+    /// is written twice or out of place.
+    #[test]
+    fn batches_kept_at_their_own_offsets_make_an_identical_copy(
+        sizes in proptest::collection::vec(1usize..30, 1..25),
+        deliveries in proptest::collection::vec(any::<proptest::sample::Index>(), 0..80),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let meta = open_meta(dir.path());
+            let log = Log::open(log_config(dir.path(), Durability::Os), meta).await.expect("log opens");
+            let (origin, mirror) = (topic("origin"), topic("mirror"));
+            for name in [&origin, &mirror] {
+                log.create_topic(name.clone(), small_segments(1)).await.expect("create");
+            }
+            let mut count = 0;
+            for size in &sizes {
+                let batch = batch_of(&values(count, *size), 1000);
+                log.append(&origin, PartitionId(0), batch).await.expect("append");
+                count += size;
+            }
+            let source = log.partition(&origin, PartitionId(0)).expect("partition");
+            let mut batches = Vec::new();
+            let mut offset = Offset(0);
+            while offset < source.high_watermark() {
+                let chunk = source.read(offset, 1 << 16).expect("read");
+                let mut rest = chunk.batches.clone();
+                while !rest.is_empty() {
+                    let header = crate::log::batch::validate(&rest).expect("valid");
+                    batches.push((header.base_offset, rest.split_to(header.total_len)));
+                }
+                offset = chunk.next_offset;
+            }
+            let target = log.partition(&mirror, PartitionId(0)).expect("partition");
+            let deliver = |index: usize| {
+                let (base, bytes) = batches[index].clone();
+                let target = &target;
+                async move { (base, target.append_at_own_offset(BytesMut::from(&bytes[..])).await) }
+            };
+            // Random deliveries first (repeats, gaps), then in order until complete, as a
+            // link resending from the offset the mirror asks for.
+            for index in deliveries {
+                let (base, outcome) = deliver(index.index(batches.len())).await;
+                match outcome {
+                    Ok(appended) => prop_assert_eq!(appended.base_offset, base),
+                    Err(LogError::NotNextOffset { expected, got, .. }) => {
+                        prop_assert_eq!(got, base);
+                        prop_assert_eq!(expected, target.high_watermark());
+                    }
+                    Err(other) => prop_assert!(false, "unexpected error: {other}"),
+                }
+            }
+            let missing: Vec<usize> = (0..batches.len())
+                .filter(|index| batches[*index].0 >= target.high_watermark())
+                .collect();
+            for index in missing {
+                deliver(index).await.1.expect("the next batch is taken");
+            }
+            prop_assert_eq!(target.high_watermark(), source.high_watermark());
+            prop_assert!(stored_bytes(&log, &mirror) == stored_bytes(&log, &origin), "byte-identical");
+            log.close().await.expect("close");
+            Ok(())
+        })?;
+    }
+}
