@@ -1,13 +1,15 @@
 //! Cluster linking, edge -> hub over QUIC with mutual TLS (see docs/linking.md).
 //!
-//! What is here so far: the identities a link authenticates with, and the QUIC endpoints that
-//! check them. A link's trust is one CA the operator makes with `appliance certs init`
+//! What is here so far: the identities a link authenticates with, the QUIC endpoints that
+//! check them, and the framing of the link protocol's messages ([`frame`];
+//! `proto/appliance/link/v1/link.proto`). A link's trust is one CA the operator makes with `appliance certs init`
 //! ([`certs`]); the hub's certificate names the addresses edges dial, and each edge's client
 //! certificate (`appliance certs issue EDGE_ID`) names the edge, which is how the hub knows
 //! which edge is speaking ([`tls::edge_of`]) and what its mirror topics (`<edge-id>.<topic>`)
 //! are called.
 
 pub mod certs;
+pub mod frame;
 pub mod tls;
 
 /// An edge's name: a DNS label (1 to 63 of `a-z 0-9 -`, not starting or ending with `-`), so
