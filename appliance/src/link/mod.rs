@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod frame;
+pub mod replicate;
 pub mod tls;
 
 /// An edge's name: a DNS label (1 to 63 of `a-z 0-9 -`, not starting or ending with `-`), so

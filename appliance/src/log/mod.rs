@@ -56,7 +56,7 @@ use tokio_util::task::TaskTracker;
 
 pub use batch::{
     BatchError, BatchHeader, Compression, Header, MAX_DECOMPRESSED_BATCH_BYTES, Record,
-    StoredRecord, decode_all, encode,
+    StoredRecord, decode_all, encode, validate as validate_batch,
 };
 pub use partition::{AppendOutcome, Partition, ReadChunk};
 pub use partitioner::partition_for_key;
