@@ -82,17 +82,68 @@ async fn side() -> Side {
     Side { _dir: dir, log }
 }
 
+/// A link CA with the edge `plant-7`, a hub serving its log on loopback, and an edge log.
+struct Deployment {
+    certs: tempfile::TempDir,
+    edge: Side,
+    hub: Side,
+    hub_addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Deployment {
+    async fn start() -> Self {
+        let certs = tempfile::tempdir().unwrap();
+        certs::init(certs.path(), &[]).unwrap();
+        certs::issue(certs.path(), &EdgeId::new("plant-7").unwrap()).unwrap();
+        let (edge, hub) = (side().await, side().await);
+        let file = |name: &str| certs.path().join(name);
+        let (ca, cert, key) = (file("ca.pem"), file("hub.pem"), file("hub.key"));
+        let files = TlsFiles {
+            ca: &ca,
+            cert: &cert,
+            key: &key,
+        };
+        let endpoint = hub_endpoint(([127, 0, 0, 1], 0).into(), &files).unwrap();
+        let hub_addr = endpoint.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve_hub(endpoint, hub.log.clone(), shutdown.clone()));
+        Self {
+            certs,
+            edge,
+            hub,
+            hub_addr,
+            shutdown,
+        }
+    }
+
+    /// The edge's endpoint, with plant-7's certificate.
+    fn edge_endpoint(&self) -> quinn::Endpoint {
+        let file = |name: &str| self.certs.path().join(name);
+        let (ca, cert, key) = (file("ca.pem"), file("plant-7.pem"), file("plant-7.key"));
+        let files = TlsFiles {
+            ca: &ca,
+            cert: &cert,
+            key: &key,
+        };
+        edge_endpoint(&files).unwrap()
+    }
+
+    /// The link of edge `claiming` (plant-7's own id, or another) to topics matching `topics`.
+    fn upstream(&self, claiming: &str, topics: &str) -> Upstream {
+        Upstream {
+            edge: EdgeId::new(claiming).unwrap(),
+            hub: self.hub_addr,
+            hub_name: "localhost".to_owned(),
+            topics: Regex::new(topics).unwrap(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_reconnecting() {
-    let certs_dir = tempfile::tempdir().unwrap();
-    certs::init(certs_dir.path(), &[]).unwrap();
-    let edge_id = EdgeId::new("plant-7").unwrap();
-    certs::issue(certs_dir.path(), &edge_id).unwrap();
-    let file = |name: &str| certs_dir.path().join(name);
-    let (ca, hub_cert, hub_key) = (file("ca.pem"), file("hub.pem"), file("hub.key"));
-    let (edge_cert, edge_key) = (file("plant-7.pem"), file("plant-7.key"));
-
-    let (edge, hub) = (side().await, side().await);
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
     let config = TopicConfig {
         partitions: 2,
         ..TopicConfig::default()
@@ -108,29 +159,10 @@ async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_reconn
     produce(&edge.log, "sensors", 0, 0, 1000).await;
     produce(&edge.log, "sensors", 1, 0, 300).await;
 
-    let hub_files = TlsFiles {
-        ca: &ca,
-        cert: &hub_cert,
-        key: &hub_key,
-    };
-    let hub_endpoint = hub_endpoint(([127, 0, 0, 1], 0).into(), &hub_files).unwrap();
-    let hub_addr = hub_endpoint.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(serve_hub(hub_endpoint, hub.log.clone(), shutdown.clone()));
-
-    let upstream = Upstream {
-        edge: edge_id,
-        hub: hub_addr,
-        hub_name: "localhost".to_owned(),
-        topics: Regex::new("^sensors$").unwrap(),
-    };
-    let edge_files = TlsFiles {
-        ca: &ca,
-        cert: &edge_cert,
-        key: &edge_key,
-    };
+    let upstream = deployment.upstream("plant-7", "^sensors$");
+    let shutdown = deployment.shutdown.clone();
     let link = |stop: CancellationToken| {
-        let endpoint = edge_endpoint(&edge_files).unwrap();
+        let endpoint = deployment.edge_endpoint();
         let acknowledged = Acknowledged::default();
         let task = tokio::spawn(run_edge(
             endpoint,
@@ -177,40 +209,15 @@ async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_reconn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_claiming_another_edges_id_is_refused() {
-    let certs_dir = tempfile::tempdir().unwrap();
-    certs::init(certs_dir.path(), &[]).unwrap();
-    certs::issue(certs_dir.path(), &EdgeId::new("plant-7").unwrap()).unwrap();
-    let file = |name: &str| certs_dir.path().join(name);
-    let (ca, hub_cert, hub_key) = (file("ca.pem"), file("hub.pem"), file("hub.key"));
-    let (edge_cert, edge_key) = (file("plant-7.pem"), file("plant-7.key"));
-    let (edge, hub) = (side().await, side().await);
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
     edge.log
         .create_topic(topic("sensors"), TopicConfig::default())
         .await
         .unwrap();
-    let hub_files = TlsFiles {
-        ca: &ca,
-        cert: &hub_cert,
-        key: &hub_key,
-    };
-    let endpoint = hub_endpoint(([127, 0, 0, 1], 0).into(), &hub_files).unwrap();
-    let hub_addr = endpoint.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(serve_hub(endpoint, hub.log.clone(), shutdown.clone()));
-    let edge_files = TlsFiles {
-        ca: &ca,
-        cert: &edge_cert,
-        key: &edge_key,
-    };
-    let impostor = Upstream {
-        edge: EdgeId::new("plant-8").unwrap(),
-        hub: hub_addr,
-        hub_name: "localhost".to_owned(),
-        topics: Regex::new(".*").unwrap(),
-    };
     let refused = edge_session(
-        &edge_endpoint(&edge_files).unwrap(),
-        &impostor,
+        &deployment.edge_endpoint(),
+        &deployment.upstream("plant-8", ".*"),
         &edge.log,
         &Acknowledged::default(),
     )
@@ -223,5 +230,5 @@ async fn an_edge_claiming_another_edges_id_is_refused() {
         hub.log.list_topics().is_empty(),
         "no mirror for an impostor"
     );
-    shutdown.cancel();
+    deployment.shutdown.cancel();
 }
