@@ -330,12 +330,7 @@ impl Connectors {
                 TransformsError::Plugin(e) => ConnectError::Plugin(e),
                 TransformsError::Invalid(problem) => invalid(problem),
             })?;
-        let tasks = context
-            .plugins
-            .plan(&loaded, &new.config, context.limits, new.tasks_max)
-            .await?;
-        for task in &tasks {
-            let config = task_config(&new.config, task);
+        for config in plan_tasks(context, &loaded, &new.config, new.tasks_max).await? {
             match kind {
                 PluginKind::Source => {
                     context
@@ -654,26 +649,29 @@ async fn plan(
         .get(&spec.plugin)
         .await
         .map_err(|e| e.to_string())?;
-    let tasks = context
-        .plugins
-        .plan(&loaded, &spec.config, context.limits, spec.tasks_max)
+    plan_tasks(context, &loaded, &spec.config, spec.tasks_max)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(tasks
-        .iter()
-        .map(|task| task_config(&spec.config, task))
-        .collect())
+        .map_err(|e| e.to_string())
 }
 
-/// A task's instance config: the operator's grants and limits from the connector's config,
-/// then the task's own keys from the plan.
-fn task_config(connector: &[(String, String)], task: &[(String, String)]) -> Vec<(String, String)> {
-    connector
-        .iter()
-        .filter(|(key, _)| is_host_key(key))
-        .chain(task)
-        .cloned()
-        .collect()
+/// The plugin's task configurations, each as its instance gets it: the operator's grants and
+/// limits from the connector's config, then the task's own keys from the plan.
+async fn plan_tasks(
+    context: &Context,
+    loaded: &Loaded,
+    config: &[(String, String)],
+    tasks_max: u32,
+) -> Result<Vec<Vec<(String, String)>>, PluginError> {
+    let tasks = context
+        .plugins
+        .plan(loaded, config, context.limits, tasks_max)
+        .await?;
+    let host_keys: Vec<&(String, String)> =
+        config.iter().filter(|(key, _)| is_host_key(key)).collect();
+    Ok(tasks
+        .into_iter()
+        .map(|task| host_keys.iter().copied().cloned().chain(task).collect())
+        .collect())
 }
 
 /// One task of a connector, restarted with backoff when it fails.
@@ -808,6 +806,66 @@ fn validate_name(name: &str) -> Result<(), ConnectError> {
             name: name.to_owned(),
         })
     }
+}
+
+/// Output batches are cut well below the topic's `max-message-bytes`.
+const OUTPUT_BATCH_SHARE: usize = 2;
+
+/// Appends `entries` (a source index and a record each) to `partition` of `topic`, durably, in
+/// batches cut well below the topic's `max-message-bytes`, never between two records of one
+/// source index. `seal` may add to each batch's last record, given the last source index the
+/// batch completes (the last batch completes up to `last`). Returns the offset after the last
+/// batch, if anything was written.
+async fn append_in_batches(
+    log: &Log,
+    topic: &TopicName,
+    partition: PartitionId,
+    entries: Vec<(i64, crate::log::Record)>,
+    last: u64,
+    mut seal: impl FnMut(u64, &mut crate::log::Record) -> Result<(), String>,
+) -> Result<Option<Offset>, String> {
+    let config = log.topic_config(topic).map_err(|e| e.to_string())?;
+    let target = log.partition(topic, partition).map_err(|e| e.to_string())?;
+    let budget = config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
+    let mut end = None;
+    for ((_, to), mut batch) in pipeline::cut_by_size(entries, budget, (0, last)) {
+        let (_, record) = batch.last_mut().ok_or("empty output batch")?;
+        seal(to, record)?;
+        let records: Vec<crate::log::Record> = batch.into_iter().map(|(_, r)| r).collect();
+        let encoded = crate::log::encode(&records, config.compression)
+            .map_err(|e| format!("encoding records for {topic}: {e}"))?;
+        let outcome = target
+            .append(encoded)
+            .await
+            .map_err(|e| format!("appending to {topic}: {e}"))?;
+        end = Some(outcome.last_offset.next());
+    }
+    Ok(end)
+}
+
+/// Appends records to partition `index mod N` of `topic` (created with the topic defaults
+/// when missing), durably: records a transform re-routed, and dead letters.
+async fn append_elsewhere(
+    log: &Log,
+    topic: &TopicName,
+    index: u32,
+    records: Vec<crate::log::Record>,
+) -> Result<(), String> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    pipeline::ensure_topic(log, topic)
+        .await
+        .map_err(|e| e.to_string())?;
+    let partitions = log
+        .topic_config(topic)
+        .map_err(|e| e.to_string())?
+        .partitions;
+    let last = records.len() as u64 - 1;
+    let entries = (0..).zip(records).collect();
+    let partition = PartitionId(index % partitions.max(1));
+    append_in_batches(log, topic, partition, entries, last, |_, _| Ok(())).await?;
+    Ok(())
 }
 
 /// Backoff after the `attempt`th failed try of something the task retries itself.

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Task, TaskState, retry_backoff};
+use super::{Task, TaskState, append_elsewhere, retry_backoff};
 use crate::log::{self, LogError, Offset, PartitionId, StoredRecord};
 use crate::meta::{CommittedOffset, GroupId, PartitionOffset};
 use crate::pipeline::{self, ChainOutput, ErrorPolicy, Rejection};
@@ -292,22 +292,7 @@ impl Worker<'_> {
                         ))
                     })
                     .collect();
-                let log = &self.task.context.log;
-                pipeline::ensure_topic(log, dlq)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let config = log.topic_config(dlq).map_err(|e| e.to_string())?;
-                let target = log
-                    .partition(dlq, PartitionId(partition.0 % config.partitions.max(1)))
-                    .map_err(|e| e.to_string())?;
-                if !letters.is_empty() {
-                    let encoded = log::encode(&letters, config.compression)
-                        .map_err(|e| format!("encoding dead letters: {e}"))?;
-                    target
-                        .append(encoded)
-                        .await
-                        .map_err(|e| format!("appending to {dlq}: {e}"))?;
-                }
+                append_elsewhere(&self.task.context.log, dlq, partition.0, letters).await?;
                 self.task.cell.update(|s| s.dead_lettered += count);
                 Ok(())
             }

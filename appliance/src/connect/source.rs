@@ -20,8 +20,11 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task, TaskState};
-use crate::log::{self, Header, LogError, Offset, PartitionId, TopicName};
+use super::{
+    OUTPUT_BATCH_SHARE, POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task, TaskState,
+    append_elsewhere, append_in_batches,
+};
+use crate::log::{self, Header, Offset, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
 use crate::pipeline::{self, ChainOutput, ErrorPolicy, Rejection};
 use crate::plugin::{self, BatchInfo, Polled};
@@ -31,9 +34,6 @@ const MAX_POLL: u32 = 4096;
 /// The wait after a poll that brought nothing, doubling while idle up to [`IDLE_MAX`].
 const IDLE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const IDLE_MAX: std::time::Duration = std::time::Duration::from_millis(250);
-const SCAN_BYTES: usize = 1 << 20;
-/// Output batches are cut well below the topic's `max-message-bytes`.
-const OUTPUT_BATCH_SHARE: usize = 2;
 
 /// What a source task has durably done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,32 +146,25 @@ async fn recover(task: &Task) -> Result<SourceProgress, String> {
         .partition(&spec.topic, PartitionId(progress.partition))
         .map_err(|e| e.to_string())?;
     let tag = tag(spec.id, task.index);
-    let mut offset = progress.end.max(partition.log_start().0);
-    loop {
-        let chunk = match partition.read(Offset(offset), SCAN_BYTES) {
-            Err(LogError::OffsetOutOfRange { .. }) => break,
-            chunk => chunk.map_err(|e| format!("scanning {} for positions: {e}", spec.topic))?,
-        };
-        if chunk.batches.is_empty() {
-            break;
-        }
-        let records = log::decode_all(chunk.batches)
-            .map_err(|e| format!("scanning {} for positions: {e}", spec.topic))?;
-        for stored in records.iter().filter(|r| r.offset.0 >= offset) {
+    let mut newest = None;
+    partition
+        .scan(Offset(progress.end), |stored| {
             let header = |name: &str| {
                 stored
                     .record
                     .headers
                     .iter()
                     .find(|h| h.key == name)
-                    .and_then(|h| h.value.as_ref())
+                    .and_then(|h| h.value.clone())
             };
             if header(SOURCE_TAG_HEADER).is_some_and(|value| value.as_ref() == tag.as_bytes()) {
-                progress.position = header(POSITION_HEADER).map(|p| p.to_vec());
-                progress.end = stored.offset.0 + 1;
+                newest = Some((stored.offset, header(POSITION_HEADER)));
             }
-        }
-        offset = chunk.next_offset.0.max(offset + 1);
+        })
+        .map_err(|e| format!("scanning {} for positions: {e}", spec.topic))?;
+    if let Some((offset, position)) = newest {
+        progress.end = offset.0 + 1;
+        progress.position = position.map(|p| p.to_vec());
     }
     Ok(progress)
 }
@@ -273,15 +266,11 @@ impl Worker<'_> {
             own.retain(|(offset, _)| rejected.iter().all(|r| r.offset != *offset));
         }
         for (topic, records) in group_by_topic(routed) {
-            self.append_elsewhere(&topic, records).await?;
+            append_elsewhere(&task.context.log, &topic, task.index, records).await?;
         }
         let written = own.len() as u64;
-        let last = count as u64 - 1;
-        if own.is_empty() {
-            self.progress.position = polled.positions.last().map(|p| p.to_vec());
-        } else {
-            self.append_own(own, last, &polled.positions).await?;
-        }
+        self.append_own(own, count as u64 - 1, &polled.positions)
+            .await?;
         task.context
             .meta
             .put_unflushed(Table::ConnectorProgress, &self.key, &self.progress)
@@ -299,74 +288,34 @@ impl Worker<'_> {
         positions: &[Bytes],
     ) -> Result<(), String> {
         let task = self.task;
-        let topic = &task.spec.topic;
-        let config = task
-            .context
-            .log
-            .topic_config(topic)
-            .map_err(|e| e.to_string())?;
-        let target = task
-            .context
-            .log
-            .partition(topic, PartitionId(self.progress.partition))
-            .map_err(|e| e.to_string())?;
-        let budget = config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
-        for ((_, to), mut batch) in pipeline::cut_by_size(own, budget, (0, last)) {
-            let position = positions
-                .get(to as usize)
-                .cloned()
-                .ok_or("a batch ends past the poll")?;
-            let (_, record) = batch.last_mut().ok_or("empty output batch")?;
-            record.headers.push(Header {
-                key: SOURCE_TAG_HEADER.to_owned(),
-                value: Some(self.tag.clone()),
-            });
-            record.headers.push(Header {
-                key: POSITION_HEADER.to_owned(),
-                value: Some(position.clone()),
-            });
-            let records: Vec<log::Record> = batch.into_iter().map(|(_, r)| r).collect();
-            let encoded = log::encode(&records, config.compression)
-                .map_err(|e| format!("encoding records for {topic}: {e}"))?;
-            let outcome = target
-                .append(encoded)
-                .await
-                .map_err(|e| format!("appending to {topic}: {e}"))?;
-            self.progress.end = outcome.last_offset.0 + 1;
-            self.progress.position = Some(position.to_vec());
+        let partition = PartitionId(self.progress.partition);
+        let tag = &self.tag;
+        let end = append_in_batches(
+            &task.context.log,
+            &task.spec.topic,
+            partition,
+            own,
+            last,
+            |to, record| {
+                let position = positions
+                    .get(to as usize)
+                    .ok_or("a batch ends past the poll")?;
+                record.headers.push(Header {
+                    key: SOURCE_TAG_HEADER.to_owned(),
+                    value: Some(tag.clone()),
+                });
+                record.headers.push(Header {
+                    key: POSITION_HEADER.to_owned(),
+                    value: Some(position.clone()),
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        if let Some(end) = end {
+            self.progress.end = end.0;
         }
-        Ok(())
-    }
-
-    /// Appends records a transform re-routed (or dead letters) to another topic, durably.
-    async fn append_elsewhere(
-        &mut self,
-        topic: &TopicName,
-        records: Vec<log::Record>,
-    ) -> Result<(), String> {
-        let log = &self.task.context.log;
-        pipeline::ensure_topic(log, topic)
-            .await
-            .map_err(|e| e.to_string())?;
-        let config = log.topic_config(topic).map_err(|e| e.to_string())?;
-        let partition = PartitionId(self.task.index % config.partitions.max(1));
-        let target = log.partition(topic, partition).map_err(|e| e.to_string())?;
-        let budget = config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
-        let entries: Vec<(i64, log::Record)> = records
-            .into_iter()
-            .enumerate()
-            .map(|(index, record)| (index as i64, record))
-            .collect();
-        let last = entries.len().saturating_sub(1) as u64;
-        for (_, batch) in pipeline::cut_by_size(entries, budget, (0, last)) {
-            let records: Vec<log::Record> = batch.into_iter().map(|(_, r)| r).collect();
-            let encoded = log::encode(&records, config.compression)
-                .map_err(|e| format!("encoding records for {topic}: {e}"))?;
-            target
-                .append(encoded)
-                .await
-                .map_err(|e| format!("appending to {topic}: {e}"))?;
-        }
+        self.progress.position = positions.get(last as usize).map(|p| p.to_vec());
         Ok(())
     }
 

@@ -88,12 +88,9 @@ fn source(name: &str, plugin: &str, topic_name: &str, config: &[(&str, &str)]) -
 async fn read_all(log: &Log, name: &str) -> Vec<StoredRecord> {
     let partition = log.partition(&topic(name), PartitionId(0)).unwrap();
     let mut out = Vec::new();
-    let mut offset = Offset(0);
-    while offset < partition.high_watermark() {
-        let chunk = partition.read(offset, 1 << 20).unwrap();
-        out.extend(crate::log::decode_all(chunk.batches).unwrap());
-        offset = chunk.next_offset;
-    }
+    partition
+        .scan(Offset(0), |record| out.push(record))
+        .unwrap();
     out
 }
 

@@ -29,6 +29,8 @@ const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
 /// Bytes written but not yet durable; beyond this the writer waits for the fsync in flight
 /// before taking more appends, which bounds how long an acknowledgement can take.
 const MAX_UNSYNCED_BYTES: u64 = 64 * 1024 * 1024;
+/// How much one read of [`Partition::scan`] takes.
+const SCAN_BYTES: usize = 1 << 20;
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const RECOVERY_POINT_LEN: usize = 20;
 
@@ -242,6 +244,37 @@ impl Partition {
     /// A receiver that sees every change of the high watermark.
     pub fn watch_high_watermark(&self) -> watch::Receiver<Offset> {
         self.high_watermark.subscribe()
+    }
+
+    /// Decodes and visits every record from `from` (or the log start, if later) up to the high
+    /// watermark as it is when called, in offset order: the start-up scan of a partition's
+    /// tail that pipelines and source connectors make to find their own tags.
+    pub fn scan(
+        &self,
+        from: Offset,
+        mut visit: impl FnMut(batch::StoredRecord),
+    ) -> Result<(), LogError> {
+        let end = self.high_watermark();
+        let mut offset = from.max(self.log_start());
+        while offset < end {
+            let chunk = match self.read(offset, SCAN_BYTES) {
+                // Retention moved the log start past us meanwhile.
+                Err(LogError::OffsetOutOfRange { log_start, .. }) if offset < log_start => {
+                    offset = log_start;
+                    continue;
+                }
+                chunk => chunk?,
+            };
+            if chunk.batches.is_empty() {
+                break;
+            }
+            batch::decode_all(chunk.batches)?
+                .into_iter()
+                .filter(|record| record.offset >= offset)
+                .for_each(&mut visit);
+            offset = chunk.next_offset;
+        }
+        Ok(())
     }
 
     /// Reads whole batches from `offset`, at most about `max_bytes` (always at least one batch).

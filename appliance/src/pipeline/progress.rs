@@ -21,10 +21,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::log::{self, Log, LogError, Offset, PartitionId, TopicName};
+use crate::log::{Log, LogError, Offset, PartitionId, TopicName};
 
 pub const TAG_HEADER: &str = "appliance.pipeline";
-const SCAN_BYTES: usize = 1 << 20;
 
 /// A destination partition of a pipeline partition's output.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,27 +125,17 @@ pub async fn written_ranges(
         }
         Err(error) => return Err(error),
     };
-    let end = target.high_watermark();
-    let mut offset = from.max(target.log_start());
     let mut ranges = Vec::new();
-    while offset < end {
-        let chunk = target.read(offset, SCAN_BYTES)?;
-        if chunk.batches.is_empty() {
-            break;
-        }
-        let records = log::decode_all(chunk.batches).map_err(LogError::InvalidBatch)?;
-        for stored in records.iter().filter(|r| r.offset >= offset) {
-            for header in stored.record.headers.iter().filter(|h| h.key == TAG_HEADER) {
-                if let Some((id, p, range)) = header.value.as_deref().and_then(parse_tag)
-                    && id == pipeline_id
-                    && p == partition.0
-                {
-                    ranges.push(range);
-                }
+    target.scan(from, |stored| {
+        for header in stored.record.headers.iter().filter(|h| h.key == TAG_HEADER) {
+            if let Some((id, p, range)) = header.value.as_deref().and_then(parse_tag)
+                && id == pipeline_id
+                && p == partition.0
+            {
+                ranges.push(range);
             }
         }
-        offset = chunk.next_offset;
-    }
+    })?;
     Ok(ranges)
 }
 

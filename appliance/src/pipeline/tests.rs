@@ -148,12 +148,9 @@ async fn read_partition(
 ) -> Vec<crate::log::StoredRecord> {
     let partition = log.partition(&topic(name), partition).unwrap();
     let mut out = Vec::new();
-    let mut offset = Offset(0);
-    while offset < partition.high_watermark() {
-        let chunk = partition.read(offset, 1 << 20).unwrap();
-        out.extend(crate::log::decode_all(chunk.batches).unwrap());
-        offset = chunk.next_offset;
-    }
+    partition
+        .scan(Offset(0), |record| out.push(record))
+        .unwrap();
     out
 }
 
