@@ -19,9 +19,11 @@ impl From<LogError> for Status {
             | LogError::InvalidBatch(_) => Code::InvalidArgument,
             LogError::UnknownTopic { .. } => Code::NotFound,
             LogError::TopicExists { .. } => Code::AlreadyExists,
-            LogError::OrphanTopicDirectory { .. } | LogError::NotNextOffset { .. } => {
-                Code::FailedPrecondition
-            }
+            LogError::OrphanTopicDirectory { .. }
+            | LogError::NotNextOffset { .. }
+            | LogError::ReadOnlyMirror { .. }
+            | LogError::NotAMirror { .. }
+            | LogError::RestartBeforeEnd { .. } => Code::FailedPrecondition,
             LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
             LogError::RecordTooLarge { .. } => Code::ResourceExhausted,
             LogError::Corrupt { .. } => Code::DataLoss,
@@ -125,4 +127,26 @@ impl From<ConnectError> for Status {
 /// INVALID_ARGUMENT naming the request field that is wrong.
 pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::TopicName;
+
+    #[test]
+    fn producing_to_a_mirror_is_a_failed_precondition_that_says_how_to_promote_it() {
+        let status = Status::from(LogError::ReadOnlyMirror {
+            topic: TopicName::new("plant-7.temps").expect("valid name"),
+            origin: "edge plant-7".into(),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status
+                .message()
+                .contains("appliance link promote plant-7.temps"),
+            "{}",
+            status.message()
+        );
+    }
 }

@@ -18,6 +18,7 @@ fn topic_message(info: TopicInfo) -> pb::Topic {
     pb::Topic {
         name: info.name.to_string(),
         config: Some(topic_config_message(&info.config)),
+        mirror_of: info.mirror_of,
         partitions: info
             .partitions
             .into_iter()

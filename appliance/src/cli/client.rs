@@ -262,10 +262,14 @@ pub async fn topic(channel: Channel, command: TopicCommand) -> Result<(), Failur
                                 .map(|p| p.size_bytes)
                                 .sum::<u64>()
                                 .to_string(),
+                            t.mirror_of.clone().unwrap_or_default(),
                         ]
                     })
                     .collect();
-                print_table(&["TOPIC", "PARTITIONS", "RECORDS", "BYTES"], &rows);
+                print_table(
+                    &["TOPIC", "PARTITIONS", "RECORDS", "BYTES", "MIRROR-OF"],
+                    &rows,
+                );
             }
         }
         TopicCommand::Describe { name, json } => {
@@ -279,6 +283,13 @@ pub async fn topic(channel: Channel, command: TopicCommand) -> Result<(), Failur
             } else {
                 let config = topic.config.unwrap_or_default();
                 println!("topic {}", topic.name);
+                if let Some(origin) = &topic.mirror_of {
+                    println!(
+                        "  mirror of {origin}: read-only, written by its link \
+                         (`appliance link promote {}` makes it writable)",
+                        topic.name
+                    );
+                }
                 println!(
                     "  retention-ms {}  retention-bytes {}  segment-bytes {}  max-message-bytes {}  compression {}",
                     config.retention_ms.unwrap_or(-1),
@@ -342,6 +353,7 @@ fn topic_json(topic: &pb::Topic) -> serde_json::Value {
     let config = topic.config.unwrap_or_default();
     json!({
         "name": topic.name,
+        "mirror_of": topic.mirror_of,
         "config": {
             "partitions": config.partitions,
             "retention_ms": config.retention_ms,

@@ -12,7 +12,9 @@
 //!        every request of the group
 //! Log::read(topic, partition, offset) -> whole batches below the high watermark, CRC-checked;
 //!   a reader at the end waits on the high watermark's watch channel (long-poll, no busy loop)
-//! retention task -> deletes whole sealed segments by age and by total size
+//! retention task -> deletes whole sealed segments by age and by total size, short of what
+//!   retention holds (in memory, per holder) still need, unless a partition exceeds their cap
+//! Partition::restart_at(offset) -> through the writer: an empty partition from `offset` on
 //! ```
 //!
 //! # On disk
@@ -24,11 +26,14 @@
 //!     00000000000000000000.timeindex  time index
 //!     recovery-point                  base offset and length of the active segment known to
 //!                                     be durable (20 bytes with a CRC-32C)
+//!     log-start                       where the last restart moved the partition (8 bytes and
+//!                                     a CRC-32C); only once it was restarted
 //! ```
 //!
 //! # Invariants
 //!
-//! - Offsets are dense and never reused; segment `N` starts where segment `N-1` ends.
+//! - Offsets are dense and never reused; segment `N` starts where segment `N-1` ends. Only a
+//!   restart jumps ahead, and it leaves no segment before its new start.
 //! - The high watermark is the offset after the last durable batch; no reader sees past it,
 //!   and an append is acknowledged only once the high watermark covers it (with
 //!   `durability = "os"`, once it is written).
@@ -178,6 +183,11 @@ pub enum Corruption {
     MissingDurableBytes { durable_len: u64 },
     #[error("segments do not follow each other: the next one was expected at offset {expected}")]
     SegmentGap { expected: Offset },
+    #[error(
+        "the log start file fails its check; removing it loses nothing (it matters only while a \
+         restart of the partition is unfinished, and then recovery reports the gap it leaves)"
+    )]
+    DamagedLogStart,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +252,23 @@ pub enum LogError {
         expected: Offset,
         got: Offset,
     },
+    #[error(
+        "topic {topic} is a mirror of {origin}, written only by its link; run `appliance link \
+         promote {topic}` on this appliance to make it writable"
+    )]
+    ReadOnlyMirror { topic: TopicName, origin: String },
+    #[error("topic {topic} is not a mirror, so there is nothing to promote: it is writable")]
+    NotAMirror { topic: TopicName },
+    #[error(
+        "cannot restart {topic}/{partition} at offset {offset}: its high watermark is already \
+         {high_watermark}, and a partition restarts only at or after its end"
+    )]
+    RestartBeforeEnd {
+        topic: TopicName,
+        partition: PartitionId,
+        offset: Offset,
+        high_watermark: Offset,
+    },
     #[error("the log is shutting down")]
     ShuttingDown,
     #[error("{op} {}: {source}", path.display())]
@@ -294,10 +321,24 @@ impl LogConfig {
     }
 }
 
+/// A topic as stored in the metadata: its settings and whether it is a mirror. Topics stored
+/// before mirrors existed are plain settings, which read as a topic that is no mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct StoredTopic {
+    #[serde(flatten)]
+    config: TopicConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mirror_of: Option<String>,
+}
+
 /// A topic's partitions; a partition that could not be opened keeps the reason.
 #[derive(Debug)]
 struct Topic {
     config: Arc<RwLock<TopicConfig>>,
+    /// The origin while the topic is a mirror; shared with its partitions, which refuse
+    /// producers while it is set.
+    mirror_of: Arc<RwLock<Option<String>>>,
     partitions: Vec<Result<Arc<Partition>, Arc<LogError>>>,
     shutdown: CancellationToken,
     writers: TaskTracker,
@@ -308,6 +349,9 @@ struct Topic {
 pub struct TopicInfo {
     pub name: TopicName,
     pub config: TopicConfig,
+    /// Where the records of a mirror topic come from (e.g. "edge plant-7"); none when the
+    /// topic is written by producers.
+    pub mirror_of: Option<String>,
     pub partitions: Vec<PartitionInfo>,
 }
 
@@ -364,10 +408,10 @@ impl Log {
         });
         let log = Self { inner };
         log.finish_interrupted_deletions().await?;
-        let stored: Vec<(String, TopicConfig)> = log.inner.meta.topics()?;
-        for (name, topic_config) in stored {
+        let stored: Vec<(String, StoredTopic)> = log.inner.meta.topics()?;
+        for (name, stored) in stored {
             let name = TopicName::new(name)?;
-            let topic = log.open_topic(&name, topic_config, false).await?;
+            let topic = log.open_topic(&name, stored, false).await?;
             log.write_topics().insert(name, topic);
         }
         log.warn_about_orphans()?;
@@ -434,14 +478,16 @@ impl Log {
     async fn open_topic(
         &self,
         name: &TopicName,
-        config: TopicConfig,
+        stored: StoredTopic,
         create: bool,
     ) -> Result<Arc<Topic>, LogError> {
+        let StoredTopic { config, mirror_of } = stored;
         let writers = TaskTracker::new();
         writers.close();
         let mut topic = Topic {
             partitions: Vec::with_capacity(config.partitions as usize),
             config: Arc::new(RwLock::new(config.clone())),
+            mirror_of: Arc::new(RwLock::new(mirror_of)),
             shutdown: self.inner.shutdown.child_token(),
             writers,
         };
@@ -467,6 +513,7 @@ impl Log {
                 id,
                 dir.join(id.0.to_string()),
                 topic.config.clone(),
+                topic.mirror_of.clone(),
                 self.inner.config.durability,
                 create,
                 &topic.shutdown,
@@ -509,7 +556,11 @@ impl Log {
                 }],
             });
         }
-        self.inner.meta.put_topic(name.as_str(), &config).await?;
+        let stored = StoredTopic {
+            config: config.clone(),
+            mirror_of: read_lock(&current.mirror_of).clone(),
+        };
+        self.inner.meta.put_topic(name.as_str(), &stored).await?;
         *current
             .config
             .write()
@@ -517,6 +568,7 @@ impl Log {
         if config.partitions > partitions {
             let mut grown = Topic {
                 config: current.config.clone(),
+                mirror_of: current.mirror_of.clone(),
                 partitions: current.partitions.clone(),
                 shutdown: current.shutdown.clone(),
                 writers: current.writers.clone(),
@@ -531,7 +583,37 @@ impl Log {
 
     /// Creates a topic: the config is stored durably first, then the partition directories.
     pub async fn create_topic(&self, name: TopicName, config: TopicConfig) -> Result<(), LogError> {
-        let problems = config.problems();
+        self.create(
+            name,
+            StoredTopic {
+                config,
+                mirror_of: None,
+            },
+        )
+        .await
+    }
+
+    /// Creates a mirror topic: read-only to producers ([`LogError::ReadOnlyMirror`]), written
+    /// only with [`Partition::append_at_own_offset`] by the link that copies it from `origin`
+    /// (a description for people, such as "edge plant-7"), until [`Log::promote`].
+    pub async fn create_mirror_topic(
+        &self,
+        name: TopicName,
+        config: TopicConfig,
+        origin: String,
+    ) -> Result<(), LogError> {
+        self.create(
+            name,
+            StoredTopic {
+                config,
+                mirror_of: Some(origin),
+            },
+        )
+        .await
+    }
+
+    async fn create(&self, name: TopicName, stored: StoredTopic) -> Result<(), LogError> {
+        let problems = stored.config.problems();
         if !problems.is_empty() {
             return Err(LogError::InvalidTopicConfig { problems });
         }
@@ -549,12 +631,79 @@ impl Log {
                 path: dir,
             });
         }
-        self.inner.meta.put_topic(name.as_str(), &config).await?;
-        let topic = self.open_topic(&name, config, true).await?;
+        self.inner.meta.put_topic(name.as_str(), &stored).await?;
+        let mirror_of = stored.mirror_of.clone();
+        let topic = self.open_topic(&name, stored, true).await?;
         segment::sync_dir(&self.topics_dir())?;
         self.write_topics().insert(name.clone(), topic);
-        tracing::info!(topic = %name, "topic created");
+        tracing::info!(topic = %name, mirror_of, "topic created");
         Ok(())
+    }
+
+    /// Makes a mirror topic writable by producers, durably: they append at its high
+    /// watermark, so offsets continue where the mirror stopped. The link must no longer write
+    /// it.
+    pub async fn promote(&self, name: &TopicName) -> Result<(), LogError> {
+        let _admin = self.inner.admin.lock().await;
+        let topic = self.topic(name)?;
+        let Some(origin) = read_lock(&topic.mirror_of).clone() else {
+            return Err(LogError::NotAMirror {
+                topic: name.clone(),
+            });
+        };
+        let stored = StoredTopic {
+            config: read_lock(&topic.config).clone(),
+            mirror_of: None,
+        };
+        self.inner.meta.put_topic(name.as_str(), &stored).await?;
+        *topic
+            .mirror_of
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        tracing::info!(topic = %name, origin, "mirror topic promoted: producers may write it");
+        Ok(())
+    }
+
+    /// Where a mirror topic's records come from; none for a topic producers write, or one
+    /// that does not exist.
+    pub fn mirror_of(&self, name: &TopicName) -> Option<String> {
+        self.topic(name)
+            .ok()
+            .and_then(|topic| read_lock(&topic.mirror_of).clone())
+    }
+
+    /// Registers `holder`'s retention hold on a partition, replacing its previous one there:
+    /// retention keeps every segment that holds an offset at or after `keep_from` (the
+    /// smallest of all holders'), except that while the partition holds more than `max_bytes`
+    /// (the smallest cap) its oldest segments still go, as far as the topic's retention
+    /// allows, with a warning naming the offsets lost. A hold never makes retention delete
+    /// more. Holds live in memory: a holder registers them again after a restart; those of a
+    /// deleted topic are gone with it.
+    pub fn set_retention_hold(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        holder: &str,
+        keep_from: Offset,
+        max_bytes: u64,
+    ) -> Result<(), LogError> {
+        self.partition(topic, partition)?.set_retention_hold(
+            holder,
+            partition::RetentionHold {
+                keep_from,
+                max_bytes,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes every retention hold `holder` registered, in every topic.
+    pub fn release_retention_holds(&self, holder: &str) {
+        for topic in self.read_topics().values() {
+            for partition in topic.partitions.iter().flatten() {
+                partition.release_retention_hold(holder);
+            }
+        }
     }
 
     /// Deletes a topic and all its data. A crash midway is finished on the next start.
@@ -712,6 +861,7 @@ fn topic_info(name: &TopicName, topic: &Topic) -> TopicInfo {
     TopicInfo {
         name: name.clone(),
         config: read_lock(&topic.config).clone(),
+        mirror_of: read_lock(&topic.mirror_of).clone(),
         partitions: topic
             .partitions
             .iter()

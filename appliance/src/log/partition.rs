@@ -1,11 +1,11 @@
 //! One partition: its segments, its single writer task (group commit) and its readers.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -33,6 +33,8 @@ const MAX_UNSYNCED_BYTES: u64 = 64 * 1024 * 1024;
 const SCAN_BYTES: usize = 1 << 20;
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const RECOVERY_POINT_LEN: usize = 20;
+const LOG_START_FILE: &str = "log-start";
+const LOG_START_LEN: usize = 12;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +54,29 @@ pub struct ReadChunk {
     pub log_start: Offset,
 }
 
+/// What the writer is asked to do, in the order asked.
+enum Request {
+    Append(AppendRequest),
+    RestartAt {
+        offset: Offset,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
 struct AppendRequest {
     batch: BytesMut,
     header: BatchHeader,
     placement: Placement,
     reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+}
+
+/// What one holder asks retention to keep of a partition (see [`Partition::apply_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RetentionHold {
+    /// Keep every segment holding an offset at or after this one...
+    pub keep_from: Offset,
+    /// ...unless the partition holds more than this many bytes.
+    pub max_bytes: u64,
 }
 
 /// Where an appended batch goes.
@@ -75,10 +95,16 @@ pub struct Partition {
     id: PartitionId,
     dir: PathBuf,
     config: Arc<RwLock<TopicConfig>>,
+    /// The origin of the topic's records while it is a mirror, shared with the topic (and so
+    /// with every partition): producers are refused while it is set.
+    mirror_of: Arc<RwLock<Option<String>>>,
     /// Ordered by base offset; the last one is active. Never empty.
     segments: RwLock<Vec<Arc<Segment>>>,
     high_watermark: watch::Sender<Offset>,
-    appends: mpsc::Sender<AppendRequest>,
+    requests: mpsc::Sender<Request>,
+    /// Retention holds by holder; in memory only, their holders register them again after a
+    /// restart.
+    holds: Mutex<BTreeMap<String, RetentionHold>>,
     /// Set when the writer stopped on an error it cannot recover from (a failed fsync).
     failure: OnceLock<Arc<LogError>>,
     appended_records: AtomicU64,
@@ -94,6 +120,7 @@ impl Partition {
         id: PartitionId,
         dir: PathBuf,
         config: Arc<RwLock<TopicConfig>>,
+        mirror_of: Arc<RwLock<Option<String>>>,
         durability: Durability,
         create: bool,
         shutdown: &CancellationToken,
@@ -109,15 +136,17 @@ impl Partition {
                     source: std::io::Error::other(e),
                 })??;
         let active = segments.last().cloned().ok_or(LogError::ShuttingDown)?;
-        let (appends, requests) = mpsc::channel(APPEND_QUEUE);
+        let (sender, requests) = mpsc::channel(APPEND_QUEUE);
         let partition = Arc::new(Self {
             topic,
             id,
             dir,
             config,
+            mirror_of,
             high_watermark: watch::Sender::new(active.next_offset()),
             segments: RwLock::new(segments),
-            appends,
+            requests: sender,
+            holds: Mutex::new(BTreeMap::new()),
             failure: OnceLock::new(),
             appended_records: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
@@ -175,7 +204,8 @@ impl Partition {
     }
 
     /// Appends one encoded batch and waits until it is durable. The batch's base offset is
-    /// replaced by the partition's next offset.
+    /// replaced by the partition's next offset. A mirror's partitions refuse it with
+    /// [`LogError::ReadOnlyMirror`].
     pub async fn append(&self, batch: BytesMut) -> Result<AppendOutcome, LogError> {
         self.submit(batch).await?.await
     }
@@ -183,14 +213,16 @@ impl Partition {
     /// Appends one batch at its own base offset and waits until it is durable: what a mirror
     /// does, so that every record keeps the offset it has at its origin and the stored bytes
     /// are the origin's. A batch that does not start at the partition's next offset is
-    /// refused with [`LogError::NotNextOffset`], which names the offset expected.
+    /// refused with [`LogError::NotNextOffset`], which names the offset expected. The only
+    /// append a mirror topic takes.
     pub async fn append_at_own_offset(&self, batch: BytesMut) -> Result<AppendOutcome, LogError> {
         self.queue(batch, Placement::Own).await?.await
     }
 
     /// Validates and queues one batch; the returned future resolves once it is durable.
     /// Batches submitted one after the other are stored in that order, so a producer can
-    /// submit its next batch before the previous one is durable.
+    /// submit its next batch before the previous one is durable. A mirror's partitions refuse
+    /// it with [`LogError::ReadOnlyMirror`].
     pub async fn submit(
         &self,
         batch: BytesMut,
@@ -205,6 +237,16 @@ impl Partition {
         placement: Placement,
     ) -> Result<impl std::future::Future<Output = Result<AppendOutcome, LogError>> + use<>, LogError>
     {
+        // Checked here rather than by the writer: a topic only ever stops being a mirror, so a
+        // batch that passed cannot end up in a mirror.
+        if placement == Placement::Next
+            && let Some(origin) = read_lock(&self.mirror_of).clone()
+        {
+            return Err(LogError::ReadOnlyMirror {
+                topic: self.topic.clone(),
+                origin,
+            });
+        }
         let max = read_lock(&self.config).max_message_bytes;
         if batch.len() > max as usize {
             return Err(LogError::RecordTooLarge {
@@ -220,17 +262,58 @@ impl Partition {
             }));
         }
         let (reply, outcome) = oneshot::channel();
-        self.appends
-            .send(AppendRequest {
+        self.requests
+            .send(Request::Append(AppendRequest {
                 batch,
                 header,
                 placement,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| self.unavailable())?;
         let unavailable = self.unavailable();
         Ok(async move { outcome.await.map_err(|_| unavailable)? })
+    }
+
+    /// Empties the partition and moves its start and end to `offset`, which must be at or past
+    /// the high watermark (at it, nothing changes): the next batch kept at its own offsets
+    /// must start there, and reads below it are out of range. A mirror does this when its
+    /// origin's retention deleted records it never received, so that it continues at the
+    /// origin's new log start with every offset unchanged. Durable when it returns; ordered
+    /// with appends, as it is done by the writer.
+    pub async fn restart_at(&self, offset: Offset) -> Result<(), LogError> {
+        let (reply, outcome) = oneshot::channel();
+        self.requests
+            .send(Request::RestartAt { offset, reply })
+            .await
+            .map_err(|_| self.unavailable())?;
+        outcome.await.map_err(|_| self.unavailable())?
+    }
+
+    /// Registers or replaces `holder`'s retention hold.
+    pub(super) fn set_retention_hold(&self, holder: &str, hold: RetentionHold) {
+        self.lock_holds().insert(holder.to_owned(), hold);
+    }
+
+    pub(super) fn release_retention_hold(&self, holder: &str) {
+        self.lock_holds().remove(holder);
+    }
+
+    fn lock_holds(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RetentionHold>> {
+        self.holds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What all holds together keep: from the smallest offset, up to the smallest cap.
+    fn binding_hold(&self) -> Option<RetentionHold> {
+        self.lock_holds()
+            .values()
+            .copied()
+            .reduce(|a, b| RetentionHold {
+                keep_from: a.keep_from.min(b.keep_from),
+                max_bytes: a.max_bytes.min(b.max_bytes),
+            })
     }
 
     /// Records and stored bytes appended since the appliance started.
@@ -382,33 +465,43 @@ impl Partition {
     }
 
     /// Deletes sealed segments past the topic's retention by age, then by size, oldest first.
-    /// Returns how many were deleted.
+    /// Retention holds keep every segment holding an offset at or after the smallest
+    /// `keep_from`, unless the partition is over the smallest cap; what the cap then forces
+    /// out is logged as a warning. Returns how many segments were deleted.
     pub fn apply_retention(&self, now: Timestamp) -> Result<usize, LogError> {
         let config = read_lock(&self.config).clone();
+        let hold = self.binding_hold();
         let doomed: Vec<Arc<Segment>> = {
             let mut segments = self
                 .segments
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let sealed = segments.len().saturating_sub(1);
-            let mut remaining: u64 = segments.iter().map(|s| s.visible_len()).sum();
-            let mut count = 0;
-            while count < sealed {
-                let segment = &segments[count];
-                let len = segment.visible_len();
-                let expired = config.retention_ms.is_some_and(|ms| {
-                    segment
-                        .max_timestamp()
-                        .is_some_and(|max| max.0 < now.0.saturating_sub(ms as i64))
-                });
-                let oversized = config
-                    .retention_bytes
-                    .is_some_and(|max| remaining.saturating_sub(len) >= max);
-                if !(expired || oversized) {
-                    break;
-                }
-                remaining -= len;
-                count += 1;
+            let total_bytes = segments.iter().map(|s| s.visible_len()).sum();
+            let sealed: Vec<SealedSegment> = segments[..segments.len().saturating_sub(1)]
+                .iter()
+                .map(|s| SealedSegment {
+                    end: s.next_offset(),
+                    len: s.visible_len(),
+                    max_timestamp: s.max_timestamp(),
+                })
+                .collect();
+            let count = segments_to_delete(&sealed, total_bytes, &config, now, hold);
+            if let (Some(hold), Some(first), Some(new_start)) = (
+                hold,
+                segments.first(),
+                segments.get(count).map(|s| s.base()),
+            ) && count > 0
+                && new_start > hold.keep_from
+            {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = %self.id,
+                    lost_from = %hold.keep_from.max(first.base()),
+                    lost_to = %new_start,
+                    max_bytes = hold.max_bytes,
+                    "retention deletes offsets a retention hold asked to keep: the partition \
+                     exceeds the hold's cap (the holder sees its position before the log start)"
+                );
             }
             segments.drain(..count).collect()
         };
@@ -426,6 +519,61 @@ impl Partition {
         }
         Ok(doomed.len())
     }
+}
+
+/// What retention needs to know of a sealed segment.
+#[derive(Debug, Clone, Copy)]
+struct SealedSegment {
+    /// The offset after its last batch.
+    end: Offset,
+    len: u64,
+    max_timestamp: Option<Timestamp>,
+}
+
+/// How many of the oldest sealed segments retention deletes: those past `retention-ms` or
+/// beyond `retention-bytes`, but with a hold only those wholly below its `keep_from`, or as
+/// many as bring the partition within its cap. A hold never adds to what the topic's
+/// retention deletes.
+fn segments_to_delete(
+    sealed: &[SealedSegment],
+    total_bytes: u64,
+    config: &TopicConfig,
+    now: Timestamp,
+    hold: Option<RetentionHold>,
+) -> usize {
+    let mut remaining = total_bytes;
+    let by_retention = sealed
+        .iter()
+        .take_while(|segment| {
+            let expired = config.retention_ms.is_some_and(|ms| {
+                segment
+                    .max_timestamp
+                    .is_some_and(|max| max.0 < now.0.saturating_sub(ms as i64))
+            });
+            let oversized = config
+                .retention_bytes
+                .is_some_and(|max| remaining.saturating_sub(segment.len) >= max);
+            remaining = remaining.saturating_sub(segment.len);
+            expired || oversized
+        })
+        .count();
+    let Some(hold) = hold else {
+        return by_retention;
+    };
+    let unheld = sealed
+        .iter()
+        .take_while(|segment| segment.end <= hold.keep_from)
+        .count();
+    let mut remaining = total_bytes;
+    let over_cap = sealed
+        .iter()
+        .take_while(|segment| {
+            let over = remaining > hold.max_bytes;
+            remaining = remaining.saturating_sub(segment.len);
+            over
+        })
+        .count();
+    by_retention.min(unheld.max(over_cap))
 }
 
 /// Lists the segments in `dir`, opens the sealed ones and recovers the active one.
@@ -451,9 +599,18 @@ fn recover(dir: &Path, create: bool) -> Result<(Vec<Arc<Segment>>, RecoveryPoint
         }
     }
     bases.sort();
+    let log_start = read_log_start(dir)?;
+    if let Some(start) = log_start {
+        let below = bases.partition_point(|&base| base < start);
+        finish_restart(dir, start, bases.drain(..below))?;
+    }
     let recovery_point = RecoveryPointFile::open(dir)?;
     let Some((&active_base, sealed_bases)) = bases.split_last() else {
-        let first = Segment::create(dir, recovery_point.last.map_or(Offset(0), |p| p.base))?;
+        let base = recovery_point
+            .last
+            .map_or(Offset(0), |p| p.base)
+            .max(log_start.unwrap_or(Offset(0)));
+        let first = Segment::create(dir, base)?;
         return Ok((vec![Arc::new(first)], recovery_point));
     };
     let mut segments = Vec::with_capacity(bases.len());
@@ -481,6 +638,71 @@ fn recover(dir: &Path, create: bool) -> Result<(Vec<Arc<Segment>>, RecoveryPoint
     check_follows(&active, expected)?;
     segments.push(Arc::new(active));
     Ok((segments, recovery_point))
+}
+
+/// Deletes the segments a restart of the partition at `start` left behind when the process
+/// stopped midway (see [`Writer::restart_at`]).
+///
+/// Why a `log-start` file rather than inferring the restart from the segments (older ones,
+/// then an empty one starting after their end): that shape is also what losing a segment file
+/// looks like, and recovery must never delete data on a guess. Why not a field of the
+/// recovery point: that file is overwritten in place without an fsync and ignored when torn,
+/// which is harmless for what it says (it only narrows checks) but not for a value that
+/// decides what to delete; `log-start` is replaced atomically and synced.
+///
+/// Segments below `start` are deleted by their base offset alone: a restart writes the file
+/// only when every segment ends at or before `start`, and after it every new segment starts
+/// at or after it.
+fn finish_restart(
+    dir: &Path,
+    start: Offset,
+    leftovers: impl Iterator<Item = Offset>,
+) -> Result<(), LogError> {
+    let mut deleted = false;
+    for base in leftovers {
+        tracing::warn!(
+            segment = %segment::log_path(dir, base).display(),
+            log_start = %start,
+            "finishing an interrupted restart of the partition: deleting a segment below its new start"
+        );
+        segment::delete_files(dir, base)?;
+        deleted = true;
+    }
+    if deleted {
+        segment::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The start a restart of the partition moved it to, if it was ever restarted.
+fn read_log_start(dir: &Path) -> Result<Option<Offset>, LogError> {
+    let path = dir.join(LOG_START_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path, "read log start")(e)),
+    };
+    let valid = bytes.len() == LOG_START_LEN && {
+        let (body, mut crc) = bytes.split_at(8);
+        crc32c::crc32c(body) == crc.get_u32()
+    };
+    if !valid {
+        return Err(LogError::Corrupt {
+            path,
+            position: 0,
+            problem: Corruption::DamagedLogStart,
+        });
+    }
+    Ok(Some(Offset((&bytes[..8]).get_u64())))
+}
+
+/// Durably replaces the `log-start` file: an offset and its CRC-32C.
+pub(super) fn write_log_start(dir: &Path, start: Offset) -> Result<(), LogError> {
+    let mut buf = Vec::with_capacity(LOG_START_LEN);
+    buf.put_u64(start.0);
+    let crc = crc32c::crc32c(&buf);
+    buf.put_u32(crc);
+    segment::write_durably(&dir.join(LOG_START_FILE), &buf)
 }
 
 fn check_follows(segment: &Segment, expected: Option<Offset>) -> Result<(), LogError> {
@@ -600,16 +822,12 @@ struct InFlightSync {
 /// What woke the writer.
 enum Event {
     Synced(Result<(), LogError>),
-    Requests(Vec<AppendRequest>),
+    Requests(Vec<Request>),
     Stop,
 }
 
 impl Writer {
-    async fn run(
-        mut self,
-        mut requests: mpsc::Receiver<AppendRequest>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>, shutdown: CancellationToken) {
         loop {
             let room = self.unsynced_bytes() < MAX_UNSYNCED_BYTES;
             let event = tokio::select! {
@@ -626,7 +844,7 @@ impl Writer {
                     let covered = self.in_flight.take().map_or(0, |sync| sync.covered);
                     result.map(|()| self.complete(covered))
                 }
-                Event::Requests(group) => self.append_group(group).await,
+                Event::Requests(group) => self.handle_group(group).await,
                 Event::Stop => break,
             };
             if let Err(error) = step.and_then(|()| self.start_sync_if_idle()) {
@@ -640,7 +858,7 @@ impl Writer {
             rest.push(request);
         }
         let finished = async {
-            self.append_group(rest).await?;
+            self.handle_group(rest).await?;
             self.sync_now().await?;
             let active = self.active.clone();
             blocking(move || active.write_index_files()).await?;
@@ -657,10 +875,19 @@ impl Writer {
     }
 
     /// Assigns offsets to the group's batches and writes them, rolling segments between them
-    /// where needed. Batches become durable and acknowledged later, in [`Writer::complete`].
-    async fn append_group(&mut self, group: Vec<AppendRequest>) -> Result<(), LogError> {
+    /// where needed, and restarts the partition where asked, in the order of the requests.
+    /// Batches become durable and acknowledged later, in [`Writer::complete`].
+    async fn handle_group(&mut self, group: Vec<Request>) -> Result<(), LogError> {
         let mut run: Vec<(u64, BatchHeader, AppendRequest)> = Vec::with_capacity(group.len());
-        for mut request in group {
+        for request in group {
+            let mut request = match request {
+                Request::Append(request) => request,
+                Request::RestartAt { offset, reply } => {
+                    self.write_run(std::mem::take(&mut run)).await?;
+                    self.restart_at(offset, reply).await?;
+                    continue;
+                }
+            };
             if request.placement == Placement::Own && request.header.base_offset != self.next_offset
             {
                 let _ = request.reply.send(Err(LogError::NotNextOffset {
@@ -859,6 +1086,79 @@ impl Writer {
         })
     }
 
+    /// Empties the partition and starts it again at `offset` (see [`Partition::restart_at`]),
+    /// answering on `reply`; an error returned stops the writer.
+    ///
+    /// The new start is written to the `log-start` file first (replaced atomically): that is
+    /// the commit point, as recovery deletes every segment below it. Then the new, empty
+    /// segment is created and synced, and only then are the old segments deleted. So a crash
+    /// before the commit point leaves the partition as it was, and one after it is finished at
+    /// the next start. An error stops the writer, before the commit point too: whether a
+    /// failed replacement of `log-start` reached the disk is unknown, and only recovery can
+    /// tell.
+    async fn restart_at(
+        &mut self,
+        offset: Offset,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    ) -> Result<(), LogError> {
+        self.sync_now().await?;
+        if offset <= self.next_offset {
+            let _ = reply.send(if offset == self.next_offset {
+                Ok(())
+            } else {
+                Err(LogError::RestartBeforeEnd {
+                    topic: self.partition.topic.clone(),
+                    partition: self.partition.id,
+                    offset,
+                    high_watermark: self.next_offset,
+                })
+            });
+            return Ok(());
+        }
+        let dir = self.partition.dir.clone();
+        let next = blocking(move || {
+            write_log_start(&dir, offset)?;
+            Segment::create(&dir, offset)
+        })
+        .await?;
+        let next = Arc::new(next);
+        let old = std::mem::replace(
+            &mut *self
+                .partition
+                .segments
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            vec![next.clone()],
+        );
+        let old_start = old.first().map_or(offset, |s| s.base());
+        self.active = next;
+        self.write_len = 0;
+        self.next_offset = offset;
+        self.active_since = None;
+        self.partition.high_watermark.send_replace(offset);
+        self.recovery_point.write(RecoveryPoint {
+            base: offset,
+            durable_len: 0,
+        })?;
+        let dir = self.partition.dir.clone();
+        blocking(move || {
+            for segment in &old {
+                segment.delete_files()?;
+            }
+            segment::sync_dir(&dir)
+        })
+        .await?;
+        tracing::info!(
+            topic = %self.partition.topic,
+            partition = %self.partition.id,
+            old_log_start = %old_start,
+            log_start = %offset,
+            "partition restarted past its end: its records are deleted, offsets continue"
+        );
+        let _ = reply.send(Ok(()));
+        Ok(())
+    }
+
     /// A failed fsync leaves the file's state unknown (the kernel may have dropped the dirty
     /// pages), so the partition stops taking writes until a restart recovers it from disk.
     fn fail(&mut self, error: LogError) {
@@ -895,20 +1195,107 @@ async fn blocking<T: Send + 'static>(
     join(tokio::task::spawn_blocking(work)).await
 }
 
-fn take_group(
-    first: AppendRequest,
-    requests: &mut mpsc::Receiver<AppendRequest>,
-) -> Vec<AppendRequest> {
-    let mut bytes = first.batch.len();
+fn take_group(first: Request, requests: &mut mpsc::Receiver<Request>) -> Vec<Request> {
+    let bytes_of = |request: &Request| match request {
+        Request::Append(append) => append.batch.len(),
+        Request::RestartAt { .. } => 0,
+    };
+    let mut bytes = bytes_of(&first);
     let mut group = vec![first];
     while bytes < MAX_GROUP_BYTES {
         match requests.try_recv() {
             Ok(request) => {
-                bytes += request.batch.len();
+                bytes += bytes_of(&request);
                 group.push(request);
             }
             Err(_) => break,
         }
     }
     group
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+    const NOW: Timestamp = Timestamp(1_000 * HOUR);
+
+    /// Sealed segments (records, bytes, age in hours of the newest record) back to back from
+    /// offset 0, and the partition's total bytes with an active segment.
+    fn arb_partition() -> impl Strategy<Value = (Vec<SealedSegment>, u64)> {
+        (
+            proptest::collection::vec(
+                (1u64..100, 1u64..1000, proptest::option::of(0i64..10)),
+                0..12,
+            ),
+            0u64..1000,
+        )
+            .prop_map(|(specs, active_len)| {
+                let mut end = 0;
+                let sealed: Vec<SealedSegment> = specs
+                    .into_iter()
+                    .map(|(records, len, age)| {
+                        end += records;
+                        SealedSegment {
+                            end: Offset(end),
+                            len,
+                            max_timestamp: age.map(|hours| Timestamp(NOW.0 - hours * HOUR)),
+                        }
+                    })
+                    .collect();
+                let total = active_len + sealed.iter().map(|s| s.len).sum::<u64>();
+                (sealed, total)
+            })
+    }
+
+    fn arb_config() -> impl Strategy<Value = TopicConfig> {
+        (
+            proptest::option::of(1u64..10),
+            proptest::option::of(0u64..6000),
+        )
+            .prop_map(|(hours, bytes)| TopicConfig {
+                retention_ms: hours.map(|h| h * HOUR as u64),
+                retention_bytes: bytes,
+                ..TopicConfig::default()
+            })
+    }
+
+    fn arb_hold() -> impl Strategy<Value = RetentionHold> {
+        (0u64..1200, prop_oneof![Just(u64::MAX), 0u64..12_000]).prop_map(
+            |(keep_from, max_bytes)| RetentionHold {
+                keep_from: Offset(keep_from),
+                max_bytes,
+            },
+        )
+    }
+
+    proptest! {
+        /// A hold only ever takes segments away from what retention deletes, and it stops
+        /// retention exactly at the first segment it still needs while the partition is
+        /// within its cap.
+        #[test]
+        fn a_hold_keeps_what_it_needs_within_its_cap_and_never_deletes_more(
+            (sealed, total) in arb_partition(),
+            config in arb_config(),
+            hold in arb_hold(),
+        ) {
+            let without = segments_to_delete(&sealed, total, &config, NOW, None);
+            let with = segments_to_delete(&sealed, total, &config, NOW, Some(hold));
+            prop_assert!(with <= without);
+            let bytes_before = |count: usize| total - sealed[..count].iter().map(|s| s.len).sum::<u64>();
+            for (i, segment) in sealed[..with].iter().enumerate() {
+                prop_assert!(
+                    segment.end <= hold.keep_from || bytes_before(i) > hold.max_bytes,
+                    "segment {} was needed by the hold and the partition was within the cap", i
+                );
+            }
+            if with < without {
+                prop_assert!(sealed[with].end > hold.keep_from, "stopped at a segment the hold needs");
+                prop_assert!(bytes_before(with) <= hold.max_bytes, "stopped within the cap");
+            }
+        }
+    }
 }

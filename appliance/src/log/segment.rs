@@ -266,19 +266,7 @@ impl Segment {
 
     /// Deletes the segment's files; readers holding the segment keep reading the open handle.
     pub fn delete_files(&self) -> Result<(), LogError> {
-        for path in [
-            self.path.clone(),
-            offset_index_path(&self.dir, self.base),
-            time_index_path(&self.dir, self.base),
-        ] {
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io_error(&path, "delete segment file")(e));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        delete_files(&self.dir, self.base)
     }
 
     fn corrupt(&self, position: u64, problem: Corruption) -> LogError {
@@ -574,6 +562,23 @@ fn file_len(file: &File, path: &Path) -> Result<u64, LogError> {
     file.metadata()
         .map(|m| m.len())
         .map_err(io_error(path, "stat segment"))
+}
+
+/// Deletes the files of the segment at `base` in `dir`, those that exist.
+pub fn delete_files(dir: &Path, base: Offset) -> Result<(), LogError> {
+    for path in [
+        log_path(dir, base),
+        offset_index_path(dir, base),
+        time_index_path(dir, base),
+    ] {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error(&path, "delete segment file")(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Makes a directory's entries (files created, renamed or removed in it) durable.

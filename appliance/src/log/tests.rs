@@ -856,3 +856,506 @@ proptest! {
         })?;
     }
 }
+
+/// Base offsets of the segment files of `topic`/0, oldest first.
+fn segment_bases(dir: &Path, topic: &str) -> Vec<Offset> {
+    segment_files(&partition_dir(dir, topic, 0), "log")
+        .iter()
+        .filter_map(|path| segment::parse_log_file_name(path.file_name()?.to_str()?))
+        .collect()
+}
+
+/// The base of the segment file of `topic`/0 that holds `offset`.
+fn segment_holding(dir: &Path, topic: &str, offset: Offset) -> Offset {
+    segment_bases(dir, topic)
+        .into_iter()
+        .rfind(|base| *base <= offset)
+        .expect("a segment holds the offset")
+}
+
+/// Creates `name` with `config`, and fills partition 0 with
+/// 100 batches of 5 records that are two hours old.
+async fn old_records_topic(log: &Log, name: &TopicName, config: TopicConfig) {
+    log.create_topic(name.clone(), config)
+        .await
+        .expect("create");
+    let two_hours_ago = Timestamp::now().0 - 2 * 3_600_000;
+    for b in 0..100 {
+        log.append(
+            name,
+            PartitionId(0),
+            batch_of(&values(b * 5, 5), two_hours_ago),
+        )
+        .await
+        .expect("append");
+    }
+}
+
+fn expire_after_an_hour() -> TopicConfig {
+    TopicConfig {
+        retention_ms: Some(3_600_000),
+        ..small_segments(1)
+    }
+}
+
+fn size_bytes(partition: &Partition) -> u64 {
+    match partition.state() {
+        PartitionState::Online { size_bytes, .. } => size_bytes,
+        PartitionState::Failed { reason } => panic!("partition failed: {reason}"),
+    }
+}
+
+fn segment_count(partition: &Partition) -> usize {
+    match partition.state() {
+        PartitionState::Online { segments, .. } => segments,
+        PartitionState::Failed { reason } => panic!("partition failed: {reason}"),
+    }
+}
+
+#[tokio::test]
+async fn retention_holds_keep_what_their_holders_still_need_by_age_and_by_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let (aged, sized) = (topic("aged"), topic("sized"));
+    old_records_topic(&log, &aged, expire_after_an_hour()).await;
+    old_records_topic(
+        &log,
+        &sized,
+        TopicConfig {
+            retention_bytes: Some(8192),
+            ..small_segments(1)
+        },
+    )
+    .await;
+    let start_of = |name: &TopicName| {
+        log.partition(name, PartitionId(0))
+            .expect("partition")
+            .log_start()
+    };
+    let holding = |name: &str, offset: u64| segment_holding(dir.path(), name, Offset(offset));
+    let (aged_100, sized_100) = (holding("aged", 100), holding("sized", 100));
+    assert!(
+        aged_100 > Offset(0),
+        "the test needs a segment below offset 100"
+    );
+    let (aged_200, aged_300) = (holding("aged", 200), holding("aged", 300));
+
+    for name in [&aged, &sized] {
+        log.set_retention_hold(name, PartitionId(0), "link-a", Offset(100), u64::MAX)
+            .expect("hold");
+    }
+    log.apply_retention().await;
+    assert_eq!(
+        start_of(&aged),
+        aged_100,
+        "kept from the segment holding 100"
+    );
+    assert_eq!(
+        start_of(&sized),
+        sized_100,
+        "kept from the segment holding 100"
+    );
+    let kept = read_all(
+        &log.partition(&aged, PartitionId(0)).expect("p"),
+        Offset(100),
+    )
+    .expect("the held offset is readable");
+    assert_eq!(kept.first().map(|r| r.offset), Some(Offset(100)));
+
+    // A second holder further on changes nothing; the first one moving on does.
+    log.set_retention_hold(&aged, PartitionId(0), "link-b", Offset(300), u64::MAX)
+        .expect("hold");
+    log.set_retention_hold(&aged, PartitionId(0), "link-a", Offset(200), u64::MAX)
+        .expect("hold moves");
+    log.apply_retention().await;
+    assert_eq!(
+        start_of(&aged),
+        aged_200,
+        "the smallest offset of all holders"
+    );
+
+    log.release_retention_holds("link-a");
+    log.apply_retention().await;
+    assert_eq!(start_of(&aged), aged_300, "link-b's hold remains");
+
+    log.release_retention_holds("link-b");
+    log.apply_retention().await;
+    assert_eq!(
+        segment_count(&log.partition(&aged, PartitionId(0)).expect("p")),
+        1,
+        "without holds every expired sealed segment goes"
+    );
+    assert!(
+        size_bytes(&log.partition(&sized, PartitionId(0)).expect("p")) < 8192 + 4096 + 4096,
+        "without holds retention by size applies"
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_partition_over_its_holds_cap_loses_held_offsets_but_never_more_than_retention_allows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let (aged, forever) = (topic("aged"), topic("forever"));
+    old_records_topic(&log, &aged, expire_after_an_hour()).await;
+    old_records_topic(&log, &forever, small_segments(1)).await;
+    for name in [&aged, &forever] {
+        log.set_retention_hold(name, PartitionId(0), "link", Offset(0), 10_000)
+            .expect("hold");
+    }
+    log.apply_retention().await;
+
+    let partition = log.partition(&aged, PartitionId(0)).expect("p");
+    let size = size_bytes(&partition);
+    assert!(
+        size <= 10_000 && size > 10_000 - 4096,
+        "oldest segments went until within the cap: {size}"
+    );
+    // What the holder sees: its position is now before the log start.
+    let err = partition.read(Offset(0), 100).expect_err("lost offsets");
+    assert!(
+        matches!(err, LogError::OffsetOutOfRange { log_start, .. } if log_start == partition.log_start() && log_start > Offset(0)),
+        "{err}"
+    );
+    let forever_partition = log.partition(&forever, PartitionId(0)).expect("p");
+    assert_eq!(
+        forever_partition.log_start(),
+        Offset(0),
+        "a topic whose retention keeps everything loses nothing to a hold's cap"
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn retention_holds_go_with_their_topic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).await;
+    let name = topic("t");
+    old_records_topic(&log, &name, expire_after_an_hour()).await;
+    log.set_retention_hold(&name, PartitionId(0), "link", Offset(0), u64::MAX)
+        .expect("hold");
+    let err = log
+        .set_retention_hold(&name, PartitionId(1), "link", Offset(0), u64::MAX)
+        .expect_err("no partition 1");
+    assert!(matches!(err, LogError::UnknownPartition { .. }), "{err}");
+    log.delete_topic(&name).await.expect("delete");
+    old_records_topic(&log, &name, expire_after_an_hour()).await;
+    log.apply_retention().await;
+    assert_eq!(
+        segment_count(&log.partition(&name, PartitionId(0)).expect("p")),
+        1,
+        "the deleted topic's hold does not hold the new one"
+    );
+    log.close().await.expect("close");
+}
+
+/// An encoded batch of `values` whose base offset is `base`, as a mirror receives it.
+fn batch_at(values: &[String], base: Offset) -> BytesMut {
+    let mut batch = batch_of(values, 1000);
+    batch::set_base_offset(&mut batch, base);
+    batch
+}
+
+#[tokio::test]
+async fn a_partition_restarted_past_its_end_is_empty_and_continues_there_after_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), small_segments(1))
+            .await
+            .expect("create");
+        fill(&log, &name, 30, 5).await;
+        let partition = log.partition(&name, PartitionId(0)).expect("p");
+        assert!(segment_bases(dir.path(), "t").len() > 1);
+
+        let err = partition
+            .restart_at(Offset(149))
+            .await
+            .expect_err("before the end");
+        assert!(
+            matches!(
+                err,
+                LogError::RestartBeforeEnd {
+                    high_watermark: Offset(150),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("restarts only at or after its end"),
+            "{err}"
+        );
+        partition
+            .restart_at(Offset(150))
+            .await
+            .expect("at the end: nothing to do");
+        assert_eq!(
+            (partition.log_start(), partition.high_watermark()),
+            (Offset(0), Offset(150))
+        );
+
+        // Ordered with appends: the batch submitted first counts.
+        let appended = partition
+            .submit(batch_of(&values(150, 5), 1000))
+            .await
+            .expect("queued");
+        let err = partition
+            .restart_at(Offset(152))
+            .await
+            .expect_err("the append came first");
+        assert!(
+            matches!(
+                err,
+                LogError::RestartBeforeEnd {
+                    high_watermark: Offset(155),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        appended.await.expect("appended");
+
+        partition.restart_at(Offset(1000)).await.expect("restart");
+        assert_eq!(
+            (partition.log_start(), partition.high_watermark()),
+            (Offset(1000), Offset(1000))
+        );
+        assert_eq!(size_bytes(&partition), 0);
+        assert_eq!(segment_bases(dir.path(), "t"), vec![Offset(1000)]);
+        assert_eq!(
+            segment_files(&partition_dir(dir.path(), "t", 0), "index").len(),
+            0,
+            "the old segments' indexes are gone too"
+        );
+        let err = partition.read(Offset(10), 100).expect_err("deleted");
+        assert!(
+            matches!(
+                err,
+                LogError::OffsetOutOfRange {
+                    log_start: Offset(1000),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            partition
+                .read(Offset(1000), 100)
+                .expect("at the end")
+                .batches
+                .is_empty()
+        );
+        let err = partition
+            .append_at_own_offset(batch_at(&values(0, 3), Offset(999)))
+            .await
+            .expect_err("not next");
+        assert!(
+            matches!(
+                err,
+                LogError::NotNextOffset {
+                    expected: Offset(1000),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let outcome = partition
+            .append_at_own_offset(batch_at(&values(0, 3), Offset(1000)))
+            .await
+            .expect("the next batch starts at the new start");
+        assert_eq!(outcome.base_offset, Offset(1000));
+        log.close().await.expect("close");
+    }
+    let log = open(dir.path()).await;
+    let partition = log.partition(&name, PartitionId(0)).expect("p");
+    assert_eq!(
+        (partition.log_start(), partition.high_watermark()),
+        (Offset(1000), Offset(1003))
+    );
+    let records = read_all(&partition, Offset(1000)).expect("read");
+    assert_eq!(
+        records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![Offset(1000), Offset(1001), Offset(1002)]
+    );
+    let next = log
+        .append(&name, PartitionId(0), batch_of(&values(3, 1), 1000))
+        .await
+        .expect("append");
+    assert_eq!(next.base_offset, Offset(1003));
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn recovery_finishes_a_restart_that_a_crash_interrupted_after_its_start_was_written() {
+    for new_segment_created in [false, true] {
+        let dir = written_topic(small_segments(1), 30, 5).await;
+        let partition_dir = partition_dir(dir.path(), "t", 0);
+        partition::write_log_start(&partition_dir, Offset(1000)).expect("log start");
+        if new_segment_created {
+            std::fs::File::create(segment::log_path(&partition_dir, Offset(1000)))
+                .expect("new segment");
+        }
+        let log = open(dir.path()).await;
+        let partition = log.partition(&topic("t"), PartitionId(0)).expect("p");
+        assert_eq!(
+            (partition.log_start(), partition.high_watermark()),
+            (Offset(1000), Offset(1000)),
+            "new segment created: {new_segment_created}"
+        );
+        assert_eq!(segment_bases(dir.path(), "t"), vec![Offset(1000)]);
+        partition
+            .append_at_own_offset(batch_at(&values(0, 2), Offset(1000)))
+            .await
+            .expect("append at the new start");
+        log.close().await.expect("close");
+    }
+}
+
+#[tokio::test]
+async fn recovery_does_not_guess_a_restart_from_the_segments_alone() {
+    // An empty segment after a gap, with no log start saying a restart happened, is what a
+    // lost segment file looks like too: refused, nothing deleted.
+    let dir = written_topic(small_segments(1), 30, 5).await;
+    let partition_dir = partition_dir(dir.path(), "t", 0);
+    std::fs::File::create(segment::log_path(&partition_dir, Offset(1000))).expect("segment");
+    let bases = segment_bases(dir.path(), "t");
+    let log = open(dir.path()).await;
+    let err = log
+        .partition(&topic("t"), PartitionId(0))
+        .expect_err("refused");
+    assert!(err.to_string().contains("segments do not follow"), "{err}");
+    log.close().await.expect("close");
+    drop(log);
+    assert_eq!(segment_bases(dir.path(), "t"), bases);
+
+    // A damaged log start is refused too, with what to do about it.
+    std::fs::remove_file(segment::log_path(&partition_dir, Offset(1000))).expect("remove");
+    std::fs::write(partition_dir.join("log-start"), b"garbage").expect("write");
+    let log = open(dir.path()).await;
+    let err = log
+        .partition(&topic("t"), PartitionId(0))
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("log start file fails its check"),
+        "{err}"
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn mirror_topics_take_only_batches_at_their_own_offsets_until_promoted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("plant-7.temps");
+    {
+        let log = open(dir.path()).await;
+        log.create_mirror_topic(name.clone(), small_segments(1), "edge plant-7".into())
+            .await
+            .expect("create");
+        assert_eq!(log.mirror_of(&name).as_deref(), Some("edge plant-7"));
+        assert_eq!(
+            log.topic_info(&name).expect("info").mirror_of.as_deref(),
+            Some("edge plant-7")
+        );
+        let err = log
+            .append(&name, PartitionId(0), batch_of(&values(0, 1), 1000))
+            .await
+            .expect_err("read-only");
+        assert!(matches!(err, LogError::ReadOnlyMirror { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "topic plant-7.temps is a mirror of edge plant-7, written only by its link; run \
+             `appliance link promote plant-7.temps` on this appliance to make it writable"
+        );
+        let partition = log.partition(&name, PartitionId(0)).expect("p");
+        assert!(matches!(
+            partition.submit(batch_of(&values(0, 1), 1000)).await,
+            Err(LogError::ReadOnlyMirror { .. })
+        ));
+        for base in [0, 5] {
+            partition
+                .append_at_own_offset(batch_at(&values(base, 5), Offset(base as u64)))
+                .await
+                .expect("the link writes a mirror");
+        }
+
+        log.update_topic_config(&name, small_segments(2))
+            .await
+            .expect("grow");
+        assert_eq!(log.mirror_of(&name).as_deref(), Some("edge plant-7"));
+        let err = log
+            .append(&name, PartitionId(1), batch_of(&values(0, 1), 1000))
+            .await
+            .expect_err("a new partition of a mirror is read-only too");
+        assert!(matches!(err, LogError::ReadOnlyMirror { .. }), "{err}");
+        log.close().await.expect("close");
+    }
+    {
+        let log = open(dir.path()).await;
+        assert_eq!(log.mirror_of(&name).as_deref(), Some("edge plant-7"));
+        let err = log
+            .append(&name, PartitionId(0), batch_of(&values(0, 1), 1000))
+            .await
+            .expect_err("still read-only after a restart");
+        assert!(matches!(err, LogError::ReadOnlyMirror { .. }), "{err}");
+        log.partition(&name, PartitionId(0))
+            .expect("p")
+            .append_at_own_offset(batch_at(&values(10, 5), Offset(10)))
+            .await
+            .expect("the link continues");
+
+        log.promote(&name).await.expect("promote");
+        assert_eq!(log.mirror_of(&name), None);
+        let outcome = log
+            .append(&name, PartitionId(0), batch_of(&values(15, 5), 1000))
+            .await
+            .expect("writable");
+        assert_eq!(
+            outcome.base_offset,
+            Offset(15),
+            "offsets continue at the end"
+        );
+        let err = log.promote(&name).await.expect_err("promoted already");
+        assert!(matches!(err, LogError::NotAMirror { .. }), "{err}");
+        assert!(err.to_string().contains("is not a mirror"), "{err}");
+        log.close().await.expect("close");
+    }
+    let log = open(dir.path()).await;
+    assert_eq!(log.topic_info(&name).expect("info").mirror_of, None);
+    let outcome = log
+        .append(&name, PartitionId(0), batch_of(&values(20, 1), 1000))
+        .await
+        .expect("still writable after a restart");
+    assert_eq!(outcome.base_offset, Offset(20));
+
+    let other = topic("hub.orders");
+    log.create_mirror_topic(other.clone(), small_segments(1), "the hub".into())
+        .await
+        .expect("create");
+    log.delete_topic(&other)
+        .await
+        .expect("a mirror can be deleted");
+    assert!(log.list_topics().iter().all(|t| t.name != other));
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn topics_stored_before_mirrors_existed_still_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = open_meta(dir.path());
+    // Exactly what earlier versions stored: the bare settings.
+    meta.put_topic("old", &small_segments(2))
+        .await
+        .expect("store");
+    let log = Log::open(log_config(dir.path(), Durability::Fsync), meta)
+        .await
+        .expect("log opens");
+    let info = log.topic_info(&topic("old")).expect("info");
+    assert_eq!((info.config, info.mirror_of), (small_segments(2), None));
+    log.append(&topic("old"), PartitionId(1), batch_of(&values(0, 1), 1000))
+        .await
+        .expect("writable");
+    log.close().await.expect("close");
+}
