@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "appliance/v1/plugins.proto",
     "appliance/v1/pipelines.proto",
     "appliance/v1/connectors.proto",
+    "appliance/v1/links.proto",
     "appliance/link/v1/link.proto",
 ];
 

@@ -9,6 +9,9 @@ use crate::api::{self, ApiError, Metrics};
 use crate::config::Config;
 use crate::connect::{ConnectError, Connectors};
 use crate::group::Coordinator;
+use crate::link::LinkError;
+use crate::link::edge::Links;
+use crate::link::hub::Hub;
 use crate::log::{Log, LogError};
 use crate::meta::{Meta, MetaError};
 use crate::pipeline::{PipelineError, Pipelines};
@@ -47,6 +50,8 @@ pub enum AppError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Connector(#[from] ConnectError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
 /// Opens the data directory, runs until `shutdown` is cancelled, then stops in data-flow
@@ -61,6 +66,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// A hub's UDP endpoint for edges.
+    pub link_addr: Option<SocketAddr>,
     stopped: tokio::task::JoinHandle<Result<(), AppError>>,
 }
 
@@ -104,6 +111,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     )
     .await?;
     let coordinator = Coordinator::new(log.clone(), meta.clone());
+    let hub = config
+        .link
+        .hub()
+        .map(|options| Hub::start(&options, log.clone(), coordinator.clone(), shutdown.clone()))
+        .transpose()?;
+    let links = Links::open(
+        log.clone(),
+        meta.clone(),
+        config.link.idle_timeout(),
+        shutdown.clone(),
+    )?;
     let connectors = Connectors::open(
         log.clone(),
         meta,
@@ -119,6 +137,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         plugins.clone(),
         pipelines.clone(),
         connectors.clone(),
+        links.clone(),
+        hub.clone(),
     );
     let metrics_server = tokio::spawn(api::metrics::serve(
         metrics_listener,
@@ -133,15 +153,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             plugins,
             pipelines: pipelines.clone(),
             connectors: connectors.clone(),
+            links: links.clone(),
+            hub: hub.clone(),
             metrics,
         },
         shutdown.clone(),
     ));
+    let link_addr = hub.as_ref().map(Hub::local_addr);
     tracing::info!(
         data_dir = %config.data_dir.display(),
         topics = log.list_topics().len(),
         %grpc_addr,
         %metrics_addr,
+        link_addr = link_addr.map(|a| a.to_string()),
         "appliance ready"
     );
     let stopped = tokio::spawn(async move {
@@ -151,6 +175,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let _ = metrics_server.await;
         pipelines.stop_all().await;
         connectors.stop_all().await;
+        links.stop_all().await;
         ticker.cancel();
         log.close().await?;
         tracing::info!("shutdown complete");
@@ -163,6 +188,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        link_addr,
         stopped,
     })
 }

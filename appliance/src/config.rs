@@ -21,6 +21,14 @@
 //! max-memory-mb = 64                   # a transform's config may set its own
 //! timeout-ms = 5000                    # longest single call (one batch)
 //!
+//! [link]                               # cluster links (docs/linking.md)
+//! role = "hub"                         # "edge" (default): only dials hubs
+//! addr = "0.0.0.0:7443"                # a hub's UDP endpoint for edges
+//! ca = "link/ca.pem"                   # a hub's files (appliance certs init)
+//! cert = "link/hub.pem"
+//! key = "link/hub.key"
+//! idle-timeout-ms = 15000              # silence before a link connection is given up
+//!
 //! [topics.sensors]                     # topics created at start when missing
 //! partitions = 4
 //! ```
@@ -32,6 +40,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::link::Role;
+use crate::link::hub::HubOptions;
 use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
 use crate::plugin::Limits;
 
@@ -46,6 +56,8 @@ pub struct Config {
     pub api: ApiSection,
     /// Sandbox limits of plugin instances.
     pub plugins: PluginsSection,
+    /// Cluster links: whether this appliance is a hub, and its endpoint.
+    pub link: LinkSection,
     /// Topics that must exist: created at start with these settings over `log.topic-defaults`.
     pub topics: BTreeMap<String, toml::Table>,
 }
@@ -57,6 +69,7 @@ impl Default for Config {
             log: LogSection::default(),
             api: ApiSection::default(),
             plugins: PluginsSection::default(),
+            link: LinkSection::default(),
             topics: BTreeMap::new(),
         }
     }
@@ -129,6 +142,54 @@ impl PluginsSection {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LinkSection {
+    /// `edge` (default): links dial hubs. `hub`: also accepts edges on `addr`.
+    pub role: Role,
+    /// The hub's UDP endpoint.
+    pub addr: SocketAddr,
+    /// The hub's files: the CA edges' certificates must chain to, its certificate and key.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// How long a link connection may hear nothing from its peer before it is given up.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for LinkSection {
+    fn default() -> Self {
+        Self {
+            role: Role::Edge,
+            addr: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            ca: None,
+            cert: None,
+            key: None,
+            idle_timeout_ms: crate::link::tls::DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
+        }
+    }
+}
+
+impl LinkSection {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The hub's endpoint settings; none on an edge.
+    pub fn hub(&self) -> Option<HubOptions> {
+        match (self.role, &self.ca, &self.cert, &self.key) {
+            (Role::Hub, Some(ca), Some(cert), Some(key)) => Some(HubOptions {
+                addr: self.addr,
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                idle_timeout: self.idle_timeout(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {}: {source}", path.display())]
@@ -176,6 +237,22 @@ impl Config {
         }
         if !(1..=3_600_000).contains(&self.plugins.timeout_ms) {
             problems.push("plugins.timeout-ms must be from 1 to 3600000".into());
+        }
+        if self.link.role == Role::Hub {
+            for (field, value) in [
+                ("ca", &self.link.ca),
+                ("cert", &self.link.cert),
+                ("key", &self.link.key),
+            ] {
+                if value.is_none() {
+                    problems.push(format!(
+                        "link.{field} (--link-{field}) is required with role hub (appliance certs init makes the files)"
+                    ));
+                }
+            }
+        }
+        if !(1000..=3_600_000).contains(&self.link.idle_timeout_ms) {
+            problems.push("link.idle-timeout-ms must be from 1000 to 3600000".into());
         }
         if let Err(declared) = self.declared_topics() {
             problems.extend(declared);

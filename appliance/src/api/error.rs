@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::connect::ConnectError;
 use crate::group::GroupError;
+use crate::link::LinkError;
 use crate::log::LogError;
 use crate::meta::MetaError;
 use crate::pipeline::PipelineError;
@@ -127,6 +128,25 @@ impl From<ConnectError> for Status {
 /// INVALID_ARGUMENT naming the request field that is wrong.
 pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+impl From<LinkError> for Status {
+    fn from(error: LinkError) -> Self {
+        match error {
+            LinkError::Log(error) => error.into(),
+            LinkError::Meta(error) => error.into(),
+            LinkError::InvalidEdgeId { .. }
+            | LinkError::InvalidSpec { .. }
+            | LinkError::Certificate { .. } => Status::invalid_argument(error.to_string()),
+            LinkError::UnknownLink { .. } => Status::not_found(error.to_string()),
+            LinkError::LinkExists { .. } | LinkError::Exists { .. } => {
+                Status::already_exists(error.to_string())
+            }
+            LinkError::NotHub => Status::failed_precondition(error.to_string()),
+            LinkError::Refused { .. } => Status::permission_denied(error.to_string()),
+            LinkError::Io { .. } | LinkError::Bind { .. } => Status::internal(error.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

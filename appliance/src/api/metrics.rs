@@ -47,6 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connect::{self, Connectors};
 use crate::group::Coordinator;
+use crate::link::edge::Links;
+use crate::link::hub::Hub;
+use crate::link::transfer::MirrorStatus;
 use crate::log::{Log, PartitionState};
 use crate::pipeline::{self, Pipelines};
 use crate::plugin::Plugins;
@@ -88,6 +91,14 @@ pub enum Rpc {
     DeleteConnector,
     GetConnectorOffsets,
     ResetConnectorOffsets,
+    CreateLink,
+    GetLink,
+    ListLinks,
+    PauseLink,
+    ResumeLink,
+    DeleteLink,
+    ListEdges,
+    PromoteTopic,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -122,6 +133,8 @@ impl Metrics {
         plugins: Plugins,
         pipelines: Pipelines,
         connectors: Connectors,
+        links: Links,
+        hub: Option<Hub>,
     ) -> Self {
         let durations = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
@@ -133,6 +146,7 @@ impl Metrics {
             durations.clone(),
         );
         registry.register_collector(Box::new(StateCollector { log, coordinator }));
+        registry.register_collector(Box::new(LinkCollector { links, hub }));
         registry.register_collector(Box::new(PipelineCollector {
             plugins,
             pipelines,
@@ -311,6 +325,88 @@ fn encode_rows<T>(
         }
     }
     Ok(())
+}
+
+#[derive(Debug)]
+struct LinkCollector {
+    links: Links,
+    hub: Option<Hub>,
+}
+
+impl Collector for LinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let figures = |prefix: &'static [&'static str; 4]| -> [Figure<MirrorStatus>; 4] {
+            [
+                (
+                    prefix[0],
+                    "Records of the origin the mirror does not have yet",
+                    false,
+                    |m| m.lag_records,
+                ),
+                (
+                    prefix[1],
+                    "Records the origin's retention deleted before the mirror had them",
+                    true,
+                    |m| m.gap_records,
+                ),
+                (
+                    prefix[2],
+                    "Bytes of batch frames sent or received",
+                    true,
+                    |m| m.bytes,
+                ),
+                (
+                    prefix[3],
+                    "1 when the partition stopped on an error",
+                    false,
+                    |m| u64::from(m.last_error.is_some()),
+                ),
+            ]
+        };
+        let rows = |owner: &'static str, name: String, partitions: Vec<MirrorStatus>| {
+            partitions.into_iter().map(move |m| {
+                let labels = [
+                    (owner, name.clone()),
+                    ("mirror", format!("{}/{}", m.mirror, m.partition)),
+                ];
+                (labels, m)
+            })
+        };
+        let links: Vec<_> = self
+            .links
+            .list()
+            .into_iter()
+            .flat_map(|link| rows("link", link.spec.name, link.partitions))
+            .collect();
+        encode_rows(
+            &mut encoder,
+            &figures(&[
+                "link_lag_records",
+                "link_gap_records",
+                "link_bytes",
+                "link_failed",
+            ]),
+            &links,
+        )?;
+        if let Some(hub) = &self.hub {
+            let edges: Vec<_> = hub
+                .edges()
+                .into_iter()
+                .flat_map(|edge| rows("edge", edge.edge.to_string(), edge.partitions))
+                .collect();
+            encode_rows(
+                &mut encoder,
+                &figures(&[
+                    "link_edge_lag_records",
+                    "link_edge_gap_records",
+                    "link_edge_bytes",
+                    "link_edge_failed",
+                ]),
+                &edges,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Collector for PipelineCollector {

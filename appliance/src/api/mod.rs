@@ -12,6 +12,8 @@
 //!                  Plugins -> plugin::Plugins (add, list; delete unless a pipeline uses it)
 //!                  Pipelines -> pipeline::Pipelines (create, status, pause, resume, delete)
 //!                  Connectors -> connect::Connectors (create, status, pause, restart, offsets)
+//!                  Links   -> link::edge::Links (create, status, pause, delete),
+//!                             link::hub::Hub (edges), log::Log (promote a mirror)
 //! Prometheus --HTTP GET /metrics--> metrics::Metrics
 //! ```
 
@@ -19,6 +21,7 @@ mod connectors;
 mod convert;
 mod error;
 mod groups;
+mod links;
 pub mod metrics;
 mod pipelines;
 mod plugins;
@@ -30,6 +33,7 @@ use std::sync::atomic::AtomicU32;
 
 use appliance_proto::v1::connectors_server::ConnectorsServer;
 use appliance_proto::v1::groups_server::GroupsServer;
+use appliance_proto::v1::links_server::LinksServer;
 use appliance_proto::v1::pipelines_server::PipelinesServer;
 use appliance_proto::v1::plugins_server::PluginsServer;
 use appliance_proto::v1::records_server::RecordsServer;
@@ -40,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connect::Connectors;
 use crate::group::Coordinator;
+use crate::link::edge::Links;
+use crate::link::hub::Hub;
 use crate::log::Log;
 use crate::pipeline::Pipelines;
 use crate::plugin::Plugins;
@@ -70,6 +76,9 @@ pub struct Subsystems {
     pub plugins: Plugins,
     pub pipelines: Pipelines,
     pub connectors: Connectors,
+    pub links: Links,
+    /// Present when this appliance is a hub.
+    pub hub: Option<Hub>,
     pub metrics: Metrics,
 }
 
@@ -85,6 +94,8 @@ pub async fn serve(
         plugins,
         pipelines,
         connectors,
+        links,
+        hub,
         metrics,
     } = subsystems;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -106,6 +117,9 @@ pub async fn serve(
     health
         .set_serving::<ConnectorsServer<connectors::ConnectorsService>>()
         .await;
+    health
+        .set_serving::<LinksServer<links::LinksService>>()
+        .await;
     // Both reflection versions: grpcurl asks v1 first, older tools (grpcurl before 1.8.8,
     // Python's grpcio-reflection) only v1alpha.
     let reflection = || {
@@ -116,6 +130,12 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let topics = topics::TopicsService {
+        log: log.clone(),
+        metrics: metrics.clone(),
+    };
+    let links = links::LinksService {
+        links,
+        hub,
         log: log.clone(),
         metrics: metrics.clone(),
     };
@@ -156,6 +176,7 @@ pub async fn serve(
         .add_service(PluginsServer::new(plugins).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(PipelinesServer::new(pipelines).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(ConnectorsServer::new(connectors).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(LinksServer::new(links).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -6,6 +6,7 @@ mod bench;
 mod certs;
 mod client;
 mod connectors;
+mod links;
 mod manage;
 
 use std::net::SocketAddr;
@@ -78,6 +79,13 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Link this edge to hubs (`create`, `status`, ...); on a hub, its edges and promotion.
+    Link {
+        #[command(subcommand)]
+        command: links::LinkCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Make the certificates of cluster links: a CA with a hub certificate, edge certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -103,6 +111,27 @@ struct RunArgs {
     /// Address of the Prometheus endpoint [default: 127.0.0.1:9464].
     #[arg(long, env = "APPLIANCE_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// `hub` accepts links from edges on --link-addr [default: edge].
+    #[arg(long, env = "APPLIANCE_ROLE", value_enum)]
+    role: Option<RoleArg>,
+    /// A hub's UDP endpoint for edges [default: 0.0.0.0:7443].
+    #[arg(long, env = "APPLIANCE_LINK_ADDR")]
+    link_addr: Option<SocketAddr>,
+    /// A hub's certificate (`appliance certs init` writes hub.pem).
+    #[arg(long, env = "APPLIANCE_LINK_CERT")]
+    link_cert: Option<PathBuf>,
+    /// A hub's key (hub.key).
+    #[arg(long, env = "APPLIANCE_LINK_KEY")]
+    link_key: Option<PathBuf>,
+    /// The CA edges' certificates must chain to (ca.pem).
+    #[arg(long, env = "APPLIANCE_LINK_CA")]
+    link_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Edge,
+    Hub,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -157,6 +186,9 @@ pub fn main() -> ExitCode {
         }
         Command::Connector { command, server } => {
             client::run(&server, |channel| connectors::connector(channel, command))
+        }
+        Command::Link { command, server } => {
+            client::run(&server, |channel| links::link(channel, command))
         }
         Command::Certs(command) => certs::run(command),
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
@@ -216,6 +248,24 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(addr) = args.metrics_addr {
         config.api.metrics_addr = addr;
+    }
+    if let Some(role) = args.role {
+        config.link.role = match role {
+            RoleArg::Edge => crate::link::Role::Edge,
+            RoleArg::Hub => crate::link::Role::Hub,
+        };
+    }
+    if let Some(addr) = args.link_addr {
+        config.link.addr = addr;
+    }
+    for (flag, field) in [
+        (&args.link_cert, &mut config.link.cert),
+        (&args.link_key, &mut config.link.key),
+        (&args.link_ca, &mut config.link.ca),
+    ] {
+        if let Some(path) = flag {
+            *field = Some(path.clone());
+        }
     }
     config.validate()?;
     Ok(config)

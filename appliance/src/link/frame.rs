@@ -128,7 +128,7 @@ mod tests {
         fn hostile_bytes_give_errors_not_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             block_on(async {
                 let mut stream = &bytes[..];
-                while let Ok(Some(_)) = read::<wire::EdgeFrame>(&mut stream, 100).await {}
+                while let Ok(Some(_)) = read::<wire::ControlFrame>(&mut stream, 100).await {}
             });
         }
     }

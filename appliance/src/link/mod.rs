@@ -1,23 +1,57 @@
 //! Cluster linking, edge -> hub over QUIC with mutual TLS (see docs/linking.md).
 //!
-//! What is here so far: the identities a link authenticates with, the QUIC endpoints that
-//! check them, and the framing of the link protocol's messages ([`frame`];
-//! `proto/appliance/link/v1/link.proto`). A link's trust is one CA the operator makes with `appliance certs init`
-//! ([`certs`]); the hub's certificate names the addresses edges dial, and each edge's client
-//! certificate (`appliance certs issue EDGE_ID`) names the edge, which is how the hub knows
-//! which edge is speaking ([`tls::edge_of`]) and what its mirror topics (`<edge-id>.<topic>`)
-//! are called.
+//! A link's trust is one CA the operator makes with `appliance certs init` ([`certs`]); the
+//! hub's certificate names the addresses edges dial, and each edge's client certificate
+//! (`appliance certs issue EDGE_ID`) names the edge, which is how the hub knows which edge is
+//! speaking ([`tls::edge_of`]) and what its mirror topics (`<edge-id>.<topic>`) are called.
+//!
+//! ```text
+//! edge: Links (edge.rs) -- one task per link --> QUIC connection (tls.rs) -----+
+//! hub:  Hub (hub.rs) <-- accepts, checks the certificate against the Hello ---+
+//! both: session.rs: control stream (frame.rs, proto/appliance/link/v1) + one stream per
+//!       mirrored partition (transfer.rs: batches as stored, at their own offsets)
+//! ```
+//!
+//! Mirrors are read-only topics of the receiving log; retention on the sending side waits
+//! for acknowledgements (holds) up to a cap, and what it deletes anyway reaches the mirror as
+//! a gap at the same offsets.
+
+use regex::Regex;
 
 pub mod certs;
+pub mod edge;
 pub mod frame;
-pub mod replicate;
+pub mod hub;
+pub mod session;
 pub mod tls;
+pub mod transfer;
 
 /// An edge's name: a DNS label (1 to 63 of `a-z 0-9 -`, not starting or ending with `-`), so
 /// it can stand in a certificate's subject alternative name and as the first part of the
 /// hub's mirror topic names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EdgeId(String);
+
+/// Which links an appliance serves: an edge dials hubs; a hub also accepts edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Edge,
+    Hub,
+}
+
+/// A topic pattern of a link: a regular expression matched against whole names, with a size
+/// limit since a peer's pattern is untrusted. Empty: none.
+pub fn pattern(text: &str) -> Result<Option<Regex>, regex::Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    regex::RegexBuilder::new(&format!("^(?:{text})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map(Some)
+}
 
 impl EdgeId {
     pub fn new(id: &str) -> Result<Self, LinkError> {
@@ -72,27 +106,21 @@ pub enum LinkError {
         peer: std::net::SocketAddr,
         reason: String,
     },
+    #[error("invalid {what}: {reason}")]
+    InvalidSpec { what: String, reason: String },
+    #[error("no link named {name:?} (appliance link list shows them)")]
+    UnknownLink { name: String },
+    #[error("a link named {name:?} exists already")]
+    LinkExists { name: String },
+    #[error(
+        "this appliance is not a hub: run it with --role hub --link-addr ADDR --link-cert F --link-key F --link-ca F"
+    )]
+    NotHub,
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn edge_ids_are_dns_labels() {
-        for good in ["edge-1", "a", "plant7", &"x".repeat(63)] {
-            assert!(EdgeId::new(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "-edge",
-            "edge-",
-            "Edge",
-            "edge.1",
-            "edge_1",
-            &"x".repeat(64),
-        ] {
-            assert!(EdgeId::new(bad).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

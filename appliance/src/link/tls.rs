@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::RootCertStore;
@@ -30,8 +31,39 @@ pub struct TlsFiles<'a> {
     pub key: &'a Path,
 }
 
+/// How long a link connection may hear nothing from its peer before it is given up (and the
+/// edge dials again); keep-alives go at a third of it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Enough for every partition of many topics, each on its own stream.
+const MAX_PARTITION_STREAMS: u32 = 100_000;
+
+/// QUIC transport settings of both sides: BBR congestion control (loss-based control
+/// collapses on lossy uplinks: a 2% random loss keeps Cubic well under 1 MB/s), windows large
+/// enough for long fat links, keep-alives so a NAT mapping stays open.
+fn transport(idle_timeout: Duration) -> Result<Arc<quinn::TransportConfig>, LinkError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        .max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle_timeout).map_err(
+            |_| LinkError::Certificate {
+                what: "idle timeout".into(),
+                reason: format!("{idle_timeout:?} is too long"),
+            },
+        )?))
+        .keep_alive_interval(Some(idle_timeout / 3))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_PARTITION_STREAMS))
+        .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
+        .receive_window(quinn::VarInt::from_u32(256 << 20))
+        .send_window(256 << 20);
+    Ok(Arc::new(transport))
+}
+
 /// The hub's endpoint, listening on `addr` (UDP) for edges with certificates of the CA.
-pub fn hub_endpoint(addr: SocketAddr, files: &TlsFiles<'_>) -> Result<quinn::Endpoint, LinkError> {
+pub fn hub_endpoint(
+    addr: SocketAddr,
+    files: &TlsFiles<'_>,
+    idle_timeout: Duration,
+) -> Result<quinn::Endpoint, LinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(files.ca)?), provider.clone())
@@ -45,12 +77,16 @@ pub fn hub_endpoint(addr: SocketAddr, files: &TlsFiles<'_>) -> Result<quinn::End
         .map_err(|e| tls_error(files.cert, e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(files.cert, e))?;
-    let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport(idle_timeout)?);
     quinn::Endpoint::server(config, addr).map_err(|source| LinkError::Bind { addr, source })
 }
 
 /// An edge's endpoint: dials hubs whose certificates chain to the CA, presenting its own.
-pub fn edge_endpoint(files: &TlsFiles<'_>) -> Result<quinn::Endpoint, LinkError> {
+pub fn edge_endpoint(
+    files: &TlsFiles<'_>,
+    idle_timeout: Duration,
+) -> Result<quinn::Endpoint, LinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -63,7 +99,9 @@ pub fn edge_endpoint(files: &TlsFiles<'_>) -> Result<quinn::Endpoint, LinkError>
     let any: SocketAddr = ([0, 0, 0, 0], 0).into();
     let mut endpoint =
         quinn::Endpoint::client(any).map_err(|source| LinkError::Bind { addr: any, source })?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport(idle_timeout)?);
+    endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
 
@@ -83,8 +121,18 @@ pub fn edge_of(connection: &quinn::Connection) -> Result<EdgeId, LinkError> {
     let leaf = chain
         .first()
         .ok_or_else(|| refused("it presented no certificate"))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|_| refused("its certificate cannot be read"))?;
+    edge_named_by(leaf).map_err(refused)
+}
+
+/// The edge id a certificate file of this side names (the edge's own, for its links).
+pub fn edge_of_certificate(cert: &Path) -> Result<EdgeId, LinkError> {
+    let chain = chain(cert)?;
+    edge_named_by(&chain[0]).map_err(|reason| tls_error(cert, reason))
+}
+
+fn edge_named_by(cert: &CertificateDer<'_>) -> Result<EdgeId, &'static str> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert).map_err(|_| "its certificate cannot be read")?;
     let names: Vec<&str> = cert
         .subject_alternative_name()
         .ok()
@@ -101,10 +149,8 @@ pub fn edge_of(connection: &quinn::Connection) -> Result<EdgeId, LinkError> {
         })
         .unwrap_or_default();
     match names.as_slice() {
-        [id] => EdgeId::new(id).map_err(|_| refused("its certificate names no valid edge id")),
-        _ => Err(refused(
-            "its certificate must name exactly one edge id (appliance certs issue makes one)",
-        )),
+        [id] => EdgeId::new(id).map_err(|_| "its certificate names no valid edge id"),
+        _ => Err("its certificate must name exactly one edge id (appliance certs issue makes one)"),
     }
 }
 
@@ -139,8 +185,6 @@ fn tls_error(path: &Path, error: impl std::fmt::Display) -> LinkError {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::super::certs;
     use super::*;
 
@@ -173,7 +217,7 @@ mod tests {
                 cert: &cert,
                 key: &key,
             };
-            hub_endpoint(([127, 0, 0, 1], 0).into(), &files).unwrap()
+            hub_endpoint(([127, 0, 0, 1], 0).into(), &files, DEFAULT_IDLE_TIMEOUT).unwrap()
         }
 
         /// An edge endpoint trusting `ca_of`'s CA, with `edge`'s certificate from `cert_of`.
@@ -188,7 +232,7 @@ mod tests {
                 cert: &cert,
                 key: &key,
             };
-            edge_endpoint(&files).unwrap()
+            edge_endpoint(&files, DEFAULT_IDLE_TIMEOUT).unwrap()
         }
     }
 

@@ -115,15 +115,19 @@ pub enum Table {
     PipelineProgress = 2,
     Connectors = 3,
     ConnectorProgress = 4,
+    Links = 5,
+    LinkAcks = 6,
 }
 
 impl Table {
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 7] = [
         Table::Plugins,
         Table::Pipelines,
         Table::PipelineProgress,
         Table::Connectors,
         Table::ConnectorProgress,
+        Table::Links,
+        Table::LinkAcks,
     ];
 
     fn tree_name(self) -> &'static str {
@@ -133,6 +137,8 @@ impl Table {
             Table::PipelineProgress => "pipeline-progress",
             Table::Connectors => "connectors",
             Table::ConnectorProgress => "connector-progress",
+            Table::Links => "links",
+            Table::LinkAcks => "link-acks",
         }
     }
 }

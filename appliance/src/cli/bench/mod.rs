@@ -8,9 +8,12 @@
 //!   compiled natively, and the cost of a call into the sandbox (`pipeline.rs`).
 //! - `bench connectors`: a generator source and a file sink beside the log's own append and
 //!   read figures (`connectors.rs`).
+//! - `bench link`: raw QUIC, the hub's durable append, link replication and catch-up, and a
+//!   lossy uplink through a userspace UDP proxy (`link.rs`).
 
 mod connectors;
 mod grpc;
+mod link;
 mod log;
 mod nats;
 mod pipeline;
@@ -33,6 +36,9 @@ pub enum BenchCommand {
     Pipeline(pipeline::PipelineBenchArgs),
     /// The generator source and the file sink, beside the log's own append and read.
     Connectors(connectors::ConnectorBenchArgs),
+    /// Cluster-link replication on loopback beside raw QUIC and the hub's durable append,
+    /// catch-up of a backlog, and a lossy uplink (2% loss, 40 ms RTT).
+    Link(link::LinkBenchArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -42,6 +48,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Grpc(args) => runtime.block_on(grpc::grpc_bench(args)),
         BenchCommand::Pipeline(args) => runtime.block_on(pipeline::pipeline_bench(args)),
         BenchCommand::Connectors(args) => runtime.block_on(connectors::connector_bench(args)),
+        BenchCommand::Link(args) => runtime.block_on(link::link_bench(args)),
     }
 }
 

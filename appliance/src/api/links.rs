@@ -1,0 +1,215 @@
+//! The `Links` service: an edge's links to hubs, a hub's edges, promotion of mirrors.
+
+use std::path::PathBuf;
+
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::links_server::Links as LinksApi;
+use tonic::{Request, Response, Status};
+
+use super::convert::topic_name;
+use super::metrics::{Metrics, Rpc};
+use crate::link::LinkError;
+use crate::link::edge::{LinkSpec, LinkState, LinkStatus, Links};
+use crate::link::hub::{EdgeStatus, Hub};
+use crate::link::transfer::{Direction, MirrorStatus, WireCompression};
+use crate::log::Log;
+
+#[derive(Debug)]
+pub struct LinksService {
+    pub links: Links,
+    pub hub: Option<Hub>,
+    pub log: Log,
+    pub metrics: Metrics,
+}
+
+fn compression_message(compression: WireCompression) -> pb::WireCompression {
+    match compression {
+        WireCompression::None => pb::WireCompression::None,
+        WireCompression::Zstd => pb::WireCompression::Zstd,
+        WireCompression::Lz4 => pb::WireCompression::Lz4,
+    }
+}
+
+fn mirror_message(status: MirrorStatus) -> pb::MirrorPartition {
+    let state = if status.last_error.is_some() {
+        "failed"
+    } else if status.lag_records == 0 {
+        "in sync"
+    } else {
+        "catching up"
+    };
+    pb::MirrorPartition {
+        direction: match status.direction {
+            Direction::Upstream => pb::MirrorDirection::Upstream,
+            Direction::Downstream => pb::MirrorDirection::Downstream,
+        } as i32,
+        topic: status.topic,
+        mirror: status.mirror,
+        partition: status.partition,
+        origin_high_watermark: status.origin_high_watermark.0,
+        mirror_acknowledged: status.acknowledged.0,
+        lag_records: status.lag_records,
+        lag_seconds: status.behind_for.as_secs_f64(),
+        bytes_per_second: status.bytes_per_second,
+        gap_records: status.gap_records,
+        state: state.to_owned(),
+        last_error: status.last_error.unwrap_or_default(),
+    }
+}
+
+fn link_message(status: LinkStatus) -> pb::Link {
+    let spec = status.spec;
+    pb::Link {
+        name: spec.name,
+        edge_id: status.edge.map(|e| e.to_string()).unwrap_or_default(),
+        hub: spec.hub,
+        topics: spec.topics,
+        downstream: spec.downstream,
+        compression: compression_message(spec.compression) as i32,
+        max_bytes_per_sec: spec.max_bytes_per_sec,
+        hold_max_bytes: spec.hold_max_bytes,
+        state: match status.state {
+            LinkState::Connecting => pb::LinkState::Connecting,
+            LinkState::Connected => pb::LinkState::Connected,
+            LinkState::Retrying => pb::LinkState::Retrying,
+            LinkState::Paused => pb::LinkState::Paused,
+        } as i32,
+        last_error: status.last_error.unwrap_or_default(),
+        connected_seconds: status.connected_for.map_or(0, |d| d.as_secs()),
+        partitions: status.partitions.into_iter().map(mirror_message).collect(),
+        ca: spec.ca.display().to_string(),
+        cert: spec.cert.display().to_string(),
+        key: spec.key.display().to_string(),
+    }
+}
+
+fn edge_message(status: EdgeStatus) -> pb::Edge {
+    pb::Edge {
+        edge_id: status.edge.to_string(),
+        connected: status.connected,
+        address: status.address.to_string(),
+        last_seen_ms: status.last_seen.0,
+        lag_records: status.lag_records,
+        partitions: status.partitions.into_iter().map(mirror_message).collect(),
+    }
+}
+
+fn link_spec(request: pb::CreateLinkRequest) -> Result<LinkSpec, Status> {
+    let compression = match pb::WireCompression::try_from(request.compression) {
+        Ok(pb::WireCompression::Unspecified | pb::WireCompression::Zstd) => WireCompression::Zstd,
+        Ok(pb::WireCompression::None) => WireCompression::None,
+        Ok(pb::WireCompression::Lz4) => WireCompression::Lz4,
+        Err(_) => {
+            return Err(super::invalid(
+                "compression",
+                "use WIRE_COMPRESSION_ZSTD, _LZ4 or _NONE",
+            ));
+        }
+    };
+    for (field, value) in [
+        ("ca", &request.ca),
+        ("cert", &request.cert),
+        ("key", &request.key),
+    ] {
+        if value.is_empty() {
+            return Err(super::invalid(
+                field,
+                "name the PEM file (appliance certs init / certs issue make them)",
+            ));
+        }
+    }
+    Ok(LinkSpec {
+        name: request.name,
+        hub: request.hub,
+        topics: request.topics,
+        downstream: request.downstream,
+        ca: PathBuf::from(request.ca),
+        cert: PathBuf::from(request.cert),
+        key: PathBuf::from(request.key),
+        compression,
+        max_bytes_per_sec: request.max_bytes_per_sec,
+        hold_max_bytes: request.hold_max_bytes,
+        paused: false,
+    })
+}
+
+#[tonic::async_trait]
+impl LinksApi for LinksService {
+    async fn create_link(
+        &self,
+        request: Request<pb::CreateLinkRequest>,
+    ) -> Result<Response<pb::Link>, Status> {
+        let _timer = self.metrics.time(Rpc::CreateLink);
+        let spec = link_spec(request.into_inner())?;
+        let status = self.links.create(spec).await?;
+        Ok(Response::new(link_message(status)))
+    }
+
+    async fn get_link(
+        &self,
+        request: Request<pb::GetLinkRequest>,
+    ) -> Result<Response<pb::Link>, Status> {
+        let _timer = self.metrics.time(Rpc::GetLink);
+        let status = self.links.get(&request.into_inner().name)?;
+        Ok(Response::new(link_message(status)))
+    }
+
+    async fn list_links(
+        &self,
+        _request: Request<pb::ListLinksRequest>,
+    ) -> Result<Response<pb::ListLinksResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::ListLinks);
+        Ok(Response::new(pb::ListLinksResponse {
+            links: self.links.list().into_iter().map(link_message).collect(),
+        }))
+    }
+
+    async fn pause_link(
+        &self,
+        request: Request<pb::PauseLinkRequest>,
+    ) -> Result<Response<pb::Link>, Status> {
+        let _timer = self.metrics.time(Rpc::PauseLink);
+        let status = self.links.pause(&request.into_inner().name).await?;
+        Ok(Response::new(link_message(status)))
+    }
+
+    async fn resume_link(
+        &self,
+        request: Request<pb::ResumeLinkRequest>,
+    ) -> Result<Response<pb::Link>, Status> {
+        let _timer = self.metrics.time(Rpc::ResumeLink);
+        let status = self.links.resume(&request.into_inner().name).await?;
+        Ok(Response::new(link_message(status)))
+    }
+
+    async fn delete_link(
+        &self,
+        request: Request<pb::DeleteLinkRequest>,
+    ) -> Result<Response<pb::DeleteLinkResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::DeleteLink);
+        self.links.delete(&request.into_inner().name).await?;
+        Ok(Response::new(pb::DeleteLinkResponse {}))
+    }
+
+    async fn list_edges(
+        &self,
+        _request: Request<pb::ListEdgesRequest>,
+    ) -> Result<Response<pb::ListEdgesResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::ListEdges);
+        let hub = self.hub.as_ref().ok_or(LinkError::NotHub)?;
+        Ok(Response::new(pb::ListEdgesResponse {
+            edges: hub.edges().into_iter().map(edge_message).collect(),
+        }))
+    }
+
+    async fn promote_topic(
+        &self,
+        request: Request<pb::PromoteTopicRequest>,
+    ) -> Result<Response<pb::PromoteTopicResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::PromoteTopic);
+        let topic = topic_name("topic", &request.into_inner().topic)?;
+        self.log.promote(&topic).await?;
+        tracing::info!(%topic, "mirror promoted to a topic of its own");
+        Ok(Response::new(pb::PromoteTopicResponse {}))
+    }
+}

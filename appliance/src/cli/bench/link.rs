@@ -1,0 +1,437 @@
+//! `appliance bench link`: cluster-link replication on loopback, beside the limits it runs
+//! into, in one run:
+//!
+//! 1. Raw QUIC: one quinn stream with the link's transport settings (TLS 1.3, BBR), no log.
+//! 2. The hub's durable append: 1 KiB records in batches as the edge stores them, one writer
+//!    per partition, 8 partitions: the ceiling of replication on this machine.
+//! 3. Replication: an edge with a backlog (1 GiB by default) across 8 partitions links to a
+//!    hub; the time until the hub's mirrors are identical is the catch-up time, and the
+//!    backlog over it the link's throughput.
+//! 4. A lossy uplink: the same through a userspace UDP proxy dropping 2% of packets each way
+//!    with 40 ms of round trip, for a fixed time, with zstd wire compression and without.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::log::append_case;
+use super::{MB, print_header, scratch_dir};
+use crate::group::Coordinator;
+use crate::link::edge::{LinkSpec, Links};
+use crate::link::hub::{Hub, HubOptions};
+use crate::link::tls::{self, DEFAULT_IDLE_TIMEOUT, TlsFiles};
+use crate::link::transfer::WireCompression;
+use crate::link::{EdgeId, certs};
+use crate::log::{
+    self, Compression, Log, LogConfig, PartitionId, Record, Timestamp, TopicConfig, TopicName,
+};
+use crate::meta::Meta;
+
+#[derive(Debug, Args)]
+pub struct LinkBenchArgs {
+    /// Directory to measure in (a temporary directory is made inside it and removed after).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// The edge's backlog for the catch-up case, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    backlog_mib: u64,
+    /// Seconds of each lossy-uplink case and of the raw QUIC case.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Packet loss of the lossy uplink, each way, in percent.
+    #[arg(long, default_value_t = 2.0)]
+    loss_percent: f64,
+    /// Round trip of the lossy uplink, in milliseconds.
+    #[arg(long, default_value_t = 40)]
+    rtt_ms: u64,
+    /// End with one JSON object holding every figure on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+const RECORD_BYTES: usize = 1024;
+const PARTITIONS: u32 = 8;
+/// The edge's producer batches: what travels as one frame.
+const BATCH_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, serde::Serialize)]
+struct Figures {
+    quic_mb_s: f64,
+    hub_append_mb_s: f64,
+    hub_append_records_s: f64,
+    link_mb_s: f64,
+    link_records_s: f64,
+    catch_up_s: f64,
+    backlog_bytes: u64,
+    lossy_mb_s: f64,
+    lossy_wire_mb_s: f64,
+    lossy_compressed_mb_s: f64,
+    lossy_compressed_wire_mb_s: f64,
+}
+
+pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
+    let scratch = scratch_dir(&args.dir)?;
+    let disk = print_header(
+        scratch.path(),
+        format_args!(
+            "link bench: {RECORD_BYTES} B JSON records, {PARTITIONS} partitions, batches of {} KiB, loopback",
+            BATCH_BYTES / 1024
+        ),
+    )?;
+    let certs = scratch.path().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    certs::init(&certs, &[])?;
+    certs::issue(&certs, &EdgeId::new("bench-edge")?)?;
+    let seconds = Duration::from_secs_f64(args.seconds);
+
+    let quic = raw_quic(&certs, seconds).await?;
+    println!("raw QUIC, one stream (TLS 1.3, BBR):   {quic:>8.0} MB/s");
+
+    let hub_dir = scratch.path().join("append");
+    let hub_log = open_log(&hub_dir).await?;
+    let append = append_case(
+        &hub_log,
+        RECORD_BYTES,
+        PARTITIONS as usize,
+        PARTITIONS,
+        BATCH_BYTES,
+        Duration::from_secs(3),
+    )
+    .await?;
+    hub_log.close().await?;
+    std::fs::remove_dir_all(&hub_dir)?;
+    println!(
+        "hub durable append ({PARTITIONS} writers):      {:>8.0} MB/s  {:>10.0} records/s",
+        append.mb_s, append.records_s
+    );
+
+    let backlog = args.backlog_mib * 1024 * 1024;
+    let edge_dir = scratch.path().join("edge");
+    let edge = open_log(&edge_dir).await?;
+    let produced = fill(&edge, backlog).await?;
+    let caught_up = replicate(
+        &certs,
+        scratch.path(),
+        &edge,
+        None,
+        WireCompression::Zstd,
+        None,
+    )
+    .await?
+    .elapsed;
+    let link_mb_s = produced.bytes as f64 / MB / caught_up.as_secs_f64();
+    let link_records_s = produced.records as f64 / caught_up.as_secs_f64();
+    println!(
+        "link replication (catch-up):           {link_mb_s:>8.0} MB/s  {link_records_s:>10.0} records/s  = {:.0}% of the hub's durable append",
+        100.0 * link_mb_s / append.mb_s
+    );
+    println!(
+        "catch-up of a {} MiB backlog:          {:>8.1} s",
+        args.backlog_mib,
+        caught_up.as_secs_f64()
+    );
+
+    let impairment = lossy_udp::Impairment {
+        loss: args.loss_percent / 100.0,
+        delay: Duration::from_millis(args.rtt_ms / 2),
+        seed: 7,
+    };
+    let mut lossy = Vec::new();
+    for compression in [WireCompression::None, WireCompression::Zstd] {
+        let run = replicate(
+            &certs,
+            scratch.path(),
+            &edge,
+            Some(impairment),
+            compression,
+            Some(seconds),
+        )
+        .await?;
+        let mb_s = run.mirrored_bytes as f64 / MB / run.elapsed.as_secs_f64();
+        let wire_mb_s = run.wire_bytes as f64 / MB / run.elapsed.as_secs_f64();
+        println!(
+            "lossy uplink ({}% loss, {} ms RTT), {:<4}:  {mb_s:>8.1} MB/s of records ({wire_mb_s:.1} MB/s on the wire)",
+            args.loss_percent,
+            args.rtt_ms,
+            format!("{compression:?}").to_lowercase(),
+        );
+        lossy.push((mb_s, wire_mb_s));
+    }
+    edge.close().await?;
+    println!(
+        "disk bound (fdatasync per 4 MiB, measured above): {disk:.0} MB/s; the hub's durable append is the ceiling here"
+    );
+    if args.json {
+        let figures = Figures {
+            quic_mb_s: quic,
+            hub_append_mb_s: append.mb_s,
+            hub_append_records_s: append.records_s,
+            link_mb_s,
+            link_records_s,
+            catch_up_s: caught_up.as_secs_f64(),
+            backlog_bytes: produced.bytes,
+            lossy_mb_s: lossy[0].0,
+            lossy_wire_mb_s: lossy[0].1,
+            lossy_compressed_mb_s: lossy[1].0,
+            lossy_compressed_wire_mb_s: lossy[1].1,
+        };
+        println!("{}", serde_json::to_string(&figures)?);
+    }
+    Ok(())
+}
+
+async fn open_log(dir: &Path) -> anyhow::Result<Log> {
+    let meta = Meta::open(&dir.join("meta"))?;
+    Ok(Log::open(LogConfig::new(dir.to_path_buf()), meta).await?)
+}
+
+/// One quinn stream from an edge endpoint to a hub endpoint, as fast as it goes.
+async fn raw_quic(certs: &Path, duration: Duration) -> anyhow::Result<f64> {
+    let file = |name: &str| certs.join(name);
+    let (ca, hub_cert, hub_key) = (file("ca.pem"), file("hub.pem"), file("hub.key"));
+    let hub_files = TlsFiles {
+        ca: &ca,
+        cert: &hub_cert,
+        key: &hub_key,
+    };
+    let hub = tls::hub_endpoint(([127, 0, 0, 1], 0).into(), &hub_files, DEFAULT_IDLE_TIMEOUT)?;
+    let (edge_cert, edge_key) = (file("bench-edge.pem"), file("bench-edge.key"));
+    let edge_files = TlsFiles {
+        ca: &ca,
+        cert: &edge_cert,
+        key: &edge_key,
+    };
+    let edge = tls::edge_endpoint(&edge_files, DEFAULT_IDLE_TIMEOUT)?;
+    let addr = hub.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let connection = hub
+            .accept()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the hub endpoint closed"))?
+            .await?;
+        let mut stream = connection.accept_uni().await?;
+        let mut received = 0u64;
+        let mut buffer = vec![0u8; 1 << 20];
+        let started = Instant::now();
+        while let Some(n) = stream.read(&mut buffer).await? {
+            received += n as u64;
+        }
+        anyhow::Ok(received as f64 / MB / started.elapsed().as_secs_f64())
+    });
+    let connection = edge.connect(addr, "localhost")?.await?;
+    let mut stream = connection.open_uni().await?;
+    let chunk = Bytes::from(vec![0x5a; 1 << 20]);
+    let deadline = Instant::now() + duration.min(Duration::from_secs(5));
+    while Instant::now() < deadline {
+        stream.write_chunk(chunk.clone()).await?;
+    }
+    stream.finish()?;
+    let rate = receiver.await??;
+    connection.close(0u32.into(), b"done");
+    Ok(rate)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Produced {
+    bytes: u64,
+    records: u64,
+}
+
+/// 1 KiB JSON readings, each with its own figures, so compression finds what telemetry
+/// usually offers and no more.
+fn reading(n: u64) -> Record {
+    let mut value = format!(
+        "{{\"sensor\":\"s-{:04}\",\"site\":\"plant-{}\",\"seq\":{n}",
+        n % 5000,
+        n % 7
+    );
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut field = 0;
+    while value.len() < RECORD_BYTES - 40 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        value.push_str(&format!(
+            ",\"m{field}\":{}.{:03}",
+            x % 1000,
+            (x >> 20) % 1000
+        ));
+        field += 1;
+    }
+    value.push('}');
+    Record {
+        key: None,
+        value: Some(Bytes::from(value)),
+        headers: Vec::new(),
+        timestamp: Timestamp::now(),
+    }
+}
+
+/// Fills `sensors` on the edge with `bytes` of readings across the partitions.
+async fn fill(edge: &Log, bytes: u64) -> anyhow::Result<Produced> {
+    let topic = TopicName::new("sensors")?;
+    edge.create_topic(
+        topic.clone(),
+        TopicConfig {
+            partitions: PARTITIONS,
+            retention_ms: None,
+            ..TopicConfig::default()
+        },
+    )
+    .await?;
+    let per_batch = (BATCH_BYTES / RECORD_BYTES) as u64;
+    let mut produced = Produced {
+        bytes: 0,
+        records: 0,
+    };
+    let mut n = 0u64;
+    while produced.bytes < bytes {
+        let mut appends = tokio::task::JoinSet::new();
+        for partition in 0..PARTITIONS {
+            let records: Vec<Record> = (n..n + per_batch).map(reading).collect();
+            n += per_batch;
+            let batch: BytesMut = log::encode(&records, Compression::None)?;
+            produced.bytes += batch.len() as u64;
+            produced.records += per_batch;
+            let handle = edge.partition(&topic, PartitionId(partition))?;
+            appends.spawn(async move { handle.append(batch).await });
+        }
+        while let Some(appended) = appends.join_next().await {
+            appended??;
+        }
+    }
+    Ok(produced)
+}
+
+struct Replicated {
+    elapsed: Duration,
+    /// Stored bytes of the mirrored batches.
+    mirrored_bytes: u64,
+    /// Bytes of batch frames that crossed the link.
+    wire_bytes: u64,
+}
+
+/// Links `edge` to a fresh hub (through a lossy proxy when `impairment` is given) and waits
+/// until the mirrors are complete, or for `limit`.
+async fn replicate(
+    certs: &Path,
+    scratch: &Path,
+    edge: &Log,
+    impairment: Option<lossy_udp::Impairment>,
+    compression: WireCompression,
+    limit: Option<Duration>,
+) -> anyhow::Result<Replicated> {
+    let hub_dir = tempfile::tempdir_in(scratch)?;
+    let hub_meta = Meta::open(&hub_dir.path().join("meta"))?;
+    let hub_log = Log::open(
+        LogConfig::new(hub_dir.path().to_path_buf()),
+        hub_meta.clone(),
+    )
+    .await?;
+    let shutdown = CancellationToken::new();
+    let options = HubOptions {
+        addr: ([127, 0, 0, 1], 0).into(),
+        ca: certs.join("ca.pem"),
+        cert: certs.join("hub.pem"),
+        key: certs.join("hub.key"),
+        idle_timeout: DEFAULT_IDLE_TIMEOUT,
+    };
+    let hub = Hub::start(
+        &options,
+        hub_log.clone(),
+        Coordinator::new(hub_log.clone(), hub_meta),
+        shutdown.clone(),
+    )?;
+    let proxy = match impairment {
+        Some(impairment) => Some(
+            lossy_udp::Proxy::start(([127, 0, 0, 1], 0).into(), hub.local_addr(), impairment)
+                .await?,
+        ),
+        None => None,
+    };
+    let target = proxy
+        .as_ref()
+        .map_or(hub.local_addr(), lossy_udp::Proxy::local_addr);
+    let edge_meta_dir = tempfile::tempdir_in(scratch)?;
+    let links = Links::open(
+        edge.clone(),
+        Meta::open(edge_meta_dir.path())?,
+        DEFAULT_IDLE_TIMEOUT,
+        shutdown.clone(),
+    )?;
+    let started = Instant::now();
+    links
+        .create(LinkSpec {
+            name: "bench".to_owned(),
+            hub: target.to_string(),
+            topics: "sensors".to_owned(),
+            downstream: String::new(),
+            ca: certs.join("ca.pem"),
+            cert: certs.join("bench-edge.pem"),
+            key: certs.join("bench-edge.key"),
+            compression,
+            max_bytes_per_sec: 0,
+            hold_max_bytes: 0,
+            paused: false,
+        })
+        .await?;
+    let topic = TopicName::new("sensors")?;
+    let mirror = TopicName::new("bench-edge.sensors")?;
+    let ends: Vec<_> = (0..PARTITIONS)
+        .map(|p| {
+            edge.partition(&topic, PartitionId(p))
+                .map(|p| p.high_watermark())
+        })
+        .collect::<Result<_, _>>()?;
+    let deadline = limit.map(|limit| started + limit);
+    loop {
+        let done = (0..PARTITIONS).all(|p| {
+            hub_log
+                .partition(&mirror, PartitionId(p))
+                .is_ok_and(|m| m.high_watermark() >= ends[p as usize])
+        });
+        if done || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let status = links.get("bench")?;
+    let wire_bytes = status.partitions.iter().map(|p| p.bytes).sum();
+    let mirrored_bytes = hub_log
+        .list_topics()
+        .iter()
+        .filter(|t| t.name == mirror)
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| match p.state {
+            log::PartitionState::Online { size_bytes, .. } => size_bytes,
+            _ => 0,
+        })
+        .sum();
+    shutdown.cancel();
+    links.stop_all().await;
+    drop(proxy);
+    hub_log.close().await?;
+    Ok(Replicated {
+        elapsed,
+        mirrored_bytes,
+        wire_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_are_about_a_kib_and_distinct() {
+        let (a, b) = (reading(1), reading(2));
+        let len = a.value.as_ref().map_or(0, Bytes::len);
+        assert!((RECORD_BYTES - 60..=RECORD_BYTES).contains(&len), "{len}");
+        assert_ne!(a.value, b.value);
+        let _: serde_json::Value = serde_json::from_slice(a.value.as_deref().unwrap()).unwrap();
+    }
+}

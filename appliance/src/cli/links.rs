@@ -1,0 +1,418 @@
+//! `appliance link ...`: manage cluster links of a running appliance over gRPC (an edge's
+//! links to hubs; a hub's edges and mirror promotion).
+
+use std::path::PathBuf;
+
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::links_client::LinksClient;
+use clap::{Subcommand, ValueEnum};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::Failure;
+use super::client::{print_json, print_table, status};
+
+#[derive(Debug, Subcommand)]
+pub enum LinkCommand {
+    /// Link this edge to a hub: topics matching --topics appear there as `<edge-id>.<topic>`,
+    /// at the same offsets; hub topics matching --downstream appear here as `hub.<topic>`.
+    Create {
+        name: String,
+        /// HOST:PORT of the hub's link endpoint (UDP).
+        #[arg(long)]
+        hub: String,
+        /// Edge topics to mirror: a regular expression over whole topic names.
+        #[arg(long)]
+        topics: String,
+        /// Hub topics to mirror to this edge.
+        #[arg(long)]
+        downstream: Option<String>,
+        /// The link CA (ca.pem of `appliance certs init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// This edge's certificate and key (`appliance certs issue EDGE_ID`); the edge id is
+        /// the one the certificate names.
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// How batches that are not compressed already travel.
+        #[arg(long, value_enum, default_value = "zstd")]
+        compression: CompressionArg,
+        /// Cap on the bytes the link sends per second.
+        #[arg(long)]
+        max_bytes_per_sec: Option<u64>,
+        /// Retention keeps what the hub has not acknowledged while a partition holds at most
+        /// this many bytes [default: 1 GiB].
+        #[arg(long)]
+        hold_max_bytes: Option<u64>,
+    },
+    /// List links with their state and lag.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a link (or every link) with each mirrored partition.
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a link's connection; it stays paused across restarts.
+    Pause { name: String },
+    /// Connect a paused link again.
+    Resume { name: String },
+    /// Stop and forget a link; mirrors stay where they are.
+    Delete { name: String },
+    /// On a hub: the edges that connected since it started, with their lag.
+    Edges {
+        #[arg(long)]
+        json: bool,
+    },
+    /// On the side that holds a mirror: make it a writable topic of its own (its origin is
+    /// gone for good). Producers continue at its high watermark; its link stops writing it.
+    Promote { topic: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressionArg {
+    Zstd,
+    Lz4,
+    None,
+}
+
+pub async fn link(channel: Channel, command: LinkCommand) -> Result<(), Failure> {
+    let mut client = LinksClient::new(channel);
+    match command {
+        LinkCommand::Create {
+            name,
+            hub,
+            topics,
+            downstream,
+            ca,
+            cert,
+            key,
+            compression,
+            max_bytes_per_sec,
+            hold_max_bytes,
+        } => {
+            let absolute = |path: PathBuf| {
+                std::path::absolute(&path)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string()
+            };
+            let link = client
+                .create_link(pb::CreateLinkRequest {
+                    name,
+                    hub,
+                    topics,
+                    downstream: downstream.unwrap_or_default(),
+                    // The daemon may run elsewhere: paths are the operator's, made absolute.
+                    ca: absolute(ca),
+                    cert: absolute(cert),
+                    key: absolute(key),
+                    compression: match compression {
+                        CompressionArg::Zstd => pb::WireCompression::Zstd,
+                        CompressionArg::Lz4 => pb::WireCompression::Lz4,
+                        CompressionArg::None => pb::WireCompression::None,
+                    } as i32,
+                    max_bytes_per_sec: max_bytes_per_sec.unwrap_or(0),
+                    hold_max_bytes: hold_max_bytes.unwrap_or(0),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "created link {} as edge {} to hub {} (topics {:?})",
+                link.name, link.edge_id, link.hub, link.topics
+            );
+        }
+        LinkCommand::List { json } => {
+            let links = list(&mut client).await?;
+            if json {
+                print_json(&json!(links.iter().map(link_json).collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = links
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.name.clone(),
+                            l.edge_id.clone(),
+                            l.hub.clone(),
+                            state_name(l.state).to_owned(),
+                            l.partitions.len().to_string(),
+                            lag(&l.partitions).to_string(),
+                            l.last_error.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "LINK",
+                        "EDGE",
+                        "HUB",
+                        "STATE",
+                        "PARTITIONS",
+                        "LAG",
+                        "LAST ERROR",
+                    ],
+                    &rows,
+                );
+            }
+        }
+        LinkCommand::Status { name, json } => {
+            let links = match name {
+                Some(name) => vec![
+                    client
+                        .get_link(pb::GetLinkRequest { name })
+                        .await
+                        .map_err(status)?
+                        .into_inner(),
+                ],
+                None => list(&mut client).await?,
+            };
+            if json {
+                let links: Vec<_> = links.iter().map(link_json).collect();
+                print_json(&if links.len() == 1 {
+                    links[0].clone()
+                } else {
+                    json!(links)
+                });
+            } else {
+                for link in &links {
+                    print_link(link);
+                }
+            }
+        }
+        LinkCommand::Pause { name } => {
+            let link = client
+                .pause_link(pb::PauseLinkRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("paused link {}", link.name);
+        }
+        LinkCommand::Resume { name } => {
+            let link = client
+                .resume_link(pb::ResumeLinkRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("resumed link {}", link.name);
+        }
+        LinkCommand::Delete { name } => {
+            client
+                .delete_link(pb::DeleteLinkRequest { name: name.clone() })
+                .await
+                .map_err(status)?;
+            println!("deleted link {name}");
+        }
+        LinkCommand::Edges { json } => {
+            let edges = client
+                .list_edges(pb::ListEdgesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .edges;
+            if json {
+                print_json(&json!(edges.iter().map(edge_json).collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = edges
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.edge_id.clone(),
+                            if e.connected { "connected" } else { "gone" }.to_owned(),
+                            e.address.clone(),
+                            format_ms(e.last_seen_ms),
+                            e.partitions.len().to_string(),
+                            e.lag_records.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["EDGE", "STATE", "ADDRESS", "LAST SEEN", "PARTITIONS", "LAG"],
+                    &rows,
+                );
+            }
+        }
+        LinkCommand::Promote { topic } => {
+            client
+                .promote_topic(pb::PromoteTopicRequest {
+                    topic: topic.clone(),
+                })
+                .await
+                .map_err(status)?;
+            println!("promoted {topic}: it is a writable topic of this appliance now");
+        }
+    }
+    Ok(())
+}
+
+async fn list(client: &mut LinksClient<Channel>) -> Result<Vec<pb::Link>, Failure> {
+    Ok(client
+        .list_links(pb::ListLinksRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .links)
+}
+
+fn lag(partitions: &[pb::MirrorPartition]) -> u64 {
+    partitions.iter().map(|p| p.lag_records).sum()
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::LinkState::try_from(state) {
+        Ok(pb::LinkState::Connecting) => "connecting",
+        Ok(pb::LinkState::Connected) => "connected",
+        Ok(pb::LinkState::Retrying) => "retrying",
+        Ok(pb::LinkState::Paused) => "paused",
+        _ => "unknown",
+    }
+}
+
+fn compression_name(compression: i32) -> &'static str {
+    match pb::WireCompression::try_from(compression) {
+        Ok(pb::WireCompression::None) => "none",
+        Ok(pb::WireCompression::Lz4) => "lz4",
+        _ => "zstd",
+    }
+}
+
+fn direction_name(direction: i32) -> &'static str {
+    match pb::MirrorDirection::try_from(direction) {
+        Ok(pb::MirrorDirection::Downstream) => "down",
+        _ => "up",
+    }
+}
+
+/// How long ago a time in epoch milliseconds was.
+fn format_ms(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    format!("{} s ago", (now - ms).max(0) / 1000)
+}
+
+fn print_link(link: &pb::Link) {
+    println!(
+        "link {} (edge {} -> hub {})",
+        link.name, link.edge_id, link.hub
+    );
+    println!("  state: {}", state_name(link.state));
+    if link.connected_seconds > 0 {
+        println!("  connected for: {} s", link.connected_seconds);
+    }
+    if !link.last_error.is_empty() {
+        println!("  last error: {}", link.last_error);
+    }
+    println!(
+        "  topics: {:?}{}",
+        link.topics,
+        if link.downstream.is_empty() {
+            String::new()
+        } else {
+            format!(", downstream: {:?}", link.downstream)
+        }
+    );
+    println!(
+        "  compression: {}, cap: {}, retention hold up to {} bytes per partition",
+        compression_name(link.compression),
+        if link.max_bytes_per_sec == 0 {
+            "none".to_owned()
+        } else {
+            format!("{} bytes/s", link.max_bytes_per_sec)
+        },
+        link.hold_max_bytes
+    );
+    print_partitions(&link.partitions);
+}
+
+fn print_partitions(partitions: &[pb::MirrorPartition]) {
+    let rows: Vec<Vec<String>> = partitions
+        .iter()
+        .map(|p| {
+            vec![
+                direction_name(p.direction).to_owned(),
+                p.topic.clone(),
+                p.mirror.clone(),
+                p.partition.to_string(),
+                p.origin_high_watermark.to_string(),
+                p.mirror_acknowledged.to_string(),
+                p.lag_records.to_string(),
+                format!("{:.1}", p.lag_seconds),
+                format!("{:.0}", p.bytes_per_second),
+                p.gap_records.to_string(),
+                if p.last_error.is_empty() {
+                    p.state.clone()
+                } else {
+                    format!("{}: {}", p.state, p.last_error)
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "DIR",
+            "TOPIC",
+            "MIRROR",
+            "PARTITION",
+            "ORIGIN END",
+            "MIRRORED",
+            "LAG",
+            "LAG S",
+            "BYTES/S",
+            "GAP",
+            "STATE",
+        ],
+        &rows,
+    );
+}
+
+fn partition_json(p: &pb::MirrorPartition) -> serde_json::Value {
+    json!({
+        "direction": direction_name(p.direction),
+        "topic": p.topic,
+        "mirror": p.mirror,
+        "partition": p.partition,
+        "origin_high_watermark": p.origin_high_watermark,
+        "mirror_acknowledged": p.mirror_acknowledged,
+        "lag_records": p.lag_records,
+        "lag_seconds": p.lag_seconds,
+        "bytes_per_second": p.bytes_per_second,
+        "gap_records": p.gap_records,
+        "state": p.state,
+        "last_error": p.last_error,
+    })
+}
+
+fn link_json(link: &pb::Link) -> serde_json::Value {
+    json!({
+        "name": link.name,
+        "edge_id": link.edge_id,
+        "hub": link.hub,
+        "topics": link.topics,
+        "downstream": link.downstream,
+        "compression": compression_name(link.compression),
+        "max_bytes_per_sec": link.max_bytes_per_sec,
+        "hold_max_bytes": link.hold_max_bytes,
+        "state": state_name(link.state),
+        "last_error": link.last_error,
+        "connected_seconds": link.connected_seconds,
+        "lag_records": lag(&link.partitions),
+        "partitions": link.partitions.iter().map(partition_json).collect::<Vec<_>>(),
+    })
+}
+
+fn edge_json(edge: &pb::Edge) -> serde_json::Value {
+    json!({
+        "edge_id": edge.edge_id,
+        "connected": edge.connected,
+        "address": edge.address,
+        "last_seen_ms": edge.last_seen_ms,
+        "lag_records": edge.lag_records,
+        "partitions": edge.partitions.iter().map(partition_json).collect::<Vec<_>>(),
+    })
+}

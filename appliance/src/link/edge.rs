@@ -1,0 +1,533 @@
+//! The edge's links to hubs: specs in the metadata store, one task per link that keeps a
+//! connection up and runs its sessions.
+//!
+//! ```text
+//! create -> spec checked (patterns, hub address, certificate files: the edge id is the one
+//!           the certificate names) -> stored -> task
+//! task:  retention holds from the stored acknowledged positions -> loop {
+//!            resolve the hub's address (it may move) -> connect -> Hello -> Welcome
+//!            -> session::run (topics up, `hub.<topic>` down, group offsets up)
+//!            -> lost: retry after a backoff that doubles up to 30 s }
+//! ```
+//!
+//! Pausing or deleting cancels the task; retention holds stay while paused (the hub will want
+//! the records) and go with the link.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use appliance_proto::link::v1 as wire;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Mirrors, SessionError, Side};
+use super::transfer::{Direction, MirrorStatus, RateLimit, SendOptions, WireCompression};
+use super::{EdgeId, LinkError, frame, pattern, tls};
+use crate::log::{BatchHeader, Log, Offset, PartitionId, Timestamp, TopicName};
+use crate::meta::{Meta, Table};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A partition's retention waits for the hub up to this size unless the link says otherwise.
+pub const DEFAULT_HOLD_MAX_BYTES: u64 = 1 << 30;
+
+/// A link as the operator made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LinkSpec {
+    pub name: String,
+    /// `HOST:PORT` of the hub's link endpoint.
+    pub hub: String,
+    /// Edge topics to mirror up (a regular expression over whole names).
+    pub topics: String,
+    /// Hub topics to mirror down as `hub.<topic>` (empty: none).
+    #[serde(default)]
+    pub downstream: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub compression: WireCompression,
+    /// 0: no cap.
+    #[serde(default)]
+    pub max_bytes_per_sec: u64,
+    pub hold_max_bytes: u64,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Connected,
+    /// Waiting before the next attempt after a failure.
+    Retrying,
+    Paused,
+}
+
+/// A link's spec and how it is doing.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    pub spec: LinkSpec,
+    /// What the link's certificate names (none when the file cannot be read).
+    pub edge: Option<EdgeId>,
+    pub state: LinkState,
+    pub last_error: Option<String>,
+    pub connected_for: Option<Duration>,
+    pub partitions: Vec<MirrorStatus>,
+}
+
+/// The edge's links; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Links {
+    log: Log,
+    meta: Meta,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+    running: Arc<Mutex<BTreeMap<String, Running>>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    spec: LinkSpec,
+    edge: Option<EdgeId>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    phase: Mutex<Phase>,
+    mirrors: Mirrors,
+}
+
+#[derive(Debug, Clone)]
+struct Phase {
+    state: LinkState,
+    last_error: Option<String>,
+    connected_at: Option<Instant>,
+}
+
+impl Shared {
+    fn set(&self, state: LinkState, error: Option<String>) {
+        let mut phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        phase.state = state;
+        phase.connected_at = (state == LinkState::Connected).then(Instant::now);
+        if error.is_some() || state == LinkState::Connected {
+            phase.last_error = error;
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Links {
+    /// Loads the stored links and starts those not paused.
+    pub fn open(
+        log: Log,
+        meta: Meta,
+        idle_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, LinkError> {
+        let links = Self {
+            log,
+            meta,
+            idle_timeout,
+            shutdown,
+            running: Arc::default(),
+        };
+        for (_, spec) in links.meta.entries::<LinkSpec>(Table::Links)? {
+            links.launch(spec);
+        }
+        Ok(links)
+    }
+
+    pub async fn create(&self, mut spec: LinkSpec) -> Result<LinkStatus, LinkError> {
+        if !crate::pipeline::is_valid_name(&spec.name) {
+            return Err(LinkError::InvalidSpec {
+                what: "name".into(),
+                reason: format!(
+                    "{:?}: use 1 to 128 of a-z, A-Z, 0-9, '.', '_' and '-'",
+                    spec.name
+                ),
+            });
+        }
+        if self.lock().contains_key(&spec.name) {
+            return Err(LinkError::LinkExists { name: spec.name });
+        }
+        for (what, text) in [("topics", &spec.topics), ("downstream", &spec.downstream)] {
+            pattern(text).map_err(|e| LinkError::InvalidSpec {
+                what: what.into(),
+                reason: e.to_string(),
+            })?;
+        }
+        if spec.topics.is_empty() {
+            return Err(LinkError::InvalidSpec {
+                what: "topics".into(),
+                reason: "a pattern of the topics to mirror is required".into(),
+            });
+        }
+        split_host_port(&spec.hub)?;
+        if spec.hold_max_bytes == 0 {
+            spec.hold_max_bytes = DEFAULT_HOLD_MAX_BYTES;
+        }
+        tls::edge_of_certificate(&spec.cert)?;
+        // Builds the endpoint once to check the CA and the key before anything is stored.
+        tls::edge_endpoint(&files(&spec), self.idle_timeout)?;
+        self.meta.put(Table::Links, &spec.name, &spec).await?;
+        let name = spec.name.clone();
+        self.launch(spec);
+        self.get(&name)
+    }
+
+    pub fn get(&self, name: &str) -> Result<LinkStatus, LinkError> {
+        let running = self.lock();
+        let link = running.get(name).ok_or_else(|| LinkError::UnknownLink {
+            name: name.to_owned(),
+        })?;
+        Ok(self.status(link))
+    }
+
+    pub fn list(&self) -> Vec<LinkStatus> {
+        self.lock().values().map(|link| self.status(link)).collect()
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<LinkStatus, LinkError> {
+        self.set_paused(name, true).await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<LinkStatus, LinkError> {
+        self.set_paused(name, false).await
+    }
+
+    /// Stops and forgets a link, its stored positions and its retention holds.
+    pub async fn delete(&self, name: &str) -> Result<(), LinkError> {
+        let link = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| LinkError::UnknownLink {
+                name: name.to_owned(),
+            })?;
+        stop(link).await;
+        let holder = holder(name);
+        self.log.release_retention_holds(&holder);
+        self.meta
+            .remove_prefix(Table::LinkAcks, &format!("{holder}\0"))
+            .await?;
+        self.meta.remove(Table::Links, name).await?;
+        Ok(())
+    }
+
+    /// Stops every link (at shutdown).
+    pub async fn stop_all(&self) {
+        let links: Vec<Running> = std::mem::take(&mut *self.lock()).into_values().collect();
+        for link in links {
+            stop(link).await;
+        }
+    }
+
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<LinkStatus, LinkError> {
+        let link = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| LinkError::UnknownLink {
+                name: name.to_owned(),
+            })?;
+        let spec = LinkSpec {
+            paused,
+            ..link.spec.clone()
+        };
+        stop(link).await;
+        self.meta.put(Table::Links, &spec.name, &spec).await?;
+        self.launch(spec);
+        self.get(name)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a link's task unless it is paused. A link whose certificate went missing stays
+    /// listed, with the reason as its error.
+    fn launch(&self, spec: LinkSpec) {
+        let edge = tls::edge_of_certificate(&spec.cert);
+        let shared = Arc::new(Shared {
+            phase: Mutex::new(Phase {
+                state: LinkState::Paused,
+                last_error: None,
+                connected_at: None,
+            }),
+            mirrors: Mirrors::default(),
+        });
+        let stop = self.shutdown.child_token();
+        let (edge, task) = match edge {
+            Ok(edge) if !spec.paused => {
+                self.restore_holds(&spec);
+                shared.set(LinkState::Connecting, None);
+                let task = tokio::spawn(keep_up(
+                    spec.clone(),
+                    edge.clone(),
+                    self.clone(),
+                    shared.clone(),
+                    stop.clone(),
+                ));
+                (Some(edge), Some(task))
+            }
+            Ok(edge) => (Some(edge), None),
+            Err(error) => {
+                shared.set(LinkState::Retrying, Some(error.to_string()));
+                (None, None)
+            }
+        };
+        let running = Running {
+            spec: spec.clone(),
+            edge,
+            shared,
+            stop,
+            task,
+        };
+        self.lock().insert(spec.name, running);
+    }
+
+    /// Retention holds at what the hub acknowledged before the restart: they must be in place
+    /// before retention runs, whether or not the hub is reachable.
+    fn restore_holds(&self, spec: &LinkSpec) {
+        let holder = holder(&spec.name);
+        let Ok(acks) = self.meta.entries::<u64>(Table::LinkAcks) else {
+            return;
+        };
+        for (key, acknowledged) in acks {
+            let mut parts = key.split('\0');
+            let (Some(owner), Some(topic), Some(partition)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(topic), Ok(partition)) = (TopicName::new(topic), partition.parse::<u32>())
+            else {
+                continue;
+            };
+            if owner == holder {
+                // A topic deleted since has no partition to hold.
+                let _ = self.log.set_retention_hold(
+                    &topic,
+                    PartitionId(partition),
+                    &holder,
+                    Offset(acknowledged),
+                    spec.hold_max_bytes,
+                );
+            }
+        }
+    }
+
+    fn status(&self, link: &Running) -> LinkStatus {
+        let phase = link.shared.phase();
+        let now = Timestamp::now();
+        let partitions = link
+            .shared
+            .mirrors
+            .all()
+            .iter()
+            .map(|progress| {
+                let mut status = progress.snapshot();
+                if status.direction == Direction::Upstream {
+                    status.behind_for = self.age_at(&status, now);
+                }
+                status
+            })
+            .collect();
+        LinkStatus {
+            spec: link.spec.clone(),
+            edge: link.edge.clone(),
+            state: phase.state,
+            last_error: phase.last_error,
+            connected_for: phase.connected_at.map(|at| at.elapsed()),
+            partitions,
+        }
+    }
+
+    /// How old the oldest record the hub does not have is (the edge holds it, so it can look).
+    fn age_at(&self, status: &MirrorStatus, now: Timestamp) -> Duration {
+        if status.lag_records == 0 {
+            return Duration::ZERO;
+        }
+        let oldest = TopicName::new(status.topic.as_str())
+            .ok()
+            .and_then(|topic| {
+                self.log
+                    .partition(&topic, PartitionId(status.partition))
+                    .ok()
+            })
+            .and_then(|partition| partition.read(status.acknowledged, 1).ok())
+            .and_then(|chunk| BatchHeader::parse(&chunk.batches).ok())
+            .map(|header| header.base_timestamp);
+        oldest.map_or(status.behind_for, |oldest| {
+            Duration::from_millis(now.0.saturating_sub(oldest.0).max(0) as u64)
+        })
+    }
+}
+
+fn holder(link: &str) -> String {
+    format!("link:{link}")
+}
+
+fn files(spec: &LinkSpec) -> tls::TlsFiles<'_> {
+    tls::TlsFiles {
+        ca: &spec.ca,
+        cert: &spec.cert,
+        key: &spec.key,
+    }
+}
+
+async fn stop(link: Running) {
+    link.stop.cancel();
+    if let Some(task) = link.task {
+        let _ = task.await;
+    }
+}
+
+/// `HOST:PORT` (an IPv6 host in brackets).
+fn split_host_port(hub: &str) -> Result<(String, u16), LinkError> {
+    let invalid = |reason: &str| LinkError::InvalidSpec {
+        what: "hub".into(),
+        reason: format!("{hub:?}: {reason}"),
+    };
+    let (host, port) = hub
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("use HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("the port is not a number from 1 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(invalid("use HOST:PORT"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Keeps the link's connection up until `stop`.
+async fn keep_up(
+    spec: LinkSpec,
+    edge: EdgeId,
+    links: Links,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let endpoint = match tls::edge_endpoint(&files(&spec), links.idle_timeout) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            shared.set(LinkState::Retrying, Some(error.to_string()));
+            return;
+        }
+    };
+    let side = Side {
+        log: links.log.clone(),
+        outgoing: pattern(&spec.topics).ok().flatten(),
+        outgoing_direction: Direction::Upstream,
+        send: SendOptions {
+            compression: spec.compression,
+            limit: Arc::new(RateLimit::new(spec.max_bytes_per_sec)),
+        },
+        mirror_prefix: "hub.".to_owned(),
+        peer_prefix: format!("{edge}."),
+        peer: "the hub".to_owned(),
+        hold: Some(Hold {
+            holder: holder(&spec.name),
+            max_bytes: spec.hold_max_bytes,
+            store: Some(links.meta.clone()),
+        }),
+        groups: GroupSync::Send(links.meta.clone()),
+        mirrors: shared.mirrors.clone(),
+    };
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        shared.set(LinkState::Connecting, None);
+        let attempt = connect(&endpoint, &spec, &edge, side.clone(), &shared, &mut backoff);
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            _ = stop.cancelled() => break,
+        };
+        let error = outcome.err().map_or_else(
+            || "the hub ended the session".to_owned(),
+            |error| error.to_string(),
+        );
+        tracing::warn!(link = %spec.name, hub = %spec.hub, %error, "link to the hub lost; retrying");
+        shared.set(LinkState::Retrying, Some(error));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    shared.set(LinkState::Paused, None);
+    endpoint.close(0u32.into(), b"edge stopping the link");
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    spec: &LinkSpec,
+    edge: &EdgeId,
+    side: Side,
+    shared: &Shared,
+    backoff: &mut Duration,
+) -> Result<(), SessionError> {
+    let (host, port) = split_host_port(&spec.hub)?;
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .ok_or_else(|| SessionError::Protocol(format!("{host} resolves to no address")))?;
+    let connection = endpoint.connect(addr, &host)?.await?;
+    let (mut control_out, mut control_in) = connection.open_bi().await?;
+    let hello = wire::ControlFrame {
+        kind: Some(wire::control_frame::Kind::Hello(wire::Hello {
+            edge_id: edge.to_string(),
+            downstream_pattern: spec.downstream.clone(),
+            compression: spec.compression.to_wire() as i32,
+            max_bytes_per_sec: spec.max_bytes_per_sec,
+        })),
+    };
+    control_out.write_all(&frame::encode(&hello)).await?;
+    match frame::read::<wire::ControlFrame>(&mut control_in, CONTROL_LIMIT)
+        .await?
+        .and_then(|frame| frame.kind)
+    {
+        Some(wire::control_frame::Kind::Welcome(_)) => {}
+        Some(wire::control_frame::Kind::Refusal(refusal)) => {
+            return Err(SessionError::Refused(refusal.reason));
+        }
+        _ => {
+            return Err(SessionError::Protocol(
+                "the hub did not answer Welcome".into(),
+            ));
+        }
+    }
+    shared.set(LinkState::Connected, None);
+    *backoff = FIRST_BACKOFF;
+    tracing::info!(link = %spec.name, hub = %spec.hub, %edge, "linked to the hub");
+    session::run(side, connection, control_out, control_in).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_addresses_are_host_and_port() {
+        assert_eq!(
+            split_host_port("hub.example.net:7443").unwrap(),
+            ("hub.example.net".to_owned(), 7443)
+        );
+        assert_eq!(
+            split_host_port("[::1]:7443").unwrap(),
+            ("::1".to_owned(), 7443)
+        );
+        for bad in ["hub", "hub:", ":7443", "hub:0", "hub:99999", "hub:x"] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The hub's side of links: it listens on UDP (`--link-addr`), knows each edge by its
+//! certificate, mirrors the edge's topics as `<edge-id>.<topic>` and sends the hub topics the
+//! edge asks for downstream.
+//!
+//! ```text
+//! accept -> edge id from the certificate -> Hello (must claim the same id) -> Welcome
+//!        -> a newer connection of the same edge ends the older one (one writer per mirror)
+//!        -> session::run (mirrors in, downstream out, group offsets applied)
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use appliance_proto::link::v1 as wire;
+use tokio_util::sync::CancellationToken;
+
+use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Mirrors, SessionError, Side};
+use super::transfer::{Direction, MirrorStatus, RateLimit, SendOptions, WireCompression};
+use super::{EdgeId, LinkError, frame, pattern, tls};
+use crate::group::Coordinator;
+use crate::log::{Log, Timestamp};
+
+/// How long a refusal may take to reach the edge before the hub closes the connection.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
+/// Retention of hub topics sent downstream waits for edges up to this much per partition.
+const DOWNSTREAM_HOLD_BYTES: u64 = 1 << 30;
+
+/// Where the hub listens and the files it authenticates with.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub idle_timeout: Duration,
+}
+
+/// The hub's link endpoint and what it knows of its edges; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    local_addr: SocketAddr,
+    edges: Arc<Mutex<BTreeMap<EdgeId, EdgeEntry>>>,
+}
+
+#[derive(Debug)]
+struct EdgeEntry {
+    /// The live connection, if any: its address follows the edge when it moves.
+    connection: Option<quinn::Connection>,
+    address: SocketAddr,
+    last_seen: Timestamp,
+    /// Ends the current session when a newer connection of the same edge arrives.
+    session: CancellationToken,
+    mirrors: Mirrors,
+}
+
+/// An edge as `appliance link edges` shows it.
+#[derive(Debug, Clone)]
+pub struct EdgeStatus {
+    pub edge: EdgeId,
+    pub connected: bool,
+    pub address: SocketAddr,
+    pub last_seen: Timestamp,
+    pub lag_records: u64,
+    pub partitions: Vec<MirrorStatus>,
+}
+
+impl Hub {
+    /// Binds the endpoint and serves edges until `shutdown`.
+    pub fn start(
+        options: &HubOptions,
+        log: Log,
+        coordinator: Coordinator,
+        shutdown: CancellationToken,
+    ) -> Result<Self, LinkError> {
+        let files = tls::TlsFiles {
+            ca: &options.ca,
+            cert: &options.cert,
+            key: &options.key,
+        };
+        let endpoint = tls::hub_endpoint(options.addr, &files, options.idle_timeout)?;
+        let local_addr = endpoint.local_addr().map_err(|source| LinkError::Bind {
+            addr: options.addr,
+            source,
+        })?;
+        let hub = Self {
+            local_addr,
+            edges: Arc::default(),
+        };
+        tokio::spawn(hub.clone().serve(endpoint, log, coordinator, shutdown));
+        Ok(hub)
+    }
+
+    /// The UDP address edges dial.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Every edge that connected since the hub started.
+    pub fn edges(&self) -> Vec<EdgeStatus> {
+        let edges = self.lock();
+        edges
+            .iter()
+            .map(|(edge, entry)| {
+                let partitions: Vec<MirrorStatus> =
+                    entry.mirrors.all().iter().map(|p| p.snapshot()).collect();
+                let connected = entry.connection.is_some();
+                EdgeStatus {
+                    edge: edge.clone(),
+                    connected,
+                    address: entry
+                        .connection
+                        .as_ref()
+                        .map_or(entry.address, quinn::Connection::remote_address),
+                    last_seen: if connected {
+                        Timestamp::now()
+                    } else {
+                        entry.last_seen
+                    },
+                    lag_records: partitions
+                        .iter()
+                        .filter(|p| p.direction == Direction::Upstream)
+                        .map(|p| p.lag_records)
+                        .sum(),
+                    partitions,
+                }
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<EdgeId, EdgeEntry>> {
+        self.edges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn serve(
+        self,
+        endpoint: quinn::Endpoint,
+        log: Log,
+        coordinator: Coordinator,
+        shutdown: CancellationToken,
+    ) {
+        tracing::info!(addr = %self.local_addr, "link endpoint listening");
+        let mut sessions = tokio::task::JoinSet::new();
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => incoming,
+                _ = shutdown.cancelled() => break,
+                Some(_) = sessions.join_next() => continue,
+            };
+            let Some(incoming) = incoming else { break };
+            let (hub, log, coordinator) = (self.clone(), log.clone(), coordinator.clone());
+            sessions.spawn(async move {
+                let peer = incoming.remote_address();
+                if let Err(error) = hub.session(incoming, log, coordinator).await {
+                    tracing::warn!(%peer, %error, "link session ended");
+                }
+            });
+        }
+        endpoint.close(0u32.into(), b"hub shutting down");
+        sessions.shutdown().await;
+    }
+
+    async fn session(
+        &self,
+        incoming: quinn::Incoming,
+        log: Log,
+        coordinator: Coordinator,
+    ) -> Result<(), SessionError> {
+        let connection = incoming.await?;
+        let edge = tls::edge_of(&connection)?;
+        let (mut control_out, mut control_in) = connection.accept_bi().await?;
+        let hello = match frame::read::<wire::ControlFrame>(&mut control_in, CONTROL_LIMIT)
+            .await?
+            .and_then(|frame| frame.kind)
+        {
+            Some(wire::control_frame::Kind::Hello(hello)) => hello,
+            _ => {
+                return Err(SessionError::Protocol(
+                    "the first frame is not Hello".into(),
+                ));
+            }
+        };
+        let downstream = if hello.edge_id != edge.as_str() {
+            Err(format!(
+                "the certificate is edge {edge}'s, but the hello claims {:?}",
+                hello.edge_id
+            ))
+        } else {
+            pattern(&hello.downstream_pattern).map_err(|e| format!("the downstream pattern: {e}"))
+        };
+        let downstream = match downstream {
+            Ok(downstream) => downstream,
+            Err(reason) => {
+                let refusal = wire::ControlFrame {
+                    kind: Some(wire::control_frame::Kind::Refusal(wire::Refusal {
+                        reason: reason.clone(),
+                    })),
+                };
+                control_out.write_all(&frame::encode(&refusal)).await?;
+                // The refusal is delivered before the connection goes: closing at once would
+                // drop it.
+                if control_out.finish().is_ok() {
+                    let _ = tokio::time::timeout(REFUSAL_GRACE, control_out.stopped()).await;
+                }
+                connection.close(1u32.into(), b"refused");
+                return Err(SessionError::Refused(reason));
+            }
+        };
+        let welcome = wire::ControlFrame {
+            kind: Some(wire::control_frame::Kind::Welcome(wire::Welcome {})),
+        };
+        control_out.write_all(&frame::encode(&welcome)).await?;
+        let (stop, mirrors) = self.connected(&edge, &connection);
+        tracing::info!(%edge, address = %connection.remote_address(), "edge linked");
+        let side = Side {
+            log,
+            outgoing: downstream,
+            outgoing_direction: Direction::Downstream,
+            send: SendOptions {
+                compression: WireCompression::from_wire(hello.compression as i32)
+                    .unwrap_or_default(),
+                limit: Arc::new(RateLimit::new(hello.max_bytes_per_sec)),
+            },
+            mirror_prefix: format!("{edge}."),
+            peer_prefix: "hub.".to_owned(),
+            peer: format!("edge {edge}"),
+            hold: Some(Hold {
+                holder: format!("edge:{edge}"),
+                max_bytes: DOWNSTREAM_HOLD_BYTES,
+                store: None,
+            }),
+            groups: GroupSync::Receive(coordinator),
+            mirrors,
+        };
+        let outcome = tokio::select! {
+            outcome = session::run(side, connection.clone(), control_out, control_in) => outcome,
+            _ = stop.cancelled() => Err(SessionError::Protocol("a newer connection of this edge replaced it".into())),
+        };
+        self.disconnected(&edge, &connection);
+        connection.close(0u32.into(), b"session ended");
+        outcome
+    }
+
+    /// Records a new connection of `edge`, ending its previous one.
+    fn connected(
+        &self,
+        edge: &EdgeId,
+        connection: &quinn::Connection,
+    ) -> (CancellationToken, Mirrors) {
+        let mut edges = self.lock();
+        let stop = CancellationToken::new();
+        let entry = edges.entry(edge.clone()).or_insert_with(|| EdgeEntry {
+            connection: None,
+            address: connection.remote_address(),
+            last_seen: Timestamp::now(),
+            session: CancellationToken::new(),
+            mirrors: Mirrors::default(),
+        });
+        entry.session.cancel();
+        entry.session = stop.clone();
+        entry.connection = Some(connection.clone());
+        entry.address = connection.remote_address();
+        entry.last_seen = Timestamp::now();
+        (stop, entry.mirrors.clone())
+    }
+
+    fn disconnected(&self, edge: &EdgeId, connection: &quinn::Connection) {
+        let mut edges = self.lock();
+        if let Some(entry) = edges.get_mut(edge)
+            && entry
+                .connection
+                .as_ref()
+                .is_some_and(|current| current.stable_id() == connection.stable_id())
+        {
+            entry.address = connection.remote_address();
+            entry.connection = None;
+            entry.last_seen = Timestamp::now();
+        }
+    }
+}

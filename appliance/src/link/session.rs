@@ -1,0 +1,612 @@
+//! One link connection after its handshake, the same on both sides: each side may send
+//! topics (the edge its topics upstream, the hub its topics downstream) and receives the
+//! other side's into mirrors.
+//!
+//! ```text
+//! every second    own topics matching, never mirrors -> TopicState when new or grown
+//!                 -> Watermarks (lag on the other side); edge: GroupOffsets that changed;
+//!                 retention holds at what the other side acknowledged
+//! TopicState  ->  mirror `<prefix><topic>` created or grown -> Positions (its next offsets)
+//! Positions   ->  a sender per partition not yet sending (transfer::send_partition)
+//! uni stream  ->  transfer::receive_partition -> Ack
+//! Ack         ->  progress (status, holds)
+//! ```
+//!
+//! Everything a session starts ends with it (tasks in JoinSets); progress figures live in
+//! [`Mirrors`], which outlives sessions so status shows the last known state.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use appliance_proto::link::v1 as wire;
+use regex::Regex;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::frame;
+use super::transfer::{self, Direction, MirrorProgress, SendOptions};
+use crate::group::{Coordinator, GroupError};
+use crate::log::{Log, LogError, Offset, PartitionId, TopicConfig, TopicName};
+use crate::meta::{GroupId, Meta, Table};
+
+/// Control frames are small; batches travel on their own streams.
+pub const CONTROL_LIMIT: usize = 1 << 20;
+const TICK: Duration = Duration::from_secs(1);
+const CONTROL_QUEUE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("connecting: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("writing to the peer: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("reading from the peer: {0}")]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] frame::FrameError),
+    #[error(transparent)]
+    Link(#[from] super::LinkError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the peer refused: {0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Progress of every partition a side has mirrored in either direction, by direction, origin
+/// topic and partition.
+#[derive(Debug, Clone, Default)]
+pub struct Mirrors(Arc<Mutex<MirrorTable>>);
+
+type MirrorTable = BTreeMap<(Direction, String, u32), Arc<MirrorProgress>>;
+
+impl Mirrors {
+    pub fn entry(
+        &self,
+        direction: Direction,
+        topic: &str,
+        mirror: &str,
+        partition: u32,
+    ) -> Arc<MirrorProgress> {
+        self.lock()
+            .entry((direction, topic.to_owned(), partition))
+            .or_insert_with(|| Arc::new(MirrorProgress::new(direction, topic, mirror, partition)))
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<MirrorProgress>> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn get(
+        &self,
+        direction: Direction,
+        topic: &str,
+        partition: u32,
+    ) -> Option<Arc<MirrorProgress>> {
+        self.lock()
+            .get(&(direction, topic.to_owned(), partition))
+            .cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MirrorTable> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Retention keeps what the other side has not acknowledged, up to a size per partition.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub holder: String,
+    pub max_bytes: u64,
+    /// Where acknowledged positions are kept across restarts, so holds return before the
+    /// first connection does.
+    pub store: Option<Meta>,
+}
+
+/// Consumer-group offsets: the edge sends what its groups committed on mirrored topics; the
+/// hub commits them to the same groups on the mirrors.
+#[derive(Debug, Clone)]
+pub enum GroupSync {
+    None,
+    Send(Meta),
+    Receive(Coordinator),
+}
+
+/// One side of a connection: what it sends, and how it names what it receives.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub log: Log,
+    /// This side's topics to send (matched against the whole name); mirrors never are.
+    pub outgoing: Option<Regex>,
+    pub outgoing_direction: Direction,
+    pub send: SendOptions,
+    /// What this side's mirrors are called: `<edge-id>.` on the hub, `hub.` on an edge.
+    pub mirror_prefix: String,
+    /// What the peer calls the mirrors of this side's topics (for status).
+    pub peer_prefix: String,
+    /// Who the mirrors this side receives come from, in words ("edge plant-7", "the hub").
+    pub peer: String,
+    pub hold: Option<Hold>,
+    pub groups: GroupSync,
+    pub mirrors: Mirrors,
+}
+
+impl Side {
+    fn incoming_direction(&self) -> Direction {
+        match self.outgoing_direction {
+            Direction::Upstream => Direction::Downstream,
+            Direction::Downstream => Direction::Upstream,
+        }
+    }
+
+    fn mirror_name(&self, topic: &str) -> Result<TopicName, SessionError> {
+        TopicName::new(format!("{}{topic}", self.mirror_prefix))
+            .map_err(|e| SessionError::Protocol(format!("no mirror name for topic {topic:?}: {e}")))
+    }
+}
+
+/// The key of a stored acknowledged position: holder, topic, partition.
+pub fn ack_key(holder: &str, topic: &str, partition: u32) -> String {
+    format!("{holder}\0{topic}\0{partition}")
+}
+
+/// Runs the session until the connection or the control stream ends.
+pub async fn run(
+    side: Side,
+    connection: quinn::Connection,
+    mut control_out: quinn::SendStream,
+    mut control_in: quinn::RecvStream,
+) -> Result<(), SessionError> {
+    let (frames, mut to_send) = mpsc::channel::<wire::ControlFrame>(CONTROL_QUEUE);
+    let writer = async move {
+        while let Some(frame) = to_send.recv().await {
+            control_out.write_all(&frame::encode(&frame)).await?;
+        }
+        Ok::<_, SessionError>(())
+    };
+    tokio::pin!(writer);
+    let mut state = State {
+        side: &side,
+        frames: &frames,
+        connection: &connection,
+        announced: HashMap::new(),
+        refused: HashSet::new(),
+        sending: HashSet::new(),
+        senders: JoinSet::new(),
+        receivers: JoinSet::new(),
+        synced_offsets: HashMap::new(),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            written = &mut writer => return written,
+            frame = frame::read::<wire::ControlFrame>(&mut control_in, CONTROL_LIMIT) => {
+                match frame? {
+                    Some(frame) => state.on_frame(frame).await?,
+                    None => return Err(SessionError::Protocol("the peer closed the control stream".into())),
+                }
+            }
+            stream = connection.accept_uni() => state.on_stream(stream?),
+            _ = tick.tick() => state.on_tick().await?,
+            Some(sent) = state.senders.join_next() => state.on_sender_end(sent),
+            Some(_) = state.receivers.join_next() => {}
+        }
+    }
+}
+
+type SenderOutcome = ((String, u32), Result<(), SessionError>);
+
+struct State<'a> {
+    side: &'a Side,
+    frames: &'a mpsc::Sender<wire::ControlFrame>,
+    connection: &'a quinn::Connection,
+    /// Own topics announced in this session, with the partitions announced.
+    announced: HashMap<String, u32>,
+    /// Own topics the peer refused to mirror.
+    refused: HashSet<String>,
+    sending: HashSet<(String, u32)>,
+    senders: JoinSet<SenderOutcome>,
+    receivers: JoinSet<()>,
+    /// Offsets sent per (group, topic, partition), so only changes go out.
+    synced_offsets: HashMap<(String, String, u32), u64>,
+}
+
+impl State<'_> {
+    async fn send(&self, kind: wire::control_frame::Kind) -> Result<(), SessionError> {
+        self.frames
+            .send(wire::ControlFrame { kind: Some(kind) })
+            .await
+            .map_err(|_| SessionError::Protocol("the control stream is closed".into()))
+    }
+
+    async fn on_frame(&mut self, frame: wire::ControlFrame) -> Result<(), SessionError> {
+        use wire::control_frame::Kind;
+        match frame.kind {
+            Some(Kind::Topic(topic)) => self.on_topic(topic).await,
+            Some(Kind::Positions(positions)) => {
+                self.on_positions(positions);
+                Ok(())
+            }
+            Some(Kind::Ack(ack)) => {
+                if let Some(progress) =
+                    self.side
+                        .mirrors
+                        .get(self.side.outgoing_direction, &ack.topic, ack.partition)
+                {
+                    progress.set_acknowledged(ack.durable_next_offset);
+                }
+                Ok(())
+            }
+            Some(Kind::Watermarks(watermarks)) => {
+                for mark in watermarks.partitions {
+                    if let Some(progress) = self.side.mirrors.get(
+                        self.side.incoming_direction(),
+                        &mark.topic,
+                        mark.partition,
+                    ) {
+                        progress.set_origin_high_watermark(mark.high_watermark);
+                    }
+                }
+                Ok(())
+            }
+            Some(Kind::Offsets(offsets)) => {
+                self.on_group_offsets(offsets).await;
+                Ok(())
+            }
+            Some(Kind::Refusal(refusal)) => Err(SessionError::Refused(refusal.reason)),
+            Some(Kind::Hello(_) | Kind::Welcome(_)) | None => Err(SessionError::Protocol(
+                "an unexpected frame on the control stream".into(),
+            )),
+        }
+    }
+
+    /// The peer announces a topic: create or grow its mirror and say where it continues.
+    async fn on_topic(&mut self, topic: wire::TopicState) -> Result<(), SessionError> {
+        let mirror = self.side.mirror_name(&topic.topic)?;
+        let reply = match ensure_mirror(&self.side.log, &mirror, &topic, &self.side.peer).await? {
+            Ok(()) => {
+                let mut positions = Vec::new();
+                for p in 0..topic.partitions {
+                    let partition = self.side.log.partition(&mirror, PartitionId(p))?;
+                    let progress = self.side.mirrors.entry(
+                        self.side.incoming_direction(),
+                        &topic.topic,
+                        mirror.as_str(),
+                        p,
+                    );
+                    progress.set_acknowledged(partition.high_watermark().0);
+                    progress.set_error(None);
+                    positions.push(wire::PartitionPosition {
+                        topic: topic.topic.clone(),
+                        partition: p,
+                        next_offset: partition.high_watermark().0,
+                        log_start: partition.log_start().0,
+                    });
+                }
+                wire::Positions {
+                    positions,
+                    ..Default::default()
+                }
+            }
+            Err(refusal) => {
+                tracing::warn!(topic = %mirror, %refusal, "refused to mirror a topic");
+                wire::Positions {
+                    positions: Vec::new(),
+                    refused_topic: topic.topic.clone(),
+                    refusal,
+                }
+            }
+        };
+        self.send(wire::control_frame::Kind::Positions(reply)).await
+    }
+
+    fn on_positions(&mut self, positions: wire::Positions) {
+        let direction = self.side.outgoing_direction;
+        if !positions.refused_topic.is_empty() {
+            let topic = positions.refused_topic;
+            let partitions = self.announced.get(&topic).copied().unwrap_or(0);
+            let mirror = format!("{}{topic}", self.side.peer_prefix);
+            for p in 0..partitions {
+                let progress = self.side.mirrors.entry(direction, &topic, &mirror, p);
+                progress.set_error(Some(format!("refused by the peer: {}", positions.refusal)));
+            }
+            self.refused.insert(topic);
+            return;
+        }
+        for position in positions.positions {
+            let key = (position.topic.clone(), position.partition);
+            if self.sending.contains(&key) {
+                continue;
+            }
+            let Ok(topic) = TopicName::new(position.topic.as_str()) else {
+                continue;
+            };
+            let mirror = format!("{}{}", self.side.peer_prefix, position.topic);
+            let progress =
+                self.side
+                    .mirrors
+                    .entry(direction, &position.topic, &mirror, position.partition);
+            progress.set_acknowledged(position.next_offset);
+            progress.set_error(None);
+            self.sending.insert(key.clone());
+            let (connection, log, options) = (
+                self.connection.clone(),
+                self.side.log.clone(),
+                self.side.send.clone(),
+            );
+            let from = Offset(position.next_offset);
+            let partition = PartitionId(position.partition);
+            self.senders.spawn(async move {
+                let sent = transfer::send_partition(
+                    connection, log, topic, partition, from, options, progress,
+                )
+                .await;
+                (key, sent)
+            });
+        }
+    }
+
+    fn on_sender_end(&mut self, ended: Result<SenderOutcome, tokio::task::JoinError>) {
+        let Ok(((topic, partition), outcome)) = ended else {
+            return;
+        };
+        self.sending.remove(&(topic.clone(), partition));
+        if let Err(error) = outcome {
+            tracing::warn!(%topic, partition, %error, "a mirrored partition stopped sending");
+            if let Some(progress) =
+                self.side
+                    .mirrors
+                    .get(self.side.outgoing_direction, &topic, partition)
+            {
+                progress.set_error(Some(error.to_string()));
+            }
+        }
+    }
+
+    fn on_stream(&mut self, mut stream: quinn::RecvStream) {
+        let side = self.side.clone();
+        let acks = self.frames.clone();
+        self.receivers.spawn(async move {
+            let header = match frame::read::<wire::PartitionHeader>(&mut stream, CONTROL_LIMIT)
+                .await
+            {
+                Ok(Some(header)) => header,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "a partition stream without a header");
+                    return;
+                }
+            };
+            let Ok(mirror) = side.mirror_name(&header.topic) else {
+                return;
+            };
+            let progress = side.mirrors.entry(
+                side.incoming_direction(),
+                &header.topic,
+                mirror.as_str(),
+                header.partition,
+            );
+            if side.log.mirror_of(&mirror).is_none() {
+                progress.set_error(Some(format!("{mirror} is not a mirror here")));
+                return;
+            }
+            let received = transfer::receive_partition(
+                &mut stream,
+                &side.log,
+                &mirror,
+                PartitionId(header.partition),
+                &progress,
+                &acks,
+                &header.topic,
+            )
+            .await;
+            if let Err(error) = received {
+                tracing::warn!(%mirror, partition = header.partition, %error, "a mirrored partition stream ended");
+                progress.set_error(Some(error.to_string()));
+                let _ = stream.stop(1u32.into());
+            }
+        });
+    }
+
+    async fn on_tick(&mut self) -> Result<(), SessionError> {
+        let Some(pattern) = self.side.outgoing.clone() else {
+            return Ok(());
+        };
+        let mut marks = Vec::new();
+        for info in self.side.log.list_topics() {
+            let name = info.name.to_string();
+            if info.mirror_of.is_some() || !pattern.is_match(&name) || self.refused.contains(&name)
+            {
+                continue;
+            }
+            let partitions = info.config.partitions;
+            if self.announced.get(&name) != Some(&partitions) {
+                self.announced.insert(name.clone(), partitions);
+                self.send(wire::control_frame::Kind::Topic(wire::TopicState {
+                    topic: name.clone(),
+                    partitions,
+                    max_message_bytes: info.config.max_message_bytes,
+                    segment_bytes: info.config.segment_bytes,
+                }))
+                .await?;
+            }
+            for p in 0..partitions {
+                let Ok(partition) = self.side.log.partition(&info.name, PartitionId(p)) else {
+                    continue;
+                };
+                let high_watermark = partition.high_watermark();
+                marks.push(wire::PartitionWatermark {
+                    topic: name.clone(),
+                    partition: p,
+                    high_watermark: high_watermark.0,
+                    log_start: partition.log_start().0,
+                });
+                if let Some(progress) =
+                    self.side
+                        .mirrors
+                        .get(self.side.outgoing_direction, &name, p)
+                {
+                    progress.set_origin_high_watermark(high_watermark.0);
+                    self.hold(&info.name, PartitionId(p), progress.acknowledged());
+                }
+            }
+        }
+        self.send(wire::control_frame::Kind::Watermarks(wire::Watermarks {
+            partitions: marks,
+        }))
+        .await?;
+        if let GroupSync::Send(meta) = &self.side.groups {
+            for offsets in self.changed_group_offsets(meta) {
+                self.send(wire::control_frame::Kind::Offsets(offsets))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn hold(&self, topic: &TopicName, partition: PartitionId, acknowledged: Offset) {
+        let Some(hold) = &self.side.hold else { return };
+        if let Err(error) = self.side.log.set_retention_hold(
+            topic,
+            partition,
+            &hold.holder,
+            acknowledged,
+            hold.max_bytes,
+        ) {
+            tracing::warn!(%topic, %partition, %error, "cannot hold retention for a link");
+        }
+        if let Some(store) = &hold.store {
+            let key = ack_key(&hold.holder, topic.as_str(), partition.0);
+            if let Err(error) = store.put_unflushed(Table::LinkAcks, &key, &acknowledged.0) {
+                tracing::warn!(%error, "cannot store a link's acknowledged position");
+            }
+        }
+    }
+
+    /// Offsets committed on announced topics since the last tick, each at most what the
+    /// peer has acknowledged (a commit beyond the mirror's end would be refused there; it
+    /// goes once the mirror has caught up).
+    fn changed_group_offsets(&mut self, meta: &Meta) -> Vec<wire::GroupOffsets> {
+        let mut changed = Vec::new();
+        let Ok(groups) = meta.groups() else {
+            return changed;
+        };
+        for group in groups {
+            let Ok(committed) = meta.committed_offsets(&group) else {
+                continue;
+            };
+            let mut offsets = Vec::new();
+            for entry in committed {
+                if !self.announced.contains_key(&entry.topic) {
+                    continue;
+                }
+                let acknowledged = self
+                    .side
+                    .mirrors
+                    .get(self.side.outgoing_direction, &entry.topic, entry.partition)
+                    .map_or(0, |p| p.acknowledged().0);
+                let offset = entry.committed.offset;
+                let key = (group.to_string(), entry.topic.clone(), entry.partition);
+                if offset > acknowledged || self.synced_offsets.get(&key) == Some(&offset) {
+                    continue;
+                }
+                self.synced_offsets.insert(key, offset);
+                offsets.push(wire::CommittedOffset {
+                    topic: entry.topic,
+                    partition: entry.partition,
+                    offset,
+                    metadata: entry.committed.metadata,
+                });
+            }
+            if !offsets.is_empty() {
+                changed.push(wire::GroupOffsets {
+                    group: group.to_string(),
+                    offsets,
+                });
+            }
+        }
+        changed
+    }
+
+    async fn on_group_offsets(&self, offsets: wire::GroupOffsets) {
+        let GroupSync::Receive(coordinator) = &self.side.groups else {
+            return;
+        };
+        let Ok(group) = GroupId::new(offsets.group.as_str()) else {
+            return;
+        };
+        let mut commits = Vec::new();
+        for offset in offsets.offsets {
+            let Ok(mirror) = self.side.mirror_name(&offset.topic) else {
+                continue;
+            };
+            if self.side.log.mirror_of(&mirror).is_none() {
+                continue;
+            }
+            commits.push((
+                (mirror, PartitionId(offset.partition)),
+                Offset(offset.offset),
+                offset.metadata,
+            ));
+        }
+        match coordinator.commit(&group, None, commits).await {
+            Ok(()) => {}
+            // The group consumes here now: its own commits win over the origin's.
+            Err(GroupError::GroupActive { .. }) => {}
+            Err(error) => {
+                tracing::warn!(%group, %error, "cannot apply a mirrored group's offsets");
+            }
+        }
+    }
+}
+
+/// Creates the mirror of a peer's topic, or grows its partitions to the origin's. `Ok(Err)`
+/// is a refusal to tell the peer: a topic of that name exists here and is not a mirror.
+async fn ensure_mirror(
+    log: &Log,
+    mirror: &TopicName,
+    topic: &wire::TopicState,
+    peer: &str,
+) -> Result<Result<(), String>, SessionError> {
+    match log.topic_info(mirror) {
+        Ok(info) if info.mirror_of.is_none() => Ok(Err(format!(
+            "{mirror} is a topic of its own on this side (promoted, or created here), not a mirror"
+        ))),
+        Ok(info) if info.config.partitions >= topic.partitions => Ok(Ok(())),
+        Ok(info) => {
+            let config = TopicConfig {
+                partitions: topic.partitions,
+                ..info.config
+            };
+            log.update_topic_config(mirror, config).await?;
+            Ok(Ok(()))
+        }
+        Err(LogError::UnknownTopic { .. }) => {
+            let defaults = log.topic_defaults();
+            let config = TopicConfig {
+                partitions: topic.partitions,
+                // A mirror keeps what its origin keeps: the origin's log start reaches it as
+                // gaps; its own retention could delete what the origin still holds.
+                retention_ms: None,
+                retention_bytes: None,
+                max_message_bytes: topic.max_message_bytes.max(defaults.max_message_bytes),
+                segment_bytes: topic.segment_bytes.clamp(1 << 20, 1 << 30),
+                ..defaults.clone()
+            };
+            match log
+                .create_mirror_topic(mirror.clone(), config, peer.to_owned())
+                .await
+            {
+                Ok(()) | Err(LogError::TopicExists { .. }) => Ok(Ok(())),
+                Err(error) => Err(error.into()),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}

@@ -1,0 +1,506 @@
+//! Links between an edge and a hub in this process, over QUIC on loopback with the
+//! certificates `appliance certs` makes: the edge's `Links` and the hub's `Hub`, each over a
+//! log of its own.
+
+use std::path::Path;
+use std::time::Duration;
+
+use appliance_proto::link::v1 as wire;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::edge::{LinkSpec, LinkState, Links};
+use super::hub::{Hub, HubOptions};
+use super::tls::{DEFAULT_IDLE_TIMEOUT, TlsFiles, edge_endpoint};
+use super::transfer::{Direction, WireCompression};
+use super::{EdgeId, certs, frame};
+use crate::group::Coordinator;
+use crate::log::{
+    self, Compression, Durability, Log, LogConfig, LogError, Offset, PartitionId, Record,
+    Timestamp, TopicConfig, TopicName,
+};
+use crate::meta::{GroupId, Meta};
+
+async fn open_log(dir: &Path) -> (Log, Meta) {
+    let meta = Meta::open(&dir.join("meta")).unwrap();
+    let config = LogConfig {
+        durability: Durability::Os,
+        ..LogConfig::new(dir.to_path_buf())
+    };
+    (Log::open(config, meta.clone()).await.unwrap(), meta)
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::new(name).unwrap()
+}
+
+fn record(n: usize) -> Record {
+    Record {
+        key: None,
+        value: Some(Bytes::from(format!("reading-{n}"))),
+        headers: Vec::new(),
+        timestamp: Timestamp(1_700_000_000_000 + n as i64),
+    }
+}
+
+async fn produce(log: &Log, name: &str, partition: u32, from: usize, count: usize) {
+    let records: Vec<Record> = (from..from + count).map(record).collect();
+    for chunk in records.chunks(97) {
+        let batch = log::encode(chunk, Compression::None).unwrap();
+        log.append(&topic(name), PartitionId(partition), batch)
+            .await
+            .unwrap();
+    }
+}
+
+/// Every stored byte of a partition, from its log start.
+fn stored(log: &Log, name: &str, partition: u32) -> Vec<u8> {
+    let partition = log.partition(&topic(name), PartitionId(partition)).unwrap();
+    let mut bytes = Vec::new();
+    let mut offset = partition.log_start();
+    while offset < partition.high_watermark() {
+        let chunk = partition.read(offset, 1 << 16).unwrap();
+        bytes.extend_from_slice(&chunk.batches);
+        offset = chunk.next_offset;
+    }
+    bytes
+}
+
+/// Waits until `mirror`'s partitions on `to` hold exactly what `origin`'s hold on `from`.
+async fn wait_identical(from: &Log, origin: &str, to: &Log, mirror: &str, partitions: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let same = (0..partitions).all(|p| {
+            to.partition(&topic(mirror), PartitionId(p))
+                .is_ok_and(|_| stored(from, origin, p) == stored(to, mirror, p))
+        });
+        if same {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mirror never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Side {
+    _dir: tempfile::TempDir,
+    log: Log,
+    meta: Meta,
+}
+
+async fn side() -> Side {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, meta) = open_log(dir.path()).await;
+    Side {
+        _dir: dir,
+        log,
+        meta,
+    }
+}
+
+/// A link CA with the edge `plant-7`, a hub serving its log on loopback, and an edge with its
+/// links.
+struct Deployment {
+    certs: tempfile::TempDir,
+    edge: Side,
+    links: Links,
+    hub: Side,
+    hub_link: Hub,
+    shutdown: CancellationToken,
+}
+
+impl Deployment {
+    async fn start() -> Self {
+        let certs = tempfile::tempdir().unwrap();
+        certs::init(certs.path(), &[]).unwrap();
+        certs::issue(certs.path(), &EdgeId::new("plant-7").unwrap()).unwrap();
+        let (edge, hub) = (side().await, side().await);
+        let file = |name: &str| certs.path().join(name);
+        let shutdown = CancellationToken::new();
+        let options = HubOptions {
+            addr: ([127, 0, 0, 1], 0).into(),
+            ca: file("ca.pem"),
+            cert: file("hub.pem"),
+            key: file("hub.key"),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        };
+        let coordinator = Coordinator::new(hub.log.clone(), hub.meta.clone());
+        let hub_link =
+            Hub::start(&options, hub.log.clone(), coordinator, shutdown.clone()).unwrap();
+        let links = Links::open(
+            edge.log.clone(),
+            edge.meta.clone(),
+            DEFAULT_IDLE_TIMEOUT,
+            shutdown.clone(),
+        )
+        .unwrap();
+        Self {
+            certs,
+            edge,
+            links,
+            hub,
+            hub_link,
+            shutdown,
+        }
+    }
+
+    fn file(&self, name: &str) -> std::path::PathBuf {
+        self.certs.path().join(name)
+    }
+
+    /// A link of plant-7 mirroring `topics` up and `downstream` down.
+    fn spec(&self, topics: &str, downstream: &str) -> LinkSpec {
+        LinkSpec {
+            name: "to-hub".to_owned(),
+            hub: self.hub_link.local_addr().to_string(),
+            topics: topics.to_owned(),
+            downstream: downstream.to_owned(),
+            ca: self.file("ca.pem"),
+            cert: self.file("plant-7.pem"),
+            key: self.file("plant-7.key"),
+            compression: WireCompression::Zstd,
+            max_bytes_per_sec: 0,
+            hold_max_bytes: 0,
+            paused: false,
+        }
+    }
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_a_pause() {
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
+    let config = TopicConfig {
+        partitions: 2,
+        ..TopicConfig::default()
+    };
+    edge.log
+        .create_topic(topic("sensors"), config)
+        .await
+        .unwrap();
+    edge.log
+        .create_topic(topic("private"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&edge.log, "sensors", 0, 0, 1000).await;
+    produce(&edge.log, "sensors", 1, 0, 300).await;
+
+    deployment
+        .links
+        .create(deployment.spec("sensors|later", ""))
+        .await
+        .unwrap();
+    wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 2).await;
+    produce(&edge.log, "sensors", 0, 1000, 500).await;
+    wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 2).await;
+    eventually("the edge sees the hub's acknowledgements", || {
+        let status = deployment.links.get("to-hub").unwrap();
+        status.state == LinkState::Connected
+            && status.partitions.len() == 2
+            && status.partitions.iter().all(|p| p.lag_records == 0)
+            && status.partitions[0].acknowledged == Offset(1500)
+    })
+    .await;
+    assert!(
+        hub.log.topic_config(&topic("plant-7.private")).is_err(),
+        "only topics matching the pattern are mirrored"
+    );
+    let produced = hub
+        .log
+        .append(
+            &topic("plant-7.sensors"),
+            PartitionId(0),
+            log::encode(&[record(0)], Compression::None).unwrap(),
+        )
+        .await;
+    assert!(
+        matches!(produced, Err(LogError::ReadOnlyMirror { .. })),
+        "a mirror is read-only to producers: {produced:?}"
+    );
+
+    // A topic that appears and partitions that are added reach the hub without a restart.
+    edge.log
+        .create_topic(topic("later"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&edge.log, "later", 0, 0, 50).await;
+    wait_identical(&edge.log, "later", &hub.log, "plant-7.later", 1).await;
+    edge.log
+        .update_topic_config(
+            &topic("later"),
+            TopicConfig {
+                partitions: 3,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    produce(&edge.log, "later", 2, 0, 20).await;
+    wait_identical(&edge.log, "later", &hub.log, "plant-7.later", 3).await;
+
+    // The link pauses; the edge keeps producing; resumed, it continues where the hub is.
+    deployment.links.pause("to-hub").await.unwrap();
+    produce(&edge.log, "sensors", 1, 300, 700).await;
+    deployment.links.resume("to-hub").await.unwrap();
+    wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 2).await;
+    let mirror = hub
+        .log
+        .partition(&topic("plant-7.sensors"), PartitionId(1))
+        .unwrap();
+    assert_eq!(
+        mirror.high_watermark(),
+        Offset(1000),
+        "nothing twice, nothing skipped"
+    );
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_topics_reach_the_edge_and_group_offsets_reach_the_hub() {
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
+    hub.log
+        .create_topic(topic("commands"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&hub.log, "commands", 0, 0, 40).await;
+    edge.log
+        .create_topic(topic("sensors"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&edge.log, "sensors", 0, 0, 400).await;
+    let group = GroupId::new("dashboard").unwrap();
+    let edge_groups = Coordinator::new(edge.log.clone(), edge.meta.clone());
+    edge_groups
+        .commit(
+            &group,
+            None,
+            vec![(
+                (topic("sensors"), PartitionId(0)),
+                Offset(200),
+                "half".to_owned(),
+            )],
+        )
+        .await
+        .unwrap();
+
+    deployment
+        .links
+        .create(deployment.spec(".*", "commands"))
+        .await
+        .unwrap();
+    wait_identical(&hub.log, "commands", &edge.log, "hub.commands", 1).await;
+    wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 1).await;
+    assert!(
+        hub.log
+            .topic_config(&topic("plant-7.hub.commands"))
+            .is_err(),
+        "a mirror is never mirrored again"
+    );
+    let hub_groups = Coordinator::new(hub.log.clone(), hub.meta.clone());
+    let mirrored = (topic("plant-7.sensors"), PartitionId(0));
+    eventually("the group's offset reaches the hub", || {
+        hub_groups
+            .committed(&group, &mirrored)
+            .unwrap()
+            .is_some_and(|c| c.offset == 200 && c.metadata == "half")
+    })
+    .await;
+    eventually(
+        "the hub lists the edge with its downstream partition",
+        || {
+            deployment.hub_link.edges().iter().any(|e| {
+                e.edge.as_str() == "plant-7"
+                    && e.connected
+                    && e.partitions
+                        .iter()
+                        .any(|p| p.direction == Direction::Downstream && p.lag_records == 0)
+            })
+        },
+    )
+    .await;
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_retention_deleted_before_the_hub_had_it_is_a_gap_at_the_same_offsets() {
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
+    let config = TopicConfig {
+        segment_bytes: 4096,
+        retention_bytes: Some(8192),
+        ..TopicConfig::default()
+    };
+    edge.log
+        .create_topic(topic("sensors"), config)
+        .await
+        .unwrap();
+    produce(&edge.log, "sensors", 0, 0, 100).await;
+    let spec = LinkSpec {
+        hold_max_bytes: 16 * 1024,
+        ..deployment.spec("sensors", "")
+    };
+    deployment.links.create(spec).await.unwrap();
+    wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 1).await;
+    deployment.links.pause("to-hub").await.unwrap();
+
+    // While the hub is unreachable, retention waits up to the hold's cap, then deletes.
+    produce(&edge.log, "sensors", 0, 100, 2000).await;
+    edge.log.apply_retention().await;
+    let origin = edge
+        .log
+        .partition(&topic("sensors"), PartitionId(0))
+        .unwrap();
+    assert!(origin.log_start() > Offset(100), "the cap forced deletion");
+    deployment.links.resume("to-hub").await.unwrap();
+    let mirror = hub
+        .log
+        .partition(&topic("plant-7.sensors"), PartitionId(0))
+        .unwrap();
+    eventually("the mirror continues after the gap", || {
+        mirror.high_watermark() == origin.high_watermark()
+    })
+    .await;
+    assert_eq!(
+        mirror.log_start(),
+        origin.log_start(),
+        "offsets never shift"
+    );
+    let status = deployment.links.get("to-hub").unwrap();
+    assert_eq!(
+        status.partitions[0].gap_records,
+        origin.log_start().0 - 100,
+        "{status:?}"
+    );
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_mirror_takes_producers_and_the_link_stops_writing_it() {
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
+    edge.log
+        .create_topic(topic("sensors"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&edge.log, "sensors", 0, 0, 100).await;
+    deployment
+        .links
+        .create(deployment.spec("sensors", ""))
+        .await
+        .unwrap();
+    wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 1).await;
+    deployment.links.pause("to-hub").await.unwrap();
+    hub.log.promote(&topic("plant-7.sensors")).await.unwrap();
+    let outcome = hub
+        .log
+        .append(
+            &topic("plant-7.sensors"),
+            PartitionId(0),
+            log::encode(&[record(7)], Compression::None).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.base_offset,
+        Offset(100),
+        "producers continue at the end"
+    );
+    produce(&edge.log, "sensors", 0, 100, 10).await;
+    deployment.links.resume("to-hub").await.unwrap();
+    eventually("the edge reports the refusal", || {
+        deployment
+            .links
+            .get("to-hub")
+            .unwrap()
+            .partitions
+            .iter()
+            .any(|p| {
+                p.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("not a mirror"))
+            })
+    })
+    .await;
+    let promoted = hub
+        .log
+        .partition(&topic("plant-7.sensors"), PartitionId(0))
+        .unwrap();
+    assert_eq!(promoted.high_watermark(), Offset(101));
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_claiming_another_edges_id_is_refused() {
+    let deployment = Deployment::start().await;
+    let (ca, cert, key) = (
+        deployment.file("ca.pem"),
+        deployment.file("plant-7.pem"),
+        deployment.file("plant-7.key"),
+    );
+    let files = TlsFiles {
+        ca: &ca,
+        cert: &cert,
+        key: &key,
+    };
+    let endpoint = edge_endpoint(&files, DEFAULT_IDLE_TIMEOUT).unwrap();
+    let connection = endpoint
+        .connect(deployment.hub_link.local_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut receive) = connection.open_bi().await.unwrap();
+    let hello = wire::ControlFrame {
+        kind: Some(wire::control_frame::Kind::Hello(wire::Hello {
+            edge_id: "plant-8".to_owned(),
+            ..Default::default()
+        })),
+    };
+    send.write_all(&frame::encode(&hello)).await.unwrap();
+    let answer = frame::read::<wire::ControlFrame>(&mut receive, 1 << 20)
+        .await
+        .unwrap()
+        .and_then(|f| f.kind);
+    let Some(wire::control_frame::Kind::Refusal(refusal)) = answer else {
+        panic!("not refused: {answer:?}");
+    };
+    assert!(
+        refusal.reason.contains("edge plant-7's"),
+        "{}",
+        refusal.reason
+    );
+    assert!(
+        deployment.hub.log.list_topics().is_empty(),
+        "no mirror for an impostor"
+    );
+    deployment.shutdown.cancel();
+}
+
+#[test]
+fn edge_ids_are_dns_labels() {
+    for good in ["edge-1", "a", "plant7", &"x".repeat(63)] {
+        assert!(EdgeId::new(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "-edge",
+        "edge-",
+        "Edge",
+        "edge.1",
+        "edge_1",
+        &"x".repeat(64),
+    ] {
+        assert!(EdgeId::new(bad).is_err(), "{bad}");
+    }
+}

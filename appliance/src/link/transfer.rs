@@ -1,0 +1,511 @@
+//! One mirrored partition on the wire: the sender streams its stored batches from the
+//! receiver's next offset; the receiver appends each at its own offsets and reports what is
+//! durable.
+//!
+//! ```text
+//! sender:   read_wait(next) -> batch as stored -> compress for the wire unless compressed
+//!           -> rate limit -> Batch frame          (retention deleted `next`: Gap frame first)
+//! receiver: frame -> bounded decompress -> append_at_own_offset -> Ack on the control stream
+//!           (Gap: the mirror restarts empty at the origin's new log start; offsets never shift)
+//! ```
+//!
+//! A resend of a batch the mirror holds already is skipped; a batch that is not the next one
+//! ends the stream with an error (the next session resumes from the receiver's position).
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use appliance_proto::link::v1 as wire;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::frame;
+use super::session::SessionError;
+use crate::log::{self, Compression, Log, LogError, Offset, PartitionId, TopicName};
+
+const READ_BYTES: usize = 1 << 20;
+const READ_WAIT: Duration = Duration::from_millis(500);
+/// zstd's fastest level: the link is usually limited by the uplink, rarely by this CPU.
+const ZSTD_LEVEL: i32 = 1;
+
+/// How batches that are not compressed already travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireCompression {
+    None,
+    #[default]
+    Zstd,
+    Lz4,
+}
+
+impl WireCompression {
+    pub fn to_wire(self) -> wire::WireCompression {
+        match self {
+            Self::None => wire::WireCompression::None,
+            Self::Zstd => wire::WireCompression::Zstd,
+            Self::Lz4 => wire::WireCompression::Lz4,
+        }
+    }
+
+    pub fn from_wire(value: i32) -> Option<Self> {
+        match wire::WireCompression::try_from(value).ok()? {
+            wire::WireCompression::None => Some(Self::None),
+            wire::WireCompression::Zstd => Some(Self::Zstd),
+            wire::WireCompression::Lz4 => Some(Self::Lz4),
+        }
+    }
+
+    fn compress(self, batch: Bytes, stored: Compression) -> wire::Batch {
+        let stored_length = batch.len() as u32;
+        let compressed = match self {
+            // Compressing a compressed batch again costs CPU and saves nothing.
+            _ if stored != Compression::None => None,
+            Self::None => None,
+            Self::Zstd => zstd::bulk::compress(&batch, ZSTD_LEVEL).ok(),
+            Self::Lz4 => Some(lz4_flex::block::compress(&batch)),
+        };
+        match compressed {
+            Some(data) if data.len() < batch.len() => wire::Batch {
+                data: data.into(),
+                compression: self.to_wire() as i32,
+                stored_length,
+            },
+            _ => wire::Batch {
+                data: batch,
+                compression: wire::WireCompression::None as i32,
+                stored_length,
+            },
+        }
+    }
+}
+
+/// The batch as stored at its origin; never inflates past `limit`.
+fn decompress(batch: wire::Batch, limit: usize) -> Result<BytesMut, SessionError> {
+    let length = batch.stored_length as usize;
+    if length > limit {
+        return Err(SessionError::Protocol(format!(
+            "a batch of {length} bytes is over this mirror's limit of {limit}"
+        )));
+    }
+    let bytes = match WireCompression::from_wire(batch.compression) {
+        Some(WireCompression::None) => BytesMut::from(&batch.data[..]),
+        Some(WireCompression::Zstd) => zstd::bulk::decompress(&batch.data, length)
+            .map_err(|e| SessionError::Protocol(format!("a zstd batch does not decompress: {e}")))?
+            .as_slice()
+            .into(),
+        Some(WireCompression::Lz4) => lz4_flex::block::decompress(&batch.data, length)
+            .map_err(|e| SessionError::Protocol(format!("an lz4 batch does not decompress: {e}")))?
+            .as_slice()
+            .into(),
+        None => {
+            return Err(SessionError::Protocol(format!(
+                "unknown wire compression {}",
+                batch.compression
+            )));
+        }
+    };
+    if bytes.len() != length {
+        return Err(SessionError::Protocol(format!(
+            "a batch decompressed to {} bytes, not the {length} announced",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A cap on the bytes a link sends per second, shared by its partition streams.
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_sec: u64,
+    next_free: Mutex<Instant>,
+}
+
+impl RateLimit {
+    /// `0` is no cap.
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Self {
+            bytes_per_sec,
+            next_free: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` more may be sent.
+    async fn take(&self, bytes: usize) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let due = {
+            let mut next_free = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+            let due = (*next_free).max(Instant::now());
+            *next_free = due + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            due
+        };
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// Which way a mirrored partition flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// An edge topic to the hub.
+    Upstream,
+    /// A hub topic to an edge.
+    Downstream,
+}
+
+/// The live figures of one mirrored partition, kept across sessions for status.
+#[derive(Debug)]
+pub struct MirrorProgress {
+    pub direction: Direction,
+    /// The topic at its origin, and its mirror's name on the receiving side.
+    pub topic: String,
+    pub mirror: String,
+    pub partition: u32,
+    /// The origin's next offset, as last known on this side.
+    origin_high_watermark: AtomicU64,
+    /// The mirror's durable next offset, as last known on this side.
+    acknowledged: AtomicU64,
+    bytes: AtomicU64,
+    gap_records: AtomicU64,
+    state: Mutex<MirrorState>,
+}
+
+#[derive(Debug, Default)]
+struct MirrorState {
+    last_error: Option<String>,
+    /// Bytes counted and when, at the last rate computation.
+    sample: Option<(Instant, u64)>,
+    rate: f64,
+    /// Since when the mirror has been behind its origin.
+    behind_since: Option<Instant>,
+}
+
+/// A snapshot of [`MirrorProgress`].
+#[derive(Debug, Clone)]
+pub struct MirrorStatus {
+    pub direction: Direction,
+    pub topic: String,
+    pub mirror: String,
+    pub partition: u32,
+    pub origin_high_watermark: Offset,
+    pub acknowledged: Offset,
+    pub lag_records: u64,
+    pub behind_for: Duration,
+    pub bytes_per_second: f64,
+    /// Bytes of batch frames sent or received since the appliance started.
+    pub bytes: u64,
+    pub gap_records: u64,
+    pub last_error: Option<String>,
+}
+
+impl MirrorProgress {
+    pub fn new(direction: Direction, topic: &str, mirror: &str, partition: u32) -> Self {
+        Self {
+            direction,
+            topic: topic.to_owned(),
+            mirror: mirror.to_owned(),
+            partition,
+            origin_high_watermark: AtomicU64::new(0),
+            acknowledged: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            gap_records: AtomicU64::new(0),
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, MirrorState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_origin_high_watermark(&self, offset: u64) {
+        self.origin_high_watermark.store(offset, Ordering::Relaxed);
+        self.note_lag();
+    }
+
+    pub fn set_acknowledged(&self, offset: u64) {
+        self.acknowledged.store(offset, Ordering::Relaxed);
+        self.note_lag();
+    }
+
+    pub fn acknowledged(&self) -> Offset {
+        Offset(self.acknowledged.load(Ordering::Relaxed))
+    }
+
+    pub fn set_error(&self, error: Option<String>) {
+        self.state().last_error = error;
+    }
+
+    fn note_lag(&self) {
+        let behind = self.acknowledged.load(Ordering::Relaxed)
+            < self.origin_high_watermark.load(Ordering::Relaxed);
+        let mut state = self.state();
+        match (behind, state.behind_since) {
+            (true, None) => state.behind_since = Some(Instant::now()),
+            (false, Some(_)) => state.behind_since = None,
+            _ => {}
+        }
+    }
+
+    fn count_bytes(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count_gap(&self, records: u64) {
+        self.gap_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn gap_records(&self) -> u64 {
+        self.gap_records.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> MirrorStatus {
+        let origin = self.origin_high_watermark.load(Ordering::Relaxed);
+        let acknowledged = self.acknowledged.load(Ordering::Relaxed);
+        let bytes = self.bytes();
+        let now = Instant::now();
+        let mut state = self.state();
+        // The rate over the time since the previous look, refreshed at most once a second so
+        // that frequent status calls do not measure noise.
+        match state.sample {
+            Some((at, counted)) if now.duration_since(at) >= Duration::from_secs(1) => {
+                state.rate = (bytes - counted) as f64 / now.duration_since(at).as_secs_f64();
+                state.sample = Some((now, bytes));
+            }
+            Some(_) => {}
+            None => state.sample = Some((now, bytes)),
+        }
+        MirrorStatus {
+            direction: self.direction,
+            topic: self.topic.clone(),
+            mirror: self.mirror.clone(),
+            partition: self.partition,
+            origin_high_watermark: Offset(origin),
+            acknowledged: Offset(acknowledged),
+            lag_records: origin.saturating_sub(acknowledged),
+            behind_for: state
+                .behind_since
+                .map_or(Duration::ZERO, |since| now.duration_since(since)),
+            bytes_per_second: state.rate,
+            bytes,
+            gap_records: self.gap_records(),
+            last_error: state.last_error.clone(),
+        }
+    }
+}
+
+/// What a sender needs besides its partition.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub compression: WireCompression,
+    pub limit: Arc<RateLimit>,
+}
+
+/// Streams one partition from `from` (the receiver's next offset) on a stream of its own,
+/// until the connection ends.
+pub async fn send_partition(
+    connection: quinn::Connection,
+    log: Log,
+    topic: TopicName,
+    partition: PartitionId,
+    from: Offset,
+    options: SendOptions,
+    progress: Arc<MirrorProgress>,
+) -> Result<(), SessionError> {
+    let source = log.partition(&topic, partition)?;
+    if from > source.high_watermark() {
+        return Err(SessionError::Protocol(format!(
+            "the mirror of {topic}/{partition} is ahead of it (next offset {from}, here {}): \
+             this side's log was reset or replaced; delete the mirror on the other side to \
+             start it anew",
+            source.high_watermark()
+        )));
+    }
+    let mut stream = connection.open_uni().await?;
+    let header = wire::PartitionHeader {
+        topic: topic.to_string(),
+        partition: partition.0,
+        from_offset: from.0,
+    };
+    stream.write_all(&frame::encode(&header)).await?;
+    let mut next = from;
+    loop {
+        let chunk = match source.read_wait(next, READ_BYTES, READ_WAIT).await {
+            Ok(chunk) => chunk,
+            Err(LogError::OffsetOutOfRange { log_start, .. }) if next < log_start => {
+                // Retention deleted records the receiver never had: say so in the stream, in
+                // order, and go on from what is left.
+                tracing::warn!(%topic, %partition, from = %next, to = %log_start, "gap in a mirrored partition: retention deleted records before they were sent");
+                progress.count_gap(log_start.0 - next.0);
+                let gap = wire::PartitionFrame {
+                    kind: Some(wire::partition_frame::Kind::Gap(wire::Gap {
+                        log_start: log_start.0,
+                    })),
+                };
+                stream.write_all(&frame::encode(&gap)).await?;
+                next = log_start;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut batches: Bytes = chunk.batches;
+        while !batches.is_empty() {
+            let header = log::validate_batch(&batches).map_err(LogError::from)?;
+            let batch = batches.split_to(header.total_len);
+            if header.base_offset < next {
+                continue;
+            }
+            let frame = wire::PartitionFrame {
+                kind: Some(wire::partition_frame::Kind::Batch(
+                    options.compression.compress(batch, header.compression),
+                )),
+            };
+            let encoded = frame::encode(&frame);
+            options.limit.take(encoded.len()).await;
+            stream.write_all(&encoded).await?;
+            progress.count_bytes(encoded.len());
+            next = header.next_offset();
+        }
+    }
+}
+
+/// Receives one partition stream into `mirror`, acknowledging durable progress on `acks`.
+/// `still_mirror` is asked before each write: a promoted topic takes no more batches.
+pub async fn receive_partition(
+    stream: &mut quinn::RecvStream,
+    log: &Log,
+    mirror: &TopicName,
+    partition: PartitionId,
+    progress: &MirrorProgress,
+    acks: &mpsc::Sender<wire::ControlFrame>,
+    origin_topic: &str,
+) -> Result<(), SessionError> {
+    let target = log.partition(mirror, partition)?;
+    let limit = log.topic_config(mirror)?.max_message_bytes as usize + frame::ENVELOPE_BYTES;
+    let ack = |next: Offset| wire::ControlFrame {
+        kind: Some(wire::control_frame::Kind::Ack(wire::Ack {
+            topic: origin_topic.to_owned(),
+            partition: partition.0,
+            durable_next_offset: next.0,
+        })),
+    };
+    while let Some(frame) = frame::read::<wire::PartitionFrame>(stream, limit).await? {
+        if log.mirror_of(mirror).is_none() {
+            return Err(SessionError::Protocol(format!(
+                "{mirror} was promoted to a topic of its own; its link no longer writes to it"
+            )));
+        }
+        match frame.kind {
+            Some(wire::partition_frame::Kind::Batch(batch)) => {
+                progress.count_bytes(batch.data.len());
+                let batch = decompress(batch, limit)?;
+                match target.append_at_own_offset(batch).await {
+                    Ok(outcome) => {
+                        let next = outcome.last_offset.next();
+                        progress.set_acknowledged(next.0);
+                        if acks.send(ack(next)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    // A resend of a batch the mirror holds already.
+                    Err(LogError::NotNextOffset { expected, got, .. }) if got < expected => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Some(wire::partition_frame::Kind::Gap(gap)) => {
+                let start = Offset(gap.log_start);
+                let before = target.high_watermark();
+                if start > before {
+                    target.restart_at(start).await?;
+                    progress.count_gap(start.0 - before.0);
+                    tracing::warn!(%mirror, %partition, from = %before, to = %start, "gap: the origin's retention deleted records this mirror never had; it continues at the origin's log start");
+                    progress.set_acknowledged(start.0);
+                    if acks.send(ack(start)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            None => {
+                return Err(SessionError::Protocol(
+                    "an empty partition frame".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored() -> Bytes {
+        let records: Vec<log::Record> = (0..100)
+            .map(|n| log::Record {
+                key: None,
+                value: Some(Bytes::from(format!("{{\"reading\":{n},\"unit\":\"C\"}}"))),
+                headers: Vec::new(),
+                timestamp: log::Timestamp(1_700_000_000_000 + n),
+            })
+            .collect();
+        log::encode(&records, Compression::None).unwrap().freeze()
+    }
+
+    #[test]
+    fn every_wire_compression_gives_back_the_stored_bytes() {
+        let batch = stored();
+        for compression in [
+            WireCompression::None,
+            WireCompression::Zstd,
+            WireCompression::Lz4,
+        ] {
+            let on_wire = compression.compress(batch.clone(), Compression::None);
+            if compression != WireCompression::None {
+                assert!(on_wire.data.len() < batch.len(), "{compression:?}");
+            }
+            let back = decompress(on_wire, 1 << 20).unwrap();
+            assert_eq!(&back[..], &batch[..], "{compression:?}");
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_travels_as_it_is() {
+        let batch = stored();
+        let on_wire = WireCompression::Zstd.compress(batch.clone(), Compression::Lz4);
+        assert_eq!(on_wire.compression, wire::WireCompression::None as i32);
+        assert_eq!(on_wire.data, batch);
+    }
+
+    #[test]
+    fn hostile_batches_are_refused_not_inflated() {
+        let batch = stored();
+        let mut on_wire = WireCompression::Zstd.compress(batch.clone(), Compression::None);
+        on_wire.stored_length = 10 << 20;
+        assert!(decompress(on_wire.clone(), 1 << 20).is_err());
+        on_wire.stored_length = 100;
+        assert!(decompress(on_wire.clone(), 1 << 20).is_err());
+        on_wire.compression = 9;
+        assert!(decompress(on_wire, 1 << 20).is_err());
+        let garbage = wire::Batch {
+            data: Bytes::from_static(b"\x28\xb5\x2f\xfd not zstd"),
+            compression: wire::WireCompression::Zstd as i32,
+            stored_length: 1000,
+        };
+        assert!(decompress(garbage, 1 << 20).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_spaces_sends() {
+        let limit = RateLimit::new(1_000_000);
+        let started = Instant::now();
+        for _ in 0..5 {
+            limit.take(100_000).await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(400));
+    }
+}
