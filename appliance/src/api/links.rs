@@ -11,6 +11,7 @@ use super::metrics::{Metrics, Rpc};
 use crate::link::LinkError;
 use crate::link::edge::{LinkSpec, LinkState, LinkStatus, Links};
 use crate::link::hub::{EdgeStatus, Hub};
+use crate::link::tls::Congestion;
 use crate::link::transfer::{Direction, MirrorStatus, WireCompression};
 use crate::log::Log;
 
@@ -77,6 +78,10 @@ fn link_message(status: LinkStatus) -> pb::Link {
         last_error: status.last_error.unwrap_or_default(),
         connected_seconds: status.connected_for.map_or(0, |d| d.as_secs()),
         partitions: status.partitions.into_iter().map(mirror_message).collect(),
+        congestion: match spec.congestion {
+            Congestion::Bbr => pb::Congestion::Bbr,
+            Congestion::Cubic => pb::Congestion::Cubic,
+        } as i32,
         ca: spec.ca.display().to_string(),
         cert: spec.cert.display().to_string(),
         key: spec.key.display().to_string(),
@@ -118,6 +123,16 @@ fn link_spec(request: pb::CreateLinkRequest) -> Result<LinkSpec, Status> {
             ));
         }
     }
+    let congestion = match pb::Congestion::try_from(request.congestion) {
+        Ok(pb::Congestion::Unspecified | pb::Congestion::Bbr) => Congestion::Bbr,
+        Ok(pb::Congestion::Cubic) => Congestion::Cubic,
+        Err(_) => {
+            return Err(super::invalid(
+                "congestion",
+                "use CONGESTION_BBR or CONGESTION_CUBIC",
+            ));
+        }
+    };
     Ok(LinkSpec {
         name: request.name,
         hub: request.hub,
@@ -128,6 +143,7 @@ fn link_spec(request: pb::CreateLinkRequest) -> Result<LinkSpec, Status> {
         key: PathBuf::from(request.key),
         compression,
         max_bytes_per_sec: request.max_bytes_per_sec,
+        congestion,
         hold_max_bytes: request.hold_max_bytes,
         paused: false,
     })

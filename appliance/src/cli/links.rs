@@ -42,6 +42,10 @@ pub enum LinkCommand {
         /// Cap on the bytes the link sends per second.
         #[arg(long)]
         max_bytes_per_sec: Option<u64>,
+        /// Congestion control of what this edge sends: bbr keeps its rate through random loss
+        /// (cellular, satellite); cubic is faster on a clean, fast network.
+        #[arg(long, value_enum, default_value = "bbr")]
+        congestion: CongestionArg,
         /// Retention keeps what the hub has not acknowledged while a partition holds at most
         /// this many bytes [default: 1 GiB].
         #[arg(long)]
@@ -75,6 +79,12 @@ pub enum LinkCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CongestionArg {
+    Bbr,
+    Cubic,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum CompressionArg {
     Zstd,
     Lz4,
@@ -94,6 +104,7 @@ pub async fn link(channel: Channel, command: LinkCommand) -> Result<(), Failure>
             key,
             compression,
             max_bytes_per_sec,
+            congestion,
             hold_max_bytes,
         } => {
             let absolute = |path: PathBuf| {
@@ -119,6 +130,10 @@ pub async fn link(channel: Channel, command: LinkCommand) -> Result<(), Failure>
                     } as i32,
                     max_bytes_per_sec: max_bytes_per_sec.unwrap_or(0),
                     hold_max_bytes: hold_max_bytes.unwrap_or(0),
+                    congestion: match congestion {
+                        CongestionArg::Bbr => pb::Congestion::Bbr,
+                        CongestionArg::Cubic => pb::Congestion::Cubic,
+                    } as i32,
                 })
                 .await
                 .map_err(status)?
@@ -281,6 +296,13 @@ fn compression_name(compression: i32) -> &'static str {
     }
 }
 
+fn congestion_name(congestion: i32) -> &'static str {
+    match pb::Congestion::try_from(congestion) {
+        Ok(pb::Congestion::Cubic) => "cubic",
+        _ => "bbr",
+    }
+}
+
 fn direction_name(direction: i32) -> &'static str {
     match pb::MirrorDirection::try_from(direction) {
         Ok(pb::MirrorDirection::Downstream) => "down",
@@ -318,8 +340,9 @@ fn print_link(link: &pb::Link) {
         }
     );
     println!(
-        "  compression: {}, cap: {}, retention hold up to {} bytes per partition",
+        "  compression: {}, congestion: {}, cap: {}, retention hold up to {} bytes per partition",
         compression_name(link.compression),
+        congestion_name(link.congestion),
         if link.max_bytes_per_sec == 0 {
             "none".to_owned()
         } else {
@@ -396,6 +419,7 @@ fn link_json(link: &pb::Link) -> serde_json::Value {
         "topics": link.topics,
         "downstream": link.downstream,
         "compression": compression_name(link.compression),
+        "congestion": congestion_name(link.congestion),
         "max_bytes_per_sec": link.max_bytes_per_sec,
         "hold_max_bytes": link.hold_max_bytes,
         "state": state_name(link.state),

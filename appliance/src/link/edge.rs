@@ -53,6 +53,9 @@ pub struct LinkSpec {
     /// 0: no cap.
     #[serde(default)]
     pub max_bytes_per_sec: u64,
+    /// The congestion control of what this edge sends.
+    #[serde(default)]
+    pub congestion: tls::Congestion,
     pub hold_max_bytes: u64,
     #[serde(default)]
     pub paused: bool,
@@ -178,7 +181,7 @@ impl Links {
         }
         tls::edge_of_certificate(&spec.cert)?;
         // Builds the endpoint once to check the CA and the key before anything is stored.
-        tls::edge_endpoint(&files(&spec), self.idle_timeout)?;
+        tls::edge_endpoint(&files(&spec), self.idle_timeout, spec.congestion)?;
         self.meta.put(Table::Links, &spec.name, &spec).await?;
         let name = spec.name.clone();
         self.launch(spec);
@@ -418,7 +421,7 @@ async fn keep_up(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    let endpoint = match tls::edge_endpoint(&files(&spec), links.idle_timeout) {
+    let endpoint = match tls::edge_endpoint(&files(&spec), links.idle_timeout, spec.congestion) {
         Ok(endpoint) => endpoint,
         Err(error) => {
             shared.set(LinkState::Retrying, Some(error.to_string()));
@@ -454,7 +457,7 @@ async fn keep_up(
         };
         let error = outcome.err().map_or_else(
             || "the hub ended the session".to_owned(),
-            |error| error.to_string(),
+            |error| session::describe(&error),
         );
         tracing::warn!(link = %spec.name, hub = %spec.hub, %error, "link to the hub lost; retrying");
         shared.set(LinkState::Retrying, Some(error));

@@ -154,6 +154,7 @@ impl Hub {
             sessions.spawn(async move {
                 let peer = incoming.remote_address();
                 if let Err(error) = hub.session(incoming, log, coordinator).await {
+                    let error = session::describe(&error);
                     tracing::warn!(%peer, %error, "link session ended");
                 }
             });

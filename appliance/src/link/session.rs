@@ -57,6 +57,22 @@ pub enum SessionError {
     Protocol(String),
 }
 
+/// The error and its causes on one line: a QUIC read that failed says only "connection
+/// lost"; why (a refused certificate, a timeout) is in its sources.
+pub fn describe(error: &SessionError) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        let message = error.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = error.source();
+    }
+    text
+}
+
 /// Progress of every partition a side has mirrored in either direction, by direction, origin
 /// topic and partition.
 #[derive(Debug, Clone, Default)]
@@ -358,13 +374,17 @@ impl State<'_> {
         };
         self.sending.remove(&(topic.clone(), partition));
         if let Err(error) = outcome {
+            // Announced again at the next tick: the peer says where the partition stands and
+            // it is sent anew from there, while the others go on.
+            self.announced.remove(&topic);
+            let error = describe(&error);
             tracing::warn!(%topic, partition, %error, "a mirrored partition stopped sending");
             if let Some(progress) =
                 self.side
                     .mirrors
                     .get(self.side.outgoing_direction, &topic, partition)
             {
-                progress.set_error(Some(error.to_string()));
+                progress.set_error(Some(error));
             }
         }
     }
@@ -407,8 +427,9 @@ impl State<'_> {
             )
             .await;
             if let Err(error) = received {
+                let error = describe(&error);
                 tracing::warn!(%mirror, partition = header.partition, %error, "a mirrored partition stream ended");
-                progress.set_error(Some(error.to_string()));
+                progress.set_error(Some(error));
                 let _ = stream.stop(1u32.into());
             }
         });

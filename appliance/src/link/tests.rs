@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::edge::{LinkSpec, LinkState, Links};
 use super::hub::{Hub, HubOptions};
-use super::tls::{DEFAULT_IDLE_TIMEOUT, TlsFiles, edge_endpoint};
+use super::tls::{Congestion, DEFAULT_IDLE_TIMEOUT, TlsFiles, edge_endpoint};
 use super::transfer::{Direction, WireCompression};
 use super::{EdgeId, certs, frame};
 use crate::group::Coordinator;
@@ -163,6 +163,7 @@ impl Deployment {
             key: self.file("plant-7.key"),
             compression: WireCompression::Zstd,
             max_bytes_per_sec: 0,
+            congestion: Congestion::Bbr,
             hold_max_bytes: 0,
             paused: false,
         }
@@ -454,7 +455,7 @@ async fn an_edge_claiming_another_edges_id_is_refused() {
         cert: &cert,
         key: &key,
     };
-    let endpoint = edge_endpoint(&files, DEFAULT_IDLE_TIMEOUT).unwrap();
+    let endpoint = edge_endpoint(&files, DEFAULT_IDLE_TIMEOUT, Congestion::Bbr).unwrap();
     let connection = endpoint
         .connect(deployment.hub_link.local_addr(), "localhost")
         .unwrap()

@@ -37,13 +37,43 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Enough for every partition of many topics, each on its own stream.
 const MAX_PARTITION_STREAMS: u32 = 100_000;
 
-/// QUIC transport settings of both sides: BBR congestion control (loss-based control
-/// collapses on lossy uplinks: a 2% random loss keeps Cubic well under 1 MB/s), windows large
-/// enough for long fat links, keep-alives so a NAT mapping stays open.
-fn transport(idle_timeout: Duration) -> Result<Arc<quinn::TransportConfig>, LinkError> {
+/// How a sender paces what it sends (a sender-side choice: the edge's for upstream, the
+/// hub's for downstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Model-based: keeps its rate through random loss. A 2% random loss keeps loss-based
+    /// control well under 1 MB/s; BBR moves tens of MB/s. The default: edge uplinks are lossy.
+    #[default]
+    Bbr,
+    /// Loss-based (quinn's default): faster than BBR on a clean, fast network (a LAN, a
+    /// datacenter), where it wastes less CPU pacing.
+    Cubic,
+}
+
+impl Congestion {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bbr => "bbr",
+            Self::Cubic => "cubic",
+        }
+    }
+}
+
+/// QUIC transport settings of both sides: the congestion control, windows large enough for
+/// long fat links, keep-alives so a NAT mapping stays open.
+fn transport(
+    idle_timeout: Duration,
+    congestion: Congestion,
+) -> Result<Arc<quinn::TransportConfig>, LinkError> {
     let mut transport = quinn::TransportConfig::default();
+    match congestion {
+        Congestion::Bbr => transport
+            .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+        Congestion::Cubic => transport
+            .congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+    };
     transport
-        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
         .max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle_timeout).map_err(
             |_| LinkError::Certificate {
                 what: "idle timeout".into(),
@@ -78,7 +108,7 @@ pub fn hub_endpoint(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(files.cert, e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport(idle_timeout)?);
+    config.transport_config(transport(idle_timeout, Congestion::Bbr)?);
     quinn::Endpoint::server(config, addr).map_err(|source| LinkError::Bind { addr, source })
 }
 
@@ -86,6 +116,7 @@ pub fn hub_endpoint(
 pub fn edge_endpoint(
     files: &TlsFiles<'_>,
     idle_timeout: Duration,
+    congestion: Congestion,
 ) -> Result<quinn::Endpoint, LinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -100,7 +131,7 @@ pub fn edge_endpoint(
     let mut endpoint =
         quinn::Endpoint::client(any).map_err(|source| LinkError::Bind { addr: any, source })?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport(idle_timeout)?);
+    config.transport_config(transport(idle_timeout, congestion)?);
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
@@ -232,7 +263,7 @@ mod tests {
                 cert: &cert,
                 key: &key,
             };
-            edge_endpoint(&files, DEFAULT_IDLE_TIMEOUT).unwrap()
+            edge_endpoint(&files, DEFAULT_IDLE_TIMEOUT, Congestion::Bbr).unwrap()
         }
     }
 

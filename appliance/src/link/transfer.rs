@@ -41,6 +41,14 @@ pub enum WireCompression {
 }
 
 impl WireCompression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Zstd => "zstd",
+            Self::Lz4 => "lz4",
+        }
+    }
+
     pub fn to_wire(self) -> wire::WireCompression {
         match self {
             Self::None => wire::WireCompression::None,
@@ -90,7 +98,8 @@ fn decompress(batch: wire::Batch, limit: usize) -> Result<BytesMut, SessionError
         )));
     }
     let bytes = match WireCompression::from_wire(batch.compression) {
-        Some(WireCompression::None) => BytesMut::from(&batch.data[..]),
+        // Without a copy: the frame's buffer is the batch's alone once decoded.
+        Some(WireCompression::None) => BytesMut::from(batch.data),
         Some(WireCompression::Zstd) => zstd::bulk::decompress(&batch.data, length)
             .map_err(|e| SessionError::Protocol(format!("a zstd batch does not decompress: {e}")))?
             .as_slice()
@@ -360,22 +369,35 @@ pub async fn send_partition(
             if header.base_offset < next {
                 continue;
             }
-            let frame = wire::PartitionFrame {
-                kind: Some(wire::partition_frame::Kind::Batch(
-                    options.compression.compress(batch, header.compression),
-                )),
-            };
-            let encoded = frame::encode(&frame);
-            options.limit.take(encoded.len()).await;
-            stream.write_all(&encoded).await?;
-            progress.count_bytes(encoded.len());
+            let mut frame =
+                frame::encode_batch(options.compression.compress(batch, header.compression));
+            let length = frame.iter().map(Bytes::len).sum();
+            options.limit.take(length).await;
+            stream.write_all_chunks(&mut frame).await?;
+            progress.count_bytes(length);
             next = header.next_offset();
         }
     }
 }
 
+/// Batches a receiver has queued for the disk and not yet acknowledged: the next frames are
+/// read while these are written.
+const IN_FLIGHT: usize = 16;
+
+/// What the acknowledging half of a receiver waits for, in stream order.
+enum Landing {
+    Batch(
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<log::AppendOutcome, LogError>> + Send>,
+        >,
+    ),
+    /// The mirror restarted at this offset after a gap (durable already).
+    Restarted(Offset),
+}
+
 /// Receives one partition stream into `mirror`, acknowledging durable progress on `acks`.
-/// `still_mirror` is asked before each write: a promoted topic takes no more batches.
+/// One half reads, inflates and queues batches; the other awaits their durability in order
+/// and acknowledges, so the link keeps sending while the disk writes.
 pub async fn receive_partition(
     stream: &mut quinn::RecvStream,
     log: &Log,
@@ -387,56 +409,73 @@ pub async fn receive_partition(
 ) -> Result<(), SessionError> {
     let target = log.partition(mirror, partition)?;
     let limit = log.topic_config(mirror)?.max_message_bytes as usize + frame::ENVELOPE_BYTES;
-    let ack = |next: Offset| wire::ControlFrame {
-        kind: Some(wire::control_frame::Kind::Ack(wire::Ack {
-            topic: origin_topic.to_owned(),
-            partition: partition.0,
-            durable_next_offset: next.0,
-        })),
-    };
-    while let Some(frame) = frame::read::<wire::PartitionFrame>(stream, limit).await? {
-        if log.mirror_of(mirror).is_none() {
-            return Err(SessionError::Protocol(format!(
-                "{mirror} was promoted to a topic of its own; its link no longer writes to it"
-            )));
-        }
-        match frame.kind {
-            Some(wire::partition_frame::Kind::Batch(batch)) => {
-                progress.count_bytes(batch.data.len());
-                let batch = decompress(batch, limit)?;
-                match target.append_at_own_offset(batch).await {
-                    Ok(outcome) => {
-                        let next = outcome.last_offset.next();
-                        progress.set_acknowledged(next.0);
-                        if acks.send(ack(next)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    // A resend of a batch the mirror holds already.
-                    Err(LogError::NotNextOffset { expected, got, .. }) if got < expected => {}
-                    Err(error) => return Err(error.into()),
-                }
+    let (landings, mut landed) = mpsc::channel::<Landing>(IN_FLIGHT);
+    let receive = async {
+        while let Some(frame) = frame::read::<wire::PartitionFrame>(stream, limit).await? {
+            if log.mirror_of(mirror).is_none() {
+                return Err(SessionError::Protocol(format!(
+                    "{mirror} was promoted to a topic of its own; its link no longer writes to it"
+                )));
             }
-            Some(wire::partition_frame::Kind::Gap(gap)) => {
-                let start = Offset(gap.log_start);
-                let before = target.high_watermark();
-                if start > before {
+            let landing = match frame.kind {
+                Some(wire::partition_frame::Kind::Batch(batch)) => {
+                    progress.count_bytes(batch.data.len());
+                    let batch = decompress(batch, limit)?;
+                    Landing::Batch(Box::pin(target.submit_at_own_offset(batch).await?))
+                }
+                Some(wire::partition_frame::Kind::Gap(gap)) => {
+                    let start = Offset(gap.log_start);
+                    let before = target.high_watermark();
+                    if start <= before {
+                        continue;
+                    }
                     target.restart_at(start).await?;
                     progress.count_gap(start.0 - before.0);
                     tracing::warn!(%mirror, %partition, from = %before, to = %start, "gap: the origin's retention deleted records this mirror never had; it continues at the origin's log start");
-                    progress.set_acknowledged(start.0);
-                    if acks.send(ack(start)).await.is_err() {
-                        return Ok(());
-                    }
+                    Landing::Restarted(start)
                 }
-            }
-            None => {
-                return Err(SessionError::Protocol(
-                    "an empty partition frame".to_owned(),
-                ));
+                None => {
+                    return Err(SessionError::Protocol(
+                        "an empty partition frame".to_owned(),
+                    ));
+                }
+            };
+            if landings.send(landing).await.is_err() {
+                break;
             }
         }
-    }
+        drop(landings);
+        Ok(())
+    };
+    let acknowledge = async {
+        while let Some(landing) = landed.recv().await {
+            let next = match landing {
+                Landing::Batch(durable) => match durable.await {
+                    Ok(outcome) => outcome.last_offset.next(),
+                    // A resend of a batch the mirror holds already (queued by a session
+                    // that ended before it was written).
+                    Err(LogError::NotNextOffset { expected, got, .. }) if got < expected => {
+                        continue;
+                    }
+                    Err(error) => return Err(SessionError::from(error)),
+                },
+                Landing::Restarted(start) => start,
+            };
+            progress.set_acknowledged(next.0);
+            let ack = wire::ControlFrame {
+                kind: Some(wire::control_frame::Kind::Ack(wire::Ack {
+                    topic: origin_topic.to_owned(),
+                    partition: partition.0,
+                    durable_next_offset: next.0,
+                })),
+            };
+            if acks.send(ack).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    };
+    tokio::try_join!(receive, acknowledge)?;
     Ok(())
 }
 

@@ -216,7 +216,18 @@ impl Partition {
     /// refused with [`LogError::NotNextOffset`], which names the offset expected. The only
     /// append a mirror topic takes.
     pub async fn append_at_own_offset(&self, batch: BytesMut) -> Result<AppendOutcome, LogError> {
-        self.queue(batch, Placement::Own).await?.await
+        self.submit_at_own_offset(batch).await?.await
+    }
+
+    /// Queues a batch to be stored at its own offsets, as [`Partition::append_at_own_offset`];
+    /// the returned future resolves once it is durable, so a mirror can receive the next
+    /// batch while this one is written.
+    pub async fn submit_at_own_offset(
+        &self,
+        batch: BytesMut,
+    ) -> Result<impl std::future::Future<Output = Result<AppendOutcome, LogError>> + use<>, LogError>
+    {
+        self.queue(batch, Placement::Own).await
     }
 
     /// Validates and queues one batch; the returned future resolves once it is durable.

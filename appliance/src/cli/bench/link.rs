@@ -1,14 +1,17 @@
 //! `appliance bench link`: cluster-link replication on loopback, beside the limits it runs
 //! into, in one run:
 //!
-//! 1. Raw QUIC: one quinn stream with the link's transport settings (TLS 1.3, BBR), no log.
+//! 1. Raw QUIC: one quinn stream with the link's windows and TLS 1.3, quinn's default
+//!    congestion control (cubic), no log.
 //! 2. The hub's durable append: 1 KiB records in batches as the edge stores them, one writer
 //!    per partition, 8 partitions: the ceiling of replication on this machine.
 //! 3. Replication: an edge with a backlog (1 GiB by default) across 8 partitions links to a
-//!    hub; the time until the hub's mirrors are identical is the catch-up time, and the
-//!    backlog over it the link's throughput.
+//!    hub; the time until the hub's mirrors are complete is the catch-up time, and the
+//!    backlog over it the link's throughput: cubic and BBR without wire compression
+//!    (loopback has no bandwidth to save), BBR with zstd.
 //! 4. A lossy uplink: the same through a userspace UDP proxy dropping 2% of packets each way
-//!    with 40 ms of round trip, for a fixed time, with zstd wire compression and without.
+//!    with 40 ms of round trip, for a fixed time: BBR with zstd wire compression and without,
+//!    and cubic for comparison.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,7 +25,7 @@ use super::{MB, print_header, scratch_dir};
 use crate::group::Coordinator;
 use crate::link::edge::{LinkSpec, Links};
 use crate::link::hub::{Hub, HubOptions};
-use crate::link::tls::{self, DEFAULT_IDLE_TIMEOUT, TlsFiles};
+use crate::link::tls::{self, Congestion, DEFAULT_IDLE_TIMEOUT, TlsFiles};
 use crate::link::transfer::WireCompression;
 use crate::link::{EdgeId, certs};
 use crate::log::{
@@ -62,14 +65,19 @@ struct Figures {
     quic_mb_s: f64,
     hub_append_mb_s: f64,
     hub_append_records_s: f64,
+    /// Catch-up: cubic without compression, BBR without, BBR with zstd.
     link_mb_s: f64,
     link_records_s: f64,
     catch_up_s: f64,
+    link_bbr_mb_s: f64,
+    link_bbr_zstd_mb_s: f64,
     backlog_bytes: u64,
+    /// Lossy uplink: BBR without compression, BBR with zstd, cubic without.
     lossy_mb_s: f64,
     lossy_wire_mb_s: f64,
     lossy_compressed_mb_s: f64,
     lossy_compressed_wire_mb_s: f64,
+    lossy_cubic_mb_s: f64,
 }
 
 pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
@@ -88,7 +96,7 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
     let seconds = Duration::from_secs_f64(args.seconds);
 
     let quic = raw_quic(&certs, seconds).await?;
-    println!("raw QUIC, one stream (TLS 1.3, BBR):   {quic:>8.0} MB/s");
+    println!("raw QUIC, one quinn stream (TLS 1.3, cubic):  {quic:>8.0} MB/s");
 
     let hub_dir = scratch.path().join("append");
     let hub_log = open_log(&hub_dir).await?;
@@ -112,40 +120,53 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
     let edge_dir = scratch.path().join("edge");
     let edge = open_log(&edge_dir).await?;
     let produced = fill(&edge, backlog).await?;
-    let caught_up = replicate(
-        &certs,
-        scratch.path(),
-        &edge,
-        None,
-        WireCompression::Zstd,
-        None,
-    )
-    .await?
-    .elapsed;
-    let link_mb_s = produced.bytes as f64 / MB / caught_up.as_secs_f64();
-    let link_records_s = produced.records as f64 / caught_up.as_secs_f64();
-    println!(
-        "link replication (catch-up):           {link_mb_s:>8.0} MB/s  {link_records_s:>10.0} records/s  = {:.0}% of the hub's durable append",
-        100.0 * link_mb_s / append.mb_s
-    );
-    println!(
-        "catch-up of a {} MiB backlog:          {:>8.1} s",
-        args.backlog_mib,
-        caught_up.as_secs_f64()
-    );
-
+    let mut catch_up = Vec::new();
+    for (congestion, compression) in [
+        (Congestion::Cubic, WireCompression::None),
+        (Congestion::Bbr, WireCompression::None),
+        (Congestion::Bbr, WireCompression::Zstd),
+    ] {
+        let elapsed = replicate(
+            &certs,
+            scratch.path(),
+            &edge,
+            None,
+            congestion,
+            compression,
+            None,
+        )
+        .await?
+        .elapsed;
+        let mb_s = produced.bytes as f64 / MB / elapsed.as_secs_f64();
+        let records_s = produced.records as f64 / elapsed.as_secs_f64();
+        println!(
+            "link catch-up of {} MiB, {:<5} {:<4}:   {mb_s:>8.0} MB/s  {records_s:>10.0} records/s  in {:.1} s = {:.0}% of the hub's durable append, {:.0}% of raw QUIC",
+            args.backlog_mib,
+            congestion.name(),
+            compression.name(),
+            elapsed.as_secs_f64(),
+            100.0 * mb_s / append.mb_s,
+            100.0 * mb_s / quic,
+        );
+        catch_up.push((mb_s, records_s, elapsed.as_secs_f64()));
+    }
     let impairment = lossy_udp::Impairment {
         loss: args.loss_percent / 100.0,
         delay: Duration::from_millis(args.rtt_ms / 2),
         seed: 7,
     };
     let mut lossy = Vec::new();
-    for compression in [WireCompression::None, WireCompression::Zstd] {
+    for (congestion, compression) in [
+        (Congestion::Bbr, WireCompression::None),
+        (Congestion::Bbr, WireCompression::Zstd),
+        (Congestion::Cubic, WireCompression::None),
+    ] {
         let run = replicate(
             &certs,
             scratch.path(),
             &edge,
             Some(impairment),
+            congestion,
             compression,
             Some(seconds),
         )
@@ -153,10 +174,11 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
         let mb_s = run.mirrored_bytes as f64 / MB / run.elapsed.as_secs_f64();
         let wire_mb_s = run.wire_bytes as f64 / MB / run.elapsed.as_secs_f64();
         println!(
-            "lossy uplink ({}% loss, {} ms RTT), {:<4}:  {mb_s:>8.1} MB/s of records ({wire_mb_s:.1} MB/s on the wire)",
+            "lossy uplink ({}% loss, {} ms RTT), {:<5} {:<4}: {mb_s:>8.1} MB/s of records ({wire_mb_s:.1} MB/s on the wire)",
             args.loss_percent,
             args.rtt_ms,
-            format!("{compression:?}").to_lowercase(),
+            congestion.name(),
+            compression.name(),
         );
         lossy.push((mb_s, wire_mb_s));
     }
@@ -169,14 +191,17 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
             quic_mb_s: quic,
             hub_append_mb_s: append.mb_s,
             hub_append_records_s: append.records_s,
-            link_mb_s,
-            link_records_s,
-            catch_up_s: caught_up.as_secs_f64(),
+            link_mb_s: catch_up[0].0,
+            link_records_s: catch_up[0].1,
+            catch_up_s: catch_up[0].2,
+            link_bbr_mb_s: catch_up[1].0,
+            link_bbr_zstd_mb_s: catch_up[2].0,
             backlog_bytes: produced.bytes,
             lossy_mb_s: lossy[0].0,
             lossy_wire_mb_s: lossy[0].1,
             lossy_compressed_mb_s: lossy[1].0,
             lossy_compressed_wire_mb_s: lossy[1].1,
+            lossy_cubic_mb_s: lossy[2].0,
         };
         println!("{}", serde_json::to_string(&figures)?);
     }
@@ -188,7 +213,8 @@ async fn open_log(dir: &Path) -> anyhow::Result<Log> {
     Ok(Log::open(LogConfig::new(dir.to_path_buf()), meta).await?)
 }
 
-/// One quinn stream from an edge endpoint to a hub endpoint, as fast as it goes.
+/// One quinn stream from an edge endpoint to a hub endpoint, as fast as it goes, with quinn's
+/// default congestion control.
 async fn raw_quic(certs: &Path, duration: Duration) -> anyhow::Result<f64> {
     let file = |name: &str| certs.join(name);
     let (ca, hub_cert, hub_key) = (file("ca.pem"), file("hub.pem"), file("hub.key"));
@@ -204,7 +230,7 @@ async fn raw_quic(certs: &Path, duration: Duration) -> anyhow::Result<f64> {
         cert: &edge_cert,
         key: &edge_key,
     };
-    let edge = tls::edge_endpoint(&edge_files, DEFAULT_IDLE_TIMEOUT)?;
+    let edge = tls::edge_endpoint(&edge_files, DEFAULT_IDLE_TIMEOUT, Congestion::Cubic)?;
     let addr = hub.local_addr()?;
     let receiver = tokio::spawn(async move {
         let connection = hub
@@ -321,6 +347,7 @@ async fn replicate(
     scratch: &Path,
     edge: &Log,
     impairment: Option<lossy_udp::Impairment>,
+    congestion: Congestion,
     compression: WireCompression,
     limit: Option<Duration>,
 ) -> anyhow::Result<Replicated> {
@@ -374,6 +401,7 @@ async fn replicate(
             key: certs.join("bench-edge.key"),
             compression,
             max_bytes_per_sec: 0,
+            congestion,
             hold_max_bytes: 0,
             paused: false,
         })
@@ -399,8 +427,13 @@ async fn replicate(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
-    let status = links.get("bench")?;
-    let wire_bytes = status.partitions.iter().map(|p| p.bytes).sum();
+    // What the hub received: batch frames as they crossed the link, compressed or not.
+    let wire_bytes = hub
+        .edges()
+        .iter()
+        .flat_map(|edge| edge.partitions.iter())
+        .map(|p| p.bytes)
+        .sum();
     let mirrored_bytes = hub_log
         .list_topics()
         .iter()

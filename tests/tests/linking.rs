@@ -1,0 +1,1183 @@
+//! Cluster linking between real `appliance run` processes on loopback, driven as an operator
+//! does (`appliance certs`, `appliance link`, `produce`, `consume`, `group`) and checked over
+//! gRPC: every record of every mirror partition (offset, key, value, headers, timestamp) is
+//! the one of its origin at the same offset.
+//!
+//! - One hub and three edges; edge-3 reaches the hub through a lossy UDP proxy (5% loss, a
+//!   few ms of delay) on a rate-capped link, which the test cuts again and again (once for
+//!   longer than the idle timeout, so the connection is lost and made anew) and rebinds while
+//!   edge-3 produces. Around that: impostors refused (a certificate of another CA claiming
+//!   edge-1, the hub's own certificate presented as a client's), a consumer group moving from
+//!   edge-1 to the hub at the committed offsets, a hub topic sent down to every edge, mirrors
+//!   refusing producers until promoted, a promoted mirror refused to its edge afterwards.
+//! - The hub, then an edge, SIGKILLed while a rate-capped link catches up a backlog of
+//!   21,000 records and a producer keeps writing: nothing lost, nothing twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use appliance_e2e::{Daemon, fetch_all, run_to_end};
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::records_client::RecordsClient;
+use appliance_proto::v1::topics_client::TopicsClient;
+use lossy_udp::{Impairment, Proxy};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// How long anything the test waits for may take.
+const WAIT: Duration = Duration::from_secs(60);
+/// The link idle timeout of the edges: a longer cut loses the connection.
+const IDLE_TIMEOUT_MS: u64 = 2000;
+const LINK: &str = "to-hub";
+
+// ---------------------------------------------------------------------------------------
+// Running the CLI and polling
+
+/// Runs the CLI against `daemon` without holding up the runtime's other tasks (the proxy).
+fn cli(daemon: &Daemon, dir: &Path, args: &[&str], stdin: &[u8]) -> anyhow::Result<Output> {
+    tokio::task::block_in_place(|| daemon.cli(dir, args, stdin))
+}
+
+/// Runs the CLI and requires success; its standard output.
+fn cli_ok(daemon: &Daemon, dir: &Path, args: &[&str], stdin: &[u8]) -> anyhow::Result<String> {
+    let output = cli(daemon, dir, args, stdin)?;
+    ensure!(
+        output.status.success(),
+        "appliance {} failed ({}): {}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+fn cli_json(daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<Value> {
+    let stdout = cli_ok(daemon, dir, args, b"")?;
+    serde_json::from_str(&stdout).with_context(|| format!("appliance {}: {stdout}", args.join(" ")))
+}
+
+fn start(dir: &Path, args: &[String]) -> anyhow::Result<Daemon> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tokio::task::block_in_place(|| Daemon::start_on_free_ports(dir, &args))
+}
+
+/// Gives up `WAIT` after it was made, saying what it waited for and the last state seen.
+struct Deadline {
+    at: Instant,
+    what: String,
+}
+
+impl Deadline {
+    fn new(what: impl Into<String>) -> Self {
+        Self {
+            at: Instant::now() + WAIT,
+            what: what.into(),
+        }
+    }
+
+    /// Fails once the deadline passed; otherwise pauses before the next look.
+    async fn pause(&self, state: impl std::fmt::Debug) -> anyhow::Result<()> {
+        ensure!(
+            Instant::now() < self.at,
+            "{}: still not there after {WAIT:?}; last seen: {state:#?}",
+            self.what
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A deployment: certificates, hub, edges
+
+/// A UDP port that is free now; the hub binds it, and binds it again after a SIGKILL.
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One directory with the link's certificates (`certs/`) and every appliance's data and
+/// configuration; the hub's link endpoint on a fixed loopback port.
+struct Deployment {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Deployment {
+    fn new(edges: &[&str]) -> anyhow::Result<Self> {
+        let deployment = Self {
+            dir: tempfile::tempdir()?,
+            port: free_udp_port()?,
+        };
+        deployment.certs("certs", edges)?;
+        Ok(deployment)
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.root().join(relative)
+    }
+
+    fn hub_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `appliance certs init --dir DIR` and `certs issue EDGE --dir DIR` for each edge.
+    fn certs(&self, dir: &str, edges: &[&str]) -> anyhow::Result<()> {
+        let mut commands = vec![vec!["certs", "init", "--dir", dir]];
+        for edge in edges {
+            commands.push(vec!["certs", "issue", edge, "--dir", dir]);
+        }
+        for args in commands {
+            let output = run_to_end(self.root(), &args)?;
+            ensure!(
+                output.status.success(),
+                "appliance {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The hub keeps the default idle timeout: a connection's is the smaller of its two
+    /// ends', so the edges' short one applies.
+    fn hub_args(&self) -> Vec<String> {
+        [
+            "--data-dir",
+            "hub-data",
+            "--role",
+            "hub",
+            "--link-addr",
+            &self.hub_addr(),
+            "--link-ca",
+            "certs/ca.pem",
+            "--link-cert",
+            "certs/hub.pem",
+            "--link-key",
+            "certs/hub.key",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Starts (or, on the same data directory, restarts) the hub.
+    fn start_hub(&self) -> anyhow::Result<Daemon> {
+        let hub = start(self.root(), &self.hub_args())?;
+        let log = hub.log_text();
+        ensure!(
+            log.contains(&format!("link_addr=\"{}\"", self.hub_addr())),
+            "the hub is not on its link address:\n{log}"
+        );
+        Ok(hub)
+    }
+
+    /// `appliance run` of an edge: `sensors` declared, the link idle timeout short.
+    fn edge_args(&self, name: &str, sensors_partitions: u32) -> anyhow::Result<Vec<String>> {
+        let config = format!("{name}.toml");
+        std::fs::write(
+            self.path(&config),
+            format!(
+                "[link]\nidle-timeout-ms = {IDLE_TIMEOUT_MS}\n\
+                 [topics.sensors]\npartitions = {sensors_partitions}\n"
+            ),
+        )?;
+        Ok(vec![
+            "--config".into(),
+            config,
+            "--data-dir".into(),
+            format!("{name}-data"),
+        ])
+    }
+
+    /// Starts an edge appliance with a topic `sensors` of `partitions` partitions.
+    fn start_edge(&self, name: &str, partitions: u32) -> anyhow::Result<Daemon> {
+        start(self.root(), &self.edge_args(name, partitions)?)
+    }
+
+    /// `appliance link create to-hub` on `edge` with the certificate of `cert` (in certs/).
+    fn link(&self, edge: &Daemon, cert: &str, hub: &str, extra: &[&str]) -> anyhow::Result<String> {
+        let (cert, key) = (format!("certs/{cert}.pem"), format!("certs/{cert}.key"));
+        let mut args = vec![
+            "link",
+            "create",
+            LINK,
+            "--hub",
+            hub,
+            "--topics",
+            "sensors",
+            "--ca",
+            "certs/ca.pem",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        cli_ok(edge, self.root(), &args, b"")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Records
+
+/// Record `n` of an edge's partition: keys, values, headers and timestamps vary (some keys
+/// and header values absent, some tombstones, some timestamps given by the appliance).
+fn record(origin: &str, partition: u32, n: u64) -> pb::Record {
+    let key =
+        (!n.is_multiple_of(6)).then(|| format!("{origin}-sensor-{}", n % 13).into_bytes().into());
+    let value = (n % 97 != 13).then(|| {
+        format!(
+            r#"{{"origin":"{origin}","partition":{partition},"n":{n},"reading":{}}}{}"#,
+            n * 7919 % 1000,
+            "~".repeat((n % 61) as usize)
+        )
+        .into_bytes()
+        .into()
+    });
+    let mut headers = Vec::new();
+    if !n.is_multiple_of(4) {
+        headers.push(pb::Header {
+            key: "origin".into(),
+            value: Some(origin.as_bytes().to_vec().into()),
+        });
+        headers.push(pb::Header {
+            key: "seq".into(),
+            value: Some(n.to_string().into_bytes().into()),
+        });
+    }
+    if n.is_multiple_of(5) {
+        headers.push(pb::Header {
+            key: "empty".into(),
+            value: None,
+        });
+    }
+    pb::Record {
+        key,
+        value,
+        headers,
+        timestamp_ms: if n.is_multiple_of(2) {
+            1_700_000_000_000 + n as i64 * 10
+        } else {
+            0
+        },
+    }
+}
+
+/// Produces records `range` of `origin`'s partition over gRPC, in requests of 500; the
+/// offsets the appliance gave them.
+async fn produce(
+    channel: &Channel,
+    topic: &str,
+    origin: &str,
+    partition: u32,
+    range: std::ops::Range<u64>,
+) -> anyhow::Result<Vec<u64>> {
+    let mut client = RecordsClient::new(channel.clone());
+    let mut offsets = Vec::new();
+    let numbers: Vec<u64> = range.collect();
+    for chunk in numbers.chunks(500) {
+        let response = client
+            .produce(pb::ProduceRequest {
+                topic: topic.into(),
+                partition: Some(partition),
+                records: chunk
+                    .iter()
+                    .map(|&n| record(origin, partition, n))
+                    .collect(),
+            })
+            .await?
+            .into_inner();
+        offsets.extend(response.positions.iter().map(|p| p.offset));
+    }
+    Ok(offsets)
+}
+
+/// A record a producer got acknowledged.
+#[derive(Debug, Clone)]
+struct Acked {
+    partition: u32,
+    offset: u64,
+    record: pb::Record,
+}
+
+/// A producer writing `chunk` records to each partition of `sensors` in turn, until stopped
+/// or refused (its appliance went away).
+struct Producer {
+    stop: Arc<AtomicBool>,
+    /// Records acknowledged so far.
+    acked: Arc<AtomicU64>,
+    task: JoinHandle<(Vec<Acked>, Option<String>)>,
+}
+
+impl Producer {
+    /// Records are numbered per partition from `from[partition]`.
+    fn start(channel: Channel, origin: &str, from: Vec<u64>, chunk: u64, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let acked_count = Arc::new(AtomicU64::new(0));
+        let counter = acked_count.clone();
+        let origin = origin.to_owned();
+        let task = tokio::spawn(async move {
+            let mut client = RecordsClient::new(channel);
+            let mut next = from;
+            let mut acked = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                for (partition, n) in next.iter_mut().enumerate() {
+                    let partition = partition as u32;
+                    let records: Vec<pb::Record> = (*n..*n + chunk)
+                        .map(|n| record(&origin, partition, n))
+                        .collect();
+                    let produced = client
+                        .produce(pb::ProduceRequest {
+                            topic: "sensors".into(),
+                            partition: Some(partition),
+                            records: records.clone(),
+                        })
+                        .await;
+                    match produced {
+                        Ok(response) => {
+                            for (position, record) in
+                                response.into_inner().positions.iter().zip(records)
+                            {
+                                acked.push(Acked {
+                                    partition: position.partition,
+                                    offset: position.offset,
+                                    record,
+                                });
+                            }
+                            *n += chunk;
+                            counter.fetch_add(chunk, Ordering::Relaxed);
+                        }
+                        Err(status) => return (acked, Some(status.to_string())),
+                    }
+                }
+                tokio::time::sleep(pause).await;
+            }
+            (acked, None)
+        });
+        Self {
+            stop,
+            acked: acked_count,
+            task,
+        }
+    }
+
+    /// Waits until at least `records` were acknowledged.
+    async fn wait_for(&self, records: u64) -> anyhow::Result<()> {
+        let deadline = Deadline::new(format!("a producer's {records} records acknowledged"));
+        loop {
+            let acked = self.acked.load(Ordering::Relaxed);
+            if acked >= records {
+                return Ok(());
+            }
+            ensure!(!self.task.is_finished(), "the producer stopped");
+            deadline.pause(acked).await?;
+        }
+    }
+
+    async fn finish(self) -> anyhow::Result<(Vec<Acked>, Option<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Topics and mirrors over gRPC
+
+/// Each partition's (log start, high watermark); none while the topic does not exist.
+async fn positions(channel: &Channel, topic: &str) -> anyhow::Result<Option<Vec<(u64, u64)>>> {
+    match TopicsClient::new(channel.clone())
+        .get_topic(pb::GetTopicRequest { name: topic.into() })
+        .await
+    {
+        Ok(topic) => Ok(Some(
+            topic
+                .into_inner()
+                .partitions
+                .iter()
+                .map(|p| (p.log_start_offset, p.high_watermark))
+                .collect(),
+        )),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(status.into()),
+    }
+}
+
+async fn topic_names(channel: &Channel) -> anyhow::Result<Vec<String>> {
+    Ok(TopicsClient::new(channel.clone())
+        .list_topics(pb::ListTopicsRequest {})
+        .await?
+        .into_inner()
+        .topics
+        .into_iter()
+        .map(|t| t.name)
+        .collect())
+}
+
+async fn mirrored_records(channel: &Channel, topic: &str) -> anyhow::Result<u64> {
+    Ok(positions(channel, topic)
+        .await?
+        .unwrap_or_default()
+        .iter()
+        .map(|(_, end)| end)
+        .sum())
+}
+
+/// Waits until `mirror` on `mirror_side` has the partitions and the high watermarks of
+/// `topic` on `origin` (the origin must not be written meanwhile).
+async fn wait_mirrored(
+    origin: &Channel,
+    topic: &str,
+    mirror_side: &Channel,
+    mirror: &str,
+) -> anyhow::Result<()> {
+    let deadline = Deadline::new(format!("{mirror} catching up with {topic}"));
+    loop {
+        let want = positions(origin, topic)
+            .await?
+            .with_context(|| format!("{topic} does not exist at its origin"))?;
+        let have = positions(mirror_side, mirror).await?;
+        let ends = |p: &[(u64, u64)]| p.iter().map(|(_, end)| *end).collect::<Vec<_>>();
+        if have.as_deref().map(ends) == Some(ends(&want)) {
+            return Ok(());
+        }
+        deadline.pause((&want, &have)).await?;
+    }
+}
+
+/// The fields a mirror must keep of each record (the topic name is the mirror's own).
+fn fields(record: &pb::ConsumedRecord) -> impl PartialEq + std::fmt::Debug + '_ {
+    (
+        record.partition,
+        record.offset,
+        &record.key,
+        &record.value,
+        &record.headers,
+        record.timestamp_ms,
+    )
+}
+
+/// Every partition of `mirror` holds exactly the records of `topic`, at the same offsets;
+/// the number of records compared.
+async fn assert_identical(
+    origin: &Channel,
+    topic: &str,
+    mirror_side: &Channel,
+    mirror: &str,
+) -> anyhow::Result<usize> {
+    let want = positions(origin, topic).await?.context("no origin topic")?;
+    let have = positions(mirror_side, mirror)
+        .await?
+        .with_context(|| format!("no mirror {mirror}"))?;
+    assert_eq!(
+        have, want,
+        "{mirror} and {topic}: (log start, high watermark) per partition"
+    );
+    let mut compared = 0;
+    for partition in 0..want.len() as u32 {
+        let original = fetch_all(origin, topic, partition).await?;
+        let copy = fetch_all(mirror_side, mirror, partition).await?;
+        assert_eq!(
+            copy.len(),
+            original.len(),
+            "{mirror}/{partition}: records, against {topic}/{partition}"
+        );
+        for (a, b) in original.iter().zip(&copy) {
+            assert_eq!(
+                fields(b),
+                fields(a),
+                "{mirror}/{partition} differs from {topic}/{partition} at offset {}",
+                a.offset
+            );
+        }
+        // Offsets are dense from the log start: nothing skipped, nothing twice.
+        let start = want[partition as usize].0;
+        for (i, record) in original.iter().enumerate() {
+            assert_eq!(record.offset, start + i as u64, "{topic}/{partition}");
+        }
+        compared += original.len();
+    }
+    Ok(compared)
+}
+
+// ---------------------------------------------------------------------------------------
+// Link status
+
+fn link_status(edge: &Daemon, dir: &Path, link: &str) -> anyhow::Result<Value> {
+    cli_json(edge, dir, &["link", "status", link, "--json"])
+}
+
+/// The partitions of a status (an edge's link or a hub's edge) in one direction and topic.
+fn status_partitions<'a>(status: &'a Value, direction: &str, topic: &str) -> Vec<&'a Value> {
+    status["partitions"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|p| p["direction"] == direction && p["topic"] == topic)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the edge's link is connected and, for each listed (direction, topic,
+/// partitions), reports every partition in sync with no gap.
+async fn wait_link_in_sync(
+    edge: &Daemon,
+    dir: &Path,
+    mirrored: &[(&str, &str, usize)],
+) -> anyhow::Result<Value> {
+    let deadline = Deadline::new("the link status showing every partition in sync");
+    loop {
+        let status = link_status(edge, dir, LINK)?;
+        let mut done = status["state"] == "connected";
+        for &(direction, topic, partitions) in mirrored {
+            let listed = status_partitions(&status, direction, topic);
+            for partition in &listed {
+                assert_eq!(partition["gap_records"], 0, "a gap: {status:#}");
+            }
+            done &= listed.len() == partitions
+                && listed.iter().all(|p| {
+                    p["lag_records"] == 0
+                        && p["last_error"] == ""
+                        && p["origin_high_watermark"] == p["mirror_acknowledged"]
+                });
+        }
+        if done {
+            return Ok(status);
+        }
+        deadline.pause(&status).await?;
+    }
+}
+
+/// The hub's view of one edge (`appliance link edges --json`).
+fn hub_edge(hub: &Daemon, dir: &Path, edge: &str) -> anyhow::Result<Option<Value>> {
+    let edges = cli_json(hub, dir, &["link", "edges", "--json"])?;
+    Ok(edges
+        .as_array()
+        .context("link edges --json is an array")?
+        .iter()
+        .find(|e| e["edge_id"] == edge)
+        .cloned())
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+// ---------------------------------------------------------------------------------------
+// One hub, three edges, one of them on a lossy, cut, rebound uplink
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_edges_mirror_record_for_record_through_loss_cuts_and_a_rebind() -> anyhow::Result<()>
+{
+    let deployment = Deployment::new(&["edge-1", "edge-2", "edge-3"])?;
+    let root = deployment.root();
+    let hub = deployment.start_hub()?;
+    let hub_channel = hub.channel().await?;
+
+    // A hub topic that goes down to every edge as hub.commands.
+    cli_ok(
+        &hub,
+        root,
+        &["topic", "create", "commands", "--partitions", "2"],
+        b"",
+    )?;
+    for partition in 0..2 {
+        produce(&hub_channel, "commands", "hub", partition, 0..400).await?;
+    }
+
+    // Three edges, different partitions and records each.
+    let layout: [(&str, u32, u64); 3] =
+        [("edge-1", 3, 1200), ("edge-2", 2, 1500), ("edge-3", 3, 800)];
+    let mut edges = Vec::new();
+    for (name, partitions, records) in layout {
+        let edge = deployment.start_edge(name, partitions)?;
+        let channel = edge.channel().await?;
+        for partition in 0..partitions {
+            let offsets = produce(&channel, "sensors", name, partition, 0..records).await?;
+            assert_eq!(offsets, (0..records).collect::<Vec<_>>());
+        }
+        edges.push((name, partitions, edge, channel));
+    }
+
+    // Impostors, trying all along: a certificate of another CA that claims edge-1, and the
+    // hub's own server certificate presented as a client's (it names "localhost").
+    deployment.certs("other-ca", &["edge-1"])?;
+    let impostor = deployment.start_edge("impostor", 1)?;
+    let impostor_channel = impostor.channel().await?;
+    produce(&impostor_channel, "sensors", "impostor", 0, 0..300).await?;
+    let ca = "certs/ca.pem";
+    for (link, cert, key) in [
+        ("stolen-id", "other-ca/edge-1.pem", "other-ca/edge-1.key"),
+        ("hub-cert", "certs/hub.pem", "certs/hub.key"),
+    ] {
+        cli_ok(
+            &impostor,
+            root,
+            &[
+                "link",
+                "create",
+                link,
+                "--hub",
+                &deployment.hub_addr(),
+                "--topics",
+                "sensors",
+                "--ca",
+                ca,
+                "--cert",
+                cert,
+                "--key",
+                key,
+            ],
+            b"",
+        )?;
+    }
+
+    // edge-3's uplink: 5% loss each way, 3 ms each way, cut and rebound below.
+    let hub_link_addr: SocketAddr = deployment.hub_addr().parse()?;
+    let proxy = Proxy::start(
+        "127.0.0.1:0".parse()?,
+        hub_link_addr,
+        Impairment {
+            loss: 0.05,
+            delay: Duration::from_millis(3),
+            seed: 7,
+        },
+    )
+    .await?;
+    let proxy_addr = proxy.local_addr().to_string();
+    for (name, _, edge, _) in &edges {
+        // edge-3's link is capped too, so that its cuts always interrupt a transfer.
+        let created = if *name == "edge-3" {
+            deployment.link(
+                edge,
+                name,
+                &proxy_addr,
+                &[
+                    "--downstream",
+                    "commands",
+                    "--compression",
+                    "none",
+                    "--max-bytes-per-sec",
+                    "200000",
+                ],
+            )?
+        } else {
+            deployment.link(
+                edge,
+                name,
+                &deployment.hub_addr(),
+                &["--downstream", "commands"],
+            )?
+        };
+        assert!(created.contains(&format!("as edge {name}")), "{created}");
+    }
+    // More downstream records while the links run.
+    for partition in 0..2 {
+        produce(&hub_channel, "commands", "hub", partition, 400..600).await?;
+    }
+
+    // edge-3 keeps producing while its uplink is cut again and again.
+    let (_, edge3_partitions, edge3, edge3_channel) = &edges[2];
+    let producer = Producer::start(
+        edge3_channel.clone(),
+        "edge-3",
+        vec![800; *edge3_partitions as usize],
+        40,
+        Duration::from_millis(50),
+    );
+    let cut = |length: Duration| {
+        let (proxy, hub_channel, edge3_channel) = (&proxy, &hub_channel, edge3_channel);
+        async move {
+            eprintln!(
+                "cut of {length:?} with {} of edge-3's {} records on the hub",
+                mirrored_records(hub_channel, "edge-3.sensors").await?,
+                mirrored_records(edge3_channel, "sensors").await?
+            );
+            proxy.set_blackhole(true);
+            tokio::time::sleep(length).await;
+            proxy.set_blackhole(false);
+            anyhow::Ok(())
+        }
+    };
+    // After a cut, the link works again once the hub's mirror grows (the producer and the
+    // cap keep a backlog): only then does the next cut start.
+    let flowing = || {
+        let hub_channel = &hub_channel;
+        async move {
+            let from = mirrored_records(hub_channel, "edge-3.sensors").await?;
+            let deadline = Deadline::new("edge-3's mirror growing after a cut");
+            loop {
+                let now = mirrored_records(hub_channel, "edge-3.sensors").await?;
+                if now >= from + 200 {
+                    return anyhow::Ok(());
+                }
+                deadline.pause(now).await?;
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cut(Duration::from_millis(700)).await?;
+    flowing().await?;
+    cut(Duration::from_millis(500)).await?;
+    flowing().await?;
+
+    // A new address (NAT rebinding): the hub follows the connection there, no new session.
+    let before = hub_edge(&hub, root, "edge-3")?.context("the hub lists edge-3")?;
+    assert_eq!(before["connected"], true, "{before:#}");
+    let before = before["address"].clone();
+    let sessions = count(&edge3.log_text(), "linked to the hub");
+    proxy.rebind().await?;
+    let deadline = Deadline::new(format!(
+        "the hub seeing edge-3 at another address than {before}"
+    ));
+    let after = loop {
+        let seen = hub_edge(&hub, root, "edge-3")?;
+        if let Some(edge) = seen.as_ref().filter(|e| e["address"] != before) {
+            break edge["address"].clone();
+        }
+        deadline.pause(&seen).await?;
+    };
+    flowing().await?;
+    eprintln!("edge-3 seen by the hub at {before}, after the rebind at {after}");
+    assert_eq!(
+        count(&edge3.log_text(), "linked to the hub"),
+        sessions,
+        "the connection followed the new address without a new session; edge-3:\n{}",
+        edge3.log_text()
+    );
+    cut(Duration::from_millis(800)).await?;
+    flowing().await?;
+
+    // A cut longer than the idle timeout: the connection is given up and made anew.
+    let sessions = count(&edge3.log_text(), "linked to the hub");
+    cut(Duration::from_millis(IDLE_TIMEOUT_MS + 1500)).await?;
+    let deadline = Deadline::new("edge-3 linking again after the long cut");
+    while count(&edge3.log_text(), "linked to the hub") <= sessions {
+        deadline.pause(link_status(edge3, root, LINK)?).await?;
+    }
+    assert!(
+        edge3.log_text().contains("link to the hub lost; retrying"),
+        "{}",
+        edge3.log_text()
+    );
+    flowing().await?;
+    cut(Duration::from_millis(600)).await?;
+    flowing().await?;
+    let (acked, failure) = producer.finish().await?;
+    assert_eq!(failure, None, "edge-3's producer");
+    assert!(!acked.is_empty());
+    let stats = proxy.stats();
+    eprintln!(
+        "edge-3: {} records produced during the cuts; proxy: {stats:?}",
+        acked.len()
+    );
+    assert!(stats.to_upstream.dropped_packets > 0 && stats.to_client.dropped_packets > 0);
+
+    // Every mirror partition is its edge partition, record for record; no gap anywhere.
+    for (name, partitions, edge, channel) in &edges {
+        let mirror = format!("{name}.sensors");
+        wait_mirrored(channel, "sensors", &hub_channel, &mirror).await?;
+        let compared = assert_identical(channel, "sensors", &hub_channel, &mirror).await?;
+        eprintln!("{mirror}: {compared} records identical");
+        wait_link_in_sync(edge, root, &[("up", "sensors", *partitions as usize)]).await?;
+        let seen = hub_edge(&hub, root, name)?.context("the hub lists the edge")?;
+        assert_eq!(seen["connected"], true, "{seen:#}");
+        for partition in status_partitions(&seen, "up", "sensors") {
+            assert_eq!(partition["gap_records"], 0, "{seen:#}");
+        }
+    }
+
+    // Downstream: the hub's commands on every edge as hub.commands, read-only there.
+    for (name, _, edge, channel) in &edges {
+        wait_mirrored(&hub_channel, "commands", channel, "hub.commands").await?;
+        let compared = assert_identical(&hub_channel, "commands", channel, "hub.commands").await?;
+        assert_eq!(compared, 1200, "{name}");
+        wait_link_in_sync(edge, root, &[("down", "commands", 2)]).await?;
+    }
+    let (_, _, edge2, edge2_channel) = &edges[1];
+    let refused = cli(
+        edge2,
+        root,
+        &["produce", "hub.commands"],
+        b"not from the hub\n",
+    )?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mirror") && stderr.contains("promote"),
+        "{stderr}"
+    );
+    assert_identical(&hub_channel, "commands", edge2_channel, "hub.commands").await?;
+
+    // The impostors never got in, and edge-1's mirror is edge-1's alone.
+    for link in ["stolen-id", "hub-cert"] {
+        let deadline = Deadline::new(format!("the impostor's link {link} retrying"));
+        loop {
+            let status = link_status(&impostor, root, link)?;
+            if status["state"] == "retrying" && status["last_error"] != "" {
+                // The edge's operator sees why, not only that the connection was lost.
+                let error = status["last_error"].as_str().unwrap_or_default();
+                assert!(
+                    error.contains("invalid peer certificate"),
+                    "{link}: {error}"
+                );
+                break;
+            }
+            deadline.pause(&status).await?;
+        }
+    }
+    let hub_topics = topic_names(&hub_channel).await?;
+    assert!(
+        hub_topics.iter().all(|t| !t.starts_with("localhost.")),
+        "{hub_topics:?}"
+    );
+    assert!(
+        hub_edge(&hub, root, "localhost")?.is_none(),
+        "the hub lists the hub certificate as an edge"
+    );
+    let hub_log = hub.log_text();
+    assert!(
+        hub_log.contains("invalid peer certificate: BadSignature")
+            && count(&hub_log, "invalid peer certificate") >= 2,
+        "the hub logs why it refused:\n{hub_log}"
+    );
+    let (_, _, edge1, edge1_channel) = &edges[0];
+    assert_identical(edge1_channel, "sensors", &hub_channel, "edge-1.sensors").await?;
+    drop(impostor);
+
+    consumer_moves_from_edge_to_hub(&hub, edge1, edge1_channel, root).await?;
+
+    promoted_mirror_takes_producers_at_its_end(&hub, &hub_channel, edge1, edge1_channel, root).await
+}
+
+/// Producing to edge-1's mirror on the hub is refused until `appliance link promote`; then
+/// producers continue at the mirror's end, and edge-1's next session is refused the topic.
+async fn promoted_mirror_takes_producers_at_its_end(
+    hub: &Daemon,
+    hub_channel: &Channel,
+    edge1: &Daemon,
+    edge1_channel: &Channel,
+    root: &Path,
+) -> anyhow::Result<()> {
+    let refused = cli(hub, root, &["produce", "edge-1.sensors"], b"from the hub\n")?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mirror") && stderr.contains("promote"),
+        "{stderr}"
+    );
+    let ends = positions(hub_channel, "edge-1.sensors")
+        .await?
+        .context("mirror")?;
+    let promoted = cli_ok(hub, root, &["link", "promote", "edge-1.sensors"], b"")?;
+    assert!(promoted.contains("promoted edge-1.sensors"), "{promoted}");
+    let produced = cli_ok(
+        hub,
+        root,
+        &["produce", "edge-1.sensors", "--partition", "0"],
+        b"hub-1\nhub-2\nhub-3\n",
+    )?;
+    assert_eq!(produced.trim(), "3");
+    let partition0 = fetch_all(hub_channel, "edge-1.sensors", 0).await?;
+    let edge1_partition0 = fetch_all(edge1_channel, "sensors", 0).await?;
+    let end = ends[0].1 as usize;
+    assert_eq!(partition0.len(), end + 3);
+    assert_eq!(edge1_partition0.len(), end);
+    for (a, b) in edge1_partition0.iter().zip(&partition0) {
+        assert_eq!(fields(b), fields(a));
+    }
+    let added: Vec<(u64, &[u8])> = partition0[end..]
+        .iter()
+        .map(|r| (r.offset, r.value.as_deref().unwrap_or_default()))
+        .collect();
+    let end = end as u64;
+    assert_eq!(
+        added,
+        vec![
+            (end, &b"hub-1"[..]),
+            (end + 1, &b"hub-2"[..]),
+            (end + 2, &b"hub-3"[..])
+        ]
+    );
+
+    // edge-1 writes on; in its next session the hub refuses the promoted topic, and the
+    // hub's topic keeps only its own records after the mirror's end.
+    produce(edge1_channel, "sensors", "edge-1", 0, end..end + 10).await?;
+    cli_ok(edge1, root, &["link", "pause", LINK], b"")?;
+    cli_ok(edge1, root, &["link", "resume", LINK], b"")?;
+    let deadline = Deadline::new("edge-1's link showing sensors refused by the hub");
+    loop {
+        let status = link_status(edge1, root, LINK)?;
+        let partitions = status_partitions(&status, "up", "sensors");
+        let refused = partitions.len() == 3
+            && partitions.iter().all(|p| {
+                p["last_error"].as_str().is_some_and(|e| {
+                    e.contains("refused by the peer") && e.contains("not a mirror")
+                })
+            });
+        if status["state"] == "connected" && refused {
+            break;
+        }
+        deadline.pause(&status).await?;
+    }
+    let partition0 = fetch_all(hub_channel, "edge-1.sensors", 0).await?;
+    assert_eq!(partition0.len() as u64, end + 3);
+    Ok(())
+}
+
+/// `appliance consume --group dash` reads half of edge-1's sensors; the same group on the
+/// hub's mirror continues at the offsets the edge committed: together every record once.
+async fn consumer_moves_from_edge_to_hub(
+    hub: &Daemon,
+    edge: &Daemon,
+    edge_channel: &Channel,
+    root: &Path,
+) -> anyhow::Result<()> {
+    let ends = positions(edge_channel, "sensors")
+        .await?
+        .context("sensors")?;
+    let total: u64 = ends.iter().map(|(_, end)| end).sum();
+    let half = total / 2;
+    let consume = |daemon: &Daemon, topic: &str, max: u64| -> anyhow::Result<Vec<(u32, u64)>> {
+        let max = max.to_string();
+        let stdout = cli_ok(
+            daemon,
+            root,
+            &[
+                "consume",
+                topic,
+                "--group",
+                "dash",
+                "--from-beginning",
+                "--max",
+                &max,
+                "--json",
+                "--timeout-ms",
+                "20000",
+            ],
+            b"",
+        )?;
+        stdout
+            .lines()
+            .map(|line| {
+                let record: Value = serde_json::from_str(line)?;
+                Ok((
+                    record["partition"].as_u64().context("partition")? as u32,
+                    record["offset"].as_u64().context("offset")?,
+                ))
+            })
+            .collect()
+    };
+    let on_edge = consume(edge, "sensors", half)?;
+    assert_eq!(on_edge.len() as u64, half);
+
+    // The committed offsets reach the hub's group on the mirror.
+    let committed = |daemon: &Daemon, topic: &str| -> anyhow::Result<BTreeMap<u64, u64>> {
+        let output = cli(daemon, root, &["group", "describe", "dash", "--json"], b"")?;
+        if !output.status.success() {
+            return Ok(BTreeMap::new());
+        }
+        let description: Value = serde_json::from_slice(&output.stdout)?;
+        Ok(description["offsets"]
+            .as_array()
+            .context("offsets")?
+            .iter()
+            .filter(|o| o["topic"] == topic)
+            .filter_map(|o| Some((o["partition"].as_u64()?, o["committed_offset"].as_u64()?)))
+            .collect())
+    };
+    let on_edge_committed = committed(edge, "sensors")?;
+    assert!(!on_edge_committed.is_empty());
+    let deadline = Deadline::new("the group's offsets reaching the hub");
+    loop {
+        let on_hub = committed(hub, "edge-1.sensors")?;
+        if on_hub == on_edge_committed {
+            break;
+        }
+        deadline.pause((&on_edge_committed, &on_hub)).await?;
+    }
+
+    let on_hub = consume(hub, "edge-1.sensors", total - half)?;
+    let mut seen = BTreeSet::new();
+    for position in on_edge.iter().chain(&on_hub) {
+        assert!(seen.insert(*position), "{position:?} consumed twice");
+    }
+    let all: BTreeSet<(u32, u64)> = ends
+        .iter()
+        .enumerate()
+        .flat_map(|(p, (start, end))| (*start..*end).map(move |o| (p as u32, o)))
+        .collect();
+    assert_eq!(
+        seen, all,
+        "edge and hub consumers together read the topic once"
+    );
+    eprintln!(
+        "group dash: {} records on edge-1, {} on the hub",
+        on_edge.len(),
+        on_hub.len()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGKILL of the hub, then of an edge, mid-transfer
+
+/// Waits until the hub's mirror holds at least `at_least` records, to kill mid-transfer.
+async fn wait_for_mirrored(hub: &Channel, mirror: &str, at_least: u64) -> anyhow::Result<u64> {
+    let deadline = Deadline::new(format!("{mirror} reaching {at_least} records"));
+    loop {
+        let have = mirrored_records(hub, mirror).await?;
+        if have >= at_least {
+            return Ok(have);
+        }
+        deadline.pause(have).await?;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hub_and_edge_killed_mid_transfer_lose_and_repeat_nothing() -> anyhow::Result<()> {
+    const PARTITIONS: u32 = 3;
+    const BACKLOG: u64 = 7000; // per partition, per round: 21,000 records
+    let deployment = Deployment::new(&["edge-1"])?;
+    let root = deployment.root();
+    let mut hub = deployment.start_hub()?;
+    let mut hub_channel = hub.channel().await?;
+    let edge_args = deployment.edge_args("edge-1", PARTITIONS)?;
+    let mut edge = start(root, &edge_args)?;
+    let mut edge_channel = edge.channel().await?;
+    for partition in 0..PARTITIONS {
+        produce(&edge_channel, "sensors", "edge-1", partition, 0..BACKLOG).await?;
+    }
+    // A cap on the link, so that the backlog takes a few seconds to cross.
+    deployment.link(
+        &edge,
+        "edge-1",
+        &deployment.hub_addr(),
+        &["--compression", "none", "--max-bytes-per-sec", "1500000"],
+    )?;
+    let producer = Producer::start(
+        edge_channel.clone(),
+        "edge-1",
+        vec![BACKLOG; PARTITIONS as usize],
+        20,
+        Duration::from_millis(100),
+    );
+
+    // The hub dies mid-transfer and comes back on its data directory and port.
+    let at_kill = wait_for_mirrored(&hub_channel, "edge-1.sensors", BACKLOG / 2).await?;
+    producer.wait_for(100).await?;
+    let (status, _) = tokio::task::block_in_place(|| hub.stop_with(Signal::SIGKILL))?;
+    assert!(!status.success());
+    eprintln!(
+        "hub SIGKILLed with {at_kill} of {} records mirrored",
+        mirrored_records(&edge_channel, "sensors").await?
+    );
+    hub = deployment.start_hub()?;
+    hub_channel = hub.channel().await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (acked, failure) = producer.finish().await?;
+    assert_eq!(failure, None, "the edge's producer");
+    eprintln!(
+        "{} records produced while the hub was down or catching up",
+        acked.len()
+    );
+    wait_mirrored(&edge_channel, "sensors", &hub_channel, "edge-1.sensors").await?;
+    let compared =
+        assert_identical(&edge_channel, "sensors", &hub_channel, "edge-1.sensors").await?;
+    eprintln!("after the hub's restart: {compared} records identical");
+    wait_link_in_sync(&edge, root, &[("up", "sensors", PARTITIONS as usize)]).await?;
+
+    // Another backlog, made while the link is paused; the edge dies mid-transfer after the
+    // link resumes, while a producer writes to it.
+    cli_ok(&edge, root, &["link", "pause", LINK], b"")?;
+    let ends: Vec<u64> = positions(&edge_channel, "sensors")
+        .await?
+        .context("sensors")?
+        .iter()
+        .map(|(_, end)| *end)
+        .collect();
+    for (partition, end) in ends.iter().enumerate() {
+        produce(
+            &edge_channel,
+            "sensors",
+            "edge-1",
+            partition as u32,
+            *end..end + BACKLOG,
+        )
+        .await?;
+    }
+    let mut acknowledged = acked;
+    let producer = Producer::start(
+        edge_channel.clone(),
+        "edge-1",
+        ends.iter().map(|end| end + BACKLOG).collect(),
+        20,
+        Duration::from_millis(20),
+    );
+    cli_ok(&edge, root, &["link", "resume", LINK], b"")?;
+    producer.wait_for(100).await?;
+    let before = ends.iter().sum::<u64>();
+    let at_kill = wait_for_mirrored(&hub_channel, "edge-1.sensors", before + BACKLOG / 2).await?;
+    let (status, _) = tokio::task::block_in_place(|| edge.stop_with(Signal::SIGKILL))?;
+    assert!(!status.success());
+    let (acked, failure) = producer.finish().await?;
+    eprintln!(
+        "edge SIGKILLed with {at_kill} records mirrored; its producer had {} records \
+         acknowledged, then: {failure:?}",
+        acked.len()
+    );
+    acknowledged.extend(acked);
+
+    // The edge comes back with its stored link, and the link catches up by itself.
+    edge = start(root, &edge_args)?;
+    edge_channel = edge.channel().await?;
+    wait_mirrored(&edge_channel, "sensors", &hub_channel, "edge-1.sensors").await?;
+    let compared =
+        assert_identical(&edge_channel, "sensors", &hub_channel, "edge-1.sensors").await?;
+    eprintln!("after the edge's restart: {compared} records identical");
+    wait_link_in_sync(&edge, root, &[("up", "sensors", PARTITIONS as usize)]).await?;
+
+    // Every record a producer got acknowledged is in the mirror, at its offset.
+    let mut mirror: Vec<Vec<pb::ConsumedRecord>> = Vec::new();
+    for partition in 0..PARTITIONS {
+        mirror.push(fetch_all(&hub_channel, "edge-1.sensors", partition).await?);
+    }
+    for Acked {
+        partition,
+        offset,
+        record,
+    } in &acknowledged
+    {
+        let Some(stored) = mirror[*partition as usize].get(*offset as usize) else {
+            bail!("acknowledged record {partition}/{offset} is not in the mirror");
+        };
+        assert_eq!(stored.offset, *offset);
+        assert_eq!(
+            (&stored.key, &stored.value, &stored.headers),
+            (&record.key, &record.value, &record.headers),
+            "{partition}/{offset}"
+        );
+        if record.timestamp_ms != 0 {
+            assert_eq!(stored.timestamp_ms, record.timestamp_ms);
+        }
+    }
+    eprintln!(
+        "{} acknowledged records found in the mirror",
+        acknowledged.len()
+    );
+    Ok(())
+}
