@@ -210,13 +210,7 @@ impl Links {
 
     /// Stops and forgets a link, its stored positions and its retention holds.
     pub async fn delete(&self, name: &str) -> Result<(), LinkError> {
-        let link = self
-            .lock()
-            .remove(name)
-            .ok_or_else(|| LinkError::UnknownLink {
-                name: name.to_owned(),
-            })?;
-        stop(link).await;
+        stop(self.take(name)?).await;
         let holder = holder(name);
         self.log.release_retention_holds(&holder);
         self.meta
@@ -235,12 +229,7 @@ impl Links {
     }
 
     async fn set_paused(&self, name: &str, paused: bool) -> Result<LinkStatus, LinkError> {
-        let link = self
-            .lock()
-            .remove(name)
-            .ok_or_else(|| LinkError::UnknownLink {
-                name: name.to_owned(),
-            })?;
+        let link = self.take(name)?;
         let spec = LinkSpec {
             paused,
             ..link.spec.clone()
@@ -249,6 +238,15 @@ impl Links {
         self.meta.put(Table::Links, &spec.name, &spec).await?;
         self.launch(spec);
         self.get(name)
+    }
+
+    /// Removes a running link from the table (it still runs until stopped).
+    fn take(&self, name: &str) -> Result<Running, LinkError> {
+        self.lock()
+            .remove(name)
+            .ok_or_else(|| LinkError::UnknownLink {
+                name: name.to_owned(),
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
