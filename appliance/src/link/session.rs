@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use super::frame;
 use super::transfer::{self, Direction, MirrorProgress, SendOptions};
 use crate::group::{Coordinator, GroupError};
-use crate::log::{Log, LogError, Offset, PartitionId, TopicConfig, TopicName};
+use crate::log::{Log, LogError, MAX_MESSAGE_BYTES, Offset, PartitionId, TopicConfig, TopicName};
 use crate::meta::{GroupId, Meta, Table};
 
 /// Control frames are small; batches travel on their own streams.
@@ -222,8 +222,8 @@ struct State<'a> {
     side: &'a Side,
     frames: &'a mpsc::Sender<wire::ControlFrame>,
     connection: &'a quinn::Connection,
-    /// Own topics announced in this session, with the partitions announced.
-    announced: HashMap<String, u32>,
+    /// Own topics announced in this session, as announced (a change is announced again).
+    announced: HashMap<String, wire::TopicState>,
     /// Own topics the peer refused to mirror.
     refused: HashSet<String>,
     sending: HashSet<(String, u32)>,
@@ -326,7 +326,7 @@ impl State<'_> {
         let direction = self.side.outgoing_direction;
         if !positions.refused_topic.is_empty() {
             let topic = positions.refused_topic;
-            let partitions = self.announced.get(&topic).copied().unwrap_or(0);
+            let partitions = self.announced.get(&topic).map_or(0, |t| t.partitions);
             let mirror = format!("{}{topic}", self.side.peer_prefix);
             for p in 0..partitions {
                 let progress = self.side.mirrors.entry(direction, &topic, &mirror, p);
@@ -447,15 +447,15 @@ impl State<'_> {
                 continue;
             }
             let partitions = info.config.partitions;
-            if self.announced.get(&name) != Some(&partitions) {
-                self.announced.insert(name.clone(), partitions);
-                self.send(wire::control_frame::Kind::Topic(wire::TopicState {
-                    topic: name.clone(),
-                    partitions,
-                    max_message_bytes: info.config.max_message_bytes,
-                    segment_bytes: info.config.segment_bytes,
-                }))
-                .await?;
+            let state = wire::TopicState {
+                topic: name.clone(),
+                partitions,
+                max_message_bytes: info.config.max_message_bytes,
+                segment_bytes: info.config.segment_bytes,
+            };
+            if self.announced.get(&name) != Some(&state) {
+                self.announced.insert(name.clone(), state.clone());
+                self.send(wire::control_frame::Kind::Topic(state)).await?;
             }
             for p in 0..partitions {
                 let Ok(partition) = self.side.log.partition(&info.name, PartitionId(p)) else {
@@ -599,13 +599,19 @@ async fn ensure_mirror(
         Ok(info) if info.mirror_of.is_none() => Ok(Err(format!(
             "{mirror} is a topic of its own on this side (promoted, or created here), not a mirror"
         ))),
-        Ok(info) if info.config.partitions >= topic.partitions => Ok(Ok(())),
         Ok(info) => {
+            // Partitions and the batch size limit only grow: a mirror keeps what it holds.
             let config = TopicConfig {
-                partitions: topic.partitions,
-                ..info.config
+                partitions: info.config.partitions.max(topic.partitions),
+                max_message_bytes: info
+                    .config
+                    .max_message_bytes
+                    .max(topic.max_message_bytes.min(MAX_MESSAGE_BYTES)),
+                ..info.config.clone()
             };
-            log.update_topic_config(mirror, config).await?;
+            if config != info.config {
+                log.update_topic_config(mirror, config).await?;
+            }
             Ok(Ok(()))
         }
         Err(LogError::UnknownTopic { .. }) => {
@@ -616,7 +622,9 @@ async fn ensure_mirror(
                 // gaps; its own retention could delete what the origin still holds.
                 retention_ms: None,
                 retention_bytes: None,
-                max_message_bytes: topic.max_message_bytes.max(defaults.max_message_bytes),
+                max_message_bytes: topic
+                    .max_message_bytes
+                    .clamp(defaults.max_message_bytes, MAX_MESSAGE_BYTES),
                 segment_bytes: topic.segment_bytes.clamp(1 << 20, 1 << 30),
                 ..defaults.clone()
             };

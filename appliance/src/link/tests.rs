@@ -242,6 +242,7 @@ async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_a_paus
             &topic("later"),
             TopicConfig {
                 partitions: 3,
+                max_message_bytes: 2 << 20,
                 ..TopicConfig::default()
             },
         )
@@ -249,6 +250,14 @@ async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_a_paus
         .unwrap();
     produce(&edge.log, "later", 2, 0, 20).await;
     wait_identical(&edge.log, "later", &hub.log, "plant-7.later", 3).await;
+    assert_eq!(
+        hub.log
+            .topic_config(&topic("plant-7.later"))
+            .unwrap()
+            .max_message_bytes,
+        2 << 20,
+        "the mirror takes batches as large as its origin's"
+    );
 
     // The link pauses; the edge keeps producing; resumed, it continues where the hub is.
     deployment.links.pause("to-hub").await.unwrap();
