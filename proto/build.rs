@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "appliance/v1/pipelines.proto",
     "appliance/v1/connectors.proto",
     "appliance/v1/links.proto",
+    "appliance/v1/query.proto",
     "appliance/link/v1/link.proto",
 ];
 

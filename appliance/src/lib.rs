@@ -10,6 +10,8 @@
 //! config.rs    TOML configuration and defaults
 //! log/         partitioned log: topics, partitions, segments, indexes, group commit, retention
 //! meta/        sled-backed metadata: topic configs, consumer-group offsets
+//! link/        cluster links over QUIC: edges mirror topics to a hub and back
+//! query/       SQL over topics (DataFusion); on a hub, tables unite the edges' mirrors
 //! ```
 //!
 //! # Data flow
@@ -35,3 +37,4 @@ pub mod log;
 pub mod meta;
 pub mod pipeline;
 pub mod plugin;
+pub mod query;

@@ -10,6 +10,7 @@ use crate::log::LogError;
 use crate::meta::MetaError;
 use crate::pipeline::PipelineError;
 use crate::plugin::PluginError;
+use crate::query::QueryError;
 
 impl From<LogError> for Status {
     fn from(error: LogError) -> Self {
@@ -145,6 +146,19 @@ impl From<LinkError> for Status {
             LinkError::NotHub => Status::failed_precondition(error.to_string()),
             LinkError::Refused { .. } => Status::permission_denied(error.to_string()),
             LinkError::Io { .. } | LinkError::Bind { .. } => Status::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<QueryError> for Status {
+    fn from(error: QueryError) -> Self {
+        match error {
+            QueryError::Syntax(_) | QueryError::Invalid(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+            QueryError::UnknownTable(_) => Status::not_found(error.to_string()),
+            QueryError::Data(_) => Status::data_loss(error.to_string()),
+            QueryError::Failed(_) | QueryError::Render(_) => Status::internal(error.to_string()),
         }
     }
 }

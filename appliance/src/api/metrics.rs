@@ -99,6 +99,8 @@ pub enum Rpc {
     DeleteLink,
     ListEdges,
     PromoteTopic,
+    Execute,
+    Describe,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

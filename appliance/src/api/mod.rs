@@ -14,6 +14,7 @@
 //!                  Connectors -> connect::Connectors (create, status, pause, restart, offsets)
 //!                  Links   -> link::edge::Links (create, status, pause, delete),
 //!                             link::hub::Hub (edges), log::Log (promote a mirror)
+//!                  Query   -> query::Query (SQL over topics: Arrow IPC and JSON rows)
 //! Prometheus --HTTP GET /metrics--> metrics::Metrics
 //! ```
 
@@ -25,6 +26,7 @@ mod links;
 pub mod metrics;
 mod pipelines;
 mod plugins;
+mod query;
 mod records;
 mod topics;
 
@@ -36,6 +38,7 @@ use appliance_proto::v1::groups_server::GroupsServer;
 use appliance_proto::v1::links_server::LinksServer;
 use appliance_proto::v1::pipelines_server::PipelinesServer;
 use appliance_proto::v1::plugins_server::PluginsServer;
+use appliance_proto::v1::query_server::QueryServer;
 use appliance_proto::v1::records_server::RecordsServer;
 use appliance_proto::v1::topics_server::TopicsServer;
 use tokio::net::TcpListener;
@@ -120,6 +123,9 @@ pub async fn serve(
     health
         .set_serving::<LinksServer<links::LinksService>>()
         .await;
+    health
+        .set_serving::<QueryServer<query::QueryService>>()
+        .await;
     // Both reflection versions: grpcurl asks v1 first, older tools (grpcurl before 1.8.8,
     // Python's grpcio-reflection) only v1alpha.
     let reflection = || {
@@ -137,6 +143,10 @@ pub async fn serve(
         links,
         hub,
         log: log.clone(),
+        metrics: metrics.clone(),
+    };
+    let query = query::QueryService {
+        query: crate::query::Query::new(log.clone()),
         metrics: metrics.clone(),
     };
     let records = records::RecordsService {
@@ -177,6 +187,7 @@ pub async fn serve(
         .add_service(PipelinesServer::new(pipelines).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(ConnectorsServer::new(connectors).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(LinksServer::new(links).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -8,6 +8,7 @@ mod client;
 mod connectors;
 mod links;
 mod manage;
+mod query;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +84,13 @@ enum Command {
     Link {
         #[command(subcommand)]
         command: links::LinkCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Run SQL over the topics (on a hub, table T unites every edge's <edge>.T).
+    Query {
+        #[command(flatten)]
+        args: query::QueryArgs,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -189,6 +197,9 @@ pub fn main() -> ExitCode {
         }
         Command::Link { command, server } => {
             client::run(&server, |channel| links::link(channel, command))
+        }
+        Command::Query { args, server } => {
+            client::run(&server, |channel| query::query(channel, args))
         }
         Command::Certs(command) => certs::run(command),
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),

@@ -61,7 +61,7 @@ use tokio_util::task::TaskTracker;
 
 pub use batch::{
     BatchError, BatchHeader, Compression, Header, MAX_DECOMPRESSED_BATCH_BYTES, Record,
-    StoredRecord, decode_all, encode, validate as validate_batch,
+    StoredRecord, decode_all, encode, set_base_offset, validate as validate_batch,
 };
 pub use partition::{AppendOutcome, Partition, ReadChunk};
 pub use partitioner::partition_for_key;

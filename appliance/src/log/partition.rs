@@ -166,6 +166,10 @@ impl Partition {
         Ok(partition)
     }
 
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
     pub fn high_watermark(&self) -> Offset {
         *self.high_watermark.borrow()
     }

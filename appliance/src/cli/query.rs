@@ -1,0 +1,95 @@
+//! `appliance query "SQL"`: SQL over the topics of a running appliance (gRPC `Query`), printed
+//! as an aligned table, JSON or CSV; `--describe TABLE` shows a table's topics and columns.
+
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::query_client::QueryClient;
+use clap::{Args, ValueEnum};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use tonic::transport::Channel;
+
+use super::Failure;
+use super::client::{print_table, status};
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// One SQL statement, e.g. "SELECT _edge, avg(temp) FROM sensors GROUP BY _edge".
+    #[arg(required_unless_present = "describe")]
+    sql: Option<String>,
+    /// Show a table's topics and columns instead of running SQL.
+    #[arg(long, value_name = "TABLE", conflicts_with = "sql")]
+    describe: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+pub async fn query(channel: Channel, args: QueryArgs) -> Result<(), Failure> {
+    let mut client = QueryClient::new(channel);
+    if let Some(table) = args.describe {
+        let description = client
+            .describe(pb::DescribeRequest { table })
+            .await
+            .map_err(status)?
+            .into_inner();
+        println!(
+            "table {} ({})",
+            description.table,
+            description.topics.join(", ")
+        );
+        let rows: Vec<Vec<String>> = description
+            .columns
+            .iter()
+            .map(|c| {
+                vec![
+                    c.name.clone(),
+                    c.r#type.clone(),
+                    if c.nullable { "yes" } else { "no" }.to_owned(),
+                    if c.r#virtual { "virtual" } else { "inferred" }.to_owned(),
+                ]
+            })
+            .collect();
+        print_table(&["COLUMN", "TYPE", "NULLABLE", "FROM"], &rows);
+        return Ok(());
+    }
+    let sql = args.sql.unwrap_or_default();
+    let answer = client
+        .execute(pb::ExecuteRequest { sql })
+        .await
+        .map_err(status)?
+        .into_inner();
+    match args.format {
+        Format::Json => println!("{}", answer.json),
+        Format::Table | Format::Csv => {
+            let runtime = |e: datafusion::arrow::error::ArrowError| {
+                Failure::Runtime(anyhow::anyhow!("the answer's Arrow stream: {e}"))
+            };
+            let reader = StreamReader::try_new(std::io::Cursor::new(answer.arrow_ipc), None)
+                .map_err(runtime)?;
+            let schema = reader.schema();
+            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(runtime)?;
+            if matches!(args.format, Format::Csv) {
+                let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(std::io::stdout());
+                for batch in &batches {
+                    writer.write(batch).map_err(runtime)?;
+                }
+            } else {
+                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(
+                    schema, &batches,
+                )
+                .map_err(runtime)?;
+                println!("{table}");
+                println!("({} rows)", answer.rows);
+            }
+        }
+    }
+    Ok(())
+}

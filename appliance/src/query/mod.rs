@@ -1,0 +1,199 @@
+//! SQL over topics with Apache DataFusion: a topic is a table, and on a hub the table `T` is
+//! the union of every edge's mirror `<edge>.T` (and a local topic `T`, if any).
+//!
+//! ```text
+//! SQL -> SessionContext with one TopicTable per table name (schema inferred lazily, only
+//!        for the tables a query names) -> DataFusion plans; filters on _timestamp, _edge and
+//!        _partition reach TopicTable::scan -> one scan partition per (topic, partition) kept:
+//!        read from the time index's offset to the end, decode batches, JSON values -> Arrow
+//!        (scan.rs) -> DataFusion's operators -> Answer (batches + schema) -> table/JSON/CSV/IPC
+//! ```
+//!
+//! Columns: `_edge` (the edge a mirror belongs to, null for a local topic), `_topic`,
+//! `_partition`, `_offset`, `_timestamp`, `_key`, then the fields of the JSON values as
+//! inferred from the newest records of each partition (`appliance query --describe TABLE`).
+//! A value that is not a JSON object gives nulls in the value columns; a corrupt segment
+//! fails the query with the log's error rather than returning part of the answer.
+
+mod scan;
+mod table;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::TableReference;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+
+use crate::log::Log;
+pub use table::{Source, TopicTable, VIRTUAL_COLUMNS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("the SQL does not parse: {0}")]
+    Syntax(String),
+    #[error("{0} (appliance topic list shows the topics; a hub's table T unites every <edge>.T)")]
+    UnknownTable(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the query could not read the log: {0}")]
+    Data(String),
+    #[error("the query failed: {0}")]
+    Failed(String),
+    #[error("{0}")]
+    Render(String),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(error: DataFusionError) -> Self {
+        match error.find_root() {
+            DataFusionError::SQL(parse, _) => Self::Syntax(parse.to_string()),
+            DataFusionError::Plan(message)
+                if message.starts_with("table '") && message.ends_with("' not found") =>
+            {
+                Self::UnknownTable(message.clone())
+            }
+            DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => Self::Invalid(error.strip_backtrace()),
+            DataFusionError::External(inner) if inner.is::<crate::log::LogError>() => {
+                Self::Data(inner.to_string())
+            }
+            _ => Self::Failed(error.strip_backtrace()),
+        }
+    }
+}
+
+/// What a query returned.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Answer {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// Arrow IPC stream bytes: what tools read without knowing the schema in advance.
+    pub fn to_ipc(&self) -> Result<Vec<u8>, QueryError> {
+        let render = |e: datafusion::arrow::error::ArrowError| QueryError::Render(e.to_string());
+        let mut writer =
+            datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &self.schema)
+                .map_err(render)?;
+        for batch in &self.batches {
+            writer.write(batch).map_err(render)?;
+        }
+        writer.finish().map_err(render)?;
+        writer.into_inner().map_err(render)
+    }
+
+    /// The rows as a JSON array of objects.
+    pub fn to_json(&self) -> Result<String, QueryError> {
+        rows_json(&self.batches)
+    }
+}
+
+/// Rows of `batches` as a JSON array of objects (absent keys for nulls).
+pub fn rows_json(batches: &[RecordBatch]) -> Result<String, QueryError> {
+    let render = |e: datafusion::arrow::error::ArrowError| QueryError::Render(e.to_string());
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    writer
+        .write_batches(&batches.iter().collect::<Vec<_>>())
+        .map_err(render)?;
+    writer.finish().map_err(render)?;
+    String::from_utf8(writer.into_inner()).map_err(|e| QueryError::Render(e.to_string()))
+}
+
+/// A table's sources and columns, as `--describe` shows them.
+#[derive(Debug, Clone)]
+pub struct TableDescription {
+    pub table: String,
+    pub topics: Vec<String>,
+    pub schema: SchemaRef,
+}
+
+/// Runs SQL over the log's topics; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Query {
+    log: Log,
+}
+
+impl Query {
+    pub fn new(log: Log) -> Self {
+        Self { log }
+    }
+
+    /// Every table name and the topics behind it: each topic by its own name, and on a hub
+    /// each `T` of the mirrors `<edge>.T` (with a local `T`, if any).
+    fn tables(&self) -> BTreeMap<String, Vec<Source>> {
+        let mut tables: BTreeMap<String, Vec<Source>> = BTreeMap::new();
+        for info in self.log.list_topics() {
+            let name = info.name.to_string();
+            let edge = mirror_edge(&name, info.mirror_of.as_deref());
+            let source = Source {
+                topic: info.name.clone(),
+                edge: edge.map(str::to_owned),
+            };
+            tables.entry(name.clone()).or_default().push(source.clone());
+            if let Some(edge) = edge {
+                let base = &name[edge.len() + 1..];
+                tables.entry(base.to_owned()).or_default().push(source);
+            }
+        }
+        tables
+    }
+
+    fn context(&self) -> Result<SessionContext, QueryError> {
+        let config = SessionConfig::new().with_target_partitions(
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+        );
+        let context = SessionContext::new_with_config(config);
+        for (name, sources) in self.tables() {
+            let table = TopicTable::new(self.log.clone(), sources);
+            context.register_table(TableReference::bare(name), Arc::new(table))?;
+        }
+        Ok(context)
+    }
+
+    /// Runs one read-only SQL statement.
+    pub async fn execute(&self, sql: &str) -> Result<Answer, QueryError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let frame = self.context()?.sql_with_options(sql, options).await?;
+        let schema = Arc::clone(frame.schema().inner());
+        let batches = frame.collect().await?;
+        Ok(Answer { schema, batches })
+    }
+
+    /// A table's topics and columns (the value columns as inferred now).
+    pub fn describe(&self, table: &str) -> Result<TableDescription, QueryError> {
+        let sources = self
+            .tables()
+            .remove(table)
+            .ok_or_else(|| QueryError::UnknownTable(format!("table '{table}' not found")))?;
+        let topics = sources.iter().map(|s| s.topic.to_string()).collect();
+        let table_provider = TopicTable::new(self.log.clone(), sources);
+        Ok(TableDescription {
+            table: table.to_owned(),
+            topics,
+            schema: table_provider.inferred_schema()?,
+        })
+    }
+}
+
+/// The edge a mirror belongs to: the first part of `<edge-id>.<topic>` of a topic its link
+/// writes.
+fn mirror_edge<'a>(name: &'a str, mirror_of: Option<&str>) -> Option<&'a str> {
+    mirror_of?;
+    let (edge, rest) = name.split_once('.')?;
+    (!rest.is_empty() && !edge.is_empty() && edge != "hub").then_some(edge)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,329 @@
+//! A table over one or more topics: its schema (virtual columns, then the JSON value's fields
+//! inferred from the newest records) and the filters its scan uses to read less.
+
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    BinaryExpr, Cast, Expr, Operator, TableProviderFilterPushDown, TryCast,
+};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::QueryError;
+use super::scan::{PartitionScan, TopicScanExec};
+use crate::log::{self, Log, Offset, Partition, PartitionId, Timestamp, TopicName};
+
+/// Records read from the end of each partition to infer the value columns.
+const SAMPLE_RECORDS: u64 = 256;
+
+/// The columns every table has, before the value's fields.
+pub const VIRTUAL_COLUMNS: [&str; 6] = [
+    "_edge",
+    "_topic",
+    "_partition",
+    "_offset",
+    "_timestamp",
+    "_key",
+];
+
+/// A topic behind a table, and the edge whose mirror it is.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub topic: TopicName,
+    pub edge: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct TopicTable {
+    log: Log,
+    sources: Vec<Source>,
+    schema: OnceLock<std::result::Result<SchemaRef, String>>,
+}
+
+fn virtual_fields() -> Vec<Field> {
+    vec![
+        Field::new("_edge", DataType::Utf8, true),
+        Field::new("_topic", DataType::Utf8, false),
+        Field::new("_partition", DataType::Int32, false),
+        Field::new("_offset", DataType::Int64, false),
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("_key", DataType::Utf8, true),
+    ]
+}
+
+impl TopicTable {
+    pub fn new(log: Log, sources: Vec<Source>) -> Self {
+        Self {
+            log,
+            sources,
+            schema: OnceLock::new(),
+        }
+    }
+
+    /// The table's schema, inferred once from the newest records of every partition.
+    pub fn inferred_schema(&self) -> std::result::Result<SchemaRef, QueryError> {
+        self.schema
+            .get_or_init(|| self.infer().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(QueryError::Data)
+    }
+
+    fn infer(&self) -> std::result::Result<SchemaRef, Box<dyn std::error::Error>> {
+        let mut values = Vec::new();
+        for source in &self.sources {
+            let partitions = self.log.topic_config(&source.topic)?.partitions;
+            for p in 0..partitions {
+                // A partition whose tail cannot be read gives no sample; its scan says why.
+                if let Ok(partition) = self.log.partition(&source.topic, PartitionId(p)) {
+                    let _ = sample(&partition, &mut values);
+                }
+            }
+        }
+        let inferred = infer_json_schema_from_iterator(values.iter().map(Ok::<_, ArrowError>))?;
+        let mut fields = virtual_fields();
+        // A value field named like a virtual column is shadowed by it.
+        fields.extend(
+            inferred
+                .fields()
+                .iter()
+                .filter(|f| !VIRTUAL_COLUMNS.contains(&f.name().as_str()))
+                .map(|f| f.as_ref().clone()),
+        );
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+/// The JSON objects among the newest records of a partition.
+fn sample(
+    partition: &Partition,
+    values: &mut Vec<serde_json::Value>,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let end = partition.high_watermark();
+    let from = Offset(end.0.saturating_sub(SAMPLE_RECORDS)).max(partition.log_start());
+    let mut offset = from;
+    while offset < end {
+        let chunk = partition.read(offset, 1 << 20)?;
+        for stored in log::decode_all(chunk.batches)? {
+            if stored.offset < from {
+                continue;
+            }
+            let value = stored.record.value.as_deref().unwrap_or_default();
+            if let Ok(object @ serde_json::Value::Object(_)) = serde_json::from_slice(value) {
+                values.push(object);
+            }
+        }
+        offset = chunk.next_offset;
+    }
+    Ok(())
+}
+
+/// What the filters of a query allow a scan to skip. A scan may return more (DataFusion
+/// filters again above it), never less.
+#[derive(Debug, Clone, Default)]
+pub struct Pruning {
+    pub min_timestamp: Option<i64>,
+    pub edge: Option<String>,
+    pub partition: Option<u32>,
+}
+
+impl Pruning {
+    fn from_filters(filters: &[Expr]) -> Self {
+        let mut pruning = Self::default();
+        for filter in filters {
+            match split(filter) {
+                Some(("_timestamp", Operator::Gt | Operator::GtEq, value)) => {
+                    if let Some(t) = timestamp_ms(value) {
+                        pruning.min_timestamp = Some(pruning.min_timestamp.map_or(t, |m| m.max(t)));
+                    }
+                }
+                Some(("_edge", Operator::Eq, value)) => {
+                    if let Some(Some(edge)) = value.try_as_str() {
+                        pruning.edge = Some(edge.to_owned());
+                    }
+                }
+                Some(("_partition", Operator::Eq, value)) => {
+                    pruning.partition = integer(value).and_then(|p| u32::try_from(p).ok());
+                }
+                _ => {}
+            }
+        }
+        pruning
+    }
+}
+
+fn column_name(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Column(column) => Some(column.name.as_str()),
+        Expr::Cast(Cast { expr, .. }) | Expr::TryCast(TryCast { expr, .. }) => column_name(expr),
+        _ => None,
+    }
+}
+
+/// `column op literal`, with the column turned to the left.
+fn split(expr: &Expr) -> Option<(&str, Operator, &ScalarValue)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return None;
+    };
+    match (left.as_ref(), right.as_ref()) {
+        (column, Expr::Literal(value, _)) => Some((column_name(column)?, *op, value)),
+        (Expr::Literal(value, _), column) => Some((column_name(column)?, op.swap()?, value)),
+        _ => None,
+    }
+}
+
+fn timestamp_ms(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1000),
+        ScalarValue::TimestampMillisecond(Some(ms), _) => Some(*ms),
+        ScalarValue::TimestampMicrosecond(Some(us), _) => Some(us.div_euclid(1000)),
+        ScalarValue::TimestampNanosecond(Some(ns), _) => Some(ns.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
+fn integer(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::Int8(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int16(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int32(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int64(Some(v)) => Some(*v),
+        ScalarValue::UInt8(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt16(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt32(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt64(Some(v)) => i64::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+fn prunes(expr: &Expr) -> bool {
+    match split(expr) {
+        // The time index finds where records at or after a time start; an upper bound would
+        // need timestamps in offset order, which producers do not promise.
+        Some(("_timestamp", Operator::Gt | Operator::GtEq, v)) => timestamp_ms(v).is_some(),
+        Some(("_edge", Operator::Eq, v)) => matches!(v.try_as_str(), Some(Some(_))),
+        Some(("_partition", Operator::Eq, v)) => integer(v).is_some(),
+        _ => false,
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for TopicTable {
+    fn schema(&self) -> SchemaRef {
+        // Planning needs a schema even when the sample cannot be read; the scan then reports
+        // why (a corrupt segment, a partition that failed to open).
+        self.inferred_schema()
+            .unwrap_or_else(|_| Arc::new(Schema::new(virtual_fields())))
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|filter| {
+                if prunes(filter) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = self
+            .inferred_schema()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let pruning = Pruning::from_filters(filters);
+        let mut partitions = Vec::new();
+        for source in &self.sources {
+            if pruning
+                .edge
+                .as_ref()
+                .is_some_and(|edge| source.edge.as_ref() != Some(edge))
+            {
+                continue;
+            }
+            let count = self
+                .log
+                .topic_config(&source.topic)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+                .partitions;
+            for p in 0..count {
+                if pruning.partition.is_some_and(|only| only != p) {
+                    continue;
+                }
+                let partition = self
+                    .log
+                    .partition(&source.topic, PartitionId(p))
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let end = partition.high_watermark();
+                let from = match pruning.min_timestamp {
+                    Some(min) => partition
+                        .offset_for_timestamp(Timestamp(min))
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?
+                        .unwrap_or(end),
+                    None => partition.log_start(),
+                };
+                partitions.push(PartitionScan {
+                    partition,
+                    source: source.clone(),
+                    from,
+                    end,
+                });
+            }
+        }
+        Ok(Arc::new(TopicScanExec::try_new(
+            schema, partitions, projection,
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::{col, lit};
+
+    use super::*;
+
+    #[test]
+    fn filters_on_time_edge_and_partition_prune() {
+        let at = ScalarValue::TimestampMillisecond(Some(1_700_000_000_000), Some("UTC".into()));
+        let filters = vec![
+            col("_timestamp").gt_eq(lit(at.clone())),
+            lit(at).gt(col("_timestamp")),
+            col("_edge").eq(lit("plant-7")),
+            col("_partition").eq(lit(3i32)),
+            col("temp").gt(lit(20)),
+        ];
+        let pruning = Pruning::from_filters(&filters);
+        assert_eq!(pruning.min_timestamp, Some(1_700_000_000_000));
+        assert!(
+            !prunes(&filters[1]),
+            "no upper bound: timestamps need not follow offsets"
+        );
+        assert_eq!(pruning.edge.as_deref(), Some("plant-7"));
+        assert_eq!(pruning.partition, Some(3));
+        assert!(!prunes(&filters[4]));
+    }
+}

@@ -1,0 +1,299 @@
+//! SQL over a log holding two edges' mirrors of `sensors`, with answers computed here from
+//! the records written.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+
+use super::*;
+use crate::log::{
+    Compression, Durability, LogConfig, Offset, PartitionId, Record, Timestamp, TopicConfig,
+    TopicName,
+};
+use crate::meta::Meta;
+
+const BASE: i64 = 1_700_000_000_000;
+
+/// A record written: partition, offset, timestamp, device, temp.
+type Row = (u32, u64, i64, String, f64);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    log: Log,
+    /// Every record written, per edge.
+    written: BTreeMap<String, Vec<Row>>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Meta::open(&dir.path().join("meta")).unwrap();
+    let config = LogConfig {
+        durability: Durability::Os,
+        ..LogConfig::new(dir.path().to_path_buf())
+    };
+    let log = Log::open(config, meta).await.unwrap();
+    let mut written = BTreeMap::new();
+    for (e, edge) in ["edge-1", "edge-2"].into_iter().enumerate() {
+        let topic = TopicName::new(format!("{edge}.sensors")).unwrap();
+        let config = TopicConfig {
+            partitions: 2,
+            ..TopicConfig::default()
+        };
+        log.create_mirror_topic(topic.clone(), config, format!("edge {edge}"))
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for p in 0..2u32 {
+            let partition = log.partition(&topic, PartitionId(p)).unwrap();
+            let mut next = 0u64;
+            for chunk in 0..10 {
+                let records: Vec<Record> = (0..100)
+                    .map(|i| {
+                        let n = chunk * 100 + i;
+                        // One reading a second, per partition, over ~17 minutes.
+                        let timestamp = BASE + n * 1000 + i64::from(p) * 7;
+                        let device = format!("d{}", n % 5);
+                        let temp = (n % 40) as f64 + 0.5 * e as f64;
+                        rows.push((p, next + i as u64, timestamp, device.clone(), temp));
+                        Record {
+                            key: Some(Bytes::from(device.clone())),
+                            value: Some(Bytes::from(format!(
+                                "{{\"device\":\"{device}\",\"temp\":{temp},\"site\":\"{edge}\"}}"
+                            ))),
+                            headers: Vec::new(),
+                            timestamp: Timestamp(timestamp),
+                        }
+                    })
+                    .collect();
+                let mut batch: BytesMut = crate::log::encode(&records, Compression::None).unwrap();
+                crate::log::set_base_offset(&mut batch, Offset(next));
+                partition.append_at_own_offset(batch).await.unwrap();
+                next += 100;
+            }
+        }
+        written.insert(edge.to_owned(), rows);
+    }
+    Fixture {
+        _dir: dir,
+        log,
+        written,
+    }
+}
+
+fn strings(answer: &Answer, column: usize) -> Vec<String> {
+    answer
+        .batches
+        .iter()
+        .flat_map(|b| {
+            let array = b
+                .column(column)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            (0..array.len())
+                .map(|i| array.value(i).to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn integers(answer: &Answer, column: usize) -> Vec<i64> {
+    answer
+        .batches
+        .iter()
+        .flat_map(|b| {
+            let array = b
+                .column(column)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            (0..array.len()).map(|i| array.value(i)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn floats(answer: &Answer, column: usize) -> Vec<f64> {
+    answer
+        .batches
+        .iter()
+        .flat_map(|b| {
+            let array = b
+                .column(column)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap();
+            (0..array.len()).map(|i| array.value(i)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_of_a_topic_name_unites_every_edges_mirror() {
+    let fixture = fixture().await;
+    let query = Query::new(fixture.log.clone());
+    let answer = query
+        .execute(
+            "SELECT _edge, count(*) AS n, sum(temp) AS total, avg(temp) AS mean \
+             FROM sensors GROUP BY _edge ORDER BY _edge",
+        )
+        .await
+        .unwrap();
+    assert_eq!(strings(&answer, 0), ["edge-1", "edge-2"]);
+    assert_eq!(integers(&answer, 1), [2000, 2000]);
+    for (i, rows) in fixture.written.values().enumerate() {
+        let total: f64 = rows.iter().map(|r| r.4).sum();
+        assert!((floats(&answer, 2)[i] - total).abs() < 1e-6);
+        assert!((floats(&answer, 3)[i] - total / rows.len() as f64).abs() < 1e-9);
+    }
+    // One edge's mirror by its own name, and the JSON of an answer.
+    let one = query
+        .execute("SELECT count(*) AS n FROM \"edge-2.sensors\" WHERE _partition = 1")
+        .await
+        .unwrap();
+    assert_eq!(one.to_json().unwrap(), "[{\"n\":1000}]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_latest_values_and_time_filters_agree_with_the_records() {
+    let fixture = fixture().await;
+    let query = Query::new(fixture.log.clone());
+    let answer = query
+        .execute(
+            "SELECT _edge, date_bin(INTERVAL '1 minute', _timestamp) AS minute, count(*) AS n, \
+             avg(temp) AS mean FROM sensors GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .await
+        .unwrap();
+    let mut expected: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
+    for (edge, rows) in &fixture.written {
+        for row in rows {
+            let minute = row.2.div_euclid(60_000) * 60_000;
+            let entry = expected.entry((edge.clone(), minute)).or_default();
+            entry.0 += 1;
+            entry.1 += row.4;
+        }
+    }
+    let counts = integers(&answer, 2);
+    let means = floats(&answer, 3);
+    assert_eq!(counts.len(), expected.len());
+    for (i, (n, sum)) in expected.values().enumerate() {
+        assert_eq!(counts[i], *n);
+        assert!((means[i] - sum / *n as f64).abs() < 1e-9);
+    }
+
+    // The latest reading of every device (the newest timestamp wins).
+    let latest = query
+        .execute(
+            "SELECT device, last_value(temp ORDER BY _timestamp) AS temp FROM sensors \
+             WHERE _edge = 'edge-1' GROUP BY device ORDER BY device",
+        )
+        .await
+        .unwrap();
+    let mut newest: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for row in &fixture.written["edge-1"] {
+        let entry = newest.entry(row.3.clone()).or_insert((i64::MIN, 0.0));
+        if row.2 > entry.0 {
+            *entry = (row.2, row.4);
+        }
+    }
+    assert_eq!(
+        strings(&latest, 0),
+        newest.keys().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        floats(&latest, 1),
+        newest.values().map(|v| v.1).collect::<Vec<_>>()
+    );
+
+    // The last minute of data, found through the time index.
+    let since = BASE + 960_000;
+    let recent = query
+        .execute(&format!(
+            "SELECT count(*) AS n FROM sensors WHERE _timestamp >= to_timestamp_millis({since})"
+        ))
+        .await
+        .unwrap();
+    let expected = fixture
+        .written
+        .values()
+        .flatten()
+        .filter(|r| r.2 >= since)
+        .count();
+    assert_eq!(integers(&recent, 0), [expected as i64]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sql_unknown_tables_and_corrupt_segments_are_errors() {
+    let fixture = fixture().await;
+    let query = Query::new(fixture.log.clone());
+    let error = query.execute("SELEC 1").await.unwrap_err();
+    assert!(matches!(error, QueryError::Syntax(_)), "{error}");
+    let error = query.execute("SELECT * FROM nowhere").await.unwrap_err();
+    assert!(matches!(error, QueryError::UnknownTable(_)), "{error}");
+    assert!(error.to_string().contains("nowhere"), "{error}");
+    let error = query.execute("DROP TABLE sensors").await.unwrap_err();
+    assert!(
+        matches!(error, QueryError::Invalid(_) | QueryError::Failed(_)),
+        "{error}"
+    );
+
+    // Damage the oldest batch of one partition: the query says so rather than answering
+    // with the rest.
+    let dir = fixture
+        .log
+        .partition(&TopicName::new("edge-1.sensors").unwrap(), PartitionId(0))
+        .unwrap();
+    let segment = std::fs::read_dir(fixture._dir.path().join("topics"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("edge-1.sensors"))
+        .map(|topic| topic.join("0"))
+        .and_then(|p| {
+            std::fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "log"))
+        })
+        .unwrap();
+    drop(dir);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    for byte in &mut bytes[200..260] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&segment, bytes).unwrap();
+    let error = query
+        .execute("SELECT avg(temp) FROM sensors")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, QueryError::Data(_)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_shows_the_topics_and_the_inferred_columns() {
+    let fixture = fixture().await;
+    let description = Query::new(fixture.log.clone()).describe("sensors").unwrap();
+    assert_eq!(description.topics, ["edge-1.sensors", "edge-2.sensors"]);
+    let columns: Vec<&str> = description
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "_edge",
+            "_topic",
+            "_partition",
+            "_offset",
+            "_timestamp",
+            "_key",
+            "device",
+            "site",
+            "temp"
+        ]
+    );
+}
