@@ -6,6 +6,7 @@ mod bench;
 mod certs;
 mod client;
 mod connectors;
+mod demo;
 mod links;
 mod manage;
 mod query;
@@ -87,6 +88,9 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// A hub and three edges in this process: generators, a transform, links, and a live
+    /// per-edge table from SQL on the hub. Nothing to install; Ctrl-C stops it.
+    Demo(demo::DemoArgs),
     /// Run SQL over the topics (on a hub, table T unites every edge's <edge>.T).
     Query {
         #[command(flatten)]
@@ -198,6 +202,7 @@ pub fn main() -> ExitCode {
         Command::Link { command, server } => {
             client::run(&server, |channel| links::link(channel, command))
         }
+        Command::Demo(args) => demo::run(args).map_err(Failure::Runtime),
         Command::Query { args, server } => {
             client::run(&server, |channel| query::query(channel, args))
         }

@@ -5,6 +5,7 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::query_client::QueryClient;
 use clap::{Args, ValueEnum};
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
 use tonic::transport::Channel;
 
@@ -66,30 +67,44 @@ pub async fn query(channel: Channel, args: QueryArgs) -> Result<(), Failure> {
         .into_inner();
     match args.format {
         Format::Json => println!("{}", answer.json),
-        Format::Table | Format::Csv => {
-            let runtime = |e: datafusion::arrow::error::ArrowError| {
-                Failure::Runtime(anyhow::anyhow!("the answer's Arrow stream: {e}"))
-            };
-            let reader = StreamReader::try_new(std::io::Cursor::new(answer.arrow_ipc), None)
-                .map_err(runtime)?;
-            let schema = reader.schema();
-            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(runtime)?;
-            if matches!(args.format, Format::Csv) {
-                let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(std::io::stdout());
-                for batch in &batches {
-                    writer.write(batch).map_err(runtime)?;
-                }
-            } else {
-                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(
-                    schema, &batches,
-                )
-                .map_err(runtime)?;
-                println!("{table}");
-                println!("({} rows)", answer.rows);
+        Format::Csv => {
+            let (_, batches) = decode(&answer)?;
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(std::io::stdout());
+            for batch in &batches {
+                writer.write(batch).map_err(arrow_failure)?;
             }
+        }
+        Format::Table => {
+            println!("{}", render_table(&answer)?);
+            println!("({} rows)", answer.rows);
         }
     }
     Ok(())
+}
+
+fn arrow_failure(error: datafusion::arrow::error::ArrowError) -> Failure {
+    Failure::Runtime(anyhow::anyhow!("the answer's Arrow stream: {error}"))
+}
+
+/// The schema and rows of an answer's Arrow IPC stream.
+fn decode(answer: &pb::ExecuteResponse) -> Result<(SchemaRef, Vec<RecordBatch>), Failure> {
+    let reader = StreamReader::try_new(std::io::Cursor::new(answer.arrow_ipc.clone()), None)
+        .map_err(arrow_failure)?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(arrow_failure)?;
+    Ok((schema, batches))
+}
+
+/// An answer as an aligned table with a header (also when it has no rows).
+pub(super) fn render_table(answer: &pb::ExecuteResponse) -> Result<String, Failure> {
+    let (schema, batches) = decode(answer)?;
+    Ok(
+        datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)
+            .map_err(arrow_failure)?
+            .to_string(),
+    )
 }

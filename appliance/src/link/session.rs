@@ -392,6 +392,7 @@ impl State<'_> {
     fn on_stream(&mut self, mut stream: quinn::RecvStream) {
         let side = self.side.clone();
         let acks = self.frames.clone();
+        let connection = self.connection.clone();
         self.receivers.spawn(async move {
             let header = match frame::read::<wire::PartitionHeader>(&mut stream, CONTROL_LIMIT)
                 .await
@@ -426,7 +427,10 @@ impl State<'_> {
                 &header.topic,
             )
             .await;
-            if let Err(error) = received {
+            // A stream cut by the connection's end is the session's to report.
+            if let Err(error) = received
+                && connection.close_reason().is_none()
+            {
                 let error = describe(&error);
                 tracing::warn!(%mirror, partition = header.partition, %error, "a mirrored partition stream ended");
                 progress.set_error(Some(error));

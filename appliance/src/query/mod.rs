@@ -58,9 +58,10 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::Plan(_)
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_) => Self::Invalid(error.strip_backtrace()),
-            DataFusionError::External(inner) if inner.is::<crate::log::LogError>() => {
-                Self::Data(inner.to_string())
-            }
+            DataFusionError::External(inner) => match inner.downcast_ref::<QueryError>() {
+                Some(Self::Data(message)) => Self::Data(message.clone()),
+                _ => Self::Failed(error.strip_backtrace()),
+            },
             _ => Self::Failed(error.strip_backtrace()),
         }
     }

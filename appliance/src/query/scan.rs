@@ -24,6 +24,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
 };
 
+use super::QueryError;
 use super::table::{Source, VIRTUAL_COLUMNS};
 use crate::log::{self, Offset, Partition, StoredRecord};
 
@@ -146,13 +147,20 @@ impl ExecutionPlan for TopicScanExec {
 /// The records of the next chunk of a scan (at most up to its end) and where the next one
 /// starts.
 fn read_chunk(scan: &PartitionScan) -> Result<(Vec<StoredRecord>, Offset)> {
-    let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
+    let damaged = |what: String| {
+        DataFusionError::External(Box::new(QueryError::Data(format!(
+            "{}/{} from offset {}: {what}",
+            scan.source.topic,
+            scan.partition.id(),
+            scan.from
+        ))))
+    };
     let chunk = scan
         .partition
         .read(scan.from, CHUNK_BYTES)
-        .map_err(|e| external(Box::new(e)))?;
+        .map_err(|e| damaged(e.to_string()))?;
     let mut records = log::decode_all(chunk.batches)
-        .map_err(|e| external(Box::new(crate::log::LogError::from(e))))?;
+        .map_err(|e| damaged(format!("a stored batch is damaged: {e}")))?;
     records.retain(|r| r.offset >= scan.from && r.offset < scan.end);
     Ok((records, chunk.next_offset.min(scan.end)))
 }

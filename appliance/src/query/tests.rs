@@ -269,6 +269,7 @@ async fn bad_sql_unknown_tables_and_corrupt_segments_are_errors() {
         .await
         .unwrap_err();
     assert!(matches!(error, QueryError::Data(_)), "{error}");
+    assert!(error.to_string().contains("edge-1.sensors/0"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
