@@ -695,5 +695,42 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
     );
 
     eprintln!("done after {:?}", started.elapsed());
+    // A live query on the hub: the answer comes again when an edge's new readings arrive.
+    let live = "SELECT _edge, count(*) AS n FROM sensors GROUP BY _edge ORDER BY _edge";
+    let mut answers = query
+        .follow(pb::ExecuteRequest { sql: live.into() })
+        .await?
+        .into_inner();
+    let first = answers.message().await?.context("no first live answer")?;
+    let counts = |answer: &pb::ExecuteResponse| -> anyhow::Result<Vec<u64>> {
+        let rows: Vec<Value> = serde_json::from_str(&answer.json)?;
+        Ok(rows.iter().map(|row| integer(row, "n")).collect())
+    };
+    let before = counts(&first)?;
+    assert_eq!(before, per_edge.values().map(|t| t.n).collect::<Vec<_>>());
+    let (_, _, edge1_channel) = &edges[0];
+    let fresh: Vec<Reading> = (0..5)
+        .map(|i| reading(0, 1, readings_per_partition(0) + i))
+        .collect();
+    let produced_at = std::time::Instant::now();
+    produce(edge1_channel, &fresh, readings_per_partition(0)).await?;
+    let deadline = Deadline::new("the live query to count edge-1's new readings");
+    loop {
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(30), answers.message())
+            .await??
+            .context("the live query ended")?;
+        let now = counts(&answer)?;
+        if now[0] == before[0] + 5 {
+            assert_eq!(now[1..], before[1..]);
+            eprintln!(
+                "live answer updated {:?} after producing on edge-1",
+                produced_at.elapsed()
+            );
+            break;
+        }
+        deadline.pause(&now).await?;
+    }
+    drop(answers);
+
     Ok(())
 }

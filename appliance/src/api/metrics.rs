@@ -100,6 +100,7 @@ pub enum Rpc {
     ListEdges,
     PromoteTopic,
     Execute,
+    Follow,
     Describe,
 }
 

@@ -148,6 +148,7 @@ pub async fn serve(
     let query = query::QueryService {
         query: crate::query::Query::new(log.clone()),
         metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
     };
     let records = records::RecordsService {
         log,

@@ -6,12 +6,28 @@ use datafusion::arrow::datatypes::Schema;
 use tonic::{Request, Response, Status};
 
 use super::metrics::{Metrics, Rpc};
-use crate::query::{Query, VIRTUAL_COLUMNS};
+use futures_util::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::query::{Answer, Query, VIRTUAL_COLUMNS};
 
 #[derive(Debug)]
 pub struct QueryService {
     pub query: Query,
     pub metrics: Metrics,
+    /// Ends live queries when the appliance stops.
+    pub shutdown: CancellationToken,
+}
+
+fn response(answer: &Answer) -> Result<pb::ExecuteResponse, Status> {
+    Ok(pb::ExecuteResponse {
+        arrow_ipc: answer.to_ipc()?.into(),
+        json: answer.to_json()?,
+        rows: answer.rows() as u64,
+        columns: columns(&answer.schema),
+    })
 }
 
 fn columns(schema: &Schema) -> Vec<pb::Column> {
@@ -35,12 +51,22 @@ impl QueryApi for QueryService {
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let _timer = self.metrics.time(Rpc::Execute);
         let answer = self.query.execute(&request.into_inner().sql).await?;
-        Ok(Response::new(pb::ExecuteResponse {
-            arrow_ipc: answer.to_ipc()?.into(),
-            json: answer.to_json()?,
-            rows: answer.rows() as u64,
-            columns: columns(&answer.schema),
-        }))
+        Ok(Response::new(response(&answer)?))
+    }
+
+    type FollowStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<pb::ExecuteResponse, Status>> + Send>>;
+
+    async fn follow(
+        &self,
+        request: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let _timer = self.metrics.time(Rpc::Follow);
+        let answers = self
+            .query
+            .follow(request.into_inner().sql, self.shutdown.child_token());
+        let stream = ReceiverStream::new(answers).map(|answer| response(&answer?));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn describe(

@@ -1,6 +1,8 @@
 //! `appliance query "SQL"`: SQL over the topics of a running appliance (gRPC `Query`), printed
 //! as an aligned table, JSON or CSV; `--describe TABLE` shows a table's topics and columns.
 
+use std::io::IsTerminal;
+
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::query_client::QueryClient;
 use clap::{Args, ValueEnum};
@@ -20,6 +22,9 @@ pub struct QueryArgs {
     /// Show a table's topics and columns instead of running SQL.
     #[arg(long, value_name = "TABLE", conflicts_with = "sql")]
     describe: Option<String>,
+    /// Keep the answer current: print it again whenever records arrive (until Ctrl-C).
+    #[arg(long)]
+    follow: bool,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }
@@ -60,6 +65,25 @@ pub async fn query(channel: Channel, args: QueryArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let sql = args.sql.unwrap_or_default();
+    if args.follow {
+        let mut answers = client
+            .follow(pb::ExecuteRequest { sql })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let terminal = std::io::stdout().is_terminal();
+        while let Some(answer) = answers.message().await.map_err(status)? {
+            if matches!(args.format, Format::Json) {
+                println!("{}", answer.json);
+                continue;
+            }
+            if terminal {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("{}\n({} rows)\n", render_table(&answer)?, answer.rows);
+        }
+        return Ok(());
+    }
     let answer = client
         .execute(pb::ExecuteRequest { sql })
         .await

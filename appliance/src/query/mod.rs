@@ -20,6 +20,7 @@ mod table;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -27,8 +28,14 @@ use datafusion::common::TableReference;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 use crate::log::Log;
-pub use table::{Source, TopicTable, VIRTUAL_COLUMNS};
+pub use table::{ScanCache, Source, TopicTable, VIRTUAL_COLUMNS};
+
+/// How often a live query looks for new records.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -148,13 +155,19 @@ impl Query {
         tables
     }
 
-    fn context(&self) -> Result<SessionContext, QueryError> {
+    /// A context with every table; `live` tables keep what their scans decoded for the next
+    /// run of the same query.
+    fn context(&self, live: bool) -> Result<SessionContext, QueryError> {
         let config = SessionConfig::new().with_target_partitions(
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         );
         let context = SessionContext::new_with_config(config);
         for (name, sources) in self.tables() {
-            let table = TopicTable::new(self.log.clone(), sources);
+            let table = if live {
+                TopicTable::cached(self.log.clone(), sources, Arc::default())
+            } else {
+                TopicTable::new(self.log.clone(), sources)
+            };
             context.register_table(TableReference::bare(name), Arc::new(table))?;
         }
         Ok(context)
@@ -162,14 +175,63 @@ impl Query {
 
     /// Runs one read-only SQL statement.
     pub async fn execute(&self, sql: &str) -> Result<Answer, QueryError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let frame = self.context()?.sql_with_options(sql, options).await?;
-        let schema = Arc::clone(frame.schema().inner());
-        let batches = frame.collect().await?;
-        Ok(Answer { schema, batches })
+        run(&self.context(false)?, sql).await
+    }
+
+    /// Runs `sql` now and again whenever the log gains records (checked every 200 ms), each
+    /// answer on the channel, until the receiver is dropped, `stop` is cancelled or a run
+    /// fails. Runs after the first read only the records appended since the one before (the
+    /// decoded ones stay in memory, less those older than a `_timestamp >=` bound); the tables
+    /// are the ones that exist when the live query starts.
+    pub fn follow(
+        &self,
+        sql: String,
+        stop: CancellationToken,
+    ) -> mpsc::Receiver<Result<Answer, QueryError>> {
+        let (answers, receiver) = mpsc::channel(2);
+        let query = self.clone();
+        tokio::spawn(async move {
+            let context = match query.context(true) {
+                Ok(context) => context,
+                Err(error) => {
+                    let _ = answers.send(Err(error)).await;
+                    return;
+                }
+            };
+            let mut seen = None;
+            loop {
+                let marks = query.high_watermarks();
+                if seen.as_ref() != Some(&marks) {
+                    seen = Some(marks);
+                    let answer = run(&context, &sql).await;
+                    let failed = answer.is_err();
+                    if answers.send(answer).await.is_err() || failed {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(FOLLOW_POLL) => {}
+                    () = stop.cancelled() => return,
+                    () = answers.closed() => return,
+                }
+            }
+        });
+        receiver
+    }
+
+    /// Every partition's high watermark: a live query runs again when one moves.
+    fn high_watermarks(&self) -> Vec<u64> {
+        self.log
+            .list_topics()
+            .iter()
+            .flat_map(|topic| {
+                (0..topic.config.partitions).map(|p| {
+                    self.log
+                        .partition(&topic.name, crate::log::PartitionId(p))
+                        .map_or(0, |partition| partition.high_watermark().0)
+                })
+            })
+            .collect()
     }
 
     /// A table's topics and columns (the value columns as inferred now).
@@ -186,6 +248,17 @@ impl Query {
             schema: table_provider.inferred_schema()?,
         })
     }
+}
+
+async fn run(context: &SessionContext, sql: &str) -> Result<Answer, QueryError> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let frame = context.sql_with_options(sql, options).await?;
+    let schema = Arc::clone(frame.schema().inner());
+    let batches = frame.collect().await?;
+    Ok(Answer { schema, batches })
 }
 
 /// The edge a mirror belongs to: the first part of `<edge-id>.<topic>` of a topic its link

@@ -119,12 +119,7 @@ impl ExecutionPlan for TopicScanExec {
             let empty = futures_util::stream::empty();
             return Ok(Box::pin(RecordBatchStreamAdapter::new(projected, empty)));
         };
-        let decoder = BatchDecoder {
-            schema: Arc::clone(&self.schema),
-            projection: self.projection.clone(),
-            source: scan.source.clone(),
-            partition: scan.partition.id().0 as i32,
-        };
+        let decoder = BatchDecoder::new(&scan, &self.schema, self.projection.clone());
         let stream = futures_util::stream::unfold(
             (scan, decoder, false),
             |(scan, decoder, done)| async move {
@@ -142,6 +137,21 @@ impl ExecutionPlan for TopicScanExec {
         );
         Ok(Box::pin(RecordBatchStreamAdapter::new(projected, stream)))
     }
+}
+
+/// Every record of a partition scan as full-schema batches, one per chunk read.
+pub fn read_all(scan: &PartitionScan, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    let decoder = BatchDecoder::new(scan, schema, None);
+    let mut next = scan.clone();
+    let mut batches = Vec::new();
+    while next.from < next.end {
+        let (records, after) = read_chunk(&next)?;
+        if !records.is_empty() {
+            batches.push(decoder.decode(&records)?);
+        }
+        next.from = after;
+    }
+    Ok(batches)
 }
 
 /// The records of the next chunk of a scan (at most up to its end) and where the next one
@@ -174,6 +184,15 @@ struct BatchDecoder {
 }
 
 impl BatchDecoder {
+    fn new(scan: &PartitionScan, schema: &SchemaRef, projection: Option<Vec<usize>>) -> Self {
+        Self {
+            schema: Arc::clone(schema),
+            projection,
+            source: scan.source.clone(),
+            partition: scan.partition.id().0 as i32,
+        }
+    }
+
     fn decode(&self, records: &[StoredRecord]) -> Result<RecordBatch> {
         let rows = records.len();
         let indices: Vec<usize> = match &self.projection {

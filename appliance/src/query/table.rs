@@ -1,14 +1,17 @@
 //! A table over one or more topics: its schema (virtual columns, then the JSON value's fields
 //! inferred from the newest records) and the filters its scan uses to read less.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
     BinaryExpr, Cast, Expr, Operator, TableProviderFilterPushDown, TryCast,
@@ -16,7 +19,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::QueryError;
-use super::scan::{PartitionScan, TopicScanExec};
+use super::scan::{PartitionScan, TopicScanExec, read_all};
 use crate::log::{self, Log, Offset, Partition, PartitionId, Timestamp, TopicName};
 
 /// Records read from the end of each partition to infer the value columns.
@@ -44,6 +47,21 @@ pub struct TopicTable {
     log: Log,
     sources: Vec<Source>,
     schema: OnceLock<std::result::Result<SchemaRef, String>>,
+    /// A live query's decoded records, kept between its runs (None: read the log each time).
+    cache: Option<Arc<ScanCache>>,
+}
+
+/// The Arrow batches a live query has decoded so far, per topic partition: each run reads
+/// only what was appended since the last one.
+#[derive(Debug, Default)]
+pub struct ScanCache(Mutex<HashMap<(TopicName, u32), CachedPartition>>);
+
+#[derive(Debug)]
+struct CachedPartition {
+    /// The offset the next read starts at.
+    next: Offset,
+    /// Full-schema batches, with the newest timestamp of each.
+    batches: Vec<(i64, RecordBatch)>,
 }
 
 fn virtual_fields() -> Vec<Field> {
@@ -67,6 +85,15 @@ impl TopicTable {
             log,
             sources,
             schema: OnceLock::new(),
+            cache: None,
+        }
+    }
+
+    /// A table whose scans keep what they decoded in `cache` and read only what is new.
+    pub fn cached(log: Log, sources: Vec<Source>, cache: Arc<ScanCache>) -> Self {
+        Self {
+            cache: Some(cache),
+            ..Self::new(log, sources)
         }
     }
 
@@ -294,10 +321,69 @@ impl TableProvider for TopicTable {
                 });
             }
         }
-        Ok(Arc::new(TopicScanExec::try_new(
-            schema, partitions, projection,
-        )?))
+        match &self.cache {
+            None => Ok(Arc::new(TopicScanExec::try_new(
+                schema, partitions, projection,
+            )?)),
+            Some(cache) => {
+                let mut cached = cache.catch_up(&schema, &partitions, pruning.min_timestamp)?;
+                if cached.is_empty() {
+                    cached.push(Vec::new());
+                }
+                Ok(MemorySourceConfig::try_new_exec(
+                    &cached,
+                    schema,
+                    projection.cloned(),
+                )?)
+            }
+        }
     }
+}
+
+impl ScanCache {
+    /// Reads what each partition gained since the last run, forgets batches wholly older
+    /// than the query's time bound, and returns every partition's batches.
+    fn catch_up(
+        &self,
+        schema: &SchemaRef,
+        partitions: &[PartitionScan],
+        min_timestamp: Option<i64>,
+    ) -> Result<Vec<Vec<RecordBatch>>> {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(partitions.len());
+        for scan in partitions {
+            let key = (scan.source.topic.clone(), scan.partition.id().0);
+            let cached = cache.entry(key).or_insert_with(|| CachedPartition {
+                next: scan.from,
+                batches: Vec::new(),
+            });
+            if cached.next < scan.end {
+                let new = PartitionScan {
+                    from: cached.next.max(scan.from),
+                    ..scan.clone()
+                };
+                for batch in read_all(&new, schema)? {
+                    cached.batches.push((newest_timestamp(&batch), batch));
+                }
+                cached.next = scan.end;
+            }
+            if let Some(min) = min_timestamp {
+                cached.batches.retain(|(newest, _)| *newest >= min);
+            }
+            out.push(cached.batches.iter().map(|(_, b)| b.clone()).collect());
+        }
+        Ok(out)
+    }
+}
+
+/// The newest `_timestamp` of a full-schema batch.
+fn newest_timestamp(batch: &RecordBatch) -> i64 {
+    batch
+        .column(4)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .and_then(datafusion::arrow::compute::max)
+        .unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

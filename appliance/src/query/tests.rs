@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 
+use tokio_util::sync::CancellationToken;
+
 use super::*;
 use crate::log::{
     Compression, Durability, LogConfig, Offset, PartitionId, Record, Timestamp, TopicConfig,
@@ -297,4 +299,48 @@ async fn describe_shows_the_topics_and_the_inferred_columns() {
             "temp"
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_query_answers_again_with_the_records_that_arrive() {
+    let fixture = fixture().await;
+    let query = Query::new(fixture.log.clone());
+    let stop = CancellationToken::new();
+    let mut answers = query.follow(
+        "SELECT _edge, count(*) AS n, max(temp) AS top FROM sensors \
+         WHERE _timestamp >= to_timestamp_millis(0) GROUP BY _edge ORDER BY _edge"
+            .to_owned(),
+        stop.clone(),
+    );
+    let first = answers.recv().await.unwrap().unwrap();
+    assert_eq!(integers(&first, 1), [2000, 2000]);
+
+    // New readings on edge-2, one hotter than any before.
+    let topic = TopicName::new("edge-2.sensors").unwrap();
+    let partition = fixture.log.partition(&topic, PartitionId(1)).unwrap();
+    let records: Vec<Record> = (0..50)
+        .map(|i| Record {
+            key: None,
+            value: Some(Bytes::from(format!("{{\"temp\":{}}}", 100 + i))),
+            headers: Vec::new(),
+            timestamp: Timestamp(BASE + 2_000_000 + i),
+        })
+        .collect();
+    let mut batch: BytesMut = crate::log::encode(&records, Compression::None).unwrap();
+    crate::log::set_base_offset(&mut batch, partition.high_watermark());
+    partition.append_at_own_offset(batch).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = tokio::time::timeout_at(deadline, answers.recv())
+            .await
+            .expect("the live query never answered again")
+            .unwrap()
+            .unwrap();
+        if integers(&answer, 1) == [2000, 2050] {
+            assert_eq!(floats(&answer, 2)[1], 149.0);
+            break;
+        }
+    }
+    stop.cancel();
 }
