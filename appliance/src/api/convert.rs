@@ -62,6 +62,16 @@ pub fn topic_config(
     if let Some(bytes) = patch.max_message_bytes {
         config.max_message_bytes = bytes;
     }
+    if let Some(schema) = patch.schema {
+        // An empty schema removes the declaration: queries infer the columns again.
+        if schema.trim().is_empty() {
+            config.schema = None;
+        } else {
+            crate::log::schema::parse_schema(&schema)
+                .map_err(|problem| invalid("config.schema", problem))?;
+            config.schema = Some(schema);
+        }
+    }
     config.compression = match pb::Compression::try_from(patch.compression) {
         Ok(pb::Compression::Unspecified) => config.compression,
         Ok(pb::Compression::None) => Compression::None,
@@ -87,6 +97,7 @@ pub fn topic_config_message(config: &TopicConfig) -> pb::TopicConfig {
             Compression::Lz4 => pb::Compression::Lz4,
             Compression::Zstd => pb::Compression::Zstd,
         } as i32,
+        schema: config.schema.clone(),
     }
 }
 

@@ -26,19 +26,23 @@ fn response(answer: &Answer) -> Result<pb::ExecuteResponse, Status> {
         arrow_ipc: answer.to_ipc()?.into(),
         json: answer.to_json()?,
         rows: answer.rows() as u64,
-        columns: columns(&answer.schema),
+        columns: columns(&answer.schema, false),
     })
 }
 
-fn columns(schema: &Schema) -> Vec<pb::Column> {
+fn columns(schema: &Schema, declared: bool) -> Vec<pb::Column> {
     schema
         .fields()
         .iter()
-        .map(|field| pb::Column {
-            name: field.name().clone(),
-            r#type: field.data_type().to_string(),
-            nullable: field.is_nullable(),
-            r#virtual: VIRTUAL_COLUMNS.contains(&field.name().as_str()),
+        .map(|field| {
+            let is_virtual = VIRTUAL_COLUMNS.contains(&field.name().as_str());
+            pb::Column {
+                name: field.name().clone(),
+                r#type: field.data_type().to_string(),
+                nullable: field.is_nullable(),
+                r#virtual: is_virtual,
+                declared: declared && !is_virtual,
+            }
         })
         .collect()
 }
@@ -78,7 +82,7 @@ impl QueryApi for QueryService {
         Ok(Response::new(pb::TableDescription {
             table: description.table,
             topics: description.topics,
-            columns: columns(&description.schema),
+            columns: columns(&description.schema, description.declared),
         }))
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -71,6 +72,10 @@ pub enum TopicCommand {
         segment_bytes: Option<u64>,
         #[arg(long, value_enum)]
         compression: Option<CompressionArg>,
+        /// A file with the JSON values' schema for queries: a JSON Schema object, or a list of
+        /// {"name", "type": Utf8|Int64|Float64|Boolean|Timestamp, "nullable"} fields.
+        #[arg(long, value_name = "FILE")]
+        schema: Option<PathBuf>,
     },
     /// List topics.
     List {
@@ -208,8 +213,17 @@ pub async fn topic(channel: Channel, command: TopicCommand) -> Result<(), Failur
             retention_bytes,
             segment_bytes,
             compression,
+            schema,
         } => {
+            let schema = schema
+                .map(|path| {
+                    std::fs::read_to_string(&path).map_err(|e| {
+                        Failure::Usage(anyhow::anyhow!("--schema {}: {e}", path.display()))
+                    })
+                })
+                .transpose()?;
             let config = pb::TopicConfig {
+                schema,
                 partitions,
                 retention_ms,
                 retention_bytes,
@@ -298,6 +312,9 @@ pub async fn topic(channel: Channel, command: TopicCommand) -> Result<(), Failur
                     config.max_message_bytes.unwrap_or_default(),
                     compression_name(config.compression),
                 );
+                if let Some(schema) = &config.schema {
+                    println!("  declared schema (for queries): {schema}");
+                }
                 let rows: Vec<Vec<String>> = topic
                     .partitions
                     .iter()
@@ -350,7 +367,7 @@ fn compression_name(value: i32) -> &'static str {
 }
 
 fn topic_json(topic: &pb::Topic) -> serde_json::Value {
-    let config = topic.config.unwrap_or_default();
+    let config = topic.config.clone().unwrap_or_default();
     json!({
         "name": topic.name,
         "mirror_of": topic.mirror_of,
@@ -362,6 +379,7 @@ fn topic_json(topic: &pb::Topic) -> serde_json::Value {
             "segment_ms": config.segment_ms,
             "max_message_bytes": config.max_message_bytes,
             "compression": compression_name(config.compression),
+            "schema": config.schema,
         },
         "partitions": topic.partitions.iter().map(|p| json!({
             "partition": p.partition,

@@ -57,7 +57,14 @@ pub async fn query(channel: Channel, args: QueryArgs) -> Result<(), Failure> {
                     c.name.clone(),
                     c.r#type.clone(),
                     if c.nullable { "yes" } else { "no" }.to_owned(),
-                    if c.r#virtual { "virtual" } else { "inferred" }.to_owned(),
+                    if c.r#virtual {
+                        "virtual"
+                    } else if c.declared {
+                        "declared"
+                    } else {
+                        "inferred"
+                    }
+                    .to_owned(),
                 ]
             })
             .collect();

@@ -456,6 +456,7 @@ impl State<'_> {
                 partitions,
                 max_message_bytes: info.config.max_message_bytes,
                 segment_bytes: info.config.segment_bytes,
+                schema: info.config.schema.clone().unwrap_or_default(),
             };
             if self.announced.get(&name) != Some(&state) {
                 self.announced.insert(name.clone(), state.clone());
@@ -591,6 +592,13 @@ impl State<'_> {
     }
 }
 
+/// The schema a peer declared for its topic, if it is one this side can read (a peer's
+/// text is untrusted: one that does not parse is left out rather than refusing the topic).
+fn declared_schema(topic: &wire::TopicState) -> Option<String> {
+    (!topic.schema.is_empty() && crate::log::schema::parse_schema(&topic.schema).is_ok())
+        .then(|| topic.schema.clone())
+}
+
 /// Creates the mirror of a peer's topic, or grows its partitions to the origin's. `Ok(Err)`
 /// is a refusal to tell the peer: a topic of that name exists here and is not a mirror.
 async fn ensure_mirror(
@@ -611,6 +619,7 @@ async fn ensure_mirror(
                     .config
                     .max_message_bytes
                     .max(topic.max_message_bytes.min(MAX_MESSAGE_BYTES)),
+                schema: declared_schema(topic).or(info.config.schema.clone()),
                 ..info.config.clone()
             };
             if config != info.config {
@@ -630,6 +639,7 @@ async fn ensure_mirror(
                     .max_message_bytes
                     .clamp(defaults.max_message_bytes, MAX_MESSAGE_BYTES),
                 segment_bytes: topic.segment_bytes.clamp(1 << 20, 1 << 30),
+                schema: declared_schema(topic),
                 ..defaults.clone()
             };
             match log

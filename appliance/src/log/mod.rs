@@ -47,6 +47,7 @@ mod batch;
 mod index;
 mod partition;
 mod partitioner;
+pub mod schema;
 mod segment;
 mod types;
 
@@ -109,6 +110,10 @@ pub struct TopicConfig {
     pub max_message_bytes: u32,
     /// Compression the appliance's own producers use for this topic.
     pub compression: Compression,
+    /// The JSON values' declared schema (a JSON Schema object or a list of fields, as text;
+    /// see [`schema`]): queries take their value columns from it instead of inferring them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
 
 impl Default for TopicConfig {
@@ -121,6 +126,7 @@ impl Default for TopicConfig {
             segment_ms: 7 * 24 * 3600 * 1000,
             max_message_bytes: 1024 * 1024,
             compression: Compression::None,
+            schema: None,
         }
     }
 }
@@ -145,6 +151,13 @@ impl TopicConfig {
             "1024 to 2147483647",
         );
         check(self.segment_ms >= 1, "segment-ms", "at least 1");
+        check(
+            self.schema
+                .as_deref()
+                .is_none_or(|text| schema::parse_schema(text).is_ok()),
+            "schema",
+            "a JSON Schema object with properties of type string, integer, number or boolean, or a list of {name, type: Utf8|Int64|Float64|Boolean|Timestamp, nullable} fields",
+        );
         check(
             (64..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes),
             "max-message-bytes",

@@ -20,6 +20,7 @@ mod table;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
@@ -122,17 +123,28 @@ pub struct TableDescription {
     pub table: String,
     pub topics: Vec<String>,
     pub schema: SchemaRef,
+    /// Whether the value columns are declared (`topic create --schema`) or inferred.
+    pub declared: bool,
 }
 
 /// Runs SQL over the log's topics; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Query {
     log: Log,
+    read: Arc<AtomicU64>,
 }
 
 impl Query {
     pub fn new(log: Log) -> Self {
-        Self { log }
+        Self {
+            log,
+            read: Arc::default(),
+        }
+    }
+
+    /// Bytes of stored batches this engine's scans have read (what pruning saves shows here).
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 
     /// Every table name and the topics behind it: each topic by its own name, and on a hub
@@ -163,10 +175,11 @@ impl Query {
         );
         let context = SessionContext::new_with_config(config);
         for (name, sources) in self.tables() {
+            let read = Arc::clone(&self.read);
             let table = if live {
-                TopicTable::cached(self.log.clone(), sources, Arc::default())
+                TopicTable::cached(self.log.clone(), sources, read, Arc::default())
             } else {
-                TopicTable::new(self.log.clone(), sources)
+                TopicTable::new(self.log.clone(), sources, read)
             };
             context.register_table(TableReference::bare(name), Arc::new(table))?;
         }
@@ -241,11 +254,12 @@ impl Query {
             .remove(table)
             .ok_or_else(|| QueryError::UnknownTable(format!("table '{table}' not found")))?;
         let topics = sources.iter().map(|s| s.topic.to_string()).collect();
-        let table_provider = TopicTable::new(self.log.clone(), sources);
+        let table_provider = TopicTable::new(self.log.clone(), sources, Arc::clone(&self.read));
         Ok(TableDescription {
             table: table.to_owned(),
             topics,
             schema: table_provider.inferred_schema()?,
+            declared: table_provider.declared().is_some(),
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{
@@ -38,6 +39,8 @@ pub struct PartitionScan {
     pub source: Source,
     pub from: Offset,
     pub end: Offset,
+    /// Bytes of stored batches read, counted for the whole query engine.
+    pub read: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -169,6 +172,8 @@ fn read_chunk(scan: &PartitionScan) -> Result<(Vec<StoredRecord>, Offset)> {
         .partition
         .read(scan.from, CHUNK_BYTES)
         .map_err(|e| damaged(e.to_string()))?;
+    scan.read
+        .fetch_add(chunk.batches.len() as u64, Ordering::Relaxed);
     let mut records = log::decode_all(chunk.batches)
         .map_err(|e| damaged(format!("a stored batch is damaged: {e}")))?;
     records.retain(|r| r.offset >= scan.from && r.offset < scan.end);

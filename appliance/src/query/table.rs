@@ -2,6 +2,7 @@
 //! inferred from the newest records) and the filters its scan uses to read less.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray};
@@ -20,6 +21,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::QueryError;
 use super::scan::{PartitionScan, TopicScanExec, read_all};
+use crate::log::schema::{DeclaredField, FieldType, parse_schema};
 use crate::log::{self, Log, Offset, Partition, PartitionId, Timestamp, TopicName};
 
 /// Records read from the end of each partition to infer the value columns.
@@ -49,6 +51,8 @@ pub struct TopicTable {
     schema: OnceLock<std::result::Result<SchemaRef, String>>,
     /// A live query's decoded records, kept between its runs (None: read the log each time).
     cache: Option<Arc<ScanCache>>,
+    /// Bytes of stored batches the scans read.
+    read: Arc<AtomicU64>,
 }
 
 /// The Arrow batches a live query has decoded so far, per topic partition: each run reads
@@ -62,6 +66,16 @@ struct CachedPartition {
     next: Offset,
     /// Full-schema batches, with the newest timestamp of each.
     batches: Vec<(i64, RecordBatch)>,
+}
+
+fn arrow_type(field_type: FieldType) -> DataType {
+    match field_type {
+        FieldType::String => DataType::Utf8,
+        FieldType::Int => DataType::Int64,
+        FieldType::Float => DataType::Float64,
+        FieldType::Bool => DataType::Boolean,
+        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+    }
 }
 
 fn virtual_fields() -> Vec<Field> {
@@ -80,20 +94,26 @@ fn virtual_fields() -> Vec<Field> {
 }
 
 impl TopicTable {
-    pub fn new(log: Log, sources: Vec<Source>) -> Self {
+    pub fn new(log: Log, sources: Vec<Source>, read: Arc<AtomicU64>) -> Self {
         Self {
             log,
             sources,
             schema: OnceLock::new(),
             cache: None,
+            read,
         }
     }
 
     /// A table whose scans keep what they decoded in `cache` and read only what is new.
-    pub fn cached(log: Log, sources: Vec<Source>, cache: Arc<ScanCache>) -> Self {
+    pub fn cached(
+        log: Log,
+        sources: Vec<Source>,
+        read: Arc<AtomicU64>,
+        cache: Arc<ScanCache>,
+    ) -> Self {
         Self {
             cache: Some(cache),
-            ..Self::new(log, sources)
+            ..Self::new(log, sources, read)
         }
     }
 
@@ -105,7 +125,27 @@ impl TopicTable {
             .map_err(QueryError::Data)
     }
 
+    /// The schema declared on the first of the table's topics that has one.
+    pub fn declared(&self) -> Option<Vec<DeclaredField>> {
+        self.sources
+            .iter()
+            .find_map(|source| self.log.topic_config(&source.topic).ok()?.schema)
+            .and_then(|text| parse_schema(&text).ok())
+    }
+
     fn infer(&self) -> std::result::Result<SchemaRef, Box<dyn std::error::Error>> {
+        let mut fields = virtual_fields();
+        if let Some(declared) = self.declared() {
+            // Nullable whatever the declaration says: a record without the field gives a
+            // null rather than failing the query.
+            fields.extend(
+                declared
+                    .iter()
+                    .filter(|f| !VIRTUAL_COLUMNS.contains(&f.name.as_str()))
+                    .map(|f| Field::new(&f.name, arrow_type(f.field_type), true)),
+            );
+            return Ok(Arc::new(Schema::new(fields)));
+        }
         let mut values = Vec::new();
         for source in &self.sources {
             let partitions = self.log.topic_config(&source.topic)?.partitions;
@@ -117,7 +157,6 @@ impl TopicTable {
             }
         }
         let inferred = infer_json_schema_from_iterator(values.iter().map(Ok::<_, ArrowError>))?;
-        let mut fields = virtual_fields();
         // A value field named like a virtual column is shadowed by it.
         fields.extend(
             inferred
@@ -318,6 +357,7 @@ impl TableProvider for TopicTable {
                     source: source.clone(),
                     from,
                     end,
+                    read: Arc::clone(&self.read),
                 });
             }
         }

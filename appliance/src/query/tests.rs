@@ -344,3 +344,65 @@ async fn a_live_query_answers_again_with_the_records_that_arrive() {
     }
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_schema_gives_the_columns_and_their_types() {
+    let fixture = fixture().await;
+    let topic = TopicName::new("readings").unwrap();
+    let config = TopicConfig {
+        schema: Some(
+            r#"[{"name": "temp", "type": "Float64"}, {"name": "device", "type": "Utf8"}]"#
+                .to_owned(),
+        ),
+        ..TopicConfig::default()
+    };
+    fixture
+        .log
+        .create_topic(topic.clone(), config)
+        .await
+        .unwrap();
+    // Whole numbers only: inference would make temp an Int64 column.
+    let records: Vec<Record> = (0..10)
+        .map(|n| Record {
+            key: None,
+            value: Some(Bytes::from(format!(
+                "{{\"temp\":{n},\"device\":\"d{n}\",\"extra\":1}}"
+            ))),
+            headers: Vec::new(),
+            timestamp: Timestamp(BASE + n),
+        })
+        .collect();
+    fixture
+        .log
+        .append(
+            &topic,
+            PartitionId(0),
+            crate::log::encode(&records, Compression::None).unwrap(),
+        )
+        .await
+        .unwrap();
+    let query = Query::new(fixture.log.clone());
+    let description = query.describe("readings").unwrap();
+    assert!(description.declared);
+    let value_columns: Vec<String> = description.schema.fields()[6..]
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect();
+    assert_eq!(value_columns, ["temp:Float64", "device:Utf8"]);
+    let answer = query
+        .execute("SELECT avg(temp) AS mean, count(device) AS n FROM readings")
+        .await
+        .unwrap();
+    assert_eq!(floats(&answer, 0), [4.5]);
+    assert_eq!(integers(&answer, 1), [10]);
+    let bad = TopicConfig {
+        schema: Some("[{\"name\": \"temp\"}]".to_owned()),
+        ..TopicConfig::default()
+    };
+    let refused = fixture
+        .log
+        .create_topic(TopicName::new("bad").unwrap(), bad)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("schema"), "{refused}");
+}

@@ -10,6 +10,8 @@
 //!   read figures (`connectors.rs`).
 //! - `bench link`: raw QUIC, the hub's durable append, link replication and catch-up, and a
 //!   lossy uplink through a userspace UDP proxy (`link.rs`).
+//! - `bench query`: SQL over a hub's mirrors beside a plain read of the log, a time-restricted
+//!   query's bytes read, a live query's update latency (`query.rs`).
 
 mod connectors;
 mod grpc;
@@ -17,6 +19,7 @@ mod link;
 mod log;
 mod nats;
 mod pipeline;
+mod query;
 
 use std::path::Path;
 
@@ -39,6 +42,9 @@ pub enum BenchCommand {
     /// Cluster-link replication on loopback beside raw QUIC and the hub's durable append,
     /// catch-up of a backlog, and a lossy uplink (2% loss, 40 ms RTT).
     Link(link::LinkBenchArgs),
+    /// SQL over mirrors (GROUP BY over 10 million JSON records) beside a plain read of the
+    /// log, a query over the last 1% of the time, a live query's update latency.
+    Query(query::QueryBenchArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -49,6 +55,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(args) => runtime.block_on(pipeline::pipeline_bench(args)),
         BenchCommand::Connectors(args) => runtime.block_on(connectors::connector_bench(args)),
         BenchCommand::Link(args) => runtime.block_on(link::link_bench(args)),
+        BenchCommand::Query(args) => runtime.block_on(query::query_bench(args)),
     }
 }
 

@@ -1,0 +1,267 @@
+//! `appliance bench query`: SQL on a hub's mirrors beside a plain read of the same bytes from
+//! the log, in one run:
+//!
+//! 1. Mirrors `edge-N.sensors` (2 partitions each) filled with JSON readings (~90 bytes, one
+//!    day of timestamps), as a hub holds them.
+//! 2. The log alone: every batch read and every record decoded (no JSON, no SQL).
+//! 3. `SELECT _edge, avg(temp) FROM sensors GROUP BY _edge`: records scanned per second.
+//! 4. The same restricted to the last 1% of the time: the time index keeps the bytes read
+//!    near 1% (printed beside the full scan's).
+//! 5. A live query: the time from appending a batch to the answer that counts it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::{open_log, print_header, scratch_dir};
+use crate::log::{
+    self, Compression, Log, Offset, PartitionId, Record, Timestamp, TopicConfig, TopicName,
+};
+use crate::query::Query;
+
+#[derive(Debug, Args)]
+pub struct QueryBenchArgs {
+    /// Directory to measure in (a temporary directory is made inside it and removed after).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Records across all mirrors.
+    #[arg(long, default_value_t = 10_000_000)]
+    records: u64,
+    /// Edges (mirrors of `sensors`).
+    #[arg(long, default_value_t = 4)]
+    edges: u32,
+    /// End with one JSON object holding every figure on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+const PARTITIONS: u32 = 2;
+const BATCH: u64 = 4096;
+const DAY_MS: i64 = 24 * 3600 * 1000;
+const START_MS: i64 = 1_700_000_000_000;
+
+#[derive(Debug, serde::Serialize)]
+struct Figures {
+    records: u64,
+    stored_bytes: u64,
+    log_read_records_s: f64,
+    group_by_records_s: f64,
+    group_by_s: f64,
+    recent_s: f64,
+    recent_bytes_read: u64,
+    full_bytes_read: u64,
+    live_update_ms: f64,
+}
+
+pub async fn query_bench(args: QueryBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.edges >= 1, "--edges must be at least 1");
+    let scratch = scratch_dir(&args.dir)?;
+    print_header(
+        scratch.path(),
+        format_args!(
+            "query bench: {} JSON readings in {} mirrors of sensors ({PARTITIONS} partitions each)",
+            args.records, args.edges
+        ),
+    )?;
+    let log = open_log(scratch.path()).await?;
+    let per_partition = args.records / u64::from(args.edges * PARTITIONS);
+    let started = Instant::now();
+    let mut stored_bytes = 0;
+    for edge in 1..=args.edges {
+        stored_bytes += fill(&log, edge, per_partition).await?;
+    }
+    let records = per_partition * u64::from(args.edges * PARTITIONS);
+    println!(
+        "filled {records} records, {:.0} MB stored, in {:.1} s",
+        stored_bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+
+    let (read_records, read_s) = plain_read(&log, args.edges)?;
+    let log_read = read_records as f64 / read_s;
+    println!("log read + decode (no SQL):                {log_read:>12.0} records/s");
+
+    let query = Query::new(log.clone());
+    let started = Instant::now();
+    let answer = query
+        .execute("SELECT _edge, avg(temp) AS mean FROM sensors GROUP BY _edge")
+        .await?;
+    let group_by_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(answer.rows() == args.edges as usize, "one row per edge");
+    let full_bytes = query.bytes_read();
+    println!(
+        "SELECT _edge, avg(temp) ... GROUP BY _edge: {:>12.0} records/s ({group_by_s:.2} s, {:.0}% of the plain read)",
+        records as f64 / group_by_s,
+        100.0 * (records as f64 / group_by_s) / log_read
+    );
+
+    let since = START_MS + DAY_MS * 99 / 100;
+    let started = Instant::now();
+    query
+        .execute(&format!(
+            "SELECT _edge, avg(temp) AS mean FROM sensors \
+             WHERE _timestamp >= to_timestamp_millis({since}) GROUP BY _edge"
+        ))
+        .await?;
+    let recent_s = started.elapsed().as_secs_f64();
+    let recent_bytes = query.bytes_read() - full_bytes;
+    println!(
+        "the same over the last 1% of the time:     {recent_s:>12.3} s, {:.1} MB read ({:.2}% of the full scan's {:.0} MB)",
+        recent_bytes as f64 / 1e6,
+        100.0 * recent_bytes as f64 / full_bytes as f64,
+        full_bytes as f64 / 1e6
+    );
+
+    let live_ms = live_update(&log, &query, since).await?;
+    println!("live query, append -> updated answer:      {live_ms:>12.0} ms");
+    log.close().await?;
+    if args.json {
+        let figures = Figures {
+            records,
+            stored_bytes,
+            log_read_records_s: log_read,
+            group_by_records_s: records as f64 / group_by_s,
+            group_by_s,
+            recent_s,
+            recent_bytes_read: recent_bytes,
+            full_bytes_read: full_bytes,
+            live_update_ms: live_ms,
+        };
+        println!("{}", serde_json::to_string(&figures)?);
+    }
+    Ok(())
+}
+
+fn mirror(edge: u32) -> anyhow::Result<TopicName> {
+    Ok(TopicName::new(format!("edge-{edge}.sensors"))?)
+}
+
+fn reading(edge: u32, n: u64, timestamp: i64) -> Record {
+    let temp = 15.0 + ((n * 37 + u64::from(edge) * 11) % 300) as f64 / 10.0;
+    Record {
+        key: None,
+        value: Some(Bytes::from(format!(
+            "{{\"sensor\":\"s-{:04}\",\"temp\":{temp:.1},\"humidity\":{},\"seq\":{n}}}",
+            n % 1000,
+            n % 100
+        ))),
+        headers: Vec::new(),
+        timestamp: Timestamp(timestamp),
+    }
+}
+
+/// One edge's mirror with `per_partition` readings in each partition, timestamps spread
+/// evenly over a day; returns the bytes stored.
+async fn fill(log: &Log, edge: u32, per_partition: u64) -> anyhow::Result<u64> {
+    let topic = mirror(edge)?;
+    let config = TopicConfig {
+        partitions: PARTITIONS,
+        retention_ms: None,
+        ..TopicConfig::default()
+    };
+    log.create_mirror_topic(topic.clone(), config, format!("edge edge-{edge}"))
+        .await?;
+    let step = (DAY_MS / per_partition.max(1) as i64).max(1);
+    let mut stored = 0;
+    for p in 0..PARTITIONS {
+        let partition = log.partition(&topic, PartitionId(p))?;
+        let mut pending = Vec::new();
+        let mut next = 0;
+        while next < per_partition {
+            let count = BATCH.min(per_partition - next);
+            let records: Vec<Record> = (next..next + count)
+                .map(|n| reading(edge, n, START_MS + n as i64 * step))
+                .collect();
+            let mut batch: BytesMut = log::encode(&records, Compression::None)?;
+            log::set_base_offset(&mut batch, Offset(next));
+            stored += batch.len() as u64;
+            pending.push(partition.submit_at_own_offset(batch).await?);
+            next += count;
+        }
+        for durable in pending {
+            durable.await?;
+        }
+    }
+    Ok(stored)
+}
+
+/// Every record of every mirror read and decoded, the partitions in parallel.
+fn plain_read(log: &Log, edges: u32) -> anyhow::Result<(u64, f64)> {
+    let started = Instant::now();
+    let mut partitions = Vec::new();
+    for edge in 1..=edges {
+        for p in 0..PARTITIONS {
+            partitions.push(log.partition(&mirror(edge)?, PartitionId(p))?);
+        }
+    }
+    let counts = std::thread::scope(|scope| {
+        let readers: Vec<_> = partitions
+            .iter()
+            .map(|partition| {
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    let mut offset = partition.log_start();
+                    let mut count = 0;
+                    while offset < partition.high_watermark() {
+                        let chunk = partition.read(offset, 4 << 20)?;
+                        count += log::decode_all(chunk.batches)?.len() as u64;
+                        offset = chunk.next_offset;
+                    }
+                    Ok(count)
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| {
+                reader
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a reader panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<u64>>>()
+    })?;
+    Ok((counts.iter().sum(), started.elapsed().as_secs_f64()))
+}
+
+/// A live query over the last 1% of the time; then one batch appended to edge-1's mirror:
+/// the milliseconds until the answer counts it.
+async fn live_update(log: &Log, query: &Query, since: i64) -> anyhow::Result<f64> {
+    let stop = CancellationToken::new();
+    let mut answers = query.follow(
+        format!(
+            "SELECT count(*) AS n FROM sensors WHERE _timestamp >= to_timestamp_millis({since})"
+        ),
+        stop.clone(),
+    );
+    let count = |answer: &crate::query::Answer| -> anyhow::Result<i64> {
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&answer.to_json()?)?;
+        Ok(rows.first().and_then(|row| row["n"].as_i64()).unwrap_or(0))
+    };
+    let first = answers
+        .recv()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the live query ended"))??;
+    let before = count(&first)?;
+    let partition = log.partition(&mirror(1)?, PartitionId(0))?;
+    let next = partition.high_watermark();
+    let records: Vec<Record> = (0..100)
+        .map(|n| reading(1, next.0 + n, START_MS + DAY_MS))
+        .collect();
+    let mut batch: BytesMut = log::encode(&records, Compression::None)?;
+    log::set_base_offset(&mut batch, next);
+    let appended = Instant::now();
+    partition.append_at_own_offset(batch).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = tokio::time::timeout_at(deadline, answers.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the live query ended"))??;
+        if count(&answer)? == before + 100 {
+            break;
+        }
+    }
+    stop.cancel();
+    Ok(appended.elapsed().as_secs_f64() * 1000.0)
+}
