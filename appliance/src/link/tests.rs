@@ -243,6 +243,7 @@ async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_a_paus
             TopicConfig {
                 partitions: 3,
                 max_message_bytes: 2 << 20,
+                schema: Some(r#"[{"name": "temp", "type": "Float64"}]"#.to_owned()),
                 ..TopicConfig::default()
             },
         )
@@ -257,6 +258,14 @@ async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_a_paus
             .max_message_bytes,
         2 << 20,
         "the mirror takes batches as large as its origin's"
+    );
+    assert_eq!(
+        hub.log
+            .topic_config(&topic("plant-7.later"))
+            .unwrap()
+            .schema,
+        edge.log.topic_config(&topic("later")).unwrap().schema,
+        "the mirror takes its origin's declared schema"
     );
 
     // The link pauses; the edge keeps producing; resumed, it continues where the hub is.
