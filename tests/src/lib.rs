@@ -239,3 +239,64 @@ pub async fn fetch_all(
         }
     }
 }
+
+/// How long the cluster tests wait for something to happen before they fail.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs the CLI against `daemon`, from inside a multi-threaded tokio runtime, without
+/// holding up the runtime's other tasks.
+pub fn cli_in_runtime(
+    daemon: &Daemon,
+    dir: &Path,
+    args: &[&str],
+    stdin: &[u8],
+) -> anyhow::Result<Output> {
+    tokio::task::block_in_place(|| daemon.cli(dir, args, stdin))
+}
+
+/// [`cli_in_runtime`] that requires success; its standard output.
+pub fn cli_ok(daemon: &Daemon, dir: &Path, args: &[&str], stdin: &[u8]) -> anyhow::Result<String> {
+    let output = cli_in_runtime(daemon, dir, args, stdin)?;
+    anyhow::ensure!(
+        output.status.success(),
+        "appliance {} failed ({}): {}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Starts `appliance run ARGS` on free ports from inside a multi-threaded tokio runtime.
+pub fn start_in_runtime(dir: &Path, args: &[String]) -> anyhow::Result<Daemon> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tokio::task::block_in_place(|| Daemon::start_on_free_ports(dir, &args))
+}
+
+/// Gives up [`WAIT`] after it was made, saying what it waited for and the last state seen.
+#[derive(Debug)]
+pub struct Deadline {
+    at: tokio::time::Instant,
+    what: String,
+}
+
+impl Deadline {
+    pub fn new(what: impl Into<String>) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + WAIT,
+            what: what.into(),
+        }
+    }
+
+    /// Fails once the deadline passed; otherwise pauses before the next look.
+    pub async fn pause(&self, state: impl std::fmt::Debug) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < self.at,
+            "{}: still not there after {WAIT:?}; last seen: {state:#?}",
+            self.what
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+}

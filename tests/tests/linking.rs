@@ -16,13 +16,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use appliance_e2e::{Daemon, fetch_all, run_to_end};
+use appliance_e2e::{
+    Daemon, Deadline, cli_in_runtime, cli_ok, fetch_all, run_to_end, start_in_runtime,
+};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
@@ -30,11 +31,9 @@ use lossy_udp::{Impairment, Proxy};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// How long anything the test waits for may take.
-const WAIT: Duration = Duration::from_secs(60);
 /// The link idle timeout of the edges: a longer cut loses the connection.
 const IDLE_TIMEOUT_MS: u64 = 2000;
 const LINK: &str = "to-hub";
@@ -42,59 +41,9 @@ const LINK: &str = "to-hub";
 // ---------------------------------------------------------------------------------------
 // Running the CLI and polling
 
-/// Runs the CLI against `daemon` without holding up the runtime's other tasks (the proxy).
-fn cli(daemon: &Daemon, dir: &Path, args: &[&str], stdin: &[u8]) -> anyhow::Result<Output> {
-    tokio::task::block_in_place(|| daemon.cli(dir, args, stdin))
-}
-
-/// Runs the CLI and requires success; its standard output.
-fn cli_ok(daemon: &Daemon, dir: &Path, args: &[&str], stdin: &[u8]) -> anyhow::Result<String> {
-    let output = cli(daemon, dir, args, stdin)?;
-    ensure!(
-        output.status.success(),
-        "appliance {} failed ({}): {}{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
-
 fn cli_json(daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<Value> {
     let stdout = cli_ok(daemon, dir, args, b"")?;
     serde_json::from_str(&stdout).with_context(|| format!("appliance {}: {stdout}", args.join(" ")))
-}
-
-fn start(dir: &Path, args: &[String]) -> anyhow::Result<Daemon> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    tokio::task::block_in_place(|| Daemon::start_on_free_ports(dir, &args))
-}
-
-/// Gives up `WAIT` after it was made, saying what it waited for and the last state seen.
-struct Deadline {
-    at: Instant,
-    what: String,
-}
-
-impl Deadline {
-    fn new(what: impl Into<String>) -> Self {
-        Self {
-            at: Instant::now() + WAIT,
-            what: what.into(),
-        }
-    }
-
-    /// Fails once the deadline passed; otherwise pauses before the next look.
-    async fn pause(&self, state: impl std::fmt::Debug) -> anyhow::Result<()> {
-        ensure!(
-            Instant::now() < self.at,
-            "{}: still not there after {WAIT:?}; last seen: {state:#?}",
-            self.what
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -175,7 +124,7 @@ impl Deployment {
 
     /// Starts (or, on the same data directory, restarts) the hub.
     fn start_hub(&self) -> anyhow::Result<Daemon> {
-        let hub = start(self.root(), &self.hub_args())?;
+        let hub = start_in_runtime(self.root(), &self.hub_args())?;
         let log = hub.log_text();
         ensure!(
             log.contains(&format!("link_addr=\"{}\"", self.hub_addr())),
@@ -204,7 +153,7 @@ impl Deployment {
 
     /// Starts an edge appliance with a topic `sensors` of `partitions` partitions.
     fn start_edge(&self, name: &str, partitions: u32) -> anyhow::Result<Daemon> {
-        start(self.root(), &self.edge_args(name, partitions)?)
+        start_in_runtime(self.root(), &self.edge_args(name, partitions)?)
     }
 
     /// `appliance link create to-hub` on `edge` with the certificate of `cert` (in certs/).
@@ -809,7 +758,7 @@ async fn three_edges_mirror_record_for_record_through_loss_cuts_and_a_rebind() -
         wait_link_in_sync(edge, root, &[("down", "commands", 2)]).await?;
     }
     let (_, _, edge2, edge2_channel) = &edges[1];
-    let refused = cli(
+    let refused = cli_in_runtime(
         edge2,
         root,
         &["produce", "hub.commands"],
@@ -873,7 +822,7 @@ async fn promoted_mirror_takes_producers_at_its_end(
     edge1_channel: &Channel,
     root: &Path,
 ) -> anyhow::Result<()> {
-    let refused = cli(hub, root, &["produce", "edge-1.sensors"], b"from the hub\n")?;
+    let refused = cli_in_runtime(hub, root, &["produce", "edge-1.sensors"], b"from the hub\n")?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     assert!(
@@ -987,7 +936,7 @@ async fn consumer_moves_from_edge_to_hub(
 
     // The committed offsets reach the hub's group on the mirror.
     let committed = |daemon: &Daemon, topic: &str| -> anyhow::Result<BTreeMap<u64, u64>> {
-        let output = cli(daemon, root, &["group", "describe", "dash", "--json"], b"")?;
+        let output = cli_in_runtime(daemon, root, &["group", "describe", "dash", "--json"], b"")?;
         if !output.status.success() {
             return Ok(BTreeMap::new());
         }
@@ -1057,7 +1006,7 @@ async fn hub_and_edge_killed_mid_transfer_lose_and_repeat_nothing() -> anyhow::R
     let mut hub = deployment.start_hub()?;
     let mut hub_channel = hub.channel().await?;
     let edge_args = deployment.edge_args("edge-1", PARTITIONS)?;
-    let mut edge = start(root, &edge_args)?;
+    let mut edge = start_in_runtime(root, &edge_args)?;
     let mut edge_channel = edge.channel().await?;
     for partition in 0..PARTITIONS {
         produce(&edge_channel, "sensors", "edge-1", partition, 0..BACKLOG).await?;
@@ -1143,7 +1092,7 @@ async fn hub_and_edge_killed_mid_transfer_lose_and_repeat_nothing() -> anyhow::R
     acknowledged.extend(acked);
 
     // The edge comes back with its stored link, and the link catches up by itself.
-    edge = start(root, &edge_args)?;
+    edge = start_in_runtime(root, &edge_args)?;
     edge_channel = edge.channel().await?;
     wait_mirrored(&edge_channel, "sensors", &hub_channel, "edge-1.sensors").await?;
     let compared =

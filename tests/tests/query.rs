@@ -10,21 +10,17 @@
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use appliance_e2e::{Daemon, run_to_end};
+use appliance_e2e::{Daemon, Deadline, cli_in_runtime, cli_ok, run_to_end, start_in_runtime};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::query_client::QueryClient;
 use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use serde_json::Value;
-use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// How long anything the test waits for may take.
-const WAIT: Duration = Duration::from_secs(60);
 const EDGES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
 const PARTITIONS: u32 = 2;
 /// 2023-11-14T22:13:00Z, on a minute.
@@ -35,64 +31,14 @@ const CHUNK: usize = 8;
 // ---------------------------------------------------------------------------------------
 // Running the CLI and polling
 
-/// Runs the CLI against `daemon` without holding up the runtime's other tasks.
-fn cli(daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    tokio::task::block_in_place(|| daemon.cli(dir, args, b""))
-}
-
-/// Runs the CLI and requires success; its standard output.
-fn cli_ok(daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = cli(daemon, dir, args)?;
-    ensure!(
-        output.status.success(),
-        "appliance {} failed ({}): {}{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
-
 /// `appliance query --format json SQL`: its rows.
 fn query_json(daemon: &Daemon, dir: &Path, sql: &str) -> anyhow::Result<Vec<Value>> {
-    let stdout = cli_ok(daemon, dir, &["query", "--format", "json", sql])?;
+    let stdout = cli_ok(daemon, dir, &["query", "--format", "json", sql], b"")?;
     let rows: Value =
         serde_json::from_str(&stdout).with_context(|| format!("query {sql}: {stdout}"))?;
     rows.as_array()
         .cloned()
         .with_context(|| format!("query {sql}: not an array: {stdout}"))
-}
-
-fn start(dir: &Path, args: &[String]) -> anyhow::Result<Daemon> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    tokio::task::block_in_place(|| Daemon::start_on_free_ports(dir, &args))
-}
-
-/// Gives up `WAIT` after it was made, saying what it waited for and the last state seen.
-struct Deadline {
-    at: Instant,
-    what: String,
-}
-
-impl Deadline {
-    fn new(what: impl Into<String>) -> Self {
-        Self {
-            at: Instant::now() + WAIT,
-            what: what.into(),
-        }
-    }
-
-    /// Fails once the deadline passed; otherwise pauses before the next look.
-    async fn pause(&self, state: impl std::fmt::Debug) -> anyhow::Result<()> {
-        ensure!(
-            Instant::now() < self.at,
-            "{}: still not there after {WAIT:?}; last seen: {state:#?}",
-            self.what
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -155,7 +101,7 @@ impl Deployment {
             "certs/hub.key",
         ]
         .map(str::to_owned);
-        start(self.root(), &args)
+        start_in_runtime(self.root(), &args)
     }
 
     /// An edge appliance with a topic `sensors` of `PARTITIONS` partitions.
@@ -165,7 +111,7 @@ impl Deployment {
             self.path(&config),
             format!("[topics.sensors]\npartitions = {PARTITIONS}\n"),
         )?;
-        start(
+        start_in_runtime(
             self.root(),
             &[
                 "--config".into(),
@@ -197,6 +143,7 @@ impl Deployment {
                 "--key",
                 &key,
             ],
+            b"",
         )
     }
 }
@@ -583,6 +530,7 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
             "query",
             "SELECT _edge, count(*) AS n FROM sensors GROUP BY _edge ORDER BY _edge",
         ],
+        b"",
     )?;
     let lines: Vec<&str> = table.lines().collect();
     let header = lines
@@ -611,7 +559,7 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
     assert_eq!(lines.last(), Some(&"(3 rows)"), "{table}");
 
     // --describe: the mirrors behind the table, and its columns.
-    let described = cli_ok(&hub, root, &["query", "--describe", "sensors"])?;
+    let described = cli_ok(&hub, root, &["query", "--describe", "sensors"], b"")?;
     let first = described.lines().next().unwrap_or_default();
     assert!(first.starts_with("table sensors"), "{described}");
     for edge in EDGES {
@@ -660,7 +608,7 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
             tonic::Code::NotFound,
         ),
     ] {
-        let output = cli(&hub, root, &["query", sql])?;
+        let output = cli_in_runtime(&hub, root, &["query", sql], b"")?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{sql}: {stderr}");
         assert!(output.stdout.is_empty(), "{sql}: {:?}", output.stdout);
@@ -674,7 +622,7 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
             .expect_err(sql);
         assert_eq!(status.code(), code, "{sql}: {status:?}");
     }
-    let output = cli(&hub, root, &["query", "--describe", "nowhere"])?;
+    let output = cli_in_runtime(&hub, root, &["query", "--describe", "nowhere"], b"")?;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("nowhere"));
     let rows = query_json(&hub, root, "SELECT count(*) AS n FROM sensors")?;
