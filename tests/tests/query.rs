@@ -680,5 +680,28 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
     }
     drop(answers);
 
+    // A damaged segment on the hub: the query says where, rather than answering with the
+    // partitions it could read.
+    let segment_dir = root.join("hub-data/topics/edge-2.sensors/0");
+    let segment = std::fs::read_dir(&segment_dir)?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|x| x == "log"))
+        .with_context(|| format!("no segment in {}", segment_dir.display()))?;
+    let mut bytes = std::fs::read(&segment)?;
+    for byte in &mut bytes[100..140] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&segment, bytes)?;
+    let output = cli_in_runtime(&hub, root, &["query", "SELECT avg(temp) FROM sensors"], b"")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty(), "no partial answer");
+    assert!(
+        stderr.contains("edge-2.sensors/0")
+            && stderr.contains("corrupt")
+            && stderr.contains("DataLoss"),
+        "{stderr}"
+    );
     Ok(())
 }

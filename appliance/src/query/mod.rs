@@ -61,7 +61,8 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::Plan(message)
                 if message.starts_with("table '") && message.ends_with("' not found") =>
             {
-                Self::UnknownTable(message.clone())
+                // DataFusion names it in its default catalog and schema, which nobody typed.
+                Self::UnknownTable(message.replacen("'datafusion.public.", "'", 1))
             }
             DataFusionError::Plan(_)
             | DataFusionError::SchemaError(..)
