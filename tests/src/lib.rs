@@ -300,3 +300,28 @@ impl Deadline {
         Ok(())
     }
 }
+
+/// A UDP port that is free now (a hub binds it, and binds it again after a SIGKILL).
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `appliance certs init --dir DIR` in `root`, then `certs issue EDGE --dir DIR` for each edge.
+pub fn make_certs(root: &Path, dir: &str, edges: &[&str]) -> anyhow::Result<()> {
+    let mut commands = vec![vec!["certs", "init", "--dir", dir]];
+    for edge in edges {
+        commands.push(vec!["certs", "issue", edge, "--dir", dir]);
+    }
+    for args in commands {
+        let output = run_to_end(root, &args)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "appliance {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

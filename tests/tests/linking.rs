@@ -14,7 +14,7 @@
 //!   21,000 records and a producer keeps writing: nothing lost, nothing twice.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use appliance_e2e::{
-    Daemon, Deadline, cli_in_runtime, cli_ok, fetch_all, run_to_end, start_in_runtime,
+    Daemon, Deadline, cli_in_runtime, cli_ok, fetch_all, free_udp_port, make_certs,
+    start_in_runtime,
 };
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
@@ -49,11 +50,6 @@ fn cli_json(daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<Value>
 // ---------------------------------------------------------------------------------------
 // A deployment: certificates, hub, edges
 
-/// A UDP port that is free now; the hub binds it, and binds it again after a SIGKILL.
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// One directory with the link's certificates (`certs/`) and every appliance's data and
 /// configuration; the hub's link endpoint on a fixed loopback port.
 struct Deployment {
@@ -67,7 +63,7 @@ impl Deployment {
             dir: tempfile::tempdir()?,
             port: free_udp_port()?,
         };
-        deployment.certs("certs", edges)?;
+        make_certs(deployment.root(), "certs", edges)?;
         Ok(deployment)
     }
 
@@ -81,24 +77,6 @@ impl Deployment {
 
     fn hub_addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `appliance certs init --dir DIR` and `certs issue EDGE --dir DIR` for each edge.
-    fn certs(&self, dir: &str, edges: &[&str]) -> anyhow::Result<()> {
-        let mut commands = vec![vec!["certs", "init", "--dir", dir]];
-        for edge in edges {
-            commands.push(vec!["certs", "issue", edge, "--dir", dir]);
-        }
-        for args in commands {
-            let output = run_to_end(self.root(), &args)?;
-            ensure!(
-                output.status.success(),
-                "appliance {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
     }
 
     /// The hub keeps the default idle timeout: a connection's is the smaller of its two
@@ -564,7 +542,7 @@ async fn three_edges_mirror_record_for_record_through_loss_cuts_and_a_rebind() -
 
     // Impostors, trying all along: a certificate of another CA that claims edge-1, and the
     // hub's own server certificate presented as a client's (it names "localhost").
-    deployment.certs("other-ca", &["edge-1"])?;
+    make_certs(deployment.root(), "other-ca", &["edge-1"])?;
     let impostor = deployment.start_edge("impostor", 1)?;
     let impostor_channel = impostor.channel().await?;
     produce(&impostor_channel, "sensors", "impostor", 0, 0..300).await?;

@@ -8,11 +8,12 @@
 //! edge, a count after a time; the table output, `--describe`, and refused statements.
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, ensure};
-use appliance_e2e::{Daemon, Deadline, cli_in_runtime, cli_ok, run_to_end, start_in_runtime};
+use anyhow::Context;
+use appliance_e2e::{
+    Daemon, Deadline, cli_in_runtime, cli_ok, free_udp_port, make_certs, start_in_runtime,
+};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::query_client::QueryClient;
 use appliance_proto::v1::records_client::RecordsClient;
@@ -55,21 +56,9 @@ impl Deployment {
     fn new(edges: &[&str]) -> anyhow::Result<Self> {
         let deployment = Self {
             dir: tempfile::tempdir()?,
-            port: UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port(),
+            port: free_udp_port()?,
         };
-        let mut commands = vec![vec!["certs", "init", "--dir", "certs"]];
-        for edge in edges {
-            commands.push(vec!["certs", "issue", edge, "--dir", "certs"]);
-        }
-        for args in commands {
-            let output = run_to_end(deployment.root(), &args)?;
-            ensure!(
-                output.status.success(),
-                "appliance {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        make_certs(deployment.root(), "certs", edges)?;
         Ok(deployment)
     }
 

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
-use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, AsArray, StringArray};
+use datafusion::arrow::datatypes::{ArrowPrimitiveType, Float64Type, Int64Type};
 
 use tokio_util::sync::CancellationToken;
 
@@ -100,34 +101,21 @@ fn strings(answer: &Answer, column: usize) -> Vec<String> {
         .collect()
 }
 
-fn integers(answer: &Answer, column: usize) -> Vec<i64> {
+/// The values of a primitive column, across the answer's batches.
+fn values<T: ArrowPrimitiveType>(answer: &Answer, column: usize) -> Vec<T::Native> {
     answer
         .batches
         .iter()
-        .flat_map(|b| {
-            let array = b
-                .column(column)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap();
-            (0..array.len()).map(|i| array.value(i)).collect::<Vec<_>>()
-        })
+        .flat_map(|b| b.column(column).as_primitive::<T>().values().to_vec())
         .collect()
 }
 
+fn integers(answer: &Answer, column: usize) -> Vec<i64> {
+    values::<Int64Type>(answer, column)
+}
+
 fn floats(answer: &Answer, column: usize) -> Vec<f64> {
-    answer
-        .batches
-        .iter()
-        .flat_map(|b| {
-            let array = b
-                .column(column)
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .unwrap();
-            (0..array.len()).map(|i| array.value(i)).collect::<Vec<_>>()
-        })
-        .collect()
+    values::<Float64Type>(answer, column)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
