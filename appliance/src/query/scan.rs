@@ -6,13 +6,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use datafusion::arrow::array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
+    ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray, StringBuilder,
     TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::common::project_schema;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -27,7 +26,7 @@ use datafusion::physical_plan::{
 
 use super::QueryError;
 use super::table::{Source, VIRTUAL_COLUMNS};
-use crate::log::{self, Offset, Partition, StoredRecord};
+use crate::log::{self, Offset, Partition, RecordView};
 
 /// Bytes of stored batches read (and turned into one Arrow batch) at a time.
 const CHUNK_BYTES: usize = 4 << 20;
@@ -122,17 +121,17 @@ impl ExecutionPlan for TopicScanExec {
             let empty = futures_util::stream::empty();
             return Ok(Box::pin(RecordBatchStreamAdapter::new(projected, empty)));
         };
-        let decoder = BatchDecoder::new(&scan, &self.schema, self.projection.clone());
+        let decoder = BatchDecoder::new(&scan, &self.schema, self.projection.as_ref())?;
         let stream = futures_util::stream::unfold(
             (scan, decoder, false),
-            |(scan, decoder, done)| async move {
+            |(scan, mut decoder, done)| async move {
                 if done || scan.from >= scan.end {
                     return None;
                 }
                 let mut next = scan.clone();
-                let outcome = read_chunk(&scan).and_then(|(records, after)| {
+                let outcome = read_chunk(&scan, &mut decoder).map(|(batch, after)| {
                     next.from = after;
-                    decoder.decode(&records)
+                    batch
                 });
                 let failed = outcome.is_err();
                 Some((outcome, (next, decoder, failed)))
@@ -144,22 +143,22 @@ impl ExecutionPlan for TopicScanExec {
 
 /// Every record of a partition scan as full-schema batches, one per chunk read.
 pub fn read_all(scan: &PartitionScan, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    let decoder = BatchDecoder::new(scan, schema, None);
+    let mut decoder = BatchDecoder::new(scan, schema, None)?;
     let mut next = scan.clone();
     let mut batches = Vec::new();
     while next.from < next.end {
-        let (records, after) = read_chunk(&next)?;
-        if !records.is_empty() {
-            batches.push(decoder.decode(&records)?);
+        let (batch, after) = read_chunk(&next, &mut decoder)?;
+        if batch.num_rows() > 0 {
+            batches.push(batch);
         }
         next.from = after;
     }
     Ok(batches)
 }
 
-/// The records of the next chunk of a scan (at most up to its end) and where the next one
-/// starts.
-fn read_chunk(scan: &PartitionScan) -> Result<(Vec<StoredRecord>, Offset)> {
+/// The records of the next chunk of a scan (at most up to its end) as one batch, and where
+/// the next chunk starts.
+fn read_chunk(scan: &PartitionScan, decoder: &mut BatchDecoder) -> Result<(RecordBatch, Offset)> {
     let damaged = |what: String| {
         DataFusionError::External(Box::new(QueryError::Data(format!(
             "{}/{} from offset {}: {what}",
@@ -174,115 +173,164 @@ fn read_chunk(scan: &PartitionScan) -> Result<(Vec<StoredRecord>, Offset)> {
         .map_err(|e| damaged(e.to_string()))?;
     scan.read
         .fetch_add(chunk.batches.len() as u64, Ordering::Relaxed);
-    let mut records = log::decode_all(chunk.batches)
-        .map_err(|e| damaged(format!("a stored batch is damaged: {e}")))?;
-    records.retain(|r| r.offset >= scan.from && r.offset < scan.end);
-    Ok((records, chunk.next_offset.min(scan.end)))
+    let wanted = scan.from..scan.end;
+    log::visit_all(chunk.batches, |record| {
+        if wanted.contains(&record.offset) {
+            decoder.push(&record);
+        }
+    })
+    .map_err(|e| damaged(format!("a stored batch is damaged: {e}")))?;
+    Ok((decoder.finish()?, chunk.next_offset.min(scan.end)))
 }
 
-/// Turns records into Arrow batches of a table's schema, projected.
+/// Turns records into Arrow batches of a table's schema, projected: only the columns a query
+/// asks for are gathered, and only the value fields it names are decoded from the JSON.
 struct BatchDecoder {
-    schema: SchemaRef,
-    projection: Option<Vec<usize>>,
+    /// Indices into the table's schema, in the order of the batches made.
+    columns: Vec<usize>,
+    projected: SchemaRef,
+    /// The projected value fields, in the order `columns` names them.
+    values: SchemaRef,
     source: Source,
     partition: i32,
+    rows: usize,
+    offsets: Option<Vec<i64>>,
+    timestamps: Option<Vec<i64>>,
+    keys: Option<StringBuilder>,
+    /// The values as JSON lines (a value that is not an object as `{}`), and where each
+    /// line ends.
+    lines: Vec<u8>,
+    line_ends: Vec<usize>,
 }
 
+const OFFSET_COLUMN: usize = 3;
+const TIMESTAMP_COLUMN: usize = 4;
+const KEY_COLUMN: usize = 5;
+
 impl BatchDecoder {
-    fn new(scan: &PartitionScan, schema: &SchemaRef, projection: Option<Vec<usize>>) -> Self {
-        Self {
-            schema: Arc::clone(schema),
-            projection,
+    fn new(
+        scan: &PartitionScan,
+        schema: &SchemaRef,
+        projection: Option<&Vec<usize>>,
+    ) -> Result<Self> {
+        let columns: Vec<usize> = match projection {
+            Some(projection) => projection.clone(),
+            None => (0..schema.fields().len()).collect(),
+        };
+        let value_indices: Vec<usize> = columns
+            .iter()
+            .copied()
+            .filter(|&index| index >= VIRTUAL_COLUMNS.len())
+            .collect();
+        let wants = |column: usize| columns.contains(&column);
+        Ok(Self {
+            projected: Arc::new(schema.project(&columns)?),
+            values: Arc::new(schema.project(&value_indices)?),
+            offsets: wants(OFFSET_COLUMN).then(Vec::new),
+            timestamps: wants(TIMESTAMP_COLUMN).then(Vec::new),
+            keys: wants(KEY_COLUMN).then(StringBuilder::new),
+            columns,
             source: scan.source.clone(),
             partition: scan.partition.id().0 as i32,
+            rows: 0,
+            lines: Vec::new(),
+            line_ends: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, record: &RecordView<'_>) {
+        self.rows += 1;
+        if let Some(offsets) = &mut self.offsets {
+            offsets.push(record.offset.0 as i64);
+        }
+        if let Some(timestamps) = &mut self.timestamps {
+            timestamps.push(record.timestamp.0);
+        }
+        if let Some(keys) = &mut self.keys {
+            keys.append_option(record.key.map(String::from_utf8_lossy));
+        }
+        if !self.values.fields().is_empty() {
+            self.lines.extend_from_slice(object_or_empty(record.value));
+            self.lines.push(b'\n');
+            self.line_ends.push(self.lines.len());
         }
     }
 
-    fn decode(&self, records: &[StoredRecord]) -> Result<RecordBatch> {
-        let rows = records.len();
-        let indices: Vec<usize> = match &self.projection {
-            Some(projection) => projection.clone(),
-            None => (0..self.schema.fields().len()).collect(),
-        };
-        let projected = Arc::new(self.schema.project(&indices)?);
-        let values = if indices.iter().any(|&i| i >= VIRTUAL_COLUMNS.len()) {
-            Some(self.values(records)?)
+    /// The batch of the records pushed since the last one.
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let rows = std::mem::take(&mut self.rows);
+        let mut values = if self.values.fields().is_empty() {
+            Vec::new().into_iter()
         } else {
-            None
+            self.values(rows)?.columns().to_vec().into_iter()
         };
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(indices.len());
-        for &index in &indices {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
+        for &index in &self.columns {
             let column: ArrayRef = match index {
-                0 => Arc::new(StringArray::from(vec![self.source.edge.as_deref(); rows])),
-                1 => Arc::new(StringArray::from(vec![
-                    Some(self.source.topic.as_str());
-                    rows
-                ])),
-                2 => Arc::new(Int32Array::from(vec![self.partition; rows])),
-                3 => Arc::new(Int64Array::from_iter_values(
-                    records.iter().map(|r| r.offset.0 as i64),
-                )),
-                4 => Arc::new(
-                    TimestampMillisecondArray::from_iter_values(
-                        records.iter().map(|r| r.record.timestamp.0),
-                    )
-                    .with_timezone("UTC"),
-                ),
-                5 => Arc::new(StringArray::from_iter(records.iter().map(|r| {
-                    r.record
-                        .key
-                        .as_ref()
-                        .map(|key| String::from_utf8_lossy(key).into_owned())
-                }))),
-                value => match &values {
-                    Some(values) => Arc::clone(values.column(value - VIRTUAL_COLUMNS.len())),
-                    None => {
-                        return Err(DataFusionError::Internal(
-                            "value columns were not decoded".into(),
-                        ));
-                    }
+                0 => match &self.source.edge {
+                    Some(edge) => Arc::new(StringArray::new_repeated(edge, rows)),
+                    None => Arc::new(StringArray::new_null(rows)),
                 },
+                1 => Arc::new(StringArray::new_repeated(self.source.topic.as_str(), rows)),
+                2 => Arc::new(Int32Array::from_value(self.partition, rows)),
+                OFFSET_COLUMN => Arc::new(Int64Array::from(take(&mut self.offsets))),
+                TIMESTAMP_COLUMN => Arc::new(
+                    TimestampMillisecondArray::from(take(&mut self.timestamps))
+                        .with_timezone("UTC"),
+                ),
+                KEY_COLUMN => match &mut self.keys {
+                    Some(keys) => Arc::new(keys.finish()),
+                    None => Arc::new(StringArray::new_null(rows)),
+                },
+                _ => values.next().ok_or_else(|| {
+                    DataFusionError::Internal("a value column was not decoded".into())
+                })?,
             };
             columns.push(column);
         }
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         Ok(RecordBatch::try_new_with_options(
-            projected, columns, &options,
+            Arc::clone(&self.projected),
+            columns,
+            &options,
         )?)
     }
 
-    /// The value columns of `records`: their JSON objects decoded in one pass; a value that is
-    /// not a JSON object, or does not fit the inferred types, gives nulls.
-    fn values(&self, records: &[StoredRecord]) -> Result<RecordBatch> {
-        let schema = Arc::new(Schema::new(
-            self.schema.fields()[VIRTUAL_COLUMNS.len()..].to_vec(),
-        ));
-        let mut lines =
-            Vec::with_capacity(records.iter().map(value_len).sum::<usize>() + records.len());
-        for record in records {
-            lines.extend_from_slice(object_or_empty(record));
-            lines.push(b'\n');
-        }
-        if let Ok(batch) = decode_json(&schema, &lines, records.len()) {
-            return Ok(batch);
-        }
-        // One record that does not fit spoils the whole pass: decode them one by one.
-        let mut batches = Vec::with_capacity(records.len());
-        for record in records {
-            let batch = decode_json(&schema, object_or_empty(record), 1)
-                .or_else(|_| decode_json(&schema, b"{}", 1))?;
-            batches.push(batch);
-        }
-        Ok(concat_batches(&schema, &batches)?)
+    /// The projected value columns of the lines gathered, decoded in one pass; a field that
+    /// does not fit its column's type gives a null.
+    fn values(&mut self, rows: usize) -> Result<RecordBatch> {
+        let lines = std::mem::take(&mut self.lines);
+        let line_ends = std::mem::take(&mut self.line_ends);
+        let decoded = match decode_json(&self.values, &lines, rows) {
+            Ok(batch) => Ok(batch),
+            // One value that is not JSON spoils the whole pass: decode them one by one.
+            Err(_) => {
+                let mut batches = Vec::with_capacity(rows);
+                let mut start = 0;
+                for &end in &line_ends {
+                    let batch = decode_json(&self.values, &lines[start..end], 1)
+                        .or_else(|_| decode_json(&self.values, b"{}", 1))?;
+                    batches.push(batch);
+                    start = end;
+                }
+                concat_batches(&self.values, &batches).map_err(DataFusionError::from)
+            }
+        };
+        self.lines = lines;
+        self.lines.clear();
+        self.line_ends = line_ends;
+        self.line_ends.clear();
+        decoded
     }
 }
 
-fn value_len(record: &StoredRecord) -> usize {
-    record.record.value.as_ref().map_or(2, Bytes::len)
+/// The values gathered for a column, leaving an empty vector to gather the next batch's.
+fn take(gathered: &mut Option<Vec<i64>>) -> Vec<i64> {
+    gathered.as_mut().map(std::mem::take).unwrap_or_default()
 }
 
-fn object_or_empty(record: &StoredRecord) -> &[u8] {
-    match record.record.value.as_deref() {
+fn object_or_empty(value: Option<&[u8]>) -> &[u8] {
+    match value {
         Some(value) if value.trim_ascii_start().first() == Some(&b'{') => value,
         _ => b"{}",
     }
@@ -292,6 +340,7 @@ fn object_or_empty(record: &StoredRecord) -> &[u8] {
 fn decode_json(schema: &SchemaRef, lines: &[u8], rows: usize) -> Result<RecordBatch> {
     let mut decoder = ReaderBuilder::new(Arc::clone(schema))
         .with_batch_size(rows.max(1))
+        .with_ignore_type_conflicts(true)
         .build_decoder()?;
     let mut consumed = 0;
     while consumed < lines.len() {

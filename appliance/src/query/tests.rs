@@ -394,3 +394,58 @@ async fn a_declared_schema_gives_the_columns_and_their_types() {
         .unwrap_err();
     assert!(refused.to_string().contains("schema"), "{refused}");
 }
+
+#[tokio::test]
+async fn values_that_are_not_objects_or_do_not_fit_give_nulls_not_errors() {
+    let fixture = fixture().await;
+    let topic = TopicName::new("mixed").unwrap();
+    let config = TopicConfig {
+        schema: Some(
+            r#"[{"name": "temp", "type": "Float64"}, {"name": "device", "type": "Utf8"}]"#
+                .to_owned(),
+        ),
+        ..TopicConfig::default()
+    };
+    fixture
+        .log
+        .create_topic(topic.clone(), config)
+        .await
+        .unwrap();
+    let values: [Option<&str>; 6] = [
+        Some(r#"{"temp": 1.5, "device": "a"}"#),
+        Some(r#"{"temp": "hot", "device": "b"}"#),
+        Some("not json {"),
+        Some("[1, 2]"),
+        None,
+        Some(r#"{"temp": 2.5, "device": "c"}"#),
+    ];
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(n, value)| Record {
+            key: None,
+            value: value.map(|v| Bytes::from(v.to_owned())),
+            headers: Vec::new(),
+            timestamp: Timestamp(BASE + n as i64),
+        })
+        .collect();
+    fixture
+        .log
+        .append(
+            &topic,
+            PartitionId(0),
+            crate::log::encode(&records, Compression::None).unwrap(),
+        )
+        .await
+        .unwrap();
+    let query = Query::new(fixture.log.clone());
+    let answer = query
+        .execute("SELECT count(*), count(temp), sum(temp), count(device) FROM mixed")
+        .await
+        .unwrap();
+    assert_eq!(integers(&answer, 0), [6]);
+    // The string temperature is a null in its column only: its device still counts.
+    assert_eq!(integers(&answer, 1), [2]);
+    assert_eq!(floats(&answer, 2), [4.0]);
+    assert_eq!(integers(&answer, 3), [3]);
+}
