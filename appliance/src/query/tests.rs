@@ -84,6 +84,37 @@ async fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// A local topic declaring `temp: Float64, device: Utf8`, holding one record per value in
+    /// one batch.
+    async fn declared_topic(&self, name: &str, values: &[Option<&str>]) {
+        let topic = TopicName::new(name).unwrap();
+        let config = TopicConfig {
+            schema: Some(
+                r#"[{"name": "temp", "type": "Float64"}, {"name": "device", "type": "Utf8"}]"#
+                    .to_owned(),
+            ),
+            ..TopicConfig::default()
+        };
+        self.log.create_topic(topic.clone(), config).await.unwrap();
+        let records: Vec<Record> = values
+            .iter()
+            .zip(BASE..)
+            .map(|(value, timestamp)| Record {
+                key: None,
+                value: value.map(|v| Bytes::from(v.to_owned())),
+                headers: Vec::new(),
+                timestamp: Timestamp(timestamp),
+            })
+            .collect();
+        let batch = crate::log::encode(&records, Compression::None).unwrap();
+        self.log
+            .append(&topic, PartitionId(0), batch)
+            .await
+            .unwrap();
+    }
+}
+
 fn strings(answer: &Answer, column: usize) -> Vec<String> {
     answer
         .batches
@@ -336,39 +367,12 @@ async fn a_live_query_answers_again_with_the_records_that_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_schema_gives_the_columns_and_their_types() {
     let fixture = fixture().await;
-    let topic = TopicName::new("readings").unwrap();
-    let config = TopicConfig {
-        schema: Some(
-            r#"[{"name": "temp", "type": "Float64"}, {"name": "device", "type": "Utf8"}]"#
-                .to_owned(),
-        ),
-        ..TopicConfig::default()
-    };
-    fixture
-        .log
-        .create_topic(topic.clone(), config)
-        .await
-        .unwrap();
     // Whole numbers only: inference would make temp an Int64 column.
-    let records: Vec<Record> = (0..10)
-        .map(|n| Record {
-            key: None,
-            value: Some(Bytes::from(format!(
-                "{{\"temp\":{n},\"device\":\"d{n}\",\"extra\":1}}"
-            ))),
-            headers: Vec::new(),
-            timestamp: Timestamp(BASE + n),
-        })
+    let values: Vec<String> = (0..10)
+        .map(|n| format!("{{\"temp\":{n},\"device\":\"d{n}\",\"extra\":1}}"))
         .collect();
-    fixture
-        .log
-        .append(
-            &topic,
-            PartitionId(0),
-            crate::log::encode(&records, Compression::None).unwrap(),
-        )
-        .await
-        .unwrap();
+    let values: Vec<Option<&str>> = values.iter().map(|v| Some(v.as_str())).collect();
+    fixture.declared_topic("readings", &values).await;
     let query = Query::new(fixture.log.clone());
     let description = query.describe("readings").unwrap();
     assert!(description.declared);
@@ -398,20 +402,7 @@ async fn a_declared_schema_gives_the_columns_and_their_types() {
 #[tokio::test]
 async fn values_that_are_not_objects_or_do_not_fit_give_nulls_not_errors() {
     let fixture = fixture().await;
-    let topic = TopicName::new("mixed").unwrap();
-    let config = TopicConfig {
-        schema: Some(
-            r#"[{"name": "temp", "type": "Float64"}, {"name": "device", "type": "Utf8"}]"#
-                .to_owned(),
-        ),
-        ..TopicConfig::default()
-    };
-    fixture
-        .log
-        .create_topic(topic.clone(), config)
-        .await
-        .unwrap();
-    let values: [Option<&str>; 6] = [
+    let values = [
         Some(r#"{"temp": 1.5, "device": "a"}"#),
         Some(r#"{"temp": "hot", "device": "b"}"#),
         Some("not json {"),
@@ -419,25 +410,7 @@ async fn values_that_are_not_objects_or_do_not_fit_give_nulls_not_errors() {
         None,
         Some(r#"{"temp": 2.5, "device": "c"}"#),
     ];
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(n, value)| Record {
-            key: None,
-            value: value.map(|v| Bytes::from(v.to_owned())),
-            headers: Vec::new(),
-            timestamp: Timestamp(BASE + n as i64),
-        })
-        .collect();
-    fixture
-        .log
-        .append(
-            &topic,
-            PartitionId(0),
-            crate::log::encode(&records, Compression::None).unwrap(),
-        )
-        .await
-        .unwrap();
+    fixture.declared_topic("mixed", &values).await;
     let query = Query::new(fixture.log.clone());
     let answer = query
         .execute("SELECT count(*), count(temp), sum(temp), count(device) FROM mixed")
