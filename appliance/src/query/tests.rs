@@ -227,6 +227,31 @@ async fn windows_latest_values_and_time_filters_agree_with_the_records() {
         newest.values().map(|v| v.1).collect::<Vec<_>>()
     );
 
+    // The 99th percentile per edge (continuous: interpolated between neighbours).
+    let p99 = query
+        .execute(
+            "SELECT _edge, percentile_cont(0.99) WITHIN GROUP (ORDER BY temp) AS p99 \
+             FROM sensors GROUP BY _edge ORDER BY _edge",
+        )
+        .await
+        .unwrap();
+    let expected: Vec<f64> = fixture
+        .written
+        .values()
+        .map(|rows| {
+            let mut temps: Vec<f64> = rows.iter().map(|r| r.4).collect();
+            temps.sort_by(f64::total_cmp);
+            let rank = 0.99 * (temps.len() - 1) as f64;
+            let (low, high) = (temps[rank.floor() as usize], temps[rank.ceil() as usize]);
+            low + (high - low) * rank.fract()
+        })
+        .collect();
+    let got = floats(&p99, 1);
+    assert_eq!(got.len(), expected.len());
+    for (got, expected) in got.iter().zip(&expected) {
+        assert!((got - expected).abs() < 1e-9, "{got} != {expected}");
+    }
+
     // The last minute of data, found through the time index.
     let since = BASE + 960_000;
     let recent = query
