@@ -325,3 +325,129 @@ pub fn make_certs(root: &Path, dir: &str, edges: &[&str]) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// The name every cluster test gives an edge's link to the hub.
+pub const LINK: &str = "to-hub";
+
+/// One directory with the link's certificates (`certs/`) and every appliance's data and
+/// configuration; the hub's link endpoint on a loopback UDP port free when the test starts,
+/// kept across restarts of the hub.
+#[derive(Debug)]
+pub struct Deployment {
+    dir: tempfile::TempDir,
+    port: u16,
+    /// The edges' `[link] idle-timeout-ms`, when a test wants cuts to end connections sooner.
+    edge_idle_timeout_ms: Option<u64>,
+}
+
+impl Deployment {
+    /// Certificates for the hub and `edges`.
+    pub fn new(edges: &[&str]) -> anyhow::Result<Self> {
+        let deployment = Self {
+            dir: tempfile::tempdir()?,
+            port: free_udp_port()?,
+            edge_idle_timeout_ms: None,
+        };
+        make_certs(deployment.root(), "certs", edges)?;
+        Ok(deployment)
+    }
+
+    /// Edges started afterwards close a link silent for `ms` (a connection takes the smaller
+    /// of its two ends' idle timeouts, so this one applies).
+    pub fn with_edge_idle_timeout_ms(mut self, ms: u64) -> Self {
+        self.edge_idle_timeout_ms = Some(ms);
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root().join(relative)
+    }
+
+    pub fn hub_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or, on the same data directory, restarts) the hub on its link address.
+    pub fn start_hub(&self) -> anyhow::Result<Daemon> {
+        let args = [
+            "--data-dir",
+            "hub-data",
+            "--role",
+            "hub",
+            "--link-addr",
+            &self.hub_addr(),
+            "--link-ca",
+            "certs/ca.pem",
+            "--link-cert",
+            "certs/hub.pem",
+            "--link-key",
+            "certs/hub.key",
+        ]
+        .map(str::to_owned);
+        let hub = start_in_runtime(self.root(), &args)?;
+        let log = hub.log_text();
+        anyhow::ensure!(
+            log.contains(&format!("link_addr=\"{}\"", self.hub_addr())),
+            "the hub is not on its link address:\n{log}"
+        );
+        Ok(hub)
+    }
+
+    /// `appliance run` of an edge `name` with a topic `sensors` of `sensors_partitions`
+    /// partitions, on its own data directory.
+    pub fn edge_args(&self, name: &str, sensors_partitions: u32) -> anyhow::Result<Vec<String>> {
+        let config = format!("{name}.toml");
+        let link = self
+            .edge_idle_timeout_ms
+            .map(|ms| format!("[link]\nidle-timeout-ms = {ms}\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            self.path(&config),
+            format!("{link}[topics.sensors]\npartitions = {sensors_partitions}\n"),
+        )?;
+        Ok(vec![
+            "--config".into(),
+            config,
+            "--data-dir".into(),
+            format!("{name}-data"),
+        ])
+    }
+
+    /// Starts an edge appliance (see [`Deployment::edge_args`]).
+    pub fn start_edge(&self, name: &str, sensors_partitions: u32) -> anyhow::Result<Daemon> {
+        start_in_runtime(self.root(), &self.edge_args(name, sensors_partitions)?)
+    }
+
+    /// `appliance link create` [`LINK`] `--topics sensors` on `edge` to `hub`, with the
+    /// certificate of `cert` (in certs/) and `extra` options.
+    pub fn link(
+        &self,
+        edge: &Daemon,
+        cert: &str,
+        hub: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
+        let (cert, key) = (format!("certs/{cert}.pem"), format!("certs/{cert}.key"));
+        let mut args = vec![
+            "link",
+            "create",
+            LINK,
+            "--hub",
+            hub,
+            "--topics",
+            "sensors",
+            "--ca",
+            "certs/ca.pem",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        cli_ok(edge, self.root(), &args, b"")
+    }
+}

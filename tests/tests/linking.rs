@@ -15,14 +15,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use appliance_e2e::{
-    Daemon, Deadline, cli_in_runtime, cli_ok, fetch_all, free_udp_port, make_certs,
+    Daemon, Deadline, Deployment, LINK, cli_in_runtime, cli_ok, fetch_all, make_certs,
     start_in_runtime,
 };
 use appliance_proto::v1 as pb;
@@ -34,10 +34,8 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-/// How long anything the test waits for may take.
 /// The link idle timeout of the edges: a longer cut loses the connection.
 const IDLE_TIMEOUT_MS: u64 = 2000;
-const LINK: &str = "to-hub";
 
 // ---------------------------------------------------------------------------------------
 // Running the CLI and polling
@@ -45,116 +43,6 @@ const LINK: &str = "to-hub";
 fn cli_json(daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<Value> {
     let stdout = cli_ok(daemon, dir, args, b"")?;
     serde_json::from_str(&stdout).with_context(|| format!("appliance {}: {stdout}", args.join(" ")))
-}
-
-// ---------------------------------------------------------------------------------------
-// A deployment: certificates, hub, edges
-
-/// One directory with the link's certificates (`certs/`) and every appliance's data and
-/// configuration; the hub's link endpoint on a fixed loopback port.
-struct Deployment {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Deployment {
-    fn new(edges: &[&str]) -> anyhow::Result<Self> {
-        let deployment = Self {
-            dir: tempfile::tempdir()?,
-            port: free_udp_port()?,
-        };
-        make_certs(deployment.root(), "certs", edges)?;
-        Ok(deployment)
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn path(&self, relative: &str) -> PathBuf {
-        self.root().join(relative)
-    }
-
-    fn hub_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The hub keeps the default idle timeout: a connection's is the smaller of its two
-    /// ends', so the edges' short one applies.
-    fn hub_args(&self) -> Vec<String> {
-        [
-            "--data-dir",
-            "hub-data",
-            "--role",
-            "hub",
-            "--link-addr",
-            &self.hub_addr(),
-            "--link-ca",
-            "certs/ca.pem",
-            "--link-cert",
-            "certs/hub.pem",
-            "--link-key",
-            "certs/hub.key",
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    }
-
-    /// Starts (or, on the same data directory, restarts) the hub.
-    fn start_hub(&self) -> anyhow::Result<Daemon> {
-        let hub = start_in_runtime(self.root(), &self.hub_args())?;
-        let log = hub.log_text();
-        ensure!(
-            log.contains(&format!("link_addr=\"{}\"", self.hub_addr())),
-            "the hub is not on its link address:\n{log}"
-        );
-        Ok(hub)
-    }
-
-    /// `appliance run` of an edge: `sensors` declared, the link idle timeout short.
-    fn edge_args(&self, name: &str, sensors_partitions: u32) -> anyhow::Result<Vec<String>> {
-        let config = format!("{name}.toml");
-        std::fs::write(
-            self.path(&config),
-            format!(
-                "[link]\nidle-timeout-ms = {IDLE_TIMEOUT_MS}\n\
-                 [topics.sensors]\npartitions = {sensors_partitions}\n"
-            ),
-        )?;
-        Ok(vec![
-            "--config".into(),
-            config,
-            "--data-dir".into(),
-            format!("{name}-data"),
-        ])
-    }
-
-    /// Starts an edge appliance with a topic `sensors` of `partitions` partitions.
-    fn start_edge(&self, name: &str, partitions: u32) -> anyhow::Result<Daemon> {
-        start_in_runtime(self.root(), &self.edge_args(name, partitions)?)
-    }
-
-    /// `appliance link create to-hub` on `edge` with the certificate of `cert` (in certs/).
-    fn link(&self, edge: &Daemon, cert: &str, hub: &str, extra: &[&str]) -> anyhow::Result<String> {
-        let (cert, key) = (format!("certs/{cert}.pem"), format!("certs/{cert}.key"));
-        let mut args = vec![
-            "link",
-            "create",
-            LINK,
-            "--hub",
-            hub,
-            "--topics",
-            "sensors",
-            "--ca",
-            "certs/ca.pem",
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-        ];
-        args.extend_from_slice(extra);
-        cli_ok(edge, self.root(), &args, b"")
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -510,7 +398,8 @@ fn count(haystack: &str, needle: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_edges_mirror_record_for_record_through_loss_cuts_and_a_rebind() -> anyhow::Result<()>
 {
-    let deployment = Deployment::new(&["edge-1", "edge-2", "edge-3"])?;
+    let deployment = Deployment::new(&["edge-1", "edge-2", "edge-3"])?
+        .with_edge_idle_timeout_ms(IDLE_TIMEOUT_MS);
     let root = deployment.root();
     let hub = deployment.start_hub()?;
     let hub_channel = hub.channel().await?;
@@ -979,7 +868,7 @@ async fn wait_for_mirrored(hub: &Channel, mirror: &str, at_least: u64) -> anyhow
 async fn hub_and_edge_killed_mid_transfer_lose_and_repeat_nothing() -> anyhow::Result<()> {
     const PARTITIONS: u32 = 3;
     const BACKLOG: u64 = 7000; // per partition, per round: 21,000 records
-    let deployment = Deployment::new(&["edge-1"])?;
+    let deployment = Deployment::new(&["edge-1"])?.with_edge_idle_timeout_ms(IDLE_TIMEOUT_MS);
     let root = deployment.root();
     let mut hub = deployment.start_hub()?;
     let mut hub_channel = hub.channel().await?;

@@ -8,12 +8,10 @@
 //! edge, a count after a time; the table output, `--describe`, and refused statements.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use appliance_e2e::{
-    Daemon, Deadline, cli_in_runtime, cli_ok, free_udp_port, make_certs, start_in_runtime,
-};
+use appliance_e2e::{Daemon, Deadline, Deployment, cli_in_runtime, cli_ok};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::query_client::QueryClient;
 use appliance_proto::v1::records_client::RecordsClient;
@@ -21,7 +19,6 @@ use appliance_proto::v1::topics_client::TopicsClient;
 use serde_json::Value;
 use tonic::transport::Channel;
 
-/// How long anything the test waits for may take.
 const EDGES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
 const PARTITIONS: u32 = 2;
 /// 2023-11-14T22:13:00Z, on a minute.
@@ -40,101 +37,6 @@ fn query_json(daemon: &Daemon, dir: &Path, sql: &str) -> anyhow::Result<Vec<Valu
     rows.as_array()
         .cloned()
         .with_context(|| format!("query {sql}: not an array: {stdout}"))
-}
-
-// ---------------------------------------------------------------------------------------
-// A deployment: certificates, hub, edges
-
-/// One directory with the link's certificates (`certs/`) and every appliance's data and
-/// configuration; the hub's link endpoint on a loopback port free when the test starts.
-struct Deployment {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Deployment {
-    fn new(edges: &[&str]) -> anyhow::Result<Self> {
-        let deployment = Self {
-            dir: tempfile::tempdir()?,
-            port: free_udp_port()?,
-        };
-        make_certs(deployment.root(), "certs", edges)?;
-        Ok(deployment)
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn path(&self, relative: &str) -> PathBuf {
-        self.root().join(relative)
-    }
-
-    fn hub_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn start_hub(&self) -> anyhow::Result<Daemon> {
-        let args = [
-            "--data-dir",
-            "hub-data",
-            "--role",
-            "hub",
-            "--link-addr",
-            &self.hub_addr(),
-            "--link-ca",
-            "certs/ca.pem",
-            "--link-cert",
-            "certs/hub.pem",
-            "--link-key",
-            "certs/hub.key",
-        ]
-        .map(str::to_owned);
-        start_in_runtime(self.root(), &args)
-    }
-
-    /// An edge appliance with a topic `sensors` of `PARTITIONS` partitions.
-    fn start_edge(&self, name: &str) -> anyhow::Result<Daemon> {
-        let config = format!("{name}.toml");
-        std::fs::write(
-            self.path(&config),
-            format!("[topics.sensors]\npartitions = {PARTITIONS}\n"),
-        )?;
-        start_in_runtime(
-            self.root(),
-            &[
-                "--config".into(),
-                config,
-                "--data-dir".into(),
-                format!("{name}-data"),
-            ],
-        )
-    }
-
-    /// `appliance link create to-hub --topics sensors` on the edge `name`.
-    fn link(&self, edge: &Daemon, name: &str) -> anyhow::Result<String> {
-        let (cert, key) = (format!("certs/{name}.pem"), format!("certs/{name}.key"));
-        cli_ok(
-            edge,
-            self.root(),
-            &[
-                "link",
-                "create",
-                "to-hub",
-                "--hub",
-                &self.hub_addr(),
-                "--topics",
-                "sensors",
-                "--ca",
-                "certs/ca.pem",
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-            ],
-            b"",
-        )
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -339,7 +241,7 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
     let mut readings: Vec<Reading> = Vec::new();
     let mut edges = Vec::new();
     for (e, name) in EDGES.iter().enumerate() {
-        let edge = deployment.start_edge(name)?;
+        let edge = deployment.start_edge(name, PARTITIONS)?;
         let channel = edge.channel().await?;
         let count = readings_per_partition(e);
         let split = count * 2 / 3;
@@ -348,7 +250,7 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
             produce(&channel, &produced, 0).await?;
             readings.extend(produced);
         }
-        let created = deployment.link(&edge, name)?;
+        let created = deployment.link(&edge, name, &deployment.hub_addr(), &[])?;
         assert!(created.contains(&format!("as edge {name}")), "{created}");
         for p in 0..PARTITIONS {
             let produced: Vec<Reading> = (split..count).map(|i| reading(e, p, i)).collect();
