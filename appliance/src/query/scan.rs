@@ -204,7 +204,7 @@ struct BatchDecoder {
 }
 
 const OFFSET_COLUMN: usize = 3;
-const TIMESTAMP_COLUMN: usize = 4;
+pub const TIMESTAMP_COLUMN: usize = 4;
 const KEY_COLUMN: usize = 5;
 
 impl BatchDecoder {

@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::QueryError;
-use super::scan::{PartitionScan, TopicScanExec, read_all};
+use super::scan::{PartitionScan, TIMESTAMP_COLUMN, TopicScanExec, read_all};
 use crate::log::schema::{DeclaredField, FieldType, parse_schema};
 use crate::log::{self, Log, Offset, Partition, PartitionId, Timestamp, TopicName};
 
@@ -207,6 +207,8 @@ impl Pruning {
         let mut pruning = Self::default();
         for filter in filters {
             match split(filter) {
+                // The time index finds where records at or after a time start; an upper bound
+                // would need timestamps in offset order, which producers do not promise.
                 Some(("_timestamp", Operator::Gt | Operator::GtEq, value)) => {
                     if let Some(t) = timestamp_ms(value) {
                         pruning.min_timestamp = Some(pruning.min_timestamp.map_or(t, |m| m.max(t)));
@@ -224,6 +226,10 @@ impl Pruning {
             }
         }
         pruning
+    }
+
+    fn is_none(&self) -> bool {
+        self.min_timestamp.is_none() && self.edge.is_none() && self.partition.is_none()
     }
 }
 
@@ -271,15 +277,9 @@ fn integer(value: &ScalarValue) -> Option<i64> {
     }
 }
 
+/// Whether the scan reads less for `expr`.
 fn prunes(expr: &Expr) -> bool {
-    match split(expr) {
-        // The time index finds where records at or after a time start; an upper bound would
-        // need timestamps in offset order, which producers do not promise.
-        Some(("_timestamp", Operator::Gt | Operator::GtEq, v)) => timestamp_ms(v).is_some(),
-        Some(("_edge", Operator::Eq, v)) => matches!(v.try_as_str(), Some(Some(_))),
-        Some(("_partition", Operator::Eq, v)) => integer(v).is_some(),
-        _ => false,
-    }
+    !Pruning::from_filters(std::slice::from_ref(expr)).is_none()
 }
 
 #[async_trait::async_trait]
@@ -419,7 +419,7 @@ impl ScanCache {
 /// The newest `_timestamp` of a full-schema batch.
 fn newest_timestamp(batch: &RecordBatch) -> i64 {
     batch
-        .column(4)
+        .column(TIMESTAMP_COLUMN)
         .as_any()
         .downcast_ref::<TimestampMillisecondArray>()
         .and_then(datafusion::arrow::compute::max)
