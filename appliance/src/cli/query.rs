@@ -121,8 +121,7 @@ fn arrow_failure(error: datafusion::arrow::error::ArrowError) -> Failure {
 
 /// The schema and rows of an answer's Arrow IPC stream.
 fn decode(answer: &pb::ExecuteResponse) -> Result<(SchemaRef, Vec<RecordBatch>), Failure> {
-    let reader = StreamReader::try_new(answer.arrow_ipc.as_ref(), None)
-        .map_err(arrow_failure)?;
+    let reader = StreamReader::try_new(answer.arrow_ipc.as_ref(), None).map_err(arrow_failure)?;
     let schema = reader.schema();
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
