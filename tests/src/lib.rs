@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+pub mod cluster;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

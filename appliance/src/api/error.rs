@@ -137,6 +137,7 @@ impl From<LinkError> for Status {
             LinkError::Log(error) => error.into(),
             LinkError::Meta(error) => error.into(),
             LinkError::InvalidEdgeId { .. }
+            | LinkError::ReservedEdgeId { .. }
             | LinkError::InvalidSpec { .. }
             | LinkError::Certificate { .. } => Status::invalid_argument(error.to_string()),
             LinkError::UnknownLink { .. } => Status::not_found(error.to_string()),

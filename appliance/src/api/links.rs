@@ -32,13 +32,8 @@ fn compression_message(compression: WireCompression) -> pb::WireCompression {
 }
 
 fn mirror_message(status: MirrorStatus) -> pb::MirrorPartition {
-    let state = if status.last_error.is_some() {
-        "failed"
-    } else if status.lag_records == 0 {
-        "in sync"
-    } else {
-        "catching up"
-    };
+    let state = status.state();
+    let problem = status.problem();
     pb::MirrorPartition {
         direction: match status.direction {
             Direction::Upstream => pb::MirrorDirection::Upstream,
@@ -54,7 +49,7 @@ fn mirror_message(status: MirrorStatus) -> pb::MirrorPartition {
         bytes_per_second: status.bytes_per_second,
         gap_records: status.gap_records,
         state: state.to_owned(),
-        last_error: status.last_error.unwrap_or_default(),
+        last_error: problem.unwrap_or_default(),
     }
 }
 

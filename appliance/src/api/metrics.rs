@@ -338,7 +338,7 @@ struct LinkCollector {
 
 impl Collector for LinkCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let figures = |prefix: &'static [&'static str; 4]| -> [Figure<MirrorStatus>; 4] {
+        let figures = |prefix: &'static [&'static str; 5]| -> [Figure<MirrorStatus>; 5] {
             [
                 (
                     prefix[0],
@@ -360,9 +360,15 @@ impl Collector for LinkCollector {
                 ),
                 (
                     prefix[3],
-                    "1 when the partition stopped on an error",
+                    "1 when the partition stopped on an error or no longer matches its origin",
                     false,
-                    |m| u64::from(m.last_error.is_some()),
+                    |m| u64::from(m.last_error.is_some() || m.ahead_of_origin),
+                ),
+                (
+                    prefix[4],
+                    "1 when the receiving side refused the partition's batches",
+                    false,
+                    |m| u64::from(m.quarantine.is_some()),
                 ),
             ]
         };
@@ -388,6 +394,7 @@ impl Collector for LinkCollector {
                 "link_gap_records",
                 "link_bytes",
                 "link_failed",
+                "link_quarantined",
             ]),
             &links,
         )?;
@@ -404,6 +411,7 @@ impl Collector for LinkCollector {
                     "link_edge_gap_records",
                     "link_edge_bytes",
                     "link_edge_failed",
+                    "link_edge_quarantined",
                 ]),
                 &edges,
             )?;

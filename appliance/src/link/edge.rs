@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Mirrors, SessionError, Side};
 use super::transfer::{Direction, MirrorStatus, RateLimit, SendOptions, WireCompression};
-use super::{EdgeId, LinkError, frame, pattern, tls};
+use super::{EdgeId, HUB_MIRROR_PREFIX, LinkError, frame, pattern, tls};
 use crate::log::{BatchHeader, Log, Offset, PartitionId, Timestamp, TopicName};
 use crate::meta::{Meta, Table};
 
@@ -179,7 +179,21 @@ impl Links {
         if spec.hold_max_bytes == 0 {
             spec.hold_max_bytes = DEFAULT_HOLD_MAX_BYTES;
         }
-        tls::edge_of_certificate(&spec.cert)?;
+        let edge = tls::edge_of_certificate(&spec.cert)?;
+        if let Some(other) = self
+            .lock()
+            .values()
+            .find(|link| link.edge.as_ref() == Some(&edge) && link.spec.hub == spec.hub)
+        {
+            return Err(LinkError::InvalidSpec {
+                what: "hub".into(),
+                reason: format!(
+                    "the link {:?} links edge {edge} to {} already; a hub serves one link per \
+                     edge: give that link's topic pattern these topics too",
+                    other.spec.name, spec.hub
+                ),
+            });
+        }
         // Builds the endpoint once to check the CA and the key before anything is stored.
         tls::edge_endpoint(&files(&spec), self.idle_timeout, spec.congestion)?;
         self.meta.put(Table::Links, &spec.name, &spec).await?;
@@ -434,7 +448,7 @@ async fn keep_up(
             compression: spec.compression,
             limit: Arc::new(RateLimit::new(spec.max_bytes_per_sec)),
         },
-        mirror_prefix: "hub.".to_owned(),
+        mirror_prefix: format!("{HUB_MIRROR_PREFIX}."),
         peer_prefix: format!("{edge}."),
         peer: "the hub".to_owned(),
         hold: Some(Hold {
@@ -490,6 +504,7 @@ async fn connect(
             downstream_pattern: spec.downstream.clone(),
             compression: spec.compression.to_wire() as i32,
             max_bytes_per_sec: spec.max_bytes_per_sec,
+            link_name: spec.name.clone(),
         })),
     };
     control_out.write_all(&frame::encode(&hello)).await?;

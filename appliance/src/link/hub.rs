@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! accept -> edge id from the certificate -> Hello (must claim the same id) -> Welcome
-//!        -> a newer connection of the same edge ends the older one (one writer per mirror)
+//!        -> a newer connection of the same link ends the older one (one writer per mirror);
+//!           while one link of an edge is connected, another link of that edge is refused
 //!        -> session::run (mirrors in, downstream out, group offsets applied)
 //! ```
 
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Mirrors, SessionError, Side};
 use super::transfer::{Direction, MirrorStatus, RateLimit, SendOptions, WireCompression};
-use super::{EdgeId, LinkError, frame, pattern, tls};
+use super::{EdgeId, HUB_MIRROR_PREFIX, LinkError, frame, pattern, tls};
 use crate::group::Coordinator;
 use crate::log::{Log, Timestamp};
 
@@ -49,6 +50,8 @@ pub struct Hub {
 struct EdgeEntry {
     /// The live connection, if any: its address follows the edge when it moves.
     connection: Option<quinn::Connection>,
+    /// The edge's name of the link the connection belongs to.
+    link: String,
     address: SocketAddr,
     last_seen: Timestamp,
     /// Ends the current session when a newer connection of the same edge arrives.
@@ -183,16 +186,21 @@ impl Hub {
                 ));
             }
         };
-        let downstream = if hello.edge_id != edge.as_str() {
+        let admitted = if hello.edge_id != edge.as_str() {
             Err(format!(
                 "the certificate is edge {edge}'s, but the hello claims {:?}",
                 hello.edge_id
             ))
         } else {
-            pattern(&hello.downstream_pattern).map_err(|e| format!("the downstream pattern: {e}"))
+            pattern(&hello.downstream_pattern)
+                .map_err(|e| format!("the downstream pattern: {e}"))
+                .and_then(|downstream| {
+                    self.connected(&edge, &hello.link_name, &connection)
+                        .map(|(stop, mirrors)| (downstream, stop, mirrors))
+                })
         };
-        let downstream = match downstream {
-            Ok(downstream) => downstream,
+        let (downstream, stop, mirrors) = match admitted {
+            Ok(admitted) => admitted,
             Err(reason) => {
                 let refusal = wire::ControlFrame {
                     kind: Some(wire::control_frame::Kind::Refusal(wire::Refusal {
@@ -213,7 +221,6 @@ impl Hub {
             kind: Some(wire::control_frame::Kind::Welcome(wire::Welcome {})),
         };
         control_out.write_all(&frame::encode(&welcome)).await?;
-        let (stop, mirrors) = self.connected(&edge, &connection);
         tracing::info!(%edge, address = %connection.remote_address(), "edge linked");
         let side = Side {
             log,
@@ -225,7 +232,7 @@ impl Hub {
                 limit: Arc::new(RateLimit::new(hello.max_bytes_per_sec)),
             },
             mirror_prefix: format!("{edge}."),
-            peer_prefix: "hub.".to_owned(),
+            peer_prefix: format!("{HUB_MIRROR_PREFIX}."),
             peer: format!("edge {edge}"),
             hold: Some(Hold {
                 holder: format!("edge:{edge}"),
@@ -244,16 +251,34 @@ impl Hub {
         outcome
     }
 
-    /// Records a new connection of `edge`, ending its previous one.
+    /// Records a new connection of `edge`'s `link`, ending its previous one; refuses it while
+    /// another link of the same edge is connected (two links would replace each other's
+    /// sessions forever, each writing the same mirrors).
     fn connected(
         &self,
         edge: &EdgeId,
+        link: &str,
         connection: &quinn::Connection,
-    ) -> (CancellationToken, Mirrors) {
+    ) -> Result<(CancellationToken, Mirrors), String> {
         let mut edges = self.lock();
+        if let Some(entry) = edges.get(edge)
+            && entry.link != link
+            && entry
+                .connection
+                .as_ref()
+                .is_some_and(|current| current.close_reason().is_none())
+        {
+            return Err(format!(
+                "edge {edge} is linked to this hub already by its link {:?}; a hub serves one \
+                 link per edge: mirror these topics through that link (its topic pattern can \
+                 name them all), or delete it first",
+                entry.link
+            ));
+        }
         let stop = CancellationToken::new();
         let entry = edges.entry(edge.clone()).or_insert_with(|| EdgeEntry {
             connection: None,
+            link: link.to_owned(),
             address: connection.remote_address(),
             last_seen: Timestamp::now(),
             session: CancellationToken::new(),
@@ -261,10 +286,11 @@ impl Hub {
         });
         entry.session.cancel();
         entry.session = stop.clone();
+        entry.link = link.to_owned();
         entry.connection = Some(connection.clone());
         entry.address = connection.remote_address();
         entry.last_seen = Timestamp::now();
-        (stop, entry.mirrors.clone())
+        Ok((stop, entry.mirrors.clone()))
     }
 
     fn disconnected(&self, edge: &EdgeId, connection: &quinn::Connection) {

@@ -28,7 +28,7 @@ pub mod transfer;
 
 /// An edge's name: a DNS label (1 to 63 of `a-z 0-9 -`, not starting or ending with `-`), so
 /// it can stand in a certificate's subject alternative name and as the first part of the
-/// hub's mirror topic names.
+/// hub's mirror topic names. `hub` is reserved: an edge's mirrors of hub topics are `hub.<topic>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EdgeId(String);
 
@@ -53,8 +53,14 @@ pub fn pattern(text: &str) -> Result<Option<Regex>, regex::Error> {
         .map(Some)
 }
 
+/// The prefix of the mirrors an edge keeps of hub topics; no edge may be called this.
+pub const HUB_MIRROR_PREFIX: &str = "hub";
+
 impl EdgeId {
     pub fn new(id: &str) -> Result<Self, LinkError> {
+        if id == HUB_MIRROR_PREFIX {
+            return Err(LinkError::ReservedEdgeId { id: id.to_owned() });
+        }
         let valid = (1..=63).contains(&id.len())
             && id
                 .bytes()
@@ -85,6 +91,11 @@ pub enum LinkError {
         "invalid edge id {id:?}: use 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'"
     )]
     InvalidEdgeId { id: String },
+    #[error(
+        "the edge id {id:?} is reserved (an edge names its mirrors of hub topics {id}.<topic>): \
+         choose another"
+    )]
+    ReservedEdgeId { id: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: std::path::PathBuf,

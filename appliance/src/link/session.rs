@@ -25,9 +25,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::frame;
-use super::transfer::{self, Direction, MirrorProgress, SendOptions};
+use super::transfer::{self, Direction, MirrorEnd, MirrorProgress, SendOptions};
 use crate::group::{Coordinator, GroupError};
-use crate::log::{Log, LogError, MAX_MESSAGE_BYTES, Offset, PartitionId, TopicConfig, TopicName};
+use crate::log::{
+    Log, LogError, MAX_MESSAGE_BYTES, Offset, Partition, PartitionId, TopicConfig, TopicName,
+};
 use crate::meta::{GroupId, Meta, Table};
 
 /// Control frames are small; batches travel on their own streams.
@@ -55,7 +57,22 @@ pub enum SessionError {
     Refused(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error(
+        "{topic}/{partition} does not continue its mirror: {detail}; this side's log was reset \
+         or replaced (the topic deleted and created again, or another appliance with the same \
+         identity); delete the mirror on the other side to start it anew"
+    )]
+    Diverged {
+        topic: TopicName,
+        partition: PartitionId,
+        detail: String,
+    },
+    #[error("quarantined: {reason}")]
+    Quarantined { reason: String },
 }
+
+/// The code a receiver stops a partition stream with when it quarantines the partition.
+const QUARANTINE_CODE: u32 = 2;
 
 /// The error and its causes on one line: a QUIC read that failed says only "connection
 /// lost"; why (a refused certificate, a timeout) is in its sources.
@@ -192,7 +209,8 @@ pub async fn run(
         connection: &connection,
         announced: HashMap::new(),
         refused: HashSet::new(),
-        sending: HashSet::new(),
+        sending: HashMap::new(),
+        diverged: HashMap::new(),
         senders: JoinSet::new(),
         receivers: JoinSet::new(),
         synced_offsets: HashMap::new(),
@@ -210,13 +228,20 @@ pub async fn run(
             }
             stream = connection.accept_uni() => state.on_stream(stream?),
             _ = tick.tick() => state.on_tick().await?,
-            Some(sent) = state.senders.join_next() => state.on_sender_end(sent),
+            Some(sent) = state.senders.join_next_with_id() => state.on_sender_end(sent),
             Some(_) = state.receivers.join_next() => {}
         }
     }
 }
 
 type SenderOutcome = ((String, u32), Result<(), SessionError>);
+
+/// A partition being sent: the handle it reads (a topic deleted and created again has a new
+/// one) and how to stop it.
+struct Sending {
+    partition: Arc<Partition>,
+    task: tokio::task::AbortHandle,
+}
 
 struct State<'a> {
     side: &'a Side,
@@ -226,7 +251,10 @@ struct State<'a> {
     announced: HashMap<String, wire::TopicState>,
     /// Own topics the peer refused to mirror.
     refused: HashSet<String>,
-    sending: HashSet<(String, u32)>,
+    sending: HashMap<(String, u32), Sending>,
+    /// Partitions that stopped because they do not continue their mirror, with the handle
+    /// they had: tried again only once the partition here is another (re-created).
+    diverged: HashMap<(String, u32), Arc<Partition>>,
     senders: JoinSet<SenderOutcome>,
     receivers: JoinSet<()>,
     /// Offsets sent per (group, topic, partition), so only changes go out.
@@ -286,7 +314,7 @@ impl State<'_> {
     async fn on_topic(&mut self, topic: wire::TopicState) -> Result<(), SessionError> {
         let mirror = self.side.mirror_name(&topic.topic)?;
         let reply = match ensure_mirror(&self.side.log, &mirror, &topic, &self.side.peer).await? {
-            Ok(()) => {
+            Ok(created) => {
                 let mut positions = Vec::new();
                 for p in 0..topic.partitions {
                     let partition = self.side.log.partition(&mirror, PartitionId(p))?;
@@ -296,13 +324,19 @@ impl State<'_> {
                         mirror.as_str(),
                         p,
                     );
-                    progress.set_acknowledged(partition.high_watermark().0);
+                    if created {
+                        progress.lift_quarantine();
+                    }
+                    let end = MirrorEnd::of(&partition)?;
+                    progress.set_acknowledged(end.next.0);
                     progress.set_error(None);
                     positions.push(wire::PartitionPosition {
                         topic: topic.topic.clone(),
                         partition: p,
-                        next_offset: partition.high_watermark().0,
+                        next_offset: end.next.0,
                         log_start: partition.log_start().0,
+                        previous_batch_crc: end.previous_batch_crc,
+                        quarantine: progress.quarantined().unwrap_or_default(),
                     });
                 }
                 wire::Positions {
@@ -337,42 +371,97 @@ impl State<'_> {
         }
         for position in positions.positions {
             let key = (position.topic.clone(), position.partition);
-            if self.sending.contains(&key) {
+            if self.sending.contains_key(&key) {
                 continue;
             }
             let Ok(topic) = TopicName::new(position.topic.as_str()) else {
                 continue;
             };
+            let Ok(source) = self
+                .side
+                .log
+                .partition(&topic, PartitionId(position.partition))
+            else {
+                continue;
+            };
+            if self
+                .diverged
+                .get(&key)
+                .is_some_and(|stopped| Arc::ptr_eq(stopped, &source))
+            {
+                continue;
+            }
+            self.diverged.remove(&key);
             let mirror = format!("{}{}", self.side.peer_prefix, position.topic);
             let progress =
                 self.side
                     .mirrors
                     .entry(direction, &position.topic, &mirror, position.partition);
             progress.set_acknowledged(position.next_offset);
+            if !position.quarantine.is_empty() {
+                progress.quarantine(position.quarantine);
+                continue;
+            }
+            progress.lift_quarantine();
             progress.set_error(None);
-            self.sending.insert(key.clone());
-            let (connection, log, options) = (
-                self.connection.clone(),
-                self.side.log.clone(),
-                self.side.send.clone(),
-            );
-            let from = Offset(position.next_offset);
-            let partition = PartitionId(position.partition);
-            self.senders.spawn(async move {
-                let sent = transfer::send_partition(
-                    connection, log, topic, partition, from, options, progress,
-                )
-                .await;
-                (key, sent)
+            let (connection, options) = (self.connection.clone(), self.side.send.clone());
+            let end = MirrorEnd {
+                next: Offset(position.next_offset),
+                previous_batch_crc: position.previous_batch_crc,
+            };
+            let task = self.senders.spawn({
+                let (key, source) = (key.clone(), source.clone());
+                async move {
+                    let sent =
+                        transfer::send_partition(connection, source, topic, end, options, progress)
+                            .await;
+                    (key, sent)
+                }
             });
+            self.sending.insert(
+                key,
+                Sending {
+                    partition: source,
+                    task,
+                },
+            );
         }
     }
 
-    fn on_sender_end(&mut self, ended: Result<SenderOutcome, tokio::task::JoinError>) {
-        let Ok(((topic, partition), outcome)) = ended else {
+    fn on_sender_end(
+        &mut self,
+        ended: Result<(tokio::task::Id, SenderOutcome), tokio::task::JoinError>,
+    ) {
+        // An aborted sender was taken out of `sending` by whoever aborted it, and one that
+        // ended just before it was aborted may have a successor under its key.
+        let Ok((id, ((topic, partition), outcome))) = ended else {
             return;
         };
-        self.sending.remove(&(topic.clone(), partition));
+        let key = (topic.clone(), partition);
+        if self
+            .sending
+            .get(&key)
+            .is_none_or(|sending| sending.task.id() != id)
+        {
+            return;
+        }
+        let Some(sending) = self.sending.remove(&key) else {
+            return;
+        };
+        if let Err(error @ SessionError::Diverged { .. }) = &outcome {
+            // Sending it again would fail the same way: it waits for the partition to change.
+            let error = describe(error);
+            tracing::warn!(%topic, partition, %error, "a mirrored partition stopped");
+            if let Some(progress) =
+                self.side
+                    .mirrors
+                    .get(self.side.outgoing_direction, &topic, partition)
+            {
+                progress.set_error(Some(error));
+            }
+            self.diverged.insert((topic, partition), sending.partition);
+            return;
+        }
         if let Err(error) = outcome {
             // Announced again at the next tick: the peer says where the partition stands and
             // it is sent anew from there, while the others go on.
@@ -428,7 +517,11 @@ impl State<'_> {
             )
             .await;
             // A stream cut by the connection's end is the session's to report.
-            if let Err(error) = received
+            if let Err(SessionError::Quarantined { reason }) = &received {
+                tracing::warn!(%mirror, partition = header.partition, peer = %side.peer, %reason, "a mirrored partition is quarantined: its batches are refused");
+                progress.quarantine(reason.clone());
+                let _ = stream.stop(QUARANTINE_CODE.into());
+            } else if let Err(error) = received
                 && connection.close_reason().is_none()
             {
                 let error = describe(&error);
@@ -443,6 +536,7 @@ impl State<'_> {
         let Some(pattern) = self.side.outgoing.clone() else {
             return Ok(());
         };
+        self.stop_senders_of_replaced_partitions();
         let mut marks = Vec::new();
         for info in self.side.log.list_topics() {
             let name = info.name.to_string();
@@ -494,6 +588,40 @@ impl State<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Stops the senders whose partition is no longer the one here (its topic was deleted, or
+    /// deleted and created again): the topic is announced anew, and the peer's answer says
+    /// whether the new partition continues the mirror.
+    fn stop_senders_of_replaced_partitions(&mut self) {
+        let replaced: Vec<(String, u32)> = self
+            .sending
+            .iter()
+            .filter(|((topic, partition), sending)| {
+                let current = TopicName::new(topic.as_str())
+                    .ok()
+                    .and_then(|name| self.side.log.partition(&name, PartitionId(*partition)).ok());
+                !current.is_some_and(|current| Arc::ptr_eq(&current, &sending.partition))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in replaced {
+            if let Some(sending) = self.sending.remove(&key) {
+                sending.task.abort();
+            }
+            let (topic, partition) = key;
+            tracing::warn!(%topic, partition, "a mirrored partition was deleted here while it was sent");
+            if let Some(progress) =
+                self.side
+                    .mirrors
+                    .get(self.side.outgoing_direction, &topic, partition)
+            {
+                progress.set_error(Some(
+                    "the topic was deleted here while it was mirrored".to_owned(),
+                ));
+            }
+            self.announced.remove(&topic);
+        }
     }
 
     fn hold(&self, topic: &TopicName, partition: PartitionId, acknowledged: Offset) {
@@ -599,14 +727,26 @@ fn declared_schema(topic: &wire::TopicState) -> Option<String> {
         .then(|| topic.schema.clone())
 }
 
-/// Creates the mirror of a peer's topic, or grows its partitions to the origin's. `Ok(Err)`
-/// is a refusal to tell the peer: a topic of that name exists here and is not a mirror.
+/// The `<edge>.` a topic name begins with when mirrors of that edge live here: a mirror of
+/// such a topic would be read under the same table name as that edge's mirror.
+fn claimed_prefix(log: &Log, topic: &str) -> Option<String> {
+    let (first, _) = topic.split_once('.')?;
+    let prefix = format!("{first}.");
+    log.list_topics()
+        .iter()
+        .any(|info| info.mirror_of.is_some() && info.name.as_str().starts_with(&prefix))
+        .then_some(prefix)
+}
+
+/// Creates the mirror of a peer's topic (`Ok(Ok(true))`), or grows its partitions to the
+/// origin's. `Ok(Err)` is a refusal to tell the peer: a topic of that name exists here and is
+/// not a mirror.
 async fn ensure_mirror(
     log: &Log,
     mirror: &TopicName,
     topic: &wire::TopicState,
     peer: &str,
-) -> Result<Result<(), String>, SessionError> {
+) -> Result<Result<bool, String>, SessionError> {
     match log.topic_info(mirror) {
         Ok(info) if info.mirror_of.is_none() => Ok(Err(format!(
             "{mirror} is a topic of its own on this side (promoted, or created here), not a mirror"
@@ -625,9 +765,17 @@ async fn ensure_mirror(
             if config != info.config {
                 log.update_topic_config(mirror, config).await?;
             }
-            Ok(Ok(()))
+            Ok(Ok(false))
         }
         Err(LogError::UnknownTopic { .. }) => {
+            if let Some(claimed) = claimed_prefix(log, &topic.topic) {
+                return Ok(Err(format!(
+                    "the topic name {:?} begins with {claimed:?}, which names the mirrors of an \
+                     edge here: its table on this side would mean two things; rename the topic \
+                     or leave it out of the link's pattern",
+                    topic.topic
+                )));
+            }
             let defaults = log.topic_defaults();
             let config = TopicConfig {
                 partitions: topic.partitions,
@@ -646,7 +794,8 @@ async fn ensure_mirror(
                 .create_mirror_topic(mirror.clone(), config, peer.to_owned())
                 .await
             {
-                Ok(()) | Err(LogError::TopicExists { .. }) => Ok(Ok(())),
+                Ok(()) => Ok(Ok(true)),
+                Err(LogError::TopicExists { .. }) => Ok(Ok(false)),
                 Err(error) => Err(error.into()),
             }
         }

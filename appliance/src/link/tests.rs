@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::edge::{LinkSpec, LinkState, Links};
 use super::hub::{Hub, HubOptions};
+use super::session::SessionError;
 use super::tls::{Congestion, DEFAULT_IDLE_TIMEOUT, TlsFiles, edge_endpoint};
-use super::transfer::{Direction, WireCompression};
+use super::transfer::{self, Direction, MirrorEnd, WireCompression};
 use super::{EdgeId, certs, frame};
 use crate::group::Coordinator;
 use crate::log::{
@@ -519,7 +520,422 @@ fn edge_ids_are_dns_labels() {
         "edge.1",
         "edge_1",
         &"x".repeat(64),
+        "hub",
     ] {
         assert!(EdgeId::new(bad).is_err(), "{bad}");
     }
+}
+
+/// A raw QUIC session of plant-7 with the hub, past Welcome: a test speaks the protocol
+/// itself to send what a well-behaved edge never would.
+async fn raw_session(
+    deployment: &Deployment,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let (ca, cert, key) = (
+        deployment.file("ca.pem"),
+        deployment.file("plant-7.pem"),
+        deployment.file("plant-7.key"),
+    );
+    let files = TlsFiles {
+        ca: &ca,
+        cert: &cert,
+        key: &key,
+    };
+    let endpoint = edge_endpoint(&files, DEFAULT_IDLE_TIMEOUT, Congestion::Bbr).unwrap();
+    let connection = endpoint
+        .connect(deployment.hub_link.local_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut receive) = connection.open_bi().await.unwrap();
+    let hello = wire::ControlFrame {
+        kind: Some(wire::control_frame::Kind::Hello(wire::Hello {
+            edge_id: "plant-7".to_owned(),
+            link_name: "raw".to_owned(),
+            ..Default::default()
+        })),
+    };
+    send.write_all(&frame::encode(&hello)).await.unwrap();
+    let welcome = frame::read::<wire::ControlFrame>(&mut receive, 1 << 20)
+        .await
+        .unwrap()
+        .and_then(|f| f.kind);
+    assert!(
+        matches!(welcome, Some(wire::control_frame::Kind::Welcome(_))),
+        "{welcome:?}"
+    );
+    (connection, send, receive)
+}
+
+/// Announces `name` with `partitions` and returns the hub's positions.
+async fn announce(
+    send: &mut quinn::SendStream,
+    receive: &mut quinn::RecvStream,
+    name: &str,
+    partitions: u32,
+) -> wire::Positions {
+    let state = wire::ControlFrame {
+        kind: Some(wire::control_frame::Kind::Topic(wire::TopicState {
+            topic: name.to_owned(),
+            partitions,
+            max_message_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+            schema: String::new(),
+        })),
+    };
+    send.write_all(&frame::encode(&state)).await.unwrap();
+    loop {
+        let frame = frame::read::<wire::ControlFrame>(receive, 1 << 20)
+            .await
+            .unwrap()
+            .and_then(|f| f.kind);
+        if let Some(wire::control_frame::Kind::Positions(positions)) = frame {
+            return positions;
+        }
+    }
+}
+
+/// Sends `batch` as partition `partition` of `name` from offset 0 on a stream of its own.
+async fn send_batch(connection: &quinn::Connection, name: &str, partition: u32, batch: Bytes) {
+    let mut stream = connection.open_uni().await.unwrap();
+    let header = wire::PartitionHeader {
+        topic: name.to_owned(),
+        partition,
+        from_offset: 0,
+    };
+    stream.write_all(&frame::encode(&header)).await.unwrap();
+    let stored_length = batch.len() as u32;
+    let mut frames = frame::encode_batch(wire::Batch {
+        data: batch,
+        compression: wire::WireCompression::None as i32,
+        stored_length,
+    });
+    // The hub may stop the stream as soon as it has read the batch.
+    let _ = stream.write_all_chunks(&mut frames).await;
+    let _ = stream.finish();
+}
+
+/// A batch whose CRC is right but whose first record's length says more than there is.
+fn malformed_batch() -> Bytes {
+    let mut batch = log::encode(&[record(0), record(1)], Compression::None).unwrap();
+    // The first record's length varint sits right after the 61-byte batch header.
+    batch[61] = 0x7e;
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert!(
+        log::validate_batch(&batch).is_ok(),
+        "the header and CRC are valid"
+    );
+    batch.freeze()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_records_do_not_parse_quarantines_its_partition_only() {
+    let deployment = Deployment::start().await;
+    let hub = &deployment.hub;
+    let (connection, mut send, mut receive) = raw_session(&deployment).await;
+    let positions = announce(&mut send, &mut receive, "sensors", 2).await;
+    assert!(positions.positions.iter().all(|p| p.quarantine.is_empty()));
+
+    send_batch(&connection, "sensors", 0, malformed_batch()).await;
+    let good = log::encode(&[record(7)], Compression::None)
+        .unwrap()
+        .freeze();
+    send_batch(&connection, "sensors", 1, good.clone()).await;
+    let status = |partition: u32| {
+        deployment.hub_link.edges()[0]
+            .partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .cloned()
+    };
+    eventually("the hub quarantines partition 0", || {
+        status(0).is_some_and(|p| p.quarantine.is_some())
+    })
+    .await;
+    eventually("partition 1 is mirrored", || {
+        stored(&hub.log, "plant-7.sensors", 1) == good[..]
+    })
+    .await;
+    let quarantined = status(0).unwrap();
+    assert_eq!(quarantined.state(), "quarantined");
+    assert!(
+        quarantined
+            .problem()
+            .is_some_and(|p| p.contains("offset 0 does not parse")),
+        "{quarantined:?}"
+    );
+    assert!(status(1).unwrap().quarantine.is_none());
+    assert!(
+        stored(&hub.log, "plant-7.sensors", 0).is_empty(),
+        "nothing of the refused batch is stored"
+    );
+    let query = crate::query::Query::new(hub.log.clone())
+        .execute("SELECT count(*) AS n FROM sensors")
+        .await;
+    assert!(
+        query.is_ok(),
+        "queries over the union still answer: {:?}",
+        query.err()
+    );
+
+    // Announced again (as after a reconnect), the partition stays quarantined and says why.
+    let positions = announce(&mut send, &mut receive, "sensors", 2).await;
+    let zero = positions
+        .positions
+        .iter()
+        .find(|p| p.partition == 0)
+        .unwrap();
+    assert!(zero.quarantine.contains("does not parse"), "{zero:?}");
+    assert!(
+        positions
+            .positions
+            .iter()
+            .find(|p| p.partition == 1)
+            .unwrap()
+            .quarantine
+            .is_empty()
+    );
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_starts_only_where_its_log_continues_the_mirror() {
+    let side = side().await;
+    side.log
+        .create_topic(topic("sensors"), TopicConfig::default())
+        .await
+        .unwrap();
+    // Batches of 97 records: 0..97, 97..194, ...
+    produce(&side.log, "sensors", 0, 0, 1000).await;
+    let partition = side
+        .log
+        .partition(&topic("sensors"), PartitionId(0))
+        .unwrap();
+    let at = |next: u64| {
+        MirrorEnd::of(&partition).map(|end| MirrorEnd {
+            next: Offset(next),
+            ..end
+        })
+    };
+    let check = |end: MirrorEnd| {
+        transfer::check_continues(&partition, &topic("sensors"), PartitionId(0), end)
+    };
+    let boundary = {
+        let chunk = partition.read(Offset(193), 1).unwrap();
+        let header = log::BatchHeader::parse(&chunk.batches).unwrap();
+        assert_eq!(header.next_offset(), Offset(194));
+        MirrorEnd {
+            next: Offset(194),
+            previous_batch_crc: Some(header.stored_crc),
+        }
+    };
+    assert!(
+        check(boundary).is_ok(),
+        "the same batch before the mirror's end"
+    );
+    assert!(
+        check(MirrorEnd::of(&partition).unwrap()).is_ok(),
+        "a mirror in sync"
+    );
+    assert!(
+        check(MirrorEnd {
+            next: Offset(0),
+            previous_batch_crc: None
+        })
+        .is_ok(),
+        "an empty mirror"
+    );
+    let diverged = |end: MirrorEnd, expected: &str| match check(end) {
+        Err(error @ SessionError::Diverged { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains(expected), "{text}");
+            assert!(text.contains("delete the mirror"), "{text}");
+        }
+        other => panic!("not diverged ({expected}): {other:?}"),
+    };
+    diverged(
+        MirrorEnd {
+            previous_batch_crc: boundary.previous_batch_crc.map(|crc| crc ^ 1),
+            ..boundary
+        },
+        "last batch",
+    );
+    diverged(at(150).unwrap(), "inside a batch");
+    diverged(
+        MirrorEnd {
+            next: Offset(1001),
+            previous_batch_crc: None,
+        },
+        "ahead",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_again_while_linked_stops_its_partition_and_the_link_answers() {
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
+    edge.log
+        .create_topic(topic("sensors"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&edge.log, "sensors", 0, 0, 970).await;
+    deployment
+        .links
+        .create(deployment.spec("sensors", ""))
+        .await
+        .unwrap();
+    wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 1).await;
+    let mirrored = stored(&hub.log, "plant-7.sensors", 0);
+
+    // The same offsets, other records: 970 is a batch boundary in both logs.
+    edge.log.delete_topic(&topic("sensors")).await.unwrap();
+    edge.log
+        .create_topic(topic("sensors"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&edge.log, "sensors", 0, 5000, 97 * 20).await;
+    let failed = || {
+        deployment
+            .links
+            .get("to-hub")
+            .unwrap()
+            .partitions
+            .first()
+            .and_then(|p| p.problem())
+            .is_some_and(|problem| problem.contains("reset or replaced"))
+    };
+    eventually("the edge says the log was replaced", failed).await;
+    // Pausing and resuming answer while the partition is stopped.
+    for _ in 0..2 {
+        let paused =
+            tokio::time::timeout(Duration::from_secs(10), deployment.links.pause("to-hub"));
+        paused.await.expect("pause answers").unwrap();
+        let resumed =
+            tokio::time::timeout(Duration::from_secs(10), deployment.links.resume("to-hub"));
+        resumed.await.expect("resume answers").unwrap();
+    }
+    eventually("the edge says the log was replaced after a resume", failed).await;
+    assert_eq!(
+        stored(&hub.log, "plant-7.sensors", 0),
+        mirrored,
+        "the mirror keeps the old log's records, and nothing of the new log follows them"
+    );
+
+    // A mirror ahead of its origin is not "in sync" on the hub.
+    edge.log.delete_topic(&topic("sensors")).await.unwrap();
+    edge.log
+        .create_topic(topic("sensors"), TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&edge.log, "sensors", 0, 0, 10).await;
+    eventually("the hub sees its mirror ahead of the origin", || {
+        deployment.hub_link.edges()[0]
+            .partitions
+            .iter()
+            .any(|p| p.state() == "diverged")
+    })
+    .await;
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_edge_has_one_link_to_a_hub() {
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
+    edge.log
+        .create_topic(topic("sensors"), TopicConfig::default())
+        .await
+        .unwrap();
+    deployment
+        .links
+        .create(deployment.spec("sensors", ""))
+        .await
+        .unwrap();
+    eventually("the first link connects", || {
+        deployment.links.get("to-hub").unwrap().state == LinkState::Connected
+    })
+    .await;
+    let again = LinkSpec {
+        name: "again".to_owned(),
+        ..deployment.spec("other", "")
+    };
+    let refused = deployment.links.create(again.clone()).await;
+    assert!(
+        matches!(&refused, Err(super::LinkError::InvalidSpec { reason, .. }) if reason.contains("to-hub")),
+        "{refused:?}"
+    );
+
+    // Another spelling of the same hub gets past the edge; the hub refuses it.
+    let port = deployment.hub_link.local_addr().port();
+    let spelled = LinkSpec {
+        hub: format!("localhost:{port}"),
+        ..again
+    };
+    deployment.links.create(spelled).await.unwrap();
+    eventually("the hub refuses the second link", || {
+        deployment
+            .links
+            .get("again")
+            .unwrap()
+            .last_error
+            .is_some_and(|error| error.contains("one link per edge"))
+    })
+    .await;
+    let first = deployment.links.get("to-hub").unwrap();
+    assert_eq!(first.state, LinkState::Connected);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = deployment.links.get("to-hub").unwrap();
+    assert!(
+        later.connected_for > first.connected_for,
+        "the first link's connection was never replaced: {:?} then {:?}",
+        first.connected_for,
+        later.connected_for
+    );
+    produce(&edge.log, "sensors", 0, 0, 100).await;
+    wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 1).await;
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_topic_named_like_another_edges_mirror_is_refused() {
+    let deployment = Deployment::start().await;
+    let (edge, hub) = (&deployment.edge, &deployment.hub);
+    edge.log
+        .create_topic(topic("readings"), TopicConfig::default())
+        .await
+        .unwrap();
+    deployment
+        .links
+        .create(deployment.spec("readings|plant-7[.]readings", ""))
+        .await
+        .unwrap();
+    eventually("the first mirror exists", || {
+        hub.log.topic_config(&topic("plant-7.readings")).is_ok()
+    })
+    .await;
+    edge.log
+        .create_topic(topic("plant-7.readings"), TopicConfig::default())
+        .await
+        .unwrap();
+    eventually("the edge shows the refusal", || {
+        deployment
+            .links
+            .get("to-hub")
+            .unwrap()
+            .partitions
+            .iter()
+            .any(|p| {
+                p.topic == "plant-7.readings"
+                    && p.problem()
+                        .is_some_and(|e| e.contains("would mean two things"))
+            })
+    })
+    .await;
+    assert!(
+        hub.log
+            .topic_config(&topic("plant-7.plant-7.readings"))
+            .is_err()
+    );
+    deployment.shutdown.cancel();
 }

@@ -11,6 +11,14 @@
 //!
 //! A resend of a batch the mirror holds already is skipped; a batch that is not the next one
 //! ends the stream with an error (the next session resumes from the receiver's position).
+//!
+//! Two checks keep a mirror from mixing two different logs. The sender starts only where its
+//! own log continues the mirror: at a batch boundary, and with the same batch just before it
+//! (the receiver tells its last batch's CRC), so a log that was reset or replaced on the origin
+//! stops the partition with [`SessionError::Diverged`] instead of appending the new log's
+//! records after the old one's. The receiver checks every record of every batch with the log's
+//! own parser before it is stored: a batch that does not parse quarantines the partition
+//! ([`SessionError::Quarantined`]) and nothing of it reaches the mirror or its queries.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -23,7 +31,7 @@ use tokio::sync::mpsc;
 
 use super::frame;
 use super::session::SessionError;
-use crate::log::{self, Compression, Log, LogError, Offset, PartitionId, TopicName};
+use crate::log::{self, Compression, Log, LogError, Offset, Partition, PartitionId, TopicName};
 
 const READ_BYTES: usize = 1 << 20;
 const READ_WAIT: Duration = Duration::from_millis(500);
@@ -124,6 +132,30 @@ fn decompress(batch: wire::Batch, limit: usize) -> Result<BytesMut, SessionError
     Ok(bytes)
 }
 
+/// Checks every record of a received batch with the log's own parser, so that what a mirror
+/// stores can be read by every query later; a batch that does not parse is refused whole.
+fn check_records(batch: BytesMut) -> Result<BytesMut, SessionError> {
+    let batch = batch.freeze();
+    let checked = log::validate_batch(&batch).and_then(|header| {
+        if header.total_len != batch.len() {
+            return Err(log::BatchError::TrailingBytes {
+                extra: batch.len() - header.total_len,
+            });
+        }
+        log::visit_batch(&header, batch.clone(), |_| {})
+    });
+    if let Err(error) = checked {
+        let at = log::BatchHeader::parse(&batch).map_or(0, |header| header.base_offset.0);
+        return Err(SessionError::Quarantined {
+            reason: format!("the batch at offset {at} does not parse: {error}"),
+        });
+    }
+    // The parser's handles are gone, so the bytes are this batch's alone again.
+    Ok(batch
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..])))
+}
+
 /// A cap on the bytes a link sends per second, shared by its partition streams.
 #[derive(Debug)]
 pub struct RateLimit {
@@ -174,6 +206,8 @@ pub struct MirrorProgress {
     pub partition: u32,
     /// The origin's next offset, as last known on this side.
     origin_high_watermark: AtomicU64,
+    /// Whether the origin's next offset was told yet (before that, 0 says nothing).
+    origin_known: std::sync::atomic::AtomicBool,
     /// The mirror's durable next offset, as last known on this side.
     acknowledged: AtomicU64,
     bytes: AtomicU64,
@@ -184,6 +218,9 @@ pub struct MirrorProgress {
 #[derive(Debug, Default)]
 struct MirrorState {
     last_error: Option<String>,
+    /// Why the receiver refused this partition's batches; unlike an error it stays until the
+    /// mirror is made anew, so the sender does not offer the same batch again and again.
+    quarantine: Option<String>,
     /// Bytes counted and when, at the last rate computation.
     sample: Option<(Instant, u64)>,
     rate: f64,
@@ -207,6 +244,44 @@ pub struct MirrorStatus {
     pub bytes: u64,
     pub gap_records: u64,
     pub last_error: Option<String>,
+    pub quarantine: Option<String>,
+    /// The mirror holds more than its origin: the origin's log was reset or replaced.
+    pub ahead_of_origin: bool,
+}
+
+impl MirrorStatus {
+    /// How the partition is doing, in one word for status and metrics.
+    pub fn state(&self) -> &'static str {
+        if self.quarantine.is_some() {
+            "quarantined"
+        } else if self.last_error.is_some() {
+            "failed"
+        } else if self.ahead_of_origin {
+            "diverged"
+        } else if self.lag_records == 0 {
+            "in sync"
+        } else {
+            "catching up"
+        }
+    }
+
+    /// What is wrong with the partition and what to do about it, if anything is.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(reason) = &self.quarantine {
+            return Some(format!(
+                "quarantined: {reason}; the mirror keeps what it had, and the other partitions                  go on (delete the mirror on the receiving side to start it anew)"
+            ));
+        }
+        if self.last_error.is_some() {
+            return self.last_error.clone();
+        }
+        self.ahead_of_origin.then(|| {
+            format!(
+                "the mirror holds records up to offset {} but its origin only up to {}: the                  origin's log was reset or replaced; delete the mirror on the receiving side                  to start it anew",
+                self.acknowledged, self.origin_high_watermark
+            )
+        })
+    }
 }
 
 impl MirrorProgress {
@@ -217,6 +292,7 @@ impl MirrorProgress {
             mirror: mirror.to_owned(),
             partition,
             origin_high_watermark: AtomicU64::new(0),
+            origin_known: std::sync::atomic::AtomicBool::new(false),
             acknowledged: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             gap_records: AtomicU64::new(0),
@@ -230,6 +306,7 @@ impl MirrorProgress {
 
     pub fn set_origin_high_watermark(&self, offset: u64) {
         self.origin_high_watermark.store(offset, Ordering::Relaxed);
+        self.origin_known.store(true, Ordering::Relaxed);
         self.note_lag();
     }
 
@@ -244,6 +321,18 @@ impl MirrorProgress {
 
     pub fn set_error(&self, error: Option<String>) {
         self.state().last_error = error;
+    }
+
+    pub fn quarantine(&self, reason: String) {
+        self.state().quarantine = Some(reason);
+    }
+
+    pub fn lift_quarantine(&self) {
+        self.state().quarantine = None;
+    }
+
+    pub fn quarantined(&self) -> Option<String> {
+        self.state().quarantine.clone()
     }
 
     fn note_lag(&self) {
@@ -304,6 +393,8 @@ impl MirrorProgress {
             bytes,
             gap_records: self.gap_records(),
             last_error: state.last_error.clone(),
+            quarantine: state.quarantine.clone(),
+            ahead_of_origin: self.origin_known.load(Ordering::Relaxed) && acknowledged > origin,
         }
     }
 }
@@ -315,26 +406,97 @@ pub struct SendOptions {
     pub limit: Arc<RateLimit>,
 }
 
-/// Streams one partition from `from` (the receiver's next offset) on a stream of its own,
-/// until the connection ends.
+/// Where a receiver's mirror of a partition stands, as its Positions frame tells.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorEnd {
+    /// The mirror's next offset.
+    pub next: Offset,
+    /// The CRC-32C of the mirror's last batch, if it holds one.
+    pub previous_batch_crc: Option<u32>,
+}
+
+impl MirrorEnd {
+    /// Where `mirror` stands now.
+    pub fn of(mirror: &Partition) -> Result<Self, LogError> {
+        let next = mirror.high_watermark();
+        let previous_batch_crc = match next.0.checked_sub(1) {
+            Some(last) if Offset(last) >= mirror.log_start() => {
+                Some(log::BatchHeader::parse(&mirror.read(Offset(last), 1)?.batches)?.stored_crc)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            next,
+            previous_batch_crc,
+        })
+    }
+}
+
+/// Checks that `source` continues a mirror that ends at `end`: the mirror is not ahead, and
+/// the batch before `end.next` here is the one the mirror holds last.
+pub(super) fn check_continues(
+    source: &Partition,
+    topic: &TopicName,
+    partition: PartitionId,
+    end: MirrorEnd,
+) -> Result<(), SessionError> {
+    let diverged = |detail: String| SessionError::Diverged {
+        topic: topic.clone(),
+        partition,
+        detail,
+    };
+    let here = source.high_watermark();
+    if end.next > here {
+        return Err(diverged(format!(
+            "the mirror is ahead of it (next offset {}, here {here})",
+            end.next
+        )));
+    }
+    let Some(crc) = end.previous_batch_crc else {
+        return Ok(());
+    };
+    let Some(last) = end.next.0.checked_sub(1).map(Offset) else {
+        return Ok(());
+    };
+    // Retention deleted the batch here: nothing left to compare.
+    if last < source.log_start() {
+        return Ok(());
+    }
+    let chunk = match source.read(last, 1) {
+        Ok(chunk) => chunk,
+        Err(LogError::OffsetOutOfRange { .. }) => return Ok(()),
+        Err(error) => return Err(error.into()),
+    };
+    let header = log::validate_batch(&chunk.batches).map_err(LogError::from)?;
+    if header.next_offset() != end.next {
+        return Err(diverged(format!(
+            "the mirror's next offset {} falls inside a batch here ({} to {})",
+            end.next,
+            header.base_offset,
+            header.next_offset()
+        )));
+    }
+    if header.stored_crc != crc {
+        return Err(diverged(format!(
+            "the mirror's last batch (ending at {last}) is not the one here"
+        )));
+    }
+    Ok(())
+}
+
+/// Streams one partition from the receiver's mirror end on a stream of its own, until the
+/// connection ends.
 pub async fn send_partition(
     connection: quinn::Connection,
-    log: Log,
+    source: Arc<Partition>,
     topic: TopicName,
-    partition: PartitionId,
-    from: Offset,
+    end: MirrorEnd,
     options: SendOptions,
     progress: Arc<MirrorProgress>,
 ) -> Result<(), SessionError> {
-    let source = log.partition(&topic, partition)?;
-    if from > source.high_watermark() {
-        return Err(SessionError::Protocol(format!(
-            "the mirror of {topic}/{partition} is ahead of it (next offset {from}, here {}): \
-             this side's log was reset or replaced; delete the mirror on the other side to \
-             start it anew",
-            source.high_watermark()
-        )));
-    }
+    let partition = source.id();
+    check_continues(&source, &topic, partition, end)?;
+    let from = end.next;
     let mut stream = connection.open_uni().await?;
     let header = wire::PartitionHeader {
         topic: topic.to_string(),
@@ -344,6 +506,9 @@ pub async fn send_partition(
     stream.write_all(&frame::encode(&header)).await?;
     let mut next = from;
     loop {
+        // A chunk that is ready at once never makes the loop wait: give the other tasks of
+        // this worker their turn.
+        tokio::task::consume_budget().await;
         let chunk = match source.read_wait(next, READ_BYTES, READ_WAIT).await {
             Ok(chunk) => chunk,
             Err(LogError::OffsetOutOfRange { log_start, .. }) if next < log_start => {
@@ -366,8 +531,21 @@ pub async fn send_partition(
         while !batches.is_empty() {
             let header = log::validate_batch(&batches).map_err(LogError::from)?;
             let batch = batches.split_to(header.total_len);
-            if header.base_offset < next {
+            if header.next_offset() <= next {
                 continue;
+            }
+            if header.base_offset < next {
+                // Batches of one log end where the next begins: a position inside one means
+                // another log than the one the mirror was made from.
+                return Err(SessionError::Diverged {
+                    topic: topic.clone(),
+                    partition,
+                    detail: format!(
+                        "offset {next} falls inside a batch here ({} to {})",
+                        header.base_offset,
+                        header.next_offset()
+                    ),
+                });
             }
             let mut frame =
                 frame::encode_batch(options.compression.compress(batch, header.compression));
@@ -420,7 +598,7 @@ pub async fn receive_partition(
             let landing = match frame.kind {
                 Some(wire::partition_frame::Kind::Batch(batch)) => {
                     progress.count_bytes(batch.data.len());
-                    let batch = decompress(batch, limit)?;
+                    let batch = check_records(decompress(batch, limit)?)?;
                     Landing::Batch(Box::pin(target.submit_at_own_offset(batch).await?))
                 }
                 Some(wire::partition_frame::Kind::Gap(gap)) => {

@@ -63,6 +63,7 @@ use tokio_util::task::TaskTracker;
 pub use batch::{
     BatchError, BatchHeader, Compression, Header, MAX_DECOMPRESSED_BATCH_BYTES, Record, RecordView,
     StoredRecord, decode_all, encode, set_base_offset, validate as validate_batch, visit_all,
+    visit_batch,
 };
 pub use partition::{AppendOutcome, Partition, ReadChunk};
 pub use partitioner::partition_for_key;

@@ -151,21 +151,7 @@ impl Query {
     /// Every table name and the topics behind it: each topic by its own name, and on a hub
     /// each `T` of the mirrors `<edge>.T` (with a local `T`, if any).
     fn tables(&self) -> BTreeMap<String, Vec<Source>> {
-        let mut tables: BTreeMap<String, Vec<Source>> = BTreeMap::new();
-        for info in self.log.list_topics() {
-            let name = info.name.to_string();
-            let edge = mirror_edge(&name, info.mirror_of.as_deref());
-            let source = Source {
-                topic: info.name.clone(),
-                edge: edge.map(str::to_owned),
-            };
-            tables.entry(name.clone()).or_default().push(source.clone());
-            if let Some(edge) = edge {
-                let base = &name[edge.len() + 1..];
-                tables.entry(base.to_owned()).or_default().push(source);
-            }
-        }
-        tables
+        tables_of(self.log.list_topics())
     }
 
     /// A context with every table; `live` tables keep what their scans decoded for the next
@@ -276,12 +262,81 @@ async fn run(context: &SessionContext, sql: &str) -> Result<Answer, QueryError> 
     Ok(Answer { schema, batches })
 }
 
+/// The tables of these topics. A name means one thing: a topic's own name is that topic
+/// alone, even where mirrors of another edge's topic of that name exist (a hub refuses to
+/// make new ones, see `link::session`); those are read through their own names then.
+fn tables_of(topics: Vec<crate::log::TopicInfo>) -> BTreeMap<String, Vec<Source>> {
+    let mut tables: BTreeMap<String, Vec<Source>> = BTreeMap::new();
+    let mut unions: BTreeMap<String, Vec<Source>> = BTreeMap::new();
+    for info in topics {
+        let name = info.name.to_string();
+        let edge = mirror_edge(&name, info.mirror_of.as_deref());
+        let source = Source {
+            topic: info.name.clone(),
+            edge: edge.map(str::to_owned),
+        };
+        match edge {
+            Some(edge) => {
+                let base = name[edge.len() + 1..].to_owned();
+                unions.entry(base).or_default().push(source.clone());
+                tables.insert(name, vec![source]);
+            }
+            None => {
+                unions.entry(name.clone()).or_default().push(source.clone());
+                tables.insert(name, vec![source]);
+            }
+        }
+    }
+    for (name, sources) in unions {
+        let own = tables.get(&name);
+        let is_mirror = own.is_some_and(|own| own.iter().all(|s| s.edge.is_some()));
+        if is_mirror {
+            continue;
+        }
+        tables.insert(name, sources);
+    }
+    tables
+}
+
+#[cfg(test)]
+#[test]
+fn a_table_name_means_one_thing() {
+    let topic = |name: &str, mirror_of: Option<&str>| crate::log::TopicInfo {
+        name: crate::log::TopicName::new(name).unwrap(),
+        config: crate::log::TopicConfig::default(),
+        mirror_of: mirror_of.map(str::to_owned),
+        partitions: Vec::new(),
+    };
+    let tables = tables_of(vec![
+        topic("readings", None),
+        topic("edge-1.readings", Some("edge edge-1")),
+        topic("edge-2.readings", Some("edge edge-2")),
+        // edge-1's own topic "edge-2.readings", mirrored before edge-2 was known here.
+        topic("edge-1.edge-2.readings", Some("edge edge-1")),
+        topic("hub.commands", Some("the hub")),
+    ]);
+    let names = |table: &str| -> Vec<String> {
+        tables[table].iter().map(|s| s.topic.to_string()).collect()
+    };
+    assert_eq!(
+        names("readings"),
+        ["readings", "edge-1.readings", "edge-2.readings"]
+    );
+    assert_eq!(names("edge-2.readings"), ["edge-2.readings"]);
+    assert_eq!(names("edge-1.edge-2.readings"), ["edge-1.edge-2.readings"]);
+    assert_eq!(names("hub.commands"), ["hub.commands"]);
+    assert!(
+        !tables.contains_key("commands"),
+        "an edge's mirrors of hub topics are no union"
+    );
+}
+
 /// The edge a mirror belongs to: the first part of `<edge-id>.<topic>` of a topic its link
 /// writes.
 fn mirror_edge<'a>(name: &'a str, mirror_of: Option<&str>) -> Option<&'a str> {
     mirror_of?;
     let (edge, rest) = name.split_once('.')?;
-    (!rest.is_empty() && !edge.is_empty() && edge != "hub").then_some(edge)
+    (!rest.is_empty() && !edge.is_empty() && edge != crate::link::HUB_MIRROR_PREFIX).then_some(edge)
 }
 
 #[cfg(test)]
