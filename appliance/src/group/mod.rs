@@ -54,7 +54,7 @@ pub enum GroupError {
     #[error("member {member} is not in group {group} (it left, or its stream ended)")]
     UnknownMember { group: GroupId, member: String },
     #[error(
-        "member {member} was removed from group {group}: it neither heartbeat nor committed within its session timeout of {timeout_ms} ms; subscribe again to rejoin"
+        "member {member} was removed from group {group}: no heartbeat or commit came within its session timeout of {timeout_ms} ms; subscribe again to rejoin"
     )]
     SessionExpired {
         group: GroupId,
