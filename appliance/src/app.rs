@@ -110,7 +110,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )
     .await?;
-    let coordinator = Coordinator::new(log.clone(), meta.clone());
+    let coordinator =
+        Coordinator::new(log.clone(), meta.clone()).with_sessions(config.groups.session_limits());
+    tokio::spawn(coordinator.clone().expire_sessions(shutdown.clone()));
     let hub = config
         .link
         .hub()

@@ -29,6 +29,11 @@
 //! key = "link/hub.key"
 //! idle-timeout-ms = 15000              # silence before a link connection is given up
 //!
+//! [groups]                             # consumer group members (docs/operations.md)
+//! session-timeout-ms = 45000           # when a member asks for none
+//! min-session-timeout-ms = 6000        # bounds of what a member may ask for
+//! max-session-timeout-ms = 1800000
+//!
 //! [topics.sensors]                     # topics created at start when missing
 //! partitions = 4
 //! ```
@@ -40,6 +45,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::group::SessionLimits;
 use crate::link::Role;
 use crate::link::hub::HubOptions;
 use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
@@ -58,6 +64,8 @@ pub struct Config {
     pub plugins: PluginsSection,
     /// Cluster links: whether this appliance is a hub, and its endpoint.
     pub link: LinkSection,
+    /// Consumer groups: how long a silent member keeps its partitions.
+    pub groups: GroupsSection,
     /// Topics that must exist: created at start with these settings over `log.topic-defaults`.
     pub topics: BTreeMap<String, toml::Table>,
 }
@@ -70,6 +78,7 @@ impl Default for Config {
             api: ApiSection::default(),
             plugins: PluginsSection::default(),
             link: LinkSection::default(),
+            groups: GroupsSection::default(),
             topics: BTreeMap::new(),
         }
     }
@@ -138,6 +147,39 @@ impl PluginsSection {
         Limits {
             max_memory_mb: self.max_memory_mb,
             timeout_ms: self.timeout_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct GroupsSection {
+    /// Session timeout of a member that asks for none: a member that neither heartbeats nor
+    /// commits for this long is removed and its partitions move to the others.
+    pub session_timeout_ms: u64,
+    /// Shortest session timeout a member may ask for.
+    pub min_session_timeout_ms: u64,
+    /// Longest session timeout a member may ask for.
+    pub max_session_timeout_ms: u64,
+}
+
+impl Default for GroupsSection {
+    fn default() -> Self {
+        let limits = SessionLimits::default();
+        Self {
+            session_timeout_ms: limits.default.as_millis() as u64,
+            min_session_timeout_ms: limits.min.as_millis() as u64,
+            max_session_timeout_ms: limits.max.as_millis() as u64,
+        }
+    }
+}
+
+impl GroupsSection {
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            default: Duration::from_millis(self.session_timeout_ms),
+            min: Duration::from_millis(self.min_session_timeout_ms),
+            max: Duration::from_millis(self.max_session_timeout_ms),
         }
     }
 }
@@ -253,6 +295,22 @@ impl Config {
         }
         if !(1000..=3_600_000).contains(&self.link.idle_timeout_ms) {
             problems.push("link.idle-timeout-ms must be from 1000 to 3600000".into());
+        }
+        let groups = &self.groups;
+        if !(1..=u64::from(u32::MAX)).contains(&groups.min_session_timeout_ms)
+            || groups.min_session_timeout_ms > groups.max_session_timeout_ms
+            || groups.max_session_timeout_ms > u64::from(u32::MAX)
+        {
+            problems.push(
+                "groups.min-session-timeout-ms must be at least 1 and at most groups.max-session-timeout-ms, which must be at most 4294967295".into(),
+            );
+        }
+        if !(groups.min_session_timeout_ms..=groups.max_session_timeout_ms)
+            .contains(&groups.session_timeout_ms)
+        {
+            problems.push(
+                "groups.session-timeout-ms must be within groups.min-session-timeout-ms and groups.max-session-timeout-ms".into(),
+            );
         }
         if let Err(declared) = self.declared_topics() {
             problems.extend(declared);

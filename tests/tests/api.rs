@@ -258,6 +258,7 @@ async fn member(
             topics: vec!["work".into()],
             start: pb::StartPosition::Earliest as i32,
             max_bytes: 4096,
+            session_timeout_ms: 0,
         })
         .await?
         .into_inner();
@@ -780,6 +781,7 @@ async fn every_bad_input_gets_its_status() -> anyhow::Result<()> {
             topics: vec!["small".into()],
             start: 0,
             max_bytes: 0,
+            session_timeout_ms: 0,
         })
         .await?
         .into_inner();

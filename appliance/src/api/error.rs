@@ -54,13 +54,15 @@ impl From<GroupError> for Status {
     fn from(error: GroupError) -> Self {
         let code = match &error {
             GroupError::Log(_) | GroupError::Meta(_) => None,
-            GroupError::UnknownMember { .. } => Some(Code::NotFound),
+            GroupError::UnknownMember { .. } | GroupError::SessionExpired { .. } => {
+                Some(Code::NotFound)
+            }
             GroupError::NotOwner { .. } | GroupError::GroupActive { .. } => {
                 Some(Code::FailedPrecondition)
             }
-            GroupError::OffsetBeyondEnd { .. } | GroupError::NoTopics => {
-                Some(Code::InvalidArgument)
-            }
+            GroupError::OffsetBeyondEnd { .. }
+            | GroupError::NoTopics
+            | GroupError::InvalidSessionTimeout { .. } => Some(Code::InvalidArgument),
         };
         match (code, error) {
             (Some(code), error) => Status::new(code, error.to_string()),

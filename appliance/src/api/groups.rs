@@ -152,4 +152,15 @@ impl Groups for GroupsService {
             offsets: offsets.into_iter().map(offset_message).collect(),
         }))
     }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let _timer = self.metrics.time(Rpc::Heartbeat);
+        let request = request.into_inner();
+        let group = group_id("group", &request.group)?;
+        self.coordinator.heartbeat(&group, &request.member_id)?;
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
 }

@@ -73,6 +73,7 @@ pub enum Rpc {
     DescribeGroup,
     CommitOffsets,
     ResetOffsets,
+    Heartbeat,
     AddPlugin,
     ListPlugins,
     DeletePlugin,

@@ -216,7 +216,11 @@ impl Records for RecordsService {
             Err(_) => return Err(invalid("start", "unknown start position")),
         };
         let max_bytes = max_bytes(request.max_bytes);
-        let mut membership = self.coordinator.join(group, topics, start, max_bytes)?;
+        let session_timeout = (request.session_timeout_ms != 0)
+            .then(|| Duration::from_millis(request.session_timeout_ms.into()));
+        let mut membership =
+            self.coordinator
+                .join(group, topics, start, max_bytes, session_timeout)?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_QUEUE);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -233,6 +237,7 @@ impl Records for RecordsService {
                             member_id,
                             generation,
                             partitions,
+                            session_timeout,
                         } => pb::subscribe_response::Message::Assignment(pb::Assignment {
                             member_id,
                             generation,
@@ -240,6 +245,8 @@ impl Records for RecordsService {
                                 .iter()
                                 .map(|(topic, partition)| topic_partition(topic, *partition))
                                 .collect(),
+                            session_timeout_ms: u32::try_from(session_timeout.as_millis())
+                                .unwrap_or(u32::MAX),
                         }),
                         Delivery::Records {
                             topic,

@@ -1,8 +1,10 @@
 //! Client commands: talk gRPC to a running appliance at `--server`, as any client would.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -138,6 +140,10 @@ pub struct ConsumeArgs {
     /// Print JSON objects with key, value, partition, offset, timestamp and headers.
     #[arg(long)]
     json: bool,
+    /// With --group: the group gives this member's partitions to others when its heartbeats
+    /// stop for this long (default: the server's `groups.session-timeout-ms`).
+    #[arg(long, requires = "group")]
+    session_timeout_ms: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -585,14 +591,26 @@ async fn consume_in_group(
                 pb::StartPosition::Latest
             } as i32,
             max_bytes: 0,
+            session_timeout_ms: args.session_timeout_ms.unwrap_or(0),
         })
         .await
         .map_err(status)?
         .into_inner();
     let mut member_id = String::new();
+    let mut heartbeats: Option<Pin<Box<dyn Future<Output = tonic::Status> + Send>>> = None;
     let mut out = std::io::stdout().lock();
     while !limits.done() {
-        let Some(message) = limits.wait(stream.message()).await else {
+        let failed_heartbeat = async {
+            match heartbeats.as_mut() {
+                Some(heartbeats) => heartbeats.await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            next = limits.wait(stream.message()) => next,
+            failed = failed_heartbeat => return Err(status(failed)),
+        };
+        let Some(message) = next else {
             break;
         };
         let Some(message) = message.map_err(status)? else {
@@ -601,6 +619,14 @@ async fn consume_in_group(
         match message.message {
             Some(pb::subscribe_response::Message::Assignment(assignment)) => {
                 member_id = assignment.member_id;
+                if heartbeats.is_none() && assignment.session_timeout_ms > 0 {
+                    heartbeats = Some(Box::pin(heartbeat(
+                        groups.clone(),
+                        group.to_owned(),
+                        member_id.clone(),
+                        Duration::from_millis(assignment.session_timeout_ms.into()),
+                    )));
+                }
             }
             Some(pb::subscribe_response::Message::Records(batch)) => {
                 let printed = limits.take(batch.records.len());
@@ -636,6 +662,28 @@ async fn consume_in_group(
         }
     }
     Ok(())
+}
+
+/// Keeps `member_id` in `group` with a heartbeat every third of its session timeout; the
+/// first failure (such as the member having been removed while frozen) ends it.
+async fn heartbeat(
+    mut groups: GroupsClient<Channel>,
+    group: String,
+    member_id: String,
+    session_timeout: Duration,
+) -> tonic::Status {
+    let mut ticks = tokio::time::interval(session_timeout / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let request = pb::HeartbeatRequest {
+            group: group.clone(),
+            member_id: member_id.clone(),
+        };
+        if let Err(failed) = groups.heartbeat(request).await {
+            return failed;
+        }
+    }
 }
 
 async fn consume_partitions(

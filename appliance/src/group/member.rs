@@ -2,6 +2,7 @@
 //! dropping the membership.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures_util::future::select_all;
 use tokio::sync::watch;
@@ -25,6 +26,8 @@ pub enum Delivery {
         member_id: String,
         generation: u64,
         partitions: Vec<TopicPartition>,
+        /// Heartbeat or commit within this, or be removed from the group.
+        session_timeout: Duration,
     },
     /// Records of one partition, in offset order.
     Records {
@@ -43,6 +46,7 @@ pub struct Membership {
     pub(super) changes: watch::Receiver<u64>,
     pub(super) start: StartPosition,
     pub(super) max_bytes: usize,
+    pub(super) session_timeout: Duration,
     /// Start positions of owned partitions that have no committed offset, fixed when the
     /// partition was first seen so that `Latest` does not move while waiting.
     pub(super) start_positions: HashMap<TopicPartition, Offset>,
@@ -65,6 +69,7 @@ impl Membership {
                     member_id: self.member_id.clone(),
                     generation,
                     partitions,
+                    session_timeout: self.session_timeout,
                 });
             }
             let deliverable: Vec<TopicPartition> = owned
@@ -136,9 +141,9 @@ impl Membership {
         &mut self,
         mut watches: Vec<watch::Receiver<crate::log::Offset>>,
     ) -> Result<(), GroupError> {
-        let gone = || GroupError::UnknownMember {
-            group: self.group.clone(),
-            member: self.member_id.clone(),
+        let gone = || {
+            self.coordinator
+                .unknown_member(&self.group, &self.member_id)
         };
         if watches.is_empty() {
             return self.changes.changed().await.map_err(|_| gone());

@@ -20,13 +20,26 @@
 //! A partition's next records are delivered only after the previous ones were committed, and
 //! a partition changes owner only when nothing delivered is uncommitted. So members that
 //! commit what they receive see every record exactly once across any rebalance.
+//!
+//! # Liveness
+//!
+//! A member's stream stays open while its process is frozen (stopped, or cut off without a
+//! FIN), and records sent to it fill buffers without it reading them: delivery says nothing
+//! about the member being alive. So, as Kafka's `session.timeout.ms`, a member must call
+//! Heartbeat or CommitOffsets within its session timeout (asked at join, within the broker's
+//! `[groups]` bounds); `expire_sessions` removes one that did not, as if it had left, so its
+//! partitions move at once. Its stream ends and its next call fails with `SessionExpired`,
+//! which tells it to subscribe again.
 
 mod member;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::log::{Log, LogError, Offset, PartitionId, Timestamp, TopicName};
 use crate::meta::{CommittedOffset, GroupId, Meta, MetaError, PartitionOffset};
@@ -40,6 +53,22 @@ pub type TopicPartition = (TopicName, PartitionId);
 pub enum GroupError {
     #[error("member {member} is not in group {group} (it left, or its stream ended)")]
     UnknownMember { group: GroupId, member: String },
+    #[error(
+        "member {member} was removed from group {group}: no heartbeat or commit came within its session timeout of {timeout_ms} ms; subscribe again to rejoin"
+    )]
+    SessionExpired {
+        group: GroupId,
+        member: String,
+        timeout_ms: u64,
+    },
+    #[error(
+        "session timeout {requested_ms} ms is outside the broker's bounds {min_ms} to {max_ms} ms ([groups] min-session-timeout-ms and max-session-timeout-ms)"
+    )]
+    InvalidSessionTimeout {
+        requested_ms: u64,
+        min_ms: u64,
+        max_ms: u64,
+    },
     #[error("partition {topic}/{partition} is not owned by member {member} of group {group}")]
     NotOwner {
         group: GroupId,
@@ -64,6 +93,55 @@ pub enum GroupError {
     Log(#[from] LogError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+}
+
+/// Session timeouts: the one a member gets when it asks for none, and the bounds of what it
+/// may ask for (Kafka's `group.min/max.session.timeout.ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub default: Duration,
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            default: Duration::from_secs(45),
+            min: Duration::from_secs(6),
+            max: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl SessionLimits {
+    /// The session timeout for a member asking for `requested` (the default when `None`).
+    fn grant(&self, requested: Option<Duration>) -> Result<Duration, GroupError> {
+        let timeout = requested.unwrap_or(self.default);
+        if timeout < self.min || timeout > self.max {
+            return Err(GroupError::InvalidSessionTimeout {
+                requested_ms: millis(timeout),
+                min_ms: millis(self.min),
+                max_ms: millis(self.max),
+            });
+        }
+        Ok(timeout)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How many removed members are remembered, so that their next call says why.
+const EXPIRED_REMEMBERED: usize = 1024;
+
+/// A member removed for its silence.
+#[derive(Debug)]
+struct ExpiredMember {
+    group: GroupId,
+    member: String,
+    timeout: Duration,
 }
 
 /// A group's overall state.
@@ -122,6 +200,15 @@ struct MemberState {
     topics: Vec<TopicName>,
     /// Bumped whenever something the member waits on changes.
     changed: watch::Sender<u64>,
+    session_timeout: Duration,
+    /// The member's last Heartbeat or CommitOffsets (or its join).
+    last_seen: Instant,
+}
+
+impl MemberState {
+    fn deadline(&self) -> Instant {
+        self.last_seen + self.session_timeout
+    }
 }
 
 #[derive(Debug, Default)]
@@ -175,6 +262,9 @@ pub struct Coordinator {
     meta: Meta,
     groups: Arc<Mutex<BTreeMap<GroupId, GroupEntry>>>,
     next_member: Arc<std::sync::atomic::AtomicU64>,
+    sessions: SessionLimits,
+    /// The latest members removed for silence, oldest first, at most `EXPIRED_REMEMBERED`.
+    expired: Arc<Mutex<VecDeque<ExpiredMember>>>,
 }
 
 impl Coordinator {
@@ -184,7 +274,15 @@ impl Coordinator {
             meta,
             groups: Arc::default(),
             next_member: Arc::default(),
+            sessions: SessionLimits::default(),
+            expired: Arc::default(),
         }
+    }
+
+    /// The same coordinator with other session timeouts.
+    pub fn with_sessions(mut self, sessions: SessionLimits) -> Self {
+        self.sessions = sessions;
+        self
     }
 
     pub fn log(&self) -> &Log {
@@ -195,17 +293,20 @@ impl Coordinator {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a member subscribed to `topics` and rebalances the group.
+    /// Adds a member subscribed to `topics` and rebalances the group. The member is removed
+    /// when it neither heartbeats nor commits within `session_timeout` (the default if `None`).
     pub fn join(
         &self,
         group: GroupId,
         topics: Vec<TopicName>,
         start: StartPosition,
         max_bytes: usize,
+        session_timeout: Option<Duration>,
     ) -> Result<Membership, GroupError> {
         if topics.is_empty() {
             return Err(GroupError::NoTopics);
         }
+        let session_timeout = self.sessions.grant(session_timeout)?;
         for topic in &topics {
             self.log.topic_config(topic)?;
         }
@@ -222,6 +323,8 @@ impl Coordinator {
                 MemberState {
                     topics: topics.clone(),
                     changed,
+                    session_timeout,
+                    last_seen: Instant::now(),
                 },
             );
             self.rebalance(entry);
@@ -234,6 +337,7 @@ impl Coordinator {
             changes,
             start,
             max_bytes,
+            session_timeout,
             start_positions: Default::default(),
             announced: None,
             cursor: 0,
@@ -241,21 +345,127 @@ impl Coordinator {
     }
 
     fn leave(&self, group: &GroupId, member_id: &str) {
-        let mut groups = self.groups();
-        if let Some(entry) = groups.get_mut(group) {
-            entry.members.remove(member_id);
-            for lease in entry.leases.values_mut() {
-                if lease.owner.as_deref() == Some(member_id) {
-                    lease.owner = None;
-                    lease.outstanding = None;
-                }
-            }
-            self.rebalance(entry);
-            if entry.members.is_empty() {
-                groups.remove(group);
+        if self.remove(&mut self.groups(), group, member_id) {
+            tracing::info!(%group, member = %member_id, "member left");
+        }
+    }
+
+    /// Removes a member, hands its partitions on at once (what it did not commit is delivered
+    /// again) and rebalances; false when it was not a member.
+    fn remove(
+        &self,
+        groups: &mut BTreeMap<GroupId, GroupEntry>,
+        group: &GroupId,
+        member_id: &str,
+    ) -> bool {
+        let Some(entry) = groups.get_mut(group) else {
+            return false;
+        };
+        if entry.members.remove(member_id).is_none() {
+            return false;
+        }
+        for lease in entry.leases.values_mut() {
+            if lease.owner.as_deref() == Some(member_id) {
+                lease.owner = None;
+                lease.outstanding = None;
             }
         }
-        tracing::info!(%group, member = %member_id, "member left");
+        self.rebalance(entry);
+        if entry.members.is_empty() {
+            groups.remove(group);
+        }
+        true
+    }
+
+    /// Removes members whose session timed out, until `shutdown`. Wakes at the earliest
+    /// deadline, and at least once per minimum session timeout so that a member joining in
+    /// between is not overslept.
+    pub async fn expire_sessions(self, shutdown: CancellationToken) {
+        loop {
+            let now = Instant::now();
+            let next = self.expire_overdue(now);
+            let wake = next.map_or(now + self.sessions.min, |deadline| {
+                deadline.min(now + self.sessions.min)
+            });
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Removes every member silent past its deadline at `now`; the earliest deadline left.
+    fn expire_overdue(&self, now: Instant) -> Option<Instant> {
+        let mut groups = self.groups();
+        let overdue: Vec<(GroupId, String, Duration)> = groups
+            .iter()
+            .flat_map(|(group, entry)| {
+                entry
+                    .members
+                    .iter()
+                    .filter(|(_, member)| member.deadline() <= now)
+                    .map(|(id, member)| (group.clone(), id.clone(), member.session_timeout))
+            })
+            .collect();
+        for (group, member, timeout) in overdue {
+            tracing::warn!(
+                %group,
+                %member,
+                session_timeout_ms = millis(timeout),
+                "member removed: no heartbeat or commit within its session timeout"
+            );
+            // Remembered before the removal wakes the member's stream, so that it says why.
+            {
+                let mut expired = self.expired.lock().unwrap_or_else(PoisonError::into_inner);
+                if expired.len() == EXPIRED_REMEMBERED {
+                    expired.pop_front();
+                }
+                expired.push_back(ExpiredMember {
+                    group: group.clone(),
+                    member: member.clone(),
+                    timeout,
+                });
+            }
+            self.remove(&mut groups, &group, &member);
+        }
+        groups
+            .values()
+            .flat_map(|entry| entry.members.values().map(MemberState::deadline))
+            .min()
+    }
+
+    /// The error for a member that is not in the group: why, when it was removed for silence.
+    fn unknown_member(&self, group: &GroupId, member: &str) -> GroupError {
+        let expired = self.expired.lock().unwrap_or_else(PoisonError::into_inner);
+        match expired
+            .iter()
+            .find(|e| &e.group == group && e.member == member)
+        {
+            Some(e) => GroupError::SessionExpired {
+                group: group.clone(),
+                member: member.to_owned(),
+                timeout_ms: millis(e.timeout),
+            },
+            None => GroupError::UnknownMember {
+                group: group.clone(),
+                member: member.to_owned(),
+            },
+        }
+    }
+
+    /// Records that `member` is alive: its session timeout starts again.
+    pub fn heartbeat(&self, group: &GroupId, member: &str) -> Result<(), GroupError> {
+        let mut groups = self.groups();
+        match groups
+            .get_mut(group)
+            .and_then(|entry| entry.members.get_mut(member))
+        {
+            Some(state) => {
+                state.last_seen = Instant::now();
+                Ok(())
+            }
+            None => Err(self.unknown_member(group, member)),
+        }
     }
 
     /// Range assignment per topic over the sorted members subscribed to it.
@@ -318,10 +528,7 @@ impl Coordinator {
         let entry = groups
             .get(group)
             .filter(|e| e.members.contains_key(member))
-            .ok_or_else(|| GroupError::UnknownMember {
-                group: group.clone(),
-                member: member.to_owned(),
-            })?;
+            .ok_or_else(|| self.unknown_member(group, member))?;
         let owned = entry
             .leases
             .iter()
@@ -414,6 +621,9 @@ impl Coordinator {
                 });
             }
         }
+        if let Some(member) = member {
+            self.heartbeat(group, member)?;
+        }
         self.check_may_commit(group, member, &offsets)?;
         let now = Timestamp::now().0;
         let records: Vec<PartitionOffset> = offsets
@@ -463,10 +673,7 @@ impl Coordinator {
             Some(member) => {
                 let entry = entry
                     .filter(|e| e.members.contains_key(member))
-                    .ok_or_else(|| GroupError::UnknownMember {
-                        group: group.clone(),
-                        member: member.to_owned(),
-                    })?;
+                    .ok_or_else(|| self.unknown_member(group, member))?;
                 for ((topic, partition), _, _) in offsets {
                     let owns = entry
                         .leases

@@ -304,6 +304,7 @@ async fn subscribe(url: &str, members: u32, total: u64) -> anyhow::Result<f64> {
                     topics: vec![TOPIC.into()],
                     start: pb::StartPosition::Earliest as i32,
                     max_bytes: 1024 * 1024,
+                    session_timeout_ms: 0,
                 })
                 .await?
                 .into_inner();
