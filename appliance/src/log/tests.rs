@@ -637,6 +637,7 @@ async fn deleted_topics_are_gone_after_restart_and_can_be_created_again() {
         fill(&log, &name, 5, 5).await;
         log.delete_topic(&name).await.expect("delete");
         assert!(!dir.path().join("topics/t").exists());
+        assert!(!dir.path().join("deleting/t").exists());
         log.close().await.expect("close");
     }
     let log = open(dir.path()).await;
@@ -644,6 +645,39 @@ async fn deleted_topics_are_gone_after_restart_and_can_be_created_again() {
     log.create_topic(name.clone(), small_segments(1))
         .await
         .expect("recreate");
+    assert_eq!(
+        log.partition(&name, PartitionId(0))
+            .expect("p")
+            .high_watermark(),
+        Offset(0)
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_deletion_a_crash_interrupted_is_finished_at_start_and_frees_the_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), small_segments(3))
+            .await
+            .expect("create");
+        fill(&log, &name, 5, 5).await;
+        log.close().await.expect("close");
+    }
+    // What a SIGKILL leaves after the rename (the commit point) and part of the removal, before
+    // the metadata was forgotten.
+    let tombstone = dir.path().join("deleting/t");
+    std::fs::rename(dir.path().join("topics/t"), &tombstone).expect("rename");
+    std::fs::remove_dir_all(tombstone.join("0")).expect("remove one partition");
+
+    let log = open(dir.path()).await;
+    assert!(log.list_topics().is_empty(), "the deletion was finished");
+    assert!(!tombstone.exists(), "its files are gone");
+    log.create_topic(name.clone(), small_segments(1))
+        .await
+        .expect("the name can be used again");
     assert_eq!(
         log.partition(&name, PartitionId(0))
             .expect("p")
