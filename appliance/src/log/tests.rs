@@ -688,6 +688,29 @@ async fn a_deletion_a_crash_interrupted_is_finished_at_start_and_frees_the_name(
 }
 
 #[tokio::test]
+async fn a_creation_that_fails_midway_is_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        // A dangling link where the topic's directory goes: no partition can be made there.
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("topics/t"))
+            .expect("symlink");
+        log.create_topic(name.clone(), small_segments(3))
+            .await
+            .expect_err("no partition directory can be made");
+        assert!(log.list_topics().is_empty());
+        log.close().await.expect("close");
+    }
+    let log = open(dir.path()).await;
+    assert!(log.list_topics().is_empty(), "nothing of it was kept");
+    log.create_topic(name.clone(), small_segments(3))
+        .await
+        .expect("the name can be used");
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
 async fn os_durability_acknowledges_and_recovers_on_a_clean_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let name = topic("t");
