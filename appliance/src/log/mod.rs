@@ -466,6 +466,15 @@ impl Log {
     /// Finishes deletions a crash interrupted: every directory under `deleting/` is a topic
     /// whose deletion began (its rename is the commit point), so its metadata and files go.
     async fn finish_interrupted_deletions(&self) -> Result<(), LogError> {
+        // Versions before deleting/ marked a topic being deleted with this file in its directory.
+        let topics = self.topics_dir();
+        for entry in std::fs::read_dir(&topics).map_err(io_error(&topics, "list topics"))? {
+            let path = entry.map_err(io_error(&topics, "list topics"))?.path();
+            if let Some(name) = path.file_name().filter(|_| path.join(".deleting").exists()) {
+                let tombstone = self.deleting_dir().join(name);
+                std::fs::rename(&path, &tombstone).map_err(io_error(&path, "move to deleting/"))?;
+            }
+        }
         let dir = self.deleting_dir();
         for entry in std::fs::read_dir(&dir).map_err(io_error(&dir, "list topics"))? {
             let path = entry.map_err(io_error(&dir, "list topics"))?.path();

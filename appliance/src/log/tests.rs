@@ -664,6 +664,9 @@ async fn a_deletion_a_crash_interrupted_is_finished_at_start_and_frees_the_name(
             .await
             .expect("create");
         fill(&log, &name, 5, 5).await;
+        log.create_topic(topic("old"), small_segments(2))
+            .await
+            .expect("create");
         log.close().await.expect("close");
     }
     // What a SIGKILL leaves after the rename (the commit point) and part of the removal, before
@@ -671,10 +674,14 @@ async fn a_deletion_a_crash_interrupted_is_finished_at_start_and_frees_the_name(
     let tombstone = dir.path().join("deleting/t");
     std::fs::rename(dir.path().join("topics/t"), &tombstone).expect("rename");
     std::fs::remove_dir_all(tombstone.join("0")).expect("remove one partition");
+    // And one interrupted by an earlier version, which marked the directory instead.
+    std::fs::write(dir.path().join("topics/old/.deleting"), b"").expect("marker");
+    std::fs::remove_dir_all(dir.path().join("topics/old/0")).expect("remove one partition");
 
     let log = open(dir.path()).await;
     assert!(log.list_topics().is_empty(), "the deletion was finished");
     assert!(!tombstone.exists(), "its files are gone");
+    assert!(!dir.path().join("topics/old").exists());
     log.create_topic(name.clone(), small_segments(1))
         .await
         .expect("the name can be used again");
