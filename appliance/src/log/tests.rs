@@ -625,6 +625,19 @@ async fn retention_deletes_whole_old_segments_by_age_and_by_size() {
     log.close().await.expect("close");
 }
 
+async fn assert_name_can_be_used_again(log: &Log, name: &TopicName) {
+    log.create_topic(name.clone(), small_segments(1))
+        .await
+        .expect("the name can be used again");
+    assert_eq!(
+        log.partition(name, PartitionId(0))
+            .expect("p")
+            .high_watermark(),
+        Offset(0),
+        "the new topic starts empty"
+    );
+}
+
 #[tokio::test]
 async fn deleted_topics_are_gone_after_restart_and_can_be_created_again() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -642,15 +655,7 @@ async fn deleted_topics_are_gone_after_restart_and_can_be_created_again() {
     }
     let log = open(dir.path()).await;
     assert!(log.list_topics().is_empty());
-    log.create_topic(name.clone(), small_segments(1))
-        .await
-        .expect("recreate");
-    assert_eq!(
-        log.partition(&name, PartitionId(0))
-            .expect("p")
-            .high_watermark(),
-        Offset(0)
-    );
+    assert_name_can_be_used_again(&log, &name).await;
     log.close().await.expect("close");
 }
 
@@ -682,15 +687,7 @@ async fn a_deletion_a_crash_interrupted_is_finished_at_start_and_frees_the_name(
     assert!(log.list_topics().is_empty(), "the deletion was finished");
     assert!(!tombstone.exists(), "its files are gone");
     assert!(!dir.path().join("topics/old").exists());
-    log.create_topic(name.clone(), small_segments(1))
-        .await
-        .expect("the name can be used again");
-    assert_eq!(
-        log.partition(&name, PartitionId(0))
-            .expect("p")
-            .high_watermark(),
-        Offset(0)
-    );
+    assert_name_can_be_used_again(&log, &name).await;
     log.close().await.expect("close");
 }
 
