@@ -404,7 +404,9 @@ struct LogInner {
     tasks: TaskTracker,
 }
 
-const TOPIC_DELETION_MARKER: &str = ".deleting";
+/// Directory beside `topics/` where a topic being deleted is moved, under its own name, by one
+/// atomic rename: whatever a crash interrupts afterwards, the name under `topics/` is free.
+const DELETING_DIR: &str = "deleting";
 
 impl Log {
     /// Opens every topic the metadata knows, recovering each partition, and starts the writers
@@ -412,6 +414,9 @@ impl Log {
     pub async fn open(config: LogConfig, meta: Meta) -> Result<Self, LogError> {
         let topics_dir = config.data_dir.join("topics");
         std::fs::create_dir_all(&topics_dir).map_err(io_error(&topics_dir, "create directory"))?;
+        let deleting_dir = config.data_dir.join(DELETING_DIR);
+        std::fs::create_dir_all(&deleting_dir)
+            .map_err(io_error(&deleting_dir, "create directory"))?;
         let inner = Arc::new(LogInner {
             config,
             meta,
@@ -455,21 +460,52 @@ impl Log {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn deleting_dir(&self) -> PathBuf {
+        self.inner.config.data_dir.join(DELETING_DIR)
+    }
+
+    /// Finishes deletions a crash interrupted: every directory under `deleting/` is a topic
+    /// whose deletion began (its rename is the commit point), so its metadata and files go.
     async fn finish_interrupted_deletions(&self) -> Result<(), LogError> {
-        let dir = self.topics_dir();
-        for entry in std::fs::read_dir(&dir).map_err(io_error(&dir, "list topics"))? {
-            let path = entry.map_err(io_error(&dir, "list topics"))?.path();
-            if path.join(TOPIC_DELETION_MARKER).exists() {
-                let name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                tracing::info!(topic = name, "finishing an interrupted topic deletion");
-                self.inner.meta.delete_topic(name).await?;
-                remove_dir(&path)?;
+        // Versions before deleting/ marked a topic being deleted with this file in its directory.
+        let topics = self.topics_dir();
+        for entry in std::fs::read_dir(&topics).map_err(io_error(&topics, "list topics"))? {
+            let path = entry.map_err(io_error(&topics, "list topics"))?.path();
+            if let Some(name) = path.file_name().filter(|_| path.join(".deleting").exists()) {
+                let tombstone = self.deleting_dir().join(name);
+                std::fs::rename(&path, &tombstone).map_err(io_error(&path, "move to deleting/"))?;
             }
         }
+        let dir = self.deleting_dir();
+        for entry in std::fs::read_dir(&dir).map_err(io_error(&dir, "list topics"))? {
+            let path = entry.map_err(io_error(&dir, "list topics"))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            tracing::info!(topic = name, "finishing an interrupted topic deletion");
+            self.inner.meta.delete_topic(name).await?;
+            remove_dir(&path)?;
+        }
         Ok(())
+    }
+
+    /// Moves a topic's directory out of `topics/` (durably, so a crash cannot bring it back),
+    /// then forgets its metadata and deletes its files.
+    async fn remove_topic_files_and_metadata(&self, name: &TopicName) -> Result<(), LogError> {
+        let dir = self.topic_dir(name);
+        let tombstone = self.deleting_dir().join(name.as_str());
+        remove_dir(&tombstone)?;
+        match std::fs::rename(&dir, &tombstone) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error(&dir, "move to deleting/")(e));
+            }
+            _ => {}
+        }
+        segment::sync_dir(&self.topics_dir())?;
+        segment::sync_dir(&self.deleting_dir())?;
+        self.inner.meta.delete_topic(name.as_str()).await?;
+        remove_dir(&tombstone)
     }
 
     fn warn_about_orphans(&self) -> Result<(), LogError> {
@@ -505,8 +541,16 @@ impl Log {
             shutdown: self.inner.shutdown.child_token(),
             writers,
         };
-        self.open_partitions(name, &mut topic, config.partitions, create)
-            .await?;
+        if let Err(cause) = self
+            .open_partitions(name, &mut topic, config.partitions, create)
+            .await
+        {
+            // The partitions that did open have writers running: stop them before the caller
+            // removes their files.
+            topic.shutdown.cancel();
+            topic.writers.wait().await;
+            return Err(cause);
+        }
         Ok(Arc::new(topic))
     }
 
@@ -647,8 +691,21 @@ impl Log {
         }
         self.inner.meta.put_topic(name.as_str(), &stored).await?;
         let mirror_of = stored.mirror_of.clone();
-        let topic = self.open_topic(&name, stored, true).await?;
-        segment::sync_dir(&self.topics_dir())?;
+        let opened = match self.open_topic(&name, stored, true).await {
+            Ok(topic) => segment::sync_dir(&self.topics_dir()).map(|()| topic),
+            Err(cause) => Err(cause),
+        };
+        let topic = match opened {
+            Ok(topic) => topic,
+            Err(cause) => {
+                // Half a topic is worse than none: it would fail at every start. Roll back
+                // the metadata and whatever partitions were made, and report the cause.
+                if let Err(rollback) = self.remove_topic_files_and_metadata(&name).await {
+                    tracing::error!(topic = %name, error = %rollback, "rolling back a failed topic creation failed; the next start finishes it");
+                }
+                return Err(cause);
+            }
+        };
         self.write_topics().insert(name.clone(), topic);
         tracing::info!(topic = %name, mirror_of, "topic created");
         Ok(())
@@ -731,12 +788,7 @@ impl Log {
             })?;
         topic.shutdown.cancel();
         topic.writers.wait().await;
-        let dir = self.topic_dir(name);
-        let marker = dir.join(TOPIC_DELETION_MARKER);
-        segment::write_durably(&marker, b"")?;
-        self.inner.meta.delete_topic(name.as_str()).await?;
-        remove_dir(&dir)?;
-        segment::sync_dir(&self.topics_dir())?;
+        self.remove_topic_files_and_metadata(name).await?;
         tracing::info!(topic = %name, "topic deleted");
         Ok(())
     }

@@ -625,6 +625,19 @@ async fn retention_deletes_whole_old_segments_by_age_and_by_size() {
     log.close().await.expect("close");
 }
 
+async fn assert_name_can_be_used_again(log: &Log, name: &TopicName) {
+    log.create_topic(name.clone(), small_segments(1))
+        .await
+        .expect("the name can be used again");
+    assert_eq!(
+        log.partition(name, PartitionId(0))
+            .expect("p")
+            .high_watermark(),
+        Offset(0),
+        "the new topic starts empty"
+    );
+}
+
 #[tokio::test]
 async fn deleted_topics_are_gone_after_restart_and_can_be_created_again() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -637,19 +650,67 @@ async fn deleted_topics_are_gone_after_restart_and_can_be_created_again() {
         fill(&log, &name, 5, 5).await;
         log.delete_topic(&name).await.expect("delete");
         assert!(!dir.path().join("topics/t").exists());
+        assert!(!dir.path().join("deleting/t").exists());
         log.close().await.expect("close");
     }
     let log = open(dir.path()).await;
     assert!(log.list_topics().is_empty());
-    log.create_topic(name.clone(), small_segments(1))
+    assert_name_can_be_used_again(&log, &name).await;
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_deletion_a_crash_interrupted_is_finished_at_start_and_frees_the_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        log.create_topic(name.clone(), small_segments(3))
+            .await
+            .expect("create");
+        fill(&log, &name, 5, 5).await;
+        log.create_topic(topic("old"), small_segments(2))
+            .await
+            .expect("create");
+        log.close().await.expect("close");
+    }
+    // What a SIGKILL leaves after the rename (the commit point) and part of the removal, before
+    // the metadata was forgotten.
+    let tombstone = dir.path().join("deleting/t");
+    std::fs::rename(dir.path().join("topics/t"), &tombstone).expect("rename");
+    std::fs::remove_dir_all(tombstone.join("0")).expect("remove one partition");
+    // And one interrupted by an earlier version, which marked the directory instead.
+    std::fs::write(dir.path().join("topics/old/.deleting"), b"").expect("marker");
+    std::fs::remove_dir_all(dir.path().join("topics/old/0")).expect("remove one partition");
+
+    let log = open(dir.path()).await;
+    assert!(log.list_topics().is_empty(), "the deletion was finished");
+    assert!(!tombstone.exists(), "its files are gone");
+    assert!(!dir.path().join("topics/old").exists());
+    assert_name_can_be_used_again(&log, &name).await;
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_creation_that_fails_midway_is_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = topic("t");
+    {
+        let log = open(dir.path()).await;
+        // A dangling link where the topic's directory goes: no partition can be made there.
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("topics/t"))
+            .expect("symlink");
+        log.create_topic(name.clone(), small_segments(3))
+            .await
+            .expect_err("no partition directory can be made");
+        assert!(log.list_topics().is_empty());
+        log.close().await.expect("close");
+    }
+    let log = open(dir.path()).await;
+    assert!(log.list_topics().is_empty(), "nothing of it was kept");
+    log.create_topic(name.clone(), small_segments(3))
         .await
-        .expect("recreate");
-    assert_eq!(
-        log.partition(&name, PartitionId(0))
-            .expect("p")
-            .high_watermark(),
-        Offset(0)
-    );
+        .expect("the name can be used");
     log.close().await.expect("close");
 }
 
