@@ -14,6 +14,8 @@ const WAIT: Duration = Duration::from_secs(3);
 struct Peer {
     stream: TcpStream,
     inbox: Vec<u8>,
+    /// The version of the client's CONNECT, which the broker answers in.
+    version: Version,
 }
 
 impl Peer {
@@ -24,6 +26,7 @@ impl Peer {
         Self {
             stream,
             inbox: Vec::new(),
+            version: Version::V5,
         }
     }
 
@@ -31,7 +34,7 @@ impl Peer {
     fn send(&mut self, packets: &[Packet]) {
         let bytes: Vec<u8> = packets
             .iter()
-            .flat_map(|p| codec::encode(p).unwrap())
+            .flat_map(|p| codec::encode(p, self.version).unwrap())
             .collect();
         self.stream.write_all(&bytes).unwrap();
     }
@@ -40,8 +43,12 @@ impl Peer {
     fn receive(&mut self, within: Duration) -> Option<Packet> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some((packet, size)) = codec::decode(&self.inbox, 1 << 20).unwrap() {
+            if let Some((packet, size)) = codec::decode(&self.inbox, 1 << 20, self.version).unwrap()
+            {
                 self.inbox.drain(..size);
+                if let Packet::Connect(connect) = &packet {
+                    self.version = connect.version;
+                }
                 return Some(packet);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -64,7 +71,7 @@ impl Peer {
 
     fn expect_acks(&mut self, ids: &[u16]) {
         for &packet_id in ids {
-            assert_eq!(self.expect(), Packet::PubAck { packet_id });
+            assert_eq!(self.expect(), Packet::puback(packet_id));
         }
     }
 
@@ -99,6 +106,7 @@ fn broker(listener: TcpListener, script: Script) -> JoinHandle<Session> {
         let mut reply = vec![Packet::ConnAck {
             session_present: script.session_present,
             code: 0,
+            properties: Properties::new(),
         }];
         let mut filters = None;
         if script.subscribe {
@@ -107,6 +115,7 @@ fn broker(listener: TcpListener, script: Script) -> JoinHandle<Session> {
             let Packet::Subscribe {
                 packet_id,
                 filters: asked,
+                ..
             } = peer.expect()
             else {
                 panic!("SUBSCRIBE after CONNACK");
@@ -114,6 +123,7 @@ fn broker(listener: TcpListener, script: Script) -> JoinHandle<Session> {
             reply.push(Packet::SubAck {
                 packet_id,
                 codes: vec![1; asked.len()],
+                properties: Properties::new(),
             });
             filters = Some(asked);
         }
@@ -141,6 +151,7 @@ fn message(packet_id: Option<u16>, topic: &str, payload: &str, dup: bool) -> Pub
         packet_id,
         dup,
         retain: false,
+        properties: Properties::new(),
     }
 }
 
@@ -444,19 +455,17 @@ fn hostile_bytes_fail_the_poll_with_the_reason() {
         (
             Some(("max.packet.bytes", "64")),
             {
-                codec::encode(&Packet::Publish(message(
-                    Some(1),
-                    "t",
-                    &"x".repeat(100),
-                    false,
-                )))
+                codec::encode(
+                    &Packet::Publish(message(Some(1), "t", &"x".repeat(100), false)),
+                    Version::V5,
+                )
                 .unwrap()
             },
             "raise max.packet.bytes",
         ),
         (
             None,
-            codec::encode(&Packet::PubAck { packet_id: 1 }).unwrap(),
+            codec::encode(&Packet::puback(1), Version::V5).unwrap(),
             "unexpected PUBACK",
         ),
     ] {
@@ -494,12 +503,13 @@ fn an_unreachable_or_refusing_broker_fails_the_poll() {
         peer.expect();
         peer.send(&[Packet::ConnAck {
             session_present: false,
-            code: 5,
+            code: 0x87,
+            properties: vec![(property::REASON_STRING, Value::Text("no ACL".into()))],
         }]);
         peer
     });
     let error = source(&url, &[], None).poll(10).unwrap_err();
-    assert!(error.contains("not authorized"), "{error}");
+    assert!(error.contains("not authorized: \"no ACL\""), "{error}");
     broker.join().unwrap();
 }
 
