@@ -721,3 +721,52 @@ async fn plugins_reaching_outside_their_grants_are_refused() -> anyhow::Result<(
     assert!(refused.message().contains("wasi.dir"), "{refused:?}");
     Ok(())
 }
+
+/// Measures, for the docs, the sustained rate of mqtt-source behind a stock Mosquitto and the
+/// largest burst it passes without loss: bursts of 5,000 doubling up to 320,000 until one
+/// loses messages. Run it in release (`-- --ignored --nocapture`); a debug build's figures
+/// say little.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: minutes, and figures rather than a verdict"]
+async fn mqtt_burst_benchmark() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Mosquitto::start(dir.path(), "")?;
+    let daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
+    let channel = daemon.channel().await?;
+    start_mqtt_source(&channel, &broker, "sensors/#").await?;
+    let mut burst = 5_000;
+    while burst <= 320_000 {
+        let prefix = format!("b{burst}-");
+        let lines: Vec<String> = (0..burst).map(|n| format!("{prefix}{n:06}")).collect();
+        let started = std::time::Instant::now();
+        anyhow::ensure!(
+            broker.publish("sensors/bench", &lines)?.wait()?.success(),
+            "mosquitto_pub failed"
+        );
+        // Until all arrived or nothing new came for 3 s.
+        let (mut arrived, mut last_change) = (0, std::time::Instant::now());
+        while arrived < burst && last_change.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = values(&channel, "mqtt")
+                .await?
+                .iter()
+                .filter(|v| v.starts_with(&prefix))
+                .count();
+            if now > arrived {
+                (arrived, last_change) = (now, std::time::Instant::now());
+            }
+        }
+        let seconds = (last_change - started).as_secs_f64();
+        eprintln!(
+            "burst {burst}: {arrived} arrived in {seconds:.2} s ({:.0} messages/s)",
+            arrived as f64 / seconds
+        );
+        if arrived < burst {
+            eprintln!("largest burst without loss: {}", burst / 2);
+            return Ok(());
+        }
+        burst *= 2;
+    }
+    eprintln!("no loss up to 320,000");
+    Ok(())
+}

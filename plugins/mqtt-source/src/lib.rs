@@ -1,4 +1,4 @@
-//! `mqtt-source`: subscribes to MQTT 3.1.1 topics at QoS 1 and delivers every message exactly
+//! `mqtt-source`: subscribes to MQTT 5 (or 3.1.1) topics at QoS 1 and delivers every message exactly
 //! once into the log, across crashes and reconnects.
 //!
 //! Config:
@@ -11,6 +11,10 @@
 //!   by no one else.
 //! - `keep.alive.s` (default 30, 0 = off), `username`, `password`,
 //!   `max.packet.bytes` (default 1 MiB: a bigger packet from the broker fails the task).
+//! - `protocol` (default `auto`: 5, or 3.1.1 when the broker refuses 5), `5` or `3.1.1`.
+//!   MQTT 5's Receive Maximum (65535 here) lets the broker send a burst on at once instead of
+//!   queueing it (where mosquitto drops beyond `max_queued_messages`); in 3.1.1 the broker's
+//!   own window (mosquitto: `max_inflight_messages`, 20) applies.
 //! - `qos`: only 1 (the default); QoS 1 with the scheme below is what gives exactly once.
 //!
 //! Records: key = the topic, value = the payload, timestamp = when it was received, and a
@@ -19,7 +23,8 @@
 //! once.
 //!
 //! # Exactly once
-//! The client connects with clean-session = false: the broker keeps the subscriptions and,
+//! The client connects with clean-session (clean-start) = false, in MQTT 5 with a session that
+//! never expires: the broker keeps the subscriptions and,
 //! while the task is away, queues the messages, and after every reconnect it sends again,
 //! with DUP = 1 and in their original order, the messages it sent but did not see
 //! acknowledged, before anything new.

@@ -224,6 +224,18 @@ fn a_first_start_subscribes_and_acknowledges_each_poll_at_the_next() {
     let mut session = broker.join().unwrap();
 
     assert!(!session.connect.clean_session, "a persistent session");
+    assert_eq!(session.connect.version, Version::V5);
+    assert_eq!(
+        session.connect.properties,
+        [
+            (
+                property::SESSION_EXPIRY_INTERVAL,
+                Value::FourBytes(u32::MAX)
+            ),
+            (property::RECEIVE_MAXIMUM, Value::TwoBytes(65_535)),
+        ],
+        "a session that outlives the connection, and the broker's window as wide as MQTT allows"
+    );
     assert_eq!(session.connect.keep_alive_s, 30);
     assert_eq!(session.connect.username.as_deref(), Some("u"));
     assert_eq!(session.connect.password.as_deref(), Some(&b"p"[..]));
@@ -468,6 +480,18 @@ fn hostile_bytes_fail_the_poll_with_the_reason() {
             codec::encode(&Packet::puback(1), Version::V5).unwrap(),
             "unexpected PUBACK",
         ),
+        (
+            None,
+            codec::encode(
+                &Packet::Disconnect {
+                    reason: 0x8e,
+                    properties: vec![(property::REASON_STRING, Value::Text("taken over".into()))],
+                },
+                Version::V5,
+            )
+            .unwrap(),
+            "the broker ended the connection (reason code 0x8e): \"taken over\"",
+        ),
     ] {
         let (listener, url) = bind();
         let broker = broker(
@@ -514,6 +538,48 @@ fn an_unreachable_or_refusing_broker_fails_the_poll() {
 }
 
 #[test]
+fn a_broker_without_mqtt_5_is_spoken_to_in_3_1_1() {
+    let (listener, url) = bind();
+    let broker = thread::spawn(move || {
+        let mut peer = Peer::accept(&listener);
+        let Packet::Connect(connect) = peer.expect() else {
+            panic!("CONNECT first");
+        };
+        assert_eq!(connect.version, Version::V5);
+        // What a 3.1.1 broker answers: "unacceptable protocol level", then it hangs up.
+        peer.stream.write_all(&[0x20, 2, 0, 1]).unwrap();
+        drop(peer);
+        let script = Script {
+            session_present: false,
+            subscribe: true,
+            then: vec![publish(1, "m1")],
+        };
+        self::broker(listener, script).join().unwrap()
+    });
+    let mut source = source(&url, &[], None);
+    let records = poll_until(&mut source, 1);
+    let mut session = broker.join().unwrap();
+    assert_eq!(session.connect.version, Version::V311);
+    assert!(session.connect.properties.is_empty());
+    assert_eq!(payloads(&records), ["m1"]);
+    source.poll(10).unwrap();
+    session.peer.expect_acks(&[1]);
+
+    let (listener, url) = bind();
+    let only_5 = thread::spawn(move || {
+        let mut peer = Peer::accept(&listener);
+        peer.expect();
+        peer.stream.write_all(&[0x20, 3, 0, 0x84, 0]).unwrap();
+        peer
+    });
+    let error = self::source(&url, &[("protocol", "5")], None)
+        .poll(10)
+        .unwrap_err();
+    assert!(error.contains("set `protocol`"), "{error}");
+    only_5.join().unwrap();
+}
+
+#[test]
 fn positions_round_trip() {
     let some = mark(513, "payload");
     let position = Mark::position(Some(some));
@@ -549,6 +615,7 @@ fn configurations_that_cannot_work_are_refused() {
     assert!(error(&[("url", "mqtt://h"), ("topics", "t"), ("password", "p")]).contains("username"));
     assert!(error(&[("url", "mqtt://h"), ("topics", "t"), ("qos", "2")]).contains("`qos`"));
     assert!(error(&[("url", "mqtt://h"), ("topics", "t"), ("colour", "x")]).contains("colour"));
+    assert!(error(&[("url", "mqtt://h"), ("topics", "t"), ("protocol", "4")]).contains("3.1.1"));
     assert!(
         error(&[
             ("url", "mqtt://h"),
