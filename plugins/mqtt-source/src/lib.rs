@@ -1,4 +1,4 @@
-//! `mqtt-source`: subscribes to MQTT 3.1.1 topics at QoS 1 and delivers every message exactly
+//! `mqtt-source`: subscribes to MQTT 5 (or 3.1.1) topics at QoS 1 and delivers every message exactly
 //! once into the log, across crashes and reconnects.
 //!
 //! Config:
@@ -11,6 +11,10 @@
 //!   by no one else.
 //! - `keep.alive.s` (default 30, 0 = off), `username`, `password`,
 //!   `max.packet.bytes` (default 1 MiB: a bigger packet from the broker fails the task).
+//! - `protocol` (default `auto`: 5, or 3.1.1 when the broker refuses 5), `5` or `3.1.1`.
+//!   MQTT 5's Receive Maximum (65535 here) lets the broker send a burst on at once instead of
+//!   queueing it (where mosquitto drops beyond `max_queued_messages`); in 3.1.1 the broker's
+//!   own window (mosquitto: `max_inflight_messages`, 20) applies.
 //! - `qos`: only 1 (the default); QoS 1 with the scheme below is what gives exactly once.
 //!
 //! Records: key = the topic, value = the payload, timestamp = when it was received, and a
@@ -19,7 +23,8 @@
 //! once.
 //!
 //! # Exactly once
-//! The client connects with clean-session = false: the broker keeps the subscriptions and,
+//! The client connects with clean-session (clean-start) = false, in MQTT 5 with a session that
+//! never expires: the broker keeps the subscriptions and,
 //! while the task is away, queues the messages, and after every reconnect it sends again,
 //! with DUP = 1 and in their original order, the messages it sent but did not see
 //! acknowledged, before anything new.
@@ -71,7 +76,7 @@ use std::time::{Duration, Instant};
 
 use appliance_sdk::{Config, Record, Source, SourceRecord, host, source};
 
-use codec::{Connect, Packet, Publish};
+use codec::{Connect, Packet, Properties, Publish, Value, Version, property};
 use link::Link;
 
 const KEYS: &[&str] = &[
@@ -83,6 +88,7 @@ const KEYS: &[&str] = &[
     "password",
     "max.packet.bytes",
     "qos",
+    "protocol",
 ];
 /// Messages held here (received, not emitted) before the socket is left unread.
 const MAX_BUFFERED: usize = 10_000;
@@ -98,11 +104,20 @@ const POSITION_VERSION: u8 = 1;
 const POSITION_LEN: usize = 11;
 /// The packet id of our SUBSCRIBE (ids we send are apart from the broker's).
 const SUBSCRIBE_ID: u16 = 1;
+/// MQTT 5 Receive Maximum: how many QoS 1 messages the broker may have sent us unacknowledged.
+/// The most MQTT allows, so that a burst leaves the broker's queue (which drops what overflows
+/// it) for the socket and this plugin's buffer as fast as it arrives.
+const RECEIVE_MAXIMUM: u16 = u16::MAX;
+/// MQTT 5 Session Expiry Interval: the broker keeps the session however long the task is away
+/// (MQTT 5 ends it at the disconnect unless told otherwise).
+const SESSION_NEVER_EXPIRES: u32 = u32::MAX;
 
 #[source]
 #[derive(Debug)]
 pub struct MqttSource {
     settings: Settings,
+    /// The protocol to connect with: the configured one, or 3.1.1 once a broker refused 5.
+    version: Version,
     link: Option<Link>,
     /// Whether the broker's session has our subscriptions (a record in the log says so too).
     subscribed: bool,
@@ -128,6 +143,15 @@ struct Settings {
     username: Option<String>,
     password: Option<String>,
     max_packet: usize,
+    protocol: Protocol,
+}
+
+/// Which MQTT the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// 5, or 3.1.1 with a broker that refuses 5.
+    Auto,
+    Only(Version),
 }
 
 /// A QoS 1 message as the broker's session knows it: what a position stores.
@@ -193,8 +217,13 @@ impl Source for MqttSource {
             .map(Mark::from_position)
             .transpose()?
             .flatten();
+        let version = match settings.protocol {
+            Protocol::Auto => Version::V5,
+            Protocol::Only(version) => version,
+        };
         Ok(Self {
             settings,
+            version,
             link: None,
             // A record in the log came through our subscriptions, which the session keeps.
             subscribed: resume_after.is_some(),
@@ -241,33 +270,26 @@ impl MqttSource {
     }
 
     fn connect(&mut self) -> Result<Link, String> {
-        let settings = &self.settings;
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let mut link = Link::open(&settings.host, settings.port, settings.max_packet, deadline)?;
-        link.send(&[Packet::Connect(Connect {
-            client_id: settings.client_id.clone(),
-            keep_alive_s: settings.keep_alive_s,
-            clean_session: false,
-            username: settings.username.clone(),
-            password: settings.password.clone().map(String::into_bytes),
-        })])?;
-        let session_present = match link.wait(deadline)? {
-            Some(Packet::ConnAck {
-                code: 0,
-                session_present,
-            }) => session_present,
-            Some(Packet::ConnAck { code, .. }) => return Err(refusal(code, settings)),
-            Some(other) => {
-                return Err(format!("the broker answered CONNECT with {}", other.name()));
+        let (mut link, session_present) = match self.handshake(deadline) {
+            Err(Refusal::Version(code))
+                if self.settings.protocol == Protocol::Auto && self.version == Version::V5 =>
+            {
+                host::log(
+                    host::Level::Warn,
+                    &format!(
+                        "the broker at {} does not speak MQTT 5 (code {code:#04x}); using \
+                         MQTT 3.1.1, where it sends at most its max_inflight_messages \
+                         unacknowledged (see docs/connectors/mqtt.md on bursts)",
+                        self.settings.address()
+                    ),
+                );
+                self.version = Version::V311;
+                self.handshake(deadline)
             }
-            None => {
-                return Err(format!(
-                    "no CONNACK from {} within {} ms",
-                    settings.address(),
-                    CONNECT_TIMEOUT.as_millis()
-                ));
-            }
-        };
+            other => other,
+        }
+        .map_err(|refusal| refusal.to_string())?;
         // What the old connection received and did not acknowledge, the broker sends again.
         self.pending.clear();
         self.to_ack.clear();
@@ -295,17 +317,92 @@ impl MqttSource {
         Ok(link)
     }
 
+    /// Opens a connection and sends CONNECT: the link and whether the broker kept a session.
+    fn handshake(&self, deadline: Instant) -> Result<(Link, bool), Refusal> {
+        let settings = &self.settings;
+        let version = self.version;
+        let mut link = Link::open(
+            &settings.host,
+            settings.port,
+            settings.max_packet,
+            version,
+            settings.keep_alive_s,
+            deadline,
+        )?;
+        // No Maximum Packet Size: a broker would drop bigger messages silently, where this
+        // client fails the task with the reason (max.packet.bytes).
+        let properties = match version {
+            Version::V311 => Properties::new(),
+            Version::V5 => vec![
+                (
+                    property::SESSION_EXPIRY_INTERVAL,
+                    Value::FourBytes(SESSION_NEVER_EXPIRES),
+                ),
+                (property::RECEIVE_MAXIMUM, Value::TwoBytes(RECEIVE_MAXIMUM)),
+            ],
+        };
+        link.send(&[Packet::Connect(Connect {
+            version,
+            client_id: settings.client_id.clone(),
+            keep_alive_s: settings.keep_alive_s,
+            clean_session: false,
+            username: settings.username.clone(),
+            password: settings.password.clone().map(String::into_bytes),
+            properties,
+        })])?;
+        match link.wait(deadline)? {
+            Some(Packet::ConnAck {
+                code: 0,
+                session_present,
+                properties,
+            }) => {
+                if let Some(Value::TwoBytes(keep_alive_s)) =
+                    codec::find(&properties, property::SERVER_KEEP_ALIVE)
+                {
+                    link.keep_alive_s = *keep_alive_s;
+                }
+                Ok((link, session_present))
+            }
+            // 3.1.1's "unacceptable protocol level", 5's "unsupported protocol version".
+            Some(Packet::ConnAck {
+                code: code @ (1 | 0x84),
+                ..
+            }) => Err(Refusal::Version(code)),
+            Some(Packet::ConnAck {
+                code, properties, ..
+            }) => Err(Refusal::Other(refusal(
+                code,
+                &properties,
+                version,
+                settings,
+            ))),
+            Some(other) => Err(Refusal::Other(format!(
+                "the broker answered CONNECT with {}",
+                other.name()
+            ))),
+            None => Err(Refusal::Other(format!(
+                "no CONNACK from {} within {} ms",
+                settings.address(),
+                CONNECT_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+
     fn subscribe(&mut self, link: &mut Link, deadline: Instant) -> Result<(), String> {
         let topics = self.settings.topics.clone();
+        // QoS 1; in MQTT 5 also the default options: retained messages sent at subscribe,
+        // own messages included, retain flag as the broker sets it.
         link.send(&[Packet::Subscribe {
             packet_id: SUBSCRIBE_ID,
             filters: topics.iter().map(|topic| (topic.clone(), 1)).collect(),
+            properties: Properties::new(),
         }])?;
         let codes = loop {
             match link.wait(deadline)? {
                 Some(Packet::SubAck {
                     packet_id: SUBSCRIBE_ID,
                     codes,
+                    ..
                 }) => break codes,
                 // A broker may start sending (retained messages) before it answers.
                 Some(other) if self.buffered() < MAX_BUFFERED => self.handle(link, other)?,
@@ -332,7 +429,11 @@ impl MqttSource {
         }
         for (topic, code) in topics.iter().zip(codes) {
             match code {
-                0x80 => return Err(format!("the broker refused the subscription to {topic:?}")),
+                0x80.. => {
+                    return Err(format!(
+                        "the broker refused the subscription to {topic:?} (code {code:#04x})"
+                    ));
+                }
                 0 => host::log(
                     host::Level::Warn,
                     &format!(
@@ -354,7 +455,7 @@ impl MqttSource {
         let acks: Vec<Packet> = self
             .to_ack
             .iter()
-            .map(|&packet_id| Packet::PubAck { packet_id })
+            .map(|&packet_id| Packet::puback(packet_id))
             .collect();
         link.send(&acks)?;
         self.to_ack.clear();
@@ -398,6 +499,10 @@ impl MqttSource {
                 Ok(())
             }
             Packet::PingReq => link.send(&[Packet::PingResp]),
+            Packet::Disconnect { reason, properties } => Err(format!(
+                "the broker ended the connection (reason code {reason:#04x}){}",
+                reason_string(&properties)
+            )),
             other => Err(format!("the broker sent an unexpected {}", other.name())),
         }
     }
@@ -429,7 +534,7 @@ impl MqttSource {
             .iter()
             .chain([&publish])
             .filter_map(|held| held.packet_id)
-            .map(|packet_id| Packet::PubAck { packet_id })
+            .map(Packet::puback)
             .collect();
         self.resync = None;
         host::log(
@@ -454,14 +559,14 @@ impl MqttSource {
     }
 
     fn keep_alive(&mut self, link: &mut Link) -> Result<(), String> {
-        let interval = Duration::from_secs(u64::from(self.settings.keep_alive_s));
+        let interval = Duration::from_secs(u64::from(link.keep_alive_s));
         if interval.is_zero() {
             return Ok(());
         }
         match link.ping_sent {
             Some(sent) if sent.elapsed() >= interval => Err(format!(
                 "no PINGRESP within the keep-alive of {} s",
-                self.settings.keep_alive_s
+                link.keep_alive_s
             )),
             Some(_) => Ok(()),
             None if link.idle_for() >= interval / 2 => {
@@ -560,6 +665,17 @@ impl Settings {
                 "`qos` is 1 (exactly once into the log needs acknowledged delivery), not {qos:?}"
             ));
         }
+        let protocol = match config.get("protocol").map(str::trim) {
+            None | Some("auto") => Protocol::Auto,
+            Some("5") => Protocol::Only(Version::V5),
+            Some("3.1.1") => Protocol::Only(Version::V311),
+            Some(other) => {
+                return Err(format!(
+                    "`protocol` is auto (5, or 3.1.1 with a broker without 5), 5 or 3.1.1, not \
+                     {other:?}"
+                ));
+            }
+        };
         Ok(Self {
             host,
             port,
@@ -569,6 +685,7 @@ impl Settings {
             username,
             password,
             max_packet,
+            protocol,
         })
     }
 
@@ -577,20 +694,64 @@ impl Settings {
     }
 }
 
-/// Why the broker refused CONNECT, from its return code.
-fn refusal(code: u8, settings: &Settings) -> String {
-    let reason = match code {
-        1 => "it does not speak MQTT 3.1.1".to_owned(),
-        2 => format!("it rejects the client id {:?}", settings.client_id),
-        3 => "the MQTT service is unavailable".to_owned(),
-        4 => "bad user name or password".to_owned(),
-        5 => "not authorized".to_owned(),
-        _ => "a reason MQTT 3.1.1 does not define".to_owned(),
+/// Why a CONNECT failed: the broker does not speak the version (with its code), or another
+/// reason, said in full.
+#[derive(Debug)]
+enum Refusal {
+    Version(u8),
+    Other(String),
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Self::Other(reason)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Version(code) => write!(
+                f,
+                "the broker refused the connection (code {code:#04x}): it does not speak the \
+                 MQTT version asked for (set `protocol`)"
+            ),
+            Self::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Why the broker refused CONNECT, from its return code (3.1.1) or reason code (5).
+fn refusal(code: u8, properties: &Properties, version: Version, settings: &Settings) -> String {
+    let reason = match (version, code) {
+        (Version::V311, 2) | (Version::V5, 0x85) => {
+            format!("it rejects the client id {:?}", settings.client_id)
+        }
+        (Version::V311, 3) | (Version::V5, 0x88) => "the MQTT service is unavailable".to_owned(),
+        (Version::V311, 4) | (Version::V5, 0x86) => "bad user name or password".to_owned(),
+        (Version::V311, 5) | (Version::V5, 0x87) => "not authorized".to_owned(),
+        (Version::V5, 0x89) => "the server is busy".to_owned(),
+        (Version::V5, 0x8a) => "this client is banned".to_owned(),
+        (Version::V5, 0x8c) => "bad authentication method".to_owned(),
+        (Version::V5, 0x97) => "a quota is exceeded".to_owned(),
+        (Version::V5, 0x9c | 0x9d) => "the broker sends its clients to another server".to_owned(),
+        (Version::V5, 0x9f) => "connection rate exceeded".to_owned(),
+        (Version::V5, _) => "see the reason code in MQTT 5's table".to_owned(),
+        (Version::V311, _) => "a reason MQTT 3.1.1 does not define".to_owned(),
     };
     format!(
-        "the broker at {} refused the connection (code {code}): {reason}",
-        settings.address()
+        "the broker at {} refused the connection (code {code:#04x}): {reason}{}",
+        settings.address(),
+        reason_string(properties)
     )
+}
+
+/// The broker's own words (MQTT 5's Reason String), if it gave any.
+fn reason_string(properties: &Properties) -> String {
+    match codec::find(properties, property::REASON_STRING) {
+        Some(Value::Text(text)) => format!(": {text:?}"),
+        _ => String::new(),
+    }
 }
 
 fn parse_url(url: &str) -> Result<(String, u16), String> {

@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::codec::{self, Packet};
+use crate::codec::{self, Packet, Version};
 
 /// How long a write may wait for the socket to take its bytes.
 const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -31,17 +31,24 @@ pub(crate) struct Link {
     /// The broker closed its end: what is in the inbox is all there is.
     closed: bool,
     max_packet: usize,
+    /// The protocol the connection speaks.
+    version: Version,
+    /// The keep-alive in force: the client's, or the one the broker's CONNACK imposed.
+    pub(crate) keep_alive_s: u16,
     last_sent: Instant,
     /// When the PINGREQ that has not been answered yet went out.
     pub(crate) ping_sent: Option<Instant>,
 }
 
 impl Link {
-    /// Connects to `host` (as written in the URL: IPv6 in brackets) before `deadline`.
+    /// Connects to `host` (as written in the URL: IPv6 in brackets) before `deadline`, to
+    /// speak `version`.
     pub(crate) fn open(
         host: &str,
         port: u16,
         max_packet: usize,
+        version: Version,
+        keep_alive_s: u16,
         deadline: Instant,
     ) -> Result<Self, String> {
         let addrs: Vec<SocketAddr> = (bare_host(host), port)
@@ -73,6 +80,8 @@ impl Link {
                         start: 0,
                         closed: false,
                         max_packet,
+                        version,
+                        keep_alive_s,
                         last_sent: Instant::now(),
                         ping_sent: None,
                     });
@@ -112,7 +121,7 @@ impl Link {
     pub(crate) fn send(&mut self, packets: &[Packet]) -> Result<(), String> {
         let mut bytes = Vec::new();
         for packet in packets {
-            let encoded = codec::encode(packet)
+            let encoded = codec::encode(packet, self.version)
                 .map_err(|e| format!("cannot encode {}: {e}", packet.name()))?;
             bytes.extend_from_slice(&encoded);
         }
@@ -143,14 +152,16 @@ impl Link {
     /// nothing complete is there now.
     pub(crate) fn next(&mut self) -> Result<Option<Packet>, String> {
         loop {
-            if let Some((packet, size)) = codec::decode(&self.inbox[self.start..], self.max_packet)
-                .map_err(|e| {
-                    let hint = match e {
-                        codec::CodecError::TooLarge { .. } => " (raise max.packet.bytes)",
-                        codec::CodecError::Malformed(_) => "",
-                    };
-                    format!("{e}{hint}")
-                })?
+            if let Some((packet, size)) =
+                codec::decode(&self.inbox[self.start..], self.max_packet, self.version).map_err(
+                    |e| {
+                        let hint = match e {
+                            codec::CodecError::TooLarge { .. } => " (raise max.packet.bytes)",
+                            codec::CodecError::Malformed(_) => "",
+                        };
+                        format!("{e}{hint}")
+                    },
+                )?
             {
                 self.start += size;
                 return Ok(Some(packet));

@@ -14,6 +14,8 @@ const WAIT: Duration = Duration::from_secs(3);
 struct Peer {
     stream: TcpStream,
     inbox: Vec<u8>,
+    /// The version of the client's CONNECT, which the broker answers in.
+    version: Version,
 }
 
 impl Peer {
@@ -24,6 +26,7 @@ impl Peer {
         Self {
             stream,
             inbox: Vec::new(),
+            version: Version::V5,
         }
     }
 
@@ -31,7 +34,7 @@ impl Peer {
     fn send(&mut self, packets: &[Packet]) {
         let bytes: Vec<u8> = packets
             .iter()
-            .flat_map(|p| codec::encode(p).unwrap())
+            .flat_map(|p| codec::encode(p, self.version).unwrap())
             .collect();
         self.stream.write_all(&bytes).unwrap();
     }
@@ -40,8 +43,12 @@ impl Peer {
     fn receive(&mut self, within: Duration) -> Option<Packet> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some((packet, size)) = codec::decode(&self.inbox, 1 << 20).unwrap() {
+            if let Some((packet, size)) = codec::decode(&self.inbox, 1 << 20, self.version).unwrap()
+            {
                 self.inbox.drain(..size);
+                if let Packet::Connect(connect) = &packet {
+                    self.version = connect.version;
+                }
                 return Some(packet);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -64,7 +71,7 @@ impl Peer {
 
     fn expect_acks(&mut self, ids: &[u16]) {
         for &packet_id in ids {
-            assert_eq!(self.expect(), Packet::PubAck { packet_id });
+            assert_eq!(self.expect(), Packet::puback(packet_id));
         }
     }
 
@@ -99,6 +106,7 @@ fn broker(listener: TcpListener, script: Script) -> JoinHandle<Session> {
         let mut reply = vec![Packet::ConnAck {
             session_present: script.session_present,
             code: 0,
+            properties: Properties::new(),
         }];
         let mut filters = None;
         if script.subscribe {
@@ -107,6 +115,7 @@ fn broker(listener: TcpListener, script: Script) -> JoinHandle<Session> {
             let Packet::Subscribe {
                 packet_id,
                 filters: asked,
+                ..
             } = peer.expect()
             else {
                 panic!("SUBSCRIBE after CONNACK");
@@ -114,6 +123,7 @@ fn broker(listener: TcpListener, script: Script) -> JoinHandle<Session> {
             reply.push(Packet::SubAck {
                 packet_id,
                 codes: vec![1; asked.len()],
+                properties: Properties::new(),
             });
             filters = Some(asked);
         }
@@ -141,6 +151,7 @@ fn message(packet_id: Option<u16>, topic: &str, payload: &str, dup: bool) -> Pub
         packet_id,
         dup,
         retain: false,
+        properties: Properties::new(),
     }
 }
 
@@ -213,6 +224,18 @@ fn a_first_start_subscribes_and_acknowledges_each_poll_at_the_next() {
     let mut session = broker.join().unwrap();
 
     assert!(!session.connect.clean_session, "a persistent session");
+    assert_eq!(session.connect.version, Version::V5);
+    assert_eq!(
+        session.connect.properties,
+        [
+            (
+                property::SESSION_EXPIRY_INTERVAL,
+                Value::FourBytes(u32::MAX)
+            ),
+            (property::RECEIVE_MAXIMUM, Value::TwoBytes(65_535)),
+        ],
+        "a session that outlives the connection, and the broker's window as wide as MQTT allows"
+    );
     assert_eq!(session.connect.keep_alive_s, 30);
     assert_eq!(session.connect.username.as_deref(), Some("u"));
     assert_eq!(session.connect.password.as_deref(), Some(&b"p"[..]));
@@ -444,20 +467,30 @@ fn hostile_bytes_fail_the_poll_with_the_reason() {
         (
             Some(("max.packet.bytes", "64")),
             {
-                codec::encode(&Packet::Publish(message(
-                    Some(1),
-                    "t",
-                    &"x".repeat(100),
-                    false,
-                )))
+                codec::encode(
+                    &Packet::Publish(message(Some(1), "t", &"x".repeat(100), false)),
+                    Version::V5,
+                )
                 .unwrap()
             },
             "raise max.packet.bytes",
         ),
         (
             None,
-            codec::encode(&Packet::PubAck { packet_id: 1 }).unwrap(),
+            codec::encode(&Packet::puback(1), Version::V5).unwrap(),
             "unexpected PUBACK",
+        ),
+        (
+            None,
+            codec::encode(
+                &Packet::Disconnect {
+                    reason: 0x8e,
+                    properties: vec![(property::REASON_STRING, Value::Text("taken over".into()))],
+                },
+                Version::V5,
+            )
+            .unwrap(),
+            "the broker ended the connection (reason code 0x8e): \"taken over\"",
         ),
     ] {
         let (listener, url) = bind();
@@ -494,13 +527,56 @@ fn an_unreachable_or_refusing_broker_fails_the_poll() {
         peer.expect();
         peer.send(&[Packet::ConnAck {
             session_present: false,
-            code: 5,
+            code: 0x87,
+            properties: vec![(property::REASON_STRING, Value::Text("no ACL".into()))],
         }]);
         peer
     });
     let error = source(&url, &[], None).poll(10).unwrap_err();
-    assert!(error.contains("not authorized"), "{error}");
+    assert!(error.contains("not authorized: \"no ACL\""), "{error}");
     broker.join().unwrap();
+}
+
+#[test]
+fn a_broker_without_mqtt_5_is_spoken_to_in_3_1_1() {
+    let (listener, url) = bind();
+    let broker = thread::spawn(move || {
+        let mut peer = Peer::accept(&listener);
+        let Packet::Connect(connect) = peer.expect() else {
+            panic!("CONNECT first");
+        };
+        assert_eq!(connect.version, Version::V5);
+        // What a 3.1.1 broker answers: "unacceptable protocol level", then it hangs up.
+        peer.stream.write_all(&[0x20, 2, 0, 1]).unwrap();
+        drop(peer);
+        let script = Script {
+            session_present: false,
+            subscribe: true,
+            then: vec![publish(1, "m1")],
+        };
+        self::broker(listener, script).join().unwrap()
+    });
+    let mut source = source(&url, &[], None);
+    let records = poll_until(&mut source, 1);
+    let mut session = broker.join().unwrap();
+    assert_eq!(session.connect.version, Version::V311);
+    assert!(session.connect.properties.is_empty());
+    assert_eq!(payloads(&records), ["m1"]);
+    source.poll(10).unwrap();
+    session.peer.expect_acks(&[1]);
+
+    let (listener, url) = bind();
+    let only_5 = thread::spawn(move || {
+        let mut peer = Peer::accept(&listener);
+        peer.expect();
+        peer.stream.write_all(&[0x20, 3, 0, 0x84, 0]).unwrap();
+        peer
+    });
+    let error = self::source(&url, &[("protocol", "5")], None)
+        .poll(10)
+        .unwrap_err();
+    assert!(error.contains("set `protocol`"), "{error}");
+    only_5.join().unwrap();
 }
 
 #[test]
@@ -539,6 +615,7 @@ fn configurations_that_cannot_work_are_refused() {
     assert!(error(&[("url", "mqtt://h"), ("topics", "t"), ("password", "p")]).contains("username"));
     assert!(error(&[("url", "mqtt://h"), ("topics", "t"), ("qos", "2")]).contains("`qos`"));
     assert!(error(&[("url", "mqtt://h"), ("topics", "t"), ("colour", "x")]).contains("colour"));
+    assert!(error(&[("url", "mqtt://h"), ("topics", "t"), ("protocol", "4")]).contains("3.1.1"));
     assert!(
         error(&[
             ("url", "mqtt://h"),
