@@ -464,34 +464,7 @@ async fn a_promoted_mirror_takes_producers_and_the_link_stops_writing_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_claiming_another_edges_id_is_refused() {
     let deployment = Deployment::start().await;
-    let (ca, cert, key) = (
-        deployment.file("ca.pem"),
-        deployment.file("plant-7.pem"),
-        deployment.file("plant-7.key"),
-    );
-    let files = TlsFiles {
-        ca: &ca,
-        cert: &cert,
-        key: &key,
-    };
-    let endpoint = edge_endpoint(&files, DEFAULT_IDLE_TIMEOUT, Congestion::Bbr).unwrap();
-    let connection = endpoint
-        .connect(deployment.hub_link.local_addr(), "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut receive) = connection.open_bi().await.unwrap();
-    let hello = wire::ControlFrame {
-        kind: Some(wire::control_frame::Kind::Hello(wire::Hello {
-            edge_id: "plant-8".to_owned(),
-            ..Default::default()
-        })),
-    };
-    send.write_all(&frame::encode(&hello)).await.unwrap();
-    let answer = frame::read::<wire::ControlFrame>(&mut receive, 1 << 20)
-        .await
-        .unwrap()
-        .and_then(|f| f.kind);
+    let (_connection, answer, _, _) = hello_with_plant_7s_certificate(&deployment, "plant-8").await;
     let Some(wire::control_frame::Kind::Refusal(refusal)) = answer else {
         panic!("not refused: {answer:?}");
     };
@@ -526,11 +499,17 @@ fn edge_ids_are_dns_labels() {
     }
 }
 
-/// A raw QUIC session of plant-7 with the hub, past Welcome: a test speaks the protocol
-/// itself to send what a well-behaved edge never would.
-async fn raw_session(
+/// Connects with plant-7's certificate and says Hello as `edge_id`: the connection, the
+/// hub's answer and the control stream.
+async fn hello_with_plant_7s_certificate(
     deployment: &Deployment,
-) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    edge_id: &str,
+) -> (
+    quinn::Connection,
+    Option<wire::control_frame::Kind>,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
     let (ca, cert, key) = (
         deployment.file("ca.pem"),
         deployment.file("plant-7.pem"),
@@ -550,16 +529,26 @@ async fn raw_session(
     let (mut send, mut receive) = connection.open_bi().await.unwrap();
     let hello = wire::ControlFrame {
         kind: Some(wire::control_frame::Kind::Hello(wire::Hello {
-            edge_id: "plant-7".to_owned(),
+            edge_id: edge_id.to_owned(),
             link_name: "raw".to_owned(),
             ..Default::default()
         })),
     };
     send.write_all(&frame::encode(&hello)).await.unwrap();
-    let welcome = frame::read::<wire::ControlFrame>(&mut receive, 1 << 20)
+    let answer = frame::read::<wire::ControlFrame>(&mut receive, 1 << 20)
         .await
         .unwrap()
         .and_then(|f| f.kind);
+    (connection, answer, send, receive)
+}
+
+/// A raw QUIC session of plant-7 with the hub, past Welcome: a test speaks the protocol
+/// itself to send what a well-behaved edge never would.
+async fn raw_session(
+    deployment: &Deployment,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let (connection, welcome, send, receive) =
+        hello_with_plant_7s_certificate(deployment, "plant-7").await;
     assert!(
         matches!(welcome, Some(wire::control_frame::Kind::Welcome(_))),
         "{welcome:?}"
