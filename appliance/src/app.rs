@@ -16,6 +16,7 @@ use crate::log::{Log, LogError};
 use crate::meta::{Meta, MetaError};
 use crate::pipeline::{PipelineError, Pipelines};
 use crate::plugin::{PluginError, Plugins};
+use crate::query;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -34,6 +35,11 @@ pub enum AppError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error("cannot start the query engine's threads: {source}")]
+    QueryRuntime {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the {what} task failed: {source}")]
     Task {
         what: &'static str,
@@ -87,8 +93,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         path: config.data_dir.clone(),
         source,
     })?;
+    let log_config = config.log_config();
+    if let Err(error) = log_config.disk_reserve().release_if_short() {
+        tracing::warn!(%error, "cannot check the disk reserve");
+    }
     let meta = Meta::open(&config.data_dir.join("meta"))?;
-    let log = Log::open(config.log_config(), meta.clone()).await?;
+    let log = Log::open(log_config, meta.clone()).await?;
     let declared = config.declared_topics().unwrap_or_default();
     for (name, topic_config) in declared {
         match log.create_topic(name.clone(), topic_config).await {
@@ -145,8 +155,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics_server = tokio::spawn(api::metrics::serve(
         metrics_listener,
         metrics.clone(),
+        config.api.connection_limits().idle_timeout,
         shutdown.clone(),
     ));
+    let query_runtime = query::query_runtime(config.query.threads(), shutdown.clone())
+        .map_err(|source| AppError::QueryRuntime { source })?;
+    let query = query::Query::with_limits(log.clone(), config.query.limits(), query_runtime);
     let grpc_server = tokio::spawn(api::serve(
         grpc_listener,
         api::Subsystems {
@@ -158,7 +172,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             links: links.clone(),
             hub: hub.clone(),
             metrics,
+            query,
         },
+        config.api.connection_limits(),
         shutdown.clone(),
     ));
     let link_addr = hub.as_ref().map(Hub::local_addr);

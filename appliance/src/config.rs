@@ -8,6 +8,7 @@
 //! [log]
 //! durability = "fsync"                 # or "os": acknowledge after write, before fsync
 //! retention-check-interval-ms = 300000
+//! disk-reserve-mb = 64                 # released at start when the disk is full
 //!
 //! [log.topic-defaults]                 # any TopicConfig field
 //! retention-ms = 604800000
@@ -16,6 +17,16 @@
 //! [api]
 //! grpc-addr = "127.0.0.1:7070"
 //! metrics-addr = "127.0.0.1:9464"
+//! max-connections = 512                # gRPC connections open at once; more are refused
+//! idle-timeout-ms = 120000             # a peer silent this long is disconnected
+//!
+//! [query]                              # SQL (docs/queries.md)
+//! memory-mb = 256                      # one query, its answer included
+//! total-memory-mb = 1024               # all queries running at once
+//! timeout-ms = 60000                   # waiting for a slot included
+//! max-concurrent = 4                   # more wait for a slot
+//! max-answer-mb = 64                   # encoded answer; clients must accept this much
+//! threads = 2                          # the query engine's own; absent: one per core
 //!
 //! [plugins]                            # defaults of every plugin instance
 //! max-memory-mb = 64                   # a transform's config may set its own
@@ -45,11 +56,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::ConnectionLimits;
 use crate::group::SessionLimits;
 use crate::link::Role;
 use crate::link::hub::HubOptions;
 use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
 use crate::plugin::Limits;
+use crate::query::QueryLimits;
+
+const MIB: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -66,6 +81,8 @@ pub struct Config {
     pub link: LinkSection,
     /// Consumer groups: how long a silent member keeps its partitions.
     pub groups: GroupsSection,
+    /// Bounds of SQL queries.
+    pub query: QuerySection,
     /// Topics that must exist: created at start with these settings over `log.topic-defaults`.
     pub topics: BTreeMap<String, toml::Table>,
 }
@@ -79,6 +96,7 @@ impl Default for Config {
             plugins: PluginsSection::default(),
             link: LinkSection::default(),
             groups: GroupsSection::default(),
+            query: QuerySection::default(),
             topics: BTreeMap::new(),
         }
     }
@@ -93,6 +111,9 @@ pub struct LogSection {
     pub retention_check_interval_ms: u64,
     /// Settings of topics created without their own.
     pub topic_defaults: TopicConfig,
+    /// Disk space held back in the data directory, in MiB: released at start when the disk
+    /// is full, so the appliance can start and serve deletes (docs/operations.md). 0: none.
+    pub disk_reserve_mb: u64,
 }
 
 impl Default for LogSection {
@@ -101,6 +122,7 @@ impl Default for LogSection {
             durability: Durability::Fsync,
             retention_check_interval_ms: 5 * 60 * 1000,
             topic_defaults: TopicConfig::default(),
+            disk_reserve_mb: 64,
         }
     }
 }
@@ -112,6 +134,11 @@ pub struct ApiSection {
     pub grpc_addr: SocketAddr,
     /// Address of the Prometheus endpoint, `GET /metrics` (TCP).
     pub metrics_addr: SocketAddr,
+    /// gRPC connections open at once; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// A connection whose peer sent nothing for this long is closed, in milliseconds; HTTP/2
+    /// keepalive pings go every third of it, so live clients always answer in time.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ApiSection {
@@ -119,7 +146,94 @@ impl Default for ApiSection {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            max_connections: 512,
+            idle_timeout_ms: 120_000,
         }
+    }
+}
+
+impl ApiSection {
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max: self.max_connections,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct QuerySection {
+    /// Memory one query may reserve (its joins, sorts, aggregates and answer), in MiB.
+    pub memory_mb: u64,
+    /// Memory all queries running at once may reserve together, in MiB.
+    pub total_memory_mb: u64,
+    /// Longest a query (or one run of a live query) may take, waiting for a slot included.
+    pub timeout_ms: u64,
+    /// Queries that may run at once; more wait for a slot.
+    pub max_concurrent: usize,
+    /// Largest encoded answer, in MiB; a larger one fails with RESOURCE_EXHAUSTED.
+    pub max_answer_mb: u64,
+    /// Worker threads of the query engine, apart from the log's and the API's; absent: one
+    /// per core.
+    pub threads: Option<usize>,
+}
+
+impl Default for QuerySection {
+    fn default() -> Self {
+        let limits = QueryLimits::default();
+        Self {
+            memory_mb: (limits.memory_per_query / MIB) as u64,
+            total_memory_mb: (limits.memory_total / MIB) as u64,
+            timeout_ms: limits.timeout.as_millis() as u64,
+            max_concurrent: limits.concurrent,
+            max_answer_mb: (limits.answer_bytes / MIB) as u64,
+            threads: None,
+        }
+    }
+}
+
+impl QuerySection {
+    pub fn limits(&self) -> QueryLimits {
+        QueryLimits {
+            memory_per_query: self.memory_mb as usize * MIB,
+            memory_total: self.total_memory_mb as usize * MIB,
+            timeout: Duration::from_millis(self.timeout_ms),
+            concurrent: self.max_concurrent,
+            answer_bytes: self.max_answer_mb as usize * MIB,
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        })
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(1..=1_048_576).contains(&self.total_memory_mb) {
+            problems.push("query.total-memory-mb must be from 1 to 1048576".into());
+        }
+        if !(1..=self.total_memory_mb.max(1)).contains(&self.memory_mb) {
+            problems.push("query.memory-mb must be from 1 to query.total-memory-mb".into());
+        }
+        if !(1..=86_400_000).contains(&self.timeout_ms) {
+            problems.push("query.timeout-ms must be from 1 to 86400000".into());
+        }
+        if !(1..=1024).contains(&self.max_concurrent) {
+            problems.push("query.max-concurrent must be from 1 to 1024".into());
+        }
+        if !(1..=4096).contains(&self.max_answer_mb) {
+            problems.push("query.max-answer-mb must be from 1 to 4096".into());
+        }
+        if self
+            .threads
+            .is_some_and(|threads| !(1..=1024).contains(&threads))
+        {
+            problems.push("query.threads must be from 1 to 1024".into());
+        }
+        problems
     }
 }
 
@@ -293,6 +407,16 @@ impl Config {
                 }
             }
         }
+        if !(1..=1_000_000).contains(&self.api.max_connections) {
+            problems.push("api.max-connections must be from 1 to 1000000".into());
+        }
+        if self.log.disk_reserve_mb > 65_536 {
+            problems.push("log.disk-reserve-mb must be from 0 to 65536".into());
+        }
+        if !(1000..=86_400_000).contains(&self.api.idle_timeout_ms) {
+            problems.push("api.idle-timeout-ms must be from 1000 to 86400000".into());
+        }
+        problems.extend(self.query.problems());
         if !(1000..=3_600_000).contains(&self.link.idle_timeout_ms) {
             problems.push("link.idle-timeout-ms must be from 1000 to 3600000".into());
         }
@@ -367,6 +491,7 @@ impl Config {
             durability: self.log.durability,
             retention_check_interval: Duration::from_millis(self.log.retention_check_interval_ms),
             topic_defaults: self.log.topic_defaults.clone(),
+            disk_reserve_bytes: self.log.disk_reserve_mb << 20,
         }
     }
 }

@@ -6,6 +6,8 @@
 //! them with protox (no system `protoc`) into prost messages and tonic clients and servers.
 //! Clients in other languages generate from the same files.
 
+pub mod codec;
+
 /// The `appliance.v1` package: messages, `*_client` and `*_server` modules.
 pub mod v1 {
     #![allow(clippy::all, missing_debug_implementations)]

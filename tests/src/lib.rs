@@ -177,6 +177,23 @@ impl Daemon {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// CPU seconds the process used so far (utime + stime from /proc).
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("a /proc stat line")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        let per_second: u64 =
+            String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+                .trim()
+                .parse()?;
+        Ok(ticks as f64 / per_second as f64)
+    }
+
     /// Everything the process logged so far.
     pub fn log_text(&self) -> String {
         self.log
@@ -451,5 +468,47 @@ impl Deployment {
         ];
         args.extend_from_slice(extra);
         cli_ok(edge, self.root(), &args, b"")
+    }
+}
+
+/// A tmpfs of a few MiB to fill, for tests of a full disk. Mounting needs root (CI runs as
+/// root); elsewhere [`SmallDisk::mount`] gives `None` and those tests say so and skip it.
+#[derive(Debug)]
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    pub fn mount(at: &Path, size_mb: u64) -> Option<Self> {
+        std::fs::create_dir_all(at).ok()?;
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then(|| Self(at.to_path_buf()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes a file until the disk is full; its path.
+    pub fn fill(&self) -> anyhow::Result<PathBuf> {
+        let path = self.0.join("filler");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let block = vec![0u8; 1 << 20];
+        while std::io::Write::write_all(&mut file, &block).is_ok() {}
+        let small = [0u8; 512];
+        while std::io::Write::write_all(&mut file, &small).is_ok() {}
+        Ok(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }

@@ -10,15 +10,14 @@
 //! `CHAOS_SECONDS=600 cargo test -p appliance-e2e --test chaos -- --nocapture` for a long run.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use appliance_e2e::cluster::{assert_identical, wait_mirrored};
-use appliance_e2e::{Daemon, Deadline, Deployment, cli_ok, fetch_all};
+use appliance_e2e::{Daemon, Deadline, Deployment, SmallDisk, cli_ok, fetch_all};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::query_client::QueryClient;
 use appliance_proto::v1::records_client::RecordsClient;
@@ -50,36 +49,6 @@ impl Schedule {
 
     fn millis(&mut self, from: u64, to: u64) -> Duration {
         Duration::from_millis(from + self.below(to - from))
-    }
-}
-
-/// A tmpfs for edge-1's data directory (CI runs as root; elsewhere the disk is not filled).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path) -> Option<Self> {
-        std::fs::create_dir_all(at).ok()?;
-        Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success())
-            .then(|| Self(at.to_path_buf()))
-    }
-
-    /// Writes a file until the disk is full; its path.
-    fn fill(&self) -> anyhow::Result<PathBuf> {
-        let path = self.0.join("filler");
-        let mut file = std::fs::File::create(&path)?;
-        let block = vec![0u8; 1 << 20];
-        while std::io::Write::write_all(&mut file, &block).is_ok() {}
-        Ok(path)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 
@@ -174,6 +143,7 @@ fn live_query(
             let followed = QueryClient::new(channel)
                 .follow(pb::ExecuteRequest {
                     sql: LIVE_SQL.into(),
+                    ..Default::default()
                 })
                 .await;
             let Ok(stream) = followed else {
@@ -191,23 +161,6 @@ fn live_query(
             }
         }
     })
-}
-
-/// CPU seconds the process used so far (utime + stime from /proc).
-fn cpu_seconds(daemon: &Daemon) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.pid()))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("a /proc stat line")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let per_second: u64 =
-        String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
-            .trim()
-            .parse()?;
-    Ok(ticks as f64 / per_second as f64)
 }
 
 struct Cluster {
@@ -277,7 +230,7 @@ async fn acknowledged_records_survive_kills_cuts_pauses_and_a_full_disk() -> any
     let mut schedule = Schedule(seed);
 
     let deployment = Deployment::new(&EDGES)?.with_edge_idle_timeout_ms(2000);
-    let disk = SmallDisk::mount(&deployment.path("edge-1-data"));
+    let disk = SmallDisk::mount(&deployment.path("edge-1-data"), 160);
     if disk.is_none() {
         eprintln!("no tmpfs could be mounted (not root?): edge-1's disk is not filled");
     }
@@ -494,12 +447,12 @@ async fn acknowledged_records_survive_kills_cuts_pauses_and_a_full_disk() -> any
         .collect();
     let before: Vec<f64> = daemons
         .iter()
-        .map(|(_, d)| cpu_seconds(d))
+        .map(|(_, d)| d.cpu_seconds())
         .collect::<anyhow::Result<_>>()?;
     let window = Duration::from_secs(5);
     tokio::time::sleep(window).await;
     for ((name, daemon), before) in daemons.iter().zip(before) {
-        let used = cpu_seconds(daemon)? - before;
+        let used = daemon.cpu_seconds()? - before;
         let share = used / window.as_secs_f64();
         eprintln!("{name}: {:.1}% of a core while idle", share * 100.0);
         // A spinning thread would take a whole core.

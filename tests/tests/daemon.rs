@@ -1,9 +1,13 @@
 //! `appliance run` and `appliance bench` as an operator uses them: defaults with no file,
-//! configuration, signals, a SIGKILL and a restart, bad input.
+//! configuration, signals, a SIGKILL and a restart (also in the middle of creating and
+//! deleting a topic), bad input.
 
 use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
 
-use appliance_e2e::{Daemon, run_to_end};
+use appliance_e2e::{Daemon, run_to_end, start_in_runtime};
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::topics_client::TopicsClient;
 use nix::sys::signal::Signal;
 
 #[test]
@@ -193,5 +197,75 @@ fn bench_grpc_prints_figures_beside_the_log() -> anyhow::Result<()> {
             "grpc_subscribe_rps",
         ],
     )?;
+    Ok(())
+}
+
+/// Whether topic `big` exists now; if it does, every one of its partitions must serve.
+async fn whole_or_absent(daemon: &Daemon, partitions: usize) -> anyhow::Result<bool> {
+    let topics = TopicsClient::new(daemon.channel().await?)
+        .list_topics(pb::ListTopicsRequest {})
+        .await?
+        .into_inner()
+        .topics;
+    let Some(big) = topics.iter().find(|topic| topic.name == "big") else {
+        return Ok(false);
+    };
+    anyhow::ensure!(
+        big.partitions.len() == partitions && big.partitions.iter().all(|p| p.error.is_empty()),
+        "a half-made topic: {big:#?}"
+    );
+    Ok(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_during_topic_create_or_delete_leaves_the_whole_topic_or_none()
+-> anyhow::Result<()> {
+    const PARTITIONS: u32 = 256;
+    let dir = tempfile::tempdir()?;
+    let args = ["--data-dir".to_owned(), "data".to_owned()];
+    let mut daemon = start_in_runtime(dir.path(), &args)?;
+    for delay_ms in [2, 10, 30, 80, 200, 2, 10, 30, 80, 200] {
+        let exists = whole_or_absent(&daemon, PARTITIONS as usize).await?;
+        let mut topics = TopicsClient::new(daemon.channel().await?);
+        let operation = tokio::spawn(async move {
+            if exists {
+                topics
+                    .delete_topic(pb::DeleteTopicRequest { name: "big".into() })
+                    .await
+                    .map(drop)
+            } else {
+                topics
+                    .create_topic(pb::CreateTopicRequest {
+                        name: "big".into(),
+                        config: Some(pb::TopicConfig {
+                            partitions: Some(PARTITIONS),
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .map(drop)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        tokio::task::block_in_place(|| daemon.stop_with(Signal::SIGKILL))?;
+        let _ = operation.await?;
+        daemon = start_in_runtime(dir.path(), &args)?;
+    }
+    // Whatever the last kill interrupted, the name can be used again.
+    if whole_or_absent(&daemon, PARTITIONS as usize).await? {
+        TopicsClient::new(daemon.channel().await?)
+            .delete_topic(pb::DeleteTopicRequest { name: "big".into() })
+            .await?;
+    }
+    TopicsClient::new(daemon.channel().await?)
+        .create_topic(pb::CreateTopicRequest {
+            name: "big".into(),
+            config: Some(pb::TopicConfig {
+                partitions: Some(4),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    anyhow::ensure!(whole_or_absent(&daemon, 4).await?);
     Ok(())
 }

@@ -290,7 +290,10 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
     // The same over gRPC: rows, columns, the JSON and an Arrow IPC stream.
     let mut query = QueryClient::new(hub_channel.clone());
     let answer = query
-        .execute(pb::ExecuteRequest { sql: sql.into() })
+        .execute(pb::ExecuteRequest {
+            sql: sql.into(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(answer.rows, EDGES.len() as u64);
@@ -311,6 +314,7 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
         let answer = query
             .execute(pb::ExecuteRequest {
                 sql: format!(r#"SELECT count(*) AS n, min(_edge) AS e FROM "{name}.sensors""#),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -508,7 +512,10 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
         }
         eprintln!("{sql}: {}", stderr.trim());
         let status = query
-            .execute(pb::ExecuteRequest { sql: sql.into() })
+            .execute(pb::ExecuteRequest {
+                sql: sql.into(),
+                ..Default::default()
+            })
             .await
             .expect_err(sql);
         assert_eq!(status.code(), code, "{sql}: {status:?}");
@@ -537,7 +544,10 @@ async fn hub_answers_sql_over_every_edges_mirror() -> anyhow::Result<()> {
     // A live query on the hub: the answer comes again when an edge's new readings arrive.
     let live = "SELECT _edge, count(*) AS n FROM sensors GROUP BY _edge ORDER BY _edge";
     let mut answers = query
-        .follow(pb::ExecuteRequest { sql: live.into() })
+        .follow(pb::ExecuteRequest {
+            sql: live.into(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     let first = answers.message().await?.context("no first live answer")?;

@@ -33,8 +33,19 @@ impl From<LogError> for Status {
             LogError::AppendFailed { .. } | LogError::Io { .. } => Code::Internal,
             LogError::Meta(_) => Code::Internal,
         };
+        if error.is_disk_full() {
+            return disk_full(&error);
+        }
         Status::new(code, error.to_string())
     }
+}
+
+/// What a call that needed to write gets while the data directory's disk is full.
+fn disk_full(error: &dyn std::fmt::Display) -> Status {
+    Status::resource_exhausted(format!(
+        "{error}: the data directory's disk is full; delete topics or lower their retention \
+         to make room (reads and deletes still work)"
+    ))
 }
 
 impl From<MetaError> for Status {
@@ -46,6 +57,9 @@ impl From<MetaError> for Status {
             | MetaError::Store { .. }
             | MetaError::Decode { .. } => Code::Internal,
         };
+        if error.is_disk_full() {
+            return disk_full(&error);
+        }
         Status::new(code, error.to_string())
     }
 }
@@ -75,6 +89,9 @@ impl From<GroupError> for Status {
 
 impl From<PluginError> for Status {
     fn from(error: PluginError) -> Self {
+        if let PluginError::Meta(error) = error {
+            return error.into();
+        }
         let code = match &error {
             PluginError::InvalidName { .. }
             | PluginError::InvalidComponent { .. }
@@ -87,7 +104,7 @@ impl From<PluginError> for Status {
             PluginError::TooLarge { .. } => Code::ResourceExhausted,
             PluginError::Fault { .. } | PluginError::Contract { .. } => Code::Aborted,
             PluginError::Io { .. } => Code::Internal,
-            PluginError::Meta(_) => Code::Internal,
+            PluginError::Meta(_) => unreachable!("converted above"),
         };
         Status::new(code, error.to_string())
     }
@@ -161,15 +178,126 @@ impl From<QueryError> for Status {
             }
             QueryError::UnknownTable(_) => Status::not_found(error.to_string()),
             QueryError::Data(_) => Status::data_loss(error.to_string()),
+            QueryError::ResourcesExhausted(_) => Status::resource_exhausted(error.to_string()),
+            QueryError::Timeout { .. } => Status::deadline_exceeded(error.to_string()),
+            QueryError::ShuttingDown => Status::unavailable(error.to_string()),
             QueryError::Failed(_) | QueryError::Render(_) => Status::internal(error.to_string()),
         }
     }
+}
+
+/// Longest quoted input an error message repeats whole.
+const MAX_QUOTED_CHARS: usize = 64;
+/// Longest error message sent: gRPC carries messages in HTTP/2 headers, which many clients
+/// (grpcio's default is 8 KiB of headers) refuse beyond a few KiB, leaving their users no
+/// message at all.
+const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// Every error answer the API sends, as it leaves: tonic's refusal of a request past the
+/// decoding limit (OUT_OF_RANGE in tonic's words) becomes RESOURCE_EXHAUSTED saying what to
+/// change, and quoted input in a message is cut to its start so the message stays readable
+/// and fits any client.
+pub(super) fn outgoing_error<B>(mut response: hyper::Response<B>) -> hyper::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() == Code::Ok {
+        return response;
+    }
+    let replacement = if status.code() == Code::OutOfRange
+        && status
+            .message()
+            .starts_with("Error, decoded message length too large")
+    {
+        Status::resource_exhausted(format!(
+            "the request is larger than the API accepts ({} MiB a message): send fewer or \
+             smaller records a request",
+            super::MAX_REQUEST_BYTES >> 20
+        ))
+    } else {
+        let message = bounded_message(status.message());
+        if message == status.message() {
+            return response;
+        }
+        Status::new(status.code(), message)
+    };
+    if replacement.add_header(response.headers_mut()).is_err() {
+        tracing::warn!(code = ?status.code(), "an error message could not be shortened");
+    }
+    response
+}
+
+/// `message` with each quoted string (Rust's `{:?}` quoting) longer than
+/// [`MAX_QUOTED_CHARS`] cut to its start, saying how long it was, and the whole no longer than
+/// [`MAX_MESSAGE_CHARS`].
+fn bounded_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS));
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = closing_quote(after) else {
+            rest = after;
+            break;
+        };
+        let quoted = &after[..close];
+        let chars = quoted.chars().count();
+        if chars > MAX_QUOTED_CHARS {
+            out.extend(quoted.chars().take(MAX_QUOTED_CHARS));
+            out.push_str(&format!("…\" ({} bytes)", quoted.len()));
+        } else {
+            out.push_str(quoted);
+            out.push('"');
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    if out.chars().count() > MAX_MESSAGE_CHARS {
+        out = out.chars().take(MAX_MESSAGE_CHARS).collect();
+        out.push('…');
+    }
+    out
+}
+
+/// Where the quoted string at the start of `text` ends: the first `"` not escaped.
+fn closing_quote(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (at, c) in text.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return Some(at),
+            _ => escaped = false,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::log::TopicName;
+
+    #[test]
+    fn quoted_input_is_cut_and_messages_are_bounded() {
+        let long = "g".repeat(10_000);
+        let message = format!("invalid group id {long:?}: use 1 to 255 characters");
+        let bounded = bounded_message(&message);
+        assert_eq!(
+            bounded,
+            format!(
+                "invalid group id \"{}…\" (10000 bytes): use 1 to 255 characters",
+                "g".repeat(64)
+            )
+        );
+        let escaped = format!("{:?} and {:?}", "a\"b", "é".repeat(100));
+        assert_eq!(
+            bounded_message(&escaped),
+            format!("\"a\\\"b\" and \"{}…\" (200 bytes)", "é".repeat(64))
+        );
+        assert_eq!(bounded_message("no quotes"), "no quotes");
+        assert_eq!(bounded_message("one \" open"), "one \" open");
+        assert_eq!(bounded_message(&"x".repeat(5000)).chars().count(), 1025);
+    }
 
     #[test]
     fn producing_to_a_mirror_is_a_failed_precondition_that_says_how_to_promote_it() {

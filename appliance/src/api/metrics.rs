@@ -26,9 +26,10 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -42,9 +43,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::listener::{ConnectionLimits, incoming};
 use crate::connect::{self, Connectors};
 use crate::group::Coordinator;
 use crate::link::edge::Links;
@@ -54,7 +55,7 @@ use crate::log::{Log, PartitionState};
 use crate::pipeline::{self, Pipelines};
 use crate::plugin::Plugins;
 
-/// Scrapes served at once; more wait for a free slot.
+/// Scrapers connected at once; more are refused.
 const MAX_CONNECTIONS: usize = 16;
 
 /// The gRPC methods, as the `method` label.
@@ -535,22 +536,24 @@ impl Collector for PipelineCollector {
 }
 
 /// Serves `GET /metrics` over HTTP/1.1 until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let limits = ConnectionLimits {
+        max: MAX_CONNECTIONS,
+        idle_timeout,
+    };
+    let mut connections = std::pin::pin!(incoming(listener, limits, "metrics endpoint"));
     loop {
-        let accepted = tokio::select! {
+        let stream = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "metrics listener accept failed");
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
+            next = connections.next() => match next {
+                Some(Ok(connection)) => connection,
+                _ => break,
+            },
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -564,7 +567,6 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Cancellati
             if let Err(error) = served {
                 tracing::debug!(%error, "metrics connection ended with an error");
             }
-            drop(slot);
         });
     }
 }

@@ -23,6 +23,7 @@ mod convert;
 mod error;
 mod groups;
 mod links;
+mod listener;
 pub mod metrics;
 mod pipelines;
 mod plugins;
@@ -42,7 +43,6 @@ use appliance_proto::v1::query_server::QueryServer;
 use appliance_proto::v1::records_server::RecordsServer;
 use appliance_proto::v1::topics_server::TopicsServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::Connectors;
@@ -53,6 +53,7 @@ use crate::log::Log;
 use crate::pipeline::Pipelines;
 use crate::plugin::Plugins;
 pub use error::invalid;
+pub use listener::ConnectionLimits;
 pub use metrics::Metrics;
 
 /// Largest request the server decodes; bigger ones get RESOURCE_EXHAUSTED before any work.
@@ -83,12 +84,16 @@ pub struct Subsystems {
     /// Present when this appliance is a hub.
     pub hub: Option<Hub>,
     pub metrics: Metrics,
+    pub query: crate::query::Query,
 }
 
 /// Serves the gRPC API on `listener` until `shutdown`, then lets requests in progress finish.
+/// HTTP/2 keepalive pings go every third of the idle timeout, so that live clients answer
+/// well within it and dead ones are found.
 pub async fn serve(
     listener: TcpListener,
     subsystems: Subsystems,
+    connections: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let Subsystems {
@@ -100,6 +105,7 @@ pub async fn serve(
         links,
         hub,
         metrics,
+        query,
     } = subsystems;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -146,7 +152,7 @@ pub async fn serve(
         metrics: metrics.clone(),
     };
     let query = query::QueryService {
-        query: crate::query::Query::new(log.clone()),
+        query,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     };
@@ -175,7 +181,13 @@ pub async fn serve(
         connectors,
         metrics,
     };
+    let keepalive = connections.idle_timeout / 3;
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            error::outgoing_error::<tonic::body::Body>,
+        ))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
@@ -189,7 +201,10 @@ pub async fn serve(
         .add_service(ConnectorsServer::new(connectors).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(LinksServer::new(links).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            listener::incoming(listener, connections, "gRPC API"),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     Ok(())
 }

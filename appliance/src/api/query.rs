@@ -11,7 +11,15 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::query::{Answer, Query, VIRTUAL_COLUMNS};
+use crate::query::{Answer, AnswerFormat, Query, VIRTUAL_COLUMNS};
+
+fn answer_format(request: &pb::ExecuteRequest) -> AnswerFormat {
+    match request.format() {
+        pb::AnswerFormat::ArrowAndJson => AnswerFormat::ArrowAndJson,
+        pb::AnswerFormat::Arrow => AnswerFormat::Arrow,
+        pb::AnswerFormat::Json => AnswerFormat::Json,
+    }
+}
 
 #[derive(Debug)]
 pub struct QueryService {
@@ -21,10 +29,15 @@ pub struct QueryService {
     pub shutdown: CancellationToken,
 }
 
-fn response(answer: &Answer) -> Result<pb::ExecuteResponse, Status> {
+fn response(
+    answer: &Answer,
+    format: AnswerFormat,
+    max_bytes: usize,
+) -> Result<pb::ExecuteResponse, Status> {
+    let rendered = answer.render(format, max_bytes)?;
     Ok(pb::ExecuteResponse {
-        arrow_ipc: answer.to_ipc()?.into(),
-        json: answer.to_json()?,
+        arrow_ipc: rendered.arrow_ipc.into(),
+        json: rendered.json,
         rows: answer.rows() as u64,
         columns: columns(&answer.schema, false),
     })
@@ -54,8 +67,14 @@ impl QueryApi for QueryService {
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let _timer = self.metrics.time(Rpc::Execute);
-        let answer = self.query.execute(&request.into_inner().sql).await?;
-        Ok(Response::new(response(&answer)?))
+        let request = request.into_inner();
+        let answer = self.query.execute(&request.sql).await?;
+        let format = answer_format(&request);
+        Ok(Response::new(response(
+            &answer,
+            format,
+            self.query.max_answer_bytes(),
+        )?))
     }
 
     type FollowStream =
@@ -66,10 +85,12 @@ impl QueryApi for QueryService {
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
         let _timer = self.metrics.time(Rpc::Follow);
-        let answers = self
-            .query
-            .follow(request.into_inner().sql, self.shutdown.child_token());
-        let stream = ReceiverStream::new(answers).map(|answer| response(&answer?));
+        let request = request.into_inner();
+        let format = answer_format(&request);
+        let max_bytes = self.query.max_answer_bytes();
+        let answers = self.query.follow(request.sql, self.shutdown.child_token());
+        let stream =
+            ReceiverStream::new(answers).map(move |answer| response(&answer?, format, max_bytes));
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -118,6 +118,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let answer = query
             .execute(pb::ExecuteRequest {
                 sql: SQL.to_owned(),
+                format: pb::AnswerFormat::Arrow.into(),
             })
             .await;
         let table = match answer {

@@ -37,7 +37,9 @@ enum Format {
 }
 
 pub async fn query(channel: Channel, args: QueryArgs) -> Result<(), Failure> {
-    let mut client = QueryClient::new(channel);
+    // The appliance bounds answers (query.max-answer-mb); gRPC's 4 MB default would refuse
+    // answers it allows.
+    let mut client = QueryClient::new(channel).max_decoding_message_size(usize::MAX);
     if let Some(table) = args.describe {
         let description = client
             .describe(pb::DescribeRequest { table })
@@ -71,13 +73,16 @@ pub async fn query(channel: Channel, args: QueryArgs) -> Result<(), Failure> {
         print_table(&["COLUMN", "TYPE", "NULLABLE", "FROM"], &rows);
         return Ok(());
     }
-    let sql = args.sql.unwrap_or_default();
+    let request = pb::ExecuteRequest {
+        sql: args.sql.unwrap_or_default(),
+        format: match args.format {
+            Format::Json => pb::AnswerFormat::Json,
+            Format::Table | Format::Csv => pb::AnswerFormat::Arrow,
+        }
+        .into(),
+    };
     if args.follow {
-        let mut answers = client
-            .follow(pb::ExecuteRequest { sql })
-            .await
-            .map_err(status)?
-            .into_inner();
+        let mut answers = client.follow(request).await.map_err(status)?.into_inner();
         let terminal = std::io::stdout().is_terminal();
         while let Some(answer) = answers.message().await.map_err(status)? {
             if matches!(args.format, Format::Json) {
@@ -91,11 +96,7 @@ pub async fn query(channel: Channel, args: QueryArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let answer = client
-        .execute(pb::ExecuteRequest { sql })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let answer = client.execute(request).await.map_err(status)?.into_inner();
     match args.format {
         Format::Json => println!("{}", answer.json),
         Format::Csv => {

@@ -142,7 +142,13 @@ fn check_records(batch: BytesMut) -> Result<BytesMut, SessionError> {
                 extra: batch.len() - header.total_len,
             });
         }
-        log::visit_batch(&header, batch.clone(), |_| {})
+        let mut wrong_time = None;
+        log::visit_batch(&header, batch.clone(), |record| {
+            if wrong_time.is_none() {
+                wrong_time = record.timestamp.check().err();
+            }
+        })?;
+        wrong_time.map_or(Ok(()), Err)
     });
     if let Err(error) = checked {
         let at = log::BatchHeader::parse(&batch).map_or(0, |header| header.base_offset.0);

@@ -82,6 +82,13 @@ pub enum BatchError {
     Empty,
     #[error("batch records are malformed: {detail}")]
     Malformed { detail: String },
+    #[error(
+        "record timestamp {timestamp} ms is outside the years 1 to 9999 ({} to {} ms since \
+         1970, or -1 for none)",
+        Timestamp::EARLIEST.0,
+        Timestamp::LATEST.0
+    )]
+    TimestampOutOfRange { timestamp: i64 },
 }
 
 /// How the records of a batch are compressed (attribute bits 0-2).
@@ -192,6 +199,15 @@ impl BatchHeader {
 
     pub fn last_offset(&self) -> Offset {
         self.base_offset.plus(u64::from(self.last_offset_delta))
+    }
+
+    /// Refuses a batch whose timestamps (first and greatest) no query or index could use.
+    /// Checked when a batch is appended, not when stored ones are read.
+    pub fn check_timestamps(&self) -> Result<(), BatchError> {
+        for timestamp in [self.base_timestamp, self.max_timestamp] {
+            timestamp.check()?;
+        }
+        Ok(())
     }
 
     pub fn next_offset(&self) -> Offset {

@@ -47,6 +47,7 @@ mod batch;
 mod index;
 mod partition;
 mod partitioner;
+mod reserve;
 pub mod schema;
 mod segment;
 mod types;
@@ -67,6 +68,7 @@ pub use batch::{
 };
 pub use partition::{AppendOutcome, Partition, ReadChunk};
 pub use partitioner::partition_for_key;
+pub use reserve::DiskReserve;
 pub use types::{MAX_TOPIC_NAME_LEN, Offset, PartitionId, Timestamp, TopicName};
 
 use crate::meta::{Meta, MetaError};
@@ -304,6 +306,18 @@ fn join(problems: &[ConfigProblem]) -> String {
         .join("; ")
 }
 
+impl LogError {
+    /// Whether this failed for want of disk space (ENOSPC, or a quota).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => crate::meta::is_disk_full(source),
+            Self::AppendFailed { cause } | Self::Unavailable { cause, .. } => cause.is_disk_full(),
+            Self::Meta(meta) => meta.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
 /// Builds the `map_err` closure for an I/O error on `path`.
 pub(crate) fn io_error(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> LogError {
     let path = path.to_path_buf();
@@ -320,6 +334,8 @@ pub struct LogConfig {
     pub retention_check_interval: Duration,
     /// Settings for topics created without their own.
     pub topic_defaults: TopicConfig,
+    /// Bytes of disk held back in the data directory for a full disk ([`DiskReserve`]).
+    pub disk_reserve_bytes: u64,
 }
 
 impl LogConfig {
@@ -331,7 +347,12 @@ impl LogConfig {
             durability: Durability::Fsync,
             retention_check_interval: Duration::from_secs(300),
             topic_defaults: TopicConfig::default(),
+            disk_reserve_bytes: 0,
         }
+    }
+
+    pub fn disk_reserve(&self) -> DiskReserve {
+        DiskReserve::new(&self.data_dir, self.disk_reserve_bytes)
     }
 }
 
@@ -491,7 +512,7 @@ impl Log {
     }
 
     /// Moves a topic's directory out of `topics/` (durably, so a crash cannot bring it back),
-    /// then forgets its metadata and deletes its files.
+    /// then deletes its files and forgets its metadata.
     async fn remove_topic_files_and_metadata(&self, name: &TopicName) -> Result<(), LogError> {
         let dir = self.topic_dir(name);
         let tombstone = self.deleting_dir().join(name.as_str());
@@ -504,6 +525,9 @@ impl Log {
         }
         segment::sync_dir(&self.topics_dir())?;
         segment::sync_dir(&self.deleting_dir())?;
+        // The files go before the metadata: on a full disk the metadata store needs the room
+        // they free to record the deletion. The emptied tombstone still marks it as begun.
+        remove_contents(&tombstone)?;
         self.inner.meta.delete_topic(name.as_str()).await?;
         remove_dir(&tombstone)
     }
@@ -788,6 +812,8 @@ impl Log {
             })?;
         topic.shutdown.cancel();
         topic.writers.wait().await;
+        // Its open files hold their disk space until they are closed.
+        drop(topic);
         self.remove_topic_files_and_metadata(name).await?;
         tracing::info!(topic = %name, "topic deleted");
         Ok(())
@@ -878,13 +904,27 @@ impl Log {
             let mut ticker =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            log.restore_disk_reserve().await;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = ticker.tick() => log.apply_retention().await,
+                    _ = ticker.tick() => {
+                        log.apply_retention().await;
+                        log.restore_disk_reserve().await;
+                    }
                 }
             }
         });
+    }
+
+    /// Allocates the disk reserve if it is missing and the disk has room for it again.
+    async fn restore_disk_reserve(&self) {
+        let reserve = self.inner.config.disk_reserve();
+        match tokio::task::spawn_blocking(move || reserve.restore_if_room()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the disk reserve could not be allocated"),
+            Err(error) => tracing::error!(%error, "the disk reserve task panicked"),
+        }
     }
 
     /// Deletes segments past retention in every partition now.
@@ -948,6 +988,23 @@ fn topic_info(name: &TopicName, topic: &Topic) -> TopicInfo {
 pub(crate) fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes what `dir` holds, but not `dir` itself.
+fn remove_contents(dir: &Path) -> Result<(), LogError> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries.map_err(io_error(dir, "list directory"))?,
+    };
+    for entry in entries {
+        let path = entry.map_err(io_error(dir, "list directory"))?.path();
+        if path.is_dir() {
+            remove_dir(&path)?;
+        } else {
+            std::fs::remove_file(&path).map_err(io_error(&path, "remove file"))?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_dir(path: &Path) -> Result<(), LogError> {

@@ -271,6 +271,7 @@ impl Partition {
             });
         }
         let header = batch::validate(&batch)?;
+        header.check_timestamps()?;
         if header.total_len != batch.len() {
             return Err(LogError::InvalidBatch(batch::BatchError::TrailingBytes {
                 extra: batch.len() - header.total_len,
@@ -915,7 +916,12 @@ impl Writer {
             }
             if self.should_roll(&request.header) {
                 self.write_run(std::mem::take(&mut run)).await?;
-                self.roll().await?;
+                if let Err(cause) = self.roll().await? {
+                    let _ = request.reply.send(Err(LogError::AppendFailed {
+                        cause: Arc::new(cause),
+                    }));
+                    continue;
+                }
             }
             let position = self.write_len;
             batch::set_base_offset(&mut request.batch, self.next_offset);
@@ -1076,16 +1082,24 @@ impl Writer {
     }
 
     /// Seals the active segment (data and indexes durable) and starts the next one.
-    async fn roll(&mut self) -> Result<(), LogError> {
+    /// `Ok(Err(_))`: the index files or the next segment could not be written (a full disk);
+    /// the active segment stays active, and the next append tries again, so the partition
+    /// recovers by itself once there is room. `Err(_)`: the sync before failed, which stops
+    /// the writer (what a failed fsync left on disk is unknown).
+    async fn roll(&mut self) -> Result<Result<(), LogError>, LogError> {
         self.sync_now().await?;
         let sealed = self.active.clone();
         let dir = self.partition.dir.clone();
         let base = self.next_offset;
-        let next = blocking(move || {
+        let started = blocking(move || {
             sealed.write_index_files()?;
             Segment::create(&dir, base)
         })
-        .await?;
+        .await;
+        let next = match started {
+            Ok(next) => next,
+            Err(error) => return Ok(Err(error)),
+        };
         let next = Arc::new(next);
         self.partition
             .segments
@@ -1095,10 +1109,14 @@ impl Writer {
         self.active = next;
         self.write_len = 0;
         self.active_since = None;
-        self.recovery_point.write(RecoveryPoint {
+        if let Err(error) = self.recovery_point.write(RecoveryPoint {
             base: self.active.base(),
             durable_len: 0,
-        })
+        }) {
+            // A stale recovery point only makes the next start check more.
+            tracing::warn!(%error, "recovery point not updated");
+        }
+        Ok(Ok(()))
     }
 
     /// Empties the partition and starts it again at `offset` (see [`Partition::restart_at`]),

@@ -73,7 +73,11 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(io_error(&path, "create segment"))?;
-        sync_dir(dir)?;
+        // Not left behind when its entry cannot be made durable, so that a later roll (once
+        // the disk has room) can create it.
+        sync_dir(dir).inspect_err(|_| {
+            let _ = fs::remove_file(&path);
+        })?;
         Ok(Self::new(
             dir,
             base,
@@ -597,7 +601,11 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
         file.sync_data()?;
         fs::rename(&tmp, path)
     };
-    write().map_err(io_error(path, "write file"))?;
+    write()
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+        .map_err(io_error(path, "write file"))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }

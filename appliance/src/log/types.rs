@@ -108,6 +108,20 @@ impl fmt::Display for Offset {
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// 0001-01-01T00:00:00Z: the earliest a record may carry.
+    pub const EARLIEST: Self = Self(-62_135_596_800_000);
+    /// 9999-12-31T23:59:59.999Z: the latest a record may carry.
+    pub const LATEST: Self = Self(253_402_300_799_999);
+
+    /// Whether SQL and the time index can use this timestamp; Kafka's "none" (-1) is in range.
+    pub fn check(self) -> Result<(), super::BatchError> {
+        if (Self::EARLIEST..=Self::LATEST).contains(&self) {
+            Ok(())
+        } else {
+            Err(super::BatchError::TimestampOutOfRange { timestamp: self.0 })
+        }
+    }
+
     pub fn now() -> Self {
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

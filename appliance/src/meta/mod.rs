@@ -15,6 +15,7 @@
 //! The last three are [`Table`]s of JSON documents owned by the subsystem that writes them.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -54,6 +55,31 @@ pub enum MetaError {
     },
     #[error("invalid group id {group:?}: {reason}")]
     InvalidGroupId { group: String, reason: &'static str },
+}
+
+impl MetaError {
+    /// Whether the store failed because its disk (or the user's quota on it) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Open {
+                source: sled::Error::Io(io),
+                ..
+            }
+            | Self::Store {
+                source: sled::Error::Io(io),
+                ..
+            } => is_disk_full(io),
+            _ => false,
+        }
+    }
+}
+
+/// Whether an I/O error says the disk (or the user's quota on it) is full.
+pub fn is_disk_full(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// A validated consumer group id: 1 to 249 characters, no NUL.
@@ -144,19 +170,37 @@ impl Table {
 }
 
 /// Handle to the metadata store; cheap to clone.
+///
+/// sled stops for good after one I/O error (a full disk, say): every later call returns
+/// that error until the database is opened again. So a call that fails on the store reopens
+/// it (what was flushed is all there; what was not was never acknowledged) and is tried once
+/// more on the new one; a store that cannot be reopened yet is tried again by the next call.
 #[derive(Debug, Clone)]
 pub struct Meta {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    /// `None` while a failed store could not be reopened.
+    stores: RwLock<Option<Arc<Stores>>>,
+}
+
+/// One open sled database and its trees.
+#[derive(Debug)]
+struct Stores {
     db: sled::Db,
     topics: sled::Tree,
     offsets: sled::Tree,
     tables: [sled::Tree; Table::ALL.len()],
 }
 
-impl Meta {
+impl Stores {
     /// Opens the store in `dir`. sled releases its exclusive lock from a background thread
     /// just after the last handle of a previous open in this process is dropped, so a held
     /// lock is waited for briefly before it is reported as another process's.
-    pub fn open(dir: &Path) -> Result<Self, MetaError> {
+    fn open(dir: &Path) -> Result<Self, MetaError> {
         let mut waited = Duration::ZERO;
         loop {
             match Self::try_open(dir) {
@@ -200,95 +244,185 @@ impl Meta {
         })
     }
 
-    /// Makes every change durable. sled 0.34's `flush_async` deadlocks when several callers
-    /// flush at once (sled issue #1308, fixed only after 0.34), so the blocking flush runs on
-    /// the blocking pool instead.
-    pub async fn flush(&self) -> Result<(), MetaError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|join| MetaError::Store {
-                op: "flush",
-                source: sled::Error::Io(std::io::Error::other(join.to_string())),
-            })?
-            .map_err(|source| MetaError::Store {
-                op: "flush",
-                source,
-            })?;
-        Ok(())
+    fn table(&self, table: Table) -> &sled::Tree {
+        &self.tables[table as usize]
     }
 
-    /// Stores a topic's config, durably.
-    pub async fn put_topic<T: Serialize>(&self, name: &str, config: &T) -> Result<(), MetaError> {
-        let value = serde_json::to_vec(config).map_err(|source| MetaError::Decode {
-            key: name.to_owned(),
-            source,
-        })?;
-        self.topics
-            .insert(name.as_bytes(), value)
-            .map_err(|source| MetaError::Store {
-                op: "insert topic",
-                source,
-            })?;
-        self.flush().await
-    }
-
-    pub async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
-        self.topics
-            .remove(name.as_bytes())
-            .map_err(|source| MetaError::Store {
-                op: "remove topic",
-                source,
-            })?;
-        self.remove_offsets(self.offsets.iter(), |key| {
-            split_offset_key(key).is_some_and(|(_, topic, _)| topic == name)
-        })
-        .await
-    }
-
-    /// Removes the committed offsets in `scan` whose key `matches`, durably.
-    async fn remove_offsets(
+    /// Removes the committed offsets under `prefix` whose key `matches`, in one batch.
+    fn remove_offsets(
         &self,
-        scan: sled::Iter,
+        prefix: &[u8],
         matches: impl Fn(&[u8]) -> bool,
     ) -> Result<(), MetaError> {
         let mut batch = sled::Batch::default();
-        for entry in scan {
-            let (key, _) = entry.map_err(|source| MetaError::Store {
-                op: "scan offsets",
-                source,
-            })?;
+        for entry in self.offsets.scan_prefix(prefix) {
+            let (key, _) = entry.map_err(store_error("scan offsets"))?;
             if matches(&key) {
                 batch.remove(key);
             }
         }
         self.offsets
             .apply_batch(batch)
-            .map_err(|source| MetaError::Store {
-                op: "remove offsets",
-                source,
-            })?;
-        self.flush().await
+            .map_err(store_error("remove offsets"))
+    }
+}
+
+fn store_error(op: &'static str) -> impl FnOnce(sled::Error) -> MetaError {
+    move |source| MetaError::Store { op, source }
+}
+
+fn decode_error(key: impl Into<String>) -> impl FnOnce(serde_json::Error) -> MetaError {
+    move |source| MetaError::Decode {
+        key: key.into(),
+        source,
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, MetaError> {
+    serde_json::from_slice(value).map_err(decode_error(key))
+}
+
+impl Meta {
+    /// Opens the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, MetaError> {
+        let stores = Stores::open(dir)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                stores: RwLock::new(Some(Arc::new(stores))),
+            }),
+        })
+    }
+
+    fn current(&self) -> Result<Arc<Stores>, MetaError> {
+        let stores = self
+            .shared
+            .stores
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match stores {
+            Some(stores) => Ok(stores),
+            None => self.reopen(None),
+        }
+    }
+
+    /// Replaces the store that `failed` (or the missing one) with a newly opened one, unless
+    /// another call already did.
+    fn reopen(&self, failed: Option<Arc<Stores>>) -> Result<Arc<Stores>, MetaError> {
+        let mut current = self
+            .shared
+            .stores
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(stores) = current.as_ref()
+            && failed
+                .as_ref()
+                .is_none_or(|failed| !Arc::ptr_eq(failed, stores))
+        {
+            return Ok(Arc::clone(stores));
+        }
+        *current = None;
+        drop(failed);
+        let stores = Arc::new(Stores::open(&self.shared.dir)?);
+        tracing::warn!(
+            dir = %self.shared.dir.display(),
+            "the metadata store failed and was reopened"
+        );
+        *current = Some(Arc::clone(&stores));
+        Ok(stores)
+    }
+
+    /// Runs `op` on the store; after a store error, on a reopened store once more.
+    fn with_store<T>(&self, op: impl Fn(&Stores) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        let stores = self.current()?;
+        match op(&stores) {
+            Err(MetaError::Store { .. }) => op(&*self.reopen(Some(stores))?),
+            done => done,
+        }
+    }
+
+    /// Runs `change` and makes it durable; after a store error, on a reopened store once
+    /// more. sled 0.34's `flush_async` deadlocks when several callers flush at once (sled
+    /// issue #1308, fixed only after 0.34), so the blocking flush runs on the blocking pool.
+    async fn durably(
+        &self,
+        change: impl Fn(&Stores) -> Result<(), MetaError>,
+    ) -> Result<(), MetaError> {
+        let mut stores = self.current()?;
+        let mut retried = false;
+        loop {
+            let applied = match change(&stores) {
+                Ok(()) => Self::flush_stores(Arc::clone(&stores)).await,
+                failed => failed,
+            };
+            match applied {
+                Err(MetaError::Store { .. }) if !retried => {
+                    retried = true;
+                    stores = self.reopen(Some(stores))?;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Makes every change durable.
+    pub async fn flush(&self) -> Result<(), MetaError> {
+        self.durably(|_| Ok(())).await
+    }
+
+    async fn flush_stores(stores: Arc<Stores>) -> Result<(), MetaError> {
+        tokio::task::spawn_blocking(move || stores.db.flush())
+            .await
+            .map_err(|join| MetaError::Store {
+                op: "flush",
+                source: sled::Error::Io(std::io::Error::other(join.to_string())),
+            })?
+            .map_err(store_error("flush"))?;
+        Ok(())
+    }
+
+    /// Stores a topic's config, durably.
+    pub async fn put_topic<T: Serialize>(&self, name: &str, config: &T) -> Result<(), MetaError> {
+        let value = serde_json::to_vec(config).map_err(decode_error(name))?;
+        self.durably(|stores| {
+            stores
+                .topics
+                .insert(name.as_bytes(), value.as_slice())
+                .map(drop)
+                .map_err(store_error("insert topic"))
+        })
+        .await
+    }
+
+    /// Removes a topic's config and every offset committed in it, durably.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
+        self.durably(|stores| {
+            stores
+                .topics
+                .remove(name.as_bytes())
+                .map_err(store_error("remove topic"))?;
+            stores.remove_offsets(&[], |key| {
+                split_offset_key(key).is_some_and(|(_, topic, _)| topic == name)
+            })
+        })
+        .await
     }
 
     /// Every stored topic with its config.
     pub fn topics<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, MetaError> {
-        self.topics
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(|source| MetaError::Store {
-                    op: "scan topics",
-                    source,
-                })?;
-                let name = String::from_utf8_lossy(&key).into_owned();
-                let config =
-                    serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
-                        key: name.clone(),
-                        source,
-                    })?;
-                Ok((name, config))
-            })
-            .collect()
+        self.with_store(|stores| {
+            stores
+                .topics
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(store_error("scan topics"))?;
+                    let name = String::from_utf8_lossy(&key).into_owned();
+                    let config = decode(&name, &value)?;
+                    Ok((name, config))
+                })
+                .collect()
+        })
     }
 
     /// Commits a group's offsets, all or none, durably.
@@ -297,22 +431,23 @@ impl Meta {
         group: &GroupId,
         offsets: &[PartitionOffset],
     ) -> Result<(), MetaError> {
-        let mut batch = sled::Batch::default();
+        let mut entries = Vec::with_capacity(offsets.len());
         for offset in offsets {
             let value =
-                serde_json::to_vec(&offset.committed).map_err(|source| MetaError::Decode {
-                    key: offset.topic.clone(),
-                    source,
-                })?;
-            batch.insert(offset_key(group, &offset.topic, offset.partition), value);
+                serde_json::to_vec(&offset.committed).map_err(decode_error(&offset.topic))?;
+            entries.push((offset_key(group, &offset.topic, offset.partition), value));
         }
-        self.offsets
-            .apply_batch(batch)
-            .map_err(|source| MetaError::Store {
-                op: "commit offsets",
-                source,
-            })?;
-        self.flush().await
+        self.durably(|stores| {
+            let mut batch = sled::Batch::default();
+            for (key, value) in &entries {
+                batch.insert(key.as_slice(), value.as_slice());
+            }
+            stores
+                .offsets
+                .apply_batch(batch)
+                .map_err(store_error("commit offsets"))
+        })
+        .await
     }
 
     /// A group's committed offset of one partition, if it committed one.
@@ -323,75 +458,55 @@ impl Meta {
         partition: u32,
     ) -> Result<Option<CommittedOffset>, MetaError> {
         let key = offset_key(group, topic, partition);
-        let value = self.offsets.get(&key).map_err(|source| MetaError::Store {
-            op: "read offset",
-            source,
-        })?;
+        let value =
+            self.with_store(|stores| stores.offsets.get(&key).map_err(store_error("read offset")))?;
         value
-            .map(|value| {
-                serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
-                    key: format!("{group}/{topic}/{partition}"),
-                    source,
-                })
-            })
+            .map(|value| decode(&format!("{group}/{topic}/{partition}"), &value))
             .transpose()
     }
 
     /// A group's committed offsets, in topic and partition order.
     pub fn committed_offsets(&self, group: &GroupId) -> Result<Vec<PartitionOffset>, MetaError> {
-        let mut prefix = group.as_str().as_bytes().to_vec();
-        prefix.push(0);
-        self.offsets
-            .scan_prefix(prefix)
-            .map(|entry| {
-                let (key, value) = entry.map_err(|source| MetaError::Store {
-                    op: "scan offsets",
-                    source,
-                })?;
-                let (_, topic, partition) = split_offset_key(&key).unwrap_or_default();
-                let committed =
-                    serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
-                        key: format!("{group}/{topic}/{partition}"),
-                        source,
-                    })?;
-                Ok(PartitionOffset {
-                    topic: topic.to_owned(),
-                    partition,
-                    committed,
+        let prefix = group_prefix(group);
+        self.with_store(|stores| {
+            stores
+                .offsets
+                .scan_prefix(&prefix)
+                .map(|entry| {
+                    let (key, value) = entry.map_err(store_error("scan offsets"))?;
+                    let (_, topic, partition) = split_offset_key(&key).unwrap_or_default();
+                    let committed = decode(&format!("{group}/{topic}/{partition}"), &value)?;
+                    Ok(PartitionOffset {
+                        topic: topic.to_owned(),
+                        partition,
+                        committed,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Forgets every offset a group committed.
     pub async fn delete_group_offsets(&self, group: &GroupId) -> Result<(), MetaError> {
-        let mut prefix = group.as_str().as_bytes().to_vec();
-        prefix.push(0);
-        self.remove_offsets(self.offsets.scan_prefix(prefix), |_| true)
+        let prefix = group_prefix(group);
+        self.durably(|stores| stores.remove_offsets(&prefix, |_| true))
             .await
     }
 
     /// Every group that has committed offsets.
     pub fn groups(&self) -> Result<Vec<GroupId>, MetaError> {
-        let mut groups: Vec<GroupId> = Vec::new();
-        for entry in self.offsets.iter() {
-            let (key, _) = entry.map_err(|source| MetaError::Store {
-                op: "scan offsets",
-                source,
-            })?;
-            if let Some((group, _, _)) = split_offset_key(&key)
-                && groups.last().is_none_or(|last| last.as_str() != group)
-            {
-                groups.push(GroupId(group.to_owned()));
+        self.with_store(|stores| {
+            let mut groups: Vec<GroupId> = Vec::new();
+            for entry in stores.offsets.iter() {
+                let (key, _) = entry.map_err(store_error("scan offsets"))?;
+                if let Some((group, _, _)) = split_offset_key(&key)
+                    && groups.last().is_none_or(|last| last.as_str() != group)
+                {
+                    groups.push(GroupId(group.to_owned()));
+                }
             }
-        }
-        Ok(groups)
-    }
-}
-
-impl Meta {
-    fn table(&self, table: Table) -> &sled::Tree {
-        &self.tables[table as usize]
+            Ok(groups)
+        })
     }
 
     /// Stores a document and makes it durable before returning.
@@ -401,8 +516,9 @@ impl Meta {
         key: &str,
         value: &T,
     ) -> Result<(), MetaError> {
-        self.put_unflushed(table, key, value)?;
-        self.flush().await
+        let encoded = serde_json::to_vec(value).map_err(decode_error(key))?;
+        self.durably(|stores| insert(stores, table, key, &encoded))
+            .await
     }
 
     /// Stores a document without waiting for the disk: sled writes it within about half a
@@ -414,17 +530,8 @@ impl Meta {
         key: &str,
         value: &T,
     ) -> Result<(), MetaError> {
-        let encoded = serde_json::to_vec(value).map_err(|source| MetaError::Decode {
-            key: key.to_owned(),
-            source,
-        })?;
-        self.table(table)
-            .insert(key.as_bytes(), encoded)
-            .map_err(|source| MetaError::Store {
-                op: "insert",
-                source,
-            })?;
-        Ok(())
+        let encoded = serde_json::to_vec(value).map_err(decode_error(key))?;
+        self.with_store(|stores| insert(stores, table, key, &encoded))
     }
 
     pub fn get<T: DeserializeOwned>(
@@ -432,44 +539,39 @@ impl Meta {
         table: Table,
         key: &str,
     ) -> Result<Option<T>, MetaError> {
-        let value = self
-            .table(table)
-            .get(key.as_bytes())
-            .map_err(|source| MetaError::Store { op: "read", source })?;
-        value
-            .map(|value| {
-                serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
-                    key: key.to_owned(),
-                    source,
-                })
-            })
-            .transpose()
+        let value = self.with_store(|stores| {
+            stores
+                .table(table)
+                .get(key.as_bytes())
+                .map_err(store_error("read"))
+        })?;
+        value.map(|value| decode(key, &value)).transpose()
     }
 
     /// Removes one document, durably.
     pub async fn remove(&self, table: Table, key: &str) -> Result<(), MetaError> {
-        self.table(table)
-            .remove(key.as_bytes())
-            .map_err(|source| MetaError::Store {
-                op: "remove",
-                source,
-            })?;
-        self.flush().await
+        self.durably(|stores| {
+            stores
+                .table(table)
+                .remove(key.as_bytes())
+                .map(drop)
+                .map_err(store_error("remove"))
+        })
+        .await
     }
 
     /// Removes every document whose key starts with `prefix`, durably.
     pub async fn remove_prefix(&self, table: Table, prefix: &str) -> Result<(), MetaError> {
-        let tree = self.table(table);
-        let mut batch = sled::Batch::default();
-        for entry in tree.scan_prefix(prefix.as_bytes()) {
-            let (key, _) = entry.map_err(|source| MetaError::Store { op: "scan", source })?;
-            batch.remove(key);
-        }
-        tree.apply_batch(batch).map_err(|source| MetaError::Store {
-            op: "remove",
-            source,
-        })?;
-        self.flush().await
+        self.durably(|stores| {
+            let tree = stores.table(table);
+            let mut batch = sled::Batch::default();
+            for entry in tree.scan_prefix(prefix.as_bytes()) {
+                let (key, _) = entry.map_err(store_error("scan"))?;
+                batch.remove(key);
+            }
+            tree.apply_batch(batch).map_err(store_error("remove"))
+        })
+        .await
     }
 
     /// Every document of the table, in key order.
@@ -477,20 +579,33 @@ impl Meta {
         &self,
         table: Table,
     ) -> Result<Vec<(String, T)>, MetaError> {
-        self.table(table)
-            .iter()
-            .map(|entry| {
-                let (key, value) =
-                    entry.map_err(|source| MetaError::Store { op: "scan", source })?;
-                let key = String::from_utf8_lossy(&key).into_owned();
-                let value = serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
-                    key: key.clone(),
-                    source,
-                })?;
-                Ok((key, value))
-            })
-            .collect()
+        self.with_store(|stores| {
+            stores
+                .table(table)
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(store_error("scan"))?;
+                    let key = String::from_utf8_lossy(&key).into_owned();
+                    let value = decode(&key, &value)?;
+                    Ok((key, value))
+                })
+                .collect()
+        })
     }
+}
+
+fn insert(stores: &Stores, table: Table, key: &str, encoded: &[u8]) -> Result<(), MetaError> {
+    stores
+        .table(table)
+        .insert(key.as_bytes(), encoded)
+        .map(drop)
+        .map_err(store_error("insert"))
+}
+
+fn group_prefix(group: &GroupId) -> Vec<u8> {
+    let mut prefix = group.as_str().as_bytes().to_vec();
+    prefix.push(0);
+    prefix
 }
 
 fn offset_key(group: &GroupId, topic: &str, partition: u32) -> Vec<u8> {

@@ -17,6 +17,7 @@
 //! source topic get their task within [`PARTITION_CHECK`].
 
 mod chain;
+mod graph;
 mod progress;
 mod task;
 
@@ -36,13 +37,21 @@ pub(crate) use task::{
     cut_by_size, dead_letter, ensure_topic, record_size, to_log_record, to_plugin_record,
 };
 
+/// How many pipelines a record has passed through, as decimal digits; written on every
+/// pipeline output record. A record past [`MAX_HOPS`] is rejected (to the pipeline's error
+/// policy): the safety net for cycles that routing per record makes and the check at create
+/// cannot see.
+pub const HOPS_HEADER: &str = "appliance.hops";
+pub const MAX_HOPS: u32 = 16;
+
 /// Headers the appliance writes to account for its own output (pipeline and source
-/// connector tags). They are taken off every record a plugin emits or receives, so no record
-/// carries a tag that the appliance did not put there itself.
-pub const TAG_HEADERS: [&str; 3] = [
+/// connector tags, hop counts). They are taken off every record a plugin emits or receives,
+/// so no record carries a tag that the appliance did not put there itself.
+pub const TAG_HEADERS: [&str; 4] = [
     progress::TAG_HEADER,
     crate::connect::SOURCE_TAG_HEADER,
     crate::connect::POSITION_HEADER,
+    HOPS_HEADER,
 ];
 
 pub(crate) fn is_tag_header(key: &str) -> bool {
@@ -259,6 +268,24 @@ impl Pipelines {
         let mut pipelines = self.inner.pipelines.lock().await;
         if pipelines.contains_key(&new.name) {
             return Err(PipelineError::AlreadyExists { name: new.name });
+        }
+        let existing: Vec<graph::Edges<'_>> = pipelines
+            .values()
+            .map(|running| graph::Edges::of_spec(&running.spec))
+            .collect();
+        let edges = graph::Edges::of(
+            &new.name,
+            &new.from,
+            &new.to,
+            new.dlq_topic.as_ref(),
+            &new.transforms,
+        );
+        if let Some(cycle) = graph::cycle_closed_by(&existing, &edges) {
+            return Err(invalid(format!(
+                "it would close a cycle of pipelines, {cycle}, that sends records round \
+                 forever; write to a topic that does not lead back to {}",
+                new.from
+            )));
         }
         for topic in std::iter::once(&new.to).chain(new.dlq_topic.as_ref()) {
             task::ensure_topic(&self.inner.log, topic).await?;

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 
 use super::chain::{self, ChainOutput, Failure, Rejection, Step};
 use super::progress::{self, Destination, Progress, SourceRange};
-use super::{ErrorPolicy, PartitionState, PipelineSpec, StatusCell, is_tag_header};
+use super::{
+    ErrorPolicy, HOPS_HEADER, MAX_HOPS, PartitionState, PipelineSpec, StatusCell, is_tag_header,
+};
 use crate::log::{
     self, AppendOutcome, Header, Log, LogError, Offset, PartitionId, StoredRecord, Timestamp,
     TopicName,
@@ -58,6 +60,34 @@ struct InFlight {
     records_out: u64,
 }
 
+/// How long a partition task that stopped on a full disk waits before it starts again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Why a partition task stopped; `passes` when the cause goes away by itself (a full disk
+/// that retention or an operator frees), so the task starts again from its progress.
+struct Stopped {
+    reason: String,
+    passes: bool,
+}
+
+impl Stopped {
+    fn by(context: &str, error: &dyn std::fmt::Display, passes: bool) -> Self {
+        Self {
+            reason: format!("{context}: {error}"),
+            passes,
+        }
+    }
+}
+
+impl From<String> for Stopped {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            passes: false,
+        }
+    }
+}
+
 pub(super) struct PartitionTask {
     pub spec: PipelineSpec,
     pub partition: PartitionId,
@@ -71,27 +101,42 @@ pub(super) struct PartitionTask {
 
 impl PartitionTask {
     pub async fn run(self) {
-        let outcome = tokio::select! {
-            outcome = self.transform_until_stopped() => outcome,
-            // A chain stuck on its start-up scan or in a plugin's call stops with the task.
-            _ = self.stop.cancelled() => Ok(()),
-        };
-        match outcome {
-            Ok(()) => self.status.update(|s| s.state = PartitionState::Paused),
-            Err(reason) => {
-                tracing::warn!(
-                    pipeline = %self.spec.name,
-                    partition = self.partition.0,
-                    %reason,
-                    "pipeline partition failed"
-                );
+        loop {
+            let outcome = tokio::select! {
+                outcome = self.transform_until_stopped() => outcome,
+                // A chain stuck on its start-up scan or in a plugin's call stops with the task.
+                _ = self.stop.cancelled() => Ok(()),
+            };
+            let Err(Stopped { reason, passes }) = outcome else {
+                self.status.update(|s| s.state = PartitionState::Paused);
+                return;
+            };
+            tracing::warn!(
+                pipeline = %self.spec.name,
+                partition = self.partition.0,
+                %reason,
+                retry = passes,
+                "pipeline partition failed"
+            );
+            if !passes {
                 self.status
                     .update(|s| s.state = PartitionState::Failed { reason });
+                return;
+            }
+            let reason = format!("{reason} (tried again every {} s)", RETRY.as_secs());
+            self.status
+                .update(|s| s.state = PartitionState::Failed { reason });
+            tokio::select! {
+                () = tokio::time::sleep(RETRY) => {}
+                () = self.stop.cancelled() => {
+                    self.status.update(|s| s.state = PartitionState::Paused);
+                    return;
+                }
             }
         }
     }
 
-    async fn transform_until_stopped(&self) -> Result<(), String> {
+    async fn transform_until_stopped(&self) -> Result<(), Stopped> {
         let steps = self.start_chain().await?;
         let progress_key = progress::key(self.spec.id, self.partition);
         let progress: Progress = self
@@ -149,7 +194,7 @@ struct Worker<'t> {
 }
 
 impl Worker<'_> {
-    async fn run(&mut self, source: &log::Partition) -> Result<(), String> {
+    async fn run(&mut self, source: &log::Partition) -> Result<(), Stopped> {
         let task = self.task;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         self.skip_deleted(source);
@@ -207,7 +252,7 @@ impl Worker<'_> {
         self.finish_all(&mut in_flight).await
     }
 
-    async fn finish_all(&mut self, in_flight: &mut VecDeque<InFlight>) -> Result<(), String> {
+    async fn finish_all(&mut self, in_flight: &mut VecDeque<InFlight>) -> Result<(), Stopped> {
         while let Some(done) = in_flight.pop_front() {
             self.finish(done).await?;
         }
@@ -245,7 +290,7 @@ impl Worker<'_> {
         source: &[StoredRecord],
         range: SourceRange,
         output: ChainOutput,
-    ) -> Result<(Vec<Pending>, u64), String> {
+    ) -> Result<(Vec<Pending>, u64), Stopped> {
         let task = self.task;
         let ChainOutput {
             records,
@@ -254,12 +299,33 @@ impl Worker<'_> {
         // Output by topic (`None`: the pipeline's destination), each in source order.
         let mut by_topic: HashMap<Option<TopicName>, Vec<(i64, log::Record)>> = HashMap::new();
         let mut max_bytes: HashMap<Option<TopicName>, usize> = HashMap::new();
+        let hops_before: HashMap<i64, u32> = source
+            .iter()
+            .filter_map(|stored| Some((stored.offset.0 as i64, hops(&stored.record)?)))
+            .collect();
         for record in records {
+            let hops = hops_before.get(&record.offset).map_or(1, |hops| hops + 1);
+            if hops > MAX_HOPS {
+                rejected.push(Rejection {
+                    offset: record.offset,
+                    plugin: "(hop limit)".to_owned(),
+                    message: format!(
+                        "the record has passed through {MAX_HOPS} pipelines: pipelines route \
+                         it round a cycle of topics; change a route so that it ends"
+                    ),
+                });
+                continue;
+            }
             match self.check_output(&record, &mut max_bytes) {
-                Ok(topic) => by_topic
-                    .entry(topic)
-                    .or_default()
-                    .push((record.offset, to_log_record(record))),
+                Ok(topic) => {
+                    let offset = record.offset;
+                    let mut output = to_log_record(record);
+                    output.headers.push(Header {
+                        key: HOPS_HEADER.to_owned(),
+                        value: Some(Bytes::from(hops.to_string())),
+                    });
+                    by_topic.entry(topic).or_default().push((offset, output));
+                }
                 Err(message) => rejected.push(Rejection {
                     offset: record.offset,
                     plugin: "(routing)".to_owned(),
@@ -270,7 +336,7 @@ impl Worker<'_> {
         if task.spec.errors == ErrorPolicy::Fail
             && let Some(rejection) = rejected.first()
         {
-            return Err(Failure::Rejected(rejection.clone()).to_string());
+            return Err(Failure::Rejected(rejection.clone()).to_string().into());
         }
         let mut routed: Routed = BTreeMap::new();
         let mut partitions_of: HashMap<TopicName, u32> = HashMap::new();
@@ -312,7 +378,9 @@ impl Worker<'_> {
             let budget = topic_config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
             for (batch_range, mut batch) in cut_by_size(entries, budget, range) {
                 submitted += batch.len() as u64;
-                let (_, last) = batch.last_mut().ok_or("empty output batch")?;
+                let (_, last) = batch
+                    .last_mut()
+                    .ok_or_else(|| "empty output batch".to_owned())?;
                 last.headers.push(Header {
                     key: progress::TAG_HEADER.to_owned(),
                     value: Some(progress::tag(task.spec.id, task.partition, batch_range)),
@@ -320,10 +388,13 @@ impl Worker<'_> {
                 let records: Vec<log::Record> = batch.into_iter().map(|(_, r)| r).collect();
                 let encoded = log::encode(&records, topic_config.compression)
                     .map_err(|e| format!("encoding output for {}: {e}", destination.topic))?;
-                let durable = target
-                    .submit(encoded)
-                    .await
-                    .map_err(|e| format!("appending to {}: {e}", destination.topic))?;
+                let durable = target.submit(encoded).await.map_err(|e| {
+                    Stopped::by(
+                        &format!("appending to {}", destination.topic),
+                        &e,
+                        e.is_disk_full(),
+                    )
+                })?;
                 let destination = destination.clone();
                 appends.push(Box::pin(async move {
                     durable.await.map(|outcome| (destination, outcome))
@@ -335,10 +406,14 @@ impl Worker<'_> {
 
     /// Waits until a batch's appends are durable, then records its progress (without waiting
     /// for the metadata store: an older progress is still correct, see [`progress`]).
-    async fn finish(&mut self, done: InFlight) -> Result<(), String> {
-        let outcomes = try_join_all(done.appends)
+    async fn finish(&mut self, done: InFlight) -> Result<(), Stopped> {
+        // Every append settles before a failure is reported, so that none is still being
+        // written when the task starts again and scans its destinations.
+        let outcomes = join_all(done.appends)
             .await
-            .map_err(|e| format!("appending output: {e}"))?;
+            .into_iter()
+            .collect::<Result<Vec<_>, LogError>>()
+            .map_err(|e| Stopped::by("appending output", &e, e.is_disk_full()))?;
         for (destination, outcome) in outcomes {
             self.progress
                 .set_end(&destination, outcome.last_offset.next());
@@ -347,7 +422,7 @@ impl Worker<'_> {
         self.task
             .meta
             .put_unflushed(Table::PipelineProgress, &self.progress_key, &self.progress)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Stopped::by("recording progress", &e, e.is_disk_full()))?;
         let next = done.next;
         self.task.status.update(|s| {
             s.next_offset = next;
@@ -382,12 +457,13 @@ impl Worker<'_> {
     }
 
     /// Enters a destination into the progress, durably, before anything is appended to it.
-    async fn register(&mut self, destination: &Destination) -> Result<(), String> {
+    async fn register(&mut self, destination: &Destination) -> Result<(), Stopped> {
         if self.progress.destinations().len() >= MAX_DESTINATIONS {
             return Err(format!(
                 "output would go to more than {MAX_DESTINATIONS} destination partitions; \
                  check the routing transforms"
-            ));
+            )
+            .into());
         }
         let end = self
             .task
@@ -400,7 +476,7 @@ impl Worker<'_> {
             .meta
             .put(Table::PipelineProgress, &self.progress_key, &self.progress)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Stopped::by("recording a destination", &e, e.is_disk_full()))
     }
 
     /// The topic an output record goes to (`None`: the pipeline's destination), or why it
@@ -599,6 +675,15 @@ pub(crate) fn to_plugin_record(stored: &StoredRecord) -> plugin::Record {
         offset: stored.offset.0 as i64,
         topic: None,
     }
+}
+
+/// The hop count a record carries ([`HOPS_HEADER`]), if it came out of a pipeline.
+fn hops(record: &log::Record) -> Option<u32> {
+    let header = record.headers.iter().find(|h| h.key == HOPS_HEADER)?;
+    std::str::from_utf8(header.value.as_deref()?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 pub(crate) fn to_log_record(record: plugin::Record) -> log::Record {

@@ -542,6 +542,87 @@ async fn bad_pipelines_are_refused_with_the_reason() {
     s.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn cycles_are_refused_at_create_and_the_hop_limit_ends_those_it_cannot_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    s.pipelines
+        .create(new_pipeline("forth", "in", "c2", vec![]))
+        .await
+        .unwrap();
+    let back = s
+        .pipelines
+        .create(new_pipeline("back", "c2", "in", vec![]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        back.contains("cycle of pipelines, c2 -> in (this pipeline) -> c2 (pipeline forth)"),
+        "{back}"
+    );
+    let routed_back = s
+        .pipelines
+        .create(new_pipeline(
+            "back",
+            "c2",
+            "elsewhere",
+            vec![step(
+                "regex-router",
+                &[("regex", "c2"), ("replacement", "in")],
+            )],
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        routed_back.contains("c2 -> in (this pipeline)"),
+        "{routed_back}"
+    );
+
+    // A route built from the topic's own name cannot be known at create: the hop count
+    // stops the record after MAX_HOPS pipelines.
+    s.log
+        .create_topic(topic("loop-a"), TopicConfig::default())
+        .await
+        .unwrap();
+    let mut forth = new_pipeline("loop-forth", "loop-a", "loop-b", vec![]);
+    forth.errors = ErrorPolicy::Skip;
+    s.pipelines.create(forth).await.unwrap();
+    let mut back = new_pipeline(
+        "loop-back",
+        "loop-b",
+        "elsewhere",
+        vec![step(
+            "regex-router",
+            &[("regex", "(loop-)b"), ("replacement", "$1a")],
+        )],
+    );
+    back.errors = ErrorPolicy::Skip;
+    s.pipelines.create(back).await.unwrap();
+    produce(&s.log, "loop-a", ["round".to_owned()]).await;
+    wait_for(&s.pipelines, "loop-forth", |p| p.next_offset == 9).await;
+    wait_for(&s.pipelines, "loop-back", |p| p.next_offset == 8).await;
+    let hops = |stored: &crate::log::StoredRecord| {
+        stored
+            .record
+            .headers
+            .iter()
+            .find(|h| h.key == HOPS_HEADER)
+            .map(|h| String::from_utf8(h.value.clone().unwrap().to_vec()).unwrap())
+    };
+    let around: Vec<Option<String>> = read_all(&s.log, "loop-a").await.iter().map(hops).collect();
+    let expected: Vec<Option<String>> = std::iter::once(None)
+        .chain((1..=8).map(|round| Some((2 * round).to_string())))
+        .collect();
+    assert_eq!(around, expected);
+    assert_eq!(
+        read_all(&s.log, "loop-b").await.len(),
+        8,
+        "the record past the hop limit is dropped (errors=skip)"
+    );
+    s.close().await;
+}
+
 fn test_plugin(crate_name: &str) -> Vec<u8> {
     let path = Path::new(env!("APPLIANCE_PLUGINS_DIR")).join(format!("{crate_name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

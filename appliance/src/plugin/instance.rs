@@ -443,6 +443,7 @@ pub(super) struct InstanceSpec<'a> {
 struct Sandbox {
     store: Store<InstanceState>,
     limits: Limits,
+    refused: RefusedConnection,
 }
 
 impl Sandbox {
@@ -458,7 +459,7 @@ impl Sandbox {
             &Vec<(String, String)>,
         ) -> Result<(G, Result<(), String>), CallError>,
     ) -> Result<(Self, Instance, G), PluginError> {
-        let (limits, mut wasi, plugin_config) =
+        let (limits, mut wasi, plugin_config, refused) =
             sandbox(spec.plugin, spec.config, spec.default_limits).await?;
         let stderr = StderrTail::default();
         wasi.stderr(stderr.clone());
@@ -490,7 +491,11 @@ impl Sandbox {
             state.ticks_left -= 1;
             Ok(UpdateDeadline::Yield(1))
         });
-        let mut sandbox = Self { store, limits };
+        let mut sandbox = Self {
+            store,
+            limits,
+            refused,
+        };
         let (instance, guest, verdict) = sandbox
             .call(async |store| {
                 let instance = prepared.pre.instantiate_async(&mut *store).await?;
@@ -500,7 +505,7 @@ impl Sandbox {
             .await?;
         verdict.map_err(|message| PluginError::ConfigRejected {
             plugin: spec.plugin.to_owned(),
-            message,
+            message: sandbox.refused.explain(message),
         })?;
         Ok((sandbox, instance, guest))
     }
@@ -705,6 +710,7 @@ impl SourceInstance {
                 Ok(verdict.map(|()| polled))
             })
             .await
+            .map(|verdict| verdict.map_err(|message| self.sandbox.refused.explain(message)))
     }
 
     pub fn plugin(&self) -> &str {
@@ -758,7 +764,10 @@ impl SinkInstance {
         records: &[Record],
     ) -> Result<Result<(), RecordError>, PluginError> {
         let verdict = self.sandbox.call_batch(self.put, info, records).await?;
-        Ok(verdict.map(drop))
+        Ok(verdict.map(drop).map_err(|error| RecordError {
+            message: self.sandbox.refused.explain(error.message),
+            ..error
+        }))
     }
 
     pub async fn flush(&mut self) -> Result<Result<(), String>, PluginError> {
@@ -766,6 +775,7 @@ impl SinkInstance {
         self.sandbox
             .call(async |store| Ok(guest.call_flush(&mut *store).await?))
             .await
+            .map(|verdict| verdict.map_err(|message| self.sandbox.refused.explain(message)))
     }
 
     pub fn plugin(&self) -> &str {
@@ -908,12 +918,31 @@ async fn sandbox(
     plugin: &str,
     config: &[(String, String)],
     default_limits: Limits,
-) -> Result<(Limits, WasiCtxBuilder, Vec<(String, String)>), PluginError> {
+) -> Result<
+    (
+        Limits,
+        WasiCtxBuilder,
+        Vec<(String, String)>,
+        RefusedConnection,
+    ),
+    PluginError,
+> {
     let grant_error = |key: &str, reason: String| PluginError::InvalidGrant {
         plugin: plugin.to_owned(),
         key: key.to_owned(),
         reason,
     };
+    let mut keys = HashSet::new();
+    for (key, _) in config {
+        if !matches!(key.as_str(), "wasi.dir" | "wasi.dir-rw") && !keys.insert(key.as_str()) {
+            return Err(grant_error(
+                key,
+                "is given more than once; give each key once (only wasi.dir and wasi.dir-rw \
+                 may repeat)"
+                    .to_owned(),
+            ));
+        }
+    }
     let mut limits = default_limits;
     let mut wasi = WasiCtxBuilder::new();
     let mut plugin_config = Vec::with_capacity(config.len());
@@ -962,22 +991,50 @@ async fn sandbox(
             },
         }
     }
-    if !outbound.is_empty() {
-        // Outbound TCP to the granted addresses only: the implicit bind a connect makes (to
-        // the wildcard address) and the connect itself. No listening, no UDP.
-        let outbound = Arc::new(outbound);
-        wasi.allow_tcp(true)
-            .allow_ip_name_lookup(true)
-            .socket_addr_check(move |addr, use_| {
-                let allowed = match use_ {
-                    SocketAddrUse::TcpConnect => outbound.contains(&addr),
-                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
-                    _ => false,
-                };
-                Box::pin(async move { allowed })
-            });
+    // Outbound TCP to the granted addresses only: the implicit bind a connect makes (to the
+    // wildcard address) and the connect itself. No listening, no UDP, and name lookups only
+    // for a plugin granted somewhere to connect to. A refused connect is remembered: the guest
+    // only learns "access denied" (which a Rust guest prints as "Permission denied (os error
+    // 2)"), so the host names the address and the grant in the plugin's next error.
+    let refused = RefusedConnection::default();
+    let remembered = refused.clone();
+    wasi.allow_tcp(true)
+        .allow_udp(false)
+        .allow_ip_name_lookup(!outbound.is_empty())
+        .socket_addr_check(move |addr, use_| {
+            let allowed = match use_ {
+                SocketAddrUse::TcpConnect => outbound.contains(&addr),
+                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                _ => false,
+            };
+            if !allowed && matches!(use_, SocketAddrUse::TcpConnect) {
+                remembered.remember(addr);
+            }
+            Box::pin(async move { allowed })
+        });
+    Ok((limits, wasi, plugin_config, refused))
+}
+
+/// The last address the sandbox refused a plugin instance a connection to.
+#[derive(Debug, Clone, Default)]
+struct RefusedConnection(Arc<Mutex<Option<SocketAddr>>>);
+
+impl RefusedConnection {
+    fn remember(&self, addr: SocketAddr) {
+        *lock(&self.0) = Some(addr);
     }
-    Ok((limits, wasi, plugin_config))
+
+    /// `message` (the plugin's own error) with the refused connection named, if there was
+    /// one since the last error.
+    fn explain(&self, message: String) -> String {
+        match lock(&self.0).take() {
+            Some(addr) => format!(
+                "{message} (the sandbox refused it a connection to {addr}, which it was not \
+                 granted: add wasi.net={addr} to its config)"
+            ),
+            None => message,
+        }
+    }
 }
 
 /// Names why a call failed: the memory limit, the deadline, a broken contract, or a trap (with

@@ -15,6 +15,7 @@
 //! A value that is not a JSON object gives nulls in the value columns; a corrupt segment
 //! fails the query with the log's error rather than returning part of the answer.
 
+mod limits;
 mod scan;
 mod table;
 
@@ -25,14 +26,23 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::common::TableReference;
 use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::log::Log;
+use limits::{Governor, YieldBetweenBatches};
+pub use limits::{QueryLimits, query_runtime};
+
+const MIB: usize = 1024 * 1024;
 pub use table::{ScanCache, Source, TopicTable, VIRTUAL_COLUMNS};
 
 /// How often a live query looks for new records.
@@ -52,6 +62,16 @@ pub enum QueryError {
     Failed(String),
     #[error("{0}")]
     Render(String),
+    #[error("{0}")]
+    ResourcesExhausted(String),
+    #[error(
+        "the query did not finish within query.timeout-ms ({} ms, waiting for one of \
+         query.max-concurrent = {concurrent} slots included): narrow it or raise the setting",
+        limit.as_millis()
+    )]
+    Timeout { limit: Duration, concurrent: usize },
+    #[error("the appliance is shutting down")]
+    ShuttingDown,
 }
 
 impl From<DataFusionError> for QueryError {
@@ -67,6 +87,9 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::Plan(_)
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_) => Self::Invalid(error.strip_backtrace()),
+            DataFusionError::ResourcesExhausted(message) => {
+                Self::ResourcesExhausted(message.clone())
+            }
             DataFusionError::External(inner) => match inner.downcast_ref::<QueryError>() {
                 Some(Self::Data(message)) => Self::Data(message.clone()),
                 _ => Self::Failed(error.strip_backtrace()),
@@ -76,11 +99,13 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
-/// What a query returned.
-#[derive(Debug, Clone)]
+/// What a query returned; its batches stay reserved in the query's memory pool until it is
+/// dropped.
+#[derive(Debug)]
 pub struct Answer {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    _memory: MemoryReservation,
 }
 
 impl Answer {
@@ -90,32 +115,87 @@ impl Answer {
 
     /// Arrow IPC stream bytes: what tools read without knowing the schema in advance.
     pub fn to_ipc(&self) -> Result<Vec<u8>, QueryError> {
-        let render = |e: datafusion::arrow::error::ArrowError| QueryError::Render(e.to_string());
-        let mut writer =
-            datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &self.schema)
-                .map_err(render)?;
-        for batch in &self.batches {
-            writer.write(batch).map_err(render)?;
-        }
-        writer.finish().map_err(render)?;
-        writer.into_inner().map_err(render)
+        self.ipc_within(usize::MAX)
     }
 
-    /// The rows as a JSON array of objects.
+    /// The rows as a JSON array of objects (absent keys for nulls).
     pub fn to_json(&self) -> Result<String, QueryError> {
-        rows_json(&self.batches)
+        self.json_within(usize::MAX)
+    }
+
+    /// The renderings `format` asks for, refused once together they pass `max_bytes`, so
+    /// that an answer too large for any client fails with the setting to change rather than
+    /// being encoded whole first.
+    pub fn render(&self, format: AnswerFormat, max_bytes: usize) -> Result<Rendered, QueryError> {
+        let mut rendered = Rendered::default();
+        if format.arrow() {
+            rendered.arrow_ipc = self.ipc_within(max_bytes)?;
+        }
+        if format.json() {
+            rendered.json = self.json_within(max_bytes - rendered.arrow_ipc.len())?;
+        }
+        Ok(rendered)
+    }
+
+    fn ipc_within(&self, max_bytes: usize) -> Result<Vec<u8>, QueryError> {
+        let mut writer = StreamWriter::try_new(Vec::new(), &self.schema).map_err(render_error)?;
+        for batch in &self.batches {
+            writer.write(batch).map_err(render_error)?;
+            check_answer_size(writer.get_ref().len(), max_bytes)?;
+        }
+        writer.finish().map_err(render_error)?;
+        writer.into_inner().map_err(render_error)
+    }
+
+    fn json_within(&self, max_bytes: usize) -> Result<String, QueryError> {
+        let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+        for batch in &self.batches {
+            writer.write(batch).map_err(render_error)?;
+            check_answer_size(writer.get_ref().len(), max_bytes)?;
+        }
+        writer.finish().map_err(render_error)?;
+        String::from_utf8(writer.into_inner()).map_err(|e| QueryError::Render(e.to_string()))
     }
 }
 
-/// Rows of `batches` as a JSON array of objects (absent keys for nulls).
-pub fn rows_json(batches: &[RecordBatch]) -> Result<String, QueryError> {
-    let render = |e: datafusion::arrow::error::ArrowError| QueryError::Render(e.to_string());
-    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-    writer
-        .write_batches(&batches.iter().collect::<Vec<_>>())
-        .map_err(render)?;
-    writer.finish().map_err(render)?;
-    String::from_utf8(writer.into_inner()).map_err(|e| QueryError::Render(e.to_string()))
+/// Which renderings of an answer a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerFormat {
+    ArrowAndJson,
+    Arrow,
+    Json,
+}
+
+impl AnswerFormat {
+    fn arrow(self) -> bool {
+        matches!(self, Self::ArrowAndJson | Self::Arrow)
+    }
+
+    fn json(self) -> bool {
+        matches!(self, Self::ArrowAndJson | Self::Json)
+    }
+}
+
+/// An answer encoded for a client.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    pub arrow_ipc: Vec<u8>,
+    pub json: String,
+}
+
+fn render_error(error: datafusion::arrow::error::ArrowError) -> QueryError {
+    QueryError::Render(error.to_string())
+}
+
+fn check_answer_size(bytes: usize, max_bytes: usize) -> Result<(), QueryError> {
+    if bytes > max_bytes {
+        return Err(QueryError::ResourcesExhausted(format!(
+            "the answer is larger than query.max-answer-mb allows ({} MiB): add a LIMIT, select \
+             fewer columns or rows, aggregate, or raise the setting",
+            max_bytes / MIB
+        )));
+    }
+    Ok(())
 }
 
 /// A table's sources and columns, as `--describe` shows them.
@@ -128,19 +208,41 @@ pub struct TableDescription {
     pub declared: bool,
 }
 
-/// Runs SQL over the log's topics; cheap to clone.
+/// Runs SQL over the log's topics within its limits; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Query {
     log: Log,
     read: Arc<AtomicU64>,
+    governor: Arc<Governor>,
 }
 
 impl Query {
+    /// An engine with the default limits that runs queries on the current runtime.
     pub fn new(log: Log) -> Self {
+        Self::with_limits(
+            log,
+            QueryLimits::default(),
+            tokio::runtime::Handle::current(),
+        )
+    }
+
+    /// An engine bounded by `limits` that runs queries on `runtime` (see [`query_runtime`]).
+    pub fn with_limits(log: Log, limits: QueryLimits, runtime: tokio::runtime::Handle) -> Self {
         Self {
             log,
             read: Arc::default(),
+            governor: Arc::new(Governor::new(limits, runtime)),
         }
+    }
+
+    /// Largest encoded answer ([`Answer::render`]).
+    pub fn max_answer_bytes(&self) -> usize {
+        self.governor.limits.answer_bytes
+    }
+
+    /// Memory the queries running now have reserved.
+    pub fn memory_reserved(&self) -> usize {
+        self.governor.memory_reserved()
     }
 
     /// Bytes of stored batches this engine's scans have read (what pruning saves shows here).
@@ -160,7 +262,20 @@ impl Query {
         let config = SessionConfig::new().with_target_partitions(
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         );
-        let context = SessionContext::new_with_config(config);
+        // No spill directory: a query that needs more memory than its pool fails instead.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(self.governor.memory_pool())
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(YieldBetweenBatches))
+            .build();
+        let context = SessionContext::new_with_state(state);
         for (name, sources) in self.tables() {
             let read = Arc::clone(&self.read);
             let table = if live {
@@ -173,16 +288,21 @@ impl Query {
         Ok(context)
     }
 
-    /// Runs one read-only SQL statement.
+    /// Runs one read-only SQL statement within the limits; dropping the future stops it.
     pub async fn execute(&self, sql: &str) -> Result<Answer, QueryError> {
-        run(&self.context(false)?, sql).await
+        let query = self.clone();
+        let sql = sql.to_owned();
+        self.governor
+            .run(async move { run(&query.context(false)?, &sql).await })
+            .await
     }
 
     /// Runs `sql` now and again whenever the log gains records (checked every 200 ms), each
     /// answer on the channel, until the receiver is dropped, `stop` is cancelled or a run
     /// fails. Runs after the first read only the records appended since the one before (the
     /// decoded ones stay in memory, less those older than a `_timestamp >=` bound); the tables
-    /// are the ones that exist when the live query starts.
+    /// are the ones that exist when the live query starts. Each run is bounded like
+    /// [`Query::execute`]; a receiver dropped during a run stops it.
     pub fn follow(
         &self,
         sql: String,
@@ -203,7 +323,13 @@ impl Query {
                 let marks = query.high_watermarks();
                 if seen.as_ref() != Some(&marks) {
                     seen = Some(marks);
-                    let answer = run(&context, &sql).await;
+                    let (context, sql) = (context.clone(), sql.clone());
+                    let this_run = query.governor.run(async move { run(&context, &sql).await });
+                    let answer = tokio::select! {
+                        answer = this_run => answer,
+                        () = stop.cancelled() => return,
+                        () = answers.closed() => return,
+                    };
                     let failed = answer.is_err();
                     if answers.send(answer).await.is_err() || failed {
                         return;
@@ -258,8 +384,22 @@ async fn run(context: &SessionContext, sql: &str) -> Result<Answer, QueryError> 
         .with_allow_statements(false);
     let frame = context.sql_with_options(sql, options).await?;
     let schema = Arc::clone(frame.schema().inner());
-    let batches = frame.collect().await?;
-    Ok(Answer { schema, batches })
+    let memory = MemoryConsumer::new("answer").register(&context.runtime_env().memory_pool);
+    let mut stream = frame.execute_stream().await?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        memory.try_grow(batch.get_array_memory_size())?;
+        batches.push(batch);
+        // Operators that always have a batch ready would otherwise never let the time limit
+        // or a cancellation in.
+        tokio::task::consume_budget().await;
+    }
+    Ok(Answer {
+        schema,
+        batches,
+        _memory: memory,
+    })
 }
 
 /// The tables of these topics. A name means one thing: a topic's own name is that topic

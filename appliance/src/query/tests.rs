@@ -447,3 +447,114 @@ async fn values_that_are_not_objects_or_do_not_fit_give_nulls_not_errors() {
     assert_eq!(floats(&answer, 2), [4.0]);
     assert_eq!(integers(&answer, 3), [3]);
 }
+
+/// A join whose answer (4,000 x 4,000 rows) or whose work (x 4,000 again) is far beyond
+/// what the tests' limits allow.
+const SELF_JOIN: &str = "SELECT a._offset, b._offset FROM sensors a CROSS JOIN sensors b";
+const ENDLESS_JOIN: &str =
+    "SELECT count(*) FROM sensors a CROSS JOIN sensors b CROSS JOIN sensors c";
+
+fn bounded(fixture: &Fixture, limits: QueryLimits) -> Query {
+    Query::with_limits(
+        fixture.log.clone(),
+        limits,
+        tokio::runtime::Handle::current(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_memory_fails_naming_the_setting_and_frees_what_it_took() {
+    let fixture = fixture().await;
+    let query = bounded(
+        &fixture,
+        QueryLimits {
+            memory_per_query: 8 * MIB,
+            ..QueryLimits::default()
+        },
+    );
+    let error = query.execute(SELF_JOIN).await.unwrap_err();
+    assert!(
+        matches!(error, QueryError::ResourcesExhausted(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("query.memory-mb"), "{error}");
+    // Operators on tasks of their own give their memory back as those tasks wind down.
+    let freed = tokio::time::timeout(Duration::from_secs(30), async {
+        while query.memory_reserved() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(
+        freed.await.is_ok(),
+        "{} bytes still reserved",
+        query.memory_reserved()
+    );
+    let error = query
+        .execute("SELECT * FROM sensors ORDER BY temp, device")
+        .await
+        .map(drop);
+    assert!(error.is_ok(), "a query within the budget runs: {error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_time_limit_fails_and_leaves_its_slot_free() {
+    let fixture = fixture().await;
+    let query = bounded(
+        &fixture,
+        QueryLimits {
+            timeout: Duration::from_millis(300),
+            concurrent: 1,
+            ..QueryLimits::default()
+        },
+    );
+    let error = query.execute(ENDLESS_JOIN).await.unwrap_err();
+    assert!(matches!(error, QueryError::Timeout { .. }), "{error}");
+    assert!(
+        error.to_string().contains("query.timeout-ms (300 ms"),
+        "{error}"
+    );
+    let answer = query.execute("SELECT count(*) FROM sensors").await.unwrap();
+    assert_eq!(integers(&answer, 0), [4000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_client_went_away_stops() {
+    let fixture = fixture().await;
+    let query = bounded(
+        &fixture,
+        QueryLimits {
+            concurrent: 1,
+            ..QueryLimits::default()
+        },
+    );
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), query.execute(ENDLESS_JOIN));
+    assert!(abandoned.await.is_err(), "the join cannot finish that soon");
+    // With one slot, the next query runs only once the abandoned one has let go of it.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        query.execute("SELECT count(*) FROM sensors"),
+    )
+    .await
+    .expect("the abandoned join still holds the only slot")
+    .unwrap();
+    assert_eq!(integers(&answer, 0), [4000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_allowed_is_refused_naming_the_setting() {
+    let fixture = fixture().await;
+    let query = Query::new(fixture.log.clone());
+    let answer = query.execute("SELECT * FROM sensors").await.unwrap();
+    let error = answer.render(AnswerFormat::Json, 64 * 1024).unwrap_err();
+    assert!(
+        matches!(error, QueryError::ResourcesExhausted(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("query.max-answer-mb"), "{error}");
+    let arrow_only = answer.render(AnswerFormat::Arrow, usize::MAX).unwrap();
+    assert!(arrow_only.json.is_empty() && !arrow_only.arrow_ipc.is_empty());
+    let both = answer
+        .render(AnswerFormat::ArrowAndJson, usize::MAX)
+        .unwrap();
+    assert_eq!(both.json, answer.to_json().unwrap());
+}

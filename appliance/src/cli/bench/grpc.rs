@@ -86,6 +86,7 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
         api: ApiSection {
             grpc_addr: "127.0.0.1:0".parse()?,
             metrics_addr: "127.0.0.1:0".parse()?,
+            ..ApiSection::default()
         },
         ..Config::default()
     };
