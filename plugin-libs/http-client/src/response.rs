@@ -242,12 +242,15 @@ impl<'s> ResponseReader<'s> {
     }
 
     fn read_until_close(&mut self, wait: &mut Wait) -> Result<Vec<u8>, Error> {
-        while self.fill(wait)? {
+        // The head's reads may have brought the whole body already, so the check comes first.
+        loop {
             if self.buf.len() > self.limit {
                 return Err(Error::TooLarge { limit: self.limit });
             }
+            if !self.fill(wait)? {
+                return Ok(std::mem::take(&mut self.buf));
+            }
         }
-        Ok(std::mem::take(&mut self.buf))
     }
 
     fn read_chunked(&mut self, wait: &mut Wait) -> Result<Vec<u8>, Error> {

@@ -235,6 +235,23 @@ fn bodies_over_the_limit_are_refused_whatever_their_framing() {
 }
 
 #[test]
+fn a_body_until_close_that_arrives_with_the_head_is_still_bounded() {
+    let (url, server) = server(|listener| {
+        let (mut stream, _) = listener.accept().unwrap();
+        read_request(&mut BufReader::new(stream.try_clone().unwrap())).unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\n0123456789 and more")
+            .unwrap();
+    });
+    let error = client(url)
+        .with_max_response_bytes(10)
+        .get(TIMEOUT)
+        .unwrap_err();
+    assert!(matches!(error, Error::TooLarge { limit: 10 }), "{error}");
+    server.join().unwrap();
+}
+
+#[test]
 fn malformed_responses_are_errors_not_panics() {
     let answers: Vec<&'static [u8]> = vec![
         b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
