@@ -133,7 +133,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         meta.clone(),
         config.link.idle_timeout(),
         shutdown.clone(),
-    )?;
+    )
+    .await?;
     let connectors = Connectors::open(
         log.clone(),
         meta,

@@ -5,14 +5,24 @@
 //!
 //! ```text
 //! main.rs      parse the command line, load config, call app::run or a client command
-//! cli/         clap commands: `run`, `bench`
+//! cli/         clap commands: `run`, client commands, `demo`, `bench`
 //! app.rs       wires the subsystems; the only module that knows them all
+//! api/         the gRPC services and metrics over the subsystems below
 //! config.rs    TOML configuration and defaults
-//! log/         partitioned log: topics, partitions, segments, indexes, group commit, retention
-//! meta/        sled-backed metadata: topic configs, consumer-group offsets
+//! runtime/     the registry every long-running component lives in, and restart policies
+//! pipeline/    pipelines: topic -> transform chain -> topic, exactly once
+//! connect/     connectors: source and sink plugins as tasks
 //! link/        cluster links over QUIC: edges mirror topics to a hub and back
 //! query/       SQL over topics (DataFusion); on a hub, tables unite the edges' mirrors
+//! plugin/      WebAssembly components (wasmtime): load, sandbox, call with limits
+//! group/       consumer groups: membership, assignment, committed offsets
+//! log/         partitioned log: topics, partitions, segments, indexes, group commit, retention
+//! meta/        sled-backed metadata: topic configs, specs, offsets, progress
 //! ```
+//!
+//! Pipelines, connectors and links each keep a `runtime::Registry` of their components: one
+//! async lock makes create, delete and relaunch of a name linearizable, and every task a
+//! component starts is cancelled and awaited before its component is replaced or removed.
 //!
 //! # Data flow
 //!
@@ -38,3 +48,4 @@ pub mod meta;
 pub mod pipeline;
 pub mod plugin;
 pub mod query;
+pub mod runtime;

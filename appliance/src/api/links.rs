@@ -161,7 +161,7 @@ impl LinksApi for LinksService {
         request: Request<pb::GetLinkRequest>,
     ) -> Result<Response<pb::Link>, Status> {
         let _timer = self.metrics.time(Rpc::GetLink);
-        let status = self.links.get(&request.into_inner().name)?;
+        let status = self.links.get(&request.into_inner().name).await?;
         Ok(Response::new(link_message(status)))
     }
 
@@ -171,7 +171,13 @@ impl LinksApi for LinksService {
     ) -> Result<Response<pb::ListLinksResponse>, Status> {
         let _timer = self.metrics.time(Rpc::ListLinks);
         Ok(Response::new(pb::ListLinksResponse {
-            links: self.links.list().into_iter().map(link_message).collect(),
+            links: self
+                .links
+                .list()
+                .await
+                .into_iter()
+                .map(link_message)
+                .collect(),
         }))
     }
 

@@ -385,7 +385,8 @@ impl Collector for LinkCollector {
         };
         let links: Vec<_> = self
             .links
-            .list()
+            .try_list()
+            .unwrap_or_default()
             .into_iter()
             .flat_map(|link| rows("link", link.spec.name, link.partitions))
             .collect();

@@ -16,13 +16,13 @@
 //! same append as the records, and a restarting task takes the newest position it finds in
 //! its partition's tail, so a crash at any point neither loses nor duplicates records. Sinks
 //! are at least once; they get each record's topic, partition and offset to write
-//! idempotently. Specs live in meta "connectors"; a task that fails is restarted after 1, 2,
-//! 4, 8 and 16 s, then stays FAILED with its reason until the operator restarts it.
+//! idempotently. Specs live in meta "connectors"; the connectors run in the runtime's
+//! registry, and a task that fails is restarted under [`RESTARTS`] (after about 1, 2, 4, 8 and
+//! 16 s), then stays FAILED with its reason until the operator restarts it.
 
 mod sink;
 mod source;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use crate::log::{Log, LogError, Offset, PartitionId, TopicName};
 use crate::meta::{GroupId, Meta, MetaError, Table};
 use crate::pipeline::{self, ErrorPolicy, TransformSpec, TransformsError};
 use crate::plugin::{Limits, Loaded, PluginError, PluginKind, Plugins, is_host_key};
+use crate::runtime::{Component, Components, Registry, RestartPolicy};
 
 /// The header on the last record of each batch a source task appends: `ID:TASK` in hex and
 /// decimal, naming the connector (by its id, which changes when offsets are reset) and task.
@@ -43,11 +44,14 @@ pub const SOURCE_TAG_HEADER: &str = "appliance.source";
 pub const POSITION_HEADER: &str = "appliance.source.position";
 
 pub const MAX_TASKS: u32 = 256;
-/// A failing task is restarted this many times (with doubling backoff) before it stays failed.
-const MAX_RESTARTS: u32 = 5;
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// A task that ran this long before failing starts its backoff from the beginning again.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// A failing task is restarted five times with doubling backoff before it stays failed; one
+/// that ran a minute before failing starts its backoff from the beginning again.
+const RESTARTS: RestartPolicy = RestartPolicy {
+    first: Duration::from_secs(1),
+    longest: Duration::from_secs(16),
+    budget: Some(5),
+    healthy_run: Duration::from_secs(60),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -229,12 +233,11 @@ impl Runtime {
     }
 }
 
+/// What the registry keeps of a connector.
 #[derive(Debug)]
 struct Running {
     spec: ConnectorSpec,
-    stop: CancellationToken,
     runtime: Arc<Runtime>,
-    runner: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What every task needs of the appliance.
@@ -256,8 +259,7 @@ pub struct Connectors {
 struct Inner {
     context: Context,
     groups: Coordinator,
-    connectors: tokio::sync::Mutex<BTreeMap<String, Running>>,
-    shutdown: CancellationToken,
+    connectors: Registry<Running>,
 }
 
 impl Connectors {
@@ -280,13 +282,12 @@ impl Connectors {
                     limits,
                 },
                 groups,
-                connectors: tokio::sync::Mutex::new(BTreeMap::new()),
-                shutdown,
+                connectors: Registry::new(shutdown),
             }),
         };
         let mut connectors = this.inner.connectors.lock().await;
         for (name, spec) in stored {
-            connectors.insert(name, this.launch(spec));
+            connectors.insert(name, this.launch(spec)).await;
         }
         drop(connectors);
         Ok(this)
@@ -347,7 +348,7 @@ impl Connectors {
             }
         }
         let mut connectors = self.inner.connectors.lock().await;
-        if connectors.contains_key(&new.name) {
+        if connectors.contains(&new.name) {
             return Err(ConnectError::AlreadyExists { name: new.name });
         }
         if kind == PluginKind::Source {
@@ -374,8 +375,8 @@ impl Connectors {
             .put(Table::Connectors, &spec.name, &spec)
             .await?;
         let running = self.launch(spec);
-        let status = status_of(&running);
-        connectors.insert(status.spec.name.clone(), running);
+        let status = status_of(&running.state);
+        connectors.insert(status.spec.name.clone(), running).await;
         Ok(status)
     }
 
@@ -383,7 +384,7 @@ impl Connectors {
         let connectors = self.inner.connectors.lock().await;
         connectors
             .get(name)
-            .map(status_of)
+            .map(|running| status_of(&running.state))
             .ok_or_else(|| ConnectError::NotFound {
                 name: name.to_owned(),
             })
@@ -391,14 +392,22 @@ impl Connectors {
 
     pub async fn list(&self) -> Vec<ConnectorStatus> {
         let connectors = self.inner.connectors.lock().await;
-        connectors.values().map(status_of).collect()
+        connectors
+            .iter()
+            .map(|(_, running)| status_of(&running.state))
+            .collect()
     }
 
     /// Every connector, unless one is being changed right now (for metrics, which must not
     /// wait).
     pub fn try_list(&self) -> Option<Vec<ConnectorStatus>> {
-        let connectors = self.inner.connectors.try_lock().ok()?;
-        Some(connectors.values().map(status_of).collect())
+        let connectors = self.inner.connectors.try_lock()?;
+        Some(
+            connectors
+                .iter()
+                .map(|(_, running)| status_of(&running.state))
+                .collect(),
+        )
     }
 
     /// Stops a connector's tasks; it stays stopped across restarts of the appliance.
@@ -420,7 +429,7 @@ impl Connectors {
     /// What it wrote stays in its topic.
     pub async fn delete(&self, name: &str) -> Result<(), ConnectError> {
         let mut connectors = self.inner.connectors.lock().await;
-        let running = take_stopped(&mut connectors, name).await?;
+        let running = take_stopped(&mut connectors, name).await?.state;
         let meta = &self.inner.context.meta;
         meta.remove(Table::Connectors, name).await?;
         meta.remove_prefix(
@@ -480,11 +489,12 @@ impl Connectors {
     ) -> Result<ConnectorOffsets, ConnectError> {
         {
             let mut connectors = self.inner.connectors.lock().await;
-            let running = connectors
+            let running = &mut connectors
                 .get_mut(name)
                 .ok_or_else(|| ConnectError::NotFound {
                     name: name.to_owned(),
-                })?;
+                })?
+                .state;
             if !running.spec.paused {
                 return Err(ConnectError::NotPaused {
                     name: name.to_owned(),
@@ -527,20 +537,17 @@ impl Connectors {
     pub async fn user_of(&self, plugin: &str) -> Option<String> {
         let connectors = self.inner.connectors.lock().await;
         connectors
-            .values()
-            .find(|running| {
-                running.spec.plugin == plugin
-                    || running.spec.transforms.iter().any(|t| t.plugin == plugin)
+            .iter()
+            .map(|(_, running)| &running.state.spec)
+            .find(|spec| {
+                spec.plugin == plugin || spec.transforms.iter().any(|t| t.plugin == plugin)
             })
-            .map(|running| running.spec.name.clone())
+            .map(|spec| spec.name.clone())
     }
 
     /// Stops every connector's tasks (at shutdown).
     pub async fn stop_all(&self) {
-        let mut connectors = self.inner.connectors.lock().await;
-        for running in connectors.values_mut() {
-            stop(running).await;
-        }
+        self.inner.connectors.stop_all().await;
     }
 
     async fn relaunch(
@@ -549,7 +556,7 @@ impl Connectors {
         change: impl FnOnce(&mut ConnectorSpec),
     ) -> Result<ConnectorStatus, ConnectError> {
         let mut connectors = self.inner.connectors.lock().await;
-        let mut spec = take_stopped(&mut connectors, name).await?.spec;
+        let mut spec = take_stopped(&mut connectors, name).await?.state.spec;
         change(&mut spec);
         let stored = self
             .inner
@@ -558,35 +565,30 @@ impl Connectors {
             .put(Table::Connectors, name, &spec)
             .await;
         let running = self.launch(spec);
-        let status = status_of(&running);
-        connectors.insert(name.to_owned(), running);
+        let status = status_of(&running.state);
+        connectors.insert(name.to_owned(), running).await;
         stored?;
         Ok(status)
     }
 
-    fn launch(&self, spec: ConnectorSpec) -> Running {
+    fn launch(&self, spec: ConnectorSpec) -> Component<Running> {
         let runtime = Arc::new(Runtime {
             state: Mutex::new(ConnectorState::Starting),
             tasks: Mutex::new(Vec::new()),
         });
-        let stop = self.inner.shutdown.child_token();
-        let runner = if spec.paused {
+        if spec.paused {
             runtime.set(ConnectorState::Paused);
-            None
-        } else {
-            Some(tokio::spawn(run_connector(
-                self.inner.context.clone(),
-                Arc::new(spec.clone()),
-                runtime.clone(),
-                stop.clone(),
-            )))
-        };
-        Running {
-            spec,
-            stop,
-            runtime,
-            runner,
         }
+        let running = self.inner.connectors.component(Running { spec, runtime });
+        if !running.state.spec.paused {
+            running.spawn(run_connector(
+                self.inner.context.clone(),
+                Arc::new(running.state.spec.clone()),
+                running.state.runtime.clone(),
+                running.stop_token(),
+            ));
+        }
+        running
     }
 }
 
@@ -688,7 +690,7 @@ struct Task {
 
 impl Task {
     async fn supervise(self) {
-        let mut failures = 0u32;
+        let mut restarts = RESTARTS.restarts();
         loop {
             self.cell.set(TaskState::Starting);
             let started = tokio::time::Instant::now();
@@ -704,11 +706,8 @@ impl Task {
                 }
                 Err(reason) => reason,
             };
-            if started.elapsed() >= HEALTHY_RUN {
-                failures = 0;
-            }
-            failures += 1;
-            let restarting = failures <= MAX_RESTARTS;
+            let wait = restarts.failed(started.elapsed());
+            let restarting = wait.is_some();
             tracing::warn!(
                 connector = %self.spec.name,
                 task = self.index,
@@ -717,12 +716,11 @@ impl Task {
                 "connector task failed"
             );
             self.cell.set(TaskState::Failed { reason, restarting });
-            if !restarting {
+            let Some(wait) = wait else {
                 return;
-            }
-            let backoff = FIRST_BACKOFF * 2u32.pow(failures - 1);
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.stop.cancelled() => return,
             }
             self.cell.update(|s| s.restarts += 1);
@@ -756,27 +754,17 @@ impl Task {
     }
 }
 
-/// Takes a connector out of the map once its tasks have stopped.
+/// Takes a connector out of the registry once its tasks have stopped.
 async fn take_stopped(
-    connectors: &mut BTreeMap<String, Running>,
+    connectors: &mut Components<Running>,
     name: &str,
-) -> Result<Running, ConnectError> {
-    let mut running = connectors
-        .remove(name)
+) -> Result<Component<Running>, ConnectError> {
+    connectors
+        .take_stopped(name)
+        .await
         .ok_or_else(|| ConnectError::NotFound {
             name: name.to_owned(),
-        })?;
-    stop(&mut running).await;
-    Ok(running)
-}
-
-async fn stop(running: &mut Running) {
-    running.stop.cancel();
-    if let Some(runner) = running.runner.take()
-        && let Err(error) = runner.await
-    {
-        tracing::error!(%error, "a connector ended abnormally");
-    }
+        })
 }
 
 fn status_of(running: &Running) -> ConnectorStatus {

@@ -13,7 +13,6 @@
 //! Pausing or deleting cancels the task; retention holds stay while paused (the hub will want
 //! the records) and go with the link.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,9 +26,16 @@ use super::transfer::{Direction, MirrorStatus, RateLimit, SendOptions, WireCompr
 use super::{EdgeId, HUB_MIRROR_PREFIX, LinkError, frame, pattern, tls};
 use crate::log::{BatchHeader, Log, Offset, PartitionId, Timestamp, TopicName};
 use crate::meta::{Meta, Table};
+use crate::runtime::{Component, Registry, RestartPolicy, Restarts};
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A link tries to reach its hub for as long as it exists; a session that got as far as
+/// Welcome starts the backoff anew.
+const RECONNECT: RestartPolicy = RestartPolicy {
+    first: Duration::from_millis(200),
+    longest: Duration::from_secs(30),
+    budget: None,
+    healthy_run: Duration::MAX,
+};
 /// A partition's retention waits for the hub up to this size unless the link says otherwise.
 pub const DEFAULT_HOLD_MAX_BYTES: u64 = 1 << 30;
 
@@ -88,17 +94,15 @@ pub struct Links {
     log: Log,
     meta: Meta,
     idle_timeout: Duration,
-    shutdown: CancellationToken,
-    running: Arc<Mutex<BTreeMap<String, Running>>>,
+    running: Registry<Running>,
 }
 
+/// What the registry keeps of a link.
 #[derive(Debug)]
 struct Running {
     spec: LinkSpec,
     edge: Option<EdgeId>,
     shared: Arc<Shared>,
-    stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -131,7 +135,7 @@ impl Shared {
 
 impl Links {
     /// Loads the stored links and starts those not paused.
-    pub fn open(
+    pub async fn open(
         log: Log,
         meta: Meta,
         idle_timeout: Duration,
@@ -141,12 +145,13 @@ impl Links {
             log,
             meta,
             idle_timeout,
-            shutdown,
-            running: Arc::default(),
+            running: Registry::new(shutdown),
         };
-        for (_, spec) in links.meta.entries::<LinkSpec>(Table::Links)? {
-            links.launch(spec);
+        let mut running = links.running.lock().await;
+        for (name, spec) in links.meta.entries::<LinkSpec>(Table::Links)? {
+            running.insert(name, links.launch(spec)).await;
         }
+        drop(running);
         Ok(links)
     }
 
@@ -159,9 +164,6 @@ impl Links {
                     spec.name
                 ),
             });
-        }
-        if self.lock().contains_key(&spec.name) {
-            return Err(LinkError::LinkExists { name: spec.name });
         }
         for (what, text) in [("topics", &spec.topics), ("downstream", &spec.downstream)] {
             pattern(text).map_err(|e| LinkError::InvalidSpec {
@@ -180,38 +182,60 @@ impl Links {
             spec.hold_max_bytes = DEFAULT_HOLD_MAX_BYTES;
         }
         let edge = tls::edge_of_certificate(&spec.cert)?;
-        if let Some(other) = self
-            .lock()
-            .values()
-            .find(|link| link.edge.as_ref() == Some(&edge) && link.spec.hub == spec.hub)
-        {
+        // Checked and created under one lock, so of two creates of one name exactly one wins.
+        let mut running = self.running.lock().await;
+        if running.contains(&spec.name) {
+            return Err(LinkError::LinkExists { name: spec.name });
+        }
+        if let Some((_, other)) = running.iter().find(|(_, link)| {
+            link.state.edge.as_ref() == Some(&edge) && link.state.spec.hub == spec.hub
+        }) {
             return Err(LinkError::InvalidSpec {
                 what: "hub".into(),
                 reason: format!(
                     "the link {:?} links edge {edge} to {} already; a hub serves one link per \
                      edge: give that link's topic pattern these topics too",
-                    other.spec.name, spec.hub
+                    other.state.spec.name, spec.hub
                 ),
             });
         }
         // Builds the endpoint once to check the CA and the key before anything is stored.
         tls::edge_endpoint(&files(&spec), self.idle_timeout, spec.congestion)?;
         self.meta.put(Table::Links, &spec.name, &spec).await?;
-        let name = spec.name.clone();
-        self.launch(spec);
-        self.get(&name)
+        let link = self.launch(spec);
+        let status = self.status(&link.state);
+        running.insert(status.spec.name.clone(), link).await;
+        Ok(status)
     }
 
-    pub fn get(&self, name: &str) -> Result<LinkStatus, LinkError> {
-        let running = self.lock();
-        let link = running.get(name).ok_or_else(|| LinkError::UnknownLink {
-            name: name.to_owned(),
-        })?;
-        Ok(self.status(link))
+    pub async fn get(&self, name: &str) -> Result<LinkStatus, LinkError> {
+        let running = self.running.lock().await;
+        let link = running.get(name).ok_or_else(|| unknown(name))?;
+        Ok(self.status(&link.state))
     }
 
-    pub fn list(&self) -> Vec<LinkStatus> {
-        self.lock().values().map(|link| self.status(link)).collect()
+    pub async fn list(&self) -> Vec<LinkStatus> {
+        let running = self.running.lock().await;
+        running
+            .iter()
+            .map(|(_, link)| self.status(&link.state))
+            .collect()
+    }
+
+    /// Every link, unless one is being changed right now (for metrics, which must not wait).
+    pub fn try_list(&self) -> Option<Vec<LinkStatus>> {
+        let running = self.running.try_lock()?;
+        Some(
+            running
+                .iter()
+                .map(|(_, link)| self.status(&link.state))
+                .collect(),
+        )
+    }
+
+    /// Tasks of links still running, including any that outlived their link.
+    pub fn running_tasks(&self) -> usize {
+        self.running.running_tasks()
     }
 
     pub async fn pause(&self, name: &str) -> Result<LinkStatus, LinkError> {
@@ -224,7 +248,11 @@ impl Links {
 
     /// Stops and forgets a link, its stored positions and its retention holds.
     pub async fn delete(&self, name: &str) -> Result<(), LinkError> {
-        stop(self.take(name)?).await;
+        let mut running = self.running.lock().await;
+        running
+            .take_stopped(name)
+            .await
+            .ok_or_else(|| unknown(name))?;
         let holder = holder(name);
         self.log.release_retention_holds(&holder);
         self.meta
@@ -236,40 +264,30 @@ impl Links {
 
     /// Stops every link (at shutdown).
     pub async fn stop_all(&self) {
-        let links: Vec<Running> = std::mem::take(&mut *self.lock()).into_values().collect();
-        for link in links {
-            stop(link).await;
-        }
+        self.running.stop_all().await;
     }
 
     async fn set_paused(&self, name: &str, paused: bool) -> Result<LinkStatus, LinkError> {
-        let link = self.take(name)?;
+        let mut running = self.running.lock().await;
+        let link = running
+            .take_stopped(name)
+            .await
+            .ok_or_else(|| unknown(name))?;
         let spec = LinkSpec {
             paused,
-            ..link.spec.clone()
+            ..link.state.spec
         };
-        stop(link).await;
-        self.meta.put(Table::Links, &spec.name, &spec).await?;
-        self.launch(spec);
-        self.get(name)
+        let stored = self.meta.put(Table::Links, &spec.name, &spec).await;
+        let link = self.launch(spec);
+        let status = self.status(&link.state);
+        running.insert(name.to_owned(), link).await;
+        stored?;
+        Ok(status)
     }
 
-    /// Removes a running link from the table (it still runs until stopped).
-    fn take(&self, name: &str) -> Result<Running, LinkError> {
-        self.lock()
-            .remove(name)
-            .ok_or_else(|| LinkError::UnknownLink {
-                name: name.to_owned(),
-            })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Starts a link's task unless it is paused. A link whose certificate went missing stays
-    /// listed, with the reason as its error.
-    fn launch(&self, spec: LinkSpec) {
+    /// A link as a component, its task started unless it is paused. A link whose certificate
+    /// went missing stays listed, with the reason as its error.
+    fn launch(&self, spec: LinkSpec) -> Component<Running> {
         let edge = tls::edge_of_certificate(&spec.cert);
         let shared = Arc::new(Shared {
             phase: Mutex::new(Phase {
@@ -279,34 +297,27 @@ impl Links {
             }),
             mirrors: Mirrors::default(),
         });
-        let stop = self.shutdown.child_token();
-        let (edge, task) = match edge {
-            Ok(edge) if !spec.paused => {
-                self.restore_holds(&spec);
-                shared.set(LinkState::Connecting, None);
-                let task = tokio::spawn(keep_up(
-                    spec.clone(),
-                    edge.clone(),
-                    self.clone(),
-                    shared.clone(),
-                    stop.clone(),
-                ));
-                (Some(edge), Some(task))
-            }
-            Ok(edge) => (Some(edge), None),
+        let edge = match edge {
+            Ok(edge) => Some(edge),
             Err(error) => {
                 shared.set(LinkState::Retrying, Some(error.to_string()));
-                (None, None)
+                None
             }
         };
-        let running = Running {
-            spec: spec.clone(),
-            edge,
-            shared,
-            stop,
-            task,
-        };
-        self.lock().insert(spec.name, running);
+        let link = self.running.component(Running { spec, edge, shared });
+        let Running { spec, edge, shared } = &link.state;
+        if let Some(edge) = edge.as_ref().filter(|_| !spec.paused) {
+            self.restore_holds(spec);
+            shared.set(LinkState::Connecting, None);
+            link.spawn(keep_up(
+                spec.clone(),
+                edge.clone(),
+                self.clone(),
+                shared.clone(),
+                link.stop_token(),
+            ));
+        }
+        link
     }
 
     /// Retention holds at what the hub acknowledged before the restart: they must be in place
@@ -399,10 +410,9 @@ fn files(spec: &LinkSpec) -> tls::TlsFiles<'_> {
     }
 }
 
-async fn stop(link: Running) {
-    link.stop.cancel();
-    if let Some(task) = link.task {
-        let _ = task.await;
+fn unknown(name: &str) -> LinkError {
+    LinkError::UnknownLink {
+        name: name.to_owned(),
     }
 }
 
@@ -459,10 +469,17 @@ async fn keep_up(
         groups: GroupSync::Send(links.meta.clone()),
         mirrors: shared.mirrors.clone(),
     };
-    let mut backoff = FIRST_BACKOFF;
+    let mut restarts = RECONNECT.restarts();
     loop {
         shared.set(LinkState::Connecting, None);
-        let attempt = connect(&endpoint, &spec, &edge, side.clone(), &shared, &mut backoff);
+        let attempt = connect(
+            &endpoint,
+            &spec,
+            &edge,
+            side.clone(),
+            &shared,
+            &mut restarts,
+        );
         let outcome = tokio::select! {
             outcome = attempt => outcome,
             _ = stop.cancelled() => break,
@@ -473,11 +490,11 @@ async fn keep_up(
         );
         tracing::warn!(link = %spec.name, hub = %spec.hub, %error, "link to the hub lost; retrying");
         shared.set(LinkState::Retrying, Some(error));
+        let wait = restarts.failed(Duration::ZERO).unwrap_or(RECONNECT.longest);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => break,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     shared.set(LinkState::Paused, None);
     endpoint.close(0u32.into(), b"edge stopping the link");
@@ -489,7 +506,7 @@ async fn connect(
     edge: &EdgeId,
     side: Side,
     shared: &Shared,
-    backoff: &mut Duration,
+    restarts: &mut Restarts,
 ) -> Result<(), SessionError> {
     let (host, port) = split_host_port(&spec.hub)?;
     let addr = tokio::net::lookup_host((host.as_str(), port))
@@ -523,7 +540,7 @@ async fn connect(
         }
     }
     shared.set(LinkState::Connected, None);
-    *backoff = FIRST_BACKOFF;
+    restarts.succeeded();
     tracing::info!(link = %spec.name, hub = %spec.hub, %edge, "linked to the hub");
     session::run(side, connection, control_out, control_in).await
 }

@@ -9,12 +9,12 @@ use appliance_proto::link::v1 as wire;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::edge::{LinkSpec, LinkState, Links};
+use super::edge::{LinkSpec, LinkState, LinkStatus, Links};
 use super::hub::{Hub, HubOptions};
 use super::session::SessionError;
 use super::tls::{Congestion, DEFAULT_IDLE_TIMEOUT, TlsFiles, edge_endpoint};
 use super::transfer::{self, Direction, MirrorEnd, WireCompression};
-use super::{EdgeId, certs, frame};
+use super::{EdgeId, LinkError, certs, frame};
 use crate::group::Coordinator;
 use crate::log::{
     self, Compression, Durability, Log, LogConfig, LogError, Offset, PartitionId, Record,
@@ -137,6 +137,7 @@ impl Deployment {
             DEFAULT_IDLE_TIMEOUT,
             shutdown.clone(),
         )
+        .await
         .unwrap();
         Self {
             certs,
@@ -168,6 +169,15 @@ impl Deployment {
             hold_max_bytes: 0,
             paused: false,
         }
+    }
+}
+
+/// Waits until the link `name` is as `done` wants it.
+async fn link_until(links: &Links, name: &str, what: &str, done: impl Fn(&LinkStatus) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&links.get(name).await.unwrap()) {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -206,13 +216,17 @@ async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_a_paus
     wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 2).await;
     produce(&edge.log, "sensors", 0, 1000, 500).await;
     wait_identical(&edge.log, "sensors", &hub.log, "plant-7.sensors", 2).await;
-    eventually("the edge sees the hub's acknowledgements", || {
-        let status = deployment.links.get("to-hub").unwrap();
-        status.state == LinkState::Connected
-            && status.partitions.len() == 2
-            && status.partitions.iter().all(|p| p.lag_records == 0)
-            && status.partitions[0].acknowledged == Offset(1500)
-    })
+    link_until(
+        &deployment.links,
+        "to-hub",
+        "the edge sees the hub's acknowledgements",
+        |status| {
+            status.state == LinkState::Connected
+                && status.partitions.len() == 2
+                && status.partitions.iter().all(|p| p.lag_records == 0)
+                && status.partitions[0].acknowledged == Offset(1500)
+        },
+    )
     .await;
     assert!(
         hub.log.topic_config(&topic("plant-7.private")).is_err(),
@@ -397,7 +411,7 @@ async fn what_retention_deleted_before_the_hub_had_it_is_a_gap_at_the_same_offse
         origin.log_start(),
         "offsets never shift"
     );
-    let status = deployment.links.get("to-hub").unwrap();
+    let status = deployment.links.get("to-hub").await.unwrap();
     assert_eq!(
         status.partitions[0].gap_records,
         origin.log_start().0 - 100,
@@ -439,19 +453,18 @@ async fn a_promoted_mirror_takes_producers_and_the_link_stops_writing_it() {
     );
     produce(&edge.log, "sensors", 0, 100, 10).await;
     deployment.links.resume("to-hub").await.unwrap();
-    eventually("the edge reports the refusal", || {
-        deployment
-            .links
-            .get("to-hub")
-            .unwrap()
-            .partitions
-            .iter()
-            .any(|p| {
+    link_until(
+        &deployment.links,
+        "to-hub",
+        "the edge reports the refusal",
+        |status| {
+            status.partitions.iter().any(|p| {
                 p.last_error
                     .as_deref()
                     .is_some_and(|e| e.contains("not a mirror"))
             })
-    })
+        },
+    )
     .await;
     let promoted = hub
         .log
@@ -784,17 +797,20 @@ async fn a_topic_created_again_while_linked_stops_its_partition_and_the_link_ans
         .await
         .unwrap();
     produce(&edge.log, "sensors", 0, 5000, 97 * 20).await;
-    let failed = || {
-        deployment
-            .links
-            .get("to-hub")
-            .unwrap()
+    let failed = |status: &LinkStatus| {
+        status
             .partitions
             .first()
             .and_then(|p| p.problem())
             .is_some_and(|problem| problem.contains("reset or replaced"))
     };
-    eventually("the edge says the log was replaced", failed).await;
+    link_until(
+        &deployment.links,
+        "to-hub",
+        "the edge says the log was replaced",
+        failed,
+    )
+    .await;
     // Pausing and resuming answer while the partition is stopped.
     for _ in 0..2 {
         let paused =
@@ -804,7 +820,13 @@ async fn a_topic_created_again_while_linked_stops_its_partition_and_the_link_ans
             tokio::time::timeout(Duration::from_secs(10), deployment.links.resume("to-hub"));
         resumed.await.expect("resume answers").unwrap();
     }
-    eventually("the edge says the log was replaced after a resume", failed).await;
+    link_until(
+        &deployment.links,
+        "to-hub",
+        "the edge says the log was replaced after a resume",
+        failed,
+    )
+    .await;
     assert_eq!(
         stored(&hub.log, "plant-7.sensors", 0),
         mirrored,
@@ -841,9 +863,12 @@ async fn one_edge_has_one_link_to_a_hub() {
         .create(deployment.spec("sensors", ""))
         .await
         .unwrap();
-    eventually("the first link connects", || {
-        deployment.links.get("to-hub").unwrap().state == LinkState::Connected
-    })
+    link_until(
+        &deployment.links,
+        "to-hub",
+        "the first link connects",
+        |status| status.state == LinkState::Connected,
+    )
     .await;
     let again = LinkSpec {
         name: "again".to_owned(),
@@ -851,7 +876,7 @@ async fn one_edge_has_one_link_to_a_hub() {
     };
     let refused = deployment.links.create(again.clone()).await;
     assert!(
-        matches!(&refused, Err(super::LinkError::InvalidSpec { reason, .. }) if reason.contains("to-hub")),
+        matches!(&refused, Err(LinkError::InvalidSpec { reason, .. }) if reason.contains("to-hub")),
         "{refused:?}"
     );
 
@@ -862,19 +887,22 @@ async fn one_edge_has_one_link_to_a_hub() {
         ..again
     };
     deployment.links.create(spelled).await.unwrap();
-    eventually("the hub refuses the second link", || {
-        deployment
-            .links
-            .get("again")
-            .unwrap()
-            .last_error
-            .is_some_and(|error| error.contains("one link per edge"))
-    })
+    link_until(
+        &deployment.links,
+        "again",
+        "the hub refuses the second link",
+        |status| {
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|error| error.contains("one link per edge"))
+        },
+    )
     .await;
-    let first = deployment.links.get("to-hub").unwrap();
+    let first = deployment.links.get("to-hub").await.unwrap();
     assert_eq!(first.state, LinkState::Connected);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let later = deployment.links.get("to-hub").unwrap();
+    let later = deployment.links.get("to-hub").await.unwrap();
     assert!(
         later.connected_for > first.connected_for,
         "the first link's connection was never replaced: {:?} then {:?}",
@@ -907,24 +935,95 @@ async fn an_edge_topic_named_like_another_edges_mirror_is_refused() {
         .create_topic(topic("plant-7.readings"), TopicConfig::default())
         .await
         .unwrap();
-    eventually("the edge shows the refusal", || {
-        deployment
-            .links
-            .get("to-hub")
-            .unwrap()
-            .partitions
-            .iter()
-            .any(|p| {
+    link_until(
+        &deployment.links,
+        "to-hub",
+        "the edge shows the refusal",
+        |status| {
+            status.partitions.iter().any(|p| {
                 p.topic == "plant-7.readings"
                     && p.problem()
                         .is_some_and(|e| e.contains("would mean two things"))
             })
-    })
+        },
+    )
     .await;
     assert!(
         hub.log
             .topic_config(&topic("plant-7.plant-7.readings"))
             .is_err()
     );
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_fifty_concurrent_creates_of_one_name_one_link_runs_and_no_task_is_orphaned() {
+    let deployment = Deployment::start().await;
+    let creates = (0..50).map(|_| deployment.links.create(deployment.spec("sensors", "")));
+    let outcomes = futures_util::future::join_all(creates).await;
+    let created = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    assert_eq!(created, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|outcome| outcome.as_ref().err())
+            .all(|error| matches!(error, LinkError::LinkExists { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(deployment.links.list().await.len(), 1);
+    assert_eq!(deployment.links.running_tasks(), 1);
+    link_until(&deployment.links, "to-hub", "the link connects", |status| {
+        status.state == LinkState::Connected
+    })
+    .await;
+    deployment.links.delete("to-hub").await.unwrap();
+    assert_eq!(deployment.links.running_tasks(), 0);
+    deployment.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_link_waiting_to_reconnect_leaves_nothing_of_it_running() {
+    let deployment = Deployment::start().await;
+    deployment
+        .links
+        .create(deployment.spec("sensors", ""))
+        .await
+        .unwrap();
+    link_until(&deployment.links, "to-hub", "the link connects", |status| {
+        status.state == LinkState::Connected
+    })
+    .await;
+    // The hub refuses a second link of plant-7 each time it tries, so it waits to retry.
+    let port = deployment.hub_link.local_addr().port();
+    let refused = LinkSpec {
+        name: "refused".to_owned(),
+        hub: format!("localhost:{port}"),
+        ..deployment.spec("other", "")
+    };
+    deployment.links.create(refused).await.unwrap();
+    link_until(
+        &deployment.links,
+        "refused",
+        "the hub refuses it",
+        |status| {
+            status.state == LinkState::Retrying
+                && status
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|error| error.contains("one link per edge"))
+        },
+    )
+    .await;
+    assert_eq!(deployment.links.running_tasks(), 2);
+    deployment.links.delete("refused").await.unwrap();
+    assert_eq!(deployment.links.running_tasks(), 1);
+    let names: Vec<String> = deployment
+        .links
+        .list()
+        .await
+        .into_iter()
+        .map(|status| status.spec.name)
+        .collect();
+    assert_eq!(names, ["to-hub"]);
     deployment.shutdown.cancel();
 }

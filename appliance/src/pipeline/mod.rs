@@ -21,7 +21,6 @@ mod graph;
 mod progress;
 mod task;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::log::{Log, LogError, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
 use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
+use crate::runtime::{Component, Components, Registry};
 
 pub(crate) use chain::run as run_chain;
 pub use chain::{ChainOutput, Predicate, Rejection, Step};
@@ -176,12 +176,11 @@ impl StatusCell {
     }
 }
 
+/// What the registry keeps of a pipeline.
 #[derive(Debug)]
 struct Running {
     spec: PipelineSpec,
-    stop: CancellationToken,
     partitions: Vec<Arc<StatusCell>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Handle to the pipelines; cheap to clone.
@@ -196,7 +195,7 @@ struct Inner {
     meta: Meta,
     plugins: Plugins,
     limits: Limits,
-    pipelines: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    pipelines: Registry<Running>,
     shutdown: CancellationToken,
 }
 
@@ -215,7 +214,7 @@ impl Pipelines {
                 meta,
                 plugins,
                 limits,
-                pipelines: tokio::sync::Mutex::new(BTreeMap::new()),
+                pipelines: Registry::new(shutdown.clone()),
                 shutdown,
             }),
         };
@@ -223,7 +222,7 @@ impl Pipelines {
         let mut pipelines = this.inner.pipelines.lock().await;
         for (name, spec) in stored {
             let running = this.launch(spec);
-            pipelines.insert(name, running);
+            pipelines.insert(name, running).await;
         }
         drop(pipelines);
         let watcher = this.clone();
@@ -234,7 +233,7 @@ impl Pipelines {
                     _ = watcher.inner.shutdown.cancelled() => return,
                     _ = interval.tick() => {
                         let mut pipelines = watcher.inner.pipelines.lock().await;
-                        for running in pipelines.values_mut() {
+                        for running in pipelines.iter_mut() {
                             watcher.grow(running);
                         }
                     }
@@ -266,12 +265,12 @@ impl Pipelines {
                 TransformsError::Invalid(problem) => invalid(problem),
             })?;
         let mut pipelines = self.inner.pipelines.lock().await;
-        if pipelines.contains_key(&new.name) {
+        if pipelines.contains(&new.name) {
             return Err(PipelineError::AlreadyExists { name: new.name });
         }
         let existing: Vec<graph::Edges<'_>> = pipelines
-            .values()
-            .map(|running| graph::Edges::of_spec(&running.spec))
+            .iter()
+            .map(|(_, running)| graph::Edges::of_spec(&running.state.spec))
             .collect();
         let edges = graph::Edges::of(
             &new.name,
@@ -305,8 +304,8 @@ impl Pipelines {
             .put(Table::Pipelines, &spec.name, &spec)
             .await?;
         let running = self.launch(spec);
-        let status = status_of(&running);
-        pipelines.insert(status.spec.name.clone(), running);
+        let status = status_of(&running.state);
+        pipelines.insert(status.spec.name.clone(), running).await;
         Ok(status)
     }
 
@@ -314,7 +313,7 @@ impl Pipelines {
         let pipelines = self.inner.pipelines.lock().await;
         pipelines
             .get(name)
-            .map(status_of)
+            .map(|running| status_of(&running.state))
             .ok_or_else(|| PipelineError::NotFound {
                 name: name.to_owned(),
             })
@@ -325,16 +324,21 @@ impl Pipelines {
             .pipelines
             .lock()
             .await
-            .values()
-            .map(status_of)
+            .iter()
+            .map(|(_, running)| status_of(&running.state))
             .collect()
     }
 
     /// Every pipeline, unless one is being created or changed right now (for metrics, which
     /// must not wait).
     pub fn try_list(&self) -> Option<Vec<PipelineStatus>> {
-        let pipelines = self.inner.pipelines.try_lock().ok()?;
-        Some(pipelines.values().map(status_of).collect())
+        let pipelines = self.inner.pipelines.try_lock()?;
+        Some(
+            pipelines
+                .iter()
+                .map(|(_, running)| status_of(&running.state))
+                .collect(),
+        )
     }
 
     /// Stops a pipeline's tasks after the batch in flight; it stays stopped across restarts.
@@ -350,7 +354,7 @@ impl Pipelines {
     /// Stops a pipeline and forgets it and its progress. Its output stays in its topics.
     pub async fn delete(&self, name: &str) -> Result<(), PipelineError> {
         let mut pipelines = self.inner.pipelines.lock().await;
-        let running = take_stopped(&mut pipelines, name).await?;
+        let running = take_stopped(&mut pipelines, name).await?.state;
         self.inner.meta.remove(Table::Pipelines, name).await?;
         self.inner
             .meta
@@ -369,46 +373,44 @@ impl Pipelines {
             .pipelines
             .lock()
             .await
-            .values()
-            .find(|running| running.spec.transforms.iter().any(|t| t.plugin == plugin))
-            .map(|running| running.spec.name.clone())
+            .iter()
+            .map(|(_, running)| &running.state.spec)
+            .find(|spec| spec.transforms.iter().any(|t| t.plugin == plugin))
+            .map(|spec| spec.name.clone())
     }
 
     /// Stops every pipeline's tasks (at shutdown).
     pub async fn stop_all(&self) {
-        let mut pipelines = self.inner.pipelines.lock().await;
-        for running in pipelines.values_mut() {
-            stop(running.stop.clone(), std::mem::take(&mut running.tasks)).await;
-        }
+        self.inner.pipelines.stop_all().await;
     }
 
     async fn set_paused(&self, name: &str, paused: bool) -> Result<PipelineStatus, PipelineError> {
         let mut pipelines = self.inner.pipelines.lock().await;
-        let mut spec = take_stopped(&mut pipelines, name).await?.spec;
+        let mut spec = take_stopped(&mut pipelines, name).await?.state.spec;
         spec.paused = paused;
         let stored = self.inner.meta.put(Table::Pipelines, name, &spec).await;
         let relaunched = self.launch(spec);
-        let status = status_of(&relaunched);
-        pipelines.insert(name.to_owned(), relaunched);
+        let status = status_of(&relaunched.state);
+        pipelines.insert(name.to_owned(), relaunched).await;
         stored?;
         Ok(status)
     }
 
     /// Starts one task per source partition (none when paused).
-    fn launch(&self, spec: PipelineSpec) -> Running {
-        let mut running = Running {
+    fn launch(&self, spec: PipelineSpec) -> Component<Running> {
+        let mut running = self.inner.pipelines.component(Running {
             spec,
-            stop: self.inner.shutdown.child_token(),
             partitions: Vec::new(),
-            tasks: Vec::new(),
-        };
+        });
         self.grow(&mut running);
         running
     }
 
     /// Gives every source partition without one a status and, unless the pipeline is paused,
     /// a task: at launch, and when the source topic gains partitions.
-    fn grow(&self, running: &mut Running) {
+    fn grow(&self, component: &mut Component<Running>) {
+        let stop = component.stop_token();
+        let running = &component.state;
         let partition_count = self
             .inner
             .log
@@ -419,7 +421,8 @@ impl Pipelines {
         } else {
             PartitionState::Starting
         };
-        for p in running.partitions.len() as u32..partition_count {
+        for p in component.state.partitions.len() as u32..partition_count {
+            let running = &component.state;
             let status = Arc::new(StatusCell(Mutex::new(PartitionStatus {
                 partition: PartitionId(p),
                 state: initial.clone(),
@@ -439,11 +442,11 @@ impl Pipelines {
                     plugins: self.inner.plugins.clone(),
                     limits: self.inner.limits,
                     status: status.clone(),
-                    stop: running.stop.clone(),
+                    stop: stop.clone(),
                 };
-                running.tasks.push(tokio::spawn(context.run()));
+                component.spawn(context.run());
             }
-            running.partitions.push(status);
+            component.state.partitions.push(status);
         }
     }
 }
@@ -547,25 +550,15 @@ pub(crate) fn unique_id(name: &str) -> u64 {
 
 /// Takes a pipeline out of the map once its tasks have stopped.
 async fn take_stopped(
-    pipelines: &mut BTreeMap<String, Running>,
+    pipelines: &mut Components<Running>,
     name: &str,
-) -> Result<Running, PipelineError> {
-    let mut running = pipelines
-        .remove(name)
+) -> Result<Component<Running>, PipelineError> {
+    pipelines
+        .take_stopped(name)
+        .await
         .ok_or_else(|| PipelineError::NotFound {
             name: name.to_owned(),
-        })?;
-    stop(running.stop.clone(), std::mem::take(&mut running.tasks)).await;
-    Ok(running)
-}
-
-async fn stop(token: CancellationToken, tasks: Vec<tokio::task::JoinHandle<()>>) {
-    token.cancel();
-    for task in tasks {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "a pipeline task ended abnormally");
-        }
-    }
+        })
 }
 
 fn status_of(running: &Running) -> PipelineStatus {

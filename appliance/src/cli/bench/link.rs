@@ -388,7 +388,8 @@ async fn replicate(
         Meta::open(edge_meta_dir.path())?,
         DEFAULT_IDLE_TIMEOUT,
         shutdown.clone(),
-    )?;
+    )
+    .await?;
     let started = Instant::now();
     links
         .create(LinkSpec {
