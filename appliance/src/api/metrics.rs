@@ -15,6 +15,7 @@
 //! appliance_pipeline_records_out_total{pipeline,partition} counter (records appended)
 //! appliance_pipeline_rejected_total{pipeline,partition}    counter (skipped or dead-lettered)
 //! appliance_pipeline_lag{pipeline,partition}             gauge    (source records not yet transformed)
+//! appliance_pipeline_restarts_total{pipeline,partition}   counter (automatic restarts)
 //! appliance_pipeline_failed{pipeline,partition}          gauge    (1: stopped on an error)
 //! appliance_connector_records_in_total{connector,task}   counter (polled or read)
 //! appliance_connector_records_out_total{connector,task}  counter (appended or delivered)
@@ -426,7 +427,7 @@ impl Collector for LinkCollector {
 impl Collector for PipelineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let pipelines = self.pipelines.try_list().unwrap_or_default();
-        let figures: [Figure<pipeline::PartitionStatus>; 5] = [
+        let figures: [Figure<pipeline::PartitionStatus>; 6] = [
             (
                 "pipeline_records_in",
                 "Source records transformed",
@@ -450,6 +451,12 @@ impl Collector for PipelineCollector {
                 "Source records not yet transformed",
                 false,
                 |p| p.lag(),
+            ),
+            (
+                "pipeline_restarts",
+                "Automatic restarts after failures",
+                true,
+                |p| u64::from(p.restarts),
             ),
             (
                 "pipeline_failed",

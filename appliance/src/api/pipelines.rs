@@ -40,11 +40,13 @@ fn pipeline_message(status: PipelineStatus) -> pb::Pipeline {
             .into_iter()
             .map(|p| {
                 let lag = p.lag();
-                let (state, failure) = match p.state {
-                    PartitionState::Starting => (pb::PipelineState::Starting, String::new()),
-                    PartitionState::Running => (pb::PipelineState::Running, String::new()),
-                    PartitionState::Paused => (pb::PipelineState::Paused, String::new()),
-                    PartitionState::Failed { reason } => (pb::PipelineState::Failed, reason),
+                let (state, failure, restarting) = match p.state {
+                    PartitionState::Starting => (pb::PipelineState::Starting, String::new(), false),
+                    PartitionState::Running => (pb::PipelineState::Running, String::new(), false),
+                    PartitionState::Paused => (pb::PipelineState::Paused, String::new(), false),
+                    PartitionState::Failed { reason, restarting } => {
+                        (pb::PipelineState::Failed, reason, restarting)
+                    }
                 };
                 pb::PipelinePartition {
                     partition: p.partition.0,
@@ -57,6 +59,8 @@ fn pipeline_message(status: PipelineStatus) -> pb::Pipeline {
                     records_out: p.records_out,
                     skipped: p.skipped,
                     dead_lettered: p.dead_lettered,
+                    restarting,
+                    restarts: p.restarts,
                 }
             })
             .collect(),

@@ -9,7 +9,8 @@ use tonic::transport::Channel;
 use super::Failure;
 use super::client::{print_json, print_table, status};
 use super::manage::{
-    ErrorsArg, errors_name, parse_transforms, transform_line, transforms_json, worst_state,
+    ErrorsArg, errors_name, failure_text, parse_transforms, transform_line, transforms_json,
+    worst_state,
 };
 
 #[derive(Debug, Subcommand)]
@@ -308,11 +309,7 @@ fn print_status(connector: &pb::Connector) {
                 t.records_in.to_string(),
                 t.records_out.to_string(),
                 (t.skipped + t.dead_lettered).to_string(),
-                if t.restarting {
-                    format!("{} (restarting)", t.failure)
-                } else {
-                    t.failure.clone()
-                },
+                failure_text(&t.failure, t.restarting),
             ]
         })
         .collect();

@@ -316,6 +316,15 @@ pub(super) fn kind_name(kind: i32) -> &'static str {
     }
 }
 
+/// A failure as status tables print it, marked while an automatic restart is pending.
+pub(super) fn failure_text(failure: &str, restarting: bool) -> String {
+    if restarting {
+        format!("{failure} (restarting)")
+    } else {
+        failure.to_owned()
+    }
+}
+
 fn state_name(state: i32) -> &'static str {
     match pb::PipelineState::try_from(state) {
         Ok(pb::PipelineState::Starting) => "starting",
@@ -403,7 +412,8 @@ fn print_status(pipeline: &pb::Pipeline) {
                 p.records_in.to_string(),
                 p.records_out.to_string(),
                 (p.skipped + p.dead_lettered).to_string(),
-                p.failure.clone(),
+                p.restarts.to_string(),
+                failure_text(&p.failure, p.restarting),
             ]
         })
         .collect();
@@ -417,6 +427,7 @@ fn print_status(pipeline: &pb::Pipeline) {
             "IN",
             "OUT",
             "REJECTED",
+            "RESTARTS",
             "FAILURE",
         ],
         &rows,
@@ -437,6 +448,8 @@ fn pipeline_json(pipeline: &pb::Pipeline) -> serde_json::Value {
             "partition": p.partition,
             "state": state_name(p.state),
             "failure": p.failure,
+            "restarting": p.restarting,
+            "restarts": p.restarts,
             "next_offset": p.next_offset,
             "high_watermark": p.high_watermark,
             "lag": p.lag,

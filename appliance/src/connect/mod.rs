@@ -17,7 +17,7 @@
 //! its partition's tail, so a crash at any point neither loses nor duplicates records. Sinks
 //! are at least once; they get each record's topic, partition and offset to write
 //! idempotently. Specs live in meta "connectors"; the connectors run in the runtime's
-//! registry, and a task that fails is restarted under [`RESTARTS`] (after about 1, 2, 4, 8 and
+//! registry, and a task that fails is restarted under [`RestartPolicy::TASKS`] (after about 1, 2, 4, 8 and
 //! 16 s), then stays FAILED with its reason until the operator restarts it.
 
 mod sink;
@@ -44,14 +44,6 @@ pub const SOURCE_TAG_HEADER: &str = "appliance.source";
 pub const POSITION_HEADER: &str = "appliance.source.position";
 
 pub const MAX_TASKS: u32 = 256;
-/// A failing task is restarted five times with doubling backoff before it stays failed; one
-/// that ran a minute before failing starts its backoff from the beginning again.
-const RESTARTS: RestartPolicy = RestartPolicy {
-    first: Duration::from_secs(1),
-    longest: Duration::from_secs(16),
-    budget: Some(5),
-    healthy_run: Duration::from_secs(60),
-};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -690,7 +682,7 @@ struct Task {
 
 impl Task {
     async fn supervise(self) {
-        let mut restarts = RESTARTS.restarts();
+        let mut restarts = RestartPolicy::TASKS.restarts();
         loop {
             self.cell.set(TaskState::Starting);
             let started = tokio::time::Instant::now();

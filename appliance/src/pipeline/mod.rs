@@ -133,7 +133,11 @@ pub enum PartitionState {
     Starting,
     Running,
     Paused,
-    Failed { reason: String },
+    /// Stopped on an error; `restarting` while an automatic restart is pending.
+    Failed {
+        reason: String,
+        restarting: bool,
+    },
 }
 
 /// One source partition's view of a pipeline.
@@ -148,6 +152,8 @@ pub struct PartitionStatus {
     pub records_out: u64,
     pub skipped: u64,
     pub dead_lettered: u64,
+    /// Automatic restarts after failures since the partition's task started.
+    pub restarts: u32,
 }
 
 impl PartitionStatus {
@@ -329,6 +335,11 @@ impl Pipelines {
             .collect()
     }
 
+    /// Partition tasks still running, including any that outlived their pipeline.
+    pub fn running_tasks(&self) -> usize {
+        self.inner.pipelines.running_tasks()
+    }
+
     /// Every pipeline, unless one is being created or changed right now (for metrics, which
     /// must not wait).
     pub fn try_list(&self) -> Option<Vec<PipelineStatus>> {
@@ -432,6 +443,7 @@ impl Pipelines {
                 records_out: 0,
                 skipped: 0,
                 dead_lettered: 0,
+                restarts: 0,
             })));
             if !running.spec.paused {
                 let context = task::PartitionTask {

@@ -20,6 +20,7 @@ use crate::log::{
 };
 use crate::meta::{Meta, Table};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
+use crate::runtime::RestartPolicy;
 
 /// How much of the source one batch reads.
 const READ_BYTES: usize = 1 << 20;
@@ -60,21 +61,51 @@ struct InFlight {
     records_out: u64,
 }
 
-/// How long a partition task that stopped on a full disk waits before it starts again.
-const RETRY: Duration = Duration::from_secs(2);
+/// A partition stopped by a full disk tries again for as long as it takes retention or an
+/// operator to free it, every few seconds.
+const DISK_FULL: RestartPolicy = RestartPolicy {
+    first: Duration::from_secs(1),
+    longest: Duration::from_secs(4),
+    budget: None,
+    healthy_run: Duration::from_secs(60),
+};
 
-/// Why a partition task stopped; `passes` when the cause goes away by itself (a full disk
-/// that retention or an operator frees), so the task starts again from its progress.
+/// What trying again can do for a stopped partition task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// Nothing: the same input fails the same way (a record rejected with `errors=fail`, a
+    /// routing that fans out too far); the partition waits for the operator.
+    Never,
+    /// Perhaps (a plugin's trap or limit, an I/O error): restarted under
+    /// [`RestartPolicy::TASKS`].
+    Restart,
+    /// Once there is room: restarted under [`DISK_FULL`] without a budget.
+    WhenDiskFreed,
+}
+
+/// Why a partition task stopped, and what trying again can do; a restart starts from the
+/// recorded progress, so it neither loses nor repeats output.
 struct Stopped {
     reason: String,
-    passes: bool,
+    recovery: Recovery,
 }
 
 impl Stopped {
-    fn by(context: &str, error: &dyn std::fmt::Display, passes: bool) -> Self {
+    fn by(context: &str, error: &dyn std::fmt::Display, disk_full: bool) -> Self {
         Self {
             reason: format!("{context}: {error}"),
-            passes,
+            recovery: if disk_full {
+                Recovery::WhenDiskFreed
+            } else {
+                Recovery::Restart
+            },
+        }
+    }
+
+    fn for_good(reason: String) -> Self {
+        Self {
+            reason,
+            recovery: Recovery::Never,
         }
     }
 }
@@ -83,7 +114,19 @@ impl From<String> for Stopped {
     fn from(reason: String) -> Self {
         Self {
             reason,
-            passes: false,
+            recovery: Recovery::Restart,
+        }
+    }
+}
+
+impl From<Failure> for Stopped {
+    fn from(failure: Failure) -> Self {
+        let permanent = matches!(failure, Failure::Rejected(_));
+        let reason = failure.to_string();
+        if permanent {
+            Self::for_good(reason)
+        } else {
+            Self::from(reason)
         }
     }
 }
@@ -101,38 +144,49 @@ pub(super) struct PartitionTask {
 
 impl PartitionTask {
     pub async fn run(self) {
+        let mut restarts = RestartPolicy::TASKS.restarts();
+        let mut disk_full = DISK_FULL.restarts();
         loop {
+            let started = tokio::time::Instant::now();
             let outcome = tokio::select! {
                 outcome = self.transform_until_stopped() => outcome,
                 // A chain stuck on its start-up scan or in a plugin's call stops with the task.
                 _ = self.stop.cancelled() => Ok(()),
             };
-            let Err(Stopped { reason, passes }) = outcome else {
+            let Err(Stopped { reason, recovery }) = outcome else {
                 self.status.update(|s| s.state = PartitionState::Paused);
                 return;
+            };
+            let ran = started.elapsed();
+            let wait = match recovery {
+                Recovery::Never => None,
+                Recovery::Restart => restarts.failed(ran),
+                Recovery::WhenDiskFreed => disk_full.failed(ran),
             };
             tracing::warn!(
                 pipeline = %self.spec.name,
                 partition = self.partition.0,
                 %reason,
-                retry = passes,
+                restarting = wait.is_some(),
                 "pipeline partition failed"
             );
-            if !passes {
-                self.status
-                    .update(|s| s.state = PartitionState::Failed { reason });
-                return;
-            }
-            let reason = format!("{reason} (tried again every {} s)", RETRY.as_secs());
+            let restarting = wait.is_some();
             self.status
-                .update(|s| s.state = PartitionState::Failed { reason });
+                .update(|s| s.state = PartitionState::Failed { reason, restarting });
+            let Some(wait) = wait else {
+                return;
+            };
             tokio::select! {
-                () = tokio::time::sleep(RETRY) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = self.stop.cancelled() => {
                     self.status.update(|s| s.state = PartitionState::Paused);
                     return;
                 }
             }
+            self.status.update(|s| {
+                s.state = PartitionState::Starting;
+                s.restarts += 1;
+            });
         }
     }
 
@@ -234,7 +288,7 @@ impl Worker<'_> {
                 continue;
             };
             let range = (first.offset.0, last.offset.0);
-            let output = self.transform(&records).await.map_err(|f| f.to_string())?;
+            let output = self.transform(&records).await?;
             let (appends, records_out) = self.append(&records, range, output).await?;
             in_flight.push_back(InFlight {
                 appends,
@@ -336,7 +390,7 @@ impl Worker<'_> {
         if task.spec.errors == ErrorPolicy::Fail
             && let Some(rejection) = rejected.first()
         {
-            return Err(Failure::Rejected(rejection.clone()).to_string().into());
+            return Err(Failure::Rejected(rejection.clone()).into());
         }
         let mut routed: Routed = BTreeMap::new();
         let mut partitions_of: HashMap<TopicName, u32> = HashMap::new();
@@ -459,11 +513,10 @@ impl Worker<'_> {
     /// Enters a destination into the progress, durably, before anything is appended to it.
     async fn register(&mut self, destination: &Destination) -> Result<(), Stopped> {
         if self.progress.destinations().len() >= MAX_DESTINATIONS {
-            return Err(format!(
+            return Err(Stopped::for_good(format!(
                 "output would go to more than {MAX_DESTINATIONS} destination partitions; \
                  check the routing transforms"
-            )
-            .into());
+            )));
         }
         let end = self
             .task

@@ -176,8 +176,13 @@ fn new_pipeline(name: &str, from: &str, to: &str, transforms: Vec<TransformSpec>
 }
 
 /// Polls the pipeline until `done` holds for its first partition, or panics with its status.
-async fn wait_for(pipelines: &Pipelines, name: &str, done: impl Fn(&PartitionStatus) -> bool) {
-    wait_for_partition(pipelines, name, 0, done).await;
+/// Waits until partition 0 of `name` is as `done` wants it, and returns it as it was then.
+async fn wait_for(
+    pipelines: &Pipelines,
+    name: &str,
+    done: impl Fn(&PartitionStatus) -> bool,
+) -> PartitionStatus {
+    wait_for_partition(pipelines, name, 0, done).await
 }
 
 async fn wait_for_partition(
@@ -185,12 +190,12 @@ async fn wait_for_partition(
     name: &str,
     index: usize,
     done: impl Fn(&PartitionStatus) -> bool,
-) {
+) -> PartitionStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let status = pipelines.get(name).await.unwrap();
-        if status.partitions.get(index).is_some_and(&done) {
-            return;
+        if let Some(partition) = status.partitions.get(index).filter(|p| done(p)) {
+            return partition.clone();
         }
         assert!(tokio::time::Instant::now() < deadline, "{status:#?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -428,13 +433,14 @@ async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
             .contains("poison")
     );
     let strict = s.pipelines.get("strict").await.unwrap();
-    let PartitionState::Failed { reason } = &strict.partitions[0].state else {
+    let PartitionState::Failed { reason, restarting } = &strict.partitions[0].state else {
         unreachable!()
     };
     assert!(
         reason.contains("rejected the record at offset 1"),
         "{reason}"
     );
+    assert!(!restarting, "the same record would be rejected again");
     assert_eq!(strict.partitions[0].next_offset, 0);
     assert_eq!(
         s.pipelines.user_of("faulty").await.as_deref(),
@@ -476,18 +482,18 @@ async fn a_trapping_plugin_fails_only_its_own_pipeline() {
         ("spin", "limit of 500 ms"),
         ("hog", "memory limit of 32 MiB"),
     ] {
-        wait_for(&s.pipelines, name, |p| {
+        let failed = wait_for(&s.pipelines, name, |p| {
             matches!(p.state, PartitionState::Failed { .. })
         })
         .await;
-        let status = s.pipelines.get(name).await.unwrap();
-        let PartitionState::Failed { reason } = &status.partitions[0].state else {
+        let PartitionState::Failed { reason, restarting } = &failed.state else {
             unreachable!()
         };
         assert!(
             reason.contains("\"faulty\"") && reason.contains(expected),
             "{reason}"
         );
+        assert!(restarting, "a plugin's trap or limit may pass: {reason}");
     }
     produce(&s.log, "in", (10..20).map(|i| format!(r#"{{"i":{i}}}"#))).await;
     wait_for(&s.pipelines, "healthy", |p| p.next_offset == 20).await;
@@ -626,4 +632,67 @@ async fn cycles_are_refused_at_create_and_the_hop_limit_ends_those_it_cannot_see
 fn test_plugin(crate_name: &str) -> Vec<u8> {
     let path = Path::new(env!("APPLIANCE_PLUGINS_DIR")).join(format!("{crate_name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_failing_for_a_while_is_restarted_with_backoff_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    s.add_faulty().await;
+    produce(&s.log, "in", (0..10).map(|i| format!(r#"{{"i":{i}}}"#))).await;
+    let until = std::time::SystemTime::now() + Duration::from_millis(2500);
+    let until = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let flaky = vec![step("faulty", &[("mode", "trap-until"), ("until", &until)])];
+    s.pipelines
+        .create(new_pipeline("flaky", "in", "out", flaky))
+        .await
+        .unwrap();
+    let failed = wait_for(&s.pipelines, "flaky", |p| {
+        matches!(
+            p.state,
+            PartitionState::Failed {
+                restarting: true,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(failed.next_offset, 0);
+    let caught_up = wait_for(&s.pipelines, "flaky", |p| p.next_offset == 10).await;
+    assert!(caught_up.restarts >= 1, "{caught_up:?}");
+    assert_eq!(caught_up.state, PartitionState::Running);
+    assert_eq!(values(&s.log, "out").await.len(), 10, "each record once");
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_pipeline_waiting_to_restart_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    s.add_faulty().await;
+    produce(&s.log, "in", ["{}".to_owned()].into_iter()).await;
+    let broken = vec![step("faulty", &[("mode", "trap")])];
+    s.pipelines
+        .create(new_pipeline("broken", "in", "out", broken))
+        .await
+        .unwrap();
+    wait_for(&s.pipelines, "broken", |p| {
+        matches!(
+            p.state,
+            PartitionState::Failed {
+                restarting: true,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(s.pipelines.running_tasks(), 1);
+    s.pipelines.delete("broken").await.unwrap();
+    assert_eq!(s.pipelines.running_tasks(), 0);
+    assert!(s.pipelines.list().await.is_empty());
+    s.close().await;
 }

@@ -21,6 +21,15 @@ pub struct RestartPolicy {
 const JITTER: f64 = 0.2;
 
 impl RestartPolicy {
+    /// For the tasks of pipelines and connectors: five restarts after about 1, 2, 4, 8 and
+    /// 16 s, then failed until the operator acts; a run of a minute starts the count anew.
+    pub const TASKS: Self = Self {
+        first: Duration::from_secs(1),
+        longest: Duration::from_secs(16),
+        budget: Some(5),
+        healthy_run: Duration::from_secs(60),
+    };
+
     /// A fresh count of failures under this policy.
     pub fn restarts(self) -> Restarts {
         Restarts {

@@ -1,7 +1,9 @@
 //! A transform that misbehaves on purpose, to test that the host contains it. `mode` picks
 //! the fault: `trap` (panics on the first batch), `loop` (never returns), `allocate` (grows its
 //! memory until something stops it), `reject-config` (fails init), `poison` (an error for
-//! each record whose value contains `poison`, every other record passes).
+//! each record whose value contains `poison`, every other record passes), `trap-until` (traps
+//! like `trap` until the wall clock reaches `until`, epoch milliseconds, then passes records:
+//! a transient fault that outlives the instance, as a restart makes a new one).
 
 use appliance_sdk::{BatchInfo, Config, Record, Transform, transform};
 
@@ -21,6 +23,7 @@ enum Mode {
     Flood,
     Poison,
     Connect(String),
+    TrapUntil(u128),
 }
 
 impl Transform for FaultInjector {
@@ -43,10 +46,10 @@ impl Transform for FaultInjector {
     }
 
     fn init(config: Config) -> Result<Self, String> {
-        config.only(&["mode", "addr"])?;
+        config.only(&["mode", "addr", "until"])?;
         let mode = match config.require(
             "mode",
-            "trap, loop, sleep, allocate, flood, connect, reject-config or poison",
+            "trap, trap-until, loop, sleep, allocate, flood, connect, reject-config or poison",
         )? {
             "trap" => Mode::Trap,
             "loop" => Mode::Loop,
@@ -58,6 +61,12 @@ impl Transform for FaultInjector {
                     .to_owned(),
             ),
             "allocate" => Mode::Allocate,
+            "trap-until" => Mode::TrapUntil(
+                config
+                    .require("until", "epoch milliseconds")?
+                    .parse()
+                    .map_err(|e| format!("until: {e}"))?,
+            ),
             "poison" => Mode::Poison,
             "reject-config" => return Err("this configuration is rejected on purpose".into()),
             other => return Err(format!("unknown mode {other:?}")),
@@ -75,6 +84,18 @@ impl Transform for FaultInjector {
                 Err(e) => Err(format!("cannot connect to {addr}: {e}")),
             },
             Mode::Trap => panic!("fault-injector: trapping on purpose"),
+            Mode::TrapUntil(until) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis());
+                if now < *until {
+                    panic!(
+                        "fault-injector: trapping on purpose for another {} ms",
+                        until - now
+                    );
+                }
+                Ok(Some(record))
+            }
             Mode::Loop => loop {
                 std::hint::spin_loop();
             },

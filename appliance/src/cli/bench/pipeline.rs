@@ -265,7 +265,7 @@ async fn pipeline_case(
     loop {
         let status = pipelines.get(&name).await?;
         let partition = status.partitions.first().context("no partition")?;
-        if let crate::pipeline::PartitionState::Failed { reason } = &partition.state {
+        if let crate::pipeline::PartitionState::Failed { reason, .. } = &partition.state {
             anyhow::bail!("pipeline {name} failed: {reason}");
         }
         if partition.next_offset as usize >= records {
