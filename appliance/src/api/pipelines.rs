@@ -7,9 +7,8 @@ use tonic::{Request, Response, Status};
 use super::convert::topic_name;
 use super::error::invalid;
 use super::metrics::{Metrics, Rpc};
-use crate::pipeline::{
-    ErrorPolicy, NewPipeline, PartitionState, PipelineStatus, Pipelines, TransformSpec,
-};
+use crate::pipeline::{NewPipeline, PartitionState, PipelineStatus, Pipelines};
+use crate::transform::{ErrorPolicy, TransformSpec};
 
 #[derive(Debug)]
 pub struct PipelinesService {

@@ -33,15 +33,11 @@ use tokio_util::sync::CancellationToken;
 use crate::group::{Coordinator, GroupError, ResetTarget};
 use crate::log::{Log, LogError, Offset, PartitionId, TopicName};
 use crate::meta::{GroupId, Meta, MetaError, Table};
-use crate::pipeline::{self, ErrorPolicy, TransformSpec, TransformsError};
 use crate::plugin::{Limits, Loaded, PluginError, PluginKind, Plugins, is_host_key};
-use crate::runtime::{Component, Components, Registry, RestartPolicy};
+use crate::runtime::{self, Component, Components, Registry, ResourceName, RestartPolicy};
+use crate::transform::{self, ErrorPolicy, TransformSpec, TransformsError};
 
-/// The header on the last record of each batch a source task appends: `ID:TASK` in hex and
-/// decimal, naming the connector (by its id, which changes when offsets are reset) and task.
-pub const SOURCE_TAG_HEADER: &str = "appliance.source";
-/// The header beside [`SOURCE_TAG_HEADER`] holding the source position after that record.
-pub const POSITION_HEADER: &str = "appliance.source.position";
+pub use crate::transform::{POSITION_HEADER, SOURCE_TAG_HEADER};
 
 pub const MAX_TASKS: u32 = 256;
 
@@ -307,7 +303,7 @@ impl Connectors {
             )));
         }
         let read_from = (kind == PluginKind::Sink).then_some(&new.topic);
-        pipeline::check_error_policy(new.errors, new.dlq_topic.as_ref(), read_from)
+        transform::check_error_policy(new.errors, new.dlq_topic.as_ref(), read_from)
             .map_err(invalid)?;
         if new.dlq_topic.as_ref() == Some(&new.topic) {
             return Err(invalid(
@@ -317,7 +313,7 @@ impl Connectors {
         if kind == PluginKind::Sink {
             context.log.topic_info(&new.topic)?;
         }
-        pipeline::validate_transforms(&context.plugins, context.limits, &new.transforms)
+        transform::validate_transforms(&context.plugins, context.limits, &new.transforms)
             .await
             .map_err(|e| match e {
                 TransformsError::Plugin(e) => ConnectError::Plugin(e),
@@ -344,13 +340,13 @@ impl Connectors {
             return Err(ConnectError::AlreadyExists { name: new.name });
         }
         if kind == PluginKind::Source {
-            pipeline::ensure_topic(&context.log, &new.topic).await?;
+            transform::ensure_topic(&context.log, &new.topic).await?;
         }
         if let Some(dlq) = &new.dlq_topic {
-            pipeline::ensure_topic(&context.log, dlq).await?;
+            transform::ensure_topic(&context.log, dlq).await?;
         }
         let spec = ConnectorSpec {
-            id: pipeline::unique_id(&new.name),
+            id: runtime::unique_id(&new.name),
             name: new.name,
             plugin: new.plugin,
             kind,
@@ -515,7 +511,7 @@ impl Connectors {
                 }
                 (_, OffsetReset::Earliest) => {
                     let old = running.spec.id;
-                    running.spec.id = pipeline::unique_id(name);
+                    running.spec.id = runtime::unique_id(name);
                     meta.put(Table::Connectors, name, &running.spec).await?;
                     meta.remove_prefix(Table::ConnectorProgress, &source::key_prefix(old))
                         .await?;
@@ -727,7 +723,7 @@ impl Task {
     }
 
     /// The task's plugin, the label of its instances in logs and metrics, and its transforms.
-    async fn prepare(&self) -> Result<(Arc<Loaded>, String, Vec<pipeline::Step>), String> {
+    async fn prepare(&self) -> Result<(Arc<Loaded>, String, Vec<transform::Step>), String> {
         let context = &self.context;
         let loaded = context
             .plugins
@@ -735,7 +731,7 @@ impl Task {
             .await
             .map_err(|e| e.to_string())?;
         let label = format!("connector/{}/{}", self.spec.name, self.index);
-        let steps = pipeline::start_chain(
+        let steps = transform::start_chain(
             &context.plugins,
             context.limits,
             &self.spec.transforms,
@@ -779,13 +775,11 @@ fn status_of(running: &Running) -> ConnectorStatus {
 }
 
 fn validate_name(name: &str) -> Result<(), ConnectError> {
-    if pipeline::is_valid_name(name) {
-        Ok(())
-    } else {
-        Err(ConnectError::InvalidName {
+    ResourceName::new(name)
+        .map(drop)
+        .ok_or_else(|| ConnectError::InvalidName {
             name: name.to_owned(),
         })
-    }
 }
 
 /// Output batches are cut well below the topic's `max-message-bytes`.
@@ -808,7 +802,7 @@ async fn append_in_batches(
     let target = log.partition(topic, partition).map_err(|e| e.to_string())?;
     let budget = config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
     let mut end = None;
-    for ((_, to), mut batch) in pipeline::cut_by_size(entries, budget, (0, last)) {
+    for ((_, to), mut batch) in transform::cut_by_size(entries, budget, (0, last)) {
         let (_, record) = batch.last_mut().ok_or("empty output batch")?;
         seal(to, record)?;
         let records: Vec<crate::log::Record> = batch.into_iter().map(|(_, r)| r).collect();
@@ -834,7 +828,7 @@ async fn append_elsewhere(
     if records.is_empty() {
         return Ok(());
     }
-    pipeline::ensure_topic(log, topic)
+    transform::ensure_topic(log, topic)
         .await
         .map_err(|e| e.to_string())?;
     let partitions = log

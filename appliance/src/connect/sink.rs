@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use super::{Task, TaskState, append_elsewhere, retry_backoff};
 use crate::log::{self, LogError, Offset, PartitionId, StoredRecord};
 use crate::meta::{CommittedOffset, GroupId, PartitionOffset};
-use crate::pipeline::{self, ChainOutput, ErrorPolicy, Rejection};
 use crate::plugin::{self, BatchInfo, RecordError};
+use crate::transform::{self, ChainOutput, ErrorPolicy, Rejection};
 
 /// How much of a partition one batch reads.
 const READ_BYTES: usize = 1 << 20;
@@ -54,7 +54,7 @@ pub(super) async fn run(task: &Task) -> Result<(), String> {
 
 struct Worker<'t> {
     task: &'t Task,
-    steps: Vec<pipeline::Step>,
+    steps: Vec<transform::Step>,
     instance: plugin::SinkInstance,
     group: GroupId,
     /// Partition -> the next offset to deliver.
@@ -172,11 +172,11 @@ impl Worker<'_> {
             topic: topic.to_string(),
             partition: partition.0,
         };
-        let input: Vec<plugin::Record> = records.iter().map(pipeline::to_plugin_record).collect();
+        let input: Vec<plugin::Record> = records.iter().map(transform::to_plugin_record).collect();
         let ChainOutput {
             records: output,
             rejected,
-        } = pipeline::run_chain(&mut self.steps, &info, input, task.spec.errors)
+        } = transform::run_chain(&mut self.steps, &info, input, task.spec.errors)
             .await
             .map_err(|failure| failure.to_string())?;
         self.reject(&records, partition, &rejected).await?;
@@ -283,7 +283,7 @@ impl Worker<'_> {
                         let original = source
                             .iter()
                             .find(|r| r.offset.0 as i64 == rejection.offset)?;
-                        Some(pipeline::dead_letter(
+                        Some(transform::dead_letter(
                             &spec.name,
                             (&spec.topic, partition),
                             rejection.offset,

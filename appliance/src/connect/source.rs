@@ -26,8 +26,8 @@ use super::{
 };
 use crate::log::{self, Header, Offset, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
-use crate::pipeline::{self, ChainOutput, ErrorPolicy, Rejection};
 use crate::plugin::{self, BatchInfo, Polled};
+use crate::transform::{self, ChainOutput, ErrorPolicy, Rejection};
 
 /// At most this many records per poll.
 const MAX_POLL: u32 = 4096;
@@ -171,7 +171,7 @@ async fn recover(task: &Task) -> Result<SourceProgress, String> {
 
 struct Worker<'t> {
     task: &'t Task,
-    steps: Vec<pipeline::Step>,
+    steps: Vec<transform::Step>,
     progress: SourceProgress,
     key: String,
     tag: Bytes,
@@ -223,7 +223,7 @@ impl Worker<'_> {
                 .records
                 .iter()
                 .cloned()
-                .map(pipeline::to_log_record)
+                .map(transform::to_log_record)
                 .collect()
         } else {
             Vec::new()
@@ -231,7 +231,7 @@ impl Worker<'_> {
         let ChainOutput {
             records,
             mut rejected,
-        } = pipeline::run_chain(&mut self.steps, &info, polled.records, spec.errors)
+        } = transform::run_chain(&mut self.steps, &info, polled.records, spec.errors)
             .await
             .map_err(|failure| failure.to_string())?;
         let mut own: Vec<(i64, log::Record)> = Vec::with_capacity(records.len());
@@ -240,8 +240,8 @@ impl Worker<'_> {
         for record in records {
             let offset = record.offset;
             match self.destination(&record, &mut max_bytes) {
-                Ok(None) => own.push((offset, pipeline::to_log_record(record))),
-                Ok(Some(topic)) => routed.push((topic, pipeline::to_log_record(record))),
+                Ok(None) => own.push((offset, transform::to_log_record(record))),
+                Ok(Some(topic)) => routed.push((topic, transform::to_log_record(record))),
                 Err(message) => rejected.push(Rejection {
                     offset,
                     plugin: "(routing)".to_owned(),
@@ -331,7 +331,7 @@ impl Worker<'_> {
             let Some(original) = originals.get(rejection.offset as usize) else {
                 continue;
             };
-            let letter = pipeline::dead_letter(
+            let letter = transform::dead_letter(
                 &spec.name,
                 (&spec.topic, PartitionId(self.progress.partition)),
                 rejection.offset,
@@ -370,7 +370,7 @@ impl Worker<'_> {
                     c.max_message_bytes
                 }) as usize
         });
-        let size = pipeline::record_size(
+        let size = transform::record_size(
             record.key.as_ref(),
             record.value.as_ref(),
             record.headers.iter().map(|h| (&h.key, Some(&h.value))),

@@ -26,7 +26,7 @@ use super::transfer::{Direction, MirrorStatus, RateLimit, SendOptions, WireCompr
 use super::{EdgeId, HUB_MIRROR_PREFIX, LinkError, frame, pattern, tls};
 use crate::log::{BatchHeader, Log, Offset, PartitionId, Timestamp, TopicName};
 use crate::meta::{Meta, Table};
-use crate::runtime::{Component, Registry, RestartPolicy, Restarts};
+use crate::runtime::{Component, Registry, ResourceName, RestartPolicy, Restarts};
 
 /// A link tries to reach its hub for as long as it exists; a session that got as far as
 /// Welcome starts the backoff anew.
@@ -156,13 +156,10 @@ impl Links {
     }
 
     pub async fn create(&self, mut spec: LinkSpec) -> Result<LinkStatus, LinkError> {
-        if !crate::pipeline::is_valid_name(&spec.name) {
+        if ResourceName::new(&spec.name).is_none() {
             return Err(LinkError::InvalidSpec {
                 what: "name".into(),
-                reason: format!(
-                    "{:?}: use 1 to 128 of a-z, A-Z, 0-9, '.', '_' and '-'",
-                    spec.name
-                ),
+                reason: format!("{:?}: {}", spec.name, ResourceName::RULE),
             });
         }
         for (what, text) in [("topics", &spec.topics), ("downstream", &spec.downstream)] {

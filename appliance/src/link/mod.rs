@@ -53,8 +53,7 @@ pub fn pattern(text: &str) -> Result<Option<Regex>, regex::Error> {
         .map(Some)
 }
 
-/// The prefix of the mirrors an edge keeps of hub topics; no edge may be called this.
-pub const HUB_MIRROR_PREFIX: &str = "hub";
+pub use crate::log::HUB_MIRROR_PREFIX;
 
 impl EdgeId {
     pub fn new(id: &str) -> Result<Self, LinkError> {

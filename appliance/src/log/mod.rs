@@ -379,6 +379,10 @@ struct Topic {
     writers: TaskTracker,
 }
 
+/// Mirror topics are named `<origin>.<topic>`: on a hub the origin is the edge's id, on an
+/// edge it is this prefix, for the mirrors it keeps of hub topics; no edge may be called this.
+pub const HUB_MIRROR_PREFIX: &str = "hub";
+
 /// A topic as listed.
 #[derive(Debug, Clone)]
 pub struct TopicInfo {

@@ -16,7 +16,6 @@
 //! paused, failed with a reason) and lag are reported per partition. Partitions added to a
 //! source topic get their task within [`PARTITION_CHECK`].
 
-mod chain;
 mod graph;
 mod progress;
 mod task;
@@ -28,40 +27,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::log::{Log, LogError, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
-use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
-use crate::runtime::{Component, Components, Registry};
-
-pub(crate) use chain::run as run_chain;
-pub use chain::{ChainOutput, Predicate, Rejection, Step};
-pub(crate) use task::{
-    cut_by_size, dead_letter, ensure_topic, record_size, to_log_record, to_plugin_record,
+use crate::plugin::{Limits, PluginError, Plugins};
+use crate::runtime::{self, Component, Components, Registry, ResourceName};
+use crate::transform::{
+    self, ErrorPolicy, TransformSpec, TransformsError, check_error_policy, validate_transforms,
 };
 
-/// How many pipelines a record has passed through, as decimal digits; written on every
-/// pipeline output record. A record past [`MAX_HOPS`] is rejected (to the pipeline's error
-/// policy): the safety net for cycles that routing per record makes and the check at create
-/// cannot see.
-pub const HOPS_HEADER: &str = "appliance.hops";
-pub const MAX_HOPS: u32 = 16;
-
-/// Headers the appliance writes to account for its own output (pipeline and source
-/// connector tags, hop counts). They are taken off every record a plugin emits or receives,
-/// so no record carries a tag that the appliance did not put there itself.
-pub const TAG_HEADERS: [&str; 4] = [
-    progress::TAG_HEADER,
-    crate::connect::SOURCE_TAG_HEADER,
-    crate::connect::POSITION_HEADER,
-    HOPS_HEADER,
-];
-
-pub(crate) fn is_tag_header(key: &str) -> bool {
-    TAG_HEADERS.contains(&key)
-}
-
-const MAX_NAME_LEN: usize = 128;
 /// How often pipelines look for partitions added to their source topic.
 const PARTITION_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
-const MAX_TRANSFORMS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -81,26 +54,6 @@ pub enum PipelineError {
     Log(#[from] LogError),
     #[error(transparent)]
     Meta(#[from] MetaError),
-}
-
-/// What happens to a record a transform rejects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorPolicy {
-    /// Stop the partition with the error as its status. The default.
-    #[default]
-    Fail,
-    /// Drop the record and go on.
-    Skip,
-    /// Write the original record to the dead-letter topic with headers naming the error.
-    Dlq,
-}
-
-/// One transform of a chain: a plugin and its instance configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransformSpec {
-    pub plugin: String,
-    pub config: Vec<(String, String)>,
 }
 
 /// A pipeline as created; stored in meta.
@@ -293,10 +246,10 @@ impl Pipelines {
             )));
         }
         for topic in std::iter::once(&new.to).chain(new.dlq_topic.as_ref()) {
-            task::ensure_topic(&self.inner.log, topic).await?;
+            transform::ensure_topic(&self.inner.log, topic).await?;
         }
         let spec = PipelineSpec {
-            id: unique_id(&new.name),
+            id: runtime::unique_id(&new.name),
             name: new.name,
             from: new.from,
             to: new.to,
@@ -463,103 +416,6 @@ impl Pipelines {
     }
 }
 
-/// Checks that a dead-letter topic is given exactly when the policy is `dlq`, and differs from
-/// the topic records are read from.
-pub(crate) fn check_error_policy(
-    errors: ErrorPolicy,
-    dlq_topic: Option<&TopicName>,
-    source: Option<&TopicName>,
-) -> Result<(), String> {
-    match (errors, dlq_topic) {
-        (ErrorPolicy::Dlq, None) => Err("errors=dlq needs a dead-letter topic".to_owned()),
-        (ErrorPolicy::Dlq, Some(dlq)) if Some(dlq) == source => {
-            Err("the dead-letter topic must differ from the source".to_owned())
-        }
-        (ErrorPolicy::Fail | ErrorPolicy::Skip, Some(_)) => {
-            Err("a dead-letter topic is only used with errors=dlq".to_owned())
-        }
-        _ => Ok(()),
-    }
-}
-
-#[derive(Debug)]
-pub(crate) enum TransformsError {
-    Plugin(PluginError),
-    Invalid(String),
-}
-
-/// Instantiates each transform of a chain once, so a configuration its plugin rejects is
-/// reported to whoever creates the chain.
-pub(crate) async fn validate_transforms(
-    plugins: &Plugins,
-    limits: Limits,
-    transforms: &[TransformSpec],
-) -> Result<(), TransformsError> {
-    if transforms.len() > MAX_TRANSFORMS {
-        return Err(TransformsError::Invalid(format!(
-            "at most {MAX_TRANSFORMS} transforms"
-        )));
-    }
-    for transform in transforms {
-        let loaded = plugins
-            .get(&transform.plugin)
-            .await
-            .map_err(TransformsError::Plugin)?;
-        if loaded.info.kind != PluginKind::Transform {
-            return Err(TransformsError::Plugin(PluginError::WrongKind {
-                name: transform.plugin.clone(),
-                actual: loaded.info.kind,
-                wanted: PluginKind::Transform,
-            }));
-        }
-        let (_, plugin_config) = Predicate::split_config(&transform.config).map_err(|problem| {
-            TransformsError::Invalid(format!("transform {}: {problem}", transform.plugin))
-        })?;
-        plugins
-            .instantiate_transform(&loaded, &plugin_config, limits, "validation")
-            .await
-            .map_err(TransformsError::Plugin)?;
-    }
-    Ok(())
-}
-
-/// Starts one instance of each transform of a chain; `label` prefixes the instances' labels.
-pub(crate) async fn start_chain(
-    plugins: &Plugins,
-    limits: Limits,
-    transforms: &[TransformSpec],
-    label: &str,
-) -> Result<Vec<Step>, String> {
-    let mut steps = Vec::with_capacity(transforms.len());
-    for (index, transform) in transforms.iter().enumerate() {
-        let loaded = plugins
-            .get(&transform.plugin)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (predicate, config) = Predicate::split_config(&transform.config)?;
-        let instance = plugins
-            .instantiate_transform(&loaded, &config, limits, &format!("{label}/{index}"))
-            .await
-            .map_err(|e| e.to_string())?;
-        steps.push(Step {
-            predicate,
-            instance,
-        });
-    }
-    Ok(steps)
-}
-
-/// A practically unique id: the name and the current time, hashed with a per-process random
-/// key. Tags carry it, so output of an earlier pipeline or connector of the same name is
-/// never taken for this one's.
-pub(crate) fn unique_id(name: &str) -> u64 {
-    use std::hash::BuildHasher;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    std::collections::hash_map::RandomState::new().hash_one((name, now))
-}
-
 /// Takes a pipeline out of the map once its tasks have stopped.
 async fn take_stopped(
     pipelines: &mut Components<Running>,
@@ -580,23 +436,12 @@ fn status_of(running: &Running) -> PipelineStatus {
     }
 }
 
-/// A pipeline or connector name: 1 to 128 of `a-z A-Z 0-9 . _ -`.
-pub(crate) fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
 fn validate_name(name: &str) -> Result<(), PipelineError> {
-    if is_valid_name(name) {
-        Ok(())
-    } else {
-        Err(PipelineError::InvalidName {
+    ResourceName::new(name)
+        .map(drop)
+        .ok_or_else(|| PipelineError::InvalidName {
             name: name.to_owned(),
         })
-    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::log::{Log, LogError, Offset, PartitionId, TopicName};
-
-pub const TAG_HEADER: &str = "appliance.pipeline";
+pub use crate::transform::{PIPELINE_TAG_HEADER as TAG_HEADER, SourceRange};
 
 /// A destination partition of a pipeline partition's output.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -80,9 +79,6 @@ pub fn key(pipeline_id: u64, partition: PartitionId) -> String {
 pub fn key_prefix(pipeline_id: u64) -> String {
     format!("{pipeline_id:016x}/")
 }
-
-/// Source offsets `from..=to`.
-pub type SourceRange = (u64, u64);
 
 pub fn tag(pipeline_id: u64, partition: PartitionId, range: SourceRange) -> Bytes {
     Bytes::from(format!(

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::log::{Compression, Durability, LogConfig, Offset, Record, Timestamp, TopicConfig};
+use crate::transform::HOPS_HEADER;
 
 struct Setup {
     log: Log,

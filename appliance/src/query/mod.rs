@@ -476,7 +476,7 @@ fn a_table_name_means_one_thing() {
 fn mirror_edge<'a>(name: &'a str, mirror_of: Option<&str>) -> Option<&'a str> {
     mirror_of?;
     let (edge, rest) = name.split_once('.')?;
-    (!rest.is_empty() && !edge.is_empty() && edge != crate::link::HUB_MIRROR_PREFIX).then_some(edge)
+    (!rest.is_empty() && !edge.is_empty() && edge != crate::log::HUB_MIRROR_PREFIX).then_some(edge)
 }
 
 #[cfg(test)]

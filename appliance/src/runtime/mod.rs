@@ -17,6 +17,7 @@
 //! [`Registry::running_tasks`]. Shutdown stops components in the order the application calls
 //! [`Registry::stop_all`] on each registry: data-flow order is the application's to choose.
 
+mod name;
 mod restart;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use tokio::sync::MutexGuard;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use name::{ResourceName, unique_id};
 pub use restart::{RestartPolicy, Restarts};
 
 /// The components of one kind, by name; cheap to clone.
@@ -160,7 +162,9 @@ impl<C> Component<C> {
 
     /// Runs `task` as one of the component's tasks.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        tokio::spawn(self.all.track_future(self.tasks.track_future(task)));
+        // A tracked future drops the future it wraps before its own token, so the registry's
+        // count goes down before the component's tasks are seen to have ended.
+        tokio::spawn(self.tasks.track_future(self.all.track_future(task)));
     }
 
     /// Cancels the component's tasks and waits until every one has ended.

@@ -21,8 +21,8 @@ use crate::group::Coordinator;
 use crate::log::{
     self, Compression, Log, Offset, PartitionId, Record, Timestamp, TopicConfig, TopicName,
 };
-use crate::pipeline::{ErrorPolicy, TransformSpec};
 use crate::plugin::Limits;
+use crate::transform::{ErrorPolicy, TransformSpec};
 
 #[derive(Debug, Args)]
 pub struct ConnectorBenchArgs {

@@ -21,8 +21,9 @@ use clap::Args;
 
 use super::{PluginHost, open_plugin_host, print_header, scratch_dir};
 use crate::log::{Compression, Log, PartitionId, Record, Timestamp, TopicConfig, TopicName};
-use crate::pipeline::{ErrorPolicy, NewPipeline, Pipelines, TransformSpec};
+use crate::pipeline::{NewPipeline, Pipelines};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
+use crate::transform::{ErrorPolicy, TransformSpec};
 
 #[derive(Debug, Args)]
 pub struct PipelineBenchArgs {

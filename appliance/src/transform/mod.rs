@@ -1,0 +1,176 @@
+//! Transforms: what pipelines and source and sink connectors share between reading a
+//! record and writing it. It owns the transform chain ([`chain`]: plugin instances with
+//! predicates and per-record error isolation), the error policy and dead letters, the
+//! conversions between the log's records and the plugins' records, and the name of every
+//! `appliance.*` header.
+//!
+//! ```text
+//! log::Record --to_plugin_record--> plugin::Record --chain (steps)--> plugin::Record
+//!     --to_log_record--> log::Record (tag headers stripped both ways)
+//! rejected records --error policy--> fail | skip | dead_letter() to the dead-letter topic
+//! ```
+//!
+//! Invariant: no record leaves this module carrying a tag header ([`TAG_HEADERS`]) that the
+//! appliance did not write itself; pipelines and connectors add their own tags after the
+//! chain. `pipeline/` and `connect/` both use this module and neither uses the other.
+
+mod chain;
+mod records;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::TopicName;
+use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
+
+pub use chain::{ChainOutput, Failure, Predicate, Rejection, Step, run as run_chain};
+pub use records::{
+    SourceRange, cut_by_size, dead_letter, ensure_topic, hops, record_size, to_log_record,
+    to_plugin_record,
+};
+
+const MAX_TRANSFORMS: usize = 32;
+
+/// The header on the last record of each batch a pipeline appends: `ID:PARTITION:OFFSET`.
+pub const PIPELINE_TAG_HEADER: &str = "appliance.pipeline";
+/// The header on the last record of each batch a source task appends: `ID:TASK` in hex and
+/// decimal, naming the connector (by its id, which changes when offsets are reset) and task.
+pub const SOURCE_TAG_HEADER: &str = "appliance.source";
+/// The header beside [`SOURCE_TAG_HEADER`] holding the source position after that record.
+pub const POSITION_HEADER: &str = "appliance.source.position";
+
+/// How many pipelines a record has passed through, as decimal digits; written on every
+/// pipeline output record. A record past [`MAX_HOPS`] is rejected (to the pipeline's error
+/// policy): the safety net for cycles that routing per record makes and the check at create
+/// cannot see.
+pub const HOPS_HEADER: &str = "appliance.hops";
+pub const MAX_HOPS: u32 = 16;
+
+/// Headers the appliance writes to account for its own output (pipeline and source
+/// connector tags, hop counts). They are taken off every record a plugin emits or receives,
+/// so no record carries a tag that the appliance did not put there itself.
+pub const TAG_HEADERS: [&str; 4] = [
+    PIPELINE_TAG_HEADER,
+    SOURCE_TAG_HEADER,
+    POSITION_HEADER,
+    HOPS_HEADER,
+];
+
+pub(crate) fn is_tag_header(key: &str) -> bool {
+    TAG_HEADERS.contains(&key)
+}
+
+/// The headers of a dead letter, in the order [`dead_letter`] writes them.
+pub const ERROR_HEADERS: [&str; 6] = [
+    "appliance.error.pipeline",
+    "appliance.error.plugin",
+    "appliance.error.message",
+    "appliance.error.topic",
+    "appliance.error.partition",
+    "appliance.error.offset",
+];
+
+/// What happens to a record a transform rejects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Stop the partition with the error as its status. The default.
+    #[default]
+    Fail,
+    /// Drop the record and go on.
+    Skip,
+    /// Write the original record to the dead-letter topic with headers naming the error.
+    Dlq,
+}
+
+/// One transform of a chain: a plugin and its instance configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransformSpec {
+    pub plugin: String,
+    pub config: Vec<(String, String)>,
+}
+
+/// Checks that a dead-letter topic is given exactly when the policy is `dlq`, and differs from
+/// the topic records are read from.
+pub fn check_error_policy(
+    errors: ErrorPolicy,
+    dlq_topic: Option<&TopicName>,
+    source: Option<&TopicName>,
+) -> Result<(), String> {
+    match (errors, dlq_topic) {
+        (ErrorPolicy::Dlq, None) => Err("errors=dlq needs a dead-letter topic".to_owned()),
+        (ErrorPolicy::Dlq, Some(dlq)) if Some(dlq) == source => {
+            Err("the dead-letter topic must differ from the source".to_owned())
+        }
+        (ErrorPolicy::Fail | ErrorPolicy::Skip, Some(_)) => {
+            Err("a dead-letter topic is only used with errors=dlq".to_owned())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug)]
+pub enum TransformsError {
+    Plugin(PluginError),
+    Invalid(String),
+}
+
+/// Instantiates each transform of a chain once, so a configuration its plugin rejects is
+/// reported to whoever creates the chain.
+pub async fn validate_transforms(
+    plugins: &Plugins,
+    limits: Limits,
+    transforms: &[TransformSpec],
+) -> Result<(), TransformsError> {
+    if transforms.len() > MAX_TRANSFORMS {
+        return Err(TransformsError::Invalid(format!(
+            "at most {MAX_TRANSFORMS} transforms"
+        )));
+    }
+    for transform in transforms {
+        let loaded = plugins
+            .get(&transform.plugin)
+            .await
+            .map_err(TransformsError::Plugin)?;
+        if loaded.info.kind != PluginKind::Transform {
+            return Err(TransformsError::Plugin(PluginError::WrongKind {
+                name: transform.plugin.clone(),
+                actual: loaded.info.kind,
+                wanted: PluginKind::Transform,
+            }));
+        }
+        let (_, plugin_config) = Predicate::split_config(&transform.config).map_err(|problem| {
+            TransformsError::Invalid(format!("transform {}: {problem}", transform.plugin))
+        })?;
+        plugins
+            .instantiate_transform(&loaded, &plugin_config, limits, "validation")
+            .await
+            .map_err(TransformsError::Plugin)?;
+    }
+    Ok(())
+}
+
+/// Starts one instance of each transform of a chain; `label` prefixes the instances' labels.
+pub async fn start_chain(
+    plugins: &Plugins,
+    limits: Limits,
+    transforms: &[TransformSpec],
+    label: &str,
+) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::with_capacity(transforms.len());
+    for (index, transform) in transforms.iter().enumerate() {
+        let loaded = plugins
+            .get(&transform.plugin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (predicate, config) = Predicate::split_config(&transform.config)?;
+        let instance = plugins
+            .instantiate_transform(&loaded, &config, limits, &format!("{label}/{index}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        steps.push(Step {
+            predicate,
+            instance,
+        });
+    }
+    Ok(steps)
+}
