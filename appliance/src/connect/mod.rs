@@ -234,6 +234,8 @@ struct Context {
     log: Log,
     meta: Meta,
     plugins: Plugins,
+    /// Sink tasks commit their group's offsets through it, as every consumer does.
+    groups: Coordinator,
     limits: Limits,
 }
 
@@ -246,7 +248,6 @@ pub struct Connectors {
 #[derive(Debug)]
 struct Inner {
     context: Context,
-    groups: Coordinator,
     connectors: Registry<Running>,
 }
 
@@ -267,9 +268,9 @@ impl Connectors {
                     log,
                     meta,
                     plugins,
+                    groups,
                     limits,
                 },
-                groups,
                 connectors: Registry::new(shutdown),
             }),
         };
@@ -497,6 +498,7 @@ impl Connectors {
                     };
                     let group = running.spec.group()?;
                     self.inner
+                        .context
                         .groups
                         .reset(&group, &running.spec.topic, &[], target)
                         .await?;

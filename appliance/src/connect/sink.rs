@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{Task, TaskState, append_elsewhere, retry_backoff};
 use crate::log::{self, LogError, Offset, PartitionId, StoredRecord};
-use crate::meta::{CommittedOffset, GroupId, PartitionOffset};
+use crate::meta::GroupId;
 use crate::plugin::{self, BatchInfo, RecordError};
 use crate::transform::{self, ChainOutput, ErrorPolicy, Rejection};
 
@@ -318,23 +318,17 @@ impl Worker<'_> {
             ));
         }
         let unflushed = std::mem::take(&mut self.unflushed);
-        let now = log::Timestamp::now().0;
-        let offsets: Vec<PartitionOffset> = unflushed
+        let offsets = unflushed
             .commit
             .iter()
-            .map(|(partition, next)| PartitionOffset {
-                topic: task.spec.topic.to_string(),
-                partition: *partition,
-                committed: CommittedOffset {
-                    offset: *next,
-                    metadata: String::new(),
-                    commit_timestamp_ms: now,
-                },
+            .map(|(partition, next)| {
+                let partition = (task.spec.topic.clone(), PartitionId(*partition));
+                (partition, Offset(*next), String::new())
             })
             .collect();
         task.context
-            .meta
-            .commit_offsets(&self.group, &offsets)
+            .groups
+            .commit(&self.group, None, offsets)
             .await
             .map_err(|e| e.to_string())?;
         task.cell.update(|s| s.records_out += unflushed.records);

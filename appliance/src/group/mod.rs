@@ -487,14 +487,12 @@ impl Coordinator {
                 .log
                 .topic_config(topic)
                 .map_or(0, |config| config.partitions);
-            let per_member = partitions as usize / members.len();
-            let extra = partitions as usize % members.len();
-            let mut next = 0u32;
-            for (i, member) in members.iter().enumerate() {
-                let count = per_member + usize::from(i < extra);
-                for _ in 0..count {
-                    targets.insert((topic.clone(), PartitionId(next)), (*member).clone());
-                    next += 1;
+            for (member, range) in members
+                .iter()
+                .zip(range_assignment(partitions, members.len()))
+            {
+                for partition in range {
+                    targets.insert((topic.clone(), PartitionId(partition)), (*member).clone());
                 }
             }
         }
@@ -823,5 +821,56 @@ impl Coordinator {
                 })
             })
             .collect())
+    }
+}
+
+/// Kafka's range assignment of one topic: `partitions` split into contiguous ranges for
+/// `members` sorted members, in order, the first `partitions % members` one partition larger.
+fn range_assignment(partitions: u32, members: usize) -> Vec<std::ops::Range<u32>> {
+    let Ok(members_u32) = u32::try_from(members) else {
+        return Vec::new();
+    };
+    if members_u32 == 0 {
+        return Vec::new();
+    }
+    let per_member = partitions / members_u32;
+    let extra = partitions % members_u32;
+    let mut next = 0;
+    (0..members_u32)
+        .map(|index| {
+            let start = next;
+            next += per_member + u32::from(index < extra);
+            start..next
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn ranges_are_contiguous_and_the_first_members_take_the_remainder() {
+        assert_eq!(range_assignment(7, 3), [0..3, 3..5, 5..7]);
+        assert_eq!(range_assignment(2, 3), [0..1, 1..2, 2..2]);
+        assert_eq!(range_assignment(0, 2), [0..0, 0..0]);
+        assert!(range_assignment(5, 0).is_empty());
+    }
+
+    proptest! {
+        /// Every partition goes to exactly one member, in order, and no member has more than
+        /// one partition more than another.
+        #[test]
+        fn every_partition_once_and_evenly(partitions in 0u32..5000, members in 1usize..300) {
+            let ranges = range_assignment(partitions, members);
+            prop_assert_eq!(ranges.len(), members);
+            let assigned: Vec<u32> = ranges.iter().cloned().flatten().collect();
+            prop_assert_eq!(assigned, (0..partitions).collect::<Vec<_>>());
+            let sizes: Vec<u32> = ranges.iter().map(|r| r.end - r.start).collect();
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            prop_assert!(max - min <= 1);
+        }
     }
 }
