@@ -381,22 +381,14 @@ impl Connectors {
 
     pub async fn list(&self) -> Vec<ConnectorStatus> {
         let connectors = self.inner.connectors.lock().await;
-        connectors
-            .iter()
-            .map(|(_, running)| status_of(&running.state))
-            .collect()
+        connectors.states().map(status_of).collect()
     }
 
     /// Every connector, unless one is being changed right now (for metrics, which must not
     /// wait).
     pub fn try_list(&self) -> Option<Vec<ConnectorStatus>> {
         let connectors = self.inner.connectors.try_lock()?;
-        Some(
-            connectors
-                .iter()
-                .map(|(_, running)| status_of(&running.state))
-                .collect(),
-        )
+        Some(connectors.states().map(status_of).collect())
     }
 
     /// Stops a connector's tasks; it stays stopped across restarts of the appliance.
@@ -527,8 +519,8 @@ impl Connectors {
     pub async fn user_of(&self, plugin: &str) -> Option<String> {
         let connectors = self.inner.connectors.lock().await;
         connectors
-            .iter()
-            .map(|(_, running)| &running.state.spec)
+            .states()
+            .map(|running| &running.spec)
             .find(|spec| {
                 spec.plugin == plugin || spec.transforms.iter().any(|t| t.plugin == plugin)
             })

@@ -184,15 +184,16 @@ impl Links {
         if running.contains(&spec.name) {
             return Err(LinkError::LinkExists { name: spec.name });
         }
-        if let Some((_, other)) = running.iter().find(|(_, link)| {
-            link.state.edge.as_ref() == Some(&edge) && link.state.spec.hub == spec.hub
-        }) {
+        if let Some(other) = running
+            .states()
+            .find(|link| link.edge.as_ref() == Some(&edge) && link.spec.hub == spec.hub)
+        {
             return Err(LinkError::InvalidSpec {
                 what: "hub".into(),
                 reason: format!(
                     "the link {:?} links edge {edge} to {} already; a hub serves one link per \
                      edge: give that link's topic pattern these topics too",
-                    other.state.spec.name, spec.hub
+                    other.spec.name, spec.hub
                 ),
             });
         }
@@ -213,21 +214,13 @@ impl Links {
 
     pub async fn list(&self) -> Vec<LinkStatus> {
         let running = self.running.lock().await;
-        running
-            .iter()
-            .map(|(_, link)| self.status(&link.state))
-            .collect()
+        running.states().map(|link| self.status(link)).collect()
     }
 
     /// Every link, unless one is being changed right now (for metrics, which must not wait).
     pub fn try_list(&self) -> Option<Vec<LinkStatus>> {
         let running = self.running.try_lock()?;
-        Some(
-            running
-                .iter()
-                .map(|(_, link)| self.status(&link.state))
-                .collect(),
-        )
+        Some(running.states().map(|link| self.status(link)).collect())
     }
 
     /// Tasks of links still running, including any that outlived their link.

@@ -282,6 +282,21 @@ fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, MetaError> 
     serde_json::from_slice(value).map_err(decode_error(key))
 }
 
+/// Every document of `tree` with its key, in key order; `what` names the scan in errors.
+fn decode_all<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &'static str,
+) -> Result<Vec<(String, T)>, MetaError> {
+    tree.iter()
+        .map(|entry| {
+            let (key, value) = entry.map_err(store_error(what))?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let value = decode(&key, &value)?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
 impl Meta {
     /// Opens the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
@@ -411,18 +426,7 @@ impl Meta {
 
     /// Every stored topic with its config.
     pub fn topics<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, MetaError> {
-        self.with_store(|stores| {
-            stores
-                .topics
-                .iter()
-                .map(|entry| {
-                    let (key, value) = entry.map_err(store_error("scan topics"))?;
-                    let name = String::from_utf8_lossy(&key).into_owned();
-                    let config = decode(&name, &value)?;
-                    Ok((name, config))
-                })
-                .collect()
-        })
+        self.with_store(|stores| decode_all(&stores.topics, "scan topics"))
     }
 
     /// Commits a group's offsets, all or none, durably.
@@ -579,18 +583,7 @@ impl Meta {
         &self,
         table: Table,
     ) -> Result<Vec<(String, T)>, MetaError> {
-        self.with_store(|stores| {
-            stores
-                .table(table)
-                .iter()
-                .map(|entry| {
-                    let (key, value) = entry.map_err(store_error("scan"))?;
-                    let key = String::from_utf8_lossy(&key).into_owned();
-                    let value = decode(&key, &value)?;
-                    Ok((key, value))
-                })
-                .collect()
-        })
+        self.with_store(|stores| decode_all(stores.table(table), "scan"))
     }
 }
 

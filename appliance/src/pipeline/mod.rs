@@ -228,8 +228,8 @@ impl Pipelines {
             return Err(PipelineError::AlreadyExists { name: new.name });
         }
         let existing: Vec<graph::Edges<'_>> = pipelines
-            .iter()
-            .map(|(_, running)| graph::Edges::of_spec(&running.state.spec))
+            .states()
+            .map(|running| graph::Edges::of_spec(&running.spec))
             .collect();
         let edges = graph::Edges::of(
             &new.name,
@@ -283,8 +283,8 @@ impl Pipelines {
             .pipelines
             .lock()
             .await
-            .iter()
-            .map(|(_, running)| status_of(&running.state))
+            .states()
+            .map(status_of)
             .collect()
     }
 
@@ -297,12 +297,7 @@ impl Pipelines {
     /// must not wait).
     pub fn try_list(&self) -> Option<Vec<PipelineStatus>> {
         let pipelines = self.inner.pipelines.try_lock()?;
-        Some(
-            pipelines
-                .iter()
-                .map(|(_, running)| status_of(&running.state))
-                .collect(),
-        )
+        Some(pipelines.states().map(status_of).collect())
     }
 
     /// Stops a pipeline's tasks after the batch in flight; it stays stopped across restarts.
@@ -337,8 +332,8 @@ impl Pipelines {
             .pipelines
             .lock()
             .await
-            .iter()
-            .map(|(_, running)| &running.state.spec)
+            .states()
+            .map(|running| &running.spec)
             .find(|spec| spec.transforms.iter().any(|t| t.plugin == plugin))
             .map(|spec| spec.name.clone())
     }

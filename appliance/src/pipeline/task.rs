@@ -150,14 +150,14 @@ impl PartitionTask {
                 Recovery::Restart => restarts.failed(ran),
                 Recovery::WhenDiskFreed => disk_full.failed(ran),
             };
+            let restarting = wait.is_some();
             tracing::warn!(
                 pipeline = %self.spec.name,
                 partition = self.partition.0,
                 %reason,
-                restarting = wait.is_some(),
+                restarting,
                 "pipeline partition failed"
             );
-            let restarting = wait.is_some();
             self.status
                 .update(|s| s.state = PartitionState::Failed { reason, restarting });
             let Some(wait) = wait else {

@@ -127,11 +127,9 @@ impl<C> Components<C> {
         self.0.contains_key(name)
     }
 
-    /// The components in the order of their names.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Component<C>)> {
-        self.0
-            .iter()
-            .map(|(name, component)| (name.as_str(), component))
+    /// What each component keeps, in the order of their names.
+    pub fn states(&self) -> impl Iterator<Item = &C> {
+        self.0.values().map(|component| &component.state)
     }
 
     /// The components in the order of their names, to change what each keeps.
@@ -259,6 +257,6 @@ mod tests {
         registry.stop_all().await;
         assert_eq!(ended.load(Ordering::SeqCst), 2);
         assert_eq!(registry.running_tasks(), 0);
-        assert_eq!(registry.lock().await.iter().count(), 2);
+        assert_eq!(registry.lock().await.states().count(), 2);
     }
 }
