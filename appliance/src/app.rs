@@ -117,6 +117,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         meta.clone(),
         plugins.clone(),
         config.plugins.limits(),
+        config.restart.pipelines(),
         shutdown.clone(),
     )
     .await?;
@@ -132,6 +133,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         log.clone(),
         meta.clone(),
         config.link.idle_timeout(),
+        config.restart.links(),
         shutdown.clone(),
     )
     .await?;
@@ -141,6 +143,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         plugins.clone(),
         coordinator.clone(),
         config.plugins.limits(),
+        config.restart.connectors(),
         shutdown.clone(),
     )
     .await?;

@@ -45,6 +45,15 @@
 //! min-session-timeout-ms = 6000        # bounds of what a member may ask for
 //! max-session-timeout-ms = 1800000
 //!
+//! [restart.pipelines]                  # after a failure (docs/operations.md); also
+//! first-ms = 1000                      # [restart.connectors] and [restart.links]
+//! longest-ms = 16000                   # the wait doubles up to this
+//! budget = 5                           # restarts in a row, or "unlimited"
+//! healthy-run-ms = 60000               # a run this long starts the count anew
+//!
+//! [restart.pipeline.plant-filter]      # one pipeline's own (also connector.NAME, link.NAME)
+//! budget = "unlimited"
+//!
 //! [topics.sensors]                     # topics created at start when missing
 //! partitions = 4
 //! ```
@@ -63,6 +72,7 @@ use crate::link::hub::HubOptions;
 use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
 use crate::plugin::Limits;
 use crate::query::QueryLimits;
+use crate::runtime::{ResourceName, RestartPolicies, RestartPolicy};
 
 const MIB: usize = 1024 * 1024;
 
@@ -83,6 +93,8 @@ pub struct Config {
     pub groups: GroupsSection,
     /// Bounds of SQL queries.
     pub query: QuerySection,
+    /// How pipelines, connectors and links are restarted after failures.
+    pub restart: RestartSection,
     /// Topics that must exist: created at start with these settings over `log.topic-defaults`.
     pub topics: BTreeMap<String, toml::Table>,
 }
@@ -97,6 +109,7 @@ impl Default for Config {
             link: LinkSection::default(),
             groups: GroupsSection::default(),
             query: QuerySection::default(),
+            restart: RestartSection::default(),
             topics: BTreeMap::new(),
         }
     }
@@ -346,6 +359,149 @@ impl LinkSection {
     }
 }
 
+/// Restart policies: one per kind of component, and a component's own by its name. Each
+/// field left out keeps the kind's (or for the kind, the built-in) value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RestartSection {
+    pub pipelines: PolicySection,
+    pub connectors: PolicySection,
+    pub links: PolicySection,
+    pub pipeline: BTreeMap<String, PolicySection>,
+    pub connector: BTreeMap<String, PolicySection>,
+    pub link: BTreeMap<String, PolicySection>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PolicySection {
+    /// The wait after the first failure, doubling with each one after.
+    pub first_ms: Option<u64>,
+    /// The longest wait.
+    pub longest_ms: Option<u64>,
+    /// Restarts in a row before the component stays failed, or `"unlimited"`.
+    pub budget: Option<Budget>,
+    /// A run this long counts as healthy and starts the count anew.
+    pub healthy_run_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Budget {
+    Restarts(u32),
+    /// Only `"unlimited"` is valid.
+    Word(String),
+}
+
+const UNLIMITED: &str = "unlimited";
+
+impl PolicySection {
+    fn over(&self, base: RestartPolicy) -> RestartPolicy {
+        let millis = |ms: Option<u64>, base: Duration| ms.map_or(base, Duration::from_millis);
+        RestartPolicy {
+            first: millis(self.first_ms, base.first),
+            longest: millis(self.longest_ms, base.longest),
+            budget: match &self.budget {
+                None => base.budget,
+                Some(Budget::Restarts(count)) => Some(*count),
+                Some(Budget::Word(_)) => None,
+            },
+            healthy_run: millis(self.healthy_run_ms, base.healthy_run),
+        }
+    }
+
+    fn problems(&self, at: &str, base: RestartPolicy) -> Vec<String> {
+        let mut problems = Vec::new();
+        let policy = self.over(base);
+        if !(Duration::from_millis(1)..=Duration::from_secs(86_400)).contains(&policy.first) {
+            problems.push(format!("{at}.first-ms must be from 1 to 86400000"));
+        }
+        if policy.longest < policy.first || policy.longest > Duration::from_secs(86_400) {
+            problems.push(format!(
+                "{at}.longest-ms must be at least first-ms and at most 86400000"
+            ));
+        }
+        if matches!(&self.budget, Some(Budget::Word(word)) if word != UNLIMITED) {
+            problems.push(format!(
+                "{at}.budget is a number of restarts or \"{UNLIMITED}\""
+            ));
+        }
+        if policy.healthy_run.is_zero() {
+            problems.push(format!("{at}.healthy-run-ms must be at least 1"));
+        }
+        problems
+    }
+}
+
+impl RestartSection {
+    pub fn pipelines(&self) -> RestartPolicies {
+        policies(RestartPolicy::TASKS, &self.pipelines, &self.pipeline)
+    }
+
+    pub fn connectors(&self) -> RestartPolicies {
+        policies(RestartPolicy::TASKS, &self.connectors, &self.connector)
+    }
+
+    pub fn links(&self) -> RestartPolicies {
+        policies(RestartPolicy::LINKS, &self.links, &self.link)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (kind, one, builtin, kind_section, by_name) in [
+            (
+                "pipelines",
+                "pipeline",
+                RestartPolicy::TASKS,
+                &self.pipelines,
+                &self.pipeline,
+            ),
+            (
+                "connectors",
+                "connector",
+                RestartPolicy::TASKS,
+                &self.connectors,
+                &self.connector,
+            ),
+            (
+                "links",
+                "link",
+                RestartPolicy::LINKS,
+                &self.links,
+                &self.link,
+            ),
+        ] {
+            problems.extend(kind_section.problems(&format!("restart.{kind}"), builtin));
+            let base = kind_section.over(builtin);
+            for (name, section) in by_name {
+                if ResourceName::new(name).is_none() {
+                    problems.push(format!(
+                        "restart.{one}.{name}: not a {one} name: {}",
+                        ResourceName::RULE
+                    ));
+                }
+                problems.extend(section.problems(&format!("restart.{one}.{name}"), base));
+            }
+        }
+        problems
+    }
+}
+
+fn policies(
+    builtin: RestartPolicy,
+    kind: &PolicySection,
+    by_name: &BTreeMap<String, PolicySection>,
+) -> RestartPolicies {
+    let kind = kind.over(builtin);
+    RestartPolicies {
+        kind,
+        by_name: by_name
+            .iter()
+            .map(|(name, section)| (name.clone(), section.over(kind)))
+            .collect(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {}: {source}", path.display())]
@@ -436,6 +592,7 @@ impl Config {
                 "groups.session-timeout-ms must be within groups.min-session-timeout-ms and groups.max-session-timeout-ms".into(),
             );
         }
+        problems.extend(self.restart.problems());
         if let Err(declared) = self.declared_topics() {
             problems.extend(declared);
         }
@@ -544,6 +701,65 @@ mod tests {
             "topics.bad name: invalid topic name",
             "topics.ok.partitions must be 1 to 1024",
             "topics.typo: unknown field `partitons`",
+        ] {
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing from {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn restart_policies_layer_built_in_kind_and_component() {
+        let config: Config = toml::from_str(
+            r#"
+            [restart.pipelines]
+            budget = 10
+            longest-ms = 8000
+            [restart.pipeline.plant-filter]
+            budget = "unlimited"
+            [restart.link.uplink]
+            first-ms = 50
+            "#,
+        )
+        .expect("parses");
+        config.validate().expect("valid");
+        let pipelines = config.restart.pipelines();
+        assert_eq!(pipelines.of("other").budget, Some(10));
+        assert_eq!(pipelines.of("other").longest, Duration::from_secs(8));
+        assert_eq!(pipelines.of("other").first, RestartPolicy::TASKS.first);
+        let own = pipelines.of("plant-filter");
+        assert_eq!(own.budget, None);
+        assert_eq!(
+            own.longest,
+            Duration::from_secs(8),
+            "the kind's, not built-in"
+        );
+        assert_eq!(config.restart.connectors().of("x"), RestartPolicy::TASKS);
+        let links = config.restart.links();
+        assert_eq!(links.of("uplink").first, Duration::from_millis(50));
+        assert_eq!(links.of("uplink").budget, None);
+        assert_eq!(links.of("other"), RestartPolicy::LINKS);
+    }
+
+    #[test]
+    fn bad_restart_policies_are_explained() {
+        let config: Config = toml::from_str(
+            r#"
+            [restart.connectors]
+            first-ms = 0
+            budget = "forever"
+            [restart.pipeline."no spaces"]
+            longest-ms = 10
+            "#,
+        )
+        .expect("parses");
+        let message = config.validate().expect_err("invalid").to_string();
+        for expected in [
+            "restart.connectors.first-ms must be from 1 to 86400000",
+            "restart.connectors.budget is a number of restarts or \"unlimited\"",
+            "restart.pipeline.no spaces: not a pipeline name",
+            "restart.pipeline.no spaces.longest-ms must be at least first-ms",
         ] {
             assert!(
                 message.contains(expected),

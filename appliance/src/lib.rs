@@ -9,11 +9,13 @@
 //! app.rs       wires the subsystems; the only module that knows them all
 //! api/         the gRPC services and metrics over the subsystems below
 //! config.rs    TOML configuration and defaults
-//! runtime/     the registry every long-running component lives in, and restart policies
+//! runtime/     the registry every long-running component lives in, one status (a watch
+//!              channel per component or task), restart policies and the loop that applies them
 //! transform/   the transform chain, error policy, dead letters, `appliance.*` headers
 //! pipeline/    pipelines: topic -> transform chain -> topic, exactly once
 //! connect/     connectors: source and sink plugins as tasks
-//! link/        cluster links over QUIC: edges mirror topics to a hub and back
+//! link/        cluster links over QUIC: edges mirror topics to a hub and back; the
+//!              protocol as state machines without I/O, under async drivers
 //! query/       SQL over topics (DataFusion); on a hub, tables unite the edges' mirrors
 //! plugin/      WebAssembly components (wasmtime): load, sandbox, call with limits
 //! group/       consumer groups: membership, assignment, committed offsets

@@ -4,14 +4,11 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::connectors_server::Connectors as ConnectorsApi;
 use tonic::{Request, Response, Status};
 
-use super::convert::topic_name;
+use super::convert::{state_fields, topic_name};
 use super::error::invalid;
 use super::metrics::{Metrics, Rpc};
 use super::pipelines::{error_policy, policy_message, transform_message, transform_spec};
-use crate::connect::{
-    ConnectorOffsets, ConnectorState, ConnectorStatus, Connectors, NewConnector, OffsetReset,
-    TaskState,
-};
+use crate::connect::{ConnectorOffsets, ConnectorStatus, Connectors, NewConnector, OffsetReset};
 use crate::plugin::PluginKind;
 
 #[derive(Debug)]
@@ -29,12 +26,14 @@ fn config_message(config: Vec<(String, String)>) -> Vec<pb::ConfigEntry> {
 
 fn connector_message(status: ConnectorStatus) -> pb::Connector {
     let spec = status.spec;
-    let (state, failure) = match status.state {
-        ConnectorState::Starting => (pb::ConnectorState::Starting, String::new()),
-        ConnectorState::Running => (pb::ConnectorState::Running, String::new()),
-        ConnectorState::Paused => (pb::ConnectorState::Paused, String::new()),
-        ConnectorState::Failed { reason } => (pb::ConnectorState::Failed, reason),
-    };
+    let states = [
+        pb::ConnectorState::Starting,
+        pb::ConnectorState::Running,
+        pb::ConnectorState::Paused,
+        pb::ConnectorState::Failed,
+        pb::ConnectorState::Failed,
+    ];
+    let connector = state_fields(status.state, states);
     pb::Connector {
         name: spec.name,
         plugin: spec.plugin,
@@ -49,25 +48,19 @@ fn connector_message(status: ConnectorStatus) -> pb::Connector {
         errors: policy_message(spec.errors) as i32,
         dlq_topic: spec.dlq_topic.map(|t| t.to_string()).unwrap_or_default(),
         paused: spec.paused,
-        state: state as i32,
-        failure,
+        state: connector.state as i32,
+        failure: connector.failure,
         tasks: status
             .tasks
             .into_iter()
             .map(|task| {
-                let (state, failure, restarting) = match task.state {
-                    TaskState::Starting => (pb::ConnectorState::Starting, String::new(), false),
-                    TaskState::Running => (pb::ConnectorState::Running, String::new(), false),
-                    TaskState::Paused => (pb::ConnectorState::Paused, String::new(), false),
-                    TaskState::Failed { reason, restarting } => {
-                        (pb::ConnectorState::Failed, reason, restarting)
-                    }
-                };
+                let state = state_fields(task.state, states);
                 pb::ConnectorTask {
                     task: task.task,
-                    state: state as i32,
-                    failure,
-                    restarting,
+                    state: state.state as i32,
+                    failure: state.failure,
+                    restarting: state.restarting,
+                    next_try_unix_ms: state.next_try_unix_ms,
                     restarts: task.restarts,
                     records_in: task.records_in,
                     records_out: task.records_out,

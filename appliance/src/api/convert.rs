@@ -1,5 +1,7 @@
 //! Conversions between protobuf messages and the subsystems' typed values.
 
+use std::time::SystemTime;
+
 use appliance_proto::v1 as pb;
 use tonic::Status;
 
@@ -8,6 +10,7 @@ use crate::log::{
     Compression, Header, PartitionId, Record, StoredRecord, Timestamp, TopicConfig, TopicName,
 };
 use crate::meta::GroupId;
+use crate::runtime::State;
 
 pub fn topic_name(field: &str, name: &str) -> Result<TopicName, Status> {
     TopicName::new(name).map_err(|e| invalid(field, e))
@@ -151,4 +154,39 @@ pub fn topic_partition(topic: &TopicName, partition: PartitionId) -> pb::TopicPa
         topic: topic.to_string(),
         partition: partition.0,
     }
+}
+
+/// A runtime state in the fields every component message carries: the kind's enum value
+/// for it (`[starting, running, paused, restarting, failed]`; kinds without a state of their
+/// own for restarting report it as failed with `restarting` set), the failure, whether a
+/// restart is pending, and when it begins (Unix milliseconds, 0 when none is).
+pub fn state_fields<S>(
+    state: State,
+    [starting, running, paused, restarting, failed]: [S; 5],
+) -> StateFields<S> {
+    let (state, failure, next_try) = match state {
+        State::Starting => (starting, None, None),
+        State::Running => (running, None, None),
+        State::Paused => (paused, None, None),
+        State::Restarting {
+            next_try, failure, ..
+        } => (restarting, Some(failure), Some(next_try)),
+        State::Failed { failure } => (failed, Some(failure), None),
+    };
+    StateFields {
+        state,
+        failure: failure.map(|f| f.reason).unwrap_or_default(),
+        restarting: next_try.is_some(),
+        next_try_unix_ms: next_try.map_or(0, |at| {
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64)
+        }),
+    }
+}
+
+pub struct StateFields<S> {
+    pub state: S,
+    pub failure: String,
+    pub restarting: bool,
+    pub next_try_unix_ms: u64,
 }

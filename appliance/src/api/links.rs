@@ -6,13 +6,14 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::links_server::Links as LinksApi;
 use tonic::{Request, Response, Status};
 
-use super::convert::topic_name;
+use super::convert::{state_fields, topic_name};
 use super::metrics::{Metrics, Rpc};
 use crate::link::LinkError;
-use crate::link::edge::{LinkSpec, LinkState, LinkStatus, Links};
+use crate::link::edge::{LinkSpec, LinkStatus, Links};
 use crate::link::hub::{EdgeStatus, Hub};
+use crate::link::progress::{Direction, MirrorStatus};
 use crate::link::tls::Congestion;
-use crate::link::transfer::{Direction, MirrorStatus, WireCompression};
+use crate::link::transfer::WireCompression;
 use crate::log::Log;
 
 #[derive(Debug)]
@@ -55,6 +56,16 @@ fn mirror_message(status: MirrorStatus) -> pb::MirrorPartition {
 
 fn link_message(status: LinkStatus) -> pb::Link {
     let spec = status.spec;
+    let state = state_fields(
+        status.state,
+        [
+            pb::LinkState::Connecting,
+            pb::LinkState::Connected,
+            pb::LinkState::Paused,
+            pb::LinkState::Retrying,
+            pb::LinkState::Failed,
+        ],
+    );
     pb::Link {
         name: spec.name,
         edge_id: status.edge.map(|e| e.to_string()).unwrap_or_default(),
@@ -64,12 +75,8 @@ fn link_message(status: LinkStatus) -> pb::Link {
         compression: compression_message(spec.compression) as i32,
         max_bytes_per_sec: spec.max_bytes_per_sec,
         hold_max_bytes: spec.hold_max_bytes,
-        state: match status.state {
-            LinkState::Connecting => pb::LinkState::Connecting,
-            LinkState::Connected => pb::LinkState::Connected,
-            LinkState::Retrying => pb::LinkState::Retrying,
-            LinkState::Paused => pb::LinkState::Paused,
-        } as i32,
+        state: state.state as i32,
+        next_try_unix_ms: state.next_try_unix_ms,
         last_error: status.last_error.unwrap_or_default(),
         connected_seconds: status.connected_for.map_or(0, |d| d.as_secs()),
         partitions: status.partitions.into_iter().map(mirror_message).collect(),

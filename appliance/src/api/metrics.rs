@@ -51,7 +51,7 @@ use crate::connect::{self, Connectors};
 use crate::group::Coordinator;
 use crate::link::edge::Links;
 use crate::link::hub::Hub;
-use crate::link::transfer::MirrorStatus;
+use crate::link::progress::MirrorStatus;
 use crate::log::{Log, PartitionState};
 use crate::pipeline::{self, Pipelines};
 use crate::plugin::Plugins;
@@ -462,7 +462,7 @@ impl Collector for PipelineCollector {
                 "pipeline_failed",
                 "1 when the partition stopped on an error",
                 false,
-                |p| u64::from(matches!(p.state, pipeline::PartitionState::Failed { .. })),
+                |p| u64::from(p.state.failure().is_some()),
             ),
         ];
         let rows: Vec<_> = pipelines
@@ -509,7 +509,7 @@ impl Collector for PipelineCollector {
                 "connector_failed",
                 "1 when the task stopped on an error",
                 false,
-                |t| u64::from(matches!(t.state, connect::TaskState::Failed { .. })),
+                |t| u64::from(t.state.failure().is_some()),
             ),
         ];
         let rows: Vec<_> = connectors

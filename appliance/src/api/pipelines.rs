@@ -4,10 +4,10 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::pipelines_server::Pipelines as PipelinesApi;
 use tonic::{Request, Response, Status};
 
-use super::convert::topic_name;
+use super::convert::{state_fields, topic_name};
 use super::error::invalid;
 use super::metrics::{Metrics, Rpc};
-use crate::pipeline::{NewPipeline, PartitionState, PipelineStatus, Pipelines};
+use crate::pipeline::{NewPipeline, PipelineStatus, Pipelines};
 use crate::transform::{ErrorPolicy, TransformSpec};
 
 #[derive(Debug)]
@@ -39,18 +39,20 @@ fn pipeline_message(status: PipelineStatus) -> pb::Pipeline {
             .into_iter()
             .map(|p| {
                 let lag = p.lag();
-                let (state, failure, restarting) = match p.state {
-                    PartitionState::Starting => (pb::PipelineState::Starting, String::new(), false),
-                    PartitionState::Running => (pb::PipelineState::Running, String::new(), false),
-                    PartitionState::Paused => (pb::PipelineState::Paused, String::new(), false),
-                    PartitionState::Failed { reason, restarting } => {
-                        (pb::PipelineState::Failed, reason, restarting)
-                    }
-                };
+                let state = state_fields(
+                    p.state,
+                    [
+                        pb::PipelineState::Starting,
+                        pb::PipelineState::Running,
+                        pb::PipelineState::Paused,
+                        pb::PipelineState::Failed,
+                        pb::PipelineState::Failed,
+                    ],
+                );
                 pb::PipelinePartition {
                     partition: p.partition.0,
-                    state: state as i32,
-                    failure,
+                    state: state.state as i32,
+                    failure: state.failure,
                     next_offset: p.next_offset,
                     high_watermark: p.high_watermark,
                     lag,
@@ -58,8 +60,9 @@ fn pipeline_message(status: PipelineStatus) -> pb::Pipeline {
                     records_out: p.records_out,
                     skipped: p.skipped,
                     dead_lettered: p.dead_lettered,
-                    restarting,
+                    restarting: state.restarting,
                     restarts: p.restarts,
+                    next_try_unix_ms: state.next_try_unix_ms,
                 }
             })
             .collect(),

@@ -7,11 +7,12 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::{print_json, print_table, status};
+use super::client::status;
 use super::manage::{
     ErrorsArg, errors_name, failure_text, parse_transforms, transform_line, transforms_json,
     worst_state,
 };
+use super::output::{print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectorCommand {

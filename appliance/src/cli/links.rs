@@ -10,7 +10,8 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::{print_json, print_table, status};
+use super::client::status;
+use super::output::{print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub enum LinkCommand {
@@ -284,6 +285,7 @@ fn state_name(state: i32) -> &'static str {
         Ok(pb::LinkState::Connected) => "connected",
         Ok(pb::LinkState::Retrying) => "retrying",
         Ok(pb::LinkState::Paused) => "paused",
+        Ok(pb::LinkState::Failed) => "failed",
         _ => "unknown",
     }
 }

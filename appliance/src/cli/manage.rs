@@ -11,7 +11,8 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::{print_json, print_table, status};
+use super::client::status;
+use super::output::{print_json, print_table};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {

@@ -7,9 +7,13 @@ mod certs;
 mod client;
 mod connectors;
 mod demo;
+mod groups;
 mod links;
 mod manage;
+mod output;
 mod query;
+mod records;
+mod topics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,28 +39,28 @@ enum Command {
     /// Manage topics of a running appliance.
     Topic {
         #[command(subcommand)]
-        command: client::TopicCommand,
+        command: topics::TopicCommand,
         #[command(flatten)]
         server: client::ServerArgs,
     },
     /// Produce one record per line of standard input; prints how many were acknowledged.
     Produce {
         #[command(flatten)]
-        args: client::ProduceArgs,
+        args: records::ProduceArgs,
         #[command(flatten)]
         server: client::ServerArgs,
     },
     /// Print records of a topic, one value (or JSON object) per line.
     Consume {
         #[command(flatten)]
-        args: client::ConsumeArgs,
+        args: records::ConsumeArgs,
         #[command(flatten)]
         server: client::ServerArgs,
     },
     /// Inspect consumer groups and move their offsets.
     Group {
         #[command(subcommand)]
-        command: client::GroupCommand,
+        command: groups::GroupCommand,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -179,16 +183,16 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Topic { command, server } => {
-            client::run(&server, |channel| client::topic(channel, command))
+            client::run(&server, |channel| topics::topic(channel, command))
         }
         Command::Produce { args, server } => {
-            client::run(&server, |channel| client::produce(channel, args))
+            client::run(&server, |channel| records::produce(channel, args))
         }
         Command::Consume { args, server } => {
-            client::run(&server, |channel| client::consume(channel, args))
+            client::run(&server, |channel| records::consume(channel, args))
         }
         Command::Group { command, server } => {
-            client::run(&server, |channel| client::group(channel, command))
+            client::run(&server, |channel| groups::group(channel, command))
         }
         Command::Plugin { command, server } => {
             client::run(&server, |channel| manage::plugin(channel, command))

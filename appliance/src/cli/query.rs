@@ -12,7 +12,8 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::{print_table, status};
+use super::client::status;
+use super::output::print_table;
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {

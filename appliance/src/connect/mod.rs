@@ -17,13 +17,14 @@
 //! its partition's tail, so a crash at any point neither loses nor duplicates records. Sinks
 //! are at least once; they get each record's topic, partition and offset to write
 //! idempotently. Specs live in meta "connectors"; the connectors run in the runtime's
-//! registry, and a task that fails is restarted under [`RestartPolicy::TASKS`] (after about 1, 2, 4, 8 and
-//! 16 s), then stays FAILED with its reason until the operator restarts it.
+//! registry, and a task that fails is restarted by [`runtime::supervise`] under the connector's
+//! restart policy (by default [`RestartPolicy::TASKS`]: after about 1, 2, 4, 8 and 16 s), then
+//! stays FAILED with its reason until the operator restarts it.
 
 mod sink;
 mod source;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,8 +35,11 @@ use crate::group::{Coordinator, GroupError, ResetTarget};
 use crate::log::{Log, LogError, Offset, PartitionId, TopicName};
 use crate::meta::{GroupId, Meta, MetaError, Table};
 use crate::plugin::{Limits, Loaded, PluginError, PluginKind, Plugins, is_host_key};
-use crate::runtime::{self, Component, Components, Registry, ResourceName, RestartPolicy};
-use crate::transform::{self, ErrorPolicy, TransformSpec, TransformsError};
+use crate::runtime::{
+    self, Component, Components, Failure, Recovery, Registry, ResourceName, RestartPolicies,
+    RestartPolicy, State, StatusCell, Supervised,
+};
+use crate::transform::{self, ErrorPolicy, TaskError, TransformSpec, TransformsError};
 
 pub use crate::transform::{POSITION_HEADER, SOURCE_TAG_HEADER};
 
@@ -104,22 +108,10 @@ pub struct NewConnector {
     pub dlq_topic: Option<TopicName>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TaskState {
-    Starting,
-    Running,
-    Paused,
-    /// `restarting` is true while a restart is pending (the backoff runs).
-    Failed {
-        reason: String,
-        restarting: bool,
-    },
-}
-
 #[derive(Debug, Clone)]
 pub struct TaskStatus {
     pub task: u32,
-    pub state: TaskState,
+    pub state: State,
     pub restarts: u32,
     /// Records polled (source) or read (sink).
     pub records_in: u64,
@@ -129,19 +121,21 @@ pub struct TaskStatus {
     pub dead_lettered: u64,
 }
 
-/// The connector as a whole: planning its tasks, or why it could not.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectorState {
-    Starting,
-    Running,
-    Paused,
-    Failed { reason: String },
+impl Supervised for TaskStatus {
+    fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    fn count_restart(&mut self) {
+        self.restarts += 1;
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct ConnectorStatus {
     pub spec: ConnectorSpec,
-    pub state: ConnectorState,
+    /// The connector as a whole: planning its tasks, or why it could not.
+    pub state: State,
     pub tasks: Vec<TaskStatus>,
 }
 
@@ -178,54 +172,18 @@ pub enum OffsetReset {
     Latest,
 }
 
-/// Shared between a task (which writes it) and status readers.
-#[derive(Debug)]
-struct TaskCell(Mutex<TaskStatus>);
-
-impl TaskCell {
-    fn new(task: u32) -> Self {
-        Self(Mutex::new(TaskStatus {
-            task,
-            state: TaskState::Starting,
-            restarts: 0,
-            records_in: 0,
-            records_out: 0,
-            skipped: 0,
-            dead_lettered: 0,
-        }))
-    }
-
-    fn update(&self, change: impl FnOnce(&mut TaskStatus)) {
-        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    fn set(&self, state: TaskState) {
-        self.update(|s| s.state = state);
-    }
-
-    fn get(&self) -> TaskStatus {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// A connector's live state, written by its runner.
-#[derive(Debug)]
-struct Runtime {
-    state: Mutex<ConnectorState>,
-    tasks: Mutex<Vec<Arc<TaskCell>>>,
-}
-
-impl Runtime {
-    fn set(&self, state: ConnectorState) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
-    }
+/// A connector's live state, written by its runner: its own, and each planned task's.
+#[derive(Debug, Clone)]
+struct Live {
+    state: State,
+    tasks: Vec<Arc<StatusCell<TaskStatus>>>,
 }
 
 /// What the registry keeps of a connector.
 #[derive(Debug)]
 struct Running {
     spec: ConnectorSpec,
-    runtime: Arc<Runtime>,
+    live: Arc<StatusCell<Live>>,
 }
 
 /// What every task needs of the appliance.
@@ -237,6 +195,7 @@ struct Context {
     /// Sink tasks commit their group's offsets through it, as every consumer does.
     groups: Coordinator,
     limits: Limits,
+    restarts: RestartPolicies,
 }
 
 /// Handle to the connectors; cheap to clone.
@@ -259,6 +218,7 @@ impl Connectors {
         plugins: Plugins,
         groups: Coordinator,
         limits: Limits,
+        restarts: RestartPolicies,
         shutdown: CancellationToken,
     ) -> Result<Self, ConnectError> {
         let stored: Vec<(String, ConnectorSpec)> = meta.entries(Table::Connectors)?;
@@ -270,6 +230,7 @@ impl Connectors {
                     plugins,
                     groups,
                     limits,
+                    restarts,
                 },
                 connectors: Registry::new(shutdown),
             }),
@@ -554,19 +515,21 @@ impl Connectors {
     }
 
     fn launch(&self, spec: ConnectorSpec) -> Component<Running> {
-        let runtime = Arc::new(Runtime {
-            state: Mutex::new(ConnectorState::Starting),
-            tasks: Mutex::new(Vec::new()),
-        });
-        if spec.paused {
-            runtime.set(ConnectorState::Paused);
-        }
-        let running = self.inner.connectors.component(Running { spec, runtime });
+        let state = if spec.paused {
+            State::Paused
+        } else {
+            State::Starting
+        };
+        let live = Arc::new(StatusCell::new(Live {
+            state,
+            tasks: Vec::new(),
+        }));
+        let running = self.inner.connectors.component(Running { spec, live });
         if !running.state.spec.paused {
             running.spawn(run_connector(
                 self.inner.context.clone(),
                 Arc::new(running.state.spec.clone()),
-                running.state.runtime.clone(),
+                running.state.live.clone(),
                 running.stop_token(),
             ));
         }
@@ -578,7 +541,7 @@ impl Connectors {
 async fn run_connector(
     context: Context,
     spec: Arc<ConnectorSpec>,
-    runtime: Arc<Runtime>,
+    live: Arc<StatusCell<Live>>,
     stop: CancellationToken,
 ) {
     let planned = tokio::select! {
@@ -587,18 +550,35 @@ async fn run_connector(
     };
     let tasks = match planned {
         Ok(tasks) => tasks,
-        Err(reason) => {
-            tracing::warn!(connector = %spec.name, %reason, "connector could not plan its tasks");
-            runtime.set(ConnectorState::Failed { reason });
+        Err(error) => {
+            tracing::warn!(connector = %spec.name, %error, "connector could not plan its tasks");
+            let failure = Failure {
+                recovery: Recovery::Never,
+                ..Failure::of(&error)
+            };
+            live.update(|live| live.state = State::Failed { failure });
             return;
         }
     };
-    let cells: Vec<Arc<TaskCell>> = (0..tasks.len() as u32)
-        .map(|task| Arc::new(TaskCell::new(task)))
+    let cells: Vec<Arc<StatusCell<TaskStatus>>> = (0..tasks.len() as u32)
+        .map(|task| {
+            Arc::new(StatusCell::new(TaskStatus {
+                task,
+                state: State::Starting,
+                restarts: 0,
+                records_in: 0,
+                records_out: 0,
+                skipped: 0,
+                dead_lettered: 0,
+            }))
+        })
         .collect();
-    *runtime.tasks.lock().unwrap_or_else(|p| p.into_inner()) = cells.clone();
-    runtime.set(ConnectorState::Running);
+    live.update(|live| {
+        live.tasks = cells.clone();
+        live.state = State::Running;
+    });
     let count = tasks.len() as u32;
+    let restart = context.restarts.of(&spec.name);
     let handles: Vec<_> = tasks
         .into_iter()
         .zip(cells)
@@ -613,7 +593,7 @@ async fn run_connector(
                 cell,
                 stop: stop.clone(),
             };
-            tokio::spawn(task.supervise())
+            tokio::spawn(task.supervise(restart))
         })
         .collect();
     for handle in handles {
@@ -621,21 +601,15 @@ async fn run_connector(
             tracing::error!(connector = %spec.name, %error, "a connector task ended abnormally");
         }
     }
-    runtime.set(ConnectorState::Paused);
+    live.update(|live| live.state = State::Paused);
 }
 
 async fn plan(
     context: &Context,
     spec: &ConnectorSpec,
-) -> Result<Vec<Vec<(String, String)>>, String> {
-    let loaded = context
-        .plugins
-        .get(&spec.plugin)
-        .await
-        .map_err(|e| e.to_string())?;
-    plan_tasks(context, &loaded, &spec.config, spec.tasks_max)
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<Vec<Vec<(String, String)>>, TaskError> {
+    let loaded = context.plugins.get(&spec.plugin).await?;
+    Ok(plan_tasks(context, &loaded, &spec.config, spec.tasks_max).await?)
 }
 
 /// The plugin's task configurations, each as its instance gets it: the operator's grants and
@@ -666,50 +640,17 @@ struct Task {
     /// How many tasks the plan made (sink tasks divide the partitions among them).
     tasks: u32,
     config: Vec<(String, String)>,
-    cell: Arc<TaskCell>,
+    cell: Arc<StatusCell<TaskStatus>>,
     stop: CancellationToken,
 }
 
 impl Task {
-    async fn supervise(self) {
-        let mut restarts = RestartPolicy::TASKS.restarts();
-        loop {
-            self.cell.set(TaskState::Starting);
-            let started = tokio::time::Instant::now();
-            let outcome = tokio::select! {
-                outcome = self.run() => outcome,
-                // A task stuck in a plugin's call or an append stops with the connector.
-                _ = self.stop.cancelled() => Ok(()),
-            };
-            let reason = match outcome {
-                Ok(()) => {
-                    self.cell.set(TaskState::Paused);
-                    return;
-                }
-                Err(reason) => reason,
-            };
-            let wait = restarts.failed(started.elapsed());
-            let restarting = wait.is_some();
-            tracing::warn!(
-                connector = %self.spec.name,
-                task = self.index,
-                %reason,
-                restarting,
-                "connector task failed"
-            );
-            self.cell.set(TaskState::Failed { reason, restarting });
-            let Some(wait) = wait else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.stop.cancelled() => return,
-            }
-            self.cell.update(|s| s.restarts += 1);
-        }
+    async fn supervise(self, policy: RestartPolicy) {
+        let what = format!("connector {}/{}", self.spec.name, self.index);
+        runtime::supervise(&self.cell, &self.stop, policy, &what, || self.run()).await;
     }
 
-    async fn run(&self) -> Result<(), String> {
+    async fn run(&self) -> Result<(), TaskError> {
         match self.spec.kind {
             PluginKind::Sink => sink::run(self).await,
             _ => source::run(self).await,
@@ -717,13 +658,9 @@ impl Task {
     }
 
     /// The task's plugin, the label of its instances in logs and metrics, and its transforms.
-    async fn prepare(&self) -> Result<(Arc<Loaded>, String, Vec<transform::Step>), String> {
+    async fn prepare(&self) -> Result<(Arc<Loaded>, String, Vec<transform::Step>), TaskError> {
         let context = &self.context;
-        let loaded = context
-            .plugins
-            .get(&self.spec.plugin)
-            .await
-            .map_err(|e| e.to_string())?;
+        let loaded = context.plugins.get(&self.spec.plugin).await?;
         let label = format!("connector/{}/{}", self.spec.name, self.index);
         let steps = transform::start_chain(
             &context.plugins,
@@ -750,22 +687,11 @@ async fn take_stopped(
 }
 
 fn status_of(running: &Running) -> ConnectorStatus {
-    let runtime = &running.runtime;
-    ConnectorStatus {
+    running.live.read(|live| ConnectorStatus {
         spec: running.spec.clone(),
-        state: runtime
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
-        tasks: runtime
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|cell| cell.get())
-            .collect(),
-    }
+        state: live.state.clone(),
+        tasks: live.tasks.iter().map(|cell| cell.get()).collect(),
+    })
 }
 
 fn validate_name(name: &str) -> Result<(), ConnectError> {
@@ -790,22 +716,26 @@ async fn append_in_batches(
     partition: PartitionId,
     entries: Vec<(i64, crate::log::Record)>,
     last: u64,
-    mut seal: impl FnMut(u64, &mut crate::log::Record) -> Result<(), String>,
-) -> Result<Option<Offset>, String> {
-    let config = log.topic_config(topic).map_err(|e| e.to_string())?;
-    let target = log.partition(topic, partition).map_err(|e| e.to_string())?;
+    mut seal: impl FnMut(u64, &mut crate::log::Record) -> Result<(), TaskError>,
+) -> Result<Option<Offset>, TaskError> {
+    let config = log.topic_config(topic).map_err(TaskError::opening(topic))?;
+    let target = log
+        .partition(topic, partition)
+        .map_err(TaskError::opening(topic))?;
     let budget = config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
     let mut end = None;
     for ((_, to), mut batch) in transform::cut_by_size(entries, budget, (0, last)) {
-        let (_, record) = batch.last_mut().ok_or("empty output batch")?;
+        let Some((_, record)) = batch.last_mut() else {
+            continue;
+        };
         seal(to, record)?;
         let records: Vec<crate::log::Record> = batch.into_iter().map(|(_, r)| r).collect();
         let encoded = crate::log::encode(&records, config.compression)
-            .map_err(|e| format!("encoding records for {topic}: {e}"))?;
+            .map_err(TaskError::batch(format!("encoding records for {topic}")))?;
         let outcome = target
             .append(encoded)
             .await
-            .map_err(|e| format!("appending to {topic}: {e}"))?;
+            .map_err(TaskError::log(format!("appending to {topic}")))?;
         end = Some(outcome.last_offset.next());
     }
     Ok(end)
@@ -818,16 +748,16 @@ async fn append_elsewhere(
     topic: &TopicName,
     index: u32,
     records: Vec<crate::log::Record>,
-) -> Result<(), String> {
+) -> Result<(), TaskError> {
     if records.is_empty() {
         return Ok(());
     }
     transform::ensure_topic(log, topic)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(TaskError::opening(topic))?;
     let partitions = log
         .topic_config(topic)
-        .map_err(|e| e.to_string())?
+        .map_err(TaskError::opening(topic))?
         .partitions;
     let last = records.len() as u64 - 1;
     let entries = (0..).zip(records).collect();

@@ -14,11 +14,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Task, TaskState, append_elsewhere, retry_backoff};
+use super::{Task, append_elsewhere, retry_backoff};
 use crate::log::{self, LogError, Offset, PartitionId, StoredRecord};
 use crate::meta::GroupId;
-use crate::plugin::{self, BatchInfo, RecordError};
-use crate::transform::{self, ChainOutput, ErrorPolicy, Rejection};
+use crate::plugin::{self, BatchInfo, PluginError, RecordError};
+use crate::runtime::State;
+use crate::transform::{self, ChainOutput, ErrorPolicy, Rejection, TaskError};
 
 /// How much of a partition one batch reads.
 const READ_BYTES: usize = 1 << 20;
@@ -31,15 +32,17 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 const IDLE_MIN: Duration = Duration::from_millis(10);
 const IDLE_MAX: Duration = Duration::from_millis(250);
 
-pub(super) async fn run(task: &Task) -> Result<(), String> {
+pub(super) async fn run(task: &Task) -> Result<(), TaskError> {
     let context = &task.context;
     let (loaded, label, steps) = task.prepare().await?;
     let instance = context
         .plugins
         .instantiate_sink(&loaded, &task.config, context.limits, &label)
-        .await
-        .map_err(|e| e.to_string())?;
-    let group = task.spec.group().map_err(|e| e.to_string())?;
+        .await?;
+    let group = task
+        .spec
+        .group()
+        .map_err(|e| TaskError::Permanent(e.to_string()))?;
     let mut worker = Worker {
         task,
         steps,
@@ -48,7 +51,7 @@ pub(super) async fn run(task: &Task) -> Result<(), String> {
         next: BTreeMap::new(),
         unflushed: Unflushed::default(),
     };
-    task.cell.set(TaskState::Running);
+    task.cell.update(|s| s.state = State::Running);
     worker.run().await
 }
 
@@ -73,7 +76,7 @@ struct Unflushed {
 }
 
 impl Worker<'_> {
-    async fn run(&mut self) -> Result<(), String> {
+    async fn run(&mut self) -> Result<(), TaskError> {
         let mut idle = IDLE_MIN;
         loop {
             self.assign()?;
@@ -100,12 +103,12 @@ impl Worker<'_> {
     }
 
     /// Takes on the task's partitions it does not have yet, from the committed offsets.
-    fn assign(&mut self) -> Result<(), String> {
+    fn assign(&mut self) -> Result<(), TaskError> {
         let task = self.task;
         let log = &task.context.log;
         let partitions = log
             .topic_config(&task.spec.topic)
-            .map_err(|e| e.to_string())?
+            .map_err(TaskError::opening(&task.spec.topic))?
             .partitions;
         for p in (task.index..partitions).step_by(task.tasks.max(1) as usize) {
             if self.next.contains_key(&p) {
@@ -115,12 +118,12 @@ impl Worker<'_> {
                 .context
                 .meta
                 .committed_offset(&self.group, task.spec.topic.as_str(), p)
-                .map_err(|e| e.to_string())?;
+                .map_err(TaskError::meta("reading the committed offsets"))?;
             let start = match committed {
                 Some(committed) => committed.offset,
                 None => {
                     log.partition(&task.spec.topic, PartitionId(p))
-                        .map_err(|e| e.to_string())?
+                        .map_err(TaskError::opening(&task.spec.topic))?
                         .log_start()
                         .0
                 }
@@ -131,14 +134,18 @@ impl Worker<'_> {
     }
 
     /// Delivers one read of a partition; false when there was nothing new.
-    async fn deliver_from(&mut self, partition: PartitionId, offset: u64) -> Result<bool, String> {
+    async fn deliver_from(
+        &mut self,
+        partition: PartitionId,
+        offset: u64,
+    ) -> Result<bool, TaskError> {
         let task = self.task;
         let topic = &task.spec.topic;
         let source = task
             .context
             .log
             .partition(topic, partition)
-            .map_err(|e| e.to_string())?;
+            .map_err(TaskError::opening(topic))?;
         let chunk = match source.read(Offset(offset), READ_BYTES) {
             Err(LogError::OffsetOutOfRange { log_start, .. }) if Offset(offset) < log_start => {
                 tracing::warn!(
@@ -151,14 +158,14 @@ impl Worker<'_> {
                 self.next.insert(partition.0, log_start.0);
                 return Ok(true);
             }
-            chunk => chunk.map_err(|e| e.to_string())?,
+            chunk => chunk.map_err(TaskError::log(format!("reading {topic}")))?,
         };
         if chunk.batches.is_empty() {
             return Ok(false);
         }
         let bytes = chunk.batches.len();
         let records: Vec<StoredRecord> = log::decode_all(chunk.batches)
-            .map_err(|e| format!("reading {topic}: {e}"))?
+            .map_err(TaskError::batch(format!("reading {topic}")))?
             .into_iter()
             .filter(|r| r.offset.0 >= offset)
             .collect();
@@ -176,9 +183,7 @@ impl Worker<'_> {
         let ChainOutput {
             records: output,
             rejected,
-        } = transform::run_chain(&mut self.steps, &info, input, task.spec.errors)
-            .await
-            .map_err(|failure| failure.to_string())?;
+        } = transform::run_chain(&mut self.steps, &info, input, task.spec.errors).await?;
         self.reject(&records, partition, &rejected).await?;
         let put = self.put(&info, &records, output).await?;
         self.next.insert(partition.0, last + 1);
@@ -197,17 +202,13 @@ impl Worker<'_> {
         info: &BatchInfo,
         source: &[StoredRecord],
         output: Vec<plugin::Record>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, TaskError> {
         let mut from = 0;
         let mut taken = 0;
         let mut attempt = 0;
         while from < output.len() {
             let rest = &output[from..];
-            let verdict = self
-                .instance
-                .put(info, rest)
-                .await
-                .map_err(|e| e.to_string())?;
+            let verdict = self.instance.put(info, rest).await?;
             let RecordError { index, message } = match verdict {
                 Ok(()) => {
                     taken += rest.len() as u64;
@@ -217,12 +218,10 @@ impl Worker<'_> {
             };
             let index = index as usize;
             if index >= rest.len() {
-                return Err(format!(
-                    "sink plugin {:?} broke the plugin contract: it named record {index} of a \
-                     batch of {}",
-                    self.instance.plugin(),
-                    rest.len()
-                ));
+                return Err(TaskError::Plugin(PluginError::Contract {
+                    plugin: self.instance.plugin().to_owned(),
+                    detail: format!("it named record {index} of a batch of {}", rest.len()),
+                }));
             }
             taken += index as u64;
             from += index;
@@ -242,17 +241,10 @@ impl Worker<'_> {
             let rejection = Rejection {
                 offset: record.offset,
                 plugin: self.instance.plugin().to_owned(),
-                message,
+                message: format!("{message} (after {} tries)", MAX_PUT_RETRIES + 1),
             };
             if self.task.spec.errors == ErrorPolicy::Fail {
-                return Err(format!(
-                    "sink plugin {:?} did not take the record at offset {} after {} tries: {} \
-                     (errors=fail stops here; skip or dlq would go on)",
-                    rejection.plugin,
-                    rejection.offset,
-                    MAX_PUT_RETRIES + 1,
-                    rejection.message
-                ));
+                return Err(TaskError::Rejected(rejection));
             }
             self.reject(source, PartitionId(info.partition), &[rejection])
                 .await?;
@@ -269,7 +261,7 @@ impl Worker<'_> {
         source: &[StoredRecord],
         partition: PartitionId,
         rejected: &[Rejection],
-    ) -> Result<(), String> {
+    ) -> Result<(), TaskError> {
         let Some(first) = rejected.first() else {
             return Ok(());
         };
@@ -300,22 +292,18 @@ impl Worker<'_> {
                 self.task.cell.update(|s| s.skipped += count);
                 Ok(())
             }
-            _ => Err(format!(
-                "{} rejected the record at offset {}: {} (errors=fail stops here; skip or dlq \
-                 would go on)",
-                first.plugin, first.offset, first.message
-            )),
+            _ => Err(TaskError::Rejected(first.clone())),
         }
     }
 
     /// Flushes the sink, then commits the offsets after everything it was given.
-    async fn flush_and_commit(&mut self) -> Result<(), String> {
+    async fn flush_and_commit(&mut self) -> Result<(), TaskError> {
         let task = self.task;
-        if let Err(message) = self.instance.flush().await.map_err(|e| e.to_string())? {
-            return Err(format!(
-                "sink plugin {:?} could not flush: {message}",
-                self.instance.plugin()
-            ));
+        if let Err(message) = self.instance.flush().await? {
+            return Err(TaskError::PluginFailed {
+                plugin: format!("sink plugin {:?} flushing", self.instance.plugin()),
+                message,
+            });
         }
         let unflushed = std::mem::take(&mut self.unflushed);
         let offsets = unflushed
@@ -330,7 +318,7 @@ impl Worker<'_> {
             .groups
             .commit(&self.group, None, offsets)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(TaskError::Commit)?;
         task.cell.update(|s| s.records_out += unflushed.records);
         Ok(())
     }

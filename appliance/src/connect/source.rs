@@ -21,13 +21,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    OUTPUT_BATCH_SHARE, POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task, TaskState,
-    append_elsewhere, append_in_batches,
+    OUTPUT_BATCH_SHARE, POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task, append_elsewhere,
+    append_in_batches,
 };
 use crate::log::{self, Header, Offset, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
-use crate::plugin::{self, BatchInfo, Polled};
-use crate::transform::{self, ChainOutput, ErrorPolicy, Rejection};
+use crate::plugin::{self, BatchInfo, PluginError, Polled};
+use crate::runtime::State;
+use crate::transform::{self, ChainOutput, ErrorPolicy, Rejection, TaskError};
 
 /// At most this many records per poll.
 const MAX_POLL: u32 = 4096;
@@ -76,7 +77,7 @@ pub fn stored_offsets(meta: &Meta, connector_id: u64) -> Result<Vec<SourceOffset
         .collect())
 }
 
-pub(super) async fn run(task: &Task) -> Result<(), String> {
+pub(super) async fn run(task: &Task) -> Result<(), TaskError> {
     let context = &task.context;
     let (loaded, label, steps) = task.prepare().await?;
     let progress = recover(task).await?;
@@ -89,8 +90,7 @@ pub(super) async fn run(task: &Task) -> Result<(), String> {
             &label,
             progress.position.as_deref(),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut worker = Worker {
         task,
         steps,
@@ -98,35 +98,35 @@ pub(super) async fn run(task: &Task) -> Result<(), String> {
         key: key(task.spec.id, task.index),
         tag: Bytes::from(tag(task.spec.id, task.index)),
     };
-    task.cell.set(TaskState::Running);
+    task.cell.update(|s| s.state = State::Running);
     worker.run(instance).await
 }
 
 /// The task's progress: the stored one, moved up to the newest tag in the partition's tail.
 /// On the very first start the partition is chosen and entered durably before anything is
 /// written, so the scan always has a starting point.
-async fn recover(task: &Task) -> Result<SourceProgress, String> {
+async fn recover(task: &Task) -> Result<SourceProgress, TaskError> {
     let context = &task.context;
     let spec = &task.spec;
     let key = key(spec.id, task.index);
     let stored: Option<SourceProgress> = context
         .meta
         .get(Table::ConnectorProgress, &key)
-        .map_err(|e| e.to_string())?;
+        .map_err(TaskError::meta("reading the task's progress"))?;
     let mut progress = match stored {
         Some(progress) => progress,
         None => {
             let partitions = context
                 .log
                 .topic_config(&spec.topic)
-                .map_err(|e| e.to_string())?
+                .map_err(TaskError::opening(&spec.topic))?
                 .partitions
                 .max(1);
             let partition = task.index % partitions;
             let end = context
                 .log
                 .partition(&spec.topic, PartitionId(partition))
-                .map_err(|e| e.to_string())?
+                .map_err(TaskError::opening(&spec.topic))?
                 .high_watermark();
             let progress = SourceProgress {
                 partition,
@@ -137,14 +137,14 @@ async fn recover(task: &Task) -> Result<SourceProgress, String> {
                 .meta
                 .put(Table::ConnectorProgress, &key, &progress)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(TaskError::meta("recording the task's partition"))?;
             return Ok(progress);
         }
     };
     let partition = context
         .log
         .partition(&spec.topic, PartitionId(progress.partition))
-        .map_err(|e| e.to_string())?;
+        .map_err(TaskError::opening(&spec.topic))?;
     let tag = tag(spec.id, task.index);
     let mut newest = None;
     partition
@@ -161,7 +161,10 @@ async fn recover(task: &Task) -> Result<SourceProgress, String> {
                 newest = Some((stored.offset, header(POSITION_HEADER)));
             }
         })
-        .map_err(|e| format!("scanning {} for positions: {e}", spec.topic))?;
+        .map_err(TaskError::log(format!(
+            "scanning {} for positions",
+            spec.topic
+        )))?;
     if let Some((offset, position)) = newest {
         progress.end = offset.0 + 1;
         progress.position = position.map(|p| p.to_vec());
@@ -178,16 +181,17 @@ struct Worker<'t> {
 }
 
 impl Worker<'_> {
-    async fn run(&mut self, mut instance: plugin::SourceInstance) -> Result<(), String> {
+    async fn run(&mut self, mut instance: plugin::SourceInstance) -> Result<(), TaskError> {
         let mut idle = IDLE_MIN;
         loop {
-            let polled = instance
-                .poll(MAX_POLL)
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|message| {
-                    format!("source plugin {:?} failed: {message}", instance.plugin())
-                })?;
+            let polled =
+                instance
+                    .poll(MAX_POLL)
+                    .await?
+                    .map_err(|message| TaskError::PluginFailed {
+                        plugin: format!("source plugin {:?}", instance.plugin()),
+                        message,
+                    })?;
             if polled.records.is_empty() {
                 tokio::time::sleep(idle).await;
                 idle = (idle * 2).min(IDLE_MAX);
@@ -197,19 +201,20 @@ impl Worker<'_> {
             if polled.positions.len() != polled.records.len()
                 || polled.records.len() > MAX_POLL as usize
             {
-                return Err(format!(
-                    "source plugin {:?} broke the plugin contract: it emitted {} records for \
-                     a poll of at most {MAX_POLL}",
-                    instance.plugin(),
-                    polled.records.len()
-                ));
+                return Err(TaskError::Plugin(PluginError::Contract {
+                    plugin: instance.plugin().to_owned(),
+                    detail: format!(
+                        "it emitted {} records for a poll of at most {MAX_POLL}",
+                        polled.records.len()
+                    ),
+                }));
             }
             self.store(polled).await?;
         }
     }
 
     /// Transforms and appends one poll's records, then records the position after them.
-    async fn store(&mut self, polled: Polled) -> Result<(), String> {
+    async fn store(&mut self, polled: Polled) -> Result<(), TaskError> {
         let task = self.task;
         let spec = &task.spec;
         let count = polled.records.len();
@@ -231,9 +236,7 @@ impl Worker<'_> {
         let ChainOutput {
             records,
             mut rejected,
-        } = transform::run_chain(&mut self.steps, &info, polled.records, spec.errors)
-            .await
-            .map_err(|failure| failure.to_string())?;
+        } = transform::run_chain(&mut self.steps, &info, polled.records, spec.errors).await?;
         let mut own: Vec<(i64, log::Record)> = Vec::with_capacity(records.len());
         let mut routed: Vec<(TopicName, log::Record)> = Vec::new();
         let mut max_bytes = HashMap::new();
@@ -251,13 +254,7 @@ impl Worker<'_> {
         }
         if let Some(rejection) = rejected.first() {
             match spec.errors {
-                ErrorPolicy::Fail => {
-                    return Err(format!(
-                        "{} rejected record {} of a poll: {} (errors=fail stops here; skip or \
-                         dlq would go on)",
-                        rejection.plugin, rejection.offset, rejection.message
-                    ));
-                }
+                ErrorPolicy::Fail => return Err(TaskError::Rejected(rejection.clone())),
                 ErrorPolicy::Skip => {
                     task.cell.update(|s| s.skipped += rejected.len() as u64);
                 }
@@ -274,7 +271,7 @@ impl Worker<'_> {
         task.context
             .meta
             .put_unflushed(Table::ConnectorProgress, &self.key, &self.progress)
-            .map_err(|e| e.to_string())?;
+            .map_err(TaskError::meta("recording the task's position"))?;
         task.cell.update(|s| s.records_out += written);
         Ok(())
     }
@@ -286,7 +283,7 @@ impl Worker<'_> {
         own: Vec<(i64, log::Record)>,
         last: u64,
         positions: &[Bytes],
-    ) -> Result<(), String> {
+    ) -> Result<(), TaskError> {
         let task = self.task;
         let partition = PartitionId(self.progress.partition);
         let tag = &self.tag;
@@ -299,7 +296,7 @@ impl Worker<'_> {
             |to, record| {
                 let position = positions
                     .get(to as usize)
-                    .ok_or("a batch ends past the poll")?;
+                    .ok_or_else(|| TaskError::Permanent("a batch ends past the poll".to_owned()))?;
                 record.headers.push(Header {
                     key: SOURCE_TAG_HEADER.to_owned(),
                     value: Some(tag.clone()),
@@ -324,9 +321,11 @@ impl Worker<'_> {
         originals: &[log::Record],
         rejected: &[Rejection],
         routed: &mut Vec<(TopicName, log::Record)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), TaskError> {
         let spec = &self.task.spec;
-        let dlq = spec.dlq_topic.clone().ok_or("errors=dlq without a topic")?;
+        let dlq = spec.dlq_topic.clone().ok_or_else(|| {
+            TaskError::Permanent("errors=dlq without a dead-letter topic".to_owned())
+        })?;
         for rejection in rejected {
             let Some(original) = originals.get(rejection.offset as usize) else {
                 continue;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::log::{Durability, LogConfig, StoredRecord};
+use crate::runtime::{RestartPolicy, State};
 
 struct Setup {
     log: Log,
@@ -34,6 +35,7 @@ async fn setup(dir: &Path) -> Setup {
             max_memory_mb: 32,
             timeout_ms: 2000,
         },
+        RestartPolicies::all(RestartPolicy::TASKS),
         shutdown.clone(),
     )
     .await
@@ -206,13 +208,9 @@ async fn a_trapping_source_fails_with_its_reason_while_another_runs() {
         .create(source("fine", "generator", "fine", &[("rate", "1000")]))
         .await
         .unwrap();
-    let failed = wait_for_task(&setup.connectors, "broken", |t| {
-        matches!(t.state, TaskState::Failed { .. })
-    })
-    .await;
-    let TaskState::Failed { reason, restarting } = failed.state else {
-        unreachable!()
-    };
+    let failed = wait_for_task(&setup.connectors, "broken", |t| t.state.failure().is_some()).await;
+    let restarting = matches!(failed.state, State::Restarting { .. });
+    let reason = &failed.state.failure().unwrap().reason;
     assert!(reason.contains("trapped"), "{reason}");
     assert!(reason.contains("trapping on purpose"), "{reason}");
     assert!(restarting, "a failed task is restarted with backoff");
@@ -297,12 +295,10 @@ async fn a_source_reaching_outside_its_grant_is_refused() {
         .unwrap();
     wait_for_task(&setup.connectors, "inside", |t| t.records_out > 0).await;
     let failed = wait_for_task(&setup.connectors, "outside", |t| {
-        matches!(t.state, TaskState::Failed { .. })
+        t.state.failure().is_some()
     })
     .await;
-    let TaskState::Failed { reason, .. } = failed.state else {
-        unreachable!()
-    };
+    let reason = &failed.state.failure().unwrap().reason;
     assert!(reason.contains("cannot read"), "{reason}");
     assert!(read_all(&setup.log, "outside").await.is_empty());
     setup.close().await;

@@ -14,28 +14,24 @@
 //! the records) and go with the link.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use appliance_proto::link::v1 as wire;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Mirrors, SessionError, Side};
-use super::transfer::{Direction, MirrorStatus, RateLimit, SendOptions, WireCompression};
-use super::{EdgeId, HUB_MIRROR_PREFIX, LinkError, frame, pattern, tls};
-use crate::log::{BatchHeader, Log, Offset, PartitionId, Timestamp, TopicName};
+use super::progress::{Direction, MirrorStatus, Mirrors};
+use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Side};
+use super::transfer::{RateLimit, SendOptions, WireCompression};
+use super::{EdgeId, LinkError, SessionError, describe, frame, pattern, protocol, tls};
+use crate::log::{BatchHeader, Log, MirrorOwner, Offset, PartitionId, Timestamp, TopicName};
 use crate::meta::{Meta, Table};
-use crate::runtime::{Component, Registry, ResourceName, RestartPolicy, Restarts};
-
-/// A link tries to reach its hub for as long as it exists; a session that got as far as
-/// Welcome starts the backoff anew.
-const RECONNECT: RestartPolicy = RestartPolicy {
-    first: Duration::from_millis(200),
-    longest: Duration::from_secs(30),
-    budget: None,
-    healthy_run: Duration::MAX,
+use crate::runtime::{
+    Component, Failure, Recovery, Registry, ResourceName, RestartPolicies, Restarts, State,
+    StatusCell,
 };
+
 /// A partition's retention waits for the hub up to this size unless the link says otherwise.
 pub const DEFAULT_HOLD_MAX_BYTES: u64 = 1 << 30;
 
@@ -67,22 +63,16 @@ pub struct LinkSpec {
     pub paused: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
-    Connecting,
-    Connected,
-    /// Waiting before the next attempt after a failure.
-    Retrying,
-    Paused,
-}
-
 /// A link's spec and how it is doing.
 #[derive(Debug, Clone)]
 pub struct LinkStatus {
     pub spec: LinkSpec,
     /// What the link's certificate names (none when the file cannot be read).
     pub edge: Option<EdgeId>,
-    pub state: LinkState,
+    /// Starting while connecting, running while connected, restarting while it waits for
+    /// the next attempt, failed when it cannot try (its certificate or key is unusable).
+    pub state: State,
+    /// The last failure, kept until the link connects again.
     pub last_error: Option<String>,
     pub connected_for: Option<Duration>,
     pub partitions: Vec<MirrorStatus>,
@@ -94,6 +84,7 @@ pub struct Links {
     log: Log,
     meta: Meta,
     idle_timeout: Duration,
+    restarts: Arc<RestartPolicies>,
     running: Registry<Running>,
 }
 
@@ -107,29 +98,39 @@ struct Running {
 
 #[derive(Debug)]
 struct Shared {
-    phase: Mutex<Phase>,
+    phase: StatusCell<Phase>,
     mirrors: Mirrors,
 }
 
 #[derive(Debug, Clone)]
 struct Phase {
-    state: LinkState,
+    state: State,
     last_error: Option<String>,
     connected_at: Option<Instant>,
 }
 
 impl Shared {
-    fn set(&self, state: LinkState, error: Option<String>) {
-        let mut phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
-        phase.state = state;
-        phase.connected_at = (state == LinkState::Connected).then(Instant::now);
-        if error.is_some() || state == LinkState::Connected {
-            phase.last_error = error;
-        }
+    fn set(&self, state: State) {
+        self.phase.update(|phase| {
+            let connected = state == State::Running;
+            phase.connected_at = connected.then(Instant::now);
+            if let Some(failure) = state.failure() {
+                phase.last_error = Some(failure.reason.clone());
+            } else if connected {
+                phase.last_error = None;
+            }
+            phase.state = state;
+        });
     }
 
-    fn phase(&self) -> Phase {
-        self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The link cannot try at all until the operator fixes what `error` names.
+    fn cannot_try(&self, error: &impl ToString) {
+        self.set(State::Failed {
+            failure: Failure {
+                reason: error.to_string(),
+                recovery: Recovery::Never,
+            },
+        });
     }
 }
 
@@ -139,12 +140,14 @@ impl Links {
         log: Log,
         meta: Meta,
         idle_timeout: Duration,
+        restarts: RestartPolicies,
         shutdown: CancellationToken,
     ) -> Result<Self, LinkError> {
         let links = Self {
             log,
             meta,
             idle_timeout,
+            restarts: Arc::new(restarts),
             running: Registry::new(shutdown),
         };
         let mut running = links.running.lock().await;
@@ -280,8 +283,8 @@ impl Links {
     fn launch(&self, spec: LinkSpec) -> Component<Running> {
         let edge = tls::edge_of_certificate(&spec.cert);
         let shared = Arc::new(Shared {
-            phase: Mutex::new(Phase {
-                state: LinkState::Paused,
+            phase: StatusCell::new(Phase {
+                state: State::Paused,
                 last_error: None,
                 connected_at: None,
             }),
@@ -290,7 +293,7 @@ impl Links {
         let edge = match edge {
             Ok(edge) => Some(edge),
             Err(error) => {
-                shared.set(LinkState::Retrying, Some(error.to_string()));
+                shared.cannot_try(&error);
                 None
             }
         };
@@ -298,7 +301,7 @@ impl Links {
         let Running { spec, edge, shared } = &link.state;
         if let Some(edge) = edge.as_ref().filter(|_| !spec.paused) {
             self.restore_holds(spec);
-            shared.set(LinkState::Connecting, None);
+            shared.set(State::Starting);
             link.spawn(keep_up(
                 spec.clone(),
                 edge.clone(),
@@ -342,7 +345,7 @@ impl Links {
     }
 
     fn status(&self, link: &Running) -> LinkStatus {
-        let phase = link.shared.phase();
+        let phase = link.shared.phase.get();
         let now = Timestamp::now();
         let partitions = link
             .shared
@@ -436,7 +439,7 @@ async fn keep_up(
     let endpoint = match tls::edge_endpoint(&files(&spec), links.idle_timeout, spec.congestion) {
         Ok(endpoint) => endpoint,
         Err(error) => {
-            shared.set(LinkState::Retrying, Some(error.to_string()));
+            shared.cannot_try(&error);
             return;
         }
     };
@@ -448,8 +451,8 @@ async fn keep_up(
             compression: spec.compression,
             limit: Arc::new(RateLimit::new(spec.max_bytes_per_sec)),
         },
-        mirror_prefix: format!("{HUB_MIRROR_PREFIX}."),
-        peer_prefix: format!("{edge}."),
+        mirrors_of: MirrorOwner::Hub,
+        mirrored_as: MirrorOwner::Edge(edge.to_string()),
         peer: "the hub".to_owned(),
         hold: Some(Hold {
             holder: holder(&spec.name),
@@ -459,9 +462,9 @@ async fn keep_up(
         groups: GroupSync::Send(links.meta.clone()),
         mirrors: shared.mirrors.clone(),
     };
-    let mut restarts = RECONNECT.restarts();
+    let mut restarts = links.restarts.of(&spec.name).restarts();
     loop {
-        shared.set(LinkState::Connecting, None);
+        shared.set(State::Starting);
         let attempt = connect(
             &endpoint,
             &spec,
@@ -476,17 +479,32 @@ async fn keep_up(
         };
         let error = outcome.err().map_or_else(
             || "the hub ended the session".to_owned(),
-            |error| session::describe(&error),
+            |error| describe(&error),
         );
+        let Some(wait) = restarts.failed(Duration::ZERO) else {
+            tracing::warn!(link = %spec.name, hub = %spec.hub, %error, "link to the hub lost; restart budget spent");
+            shared.cannot_try(&format!(
+                "{error} (gave up after {} attempts in a row: the link's restart budget)",
+                restarts.failures()
+            ));
+            endpoint.close(0u32.into(), b"edge giving up the link");
+            return;
+        };
         tracing::warn!(link = %spec.name, hub = %spec.hub, %error, "link to the hub lost; retrying");
-        shared.set(LinkState::Retrying, Some(error));
-        let wait = restarts.failed(Duration::ZERO).unwrap_or(RECONNECT.longest);
+        shared.set(State::Restarting {
+            attempt: restarts.failures(),
+            next_try: SystemTime::now() + wait,
+            failure: Failure {
+                reason: error,
+                recovery: Recovery::Restart,
+            },
+        });
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => break,
         }
     }
-    shared.set(LinkState::Paused, None);
+    shared.set(State::Paused);
     endpoint.close(0u32.into(), b"edge stopping the link");
 }
 
@@ -515,21 +533,10 @@ async fn connect(
         })),
     };
     control_out.write_all(&frame::encode(&hello)).await?;
-    match frame::read::<wire::ControlFrame>(&mut control_in, CONTROL_LIMIT)
-        .await?
-        .and_then(|frame| frame.kind)
-    {
-        Some(wire::control_frame::Kind::Welcome(_)) => {}
-        Some(wire::control_frame::Kind::Refusal(refusal)) => {
-            return Err(SessionError::Refused(refusal.reason));
-        }
-        _ => {
-            return Err(SessionError::Protocol(
-                "the hub did not answer Welcome".into(),
-            ));
-        }
-    }
-    shared.set(LinkState::Connected, None);
+    protocol::answer_to_hello(
+        frame::read::<wire::ControlFrame>(&mut control_in, CONTROL_LIMIT).await?,
+    )?;
+    shared.set(State::Running);
     restarts.succeeded();
     tracing::info!(link = %spec.name, hub = %spec.hub, %edge, "linked to the hub");
     session::run(side, connection, control_out, control_in).await

@@ -16,13 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use appliance_proto::link::v1 as wire;
+use regex::Regex;
 use tokio_util::sync::CancellationToken;
 
-use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Mirrors, SessionError, Side};
-use super::transfer::{Direction, MirrorStatus, RateLimit, SendOptions, WireCompression};
-use super::{EdgeId, HUB_MIRROR_PREFIX, LinkError, frame, pattern, tls};
+use super::progress::{Direction, MirrorStatus, Mirrors};
+use super::protocol::{Admission, Admissions, SessionId};
+use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Side};
+use super::transfer::{RateLimit, SendOptions, WireCompression};
+use super::{EdgeId, LinkError, SessionError, describe, frame, tls};
 use crate::group::Coordinator;
-use crate::log::{Log, Timestamp};
+use crate::log::{Log, MirrorOwner, Timestamp};
 
 /// How long a refusal may take to reach the edge before the hub closes the connection.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
@@ -43,11 +46,20 @@ pub struct HubOptions {
 #[derive(Debug, Clone)]
 pub struct Hub {
     local_addr: SocketAddr,
-    edges: Arc<Mutex<BTreeMap<EdgeId, EdgeEntry>>>,
+    edges: Arc<Mutex<Edges>>,
+}
+
+#[derive(Debug, Default)]
+struct Edges {
+    /// Which session of each edge is current (the protocol's decisions).
+    admissions: Admissions,
+    entries: BTreeMap<EdgeId, EdgeEntry>,
 }
 
 #[derive(Debug)]
 struct EdgeEntry {
+    /// The current session (or the last one).
+    session_id: SessionId,
     /// The live connection, if any: its address follows the edge when it moves.
     connection: Option<quinn::Connection>,
     /// The edge's name of the link the connection belongs to.
@@ -105,6 +117,7 @@ impl Hub {
     pub fn edges(&self) -> Vec<EdgeStatus> {
         let edges = self.lock();
         edges
+            .entries
             .iter()
             .map(|(edge, entry)| {
                 let partitions: Vec<MirrorStatus> =
@@ -133,7 +146,7 @@ impl Hub {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<EdgeId, EdgeEntry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Edges> {
         self.edges.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -157,7 +170,7 @@ impl Hub {
             sessions.spawn(async move {
                 let peer = incoming.remote_address();
                 if let Err(error) = hub.session(incoming, log, coordinator).await {
-                    let error = session::describe(&error);
+                    let error = describe(&error);
                     tracing::warn!(%peer, %error, "link session ended");
                 }
             });
@@ -186,37 +199,25 @@ impl Hub {
                 ));
             }
         };
-        let admitted = if hello.edge_id != edge.as_str() {
-            Err(format!(
-                "the certificate is edge {edge}'s, but the hello claims {:?}",
-                hello.edge_id
-            ))
-        } else {
-            pattern(&hello.downstream_pattern)
-                .map_err(|e| format!("the downstream pattern: {e}"))
-                .and_then(|downstream| {
-                    self.connected(&edge, &hello.link_name, &connection)
-                        .map(|(stop, mirrors)| (downstream, stop, mirrors))
-                })
-        };
-        let (downstream, stop, mirrors) = match admitted {
-            Ok(admitted) => admitted,
-            Err(reason) => {
-                let refusal = wire::ControlFrame {
-                    kind: Some(wire::control_frame::Kind::Refusal(wire::Refusal {
-                        reason: reason.clone(),
-                    })),
-                };
-                control_out.write_all(&frame::encode(&refusal)).await?;
-                // The refusal is delivered before the connection goes: closing at once would
-                // drop it.
-                if control_out.finish().is_ok() {
-                    let _ = tokio::time::timeout(REFUSAL_GRACE, control_out.stopped()).await;
+        let (downstream, stop, mirrors, session_id) =
+            match self.connected(&edge, &hello, &connection) {
+                Ok(admitted) => admitted,
+                Err(reason) => {
+                    let refusal = wire::ControlFrame {
+                        kind: Some(wire::control_frame::Kind::Refusal(wire::Refusal {
+                            reason: reason.clone(),
+                        })),
+                    };
+                    control_out.write_all(&frame::encode(&refusal)).await?;
+                    // The refusal is delivered before the connection goes: closing at once would
+                    // drop it.
+                    if control_out.finish().is_ok() {
+                        let _ = tokio::time::timeout(REFUSAL_GRACE, control_out.stopped()).await;
+                    }
+                    connection.close(1u32.into(), b"refused");
+                    return Err(SessionError::Refused(reason));
                 }
-                connection.close(1u32.into(), b"refused");
-                return Err(SessionError::Refused(reason));
-            }
-        };
+            };
         let welcome = wire::ControlFrame {
             kind: Some(wire::control_frame::Kind::Welcome(wire::Welcome {})),
         };
@@ -231,8 +232,8 @@ impl Hub {
                     .unwrap_or_default(),
                 limit: Arc::new(RateLimit::new(hello.max_bytes_per_sec)),
             },
-            mirror_prefix: format!("{edge}."),
-            peer_prefix: format!("{HUB_MIRROR_PREFIX}."),
+            mirrors_of: MirrorOwner::Edge(edge.to_string()),
+            mirrored_as: MirrorOwner::Hub,
             peer: format!("edge {edge}"),
             hold: Some(Hold {
                 holder: format!("edge:{edge}"),
@@ -246,60 +247,66 @@ impl Hub {
             outcome = session::run(side, connection.clone(), control_out, control_in) => outcome,
             _ = stop.cancelled() => Err(SessionError::Protocol("a newer connection of this edge replaced it".into())),
         };
-        self.disconnected(&edge, &connection);
+        self.disconnected(&edge, session_id, &connection);
         connection.close(0u32.into(), b"session ended");
         outcome
     }
 
-    /// Records a new connection of `edge`'s `link`, ending its previous one; refuses it while
-    /// another link of the same edge is connected (two links would replace each other's
-    /// sessions forever, each writing the same mirrors).
+    /// Admits a new connection of `edge` (ending the same link's previous session) or says
+    /// why not: the protocol's [`Admissions`] decide.
     fn connected(
         &self,
         edge: &EdgeId,
-        link: &str,
+        hello: &wire::Hello,
         connection: &quinn::Connection,
-    ) -> Result<(CancellationToken, Mirrors), String> {
+    ) -> Result<(Option<Regex>, CancellationToken, Mirrors, SessionId), String> {
         let mut edges = self.lock();
-        if let Some(entry) = edges.get(edge)
-            && entry.link != link
+        let Edges {
+            admissions,
+            entries,
+        } = &mut *edges;
+        // A connection that died before its session noticed holds the edge no longer.
+        if let Some(entry) = entries.get(edge)
             && entry
                 .connection
                 .as_ref()
-                .is_some_and(|current| current.close_reason().is_none())
+                .is_some_and(|current| current.close_reason().is_some())
         {
-            return Err(format!(
-                "edge {edge} is linked to this hub already by its link {:?}; a hub serves one \
-                 link per edge: mirror these topics through that link (its topic pattern can \
-                 name them all), or delete it first",
-                entry.link
-            ));
+            admissions.ended(edge, entry.session_id);
         }
+        let (session_id, downstream) = match admissions.hello(edge, hello) {
+            Admission::Refuse(reason) => return Err(reason),
+            Admission::Welcome {
+                session,
+                downstream,
+                ..
+            } => (session, downstream),
+        };
         let stop = CancellationToken::new();
-        let entry = edges.entry(edge.clone()).or_insert_with(|| EdgeEntry {
+        let entry = entries.entry(edge.clone()).or_insert_with(|| EdgeEntry {
+            session_id,
             connection: None,
-            link: link.to_owned(),
+            link: hello.link_name.clone(),
             address: connection.remote_address(),
             last_seen: Timestamp::now(),
             session: CancellationToken::new(),
             mirrors: Mirrors::default(),
         });
+        // The fenced session, if the edge had one, ends here.
         entry.session.cancel();
         entry.session = stop.clone();
-        entry.link = link.to_owned();
+        entry.session_id = session_id;
+        entry.link = hello.link_name.clone();
         entry.connection = Some(connection.clone());
         entry.address = connection.remote_address();
         entry.last_seen = Timestamp::now();
-        Ok((stop, entry.mirrors.clone()))
+        Ok((downstream, stop, entry.mirrors.clone(), session_id))
     }
 
-    fn disconnected(&self, edge: &EdgeId, connection: &quinn::Connection) {
+    fn disconnected(&self, edge: &EdgeId, session_id: SessionId, connection: &quinn::Connection) {
         let mut edges = self.lock();
-        if let Some(entry) = edges.get_mut(edge)
-            && entry
-                .connection
-                .as_ref()
-                .is_some_and(|current| current.stable_id() == connection.stable_id())
+        if edges.admissions.ended(edge, session_id)
+            && let Some(entry) = edges.entries.get_mut(edge)
         {
             entry.address = connection.remote_address();
             entry.connection = None;

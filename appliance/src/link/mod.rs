@@ -12,6 +12,12 @@
 //!       mirrored partition (transfer.rs: batches as stored, at their own offsets)
 //! ```
 //!
+//! What each side decides is in [`protocol`], state machines without I/O (handshake and
+//! fencing, announcements, senders, gaps, acknowledgements and holds); `session.rs`,
+//! `transfer.rs`, `hub.rs` and `edge.rs` are the async drivers around them, and
+//! [`progress`] holds what status shows of each mirrored partition. Dependencies point one
+//! way: drivers -> protocol -> progress, error.
+//!
 //! Mirrors are read-only topics of the receiving log; retention on the sending side waits
 //! for acknowledgements (holds) up to a cap, and what it deletes anyway reaches the mirror as
 //! a gap at the same offsets.
@@ -20,11 +26,16 @@ use regex::Regex;
 
 pub mod certs;
 pub mod edge;
+mod error;
 pub mod frame;
 pub mod hub;
+pub mod progress;
+pub mod protocol;
 pub mod session;
 pub mod tls;
 pub mod transfer;
+
+pub use error::{SessionError, describe};
 
 /// An edge's name: a DNS label (1 to 63 of `a-z 0-9 -`, not starting or ending with `-`), so
 /// it can stand in a certificate's subject alternative name and as the first part of the

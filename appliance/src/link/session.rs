@@ -15,8 +15,8 @@
 //! Everything a session starts ends with it (tasks in JoinSets); progress figures live in
 //! [`Mirrors`], which outlives sessions so status shows the last known state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use appliance_proto::link::v1 as wire;
@@ -24,11 +24,14 @@ use regex::Regex;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::frame;
-use super::transfer::{self, Direction, MirrorEnd, MirrorProgress, SendOptions};
+use super::progress::{Direction, Mirrors};
+use super::protocol::{Action, Control, OwnPartition, OwnTopic, SenderEnd, SenderId};
+use super::transfer::{self, SendOptions};
+use super::{SessionError, describe, frame};
 use crate::group::{Coordinator, GroupError};
 use crate::log::{
-    Log, LogError, MAX_MESSAGE_BYTES, Offset, Partition, PartitionId, TopicConfig, TopicName,
+    Log, LogError, MAX_MESSAGE_BYTES, MirrorName, MirrorOwner, Offset, Partition, PartitionId,
+    TopicConfig, TopicName,
 };
 use crate::meta::{GroupId, Meta, Table};
 
@@ -37,99 +40,8 @@ pub const CONTROL_LIMIT: usize = 1 << 20;
 const TICK: Duration = Duration::from_secs(1);
 const CONTROL_QUEUE: usize = 1024;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("connection: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("connecting: {0}")]
-    Connect(#[from] quinn::ConnectError),
-    #[error("writing to the peer: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error("reading from the peer: {0}")]
-    Read(#[from] std::io::Error),
-    #[error(transparent)]
-    Frame(#[from] frame::FrameError),
-    #[error(transparent)]
-    Link(#[from] super::LinkError),
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error("the peer refused: {0}")]
-    Refused(String),
-    #[error("protocol: {0}")]
-    Protocol(String),
-    #[error(
-        "{topic}/{partition} does not continue its mirror: {detail}; this side's log was reset \
-         or replaced (the topic deleted and created again, or another appliance with the same \
-         identity); delete the mirror on the other side to start it anew"
-    )]
-    Diverged {
-        topic: TopicName,
-        partition: PartitionId,
-        detail: String,
-    },
-    #[error("quarantined: {reason}")]
-    Quarantined { reason: String },
-}
-
 /// The code a receiver stops a partition stream with when it quarantines the partition.
 const QUARANTINE_CODE: u32 = 2;
-
-/// The error and its causes on one line: a QUIC read that failed says only "connection
-/// lost"; why (a refused certificate, a timeout) is in its sources.
-pub fn describe(error: &SessionError) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(error) = cause {
-        let message = error.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        cause = error.source();
-    }
-    text
-}
-
-/// Progress of every partition a side has mirrored in either direction, by direction, origin
-/// topic and partition.
-#[derive(Debug, Clone, Default)]
-pub struct Mirrors(Arc<Mutex<MirrorTable>>);
-
-type MirrorTable = BTreeMap<(Direction, String, u32), Arc<MirrorProgress>>;
-
-impl Mirrors {
-    pub fn entry(
-        &self,
-        direction: Direction,
-        topic: &str,
-        mirror: &str,
-        partition: u32,
-    ) -> Arc<MirrorProgress> {
-        self.lock()
-            .entry((direction, topic.to_owned(), partition))
-            .or_insert_with(|| Arc::new(MirrorProgress::new(direction, topic, mirror, partition)))
-            .clone()
-    }
-
-    pub fn all(&self) -> Vec<Arc<MirrorProgress>> {
-        self.lock().values().cloned().collect()
-    }
-
-    fn get(
-        &self,
-        direction: Direction,
-        topic: &str,
-        partition: u32,
-    ) -> Option<Arc<MirrorProgress>> {
-        self.lock()
-            .get(&(direction, topic.to_owned(), partition))
-            .cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MirrorTable> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// Retention keeps what the other side has not acknowledged, up to a size per partition.
 #[derive(Debug, Clone)]
@@ -158,10 +70,10 @@ pub struct Side {
     pub outgoing: Option<Regex>,
     pub outgoing_direction: Direction,
     pub send: SendOptions,
-    /// What this side's mirrors are called: `<edge-id>.` on the hub, `hub.` on an edge.
-    pub mirror_prefix: String,
-    /// What the peer calls the mirrors of this side's topics (for status).
-    pub peer_prefix: String,
+    /// Whose topics this side's mirrors hold: the edge's on a hub, the hub's on an edge.
+    pub mirrors_of: MirrorOwner,
+    /// The owner of the peer's mirrors of this side's topics: this side.
+    pub mirrored_as: MirrorOwner,
     /// Who the mirrors this side receives come from, in words ("edge plant-7", "the hub").
     pub peer: String,
     pub hold: Option<Hold>,
@@ -178,7 +90,8 @@ impl Side {
     }
 
     fn mirror_name(&self, topic: &str) -> Result<TopicName, SessionError> {
-        TopicName::new(format!("{}{topic}", self.mirror_prefix))
+        MirrorName::new(&self.mirrors_of, topic)
+            .map(|mirror| mirror.topic().clone())
             .map_err(|e| SessionError::Protocol(format!("no mirror name for topic {topic:?}: {e}")))
     }
 }
@@ -207,11 +120,13 @@ pub async fn run(
         side: &side,
         frames: &frames,
         connection: &connection,
-        announced: HashMap::new(),
-        refused: HashSet::new(),
-        sending: HashMap::new(),
-        diverged: HashMap::new(),
+        control: Control::new(
+            side.outgoing_direction,
+            side.mirrored_as.clone(),
+            side.mirrors.clone(),
+        ),
         senders: JoinSet::new(),
+        stop_sender: HashMap::new(),
         receivers: JoinSet::new(),
         synced_offsets: HashMap::new(),
     };
@@ -228,34 +143,37 @@ pub async fn run(
             }
             stream = connection.accept_uni() => state.on_stream(stream?),
             _ = tick.tick() => state.on_tick().await?,
-            Some(sent) = state.senders.join_next_with_id() => state.on_sender_end(sent),
+            Some(ended) = state.senders.join_next() => state.on_sender_end(ended),
             Some(_) = state.receivers.join_next() => {}
         }
     }
 }
 
-type SenderOutcome = ((String, u32), Result<(), SessionError>);
+/// The log's handle of a partition, equal only to itself: a topic deleted and created again
+/// has new handles, so the protocol can tell the new partition from the old one.
+#[derive(Debug, Clone)]
+struct Handle(Arc<Partition>);
 
-/// A partition being sent: the handle it reads (a topic deleted and created again has a new
-/// one) and how to stop it.
-struct Sending {
-    partition: Arc<Partition>,
-    task: tokio::task::AbortHandle,
+impl PartialEq for Handle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+struct SenderOutcome {
+    id: SenderId,
+    topic: TopicName,
+    partition: PartitionId,
+    outcome: Result<(), SessionError>,
 }
 
 struct State<'a> {
     side: &'a Side,
     frames: &'a mpsc::Sender<wire::ControlFrame>,
     connection: &'a quinn::Connection,
-    /// Own topics announced in this session, as announced (a change is announced again).
-    announced: HashMap<String, wire::TopicState>,
-    /// Own topics the peer refused to mirror.
-    refused: HashSet<String>,
-    sending: HashMap<(String, u32), Sending>,
-    /// Partitions that stopped because they do not continue their mirror, with the handle
-    /// they had: tried again only once the partition here is another (re-created).
-    diverged: HashMap<(String, u32), Arc<Partition>>,
+    control: Control<Handle>,
     senders: JoinSet<SenderOutcome>,
+    stop_sender: HashMap<SenderId, tokio::task::AbortHandle>,
     receivers: JoinSet<()>,
     /// Offsets sent per (group, topic, partition), so only changes go out.
     synced_offsets: HashMap<(String, String, u32), u64>,
@@ -269,22 +187,73 @@ impl State<'_> {
             .map_err(|_| SessionError::Protocol("the control stream is closed".into()))
     }
 
+    /// Carries out what the protocol decided.
+    async fn carry_out(&mut self, actions: Vec<Action<Handle>>) -> Result<(), SessionError> {
+        for action in actions {
+            match action {
+                Action::Send(kind) => self.send(kind).await?,
+                Action::StartSender {
+                    id,
+                    topic,
+                    partition,
+                    source,
+                    end,
+                } => {
+                    let progress = self
+                        .side
+                        .mirrors
+                        .get(self.side.outgoing_direction, topic.as_str(), partition.0)
+                        .ok_or_else(|| {
+                            SessionError::Protocol(format!("no progress of {topic}/{partition}"))
+                        })?;
+                    let (connection, options) = (self.connection.clone(), self.side.send.clone());
+                    let task = self.senders.spawn(async move {
+                        let outcome = transfer::send_partition(
+                            connection,
+                            source.0,
+                            topic.clone(),
+                            end,
+                            options,
+                            progress,
+                        )
+                        .await;
+                        SenderOutcome {
+                            id,
+                            topic,
+                            partition,
+                            outcome,
+                        }
+                    });
+                    self.stop_sender.insert(id, task);
+                }
+                Action::StopSender(id) => {
+                    if let Some(task) = self.stop_sender.remove(&id) {
+                        task.abort();
+                    }
+                }
+                Action::Hold {
+                    topic,
+                    partition,
+                    keep_from,
+                } => self.hold(&topic, partition, keep_from),
+            }
+        }
+        Ok(())
+    }
+
     async fn on_frame(&mut self, frame: wire::ControlFrame) -> Result<(), SessionError> {
         use wire::control_frame::Kind;
         match frame.kind {
             Some(Kind::Topic(topic)) => self.on_topic(topic).await,
             Some(Kind::Positions(positions)) => {
-                self.on_positions(positions);
-                Ok(())
+                let log = &self.side.log;
+                let actions = self.control.positions(positions, |topic, partition| {
+                    log.partition(topic, partition).ok().map(Handle)
+                });
+                self.carry_out(actions).await
             }
             Some(Kind::Ack(ack)) => {
-                if let Some(progress) =
-                    self.side
-                        .mirrors
-                        .get(self.side.outgoing_direction, &ack.topic, ack.partition)
-                {
-                    progress.set_acknowledged(ack.durable_next_offset);
-                }
+                self.control.ack(&ack);
                 Ok(())
             }
             Some(Kind::Watermarks(watermarks)) => {
@@ -327,7 +296,7 @@ impl State<'_> {
                     if created {
                         progress.lift_quarantine();
                     }
-                    let end = MirrorEnd::of(&partition)?;
+                    let end = transfer::mirror_end(&partition)?;
                     progress.set_acknowledged(end.next.0);
                     progress.set_error(None);
                     positions.push(wire::PartitionPosition {
@@ -356,126 +325,25 @@ impl State<'_> {
         self.send(wire::control_frame::Kind::Positions(reply)).await
     }
 
-    fn on_positions(&mut self, positions: wire::Positions) {
-        let direction = self.side.outgoing_direction;
-        if !positions.refused_topic.is_empty() {
-            let topic = positions.refused_topic;
-            let partitions = self.announced.get(&topic).map_or(0, |t| t.partitions);
-            let mirror = format!("{}{topic}", self.side.peer_prefix);
-            for p in 0..partitions {
-                let progress = self.side.mirrors.entry(direction, &topic, &mirror, p);
-                progress.set_error(Some(format!("refused by the peer: {}", positions.refusal)));
-            }
-            self.refused.insert(topic);
-            return;
-        }
-        for position in positions.positions {
-            let key = (position.topic.clone(), position.partition);
-            if self.sending.contains_key(&key) {
-                continue;
-            }
-            let Ok(topic) = TopicName::new(position.topic.as_str()) else {
-                continue;
-            };
-            let Ok(source) = self
-                .side
-                .log
-                .partition(&topic, PartitionId(position.partition))
-            else {
-                continue;
-            };
-            if self
-                .diverged
-                .get(&key)
-                .is_some_and(|stopped| Arc::ptr_eq(stopped, &source))
-            {
-                continue;
-            }
-            self.diverged.remove(&key);
-            let mirror = format!("{}{}", self.side.peer_prefix, position.topic);
-            let progress =
-                self.side
-                    .mirrors
-                    .entry(direction, &position.topic, &mirror, position.partition);
-            progress.set_acknowledged(position.next_offset);
-            if !position.quarantine.is_empty() {
-                progress.quarantine(position.quarantine);
-                continue;
-            }
-            progress.lift_quarantine();
-            progress.set_error(None);
-            let (connection, options) = (self.connection.clone(), self.side.send.clone());
-            let end = MirrorEnd {
-                next: Offset(position.next_offset),
-                previous_batch_crc: position.previous_batch_crc,
-            };
-            let task = self.senders.spawn({
-                let (key, source) = (key.clone(), source.clone());
-                async move {
-                    let sent =
-                        transfer::send_partition(connection, source, topic, end, options, progress)
-                            .await;
-                    (key, sent)
-                }
-            });
-            self.sending.insert(
-                key,
-                Sending {
-                    partition: source,
-                    task,
-                },
-            );
-        }
-    }
-
-    fn on_sender_end(
-        &mut self,
-        ended: Result<(tokio::task::Id, SenderOutcome), tokio::task::JoinError>,
-    ) {
-        // An aborted sender was taken out of `sending` by whoever aborted it, and one that
-        // ended just before it was aborted may have a successor under its key.
-        let Ok((id, ((topic, partition), outcome))) = ended else {
+    fn on_sender_end(&mut self, ended: Result<SenderOutcome, tokio::task::JoinError>) {
+        // An aborted sender was stopped by the protocol, which forgot it already.
+        let Ok(SenderOutcome {
+            id,
+            topic,
+            partition,
+            outcome,
+        }) = ended
+        else {
             return;
         };
-        let key = (topic.clone(), partition);
-        if self
-            .sending
-            .get(&key)
-            .is_none_or(|sending| sending.task.id() != id)
-        {
-            return;
-        }
-        let Some(sending) = self.sending.remove(&key) else {
-            return;
+        self.stop_sender.remove(&id);
+        let end = match outcome {
+            Err(error @ SessionError::Diverged { .. }) => SenderEnd::Diverged(describe(&error)),
+            Err(error) => SenderEnd::Failed(describe(&error)),
+            Ok(()) => SenderEnd::Failed("the partition stream ended".to_owned()),
         };
-        if let Err(error @ SessionError::Diverged { .. }) = &outcome {
-            // Sending it again would fail the same way: it waits for the partition to change.
-            let error = describe(error);
-            tracing::warn!(%topic, partition, %error, "a mirrored partition stopped");
-            if let Some(progress) =
-                self.side
-                    .mirrors
-                    .get(self.side.outgoing_direction, &topic, partition)
-            {
-                progress.set_error(Some(error));
-            }
-            self.diverged.insert((topic, partition), sending.partition);
-            return;
-        }
-        if let Err(error) = outcome {
-            // Announced again at the next tick: the peer says where the partition stands and
-            // it is sent anew from there, while the others go on.
-            self.announced.remove(&topic);
-            let error = describe(&error);
-            tracing::warn!(%topic, partition, %error, "a mirrored partition stopped sending");
-            if let Some(progress) =
-                self.side
-                    .mirrors
-                    .get(self.side.outgoing_direction, &topic, partition)
-            {
-                progress.set_error(Some(error));
-            }
-        }
+        self.control
+            .sender_ended(id, topic.as_str(), partition.0, end);
     }
 
     fn on_stream(&mut self, mut stream: quinn::RecvStream) {
@@ -533,54 +401,36 @@ impl State<'_> {
     }
 
     async fn on_tick(&mut self) -> Result<(), SessionError> {
-        let Some(pattern) = self.side.outgoing.clone() else {
+        let Some(pattern) = &self.side.outgoing else {
             return Ok(());
         };
-        self.stop_senders_of_replaced_partitions();
-        let mut marks = Vec::new();
-        for info in self.side.log.list_topics() {
-            let name = info.name.to_string();
-            if info.mirror_of.is_some() || !pattern.is_match(&name) || self.refused.contains(&name)
-            {
-                continue;
-            }
-            let partitions = info.config.partitions;
-            let state = wire::TopicState {
-                topic: name.clone(),
-                partitions,
-                max_message_bytes: info.config.max_message_bytes,
-                segment_bytes: info.config.segment_bytes,
-                schema: info.config.schema.clone().unwrap_or_default(),
-            };
-            if self.announced.get(&name) != Some(&state) {
-                self.announced.insert(name.clone(), state.clone());
-                self.send(wire::control_frame::Kind::Topic(state)).await?;
-            }
-            for p in 0..partitions {
-                let Ok(partition) = self.side.log.partition(&info.name, PartitionId(p)) else {
-                    continue;
-                };
-                let high_watermark = partition.high_watermark();
-                marks.push(wire::PartitionWatermark {
-                    topic: name.clone(),
-                    partition: p,
-                    high_watermark: high_watermark.0,
-                    log_start: partition.log_start().0,
-                });
-                if let Some(progress) =
-                    self.side
-                        .mirrors
-                        .get(self.side.outgoing_direction, &name, p)
-                {
-                    progress.set_origin_high_watermark(high_watermark.0);
-                    self.hold(&info.name, PartitionId(p), progress.acknowledged());
-                }
-            }
-        }
-        self.send(wire::control_frame::Kind::Watermarks(wire::Watermarks {
-            partitions: marks,
-        }))
-        .await?;
+        let log = &self.side.log;
+        let topics: Vec<OwnTopic<Handle>> = log
+            .list_topics()
+            .into_iter()
+            .filter(|info| info.mirror_of.is_none() && pattern.is_match(info.name.as_str()))
+            .map(|info| OwnTopic {
+                partitions: (0..info.config.partitions)
+                    .map(|p| {
+                        let partition = log.partition(&info.name, PartitionId(p)).ok()?;
+                        Some(OwnPartition {
+                            high_watermark: partition.high_watermark(),
+                            log_start: partition.log_start(),
+                            handle: Handle(partition),
+                        })
+                    })
+                    .collect(),
+                state: wire::TopicState {
+                    topic: info.name.to_string(),
+                    partitions: info.config.partitions,
+                    max_message_bytes: info.config.max_message_bytes,
+                    segment_bytes: info.config.segment_bytes,
+                    schema: info.config.schema.clone().unwrap_or_default(),
+                },
+            })
+            .collect();
+        let actions = self.control.tick(&topics);
+        self.carry_out(actions).await?;
         if let GroupSync::Send(meta) = &self.side.groups {
             for offsets in self.changed_group_offsets(meta) {
                 self.send(wire::control_frame::Kind::Offsets(offsets))
@@ -588,40 +438,6 @@ impl State<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Stops the senders whose partition is no longer the one here (its topic was deleted, or
-    /// deleted and created again): the topic is announced anew, and the peer's answer says
-    /// whether the new partition continues the mirror.
-    fn stop_senders_of_replaced_partitions(&mut self) {
-        let replaced: Vec<(String, u32)> = self
-            .sending
-            .iter()
-            .filter(|((topic, partition), sending)| {
-                let current = TopicName::new(topic.as_str())
-                    .ok()
-                    .and_then(|name| self.side.log.partition(&name, PartitionId(*partition)).ok());
-                !current.is_some_and(|current| Arc::ptr_eq(&current, &sending.partition))
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in replaced {
-            if let Some(sending) = self.sending.remove(&key) {
-                sending.task.abort();
-            }
-            let (topic, partition) = key;
-            tracing::warn!(%topic, partition, "a mirrored partition was deleted here while it was sent");
-            if let Some(progress) =
-                self.side
-                    .mirrors
-                    .get(self.side.outgoing_direction, &topic, partition)
-            {
-                progress.set_error(Some(
-                    "the topic was deleted here while it was mirrored".to_owned(),
-                ));
-            }
-            self.announced.remove(&topic);
-        }
     }
 
     fn hold(&self, topic: &TopicName, partition: PartitionId, acknowledged: Offset) {
@@ -657,7 +473,7 @@ impl State<'_> {
             };
             let mut offsets = Vec::new();
             for entry in committed {
-                if !self.announced.contains_key(&entry.topic) {
+                if !self.control.announced(&entry.topic) {
                     continue;
                 }
                 let acknowledged = self

@@ -9,18 +9,20 @@ use appliance_proto::link::v1 as wire;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::edge::{LinkSpec, LinkState, LinkStatus, Links};
+use super::edge::{LinkSpec, LinkStatus, Links};
 use super::hub::{Hub, HubOptions};
-use super::session::SessionError;
+use super::progress::Direction;
+use super::protocol::MirrorEnd;
 use super::tls::{Congestion, DEFAULT_IDLE_TIMEOUT, TlsFiles, edge_endpoint};
-use super::transfer::{self, Direction, MirrorEnd, WireCompression};
-use super::{EdgeId, LinkError, certs, frame};
+use super::transfer::{self, WireCompression};
+use super::{EdgeId, LinkError, SessionError, certs, frame};
 use crate::group::Coordinator;
 use crate::log::{
     self, Compression, Durability, Log, LogConfig, LogError, Offset, PartitionId, Record,
     Timestamp, TopicConfig, TopicName,
 };
 use crate::meta::{GroupId, Meta};
+use crate::runtime::{RestartPolicies, RestartPolicy, State};
 
 async fn open_log(dir: &Path) -> (Log, Meta) {
     let meta = Meta::open(&dir.join("meta")).unwrap();
@@ -135,6 +137,7 @@ impl Deployment {
             edge.log.clone(),
             edge.meta.clone(),
             DEFAULT_IDLE_TIMEOUT,
+            RestartPolicies::all(RestartPolicy::LINKS),
             shutdown.clone(),
         )
         .await
@@ -221,7 +224,7 @@ async fn an_edge_topic_appears_on_the_hub_byte_for_byte_and_resumes_after_a_paus
         "to-hub",
         "the edge sees the hub's acknowledgements",
         |status| {
-            status.state == LinkState::Connected
+            status.state == State::Running
                 && status.partitions.len() == 2
                 && status.partitions.iter().all(|p| p.lag_records == 0)
                 && status.partitions[0].acknowledged == Offset(1500)
@@ -715,7 +718,7 @@ async fn a_sender_starts_only_where_its_log_continues_the_mirror() {
         .partition(&topic("sensors"), PartitionId(0))
         .unwrap();
     let at = |next: u64| {
-        MirrorEnd::of(&partition).map(|end| MirrorEnd {
+        transfer::mirror_end(&partition).map(|end| MirrorEnd {
             next: Offset(next),
             ..end
         })
@@ -737,7 +740,7 @@ async fn a_sender_starts_only_where_its_log_continues_the_mirror() {
         "the same batch before the mirror's end"
     );
     assert!(
-        check(MirrorEnd::of(&partition).unwrap()).is_ok(),
+        check(transfer::mirror_end(&partition).unwrap()).is_ok(),
         "a mirror in sync"
     );
     assert!(
@@ -867,7 +870,7 @@ async fn one_edge_has_one_link_to_a_hub() {
         &deployment.links,
         "to-hub",
         "the first link connects",
-        |status| status.state == LinkState::Connected,
+        |status| status.state == State::Running,
     )
     .await;
     let again = LinkSpec {
@@ -900,7 +903,7 @@ async fn one_edge_has_one_link_to_a_hub() {
     )
     .await;
     let first = deployment.links.get("to-hub").await.unwrap();
-    assert_eq!(first.state, LinkState::Connected);
+    assert_eq!(first.state, State::Running);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let later = deployment.links.get("to-hub").await.unwrap();
     assert!(
@@ -973,7 +976,7 @@ async fn of_fifty_concurrent_creates_of_one_name_one_link_runs_and_no_task_is_or
     assert_eq!(deployment.links.list().await.len(), 1);
     assert_eq!(deployment.links.running_tasks(), 1);
     link_until(&deployment.links, "to-hub", "the link connects", |status| {
-        status.state == LinkState::Connected
+        status.state == State::Running
     })
     .await;
     deployment.links.delete("to-hub").await.unwrap();
@@ -990,7 +993,7 @@ async fn deleting_a_link_waiting_to_reconnect_leaves_nothing_of_it_running() {
         .await
         .unwrap();
     link_until(&deployment.links, "to-hub", "the link connects", |status| {
-        status.state == LinkState::Connected
+        status.state == State::Running
     })
     .await;
     // The hub refuses a second link of plant-7 each time it tries, so it waits to retry.
@@ -1006,7 +1009,7 @@ async fn deleting_a_link_waiting_to_reconnect_leaves_nothing_of_it_running() {
         "refused",
         "the hub refuses it",
         |status| {
-            status.state == LinkState::Retrying
+            matches!(status.state, State::Restarting { .. })
                 && status
                     .last_error
                     .as_deref()

@@ -20,17 +20,16 @@
 //! own parser before it is stored: a batch that does not parse quarantines the partition
 //! ([`SessionError::Quarantined`]) and nothing of it reaches the mirror or its queries.
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use appliance_proto::link::v1 as wire;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::frame;
-use super::session::SessionError;
+use super::progress::MirrorProgress;
+use super::protocol::{self, BatchStep, MirrorEnd, SendCursor};
+use super::{SessionError, frame};
 use crate::log::{self, Compression, Log, LogError, Offset, Partition, PartitionId, TopicName};
 
 const READ_BYTES: usize = 1 << 20;
@@ -193,218 +192,6 @@ impl RateLimit {
     }
 }
 
-/// Which way a mirrored partition flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Direction {
-    /// An edge topic to the hub.
-    Upstream,
-    /// A hub topic to an edge.
-    Downstream,
-}
-
-/// The live figures of one mirrored partition, kept across sessions for status.
-#[derive(Debug)]
-pub struct MirrorProgress {
-    pub direction: Direction,
-    /// The topic at its origin, and its mirror's name on the receiving side.
-    pub topic: String,
-    pub mirror: String,
-    pub partition: u32,
-    /// The origin's next offset, as last known on this side.
-    origin_high_watermark: AtomicU64,
-    /// Whether the origin's next offset was told yet (before that, 0 says nothing).
-    origin_known: std::sync::atomic::AtomicBool,
-    /// The mirror's durable next offset, as last known on this side.
-    acknowledged: AtomicU64,
-    bytes: AtomicU64,
-    gap_records: AtomicU64,
-    state: Mutex<MirrorState>,
-}
-
-#[derive(Debug, Default)]
-struct MirrorState {
-    last_error: Option<String>,
-    /// Why the receiver refused this partition's batches; unlike an error it stays until the
-    /// mirror is made anew, so the sender does not offer the same batch again and again.
-    quarantine: Option<String>,
-    /// Bytes counted and when, at the last rate computation.
-    sample: Option<(Instant, u64)>,
-    rate: f64,
-    /// Since when the mirror has been behind its origin.
-    behind_since: Option<Instant>,
-}
-
-/// A snapshot of [`MirrorProgress`].
-#[derive(Debug, Clone)]
-pub struct MirrorStatus {
-    pub direction: Direction,
-    pub topic: String,
-    pub mirror: String,
-    pub partition: u32,
-    pub origin_high_watermark: Offset,
-    pub acknowledged: Offset,
-    pub lag_records: u64,
-    pub behind_for: Duration,
-    pub bytes_per_second: f64,
-    /// Bytes of batch frames sent or received since the appliance started.
-    pub bytes: u64,
-    pub gap_records: u64,
-    pub last_error: Option<String>,
-    pub quarantine: Option<String>,
-    /// The mirror holds more than its origin: the origin's log was reset or replaced.
-    pub ahead_of_origin: bool,
-}
-
-impl MirrorStatus {
-    /// How the partition is doing, in one word for status and metrics.
-    pub fn state(&self) -> &'static str {
-        if self.quarantine.is_some() {
-            "quarantined"
-        } else if self.last_error.is_some() {
-            "failed"
-        } else if self.ahead_of_origin {
-            "diverged"
-        } else if self.lag_records == 0 {
-            "in sync"
-        } else {
-            "catching up"
-        }
-    }
-
-    /// What is wrong with the partition and what to do about it, if anything is.
-    pub fn problem(&self) -> Option<String> {
-        if let Some(reason) = &self.quarantine {
-            return Some(format!(
-                "quarantined: {reason}; the mirror keeps what it had, and the other partitions                  go on (delete the mirror on the receiving side to start it anew)"
-            ));
-        }
-        if self.last_error.is_some() {
-            return self.last_error.clone();
-        }
-        self.ahead_of_origin.then(|| {
-            format!(
-                "the mirror holds records up to offset {} but its origin only up to {}: the                  origin's log was reset or replaced; delete the mirror on the receiving side                  to start it anew",
-                self.acknowledged, self.origin_high_watermark
-            )
-        })
-    }
-}
-
-impl MirrorProgress {
-    pub fn new(direction: Direction, topic: &str, mirror: &str, partition: u32) -> Self {
-        Self {
-            direction,
-            topic: topic.to_owned(),
-            mirror: mirror.to_owned(),
-            partition,
-            origin_high_watermark: AtomicU64::new(0),
-            origin_known: std::sync::atomic::AtomicBool::new(false),
-            acknowledged: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            gap_records: AtomicU64::new(0),
-            state: Mutex::default(),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, MirrorState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn set_origin_high_watermark(&self, offset: u64) {
-        self.origin_high_watermark.store(offset, Ordering::Relaxed);
-        self.origin_known.store(true, Ordering::Relaxed);
-        self.note_lag();
-    }
-
-    pub fn set_acknowledged(&self, offset: u64) {
-        self.acknowledged.store(offset, Ordering::Relaxed);
-        self.note_lag();
-    }
-
-    pub fn acknowledged(&self) -> Offset {
-        Offset(self.acknowledged.load(Ordering::Relaxed))
-    }
-
-    pub fn set_error(&self, error: Option<String>) {
-        self.state().last_error = error;
-    }
-
-    pub fn quarantine(&self, reason: String) {
-        self.state().quarantine = Some(reason);
-    }
-
-    pub fn lift_quarantine(&self) {
-        self.state().quarantine = None;
-    }
-
-    pub fn quarantined(&self) -> Option<String> {
-        self.state().quarantine.clone()
-    }
-
-    fn note_lag(&self) {
-        let behind = self.acknowledged.load(Ordering::Relaxed)
-            < self.origin_high_watermark.load(Ordering::Relaxed);
-        let mut state = self.state();
-        match (behind, state.behind_since) {
-            (true, None) => state.behind_since = Some(Instant::now()),
-            (false, Some(_)) => state.behind_since = None,
-            _ => {}
-        }
-    }
-
-    fn count_bytes(&self, bytes: usize) {
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    fn count_gap(&self, records: u64) {
-        self.gap_records.fetch_add(records, Ordering::Relaxed);
-    }
-
-    pub fn gap_records(&self) -> u64 {
-        self.gap_records.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    pub fn snapshot(&self) -> MirrorStatus {
-        let origin = self.origin_high_watermark.load(Ordering::Relaxed);
-        let acknowledged = self.acknowledged.load(Ordering::Relaxed);
-        let bytes = self.bytes();
-        let now = Instant::now();
-        let mut state = self.state();
-        // The rate over the time since the previous look, refreshed at most once a second so
-        // that frequent status calls do not measure noise.
-        match state.sample {
-            Some((at, counted)) if now.duration_since(at) >= Duration::from_secs(1) => {
-                state.rate = (bytes - counted) as f64 / now.duration_since(at).as_secs_f64();
-                state.sample = Some((now, bytes));
-            }
-            Some(_) => {}
-            None => state.sample = Some((now, bytes)),
-        }
-        MirrorStatus {
-            direction: self.direction,
-            topic: self.topic.clone(),
-            mirror: self.mirror.clone(),
-            partition: self.partition,
-            origin_high_watermark: Offset(origin),
-            acknowledged: Offset(acknowledged),
-            lag_records: origin.saturating_sub(acknowledged),
-            behind_for: state
-                .behind_since
-                .map_or(Duration::ZERO, |since| now.duration_since(since)),
-            bytes_per_second: state.rate,
-            bytes,
-            gap_records: self.gap_records(),
-            last_error: state.last_error.clone(),
-            quarantine: state.quarantine.clone(),
-            ahead_of_origin: self.origin_known.load(Ordering::Relaxed) && acknowledged > origin,
-        }
-    }
-}
-
 /// What a sender needs besides its partition.
 #[derive(Debug, Clone)]
 pub struct SendOptions {
@@ -412,30 +199,19 @@ pub struct SendOptions {
     pub limit: Arc<RateLimit>,
 }
 
-/// Where a receiver's mirror of a partition stands, as its Positions frame tells.
-#[derive(Debug, Clone, Copy)]
-pub struct MirrorEnd {
-    /// The mirror's next offset.
-    pub next: Offset,
-    /// The CRC-32C of the mirror's last batch, if it holds one.
-    pub previous_batch_crc: Option<u32>,
-}
-
-impl MirrorEnd {
-    /// Where `mirror` stands now.
-    pub fn of(mirror: &Partition) -> Result<Self, LogError> {
-        let next = mirror.high_watermark();
-        let previous_batch_crc = match next.0.checked_sub(1) {
-            Some(last) if Offset(last) >= mirror.log_start() => {
-                Some(log::BatchHeader::parse(&mirror.read(Offset(last), 1)?.batches)?.stored_crc)
-            }
-            _ => None,
-        };
-        Ok(Self {
-            next,
-            previous_batch_crc,
-        })
-    }
+/// Where `mirror` stands now, to tell the sender in Positions.
+pub fn mirror_end(mirror: &Partition) -> Result<MirrorEnd, LogError> {
+    let next = mirror.high_watermark();
+    let previous_batch_crc = match next.0.checked_sub(1) {
+        Some(last) if Offset(last) >= mirror.log_start() => {
+            Some(log::BatchHeader::parse(&mirror.read(Offset(last), 1)?.batches)?.stored_crc)
+        }
+        _ => None,
+    };
+    Ok(MirrorEnd {
+        next,
+        previous_batch_crc,
+    })
 }
 
 /// Checks that `source` continues a mirror that ends at `end`: the mirror is not ahead, and
@@ -502,56 +278,57 @@ pub async fn send_partition(
 ) -> Result<(), SessionError> {
     let partition = source.id();
     check_continues(&source, &topic, partition, end)?;
-    let from = end.next;
     let mut stream = connection.open_uni().await?;
     let header = wire::PartitionHeader {
         topic: topic.to_string(),
         partition: partition.0,
-        from_offset: from.0,
+        from_offset: end.next.0,
     };
     stream.write_all(&frame::encode(&header)).await?;
-    let mut next = from;
+    let mut cursor = SendCursor::new(end.next);
     loop {
         // A chunk that is ready at once never makes the loop wait: give the other tasks of
         // this worker their turn.
         tokio::task::consume_budget().await;
-        let chunk = match source.read_wait(next, READ_BYTES, READ_WAIT).await {
+        let chunk = match source.read_wait(cursor.next(), READ_BYTES, READ_WAIT).await {
             Ok(chunk) => chunk,
-            Err(LogError::OffsetOutOfRange { log_start, .. }) if next < log_start => {
+            Err(error) => {
+                let from = cursor.next();
+                let gap = match &error {
+                    LogError::OffsetOutOfRange { log_start, .. } => {
+                        cursor.deleted_before(*log_start)
+                    }
+                    _ => None,
+                };
+                let Some(gap) = gap else {
+                    return Err(error.into());
+                };
                 // Retention deleted records the receiver never had: say so in the stream, in
                 // order, and go on from what is left.
-                tracing::warn!(%topic, %partition, from = %next, to = %log_start, "gap in a mirrored partition: retention deleted records before they were sent");
-                progress.count_gap(log_start.0 - next.0);
+                let to = cursor.next();
+                tracing::warn!(%topic, %partition, %from, %to, "gap in a mirrored partition: retention deleted records before they were sent");
+                progress.count_gap(to.0 - from.0);
                 let gap = wire::PartitionFrame {
-                    kind: Some(wire::partition_frame::Kind::Gap(wire::Gap {
-                        log_start: log_start.0,
-                    })),
+                    kind: Some(wire::partition_frame::Kind::Gap(gap)),
                 };
                 stream.write_all(&frame::encode(&gap)).await?;
-                next = log_start;
                 continue;
             }
-            Err(error) => return Err(error.into()),
         };
         let mut batches: Bytes = chunk.batches;
         while !batches.is_empty() {
             let header = log::validate_batch(&batches).map_err(LogError::from)?;
             let batch = batches.split_to(header.total_len);
-            if header.next_offset() <= next {
-                continue;
-            }
-            if header.base_offset < next {
-                // Batches of one log end where the next begins: a position inside one means
-                // another log than the one the mirror was made from.
-                return Err(SessionError::Diverged {
-                    topic: topic.clone(),
-                    partition,
-                    detail: format!(
-                        "offset {next} falls inside a batch here ({} to {})",
-                        header.base_offset,
-                        header.next_offset()
-                    ),
-                });
+            match cursor.batch(header.base_offset, header.next_offset()) {
+                BatchStep::Skip => continue,
+                BatchStep::Diverged(detail) => {
+                    return Err(SessionError::Diverged {
+                        topic: topic.clone(),
+                        partition,
+                        detail,
+                    });
+                }
+                BatchStep::Send => {}
             }
             let mut frame =
                 frame::encode_batch(options.compression.compress(batch, header.compression));
@@ -559,7 +336,6 @@ pub async fn send_partition(
             options.limit.take(length).await;
             stream.write_all_chunks(&mut frame).await?;
             progress.count_bytes(length);
-            next = header.next_offset();
         }
     }
 }
@@ -608,11 +384,10 @@ pub async fn receive_partition(
                     Landing::Batch(Box::pin(target.submit_at_own_offset(batch).await?))
                 }
                 Some(wire::partition_frame::Kind::Gap(gap)) => {
-                    let start = Offset(gap.log_start);
                     let before = target.high_watermark();
-                    if start <= before {
+                    let Some(start) = protocol::gap_restart(&gap, before) else {
                         continue;
-                    }
+                    };
                     target.restart_at(start).await?;
                     progress.count_gap(start.0 - before.0);
                     tracing::warn!(%mirror, %partition, from = %before, to = %start, "gap: the origin's retention deleted records this mirror never had; it continues at the origin's log start");
@@ -646,14 +421,11 @@ pub async fn receive_partition(
                 Landing::Restarted(start) => start,
             };
             progress.set_acknowledged(next.0);
-            let ack = wire::ControlFrame {
-                kind: Some(wire::control_frame::Kind::Ack(wire::Ack {
-                    topic: origin_topic.to_owned(),
-                    partition: partition.0,
-                    durable_next_offset: next.0,
-                })),
-            };
-            if acks.send(ack).await.is_err() {
+            if acks
+                .send(protocol::ack(origin_topic, partition, next))
+                .await
+                .is_err()
+            {
                 break;
             }
         }

@@ -45,6 +45,7 @@
 
 mod batch;
 mod index;
+mod mirror;
 mod partition;
 mod partitioner;
 mod reserve;
@@ -66,6 +67,7 @@ pub use batch::{
     StoredRecord, decode_all, encode, set_base_offset, validate as validate_batch, visit_all,
     visit_batch,
 };
+pub use mirror::{HUB_MIRROR_PREFIX, MirrorName, MirrorOwner};
 pub use partition::{AppendOutcome, Partition, ReadChunk};
 pub use partitioner::partition_for_key;
 pub use reserve::DiskReserve;
@@ -378,10 +380,6 @@ struct Topic {
     shutdown: CancellationToken,
     writers: TaskTracker,
 }
-
-/// Mirror topics are named `<origin>.<topic>`: on a hub the origin is the edge's id, on an
-/// edge it is this prefix, for the mirrors it keeps of hub topics; no edge may be called this.
-pub const HUB_MIRROR_PREFIX: &str = "hub";
 
 /// A topic as listed.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ mod graph;
 mod progress;
 mod task;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::log::{Log, LogError, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
 use crate::plugin::{Limits, PluginError, Plugins};
-use crate::runtime::{self, Component, Components, Registry, ResourceName};
+use crate::runtime::{
+    self, Component, Components, Registry, ResourceName, RestartPolicies, State, StatusCell,
+    Supervised,
+};
 use crate::transform::{
     self, ErrorPolicy, TransformSpec, TransformsError, check_error_policy, validate_transforms,
 };
@@ -81,23 +84,11 @@ pub struct NewPipeline {
     pub dlq_topic: Option<TopicName>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartitionState {
-    Starting,
-    Running,
-    Paused,
-    /// Stopped on an error; `restarting` while an automatic restart is pending.
-    Failed {
-        reason: String,
-        restarting: bool,
-    },
-}
-
 /// One source partition's view of a pipeline.
 #[derive(Debug, Clone)]
 pub struct PartitionStatus {
     pub partition: PartitionId,
-    pub state: PartitionState,
+    pub state: State,
     /// The next source offset to transform.
     pub next_offset: u64,
     pub high_watermark: u64,
@@ -121,17 +112,13 @@ pub struct PipelineStatus {
     pub partitions: Vec<PartitionStatus>,
 }
 
-/// Shared between a partition task (which writes it) and status readers.
-#[derive(Debug)]
-struct StatusCell(Mutex<PartitionStatus>);
-
-impl StatusCell {
-    fn update(&self, change: impl FnOnce(&mut PartitionStatus)) {
-        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+impl Supervised for PartitionStatus {
+    fn state_mut(&mut self) -> &mut State {
+        &mut self.state
     }
 
-    fn get(&self) -> PartitionStatus {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn count_restart(&mut self) {
+        self.restarts += 1;
     }
 }
 
@@ -139,7 +126,7 @@ impl StatusCell {
 #[derive(Debug)]
 struct Running {
     spec: PipelineSpec,
-    partitions: Vec<Arc<StatusCell>>,
+    partitions: Vec<Arc<StatusCell<PartitionStatus>>>,
 }
 
 /// Handle to the pipelines; cheap to clone.
@@ -154,6 +141,7 @@ struct Inner {
     meta: Meta,
     plugins: Plugins,
     limits: Limits,
+    restarts: RestartPolicies,
     pipelines: Registry<Running>,
     shutdown: CancellationToken,
 }
@@ -165,6 +153,7 @@ impl Pipelines {
         meta: Meta,
         plugins: Plugins,
         limits: Limits,
+        restarts: RestartPolicies,
         shutdown: CancellationToken,
     ) -> Result<Self, PipelineError> {
         let this = Self {
@@ -173,6 +162,7 @@ impl Pipelines {
                 meta,
                 plugins,
                 limits,
+                restarts,
                 pipelines: Registry::new(shutdown.clone()),
                 shutdown,
             }),
@@ -376,13 +366,13 @@ impl Pipelines {
             .topic_config(&running.spec.from)
             .map_or(0, |config| config.partitions);
         let initial = if running.spec.paused {
-            PartitionState::Paused
+            State::Paused
         } else {
-            PartitionState::Starting
+            State::Starting
         };
         for p in component.state.partitions.len() as u32..partition_count {
             let running = &component.state;
-            let status = Arc::new(StatusCell(Mutex::new(PartitionStatus {
+            let status = Arc::new(StatusCell::new(PartitionStatus {
                 partition: PartitionId(p),
                 state: initial.clone(),
                 next_offset: 0,
@@ -392,7 +382,7 @@ impl Pipelines {
                 skipped: 0,
                 dead_lettered: 0,
                 restarts: 0,
-            })));
+            }));
             if !running.spec.paused {
                 let context = task::PartitionTask {
                     spec: running.spec.clone(),
@@ -401,6 +391,7 @@ impl Pipelines {
                     meta: self.inner.meta.clone(),
                     plugins: self.inner.plugins.clone(),
                     limits: self.inner.limits,
+                    restart: self.inner.restarts.of(&running.spec.name),
                     status: status.clone(),
                     stop: stop.clone(),
                 };

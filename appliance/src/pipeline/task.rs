@@ -10,15 +10,15 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 
 use super::progress::{self, Destination, Progress, SourceRange};
-use super::{PartitionState, PipelineSpec, StatusCell};
+use super::{PartitionStatus, PipelineSpec};
 use crate::log::{
     self, AppendOutcome, Header, Log, LogError, Offset, PartitionId, StoredRecord, TopicName,
 };
 use crate::meta::{Meta, Table};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
-use crate::runtime::RestartPolicy;
+use crate::runtime::{self, RestartPolicy, State, StatusCell};
 use crate::transform::{
-    self, ChainOutput, ErrorPolicy, Failure, HOPS_HEADER, MAX_HOPS, Rejection, Step, cut_by_size,
+    self, ChainOutput, ErrorPolicy, HOPS_HEADER, MAX_HOPS, Rejection, Step, TaskError, cut_by_size,
     dead_letter, ensure_topic, hops, record_size, to_log_record, to_plugin_record,
 };
 
@@ -48,76 +48,6 @@ struct InFlight {
     records_out: u64,
 }
 
-/// A partition stopped by a full disk tries again for as long as it takes retention or an
-/// operator to free it, every few seconds.
-const DISK_FULL: RestartPolicy = RestartPolicy {
-    first: Duration::from_secs(1),
-    longest: Duration::from_secs(4),
-    budget: None,
-    healthy_run: Duration::from_secs(60),
-};
-
-/// What trying again can do for a stopped partition task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Recovery {
-    /// Nothing: the same input fails the same way (a record rejected with `errors=fail`, a
-    /// routing that fans out too far); the partition waits for the operator.
-    Never,
-    /// Perhaps (a plugin's trap or limit, an I/O error): restarted under
-    /// [`RestartPolicy::TASKS`].
-    Restart,
-    /// Once there is room: restarted under [`DISK_FULL`] without a budget.
-    WhenDiskFreed,
-}
-
-/// Why a partition task stopped, and what trying again can do; a restart starts from the
-/// recorded progress, so it neither loses nor repeats output.
-struct Stopped {
-    reason: String,
-    recovery: Recovery,
-}
-
-impl Stopped {
-    fn by(context: &str, error: &dyn std::fmt::Display, disk_full: bool) -> Self {
-        Self {
-            reason: format!("{context}: {error}"),
-            recovery: if disk_full {
-                Recovery::WhenDiskFreed
-            } else {
-                Recovery::Restart
-            },
-        }
-    }
-
-    fn for_good(reason: String) -> Self {
-        Self {
-            reason,
-            recovery: Recovery::Never,
-        }
-    }
-}
-
-impl From<String> for Stopped {
-    fn from(reason: String) -> Self {
-        Self {
-            reason,
-            recovery: Recovery::Restart,
-        }
-    }
-}
-
-impl From<Failure> for Stopped {
-    fn from(failure: Failure) -> Self {
-        let permanent = matches!(failure, Failure::Rejected(_));
-        let reason = failure.to_string();
-        if permanent {
-            Self::for_good(reason)
-        } else {
-            Self::from(reason)
-        }
-    }
-}
-
 pub(super) struct PartitionTask {
     pub spec: PipelineSpec,
     pub partition: PartitionId,
@@ -125,65 +55,29 @@ pub(super) struct PartitionTask {
     pub meta: Meta,
     pub plugins: Plugins,
     pub limits: Limits,
-    pub status: Arc<StatusCell>,
+    pub restart: RestartPolicy,
+    pub status: Arc<StatusCell<PartitionStatus>>,
     pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl PartitionTask {
+    /// Transforms until stopped, restarted after failures under the pipeline's policy; a
+    /// restart starts from the recorded progress, so it neither loses nor repeats output.
     pub async fn run(self) {
-        let mut restarts = RestartPolicy::TASKS.restarts();
-        let mut disk_full = DISK_FULL.restarts();
-        loop {
-            let started = tokio::time::Instant::now();
-            let outcome = tokio::select! {
-                outcome = self.transform_until_stopped() => outcome,
-                // A chain stuck on its start-up scan or in a plugin's call stops with the task.
-                _ = self.stop.cancelled() => Ok(()),
-            };
-            let Err(Stopped { reason, recovery }) = outcome else {
-                self.status.update(|s| s.state = PartitionState::Paused);
-                return;
-            };
-            let ran = started.elapsed();
-            let wait = match recovery {
-                Recovery::Never => None,
-                Recovery::Restart => restarts.failed(ran),
-                Recovery::WhenDiskFreed => disk_full.failed(ran),
-            };
-            let restarting = wait.is_some();
-            tracing::warn!(
-                pipeline = %self.spec.name,
-                partition = self.partition.0,
-                %reason,
-                restarting,
-                "pipeline partition failed"
-            );
-            self.status
-                .update(|s| s.state = PartitionState::Failed { reason, restarting });
-            let Some(wait) = wait else {
-                return;
-            };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.stop.cancelled() => {
-                    self.status.update(|s| s.state = PartitionState::Paused);
-                    return;
-                }
-            }
-            self.status.update(|s| {
-                s.state = PartitionState::Starting;
-                s.restarts += 1;
-            });
-        }
+        let what = format!("pipeline {}/{}", self.spec.name, self.partition.0);
+        runtime::supervise(&self.status, &self.stop, self.restart, &what, || {
+            self.transform_until_stopped()
+        })
+        .await;
     }
 
-    async fn transform_until_stopped(&self) -> Result<(), Stopped> {
+    async fn transform_until_stopped(&self) -> Result<(), TaskError> {
         let steps = self.start_chain().await?;
         let progress_key = progress::key(self.spec.id, self.partition);
         let progress: Progress = self
             .meta
             .get(Table::PipelineProgress, &progress_key)
-            .map_err(|e| e.to_string())?
+            .map_err(TaskError::meta("reading the progress"))?
             .unwrap_or_default();
         let mut written = HashMap::new();
         for (destination, end) in progress.destinations() {
@@ -195,7 +89,10 @@ impl PartitionTask {
                 self.partition,
             )
             .await
-            .map_err(|e| format!("scanning {} for earlier output: {e}", destination.topic))?;
+            .map_err(TaskError::log(format!(
+                "scanning {} for earlier output",
+                destination.topic
+            )))?;
             if !ranges.is_empty() {
                 written
                     .entry(destination.topic)
@@ -206,7 +103,7 @@ impl PartitionTask {
         let source = self
             .log
             .partition(&self.spec.from, self.partition)
-            .map_err(|e| e.to_string())?;
+            .map_err(TaskError::opening(&self.spec.from))?;
         let mut worker = Worker {
             task: self,
             steps,
@@ -217,7 +114,7 @@ impl PartitionTask {
         worker.run(&source).await
     }
 
-    async fn start_chain(&self) -> Result<Vec<Step>, String> {
+    async fn start_chain(&self) -> Result<Vec<Step>, TaskError> {
         let label = format!("{}/{}", self.spec.name, self.partition.0);
         transform::start_chain(&self.plugins, self.limits, &self.spec.transforms, &label).await
     }
@@ -235,13 +132,13 @@ struct Worker<'t> {
 }
 
 impl Worker<'_> {
-    async fn run(&mut self, source: &log::Partition) -> Result<(), Stopped> {
+    async fn run(&mut self, source: &log::Partition) -> Result<(), TaskError> {
         let task = self.task;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         self.skip_deleted(source);
         let mut next = self.progress.next;
         task.status.update(|s| {
-            s.state = PartitionState::Running;
+            s.state = State::Running;
             s.next_offset = next;
         });
         loop {
@@ -256,17 +153,18 @@ impl Worker<'_> {
                     next = self.progress.next;
                     continue;
                 }
-                read => read.map_err(|e| e.to_string())?,
+                read => read.map_err(TaskError::log(format!("reading {}", task.spec.from)))?,
             };
             task.status
                 .update(|s| s.high_watermark = chunk.high_watermark.0);
             if chunk.batches.is_empty() {
                 self.finish_all(&mut in_flight).await?;
-                self.settle_ends().map_err(|e| e.to_string())?;
+                self.settle_ends()
+                    .map_err(TaskError::meta("recording progress"))?;
                 continue;
             }
             let records: Vec<StoredRecord> = log::decode_all(chunk.batches)
-                .map_err(|e| format!("reading {}: {e}", task.spec.from))?
+                .map_err(TaskError::batch(format!("reading {}", task.spec.from)))?
                 .into_iter()
                 .filter(|r| r.offset.0 >= next)
                 .collect();
@@ -293,7 +191,7 @@ impl Worker<'_> {
         self.finish_all(&mut in_flight).await
     }
 
-    async fn finish_all(&mut self, in_flight: &mut VecDeque<InFlight>) -> Result<(), Stopped> {
+    async fn finish_all(&mut self, in_flight: &mut VecDeque<InFlight>) -> Result<(), TaskError> {
         while let Some(done) = in_flight.pop_front() {
             self.finish(done).await?;
         }
@@ -315,7 +213,7 @@ impl Worker<'_> {
         }
     }
 
-    async fn transform(&mut self, records: &[StoredRecord]) -> Result<ChainOutput, Failure> {
+    async fn transform(&mut self, records: &[StoredRecord]) -> Result<ChainOutput, TaskError> {
         let info = BatchInfo {
             topic: self.task.spec.from.to_string(),
             partition: self.task.partition.0,
@@ -331,7 +229,7 @@ impl Worker<'_> {
         source: &[StoredRecord],
         range: SourceRange,
         output: ChainOutput,
-    ) -> Result<(Vec<Pending>, u64), Stopped> {
+    ) -> Result<(Vec<Pending>, u64), TaskError> {
         let task = self.task;
         let ChainOutput {
             records,
@@ -377,7 +275,7 @@ impl Worker<'_> {
         if task.spec.errors == ErrorPolicy::Fail
             && let Some(rejection) = rejected.first()
         {
-            return Err(Failure::Rejected(rejection.clone()).into());
+            return Err(TaskError::Rejected(rejection.clone()));
         }
         let mut routed: Routed = BTreeMap::new();
         let mut partitions_of: HashMap<TopicName, u32> = HashMap::new();
@@ -386,9 +284,7 @@ impl Worker<'_> {
                 entries.retain(|(offset, _)| rejected.iter().all(|r| r.offset != *offset));
             }
             let topic = topic.unwrap_or_else(|| task.spec.to.clone());
-            let destination = destination_partition(task, &mut partitions_of, topic)
-                .await
-                .map_err(|e| e.to_string())?;
+            let destination = destination_partition(task, &mut partitions_of, topic).await?;
             routed.entry(destination).or_default().extend(entries);
         }
         route_rejections(task, source, &rejected, &mut routed, &mut partitions_of).await?;
@@ -411,31 +307,32 @@ impl Worker<'_> {
             let target = task
                 .log
                 .partition(&destination.topic, destination.partition)
-                .map_err(|e| e.to_string())?;
+                .map_err(TaskError::opening(&destination.topic))?;
             let topic_config = task
                 .log
                 .topic_config(&destination.topic)
-                .map_err(|e| e.to_string())?;
+                .map_err(TaskError::opening(&destination.topic))?;
             let budget = topic_config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
             for (batch_range, mut batch) in cut_by_size(entries, budget, range) {
                 submitted += batch.len() as u64;
-                let (_, last) = batch
-                    .last_mut()
-                    .ok_or_else(|| "empty output batch".to_owned())?;
+                let Some((_, last)) = batch.last_mut() else {
+                    continue;
+                };
                 last.headers.push(Header {
                     key: progress::TAG_HEADER.to_owned(),
                     value: Some(progress::tag(task.spec.id, task.partition, batch_range)),
                 });
                 let records: Vec<log::Record> = batch.into_iter().map(|(_, r)| r).collect();
-                let encoded = log::encode(&records, topic_config.compression)
-                    .map_err(|e| format!("encoding output for {}: {e}", destination.topic))?;
-                let durable = target.submit(encoded).await.map_err(|e| {
-                    Stopped::by(
-                        &format!("appending to {}", destination.topic),
-                        &e,
-                        e.is_disk_full(),
-                    )
-                })?;
+                let encoded = log::encode(&records, topic_config.compression).map_err(
+                    TaskError::batch(format!("encoding output for {}", destination.topic)),
+                )?;
+                let durable = target
+                    .submit(encoded)
+                    .await
+                    .map_err(TaskError::log(format!(
+                        "appending to {}",
+                        destination.topic
+                    )))?;
                 let destination = destination.clone();
                 appends.push(Box::pin(async move {
                     durable.await.map(|outcome| (destination, outcome))
@@ -447,14 +344,14 @@ impl Worker<'_> {
 
     /// Waits until a batch's appends are durable, then records its progress (without waiting
     /// for the metadata store: an older progress is still correct, see [`progress`]).
-    async fn finish(&mut self, done: InFlight) -> Result<(), Stopped> {
+    async fn finish(&mut self, done: InFlight) -> Result<(), TaskError> {
         // Every append settles before a failure is reported, so that none is still being
         // written when the task starts again and scans its destinations.
         let outcomes = join_all(done.appends)
             .await
             .into_iter()
             .collect::<Result<Vec<_>, LogError>>()
-            .map_err(|e| Stopped::by("appending output", &e, e.is_disk_full()))?;
+            .map_err(TaskError::log("appending output"))?;
         for (destination, outcome) in outcomes {
             self.progress
                 .set_end(&destination, outcome.last_offset.next());
@@ -463,7 +360,7 @@ impl Worker<'_> {
         self.task
             .meta
             .put_unflushed(Table::PipelineProgress, &self.progress_key, &self.progress)
-            .map_err(|e| Stopped::by("recording progress", &e, e.is_disk_full()))?;
+            .map_err(TaskError::meta("recording progress"))?;
         let next = done.next;
         self.task.status.update(|s| {
             s.next_offset = next;
@@ -498,9 +395,9 @@ impl Worker<'_> {
     }
 
     /// Enters a destination into the progress, durably, before anything is appended to it.
-    async fn register(&mut self, destination: &Destination) -> Result<(), Stopped> {
+    async fn register(&mut self, destination: &Destination) -> Result<(), TaskError> {
         if self.progress.destinations().len() >= MAX_DESTINATIONS {
-            return Err(Stopped::for_good(format!(
+            return Err(TaskError::Permanent(format!(
                 "output would go to more than {MAX_DESTINATIONS} destination partitions; \
                  check the routing transforms"
             )));
@@ -509,14 +406,14 @@ impl Worker<'_> {
             .task
             .log
             .partition(&destination.topic, destination.partition)
-            .map_err(|e| e.to_string())?
+            .map_err(TaskError::opening(&destination.topic))?
             .high_watermark();
         self.progress.set_end(destination, end);
         self.task
             .meta
             .put(Table::PipelineProgress, &self.progress_key, &self.progress)
             .await
-            .map_err(|e| Stopped::by("recording a destination", &e, e.is_disk_full()))
+            .map_err(TaskError::meta("recording a destination"))
     }
 
     /// The topic an output record goes to (`None`: the pipeline's destination), or why it
@@ -571,7 +468,7 @@ async fn route_rejections(
     rejected: &[Rejection],
     routed: &mut Routed,
     partitions_of: &mut HashMap<TopicName, u32>,
-) -> Result<(), String> {
+) -> Result<(), TaskError> {
     let count = rejected.len() as u64;
     let (ErrorPolicy::Dlq, Some(dlq)) = (task.spec.errors, &task.spec.dlq_topic) else {
         task.status.update(|s| s.skipped += count);
@@ -584,9 +481,7 @@ async fn route_rejections(
         else {
             continue;
         };
-        let destination = destination_partition(task, partitions_of, dlq.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        let destination = destination_partition(task, partitions_of, dlq.clone()).await?;
         let letter = dead_letter(
             &task.spec.name,
             (&task.spec.from, task.partition),
@@ -608,12 +503,19 @@ async fn destination_partition(
     task: &PartitionTask,
     partitions_of: &mut HashMap<TopicName, u32>,
     topic: TopicName,
-) -> Result<Destination, LogError> {
+) -> Result<Destination, TaskError> {
     let partitions = match partitions_of.get(&topic) {
         Some(n) => *n,
         None => {
-            ensure_topic(&task.log, &topic).await?;
-            let n = task.log.topic_config(&topic)?.partitions.max(1);
+            ensure_topic(&task.log, &topic)
+                .await
+                .map_err(TaskError::opening(&topic))?;
+            let n = task
+                .log
+                .topic_config(&topic)
+                .map_err(TaskError::opening(&topic))?
+                .partitions
+                .max(1);
             partitions_of.insert(topic.clone(), n);
             n
         }

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::log::{Compression, Durability, LogConfig, Offset, Record, Timestamp, TopicConfig};
+use crate::runtime::{RestartPolicy, State};
 use crate::transform::HOPS_HEADER;
 
 struct Setup {
@@ -36,6 +37,7 @@ async fn setup(dir: &Path) -> Setup {
             max_memory_mb: 32,
             timeout_ms: 500,
         },
+        RestartPolicies::all(RestartPolicy::TASKS),
         shutdown.clone(),
     )
     .await
@@ -408,10 +410,7 @@ async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
 
     wait_for(&s.pipelines, "skip", |p| p.next_offset == 5).await;
     wait_for(&s.pipelines, "dlq", |p| p.next_offset == 5).await;
-    wait_for(&s.pipelines, "strict", |p| {
-        matches!(p.state, PartitionState::Failed { .. })
-    })
-    .await;
+    wait_for(&s.pipelines, "strict", |p| p.state.failure().is_some()).await;
     assert_eq!(values(&s.log, "skipped").await, ["a", "b", "c"]);
     assert_eq!(values(&s.log, "kept").await, ["a", "b", "c"]);
     let dead = read_all(&s.log, "dead").await;
@@ -434,9 +433,9 @@ async fn rejected_records_are_skipped_or_dead_lettered_or_stop_the_partition() {
             .contains("poison")
     );
     let strict = s.pipelines.get("strict").await.unwrap();
-    let PartitionState::Failed { reason, restarting } = &strict.partitions[0].state else {
-        unreachable!()
-    };
+    let strict_state = &strict.partitions[0].state;
+    let restarting = matches!(strict_state, State::Restarting { .. });
+    let reason = &strict_state.failure().unwrap().reason;
     assert!(
         reason.contains("rejected the record at offset 1"),
         "{reason}"
@@ -483,13 +482,9 @@ async fn a_trapping_plugin_fails_only_its_own_pipeline() {
         ("spin", "limit of 500 ms"),
         ("hog", "memory limit of 32 MiB"),
     ] {
-        let failed = wait_for(&s.pipelines, name, |p| {
-            matches!(p.state, PartitionState::Failed { .. })
-        })
-        .await;
-        let PartitionState::Failed { reason, restarting } = &failed.state else {
-            unreachable!()
-        };
+        let failed = wait_for(&s.pipelines, name, |p| p.state.failure().is_some()).await;
+        let restarting = matches!(failed.state, State::Restarting { .. });
+        let reason = &failed.state.failure().unwrap().reason;
         assert!(
             reason.contains("\"faulty\"") && reason.contains(expected),
             "{reason}"
@@ -653,19 +648,13 @@ async fn a_plugin_failing_for_a_while_is_restarted_with_backoff_and_nothing_is_l
         .await
         .unwrap();
     let failed = wait_for(&s.pipelines, "flaky", |p| {
-        matches!(
-            p.state,
-            PartitionState::Failed {
-                restarting: true,
-                ..
-            }
-        )
+        matches!(p.state, State::Restarting { .. })
     })
     .await;
     assert_eq!(failed.next_offset, 0);
     let caught_up = wait_for(&s.pipelines, "flaky", |p| p.next_offset == 10).await;
     assert!(caught_up.restarts >= 1, "{caught_up:?}");
-    assert_eq!(caught_up.state, PartitionState::Running);
+    assert_eq!(caught_up.state, State::Running);
     assert_eq!(values(&s.log, "out").await.len(), 10, "each record once");
     s.close().await;
 }
@@ -682,13 +671,7 @@ async fn deleting_a_pipeline_waiting_to_restart_leaves_nothing_running() {
         .await
         .unwrap();
     wait_for(&s.pipelines, "broken", |p| {
-        matches!(
-            p.state,
-            PartitionState::Failed {
-                restarting: true,
-                ..
-            }
-        )
+        matches!(p.state, State::Restarting { .. })
     })
     .await;
     assert_eq!(s.pipelines.running_tasks(), 1);

@@ -15,6 +15,7 @@
 //! A value that is not a JSON object gives nulls in the value columns; a corrupt segment
 //! fails the query with the log's error rather than returning part of the answer.
 
+mod columns;
 mod limits;
 mod scan;
 mod table;
@@ -38,12 +39,13 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::Log;
+use crate::log::{Log, MirrorName};
 use limits::{Governor, YieldBetweenBatches};
 pub use limits::{QueryLimits, query_runtime};
 
 const MIB: usize = 1024 * 1024;
-pub use table::{ScanCache, Source, TopicTable, VIRTUAL_COLUMNS};
+pub use columns::{Source, VIRTUAL_COLUMNS};
+pub use table::{ScanCache, TopicTable};
 
 /// How often a live query looks for new records.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -410,14 +412,18 @@ fn tables_of(topics: Vec<crate::log::TopicInfo>) -> BTreeMap<String, Vec<Source>
     let mut unions: BTreeMap<String, Vec<Source>> = BTreeMap::new();
     for info in topics {
         let name = info.name.to_string();
-        let edge = mirror_edge(&name, info.mirror_of.as_deref());
+        let mirror = info
+            .mirror_of
+            .as_ref()
+            .and_then(|_| MirrorName::parse(&info.name));
+        let edge = mirror.as_ref().and_then(MirrorName::edge);
         let source = Source {
             topic: info.name.clone(),
             edge: edge.map(str::to_owned),
         };
-        match edge {
-            Some(edge) => {
-                let base = name[edge.len() + 1..].to_owned();
+        match mirror.as_ref().filter(|mirror| mirror.edge().is_some()) {
+            Some(mirror) => {
+                let base = mirror.origin().to_owned();
                 unions.entry(base).or_default().push(source.clone());
                 tables.insert(name, vec![source]);
             }
@@ -469,14 +475,6 @@ fn a_table_name_means_one_thing() {
         !tables.contains_key("commands"),
         "an edge's mirrors of hub topics are no union"
     );
-}
-
-/// The edge a mirror belongs to: the first part of `<edge-id>.<topic>` of a topic its link
-/// writes.
-fn mirror_edge<'a>(name: &'a str, mirror_of: Option<&str>) -> Option<&'a str> {
-    mirror_of?;
-    let (edge, rest) = name.split_once('.')?;
-    (!rest.is_empty() && !edge.is_empty() && edge != crate::log::HUB_MIRROR_PREFIX).then_some(edge)
 }
 
 #[cfg(test)]

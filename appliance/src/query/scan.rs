@@ -25,7 +25,7 @@ use datafusion::physical_plan::{
 };
 
 use super::QueryError;
-use super::table::{Source, VIRTUAL_COLUMNS};
+use super::columns::{self, Source, VIRTUAL_COLUMNS};
 use crate::log::{self, Offset, Partition, RecordView};
 
 /// Bytes of stored batches read (and turned into one Arrow batch) at a time.
@@ -203,10 +203,6 @@ struct BatchDecoder {
     line_ends: Vec<usize>,
 }
 
-const OFFSET_COLUMN: usize = 3;
-pub const TIMESTAMP_COLUMN: usize = 4;
-const KEY_COLUMN: usize = 5;
-
 impl BatchDecoder {
     fn new(
         scan: &PartitionScan,
@@ -226,9 +222,9 @@ impl BatchDecoder {
         Ok(Self {
             projected: Arc::new(schema.project(&columns)?),
             values: Arc::new(schema.project(&value_indices)?),
-            offsets: wants(OFFSET_COLUMN).then(Vec::new),
-            timestamps: wants(TIMESTAMP_COLUMN).then(Vec::new),
-            keys: wants(KEY_COLUMN).then(StringBuilder::new),
+            offsets: wants(columns::OFFSET).then(Vec::new),
+            timestamps: wants(columns::TIMESTAMP).then(Vec::new),
+            keys: wants(columns::KEY).then(StringBuilder::new),
             columns,
             source: scan.source.clone(),
             partition: scan.partition.id().0 as i32,
@@ -267,18 +263,20 @@ impl BatchDecoder {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for &index in &self.columns {
             let column: ArrayRef = match index {
-                0 => match &self.source.edge {
+                columns::EDGE => match &self.source.edge {
                     Some(edge) => Arc::new(StringArray::new_repeated(edge, rows)),
                     None => Arc::new(StringArray::new_null(rows)),
                 },
-                1 => Arc::new(StringArray::new_repeated(self.source.topic.as_str(), rows)),
-                2 => Arc::new(Int32Array::from_value(self.partition, rows)),
-                OFFSET_COLUMN => Arc::new(Int64Array::from(take(&mut self.offsets))),
-                TIMESTAMP_COLUMN => Arc::new(
+                columns::TOPIC => {
+                    Arc::new(StringArray::new_repeated(self.source.topic.as_str(), rows))
+                }
+                columns::PARTITION => Arc::new(Int32Array::from_value(self.partition, rows)),
+                columns::OFFSET => Arc::new(Int64Array::from(take(&mut self.offsets))),
+                columns::TIMESTAMP => Arc::new(
                     TimestampMillisecondArray::from(take(&mut self.timestamps))
                         .with_timezone("UTC"),
                 ),
-                KEY_COLUMN => match &mut self.keys {
+                columns::KEY => match &mut self.keys {
                     Some(keys) => Arc::new(keys.finish()),
                     None => Arc::new(StringArray::new_null(rows)),
                 },

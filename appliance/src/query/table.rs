@@ -20,29 +20,13 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::QueryError;
-use super::scan::{PartitionScan, TIMESTAMP_COLUMN, TopicScanExec, read_all};
+use super::columns::{self, Source, VIRTUAL_COLUMNS, virtual_fields};
+use super::scan::{PartitionScan, TopicScanExec, read_all};
 use crate::log::schema::{DeclaredField, FieldType, parse_schema};
 use crate::log::{self, Log, Offset, Partition, PartitionId, Timestamp, TopicName};
 
 /// Records read from the end of each partition to infer the value columns.
 const SAMPLE_RECORDS: u64 = 256;
-
-/// The columns every table has, before the value's fields.
-pub const VIRTUAL_COLUMNS: [&str; 6] = [
-    "_edge",
-    "_topic",
-    "_partition",
-    "_offset",
-    "_timestamp",
-    "_key",
-];
-
-/// A topic behind a table, and the edge whose mirror it is.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub topic: TopicName,
-    pub edge: Option<String>,
-}
 
 #[derive(Debug)]
 pub struct TopicTable {
@@ -76,21 +60,6 @@ fn arrow_type(field_type: FieldType) -> DataType {
         FieldType::Bool => DataType::Boolean,
         FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
     }
-}
-
-fn virtual_fields() -> Vec<Field> {
-    vec![
-        Field::new("_edge", DataType::Utf8, true),
-        Field::new("_topic", DataType::Utf8, false),
-        Field::new("_partition", DataType::Int32, false),
-        Field::new("_offset", DataType::Int64, false),
-        Field::new(
-            "_timestamp",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("_key", DataType::Utf8, true),
-    ]
 }
 
 impl TopicTable {
@@ -206,20 +175,24 @@ impl Pruning {
     fn from_filters(filters: &[Expr]) -> Self {
         let mut pruning = Self::default();
         for filter in filters {
-            match split(filter) {
+            let column = split(filter).map(|(name, operator, value)| {
+                let index = VIRTUAL_COLUMNS.iter().position(|column| *column == name);
+                (index, operator, value)
+            });
+            match column {
                 // The time index finds where records at or after a time start; an upper bound
                 // would need timestamps in offset order, which producers do not promise.
-                Some(("_timestamp", Operator::Gt | Operator::GtEq, value)) => {
+                Some((Some(columns::TIMESTAMP), Operator::Gt | Operator::GtEq, value)) => {
                     if let Some(t) = timestamp_ms(value) {
                         pruning.min_timestamp = Some(pruning.min_timestamp.map_or(t, |m| m.max(t)));
                     }
                 }
-                Some(("_edge", Operator::Eq, value)) => {
+                Some((Some(columns::EDGE), Operator::Eq, value)) => {
                     if let Some(Some(edge)) = value.try_as_str() {
                         pruning.edge = Some(edge.to_owned());
                     }
                 }
-                Some(("_partition", Operator::Eq, value)) => {
+                Some((Some(columns::PARTITION), Operator::Eq, value)) => {
                     pruning.partition = integer(value).and_then(|p| u32::try_from(p).ok());
                 }
                 _ => {}
@@ -419,7 +392,7 @@ impl ScanCache {
 /// The newest `_timestamp` of a full-schema batch.
 fn newest_timestamp(batch: &RecordBatch) -> i64 {
     batch
-        .column(TIMESTAMP_COLUMN)
+        .column(columns::TIMESTAMP)
         .as_any()
         .downcast_ref::<TimestampMillisecondArray>()
         .and_then(datafusion::arrow::compute::max)

@@ -1,6 +1,12 @@
 //! The runtime of long-running components: pipelines, connectors and links all live in one
 //! kind of [`Registry`], and their failures are retried under one kind of [`RestartPolicy`].
 //!
+//! Each component reports what it is doing as a [`State`] in [`StatusCell`]s (`watch`
+//! channels) that its tasks write and the API reads; [`supervise`] runs a task again after a
+//! failure its error classifies as worth it ([`Classified`]), under the component's
+//! [`RestartPolicy`] (per kind, or per component where the operator set one:
+//! [`RestartPolicies`]).
+//!
 //! A registry owns the map of its components by name behind one async lock. Every change of
 //! a name (create, delete, pause, resume, restart) happens while that lock is held, so the
 //! changes of one name are linearizable: of two concurrent creates exactly one finds the name
@@ -19,6 +25,7 @@
 
 mod name;
 mod restart;
+mod status;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use name::{ResourceName, unique_id};
-pub use restart::{RestartPolicy, Restarts};
+pub use restart::{RestartPolicies, RestartPolicy, Restarts};
+pub use status::{Classified, Failure, Recovery, State, StatusCell, Supervised, supervise};
 
 /// The components of one kind, by name; cheap to clone.
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! When a failed component tries again: capped exponential backoff with jitter and a budget.
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
@@ -30,6 +31,25 @@ impl RestartPolicy {
         healthy_run: Duration::from_secs(60),
     };
 
+    /// For links: a link tries to reach its hub for as long as it exists; a session that got
+    /// as far as Welcome starts the backoff anew (a link's run counts as healthy once its hub
+    /// welcomed it, however long it lasted).
+    pub const LINKS: Self = Self {
+        first: Duration::from_millis(200),
+        longest: Duration::from_secs(30),
+        budget: None,
+        healthy_run: Duration::MAX,
+    };
+
+    /// For a task stopped by a full disk: it tries again every few seconds for as long as it
+    /// takes retention or an operator to free it.
+    pub const DISK_FULL: Self = Self {
+        first: Duration::from_secs(1),
+        longest: Duration::from_secs(4),
+        budget: None,
+        healthy_run: Duration::from_secs(60),
+    };
+
     /// A fresh count of failures under this policy.
     pub fn restarts(self) -> Restarts {
         Restarts {
@@ -43,6 +63,29 @@ impl RestartPolicy {
         self.first
             .saturating_mul(1u32 << doublings)
             .min(self.longest)
+    }
+}
+
+/// The policies of one kind of component: the kind's own, and those the operator set for
+/// single components by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicies {
+    pub kind: RestartPolicy,
+    pub by_name: BTreeMap<String, RestartPolicy>,
+}
+
+impl RestartPolicies {
+    /// Every component of the kind under `policy`.
+    pub fn all(policy: RestartPolicy) -> Self {
+        Self {
+            kind: policy,
+            by_name: BTreeMap::new(),
+        }
+    }
+
+    /// The policy of the component called `name`.
+    pub fn of(&self, name: &str) -> RestartPolicy {
+        self.by_name.get(name).copied().unwrap_or(self.kind)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use regex::Regex;
 
-use super::ErrorPolicy;
+use super::{ErrorPolicy, TaskError};
 use crate::plugin::{BatchInfo, PluginError, Record, RecordError, TransformInstance};
 
 /// The config keys the host takes out of a transform's config for its predicate.
@@ -118,19 +118,6 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// Why a chain stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error(transparent)]
-    Plugin(#[from] PluginError),
-    #[error(
-        "plugin {:?} rejected the record at offset {}: {} (errors=fail stops here; \
-         skip or dlq would go on)",
-        .0.plugin, .0.offset, .0.message
-    )]
-    Rejected(Rejection),
-}
-
 /// What a chain made of a batch: the output in source order and the rejected records.
 #[derive(Debug, Default)]
 pub struct ChainOutput {
@@ -144,7 +131,7 @@ pub async fn run(
     info: &BatchInfo,
     records: Vec<Record>,
     policy: ErrorPolicy,
-) -> Result<ChainOutput, Failure> {
+) -> Result<ChainOutput, TaskError> {
     let mut output = ChainOutput {
         records,
         rejected: Vec::new(),
@@ -161,7 +148,7 @@ async fn run_step(
     input: Vec<Record>,
     policy: ErrorPolicy,
     rejected: &mut Vec<Rejection>,
-) -> Result<Vec<Record>, Failure> {
+) -> Result<Vec<Record>, TaskError> {
     let (mut selected, mut passed): (Vec<Record>, Vec<Record>) = match &step.predicate {
         None => (input, Vec::new()),
         Some(predicate) => input
@@ -194,7 +181,7 @@ async fn run_step(
                     message,
                 };
                 if policy == ErrorPolicy::Fail {
-                    return Err(Failure::Rejected(rejection));
+                    return Err(TaskError::Rejected(rejection));
                 }
                 selected.retain(|r| r.offset != rejection.offset);
                 passed.retain(|r| r.offset != rejection.offset);
@@ -207,7 +194,7 @@ async fn run_step(
 
 /// Output must stay in source order and descend from the input: every output offset is one
 /// of the input's, never decreasing. The pipeline's exactly-once bookkeeping relies on it.
-fn check_contract(plugin: &str, input: &[Record], output: &[Record]) -> Result<(), Failure> {
+fn check_contract(plugin: &str, input: &[Record], output: &[Record]) -> Result<(), TaskError> {
     let mut inputs = input.iter().map(|r| r.offset).peekable();
     for record in output {
         while inputs.peek().is_some_and(|offset| *offset < record.offset) {
@@ -227,8 +214,8 @@ fn check_contract(plugin: &str, input: &[Record], output: &[Record]) -> Result<(
     Ok(())
 }
 
-fn contract(plugin: &str, detail: String) -> Failure {
-    Failure::Plugin(PluginError::Contract {
+fn contract(plugin: &str, detail: String) -> TaskError {
+    TaskError::Plugin(PluginError::Contract {
         plugin: plugin.to_owned(),
         detail,
     })

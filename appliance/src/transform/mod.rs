@@ -15,6 +15,7 @@
 //! chain. `pipeline/` and `connect/` both use this module and neither uses the other.
 
 mod chain;
+mod error;
 mod records;
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::log::TopicName;
 use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
 
-pub use chain::{ChainOutput, Failure, Predicate, Rejection, Step, run as run_chain};
+pub use chain::{ChainOutput, Predicate, Rejection, Step, run as run_chain};
+pub use error::TaskError;
 pub use records::{
     SourceRange, cut_by_size, dead_letter, ensure_topic, hops, record_size, to_log_record,
     to_plugin_record,
@@ -155,18 +157,15 @@ pub async fn start_chain(
     limits: Limits,
     transforms: &[TransformSpec],
     label: &str,
-) -> Result<Vec<Step>, String> {
+) -> Result<Vec<Step>, TaskError> {
     let mut steps = Vec::with_capacity(transforms.len());
     for (index, transform) in transforms.iter().enumerate() {
-        let loaded = plugins
-            .get(&transform.plugin)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (predicate, config) = Predicate::split_config(&transform.config)?;
+        let loaded = plugins.get(&transform.plugin).await?;
+        let (predicate, config) =
+            Predicate::split_config(&transform.config).map_err(TaskError::Permanent)?;
         let instance = plugins
             .instantiate_transform(&loaded, &config, limits, &format!("{label}/{index}"))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         steps.push(Step {
             predicate,
             instance,

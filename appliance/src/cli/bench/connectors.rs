@@ -16,12 +16,13 @@ use bytes::Bytes;
 use clap::Args;
 
 use super::{PluginHost, open_plugin_host, print_header, scratch_dir};
-use crate::connect::{ConnectorOffsets, Connectors, NewConnector, TaskState};
+use crate::connect::{ConnectorOffsets, Connectors, NewConnector};
 use crate::group::Coordinator;
 use crate::log::{
     self, Compression, Log, Offset, PartitionId, Record, Timestamp, TopicConfig, TopicName,
 };
 use crate::plugin::Limits;
+use crate::runtime::{RestartPolicies, RestartPolicy};
 use crate::transform::{ErrorPolicy, TransformSpec};
 
 #[derive(Debug, Args)]
@@ -73,6 +74,7 @@ pub async fn connector_bench(args: ConnectorBenchArgs) -> anyhow::Result<()> {
         plugins,
         Coordinator::new(log.clone(), meta),
         Limits::default(),
+        RestartPolicies::all(RestartPolicy::TASKS),
         shutdown.clone(),
     )
     .await?;
@@ -259,8 +261,8 @@ async fn wait(connectors: &Connectors, name: &str, records: usize) -> anyhow::Re
     loop {
         let status = connectors.get(name).await?;
         if let Some(task) = status.tasks.first() {
-            if let TaskState::Failed { reason, .. } = &task.state {
-                anyhow::bail!("connector {name} failed: {reason}");
+            if let Some(failure) = task.state.failure() {
+                anyhow::bail!("connector {name} failed: {}", failure.reason);
             }
             if task.records_out as usize >= records {
                 return Ok(());
@@ -273,9 +275,9 @@ async fn wait(connectors: &Connectors, name: &str, records: usize) -> anyhow::Re
 async fn wait_committed(connectors: &Connectors, name: &str, records: u64) -> anyhow::Result<()> {
     loop {
         if let Some(task) = connectors.get(name).await?.tasks.first()
-            && let TaskState::Failed { reason, .. } = &task.state
+            && let Some(failure) = task.state.failure()
         {
-            anyhow::bail!("connector {name} failed: {reason}");
+            anyhow::bail!("connector {name} failed: {}", failure.reason);
         }
         if let ConnectorOffsets::Sink(offsets) = connectors.offsets(name).await?
             && offsets.first().and_then(|o| o.committed) == Some(Offset(records))

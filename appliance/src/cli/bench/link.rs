@@ -32,6 +32,7 @@ use crate::log::{
     self, Compression, Log, LogConfig, PartitionId, Record, Timestamp, TopicConfig, TopicName,
 };
 use crate::meta::Meta;
+use crate::runtime::{RestartPolicies, RestartPolicy};
 
 #[derive(Debug, Args)]
 pub struct LinkBenchArgs {
@@ -387,6 +388,7 @@ async fn replicate(
         edge.clone(),
         Meta::open(edge_meta_dir.path())?,
         DEFAULT_IDLE_TIMEOUT,
+        RestartPolicies::all(RestartPolicy::LINKS),
         shutdown.clone(),
     )
     .await?;

@@ -23,6 +23,7 @@ use super::{PluginHost, open_plugin_host, print_header, scratch_dir};
 use crate::log::{Compression, Log, PartitionId, Record, Timestamp, TopicConfig, TopicName};
 use crate::pipeline::{NewPipeline, Pipelines};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
+use crate::runtime::{RestartPolicies, RestartPolicy};
 use crate::transform::{ErrorPolicy, TransformSpec};
 
 #[derive(Debug, Args)]
@@ -90,6 +91,7 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         meta,
         plugins.clone(),
         Limits::default(),
+        RestartPolicies::all(RestartPolicy::TASKS),
         shutdown.clone(),
     )
     .await?;
@@ -266,8 +268,8 @@ async fn pipeline_case(
     loop {
         let status = pipelines.get(&name).await?;
         let partition = status.partitions.first().context("no partition")?;
-        if let crate::pipeline::PartitionState::Failed { reason, .. } = &partition.state {
-            anyhow::bail!("pipeline {name} failed: {reason}");
+        if let Some(failure) = partition.state.failure() {
+            anyhow::bail!("pipeline {name} failed: {}", failure.reason);
         }
         if partition.next_offset as usize >= records {
             break;
