@@ -1,0 +1,377 @@
+//! One sandboxed plugin instance: its own `Store` with a WASI context that grants only what its
+//! config grants, a memory limiter over all of its memories, a deadline per call, a captured
+//! stderr (a Rust guest's panic message lands there) and the host functions of
+//! `appliance:plugin/host`.
+//!
+//! Calls are async. The epoch callback makes a running guest yield to the executor at every
+//! tick, so a busy plugin shares its thread, and traps it once its `timeout-ms` of ticks are
+//! spent; a timer around the call catches a guest that waits inside a host call instead (a WASI
+//! sleep). Records cross in borrowed form on the way in (lowered straight from the log's
+//! buffers, no copy on the host). The output arrives through the `output.emit` import while
+//! the call runs: the host reads it straight from the plugin's memory, counting bytes before
+//! copying them, so no plugin can make the host allocate more than [`MAX_OUTPUT_BYTES`] per
+//! batch (lists in a plugin's memory may overlap, so its output could otherwise be far larger
+//! than its memory).
+//!
+//! ```text
+//! mod.rs      the kinds of instance (transform, source, sink) and the plan call
+//! abi.rs      records across the boundary, in and out
+//! host.rs     the store's state, host functions, stderr, the linker
+//! sandbox.rs  grants, memory and time limits, and how a failed call is named
+//! ```
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentType, Func, HasSelf, Instance, InstancePre, Lift,
+    Linker, Lower, ResourceTable, WasmList, WasmStr,
+};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::{EPOCH_TICK, Fault, Limits, PluginError, PluginKind, lock};
+
+mod abi;
+mod host;
+mod sandbox;
+
+pub use self::abi::{Header, MAX_OUTPUT_BYTES, Record};
+pub use self::host::{InstanceCounters, InstanceState, linker};
+pub(super) use self::sandbox::InstanceSpec;
+pub use self::sandbox::is_host_key;
+use self::sandbox::{CallError, Sandbox};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        // One world with the imports and exports of all three plugin worlds, so they share
+        // one set of types and host traits; an instance loads only its own world's exports.
+        inline: "
+            package appliance:host;
+            world plugins {
+                include appliance:plugin/transform@0.1.0;
+                include appliance:plugin/source@0.1.0;
+                include appliance:plugin/sink@0.1.0;
+            }
+        ",
+        world: "appliance:host/plugins",
+        exports: { default: async },
+    });
+}
+
+use bindings::appliance::plugin::host::{Host, Level};
+pub use bindings::appliance::plugin::types::{BatchInfo, RecordError};
+use bindings::exports::appliance::plugin::{sink_connector, source_connector, transformer};
+
+const TRANSFORMER_EXPORT: &str = "appliance:plugin/transformer@0.1.0";
+const SINK_EXPORT: &str = "appliance:plugin/sink-connector@0.1.0";
+/// The export names of the plugin worlds, as they appear in a component's type.
+const WORLD_EXPORTS: [(&str, PluginKind); 3] = [
+    (TRANSFORMER_EXPORT, PluginKind::Transform),
+    (
+        "appliance:plugin/source-connector@0.1.0",
+        PluginKind::Source,
+    ),
+    (SINK_EXPORT, PluginKind::Sink),
+];
+
+/// Which plugin world a component exports, if any.
+pub fn kind_of(engine: &Engine, component: &Component) -> Option<PluginKind> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    WORLD_EXPORTS
+        .iter()
+        .find(|(export, _)| exports.iter().any(|name| name == export))
+        .map(|(_, kind)| *kind)
+}
+
+/// A plugin resolved against the linker once, so each instance starts quickly.
+pub struct Prepared {
+    pre: InstancePre<InstanceState>,
+    exports: Exports,
+}
+
+/// Where the functions of the plugin's world are, found once per component.
+enum Exports {
+    Transform {
+        indices: transformer::GuestIndices,
+        process: ComponentExportIndex,
+    },
+    Source(source_connector::GuestIndices),
+    Sink {
+        indices: sink_connector::GuestIndices,
+        put: ComponentExportIndex,
+    },
+}
+
+/// Resolves a plugin's imports and the exports of its world once.
+pub fn prepare(
+    linker: &Linker<InstanceState>,
+    component: &Component,
+    kind: PluginKind,
+) -> Result<Prepared, String> {
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| format!("its imports cannot be satisfied: {e:#}"))?;
+    let mismatch = |e: wasmtime::Error| format!("its exports do not match the {kind} world: {e:#}");
+    let function = |interface: &str, name: &str| {
+        component
+            .get_export_index(None, interface)
+            .and_then(|interface| component.get_export_index(Some(&interface), name))
+            .ok_or_else(|| format!("it does not export {interface}#{name}"))
+    };
+    let exports = match kind {
+        PluginKind::Transform => Exports::Transform {
+            indices: transformer::GuestIndices::new(&pre).map_err(mismatch)?,
+            process: function(TRANSFORMER_EXPORT, "process")?,
+        },
+        PluginKind::Source => {
+            Exports::Source(source_connector::GuestIndices::new(&pre).map_err(mismatch)?)
+        }
+        PluginKind::Sink => Exports::Sink {
+            indices: sink_connector::GuestIndices::new(&pre).map_err(mismatch)?,
+            put: function(SINK_EXPORT, "put")?,
+        },
+    };
+    Ok(Prepared { pre, exports })
+}
+
+impl Prepared {
+    pub fn kind(&self) -> PluginKind {
+        match self.exports {
+            Exports::Transform { .. } => PluginKind::Transform,
+            Exports::Source(_) => PluginKind::Source,
+            Exports::Sink { .. } => PluginKind::Sink,
+        }
+    }
+}
+
+fn wrong_world(prepared: &Prepared, plugin: &str, wanted: PluginKind) -> PluginError {
+    PluginError::WrongKind {
+        name: plugin.to_owned(),
+        actual: prepared.kind(),
+        wanted,
+    }
+}
+
+/// A running transform instance. After a [`PluginError::Fault`] or
+/// [`PluginError::Contract`] it must be dropped.
+#[derive(Debug)]
+pub struct TransformInstance {
+    sandbox: Sandbox,
+    process: Func,
+}
+
+impl TransformInstance {
+    /// Instantiates and calls `init`.
+    pub(super) async fn start(
+        engine: &Engine,
+        prepared: &Prepared,
+        spec: InstanceSpec<'_>,
+    ) -> Result<Self, PluginError> {
+        let Exports::Transform { indices, process } = &prepared.exports else {
+            return Err(wrong_world(prepared, spec.plugin, PluginKind::Transform));
+        };
+        let (sandbox, _, process) =
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let process = instance
+                    .get_func(&mut *store, process)
+                    .ok_or_else(|| CallError::Contract("it has no process function".to_owned()))?;
+                Ok((process, guest.call_init(&mut *store, config).await?))
+            })
+            .await?;
+        Ok(Self { sandbox, process })
+    }
+
+    /// Transforms one batch. `Ok(Err(_))` is the plugin's verdict on one record; `Err(_)` is a
+    /// fault or a broken contract, after which this instance must be dropped.
+    pub async fn process(
+        &mut self,
+        info: &BatchInfo,
+        records: &[Record],
+    ) -> Result<Result<Vec<Record>, RecordError>, PluginError> {
+        self.sandbox.call_batch(self.process, info, records).await
+    }
+
+    pub fn plugin(&self) -> &str {
+        self.sandbox.plugin()
+    }
+}
+
+/// Runs a connector's `plan` in an instance of its own, which is dropped afterwards.
+pub(super) async fn plan(
+    engine: &Engine,
+    prepared: &Prepared,
+    spec: InstanceSpec<'_>,
+    max_tasks: u32,
+) -> Result<Vec<Vec<(String, String)>>, PluginError> {
+    let plugin = spec.plugin.to_owned();
+    let (_, _, planned) = match &prepared.exports {
+        Exports::Source(indices) => {
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let planned = guest.call_plan(&mut *store, config, max_tasks).await?;
+                Ok((planned, Ok(())))
+            })
+            .await?
+        }
+        Exports::Sink { indices, .. } => {
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let planned = guest.call_plan(&mut *store, config, max_tasks).await?;
+                Ok((planned, Ok(())))
+            })
+            .await?
+        }
+        Exports::Transform { .. } => {
+            return Err(wrong_world(prepared, &plugin, PluginKind::Source));
+        }
+    };
+    planned.map_err(|message| PluginError::ConfigRejected { plugin, message })
+}
+
+/// What one `poll` of a source produced: records (their `offset` is their index in the
+/// poll) and the position after each.
+#[derive(Debug, Default)]
+pub struct Polled {
+    pub records: Vec<Record>,
+    pub positions: Vec<Bytes>,
+}
+
+/// A running source task.
+pub struct SourceInstance {
+    sandbox: Sandbox,
+    guest: source_connector::Guest,
+}
+
+impl std::fmt::Debug for SourceInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SourceInstance")
+            .field(&self.sandbox)
+            .finish()
+    }
+}
+
+impl SourceInstance {
+    /// Instantiates and calls `init` with the position to resume after.
+    pub(super) async fn start(
+        engine: &Engine,
+        prepared: &Prepared,
+        spec: InstanceSpec<'_>,
+        resume_after: Option<&[u8]>,
+    ) -> Result<Self, PluginError> {
+        let Exports::Source(indices) = &prepared.exports else {
+            return Err(wrong_world(prepared, spec.plugin, PluginKind::Source));
+        };
+        let (sandbox, _, guest) =
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let verdict = guest.call_init(&mut *store, config, resume_after).await?;
+                Ok((guest, verdict))
+            })
+            .await?;
+        Ok(Self { sandbox, guest })
+    }
+
+    /// Polls for up to `max` records. `Ok(Err(_))` is the plugin's own error (its task
+    /// fails with it); `Err(_)` is a fault.
+    pub async fn poll(&mut self, max: u32) -> Result<Result<Polled, String>, PluginError> {
+        let guest = &self.guest;
+        self.sandbox
+            .call(async |store| {
+                let verdict = guest.call_poll(&mut *store, max).await?;
+                let state = store.data_mut();
+                let mut polled = Polled {
+                    records: std::mem::take(&mut state.output),
+                    positions: std::mem::take(&mut state.positions),
+                };
+                for (index, record) in polled.records.iter_mut().enumerate() {
+                    record.offset = index as i64;
+                }
+                Ok(verdict.map(|()| polled))
+            })
+            .await
+            .map(|verdict| verdict.map_err(|message| self.sandbox.refused.explain(message)))
+    }
+
+    pub fn plugin(&self) -> &str {
+        self.sandbox.plugin()
+    }
+}
+
+/// A running sink task.
+pub struct SinkInstance {
+    sandbox: Sandbox,
+    guest: sink_connector::Guest,
+    put: Func,
+}
+
+impl std::fmt::Debug for SinkInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SinkInstance").field(&self.sandbox).finish()
+    }
+}
+
+impl SinkInstance {
+    pub(super) async fn start(
+        engine: &Engine,
+        prepared: &Prepared,
+        spec: InstanceSpec<'_>,
+    ) -> Result<Self, PluginError> {
+        let Exports::Sink { indices, put } = &prepared.exports else {
+            return Err(wrong_world(prepared, spec.plugin, PluginKind::Sink));
+        };
+        let (sandbox, _, (guest, put)) =
+            Sandbox::start(engine, prepared, spec, async |store, instance, config| {
+                let guest = indices.load(&mut *store, instance)?;
+                let put = instance
+                    .get_func(&mut *store, put)
+                    .ok_or_else(|| CallError::Contract("it has no put function".to_owned()))?;
+                let verdict = guest.call_init(&mut *store, config).await?;
+                Ok(((guest, put), verdict))
+            })
+            .await?;
+        Ok(Self {
+            sandbox,
+            guest,
+            put,
+        })
+    }
+
+    /// Delivers a batch. `Ok(Err(e))`: the records before `e.index` are taken, that one is not.
+    pub async fn put(
+        &mut self,
+        info: &BatchInfo,
+        records: &[Record],
+    ) -> Result<Result<(), RecordError>, PluginError> {
+        let verdict = self.sandbox.call_batch(self.put, info, records).await?;
+        Ok(verdict.map(drop).map_err(|error| RecordError {
+            message: self.sandbox.refused.explain(error.message),
+            ..error
+        }))
+    }
+
+    pub async fn flush(&mut self) -> Result<Result<(), String>, PluginError> {
+        let guest = &self.guest;
+        self.sandbox
+            .call(async |store| Ok(guest.call_flush(&mut *store).await?))
+            .await
+            .map(|verdict| verdict.map_err(|message| self.sandbox.refused.explain(message)))
+    }
+
+    pub fn plugin(&self) -> &str {
+        self.sandbox.plugin()
+    }
+}
