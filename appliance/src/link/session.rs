@@ -543,15 +543,16 @@ fn declared_schema(topic: &wire::TopicState) -> Option<String> {
         .then(|| topic.schema.clone())
 }
 
-/// The `<edge>.` a topic name begins with when mirrors of that edge live here: a mirror of
+/// The edge whose mirrors live here that a topic name begins with (`<edge>.`): a mirror of
 /// such a topic would be read under the same table name as that edge's mirror.
-fn claimed_prefix(log: &Log, topic: &str) -> Option<String> {
+fn claimed_owner(log: &Log, topic: &str) -> Option<MirrorOwner> {
     let (first, _) = topic.split_once('.')?;
-    let prefix = format!("{first}.");
     log.list_topics()
         .iter()
-        .any(|info| info.mirror_of.is_some() && info.name.as_str().starts_with(&prefix))
-        .then_some(prefix)
+        .filter(|info| info.mirror_of.is_some())
+        .filter_map(|info| MirrorName::parse(&info.name))
+        .map(|mirror| mirror.owner().clone())
+        .find(|owner| owner.to_string() == first)
 }
 
 /// Creates the mirror of a peer's topic (`Ok(Ok(true))`), or grows its partitions to the
@@ -584,9 +585,9 @@ async fn ensure_mirror(
             Ok(Ok(false))
         }
         Err(LogError::UnknownTopic { .. }) => {
-            if let Some(claimed) = claimed_prefix(log, &topic.topic) {
+            if let Some(claimed) = claimed_owner(log, &topic.topic) {
                 return Ok(Err(format!(
-                    "the topic name {:?} begins with {claimed:?}, which names the mirrors of an \
+                    "the topic name {:?} begins with \"{claimed}.\", which names the mirrors of an \
                      edge here: its table on this side would mean two things; rename the topic \
                      or leave it out of the link's pattern",
                     topic.topic
