@@ -297,7 +297,7 @@ async fn misbehaving_plugins_fail_only_their_own_pipeline() -> anyhow::Result<()
     loop {
         let status = daemon.cli(dir.path(), &["pipeline", "status", "spin"], b"")?;
         let status = String::from_utf8_lossy(&status.stdout).into_owned();
-        if status.contains("timeout-ms") && status.contains("(restarting)") {
+        if status.contains("timeout-ms") && status.contains("(restarting in ") {
             break;
         }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "{status}");

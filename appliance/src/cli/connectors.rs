@@ -310,7 +310,7 @@ fn print_status(connector: &pb::Connector) {
                 t.records_in.to_string(),
                 t.records_out.to_string(),
                 (t.skipped + t.dead_lettered).to_string(),
-                failure_text(&t.failure, t.restarting),
+                failure_text(&t.failure, t.restarting, t.next_try_unix_ms),
             ]
         })
         .collect();
@@ -341,6 +341,7 @@ fn connector_json(connector: &pb::Connector) -> serde_json::Value {
             "state": state_name(t.state),
             "failure": t.failure,
             "restarting": t.restarting,
+            "next_try_unix_ms": t.next_try_unix_ms,
             "restarts": t.restarts,
             "records_in": t.records_in,
             "records_out": t.records_out,

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 
 use super::Failure;
 use super::client::status;
-use super::output::{print_json, print_table};
+use super::output::{print_json, print_table, seconds_until};
 
 #[derive(Debug, Subcommand)]
 pub enum LinkCommand {
@@ -325,7 +325,15 @@ fn print_link(link: &pb::Link) {
         "link {} (edge {} -> hub {})",
         link.name, link.edge_id, link.hub
     );
-    println!("  state: {}", state_name(link.state));
+    if link.next_try_unix_ms > 0 {
+        println!(
+            "  state: {} (next attempt in {} s)",
+            state_name(link.state),
+            seconds_until(link.next_try_unix_ms)
+        );
+    } else {
+        println!("  state: {}", state_name(link.state));
+    }
     if link.connected_seconds > 0 {
         println!("  connected for: {} s", link.connected_seconds);
     }
@@ -425,6 +433,7 @@ fn link_json(link: &pb::Link) -> serde_json::Value {
         "max_bytes_per_sec": link.max_bytes_per_sec,
         "hold_max_bytes": link.hold_max_bytes,
         "state": state_name(link.state),
+        "next_try_unix_ms": link.next_try_unix_ms,
         "last_error": link.last_error,
         "connected_seconds": link.connected_seconds,
         "lag_records": lag(&link.partitions),

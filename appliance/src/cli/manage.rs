@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::Failure;
 use super::client::status;
-use super::output::{print_json, print_table};
+use super::output::{print_json, print_table, seconds_until};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -317,13 +317,16 @@ pub(super) fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-/// A failure as status tables print it, marked while an automatic restart is pending.
-pub(super) fn failure_text(failure: &str, restarting: bool) -> String {
-    if restarting {
-        format!("{failure} (restarting)")
-    } else {
-        failure.to_owned()
+/// A failure as status tables print it, with when the automatic restart pending, if one
+/// is, begins (`next_try_unix_ms`, 0 when none is).
+pub(super) fn failure_text(failure: &str, restarting: bool, next_try_unix_ms: u64) -> String {
+    if !restarting {
+        return failure.to_owned();
     }
+    format!(
+        "{failure} (restarting in {} s)",
+        seconds_until(next_try_unix_ms)
+    )
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -414,7 +417,7 @@ fn print_status(pipeline: &pb::Pipeline) {
                 p.records_out.to_string(),
                 (p.skipped + p.dead_lettered).to_string(),
                 p.restarts.to_string(),
-                failure_text(&p.failure, p.restarting),
+                failure_text(&p.failure, p.restarting, p.next_try_unix_ms),
             ]
         })
         .collect();
@@ -450,6 +453,7 @@ fn pipeline_json(pipeline: &pb::Pipeline) -> serde_json::Value {
             "state": state_name(p.state),
             "failure": p.failure,
             "restarting": p.restarting,
+            "next_try_unix_ms": p.next_try_unix_ms,
             "restarts": p.restarts,
             "next_offset": p.next_offset,
             "high_watermark": p.high_watermark,

@@ -27,3 +27,11 @@ pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
         println!("{}", line(row.iter().map(String::as_str).collect()));
     }
 }
+
+/// Whole seconds from now until a time in Unix milliseconds (0 once it has passed).
+pub(super) fn seconds_until(unix_ms: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    unix_ms.saturating_sub(now).div_ceil(1000)
+}
