@@ -731,11 +731,11 @@ async fn append_in_batches(
         seal(to, record)?;
         let records: Vec<crate::log::Record> = batch.into_iter().map(|(_, r)| r).collect();
         let encoded = crate::log::encode(&records, config.compression)
-            .map_err(TaskError::batch(format!("encoding records for {topic}")))?;
+            .map_err(TaskError::batch(|| format!("encoding records for {topic}")))?;
         let outcome = target
             .append(encoded)
             .await
-            .map_err(TaskError::log(format!("appending to {topic}")))?;
+            .map_err(TaskError::log_with(|| format!("appending to {topic}")))?;
         end = Some(outcome.last_offset.next());
     }
     Ok(end)

@@ -158,14 +158,14 @@ impl Worker<'_> {
                 self.next.insert(partition.0, log_start.0);
                 return Ok(true);
             }
-            chunk => chunk.map_err(TaskError::log(format!("reading {topic}")))?,
+            chunk => chunk.map_err(TaskError::log_with(|| format!("reading {topic}")))?,
         };
         if chunk.batches.is_empty() {
             return Ok(false);
         }
         let bytes = chunk.batches.len();
         let records: Vec<StoredRecord> = log::decode_all(chunk.batches)
-            .map_err(TaskError::batch(format!("reading {topic}")))?
+            .map_err(TaskError::batch(|| format!("reading {topic}")))?
             .into_iter()
             .filter(|r| r.offset.0 >= offset)
             .collect();

@@ -161,10 +161,9 @@ async fn recover(task: &Task) -> Result<SourceProgress, TaskError> {
                 newest = Some((stored.offset, header(POSITION_HEADER)));
             }
         })
-        .map_err(TaskError::log(format!(
-            "scanning {} for positions",
-            spec.topic
-        )))?;
+        .map_err(TaskError::log_with(|| {
+            format!("scanning {} for positions", spec.topic)
+        }))?;
     if let Some((offset, position)) = newest {
         progress.end = offset.0 + 1;
         progress.position = position.map(|p| p.to_vec());

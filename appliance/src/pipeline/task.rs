@@ -89,10 +89,9 @@ impl PartitionTask {
                 self.partition,
             )
             .await
-            .map_err(TaskError::log(format!(
-                "scanning {} for earlier output",
-                destination.topic
-            )))?;
+            .map_err(TaskError::log_with(|| {
+                format!("scanning {} for earlier output", destination.topic)
+            }))?;
             if !ranges.is_empty() {
                 written
                     .entry(destination.topic)
@@ -153,7 +152,9 @@ impl Worker<'_> {
                     next = self.progress.next;
                     continue;
                 }
-                read => read.map_err(TaskError::log(format!("reading {}", task.spec.from)))?,
+                read => read.map_err(TaskError::log_with(|| {
+                    format!("reading {}", task.spec.from)
+                }))?,
             };
             task.status
                 .update(|s| s.high_watermark = chunk.high_watermark.0);
@@ -164,7 +165,7 @@ impl Worker<'_> {
                 continue;
             }
             let records: Vec<StoredRecord> = log::decode_all(chunk.batches)
-                .map_err(TaskError::batch(format!("reading {}", task.spec.from)))?
+                .map_err(TaskError::batch(|| format!("reading {}", task.spec.from)))?
                 .into_iter()
                 .filter(|r| r.offset.0 >= next)
                 .collect();
@@ -324,15 +325,14 @@ impl Worker<'_> {
                 });
                 let records: Vec<log::Record> = batch.into_iter().map(|(_, r)| r).collect();
                 let encoded = log::encode(&records, topic_config.compression).map_err(
-                    TaskError::batch(format!("encoding output for {}", destination.topic)),
+                    TaskError::batch(|| format!("encoding output for {}", destination.topic)),
                 )?;
                 let durable = target
                     .submit(encoded)
                     .await
-                    .map_err(TaskError::log(format!(
-                        "appending to {}",
-                        destination.topic
-                    )))?;
+                    .map_err(TaskError::log_with(|| {
+                        format!("appending to {}", destination.topic)
+                    }))?;
                 let destination = destination.clone();
                 appends.push(Box::pin(async move {
                     durable.await.map(|outcome| (destination, outcome))

@@ -49,28 +49,42 @@ pub enum TaskError {
     Permanent(String),
 }
 
+/// The helpers for `map_err` below describe what the task was doing only once it failed:
+/// they sit on the per-batch path, where a description built for every success would be
+/// wasted.
 impl TaskError {
-    /// For `map_err`: a log error while `doing` something.
-    pub fn log(doing: impl Into<String>) -> impl FnOnce(LogError) -> Self {
-        let doing = doing.into();
-        move |source| Self::Log { doing, source }
+    /// A log error while `doing` something.
+    pub fn log(doing: &'static str) -> impl FnOnce(LogError) -> Self {
+        Self::log_with(move || doing.to_owned())
     }
 
-    /// For `map_err`: a log error while opening `topic` or one of its partitions.
-    pub fn opening(topic: &TopicName) -> impl FnOnce(LogError) -> Self {
-        Self::log(format!("opening {topic}"))
+    /// A log error while doing what `doing` describes.
+    pub fn log_with(doing: impl FnOnce() -> String) -> impl FnOnce(LogError) -> Self {
+        move |source| Self::Log {
+            doing: doing(),
+            source,
+        }
     }
 
-    /// For `map_err`: records that could not be encoded or decoded while `doing` something.
-    pub fn batch(doing: impl Into<String>) -> impl FnOnce(BatchError) -> Self {
-        let doing = doing.into();
-        move |source| Self::Batch { doing, source }
+    /// A log error while opening `topic` or one of its partitions.
+    pub fn opening(topic: &TopicName) -> impl FnOnce(LogError) -> Self + '_ {
+        Self::log_with(move || format!("opening {topic}"))
     }
 
-    /// For `map_err`: a metadata store error while `doing` something.
-    pub fn meta(doing: impl Into<String>) -> impl FnOnce(MetaError) -> Self {
-        let doing = doing.into();
-        move |source| Self::Meta { doing, source }
+    /// Records that could not be encoded or decoded while doing what `doing` describes.
+    pub fn batch(doing: impl FnOnce() -> String) -> impl FnOnce(BatchError) -> Self {
+        move |source| Self::Batch {
+            doing: doing(),
+            source,
+        }
+    }
+
+    /// A metadata store error while `doing` something.
+    pub fn meta(doing: &'static str) -> impl FnOnce(MetaError) -> Self {
+        move |source| Self::Meta {
+            doing: doing.to_owned(),
+            source,
+        }
     }
 }
 
