@@ -58,12 +58,8 @@ struct Edges {
 
 #[derive(Debug)]
 struct EdgeEntry {
-    /// The current session (or the last one).
-    session_id: SessionId,
     /// The live connection, if any: its address follows the edge when it moves.
     connection: Option<quinn::Connection>,
-    /// The edge's name of the link the connection belongs to.
-    link: String,
     address: SocketAddr,
     last_seen: Timestamp,
     /// Ends the current session when a newer connection of the same edge arrives.
@@ -272,7 +268,7 @@ impl Hub {
                 .as_ref()
                 .is_some_and(|current| current.close_reason().is_some())
         {
-            admissions.ended(edge, entry.session_id);
+            admissions.connection_lost(edge);
         }
         let (session_id, downstream) = match admissions.hello(edge, hello) {
             Admission::Refuse(reason) => return Err(reason),
@@ -284,9 +280,7 @@ impl Hub {
         };
         let stop = CancellationToken::new();
         let entry = entries.entry(edge.clone()).or_insert_with(|| EdgeEntry {
-            session_id,
             connection: None,
-            link: hello.link_name.clone(),
             address: connection.remote_address(),
             last_seen: Timestamp::now(),
             session: CancellationToken::new(),
@@ -295,8 +289,6 @@ impl Hub {
         // The fenced session, if the edge had one, ends here.
         entry.session.cancel();
         entry.session = stop.clone();
-        entry.session_id = session_id;
-        entry.link = hello.link_name.clone();
         entry.connection = Some(connection.clone());
         entry.address = connection.remote_address();
         entry.last_seen = Timestamp::now();

@@ -145,7 +145,16 @@ impl Admissions {
         }
     }
 
+    /// The edge's current connection closed before its session noticed: the edge holds no
+    /// link here any more.
+    pub fn connection_lost(&mut self, edge: &EdgeId) {
+        if let Some(current) = self.edges.get_mut(edge) {
+            current.connected = false;
+        }
+    }
+
     /// Whether `session` is its edge's current one.
+    #[cfg(test)]
     pub fn is_current(&self, edge: &EdgeId, session: SessionId) -> bool {
         self.edges
             .get(edge)

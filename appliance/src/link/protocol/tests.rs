@@ -65,6 +65,17 @@ fn another_link_of_a_connected_edge_waits_until_the_first_disconnects() {
 }
 
 #[test]
+fn a_connection_lost_before_its_session_noticed_lets_another_link_in() {
+    let mut hub = Admissions::default();
+    let plant = edge("plant-7");
+    let (first, _) = welcomed(hub.hello(&plant, &hello("plant-7", "uplink")));
+    hub.connection_lost(&plant);
+    assert!(!hub.is_current(&plant, first));
+    let (_, fenced) = welcomed(hub.hello(&plant, &hello("plant-7", "second")));
+    assert_eq!(fenced, None);
+}
+
+#[test]
 fn a_hello_must_claim_the_certified_edge_and_a_valid_pattern() {
     let mut hub = Admissions::default();
     let plant = edge("plant-7");
