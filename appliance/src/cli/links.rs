@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 
 use super::Failure;
 use super::client::status;
-use super::output::{print_json, print_table, seconds_until};
+use super::output::{print_json, print_table, seconds_since, seconds_until};
 
 #[derive(Debug, Subcommand)]
 pub enum LinkCommand {
@@ -241,7 +241,7 @@ pub async fn link(channel: Channel, command: LinkCommand) -> Result<(), Failure>
                             e.edge_id.clone(),
                             if e.connected { "connected" } else { "gone" }.to_owned(),
                             e.address.clone(),
-                            format_ms(e.last_seen_ms),
+                            format!("{} s ago", seconds_since(e.last_seen_ms)),
                             e.partitions.len().to_string(),
                             e.lag_records.to_string(),
                         ]
@@ -310,14 +310,6 @@ fn direction_name(direction: i32) -> &'static str {
         Ok(pb::MirrorDirection::Downstream) => "down",
         _ => "up",
     }
-}
-
-/// How long ago a time in epoch milliseconds was.
-fn format_ms(ms: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    format!("{} s ago", (now - ms).max(0) / 1000)
 }
 
 fn print_link(link: &pb::Link) {

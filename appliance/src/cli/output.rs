@@ -30,8 +30,17 @@ pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
 
 /// Whole seconds from now until a time in Unix milliseconds (0 once it has passed).
 pub(super) fn seconds_until(unix_ms: u64) -> u64 {
-    let now = std::time::SystemTime::now()
+    let left = (unix_ms as i64).saturating_sub(now_unix_ms()).max(0) as u64;
+    left.div_ceil(1000)
+}
+
+/// Whole seconds since a time in Unix milliseconds (0 if it is still to come).
+pub(super) fn seconds_since(unix_ms: i64) -> i64 {
+    now_unix_ms().saturating_sub(unix_ms).max(0) / 1000
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64);
-    unix_ms.saturating_sub(now).div_ceil(1000)
+        .map_or(0, |since| since.as_millis() as i64)
 }
