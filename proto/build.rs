@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "appliance/v1/connectors.proto",
     "appliance/v1/links.proto",
     "appliance/v1/query.proto",
+    "appliance/v1/security.proto",
     "appliance/link/v1/link.proto",
 ];
 

@@ -17,6 +17,7 @@ use crate::meta::{Meta, MetaError};
 use crate::pipeline::{PipelineError, Pipelines};
 use crate::plugin::{PluginError, Plugins};
 use crate::query;
+use crate::security::{Security, SecurityError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -58,6 +59,8 @@ pub enum AppError {
     Connector(#[from] ConnectError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// Opens the data directory, runs until `shutdown` is cancelled, then stops in data-flow
@@ -74,6 +77,8 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     /// A hub's UDP endpoint for edges.
     pub link_addr: Option<SocketAddr>,
+    /// The admin token made at first start, unless an operator removed it.
+    pub admin_token_file: Option<std::path::PathBuf>,
     stopped: tokio::task::JoinHandle<Result<(), AppError>>,
 }
 
@@ -98,6 +103,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::warn!(%error, "cannot check the disk reserve");
     }
     let meta = Meta::open(&config.data_dir.join("meta"))?;
+    let security = Security::open(
+        meta.clone(),
+        config.security.super_users(),
+        config.security.client_principals()?,
+    )?;
+    let tls = config.api.tls_files().map(api::ApiTls::load).transpose()?;
+    let admin_token_file = security.bootstrap_admin(&config.data_dir).await?;
     let log = Log::open(log_config, meta.clone()).await?;
     let declared = config.declared_topics().unwrap_or_default();
     for (name, topic_config) in declared {
@@ -159,6 +171,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics_server = tokio::spawn(api::metrics::serve(
         metrics_listener,
         metrics.clone(),
+        security.clone(),
+        tls.as_ref().map(|tls| tls.metrics.clone()),
         config.api.connection_limits().idle_timeout,
         shutdown.clone(),
     ));
@@ -177,8 +191,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             hub: hub.clone(),
             metrics,
             query,
+            security,
         },
         config.api.connection_limits(),
+        tls.map(|tls| tls.grpc),
         shutdown.clone(),
     ));
     let link_addr = hub.as_ref().map(Hub::local_addr);
@@ -188,6 +204,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         %grpc_addr,
         %metrics_addr,
         link_addr = link_addr.map(|a| a.to_string()),
+        tls = config.api.tls_cert.is_some(),
+        admin_token_file = admin_token_file.as_ref().map(|path| path.display().to_string()),
         "appliance ready"
     );
     let stopped = tokio::spawn(async move {
@@ -211,6 +229,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         grpc_addr,
         metrics_addr,
         link_addr,
+        admin_token_file,
         stopped,
     })
 }

@@ -19,6 +19,9 @@
 //! metrics-addr = "127.0.0.1:9464"
 //! max-connections = 512                # gRPC connections open at once; more are refused
 //! idle-timeout-ms = 120000             # a peer silent this long is disconnected
+//! tls-cert = "tls/api.pem"             # TLS on both (appliance certs server); needed to
+//! tls-key = "tls/api.key"              # bind either to a non-loopback address
+//! tls-client-ca = "tls/ca.pem"         # client certificates of this CA authenticate
 //!
 //! [query]                              # SQL (docs/queries.md)
 //! memory-mb = 256                      # one query, its answer included
@@ -54,18 +57,22 @@
 //! [restart.pipeline.plant-filter]      # one pipeline's own (also connector.NAME, link.NAME)
 //! budget = "unlimited"
 //!
+//! [security]                           # docs/security.md
+//! super-users = ["User:admin"]         # pass every ACL check (the admin token's principal)
+//! client-principal-rules = ['RULE:^CN=([a-z0-9.-]+),O=plant$/$1/L', "DEFAULT"]
+//!
 //! [topics.sensors]                     # topics created at start when missing
 //! partitions = 4
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::ConnectionLimits;
+use crate::api::{ConnectionLimits, TlsFiles};
 use crate::group::SessionLimits;
 use crate::link::Role;
 use crate::link::hub::HubOptions;
@@ -73,6 +80,7 @@ use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
 use crate::plugin::Limits;
 use crate::query::QueryLimits;
 use crate::runtime::{ResourceName, RestartPolicies, RestartPolicy};
+use crate::security::{self, Principal, PrincipalRules};
 
 const MIB: usize = 1024 * 1024;
 
@@ -95,6 +103,8 @@ pub struct Config {
     pub query: QuerySection,
     /// How pipelines, connectors and links are restarted after failures.
     pub restart: RestartSection,
+    /// Who is a super-user (docs/security.md).
+    pub security: SecuritySection,
     /// Topics that must exist: created at start with these settings over `log.topic-defaults`.
     pub topics: BTreeMap<String, toml::Table>,
 }
@@ -110,6 +120,7 @@ impl Default for Config {
             groups: GroupsSection::default(),
             query: QuerySection::default(),
             restart: RestartSection::default(),
+            security: SecuritySection::default(),
             topics: BTreeMap::new(),
         }
     }
@@ -152,6 +163,14 @@ pub struct ApiSection {
     /// A connection whose peer sent nothing for this long is closed, in milliseconds; HTTP/2
     /// keepalive pings go every third of it, so live clients always answer in time.
     pub idle_timeout_ms: u64,
+    /// The certificate (PEM, chain first) of TLS on the gRPC API and the metrics endpoint
+    /// (`appliance certs server`); required to bind either to a non-loopback address.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Client certificates that chain to this CA authenticate on the gRPC API as the user
+    /// `security.client-principal-rules` map them to.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for ApiSection {
@@ -161,16 +180,87 @@ impl Default for ApiSection {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             max_connections: 512,
             idle_timeout_ms: 120_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
 
 impl ApiSection {
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<TlsFiles<'_>> {
+        Some(TlsFiles {
+            cert: self.tls_cert.as_deref()?,
+            key: self.tls_key.as_deref()?,
+            client_ca: self.tls_client_ca.as_deref(),
+        })
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            problems
+                .push("api.tls-cert and api.tls-key (--api-cert, --api-key) go together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            problems.push("api.tls-client-ca needs api.tls-cert and api.tls-key".into());
+        }
+        if self.tls_cert.is_none() {
+            for (field, addr) in [
+                ("grpc-addr", self.grpc_addr),
+                ("metrics-addr", self.metrics_addr),
+            ] {
+                if !addr.ip().is_loopback() {
+                    problems.push(format!(
+                        "api.{field} {addr} is reachable from other machines, and plaintext would \
+                         expose tokens and data to them: give the API a certificate (--api-cert \
+                         and --api-key; `appliance certs server NAME --dir DIR` makes them) or \
+                         bind {field} to 127.0.0.1"
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
     pub fn connection_limits(&self) -> ConnectionLimits {
         ConnectionLimits {
             max: self.max_connections,
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SecuritySection {
+    /// Principals that pass every authorization check. `User:admin` is the principal of the
+    /// admin token made at first start.
+    pub super_users: Vec<Principal>,
+    /// How a client certificate's subject becomes `User:NAME`, as Kafka's
+    /// `ssl.principal.mapping.rules`: `RULE:PATTERN/REPLACEMENT/[LU]` or `DEFAULT` (the common
+    /// name). Empty: `DEFAULT`.
+    pub client_principal_rules: Vec<String>,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            super_users: Principal::user(security::ADMIN).into_iter().collect(),
+            client_principal_rules: Vec::new(),
+        }
+    }
+}
+
+impl SecuritySection {
+    pub fn super_users(&self) -> HashSet<Principal> {
+        self.super_users.iter().cloned().collect()
+    }
+
+    /// The parsed rules; `validate` has checked them.
+    pub fn client_principals(&self) -> Result<PrincipalRules, security::SecurityError> {
+        PrincipalRules::parse(&self.client_principal_rules)
     }
 }
 
@@ -562,6 +652,10 @@ impl Config {
                     ));
                 }
             }
+        }
+        problems.extend(self.api.problems());
+        if let Err(error) = PrincipalRules::parse(&self.security.client_principal_rules) {
+            problems.push(format!("security.client-principal-rules: {error}"));
         }
         if !(1..=1_000_000).contains(&self.api.max_connections) {
             problems.push("api.max-connections must be from 1 to 1000000".into());

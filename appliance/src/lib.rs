@@ -19,6 +19,7 @@
 //! query/       SQL over topics (DataFusion); on a hub, tables unite the edges' mirrors
 //! plugin/      WebAssembly components (wasmtime): load, sandbox, call with limits
 //! group/       consumer groups: membership, assignment, committed offsets
+//! security/    principals, bearer tokens, ACLs and the table of what each gRPC method needs
 //! log/         partitioned log: topics, partitions, segments, indexes, group commit, retention
 //! meta/        sled-backed metadata: topic configs, specs, offsets, progress
 //! ```
@@ -54,4 +55,5 @@ pub mod pipeline;
 pub mod plugin;
 pub mod query;
 pub mod runtime;
+pub mod security;
 pub mod transform;

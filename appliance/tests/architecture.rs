@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first. Keep in step with the map in docs/architecture.md.
 const LAYERS: &[&[&str]] = &[
     &["meta", "runtime"],
-    &["log"],
+    &["log", "security"],
     &["plugin", "group"],
     &["transform"],
     &["pipeline", "connect", "link", "query"],

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::Channel;
 use anyhow::{Context, ensure};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use serde_json::Value;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::{Daemon, Deadline, LINK, cli_ok, fetch_all};
 

@@ -9,8 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 
 pub mod cluster;
+pub mod python;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -67,6 +71,39 @@ pub fn run_to_end(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
     Ok(appliance(dir)?.args(args).stdin(Stdio::null()).output()?)
 }
 
+/// A gRPC channel that sends a bearer token with every request.
+pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer TOKEN` to each request.
+#[derive(Debug, Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> anyhow::Result<Self> {
+        Ok(Self(format!("Bearer {token}").parse()?))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel to `url` that sends `token`.
+pub async fn connect(url: &str, token: &str) -> anyhow::Result<Channel> {
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())?
+        .connect()
+        .await?;
+    Ok(InterceptedService::new(channel, Bearer::new(token)?))
+}
+
 /// A running `appliance run` process; killed when dropped.
 #[derive(Debug)]
 pub struct Daemon {
@@ -76,6 +113,8 @@ pub struct Daemon {
     pub grpc_url: String,
     /// `ADDR` of its metrics endpoint.
     pub metrics_addr: String,
+    /// Its admin token (from the admin.token file it logs at start).
+    pub token: String,
 }
 
 /// The value of `field=` in a log line.
@@ -116,6 +155,8 @@ impl Daemon {
                     (
                         log_field(&line, "grpc_addr"),
                         log_field(&line, "metrics_addr"),
+                        log_field(&line, "admin_token_file"),
+                        log_field(&line, "tls"),
                     )
                 });
                 collected
@@ -132,11 +173,22 @@ impl Daemon {
             log,
             grpc_url: String::new(),
             metrics_addr: String::new(),
+            token: String::new(),
         };
         match ready_rx.recv_timeout(PROCESS_TIMEOUT) {
-            Ok((Some(grpc), Some(metrics))) => {
-                daemon.grpc_url = format!("http://{grpc}");
+            Ok((Some(grpc), Some(metrics), Some(token_file), tls)) => {
+                let scheme = if tls.as_deref() == Some("true") {
+                    "https"
+                } else {
+                    "http"
+                };
+                daemon.grpc_url = format!("{scheme}://{grpc}");
                 daemon.metrics_addr = metrics;
+                let token_file = dir.join(token_file.trim_matches('"'));
+                daemon.token = std::fs::read_to_string(&token_file)
+                    .with_context(|| format!("reading {}", token_file.display()))?
+                    .trim()
+                    .to_owned();
                 Ok(daemon)
             }
             _ => {
@@ -149,11 +201,23 @@ impl Daemon {
         }
     }
 
-    /// Runs the appliance CLI against this daemon (`--server` set), in `dir`.
+    /// Runs the appliance CLI against this daemon (`--server` set) as its admin, in `dir`.
     pub fn cli(&self, dir: &Path, args: &[&str], stdin: &[u8]) -> anyhow::Result<Output> {
+        self.cli_as(dir, &self.token, args, stdin)
+    }
+
+    /// Runs the appliance CLI against this daemon with `token`, in `dir`.
+    pub fn cli_as(
+        &self,
+        dir: &Path,
+        token: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> anyhow::Result<Output> {
         let mut child = appliance(dir)?
             .args(args)
             .env("APPLIANCE_SERVER", &self.grpc_url)
+            .env("APPLIANCE_TOKEN", token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -164,13 +228,33 @@ impl Daemon {
         Ok(child.wait_with_output()?)
     }
 
-    /// A gRPC channel to this daemon.
-    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        Ok(
-            tonic::transport::Channel::from_shared(self.grpc_url.clone())?
-                .connect()
-                .await?,
-        )
+    /// A gRPC channel to this daemon, with its admin token.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        connect(&self.grpc_url, &self.token).await
+    }
+
+    /// `GET /metrics` with the admin token: the whole HTTP response, which must be 200.
+    pub async fn scrape_metrics(&self) -> anyhow::Result<String> {
+        let response = self.get_metrics(Some(&self.token)).await?;
+        anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+        Ok(response)
+    }
+
+    /// `GET /metrics` with `token` (none: no credentials): the whole HTTP response.
+    pub async fn get_metrics(&self, token: Option<&str>) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.metrics_addr).await?;
+        let authorization = token.map_or(String::new(), |token| {
+            format!("Authorization: Bearer {token}\r\n")
+        });
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\n{authorization}Connection: close\r\n\r\n",
+            self.metrics_addr
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response)
     }
 
     pub fn pid(&self) -> Pid {
@@ -232,7 +316,7 @@ impl Drop for Daemon {
 
 /// Every record of one partition, fetched over gRPC from offset 0 to the high watermark.
 pub async fn fetch_all(
-    channel: &tonic::transport::Channel,
+    channel: &Channel,
     topic: &str,
     partition: u32,
 ) -> anyhow::Result<Vec<appliance_proto::v1::ConsumedRecord>> {
@@ -255,6 +339,34 @@ pub async fn fetch_all(
         offset = response.next_offset;
         if offset >= response.high_watermark {
             return Ok(out);
+        }
+    }
+}
+
+/// Whether the server closed `stream` (end of stream or reset) within `within`; what it
+/// sends before (an HTTP/2 server's settings) is read and ignored.
+pub fn closed_by_server(
+    stream: &mut std::net::TcpStream,
+    within: Duration,
+) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let deadline = Instant::now() + within;
+    let mut buffer = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buffer) {
+            Ok(0) => return Ok(true),
+            Ok(_) => continue,
+            Err(error) => {
+                return Ok(!matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ));
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use appliance_e2e::Channel;
 use appliance_e2e::{Daemon, fetch_all};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::groups_client::GroupsClient;
@@ -15,7 +16,6 @@ use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use nix::sys::signal::Signal;
 use tonic::Code;
-use tonic::transport::Channel;
 
 fn record(key: &str, value: &str) -> pb::Record {
     pb::Record {
@@ -938,7 +938,7 @@ async fn health_reflection_and_metrics_answer_stock_clients() -> anyhow::Result<
         ],
         b"",
     )?;
-    let metrics = http_get(&daemon.metrics_addr, "/metrics").await?;
+    let metrics = daemon.scrape_metrics().await?;
     for expected in [
         "appliance_log_appended_records_total{topic=\"m\",partition=\"0\"}",
         "appliance_log_high_watermark{topic=\"m\",partition=\"1\"}",
@@ -951,20 +951,4 @@ async fn health_reflection_and_metrics_answer_stock_clients() -> anyhow::Result<
         );
     }
     Ok(())
-}
-
-/// A plain HTTP/1.0 GET, as a Prometheus scraper does it.
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    anyhow::ensure!(
-        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
-        "{response}"
-    );
-    Ok(response)
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use appliance_e2e::Channel;
 use appliance_e2e::cluster::{assert_identical, wait_mirrored};
 use appliance_e2e::{Daemon, Deadline, Deployment, SmallDisk, cli_ok, fetch_all};
 use appliance_proto::v1 as pb;
@@ -26,7 +27,6 @@ use lossy_udp::{Impairment, Proxy};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 const EDGES: [&str; 2] = ["edge-1", "edge-2"];
 const PARTITIONS: u32 = 2;
@@ -60,18 +60,19 @@ fn value(edge: &str, partition: u32, n: u64) -> String {
     )
 }
 
-/// Where a daemon's gRPC API is now: it moves when the daemon is restarted.
+/// Where a daemon's gRPC API is now (it moves when the daemon is restarted) and its token.
 #[derive(Clone, Default)]
-struct Address(Arc<Mutex<String>>);
+struct Address(Arc<Mutex<(String, String)>>);
 
 impl Address {
     fn set(&self, daemon: &Daemon) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = daemon.grpc_url.clone();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            (daemon.grpc_url.clone(), daemon.token.clone());
     }
 
     async fn channel(&self) -> Option<Channel> {
-        let url = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Channel::from_shared(url).ok()?.connect().await.ok()
+        let (url, token) = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        appliance_e2e::connect(&url, &token).await.ok()
     }
 }
 

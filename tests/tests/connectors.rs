@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use appliance_e2e::Channel;
 use appliance_e2e::{Daemon, fetch_all, plugin_wasm};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::connectors_client::ConnectorsClient;
@@ -20,7 +21,6 @@ use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(120);
 

@@ -5,13 +5,13 @@
 //! for want of space are tried again, the metadata store is reopened).
 
 use anyhow::{Context, ensure};
+use appliance_e2e::Channel;
 use appliance_e2e::{Daemon, SmallDisk, fetch_all};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use nix::sys::signal::Signal;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Small segments, so that filling the disk rolls them (and writes their index files).
 const SEGMENT_BYTES: u64 = 256 * 1024;

@@ -8,6 +8,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use appliance_e2e::Channel;
 use appliance_e2e::{Daemon, Deadline, appliance};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::groups_client::GroupsClient;
@@ -15,7 +16,6 @@ use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tonic::transport::Channel;
 
 /// An `appliance consume --group` process; killed when dropped.
 struct Consumer {
@@ -34,6 +34,7 @@ impl Consumer {
             .args(["consume", "work", "--group", group, "--from-beginning"])
             .args(["--session-timeout-ms", session_timeout_ms])
             .env("APPLIANCE_SERVER", &daemon.grpc_url)
+            .env("APPLIANCE_TOKEN", &daemon.token)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

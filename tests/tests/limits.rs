@@ -3,20 +3,19 @@
 //! connections past `api.max-connections`, silent ones, and an accept loop at the open-file
 //! limit.
 
-use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use appliance_e2e::{Daemon, Deadline, cli_ok};
+use appliance_e2e::Channel;
+use appliance_e2e::{Daemon, Deadline, cli_ok, closed_by_server};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::query_client::QueryClient;
 use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Starts a daemon in `dir` with `config` as its configuration file.
 fn start_with_config(dir: &Path, config: &str) -> anyhow::Result<Daemon> {
@@ -136,25 +135,6 @@ async fn queries_stay_within_their_memory_and_stop_when_their_client_goes() -> a
     Ok(())
 }
 
-/// Whether the server closed `stream` (end of stream or reset) within a few seconds; what it
-/// sends before (an HTTP/2 server's settings) is read and ignored.
-fn closed_by_server(stream: &mut TcpStream) -> anyhow::Result<bool> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut buffer = [0u8; 1024];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => return Ok(true),
-            Ok(_) => continue,
-            Err(error) => {
-                return Ok(!matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ));
-            }
-        }
-    }
-}
-
 fn grpc_addr(daemon: &Daemon) -> &str {
     daemon.grpc_url.trim_start_matches("http://")
 }
@@ -184,7 +164,7 @@ async fn connections_past_the_limit_are_refused_and_silent_ones_closed_but_live_
         .collect::<Result<_, _>>()?;
     let mut over_limit = TcpStream::connect(addr)?;
     ensure!(
-        tokio::task::block_in_place(|| closed_by_server(&mut over_limit))?,
+        tokio::task::block_in_place(|| closed_by_server(&mut over_limit, Duration::from_secs(5)))?,
         "a fourth connection is closed at once"
     );
     let logged = Deadline::new("the refusal is logged");
@@ -193,15 +173,13 @@ async fn connections_past_the_limit_are_refused_and_silent_ones_closed_but_live_
     }
     for stream in &mut silent {
         ensure!(
-            tokio::task::block_in_place(|| closed_by_server(stream))?,
+            tokio::task::block_in_place(|| closed_by_server(stream, Duration::from_secs(5)))?,
             "a connection that sent nothing is closed after the idle timeout"
         );
     }
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let producer = Channel::from_shared(daemon.grpc_url.clone())?
-        .connect()
-        .await?;
+    let producer = daemon.channel().await?;
     RecordsClient::new(producer)
         .produce(pb::ProduceRequest {
             topic: "readings".into(),

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use appliance_e2e::Channel;
 use appliance_e2e::cluster::{
     Acked, Producer, assert_identical, count, fields, hub_edge, link_status, mirrored_records,
     positions, produce, status_partitions, topic_names, wait_link_in_sync, wait_mirrored,
@@ -31,7 +32,6 @@ use appliance_proto::v1 as pb;
 use lossy_udp::{Impairment, Proxy};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use tonic::transport::Channel;
 
 /// The link idle timeout of the edges: a longer cut loses the connection.
 const IDLE_TIMEOUT_MS: u64 = 2000;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use appliance_e2e::Channel;
 use appliance_e2e::{Daemon, fetch_all, plugin_wasm};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::pipelines_client::PipelinesClient;
@@ -14,7 +15,6 @@ use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use nix::sys::signal::Signal;
 use tonic::Code;
-use tonic::transport::Channel;
 
 async fn create_topic(channel: &Channel, name: &str) -> anyhow::Result<()> {
     TopicsClient::new(channel.clone())
@@ -167,7 +167,7 @@ async fn a_plugin_added_over_grpc_transforms_100k_records() -> anyhow::Result<()
     assert_eq!(done.records_out, 100_000);
     assert_eq!(values(&channel, "loud").await?, expected_upper(0..100_000));
 
-    let metrics = reqwest_metrics(&daemon.metrics_addr).await?;
+    let metrics = daemon.scrape_metrics().await?;
     assert!(
         metrics.contains(r#"appliance_plugin_counter_total{plugin="upper",instance="shout/0/0",name="uppercased"} 100000"#),
         "{metrics}"
@@ -196,18 +196,6 @@ async fn a_plugin_added_over_grpc_transforms_100k_records() -> anyhow::Result<()
     assert_eq!(in_use.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&in_use.stderr).contains("used by pipeline \"shout\""));
     Ok(())
-}
-
-/// The metrics page, fetched with a plain HTTP/1.1 request.
-async fn reqwest_metrics(addr: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
 }
 
 #[tokio::test(flavor = "multi_thread")]

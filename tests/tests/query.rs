@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
+use appliance_e2e::Channel;
 use appliance_e2e::{Daemon, Deadline, Deployment, cli_in_runtime, cli_ok};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::query_client::QueryClient;
 use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use serde_json::Value;
-use tonic::transport::Channel;
 
 const EDGES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
 const PARTITIONS: u32 = 2;

@@ -4,17 +4,18 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::connectors_server::Connectors as ConnectorsApi;
 use tonic::{Request, Response, Status};
 
+use super::access::Calls;
 use super::convert::{state_fields, topic_name};
 use super::error::invalid;
-use super::metrics::{Metrics, Rpc};
 use super::pipelines::{error_policy, policy_message, transform_message, transform_spec};
 use crate::connect::{ConnectorOffsets, ConnectorStatus, Connectors, NewConnector, OffsetReset};
 use crate::plugin::PluginKind;
+use crate::security::{Operation, ResourceType, Rpc};
 
 #[derive(Debug)]
 pub struct ConnectorsService {
     pub connectors: Connectors,
-    pub metrics: Metrics,
+    pub calls: Calls,
 }
 
 fn config_message(config: Vec<(String, String)>) -> Vec<pb::ConfigEntry> {
@@ -133,8 +134,17 @@ impl ConnectorsApi for ConnectorsService {
         &self,
         request: Request<pb::CreateConnectorRequest>,
     ) -> Result<Response<pb::Connector>, Status> {
-        let _timer = self.metrics.time(Rpc::CreateConnector);
-        let new = new_connector(request.into_inner())?;
+        let (call, request) = self.calls.start(request, Rpc::CreateConnector)?;
+        let new = new_connector(request)?;
+        call.authorize(&new.name)?;
+        // A source writes its topic and a sink reads it; which one the plugin is, is known
+        // only once it loads, so its creator needs both.
+        for operation in [Operation::Read, Operation::Write] {
+            call.authorize_on(ResourceType::Topic, new.topic.as_str(), operation)?;
+        }
+        if let Some(dlq) = &new.dlq_topic {
+            call.authorize_on(ResourceType::Topic, dlq.as_str(), Operation::Write)?;
+        }
         let status = self.connectors.create(new).await?;
         Ok(Response::new(connector_message(status)))
     }
@@ -143,19 +153,24 @@ impl ConnectorsApi for ConnectorsService {
         &self,
         request: Request<pb::GetConnectorRequest>,
     ) -> Result<Response<pb::Connector>, Status> {
-        let _timer = self.metrics.time(Rpc::GetConnector);
-        let status = self.connectors.get(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::GetConnector)?;
+        call.authorize(&request.name)?;
+        let status = self.connectors.get(&request.name).await?;
         Ok(Response::new(connector_message(status)))
     }
 
     async fn list_connectors(
         &self,
-        _request: Request<pb::ListConnectorsRequest>,
+        request: Request<pb::ListConnectorsRequest>,
     ) -> Result<Response<pb::ListConnectorsResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ListConnectors);
+        let (call, _) = self.calls.start(request, Rpc::ListConnectors)?;
         let connectors = self.connectors.list().await;
         Ok(Response::new(pb::ListConnectorsResponse {
-            connectors: connectors.into_iter().map(connector_message).collect(),
+            connectors: connectors
+                .into_iter()
+                .filter(|connector| call.may_describe(&connector.spec.name))
+                .map(connector_message)
+                .collect(),
         }))
     }
 
@@ -163,8 +178,9 @@ impl ConnectorsApi for ConnectorsService {
         &self,
         request: Request<pb::PauseConnectorRequest>,
     ) -> Result<Response<pb::Connector>, Status> {
-        let _timer = self.metrics.time(Rpc::PauseConnector);
-        let status = self.connectors.pause(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::PauseConnector)?;
+        call.authorize(&request.name)?;
+        let status = self.connectors.pause(&request.name).await?;
         Ok(Response::new(connector_message(status)))
     }
 
@@ -172,8 +188,9 @@ impl ConnectorsApi for ConnectorsService {
         &self,
         request: Request<pb::ResumeConnectorRequest>,
     ) -> Result<Response<pb::Connector>, Status> {
-        let _timer = self.metrics.time(Rpc::ResumeConnector);
-        let status = self.connectors.resume(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::ResumeConnector)?;
+        call.authorize(&request.name)?;
+        let status = self.connectors.resume(&request.name).await?;
         Ok(Response::new(connector_message(status)))
     }
 
@@ -181,8 +198,9 @@ impl ConnectorsApi for ConnectorsService {
         &self,
         request: Request<pb::RestartConnectorRequest>,
     ) -> Result<Response<pb::Connector>, Status> {
-        let _timer = self.metrics.time(Rpc::RestartConnector);
-        let status = self.connectors.restart(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::RestartConnector)?;
+        call.authorize(&request.name)?;
+        let status = self.connectors.restart(&request.name).await?;
         Ok(Response::new(connector_message(status)))
     }
 
@@ -190,8 +208,9 @@ impl ConnectorsApi for ConnectorsService {
         &self,
         request: Request<pb::DeleteConnectorRequest>,
     ) -> Result<Response<pb::DeleteConnectorResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::DeleteConnector);
-        self.connectors.delete(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::DeleteConnector)?;
+        call.authorize(&request.name)?;
+        self.connectors.delete(&request.name).await?;
         Ok(Response::new(pb::DeleteConnectorResponse {}))
     }
 
@@ -199,8 +218,9 @@ impl ConnectorsApi for ConnectorsService {
         &self,
         request: Request<pb::GetConnectorOffsetsRequest>,
     ) -> Result<Response<pb::ConnectorOffsets>, Status> {
-        let _timer = self.metrics.time(Rpc::GetConnectorOffsets);
-        let name = request.into_inner().name;
+        let (call, request) = self.calls.start(request, Rpc::GetConnectorOffsets)?;
+        let name = request.name;
+        call.authorize(&name)?;
         let offsets = self.connectors.offsets(&name).await?;
         Ok(Response::new(offsets_message(name, offsets)))
     }
@@ -209,8 +229,8 @@ impl ConnectorsApi for ConnectorsService {
         &self,
         request: Request<pb::ResetConnectorOffsetsRequest>,
     ) -> Result<Response<pb::ConnectorOffsets>, Status> {
-        let _timer = self.metrics.time(Rpc::ResetConnectorOffsets);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::ResetConnectorOffsets)?;
+        call.authorize(&request.name)?;
         let to = match pb::ResetTo::try_from(request.to) {
             Ok(pb::ResetTo::Earliest) => OffsetReset::Earliest,
             Ok(pb::ResetTo::Latest) => OffsetReset::Latest,

@@ -11,6 +11,7 @@ use crate::meta::MetaError;
 use crate::pipeline::PipelineError;
 use crate::plugin::PluginError;
 use crate::query::QueryError;
+use crate::security::SecurityError;
 
 impl From<LogError> for Status {
     fn from(error: LogError) -> Self {
@@ -36,6 +37,25 @@ impl From<LogError> for Status {
         if error.is_disk_full() {
             return disk_full(&error);
         }
+        Status::new(code, error.to_string())
+    }
+}
+
+impl From<SecurityError> for Status {
+    fn from(error: SecurityError) -> Self {
+        let code = match &error {
+            SecurityError::InvalidPrincipal { .. }
+            | SecurityError::InvalidAcl { .. }
+            | SecurityError::InvalidTokenId { .. }
+            | SecurityError::DescriptionTooLong { .. }
+            | SecurityError::InvalidMappingRule { .. } => Code::InvalidArgument,
+            SecurityError::ClientCertificate { .. } => Code::Unauthenticated,
+            SecurityError::UnknownToken { .. } => Code::NotFound,
+            SecurityError::Meta(error) if error.is_disk_full() => return disk_full(&error),
+            SecurityError::Randomness { .. }
+            | SecurityError::AdminTokenFile { .. }
+            | SecurityError::Meta(_) => Code::Internal,
+        };
         Status::new(code, error.to_string())
     }
 }
@@ -158,11 +178,10 @@ impl From<LinkError> for Status {
             LinkError::InvalidEdgeId { .. }
             | LinkError::ReservedEdgeId { .. }
             | LinkError::InvalidSpec { .. }
-            | LinkError::Certificate { .. } => Status::invalid_argument(error.to_string()),
+            | LinkError::Certificate { .. }
+            | LinkError::Certs(_) => Status::invalid_argument(error.to_string()),
             LinkError::UnknownLink { .. } => Status::not_found(error.to_string()),
-            LinkError::LinkExists { .. } | LinkError::Exists { .. } => {
-                Status::already_exists(error.to_string())
-            }
+            LinkError::LinkExists { .. } => Status::already_exists(error.to_string()),
             LinkError::NotHub => Status::failed_precondition(error.to_string()),
             LinkError::Refused { .. } => Status::permission_denied(error.to_string()),
             LinkError::Io { .. } | LinkError::Bind { .. } => Status::internal(error.to_string()),

@@ -4,16 +4,17 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::groups_server::Groups;
 use tonic::{Request, Response, Status};
 
+use super::access::Calls;
 use super::convert::{group_id, topic_name, topic_partition};
 use super::error::invalid;
-use super::metrics::{Metrics, Rpc};
 use crate::group::{Coordinator, GroupState, PartitionLag, ResetTarget};
 use crate::log::{Offset, PartitionId, Timestamp};
+use crate::security::{Operation, ResourceType, Rpc};
 
 #[derive(Debug)]
 pub struct GroupsService {
     pub coordinator: Coordinator,
-    pub metrics: Metrics,
+    pub calls: Calls,
 }
 
 fn state(state: GroupState) -> i32 {
@@ -40,14 +41,15 @@ fn offset_message(lag: PartitionLag) -> pb::PartitionOffset {
 impl Groups for GroupsService {
     async fn list_groups(
         &self,
-        _request: Request<pb::ListGroupsRequest>,
+        request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ListGroups);
+        let (call, _) = self.calls.start(request, Rpc::ListGroups)?;
         Ok(Response::new(pb::ListGroupsResponse {
             groups: self
                 .coordinator
                 .list()?
                 .into_iter()
+                .filter(|g| call.may_describe(g.group.as_str()))
                 .map(|g| pb::GroupSummary {
                     group: g.group.to_string(),
                     state: state(g.state),
@@ -61,8 +63,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::GroupDescription>, Status> {
-        let _timer = self.metrics.time(Rpc::DescribeGroup);
-        let group = group_id("group", &request.into_inner().group)?;
+        let (call, request) = self.calls.start(request, Rpc::DescribeGroup)?;
+        let group = group_id("group", &request.group)?;
+        call.authorize(group.as_str())?;
         let description = self.coordinator.describe(&group)?;
         Ok(Response::new(pb::GroupDescription {
             group: description.group.to_string(),
@@ -93,9 +96,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::CommitOffsets);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::CommitOffsets)?;
         let group = group_id("group", &request.group)?;
+        call.authorize(group.as_str())?;
         if request.offsets.is_empty() {
             return Err(invalid("offsets", "nothing to commit"));
         }
@@ -113,6 +116,9 @@ impl Groups for GroupsService {
                 ))
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        for ((topic, _), _, _) in &offsets {
+            call.authorize_on(ResourceType::Topic, topic.as_str(), Operation::Read)?;
+        }
         let member = (!request.member_id.is_empty()).then_some(request.member_id.as_str());
         self.coordinator.commit(&group, member, offsets).await?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
@@ -122,10 +128,11 @@ impl Groups for GroupsService {
         &self,
         request: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ResetOffsets);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::ResetOffsets)?;
         let group = group_id("group", &request.group)?;
         let topic = topic_name("topic", &request.topic)?;
+        call.authorize(group.as_str())?;
+        call.authorize_on(ResourceType::Topic, topic.as_str(), Operation::Read)?;
         let target = match request.to {
             Some(pb::reset_offsets_request::To::Earliest(true)) => ResetTarget::Earliest,
             Some(pb::reset_offsets_request::To::Latest(true)) => ResetTarget::Latest,
@@ -157,9 +164,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::Heartbeat);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::Heartbeat)?;
         let group = group_id("group", &request.group)?;
+        call.authorize(group.as_str())?;
         self.coordinator.heartbeat(&group, &request.member_id)?;
         Ok(Response::new(pb::HeartbeatResponse {}))
     }

@@ -6,8 +6,8 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::links_server::Links as LinksApi;
 use tonic::{Request, Response, Status};
 
+use super::access::Calls;
 use super::convert::{state_fields, topic_name};
-use super::metrics::{Metrics, Rpc};
 use crate::link::LinkError;
 use crate::link::edge::{LinkSpec, LinkStatus, Links};
 use crate::link::hub::{EdgeStatus, Hub};
@@ -15,13 +15,14 @@ use crate::link::progress::{Direction, MirrorStatus};
 use crate::link::tls::Congestion;
 use crate::link::transfer::WireCompression;
 use crate::log::Log;
+use crate::security::{CLUSTER, Rpc};
 
 #[derive(Debug)]
 pub struct LinksService {
     pub links: Links,
     pub hub: Option<Hub>,
     pub log: Log,
-    pub metrics: Metrics,
+    pub calls: Calls,
 }
 
 fn compression_message(compression: WireCompression) -> pb::WireCompression {
@@ -157,8 +158,9 @@ impl LinksApi for LinksService {
         &self,
         request: Request<pb::CreateLinkRequest>,
     ) -> Result<Response<pb::Link>, Status> {
-        let _timer = self.metrics.time(Rpc::CreateLink);
-        let spec = link_spec(request.into_inner())?;
+        let (call, request) = self.calls.start(request, Rpc::CreateLink)?;
+        let spec = link_spec(request)?;
+        call.authorize(&spec.name)?;
         let status = self.links.create(spec).await?;
         Ok(Response::new(link_message(status)))
     }
@@ -167,22 +169,24 @@ impl LinksApi for LinksService {
         &self,
         request: Request<pb::GetLinkRequest>,
     ) -> Result<Response<pb::Link>, Status> {
-        let _timer = self.metrics.time(Rpc::GetLink);
-        let status = self.links.get(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::GetLink)?;
+        call.authorize(&request.name)?;
+        let status = self.links.get(&request.name).await?;
         Ok(Response::new(link_message(status)))
     }
 
     async fn list_links(
         &self,
-        _request: Request<pb::ListLinksRequest>,
+        request: Request<pb::ListLinksRequest>,
     ) -> Result<Response<pb::ListLinksResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ListLinks);
+        let (call, _) = self.calls.start(request, Rpc::ListLinks)?;
         Ok(Response::new(pb::ListLinksResponse {
             links: self
                 .links
                 .list()
                 .await
                 .into_iter()
+                .filter(|link| call.may_describe(&link.spec.name))
                 .map(link_message)
                 .collect(),
         }))
@@ -192,8 +196,9 @@ impl LinksApi for LinksService {
         &self,
         request: Request<pb::PauseLinkRequest>,
     ) -> Result<Response<pb::Link>, Status> {
-        let _timer = self.metrics.time(Rpc::PauseLink);
-        let status = self.links.pause(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::PauseLink)?;
+        call.authorize(&request.name)?;
+        let status = self.links.pause(&request.name).await?;
         Ok(Response::new(link_message(status)))
     }
 
@@ -201,8 +206,9 @@ impl LinksApi for LinksService {
         &self,
         request: Request<pb::ResumeLinkRequest>,
     ) -> Result<Response<pb::Link>, Status> {
-        let _timer = self.metrics.time(Rpc::ResumeLink);
-        let status = self.links.resume(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::ResumeLink)?;
+        call.authorize(&request.name)?;
+        let status = self.links.resume(&request.name).await?;
         Ok(Response::new(link_message(status)))
     }
 
@@ -210,16 +216,18 @@ impl LinksApi for LinksService {
         &self,
         request: Request<pb::DeleteLinkRequest>,
     ) -> Result<Response<pb::DeleteLinkResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::DeleteLink);
-        self.links.delete(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::DeleteLink)?;
+        call.authorize(&request.name)?;
+        self.links.delete(&request.name).await?;
         Ok(Response::new(pb::DeleteLinkResponse {}))
     }
 
     async fn list_edges(
         &self,
-        _request: Request<pb::ListEdgesRequest>,
+        request: Request<pb::ListEdgesRequest>,
     ) -> Result<Response<pb::ListEdgesResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ListEdges);
+        let (call, _) = self.calls.start(request, Rpc::ListEdges)?;
+        call.authorize(CLUSTER)?;
         let hub = self.hub.as_ref().ok_or(LinkError::NotHub)?;
         Ok(Response::new(pb::ListEdgesResponse {
             edges: hub.edges().into_iter().map(edge_message).collect(),
@@ -230,8 +238,9 @@ impl LinksApi for LinksService {
         &self,
         request: Request<pb::PromoteTopicRequest>,
     ) -> Result<Response<pb::PromoteTopicResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::PromoteTopic);
-        let topic = topic_name("topic", &request.into_inner().topic)?;
+        let (call, request) = self.calls.start(request, Rpc::PromoteTopic)?;
+        let topic = topic_name("topic", &request.topic)?;
+        call.authorize(topic.as_str())?;
         self.log.promote(&topic).await?;
         tracing::info!(%topic, "mirror promoted to a topic of its own");
         Ok(Response::new(pb::PromoteTopicResponse {}))

@@ -35,9 +35,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -46,7 +44,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::access::bearer;
 use super::listener::{ConnectionLimits, incoming};
+use super::tls::HANDSHAKE_TIMEOUT;
 use crate::connect::{self, Connectors};
 use crate::group::Coordinator;
 use crate::link::edge::Links;
@@ -55,57 +55,10 @@ use crate::link::progress::MirrorStatus;
 use crate::log::{Log, PartitionState};
 use crate::pipeline::{self, Pipelines};
 use crate::plugin::Plugins;
+use crate::security::{CLUSTER, Operation, ResourceType, Rpc, Security};
 
 /// Scrapers connected at once; more are refused.
 const MAX_CONNECTIONS: usize = 16;
-
-/// The gRPC methods, as the `method` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-pub enum Rpc {
-    CreateTopic,
-    GetTopic,
-    ListTopics,
-    UpdateTopicConfig,
-    DeleteTopic,
-    Produce,
-    ProduceStream,
-    Fetch,
-    Subscribe,
-    ListGroups,
-    DescribeGroup,
-    CommitOffsets,
-    ResetOffsets,
-    Heartbeat,
-    AddPlugin,
-    ListPlugins,
-    DeletePlugin,
-    CreatePipeline,
-    GetPipeline,
-    ListPipelines,
-    PausePipeline,
-    ResumePipeline,
-    DeletePipeline,
-    CreateConnector,
-    GetConnector,
-    ListConnectors,
-    PauseConnector,
-    ResumeConnector,
-    RestartConnector,
-    DeleteConnector,
-    GetConnectorOffsets,
-    ResetConnectorOffsets,
-    CreateLink,
-    GetLink,
-    ListLinks,
-    PauseLink,
-    ResumeLink,
-    DeleteLink,
-    ListEdges,
-    PromoteTopic,
-    Execute,
-    Follow,
-    Describe,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RpcLabels {
@@ -543,10 +496,13 @@ impl Collector for PipelineCollector {
     }
 }
 
-/// Serves `GET /metrics` over HTTP/1.1 until `shutdown`.
+/// Serves `GET /metrics` over HTTP/1.1 until `shutdown`, to callers whose bearer token's
+/// principal may describe the cluster (Prometheus: `authorization: { credentials_file: ... }`).
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
+    security: Security,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     idle_timeout: Duration,
     shutdown: CancellationToken,
 ) {
@@ -563,23 +519,41 @@ pub async fn serve(
                 _ => break,
             },
         };
-        let metrics = metrics.clone();
+        let (metrics, security, tls) = (metrics.clone(), security.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = respond(&metrics, &request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%error, "metrics connection ended with an error");
+            let Some(tls) = tls else {
+                return serve_connection(stream, metrics, security).await;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, metrics, security).await,
+                Ok(Err(error)) => tracing::debug!(%error, "metrics TLS handshake failed"),
+                Err(_) => tracing::debug!("metrics TLS handshake timed out"),
             }
         });
     }
 }
 
-fn respond<B>(metrics: &Metrics, request: &Request<B>) -> Response<Full<Bytes>> {
+async fn serve_connection<S>(stream: S, metrics: Metrics, security: Security)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let response = respond(&metrics, &security, &request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(%error, "metrics connection ended with an error");
+    }
+}
+
+fn respond<B>(
+    metrics: &Metrics,
+    security: &Security,
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
     let reply = |status, content_type, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -595,6 +569,44 @@ fn respond<B>(metrics: &Metrics, request: &Request<B>) -> Response<Full<Bytes>> 
             StatusCode::NOT_FOUND,
             "text/plain",
             "only /metrics is served here\n".into(),
+        );
+    }
+    let header = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let principal = match bearer(&security.tokens, header) {
+        Ok(principal) => principal,
+        Err(status) => {
+            let mut response = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                format!("{}\n", status.message()),
+            );
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    };
+    if security
+        .authorizer
+        .authorize(
+            &principal,
+            ResourceType::Cluster,
+            CLUSTER,
+            Operation::Describe,
+        )
+        .is_err()
+    {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            format!(
+                "{principal} may not describe the cluster: a super-user can grant it with \
+                 `appliance acl add --principal {principal} --cluster --operation describe`\n"
+            ),
         );
     }
     match metrics.render() {

@@ -15,9 +15,19 @@
 //!                  Links   -> link::edge::Links (create, status, pause, delete),
 //!                             link::hub::Hub (edges), log::Log (promote a mirror)
 //!                  Query   -> query::Query (SQL over topics: Arrow IPC and JSON rows)
+//!                  Security -> security::Security (tokens, ACLs)
+//! ```
+//!
+//! Every service but health sits behind `access::Authenticate`, which turns the request's
+//! bearer token into a `security::Principal` (or answers UNAUTHENTICATED); each method then
+//! starts an `access::Call`, which checks `security::Rpc::requirement` (and the method's
+//! further needs) before the method does anything, and answers PERMISSION_DENIED otherwise.
+//!
+//! ```text
 //! Prometheus --HTTP GET /metrics--> metrics::Metrics
 //! ```
 
+mod access;
 mod connectors;
 mod convert;
 mod error;
@@ -29,6 +39,8 @@ mod pipelines;
 mod plugins;
 mod query;
 mod records;
+mod security;
+mod tls;
 mod topics;
 
 use std::sync::Arc;
@@ -41,6 +53,7 @@ use appliance_proto::v1::pipelines_server::PipelinesServer;
 use appliance_proto::v1::plugins_server::PluginsServer;
 use appliance_proto::v1::query_server::QueryServer;
 use appliance_proto::v1::records_server::RecordsServer;
+use appliance_proto::v1::security_server::SecurityServer;
 use appliance_proto::v1::topics_server::TopicsServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,9 +65,12 @@ use crate::link::hub::Hub;
 use crate::log::Log;
 use crate::pipeline::Pipelines;
 use crate::plugin::Plugins;
+use crate::security::Security;
+pub use access::bearer;
 pub use error::invalid;
 pub use listener::ConnectionLimits;
 pub use metrics::Metrics;
+pub use tls::{ApiTls, TlsFiles};
 
 /// Largest request the server decodes; bigger ones get RESOURCE_EXHAUSTED before any work.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
@@ -70,6 +86,8 @@ pub enum ApiError {
     Transport(#[from] tonic::transport::Error),
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the API's TLS files: {0}")]
+    Tls(#[from] crate::security::certs::CertError),
 }
 
 /// The subsystems the API serves.
@@ -85,6 +103,7 @@ pub struct Subsystems {
     pub hub: Option<Hub>,
     pub metrics: Metrics,
     pub query: crate::query::Query,
+    pub security: Security,
 }
 
 /// Serves the gRPC API on `listener` until `shutdown`, then lets requests in progress finish.
@@ -94,6 +113,7 @@ pub async fn serve(
     listener: TcpListener,
     subsystems: Subsystems,
     connections: ConnectionLimits,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let Subsystems {
@@ -106,7 +126,13 @@ pub async fn serve(
         hub,
         metrics,
         query,
+        security,
     } = subsystems;
+    let calls = access::Calls::new(metrics, security.authorizer.clone());
+    let authenticate = access::Authenticate {
+        security: security.clone(),
+    };
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<TopicsServer<topics::TopicsService>>()
@@ -132,6 +158,9 @@ pub async fn serve(
     health
         .set_serving::<QueryServer<query::QueryService>>()
         .await;
+    health
+        .set_serving::<SecurityServer<security::SecurityService>>()
+        .await;
     // Both reflection versions: grpcurl asks v1 first, older tools (grpcurl before 1.8.8,
     // Python's grpcio-reflection) only v1alpha.
     let reflection = || {
@@ -143,46 +172,51 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let topics = topics::TopicsService {
         log: log.clone(),
-        metrics: metrics.clone(),
+        calls: calls.clone(),
     };
     let links = links::LinksService {
         links,
         hub,
         log: log.clone(),
-        metrics: metrics.clone(),
+        calls: calls.clone(),
     };
     let query = query::QueryService {
         query,
-        metrics: metrics.clone(),
+        calls: calls.clone(),
         shutdown: shutdown.clone(),
     };
     let records = records::RecordsService {
         log,
         coordinator: coordinator.clone(),
-        metrics: metrics.clone(),
+        calls: calls.clone(),
         round_robin: Arc::new(AtomicU32::new(0)),
         shutdown: shutdown.clone(),
     };
     let groups = groups::GroupsService {
         coordinator,
-        metrics: metrics.clone(),
+        calls: calls.clone(),
     };
     let plugins = plugins::PluginsService {
         plugins,
         pipelines: pipelines.clone(),
         connectors: connectors.clone(),
-        metrics: metrics.clone(),
+        calls: calls.clone(),
     };
     let pipelines = pipelines::PipelinesService {
         pipelines,
-        metrics: metrics.clone(),
+        calls: calls.clone(),
     };
     let connectors = connectors::ConnectorsService {
         connectors,
-        metrics,
+        calls: calls.clone(),
     };
+    let security = security::SecurityService { security, calls };
     let keepalive = connections.idle_timeout / 3;
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .layer(tower::util::MapResponseLayer::new(
             error::outgoing_error::<tonic::body::Body>,
         ))
@@ -191,16 +225,46 @@ pub async fn serve(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(TopicsServer::new(topics).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(RecordsServer::new(records).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(GroupsServer::new(groups).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(PluginsServer::new(plugins).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(PipelinesServer::new(pipelines).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(ConnectorsServer::new(connectors).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(LinksServer::new(links).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(authenticate.guard(reflection_v1))
+        .add_service(authenticate.guard(reflection_v1alpha))
+        .add_service(
+            authenticate
+                .guard(TopicsServer::new(topics).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
+        .add_service(
+            authenticate
+                .guard(RecordsServer::new(records).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
+        .add_service(
+            authenticate
+                .guard(GroupsServer::new(groups).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
+        .add_service(
+            authenticate
+                .guard(PluginsServer::new(plugins).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
+        .add_service(
+            authenticate.guard(
+                PipelinesServer::new(pipelines).max_decoding_message_size(MAX_REQUEST_BYTES),
+            ),
+        )
+        .add_service(
+            authenticate.guard(
+                ConnectorsServer::new(connectors).max_decoding_message_size(MAX_REQUEST_BYTES),
+            ),
+        )
+        .add_service(
+            authenticate
+                .guard(LinksServer::new(links).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
+        .add_service(
+            authenticate
+                .guard(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
+        .add_service(
+            authenticate
+                .guard(SecurityServer::new(security).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
         .serve_with_incoming_shutdown(
             listener::incoming(listener, connections, "gRPC API"),
             shutdown.cancelled_owned(),

@@ -4,16 +4,17 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::pipelines_server::Pipelines as PipelinesApi;
 use tonic::{Request, Response, Status};
 
+use super::access::Calls;
 use super::convert::{state_fields, topic_name};
 use super::error::invalid;
-use super::metrics::{Metrics, Rpc};
 use crate::pipeline::{NewPipeline, PipelineStatus, Pipelines};
+use crate::security::{Operation, ResourceType, Rpc};
 use crate::transform::{ErrorPolicy, TransformSpec};
 
 #[derive(Debug)]
 pub struct PipelinesService {
     pub pipelines: Pipelines,
-    pub metrics: Metrics,
+    pub calls: Calls,
 }
 
 pub(super) fn policy_message(policy: ErrorPolicy) -> pb::ErrorPolicy {
@@ -123,8 +124,13 @@ impl PipelinesApi for PipelinesService {
         &self,
         request: Request<pb::CreatePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        let _timer = self.metrics.time(Rpc::CreatePipeline);
-        let new = new_pipeline(request.into_inner())?;
+        let (call, request) = self.calls.start(request, Rpc::CreatePipeline)?;
+        let new = new_pipeline(request)?;
+        call.authorize(&new.name)?;
+        call.authorize_on(ResourceType::Topic, new.from.as_str(), Operation::Read)?;
+        for written in std::iter::once(&new.to).chain(&new.dlq_topic) {
+            call.authorize_on(ResourceType::Topic, written.as_str(), Operation::Write)?;
+        }
         let status = self.pipelines.create(new).await?;
         Ok(Response::new(pipeline_message(status)))
     }
@@ -133,22 +139,24 @@ impl PipelinesApi for PipelinesService {
         &self,
         request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        let _timer = self.metrics.time(Rpc::GetPipeline);
-        let status = self.pipelines.get(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::GetPipeline)?;
+        call.authorize(&request.name)?;
+        let status = self.pipelines.get(&request.name).await?;
         Ok(Response::new(pipeline_message(status)))
     }
 
     async fn list_pipelines(
         &self,
-        _request: Request<pb::ListPipelinesRequest>,
+        request: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ListPipelines);
+        let (call, _) = self.calls.start(request, Rpc::ListPipelines)?;
         Ok(Response::new(pb::ListPipelinesResponse {
             pipelines: self
                 .pipelines
                 .list()
                 .await
                 .into_iter()
+                .filter(|pipeline| call.may_describe(&pipeline.spec.name))
                 .map(pipeline_message)
                 .collect(),
         }))
@@ -158,8 +166,9 @@ impl PipelinesApi for PipelinesService {
         &self,
         request: Request<pb::PausePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        let _timer = self.metrics.time(Rpc::PausePipeline);
-        let status = self.pipelines.pause(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::PausePipeline)?;
+        call.authorize(&request.name)?;
+        let status = self.pipelines.pause(&request.name).await?;
         Ok(Response::new(pipeline_message(status)))
     }
 
@@ -167,8 +176,9 @@ impl PipelinesApi for PipelinesService {
         &self,
         request: Request<pb::ResumePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        let _timer = self.metrics.time(Rpc::ResumePipeline);
-        let status = self.pipelines.resume(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::ResumePipeline)?;
+        call.authorize(&request.name)?;
+        let status = self.pipelines.resume(&request.name).await?;
         Ok(Response::new(pipeline_message(status)))
     }
 
@@ -176,8 +186,9 @@ impl PipelinesApi for PipelinesService {
         &self,
         request: Request<pb::DeletePipelineRequest>,
     ) -> Result<Response<pb::DeletePipelineResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::DeletePipeline);
-        self.pipelines.delete(&request.into_inner().name).await?;
+        let (call, request) = self.calls.start(request, Rpc::DeletePipeline)?;
+        call.authorize(&request.name)?;
+        self.pipelines.delete(&request.name).await?;
         Ok(Response::new(pb::DeletePipelineResponse {}))
     }
 }

@@ -4,17 +4,18 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::plugins_server::Plugins as PluginsApi;
 use tonic::{Request, Response, Status};
 
-use super::metrics::{Metrics, Rpc};
+use super::access::Calls;
 use crate::connect::{ConnectError, Connectors};
 use crate::pipeline::{PipelineError, Pipelines};
 use crate::plugin::{PluginInfo, PluginKind, Plugins};
+use crate::security::Rpc;
 
 #[derive(Debug)]
 pub struct PluginsService {
     pub plugins: Plugins,
     pub pipelines: Pipelines,
     pub connectors: Connectors,
-    pub metrics: Metrics,
+    pub calls: Calls,
 }
 
 fn plugin_message(info: PluginInfo) -> pb::Plugin {
@@ -38,8 +39,8 @@ impl PluginsApi for PluginsService {
         &self,
         request: Request<pb::AddPluginRequest>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let _timer = self.metrics.time(Rpc::AddPlugin);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::AddPlugin)?;
+        call.authorize(&request.name)?;
         let info = self
             .plugins
             .add(&request.name, request.wasm.to_vec())
@@ -49,14 +50,15 @@ impl PluginsApi for PluginsService {
 
     async fn list_plugins(
         &self,
-        _request: Request<pb::ListPluginsRequest>,
+        request: Request<pb::ListPluginsRequest>,
     ) -> Result<Response<pb::ListPluginsResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ListPlugins);
+        let (call, _) = self.calls.start(request, Rpc::ListPlugins)?;
         Ok(Response::new(pb::ListPluginsResponse {
             plugins: self
                 .plugins
                 .list()?
                 .into_iter()
+                .filter(|plugin| call.may_describe(&plugin.name))
                 .map(plugin_message)
                 .collect(),
         }))
@@ -66,8 +68,9 @@ impl PluginsApi for PluginsService {
         &self,
         request: Request<pb::DeletePluginRequest>,
     ) -> Result<Response<pb::DeletePluginResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::DeletePlugin);
-        let name = request.into_inner().name;
+        let (call, request) = self.calls.start(request, Rpc::DeletePlugin)?;
+        let name = request.name;
+        call.authorize(&name)?;
         if let Some(pipeline) = self.pipelines.user_of(&name).await {
             return Err(PipelineError::PluginInUse {
                 plugin: name,

@@ -5,7 +5,8 @@ use appliance_proto::v1::query_server::Query as QueryApi;
 use datafusion::arrow::datatypes::Schema;
 use tonic::{Request, Response, Status};
 
-use super::metrics::{Metrics, Rpc};
+use super::access::{Call, Calls};
+use crate::security::Rpc;
 use futures_util::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,7 +25,7 @@ fn answer_format(request: &pb::ExecuteRequest) -> AnswerFormat {
 #[derive(Debug)]
 pub struct QueryService {
     pub query: Query,
-    pub metrics: Metrics,
+    pub calls: Calls,
     /// Ends live queries when the appliance stops.
     pub shutdown: CancellationToken,
 }
@@ -60,14 +61,25 @@ fn columns(schema: &Schema, declared: bool) -> Vec<pb::Column> {
         .collect()
 }
 
+impl QueryService {
+    /// A query needs read on every topic it scans: on a hub, on each edge's mirror a table
+    /// unites.
+    fn authorize_scans(&self, call: &Call, sql: &str) -> Result<(), Status> {
+        for topic in self.query.scanned_topics(sql)? {
+            call.authorize(topic.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl QueryApi for QueryService {
     async fn execute(
         &self,
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::Execute);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::Execute)?;
+        self.authorize_scans(&call, &request.sql)?;
         let answer = self.query.execute(&request.sql).await?;
         let format = answer_format(&request);
         Ok(Response::new(response(
@@ -84,8 +96,8 @@ impl QueryApi for QueryService {
         &self,
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        let _timer = self.metrics.time(Rpc::Follow);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::Follow)?;
+        self.authorize_scans(&call, &request.sql)?;
         let format = answer_format(&request);
         let max_bytes = self.query.max_answer_bytes();
         let answers = self.query.follow(request.sql, self.shutdown.child_token());
@@ -98,8 +110,11 @@ impl QueryApi for QueryService {
         &self,
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::TableDescription>, Status> {
-        let _timer = self.metrics.time(Rpc::Describe);
-        let description = self.query.describe(&request.into_inner().table)?;
+        let (call, request) = self.calls.start(request, Rpc::Describe)?;
+        let description = self.query.describe(&request.table)?;
+        for topic in &description.topics {
+            call.authorize(topic)?;
+        }
         Ok(Response::new(pb::TableDescription {
             table: description.table,
             topics: description.topics,

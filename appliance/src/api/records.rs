@@ -15,14 +15,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::{Call, Calls};
 use super::convert::{consumed, group_id, record, topic_name, topic_partition};
 use super::error::invalid;
-use super::metrics::{Metrics, Rpc};
 use crate::group::{Coordinator, Delivery, StartPosition};
 use crate::log::{
     AppendOutcome, Log, LogError, Offset, PartitionId, Timestamp, decode_all, encode,
     partition_for_key,
 };
+use crate::security::{Operation, ResourceType, Rpc};
 
 /// Fetches return about this much unless the request asks for less.
 const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
@@ -55,7 +56,7 @@ struct Submitted {
 pub struct RecordsService {
     pub log: Log,
     pub coordinator: Coordinator,
-    pub metrics: Metrics,
+    pub calls: Calls,
     /// Keyless records go to partitions in turn, one request (one batch) at a time.
     pub round_robin: Arc<AtomicU32>,
     /// Ends subscriptions and long-polls, so that shutdown does not wait for clients.
@@ -64,8 +65,13 @@ pub struct RecordsService {
 
 impl RecordsService {
     /// Splits the request by partition and submits one batch per partition, in order.
-    async fn submit(&self, request: pb::ProduceRequest) -> Result<Vec<Submitted>, Status> {
+    async fn submit(
+        &self,
+        call: &Call,
+        request: pb::ProduceRequest,
+    ) -> Result<Vec<Submitted>, Status> {
         let topic = topic_name("topic", &request.topic)?;
+        call.authorize(topic.as_str())?;
         if request.records.is_empty() {
             return Err(invalid(
                 "records",
@@ -111,9 +117,9 @@ impl Records for RecordsService {
         &self,
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::Produce);
-        let count = request.get_ref().records.len();
-        let submitted = self.submit(request.into_inner()).await?;
+        let (call, request) = self.calls.start(request, Rpc::Produce)?;
+        let count = request.records.len();
+        let submitted = self.submit(&call, request).await?;
         let mut positions = vec![pb::RecordPosition::default(); count];
         for batch in submitted {
             let outcome = batch.durable.await?;
@@ -131,8 +137,7 @@ impl Records for RecordsService {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<pb::ProduceStreamResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ProduceStream);
-        let mut stream = request.into_inner();
+        let (call, mut stream) = self.calls.start(request, Rpc::ProduceStream)?;
         let mut in_flight: VecDeque<Submitted> = VecDeque::new();
         let mut last: BTreeMap<PartitionId, Offset> = BTreeMap::new();
         let mut records = 0u64;
@@ -142,7 +147,7 @@ impl Records for RecordsService {
             *entry = (*entry).max(outcome.last_offset);
         };
         while let Some(message) = stream.next().await {
-            in_flight.extend(self.submit(message?).await?);
+            in_flight.extend(self.submit(&call, message?).await?);
             while in_flight.len() > STREAM_IN_FLIGHT {
                 if let Some(mut oldest) = in_flight.pop_front() {
                     let outcome = (&mut oldest.durable).await?;
@@ -170,9 +175,9 @@ impl Records for RecordsService {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::Fetch);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::Fetch)?;
         let topic = topic_name("topic", &request.topic)?;
+        call.authorize(topic.as_str())?;
         let partition = PartitionId(request.partition);
         let max_bytes = max_bytes(request.max_bytes);
         let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_WAIT);
@@ -200,14 +205,17 @@ impl Records for RecordsService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let _timer = self.metrics.time(Rpc::Subscribe);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::Subscribe)?;
         let group = group_id("group", &request.group)?;
         let topics = request
             .topics
             .iter()
             .map(|t| topic_name("topics", t))
             .collect::<Result<Vec<_>, _>>()?;
+        call.authorize(group.as_str())?;
+        for topic in &topics {
+            call.authorize_on(ResourceType::Topic, topic.as_str(), Operation::Read)?;
+        }
         let start = match pb::StartPosition::try_from(request.start) {
             Ok(pb::StartPosition::Latest) => StartPosition::Latest,
             Ok(pb::StartPosition::Earliest | pb::StartPosition::Unspecified) => {

@@ -4,14 +4,15 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::topics_server::Topics;
 use tonic::{Request, Response, Status};
 
+use super::access::Calls;
 use super::convert::{topic_config, topic_config_message, topic_name};
-use super::metrics::{Metrics, Rpc};
 use crate::log::{Log, PartitionState, TopicInfo, TopicName};
+use crate::security::Rpc;
 
 #[derive(Debug)]
 pub struct TopicsService {
     pub log: Log,
-    pub metrics: Metrics,
+    pub calls: Calls,
 }
 
 fn topic_message(info: TopicInfo) -> pb::Topic {
@@ -58,9 +59,9 @@ impl Topics for TopicsService {
         &self,
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
-        let _timer = self.metrics.time(Rpc::CreateTopic);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::CreateTopic)?;
         let name = topic_name("name", &request.name)?;
+        call.authorize(name.as_str())?;
         let config = topic_config(self.log.topic_defaults().clone(), request.config)?;
         self.log.create_topic(name.clone(), config).await?;
         Ok(Response::new(self.describe(&name)?))
@@ -70,21 +71,23 @@ impl Topics for TopicsService {
         &self,
         request: Request<pb::GetTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
-        let _timer = self.metrics.time(Rpc::GetTopic);
-        let name = topic_name("name", &request.into_inner().name)?;
+        let (call, request) = self.calls.start(request, Rpc::GetTopic)?;
+        let name = topic_name("name", &request.name)?;
+        call.authorize(name.as_str())?;
         Ok(Response::new(self.describe(&name)?))
     }
 
     async fn list_topics(
         &self,
-        _request: Request<pb::ListTopicsRequest>,
+        request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::ListTopics);
+        let (call, _) = self.calls.start(request, Rpc::ListTopics)?;
         Ok(Response::new(pb::ListTopicsResponse {
             topics: self
                 .log
                 .list_topics()
                 .into_iter()
+                .filter(|topic| call.may_describe(topic.name.as_str()))
                 .map(topic_message)
                 .collect(),
         }))
@@ -94,9 +97,9 @@ impl Topics for TopicsService {
         &self,
         request: Request<pb::UpdateTopicConfigRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
-        let _timer = self.metrics.time(Rpc::UpdateTopicConfig);
-        let request = request.into_inner();
+        let (call, request) = self.calls.start(request, Rpc::UpdateTopicConfig)?;
         let name = topic_name("name", &request.name)?;
+        call.authorize(name.as_str())?;
         let config = topic_config(self.log.topic_config(&name)?, request.config)?;
         self.log.update_topic_config(&name, config).await?;
         Ok(Response::new(self.describe(&name)?))
@@ -106,8 +109,9 @@ impl Topics for TopicsService {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        let _timer = self.metrics.time(Rpc::DeleteTopic);
-        let name = topic_name("name", &request.into_inner().name)?;
+        let (call, request) = self.calls.start(request, Rpc::DeleteTopic)?;
+        let name = topic_name("name", &request.name)?;
+        call.authorize(name.as_str())?;
         self.log.delete_topic(&name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }

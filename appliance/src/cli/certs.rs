@@ -1,11 +1,13 @@
-//! `appliance certs ...`: the certificates of cluster links, made locally (no server).
+//! `appliance certs ...`: certificates made locally (no server): the CA, the hub's link
+//! certificate, edges' certificates, and the API's server and client certificates.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
 use super::Failure;
-use crate::link::{EdgeId, certs};
+use crate::link::EdgeId;
+use crate::security::{Principal, certs};
 
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
@@ -23,12 +25,30 @@ pub enum CertsCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Make a server certificate for the gRPC API and the metrics endpoint, signed by the CA
+    /// in DIR: DIR/NAME.pem, .key (run the appliance with --api-cert and --api-key).
+    Server {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// A DNS name or IP address clients reach the API at (localhost and 127.0.0.1 always).
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+    },
+    /// Make a client certificate for User:NAME (its common name), signed by the CA in DIR:
+    /// DIR/NAME.pem, .key.
+    Client {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 pub fn run(command: CertsCommand) -> Result<(), Failure> {
-    match command {
+    let runtime = |e: certs::CertError| Failure::Runtime(e.into());
+    let written = match command {
         CertsCommand::Init { dir, sans } => {
-            let (ca, hub) = certs::init(&dir, &sans).map_err(|e| Failure::Runtime(e.into()))?;
+            let (ca, hub) = certs::init(&dir, &sans).map_err(runtime)?;
             println!(
                 "wrote {} and {} (keep the CA key offline once the edges are issued), {} and {}",
                 ca.cert.display(),
@@ -36,16 +56,33 @@ pub fn run(command: CertsCommand) -> Result<(), Failure> {
                 hub.cert.display(),
                 hub.key.display()
             );
+            return Ok(());
         }
         CertsCommand::Issue { edge_id, dir } => {
             let edge = EdgeId::new(&edge_id).map_err(|e| Failure::Usage(e.into()))?;
-            let written = certs::issue(&dir, &edge).map_err(|e| Failure::Runtime(e.into()))?;
-            println!(
-                "wrote {} and {} for edge {edge}",
-                written.cert.display(),
-                written.key.display()
-            );
+            (
+                certs::issue_client(&dir, edge.as_str()).map_err(runtime)?,
+                format!("edge {edge}"),
+            )
         }
-    }
+        CertsCommand::Server { name, dir, sans } => {
+            Principal::user(&name).map_err(|e| Failure::Usage(e.into()))?;
+            let written = certs::issue_server(&dir, &name, &sans).map_err(runtime)?;
+            (written, "the API server".to_owned())
+        }
+        CertsCommand::Client { name, dir } => {
+            let user = Principal::user(&name).map_err(|e| Failure::Usage(e.into()))?;
+            (
+                certs::issue_client(&dir, &name).map_err(runtime)?,
+                user.to_string(),
+            )
+        }
+    };
+    let (files, whom) = written;
+    println!(
+        "wrote {} and {} for {whom}",
+        files.cert.display(),
+        files.key.display()
+    );
     Ok(())
 }

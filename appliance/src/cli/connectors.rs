@@ -4,10 +4,9 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::connectors_client::ConnectorsClient;
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::status;
+use super::client::{ApiChannel, status};
 use super::manage::{
     ErrorsArg, errors_name, failure_text, parse_transforms, transform_line, transforms_json,
     worst_state,
@@ -81,7 +80,7 @@ pub enum ResetArg {
     Latest,
 }
 
-pub async fn connector(channel: Channel, command: ConnectorCommand) -> Result<(), Failure> {
+pub async fn connector(channel: ApiChannel, command: ConnectorCommand) -> Result<(), Failure> {
     let mut client = ConnectorsClient::new(channel);
     match command {
         ConnectorCommand::Create {

@@ -23,11 +23,12 @@ use appliance_proto::v1::query_client::QueryClient;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::client::connect;
+use super::client::{ApiChannel, Local};
 use super::query::render_table;
 use crate::app::{self, Running};
 use crate::config::Config;
-use crate::link::{EdgeId, Role, certs};
+use crate::link::{EdgeId, Role};
+use crate::security::certs;
 
 const EDGES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
 const SQL: &str = "SELECT _edge AS edge, site, count(*) AS readings, \
@@ -67,7 +68,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&certs)?;
         certs::init(&certs, &[])?;
         for edge in EDGES {
-            certs::issue(&certs, &EdgeId::new(edge)?)?;
+            certs::issue_client(&certs, EdgeId::new(edge)?.as_str())?;
         }
     }
     let shutdown = CancellationToken::new();
@@ -88,7 +89,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut edges = Vec::new();
     for (n, edge) in EDGES.iter().enumerate() {
         let running = start(&dir, edge, None, &shutdown).await?;
-        let channel = connect(&format!("http://{}", running.grpc_addr)).await?;
+        let channel = Local::of(&running)?.connect().await?;
         configure_edge(channel, edge, n, &certs, hub_link, args.rate).await?;
         edges.push(running);
     }
@@ -100,7 +101,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("{intro}");
     let terminal = std::io::stdout().is_terminal();
 
-    let mut query = QueryClient::new(connect(&format!("http://{}", hub.grpc_addr)).await?);
+    let mut query = QueryClient::new(Local::of(&hub)?.connect().await?);
     let deadline = args
         .seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
@@ -175,7 +176,7 @@ async fn start(
 /// The edge's generator connector and its link to the hub, unless they exist from an earlier
 /// run in the same `--dir`.
 async fn configure_edge(
-    channel: tonic::transport::Channel,
+    channel: ApiChannel,
     edge: &str,
     n: usize,
     certs: &Path,

@@ -4,10 +4,9 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::groups_client::GroupsClient;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::status;
+use super::client::{ApiChannel, status};
 use super::output::{print_json, print_table};
 
 #[derive(Debug, Subcommand)]
@@ -91,7 +90,7 @@ fn print_offsets(offsets: &[pb::PartitionOffset]) {
     );
 }
 
-pub async fn group(channel: Channel, command: GroupCommand) -> Result<(), Failure> {
+pub async fn group(channel: ApiChannel, command: GroupCommand) -> Result<(), Failure> {
     let mut client = GroupsClient::new(channel);
     match command {
         GroupCommand::List { json } => {

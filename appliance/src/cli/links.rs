@@ -7,10 +7,9 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::links_client::LinksClient;
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::status;
+use super::client::{ApiChannel, status};
 use super::output::{print_json, print_table, seconds_since, seconds_until};
 
 #[derive(Debug, Subcommand)]
@@ -92,7 +91,7 @@ pub enum CompressionArg {
     None,
 }
 
-pub async fn link(channel: Channel, command: LinkCommand) -> Result<(), Failure> {
+pub async fn link(channel: ApiChannel, command: LinkCommand) -> Result<(), Failure> {
     let mut client = LinksClient::new(channel);
     match command {
         LinkCommand::Create {
@@ -266,7 +265,7 @@ pub async fn link(channel: Channel, command: LinkCommand) -> Result<(), Failure>
     Ok(())
 }
 
-async fn list(client: &mut LinksClient<Channel>) -> Result<Vec<pb::Link>, Failure> {
+async fn list(client: &mut LinksClient<ApiChannel>) -> Result<Vec<pb::Link>, Failure> {
     Ok(client
         .list_links(pb::ListLinksRequest {})
         .await

@@ -8,10 +8,9 @@ use appliance_proto::v1::pipelines_client::PipelinesClient;
 use appliance_proto::v1::plugins_client::PluginsClient;
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::status;
+use super::client::{ApiChannel, status};
 use super::output::{print_json, print_table, seconds_until};
 
 #[derive(Debug, Subcommand)]
@@ -75,7 +74,7 @@ pub enum ErrorsArg {
     Dlq,
 }
 
-pub async fn plugin(channel: Channel, command: PluginCommand) -> Result<(), Failure> {
+pub async fn plugin(channel: ApiChannel, command: PluginCommand) -> Result<(), Failure> {
     let mut client = PluginsClient::new(channel);
     match command {
         PluginCommand::Add { name, file } => {
@@ -164,7 +163,7 @@ pub(super) fn parse_transforms(specs: &[String]) -> Result<Vec<pb::Transform>, F
         .map_err(Failure::Usage)
 }
 
-pub async fn pipeline(channel: Channel, command: PipelineCommand) -> Result<(), Failure> {
+pub async fn pipeline(channel: ApiChannel, command: PipelineCommand) -> Result<(), Failure> {
     let mut client = PipelinesClient::new(channel);
     match command {
         PipelineCommand::Create {

@@ -13,6 +13,7 @@ mod manage;
 mod output;
 mod query;
 mod records;
+mod security;
 mod topics;
 
 use std::net::SocketAddr;
@@ -102,6 +103,20 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Make, list and revoke bearer tokens (for User:NAME).
+    Token {
+        #[command(subcommand)]
+        command: security::TokenCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Add, list and remove ACLs: who may do what (default: nothing, unless a super-user).
+    Acl {
+        #[command(subcommand)]
+        command: security::AclCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Make the certificates of cluster links: a CA with a hub certificate, edge certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -142,6 +157,15 @@ struct RunArgs {
     /// The CA edges' certificates must chain to (ca.pem).
     #[arg(long, env = "APPLIANCE_LINK_CA")]
     link_ca: Option<PathBuf>,
+    /// TLS on the gRPC API and metrics: the certificate (`appliance certs server`).
+    #[arg(long, env = "APPLIANCE_API_CERT")]
+    api_cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, env = "APPLIANCE_API_KEY")]
+    api_key: Option<PathBuf>,
+    /// Client certificates chaining to this CA authenticate on the gRPC API.
+    #[arg(long, env = "APPLIANCE_API_CLIENT_CA")]
+    api_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -209,6 +233,12 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args).map_err(Failure::Runtime),
         Command::Query { args, server } => {
             client::run(&server, |channel| query::query(channel, args))
+        }
+        Command::Token { command, server } => {
+            client::run(&server, |channel| security::token(channel, command))
+        }
+        Command::Acl { command, server } => {
+            client::run(&server, |channel| security::acl(channel, command))
         }
         Command::Certs(command) => certs::run(command),
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
@@ -282,6 +312,9 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
         (&args.link_cert, &mut config.link.cert),
         (&args.link_key, &mut config.link.key),
         (&args.link_ca, &mut config.link.ca),
+        (&args.api_cert, &mut config.api.tls_cert),
+        (&args.api_key, &mut config.api.tls_key),
+        (&args.api_client_ca, &mut config.api.tls_client_ca),
     ] {
         if let Some(path) = flag {
             *field = Some(path.clone());

@@ -9,10 +9,9 @@ use clap::{Args, ValueEnum};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
-use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::status;
+use super::client::{ApiChannel, status};
 use super::output::print_table;
 
 #[derive(Debug, Args)]
@@ -37,7 +36,7 @@ enum Format {
     Csv,
 }
 
-pub async fn query(channel: Channel, args: QueryArgs) -> Result<(), Failure> {
+pub async fn query(channel: ApiChannel, args: QueryArgs) -> Result<(), Failure> {
     // The appliance bounds answers (query.max-answer-mb); gRPC's 4 MB default would refuse
     // answers it allows.
     let mut client = QueryClient::new(channel).max_decoding_message_size(usize::MAX);

@@ -18,10 +18,9 @@ use clap::Args;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::status;
+use super::client::{ApiChannel, status};
 
 /// Records sent per produce request.
 const PRODUCE_CHUNK_RECORDS: usize = 1000;
@@ -130,7 +129,7 @@ fn key_from_field(line: &[u8], field: &str) -> anyhow::Result<Bytes> {
     }
 }
 
-pub async fn produce(channel: Channel, args: ProduceArgs) -> Result<(), Failure> {
+pub async fn produce(channel: ApiChannel, args: ProduceArgs) -> Result<(), Failure> {
     let mut client = RecordsClient::new(channel);
     let (sender, receiver) = mpsc::channel(8);
     let reader = tokio::task::spawn_blocking(move || read_stdin(&args, sender));
@@ -227,7 +226,7 @@ impl Limits {
     }
 }
 
-pub async fn consume(channel: Channel, args: ConsumeArgs) -> Result<(), Failure> {
+pub async fn consume(channel: ApiChannel, args: ConsumeArgs) -> Result<(), Failure> {
     let mut limits = Limits {
         remaining: args.max,
         idle: args.timeout_ms.map(Duration::from_millis),
@@ -249,7 +248,7 @@ pub async fn consume(channel: Channel, args: ConsumeArgs) -> Result<(), Failure>
 }
 
 async fn consume_in_group(
-    channel: Channel,
+    channel: ApiChannel,
     args: &ConsumeArgs,
     group: &str,
     limits: &mut Limits,
@@ -341,7 +340,7 @@ async fn consume_in_group(
 /// Keeps `member_id` in `group` with a heartbeat every third of its session timeout; the
 /// first failure (such as the member having been removed while frozen) ends it.
 async fn heartbeat(
-    mut groups: GroupsClient<Channel>,
+    mut groups: GroupsClient<ApiChannel>,
     group: String,
     member_id: String,
     session_timeout: Duration,
@@ -361,7 +360,7 @@ async fn heartbeat(
 }
 
 async fn consume_partitions(
-    channel: Channel,
+    channel: ApiChannel,
     args: &ConsumeArgs,
     limits: &mut Limits,
 ) -> Result<(), Failure> {

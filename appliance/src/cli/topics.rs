@@ -6,10 +6,9 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::topics_client::TopicsClient;
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::Failure;
-use super::client::status;
+use super::client::{ApiChannel, status};
 use super::output::{print_json, print_table};
 
 #[derive(Debug, Subcommand)]
@@ -57,7 +56,7 @@ pub enum CompressionArg {
     Zstd,
 }
 
-pub async fn topic(channel: Channel, command: TopicCommand) -> Result<(), Failure> {
+pub async fn topic(channel: ApiChannel, command: TopicCommand) -> Result<(), Failure> {
     let mut client = TopicsClient::new(channel);
     match command {
         TopicCommand::Create {

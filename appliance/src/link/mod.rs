@@ -1,6 +1,6 @@
 //! Cluster linking, edge -> hub over QUIC with mutual TLS (see docs/linking.md).
 //!
-//! A link's trust is one CA the operator makes with `appliance certs init` ([`certs`]); the
+//! A link's trust is one CA the operator makes with `appliance certs init` (`security::certs`); the
 //! hub's certificate names the addresses edges dial, and each edge's client certificate
 //! (`appliance certs issue EDGE_ID`) names the edge, which is how the hub knows which edge is
 //! speaking ([`tls::edge_of`]) and what its mirror topics (`<edge-id>.<topic>`) are called.
@@ -24,7 +24,6 @@
 
 use regex::Regex;
 
-pub mod certs;
 pub mod edge;
 mod error;
 pub mod frame;
@@ -112,8 +111,8 @@ pub enum LinkError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{} exists already; certificates and keys are never overwritten (move it away first)", path.display())]
-    Exists { path: std::path::PathBuf },
+    #[error(transparent)]
+    Certs(#[from] crate::security::certs::CertError),
     #[error("{what}: {reason}")]
     Certificate { what: String, reason: String },
     #[error("cannot bind the link endpoint to {addr}: {source}")]

@@ -15,7 +15,7 @@ use super::progress::Direction;
 use super::protocol::MirrorEnd;
 use super::tls::{Congestion, DEFAULT_IDLE_TIMEOUT, TlsFiles, edge_endpoint};
 use super::transfer::{self, WireCompression};
-use super::{EdgeId, LinkError, SessionError, certs, frame};
+use super::{EdgeId, LinkError, SessionError, frame};
 use crate::group::Coordinator;
 use crate::log::{
     self, Compression, Durability, Log, LogConfig, LogError, Offset, PartitionId, Record,
@@ -23,6 +23,7 @@ use crate::log::{
 };
 use crate::meta::{GroupId, Meta};
 use crate::runtime::{RestartPolicies, RestartPolicy, State};
+use crate::security::certs;
 
 async fn open_log(dir: &Path) -> (Log, Meta) {
     let meta = Meta::open(&dir.join("meta")).unwrap();
@@ -119,7 +120,7 @@ impl Deployment {
     async fn start() -> Self {
         let certs = tempfile::tempdir().unwrap();
         certs::init(certs.path(), &[]).unwrap();
-        certs::issue(certs.path(), &EdgeId::new("plant-7").unwrap()).unwrap();
+        certs::issue_client(certs.path(), "plant-7").unwrap();
         let (edge, hub) = (side().await, side().await);
         let file = |name: &str| certs.path().join(name);
         let shutdown = CancellationToken::new();

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 
 use super::{EdgeId, LinkError};
+use crate::security::certs;
 
 /// The link protocol's version, as ALPN names it: peers that speak another one do not connect.
 pub const ALPN: &[u8] = b"appliance-link/1";
@@ -95,15 +94,17 @@ pub fn hub_endpoint(
     idle_timeout: Duration,
 ) -> Result<quinn::Endpoint, LinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(files.ca)?), provider.clone())
-            .build()
-            .map_err(|e| tls_error(files.ca, e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(certs::read_roots(files.ca)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| tls_error(files.ca, e))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(files.cert, e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain(files.cert)?, key(files.key)?)
+        .with_single_cert(certs::read_chain(files.cert)?, certs::read_key(files.key)?)
         .map_err(|e| tls_error(files.cert, e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(files.cert, e))?;
@@ -122,8 +123,8 @@ pub fn edge_endpoint(
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(files.cert, e))?
-        .with_root_certificates(roots(files.ca)?)
-        .with_client_auth_cert(chain(files.cert)?, key(files.key)?)
+        .with_root_certificates(certs::read_roots(files.ca)?)
+        .with_client_auth_cert(certs::read_chain(files.cert)?, certs::read_key(files.key)?)
         .map_err(|e| tls_error(files.cert, e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| tls_error(files.cert, e))?;
@@ -157,7 +158,7 @@ pub fn edge_of(connection: &quinn::Connection) -> Result<EdgeId, LinkError> {
 
 /// The edge id a certificate file of this side names (the edge's own, for its links).
 pub fn edge_of_certificate(cert: &Path) -> Result<EdgeId, LinkError> {
-    let chain = chain(cert)?;
+    let chain = certs::read_chain(cert)?;
     edge_named_by(&chain[0]).map_err(|reason| tls_error(cert, reason))
 }
 
@@ -185,38 +186,12 @@ fn edge_named_by(cert: &CertificateDer<'_>) -> Result<EdgeId, &'static str> {
     }
 }
 
-fn roots(ca: &Path) -> Result<RootCertStore, LinkError> {
-    let mut roots = RootCertStore::empty();
-    for cert in chain(ca)? {
-        roots.add(cert).map_err(|e| tls_error(ca, e))?;
-    }
-    Ok(roots)
-}
-
-fn chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, LinkError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| tls_error(path, e))?;
-    if certs.is_empty() {
-        return Err(tls_error(path, "no certificate in the file"));
-    }
-    Ok(certs)
-}
-
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, LinkError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| tls_error(path, e))
-}
-
 fn tls_error(path: &Path, error: impl std::fmt::Display) -> LinkError {
-    LinkError::Certificate {
-        what: path.display().to_string(),
-        reason: error.to_string(),
-    }
+    certs::unusable(path, error).into()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::certs;
     use super::*;
 
     struct Deployment {
@@ -228,7 +203,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             certs::init(dir.path(), &[]).unwrap();
             for edge in edges {
-                certs::issue(dir.path(), &EdgeId::new(edge).unwrap()).unwrap();
+                certs::issue_client(dir.path(), EdgeId::new(edge).unwrap().as_str()).unwrap();
             }
             Self { dir }
         }

@@ -10,6 +10,8 @@
 //! tree "plugins"            key: plugin name                    value: plugin record (JSON)
 //! tree "pipelines"          key: pipeline name                  value: pipeline spec (JSON)
 //! tree "pipeline-progress"  key: pipeline id / partition        value: progress (JSON)
+//! tree "tokens"             key: token id                       value: principal, SHA-256 of the secret, expiry
+//! tree "acls"               key: the ACL (JSON)                 value: the ACL (JSON)
 //! ```
 //!
 //! The last three are [`Table`]s of JSON documents owned by the subsystem that writes them.
@@ -143,10 +145,12 @@ pub enum Table {
     ConnectorProgress = 4,
     Links = 5,
     LinkAcks = 6,
+    Tokens = 7,
+    Acls = 8,
 }
 
 impl Table {
-    const ALL: [Table; 7] = [
+    const ALL: [Table; 9] = [
         Table::Plugins,
         Table::Pipelines,
         Table::PipelineProgress,
@@ -154,6 +158,8 @@ impl Table {
         Table::ConnectorProgress,
         Table::Links,
         Table::LinkAcks,
+        Table::Tokens,
+        Table::Acls,
     ];
 
     fn tree_name(self) -> &'static str {
@@ -165,6 +171,8 @@ impl Table {
             Table::ConnectorProgress => "connector-progress",
             Table::Links => "links",
             Table::LinkAcks => "link-acks",
+            Table::Tokens => "tokens",
+            Table::Acls => "acls",
         }
     }
 }

@@ -39,7 +39,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::{Log, MirrorName};
+use crate::log::{Log, MirrorName, TopicName};
 use limits::{Governor, YieldBetweenBatches};
 pub use limits::{QueryLimits, query_runtime};
 
@@ -360,6 +360,25 @@ impl Query {
                 })
             })
             .collect()
+    }
+
+    /// The topics `sql` reads: every topic behind every table it names (so on a hub, every
+    /// edge's mirror a table unites). Names that are no table are left to the query to report.
+    pub fn scanned_topics(&self, sql: &str) -> Result<Vec<TopicName>, QueryError> {
+        let state = SessionStateBuilder::new().with_default_features().build();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        let mut tables = self.tables();
+        let mut topics: Vec<TopicName> = state
+            .resolve_table_references(&statement)?
+            .iter()
+            .filter_map(|reference| tables.remove(reference.table()))
+            .flatten()
+            .map(|source| source.topic)
+            .collect();
+        topics.sort();
+        topics.dedup();
+        Ok(topics)
     }
 
     /// A table's topics and columns (the value columns as inferred now).

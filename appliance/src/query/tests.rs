@@ -176,6 +176,36 @@ async fn the_table_of_a_topic_name_unites_every_edges_mirror() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_scans_every_mirror_its_tables_unite_and_nothing_else() {
+    let fixture = fixture().await;
+    let query = Query::new(fixture.log.clone());
+    let scanned = |sql: &str| {
+        query
+            .scanned_topics(sql)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        scanned("SELECT count(*) FROM sensors"),
+        ["edge-1.sensors", "edge-2.sensors"]
+    );
+    assert_eq!(
+        scanned("WITH s AS (SELECT * FROM \"edge-2.sensors\") SELECT count(*) FROM s"),
+        ["edge-2.sensors"]
+    );
+    assert_eq!(
+        scanned(
+            "SELECT * FROM (SELECT _edge FROM sensors) WHERE _edge IN (SELECT _edge FROM \"edge-1.sensors\")"
+        ),
+        ["edge-1.sensors", "edge-2.sensors"]
+    );
+    assert!(scanned("SELECT 1").is_empty());
+    assert!(query.scanned_topics("SELEC nonsense").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_latest_values_and_time_filters_agree_with_the_records() {
     let fixture = fixture().await;
     let query = Query::new(fixture.log.clone());

@@ -17,7 +17,7 @@ use clap::Args;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::super::client::connect;
+use super::super::client::Local;
 use super::log::append_case;
 use super::{nats, open_log, scratch_dir};
 use crate::config::{ApiSection, Config};
@@ -92,9 +92,9 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     let running = crate::app::start(config, shutdown.clone()).await?;
-    let url = format!("http://{}", running.grpc_addr);
+    let local = Local::of(&running)?;
     let figures = async {
-        let channel = connect(&url).await?;
+        let channel = local.connect().await?;
         TopicsClient::new(channel)
             .create_topic(pb::CreateTopicRequest {
                 name: TOPIC.into(),
@@ -104,9 +104,9 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
                 }),
             })
             .await?;
-        let (produced, produce_rps) = produce(&url, &args, duration).await?;
-        let fetch_rps = fetch(&url, args.streams).await?;
-        let subscribe_rps = subscribe(&url, args.streams, produced).await?;
+        let (produced, produce_rps) = produce(&local, &args, duration).await?;
+        let fetch_rps = fetch(&local, args.streams).await?;
+        let subscribe_rps = subscribe(&local, args.streams, produced).await?;
         anyhow::Ok((produce_rps, fetch_rps, subscribe_rps))
     }
     .await;
@@ -213,7 +213,7 @@ async fn log_read_decode(log: &crate::log::Log, partitions: u32) -> anyhow::Resu
 
 /// `streams` ProduceStream calls, one connection and partition each, for `duration`.
 async fn produce(
-    url: &str,
+    local: &Local,
     args: &GrpcBenchArgs,
     duration: Duration,
 ) -> anyhow::Result<(u64, f64)> {
@@ -234,9 +234,9 @@ async fn produce(
                 })
                 .collect(),
         };
-        let url = url.to_owned();
+        let local = local.clone();
         tasks.spawn(async move {
-            let channel = connect(&url).await?;
+            let channel = local.connect().await?;
             let requests = futures_util::stream::repeat_with(move || request.clone())
                 .take_while(move |_| std::future::ready(Instant::now() < deadline));
             let response = RecordsClient::new(channel).produce_stream(requests).await?;
@@ -251,13 +251,13 @@ async fn produce(
 }
 
 /// One Fetch loop per partition, from offset 0 to the end, 1 MiB at a time.
-async fn fetch(url: &str, partitions: u32) -> anyhow::Result<f64> {
+async fn fetch(local: &Local, partitions: u32) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for partition in 0..partitions {
-        let url = url.to_owned();
+        let local = local.clone();
         tasks.spawn(async move {
-            let mut client = RecordsClient::new(connect(&url).await?);
+            let mut client = RecordsClient::new(local.connect().await?);
             let mut offset = 0;
             let mut records = 0u64;
             loop {
@@ -287,17 +287,17 @@ async fn fetch(url: &str, partitions: u32) -> anyhow::Result<f64> {
 }
 
 /// `members` group members consuming everything, committing after every message.
-async fn subscribe(url: &str, members: u32, total: u64) -> anyhow::Result<f64> {
+async fn subscribe(local: &Local, members: u32, total: u64) -> anyhow::Result<f64> {
     let consumed = Arc::new(AtomicU64::new(0));
     let done = CancellationToken::new();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..members {
-        let url = url.to_owned();
+        let local = local.clone();
         let consumed = consumed.clone();
         let done = done.clone();
         tasks.spawn(async move {
-            let channel = connect(&url).await?;
+            let channel = local.connect().await?;
             let mut groups = GroupsClient::new(channel.clone());
             let mut stream = RecordsClient::new(channel)
                 .subscribe(pb::SubscribeRequest {

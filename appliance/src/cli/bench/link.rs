@@ -27,12 +27,12 @@ use crate::link::edge::{LinkSpec, Links};
 use crate::link::hub::{Hub, HubOptions};
 use crate::link::tls::{self, Congestion, DEFAULT_IDLE_TIMEOUT, TlsFiles};
 use crate::link::transfer::WireCompression;
-use crate::link::{EdgeId, certs};
 use crate::log::{
     self, Compression, Log, LogConfig, PartitionId, Record, Timestamp, TopicConfig, TopicName,
 };
 use crate::meta::Meta;
 use crate::runtime::{RestartPolicies, RestartPolicy};
+use crate::security::certs;
 
 #[derive(Debug, Args)]
 pub struct LinkBenchArgs {
@@ -93,7 +93,7 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
     let certs = scratch.path().join("certs");
     std::fs::create_dir_all(&certs)?;
     certs::init(&certs, &[])?;
-    certs::issue(&certs, &EdgeId::new("bench-edge")?)?;
+    certs::issue_client(&certs, "bench-edge")?;
     let seconds = Duration::from_secs_f64(args.seconds);
 
     let quic = raw_quic(&certs, seconds).await?;

@@ -1,16 +1,18 @@
-//! The link's certificates: one CA per deployment, a server certificate for the hub, a client
-//! certificate per edge, all made with rcgen (ECDSA P-256) so that setting up mutual TLS is two
-//! commands and no openssl:
+//! Certificates: one CA per deployment, a server certificate for the hub's link endpoint and
+//! for each API endpoint, a client certificate per edge and per user, all made with rcgen
+//! (ECDSA P-256) so that setting up mutual TLS takes a few commands and no openssl:
 //!
 //! ```text
-//! appliance certs init --dir D [--san NAME]...   -> D/ca.pem D/ca.key D/hub.pem D/hub.key
-//! appliance certs issue EDGE_ID --dir D          -> D/EDGE_ID.pem D/EDGE_ID.key
+//! appliance certs init --dir D [--san NAME]...          -> D/ca.pem D/ca.key D/hub.pem D/hub.key
+//! appliance certs issue EDGE_ID --dir D                 -> D/EDGE_ID.pem D/EDGE_ID.key
+//! appliance certs server NAME --dir D [--san NAME]...   -> D/NAME.pem D/NAME.key (an API's)
+//! appliance certs client NAME --dir D                   -> D/NAME.pem D/NAME.key (User:NAME)
 //! ```
 //!
-//! The hub certificate names `localhost`, `127.0.0.1` and each `--san` (a DNS name or an IP
-//! address) and is for server authentication only; an edge certificate names the edge id as
-//! its common name and its only DNS name, and is for client authentication only. Keys are
-//! written readable by the owner alone, and nothing is ever overwritten.
+//! A server certificate names `localhost`, `127.0.0.1` and each `--san` (a DNS name or an IP
+//! address) and is for server authentication only; a client certificate names its edge id or
+//! user name as its common name and its only DNS name, and is for client authentication only.
+//! Keys are written readable by the owner alone, and nothing is ever overwritten.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,8 +21,24 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{EdgeId, LinkError};
+/// Why certificates could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} exists already; certificates and keys are never overwritten (move it away first)", path.display())]
+    Exists { path: PathBuf },
+    #[error("{what}: {reason}")]
+    Certificate { what: String, reason: String },
+}
 
 pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
@@ -37,7 +55,7 @@ pub struct Written {
 }
 
 /// Makes a CA and a hub certificate signed by it in `dir`. Returns the hub's files.
-pub fn init(dir: &Path, sans: &[String]) -> Result<(Written, Written), LinkError> {
+pub fn init(dir: &Path, sans: &[String]) -> Result<(Written, Written), CertError> {
     let ca = Written {
         cert: dir.join(CA_CERT),
         key: dir.join(CA_KEY),
@@ -64,56 +82,117 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<(Written, Written), LinkError
         .map_err(|e| failure("the CA", e))?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    for san in sans {
-        if !names.contains(san) {
-            names.push(san.clone());
-        }
-    }
-    let hub_key = generate_key("the hub")?;
-    let mut hub_params = params("the hub", names)?;
-    hub_params.distinguished_name = name("appliance hub");
-    hub_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let hub_cert = hub_params
-        .signed_by(&hub_key, &issuer)
-        .map_err(|e| failure("the hub", e))?;
-
     write_file(&ca.cert, ca_cert.pem().as_bytes(), false)?;
     write_file(&ca.key, issuer.key().serialize_pem().as_bytes(), true)?;
-    write_file(&hub.cert, hub_cert.pem().as_bytes(), false)?;
-    write_file(&hub.key, hub_key.serialize_pem().as_bytes(), true)?;
+    issue(dir, "hub", &issuer, Usage::Server { sans })?;
     Ok((ca, hub))
 }
 
-/// Makes a client certificate for `edge`, signed by the CA in `dir`.
-pub fn issue(dir: &Path, edge: &EdgeId) -> Result<Written, LinkError> {
-    let written = Written {
-        cert: dir.join(format!("{edge}.pem")),
-        key: dir.join(format!("{edge}.key")),
-    };
-    refuse_existing(&written.cert)?;
-    refuse_existing(&written.key)?;
+/// What a certificate is for.
+enum Usage<'a> {
+    /// A server's: it names localhost, 127.0.0.1 and these names.
+    Server { sans: &'a [String] },
+    /// A client's: its one name is the common name.
+    Client,
+}
+
+/// Makes a server certificate `NAME.pem` for an API endpoint, signed by the CA in `dir`.
+pub fn issue_server(dir: &Path, name: &str, sans: &[String]) -> Result<Written, CertError> {
+    issue(dir, name, &ca_issuer(dir)?, Usage::Server { sans })
+}
+
+/// Makes a client certificate `NAME.pem` whose common name is `name` (an edge id or a user
+/// name), signed by the CA in `dir`.
+pub fn issue_client(dir: &Path, name: &str) -> Result<Written, CertError> {
+    issue(dir, name, &ca_issuer(dir)?, Usage::Client)
+}
+
+fn ca_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
     let ca_cert_path = dir.join(CA_CERT);
     let ca_key_path = dir.join(CA_KEY);
     let ca_cert = read_text(&ca_cert_path)?;
     let ca_key = KeyPair::from_pem(&read_text(&ca_key_path)?)
         .map_err(|e| failure(&ca_key_path.display().to_string(), e))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key)
-        .map_err(|e| failure(&ca_cert_path.display().to_string(), e))?;
-    let what = format!("edge {edge}");
+    Issuer::from_ca_cert_pem(&ca_cert, ca_key)
+        .map_err(|e| failure(&ca_cert_path.display().to_string(), e))
+}
+
+fn issue(
+    dir: &Path,
+    file_name: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    usage: Usage<'_>,
+) -> Result<Written, CertError> {
+    let written = Written {
+        cert: dir.join(format!("{file_name}.pem")),
+        key: dir.join(format!("{file_name}.key")),
+    };
+    refuse_existing(&written.cert)?;
+    refuse_existing(&written.key)?;
+    let what = format!("the certificate {file_name}");
     let key = generate_key(&what)?;
-    let mut params = params(&what, vec![edge.to_string()])?;
-    params.distinguished_name = name(edge.as_str());
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let params = match usage {
+        Usage::Server { sans } => {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+            for san in sans {
+                if !names.contains(san) {
+                    names.push(san.clone());
+                }
+            }
+            let mut params = params(&what, names)?;
+            params.distinguished_name = name(&format!("appliance {file_name}"));
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            params
+        }
+        Usage::Client => {
+            let mut params = params(&what, vec![file_name.to_owned()])?;
+            params.distinguished_name = name(file_name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            params
+        }
+    };
     let cert = params
-        .signed_by(&key, &issuer)
+        .signed_by(&key, issuer)
         .map_err(|e| failure(&what, e))?;
     write_file(&written.cert, cert.pem().as_bytes(), false)?;
     write_file(&written.key, key.serialize_pem().as_bytes(), true)?;
     Ok(written)
 }
 
-fn params(what: &str, names: Vec<String>) -> Result<CertificateParams, LinkError> {
+/// The certificates of a PEM file, leaf first.
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| unusable(path, e))?;
+    if certs.is_empty() {
+        return Err(unusable(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| unusable(path, e))
+}
+
+/// The certificates of a PEM file as trust anchors.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, CertError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_chain(path)? {
+        roots.add(cert).map_err(|e| unusable(path, e))?;
+    }
+    Ok(roots)
+}
+
+/// A file that cannot serve as what it was given for.
+pub fn unusable(path: &Path, error: impl std::fmt::Display) -> CertError {
+    CertError::Certificate {
+        what: path.display().to_string(),
+        reason: error.to_string(),
+    }
+}
+
+fn params(what: &str, names: Vec<String>) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::new(names).map_err(|e| failure(what, e))?;
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
@@ -127,39 +206,39 @@ fn name(common_name: &str) -> DistinguishedName {
     name
 }
 
-fn generate_key(what: &str) -> Result<KeyPair, LinkError> {
+fn generate_key(what: &str) -> Result<KeyPair, CertError> {
     KeyPair::generate().map_err(|e| failure(&format!("a key for {what}"), e))
 }
 
-fn failure(what: &str, error: rcgen::Error) -> LinkError {
-    LinkError::Certificate {
+fn failure(what: &str, error: rcgen::Error) -> CertError {
+    CertError::Certificate {
         what: what.to_owned(),
         reason: error.to_string(),
     }
 }
 
-fn io(path: &Path, source: std::io::Error) -> LinkError {
-    LinkError::Io {
+fn io(path: &Path, source: std::io::Error) -> CertError {
+    CertError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn refuse_existing(path: &Path) -> Result<(), LinkError> {
+fn refuse_existing(path: &Path) -> Result<(), CertError> {
     if path.exists() {
-        return Err(LinkError::Exists {
+        return Err(CertError::Exists {
             path: path.to_path_buf(),
         });
     }
     Ok(())
 }
 
-fn read_text(path: &Path) -> Result<String, LinkError> {
+fn read_text(path: &Path) -> Result<String, CertError> {
     std::fs::read_to_string(path).map_err(|source| io(path, source))
 }
 
 /// Writes a new file (never replacing one), readable by the owner alone when it is `secret`.
-fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), LinkError> {
+fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -226,7 +305,7 @@ mod tests {
             ["localhost", "[127, 0, 0, 1]", "hub.example.net"]
         );
         assert_eq!(hub_names[3], "[10, 0, 0, 5]");
-        let edge = issue(dir.path(), &EdgeId::new("edge-7").unwrap()).unwrap();
+        let edge = issue_client(dir.path(), "edge-7").unwrap();
         let (edge_name, edge_names, edge_issuer, _) = describe(&edge.cert);
         assert_eq!(edge_name, "edge-7");
         assert_eq!(edge_names, ["edge-7"]);
@@ -240,14 +319,14 @@ mod tests {
     #[test]
     fn nothing_is_overwritten_and_issuing_needs_the_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let edge = EdgeId::new("edge-1").unwrap();
-        let missing = issue(dir.path(), &edge).unwrap_err().to_string();
+        let edge = "edge-1";
+        let missing = issue_client(dir.path(), edge).unwrap_err().to_string();
         assert!(missing.contains("ca.pem"), "{missing}");
         init(dir.path(), &[]).unwrap();
         let again = init(dir.path(), &[]).unwrap_err().to_string();
         assert!(again.contains("exists already"), "{again}");
-        issue(dir.path(), &edge).unwrap();
-        let twice = issue(dir.path(), &edge).unwrap_err().to_string();
+        issue_client(dir.path(), edge).unwrap();
+        let twice = issue_client(dir.path(), edge).unwrap_err().to_string();
         assert!(twice.contains("edge-1.pem exists already"), "{twice}");
     }
 }

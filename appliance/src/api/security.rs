@@ -1,0 +1,220 @@
+//! The `Security` service: tokens and ACLs (security::Tokens, security::Authorizer).
+
+use std::time::{Duration, SystemTime};
+
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::security_server::Security as SecurityApi;
+use tonic::{Request, Response, Status};
+
+use super::access::Calls;
+use super::error::invalid;
+use crate::security::{
+    self, CLUSTER, Grantee, Operation, PatternType, Permission, Principal, ResourceType, Rpc,
+    TokenId, TokenInfo,
+};
+
+#[derive(Debug)]
+pub struct SecurityService {
+    pub security: security::Security,
+    pub calls: Calls,
+}
+
+fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+fn token_message(token: TokenInfo) -> pb::Token {
+    pb::Token {
+        id: token.id.to_string(),
+        principal: token.principal.to_string(),
+        created_unix_ms: unix_ms(token.created),
+        expires_unix_ms: token.expires.map_or(0, unix_ms),
+        description: token.description,
+    }
+}
+
+fn acl(message: pb::Acl) -> Result<security::Acl, Status> {
+    let grantee: Grantee = message
+        .principal
+        .parse()
+        .map_err(|e: security::SecurityError| invalid("principal", e))?;
+    let resource_type = match message.resource_type() {
+        pb::ResourceType::Unspecified => {
+            return Err(invalid(
+                "resource_type",
+                "name a resource type: topic, group, pipeline, connector, plugin, link or cluster",
+            ));
+        }
+        pb::ResourceType::Topic => ResourceType::Topic,
+        pb::ResourceType::Group => ResourceType::Group,
+        pb::ResourceType::Pipeline => ResourceType::Pipeline,
+        pb::ResourceType::Connector => ResourceType::Connector,
+        pb::ResourceType::Plugin => ResourceType::Plugin,
+        pb::ResourceType::Link => ResourceType::Link,
+        pb::ResourceType::Cluster => ResourceType::Cluster,
+    };
+    let operation = match message.operation() {
+        pb::AclOperation::Unspecified => {
+            return Err(invalid(
+                "operation",
+                "name an operation: read, write, create, delete, alter, describe or all",
+            ));
+        }
+        pb::AclOperation::Read => Operation::Read,
+        pb::AclOperation::Write => Operation::Write,
+        pb::AclOperation::Create => Operation::Create,
+        pb::AclOperation::Delete => Operation::Delete,
+        pb::AclOperation::Alter => Operation::Alter,
+        pb::AclOperation::Describe => Operation::Describe,
+        pb::AclOperation::All => Operation::All,
+    };
+    let pattern_type = match message.pattern_type() {
+        pb::PatternType::Unspecified | pb::PatternType::Literal => PatternType::Literal,
+        pb::PatternType::Prefixed => PatternType::Prefixed,
+    };
+    let permission = match message.permission() {
+        pb::AclPermission::Unspecified | pb::AclPermission::Allow => Permission::Allow,
+        pb::AclPermission::Deny => Permission::Deny,
+    };
+    let pattern = if resource_type == ResourceType::Cluster && message.pattern.is_empty() {
+        CLUSTER.to_owned()
+    } else {
+        message.pattern
+    };
+    let acl = security::Acl {
+        grantee,
+        resource_type,
+        pattern_type,
+        pattern,
+        operation,
+        permission,
+    };
+    acl.validate()?;
+    Ok(acl)
+}
+
+fn acl_message(acl: security::Acl) -> pb::Acl {
+    let mut message = pb::Acl {
+        principal: acl.grantee.to_string(),
+        pattern: acl.pattern,
+        ..Default::default()
+    };
+    message.set_resource_type(match acl.resource_type {
+        ResourceType::Topic => pb::ResourceType::Topic,
+        ResourceType::Group => pb::ResourceType::Group,
+        ResourceType::Pipeline => pb::ResourceType::Pipeline,
+        ResourceType::Connector => pb::ResourceType::Connector,
+        ResourceType::Plugin => pb::ResourceType::Plugin,
+        ResourceType::Link => pb::ResourceType::Link,
+        ResourceType::Cluster => pb::ResourceType::Cluster,
+    });
+    message.set_pattern_type(match acl.pattern_type {
+        PatternType::Literal => pb::PatternType::Literal,
+        PatternType::Prefixed => pb::PatternType::Prefixed,
+    });
+    message.set_operation(match acl.operation {
+        Operation::Read => pb::AclOperation::Read,
+        Operation::Write => pb::AclOperation::Write,
+        Operation::Create => pb::AclOperation::Create,
+        Operation::Delete => pb::AclOperation::Delete,
+        Operation::Alter => pb::AclOperation::Alter,
+        Operation::Describe => pb::AclOperation::Describe,
+        Operation::All => pb::AclOperation::All,
+    });
+    message.set_permission(match acl.permission {
+        Permission::Allow => pb::AclPermission::Allow,
+        Permission::Deny => pb::AclPermission::Deny,
+    });
+    message
+}
+
+#[tonic::async_trait]
+impl SecurityApi for SecurityService {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreatedToken>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::CreateToken)?;
+        call.authorize(CLUSTER)?;
+        let principal = Principal::user(&request.name)?;
+        let lifetime =
+            (request.lifetime_ms > 0).then(|| Duration::from_millis(request.lifetime_ms));
+        let (info, secret) = self
+            .security
+            .tokens
+            .create(principal, lifetime, request.description)
+            .await?;
+        tracing::info!(id = %info.id, principal = %info.principal, "token created");
+        Ok(Response::new(pb::CreatedToken {
+            token: Some(token_message(info)),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let (call, _) = self.calls.start(request, Rpc::ListTokens)?;
+        call.authorize(CLUSTER)?;
+        let tokens = self.security.tokens.list();
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.into_iter().map(token_message).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::RevokeToken)?;
+        call.authorize(CLUSTER)?;
+        let id = TokenId::parse(&request.id)?;
+        let revoked = self.security.tokens.revoke(&id).await?;
+        tracing::info!(id = %revoked.id, principal = %revoked.principal, "token revoked");
+        Ok(Response::new(token_message(revoked)))
+    }
+
+    async fn create_acl(&self, request: Request<pb::Acl>) -> Result<Response<pb::Acl>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::CreateAcl)?;
+        call.authorize(CLUSTER)?;
+        let acl = acl(request)?;
+        self.security.authorizer.add(acl.clone()).await?;
+        tracing::info!(?acl, "ACL added");
+        Ok(Response::new(acl_message(acl)))
+    }
+
+    async fn list_acls(
+        &self,
+        request: Request<pb::ListAclsRequest>,
+    ) -> Result<Response<pb::ListAclsResponse>, Status> {
+        let (call, _) = self.calls.start(request, Rpc::ListAcls)?;
+        call.authorize(CLUSTER)?;
+        Ok(Response::new(pb::ListAclsResponse {
+            acls: self
+                .security
+                .authorizer
+                .list()
+                .into_iter()
+                .map(acl_message)
+                .collect(),
+        }))
+    }
+
+    async fn delete_acl(
+        &self,
+        request: Request<pb::Acl>,
+    ) -> Result<Response<pb::DeleteAclResponse>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::DeleteAcl)?;
+        call.authorize(CLUSTER)?;
+        let acl = acl(request)?;
+        if !self.security.authorizer.remove(&acl).await? {
+            return Err(Status::not_found(
+                "no such ACL: `appliance acl list` shows the ACLs in force",
+            ));
+        }
+        tracing::info!(?acl, "ACL removed");
+        Ok(Response::new(pb::DeleteAclResponse {}))
+    }
+}

@@ -1,0 +1,74 @@
+//! TLS of the gRPC API and the metrics endpoint: one certificate and key (PEM) for both, and
+//! optionally a CA whose client certificates authenticate their holders on the gRPC API (as
+//! `security::PrincipalRules` map them). Handshakes run concurrently, each within
+//! [`HANDSHAKE_TIMEOUT`], so a peer that stalls one holds only its own connection slot, and
+//! only until then.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use super::ApiError;
+use crate::security::certs;
+
+/// Longest a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API's TLS files.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// Client certificates chaining to this CA authenticate (optional: tokens still do).
+    pub client_ca: Option<&'a Path>,
+}
+
+/// TLS settings of the two endpoints.
+#[derive(Clone)]
+pub struct ApiTls {
+    pub grpc: ServerTlsConfig,
+    pub metrics: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for ApiTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiTls")
+    }
+}
+
+impl ApiTls {
+    /// Loads and checks the files: a bad one fails the start, saying which and why.
+    pub fn load(files: TlsFiles<'_>) -> Result<Self, ApiError> {
+        let chain = certs::read_chain(files.cert)?;
+        let key = certs::read_key(files.key)?;
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| certs::CertError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let mut grpc = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(files.cert)?, read(files.key)?))
+            .timeout(HANDSHAKE_TIMEOUT);
+        if let Some(ca) = files.client_ca {
+            certs::read_roots(ca)?;
+            grpc = grpc
+                .client_ca_root(Certificate::from_pem(read(ca)?))
+                .client_auth_optional(true);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut metrics = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| certs::unusable(files.cert, e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| certs::unusable(files.cert, e))?;
+        metrics.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            grpc,
+            metrics: tokio_rustls::TlsAcceptor::from(Arc::new(metrics)),
+        })
+    }
+}

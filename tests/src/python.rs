@@ -1,0 +1,100 @@
+//! Python clients the end-to-end tests drive (grpcio): a virtual environment in
+//! `tests/python/.venv` with `tests/python/requirements.txt`, made on first use (`.ci/run`
+//! makes it beforehand), and `grpc_call.py`, one call per run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
+
+fn python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
+}
+
+/// The virtual environment's interpreter, with the requirements installed (by `setup.sh`).
+pub fn python() -> anyhow::Result<PathBuf> {
+    let dir = python_dir();
+    // Test binaries run at once; one makes the environment while the others wait.
+    let lock_file = std::fs::File::create(dir.join(".venv.lock"))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| anyhow::anyhow!("locking tests/python/.venv.lock: {errno}"))?;
+    let output = Command::new("sh")
+        .arg(dir.join("setup.sh"))
+        .output()
+        .context("running tests/python/setup.sh")?;
+    if !output.status.success() {
+        bail!(
+            "tests/python/setup.sh (python3 with venv and pip, and PyPI, are needed) failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(dir.join(".venv").join("bin").join("python"))
+}
+
+/// Options of one grpcio call beyond its target, method and request.
+#[derive(Debug, Default, Clone)]
+pub struct CallOptions<'a> {
+    pub token: Option<&'a str>,
+    /// Use TLS, trusting this CA.
+    pub ca: Option<&'a Path>,
+    /// A client certificate and its key.
+    pub client_cert: Option<(&'a Path, &'a Path)>,
+    pub server_name: Option<&'a str>,
+}
+
+/// One call with Python's grpcio: `{"code": "OK", "response": {...}}` or
+/// `{"code": "...", "message": "..."}`. Blocks; inside a multi-threaded runtime it lets the
+/// runtime's other tasks run meanwhile.
+pub fn grpc_call(
+    target: &str,
+    method: &str,
+    request: &serde_json::Value,
+    options: &CallOptions<'_>,
+) -> anyhow::Result<serde_json::Value> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::block_in_place(|| call(target, method, request, options)),
+        Err(_) => call(target, method, request, options),
+    }
+}
+
+fn call(
+    target: &str,
+    method: &str,
+    request: &serde_json::Value,
+    options: &CallOptions<'_>,
+) -> anyhow::Result<serde_json::Value> {
+    let proto_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let mut command = Command::new(python()?);
+    command
+        .arg(python_dir().join("grpc_call.py"))
+        .arg(proto_root)
+        .arg(
+            target
+                .trim_start_matches("http://")
+                .trim_start_matches("https://"),
+        )
+        .arg(method)
+        .arg(request.to_string());
+    if let Some(token) = options.token {
+        command.arg("--token").arg(token);
+    }
+    if let Some(ca) = options.ca {
+        command.arg("--ca").arg(ca);
+    }
+    if let Some((cert, key)) = options.client_cert {
+        command.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    if let Some(name) = options.server_name {
+        command.arg("--server-name").arg(name);
+    }
+    let output = command.output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).with_context(|| {
+        format!(
+            "grpc_call.py {method} printed {stdout:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}

@@ -1,0 +1,455 @@
+//! Security end to end: bearer tokens, ACLs and the metrics endpoint, against a real
+//! appliance, with Python's grpcio as the client (and the appliance's own CLI to manage
+//! tokens and ACLs, as an operator does).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use appliance_e2e::Daemon;
+use appliance_e2e::python::{CallOptions, grpc_call};
+use serde_json::{Value, json};
+
+const CREATE_TOPIC: &str = "/appliance.v1.Topics/CreateTopic";
+const LIST_TOPICS: &str = "/appliance.v1.Topics/ListTopics";
+const PRODUCE: &str = "/appliance.v1.Records/Produce";
+const EXECUTE: &str = "/appliance.v1.Query/Execute";
+
+fn produce_request(topic: &str) -> Value {
+    // bytes are base64 in protobuf's JSON mapping: "aGk=" is "hi".
+    json!({"topic": topic, "records": [{"value": "aGk="}]})
+}
+
+/// Calls `method` as the holder of `token` (none: no credentials) and returns the status
+/// code's name and the message or response.
+fn call(
+    daemon: &Daemon,
+    token: Option<&str>,
+    method: &str,
+    request: Value,
+) -> anyhow::Result<(String, Value)> {
+    let answer = grpc_call(
+        &daemon.grpc_url,
+        method,
+        &request,
+        &CallOptions {
+            token,
+            ..CallOptions::default()
+        },
+    )?;
+    let code = answer["code"].as_str().context("a code")?.to_owned();
+    let detail = if code == "OK" {
+        answer["response"].clone()
+    } else {
+        answer["message"].clone()
+    };
+    Ok((code, detail))
+}
+
+fn code(
+    daemon: &Daemon,
+    token: Option<&str>,
+    method: &str,
+    request: Value,
+) -> anyhow::Result<String> {
+    Ok(call(daemon, token, method, request)?.0)
+}
+
+/// `appliance ARGS` as the admin; its standard output.
+fn admin(daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = daemon.cli(dir, args, b"")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "appliance {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_and_acls_decide_every_call_of_a_grpcio_client() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
+    let admin_token = daemon.token.clone();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("appliance-data/admin.token"))?.permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The admin token made at first start works; no token or a wrong one does not.
+    for topic in ["plant-1", "plant-secret", "office"] {
+        let created = call(
+            &daemon,
+            Some(&admin_token),
+            CREATE_TOPIC,
+            json!({"name": topic}),
+        )?;
+        assert_eq!(created.0, "OK", "{created:?}");
+    }
+    let (no_token, why) = call(&daemon, None, LIST_TOPICS, json!({}))?;
+    assert_eq!(no_token, "UNAUTHENTICATED");
+    assert!(why.as_str().unwrap_or_default().contains("Bearer"), "{why}");
+    let mut wrong = admin_token.clone();
+    wrong.replace_range(wrong.len() - 4.., "AAAA");
+    assert_eq!(
+        code(&daemon, Some(&wrong), LIST_TOPICS, json!({}))?,
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        code(&daemon, Some("not-a-token"), LIST_TOPICS, json!({}))?,
+        "UNAUTHENTICATED"
+    );
+
+    // A token without ACLs authenticates but is allowed nothing, and sees no topics.
+    let bob = admin(
+        &daemon,
+        dir.path(),
+        &["token", "create", "bob", "--expires", "1h"],
+    )?;
+    let (denied, why) = call(&daemon, Some(&bob), PRODUCE, produce_request("plant-1"))?;
+    assert_eq!(denied, "PERMISSION_DENIED");
+    let why = why.as_str().unwrap_or_default().to_owned();
+    assert!(
+        why.contains("User:bob may not write topic \"plant-1\""),
+        "{why}"
+    );
+    assert!(why.contains("appliance acl add"), "{why}");
+    let (listed, topics) = call(&daemon, Some(&bob), LIST_TOPICS, json!({}))?;
+    assert_eq!(listed, "OK");
+    assert_eq!(topics, json!({}), "bob sees no topic");
+
+    // A prefixed ACL allows what it covers, and a deny wins over it.
+    admin(
+        &daemon,
+        dir.path(),
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:bob",
+            "--topic",
+            "plant-",
+            "--prefixed",
+            "--operation",
+            "write",
+        ],
+    )?;
+    admin(
+        &daemon,
+        dir.path(),
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "*",
+            "--topic",
+            "plant-secret",
+            "--operation",
+            "write",
+            "--deny",
+        ],
+    )?;
+    assert_eq!(
+        code(&daemon, Some(&bob), PRODUCE, produce_request("plant-1"))?,
+        "OK"
+    );
+    assert_eq!(
+        code(&daemon, Some(&bob), PRODUCE, produce_request("office"))?,
+        "PERMISSION_DENIED"
+    );
+    let (denied, why) = call(
+        &daemon,
+        Some(&bob),
+        PRODUCE,
+        produce_request("plant-secret"),
+    )?;
+    assert_eq!(denied, "PERMISSION_DENIED");
+    assert!(
+        why.as_str()
+            .unwrap_or_default()
+            .contains("an ACL denies it"),
+        "{why}"
+    );
+    let (_, topics) = call(&daemon, Some(&bob), LIST_TOPICS, json!({}))?;
+    let names: Vec<&str> = topics["topics"]
+        .as_array()
+        .context("topics")?
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["plant-1", "plant-secret"],
+        "what bob may write he may describe"
+    );
+
+    // A query needs read on every topic it scans.
+    let sql =
+        json!({"sql": "SELECT count(*) AS n FROM \"plant-1\"", "format": "ANSWER_FORMAT_JSON"});
+    let (denied, why) = call(&daemon, Some(&bob), EXECUTE, sql.clone())?;
+    assert_eq!(denied, "PERMISSION_DENIED", "{why}");
+    assert!(
+        why.as_str()
+            .unwrap_or_default()
+            .contains("may not read topic \"plant-1\""),
+        "{why}"
+    );
+    admin(
+        &daemon,
+        dir.path(),
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:bob",
+            "--topic",
+            "plant-1",
+            "--operation",
+            "read",
+        ],
+    )?;
+    let (answered, answer) = call(&daemon, Some(&bob), EXECUTE, sql)?;
+    assert_eq!(answered, "OK", "{answer}");
+    assert!(
+        answer["json"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"n\":1"),
+        "{answer}"
+    );
+
+    // Only a super-user manages tokens and ACLs.
+    let by_bob = daemon.cli_as(dir.path(), &bob, &["token", "list"], b"")?;
+    assert_eq!(by_bob.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&by_bob.stderr).contains("PermissionDenied"));
+
+    // A revoked token is refused from the next call on; so is an expired one.
+    let listed = admin(&daemon, dir.path(), &["token", "list", "--json"])?;
+    let listed: Value = serde_json::from_str(&listed)?;
+    let bob_id = listed
+        .as_array()
+        .context("tokens")?
+        .iter()
+        .find(|t| t["principal"] == "User:bob")
+        .and_then(|t| t["id"].as_str())
+        .context("bob's token")?
+        .to_owned();
+    assert!(
+        !listed.to_string().contains(&bob[21..]),
+        "no secret in the list"
+    );
+    admin(&daemon, dir.path(), &["token", "revoke", &bob_id])?;
+    assert_eq!(
+        code(&daemon, Some(&bob), PRODUCE, produce_request("plant-1"))?,
+        "UNAUTHENTICATED"
+    );
+    let carol = admin(
+        &daemon,
+        dir.path(),
+        &["token", "create", "carol", "--expires", "1s"],
+    )?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (expired, why) = call(&daemon, Some(&carol), LIST_TOPICS, json!({}))?;
+    assert_eq!(expired, "UNAUTHENTICATED");
+    assert!(
+        why.as_str().unwrap_or_default().contains("expired"),
+        "{why}"
+    );
+
+    // The metrics endpoint wants a token too; health checks do not (probes send none).
+    let unauthenticated = daemon.get_metrics(None).await?;
+    assert!(
+        unauthenticated.starts_with("HTTP/1.1 401"),
+        "{unauthenticated}"
+    );
+    daemon.scrape_metrics().await?;
+    let channel = tonic::transport::Channel::from_shared(daemon.grpc_url.clone())?
+        .connect()
+        .await?;
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // No secret reaches the log.
+    let log = daemon.log_text();
+    for secret in [&admin_token, &bob, &carol] {
+        assert!(
+            !log.contains(&secret[21..]),
+            "a token's secret is in the log"
+        );
+    }
+    Ok(())
+}
+
+/// `appliance ARGS` in `dir` (no server), which must succeed.
+fn offline(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let output = appliance_e2e::run_to_end(dir, args)?;
+    anyhow::ensure!(
+        output.status.success(),
+        "appliance {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_client_certificates_and_hostile_handshakes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+
+    // Plaintext on an address other machines reach is refused at start, saying what to do.
+    let refused = appliance_e2e::run_to_end(
+        root,
+        &[
+            "run",
+            "--grpc-addr",
+            "0.0.0.0:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    )?;
+    assert_eq!(refused.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("--api-cert") && why.contains("appliance certs server"),
+        "{why}"
+    );
+
+    offline(root, &["certs", "init", "--dir", "tls"])?;
+    offline(root, &["certs", "server", "api", "--dir", "tls"])?;
+    // CN=alice.ops: the rule below maps it to User:alice.
+    offline(root, &["certs", "client", "alice.ops", "--dir", "tls"])?;
+    std::fs::write(
+        root.join("appliance.toml"),
+        "[api]\ntls-cert = \"tls/api.pem\"\ntls-key = \"tls/api.key\"\ntls-client-ca = \"tls/ca.pem\"\n\
+         [security]\nclient-principal-rules = ['RULE:^CN=([a-z]+)\\.ops$/$1/', 'DEFAULT']\n",
+    )?;
+    let daemon = Daemon::start_on_free_ports(root, &["--config", "appliance.toml"])?;
+    assert!(
+        daemon.grpc_url.starts_with("https://"),
+        "{}",
+        daemon.grpc_url
+    );
+    let ca = root.join("tls/ca.pem");
+    let (cert, key) = (
+        root.join("tls/alice.ops.pem"),
+        root.join("tls/alice.ops.key"),
+    );
+    let over_tls =
+        |token: Option<&str>, client_cert: Option<(&Path, &Path)>, method: &str, request: Value| {
+            let answer = grpc_call(
+                &daemon.grpc_url,
+                method,
+                &request,
+                &CallOptions {
+                    token,
+                    ca: Some(&ca),
+                    client_cert,
+                    server_name: Some("localhost"),
+                },
+            )?;
+            anyhow::Ok((
+                answer["code"].as_str().unwrap_or_default().to_owned(),
+                answer,
+            ))
+        };
+
+    // Over TLS with a token a call succeeds; the same call in plaintext does not get through.
+    let (created, answer) = over_tls(
+        Some(&daemon.token),
+        None,
+        CREATE_TOPIC,
+        json!({"name": "plant-1"}),
+    )?;
+    assert_eq!(created, "OK", "{answer}");
+    let plaintext = grpc_call(
+        &daemon.grpc_url,
+        LIST_TOPICS,
+        &json!({}),
+        &CallOptions {
+            token: Some(&daemon.token),
+            ..CallOptions::default()
+        },
+    )?;
+    assert_eq!(plaintext["code"], "UNAVAILABLE", "{plaintext}");
+
+    // A client certificate authenticates as the user its rule maps it to.
+    let (denied, answer) = over_tls(
+        None,
+        Some((&cert, &key)),
+        PRODUCE,
+        produce_request("plant-1"),
+    )?;
+    assert_eq!(denied, "PERMISSION_DENIED", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("User:alice may not write"),
+        "{answer}"
+    );
+    let granted = daemon.cli(
+        root,
+        &[
+            "acl",
+            "add",
+            "--server-ca",
+            "tls/ca.pem",
+            "--principal",
+            "User:alice",
+            "--topic",
+            "plant-1",
+            "--operation",
+            "write",
+        ],
+        b"",
+    )?;
+    assert!(
+        granted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    assert_eq!(
+        over_tls(
+            None,
+            Some((&cert, &key)),
+            PRODUCE,
+            produce_request("plant-1")
+        )?
+        .0,
+        "OK"
+    );
+
+    // Stalled and garbage handshakes on both endpoints are closed within the handshake
+    // timeout, and the process serves on.
+    let metrics_addr = daemon.metrics_addr.clone();
+    let grpc_addr = daemon.grpc_url.trim_start_matches("https://").to_owned();
+    let hostile = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut streams = Vec::new();
+        for addr in [&grpc_addr, &metrics_addr] {
+            // The first bytes of a ClientHello record, then nothing.
+            let mut stalled = std::net::TcpStream::connect(addr)?;
+            stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])?;
+            let mut garbage = std::net::TcpStream::connect(addr)?;
+            garbage.write_all(&[0x42; 300])?;
+            streams.extend([stalled, garbage]);
+        }
+        for stream in &mut streams {
+            anyhow::ensure!(
+                appliance_e2e::closed_by_server(stream, Duration::from_secs(20))?,
+                "a hostile handshake held its connection past the handshake timeout"
+            );
+        }
+        Ok(())
+    });
+    hostile.await??;
+    let (listed, answer) = over_tls(Some(&daemon.token), None, LIST_TOPICS, json!({}))?;
+    assert_eq!(listed, "OK", "{answer}");
+    Ok(())
+}
