@@ -123,7 +123,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         listen("metrics endpoint", config.api.metrics_addr).await?;
     // The epoch ticker outlives the pipelines: a guest only yields (and stops) on its ticks.
     let ticker = CancellationToken::new();
-    let plugins = Plugins::open(&config.data_dir, meta.clone(), ticker.clone())?;
+    let plugins = Plugins::open(
+        &config.data_dir,
+        meta.clone(),
+        config.security.secret_providers(),
+        ticker.clone(),
+    )?;
     let pipelines = Pipelines::open(
         log.clone(),
         meta.clone(),
@@ -139,7 +144,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let hub = config
         .link
         .hub()
-        .map(|options| Hub::start(&options, log.clone(), coordinator.clone(), shutdown.clone()))
+        .map(|options| {
+            Hub::start(
+                &options,
+                log.clone(),
+                coordinator.clone(),
+                security.clone(),
+                shutdown.clone(),
+            )
+        })
         .transpose()?;
     let links = Links::open(
         log.clone(),
@@ -178,6 +191,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let query_runtime = query::query_runtime(config.query.threads(), shutdown.clone())
         .map_err(|source| AppError::QueryRuntime { source })?;
+    let audit = api::Audit::open(log.clone()).await?;
     let query = query::Query::with_limits(log.clone(), config.query.limits(), query_runtime);
     let grpc_server = tokio::spawn(api::serve(
         grpc_listener,
@@ -192,6 +206,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             metrics,
             query,
             security,
+            audit,
         },
         config.api.connection_limits(),
         tls.map(|tls| tls.grpc),

@@ -80,6 +80,7 @@ use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
 use crate::plugin::Limits;
 use crate::query::QueryLimits;
 use crate::runtime::{ResourceName, RestartPolicies, RestartPolicy};
+use crate::security::secrets::SecretProviders;
 use crate::security::{self, Principal, PrincipalRules};
 
 const MIB: usize = 1024 * 1024;
@@ -242,6 +243,10 @@ pub struct SecuritySection {
     /// `ssl.principal.mapping.rules`: `RULE:PATTERN/REPLACEMENT/[LU]` or `DEFAULT` (the common
     /// name). Empty: `DEFAULT`.
     pub client_principal_rules: Vec<String>,
+    /// Directories whose files plugin configurations may name as `${file:PATH}`.
+    pub secret_dirs: Vec<PathBuf>,
+    /// Prefixes of the environment variables plugin configurations may name as `${env:NAME}`.
+    pub secret_env_prefixes: Vec<String>,
 }
 
 impl Default for SecuritySection {
@@ -249,6 +254,8 @@ impl Default for SecuritySection {
         Self {
             super_users: Principal::user(security::ADMIN).into_iter().collect(),
             client_principal_rules: Vec::new(),
+            secret_dirs: vec![PathBuf::from("/etc/appliance/secrets")],
+            secret_env_prefixes: vec!["APPLIANCE_SECRET_".to_owned()],
         }
     }
 }
@@ -256,6 +263,10 @@ impl Default for SecuritySection {
 impl SecuritySection {
     pub fn super_users(&self) -> HashSet<Principal> {
         self.super_users.iter().cloned().collect()
+    }
+
+    pub fn secret_providers(&self) -> SecretProviders {
+        SecretProviders::new(self.secret_dirs.clone(), self.secret_env_prefixes.clone())
     }
 
     /// The parsed rules; `validate` has checked them.
@@ -412,6 +423,8 @@ pub struct LinkSection {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The CA's key, on a hub that enrolls edges by join token (it signs their certificates).
+    pub ca_key: Option<PathBuf>,
     /// How long a link connection may hear nothing from its peer before it is given up.
     pub idle_timeout_ms: u64,
 }
@@ -424,6 +437,7 @@ impl Default for LinkSection {
             ca: None,
             cert: None,
             key: None,
+            ca_key: None,
             idle_timeout_ms: crate::link::tls::DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
         }
     }
@@ -442,6 +456,7 @@ impl LinkSection {
                 ca: ca.clone(),
                 cert: cert.clone(),
                 key: key.clone(),
+                ca_key: self.ca_key.clone(),
                 idle_timeout: self.idle_timeout(),
             }),
             _ => None,

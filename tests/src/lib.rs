@@ -138,9 +138,15 @@ impl Daemon {
 
     /// Starts `appliance run ARGS` in `dir` and waits until it logs that it is ready.
     pub fn start(dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    /// [`Daemon::start`], with these environment variables set.
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut child = appliance(dir)?
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -467,6 +473,8 @@ pub const LINK: &str = "to-hub";
 pub struct Deployment {
     dir: tempfile::TempDir,
     port: u16,
+    /// The edges whose certificates it made, which the hub lets fill their mirrors.
+    edges: Vec<String>,
     /// The edges' `[link] idle-timeout-ms`, when a test wants cuts to end connections sooner.
     edge_idle_timeout_ms: Option<u64>,
 }
@@ -477,6 +485,7 @@ impl Deployment {
         let deployment = Self {
             dir: tempfile::tempdir()?,
             port: free_udp_port()?,
+            edges: edges.iter().map(|edge| edge.to_string()).collect(),
             edge_idle_timeout_ms: None,
         };
         make_certs(deployment.root(), "certs", edges)?;
@@ -502,8 +511,29 @@ impl Deployment {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts (or, on the same data directory, restarts) the hub on its link address.
+    /// Starts (or, on the same data directory, restarts) the hub on its link address; each
+    /// edge may fill its mirrors there (write on `EDGE.*`) and receive every hub topic.
     pub fn start_hub(&self) -> anyhow::Result<Daemon> {
+        let hub = self.start_hub_without_acls()?;
+        for edge in &self.edges {
+            let principal = format!("Edge:{edge}");
+            let mirrors = format!("{edge}.");
+            let grants: [&[&str]; 2] = [
+                &["--topic", &mirrors, "--prefixed", "--operation", "write"],
+                &["--topic", "*", "--operation", "read"],
+            ];
+            for grant in grants {
+                let mut args = vec!["acl", "add", "--principal", &principal];
+                args.extend_from_slice(grant);
+                cli_ok(&hub, self.root(), &args, b"")?;
+            }
+        }
+        Ok(hub)
+    }
+
+    /// [`Deployment::start_hub`] without granting the edges anything. Either hub enrolls
+    /// edges by join token (it has the CA's key).
+    pub fn start_hub_without_acls(&self) -> anyhow::Result<Daemon> {
         let args = [
             "--data-dir",
             "hub-data",
@@ -517,6 +547,8 @@ impl Deployment {
             "certs/hub.pem",
             "--link-key",
             "certs/hub.key",
+            "--link-ca-key",
+            "certs/ca.key",
         ]
         .map(str::to_owned);
         let hub = start_in_runtime(self.root(), &args)?;

@@ -166,7 +166,11 @@ async fn produce_100k_keyed_records_and_consume_them_back_in_order() -> anyhow::
 
     let listed = daemon.cli(dir.path(), &["topic", "list", "--json"], b"")?;
     let topics: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
-    let records: u64 = topics[0]["partitions"]
+    let events = topics
+        .as_array()
+        .and_then(|topics| topics.iter().find(|topic| topic["name"] == "events"))
+        .context("events listed")?;
+    let records: u64 = events["partitions"]
         .as_array()
         .context("partitions")?
         .iter()

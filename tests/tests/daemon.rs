@@ -56,7 +56,8 @@ fn declared_topics_are_created_and_survive_a_sigkill() -> anyhow::Result<()> {
         ],
     )?;
     assert!(
-        daemon.log_text().contains("topics=1"),
+        // sensors, and the `_audit` topic every appliance has
+        daemon.log_text().contains("topics=2"),
         "{}",
         daemon.log_text()
     );

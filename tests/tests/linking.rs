@@ -641,3 +641,235 @@ async fn hub_and_edge_killed_mid_transfer_lose_and_repeat_nothing() -> anyhow::R
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// What an edge may mirror to the hub and receive from it: its ACLs on the hub
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hub_takes_and_sends_only_what_an_edges_acls_allow() -> anyhow::Result<()> {
+    let deployment = Deployment::new(&["plant-1"])?;
+    let root = deployment.root();
+    let hub = deployment.start_hub_without_acls()?;
+    let hub_channel = hub.channel().await?;
+    for topic in ["commands", "secrets"] {
+        cli_ok(&hub, root, &["topic", "create", topic], b"")?;
+        produce(&hub_channel, topic, "hub", 0, 0..5).await?;
+    }
+    let edge = deployment.start_edge("plant-1", 1)?;
+    let edge_channel = edge.channel().await?;
+    produce(&edge_channel, "sensors", "plant-1", 0, 0..20).await?;
+    deployment.link(
+        &edge,
+        "plant-1",
+        &deployment.hub_addr(),
+        &["--downstream", "commands|secrets"],
+    )?;
+
+    // Nothing granted: the hub refuses the mirror, saying what would grant it, and sends
+    // nothing down.
+    let deadline = Deadline::new("plant-1's sensors refused by the hub");
+    loop {
+        let status = link_status(&edge, root, LINK)?;
+        let refused = status_partitions(&status, "up", "sensors").iter().any(|p| {
+            p["last_error"].as_str().is_some_and(|e| {
+                e.contains("Edge:plant-1 may not write topic plant-1.sensors")
+                    && e.contains("appliance acl add")
+            })
+        });
+        if status["state"] == "connected" && refused {
+            break;
+        }
+        deadline.pause(&status).await?;
+    }
+    assert!(
+        !topic_names(&hub_channel)
+            .await?
+            .contains(&"plant-1.sensors".to_owned())
+    );
+    assert!(
+        topic_names(&edge_channel)
+            .await?
+            .iter()
+            .all(|t| !t.starts_with("hub."))
+    );
+
+    // Write on its mirrors and read on `commands`: those flow from the next session on;
+    // `secrets` stays on the hub.
+    let grants: [&[&str]; 2] = [
+        &["--topic", "plant-1.", "--prefixed", "--operation", "write"],
+        &["--topic", "commands", "--operation", "read"],
+    ];
+    for grant in grants {
+        let mut args = vec!["acl", "add", "--principal", "Edge:plant-1"];
+        args.extend_from_slice(grant);
+        cli_ok(&hub, root, &args, b"")?;
+    }
+    cli_ok(&edge, root, &["link", "pause", LINK], b"")?;
+    cli_ok(&edge, root, &["link", "resume", LINK], b"")?;
+    wait_mirrored(&edge_channel, "sensors", &hub_channel, "plant-1.sensors").await?;
+    let deadline = Deadline::new("hub.commands on plant-1");
+    while mirrored_records(&edge_channel, "hub.commands")
+        .await
+        .unwrap_or(0)
+        < 5
+    {
+        deadline.pause("waiting").await?;
+    }
+    assert!(
+        !topic_names(&edge_channel)
+            .await?
+            .contains(&"hub.secrets".to_owned()),
+        "a hub topic the edge may not read is not sent down"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_edge_is_cut_off_and_a_new_certificate_links_again() -> anyhow::Result<()> {
+    let deployment = Deployment::new(&["plant-2"])?;
+    let root = deployment.root();
+    let hub = deployment.start_hub()?;
+    let hub_channel = hub.channel().await?;
+    let edge = deployment.start_edge("plant-2", 1)?;
+    let edge_channel = edge.channel().await?;
+    produce(&edge_channel, "sensors", "plant-2", 0, 0..10).await?;
+    deployment.link(&edge, "plant-2", &deployment.hub_addr(), &[])?;
+    wait_mirrored(&edge_channel, "sensors", &hub_channel, "plant-2.sensors").await?;
+
+    // Revoked: its session is closed within seconds and its handshakes refused after.
+    cli_ok(&hub, root, &["link", "revoke", "plant-2"], b"")?;
+    let deadline = Deadline::new("plant-2 cut off and refused");
+    loop {
+        let status = link_status(&edge, root, LINK)?;
+        let edge_on_hub = hub_edge(&hub, root, "plant-2")?;
+        let refused = status.to_string().contains("revoked on the hub");
+        if refused && edge_on_hub.is_some_and(|e| e["connected"] == false) {
+            break;
+        }
+        deadline.pause(&status).await?;
+    }
+    produce(&edge_channel, "sensors", "plant-2", 0, 10..20).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mirrored_records(&hub_channel, "plant-2.sensors").await?, 10);
+
+    // A certificate issued after the revocation (a second later, at least) links again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for file in ["certs/plant-2.pem", "certs/plant-2.key"] {
+        std::fs::remove_file(root.join(file))?;
+    }
+    let issued = appliance_e2e::run_to_end(root, &["certs", "issue", "plant-2", "--dir", "certs"])?;
+    assert!(issued.status.success(), "{issued:?}");
+    cli_ok(&edge, root, &["link", "delete", LINK], b"")?;
+    deployment.link(&edge, "plant-2", &deployment.hub_addr(), &[])?;
+    wait_mirrored(&edge_channel, "sensors", &hub_channel, "plant-2.sensors").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_enrolled_by_join_token_links_and_a_token_works_once() -> anyhow::Result<()> {
+    let deployment = Deployment::new(&[])?;
+    let root = deployment.root();
+    let hub = deployment.start_hub()?;
+    let hub_channel = hub.channel().await?;
+    cli_ok(
+        &hub,
+        root,
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "Edge:plant-9",
+            "--topic",
+            "plant-9.",
+            "--prefixed",
+            "--operation",
+            "write",
+        ],
+        b"",
+    )?;
+    let token = cli_ok(
+        &hub,
+        root,
+        &["link", "join-token", "create", "plant-9"],
+        b"",
+    )?;
+    let token = token.trim();
+    let edge = deployment.start_edge("plant-9", 2)?;
+    let edge_channel = edge.channel().await?;
+    produce(&edge_channel, "sensors", "plant-9", 1, 0..50).await?;
+
+    // The edge makes its key, the hub signs its certificate: nothing secret was copied.
+    let enroll = |token: &str, dir: &str| {
+        appliance_e2e::run_to_end(
+            root,
+            &[
+                "link",
+                "enroll",
+                "--hub",
+                &deployment.hub_addr(),
+                "--join-token",
+                token,
+                "--dir",
+                dir,
+            ],
+        )
+    };
+    let enrolled = enroll(token, "plant-9-link")?;
+    let said = String::from_utf8_lossy(&enrolled.stdout);
+    assert!(enrolled.status.success(), "{enrolled:?}");
+    assert!(said.contains("enrolled as edge plant-9"), "{said}");
+    let key = root.join("plant-9-link/plant-9.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    cli_ok(
+        &edge,
+        root,
+        &[
+            "link",
+            "create",
+            LINK,
+            "--hub",
+            &deployment.hub_addr(),
+            "--topics",
+            "sensors",
+            "--ca",
+            "plant-9-link/ca.pem",
+            "--cert",
+            "plant-9-link/plant-9.pem",
+            "--key",
+            "plant-9-link/plant-9.key",
+        ],
+        b"",
+    )?;
+    wait_mirrored(&edge_channel, "sensors", &hub_channel, "plant-9.sensors").await?;
+
+    // A used token, an expired one and a malformed one are refused, each saying why.
+    let reused = enroll(token, "again")?;
+    assert!(!reused.status.success());
+    assert!(
+        String::from_utf8_lossy(&reused.stderr).contains("used already"),
+        "{reused:?}"
+    );
+    let short = cli_ok(
+        &hub,
+        root,
+        &["link", "join-token", "create", "plant-9", "--expires", "1s"],
+        b"",
+    )?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expired = enroll(short.trim(), "late")?;
+    assert!(
+        String::from_utf8_lossy(&expired.stderr).contains("expired"),
+        "{expired:?}"
+    );
+    let malformed = enroll("apj_nonsense", "bad")?;
+    assert!(
+        String::from_utf8_lossy(&malformed.stderr).contains("apj_<id>_<secret>_<pin>"),
+        "{malformed:?}"
+    );
+    assert!(!root.join("again").exists() && !root.join("late").exists());
+
+    // The hub's log and audit show the token's id, never the token.
+    assert!(!hub.log_text().contains(token));
+    Ok(())
+}

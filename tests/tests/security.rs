@@ -3,11 +3,13 @@
 //! tokens and ACLs, as an operator does).
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use appliance_e2e::Daemon;
 use appliance_e2e::python::{CallOptions, grpc_call};
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::records_client::RecordsClient;
 use serde_json::{Value, json};
 
 const CREATE_TOPIC: &str = "/appliance.v1.Topics/CreateTopic";
@@ -256,6 +258,79 @@ async fn tokens_and_acls_decide_every_call_of_a_grpcio_client() -> anyhow::Resul
         "{why}"
     );
 
+    // Failed authentications, denials and changes are in the `_audit` topic, queried with SQL.
+    let audit_sql = json!({
+        "sql": "SELECT principal, method, resource, detail, result FROM \"_audit\" ORDER BY _offset",
+        "format": "ANSWER_FORMAT_JSON"
+    });
+    let (answered, answer) = call(&daemon, Some(&admin_token), EXECUTE, audit_sql.clone())?;
+    assert_eq!(answered, "OK", "{answer}");
+    let rows: Vec<Value> = serde_json::from_str(answer["json"].as_str().context("json rows")?)?;
+    let has = |principal: Value, method: &str, resource: Value, result: &str| {
+        rows.iter().any(|row| {
+            row["principal"] == principal
+                && row["method"] == method
+                && row["resource"] == resource
+                && row["result"] == result
+        })
+    };
+    assert!(
+        has(json!("User:admin"), "CreateTopic", json!("plant-1"), "done"),
+        "{rows:?}"
+    );
+    assert!(
+        has(json!("User:bob"), "Produce", json!("plant-1"), "denied"),
+        "{rows:?}"
+    );
+    assert!(
+        has(
+            json!("User:bob"),
+            "Produce",
+            json!("plant-secret"),
+            "denied"
+        ),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|row| row["method"] == "RevokeToken"
+            && row["result"] == "done"
+            && row["detail"] == format!("token {bob_id} of User:bob")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|row| row["method"] == "CreateAcl"
+            && row["detail"] == "deny * write topic plant-secret (literal)"),
+        "{rows:?}"
+    );
+    assert!(
+        has(Value::Null, "ListTopics", Value::Null, "unauthenticated"),
+        "{rows:?}"
+    );
+    assert!(
+        !rows
+            .iter()
+            .any(|row| row["method"] == "ListTopics" && row["result"] != "unauthenticated"),
+        "reads that succeed are not audited: {rows:?}"
+    );
+    let (denied, _) = call(&daemon, Some(&carol), EXECUTE, audit_sql)?;
+    assert_eq!(denied, "UNAUTHENTICATED");
+    let (forged, why) = call(
+        &daemon,
+        Some(&admin_token),
+        PRODUCE,
+        produce_request("_audit"),
+    )?;
+    assert_eq!(
+        forged, "PERMISSION_DENIED",
+        "not even a super-user writes the audit"
+    );
+    assert!(
+        why.as_str()
+            .unwrap_or_default()
+            .contains("written only by the appliance"),
+        "{why}"
+    );
+
     // The metrics endpoint wants a token too; health checks do not (probes send none).
     let unauthenticated = daemon.get_metrics(None).await?;
     assert!(
@@ -451,5 +526,341 @@ async fn tls_client_certificates_and_hostile_handshakes() -> anyhow::Result<()> 
     hostile.await??;
     let (listed, answer) = over_tls(Some(&daemon.token), None, LIST_TOPICS, json!({}))?;
     assert_eq!(listed, "OK", "{answer}");
+    Ok(())
+}
+
+/// Produces `request` as fast as answers come for `run`: the payload bytes a second.
+async fn produce_for(
+    channel: appliance_e2e::Channel,
+    request: pb::ProduceRequest,
+    run: Duration,
+) -> anyhow::Result<f64> {
+    let payload: usize = request
+        .records
+        .iter()
+        .map(|record| record.value.as_ref().map_or(0, |value| value.len()))
+        .sum();
+    let mut client = RecordsClient::new(channel);
+    let started = Instant::now();
+    let mut bytes = 0;
+    while started.elapsed() < run {
+        client.produce(request.clone()).await?;
+        bytes += payload;
+    }
+    Ok(bytes as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quota_paces_one_producer_and_not_another() -> anyhow::Result<()> {
+    const QUOTA: f64 = 200_000.0;
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
+    admin(&daemon, dir.path(), &["topic", "create", "meters"])?;
+    let slow = admin(&daemon, dir.path(), &["token", "create", "slow"])?;
+    let fast = admin(&daemon, dir.path(), &["token", "create", "fast"])?;
+    admin(
+        &daemon,
+        dir.path(),
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "*",
+            "--topic",
+            "meters",
+            "--operation",
+            "write",
+        ],
+    )?;
+    admin(
+        &daemon,
+        dir.path(),
+        &[
+            "quota",
+            "set",
+            "User:slow",
+            "--produce-bytes-per-sec",
+            &QUOTA.to_string(),
+        ],
+    )?;
+    let listed: Value =
+        serde_json::from_str(&admin(&daemon, dir.path(), &["quota", "list", "--json"])?)?;
+    assert_eq!(
+        listed,
+        json!([{"principal": "User:slow", "produce_bytes_per_sec": 200000,
+                "fetch_bytes_per_sec": null, "requests_per_sec": null}])
+    );
+
+    // 20 records of 1000 bytes a request: a tenth of the quota.
+    let request = pb::ProduceRequest {
+        topic: "meters".into(),
+        records: (0..20)
+            .map(|_| pb::Record {
+                value: Some(vec![b'x'; 1000].into()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let run = Duration::from_secs(5);
+    let (slow_rate, fast_rate) = tokio::try_join!(
+        produce_for(
+            appliance_e2e::connect(&daemon.grpc_url, &slow).await?,
+            request.clone(),
+            run
+        ),
+        produce_for(
+            appliance_e2e::connect(&daemon.grpc_url, &fast).await?,
+            request,
+            run
+        ),
+    )?;
+    eprintln!("quota {QUOTA} B/s: slow produced {slow_rate:.0} B/s, fast {fast_rate:.0} B/s");
+    assert!(
+        (QUOTA * 0.8..=QUOTA * 1.2).contains(&slow_rate),
+        "slow produced {slow_rate:.0} B/s against a quota of {QUOTA}"
+    );
+    assert!(
+        fast_rate > QUOTA * 2.0,
+        "fast, without a quota, produced only {fast_rate:.0} B/s"
+    );
+
+    let metrics = daemon.scrape_metrics().await?;
+    let throttled = |principal: &str| {
+        metrics.lines().any(|line| {
+            line.starts_with(&format!(
+                "appliance_principal_throttle_seconds_total{{principal=\"{principal}\",usage=\"ProduceBytes\"}}"
+            ))
+        })
+    };
+    assert!(throttled("User:slow"), "{metrics}");
+    assert!(!throttled("User:fast"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "appliance_principal_usage_total{principal=\"User:fast\",usage=\"ProduceBytes\"}"
+        ),
+        "{metrics}"
+    );
+
+    admin(&daemon, dir.path(), &["quota", "remove", "User:slow"])?;
+    assert_eq!(
+        admin(&daemon, dir.path(), &["quota", "list", "--json"])?,
+        "[]"
+    );
+    Ok(())
+}
+
+/// Whether `needle` occurs in any file under `dir`.
+fn found_in_files(dir: &Path, needle: &[u8]) -> anyhow::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let found = if path.is_dir() {
+            found_in_files(&path, needle)?
+        } else {
+            std::fs::read(&path)?
+                .windows(needle.len())
+                .any(|window| window == needle)
+        };
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_from_providers_reach_plugins_and_nothing_else() -> anyhow::Result<()> {
+    const FILE_SECRET: &str = "Fz7-file-secret-0193";
+    const ENV_SECRET: &str = "Env-secret-55ab";
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    std::fs::create_dir(root.join("secrets"))?;
+    std::fs::write(root.join("secrets/site"), format!("{FILE_SECRET}\n"))?;
+    std::fs::write(
+        root.join("appliance.toml"),
+        "[security]\nsecret-dirs = [\"secrets\"]\n",
+    )?;
+    let daemon = Daemon::start_with_env(
+        root,
+        &[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--config",
+            "appliance.toml",
+        ],
+        &[("APPLIANCE_SECRET_RATE", ENV_SECRET)],
+    )?;
+    let reference = format!("${{file:{}}}", root.join("secrets/site").display());
+    admin(&daemon, root, &["topic", "create", "readings"])?;
+
+    // A transform of a connector gets the file's contents: it stamps them on every record.
+    let transform = format!("insert-field:static.field=site,static.value={reference}");
+    admin(
+        &daemon,
+        root,
+        &[
+            "connector",
+            "create",
+            "meters",
+            "--plugin",
+            "generator",
+            "--topic",
+            "readings",
+            "--config",
+            "rate=50",
+            "--transform",
+            &transform,
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let consumed = admin(
+            &daemon,
+            root,
+            &[
+                "consume",
+                "readings",
+                "--from-beginning",
+                "--max",
+                "1",
+                "--json",
+            ],
+        )?;
+        if consumed.contains(FILE_SECRET) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no stamped record: {consumed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // What is stored and answered is the reference.
+    let status = admin(&daemon, root, &["connector", "status", "meters", "--json"])?;
+    assert!(status.contains(&reference), "{status}");
+    assert!(!status.contains(FILE_SECRET), "{status}");
+
+    // A plugin that quotes the value it refuses is answered with the value redacted.
+    let refused = daemon.cli(
+        root,
+        &[
+            "connector",
+            "create",
+            "rated",
+            "--plugin",
+            "generator",
+            "--topic",
+            "readings",
+            "--config",
+            "rate=${env:APPLIANCE_SECRET_RATE}",
+        ],
+        b"",
+    )?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        why.contains("[redacted]") && !why.contains(ENV_SECRET),
+        "{why}"
+    );
+
+    // References outside the allowed directories and prefixes are refused, saying why.
+    for (setting, fix) in [
+        ("rate=${env:HOME}", "secret-env-prefixes"),
+        ("rate=${file:/etc/hostname}", "secret-dirs"),
+        ("rate=${vault:x}", "is not a secret reference"),
+    ] {
+        let refused = daemon.cli(
+            root,
+            &[
+                "connector",
+                "create",
+                "x",
+                "--plugin",
+                "generator",
+                "--topic",
+                "readings",
+                "--config",
+                setting,
+            ],
+            b"",
+        )?;
+        let why = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && why.contains(fix),
+            "{setting}: {why}"
+        );
+    }
+
+    let log = daemon.log_text();
+    for secret in [FILE_SECRET, ENV_SECRET] {
+        assert!(!log.contains(secret), "{secret} in the log");
+        assert!(
+            !found_in_files(&root.join("appliance-data/meta"), secret.as_bytes())?,
+            "{secret} in the metadata store"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_passwords_are_kept_as_credentials_only() -> anyhow::Result<()> {
+    const PASSWORD: &str = "correct horse battery";
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let daemon = Daemon::start_on_free_ports(root, &[])?;
+
+    // From standard input (never a flag), or from a file.
+    let created = daemon.cli(
+        root,
+        &["user", "create", "bob"],
+        format!("{PASSWORD}\n").as_bytes(),
+    )?;
+    assert!(created.status.success(), "{created:?}");
+    std::fs::write(root.join("alice.pw"), "another good password\n")?;
+    admin(
+        &daemon,
+        root,
+        &["user", "create", "alice", "--password-file", "alice.pw"],
+    )?;
+    let again = daemon.cli(root, &["user", "create", "bob"], b"whatever it is\n")?;
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists already"),
+        "{again:?}"
+    );
+    let weak = daemon.cli(root, &["user", "password", "bob"], b"short\n")?;
+    assert!(
+        String::from_utf8_lossy(&weak.stderr).contains("fewer than 8"),
+        "{weak:?}"
+    );
+
+    let listed: Value = serde_json::from_str(&admin(&daemon, root, &["user", "list", "--json"])?)?;
+    let principals: Vec<&str> = listed
+        .as_array()
+        .context("users")?
+        .iter()
+        .filter_map(|u| u["principal"].as_str())
+        .collect();
+    assert_eq!(principals, ["User:alice", "User:bob"]);
+    admin(&daemon, root, &["user", "delete", "alice"])?;
+
+    // The password is nowhere: not in answers, the log, the metadata store or the audit.
+    assert!(!listed.to_string().contains(PASSWORD));
+    assert!(!daemon.log_text().contains(PASSWORD));
+    let data = root.join("appliance-data");
+    assert!(
+        !found_in_files(&data, PASSWORD.as_bytes())?,
+        "the password is stored"
+    );
+    let audit = json!({
+        "sql": "SELECT method, detail FROM \"_audit\" WHERE result = 'done'",
+        "format": "ANSWER_FORMAT_JSON"
+    });
+    let (answered, answer) = call(&daemon, Some(&daemon.token), EXECUTE, audit)?;
+    assert_eq!(answered, "OK", "{answer}");
+    let rows = answer["json"].as_str().unwrap_or_default();
+    assert!(
+        rows.contains("user User:bob") && rows.contains("DeleteUser"),
+        "{rows}"
+    );
     Ok(())
 }

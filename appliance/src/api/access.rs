@@ -1,62 +1,222 @@
-//! Who may call what: every request's bearer token is authenticated by an interceptor in
-//! front of every service but health; each method then starts a [`Call`], which times it and
-//! asks `security/` (its table of what each method needs) before the method does anything.
+//! Who may call what, and how fast: a [`Guard`] in front of every service but health
+//! authenticates each request (bearer token or client certificate) and paces it by its
+//! principal's request quota; each method then starts a [`Call`], which times it and asks
+//! `security/` (its table of what each method needs) before the method does anything, and
+//! whose [`Throttle`] paces the bytes it produces or fetches. The guard writes the audit
+//! record (`audit.rs`) of a failed authentication, a denial or a change once the method
+//! answered.
 
-use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Status};
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use rustls::pki_types::CertificateDer;
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Code, Request, Status};
+use tower::Service;
+
+use super::audit::{self, AUDIT_TOPIC, Audit, Note, Outcome};
 
 use super::metrics::{Metrics, Timer};
 use crate::security::{
-    Authorizer, Denial, Operation, Principal, ResourceType, Rpc, Security, TokenRefusal, Tokens,
+    Authorizer, Denial, Operation, Principal, Quotas, ResourceType, Rpc, Security, TokenRefusal,
+    Tokens, Usage,
 };
 
-/// The interceptor that finds a request's principal: its `authorization: Bearer TOKEN`, else
-/// the client certificate it came with over TLS.
+/// What every service is wrapped in: finds the request's principal (its `authorization:
+/// Bearer TOKEN`, else the client certificate it came with over TLS) or answers
+/// UNAUTHENTICATED, and writes the audit record of what happened once the method answered.
 #[derive(Debug, Clone)]
-pub struct Authenticate {
-    pub security: Security,
+pub struct Guard<S> {
+    inner: S,
+    guards: Guards,
 }
 
-impl Authenticate {
-    fn principal(&self, request: &Request<()>) -> Result<Principal, Status> {
+/// Makes guards.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    pub security: Security,
+    pub audit: Audit,
+    pub metrics: Metrics,
+}
+
+impl Guards {
+    /// `service`, behind a guard.
+    pub fn guard<S>(&self, service: S) -> Guard<S> {
+        Guard {
+            inner: service,
+            guards: self.clone(),
+        }
+    }
+}
+
+/// Paces one principal's use by its quotas, and counts it.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    principal: Principal,
+    quotas: Quotas,
+    metrics: Metrics,
+}
+
+impl Throttle {
+    /// Counts `amount` of `usage` and waits as long as the principal's quota says.
+    pub async fn charge(&self, usage: Usage, amount: u64) {
+        let wait = self
+            .quotas
+            .charge(&self.principal, usage, amount, Instant::now());
+        self.metrics.used(&self.principal, usage, amount, wait);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for Guard<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The address and the client certificates of a request's connection.
+fn peer<B>(request: &http::Request<B>) -> (Option<SocketAddr>, Option<CertificateDer<'static>>) {
+    let extensions = request.extensions();
+    if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        let certificate = tls.peer_certs().and_then(|certs| certs.first().cloned());
+        return (tls.get_ref().remote_addr(), certificate);
+    }
+    let addr = extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr);
+    (addr, None)
+}
+
+impl<S> Guard<S> {
+    fn principal<B>(
+        &self,
+        request: &http::Request<B>,
+        certificate: Option<CertificateDer<'static>>,
+    ) -> Result<Principal, Status> {
         let header = request
-            .metadata()
-            .get("authorization")
+            .headers()
+            .get(http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
         if header.is_none()
-            && let Some(certificate) = request.peer_certs().and_then(|c| c.first().cloned())
+            && let Some(certificate) = certificate
         {
             return self
+                .guards
                 .security
                 .client_principals
                 .principal(&certificate)
                 .map_err(|error| Status::unauthenticated(error.to_string()));
         }
-        bearer(&self.security.tokens, header)
-    }
-
-    /// `service`, behind this interceptor.
-    pub fn guard<S>(&self, service: S) -> InterceptedService<S, Self> {
-        InterceptedService::new(service, self.clone())
+        bearer(&self.guards.security.tokens, header)
     }
 }
 
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        match self.principal(&request) {
-            Ok(principal) => {
-                request.extensions_mut().insert(principal);
-                Ok(request)
+impl<S, B> Service<http::Request<B>> for Guard<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was made ready is the one to call (tower's rule for cloned services).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path().to_owned();
+        let rpc = path.rsplit('/').next().and_then(Rpc::from_method);
+        let (source, certificate) = peer(&request);
+        let principal = self.principal(&request, certificate);
+        let guards = self.guards.clone();
+        Box::pin(async move {
+            let principal = match principal {
+                Ok(principal) => principal,
+                Err(status) => {
+                    let reason = status.message().to_owned();
+                    tracing::info!(?source, %reason, "refused an unauthenticated gRPC request");
+                    if guards.audit.admits_unauthenticated() {
+                        let entry = audit::entry(
+                            &path,
+                            rpc,
+                            None,
+                            source,
+                            None,
+                            Outcome::Unauthenticated,
+                            Some(reason),
+                        );
+                        if let Err(error) = guards.audit.append(&entry).await {
+                            tracing::warn!(%error, "cannot write an audit record");
+                        }
+                    }
+                    return Ok(status.into_http());
+                }
+            };
+            let throttle = Throttle {
+                principal: principal.clone(),
+                quotas: guards.security.quotas.clone(),
+                metrics: guards.metrics.clone(),
+            };
+            throttle.charge(Usage::Requests, 1).await;
+            let note = Note::default();
+            request.extensions_mut().insert(throttle);
+            request.extensions_mut().insert(note.clone());
+            let response = inner.call(request).await?;
+            let code = Status::from_header_map(response.headers()).map_or(Code::Ok, |s| s.code());
+            let outcome = match code {
+                Code::PermissionDenied => Outcome::Denied,
+                Code::Ok if rpc.is_some_and(Rpc::changes) => Outcome::Done,
+                _ => return Ok(response),
+            };
+            let reason = (outcome == Outcome::Denied)
+                .then(|| {
+                    Status::from_header_map(response.headers()).map(|s| s.message().to_owned())
+                })
+                .flatten();
+            let entry = audit::entry(
+                &path,
+                rpc,
+                Some(&principal),
+                source,
+                Some(&note),
+                outcome,
+                reason,
+            );
+            match guards.audit.append(&entry).await {
+                Ok(()) => Ok(response),
+                Err(error) if outcome == Outcome::Done => {
+                    let unacknowledged = format!(
+                        "the change was made, but its audit record could not be written, so it \
+                         is not acknowledged: {error}"
+                    );
+                    let status = if error.is_disk_full() {
+                        Status::resource_exhausted(format!(
+                            "{unacknowledged}: the data directory's disk is full; delete topics \
+                             or lower their retention to make room"
+                        ))
+                    } else {
+                        Status::internal(unacknowledged)
+                    };
+                    Ok(status.into_http())
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot write an audit record");
+                    Ok(response)
+                }
             }
-            Err(status) => {
-                tracing::info!(
-                    peer = ?request.remote_addr(),
-                    reason = status.message(),
-                    "refused an unauthenticated gRPC request"
-                );
-                Err(status)
-            }
-        }
+        })
     }
 }
 
@@ -95,14 +255,20 @@ impl Calls {
 
     /// Starts a call of `rpc`: its caller, timed until the call is dropped, and its message.
     pub fn start<T>(&self, request: Request<T>, rpc: Rpc) -> Result<(Call, T), Status> {
-        let principal = request
+        let throttle = request
             .extensions()
-            .get::<Principal>()
+            .get::<Throttle>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("the request was not authenticated"))?;
+        let note = request
+            .extensions()
+            .get::<Note>()
+            .cloned()
+            .unwrap_or_default();
         let call = Call {
-            principal,
+            throttle,
             rpc,
+            note,
             authorizer: self.authorizer.clone(),
             _timer: self.metrics.time(rpc),
         };
@@ -113,8 +279,11 @@ impl Calls {
 /// One call in progress, by one principal.
 #[derive(Debug)]
 pub struct Call {
-    principal: Principal,
+    /// The caller, and its quotas.
+    throttle: Throttle,
     rpc: Rpc,
+    /// Where the guard learns which resource the call was about.
+    note: Note,
     authorizer: Authorizer,
     _timer: Timer,
 }
@@ -133,9 +302,33 @@ impl Call {
         name: &str,
         operation: Operation,
     ) -> Result<(), Status> {
-        self.authorizer
-            .authorize(&self.principal, resource_type, name, operation)
-            .map_err(|denial| self.denied(resource_type, name, operation, &denial))
+        if resource_type == ResourceType::Topic
+            && name == AUDIT_TOPIC
+            && matches!(operation, Operation::Write | Operation::Delete)
+        {
+            self.note.resource(resource_type, name, operation, true);
+            return Err(Status::permission_denied(format!(
+                "the audit topic {AUDIT_TOPIC:?} is written only by the appliance and deleted by \
+                 no one; its retention (`Topics.UpdateTopicConfig`) says how long it keeps \
+                 records"
+            )));
+        }
+        let decision =
+            self.authorizer
+                .authorize(&self.throttle.principal, resource_type, name, operation);
+        self.note
+            .resource(resource_type, name, operation, decision.is_err());
+        decision.map_err(|denial| self.denied(resource_type, name, operation, &denial))
+    }
+
+    /// What paces the caller's produce and fetch bytes.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
+    /// Tells the audit record what the call changed, when its resource does not say.
+    pub fn note_change(&self, detail: impl std::fmt::Display) {
+        self.note.detail(detail.to_string());
     }
 
     /// Whether the caller may see the resource `name` of the method's type (what list
@@ -143,7 +336,12 @@ impl Call {
     pub fn may_describe(&self, name: &str) -> bool {
         let resource_type = self.rpc.requirement().resource_type;
         self.authorizer
-            .authorize(&self.principal, resource_type, name, Operation::Describe)
+            .authorize(
+                &self.throttle.principal,
+                resource_type,
+                name,
+                Operation::Describe,
+            )
             .is_ok()
     }
 
@@ -156,7 +354,7 @@ impl Call {
     ) -> Status {
         let what = format!(
             "{} may not {operation} {resource_type} {name:?}",
-            self.principal
+            self.throttle.principal
         );
         tracing::info!(rpc = ?self.rpc, %what, "denied a request");
         let grant = match resource_type {
@@ -167,7 +365,7 @@ impl Call {
             Denial::NoAcl => format!(
                 "{what}: no ACL allows it; a super-user can grant it with `appliance acl add \
                  --principal {} {grant} --operation {operation}`",
-                self.principal
+                self.throttle.principal
             ),
             Denial::DeniedBy(acl) => format!(
                 "{what}: an ACL denies it ({} {} {} {:?} for {})",

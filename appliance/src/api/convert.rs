@@ -11,6 +11,13 @@ use crate::log::{
 };
 use crate::meta::GroupId;
 use crate::runtime::State;
+use crate::security::secrets;
+
+/// A time as milliseconds since the Unix epoch, as the API's `*_unix_ms` fields carry it.
+pub fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
 
 pub fn topic_name(field: &str, name: &str) -> Result<TopicName, Status> {
     TopicName::new(name).map_err(|e| invalid(field, e))
@@ -175,7 +182,7 @@ pub fn state_fields<S>(
     };
     StateFields {
         state,
-        failure: failure.map(|f| f.reason).unwrap_or_default(),
+        failure: failure.map_or_else(String::new, |f| secrets::redact(&f.reason).into_owned()),
         restarting: next_try.is_some(),
         next_try_unix_ms: next_try.map_or(0, |at| {
             at.duration_since(SystemTime::UNIX_EPOCH)

@@ -11,7 +11,7 @@ use crate::meta::MetaError;
 use crate::pipeline::PipelineError;
 use crate::plugin::PluginError;
 use crate::query::QueryError;
-use crate::security::SecurityError;
+use crate::security::{SecurityError, secrets};
 
 impl From<LogError> for Status {
     fn from(error: LogError) -> Self {
@@ -48,9 +48,15 @@ impl From<SecurityError> for Status {
             | SecurityError::InvalidAcl { .. }
             | SecurityError::InvalidTokenId { .. }
             | SecurityError::DescriptionTooLong { .. }
-            | SecurityError::InvalidMappingRule { .. } => Code::InvalidArgument,
+            | SecurityError::InvalidMappingRule { .. }
+            | SecurityError::WeakPassword { .. }
+            | SecurityError::InvalidJoinToken { .. } => Code::InvalidArgument,
+            SecurityError::JoinTokenRefused { .. } => Code::PermissionDenied,
             SecurityError::ClientCertificate { .. } => Code::Unauthenticated,
-            SecurityError::UnknownToken { .. } => Code::NotFound,
+            SecurityError::UnknownToken { .. } | SecurityError::UnknownUser { .. } => {
+                Code::NotFound
+            }
+            SecurityError::UserExists { .. } => Code::AlreadyExists,
             SecurityError::Meta(error) if error.is_disk_full() => return disk_full(&error),
             SecurityError::Randomness { .. }
             | SecurityError::AdminTokenFile { .. }
@@ -117,7 +123,8 @@ impl From<PluginError> for Status {
             | PluginError::InvalidComponent { .. }
             | PluginError::WrongKind { .. }
             | PluginError::InvalidGrant { .. }
-            | PluginError::ConfigRejected { .. } => Code::InvalidArgument,
+            | PluginError::ConfigRejected { .. }
+            | PluginError::Secret(_) => Code::InvalidArgument,
             PluginError::NotFound { .. } => Code::NotFound,
             PluginError::AlreadyExists { .. } => Code::AlreadyExists,
             PluginError::BuiltIn { .. } => Code::FailedPrecondition,
@@ -175,6 +182,7 @@ impl From<LinkError> for Status {
         match error {
             LinkError::Log(error) => error.into(),
             LinkError::Meta(error) => error.into(),
+            LinkError::Security(error) => error.into(),
             LinkError::InvalidEdgeId { .. }
             | LinkError::ReservedEdgeId { .. }
             | LinkError::InvalidSpec { .. }
@@ -182,8 +190,12 @@ impl From<LinkError> for Status {
             | LinkError::Certs(_) => Status::invalid_argument(error.to_string()),
             LinkError::UnknownLink { .. } => Status::not_found(error.to_string()),
             LinkError::LinkExists { .. } => Status::already_exists(error.to_string()),
-            LinkError::NotHub => Status::failed_precondition(error.to_string()),
-            LinkError::Refused { .. } => Status::permission_denied(error.to_string()),
+            LinkError::NotHub | LinkError::EnrollmentOff => {
+                Status::failed_precondition(error.to_string())
+            }
+            LinkError::Refused { .. } | LinkError::NotEnrolled { .. } => {
+                Status::permission_denied(error.to_string())
+            }
             LinkError::Io { .. } | LinkError::Bind { .. } => Status::internal(error.to_string()),
         }
     }
@@ -234,7 +246,8 @@ pub(super) fn outgoing_error<B>(mut response: hyper::Response<B>) -> hyper::Resp
             super::MAX_REQUEST_BYTES >> 20
         ))
     } else {
-        let message = bounded_message(status.message());
+        let bounded = bounded_message(status.message());
+        let message = secrets::redact(&bounded);
         if message == status.message() {
             return response;
         }

@@ -7,13 +7,13 @@ use appliance_proto::v1::links_server::Links as LinksApi;
 use tonic::{Request, Response, Status};
 
 use super::access::Calls;
-use super::convert::{state_fields, topic_name};
-use crate::link::LinkError;
+use super::convert::{state_fields, topic_name, unix_ms};
 use crate::link::edge::{LinkSpec, LinkStatus, Links};
 use crate::link::hub::{EdgeStatus, Hub};
 use crate::link::progress::{Direction, MirrorStatus};
 use crate::link::tls::Congestion;
 use crate::link::transfer::WireCompression;
+use crate::link::{EdgeId, LinkError};
 use crate::log::Log;
 use crate::security::{CLUSTER, Rpc};
 
@@ -231,6 +231,39 @@ impl LinksApi for LinksService {
         let hub = self.hub.as_ref().ok_or(LinkError::NotHub)?;
         Ok(Response::new(pb::ListEdgesResponse {
             edges: hub.edges().into_iter().map(edge_message).collect(),
+        }))
+    }
+
+    async fn revoke_edge(
+        &self,
+        request: Request<pb::RevokeEdgeRequest>,
+    ) -> Result<Response<pb::RevokeEdgeResponse>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::RevokeEdge)?;
+        call.authorize(CLUSTER)?;
+        let hub = self.hub.as_ref().ok_or(LinkError::NotHub)?;
+        let edge = EdgeId::new(&request.edge)?;
+        let revoked = hub.revoke(&edge).await?;
+        call.note_change(format_args!("certificates of edge {edge}"));
+        Ok(Response::new(pb::RevokeEdgeResponse {
+            revoked_unix_ms: unix_ms(revoked),
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreatedJoinToken>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::CreateJoinToken)?;
+        call.authorize(CLUSTER)?;
+        let hub = self.hub.as_ref().ok_or(LinkError::NotHub)?;
+        let edge = EdgeId::new(&request.edge)?;
+        let lifetime = std::time::Duration::from_millis(request.lifetime_ms);
+        let (token, expires) = hub.create_join_token(&edge, lifetime).await?;
+        call.note_change(format_args!("join token {} for edge {edge}", token.id()));
+        Ok(Response::new(pb::CreatedJoinToken {
+            id: token.id().to_owned(),
+            token: token.to_string(),
+            expires_unix_ms: unix_ms(expires),
         }))
     }
 

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! appliance_grpc_request_duration_seconds{method}        histogram
+//! appliance_principal_usage_total{principal,usage}       counter  (bytes produced or fetched, requests)
+//! appliance_principal_throttle_seconds_total{principal,usage} counter (time slowed by a quota)
 //! appliance_log_appended_records_total{topic,partition}  counter  (rate() = append rate)
 //! appliance_log_appended_bytes_total{topic,partition}    counter
 //! appliance_log_high_watermark{topic,partition}          gauge
@@ -27,6 +29,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,7 +39,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -55,7 +58,7 @@ use crate::link::progress::MirrorStatus;
 use crate::log::{Log, PartitionState};
 use crate::pipeline::{self, Pipelines};
 use crate::plugin::Plugins;
-use crate::security::{CLUSTER, Operation, ResourceType, Rpc, Security};
+use crate::security::{CLUSTER, Operation, Principal, ResourceType, Rpc, Security, Usage};
 
 /// Scrapers connected at once; more are refused.
 const MAX_CONNECTIONS: usize = 16;
@@ -65,10 +68,18 @@ struct RpcLabels {
     method: Rpc,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UsageLabels {
+    principal: String,
+    usage: Usage,
+}
+
 /// Handle to the registry; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     durations: Family<RpcLabels, Histogram>,
+    usage: Family<UsageLabels, Counter>,
+    throttled: Family<UsageLabels, Counter<f64, AtomicU64>>,
     registry: Arc<Registry>,
 }
 
@@ -104,6 +115,18 @@ impl Metrics {
             "Time to answer a gRPC request (for streams: to set the stream up)",
             durations.clone(),
         );
+        let usage = Family::<UsageLabels, Counter>::default();
+        registry.register(
+            "principal_usage",
+            "Bytes produced, bytes fetched and requests made, per principal",
+            usage.clone(),
+        );
+        let throttled = Family::<UsageLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "principal_throttle_seconds",
+            "Time a principal's calls were slowed by its quotas",
+            throttled.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { log, coordinator }));
         registry.register_collector(Box::new(LinkCollector { links, hub }));
         registry.register_collector(Box::new(PipelineCollector {
@@ -113,7 +136,23 @@ impl Metrics {
         }));
         Self {
             durations,
+            usage,
+            throttled,
             registry: Arc::new(registry),
+        }
+    }
+
+    /// Counts a principal's use of `amount`, and the time its quota slowed it.
+    pub fn used(&self, principal: &Principal, usage: Usage, amount: u64, waited: Duration) {
+        let labels = UsageLabels {
+            principal: principal.to_string(),
+            usage,
+        };
+        self.usage.get_or_create(&labels).inc_by(amount);
+        if !waited.is_zero() {
+            self.throttled
+                .get_or_create(&labels)
+                .inc_by(waited.as_secs_f64());
         }
     }
 

@@ -13,21 +13,26 @@
 //!                  Pipelines -> pipeline::Pipelines (create, status, pause, resume, delete)
 //!                  Connectors -> connect::Connectors (create, status, pause, restart, offsets)
 //!                  Links   -> link::edge::Links (create, status, pause, delete),
-//!                             link::hub::Hub (edges), log::Log (promote a mirror)
+//!                             link::hub::Hub (edges, revoke, join tokens),
+//!                             log::Log (promote a mirror)
 //!                  Query   -> query::Query (SQL over topics: Arrow IPC and JSON rows)
-//!                  Security -> security::Security (tokens, ACLs)
+//!                  Security -> security::Security (tokens, users, ACLs, quotas)
 //! ```
 //!
-//! Every service but health sits behind `access::Authenticate`, which turns the request's
-//! bearer token into a `security::Principal` (or answers UNAUTHENTICATED); each method then
-//! starts an `access::Call`, which checks `security::Rpc::requirement` (and the method's
-//! further needs) before the method does anything, and answers PERMISSION_DENIED otherwise.
+//! Every service but health sits behind an `access::Guard`, which turns the request's bearer
+//! token or client certificate into a `security::Principal` (or answers UNAUTHENTICATED); each
+//! method then starts an `access::Call`, which checks `security::Rpc::requirement` (and the
+//! method's further needs) before the method does anything, and answers PERMISSION_DENIED
+//! otherwise. The guard paces each principal by its quotas and appends failed authentications,
+//! denials and successful changes to the `_audit` topic (`audit.rs`), a change's record durable
+//! before the change is acknowledged.
 //!
 //! ```text
 //! Prometheus --HTTP GET /metrics--> metrics::Metrics
 //! ```
 
 mod access;
+mod audit;
 mod connectors;
 mod convert;
 mod error;
@@ -67,6 +72,7 @@ use crate::pipeline::Pipelines;
 use crate::plugin::Plugins;
 use crate::security::Security;
 pub use access::bearer;
+pub use audit::{AUDIT_TOPIC, Audit};
 pub use error::invalid;
 pub use listener::ConnectionLimits;
 pub use metrics::Metrics;
@@ -104,6 +110,7 @@ pub struct Subsystems {
     pub metrics: Metrics,
     pub query: crate::query::Query,
     pub security: Security,
+    pub audit: Audit,
 }
 
 /// Serves the gRPC API on `listener` until `shutdown`, then lets requests in progress finish.
@@ -127,10 +134,13 @@ pub async fn serve(
         metrics,
         query,
         security,
+        audit,
     } = subsystems;
-    let calls = access::Calls::new(metrics, security.authorizer.clone());
-    let authenticate = access::Authenticate {
+    let calls = access::Calls::new(metrics.clone(), security.authorizer.clone());
+    let guards = access::Guards {
         security: security.clone(),
+        audit,
+        metrics,
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -225,44 +235,38 @@ pub async fn serve(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
-        .add_service(authenticate.guard(reflection_v1))
-        .add_service(authenticate.guard(reflection_v1alpha))
+        .add_service(guards.guard(reflection_v1))
+        .add_service(guards.guard(reflection_v1alpha))
         .add_service(
-            authenticate
-                .guard(TopicsServer::new(topics).max_decoding_message_size(MAX_REQUEST_BYTES)),
+            guards.guard(TopicsServer::new(topics).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
-            authenticate
-                .guard(RecordsServer::new(records).max_decoding_message_size(MAX_REQUEST_BYTES)),
+            guards.guard(RecordsServer::new(records).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
-            authenticate
-                .guard(GroupsServer::new(groups).max_decoding_message_size(MAX_REQUEST_BYTES)),
+            guards.guard(GroupsServer::new(groups).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
-            authenticate
-                .guard(PluginsServer::new(plugins).max_decoding_message_size(MAX_REQUEST_BYTES)),
+            guards.guard(PluginsServer::new(plugins).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
-            authenticate.guard(
+            guards.guard(
                 PipelinesServer::new(pipelines).max_decoding_message_size(MAX_REQUEST_BYTES),
             ),
         )
         .add_service(
-            authenticate.guard(
+            guards.guard(
                 ConnectorsServer::new(connectors).max_decoding_message_size(MAX_REQUEST_BYTES),
             ),
         )
         .add_service(
-            authenticate
-                .guard(LinksServer::new(links).max_decoding_message_size(MAX_REQUEST_BYTES)),
+            guards.guard(LinksServer::new(links).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
-            authenticate
-                .guard(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES)),
+            guards.guard(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
-            authenticate
+            guards
                 .guard(SecurityServer::new(security).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .serve_with_incoming_shutdown(

@@ -23,7 +23,7 @@ use crate::log::{
     AppendOutcome, Log, LogError, Offset, PartitionId, Timestamp, decode_all, encode,
     partition_for_key,
 };
-use crate::security::{Operation, ResourceType, Rpc};
+use crate::security::{Operation, ResourceType, Rpc, Usage};
 
 /// Fetches return about this much unless the request asks for less.
 const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
@@ -100,6 +100,9 @@ impl RecordsService {
                 .collect();
             let encoded = encode(&batch, config.compression).map_err(LogError::InvalidBatch)?;
             let handle = self.log.partition(&topic, partition)?;
+            call.throttle()
+                .charge(Usage::ProduceBytes, encoded.len() as u64)
+                .await;
             let durable = handle.submit(encoded).await?;
             submitted.push(Submitted {
                 partition,
@@ -186,6 +189,9 @@ impl Records for RecordsService {
             chunk = self.log.read(&topic, partition, offset, max_bytes, wait) => chunk?,
             () = self.shutdown.cancelled() => return Err(Status::unavailable("the appliance is shutting down")),
         };
+        call.throttle()
+            .charge(Usage::FetchBytes, chunk.batches.len() as u64)
+            .await;
         let records = decode_all(chunk.batches).map_err(LogError::InvalidBatch)?;
         Ok(Response::new(pb::FetchResponse {
             records: records
@@ -231,6 +237,7 @@ impl Records for RecordsService {
                 .join(group, topics, start, max_bytes, session_timeout)?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_QUEUE);
         let shutdown = self.shutdown.clone();
+        let throttle = call.throttle().clone();
         tokio::spawn(async move {
             loop {
                 let delivery = tokio::select! {
@@ -238,6 +245,14 @@ impl Records for RecordsService {
                     () = shutdown.cancelled() => break,
                     delivery = membership.next() => delivery,
                 };
+                if let Ok(Delivery::Records { records, .. }) = &delivery {
+                    let bytes: usize = records.iter().map(|r| r.record.payload_len()).sum();
+                    tokio::select! {
+                        () = sender.closed() => break,
+                        () = shutdown.cancelled() => break,
+                        () = throttle.charge(Usage::FetchBytes, bytes as u64) => {}
+                    }
+                }
                 let message = delivery
                     .map_err(Status::from)
                     .map(|delivery| match delivery {

@@ -1,27 +1,25 @@
-//! The `Security` service: tokens and ACLs (security::Tokens, security::Authorizer).
+//! The `Security` service: tokens, users, ACLs and quotas (security::Tokens, security::Users,
+//! security::Authorizer, security::Quotas).
 
-use std::time::{Duration, SystemTime};
+use std::num::NonZeroU64;
+use std::time::Duration;
 
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::security_server::Security as SecurityApi;
 use tonic::{Request, Response, Status};
 
 use super::access::Calls;
+use super::convert::unix_ms;
 use super::error::invalid;
 use crate::security::{
-    self, CLUSTER, Grantee, Operation, PatternType, Permission, Principal, ResourceType, Rpc,
-    TokenId, TokenInfo,
+    self, CLUSTER, Grantee, Operation, PasswordChange, PatternType, Permission, Principal, Quota,
+    Rates, ResourceType, Rpc, TokenId, TokenInfo, UserInfo,
 };
 
 #[derive(Debug)]
 pub struct SecurityService {
     pub security: security::Security,
     pub calls: Calls,
-}
-
-fn unix_ms(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as i64)
 }
 
 fn token_message(token: TokenInfo) -> pb::Token {
@@ -31,6 +29,59 @@ fn token_message(token: TokenInfo) -> pb::Token {
         created_unix_ms: unix_ms(token.created),
         expires_unix_ms: token.expires.map_or(0, unix_ms),
         description: token.description,
+    }
+}
+
+fn user_message(user: UserInfo) -> pb::User {
+    pb::User {
+        principal: user.principal.to_string(),
+        created_unix_ms: unix_ms(user.created),
+        password_changed_unix_ms: unix_ms(user.password_changed),
+    }
+}
+
+impl SecurityService {
+    async fn set_password(
+        &self,
+        request: Request<pb::SetPasswordRequest>,
+        rpc: Rpc,
+        change: PasswordChange,
+    ) -> Result<Response<pb::User>, Status> {
+        let (call, request) = self.calls.start(request, rpc)?;
+        call.authorize(CLUSTER)?;
+        let principal = Principal::user(&request.name)?;
+        let user = self
+            .security
+            .users
+            .set_password(principal, &request.password, change)
+            .await?;
+        tracing::info!(principal = %user.principal, ?change, "password set");
+        call.note_change(format_args!("user {}", user.principal));
+        Ok(Response::new(user_message(user)))
+    }
+}
+
+fn quota(message: pb::Quota) -> Result<Quota, Status> {
+    Ok(Quota {
+        principal: message
+            .principal
+            .parse()
+            .map_err(|e: security::SecurityError| invalid("principal", e))?,
+        rates: Rates {
+            produce_bytes: NonZeroU64::new(message.produce_bytes_per_sec),
+            fetch_bytes: NonZeroU64::new(message.fetch_bytes_per_sec),
+            requests: NonZeroU64::new(message.requests_per_sec),
+        },
+    })
+}
+
+fn quota_message(quota: Quota) -> pb::Quota {
+    let rate = |rate: Option<NonZeroU64>| rate.map_or(0, NonZeroU64::get);
+    pb::Quota {
+        principal: quota.principal.to_string(),
+        produce_bytes_per_sec: rate(quota.rates.produce_bytes),
+        fetch_bytes_per_sec: rate(quota.rates.fetch_bytes),
+        requests_per_sec: rate(quota.rates.requests),
     }
 }
 
@@ -146,6 +197,7 @@ impl SecurityApi for SecurityService {
             .create(principal, lifetime, request.description)
             .await?;
         tracing::info!(id = %info.id, principal = %info.principal, "token created");
+        call.note_change(format_args!("token {} of {}", info.id, info.principal));
         Ok(Response::new(pb::CreatedToken {
             token: Some(token_message(info)),
             secret,
@@ -173,6 +225,10 @@ impl SecurityApi for SecurityService {
         let id = TokenId::parse(&request.id)?;
         let revoked = self.security.tokens.revoke(&id).await?;
         tracing::info!(id = %revoked.id, principal = %revoked.principal, "token revoked");
+        call.note_change(format_args!(
+            "token {} of {}",
+            revoked.id, revoked.principal
+        ));
         Ok(Response::new(token_message(revoked)))
     }
 
@@ -181,7 +237,8 @@ impl SecurityApi for SecurityService {
         call.authorize(CLUSTER)?;
         let acl = acl(request)?;
         self.security.authorizer.add(acl.clone()).await?;
-        tracing::info!(?acl, "ACL added");
+        tracing::info!(%acl, "ACL added");
+        call.note_change(&acl);
         Ok(Response::new(acl_message(acl)))
     }
 
@@ -214,7 +271,87 @@ impl SecurityApi for SecurityService {
                 "no such ACL: `appliance acl list` shows the ACLs in force",
             ));
         }
-        tracing::info!(?acl, "ACL removed");
+        tracing::info!(%acl, "ACL removed");
+        call.note_change(&acl);
         Ok(Response::new(pb::DeleteAclResponse {}))
+    }
+
+    async fn set_quota(&self, request: Request<pb::Quota>) -> Result<Response<pb::Quota>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::SetQuota)?;
+        call.authorize(CLUSTER)?;
+        let quota = quota(request)?;
+        let had = self.security.quotas.set(quota.clone()).await?;
+        if quota.rates.is_empty() && !had {
+            return Err(Status::not_found(format!(
+                "{} has no quota to remove: `appliance quota list` shows the quotas in force",
+                quota.principal
+            )));
+        }
+        tracing::info!(%quota, "quota set");
+        call.note_change(&quota);
+        Ok(Response::new(quota_message(quota)))
+    }
+
+    async fn create_user(
+        &self,
+        request: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        self.set_password(request, Rpc::CreateUser, PasswordChange::NewUser)
+            .await
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        self.set_password(request, Rpc::ChangePassword, PasswordChange::ExistingUser)
+            .await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let (call, _) = self.calls.start(request, Rpc::ListUsers)?;
+        call.authorize(CLUSTER)?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: self
+                .security
+                .users
+                .list()
+                .into_iter()
+                .map(user_message)
+                .collect(),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::DeleteUser)?;
+        call.authorize(CLUSTER)?;
+        let principal = Principal::user(&request.name)?;
+        let user = self.security.users.delete(&principal).await?;
+        tracing::info!(principal = %user.principal, "user deleted");
+        call.note_change(format_args!("user {}", user.principal));
+        Ok(Response::new(user_message(user)))
+    }
+
+    async fn list_quotas(
+        &self,
+        request: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasResponse>, Status> {
+        let (call, _) = self.calls.start(request, Rpc::ListQuotas)?;
+        call.authorize(CLUSTER)?;
+        Ok(Response::new(pb::ListQuotasResponse {
+            quotas: self
+                .security
+                .quotas
+                .list()
+                .into_iter()
+                .map(quota_message)
+                .collect(),
+        }))
     }
 }

@@ -130,6 +130,7 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 pub(super) struct Local {
     url: String,
     token: String,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Local {
@@ -141,11 +142,29 @@ impl Local {
         Ok(Self {
             url: format!("http://{}", running.grpc_addr),
             token: read_token(file)?,
+            tls: None,
         })
     }
 
+    /// The same appliance over TLS, its certificate chaining to the CA `ca_pem`.
+    pub(super) fn over_tls(self, ca_pem: &[u8]) -> Self {
+        Self {
+            url: self.url.replacen("http://", "https://", 1),
+            tls: Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem))),
+            ..self
+        }
+    }
+
+    /// The same appliance, called by the holder of `token`.
+    pub(super) fn as_holder_of(&self, token: String) -> Self {
+        Self {
+            token,
+            ..self.clone()
+        }
+    }
+
     pub(super) async fn connect(&self) -> anyhow::Result<ApiChannel> {
-        connect(&self.url, Some(&self.token), None).await
+        connect(&self.url, Some(&self.token), self.tls.clone()).await
     }
 }
 

@@ -20,6 +20,7 @@ use appliance_proto::v1 as pb;
 use appliance_proto::v1::connectors_client::ConnectorsClient;
 use appliance_proto::v1::links_client::LinksClient;
 use appliance_proto::v1::query_client::QueryClient;
+use appliance_proto::v1::security_client::SecurityClient;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -86,6 +87,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let hub = start(&dir, "hub", Some(&certs), &shutdown).await?;
     let hub_link = hub.link_addr.context("the hub has no link endpoint")?;
+    allow_edges(Local::of(&hub)?.connect().await?).await?;
     let mut edges = Vec::new();
     for (n, edge) in EDGES.iter().enumerate() {
         let running = start(&dir, edge, None, &shutdown).await?;
@@ -143,6 +145,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("demo stopped");
     drop(temporary);
+    Ok(())
+}
+
+/// Lets each edge fill its mirrors on the hub (`Edge:edge-N` may write `edge-N.*`).
+async fn allow_edges(hub: ApiChannel) -> anyhow::Result<()> {
+    let mut security = SecurityClient::new(hub);
+    for edge in EDGES {
+        security
+            .create_acl(pb::Acl {
+                principal: format!("Edge:{edge}"),
+                resource_type: pb::ResourceType::Topic.into(),
+                pattern_type: pb::PatternType::Prefixed.into(),
+                pattern: format!("{edge}."),
+                operation: pb::AclOperation::Write.into(),
+                permission: pb::AclPermission::Allow.into(),
+            })
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!("allowing {edge} on the hub: {}", status.message())
+            })?;
+    }
     Ok(())
 }
 

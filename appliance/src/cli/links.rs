@@ -2,6 +2,7 @@
 //! links to hubs; a hub's edges and mirror promotion).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::links_client::LinksClient;
@@ -76,6 +77,66 @@ pub enum LinkCommand {
     /// On the side that holds a mirror: make it a writable topic of its own (its origin is
     /// gone for good). Producers continue at its high watermark; its link stops writing it.
     Promote { topic: String },
+    /// On a hub: refuse every certificate of EDGE issued until now and close its session.
+    /// A certificate issued for it afterwards (`certs issue`) links again.
+    Revoke { edge: String },
+    /// On a hub: one-time tokens with which edges enroll.
+    JoinToken {
+        #[command(subcommand)]
+        command: JoinTokenCommand,
+    },
+    /// On an edge: get a link certificate from the hub with a join token. The key is made
+    /// here and never leaves; writes EDGE.pem, EDGE.key and ca.pem into --dir. Needs no
+    /// running appliance.
+    Enroll(EnrollArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// A token for EDGE; printed once (the hub keeps only its hash).
+    Create {
+        edge: String,
+        /// How long it may be used, such as 1h or 30m (at most 7 days).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        expires: Duration,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// HOST:PORT of the hub's link endpoint (UDP).
+    #[arg(long)]
+    hub: String,
+    /// The token `link join-token create` printed on the hub (`--token` is the API's).
+    #[arg(long, env = "APPLIANCE_JOIN_TOKEN", hide_env_values = true)]
+    join_token: String,
+    /// Where the certificate, its key and the CA are written.
+    #[arg(long, default_value = "link")]
+    dir: PathBuf,
+}
+
+/// `appliance link enroll`: talks to the hub's link endpoint, not to an appliance's API.
+pub fn enroll(args: EnrollArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let enrolled = runtime
+        .block_on(crate::link::enroll::enroll_with(
+            &args.hub,
+            &args.join_token,
+            &args.dir,
+        ))
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    println!(
+        "enrolled as edge {}; link with:\n  appliance link create to-hub --hub {} --topics TOPICS \\\n    --ca {} --cert {} --key {}",
+        enrolled.edge,
+        args.hub,
+        enrolled.ca.display(),
+        enrolled.cert.display(),
+        enrolled.key.display()
+    );
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -260,6 +321,41 @@ pub async fn link(channel: ApiChannel, command: LinkCommand) -> Result<(), Failu
                 .await
                 .map_err(status)?;
             println!("promoted {topic}: it is a writable topic of this appliance now");
+        }
+        LinkCommand::JoinToken {
+            command: JoinTokenCommand::Create { edge, expires },
+        } => {
+            let created = client
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    edge: edge.clone(),
+                    lifetime_ms: expires.as_millis() as u64,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            eprintln!(
+                "join token {} for edge {edge}, usable once until {}; it is shown only now:",
+                created.id,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + Duration::from_millis(created.expires_unix_ms.max(0) as u64)
+                )
+            );
+            println!("{}", created.token);
+        }
+        LinkCommand::Enroll(_) => {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "link enroll runs on its own, without --server"
+            )));
+        }
+        LinkCommand::Revoke { edge } => {
+            client
+                .revoke_edge(pb::RevokeEdgeRequest { edge: edge.clone() })
+                .await
+                .map_err(status)?;
+            println!(
+                "revoked edge {edge}: its session is closed and its certificates issued until now are refused"
+            );
         }
     }
     Ok(())

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::log::Durability;
+use crate::security::secrets::Redacting;
 
 #[derive(Debug, Parser)]
 #[command(name = "appliance", version, about = "Edge-to-core pipeline appliance")]
@@ -117,6 +118,20 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Make, list and delete users with passwords (for SASL/SCRAM clients and sign-in).
+    User {
+        #[command(subcommand)]
+        command: security::UserCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Set, list and remove quotas: how many bytes and requests a second a principal may use.
+    Quota {
+        #[command(subcommand)]
+        command: security::QuotaCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Make the certificates of cluster links: a CA with a hub certificate, edge certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -157,6 +172,9 @@ struct RunArgs {
     /// The CA edges' certificates must chain to (ca.pem).
     #[arg(long, env = "APPLIANCE_LINK_CA")]
     link_ca: Option<PathBuf>,
+    /// The CA's key (ca.key), on a hub that enrolls edges by join token.
+    #[arg(long, env = "APPLIANCE_LINK_CA_KEY")]
+    link_ca_key: Option<PathBuf>,
     /// TLS on the gRPC API and metrics: the certificate (`appliance certs server`).
     #[arg(long, env = "APPLIANCE_API_CERT")]
     api_cert: Option<PathBuf>,
@@ -227,6 +245,10 @@ pub fn main() -> ExitCode {
         Command::Connector { command, server } => {
             client::run(&server, |channel| connectors::connector(channel, command))
         }
+        Command::Link {
+            command: links::LinkCommand::Enroll(args),
+            ..
+        } => links::enroll(args),
         Command::Link { command, server } => {
             client::run(&server, |channel| links::link(channel, command))
         }
@@ -239,6 +261,12 @@ pub fn main() -> ExitCode {
         }
         Command::Acl { command, server } => {
             client::run(&server, |channel| security::acl(channel, command))
+        }
+        Command::User { command, server } => {
+            client::run(&server, |channel| security::user(channel, command))
+        }
+        Command::Quota { command, server } => {
+            client::run(&server, |channel| security::quota(channel, command))
         }
         Command::Certs(command) => certs::run(command),
         Command::Bench(command) => bench::run(command).map_err(Failure::Runtime),
@@ -278,7 +306,7 @@ fn init_tracing(default_level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| Redacting(std::io::stderr()))
         .init();
 }
 
@@ -312,6 +340,7 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
         (&args.link_cert, &mut config.link.cert),
         (&args.link_key, &mut config.link.key),
         (&args.link_ca, &mut config.link.ca),
+        (&args.link_ca_key, &mut config.link.ca_key),
         (&args.api_cert, &mut config.api.tls_cert),
         (&args.api_key, &mut config.api.tls_key),
         (&args.api_client_ca, &mut config.api.tls_client_ca),

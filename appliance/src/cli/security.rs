@@ -1,4 +1,8 @@
-//! `appliance token` and `appliance acl`: bearer tokens and access control lists.
+//! `appliance token`, `appliance user`, `appliance acl` and `appliance quota`: bearer tokens,
+//! users with passwords, access control lists and quotas.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::security_client::SecurityClient;
@@ -40,6 +44,55 @@ pub enum AclCommand {
     },
     /// Remove an ACL (the same arguments that added it).
     Remove(AclArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Make User:NAME with a password read from standard input (asked for, without echo, on
+    /// a terminal) or from --password-file; never from a flag.
+    Create {
+        name: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Change a user's password (read as for create).
+    Password {
+        name: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List users (never their credentials).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a user: its password is refused from then on.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set a principal's quota (replacing the one it had); over it, its calls are slowed.
+    Set {
+        /// User:NAME, Edge:ID, or * for the default of every principal without its own.
+        principal: String,
+        /// Bytes a second it may produce (record batches as stored).
+        #[arg(long)]
+        produce_bytes_per_sec: Option<u64>,
+        /// Bytes a second it may fetch or be delivered.
+        #[arg(long)]
+        fetch_bytes_per_sec: Option<u64>,
+        /// Requests a second it may make.
+        #[arg(long)]
+        requests_per_sec: Option<u64>,
+    },
+    /// List the quotas in force.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a principal's quota.
+    Remove { principal: String },
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +332,211 @@ pub async fn acl(channel: ApiChannel, command: AclCommand) -> Result<(), Failure
         AclCommand::Remove(args) => {
             client.delete_acl(args.message()).await.map_err(status)?;
             println!("removed");
+        }
+    }
+    Ok(())
+}
+
+fn quota_row(quota: &pb::Quota) -> Vec<String> {
+    let rate = |rate: u64| {
+        if rate == 0 {
+            "-".to_owned()
+        } else {
+            rate.to_string()
+        }
+    };
+    vec![
+        quota.principal.clone(),
+        rate(quota.produce_bytes_per_sec),
+        rate(quota.fetch_bytes_per_sec),
+        rate(quota.requests_per_sec),
+    ]
+}
+
+const QUOTA_HEADER: [&str; 4] = [
+    "PRINCIPAL",
+    "PRODUCE-BYTES/S",
+    "FETCH-BYTES/S",
+    "REQUESTS/S",
+];
+
+pub async fn quota(channel: ApiChannel, command: QuotaCommand) -> Result<(), Failure> {
+    let mut client = SecurityClient::new(channel);
+    match command {
+        QuotaCommand::Set {
+            principal,
+            produce_bytes_per_sec,
+            fetch_bytes_per_sec,
+            requests_per_sec,
+        } => {
+            if [produce_bytes_per_sec, fetch_bytes_per_sec, requests_per_sec]
+                .iter()
+                .all(|rate| rate.unwrap_or(0) == 0)
+            {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "give at least one of --produce-bytes-per-sec, --fetch-bytes-per-sec and \
+                     --requests-per-sec (`appliance quota remove` removes a quota)"
+                )));
+            }
+            let quota = client
+                .set_quota(pb::Quota {
+                    principal,
+                    produce_bytes_per_sec: produce_bytes_per_sec.unwrap_or(0),
+                    fetch_bytes_per_sec: fetch_bytes_per_sec.unwrap_or(0),
+                    requests_per_sec: requests_per_sec.unwrap_or(0),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_table(&QUOTA_HEADER, &[quota_row(&quota)]);
+        }
+        QuotaCommand::List { json } => {
+            let quotas = client
+                .list_quotas(pb::ListQuotasRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .quotas;
+            if json {
+                let rate = |rate: u64| (rate > 0).then_some(rate);
+                print_json(&json!(
+                    quotas
+                        .iter()
+                        .map(|quota| json!({
+                            "principal": quota.principal,
+                            "produce_bytes_per_sec": rate(quota.produce_bytes_per_sec),
+                            "fetch_bytes_per_sec": rate(quota.fetch_bytes_per_sec),
+                            "requests_per_sec": rate(quota.requests_per_sec),
+                        }))
+                        .collect::<Vec<_>>()
+                ));
+            } else {
+                let rows: Vec<Vec<String>> = quotas.iter().map(quota_row).collect();
+                print_table(&QUOTA_HEADER, &rows);
+            }
+        }
+        QuotaCommand::Remove { principal } => {
+            client
+                .set_quota(pb::Quota {
+                    principal,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?;
+            println!("removed");
+        }
+    }
+    Ok(())
+}
+
+/// A password: the first line of `file`, else of standard input; a terminal is asked twice,
+/// without echo.
+fn read_password(file: Option<&Path>, name: &str) -> Result<String, Failure> {
+    let first_line = |text: String| text.lines().next().unwrap_or_default().to_owned();
+    if let Some(file) = file {
+        return std::fs::read_to_string(file)
+            .map(first_line)
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("reading {}: {e}", file.display())));
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin
+            .read_line(&mut line)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("reading standard input: {e}")))?;
+        return Ok(first_line(line));
+    }
+    let typed = ask_without_echo(&format!("password for User:{name}: "))?;
+    if ask_without_echo("again: ")? != typed {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "the two passwords differ; nothing was changed"
+        )));
+    }
+    Ok(typed)
+}
+
+fn ask_without_echo(prompt: &str) -> Result<String, Failure> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let failed = |e: &dyn std::fmt::Display| Failure::Runtime(anyhow::anyhow!("the terminal: {e}"));
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).map_err(|e| failed(&e))?;
+    let mut silent = saved.clone();
+    silent.local_flags.remove(LocalFlags::ECHO);
+    silent.local_flags.insert(LocalFlags::ECHONL);
+    eprint!("{prompt}");
+    tcsetattr(&stdin, SetArg::TCSANOW, &silent).map_err(|e| failed(&e))?;
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    tcsetattr(&stdin, SetArg::TCSANOW, &saved).map_err(|e| failed(&e))?;
+    read.map_err(|e| failed(&e))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn user_json(user: &pb::User) -> serde_json::Value {
+    json!({
+        "principal": user.principal,
+        "created_unix_ms": user.created_unix_ms,
+        "password_changed_unix_ms": user.password_changed_unix_ms,
+    })
+}
+
+pub async fn user(channel: ApiChannel, command: UserCommand) -> Result<(), Failure> {
+    let mut client = SecurityClient::new(channel);
+    match command {
+        UserCommand::Create {
+            name,
+            password_file,
+        } => {
+            let password = read_password(password_file.as_deref(), &name)?;
+            let user = client
+                .create_user(pb::SetPasswordRequest { name, password })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("created {}", user.principal);
+        }
+        UserCommand::Password {
+            name,
+            password_file,
+        } => {
+            let password = read_password(password_file.as_deref(), &name)?;
+            let user = client
+                .change_password(pb::SetPasswordRequest { name, password })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("changed the password of {}", user.principal);
+        }
+        UserCommand::List { json } => {
+            let users = client
+                .list_users(pb::ListUsersRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .users;
+            if json {
+                print_json(&json!(users.iter().map(user_json).collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = users
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.principal.clone(),
+                            unix_ms_text(u.created_unix_ms),
+                            unix_ms_text(u.password_changed_unix_ms),
+                        ]
+                    })
+                    .collect();
+                print_table(&["PRINCIPAL", "CREATED", "PASSWORD-CHANGED"], &rows);
+            }
+        }
+        UserCommand::Delete { name } => {
+            let user = client
+                .delete_user(pb::DeleteUserRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("deleted {}", user.principal);
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::*;
 use crate::log::{Durability, LogConfig, StoredRecord};
 use crate::runtime::{RestartPolicy, State};
+use crate::security::secrets::SecretProviders;
 
 struct Setup {
     log: Log,
@@ -25,7 +26,13 @@ async fn setup(dir: &Path) -> Setup {
     };
     let log = Log::open(config, meta.clone()).await.unwrap();
     let shutdown = CancellationToken::new();
-    let plugins = Plugins::open(dir, meta.clone(), shutdown.clone()).unwrap();
+    let plugins = Plugins::open(
+        dir,
+        meta.clone(),
+        SecretProviders::default(),
+        shutdown.clone(),
+    )
+    .unwrap();
     let connectors = Connectors::open(
         log.clone(),
         meta.clone(),

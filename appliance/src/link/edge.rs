@@ -177,7 +177,7 @@ impl Links {
                 reason: "a pattern of the topics to mirror is required".into(),
             });
         }
-        split_host_port(&spec.hub)?;
+        tls::split_host_port(&spec.hub)?;
         if spec.hold_max_bytes == 0 {
             spec.hold_max_bytes = DEFAULT_HOLD_MAX_BYTES;
         }
@@ -409,25 +409,6 @@ fn unknown(name: &str) -> LinkError {
     }
 }
 
-/// `HOST:PORT` (an IPv6 host in brackets).
-fn split_host_port(hub: &str) -> Result<(String, u16), LinkError> {
-    let invalid = |reason: &str| LinkError::InvalidSpec {
-        what: "hub".into(),
-        reason: format!("{hub:?}: {reason}"),
-    };
-    let (host, port) = hub
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("use HOST:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid("the port is not a number from 1 to 65535"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port == 0 {
-        return Err(invalid("use HOST:PORT"));
-    }
-    Ok((host.to_owned(), port))
-}
-
 /// Keeps the link's connection up until `stop`.
 async fn keep_up(
     spec: LinkSpec,
@@ -461,6 +442,8 @@ async fn keep_up(
         }),
         groups: GroupSync::Send(links.meta.clone()),
         mirrors: shared.mirrors.clone(),
+        // The edge chose its hub: what the hub sends down, it takes.
+        access: None,
     };
     let mut restarts = links.restarts.of(&spec.name).restarts();
     loop {
@@ -516,11 +499,8 @@ async fn connect(
     shared: &Shared,
     restarts: &mut Restarts,
 ) -> Result<(), SessionError> {
-    let (host, port) = split_host_port(&spec.hub)?;
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await?
-        .next()
-        .ok_or_else(|| SessionError::Protocol(format!("{host} resolves to no address")))?;
+    let (host, _) = tls::split_host_port(&spec.hub)?;
+    let addr = tls::resolve(&spec.hub).await?;
     let connection = endpoint.connect(addr, &host)?.await?;
     let (mut control_out, mut control_in) = connection.open_bi().await?;
     let hello = wire::ControlFrame {
@@ -540,24 +520,4 @@ async fn connect(
     restarts.succeeded();
     tracing::info!(link = %spec.name, hub = %spec.hub, %edge, "linked to the hub");
     session::run(side, connection, control_out, control_in).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hub_addresses_are_host_and_port() {
-        assert_eq!(
-            split_host_port("hub.example.net:7443").unwrap(),
-            ("hub.example.net".to_owned(), 7443)
-        );
-        assert_eq!(
-            split_host_port("[::1]:7443").unwrap(),
-            ("::1".to_owned(), 7443)
-        );
-        for bad in ["hub", "hub:", ":7443", "hub:0", "hub:99999", "hub:x"] {
-            assert!(split_host_port(bad).is_err(), "{bad}");
-        }
-    }
 }

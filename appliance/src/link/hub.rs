@@ -1,6 +1,7 @@
 //! The hub's side of links: it listens on UDP (`--link-addr`), knows each edge by its
 //! certificate, mirrors the edge's topics as `<edge-id>.<topic>` and sends the hub topics the
-//! edge asks for downstream.
+//! edge asks for downstream, each as the edge's ACLs (`Edge:ID`) allow: write on a mirror to
+//! fill it, read on a hub topic to receive it.
 //!
 //! ```text
 //! accept -> edge id from the certificate -> Hello (must claim the same id) -> Welcome
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use appliance_proto::link::v1 as wire;
 use regex::Regex;
@@ -21,11 +22,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::{Direction, MirrorStatus, Mirrors};
 use super::protocol::{Admission, Admissions, SessionId};
-use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, Side};
+use super::session::{self, CONTROL_LIMIT, GroupSync, Hold, PeerAccess, Side};
 use super::transfer::{RateLimit, SendOptions, WireCompression};
-use super::{EdgeId, LinkError, SessionError, describe, frame, tls};
+use super::{EdgeId, LinkError, SessionError, describe, enroll, frame, tls};
 use crate::group::Coordinator;
 use crate::log::{Log, MirrorOwner, Timestamp};
+use crate::security::certs::CaFiles;
+use crate::security::join::JoinToken;
+use crate::security::{Security, SecurityError};
 
 /// How long a refusal may take to reach the edge before the hub closes the connection.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
@@ -39,6 +43,9 @@ pub struct HubOptions {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The CA's key, which signs the certificates of edges enrolling by join token; without
+    /// it the hub enrolls no edge.
+    pub ca_key: Option<PathBuf>,
     pub idle_timeout: Duration,
 }
 
@@ -47,6 +54,19 @@ pub struct HubOptions {
 pub struct Hub {
     local_addr: SocketAddr,
     edges: Arc<Mutex<Edges>>,
+    /// Which topics each edge (`Edge:ID`) may mirror here and receive downstream, which
+    /// edges' certificates are revoked, and the join tokens.
+    security: Security,
+    enrollment: Arc<Enrollment>,
+}
+
+/// What enrolling edges need of the hub.
+#[derive(Debug)]
+struct Enrollment {
+    /// The CA that signs their certificates; none: the hub enrolls no edge.
+    ca: Option<CaFiles>,
+    /// The SHA-256 of the hub's certificate, which join tokens carry.
+    pin: [u8; 32],
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +104,7 @@ impl Hub {
         options: &HubOptions,
         log: Log,
         coordinator: Coordinator,
+        security: Security,
         shutdown: CancellationToken,
     ) -> Result<Self, LinkError> {
         let files = tls::TlsFiles {
@@ -96,9 +117,18 @@ impl Hub {
             addr: options.addr,
             source,
         })?;
+        let enrollment = Enrollment {
+            ca: options.ca_key.clone().map(|key| CaFiles {
+                cert: options.ca.clone(),
+                key,
+            }),
+            pin: enroll::pin_of(&options.cert)?,
+        };
         let hub = Self {
             local_addr,
             edges: Arc::default(),
+            security,
+            enrollment: Arc::new(enrollment),
         };
         tokio::spawn(hub.clone().serve(endpoint, log, coordinator, shutdown));
         Ok(hub)
@@ -142,6 +172,37 @@ impl Hub {
             .collect()
     }
 
+    /// A one-time token for `edge` to enroll with, valid for `lifetime`; with its expiry.
+    pub async fn create_join_token(
+        &self,
+        edge: &EdgeId,
+        lifetime: Duration,
+    ) -> Result<(JoinToken, SystemTime), LinkError> {
+        if self.enrollment.ca.is_none() {
+            return Err(LinkError::EnrollmentOff);
+        }
+        let made = self
+            .security
+            .join_tokens
+            .create(edge.as_str(), lifetime, self.enrollment.pin)
+            .await?;
+        tracing::info!(%edge, id = made.0.id(), "join token made");
+        Ok(made)
+    }
+
+    /// Revokes every certificate of `edge` issued until now and closes its open session.
+    pub async fn revoke(&self, edge: &EdgeId) -> Result<SystemTime, SecurityError> {
+        let revoked = self.security.revocations.revoke(edge.as_str()).await?;
+        if let Some(entry) = self.lock().entries.get(edge) {
+            entry.session.cancel();
+            if let Some(connection) = &entry.connection {
+                connection.close(2u32.into(), b"certificate revoked");
+            }
+        }
+        tracing::info!(%edge, "edge revoked: its session is closed and its certificates refused");
+        Ok(revoked)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Edges> {
         self.edges.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -182,6 +243,21 @@ impl Hub {
         coordinator: Coordinator,
     ) -> Result<(), SessionError> {
         let connection = incoming.await?;
+        if connection.peer_identity().is_none() {
+            let enrolled = enroll::answer(
+                &connection,
+                &self.security.join_tokens,
+                self.enrollment.ca.as_ref(),
+            )
+            .await;
+            connection.close(0u32.into(), b"enrollment done");
+            let address = connection.remote_address();
+            match enrolled? {
+                Ok(edge) => tracing::info!(%edge, %address, "edge enrolled by join token"),
+                Err(reason) => tracing::warn!(%address, %reason, "refused an enrollment"),
+            }
+            return Ok(());
+        }
         let edge = tls::edge_of(&connection)?;
         let (mut control_out, mut control_in) = connection.accept_bi().await?;
         let hello = match frame::read::<wire::ControlFrame>(&mut control_in, CONTROL_LIMIT)
@@ -238,6 +314,10 @@ impl Hub {
             }),
             groups: GroupSync::Receive(coordinator),
             mirrors,
+            access: Some(PeerAccess {
+                authorizer: self.security.authorizer.clone(),
+                principal: edge.principal(),
+            }),
         };
         let outcome = tokio::select! {
             outcome = session::run(side, connection.clone(), control_out, control_in) => outcome,
@@ -256,6 +336,15 @@ impl Hub {
         hello: &wire::Hello,
         connection: &quinn::Connection,
     ) -> Result<(Option<Regex>, CancellationToken, Mirrors, SessionId), String> {
+        // A certificate whose issue cannot be read is as old as can be.
+        let issued = tls::issued_unix_s(connection).unwrap_or(i64::MIN);
+        if let Some(revoked) = self.security.revocations.revoked(edge.as_str(), issued) {
+            return Err(format!(
+                "the certificates of edge {edge} issued until {} are revoked on the hub; issue it \
+                 a new one (`appliance certs issue {edge}`)",
+                humantime::format_rfc3339_seconds(revoked)
+            ));
+        }
         let mut edges = self.lock();
         let Edges {
             admissions,

@@ -24,7 +24,10 @@
 
 use regex::Regex;
 
+use crate::security::{Principal, PrincipalKind};
+
 pub mod edge;
+pub mod enroll;
 mod error;
 pub mod frame;
 pub mod hub;
@@ -66,6 +69,11 @@ pub fn pattern(text: &str) -> Result<Option<Regex>, regex::Error> {
 pub use crate::log::HUB_MIRROR_PREFIX;
 
 impl EdgeId {
+    /// The principal the edge authenticates as: `Edge:ID`.
+    pub fn principal(&self) -> Principal {
+        Principal::new(PrincipalKind::Edge, &self.0).expect("an edge id is a valid principal name")
+    }
+
     pub fn new(id: &str) -> Result<Self, LinkError> {
         if id == HUB_MIRROR_PREFIX {
             return Err(LinkError::ReservedEdgeId { id: id.to_owned() });
@@ -136,6 +144,15 @@ pub enum LinkError {
         "this appliance is not a hub: run it with --role hub --link-addr ADDR --link-cert F --link-key F --link-ca F"
     )]
     NotHub,
+    #[error(
+        "this hub enrolls no edges: run it with --link-ca-key (the key of --link-ca, which signs \
+         the certificates of enrolling edges)"
+    )]
+    EnrollmentOff,
+    #[error("the hub {hub} did not enroll this edge: {reason}")]
+    NotEnrolled { hub: String, reason: String },
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error(transparent)]
     Meta(#[from] crate::meta::MetaError),
     #[error(transparent)]

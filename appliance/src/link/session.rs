@@ -34,6 +34,7 @@ use crate::log::{
     TopicConfig, TopicName,
 };
 use crate::meta::{GroupId, Meta, Table};
+use crate::security::{Authorizer, Denial, Operation, Principal, ResourceType};
 
 /// Control frames are small; batches travel on their own streams.
 pub const CONTROL_LIMIT: usize = 1 << 20;
@@ -79,6 +80,51 @@ pub struct Side {
     pub hold: Option<Hold>,
     pub groups: GroupSync,
     pub mirrors: Mirrors,
+    /// The peer's ACLs, when this side checks them (a hub checks its edges').
+    pub access: Option<PeerAccess>,
+}
+
+/// What a peer may do on this side: its principal (`Edge:ID`) under this side's ACLs.
+#[derive(Debug, Clone)]
+pub struct PeerAccess {
+    pub authorizer: Authorizer,
+    pub principal: Principal,
+}
+
+impl PeerAccess {
+    /// Whether the peer may fill the mirror `mirror` here (write on it); why not, if not.
+    fn may_receive(&self, mirror: &TopicName) -> Result<(), String> {
+        self.authorizer
+            .authorize(
+                &self.principal,
+                ResourceType::Topic,
+                mirror.as_str(),
+                Operation::Write,
+            )
+            .map_err(|denial| {
+                let why = match denial {
+                    Denial::NoAcl => "no ACL allows it".to_owned(),
+                    Denial::DeniedBy(acl) => format!("an ACL denies it ({acl})"),
+                };
+                format!(
+                    "{} may not write topic {mirror} on the hub: {why}; there, `appliance acl \
+                     add --principal {} --topic {mirror} --operation write` grants it",
+                    self.principal, self.principal
+                )
+            })
+    }
+
+    /// Whether the peer may receive this side's `topic` (read on it).
+    fn may_send(&self, topic: &TopicName) -> bool {
+        self.authorizer
+            .authorize(
+                &self.principal,
+                ResourceType::Topic,
+                topic.as_str(),
+                Operation::Read,
+            )
+            .is_ok()
+    }
 }
 
 impl Side {
@@ -282,7 +328,15 @@ impl State<'_> {
     /// The peer announces a topic: create or grow its mirror and say where it continues.
     async fn on_topic(&mut self, topic: wire::TopicState) -> Result<(), SessionError> {
         let mirror = self.side.mirror_name(&topic.topic)?;
-        let reply = match ensure_mirror(&self.side.log, &mirror, &topic, &self.side.peer).await? {
+        let allowed = match &self.side.access {
+            Some(access) => access.may_receive(&mirror),
+            None => Ok(()),
+        };
+        let ensured = match allowed {
+            Ok(()) => ensure_mirror(&self.side.log, &mirror, &topic, &self.side.peer).await?,
+            Err(refusal) => Err(refusal),
+        };
+        let reply = match ensured {
             Ok(created) => {
                 let mut positions = Vec::new();
                 for p in 0..topic.partitions {
@@ -405,10 +459,15 @@ impl State<'_> {
             return Ok(());
         };
         let log = &self.side.log;
+        let access = self.side.access.as_ref();
         let topics: Vec<OwnTopic<Handle>> = log
             .list_topics()
             .into_iter()
-            .filter(|info| info.mirror_of.is_none() && pattern.is_match(info.name.as_str()))
+            .filter(|info| {
+                info.mirror_of.is_none()
+                    && pattern.is_match(info.name.as_str())
+                    && access.is_none_or(|access| access.may_send(&info.name))
+            })
             .map(|info| OwnTopic {
                 partitions: (0..info.config.partitions)
                     .map(|p| {

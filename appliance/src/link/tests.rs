@@ -24,6 +24,7 @@ use crate::log::{
 use crate::meta::{GroupId, Meta};
 use crate::runtime::{RestartPolicies, RestartPolicy, State};
 use crate::security::certs;
+use crate::security::{PrincipalRules, Security};
 
 async fn open_log(dir: &Path) -> (Log, Meta) {
     let meta = Meta::open(&dir.join("meta")).unwrap();
@@ -126,14 +127,29 @@ impl Deployment {
         let shutdown = CancellationToken::new();
         let options = HubOptions {
             addr: ([127, 0, 0, 1], 0).into(),
+            ca_key: None,
             ca: file("ca.pem"),
             cert: file("hub.pem"),
             key: file("hub.key"),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         };
         let coordinator = Coordinator::new(hub.log.clone(), hub.meta.clone());
-        let hub_link =
-            Hub::start(&options, hub.log.clone(), coordinator, shutdown.clone()).unwrap();
+        // The edge is a super-user of the hub here: the ACLs of links have a test of their own.
+        let edge_principal = "Edge:plant-7".parse().unwrap();
+        let security = Security::open(
+            hub.meta.clone(),
+            [edge_principal].into(),
+            PrincipalRules::default(),
+        )
+        .unwrap();
+        let hub_link = Hub::start(
+            &options,
+            hub.log.clone(),
+            coordinator,
+            security,
+            shutdown.clone(),
+        )
+        .unwrap();
         let links = Links::open(
             edge.log.clone(),
             edge.meta.clone(),

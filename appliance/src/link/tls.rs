@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
 
-use super::{EdgeId, LinkError};
+use super::{EdgeId, LinkError, SessionError};
 use crate::security::certs;
 
 /// The link protocol's version, as ALPN names it: peers that speak another one do not connect.
@@ -61,7 +62,7 @@ impl Congestion {
 
 /// QUIC transport settings of both sides: the congestion control, windows large enough for
 /// long fat links, keep-alives so a NAT mapping stays open.
-fn transport(
+pub(super) fn transport(
     idle_timeout: Duration,
     congestion: Congestion,
 ) -> Result<Arc<quinn::TransportConfig>, LinkError> {
@@ -94,10 +95,13 @@ pub fn hub_endpoint(
     idle_timeout: Duration,
 ) -> Result<quinn::Endpoint, LinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A connection without a certificate may only enroll (`enroll.rs`): the hub answers it
+    // nothing else.
     let verifier = WebPkiClientVerifier::builder_with_provider(
         Arc::new(certs::read_roots(files.ca)?),
         provider.clone(),
     )
+    .allow_unauthenticated()
     .build()
     .map_err(|e| tls_error(files.ca, e))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -156,6 +160,56 @@ pub fn edge_of(connection: &quinn::Connection) -> Result<EdgeId, LinkError> {
     edge_named_by(leaf).map_err(refused)
 }
 
+/// When the peer's certificate was made (Unix seconds), if it can be told.
+pub fn issued_unix_s(connection: &quinn::Connection) -> Option<i64> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs::issued_unix_s(chain.first()?)
+}
+
+/// The edge id a PEM certificate names (the one a hub signed in an enrollment).
+pub fn edge_of_certificate_pem(pem: &str) -> Result<EdgeId, LinkError> {
+    let cert =
+        CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| LinkError::Certificate {
+            what: "the certificate the hub signed".into(),
+            reason: e.to_string(),
+        })?;
+    edge_named_by(&cert).map_err(|reason| LinkError::Certificate {
+        what: "the certificate the hub signed".into(),
+        reason: reason.to_owned(),
+    })
+}
+
+/// The address of a hub given as `HOST:PORT`.
+pub async fn resolve(hub: &str) -> Result<SocketAddr, SessionError> {
+    let (host, port) = split_host_port(hub)?;
+    tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .ok_or_else(|| SessionError::Protocol(format!("{host} resolves to no address")))
+}
+
+/// `HOST:PORT` (a bracketed IPv6 address as HOST) as its parts.
+pub fn split_host_port(hub: &str) -> Result<(String, u16), LinkError> {
+    let invalid = |reason: &str| LinkError::InvalidSpec {
+        what: "hub".into(),
+        reason: format!("{hub:?}: {reason}"),
+    };
+    let (host, port) = hub
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("use HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("the port is not a number from 1 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(invalid("use HOST:PORT"));
+    }
+    Ok((host.to_owned(), port))
+}
+
 /// The edge id a certificate file of this side names (the edge's own, for its links).
 pub fn edge_of_certificate(cert: &Path) -> Result<EdgeId, LinkError> {
     let chain = certs::read_chain(cert)?;
@@ -193,6 +247,21 @@ fn tls_error(path: &Path, error: impl std::fmt::Display) -> LinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_addresses_are_host_and_port() {
+        assert_eq!(
+            split_host_port("hub.example.net:7443").unwrap(),
+            ("hub.example.net".to_owned(), 7443)
+        );
+        assert_eq!(
+            split_host_port("[::1]:7443").unwrap(),
+            ("::1".to_owned(), 7443)
+        );
+        for bad in ["hub", "hub:", ":7443", "hub:0", "hub:99999", "hub:x"] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+    }
 
     struct Deployment {
         dir: tempfile::TempDir,

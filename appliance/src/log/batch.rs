@@ -263,6 +263,20 @@ pub struct Record {
     pub timestamp: Timestamp,
 }
 
+impl Record {
+    /// The bytes of its key, value and headers: what quotas count of a record delivered.
+    pub fn payload_len(&self) -> usize {
+        let bytes = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+        bytes(&self.key)
+            + bytes(&self.value)
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + bytes(&h.value))
+                .sum::<usize>()
+    }
+}
+
 /// A record as read back from the log, with the offset it was stored at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {

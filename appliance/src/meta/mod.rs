@@ -147,10 +147,14 @@ pub enum Table {
     LinkAcks = 6,
     Tokens = 7,
     Acls = 8,
+    Quotas = 9,
+    Users = 10,
+    RevokedEdges = 11,
+    JoinTokens = 12,
 }
 
 impl Table {
-    const ALL: [Table; 9] = [
+    const ALL: [Table; 13] = [
         Table::Plugins,
         Table::Pipelines,
         Table::PipelineProgress,
@@ -160,6 +164,10 @@ impl Table {
         Table::LinkAcks,
         Table::Tokens,
         Table::Acls,
+        Table::Quotas,
+        Table::Users,
+        Table::RevokedEdges,
+        Table::JoinTokens,
     ];
 
     fn tree_name(self) -> &'static str {
@@ -173,6 +181,10 @@ impl Table {
             Table::LinkAcks => "link-acks",
             Table::Tokens => "tokens",
             Table::Acls => "acls",
+            Table::Quotas => "quotas",
+            Table::Users => "users",
+            Table::RevokedEdges => "revoked-edges",
+            Table::JoinTokens => "join-tokens",
         }
     }
 }

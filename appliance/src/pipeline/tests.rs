@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::log::{Compression, Durability, LogConfig, Offset, Record, Timestamp, TopicConfig};
 use crate::runtime::{RestartPolicy, State};
+use crate::security::secrets::SecretProviders;
 use crate::transform::HOPS_HEADER;
 
 struct Setup {
@@ -28,7 +29,13 @@ async fn setup(dir: &Path) -> Setup {
     };
     let log = Log::open(config, meta.clone()).await.unwrap();
     let shutdown = CancellationToken::new();
-    let plugins = Plugins::open(dir, meta.clone(), shutdown.clone()).unwrap();
+    let plugins = Plugins::open(
+        dir,
+        meta.clone(),
+        SecretProviders::default(),
+        shutdown.clone(),
+    )
+    .unwrap();
     let pipelines = Pipelines::open(
         log.clone(),
         meta.clone(),

@@ -15,6 +15,10 @@
 //! a missed deadline or memory growth past `max-memory-mb` ends that call with a [`Fault`]
 //! naming the plugin and the reason; the instance is then discarded, nothing else is affected.
 //! Adds and deletes are serialised, and a component is compiled at most once at a time.
+//!
+//! Configurations arrive as specs hold them, with secret references (`${file:..}`,
+//! `${env:..}`); each instance start and plan resolves them here (`security::secrets`), so
+//! the values exist only in the memory of this host and of the instance.
 
 mod cache;
 mod instance;
@@ -29,6 +33,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::meta::{Meta, MetaError, Table};
+use crate::security::secrets::{SecretError, SecretProviders};
 
 pub use instance::{
     BatchInfo, Header, InstanceCounters, Polled, Record, RecordError, SinkInstance, SourceInstance,
@@ -88,6 +93,8 @@ pub enum PluginError {
     },
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 /// Why a plugin call ended abnormally. The instance is unusable afterwards.
@@ -198,6 +205,8 @@ struct Inner {
     /// Serialises add, delete and loading, so a name never maps to bytes it no longer has.
     admin: tokio::sync::Mutex<()>,
     counters: Mutex<BTreeMap<(String, String), Arc<InstanceCounters>>>,
+    /// Resolves the secret references of configurations as instances start.
+    secrets: SecretProviders,
 }
 
 impl std::fmt::Debug for Inner {
@@ -215,6 +224,7 @@ impl Plugins {
     pub fn open(
         data_dir: &Path,
         meta: Meta,
+        secrets: SecretProviders,
         ticker: CancellationToken,
     ) -> Result<Self, PluginError> {
         let mut config = wasmtime::Config::new();
@@ -255,6 +265,7 @@ impl Plugins {
                 loaded: Mutex::new(HashMap::new()),
                 admin: tokio::sync::Mutex::new(()),
                 counters: Mutex::new(BTreeMap::new()),
+                secrets,
             }),
         })
     }
@@ -384,7 +395,8 @@ impl Plugins {
         limits: Limits,
         label: &str,
     ) -> Result<TransformInstance, PluginError> {
-        let spec = self.spec(loaded, config, limits, label);
+        let config = self.inner.secrets.resolve(config)?;
+        let spec = self.spec(loaded, &config, limits, label);
         TransformInstance::start(&self.inner.engine, &loaded.prepared, spec).await
     }
 
@@ -397,7 +409,8 @@ impl Plugins {
         limits: Limits,
         max_tasks: u32,
     ) -> Result<Vec<Vec<(String, String)>>, PluginError> {
-        let spec = self.spec(loaded, config, limits, "plan");
+        let config = self.inner.secrets.resolve(config)?;
+        let spec = self.spec(loaded, &config, limits, "plan");
         let tasks = instance::plan(&self.inner.engine, &loaded.prepared, spec, max_tasks).await?;
         let broken = |detail: String| PluginError::Contract {
             plugin: loaded.info.name.clone(),
@@ -426,7 +439,8 @@ impl Plugins {
         label: &str,
         resume_after: Option<&[u8]>,
     ) -> Result<SourceInstance, PluginError> {
-        let spec = self.spec(loaded, config, limits, label);
+        let config = self.inner.secrets.resolve(config)?;
+        let spec = self.spec(loaded, &config, limits, label);
         SourceInstance::start(&self.inner.engine, &loaded.prepared, spec, resume_after).await
     }
 
@@ -438,7 +452,8 @@ impl Plugins {
         limits: Limits,
         label: &str,
     ) -> Result<SinkInstance, PluginError> {
-        let spec = self.spec(loaded, config, limits, label);
+        let config = self.inner.secrets.resolve(config)?;
+        let spec = self.spec(loaded, &config, limits, label);
         SinkInstance::start(&self.inner.engine, &loaded.prepared, spec).await
     }
 

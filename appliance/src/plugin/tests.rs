@@ -4,6 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::meta::Meta;
+use crate::security::secrets::SecretProviders;
 
 fn test_plugin(crate_name: &str) -> Vec<u8> {
     let path = Path::new(env!("APPLIANCE_PLUGINS_DIR")).join(format!("{crate_name}.wasm"));
@@ -12,7 +13,13 @@ fn test_plugin(crate_name: &str) -> Vec<u8> {
 
 fn open(dir: &Path) -> Plugins {
     let meta = Meta::open(&dir.join("meta")).unwrap();
-    Plugins::open(dir, meta, CancellationToken::new()).unwrap()
+    Plugins::open(
+        dir,
+        meta,
+        SecretProviders::default(),
+        CancellationToken::new(),
+    )
+    .unwrap()
 }
 
 fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -152,6 +152,22 @@ pub struct Acl {
     pub permission: Permission,
 }
 
+/// `allow User:bob write topic plant- (prefixed)`: how logs and the audit record show it.
+impl fmt::Display for Acl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {} {} ({})",
+            self.permission,
+            self.grantee,
+            self.operation,
+            self.resource_type,
+            self.pattern,
+            self.pattern_type
+        )
+    }
+}
+
 impl Acl {
     /// Checks what cannot work: an empty pattern, a cluster ACL naming something else.
     pub fn validate(&self) -> Result<(), SecurityError> {

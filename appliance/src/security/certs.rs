@@ -18,8 +18,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -46,6 +46,8 @@ pub const HUB_CERT: &str = "hub.pem";
 pub const HUB_KEY: &str = "hub.key";
 /// Certificates are valid this long from the day they are made.
 const VALID_DAYS: i64 = 3650;
+/// Certificates are valid from this long before they are made, for peers whose clocks lag.
+const BACKDATED_SECONDS: i64 = 86_400;
 
 /// The files `init` or `issue` wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,13 +110,88 @@ pub fn issue_client(dir: &Path, name: &str) -> Result<Written, CertError> {
 }
 
 fn ca_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
-    let ca_cert_path = dir.join(CA_CERT);
-    let ca_key_path = dir.join(CA_KEY);
-    let ca_cert = read_text(&ca_cert_path)?;
-    let ca_key = KeyPair::from_pem(&read_text(&ca_key_path)?)
-        .map_err(|e| failure(&ca_key_path.display().to_string(), e))?;
-    Issuer::from_ca_cert_pem(&ca_cert, ca_key)
-        .map_err(|e| failure(&ca_cert_path.display().to_string(), e))
+    CaFiles {
+        cert: dir.join(CA_CERT),
+        key: dir.join(CA_KEY),
+    }
+    .issuer()
+}
+
+/// A CA's certificate and key, which sign what a hub enrolls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CaFiles {
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, CertError> {
+        let ca_cert = self.cert_pem()?;
+        let ca_key = KeyPair::from_pem(&read_text(&self.key)?)
+            .map_err(|e| failure(&self.key.display().to_string(), e))?;
+        Issuer::from_ca_cert_pem(&ca_cert, ca_key)
+            .map_err(|e| failure(&self.cert.display().to_string(), e))
+    }
+
+    pub fn cert_pem(&self) -> Result<String, CertError> {
+        read_text(&self.cert)
+    }
+}
+
+/// A key made here and a certificate request for it (DER): what an enrolling edge sends.
+/// Returns the key as PEM.
+pub fn edge_request() -> Result<(String, Vec<u8>), CertError> {
+    let key = generate_key("the edge")?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    let request = params
+        .serialize_request(&key)
+        .map_err(|e| failure("the certificate request", e))?;
+    Ok((key.serialize_pem(), request.der().to_vec()))
+}
+
+/// Signs an edge certificate for `edge` with the public key of `request` (whose signature
+/// must hold); nothing else of the request is taken. Returns the certificate as PEM.
+pub fn sign_edge_request(ca: &CaFiles, edge: &str, request: &[u8]) -> Result<String, CertError> {
+    let what = format!("the certificate of {edge}");
+    let request = CertificateSigningRequestParams::from_der(&request.to_vec().into())
+        .map_err(|e| failure("the certificate request", e))?;
+    let cert = client_params(&what, edge)?
+        .signed_by(&request.public_key, &ca.issuer()?)
+        .map_err(|e| failure(&what, e))?;
+    Ok(cert.pem())
+}
+
+/// The files an enrollment wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Writes an enrolled edge's files into `dir`: `EDGE.pem`, `EDGE.key` (0600) and `ca.pem`,
+/// refusing to replace any.
+pub fn write_enrolled(
+    dir: &Path,
+    edge: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<Enrolled, CertError> {
+    let written = Enrolled {
+        ca: dir.join(CA_CERT),
+        cert: dir.join(format!("{edge}.pem")),
+        key: dir.join(format!("{edge}.key")),
+    };
+    for path in [&written.ca, &written.cert, &written.key] {
+        refuse_existing(path)?;
+    }
+    std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
+    write_file(&written.ca, ca_pem.as_bytes(), false)?;
+    write_file(&written.cert, cert_pem.as_bytes(), false)?;
+    write_file(&written.key, key_pem.as_bytes(), true)?;
+    Ok(written)
 }
 
 fn issue(
@@ -144,12 +221,7 @@ fn issue(
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             params
         }
-        Usage::Client => {
-            let mut params = params(&what, vec![file_name.to_owned()])?;
-            params.distinguished_name = name(file_name);
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            params
-        }
+        Usage::Client => client_params(&what, file_name)?,
     };
     let cert = params
         .signed_by(&key, issuer)
@@ -168,6 +240,12 @@ pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
         return Err(unusable(path, "no certificate in the file"));
     }
     Ok(certs)
+}
+
+/// When a certificate of this CA was made (Unix seconds), from its `notBefore`.
+pub fn issued_unix_s(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(cert.validity().not_before.timestamp() + BACKDATED_SECONDS)
 }
 
 /// The private key of a PEM file.
@@ -192,10 +270,18 @@ pub fn unusable(path: &Path, error: impl std::fmt::Display) -> CertError {
     }
 }
 
+/// A client certificate's: its one name, `name`, is also its common name.
+fn client_params(what: &str, common_name: &str) -> Result<CertificateParams, CertError> {
+    let mut params = params(what, vec![common_name.to_owned()])?;
+    params.distinguished_name = name(common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
 fn params(what: &str, names: Vec<String>) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::new(names).map_err(|e| failure(what, e))?;
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::days(1);
+    params.not_before = now - time::Duration::seconds(BACKDATED_SECONDS);
     params.not_after = now + time::Duration::days(VALID_DAYS);
     Ok(params)
 }
@@ -314,6 +400,41 @@ mod tests {
             let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }
+    }
+
+    #[test]
+    fn an_enrolling_edge_gets_the_name_its_token_gives_and_a_tampered_request_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = init(dir.path(), &[]).unwrap();
+        let ca = CaFiles {
+            cert: ca.cert,
+            key: ca.key,
+        };
+        let (key, request) = edge_request().unwrap();
+        let signed = sign_edge_request(&ca, "plant-9", &request).unwrap();
+        let written = write_enrolled(
+            &dir.path().join("edge"),
+            "plant-9",
+            &signed,
+            &key,
+            &ca.cert_pem().unwrap(),
+        )
+        .unwrap();
+        let (common_name, names, issuer, is_ca) = describe(&written.cert);
+        assert_eq!(
+            (common_name.as_str(), names.as_slice()),
+            ("plant-9", &["plant-9".to_owned()][..])
+        );
+        assert_eq!(issuer, describe(&ca.cert).2);
+        assert!(!is_ca);
+        let again = write_enrolled(&dir.path().join("edge"), "plant-9", &signed, &key, "");
+        assert!(again.unwrap_err().to_string().contains("exists already"));
+
+        let mut tampered = request.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(sign_edge_request(&ca, "plant-9", &tampered).is_err());
+        assert!(sign_edge_request(&ca, "plant-9", b"not a request").is_err());
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! Security: who is calling (principals, bearer tokens) and what they may do (ACLs).
+//! Security: who is calling (principals, bearer tokens, users with passwords), what they may
+//! do (ACLs) and how fast (quotas).
 //!
-//! Owns the token store and the ACLs (both in the metadata store), the super-users of the
-//! configuration, the admin token of a first start, and the one table of what each gRPC
+//! Owns the tokens, the users, the ACLs and the quotas (all in the metadata store), the super-users
+//! of the configuration, the admin token of a first start, and the one table of what each gRPC
 //! method needs (`rpc.rs`). It knows nothing of gRPC: `api/` authenticates each request's
 //! bearer token here, then asks [`Authorizer::authorize`] before the call does anything.
 //!
 //! ```text
 //! request --bearer token--> Tokens::authenticate -> Principal
 //!         --Rpc + names---> rpc::Rpc::requirement -> Authorizer::authorize -> allowed | Denial
+//!         --bytes, calls--> Quotas::charge -> how long to wait
 //! ```
 //!
 //! Invariants: a token's secret is never stored (only its SHA-256) nor logged; nothing is
@@ -15,10 +17,15 @@
 
 mod acl;
 pub mod certs;
+pub mod join;
 mod mapping;
 mod principal;
+mod quota;
+mod revocations;
 mod rpc;
+pub mod secrets;
 mod token;
+mod users;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -30,8 +37,11 @@ pub use acl::{
 };
 pub use mapping::PrincipalRules;
 pub use principal::{Principal, PrincipalKind};
+pub use quota::{Quota, Quotas, Rates, Usage};
+pub use revocations::Revocations;
 pub use rpc::{Requirement, Rpc};
 pub use token::{TokenId, TokenInfo, TokenRefusal, Tokens};
+pub use users::{PasswordChange, ScramCredential, ScramMechanism, UserInfo, Users};
 
 use crate::meta::{Meta, MetaError};
 
@@ -64,6 +74,16 @@ pub enum SecurityError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{principal} exists already (`appliance user password` changes a password)")]
+    UserExists { principal: Principal },
+    #[error("no user {principal} (see `appliance user list`)")]
+    UnknownUser { principal: Principal },
+    #[error("invalid join token: {reason}")]
+    InvalidJoinToken { reason: String },
+    #[error("the join token is refused: {reason}")]
+    JoinTokenRefused { reason: String },
+    #[error("the password is too weak or malformed: {reason}")]
+    WeakPassword { reason: String },
     #[error(transparent)]
     Meta(#[from] MetaError),
 }
@@ -74,6 +94,12 @@ pub struct Security {
     pub tokens: Tokens,
     pub client_principals: PrincipalRules,
     pub authorizer: Authorizer,
+    pub quotas: Quotas,
+    pub users: Users,
+    /// Edges whose certificates a hub refuses.
+    pub revocations: Revocations,
+    /// The one-time tokens edges enroll with, on a hub.
+    pub join_tokens: join::JoinTokens,
 }
 
 impl Security {
@@ -85,7 +111,11 @@ impl Security {
         Ok(Self {
             tokens: Tokens::open(meta.clone())?,
             client_principals,
-            authorizer: Authorizer::open(meta, super_users)?,
+            authorizer: Authorizer::open(meta.clone(), super_users)?,
+            quotas: Quotas::open(meta.clone())?,
+            users: Users::open(meta.clone())?,
+            revocations: Revocations::open(meta.clone())?,
+            join_tokens: join::JoinTokens::open(meta),
         })
     }
 

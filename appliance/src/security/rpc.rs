@@ -8,9 +8,29 @@ use prometheus_client::encoding::EncodeLabelValue;
 
 use super::acl::{Operation, ResourceType};
 
-/// The gRPC methods (also the `method` label of the API's metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-pub enum Rpc {
+/// Defines [`Rpc`] and the lookup of a variant by its method name.
+macro_rules! rpcs {
+    ($($method:ident),* $(,)?) => {
+        /// The gRPC methods (also the `method` label of the API's metrics).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+        pub enum Rpc {
+            $($method),*
+        }
+
+        impl Rpc {
+            /// The method of this name (the last part of its gRPC path); method names are
+            /// unique across the services.
+            pub fn from_method(name: &str) -> Option<Self> {
+                match name {
+                    $(stringify!($method) => Some(Rpc::$method),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+rpcs! {
     CreateTopic,
     GetTopic,
     ListTopics,
@@ -51,6 +71,8 @@ pub enum Rpc {
     DeleteLink,
     ListEdges,
     PromoteTopic,
+    RevokeEdge,
+    CreateJoinToken,
     Execute,
     Follow,
     Describe,
@@ -60,6 +82,12 @@ pub enum Rpc {
     CreateAcl,
     ListAcls,
     DeleteAcl,
+    SetQuota,
+    ListQuotas,
+    CreateUser,
+    ChangePassword,
+    ListUsers,
+    DeleteUser,
 }
 
 /// What a method needs on the resource its request names.
@@ -106,14 +134,31 @@ impl Rpc {
             Rpc::GetLink | Rpc::ListLinks => (Link, Describe),
             Rpc::PauseLink | Rpc::ResumeLink => (Link, Alter),
             Rpc::DeleteLink => (Link, Delete),
-            Rpc::ListEdges | Rpc::ListTokens | Rpc::ListAcls => (Cluster, Describe),
-            Rpc::CreateToken | Rpc::RevokeToken | Rpc::CreateAcl | Rpc::DeleteAcl => {
-                (Cluster, Alter)
+            Rpc::ListEdges | Rpc::ListTokens | Rpc::ListAcls | Rpc::ListQuotas | Rpc::ListUsers => {
+                (Cluster, Describe)
             }
+            Rpc::CreateToken
+            | Rpc::RevokeToken
+            | Rpc::CreateAcl
+            | Rpc::DeleteAcl
+            | Rpc::SetQuota
+            | Rpc::RevokeEdge
+            | Rpc::CreateJoinToken
+            | Rpc::CreateUser
+            | Rpc::ChangePassword
+            | Rpc::DeleteUser => (Cluster, Alter),
         };
         Requirement {
             resource_type,
             operation,
         }
+    }
+
+    /// Whether a successful call changes something: what the audit log records of successes.
+    pub fn changes(self) -> bool {
+        matches!(
+            self.requirement().operation,
+            Operation::Create | Operation::Delete | Operation::Alter
+        )
     }
 }

@@ -213,7 +213,7 @@ fn split(token: &str) -> Option<(TokenId, &str)> {
     Some((TokenId::parse(id).ok()?, secret))
 }
 
-fn random<const N: usize>() -> Result<[u8; N], SecurityError> {
+pub(super) fn random<const N: usize>() -> Result<[u8; N], SecurityError> {
     let mut bytes = [0; N];
     getrandom::fill(&mut bytes).map_err(|error| SecurityError::Randomness {
         reason: error.to_string(),
@@ -221,7 +221,7 @@ fn random<const N: usize>() -> Result<[u8; N], SecurityError> {
     Ok(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -230,7 +230,7 @@ pub(super) fn unix_ms(time: SystemTime) -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-fn from_unix_ms(ms: u64) -> SystemTime {
+pub(super) fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 

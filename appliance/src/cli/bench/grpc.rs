@@ -1,8 +1,11 @@
 //! `appliance bench grpc`: the appliance serving its gRPC API on loopback (in this process),
 //! with producers and consumers as gRPC clients, beside the log's own append and read figures
-//! measured in the same run, and NATS JetStream when `nats-server` is installed.
+//! measured in the same run, and NATS JetStream when `nats-server` is installed. Then the same
+//! produce and fetch over TLS by a user whose ACLs are checked, against the plaintext run by
+//! the super-user, and the cost of one ACL check.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,17 +14,22 @@ use anyhow::Context;
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::groups_client::GroupsClient;
 use appliance_proto::v1::records_client::RecordsClient;
+use appliance_proto::v1::security_client::SecurityClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use bytes::Bytes;
 use clap::Args;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::super::client::Local;
+use super::super::client::{ApiChannel, Local};
 use super::log::append_case;
 use super::{nats, open_log, scratch_dir};
 use crate::config::{ApiSection, Config};
 use crate::log::{Offset, PartitionId, TopicName, decode_all};
+use crate::meta::Meta;
+use crate::security::{
+    Acl, Authorizer, Operation, PatternType, Permission, Principal, ResourceType, certs,
+};
 
 const RECORD_BYTES: usize = 100;
 const TOPIC: &str = "bench";
@@ -94,16 +102,7 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let running = crate::app::start(config, shutdown.clone()).await?;
     let local = Local::of(&running)?;
     let figures = async {
-        let channel = local.connect().await?;
-        TopicsClient::new(channel)
-            .create_topic(pb::CreateTopicRequest {
-                name: TOPIC.into(),
-                config: Some(pb::TopicConfig {
-                    partitions: Some(args.streams),
-                    ..Default::default()
-                }),
-            })
-            .await?;
+        create_topic(local.connect().await?, args.streams).await?;
         let (produced, produce_rps) = produce(&local, &args, duration).await?;
         let fetch_rps = fetch(&local, args.streams).await?;
         let subscribe_rps = subscribe(&local, args.streams, produced).await?;
@@ -113,6 +112,8 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     running.stopped().await?;
     let (produce_rps, fetch_rps, subscribe_rps) = figures?;
+    let (secured_produce_rps, secured_fetch_rps) = secured(scratch.path(), &args, duration).await?;
+    let acl_check_ns = acl_check_ns(scratch.path()).await?;
 
     let nats = if nats::available() {
         let measured = nats::measure(
@@ -174,8 +175,23 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!();
+    println!("{:<44} {:>14} {:>10}", "", "records/s", "of above");
+    row(
+        "gRPC ProduceStream over TLS, token + ACLs",
+        secured_produce_rps,
+        Some(produce_rps),
+    );
+    row(
+        "gRPC Fetch over TLS, token + ACLs",
+        secured_fetch_rps,
+        Some(fetch_rps),
+    );
     println!(
-        "targets: ProduceStream >= 500000 records/s and >= 50% of the log; Fetch/Subscribe >= 1000000 records/s and >= 50% of the log"
+        "ACL check: {acl_check_ns:.0} ns per request ({ACL_BENCH_ACLS} ACLs in force; produce and fetch check one topic a request)"
+    );
+    println!();
+    println!(
+        "targets: ProduceStream >= 500000 records/s and >= 50% of the log; Fetch/Subscribe >= 1000000 records/s and >= 50% of the log; over TLS with token and ACLs >= 80% of plaintext"
     );
     if args.json {
         let summary = serde_json::json!({
@@ -184,6 +200,9 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
             "log_read_rps": log_read_rps,
             "grpc_fetch_rps": fetch_rps,
             "grpc_subscribe_rps": subscribe_rps,
+            "grpc_tls_acl_produce_rps": secured_produce_rps,
+            "grpc_tls_acl_fetch_rps": secured_fetch_rps,
+            "acl_check_ns": acl_check_ns,
             "nats": nats,
             "streams": args.streams,
             "batch_records": args.batch_records,
@@ -191,6 +210,119 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
         });
         println!("{summary}");
     }
+    Ok(())
+}
+
+/// ACLs in force while one check is timed: other users' prefixes, and the one that allows.
+const ACL_BENCH_ACLS: usize = 101;
+
+/// Produce and fetch over TLS by User:bench, whose token and ACLs the admin makes.
+async fn secured(
+    scratch: &Path,
+    args: &GrpcBenchArgs,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let tls_dir = scratch.join("tls");
+    certs::init(&tls_dir, &[])?;
+    let server = certs::issue_server(&tls_dir, "api", &[])?;
+    let config = Config {
+        data_dir: scratch.join("secured"),
+        api: ApiSection {
+            grpc_addr: "127.0.0.1:0".parse()?,
+            metrics_addr: "127.0.0.1:0".parse()?,
+            tls_cert: Some(server.cert),
+            tls_key: Some(server.key),
+            ..ApiSection::default()
+        },
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = crate::app::start(config, shutdown.clone()).await?;
+    let admin = Local::of(&running)?.over_tls(&std::fs::read(tls_dir.join(certs::CA_CERT))?);
+    let figures = async {
+        let channel = admin.connect().await?;
+        create_topic(channel.clone(), args.streams).await?;
+        let token = SecurityClient::new(channel.clone())
+            .create_token(pb::CreateTokenRequest {
+                name: "bench".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .secret;
+        for operation in [pb::AclOperation::Write, pb::AclOperation::Read] {
+            SecurityClient::new(channel.clone())
+                .create_acl(pb::Acl {
+                    principal: "User:bench".into(),
+                    resource_type: pb::ResourceType::Topic.into(),
+                    pattern_type: pb::PatternType::Literal.into(),
+                    pattern: TOPIC.into(),
+                    operation: operation.into(),
+                    permission: pb::AclPermission::Allow.into(),
+                })
+                .await?;
+        }
+        let bench = admin.as_holder_of(token);
+        let (_, produce_rps) = produce(&bench, args, duration).await?;
+        let fetch_rps = fetch(&bench, args.streams).await?;
+        anyhow::Ok((produce_rps, fetch_rps))
+    }
+    .await;
+    shutdown.cancel();
+    running.stopped().await?;
+    figures
+}
+
+/// The time of one authorization of a user's write among [`ACL_BENCH_ACLS`] ACLs.
+async fn acl_check_ns(scratch: &Path) -> anyhow::Result<f64> {
+    let authorizer = Authorizer::open(Meta::open(&scratch.join("acl-bench"))?, HashSet::new())?;
+    let acl = |principal: &str, pattern: String, pattern_type| -> anyhow::Result<Acl> {
+        Ok(Acl {
+            grantee: principal.parse()?,
+            resource_type: ResourceType::Topic,
+            pattern_type,
+            pattern,
+            operation: Operation::Write,
+            permission: Permission::Allow,
+        })
+    };
+    for n in 1..ACL_BENCH_ACLS {
+        authorizer
+            .add(acl(
+                &format!("User:user-{n}"),
+                format!("plant-{n}-"),
+                PatternType::Prefixed,
+            )?)
+            .await?;
+    }
+    authorizer
+        .add(acl("User:bench", TOPIC.to_owned(), PatternType::Literal)?)
+        .await?;
+    let principal: Principal = "User:bench".parse()?;
+    let checks = 200_000;
+    let started = Instant::now();
+    for _ in 0..checks {
+        std::hint::black_box(authorizer.authorize(
+            &principal,
+            ResourceType::Topic,
+            std::hint::black_box(TOPIC),
+            Operation::Write,
+        ))
+        .map_err(|denial| anyhow::anyhow!("denied: {denial:?}"))?;
+    }
+    Ok(started.elapsed().as_nanos() as f64 / f64::from(checks))
+}
+
+async fn create_topic(channel: ApiChannel, partitions: u32) -> anyhow::Result<()> {
+    TopicsClient::new(channel)
+        .create_topic(pb::CreateTopicRequest {
+            name: TOPIC.into(),
+            config: Some(pb::TopicConfig {
+                partitions: Some(partitions),
+                ..Default::default()
+            }),
+        })
+        .await?;
     Ok(())
 }
 

@@ -362,15 +362,23 @@ async fn replicate(
     let shutdown = CancellationToken::new();
     let options = HubOptions {
         addr: ([127, 0, 0, 1], 0).into(),
+        ca_key: None,
         ca: certs.join("ca.pem"),
         cert: certs.join("hub.pem"),
         key: certs.join("hub.key"),
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
     };
+    // The bench's edge is a super-user of the hub: replication is measured, not ACLs.
+    let bench_edge: crate::security::Principal = "Edge:bench-edge".parse()?;
     let hub = Hub::start(
         &options,
         hub_log.clone(),
-        Coordinator::new(hub_log.clone(), hub_meta),
+        Coordinator::new(hub_log.clone(), hub_meta.clone()),
+        crate::security::Security::open(
+            hub_meta,
+            [bench_edge].into(),
+            crate::security::PrincipalRules::default(),
+        )?,
         shutdown.clone(),
     )?;
     let proxy = match impairment {

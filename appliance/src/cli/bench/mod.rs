@@ -83,7 +83,12 @@ async fn open_plugin_host(dir: &Path) -> anyhow::Result<PluginHost> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let meta = Meta::open(&dir.join("meta"))?;
     let log = Log::open(LogConfig::new(dir.to_path_buf()), meta.clone()).await?;
-    let plugins = crate::plugin::Plugins::open(dir, meta.clone(), shutdown.clone())?;
+    let plugins = crate::plugin::Plugins::open(
+        dir,
+        meta.clone(),
+        crate::security::secrets::SecretProviders::default(),
+        shutdown.clone(),
+    )?;
     Ok(PluginHost {
         shutdown,
         meta,
