@@ -767,7 +767,10 @@ async fn secrets_from_providers_reach_plugins_and_nothing_else() -> anyhow::Resu
     for (setting, fix) in [
         ("rate=${env:HOME}", "secret-env-prefixes"),
         ("rate=${file:/etc/hostname}", "secret-dirs"),
-        ("rate=${vault:x}", "is not a secret reference"),
+        (
+            "rate=${env:APPLIANCE_SECRET_RATE",
+            "is not a secret reference",
+        ),
     ] {
         let refused = daemon.cli(
             root,

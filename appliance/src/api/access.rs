@@ -174,17 +174,16 @@ where
             request.extensions_mut().insert(throttle);
             request.extensions_mut().insert(note.clone());
             let response = inner.call(request).await?;
-            let code = Status::from_header_map(response.headers()).map_or(Code::Ok, |s| s.code());
-            let outcome = match code {
-                Code::PermissionDenied => Outcome::Denied,
-                Code::Ok if rpc.is_some_and(Rpc::changes) => Outcome::Done,
+            // A unary call's failure (and any refusal before a stream) is in the headers.
+            let failed = Status::from_header_map(response.headers());
+            let (outcome, reason) = match failed.as_ref().map_or(Code::Ok, Status::code) {
+                Code::PermissionDenied => (
+                    Outcome::Denied,
+                    failed.map(|status| status.message().to_owned()),
+                ),
+                Code::Ok if rpc.is_some_and(Rpc::changes) => (Outcome::Done, None),
                 _ => return Ok(response),
             };
-            let reason = (outcome == Outcome::Denied)
-                .then(|| {
-                    Status::from_header_map(response.headers()).map(|s| s.message().to_owned())
-                })
-                .flatten();
             let entry = audit::entry(
                 &path,
                 rpc,

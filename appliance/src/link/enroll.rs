@@ -146,7 +146,7 @@ pub async fn enroll_with(hub: &str, token: &str, dir: &Path) -> Result<Enrolled,
 }
 
 /// A client endpoint without a certificate that trusts exactly the hub certificate pinned.
-fn pinned_endpoint(pin: [u8; 32]) -> Result<quinn::Endpoint, LinkError> {
+pub(super) fn pinned_endpoint(pin: [u8; 32]) -> Result<quinn::Endpoint, LinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedHub {
         pin,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::edge::{LinkSpec, LinkStatus, Links};
+use super::enroll;
 use super::hub::{Hub, HubOptions};
 use super::progress::Direction;
 use super::protocol::MirrorEnd;
@@ -1045,5 +1046,51 @@ async fn deleting_a_link_waiting_to_reconnect_leaves_nothing_of_it_running() {
         .map(|status| status.spec.name)
         .collect();
     assert_eq!(names, ["to-hub"]);
+    deployment.shutdown.cancel();
+}
+
+/// A connection without a certificate gets one bounded enrollment exchange: silent or sending
+/// garbage, it is closed, and the hub goes on serving its edges.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_without_a_certificate_gets_one_bounded_exchange() {
+    let deployment = Deployment::start().await;
+    let hub = deployment.hub_link.local_addr();
+    let pin = enroll::pin_of(&deployment.file("hub.pem")).unwrap();
+    let endpoint = enroll::pinned_endpoint(pin).unwrap();
+    let bound = enroll::EXCHANGE_TIMEOUT * 3;
+
+    let silent = endpoint
+        .connect(hub, "appliance-hub")
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(bound, silent.closed()).await.is_ok(),
+        "a silent connection held past its exchange's time"
+    );
+
+    let noisy = endpoint
+        .connect(hub, "appliance-hub")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, _receive) = noisy.open_bi().await.unwrap();
+    send.write_all(&[0xff; 64]).await.unwrap();
+    send.finish().unwrap();
+    assert!(
+        tokio::time::timeout(bound, noisy.closed()).await.is_ok(),
+        "garbage held its connection"
+    );
+
+    // A hub without the CA's key refuses to enroll, before looking at the token.
+    let token = "apj_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA_".to_owned()
+        + &base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, pin);
+    let dir = tempfile::tempdir().unwrap();
+    let refused = enroll::enroll_with(&hub.to_string(), &token, dir.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("does not enroll edges"), "{refused}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     deployment.shutdown.cancel();
 }

@@ -1,7 +1,8 @@
 //! Secrets in plugin configuration: a value may name where a secret is kept instead of
 //! holding it, `${file:PATH}` (the file's contents, without a final newline) or `${env:NAME}`
 //! (the daemon's environment variable), alone or inside other text
-//! (`url=mqtt://plant:${env:APPLIANCE_SECRET_MQTT}@broker`). `$${` is a literal `${`.
+//! (`url=mqtt://plant:${env:APPLIANCE_SECRET_MQTT}@broker`). `$${file:` and `$${env:` are
+//! literal; any other `${...}` is left to the plugin (`timestamp-router`'s `${topic}`).
 //!
 //! Specs keep the references and are what is stored and answered; the plugin host resolves
 //! them each time it starts an instance, so a secret lives only in the memory of the daemon
@@ -19,6 +20,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
+/// The providers a reference names, as it starts: other `${...}` are a plugin's own syntax
+/// (`timestamp-router`'s `${topic}`) and pass through.
+const PROVIDERS: [&str; 2] = ["file:", "env:"];
 /// The most bytes one secret has.
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
 /// The fewest bytes one secret has: a shorter one could not be told apart in a log line.
@@ -34,7 +38,7 @@ static SECRETS: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
 pub enum SecretError {
     #[error(
         "setting {key:?}: {reference} is not a secret reference: write `${{file:PATH}}` or \
-         `${{env:NAME}}` (and `$${{` for a literal `${{`)"
+         `${{env:NAME}}` (and `$${{file:` or `$${{env:` for the literal text)"
     )]
     Malformed { key: String, reference: String },
     #[error(
@@ -109,13 +113,18 @@ impl SecretProviders {
     fn resolve_value(&self, key: &str, value: &str) -> Result<String, SecretError> {
         let mut resolved = String::with_capacity(value.len());
         let mut rest = value;
+        let names_provider = |text: &str| PROVIDERS.iter().any(|p| text.starts_with(p));
         while let Some(at) = rest.find('$') {
             resolved.push_str(&rest[..at]);
             rest = &rest[at..];
-            if let Some(after) = rest.strip_prefix("$${") {
+            if let Some(after) = rest.strip_prefix("$${")
+                && names_provider(after)
+            {
                 resolved.push_str("${");
                 rest = after;
-            } else if let Some(after) = rest.strip_prefix("${") {
+            } else if let Some(after) = rest.strip_prefix("${")
+                && names_provider(after)
+            {
                 let malformed = || SecretError::Malformed {
                     key: key.to_owned(),
                     reference: format!("`{}`", rest.chars().take(40).collect::<String>()),
@@ -124,8 +133,7 @@ impl SecretProviders {
                 let (provider, argument) = after[..end].split_once(':').ok_or_else(malformed)?;
                 let secret = match provider {
                     "file" => self.file(key, Path::new(argument))?,
-                    "env" => self.env(key, argument)?,
-                    _ => return Err(malformed()),
+                    _ => self.env(key, argument)?,
                 };
                 remember(key, &after[..end], &secret)?;
                 resolved.push_str(&secret);
@@ -291,7 +299,7 @@ mod tests {
         let given = config(&[
             ("url", "mqtt://plant:${file:SECRETS/mqtt}@broker"),
             ("db", "${env:APPLIANCE_SECRET_TEST_DB}"),
-            ("template", "$${not} a $ reference"),
+            ("template", "$${env:X} and ${topic} are not $ references"),
         ]);
         let given: Vec<_> = given
             .into_iter()
@@ -303,7 +311,7 @@ mod tests {
             config(&[
                 ("url", "mqtt://plant:s3cret-Mqtt-pw@broker"),
                 ("db", "db-Pa55word"),
-                ("template", "${not} a $ reference"),
+                ("template", "${env:X} and ${topic} are not $ references"),
             ])
         );
         assert_eq!(
@@ -325,7 +333,7 @@ mod tests {
             matches!(refused, SecretError::EnvNotAllowed { .. }),
             "{refused}"
         );
-        for malformed in ["${file}", "${vault:x}", "${env:APPLIANCE_SECRET_TEST_DB"] {
+        for malformed in ["${file:", "${env:APPLIANCE_SECRET_TEST_DB"] {
             let refused = providers.resolve(&config(&[("x", malformed)])).unwrap_err();
             assert!(
                 matches!(refused, SecretError::Malformed { .. }),
