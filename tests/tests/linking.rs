@@ -672,7 +672,7 @@ async fn the_hub_takes_and_sends_only_what_an_edges_acls_allow() -> anyhow::Resu
         let status = link_status(&edge, root, LINK)?;
         let refused = status_partitions(&status, "up", "sensors").iter().any(|p| {
             p["last_error"].as_str().is_some_and(|e| {
-                e.contains("Edge:plant-1 may not write topic plant-1.sensors")
+                e.contains("on the hub: Edge:plant-1 may not write topic \"plant-1.sensors\"")
                     && e.contains("appliance acl add")
             })
         });

@@ -351,26 +351,8 @@ impl Call {
         operation: Operation,
         denial: &Denial,
     ) -> Status {
-        let what = format!(
-            "{} may not {operation} {resource_type} {name:?}",
-            self.throttle.principal
-        );
-        tracing::info!(rpc = ?self.rpc, %what, "denied a request");
-        let grant = match resource_type {
-            ResourceType::Cluster => "--cluster".to_owned(),
-            other => format!("--{other} {name}"),
-        };
-        let message = match denial {
-            Denial::NoAcl => format!(
-                "{what}: no ACL allows it; a super-user can grant it with `appliance acl add \
-                 --principal {} {grant} --operation {operation}`",
-                self.throttle.principal
-            ),
-            Denial::DeniedBy(acl) => format!(
-                "{what}: an ACL denies it ({} {} {} {:?} for {})",
-                acl.operation, acl.resource_type, acl.pattern_type, acl.pattern, acl.grantee
-            ),
-        };
+        let message = denial.explain(&self.throttle.principal, resource_type, name, operation);
+        tracing::info!(rpc = ?self.rpc, %message, "denied a request");
         Status::permission_denied(message)
     }
 }

@@ -139,8 +139,7 @@ impl Audit {
         };
         let batch = encode(&[record], Compression::None).map_err(LogError::InvalidBatch)?;
         self.log
-            .partition(&self.topic, PartitionId(0))?
-            .append(batch)
+            .append(&self.topic, PartitionId(0), batch)
             .await
             .map(drop)
     }

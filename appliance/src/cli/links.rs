@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::Failure;
 use super::client::{ApiChannel, status};
-use super::output::{print_json, print_table, seconds_since, seconds_until};
+use super::output::{print_json, print_table, seconds_since, seconds_until, time_text};
 
 #[derive(Debug, Subcommand)]
 pub enum LinkCommand {
@@ -336,10 +336,7 @@ pub async fn link(channel: ApiChannel, command: LinkCommand) -> Result<(), Failu
             eprintln!(
                 "join token {} for edge {edge}, usable once until {}; it is shown only now:",
                 created.id,
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH
-                        + Duration::from_millis(created.expires_unix_ms.max(0) as u64)
-                )
+                time_text(created.expires_unix_ms)
             );
             println!("{}", created.token);
         }

@@ -28,6 +28,15 @@ pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A time in Unix milliseconds as RFC 3339 to the second; 0 is `never` (no expiry).
+pub(super) fn time_text(unix_ms: i64) -> String {
+    if unix_ms == 0 {
+        return "never".into();
+    }
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 /// Whole seconds from now until a time in Unix milliseconds (0 once it has passed).
 pub(super) fn seconds_until(unix_ms: u64) -> u64 {
     let left = (unix_ms as i64).saturating_sub(now_unix_ms()).max(0) as u64;

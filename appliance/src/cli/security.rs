@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::Failure;
 use super::client::{ApiChannel, status};
-use super::output::{print_json, print_table};
+use super::output::{print_json, print_table, time_text};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -215,14 +215,6 @@ fn token_json(token: &pb::Token) -> serde_json::Value {
     })
 }
 
-fn unix_ms_text(ms: i64) -> String {
-    if ms == 0 {
-        return "never".into();
-    }
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
 pub async fn token(channel: ApiChannel, command: TokenCommand) -> Result<(), Failure> {
     let mut client = SecurityClient::new(channel);
     match command {
@@ -245,7 +237,7 @@ pub async fn token(channel: ApiChannel, command: TokenCommand) -> Result<(), Fai
                     "token {} for {} (expires: {}); it is shown only now:",
                     token.id,
                     token.principal,
-                    unix_ms_text(token.expires_unix_ms)
+                    time_text(token.expires_unix_ms)
                 );
             }
             println!("{}", created.secret);
@@ -266,8 +258,8 @@ pub async fn token(channel: ApiChannel, command: TokenCommand) -> Result<(), Fai
                         vec![
                             t.id.clone(),
                             t.principal.clone(),
-                            unix_ms_text(t.created_unix_ms),
-                            unix_ms_text(t.expires_unix_ms),
+                            time_text(t.created_unix_ms),
+                            time_text(t.expires_unix_ms),
                             t.description.clone(),
                         ]
                     })
@@ -522,8 +514,8 @@ pub async fn user(channel: ApiChannel, command: UserCommand) -> Result<(), Failu
                     .map(|u| {
                         vec![
                             u.principal.clone(),
-                            unix_ms_text(u.created_unix_ms),
-                            unix_ms_text(u.password_changed_unix_ms),
+                            time_text(u.created_unix_ms),
+                            time_text(u.password_changed_unix_ms),
                         ]
                     })
                     .collect();

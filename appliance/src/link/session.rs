@@ -34,7 +34,7 @@ use crate::log::{
     TopicConfig, TopicName,
 };
 use crate::meta::{GroupId, Meta, Table};
-use crate::security::{Authorizer, Denial, Operation, Principal, ResourceType};
+use crate::security::{Authorizer, Operation, Principal, ResourceType};
 
 /// Control frames are small; batches travel on their own streams.
 pub const CONTROL_LIMIT: usize = 1 << 20;
@@ -102,15 +102,13 @@ impl PeerAccess {
                 Operation::Write,
             )
             .map_err(|denial| {
-                let why = match denial {
-                    Denial::NoAcl => "no ACL allows it".to_owned(),
-                    Denial::DeniedBy(acl) => format!("an ACL denies it ({acl})"),
-                };
-                format!(
-                    "{} may not write topic {mirror} on the hub: {why}; there, `appliance acl \
-                     add --principal {} --topic {mirror} --operation write` grants it",
-                    self.principal, self.principal
-                )
+                let explained = denial.explain(
+                    &self.principal,
+                    ResourceType::Topic,
+                    mirror.as_str(),
+                    Operation::Write,
+                );
+                format!("on the hub: {explained}")
             })
     }
 

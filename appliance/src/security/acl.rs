@@ -229,6 +229,33 @@ pub enum Denial {
     DeniedBy(Acl),
 }
 
+impl Denial {
+    /// What the refused principal is told: who may not do what, why, and (when nothing
+    /// allowed it) the `appliance acl add` that would.
+    pub fn explain(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        name: &str,
+        operation: Operation,
+    ) -> String {
+        let what = format!("{principal} may not {operation} {resource_type} {name:?}");
+        match self {
+            Denial::NoAcl => {
+                let grant = match resource_type {
+                    ResourceType::Cluster => "--cluster".to_owned(),
+                    other => format!("--{other} {name}"),
+                };
+                format!(
+                    "{what}: no ACL allows it; a super-user can grant it with `appliance acl add \
+                     --principal {principal} {grant} --operation {operation}`"
+                )
+            }
+            Denial::DeniedBy(acl) => format!("{what}: an ACL denies it ({acl})"),
+        }
+    }
+}
+
 /// The ACLs in force and the super-users; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Authorizer {
