@@ -30,6 +30,11 @@ use crate::{BatchInfo, Config, Record, RecordError, SourceRecord};
 
 /// A source connector task, exported with [`#[source]`](crate::source).
 pub trait Source: Sized + Send + 'static {
+    /// The configuration keys whose values are secrets (passwords, tokens). The appliance
+    /// accepts them only as references (`${file:PATH}`, `${env:NAME}`) and hands `init` the
+    /// resolved value, so the secret is never stored, shown or logged.
+    const SECRET_KEYS: &'static [&'static str] = &[];
+
     /// Splits the connector's configuration into at most `max_tasks` task configurations
     /// (one task per file, per partition of the external system, ...). The default runs one
     /// task with the connector's configuration.
@@ -50,6 +55,11 @@ pub trait Source: Sized + Send + 'static {
 
 /// A sink connector task, exported with [`#[sink]`](crate::sink).
 pub trait Sink: Sized + Send + 'static {
+    /// The configuration keys whose values are secrets (passwords, tokens). The appliance
+    /// accepts them only as references (`${file:PATH}`, `${env:NAME}`) and hands `init` the
+    /// resolved value, so the secret is never stored, shown or logged.
+    const SECRET_KEYS: &'static [&'static str] = &[];
+
     /// Splits the connector's configuration into at most `max_tasks` task configurations.
     fn plan(config: Config, max_tasks: u32) -> Result<Vec<Config>, String> {
         let _ = max_tasks;

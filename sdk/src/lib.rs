@@ -49,6 +49,11 @@ pub use wit::appliance::plugin::types::{BatchInfo, Header, Record, RecordError, 
 /// A single-message transform. One instance serves one partition of one pipeline, so it may
 /// keep state between batches.
 pub trait Transform: Sized + Send + 'static {
+    /// The configuration keys whose values are secrets (passwords, tokens). The appliance
+    /// accepts them only as references (`${file:PATH}`, `${env:NAME}`) and hands `init` the
+    /// resolved value, so the secret is never stored, shown or logged.
+    const SECRET_KEYS: &'static [&'static str] = &[];
+
     /// Builds the instance from the operator's configuration; an error rejects it and its
     /// message is shown to the operator, so say which key is wrong and what it expects.
     fn init(config: Config) -> Result<Self, String>;

@@ -438,6 +438,24 @@ impl Deadline {
     }
 }
 
+/// Whether `needle` occurs in any file under `dir`.
+pub fn found_in_files(dir: &Path, needle: &[u8]) -> anyhow::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let found = if path.is_dir() {
+            found_in_files(&path, needle)?
+        } else {
+            std::fs::read(&path)?
+                .windows(needle.len())
+                .any(|window| window == needle)
+        };
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// A UDP port that is free now (a hub binds it, and binds it again after a SIGKILL).
 pub fn free_udp_port() -> anyhow::Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use appliance_e2e::Channel;
-use appliance_e2e::{Daemon, fetch_all, plugin_wasm};
+use appliance_e2e::{Daemon, fetch_all, found_in_files, plugin_wasm};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::connectors_client::ConnectorsClient;
 use appliance_proto::v1::records_client::RecordsClient;
@@ -122,17 +122,39 @@ async fn wait_for_values(
 struct Mosquitto {
     child: Child,
     port: u16,
+    /// The user and password clients sign in with, when the broker requires them.
+    login: Option<(String, String)>,
 }
 
 impl Mosquitto {
-    /// A broker with its defaults but for the listener and the lines of `settings`.
+    /// A broker open to anonymous clients, with its defaults but for the listener and the
+    /// lines of `settings`.
     fn start(dir: &Path, settings: &str) -> anyhow::Result<Self> {
+        Self::launch(dir, &format!("allow_anonymous true\n{settings}"), None)
+    }
+
+    /// A broker that admits only `user` with `password`.
+    fn start_with_password(dir: &Path, user: &str, password: &str) -> anyhow::Result<Self> {
+        let passwords = dir.join("mosquitto.passwd");
+        let made = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg("-c")
+            .arg(&passwords)
+            .args([user, password])
+            .output()
+            .context("running mosquitto_passwd (install the Debian package `mosquitto`)")?;
+        anyhow::ensure!(made.status.success(), "mosquitto_passwd: {made:?}");
+        let settings = format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        );
+        Self::launch(dir, &settings, Some((user.into(), password.into())))
+    }
+
+    fn launch(dir: &Path, settings: &str, login: Option<(String, String)>) -> anyhow::Result<Self> {
         let port = free_port()?;
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{settings}"),
-        )?;
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\n{settings}"))?;
         // Debian installs the broker in /usr/sbin, which a non-root PATH may lack.
         let program = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
             .into_iter()
@@ -145,7 +167,7 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .context("starting mosquitto (install the Debian package `mosquitto`)")?;
-        let broker = Self { child, port };
+        let broker = Self { child, port, login };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             anyhow::ensure!(
@@ -162,6 +184,11 @@ impl Mosquitto {
         let mut child = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-q", "1", "-t", topic, "-l"])
+            .args(
+                self.login
+                    .iter()
+                    .flat_map(|(user, password)| ["-u", user, "-P", password]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -181,27 +208,24 @@ impl Drop for Mosquitto {
     }
 }
 
-/// Creates connector `sensors` of mqtt-source into topic `mqtt`, subscribed to `topics`, and
-/// waits until its subscription exists: messages published before it are not kept for it, so
-/// probes go to `sensors/probe` until one arrives.
+/// Creates connector `sensors` of mqtt-source into topic `mqtt`, subscribed to `topics` (with
+/// the settings of `more`), and waits until its subscription exists: messages published
+/// before it are not kept for it, so probes go to `sensors/probe` until one arrives.
 async fn start_mqtt_source(
     channel: &Channel,
     broker: &Mosquitto,
     topics: &str,
+    more: &[(&str, &str)],
 ) -> anyhow::Result<()> {
     let broker_addr = format!("127.0.0.1:{}", broker.port);
-    create_connector(
-        channel,
-        "sensors",
-        "mqtt-source",
-        "mqtt",
-        &[
-            ("url", &format!("mqtt://{broker_addr}")),
-            ("topics", topics),
-            ("wasi.net", &broker_addr),
-        ],
-    )
-    .await?;
+    let url = format!("mqtt://{broker_addr}");
+    let mut pairs = vec![
+        ("url", url.as_str()),
+        ("topics", topics),
+        ("wasi.net", &broker_addr),
+    ];
+    pairs.extend_from_slice(more);
+    create_connector(channel, "sensors", "mqtt-source", "mqtt", &pairs).await?;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         broker
@@ -240,7 +264,7 @@ async fn mqtt_messages_arrive_exactly_once_across_a_sigkill() -> anyhow::Result<
     let broker = Mosquitto::start(dir.path(), "max_queued_messages 0\n")?;
     let mut daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
     let channel = daemon.channel().await?;
-    start_mqtt_source(&channel, &broker, "sensors/#").await?;
+    start_mqtt_source(&channel, &broker, "sensors/#", &[]).await?;
     let lines = |device: &str| -> Vec<String> {
         (0..PER_TOPIC).map(|n| format!("{device}-{n:05}")).collect()
     };
@@ -292,7 +316,7 @@ async fn an_mqtt_burst_through_a_stock_broker_arrives_whole_across_a_freeze_and_
     let broker = Mosquitto::start(dir.path(), "")?;
     let mut daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
     let channel = daemon.channel().await?;
-    start_mqtt_source(&channel, &broker, "sensors/#").await?;
+    start_mqtt_source(&channel, &broker, "sensors/#", &[]).await?;
     let lines: Vec<String> = (0..BURST).map(|n| format!("burst-{n:05}")).collect();
     let is_burst = |v: &str| v.starts_with("burst-");
     let mut publisher = broker.publish("sensors/burst", &lines)?;
@@ -314,6 +338,87 @@ async fn an_mqtt_burst_through_a_stock_broker_arrives_whole_across_a_freeze_and_
     assert_eq!(
         by_topic["sensors/burst"], lines,
         "every message once, in order"
+    );
+    Ok(())
+}
+
+/// mqtt-source declares `password` secret: the appliance refuses it as a literal, takes it
+/// as a reference to a file, and the broker, which admits no one else, lets the connector in;
+/// the password is in no answer, log line or file of the appliance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_an_mqtt_source_declares_secret_is_taken_only_by_reference() -> anyhow::Result<()>
+{
+    const PASSWORD: &str = "Mq7-broker-password-4410";
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let broker = Mosquitto::start_with_password(root, "gateway", PASSWORD)?;
+    std::fs::create_dir(root.join("secrets"))?;
+    std::fs::write(root.join("secrets/mqtt"), format!("{PASSWORD}\n"))?;
+    std::fs::write(
+        root.join("appliance.toml"),
+        "[security]\nsecret-dirs = [\"secrets\"]\n",
+    )?;
+    let daemon = Daemon::start_on_free_ports(root, &["--config", "appliance.toml"])?;
+    let channel = daemon.channel().await?;
+
+    let broker_addr = format!("127.0.0.1:{}", broker.port);
+    let url = format!("mqtt://{broker_addr}");
+    let literal = create_connector(
+        &channel,
+        "sensors",
+        "mqtt-source",
+        "mqtt",
+        &[
+            ("url", &url),
+            ("topics", "sensors/#"),
+            ("wasi.net", &broker_addr),
+            ("username", "gateway"),
+            ("password", PASSWORD),
+        ],
+    )
+    .await
+    .expect_err("a literal password is refused");
+    assert_eq!(literal.code(), tonic::Code::InvalidArgument);
+    assert!(
+        literal
+            .message()
+            .contains("\"password\" is a secret of plugin \"mqtt-source\"")
+            && literal.message().contains("${file:PATH}")
+            && !literal.message().contains(PASSWORD),
+        "{literal:?}"
+    );
+
+    let reference = format!("${{file:{}}}", root.join("secrets/mqtt").display());
+    let login = [("username", "gateway"), ("password", reference.as_str())];
+    start_mqtt_source(&channel, &broker, "sensors/#", &login).await?;
+    let readings: Vec<String> = (0..100).map(|n| format!("reading-{n:03}")).collect();
+    anyhow::ensure!(
+        broker.publish("sensors/a", &readings)?.wait()?.success(),
+        "mosquitto_pub failed"
+    );
+    wait_for_values(&channel, "mqtt", readings.len(), |v| {
+        v.starts_with("reading-")
+    })
+    .await?;
+
+    let connector = ConnectorsClient::new(channel.clone())
+        .get_connector(pb::GetConnectorRequest {
+            name: "sensors".into(),
+        })
+        .await?
+        .into_inner();
+    let shown = format!("{connector:?}");
+    assert!(
+        shown.contains(&reference) && !shown.contains(PASSWORD),
+        "{shown}"
+    );
+    assert!(
+        !daemon.log_text().contains(PASSWORD),
+        "the password is in the log"
+    );
+    assert!(
+        !found_in_files(&root.join("appliance-data"), PASSWORD.as_bytes())?,
+        "the password is in the appliance's files"
     );
     Ok(())
 }
@@ -742,7 +847,7 @@ async fn mqtt_burst_benchmark() -> anyhow::Result<()> {
     let broker = Mosquitto::start(dir.path(), "")?;
     let daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
     let channel = daemon.channel().await?;
-    start_mqtt_source(&channel, &broker, "sensors/#").await?;
+    start_mqtt_source(&channel, &broker, "sensors/#", &[]).await?;
     let mut burst = 5_000;
     while burst <= 320_000 {
         let prefix = format!("b{burst}-");

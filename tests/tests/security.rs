@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use appliance_e2e::Daemon;
 use appliance_e2e::python::{CallOptions, grpc_call};
+use appliance_e2e::{Daemon, found_in_files};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
 use serde_json::{Value, json};
@@ -648,24 +648,6 @@ async fn a_quota_paces_one_producer_and_not_another() -> anyhow::Result<()> {
         "[]"
     );
     Ok(())
-}
-
-/// Whether `needle` occurs in any file under `dir`.
-fn found_in_files(dir: &Path, needle: &[u8]) -> anyhow::Result<bool> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let found = if path.is_dir() {
-            found_in_files(&path, needle)?
-        } else {
-            std::fs::read(&path)?
-                .windows(needle.len())
-                .any(|window| window == needle)
-        };
-        if found {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 #[tokio::test(flavor = "multi_thread")]

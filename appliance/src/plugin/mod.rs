@@ -179,12 +179,15 @@ pub fn validate_name(name: &str) -> Result<(), PluginError> {
 pub struct Loaded {
     pub info: PluginInfo,
     prepared: instance::Prepared,
+    /// The configuration keys the plugin declares secret.
+    secret_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Loaded")
             .field("info", &self.info)
+            .field("secret_keys", &self.secret_keys)
             .finish_non_exhaustive()
     }
 }
@@ -290,20 +293,19 @@ impl Plugins {
                 name: name.to_owned(),
             });
         }
-        let this = self.clone();
-        let owned_name = name.to_owned();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let digest = hex_digest(&bytes);
-            let loaded = this.load(&owned_name, &bytes, digest.clone(), false)?;
-            let path = this.inner.store_dir.join(format!("{digest}.wasm"));
-            write_durably(&path, &bytes)?;
-            Ok::<_, PluginError>(loaded)
-        })
-        .await
-        .map_err(|join| PluginError::InvalidComponent {
-            name: name.to_owned(),
-            reason: format!("compilation stopped: {join}"),
-        })??;
+        let bytes = Arc::new(bytes);
+        let digest = hex_digest(&bytes);
+        let compiled = {
+            let (this, owned_name, bytes, digest) =
+                (self.clone(), name.to_owned(), bytes.clone(), digest.clone());
+            blocking(name, move || {
+                this.compile(&owned_name, &bytes, digest, false)
+            })
+            .await?
+        };
+        let loaded = self.declared(compiled).await?;
+        let path = self.inner.store_dir.join(format!("{digest}.wasm"));
+        blocking(name, move || write_durably(&path, &bytes)).await?;
         self.inner
             .meta
             .put(Table::Plugins, name, &loaded.info)
@@ -373,14 +375,9 @@ impl Plugins {
         if let Some(loaded) = lock(&self.inner.loaded).get(name) {
             return Ok(loaded.clone());
         }
-        let this = self.clone();
-        let owned_name = name.to_owned();
-        let loaded = tokio::task::spawn_blocking(move || this.load_by_name(&owned_name))
-            .await
-            .map_err(|join| PluginError::InvalidComponent {
-                name: name.to_owned(),
-                reason: format!("compilation stopped: {join}"),
-            })??;
+        let (this, owned_name) = (self.clone(), name.to_owned());
+        let compiled = blocking(name, move || this.compile_by_name(&owned_name)).await?;
+        let loaded = self.declared(compiled).await?;
         lock(&self.inner.loaded).insert(name.to_owned(), loaded.clone());
         Ok(loaded)
     }
@@ -395,8 +392,8 @@ impl Plugins {
         limits: Limits,
         label: &str,
     ) -> Result<TransformInstance, PluginError> {
-        let config = self.inner.secrets.resolve(config)?;
-        let spec = self.spec(loaded, &config, limits, label);
+        let config = self.resolve_operator_config(loaded, config)?;
+        let spec = self.spec(&loaded.info.name, &config, limits, label);
         TransformInstance::start(&self.inner.engine, &loaded.prepared, spec).await
     }
 
@@ -409,8 +406,8 @@ impl Plugins {
         limits: Limits,
         max_tasks: u32,
     ) -> Result<Vec<Vec<(String, String)>>, PluginError> {
-        let config = self.inner.secrets.resolve(config)?;
-        let spec = self.spec(loaded, &config, limits, "plan");
+        let config = self.resolve_operator_config(loaded, config)?;
+        let spec = self.spec(&loaded.info.name, &config, limits, "plan");
         let tasks = instance::plan(&self.inner.engine, &loaded.prepared, spec, max_tasks).await?;
         let broken = |detail: String| PluginError::Contract {
             plugin: loaded.info.name.clone(),
@@ -440,7 +437,7 @@ impl Plugins {
         resume_after: Option<&[u8]>,
     ) -> Result<SourceInstance, PluginError> {
         let config = self.inner.secrets.resolve(config)?;
-        let spec = self.spec(loaded, &config, limits, label);
+        let spec = self.spec(&loaded.info.name, &config, limits, label);
         SourceInstance::start(&self.inner.engine, &loaded.prepared, spec, resume_after).await
     }
 
@@ -453,23 +450,56 @@ impl Plugins {
         label: &str,
     ) -> Result<SinkInstance, PluginError> {
         let config = self.inner.secrets.resolve(config)?;
-        let spec = self.spec(loaded, &config, limits, label);
+        let spec = self.spec(&loaded.info.name, &config, limits, label);
         SinkInstance::start(&self.inner.engine, &loaded.prepared, spec).await
+    }
+
+    /// An operator's configuration (as a spec holds it) with its references resolved, once
+    /// the keys the plugin declares secret are found to be references. Task configurations a
+    /// plan returned hold resolved values and are only resolved.
+    fn resolve_operator_config<'a>(
+        &self,
+        loaded: &Loaded,
+        config: &'a [(String, String)],
+    ) -> Result<std::borrow::Cow<'a, [(String, String)]>, PluginError> {
+        SecretProviders::require_references(config, &loaded.secret_keys, &loaded.info.name)?;
+        Ok(self.inner.secrets.resolve(config)?)
+    }
+
+    /// A compiled plugin with what it declares about its configuration.
+    async fn declared(
+        &self,
+        (info, prepared): (PluginInfo, instance::Prepared),
+    ) -> Result<Arc<Loaded>, PluginError> {
+        // Not a running instance: its counters are not registered for the metrics.
+        let spec = instance::InstanceSpec {
+            plugin: &info.name,
+            label: "declarations",
+            config: &[],
+            default_limits: Limits::default(),
+            counters: Arc::default(),
+        };
+        let secret_keys = instance::secret_keys(&self.inner.engine, &prepared, spec).await?;
+        Ok(Arc::new(Loaded {
+            info,
+            prepared,
+            secret_keys,
+        }))
     }
 
     fn spec<'a>(
         &self,
-        loaded: &'a Loaded,
+        plugin: &'a str,
         config: &'a [(String, String)],
         default_limits: Limits,
         label: &'a str,
     ) -> instance::InstanceSpec<'a> {
         let counters = lock(&self.inner.counters)
-            .entry((loaded.info.name.clone(), label.to_owned()))
+            .entry((plugin.to_owned(), label.to_owned()))
             .or_default()
             .clone();
         instance::InstanceSpec {
-            plugin: &loaded.info.name,
+            plugin,
             label,
             config,
             default_limits,
@@ -494,25 +524,25 @@ impl Plugins {
         Ok(self.inner.meta.get(Table::Plugins, name)?)
     }
 
-    fn load_by_name(&self, name: &str) -> Result<Arc<Loaded>, PluginError> {
+    fn compile_by_name(&self, name: &str) -> Result<Compiled, PluginError> {
         if let Some(bytes) = builtin(name) {
-            return self.load(name, bytes, hex_digest(bytes), true);
+            return self.compile(name, bytes, hex_digest(bytes), true);
         }
         let info = self.stored(name)?.ok_or_else(|| PluginError::NotFound {
             name: name.to_owned(),
         })?;
         let path = self.inner.store_dir.join(format!("{}.wasm", info.digest));
         let bytes = std::fs::read(&path).map_err(|source| PluginError::Io { path, source })?;
-        self.load(name, &bytes, info.digest, false)
+        self.compile(name, &bytes, info.digest, false)
     }
 
-    fn load(
+    fn compile(
         &self,
         name: &str,
         bytes: &[u8],
         digest: String,
         builtin: bool,
-    ) -> Result<Arc<Loaded>, PluginError> {
+    ) -> Result<Compiled, PluginError> {
         let component = self.inner.cache.component(name, bytes, &digest)?;
         let kind = instance::kind_of(&self.inner.engine, &component).ok_or_else(|| {
             PluginError::InvalidComponent {
@@ -529,17 +559,31 @@ impl Plugins {
                     reason,
                 }
             })?;
-        Ok(Arc::new(Loaded {
-            info: PluginInfo {
-                name: name.to_owned(),
-                kind,
-                digest,
-                size: bytes.len() as u64,
-                builtin,
-            },
-            prepared,
-        }))
+        let info = PluginInfo {
+            name: name.to_owned(),
+            kind,
+            digest,
+            size: bytes.len() as u64,
+            builtin,
+        };
+        Ok((info, prepared))
     }
+}
+
+/// A plugin compiled and resolved against the linker, not yet asked what it declares.
+type Compiled = (PluginInfo, instance::Prepared);
+
+/// Runs `work` (compiling, writing) off the async threads.
+async fn blocking<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
+) -> Result<T, PluginError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join| PluginError::InvalidComponent {
+            name: name.to_owned(),
+            reason: format!("loading stopped: {join}"),
+        })?
 }
 
 fn builtin(name: &str) -> Option<&'static [u8]> {

@@ -467,3 +467,22 @@ async fn network_access_is_granted_per_address() {
         .unwrap_err();
     assert!(bad.to_string().contains("wasi.net"), "{bad}");
 }
+
+#[tokio::test]
+async fn keys_a_plugin_declares_secret_are_refused_as_literals() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = open(dir.path());
+    let mqtt = plugins.get("mqtt-source").await.unwrap();
+    assert_eq!(mqtt.secret_keys, ["password"]);
+    let literal = config(&[("url", "mqtt://127.0.0.1:1883"), ("password", "hunter22")]);
+    let refused = plugins
+        .plan(&mqtt, &literal, Limits::default(), 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, PluginError::Secret(SecretError::Literal { key, .. }) if key == "password"),
+        "{refused}"
+    );
+    let filter = plugins.get("filter").await.unwrap();
+    assert!(filter.secret_keys.is_empty(), "a plugin declaring none");
+}

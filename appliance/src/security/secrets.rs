@@ -60,6 +60,12 @@ pub enum SecretError {
         name: String,
         prefixes: String,
     },
+    #[error(
+        "setting {key:?} is a secret of plugin {plugin:?}: give it as a reference, \
+         `${{file:PATH}}` or `${{env:NAME}}`, so it is never stored in plain text \
+         (docs/security.md)"
+    )]
+    Literal { key: String, plugin: String },
     #[error("setting {key:?}: {reference} cannot be read: {reason}")]
     Unreadable {
         key: String,
@@ -108,6 +114,32 @@ impl SecretProviders {
             .map(|(key, value)| Ok((key.clone(), self.resolve_value(key, value)?)))
             .collect::<Result<Vec<_>, _>>()
             .map(Cow::Owned)
+    }
+
+    /// Refuses a literal value for any of `secret_keys` (the keys `plugin` declares secret):
+    /// such a value must be one provider reference, or empty for none.
+    pub fn require_references(
+        config: &[(String, String)],
+        secret_keys: &[String],
+        plugin: &str,
+    ) -> Result<(), SecretError> {
+        let is_reference = |value: &str| {
+            value
+                .strip_prefix("${")
+                .and_then(|inner| inner.strip_suffix('}'))
+                .is_some_and(|inner| {
+                    !inner.contains('}') && PROVIDERS.iter().any(|p| inner.starts_with(p))
+                })
+        };
+        match config.iter().find(|(key, value)| {
+            secret_keys.contains(key) && !value.is_empty() && !is_reference(value)
+        }) {
+            Some((key, _)) => Err(SecretError::Literal {
+                key: key.clone(),
+                plugin: plugin.to_owned(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn resolve_value(&self, key: &str, value: &str) -> Result<String, SecretError> {
@@ -273,6 +305,33 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn declared_secret_keys_take_references_only() {
+        let keys = vec!["password".to_owned()];
+        let check = |pairs: &[(&str, &str)]| {
+            SecretProviders::require_references(&config(pairs), &keys, "p")
+        };
+        check(&[
+            ("password", "${file:/run/secrets/mqtt}"),
+            ("url", "mqtt://h"),
+        ])
+        .unwrap();
+        check(&[("password", "${env:APPLIANCE_SECRET_PW}")]).unwrap();
+        check(&[("password", "")]).unwrap();
+        check(&[("username", "literal is fine here")]).unwrap();
+        for literal in [
+            "hunter2",
+            "x${env:APPLIANCE_SECRET_PW}",
+            "${env:A}${env:B}",
+            "${topic}",
+            "$${env:APPLIANCE_SECRET_PW}",
+        ] {
+            let error = check(&[("password", literal)]).unwrap_err();
+            assert!(matches!(&error, SecretError::Literal { key, .. } if key == "password"));
+            assert!(!error.to_string().contains(literal), "{error}");
+        }
     }
 
     #[test]

@@ -209,6 +209,8 @@ struct Resync {
 }
 
 impl Source for MqttSource {
+    const SECRET_KEYS: &'static [&'static str] = &["password"];
+
     fn init(config: Config, resume_after: Option<Vec<u8>>) -> Result<Self, String> {
         let settings = Settings::from_config(&config)?;
         Link::check_grant(&settings.host, settings.port)?;

@@ -19,7 +19,7 @@ const PLUGIN_WIT: &str = include_str!("../../wit/plugin.wit");
 /// transform. A component exports one transform.
 #[proc_macro_attribute]
 pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
-    export(attr, item, "transform", |name| {
+    export(attr, item, "transform", "Transform", |name| {
         quote! {
             impl exports::appliance::plugin::transformer::Guest for Exports {
                 fn init(config: ::appliance_sdk::__private::Pairs)
@@ -47,7 +47,7 @@ pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// source connector.
 #[proc_macro_attribute]
 pub fn source(attr: TokenStream, item: TokenStream) -> TokenStream {
-    export(attr, item, "source", |name| {
+    export(attr, item, "source", "Source", |name| {
         quote! {
             impl exports::appliance::plugin::source_connector::Guest for Exports {
                 fn plan(
@@ -81,7 +81,7 @@ pub fn source(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// connector.
 #[proc_macro_attribute]
 pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
-    export(attr, item, "sink", |name| {
+    export(attr, item, "sink", "Sink", |name| {
         quote! {
             impl exports::appliance::plugin::sink_connector::Guest for Exports {
                 fn plan(
@@ -116,11 +116,14 @@ pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// The item as written, plus the hidden export module of `world`, whose `Guest` impl for
-/// `Exports` the caller writes (given the type's name); `SLOT` holds the instance.
+/// `Exports` the caller writes (given the type's name); `SLOT` holds the instance. The
+/// world's `config-schema` export answers with the `SECRET_KEYS` of the type's `trait_name`
+/// implementation.
 fn export(
     attr: TokenStream,
     item: TokenStream,
     world: &str,
+    trait_name: &str,
     guest: impl FnOnce(&Ident) -> Tokens,
 ) -> TokenStream {
     if !attr.is_empty() {
@@ -147,6 +150,7 @@ fn export(
     let module = format_ident!("__appliance_{}_export_{}", world, name);
     let world_name = format!("appliance:plugin/{world}");
     let guest = guest(&name);
+    let trait_name = format_ident!("{}", trait_name);
     quote! {
         #item
 
@@ -170,6 +174,15 @@ fn export(
             struct Exports;
 
             #guest
+
+            impl exports::appliance::plugin::config_schema::Guest for Exports {
+                fn secret_keys() -> ::std::vec::Vec<::std::string::String> {
+                    <super::#name as ::appliance_sdk::#trait_name>::SECRET_KEYS
+                        .iter()
+                        .map(|key| (*key).to_owned())
+                        .collect()
+                }
+            }
 
             export!(Exports with_types_in self);
         }

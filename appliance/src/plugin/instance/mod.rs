@@ -69,8 +69,14 @@ mod bindings {
 
 use bindings::appliance::plugin::host::{Host, Level};
 pub use bindings::appliance::plugin::types::{BatchInfo, RecordError};
-use bindings::exports::appliance::plugin::{sink_connector, source_connector, transformer};
+use bindings::exports::appliance::plugin::{
+    config_schema, sink_connector, source_connector, transformer,
+};
 
+const CONFIG_SCHEMA_EXPORT: &str = "appliance:plugin/config-schema@0.1.0";
+/// The most keys a plugin may declare secret, and the longest such key.
+const MAX_SECRET_KEYS: usize = 256;
+const MAX_KEY_LEN: usize = 256;
 const TRANSFORMER_EXPORT: &str = "appliance:plugin/transformer@0.1.0";
 const SINK_EXPORT: &str = "appliance:plugin/sink-connector@0.1.0";
 /// The export names of the plugin worlds, as they appear in a component's type.
@@ -100,6 +106,8 @@ pub fn kind_of(engine: &Engine, component: &Component) -> Option<PluginKind> {
 pub struct Prepared {
     pre: InstancePre<InstanceState>,
     exports: Exports,
+    /// None when the component declares nothing about its configuration.
+    config_schema: Option<config_schema::GuestIndices>,
 }
 
 /// Where the functions of the plugin's world are, found once per component.
@@ -144,7 +152,43 @@ pub fn prepare(
             put: function(SINK_EXPORT, "put")?,
         },
     };
-    Ok(Prepared { pre, exports })
+    let config_schema = component
+        .get_export_index(None, CONFIG_SCHEMA_EXPORT)
+        .map(|_| config_schema::GuestIndices::new(&pre))
+        .transpose()
+        .map_err(|e| format!("its export {CONFIG_SCHEMA_EXPORT} does not match the ABI: {e:#}"))?;
+    Ok(Prepared {
+        pre,
+        exports,
+        config_schema,
+    })
+}
+
+/// The configuration keys the plugin declares secret, asked of an instance of its own.
+pub(super) async fn secret_keys(
+    engine: &Engine,
+    prepared: &Prepared,
+    spec: InstanceSpec<'_>,
+) -> Result<Vec<String>, PluginError> {
+    let Some(indices) = &prepared.config_schema else {
+        return Ok(Vec::new());
+    };
+    let plugin = spec.plugin.to_owned();
+    let (_, _, keys) = Sandbox::start(engine, prepared, spec, async |store, instance, _| {
+        let guest = indices.load(&mut *store, instance)?;
+        Ok((guest.call_secret_keys(&mut *store).await?, Ok(())))
+    })
+    .await?;
+    if keys.len() > MAX_SECRET_KEYS || keys.iter().any(|key| key.len() > MAX_KEY_LEN) {
+        return Err(PluginError::Contract {
+            plugin,
+            detail: format!(
+                "it declares more than {MAX_SECRET_KEYS} secret keys or one longer than \
+                 {MAX_KEY_LEN} bytes"
+            ),
+        });
+    }
+    Ok(keys)
 }
 
 impl Prepared {
