@@ -2,6 +2,7 @@
 //! all; tests call [`run`] the way `main` does.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -9,6 +10,7 @@ use crate::api::{self, ApiError, Metrics};
 use crate::config::Config;
 use crate::connect::{ConnectError, Connectors};
 use crate::group::Coordinator;
+use crate::kafka;
 use crate::link::LinkError;
 use crate::link::edge::Links;
 use crate::link::hub::Hub;
@@ -75,6 +77,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The Kafka listener's address, when it runs.
+    pub kafka_addr: Option<SocketAddr>,
     /// A hub's UDP endpoint for edges.
     pub link_addr: Option<SocketAddr>,
     /// The admin token made at first start, unless an operator removed it.
@@ -121,6 +125,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (grpc_listener, grpc_addr) = listen("gRPC API", config.api.grpc_addr).await?;
     let (metrics_listener, metrics_addr) =
         listen("metrics endpoint", config.api.metrics_addr).await?;
+    let kafka_listener = match config.kafka.enabled {
+        true => Some(listen("Kafka listener", config.kafka.addr).await?),
+        false => None,
+    };
     // The epoch ticker outlives the pipelines: a guest only yields (and stops) on its ticks.
     let ticker = CancellationToken::new();
     let plugins = Plugins::open(
@@ -192,6 +200,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let query_runtime = query::query_runtime(config.query.threads(), shutdown.clone())
         .map_err(|source| AppError::QueryRuntime { source })?;
     let audit = api::Audit::open(log.clone()).await?;
+    let kafka_addr = kafka_listener.as_ref().map(|(_, addr)| *addr);
+    let kafka_server = kafka_listener.map(|(listener, _)| {
+        let broker = kafka::Broker {
+            log: log.clone(),
+            security: security.clone(),
+            metrics: metrics.clone(),
+            settings: Arc::new(config.kafka.settings()),
+        };
+        tokio::spawn(kafka::serve(listener, broker, shutdown.clone()))
+    });
     let query = query::Query::with_limits(log.clone(), config.query.limits(), query_runtime);
     let grpc_server = tokio::spawn(api::serve(
         grpc_listener,
@@ -218,6 +236,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         topics = log.list_topics().len(),
         %grpc_addr,
         %metrics_addr,
+        kafka_addr = kafka_addr.map(|a| a.to_string()),
         link_addr = link_addr.map(|a| a.to_string()),
         tls = config.api.tls_cert.is_some(),
         admin_token_file = admin_token_file.as_ref().map(|path| path.display().to_string()),
@@ -228,6 +247,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("shutting down");
         let served = grpc_server.await;
         let _ = metrics_server.await;
+        if let Some(kafka_server) = kafka_server {
+            let _ = kafka_server.await;
+        }
         pipelines.stop_all().await;
         connectors.stop_all().await;
         links.stop_all().await;
@@ -243,6 +265,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        kafka_addr,
         link_addr,
         admin_token_file,
         stopped,

@@ -94,6 +94,8 @@ pub struct Config {
     pub log: LogSection,
     /// The gRPC API and the metrics endpoint.
     pub api: ApiSection,
+    /// The Kafka listener (docs/kafka.md).
+    pub kafka: KafkaSection,
     /// Sandbox limits of plugin instances.
     pub plugins: PluginsSection,
     /// Cluster links: whether this appliance is a hub, and its endpoint.
@@ -116,6 +118,7 @@ impl Default for Config {
             data_dir: PathBuf::from("appliance-data"),
             log: LogSection::default(),
             api: ApiSection::default(),
+            kafka: KafkaSection::default(),
             plugins: PluginsSection::default(),
             link: LinkSection::default(),
             groups: GroupsSection::default(),
@@ -149,6 +152,72 @@ impl Default for LogSection {
             topic_defaults: TopicConfig::default(),
             disk_reserve_mb: 64,
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct KafkaSection {
+    /// Whether the Kafka listener runs.
+    pub enabled: bool,
+    /// Its address (TCP); `[::]:9092` takes IPv4 and IPv6. Port 0 picks a free port; the log
+    /// says which.
+    pub addr: SocketAddr,
+    /// What Metadata tells clients to connect to; by default the address each client reached.
+    pub advertised_addr: Option<SocketAddr>,
+    /// The largest request an authenticated client may send (Kafka's
+    /// `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// Kafka connections open at once; more are closed as they come.
+    pub max_connections: usize,
+    /// A connection that sent no request for this long is closed, in milliseconds (Kafka's
+    /// `connections.max.idle.ms`).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_addr: None,
+            max_request_bytes: 16 * 1024 * 1024,
+            max_connections: 1024,
+            idle_timeout_ms: 600_000,
+        }
+    }
+}
+
+impl KafkaSection {
+    pub fn settings(&self) -> crate::kafka::KafkaSettings {
+        crate::kafka::KafkaSettings {
+            advertised: self.advertised_addr,
+            max_request_bytes: self.max_request_bytes,
+            max_connections: self.max_connections,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.enabled && !self.addr.ip().is_loopback() {
+            problems.push(format!(
+                "kafka.addr {} is reachable from other machines, and SASL over plaintext would \
+                 expose passwords and data to them; the Kafka listener has no TLS yet \
+                 (docs/kafka.md): bind kafka.addr to 127.0.0.1 or [::1]",
+                self.addr
+            ));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.max_request_bytes) {
+            problems.push("kafka.max-request-bytes is 1 KiB to 256 MiB".to_owned());
+        }
+        if self.max_connections == 0 {
+            problems.push("kafka.max-connections is at least 1".to_owned());
+        }
+        if self.idle_timeout_ms < 1000 {
+            problems.push("kafka.idle-timeout-ms is at least 1000".to_owned());
+        }
+        problems
     }
 }
 
@@ -669,6 +738,7 @@ impl Config {
             }
         }
         problems.extend(self.api.problems());
+        problems.extend(self.kafka.problems());
         if let Err(error) = PrincipalRules::parse(&self.security.client_principal_rules) {
             problems.push(format!("security.client-principal-rules: {error}"));
         }

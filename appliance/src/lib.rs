@@ -7,6 +7,7 @@
 //! main.rs      parse the command line, load config, call app::run or a client command
 //! cli/         clap commands: `run`, client commands, `demo`, `bench`
 //! app.rs       wires the subsystems; the only module that knows them all
+//! kafka/       the Kafka listener: Kafka's wire protocol over the log, with SASL, ACLs, quotas
 //! api/         the gRPC services and metrics over the subsystems below
 //! config.rs    TOML configuration and defaults
 //! runtime/     the registry every long-running component lives in, one status (a watch
@@ -48,6 +49,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod group;
+pub mod kafka;
 pub mod link;
 pub mod log;
 pub mod meta;

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["transform"],
     &["pipeline", "connect", "link", "query"],
     &["api"],
+    &["kafka"],
     &["config"],
     &["app"],
     &["cli"],

@@ -113,6 +113,8 @@ pub struct Daemon {
     pub grpc_url: String,
     /// `ADDR` of its metrics endpoint.
     pub metrics_addr: String,
+    /// `ADDR` of its Kafka listener, when it runs one.
+    pub kafka_addr: Option<String>,
     /// Its admin token (from the admin.token file it logs at start).
     pub token: String,
 }
@@ -143,9 +145,15 @@ impl Daemon {
 
     /// [`Daemon::start`], with these environment variables set.
     pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        // Each daemon's Kafka listener on a port of its own, unless the test chose one.
+        let kafka_addr: &[&str] = match args.contains(&"--kafka-addr") {
+            true => &[],
+            false => &["--kafka-addr", "127.0.0.1:0"],
+        };
         let mut child = appliance(dir)?
             .arg("run")
             .args(args)
+            .args(kafka_addr)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -163,6 +171,7 @@ impl Daemon {
                         log_field(&line, "metrics_addr"),
                         log_field(&line, "admin_token_file"),
                         log_field(&line, "tls"),
+                        log_field(&line, "kafka_addr"),
                     )
                 });
                 collected
@@ -179,10 +188,12 @@ impl Daemon {
             log,
             grpc_url: String::new(),
             metrics_addr: String::new(),
+            kafka_addr: None,
             token: String::new(),
         };
         match ready_rx.recv_timeout(PROCESS_TIMEOUT) {
-            Ok((Some(grpc), Some(metrics), Some(token_file), tls)) => {
+            Ok((Some(grpc), Some(metrics), Some(token_file), tls, kafka)) => {
+                daemon.kafka_addr = kafka.map(|addr| addr.trim_matches('"').to_owned());
                 let scheme = if tls.as_deref() == Some("true") {
                     "https"
                 } else {

@@ -88,6 +88,7 @@ pub fn topic_config(
         Ok(pb::Compression::Gzip) => Compression::Gzip,
         Ok(pb::Compression::Lz4) => Compression::Lz4,
         Ok(pb::Compression::Zstd) => Compression::Zstd,
+        Ok(pb::Compression::Snappy) => Compression::Snappy,
         Err(_) => return Err(invalid("config.compression", "unknown compression")),
     };
     Ok(config)
@@ -106,6 +107,7 @@ pub fn topic_config_message(config: &TopicConfig) -> pb::TopicConfig {
             Compression::Gzip => pb::Compression::Gzip,
             Compression::Lz4 => pb::Compression::Lz4,
             Compression::Zstd => pb::Compression::Zstd,
+            Compression::Snappy => pb::Compression::Snappy,
         } as i32,
         schema: config.schema.clone(),
     }

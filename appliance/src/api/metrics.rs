@@ -69,6 +69,18 @@ struct RpcLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KafkaLabels {
+    api: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KafkaErrorLabels {
+    api: &'static str,
+    /// `response`: the answer carries an error code; `closed`: the connection was closed.
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UsageLabels {
     principal: String,
     usage: Usage,
@@ -80,6 +92,8 @@ pub struct Metrics {
     durations: Family<RpcLabels, Histogram>,
     usage: Family<UsageLabels, Counter>,
     throttled: Family<UsageLabels, Counter<f64, AtomicU64>>,
+    kafka_durations: Family<KafkaLabels, Histogram>,
+    kafka_errors: Family<KafkaErrorLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -127,6 +141,20 @@ impl Metrics {
             "Time a principal's calls were slowed by its quotas",
             throttled.clone(),
         );
+        let kafka_durations = Family::<KafkaLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        registry.register(
+            "kafka_request_duration_seconds",
+            "Time to answer a Kafka request, by API (its count is the requests served)",
+            kafka_durations.clone(),
+        );
+        let kafka_errors = Family::<KafkaErrorLabels, Counter>::default();
+        registry.register(
+            "kafka_errors",
+            "Kafka requests answered with an error code, or that closed their connection, by API",
+            kafka_errors.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { log, coordinator }));
         registry.register_collector(Box::new(LinkCollector { links, hub }));
         registry.register_collector(Box::new(PipelineCollector {
@@ -138,6 +166,8 @@ impl Metrics {
             durations,
             usage,
             throttled,
+            kafka_durations,
+            kafka_errors,
             registry: Arc::new(registry),
         }
     }
@@ -164,6 +194,26 @@ impl Metrics {
                 .clone(),
             started: Instant::now(),
         }
+    }
+
+    /// Times one Kafka request of `api`.
+    pub fn time_kafka(&self, api: &'static str) -> Timer {
+        Timer {
+            histogram: self
+                .kafka_durations
+                .get_or_create(&KafkaLabels { api })
+                .clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts a Kafka request of `api` that failed: answered with an error code, or (with
+    /// `closed`) ended its connection.
+    pub fn kafka_error(&self, api: &'static str, closed: bool) {
+        let outcome = if closed { "closed" } else { "response" };
+        self.kafka_errors
+            .get_or_create(&KafkaErrorLabels { api, outcome })
+            .inc();
     }
 
     /// The exposition text of every metric.

@@ -183,6 +183,7 @@ async fn start(
     };
     config.api.grpc_addr = ([127, 0, 0, 1], 0).into();
     config.api.metrics_addr = ([127, 0, 0, 1], 0).into();
+    config.kafka.addr = ([127, 0, 0, 1], 0).into();
     if let Some(certs) = hub_certs {
         config.link.role = Role::Hub;
         config.link.addr = ([127, 0, 0, 1], 0).into();

@@ -157,6 +157,9 @@ struct RunArgs {
     /// Address of the Prometheus endpoint [default: 127.0.0.1:9464].
     #[arg(long, env = "APPLIANCE_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Address of the Kafka listener [default: 127.0.0.1:9092].
+    #[arg(long, env = "APPLIANCE_KAFKA_ADDR")]
+    kafka_addr: Option<SocketAddr>,
     /// `hub` accepts links from edges on --link-addr [default: edge].
     #[arg(long, env = "APPLIANCE_ROLE", value_enum)]
     role: Option<RoleArg>,
@@ -326,6 +329,9 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(addr) = args.metrics_addr {
         config.api.metrics_addr = addr;
+    }
+    if let Some(addr) = args.kafka_addr {
+        config.kafka.addr = addr;
     }
     if let Some(role) = args.role {
         config.link.role = match role {

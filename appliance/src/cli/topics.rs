@@ -54,6 +54,7 @@ pub enum CompressionArg {
     Gzip,
     Lz4,
     Zstd,
+    Snappy,
 }
 
 pub async fn topic(channel: ApiChannel, command: TopicCommand) -> Result<(), Failure> {
@@ -86,6 +87,7 @@ pub async fn topic(channel: ApiChannel, command: TopicCommand) -> Result<(), Fai
                     CompressionArg::Gzip => pb::Compression::Gzip,
                     CompressionArg::Lz4 => pb::Compression::Lz4,
                     CompressionArg::Zstd => pb::Compression::Zstd,
+                    CompressionArg::Snappy => pb::Compression::Snappy,
                 }) as i32,
                 ..Default::default()
             };
@@ -215,6 +217,7 @@ fn compression_name(value: i32) -> &'static str {
         Ok(pb::Compression::Gzip) => "gzip",
         Ok(pb::Compression::Lz4) => "lz4",
         Ok(pb::Compression::Zstd) => "zstd",
+        Ok(pb::Compression::Snappy) => "snappy",
         _ => "none",
     }
 }

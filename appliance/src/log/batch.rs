@@ -100,6 +100,9 @@ pub enum Compression {
     Gzip,
     Lz4,
     Zstd,
+    /// Kafka's snappy: snappy-java's framing (what Java producers write) or one raw block
+    /// (what librdkafka writes); the appliance writes the framing.
+    Snappy,
 }
 
 impl Compression {
@@ -107,6 +110,7 @@ impl Compression {
         match attributes & 0x7 {
             0 => Ok(Self::None),
             1 => Ok(Self::Gzip),
+            2 => Ok(Self::Snappy),
             3 => Ok(Self::Lz4),
             4 => Ok(Self::Zstd),
             codec => Err(BatchError::UnsupportedCompression { codec }),
@@ -119,6 +123,7 @@ impl Compression {
             Self::Gzip => kp::Compression::Gzip,
             Self::Lz4 => kp::Compression::Lz4,
             Self::Zstd => kp::Compression::Zstd,
+            Self::Snappy => kp::Compression::Snappy,
         }
     }
 }
@@ -431,8 +436,58 @@ fn compress(
             encoder.finish()?;
         }
         Compression::Zstd => zstd::stream::copy_encode(&records[..], writer, 3)?,
+        Compression::Snappy => snappy_framed(records, &mut writer)?,
     }
     Ok(())
+}
+
+/// The start of snappy-java's framing: a magic, its version and the oldest compatible one.
+const SNAPPY_JAVA_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+/// snappy-java's block size: each block is compressed on its own after its length.
+const SNAPPY_JAVA_BLOCK: usize = 32 * 1024;
+
+/// `records` in snappy-java's framing, which every Kafka client reads.
+fn snappy_framed(records: &[u8], out: &mut impl Write) -> anyhow::Result<()> {
+    out.write_all(SNAPPY_JAVA_HEADER)?;
+    let mut encoder = snap::raw::Encoder::new();
+    for block in records.chunks(SNAPPY_JAVA_BLOCK) {
+        let compressed = encoder.compress_vec(block)?;
+        out.write_all(&u32::try_from(compressed.len())?.to_be_bytes())?;
+        out.write_all(&compressed)?;
+    }
+    Ok(())
+}
+
+/// Snappy records, framed or one raw block, decompressed to at most `limit` bytes.
+fn snappy_decompressed(compressed: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let mut decoder = snap::raw::Decoder::new();
+    let mut plain = Vec::new();
+    let mut block = |bytes: &[u8], plain: &mut Vec<u8>| -> Result<(), String> {
+        let len = snap::raw::decompress_len(bytes).map_err(|e| e.to_string())?;
+        if plain.len() + len > limit {
+            return Err(format!("it decompresses to more than {limit} bytes"));
+        }
+        let start = plain.len();
+        plain.resize(start + len, 0);
+        decoder
+            .decompress(bytes, &mut plain[start..])
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    let Some(mut blocks) = compressed.strip_prefix(SNAPPY_JAVA_HEADER) else {
+        block(compressed, &mut plain)?;
+        return Ok(plain);
+    };
+    while !blocks.is_empty() {
+        let (len, rest) = blocks
+            .split_first_chunk::<4>()
+            .ok_or("a snappy block's length is cut off")?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let data = rest.get(..len).ok_or("a snappy block is cut off")?;
+        block(data, &mut plain)?;
+        blocks = &rest[len..];
+    }
+    Ok(plain)
 }
 
 /// Decodes every whole batch in `bytes` into records, validating each batch first.
@@ -649,6 +704,13 @@ fn decompress_bounded(compression: Compression, records: &Bytes) -> Result<Bytes
             .read_to_end(&mut plain),
         Compression::Zstd => zstd::stream::read::Decoder::new(&records[..])
             .and_then(|decoder| decoder.take(limit as u64 + 1).read_to_end(&mut plain)),
+        Compression::Snappy => {
+            plain =
+                snappy_decompressed(records, limit).map_err(|detail| BatchError::Malformed {
+                    detail: format!("snappy decompression failed: {detail}"),
+                })?;
+            Ok(plain.len())
+        }
     };
     read.map_err(|error| BatchError::Malformed {
         detail: format!("{compression:?} decompression failed: {error}"),
@@ -717,6 +779,7 @@ mod tests {
             Just(Compression::Gzip),
             Just(Compression::Lz4),
             Just(Compression::Zstd),
+            Just(Compression::Snappy),
         ]
     }
 
@@ -774,6 +837,23 @@ mod tests {
             put_varint(&mut out, value);
             assert_eq!(out.len(), varint_len(value), "{value}");
         }
+    }
+
+    #[test]
+    fn snappy_reads_librdkafkas_raw_block_and_javas_framing_within_the_limit() {
+        let plain: Vec<u8> = (0..100_000u32)
+            .flat_map(|n| (n % 251).to_be_bytes())
+            .collect();
+        let raw = snap::raw::Encoder::new().compress_vec(&plain).unwrap();
+        assert_eq!(snappy_decompressed(&raw, plain.len()).unwrap(), plain);
+        let mut framed = Vec::new();
+        snappy_framed(&plain, &mut framed).unwrap();
+        assert!(framed.starts_with(SNAPPY_JAVA_HEADER));
+        assert_eq!(snappy_decompressed(&framed, plain.len()).unwrap(), plain);
+        let over = snappy_decompressed(&framed, plain.len() - 1).unwrap_err();
+        assert!(over.contains("more than"), "{over}");
+        let cut = snappy_decompressed(&framed[..framed.len() - 1], plain.len()).unwrap_err();
+        assert!(cut.contains("cut off"), "{cut}");
     }
 
     proptest! {

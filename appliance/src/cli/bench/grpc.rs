@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::super::client::{ApiChannel, Local};
 use super::log::append_case;
 use super::{nats, open_log, scratch_dir};
-use crate::config::{ApiSection, Config};
+use crate::config::{ApiSection, Config, KafkaSection};
 use crate::log::{Offset, PartitionId, TopicName, decode_all};
 use crate::meta::Meta;
 use crate::security::{
@@ -95,6 +95,10 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
             grpc_addr: "127.0.0.1:0".parse()?,
             metrics_addr: "127.0.0.1:0".parse()?,
             ..ApiSection::default()
+        },
+        kafka: KafkaSection {
+            addr: "127.0.0.1:0".parse()?,
+            ..KafkaSection::default()
         },
         ..Config::default()
     };
@@ -233,6 +237,10 @@ async fn secured(
             tls_cert: Some(server.cert),
             tls_key: Some(server.key),
             ..ApiSection::default()
+        },
+        kafka: KafkaSection {
+            addr: "127.0.0.1:0".parse()?,
+            ..KafkaSection::default()
         },
         ..Config::default()
     };

@@ -1,0 +1,96 @@
+//! The Kafka listener: Kafka's wire protocol over TCP, so unmodified Kafka clients produce to
+//! and consume from the appliance's log (docs/kafka.md).
+//!
+//! ```text
+//! accept (at most kafka.max-connections) -> connection.rs: frame (size checked first)
+//!   -> header -> versions.rs: served? -> SASL (sasl.rs) until authenticated
+//!   -> handlers.rs: ACLs and quotas of security/, then the log -> response, in order
+//! ```
+//!
+//! Invariants: nothing is decoded before its size is known to be within the limit (64 KiB
+//! before authentication); only the versions in `versions::SUPPORTED` are decoded; a client is
+//! authenticated only once SASL verified its password or proof; every topic a request names is
+//! authorized for its operation; a record batch is stored as it came, after its CRC and record
+//! layout were checked, and Produce answers (acks 1 and all) once it is durable. Decoding uses
+//! the protocol crate patched to bound its allocations by the request's size
+//! (vendor/README.md).
+
+mod connection;
+mod error;
+mod handlers;
+mod sasl;
+mod versions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::Metrics;
+use crate::log::Log;
+use crate::security::Security;
+
+pub use error::KafkaError;
+pub use versions::SUPPORTED;
+
+/// How the listener behaves (`[kafka]` of the configuration).
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// What Metadata tells clients to connect to; none: the address each client reached.
+    pub advertised: Option<SocketAddr>,
+    /// The largest request an authenticated client may send.
+    pub max_request_bytes: usize,
+    pub max_connections: usize,
+    /// A connection that sent no request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// What the handlers work with; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub log: Log,
+    pub security: Security,
+    pub metrics: Metrics,
+    pub settings: Arc<KafkaSettings>,
+}
+
+/// Accepts Kafka clients on `listener` until `shutdown`, then waits for their connections to
+/// end.
+pub async fn serve(listener: TcpListener, broker: Broker, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(broker.settings.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, most likely: let connections end before the next try.
+                tracing::warn!(%error, "Kafka listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = broker.settings.max_connections, "Kafka connection refused: kafka.max-connections are open");
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        connections.spawn(async move {
+            connection::serve(stream, peer, local, broker, shutdown).await;
+            drop(slot);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}

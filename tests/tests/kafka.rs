@@ -1,0 +1,493 @@
+//! Kafka clients no one here wrote, against real `appliance run` processes: kcat (librdkafka)
+//! produces with every codec and consumes by assignment over SASL/SCRAM and PLAIN; a record
+//! reads the same through Kafka and gRPC both ways; a denied topic surfaces as kcat's
+//! authorization error; hostile bytes at the Kafka port close only their own connection; a
+//! Kafka consumer on a hub reads an edge's mirror at the edge's offsets.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use appliance_e2e::{Daemon, Deployment, cli_ok, closed_by_server, fetch_all};
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::records_client::RecordsClient;
+
+const BOB_PASSWORD: &str = "correct horse battery";
+const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+
+/// A daemon with topic `events` (3 partitions), user bob allowed everything on it, and user
+/// carol allowed nothing.
+fn daemon_with_users(dir: &Path) -> anyhow::Result<Daemon> {
+    let daemon = Daemon::start_on_free_ports(dir, &[])?;
+    for (args, stdin) in [
+        (&["topic", "create", "events", "--partitions", "3"][..], ""),
+        (&["user", "create", "bob"], BOB_PASSWORD),
+        (&["user", "create", "carol"], "carol's own password"),
+        (
+            &[
+                "acl",
+                "add",
+                "--principal",
+                "User:bob",
+                "--topic",
+                "events",
+                "--operation",
+                "all",
+            ],
+            "",
+        ),
+    ] {
+        let out = daemon.cli(dir, args, format!("{stdin}\n").as_bytes())?;
+        anyhow::ensure!(out.status.success(), "{args:?}: {out:?}");
+    }
+    Ok(daemon)
+}
+
+/// Runs kcat against the daemon's Kafka listener as `user` over SASL `mechanism`.
+fn kcat(
+    daemon: &Daemon,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> anyhow::Result<Output> {
+    let broker = daemon.kafka_addr.clone().context("no Kafka listener")?;
+    let mut child = Command::new("kcat")
+        .args(["-b", &broker, "-X", "security.protocol=SASL_PLAINTEXT"])
+        .args(["-X", &format!("sasl.mechanism={mechanism}")])
+        .args(["-X", &format!("sasl.username={user}")])
+        .args(["-X", &format!("sasl.password={password}")])
+        .args(["-m", "30"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting kcat (install the Debian package `kcat`)")?;
+    child.stdin.take().context("stdin")?.write_all(stdin)?;
+    Ok(child.wait_with_output()?)
+}
+
+/// One line per record of partition `partition` of `events`, as bob reads it with kcat:
+/// partition, offset, key, value, headers and timestamp.
+fn partition_as_kcat_reads_it(
+    daemon: &Daemon,
+    mechanism: &str,
+    partition: u32,
+) -> anyhow::Result<String> {
+    let partition = partition.to_string();
+    let out = kcat(
+        daemon,
+        mechanism,
+        "bob",
+        BOB_PASSWORD,
+        &[
+            "-C",
+            "-t",
+            "events",
+            "-p",
+            &partition,
+            "-o",
+            "beginning",
+            "-e",
+        ]
+        .into_iter()
+        .chain(["-f", "%p|%o|%k|%s|%h|%T\n"])
+        .collect::<Vec<_>>(),
+        b"",
+    )?;
+    anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+    Ok(text(&out.stdout).trim().to_owned())
+}
+
+/// How many records the three partitions of `events` hold, read over gRPC.
+async fn records_over_grpc(daemon: &Daemon) -> anyhow::Result<usize> {
+    let channel = daemon.channel().await?;
+    let mut total = 0;
+    for partition in 0..3 {
+        total += fetch_all(&channel, "events", partition).await?.len();
+    }
+    Ok(total)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kcat_produces_with_every_codec_and_consumes_every_record_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let daemon = daemon_with_users(dir.path())?;
+    let mut expected = BTreeSet::new();
+    for (n, codec) in CODECS.iter().enumerate() {
+        let mechanism = ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"][n % 3];
+        let lines: Vec<String> = (0..400)
+            .map(|i| format!("{codec}-{i}:value {codec} {i}"))
+            .collect();
+        expected.extend(lines.iter().map(|line| line.replacen(':', "=", 1)));
+        let out = kcat(
+            &daemon,
+            mechanism,
+            "bob",
+            BOB_PASSWORD,
+            &[
+                "-P",
+                "-t",
+                "events",
+                "-K:",
+                "-z",
+                codec,
+                "-X",
+                "linger.ms=5",
+            ],
+            (lines.join("\n") + "\n").as_bytes(),
+        )?;
+        anyhow::ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "{codec}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = kcat(
+        &daemon,
+        "SCRAM-SHA-512",
+        "bob",
+        BOB_PASSWORD,
+        &[
+            "-C",
+            "-t",
+            "events",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%k=%s\n",
+        ],
+        b"",
+    )?;
+    anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+    let consumed: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    let unique: BTreeSet<String> = consumed.iter().cloned().collect();
+    assert_eq!(consumed.len(), expected.len(), "every record once");
+    assert_eq!(unique, expected);
+
+    // The same records through gRPC, whatever codec they were stored with.
+    assert_eq!(records_over_grpc(&daemon).await?, expected.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_reads_the_same_through_kafka_and_grpc_both_ways() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let daemon = daemon_with_users(dir.path())?;
+    let channel = daemon.channel().await?;
+
+    // kcat -> gRPC.
+    let out = kcat(
+        &daemon,
+        "SCRAM-SHA-256",
+        "bob",
+        BOB_PASSWORD,
+        &[
+            "-P",
+            "-t",
+            "events",
+            "-p",
+            "1",
+            "-K:",
+            "-H",
+            "site=plant-7",
+            "-H",
+            "unit=kWh",
+        ],
+        b"meter-1:{\"power\":42}\n",
+    )?;
+    anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+    let stored = fetch_all(&channel, "events", 1).await?;
+    assert_eq!(stored.len(), 1);
+    let record = &stored[0];
+    assert_eq!(record.key.as_deref(), Some(&b"meter-1"[..]));
+    assert_eq!(record.value.as_deref(), Some(&b"{\"power\":42}"[..]));
+    let headers: Vec<(String, Option<Vec<u8>>)> = record
+        .headers
+        .iter()
+        .map(|h| (h.key.clone(), h.value.as_ref().map(|v| v.to_vec())))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            ("site".to_owned(), Some(b"plant-7".to_vec())),
+            ("unit".to_owned(), Some(b"kWh".to_vec()))
+        ]
+    );
+    assert_eq!(
+        partition_as_kcat_reads_it(&daemon, "SCRAM-SHA-256", 1)?,
+        format!(
+            "1|0|meter-1|{{\"power\":42}}|site=plant-7,unit=kWh|{}",
+            record.timestamp_ms
+        )
+    );
+
+    // gRPC -> kcat.
+    RecordsClient::new(channel.clone())
+        .produce(pb::ProduceRequest {
+            topic: "events".into(),
+            partition: Some(2),
+            records: vec![pb::Record {
+                key: Some(b"meter-2".to_vec().into()),
+                value: Some(b"{\"power\":7}".to_vec().into()),
+                headers: vec![pb::Header {
+                    key: "site".into(),
+                    value: Some(b"plant-9".to_vec().into()),
+                }],
+                timestamp_ms: 1_767_225_600_123,
+            }],
+        })
+        .await?;
+    assert_eq!(
+        partition_as_kcat_reads_it(&daemon, "SCRAM-SHA-512", 2)?,
+        "2|0|meter-2|{\"power\":7}|site=plant-9|1767225600123"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_topic_and_a_wrong_password_surface_as_kcats_own_errors() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let daemon = daemon_with_users(dir.path())?;
+    let carol = "carol's own password";
+    let produced = kcat(
+        &daemon,
+        "SCRAM-SHA-256",
+        "carol",
+        carol,
+        &["-P", "-t", "events"],
+        b"not allowed\n",
+    )?;
+    assert!(
+        text(&produced.stderr).contains("Topic authorization failed"),
+        "{}",
+        text(&produced.stderr)
+    );
+    let consumed = kcat(
+        &daemon,
+        "SCRAM-SHA-256",
+        "carol",
+        carol,
+        &["-C", "-t", "events", "-p", "0", "-o", "beginning", "-e"],
+        b"",
+    )?;
+    assert!(
+        text(&consumed.stderr).contains("Topic authorization failed"),
+        "{}",
+        text(&consumed.stderr)
+    );
+    let listed = kcat(
+        &daemon,
+        "SCRAM-SHA-256",
+        "bob",
+        "not bob's password",
+        &["-L"],
+        b"",
+    )?;
+    assert!(!listed.status.success());
+    assert!(
+        text(&listed.stderr).contains("SASL authentication error"),
+        "{}",
+        text(&listed.stderr)
+    );
+    // Metadata lists only what a principal may describe.
+    let listed = kcat(&daemon, "PLAIN", "carol", carol, &["-L"], b"")?;
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(
+        text(&listed.stdout).contains("0 topics"),
+        "{}",
+        text(&listed.stdout)
+    );
+    assert_eq!(records_over_grpc(&daemon).await?, 0, "nothing was stored");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_bytes_at_the_kafka_port_close_their_connection_only() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let daemon = daemon_with_users(dir.path())?;
+    let addr = daemon.kafka_addr.clone().context("no Kafka listener")?;
+    // A connection that stays open throughout, idle and well-behaved.
+    let bystander = TcpStream::connect(&addr)?;
+    let frame = |body: &[u8]| [&(body.len() as i32).to_be_bytes()[..], body].concat();
+    let metadata_v1_huge_array = frame(&[
+        0, 3, 0, 1, 0, 0, 0, 7, 0, 0, 0x7f, 0xff, 0xff, 0xff, b'x', b'y',
+    ]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a negative size", (-1i32).to_be_bytes().to_vec()),
+        ("a 2 GiB size", i32::MAX.to_be_bytes().to_vec()),
+        (
+            "an unknown API key",
+            frame(&[0x03, 0xe7, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ),
+        ("Metadata before SASL", metadata_v1_huge_array),
+        ("a size too small for a header", frame(&[0, 18])),
+        (
+            "random bytes",
+            (0..4096u32)
+                .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut stream = TcpStream::connect(&addr)?;
+        stream.write_all(&bytes)?;
+        assert!(
+            closed_by_server(&mut stream, Duration::from_secs(10))?,
+            "{what}: the connection stayed open"
+        );
+    }
+    // A frame that announces more than it sends holds its connection only until the peer
+    // goes away; the process keeps serving.
+    let mut truncated = TcpStream::connect(&addr)?;
+    truncated.write_all(&frame(&[0, 18, 0, 3, 0, 0, 0, 1])[..8])?;
+    drop(truncated);
+
+    let out = kcat(&daemon, "SCRAM-SHA-256", "bob", BOB_PASSWORD, &["-L"], b"")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("topic \"events\" with 3 partitions"),
+        "{}",
+        text(&out.stdout)
+    );
+    let metrics = daemon.scrape_metrics().await?;
+    for line in [
+        "appliance_kafka_errors_total{api=\"Metadata\",outcome=\"closed\"} 1",
+        "appliance_kafka_errors_total{api=\"an unknown API\",outcome=\"closed\"} 1",
+        "appliance_kafka_request_duration_seconds_count{api=\"Metadata\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} is not in the metrics");
+    }
+    let mut bystander = bystander;
+    bystander.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(bystander.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the idle connection was not touched"
+    );
+    Ok(())
+}
+
+/// Grants `user` (made with `password`) everything on `topic`.
+fn user_with_topic(
+    daemon: &Daemon,
+    dir: &Path,
+    user: &str,
+    password: &str,
+    topic: &str,
+) -> anyhow::Result<()> {
+    cli_ok(
+        daemon,
+        dir,
+        &["user", "create", user],
+        format!("{password}\n").as_bytes(),
+    )?;
+    let principal = format!("User:{user}");
+    cli_ok(
+        daemon,
+        dir,
+        &[
+            "acl",
+            "add",
+            "--principal",
+            &principal,
+            "--topic",
+            topic,
+            "--operation",
+            "all",
+        ],
+        b"",
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_consumer_on_a_hub_reads_an_edges_mirror_at_the_edges_offsets() -> anyhow::Result<()>
+{
+    const RECORDS: usize = 300;
+    let deployment = Deployment::new(&["plant-1"])?;
+    let root = deployment.root();
+    let hub = deployment.start_hub()?;
+    let edge = deployment.start_edge("plant-1", 2)?;
+    user_with_topic(&edge, root, "gateway", BOB_PASSWORD, "sensors")?;
+    user_with_topic(&hub, root, "analyst", BOB_PASSWORD, "plant-1.sensors")?;
+    let lines: Vec<String> = (0..RECORDS)
+        .map(|i| format!("device-{}:reading {i}", i % 7))
+        .collect();
+    let out = kcat(
+        &edge,
+        "SCRAM-SHA-256",
+        "gateway",
+        BOB_PASSWORD,
+        &["-P", "-t", "sensors", "-K:", "-z", "lz4"],
+        (lines.join("\n") + "\n").as_bytes(),
+    )?;
+    anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+    deployment.link(&edge, "plant-1", &deployment.hub_addr(), &[])?;
+
+    let read = |daemon: &Daemon, user: &str, topic: &str| -> anyhow::Result<Vec<String>> {
+        let out = kcat(
+            daemon,
+            "SCRAM-SHA-512",
+            user,
+            BOB_PASSWORD,
+            &[
+                "-C",
+                "-t",
+                topic,
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%p|%o|%k|%s|%T\n",
+            ],
+            b"",
+        )?;
+        let mut lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+        lines.sort();
+        Ok(lines)
+    };
+    let at_edge = read(&edge, "gateway", "sensors")?;
+    assert_eq!(at_edge.len(), RECORDS);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let at_hub = read(&hub, "analyst", "plant-1.sensors")?;
+        if at_hub == at_edge {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the hub's mirror has {} of {RECORDS} records, or others",
+            at_hub.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A mirror is read-only, to Kafka clients as to everyone.
+    let refused = kcat(
+        &hub,
+        "SCRAM-SHA-256",
+        "analyst",
+        BOB_PASSWORD,
+        &["-P", "-t", "plant-1.sensors"],
+        b"not from the edge\n",
+    )?;
+    assert!(
+        text(&refused.stderr).contains("Invalid topic"),
+        "{}",
+        text(&refused.stderr)
+    );
+    Ok(())
+}
