@@ -208,7 +208,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             metrics: metrics.clone(),
             settings: Arc::new(config.kafka.settings()),
         };
-        tokio::spawn(kafka::serve(listener, broker, shutdown.clone()))
+        let tls = tls.as_ref().map(|tls| tls.kafka.clone());
+        tokio::spawn(kafka::serve(listener, broker, tls, shutdown.clone()))
     });
     let query = query::Query::with_limits(log.clone(), config.query.limits(), query_runtime);
     let grpc_server = tokio::spawn(api::serve(

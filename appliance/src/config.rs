@@ -198,13 +198,16 @@ impl KafkaSection {
         }
     }
 
-    fn problems(&self) -> Vec<String> {
+    /// What is wrong with the section; `tls`: the API's certificate, which the listener
+    /// serves TLS with, is configured.
+    fn problems(&self, tls: bool) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.enabled && !self.addr.ip().is_loopback() {
+        if self.enabled && !tls && !self.addr.ip().is_loopback() {
             problems.push(format!(
                 "kafka.addr {} is reachable from other machines, and SASL over plaintext would \
-                 expose passwords and data to them; the Kafka listener has no TLS yet \
-                 (docs/kafka.md): bind kafka.addr to 127.0.0.1 or [::1]",
+                 expose passwords and data to them: give the API a certificate (--api-cert and \
+                 --api-key), which the Kafka listener then serves TLS with, or bind \
+                 kafka.addr to 127.0.0.1",
                 self.addr
             ));
         }
@@ -738,7 +741,7 @@ impl Config {
             }
         }
         problems.extend(self.api.problems());
-        problems.extend(self.kafka.problems());
+        problems.extend(self.kafka.problems(self.api.tls_cert.is_some()));
         if let Err(error) = PrincipalRules::parse(&self.security.client_principal_rules) {
             problems.push(format!("security.client-principal-rules: {error}"));
         }

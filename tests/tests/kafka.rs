@@ -56,9 +56,31 @@ fn kcat(
     args: &[&str],
     stdin: &[u8],
 ) -> anyhow::Result<Output> {
+    kcat_with(
+        daemon,
+        &["-X", "security.protocol=SASL_PLAINTEXT"],
+        mechanism,
+        user,
+        password,
+        args,
+        stdin,
+    )
+}
+
+/// [`kcat`] with the connection's settings in `security`.
+fn kcat_with(
+    daemon: &Daemon,
+    security: &[&str],
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> anyhow::Result<Output> {
     let broker = daemon.kafka_addr.clone().context("no Kafka listener")?;
     let mut child = Command::new("kcat")
-        .args(["-b", &broker, "-X", "security.protocol=SASL_PLAINTEXT"])
+        .args(["-b", &broker])
+        .args(security)
         .args(["-X", &format!("sasl.mechanism={mechanism}")])
         .args(["-X", &format!("sasl.username={user}")])
         .args(["-X", &format!("sasl.password={password}")])
@@ -489,5 +511,102 @@ async fn a_kafka_consumer_on_a_hub_reads_an_edges_mirror_at_the_edges_offsets() 
         "{}",
         text(&refused.stderr)
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_over_tls_with_the_apis_certificate() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    // Without a certificate, a Kafka listener other machines reach is refused at start.
+    let refused = appliance_e2e::run_to_end(
+        root,
+        &[
+            "run",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--kafka-addr",
+            "0.0.0.0:0",
+        ],
+    )?;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused.stderr).contains("kafka.addr 0.0.0.0:0"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    for args in [
+        &["certs", "init", "--dir", "tls"][..],
+        &["certs", "server", "api", "--dir", "tls"],
+    ] {
+        let out = appliance_e2e::run_to_end(root, args)?;
+        anyhow::ensure!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let daemon = Daemon::start_on_free_ports(
+        root,
+        &["--api-cert", "tls/api.pem", "--api-key", "tls/api.key"],
+    )?;
+    let ca = ["--server-ca", "tls/ca.pem"];
+    for (args, stdin) in [
+        (&["user", "create", "bob"][..], format!("{BOB_PASSWORD}\n")),
+        (
+            &[
+                "acl",
+                "add",
+                "--principal",
+                "User:bob",
+                "--topic",
+                "events",
+                "--operation",
+                "all",
+            ],
+            String::new(),
+        ),
+        (&["topic", "create", "events"], String::new()),
+    ] {
+        let out = daemon.cli(root, &[args, &ca[..]].concat(), stdin.as_bytes())?;
+        anyhow::ensure!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let ca_file = root.join("tls/ca.pem");
+    let ca_location = format!("ssl.ca.location={}", ca_file.display());
+    let over_tls = ["-X", "security.protocol=SASL_SSL", "-X", &ca_location];
+    let lines: Vec<String> = (0..50).map(|i| format!("over TLS {i}")).collect();
+    let out = kcat_with(
+        &daemon,
+        &over_tls,
+        "SCRAM-SHA-512",
+        "bob",
+        BOB_PASSWORD,
+        &["-P", "-t", "events", "-z", "zstd"],
+        (lines.join("\n") + "\n").as_bytes(),
+    )?;
+    anyhow::ensure!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kcat_with(
+        &daemon,
+        &over_tls,
+        "SCRAM-SHA-256",
+        "bob",
+        BOB_PASSWORD,
+        &["-C", "-t", "events", "-o", "beginning", "-e", "-f", "%s\n"],
+        b"",
+    )?;
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), lines);
+    // The same listener in plaintext gets nowhere.
+    let plaintext = kcat(
+        &daemon,
+        "SCRAM-SHA-256",
+        "bob",
+        BOB_PASSWORD,
+        &["-L", "-m", "5"],
+        b"",
+    )?;
+    assert!(!plaintext.status.success(), "{}", text(&plaintext.stdout));
     Ok(())
 }

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! appliance_grpc_request_duration_seconds{method}        histogram
+//! appliance_kafka_request_duration_seconds{api}          histogram
+//! appliance_kafka_errors_total{api,outcome}              counter  (error codes, closed connections)
 //! appliance_principal_usage_total{principal,usage}       counter  (bytes produced or fetched, requests)
 //! appliance_principal_throttle_seconds_total{principal,usage} counter (time slowed by a quota)
 //! appliance_log_appended_records_total{topic,partition}  counter  (rate() = append rate)

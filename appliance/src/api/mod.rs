@@ -76,7 +76,7 @@ pub use audit::{AUDIT_TOPIC, Audit};
 pub use error::invalid;
 pub use listener::ConnectionLimits;
 pub use metrics::Metrics;
-pub use tls::{ApiTls, TlsFiles};
+pub use tls::{ApiTls, HANDSHAKE_TIMEOUT, TlsFiles};
 
 /// Largest request the server decodes; bigger ones get RESOURCE_EXHAUSTED before any work.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;

@@ -1,4 +1,5 @@
-//! TLS of the gRPC API and the metrics endpoint: one certificate and key (PEM) for both, and
+//! TLS of the gRPC API, the metrics endpoint and the Kafka listener: one certificate and key
+//! (PEM) for all three, and
 //! optionally a CA whose client certificates authenticate their holders on the gRPC API (as
 //! `security::PrincipalRules` map them). Handshakes run concurrently, each within
 //! [`HANDSHAKE_TIMEOUT`], so a peer that stalls one holds only its own connection slot, and
@@ -25,11 +26,13 @@ pub struct TlsFiles<'a> {
     pub client_ca: Option<&'a Path>,
 }
 
-/// TLS settings of the two endpoints.
+/// TLS settings of the three endpoints.
 #[derive(Clone)]
 pub struct ApiTls {
     pub grpc: ServerTlsConfig,
     pub metrics: tokio_rustls::TlsAcceptor,
+    /// Kafka clients (SASL_SSL) negotiate no application protocol.
+    pub kafka: tokio_rustls::TlsAcceptor,
 }
 
 impl std::fmt::Debug for ApiTls {
@@ -59,16 +62,18 @@ impl ApiTls {
                 .client_auth_optional(true);
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut metrics = rustls::ServerConfig::builder_with_provider(provider)
+        let kafka = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| certs::unusable(files.cert, e))?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|e| certs::unusable(files.cert, e))?;
+        let mut metrics = kafka.clone();
         metrics.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             grpc,
             metrics: tokio_rustls::TlsAcceptor::from(Arc::new(metrics)),
+            kafka: tokio_rustls::TlsAcceptor::from(Arc::new(kafka)),
         })
     }
 }

@@ -30,7 +30,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::Metrics;
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{HANDSHAKE_TIMEOUT, Metrics};
 use crate::log::Log;
 use crate::security::Security;
 
@@ -58,9 +60,14 @@ pub struct Broker {
     pub settings: Arc<KafkaSettings>,
 }
 
-/// Accepts Kafka clients on `listener` until `shutdown`, then waits for their connections to
-/// end.
-pub async fn serve(listener: TcpListener, broker: Broker, shutdown: CancellationToken) {
+/// Accepts Kafka clients on `listener` (over TLS with `tls`) until `shutdown`, then waits for
+/// their connections to end.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(broker.settings.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -85,9 +92,24 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: Cancellation
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        let (broker, tls, shutdown) = (broker.clone(), tls.clone(), shutdown.clone());
         connections.spawn(async move {
-            connection::serve(stream, peer, local, broker, shutdown).await;
+            match tls {
+                None => connection::serve(stream, peer, local, broker, shutdown).await,
+                // Handshakes run in the connection's own task, each bounded in time, so a peer
+                // that stalls one holds only its own slot.
+                Some(tls) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            connection::serve(stream, peer, local, broker, shutdown).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "Kafka TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "Kafka TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
