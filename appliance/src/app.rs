@@ -172,7 +172,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     .await?;
     let connectors = Connectors::open(
         log.clone(),
-        meta,
+        meta.clone(),
         plugins.clone(),
         coordinator.clone(),
         config.plugins.limits(),
@@ -200,6 +200,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let query_runtime = query::query_runtime(config.query.threads(), shutdown.clone())
         .map_err(|source| AppError::QueryRuntime { source })?;
     let audit = api::Audit::open(log.clone()).await?;
+    let producer_ids = kafka::ProducerIds::open(meta.clone())?;
     let kafka_addr = kafka_listener.as_ref().map(|(_, addr)| *addr);
     let kafka_server = kafka_listener.map(|(listener, _)| {
         let broker = kafka::Broker {
@@ -207,6 +208,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             security: security.clone(),
             metrics: metrics.clone(),
             settings: Arc::new(config.kafka.settings()),
+            producer_ids: Arc::new(producer_ids),
+            sequences: Arc::default(),
         };
         let tls = tls.as_ref().map(|tls| tls.kafka.clone());
         tokio::spawn(kafka::serve(listener, broker, tls, shutdown.clone()))

@@ -1,4 +1,4 @@
-//! Python clients the end-to-end tests drive (grpcio): a virtual environment in
+//! Python clients the end-to-end tests drive (grpcio, kafka-python): a virtual environment in
 //! `tests/python/.venv` with `tests/python/requirements.txt`, made on first use (`.ci/run`
 //! makes it beforehand), and `grpc_call.py`, one call per run.
 

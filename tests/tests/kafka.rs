@@ -2,7 +2,8 @@
 //! produces with every codec and consumes by assignment over SASL/SCRAM and PLAIN; a record
 //! reads the same through Kafka and gRPC both ways; a denied topic surfaces as kcat's
 //! authorization error; hostile bytes at the Kafka port close only their own connection; a
-//! Kafka consumer on a hub reads an edge's mirror at the edge's offsets.
+//! Kafka consumer on a hub reads an edge's mirror at the edge's offsets; kafka-python 3's
+//! default idempotent producer works, and a retried batch is stored once, across a SIGKILL.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -15,6 +16,13 @@ use anyhow::Context;
 use appliance_e2e::{Daemon, Deployment, cli_ok, closed_by_server, fetch_all};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use nix::sys::signal::Signal;
 
 const BOB_PASSWORD: &str = "correct horse battery";
 const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
@@ -608,5 +616,229 @@ async fn scram_over_tls_with_the_apis_certificate() -> anyhow::Result<()> {
         b"",
     )?;
     assert!(!plaintext.status.success(), "{}", text(&plaintext.stdout));
+    Ok(())
+}
+
+/// A Kafka client of a few requests, for what real clients do only on failures: a batch sent
+/// again as a retry. Authenticates with SASL PLAIN.
+struct RawKafka {
+    stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl RawKafka {
+    fn connect(addr: &str, user: &str, password: &str) -> anyhow::Result<Self> {
+        use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut client = Self {
+            stream,
+            correlation_id: 0,
+        };
+        let handshake =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let answer: kafka_protocol::messages::SaslHandshakeResponse =
+            client.call(ApiKey::SaslHandshake, 1, &handshake)?;
+        anyhow::ensure!(answer.error_code == 0, "SaslHandshake: {answer:?}");
+        let auth = SaslAuthenticateRequest::default()
+            .with_auth_bytes(format!("\0{user}\0{password}").into_bytes().into());
+        let answer: kafka_protocol::messages::SaslAuthenticateResponse =
+            client.call(ApiKey::SaslAuthenticate, 2, &auth)?;
+        anyhow::ensure!(answer.error_code == 0, "SaslAuthenticate: {answer:?}");
+        Ok(client)
+    }
+
+    fn call<Request: Encodable, Response: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Request,
+    ) -> anyhow::Result<Response> {
+        self.correlation_id += 1;
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("raw-test")))
+            .encode(&mut frame, api.request_header_version(version))?;
+        request.encode(&mut frame, version)?;
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream.write_all(&frame)?;
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size)?;
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut body)?;
+        let mut body = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, api.response_header_version(version))?;
+        anyhow::ensure!(header.correlation_id == self.correlation_id);
+        Response::decode(&mut body, version)
+    }
+
+    /// Produces `batch` to partition 0 of `topic` (acks=all): the error code and base offset.
+    fn produce(&mut self, topic: &str, batch: &Bytes) -> anyhow::Result<(i16, i64)> {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(batch.clone())),
+                    ]),
+            ]);
+        let answer: ProduceResponse = self.call(ApiKey::Produce, 9, &request)?;
+        let partition = &answer.responses[0].partition_responses[0];
+        Ok((partition.error_code, partition.base_offset))
+    }
+}
+
+/// A batch of `count` records of an idempotent producer, starting at `sequence`.
+fn idempotent_batch(
+    producer_id: i64,
+    epoch: i16,
+    sequence: i32,
+    count: i32,
+) -> anyhow::Result<Bytes> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = (0..count)
+        .map(|n| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::from(n),
+            sequence: sequence + n,
+            timestamp: 1_767_225_600_000 + i64::from(n),
+            key: None,
+            value: Some(Bytes::from(format!("retried? {}", sequence + n))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &records, &options)?;
+    Ok(buf.freeze())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotent_producers_retried_batch_is_stored_once_even_across_a_restart()
+-> anyhow::Result<()> {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+    let dir = tempfile::tempdir()?;
+    let mut daemon = daemon_with_users(dir.path())?;
+    let addr = daemon.kafka_addr.clone().context("no Kafka listener")?;
+    let mut client = RawKafka::connect(&addr, "bob", BOB_PASSWORD)?;
+    let init: InitProducerIdResponse = client.call(
+        ApiKey::InitProducerId,
+        3,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    )?;
+    assert_eq!(init.error_code, 0);
+    let id = init.producer_id.0;
+    let first = idempotent_batch(id, 0, 0, 3)?;
+    assert_eq!(client.produce("events", &first)?, (0, 0));
+    // The answer was lost, say: the producer sends the batch again, and gets the same offset.
+    assert_eq!(client.produce("events", &first)?, (0, 0));
+    let second = idempotent_batch(id, 0, 3, 2)?;
+    assert_eq!(client.produce("events", &second)?, (0, 3));
+    // A gap in the sequence is refused with Kafka's code.
+    let (code, _) = client.produce("events", &idempotent_batch(id, 0, 9, 1)?)?;
+    assert_eq!(code, ResponseError::OutOfOrderSequenceNumber.code());
+
+    // After a SIGKILL the appliance reads its producers' sequences back from the log.
+    daemon.stop_with(Signal::SIGKILL)?;
+    daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
+    let addr = daemon.kafka_addr.clone().context("no Kafka listener")?;
+    let mut client = RawKafka::connect(&addr, "bob", BOB_PASSWORD)?;
+    assert_eq!(client.produce("events", &second)?, (0, 3));
+    assert_eq!(
+        client.produce("events", &idempotent_batch(id, 0, 5, 1)?)?,
+        (0, 5)
+    );
+    let init: InitProducerIdResponse = client.call(
+        ApiKey::InitProducerId,
+        3,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    )?;
+    assert!(
+        init.producer_id.0 > id,
+        "ids are not handed out twice across restarts"
+    );
+
+    let channel = daemon.channel().await?;
+    let values: Vec<String> = fetch_all(&channel, "events", 0)
+        .await?
+        .into_iter()
+        .map(|r| text(&r.value.unwrap_or_default()))
+        .collect();
+    let expected: Vec<String> = (0..6).map(|n| format!("retried? {n}")).collect();
+    assert_eq!(values, expected, "each record once, in order");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_pythons_default_idempotent_producer_writes_every_record_once() -> anyhow::Result<()>
+{
+    const COUNT: usize = 2_000;
+    let dir = tempfile::tempdir()?;
+    let daemon = daemon_with_users(dir.path())?;
+    let python = appliance_e2e::python::python()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/kafka_produce.py");
+    let options = serde_json::json!({
+        "bootstrap": daemon.kafka_addr.clone().context("no Kafka listener")?,
+        "mechanism": "SCRAM-SHA-512",
+        "user": "bob",
+        "password": BOB_PASSWORD,
+        "topic": "events",
+        "count": COUNT,
+        "compression": "gzip",
+    });
+    let out = tokio::task::block_in_place(|| {
+        Command::new(python)
+            .arg(&script)
+            .arg(options.to_string())
+            .output()
+    })?;
+    anyhow::ensure!(out.status.success(), "kafka-python: {}", text(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        answer["idempotent"], true,
+        "kafka-python 3 is idempotent by default"
+    );
+    let offsets: BTreeSet<(u64, u64)> = answer["offsets"]
+        .as_array()
+        .context("offsets")?
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_u64().unwrap_or(99),
+                pair[1].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(offsets.len(), COUNT, "every record at an offset of its own");
+    assert_eq!(records_over_grpc(&daemon).await?, COUNT);
     Ok(())
 }

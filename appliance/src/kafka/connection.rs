@@ -306,6 +306,7 @@ pub(super) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::CreateTopics => "CreateTopics",
         ApiKey::DeleteTopics => "DeleteTopics",
         ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        ApiKey::InitProducerId => "InitProducerId",
         _ => "an API not served",
     }
 }
@@ -313,8 +314,8 @@ pub(super) fn api_name(api: ApiKey) -> &'static str {
 #[cfg(test)]
 mod tests {
     use kafka_protocol::messages::{
-        CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest,
-        MetadataRequest, ProduceRequest,
+        CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, InitProducerIdRequest,
+        ListOffsetsRequest, MetadataRequest, ProduceRequest,
     };
     use proptest::prelude::*;
 
@@ -344,6 +345,9 @@ mod tests {
             }
             ApiKey::DeleteTopics => {
                 decode::<DeleteTopicsRequest>(name, &mut body, version).map(drop)
+            }
+            ApiKey::InitProducerId => {
+                decode::<InitProducerIdRequest>(name, &mut body, version).map(drop)
             }
             other => panic!("{other:?} is not served"),
         }

@@ -12,8 +12,9 @@ use futures_util::future::join_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName as WireTopic,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName as WireTopic,
     create_topics_response::CreatableTopicResult,
     delete_topics_response::DeletableTopicResult,
     fetch_response::{FetchableTopicResponse, PartitionData},
@@ -26,10 +27,11 @@ use kafka_protocol::protocol::StrBytes;
 use super::Broker;
 use super::connection::{api_name, decode, encode};
 use super::error::{KafkaError, log_code};
+use super::producers::{REBUILD_SEGMENTS, Sequences, Verdict, rebuild_failed};
 use crate::api::AUDIT_TOPIC;
 use crate::log::{
-    AppendOutcome, LogError, Offset, Partition, PartitionId, Timestamp, TopicConfig, TopicName,
-    validate_batch, visit_batch,
+    AppendOutcome, BatchHeader, LogError, Offset, Partition, PartitionId, Timestamp, TopicConfig,
+    TopicName, validate_batch, visit_batch,
 };
 use crate::security::{Operation, Principal, ResourceType, Usage};
 
@@ -127,6 +129,10 @@ pub async fn handle(
         ApiKey::DeleteTopics => {
             let request: DeleteTopicsRequest = decode(name, body, version)?;
             answer!(context.delete_topics(request).await, requests)
+        }
+        ApiKey::InitProducerId => {
+            let request: InitProducerIdRequest = decode(name, body, version)?;
+            answer!(context.init_producer_id(request).await, requests)
         }
         _ => return Err(KafkaError::UnknownApi { key: api as i16 }),
     };
@@ -262,8 +268,8 @@ impl Context<'_> {
                     };
                     let response = PartitionProduceResponse::default().with_index(index);
                     match outcome {
-                        Ok((outcome, log_start)) => response
-                            .with_base_offset(outcome.base_offset.0 as i64)
+                        Ok((base_offset, log_start)) => response
+                            .with_base_offset(base_offset.0 as i64)
                             .with_log_append_time_ms(-1)
                             .with_log_start_offset(log_start.0 as i64),
                         Err((code, message)) => response
@@ -287,35 +293,98 @@ impl Context<'_> {
     }
 
     /// Stores the batches of one partition's records as they came, each checked (CRC, record
-    /// layout, no transactions); where the first landed and the partition's log start.
+    /// layout, no transactions, an idempotent producer's sequence); where the first landed
+    /// (for a retried batch: where it landed the first time) and the partition's log start.
     async fn append(
         &self,
         topic: &str,
         partition: i32,
         records: Option<Bytes>,
-    ) -> Result<(AppendOutcome, Offset), (ResponseError, String)> {
+    ) -> Result<(Offset, Offset), (ResponseError, String)> {
         let failed = |error: LogError| (log_code(&error), error.to_string());
         let target = self.partition(topic, partition).map_err(failed)?;
         let mut records = records.unwrap_or_default();
-        let mut pending = Vec::new();
+        let mut batches = Vec::new();
         while !records.is_empty() {
             let header = validate_batch(&records).map_err(|e| failed(e.into()))?;
             let batch = records.split_to(header.total_len);
             visit_batch(&header, batch.clone(), |_| {}).map_err(|e| failed(e.into()))?;
-            pending.push(target.submit(BytesMut::from(batch)).await.map_err(failed)?);
+            batches.push((header, batch));
         }
-        let mut first = None;
-        for appended in pending {
-            let outcome = appended.await.map_err(failed)?;
-            first.get_or_insert(outcome);
-        }
-        let first = first.ok_or_else(|| {
-            (
+        if batches.is_empty() {
+            return Err((
                 ResponseError::CorruptMessage,
                 "the request holds no record batch for the partition".to_owned(),
-            )
-        })?;
+            ));
+        }
+        let first = if batches.iter().any(|(header, _)| header.producer_id >= 0) {
+            self.append_idempotent(topic, &target, batches).await?
+        } else {
+            let mut pending = Vec::with_capacity(batches.len());
+            for (_, batch) in batches {
+                pending.push(target.submit(BytesMut::from(batch)).await.map_err(failed)?);
+            }
+            let mut first = None;
+            for appended in pending {
+                let outcome: AppendOutcome = appended.await.map_err(failed)?;
+                first.get_or_insert(outcome.base_offset);
+            }
+            first.expect("at least one batch")
+        };
         Ok((first, target.log_start()))
+    }
+
+    /// [`Context::append`] of batches of which some come from idempotent producers: decided and
+    /// stored one at a time under the partition's sequence lock, so that each is judged
+    /// against every batch stored before it.
+    async fn append_idempotent(
+        &self,
+        topic: &str,
+        target: &Arc<Partition>,
+        batches: Vec<(BatchHeader, Bytes)>,
+    ) -> Result<Offset, (ResponseError, String)> {
+        let failed = |error: LogError| (log_code(&error), error.to_string());
+        let topic = TopicName::new(topic).map_err(failed)?;
+        let cell = self.broker.sequences.of(&topic, target.id());
+        let mut state = cell.lock().await;
+        let current = state
+            .as_ref()
+            .is_some_and(|(read_from, _)| std::ptr::eq(read_from.as_ptr(), Arc::as_ptr(target)));
+        if !current {
+            let mut headers = Vec::new();
+            target
+                .visit_recent_headers(REBUILD_SEGMENTS, |header| headers.push(*header))
+                .map_err(|e| (log_code(&e), rebuild_failed(&e)))?;
+            *state = Some((Arc::downgrade(target), Sequences::rebuilt(headers)));
+        }
+        let mut first = None;
+        for (mut header, batch) in batches {
+            let (_, sequences) = state.as_mut().expect("rebuilt above");
+            let verdict = match header.producer_id {
+                id if id >= 0 => sequences.check(&header),
+                _ => Verdict::Append,
+            };
+            let offset = match verdict {
+                Verdict::Duplicate(offset) => offset,
+                Verdict::Refuse(code, message) => return Err((code, message)),
+                Verdict::Append => match target.append(BytesMut::from(batch)).await {
+                    Ok(outcome) => {
+                        header.base_offset = outcome.base_offset;
+                        if header.producer_id >= 0 {
+                            sequences.record(&header);
+                        }
+                        outcome.base_offset
+                    }
+                    Err(error) => {
+                        // Whether it was stored is not known here: read it back next time.
+                        *state = None;
+                        return Err(failed(error));
+                    }
+                },
+            };
+            first.get_or_insert(offset);
+        }
+        Ok(first.expect("at least one batch"))
     }
 
     fn partition(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, LogError> {
@@ -576,6 +645,39 @@ impl Context<'_> {
         }
         log.create_topic(topic, config).await.map_err(failed)?;
         Ok(partitions)
+    }
+
+    /// A producer id for an idempotent producer, or the next epoch of the one it had.
+    /// Transactions are refused: the log keeps no transaction markers.
+    async fn init_producer_id(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
+        let response = InitProducerIdResponse::default();
+        if request.transactional_id.is_some() {
+            return response
+                .with_error_code(self.code(ResponseError::TransactionalIdAuthorizationFailed))
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+        }
+        if request.producer_id.0 >= 0 && request.producer_epoch >= 0 {
+            // A producer that lost track of its sequences asks for a new epoch of its id.
+            let epoch = request.producer_epoch.checked_add(1);
+            if let Some(epoch) = epoch {
+                return response
+                    .with_producer_id(request.producer_id)
+                    .with_producer_epoch(epoch);
+            }
+        }
+        match self.broker.producer_ids.next().await {
+            Ok(id) => response
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0),
+            Err(error) => {
+                tracing::warn!(%error, "no producer id could be reserved");
+                response
+                    .with_error_code(self.code(ResponseError::KafkaStorageError))
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+            }
+        }
     }
 
     async fn delete_topics(&self, request: DeleteTopicsRequest) -> DeleteTopicsResponse {

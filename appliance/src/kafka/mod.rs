@@ -2,9 +2,11 @@
 //! and consume from the appliance's log (docs/kafka.md).
 //!
 //! ```text
-//! accept (at most kafka.max-connections) -> connection.rs: frame (size checked first)
-//!   -> header -> versions.rs: served? -> SASL (sasl.rs) until authenticated
-//!   -> handlers.rs: ACLs and quotas of security/, then the log -> response, in order
+//! accept (at most kafka.max-connections) -> TLS with the API's certificate, if configured
+//!   -> connection.rs: frame (size checked first) -> header -> versions.rs: served?
+//!   -> SASL (sasl.rs) until authenticated
+//!   -> handlers.rs: ACLs and quotas of security/, idempotent producers' sequences
+//!      (producers.rs), then the log -> response, in order
 //! ```
 //!
 //! Invariants: nothing is decoded before its size is known to be within the limit (64 KiB
@@ -18,6 +20,7 @@
 mod connection;
 mod error;
 mod handlers;
+mod producers;
 mod sasl;
 mod versions;
 
@@ -37,6 +40,7 @@ use crate::log::Log;
 use crate::security::Security;
 
 pub use error::KafkaError;
+pub use producers::{PartitionSequences, ProducerIds};
 pub use versions::SUPPORTED;
 
 /// How the listener behaves (`[kafka]` of the configuration).
@@ -58,6 +62,9 @@ pub struct Broker {
     pub security: Security,
     pub metrics: Metrics,
     pub settings: Arc<KafkaSettings>,
+    pub producer_ids: Arc<ProducerIds>,
+    /// Idempotent producers' sequences, per partition.
+    pub sequences: Arc<PartitionSequences>,
 }
 
 /// Accepts Kafka clients on `listener` (over TLS with `tls`) until `shutdown`, then waits for

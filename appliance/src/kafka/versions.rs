@@ -43,6 +43,7 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::CreateTopics, 2, 7),
     api(ApiKey::DeleteTopics, 1, 5),
     api(ApiKey::SaslAuthenticate, 0, 2),
+    api(ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The entry of `key`, if the listener serves it.
@@ -86,6 +87,10 @@ mod tests {
             ApiKey::SaslAuthenticate => (
                 SaslAuthenticateRequest::VERSIONS,
                 SaslAuthenticateResponse::VERSIONS,
+            ),
+            ApiKey::InitProducerId => (
+                InitProducerIdRequest::VERSIONS,
+                InitProducerIdResponse::VERSIONS,
             ),
             other => panic!("{other:?} has no entry here"),
         };

@@ -140,6 +140,11 @@ pub struct BatchHeader {
     pub base_timestamp: Timestamp,
     pub max_timestamp: Timestamp,
     pub record_count: u32,
+    /// An idempotent producer's id, epoch and the sequence of the first record; -1 when the
+    /// producer is not one.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
 }
 
 impl BatchHeader {
@@ -162,9 +167,9 @@ impl BatchHeader {
         let last_offset_delta = i64::from(buf.get_i32());
         let base_timestamp = buf.get_i64();
         let max_timestamp = buf.get_i64();
-        let _producer_id = buf.get_i64();
-        let _producer_epoch = buf.get_i16();
-        let _base_sequence = buf.get_i32();
+        let producer_id = buf.get_i64();
+        let producer_epoch = buf.get_i16();
+        let base_sequence = buf.get_i32();
         let record_count = i64::from(buf.get_i32());
 
         if magic != MAGIC_V2 {
@@ -199,6 +204,9 @@ impl BatchHeader {
             base_timestamp: Timestamp(base_timestamp),
             max_timestamp: Timestamp(max_timestamp),
             record_count: record_count as u32,
+            producer_id,
+            producer_epoch,
+            base_sequence,
         })
     }
 

@@ -200,6 +200,9 @@ mod tests {
             base_timestamp: Timestamp(max_ts),
             max_timestamp: Timestamp(max_ts),
             record_count: 1,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
         }
     }
 

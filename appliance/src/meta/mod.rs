@@ -151,10 +151,11 @@ pub enum Table {
     Users = 10,
     RevokedEdges = 11,
     JoinTokens = 12,
+    KafkaProducerIds = 13,
 }
 
 impl Table {
-    const ALL: [Table; 13] = [
+    const ALL: [Table; 14] = [
         Table::Plugins,
         Table::Pipelines,
         Table::PipelineProgress,
@@ -168,6 +169,7 @@ impl Table {
         Table::Users,
         Table::RevokedEdges,
         Table::JoinTokens,
+        Table::KafkaProducerIds,
     ];
 
     fn tree_name(self) -> &'static str {
@@ -185,6 +187,7 @@ impl Table {
             Table::Users => "users",
             Table::RevokedEdges => "revoked-edges",
             Table::JoinTokens => "join-tokens",
+            Table::KafkaProducerIds => "kafka-producer-ids",
         }
     }
 }

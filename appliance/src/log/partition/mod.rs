@@ -333,6 +333,30 @@ impl Partition {
         Ok(())
     }
 
+    /// Visits the header of every batch below the high watermark in the newest `segments`
+    /// segments, in offset order: where the recent batches of Kafka's idempotent producers are.
+    pub fn visit_recent_headers(
+        &self,
+        segments: usize,
+        mut visit: impl FnMut(&BatchHeader),
+    ) -> Result<(), LogError> {
+        let high_watermark = self.high_watermark();
+        let recent: Vec<Arc<Segment>> = {
+            let all = read_lock(&self.segments);
+            all[all.len().saturating_sub(segments)..].to_vec()
+        };
+        for segment in recent {
+            segment.visit_headers(segment.base(), |_, header| {
+                if header.base_offset >= high_watermark {
+                    return false;
+                }
+                visit(header);
+                true
+            })?;
+        }
+        Ok(())
+    }
+
     /// Reads whole batches from `offset`, at most about `max_bytes` (always at least one batch).
     /// Returns an empty chunk at the high watermark.
     pub fn read(&self, offset: Offset, max_bytes: usize) -> Result<ReadChunk, LogError> {
