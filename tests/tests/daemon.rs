@@ -201,6 +201,30 @@ fn bench_grpc_prints_figures_beside_the_log() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn bench_kafka_prints_librdkafkas_figures_beside_grpc_and_the_log() -> anyhow::Result<()> {
+    run_bench(
+        &[
+            "kafka",
+            "--records",
+            "2000",
+            "--seconds",
+            "0.2",
+            "--partitions",
+            "2",
+        ],
+        &["Kafka Produce, librdkafka", "Kafka Fetch, librdkafka"],
+        &[
+            "log_append_rps",
+            "kafka_produce_rps",
+            "grpc_produce_rps",
+            "grpc_fetch_rps",
+            "kafka_fetch_rps",
+        ],
+    )?;
+    Ok(())
+}
+
 /// Whether topic `big` exists now; if it does, every one of its partitions must serve.
 async fn whole_or_absent(daemon: &Daemon, partitions: usize) -> anyhow::Result<bool> {
     let topics = TopicsClient::new(daemon.channel().await?)

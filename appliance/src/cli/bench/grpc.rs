@@ -32,7 +32,7 @@ use crate::security::{
 };
 
 const RECORD_BYTES: usize = 100;
-const TOPIC: &str = "bench";
+pub(super) const TOPIC: &str = "bench";
 
 #[derive(Debug, Args)]
 pub struct GrpcBenchArgs {
@@ -107,7 +107,14 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let local = Local::of(&running)?;
     let figures = async {
         create_topic(local.connect().await?, args.streams).await?;
-        let (produced, produce_rps) = produce(&local, &args, duration).await?;
+        let (produced, produce_rps) = produce(
+            &local,
+            args.streams,
+            args.batch_records,
+            RECORD_BYTES,
+            duration,
+        )
+        .await?;
         let fetch_rps = fetch(&local, args.streams).await?;
         let subscribe_rps = subscribe(&local, args.streams, produced).await?;
         anyhow::Ok((produce_rps, fetch_rps, subscribe_rps))
@@ -271,7 +278,14 @@ async fn secured(
                 .await?;
         }
         let bench = admin.as_holder_of(token);
-        let (_, produce_rps) = produce(&bench, args, duration).await?;
+        let (_, produce_rps) = produce(
+            &bench,
+            args.streams,
+            args.batch_records,
+            RECORD_BYTES,
+            duration,
+        )
+        .await?;
         let fetch_rps = fetch(&bench, args.streams).await?;
         anyhow::Ok((produce_rps, fetch_rps))
     }
@@ -321,7 +335,7 @@ async fn acl_check_ns(scratch: &Path) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_nanos() as f64 / f64::from(checks))
 }
 
-async fn create_topic(channel: ApiChannel, partitions: u32) -> anyhow::Result<()> {
+pub(super) async fn create_topic(channel: ApiChannel, partitions: u32) -> anyhow::Result<()> {
     TopicsClient::new(channel)
         .create_topic(pb::CreateTopicRequest {
             name: TOPIC.into(),
@@ -352,20 +366,24 @@ async fn log_read_decode(log: &crate::log::Log, partitions: u32) -> anyhow::Resu
 }
 
 /// `streams` ProduceStream calls, one connection and partition each, for `duration`.
-async fn produce(
+/// One ProduceStream per partition, `batch_records` records of `record_bytes` a request, for
+/// `duration`: the records produced and their rate.
+pub(super) async fn produce(
     local: &Local,
-    args: &GrpcBenchArgs,
+    partitions: u32,
+    batch_records: usize,
+    record_bytes: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, f64)> {
-    let value = Bytes::from(vec![b'x'; RECORD_BYTES]);
+    let value = Bytes::from(vec![b'x'; record_bytes]);
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for partition in 0..args.streams {
+    for partition in 0..partitions {
         let request = pb::ProduceRequest {
             topic: TOPIC.into(),
             partition: Some(partition),
-            records: (0..args.batch_records)
+            records: (0..batch_records)
                 .map(|_| pb::Record {
                     key: None,
                     value: Some(value.clone()),
@@ -391,7 +409,7 @@ async fn produce(
 }
 
 /// One Fetch loop per partition, from offset 0 to the end, 1 MiB at a time.
-async fn fetch(local: &Local, partitions: u32) -> anyhow::Result<f64> {
+pub(super) async fn fetch(local: &Local, partitions: u32) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for partition in 0..partitions {

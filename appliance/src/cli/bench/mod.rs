@@ -4,6 +4,8 @@
 //! - `bench log`: the disk's bandwidth with fdatasync, durable appends, reads (`log.rs`).
 //! - `bench grpc`: produce, fetch and subscribe over the gRPC API on loopback, beside the
 //!   log's own figures and, when `nats-server` is installed, NATS JetStream (`grpc.rs`).
+//! - `bench kafka`: librdkafka (kcat) producing and consuming on the Kafka listener, beside
+//!   gRPC and the log's own append (`kafka.rs`).
 //! - `bench pipeline`: pipelines with built-in WebAssembly transforms, the same transforms
 //!   compiled natively, and the cost of a call into the sandbox (`pipeline.rs`).
 //! - `bench connectors`: a generator source and a file sink beside the log's own append and
@@ -15,6 +17,7 @@
 
 mod connectors;
 mod grpc;
+mod kafka;
 mod link;
 mod log;
 mod nats;
@@ -35,6 +38,9 @@ pub enum BenchCommand {
     Log(log::LogBenchArgs),
     /// gRPC produce, fetch and subscribe on loopback, beside the log and NATS JetStream.
     Grpc(grpc::GrpcBenchArgs),
+    /// librdkafka (kcat) producing and consuming 1 KiB records on the Kafka listener, beside
+    /// gRPC and the log's own append.
+    Kafka(kafka::KafkaBenchArgs),
     /// Pipelines with the built-in filter and mask-field, beside native builds of both.
     Pipeline(pipeline::PipelineBenchArgs),
     /// The generator source and the file sink, beside the log's own append and read.
@@ -52,6 +58,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log(args) => runtime.block_on(log::log_bench(args)),
         BenchCommand::Grpc(args) => runtime.block_on(grpc::grpc_bench(args)),
+        BenchCommand::Kafka(args) => runtime.block_on(kafka::kafka_bench(args)),
         BenchCommand::Pipeline(args) => runtime.block_on(pipeline::pipeline_bench(args)),
         BenchCommand::Connectors(args) => runtime.block_on(connectors::connector_bench(args)),
         BenchCommand::Link(args) => runtime.block_on(link::link_bench(args)),
