@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::client::{ApiChannel, Local};
 use super::log::append_case;
-use super::{nats, open_log, scratch_dir};
-use crate::config::{ApiSection, Config, KafkaSection};
+use super::{loopback_config, nats, open_log, scratch_dir};
 use crate::log::{Offset, PartitionId, TopicName, decode_all};
 use crate::meta::Meta;
 use crate::security::{
@@ -89,19 +88,7 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     drop(log);
 
     // The appliance as a server.
-    let config = Config {
-        data_dir: scratch.path().join("appliance"),
-        api: ApiSection {
-            grpc_addr: "127.0.0.1:0".parse()?,
-            metrics_addr: "127.0.0.1:0".parse()?,
-            ..ApiSection::default()
-        },
-        kafka: KafkaSection {
-            addr: "127.0.0.1:0".parse()?,
-            ..KafkaSection::default()
-        },
-        ..Config::default()
-    };
+    let config = loopback_config(scratch.path().join("appliance"));
     let shutdown = CancellationToken::new();
     let running = crate::app::start(config, shutdown.clone()).await?;
     let local = Local::of(&running)?;
@@ -236,21 +223,9 @@ async fn secured(
     let tls_dir = scratch.join("tls");
     certs::init(&tls_dir, &[])?;
     let server = certs::issue_server(&tls_dir, "api", &[])?;
-    let config = Config {
-        data_dir: scratch.join("secured"),
-        api: ApiSection {
-            grpc_addr: "127.0.0.1:0".parse()?,
-            metrics_addr: "127.0.0.1:0".parse()?,
-            tls_cert: Some(server.cert),
-            tls_key: Some(server.key),
-            ..ApiSection::default()
-        },
-        kafka: KafkaSection {
-            addr: "127.0.0.1:0".parse()?,
-            ..KafkaSection::default()
-        },
-        ..Config::default()
-    };
+    let mut config = loopback_config(scratch.join("secured"));
+    config.api.tls_cert = Some(server.cert);
+    config.api.tls_key = Some(server.key);
     let shutdown = CancellationToken::new();
     let running = crate::app::start(config, shutdown.clone()).await?;
     let admin = Local::of(&running)?.over_tls(&std::fs::read(tls_dir.join(certs::CA_CERT))?);

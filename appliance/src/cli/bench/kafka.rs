@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::super::client::Local;
 use super::grpc::{TOPIC, create_topic, fetch, produce};
 use super::log::append_case;
-use super::{open_log, scratch_dir};
-use crate::config::{ApiSection, Config, KafkaSection};
+use super::{loopback_config, open_log, scratch_dir};
 
 const RECORD_BYTES: usize = 1024;
 const USER: &str = "bench";
@@ -95,19 +94,7 @@ pub async fn kafka_bench(args: KafkaBenchArgs) -> anyhow::Result<()> {
     file.flush()?;
     drop(file);
 
-    let config = Config {
-        data_dir: scratch.path().join("appliance"),
-        api: ApiSection {
-            grpc_addr: "127.0.0.1:0".parse()?,
-            metrics_addr: "127.0.0.1:0".parse()?,
-            ..ApiSection::default()
-        },
-        kafka: KafkaSection {
-            addr: "127.0.0.1:0".parse()?,
-            ..KafkaSection::default()
-        },
-        ..Config::default()
-    };
+    let config = loopback_config(scratch.path().join("appliance"));
     let shutdown = CancellationToken::new();
     let running = crate::app::start(config, shutdown.clone()).await?;
     let kafka_addr = running

@@ -24,11 +24,13 @@ mod nats;
 mod pipeline;
 mod query;
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::config::Config;
 use crate::log::{Log, LogConfig};
 use crate::meta::Meta;
 
@@ -67,6 +69,19 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 const MB: f64 = 1_000_000.0;
+
+/// An appliance with its data in `data_dir` and every endpoint on a free loopback port.
+fn loopback_config(data_dir: PathBuf) -> Config {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = Config {
+        data_dir,
+        ..Config::default()
+    };
+    config.api.grpc_addr = loopback;
+    config.api.metrics_addr = loopback;
+    config.kafka.addr = loopback;
+    config
+}
 
 /// A temporary directory inside `dir`, removed when dropped.
 fn scratch_dir(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
