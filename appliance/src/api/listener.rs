@@ -1,4 +1,5 @@
-//! Accepting TCP connections for the gRPC API and the metrics endpoint within bounds: at most
+//! Accepting TCP connections for the gRPC API, the metrics endpoint and the Kafka listener
+//! within bounds: at most
 //! `max` open at once (one more is accepted and closed at once, with a warning, so clients
 //! fail fast instead of hanging in the backlog), each closed once its peer has sent nothing
 //! for `idle_timeout`, and an accept that fails for want of resources (EMFILE at the file
@@ -150,6 +151,13 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Sends small writes at once (Kafka answers are one write each).
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        self.stream.set_nodelay(true)
+    }
+}
+
 impl Connected for Connection {
     type ConnectInfo = TcpConnectInfo;
 
@@ -178,7 +186,7 @@ impl AsyncRead for Connection {
             Poll::Pending => match this.silence.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the peer sent nothing for the idle timeout (api.idle-timeout-ms)",
+                    "the peer sent nothing for the listener's idle timeout",
                 ))),
                 Poll::Pending => Poll::Pending,
             },

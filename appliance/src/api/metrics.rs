@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::bearer;
 use super::listener::{ConnectionLimits, incoming};
-use super::tls::HANDSHAKE_TIMEOUT;
+use super::tls;
 use crate::connect::{self, Connectors};
 use crate::group::Coordinator;
 use crate::link::edge::Links;
@@ -615,10 +615,8 @@ pub async fn serve(
             let Some(tls) = tls else {
                 return serve_connection(stream, metrics, security).await;
             };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(stream, metrics, security).await,
-                Ok(Err(error)) => tracing::debug!(%error, "metrics TLS handshake failed"),
-                Err(_) => tracing::debug!("metrics TLS handshake timed out"),
+            if let Some(stream) = tls::handshake(&tls, stream, "metrics endpoint").await {
+                serve_connection(stream, metrics, security).await;
             }
         });
     }

@@ -74,9 +74,9 @@ use crate::security::Security;
 pub use access::bearer;
 pub use audit::{AUDIT_TOPIC, Audit};
 pub use error::invalid;
-pub use listener::ConnectionLimits;
+pub use listener::{Connection, ConnectionLimits, incoming};
 pub use metrics::Metrics;
-pub use tls::{ApiTls, HANDSHAKE_TIMEOUT, TlsFiles};
+pub use tls::{ApiTls, TlsFiles, handshake};
 
 /// Largest request the server decodes; bigger ones get RESOURCE_EXHAUSTED before any work.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;

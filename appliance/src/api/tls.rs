@@ -17,6 +17,30 @@ use crate::security::certs;
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `stream` once its TLS handshake completed within [`HANDSHAKE_TIMEOUT`]; none, logged for
+/// the listener `what`, when it failed or stalled. Run in the connection's own task, so a peer
+/// that stalls a handshake holds only its own slot.
+pub async fn handshake<S>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: S,
+    what: &'static str,
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(what, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(what, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// The API's TLS files.
 #[derive(Debug, Clone, Copy)]
 pub struct TlsFiles<'a> {

@@ -76,8 +76,7 @@ impl Connection {
             } else {
                 MAX_UNAUTHENTICATED_REQUEST
             };
-            let Some(frame) = read_frame(reader, limit, self.broker.settings.idle_timeout).await?
-            else {
+            let Some(frame) = read_frame(reader, limit).await? else {
                 return Ok(());
             };
             let api = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]]))
@@ -200,17 +199,23 @@ impl Connection {
     }
 }
 
-/// The next frame's bytes (after the size), or none when the peer closed between frames.
+/// The next frame's bytes (after the size), or none when the peer closed between frames or
+/// was silent for the listener's idle timeout (which the accepted connection enforces).
 async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: usize,
-    idle_timeout: Duration,
 ) -> Result<Option<Bytes>, KafkaError> {
     let mut size = [0u8; 4];
-    match tokio::time::timeout(idle_timeout, reader.read_exact(&mut size)).await {
-        Err(_idle) => return Ok(None),
-        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Ok(read) => read?,
+    match reader.read_exact(&mut size).await {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Ok(None);
+        }
+        read => read?,
     };
     let size = i64::from(i32::from_be_bytes(size));
     // The API key, its version and the correlation id at least.

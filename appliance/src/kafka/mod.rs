@@ -28,14 +28,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::{HANDSHAKE_TIMEOUT, Metrics};
+use tonic::transport::server::Connected;
+
+use crate::api::{ConnectionLimits, Metrics, handshake, incoming};
 use crate::log::Log;
 use crate::security::Security;
 
@@ -67,57 +69,43 @@ pub struct Broker {
     pub sequences: Arc<PartitionSequences>,
 }
 
-/// Accepts Kafka clients on `listener` (over TLS with `tls`) until `shutdown`, then waits for
-/// their connections to end.
+/// Accepts Kafka clients on `listener` (over TLS with `tls`) within the connection limits
+/// until `shutdown`, then waits for their connections to end.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(broker.settings.max_connections));
+    let limits = ConnectionLimits {
+        max: broker.settings.max_connections,
+        idle_timeout: broker.settings.idle_timeout,
+    };
+    let mut accepted = std::pin::pin!(incoming(listener, limits, "Kafka listener"));
     let connections = TaskTracker::new();
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let stream = tokio::select! {
             () = shutdown.cancelled() => break,
+            next = accepted.next() => match next {
+                Some(Ok(connection)) => connection,
+                _ => break,
+            },
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of descriptors, most likely: let connections end before the next try.
-                tracing::warn!(%error, "Kafka listener cannot accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = broker.settings.max_connections, "Kafka connection refused: kafka.max-connections are open");
+        let info = stream.connect_info();
+        let (Some(peer), Some(local)) = (info.remote_addr(), info.local_addr()) else {
             continue;
         };
-        let Ok(local) = stream.local_addr() else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+        let _ = stream.set_nodelay();
         let (broker, tls, shutdown) = (broker.clone(), tls.clone(), shutdown.clone());
         connections.spawn(async move {
             match tls {
                 None => connection::serve(stream, peer, local, broker, shutdown).await,
-                // Handshakes run in the connection's own task, each bounded in time, so a peer
-                // that stalls one holds only its own slot.
                 Some(tls) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            connection::serve(stream, peer, local, broker, shutdown).await;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "Kafka TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(%peer, "Kafka TLS handshake timed out"),
+                    if let Some(stream) = handshake(&tls, stream, "Kafka listener").await {
+                        connection::serve(stream, peer, local, broker, shutdown).await;
                     }
                 }
             }
-            drop(slot);
         });
     }
     connections.close();
