@@ -22,6 +22,7 @@ use super::error::KafkaError;
 use super::handlers::{self, Answer};
 use super::sasl::{MECHANISMS, Sasl, Step};
 use super::versions::{self, SUPPORTED};
+use crate::security::random;
 
 /// The most bytes a client may send before it authenticated: enough for ApiVersions and a
 /// SASL exchange, too little to make an anonymous peer cost memory.
@@ -293,10 +294,7 @@ fn api_versions(error_code: i16) -> ApiVersionsResponse {
 /// A SCRAM server nonce: 24 random bytes as base64 (no commas).
 fn nonce() -> Result<String, KafkaError> {
     use base64::Engine;
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        KafkaError::Authentication(format!("the system's random source failed: {e}"))
-    })?;
+    let bytes = random::<24>().map_err(|e| KafkaError::Authentication(e.to_string()))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 

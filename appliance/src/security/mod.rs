@@ -40,7 +40,7 @@ pub use principal::{Principal, PrincipalKind};
 pub use quota::{Quota, Quotas, Rates, Usage};
 pub use revocations::Revocations;
 pub use rpc::{Requirement, Rpc};
-pub use token::{TokenId, TokenInfo, TokenRefusal, Tokens};
+pub use token::{TokenId, TokenInfo, TokenRefusal, Tokens, random};
 pub use users::{PasswordChange, ScramCredential, ScramMechanism, UserInfo, Users};
 
 use crate::meta::{Meta, MetaError};

@@ -213,7 +213,8 @@ fn split(token: &str) -> Option<(TokenId, &str)> {
     Some((TokenId::parse(id).ok()?, secret))
 }
 
-pub(super) fn random<const N: usize>() -> Result<[u8; N], SecurityError> {
+/// `N` bytes from the system's random source.
+pub fn random<const N: usize>() -> Result<[u8; N], SecurityError> {
     let mut bytes = [0; N];
     getrandom::fill(&mut bytes).map_err(|error| SecurityError::Randomness {
         reason: error.to_string(),
