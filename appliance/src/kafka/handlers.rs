@@ -206,24 +206,19 @@ impl Context<'_> {
                 .list_topics()
                 .into_iter()
                 .filter(|info| self.may(Operation::Describe, info.name.as_str()))
-                .map(|info| described_topic(info.name.as_str(), info.partitions.len(), None))
+                .map(|info| described_topic(info.name.as_str(), info.partitions.len()))
                 .collect(),
             Some(names) => names
                 .iter()
                 .map(|name| {
                     if !self.may(Operation::Describe, name) {
-                        self.code(ResponseError::TopicAuthorizationFailed);
-                        return described_topic(
-                            name,
-                            0,
-                            Some(ResponseError::TopicAuthorizationFailed),
-                        );
+                        return described_topic(name, 0)
+                            .with_error_code(self.code(ResponseError::TopicAuthorizationFailed));
                     }
                     match TopicName::new(name.as_str()).and_then(|topic| log.topic_info(&topic)) {
-                        Ok(info) => described_topic(name, info.partitions.len(), None),
+                        Ok(info) => described_topic(name, info.partitions.len()),
                         Err(error) => {
-                            self.code(log_code(&error));
-                            described_topic(name, 0, Some(log_code(&error)))
+                            described_topic(name, 0).with_error_code(self.code(log_code(&error)))
                         }
                     }
                 })
@@ -710,11 +705,7 @@ impl Context<'_> {
     }
 }
 
-fn described_topic(
-    name: &str,
-    partitions: usize,
-    error: Option<ResponseError>,
-) -> MetadataResponseTopic {
+fn described_topic(name: &str, partitions: usize) -> MetadataResponseTopic {
     let partitions = (0..partitions as i32)
         .map(|index| {
             MetadataResponsePartition::default()
@@ -725,7 +716,6 @@ fn described_topic(
         })
         .collect();
     MetadataResponseTopic::default()
-        .with_error_code(error.map_or(0, |e| e.code()))
         .with_name(Some(WireTopic(StrBytes::from_string(name.to_owned()))))
         .with_is_internal(name == AUDIT_TOPIC)
         .with_partitions(partitions)
