@@ -206,6 +206,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let broker = kafka::Broker {
             log: log.clone(),
             security: security.clone(),
+            coordinator: coordinator.clone(),
             metrics: metrics.clone(),
             settings: Arc::new(config.kafka.settings()),
             producer_ids: Arc::new(producer_ids),

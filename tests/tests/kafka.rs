@@ -3,7 +3,9 @@
 //! reads the same through Kafka and gRPC both ways; a denied topic surfaces as kcat's
 //! authorization error; hostile bytes at the Kafka port close only their own connection; a
 //! Kafka consumer on a hub reads an edge's mirror at the edge's offsets; kafka-python 3's
-//! default idempotent producer works, and a retried batch is stored once, across a SIGKILL.
+//! default idempotent producer works, and a retried batch is stored once, across a SIGKILL;
+//! kafka-python consumers share a group's partitions as members join and leave, with every
+//! record consumed once, and their commits are the appliance's and survive a SIGKILL.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -841,4 +843,219 @@ async fn kafka_pythons_default_idempotent_producer_writes_every_record_once() ->
     assert_eq!(offsets.len(), COUNT, "every record at an offset of its own");
     assert_eq!(records_over_grpc(&daemon).await?, COUNT);
     Ok(())
+}
+
+/// One kafka-python group member running `kafka_group_consume.py`; it leaves its group when
+/// its stop file appears.
+struct GroupMember {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    stop: std::path::PathBuf,
+}
+
+impl GroupMember {
+    fn start(daemon: &Daemon, dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let python = appliance_e2e::python::python()?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/kafka_group_consume.py");
+        let out = dir.join(format!("{name}.jsonl"));
+        let stop = dir.join(format!("{name}.stop"));
+        let options = serde_json::json!({
+            "bootstrap": daemon.kafka_addr.clone().context("no Kafka listener")?,
+            "mechanism": "SCRAM-SHA-256",
+            "user": "bob",
+            "password": BOB_PASSWORD,
+            "topic": "sensors",
+            "group": "dashboards",
+            "out": out,
+            "stop": stop,
+        });
+        let child = Command::new(python)
+            .arg(&script)
+            .arg(options.to_string())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        Ok(Self { child, out, stop })
+    }
+
+    /// Asks the member to leave and waits until it has.
+    fn leave(mut self) -> anyhow::Result<()> {
+        std::fs::write(&self.stop, b"")?;
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "member exited with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every (partition, offset, value) the members' output files hold.
+fn consumed(outs: &[std::path::PathBuf]) -> anyhow::Result<Vec<(u64, u64, String)>> {
+    let mut records = Vec::new();
+    for out in outs {
+        let Ok(text) = std::fs::read_to_string(out) else {
+            continue;
+        };
+        for line in text.lines() {
+            let (partition, offset, value): (u64, u64, String) = serde_json::from_str(line)?;
+            records.push((partition, offset, value));
+        }
+    }
+    Ok(records)
+}
+
+/// Waits until the members consumed `count` records in all.
+fn wait_for_consumed(outs: &[std::path::PathBuf], count: usize) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = consumed(outs)?.len();
+        if seen >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the group consumed {seen} of {count} records"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `appliance group describe` shows `count` stable members of `dashboards`
+/// sharing the six partitions of `sensors`, each with one or two.
+fn wait_for_members(daemon: &Daemon, dir: &Path, count: usize) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = daemon.cli(dir, &["group", "describe", "dashboards", "--json"], b"")?;
+        let described: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let members = described["members"].as_array().cloned().unwrap_or_default();
+        let shares: Vec<usize> = members
+            .iter()
+            .map(|m| m["assigned"].as_array().map_or(0, Vec::len))
+            .collect();
+        let shared = described["state"] == "stable"
+            && members.len() == count
+            && shares.iter().sum::<usize>() == 6
+            && shares.iter().all(|n| (1..=2).contains(n));
+        if shared {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the group did not settle on {count} members: {described}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Produces `values` to `sensors` with kcat, keyed so that they spread over its partitions.
+fn produce_sensors(daemon: &Daemon, values: std::ops::Range<usize>) -> anyhow::Result<()> {
+    let lines: String = values.map(|n| format!("k{n}|reading {n}\n")).collect();
+    let out = kcat(
+        daemon,
+        "SCRAM-SHA-256",
+        "bob",
+        BOB_PASSWORD,
+        &["-P", "-t", "sensors", "-K", "|"],
+        lines.as_bytes(),
+    )?;
+    anyhow::ensure!(out.status.success(), "kcat: {}", text(&out.stderr));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_consumer_group_shares_partitions_and_offsets_with_the_appliances_groups()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut daemon = daemon_with_users(dir.path())?;
+    for args in [
+        &["topic", "create", "sensors", "--partitions", "6"][..],
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:bob",
+            "--topic",
+            "sensors",
+            "--operation",
+            "all",
+        ],
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:bob",
+            "--group",
+            "dashboards",
+            "--operation",
+            "all",
+        ],
+    ] {
+        cli_ok(&daemon, dir.path(), args, b"")?;
+    }
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        // Three members share the six partitions; a fourth joins, then the first leaves.
+        produce_sensors(&daemon, 0..300)?;
+        let first = GroupMember::start(&daemon, dir.path(), "first")?;
+        let second = GroupMember::start(&daemon, dir.path(), "second")?;
+        let third = GroupMember::start(&daemon, dir.path(), "third")?;
+        let mut outs = vec![first.out.clone(), second.out.clone(), third.out.clone()];
+        wait_for_members(&daemon, dir.path(), 3)?;
+        wait_for_consumed(&outs, 300)?;
+        let fourth = GroupMember::start(&daemon, dir.path(), "fourth")?;
+        outs.push(fourth.out.clone());
+        produce_sensors(&daemon, 300..600)?;
+        wait_for_members(&daemon, dir.path(), 4)?;
+        wait_for_consumed(&outs, 600)?;
+        first.leave()?;
+        produce_sensors(&daemon, 600..900)?;
+        wait_for_members(&daemon, dir.path(), 3)?;
+        wait_for_consumed(&outs, 900)?;
+        for member in [second, third, fourth] {
+            member.leave()?;
+        }
+        let records = consumed(&outs)?;
+        let distinct: BTreeSet<&(u64, u64, String)> = records.iter().collect();
+        assert_eq!(distinct.len(), records.len(), "no record consumed twice");
+        let values: BTreeSet<String> = records.iter().map(|r| r.2.clone()).collect();
+        let expected: BTreeSet<String> = (0..900).map(|n| format!("reading {n}")).collect();
+        assert_eq!(values, expected, "every record consumed");
+        Ok(())
+    })?;
+
+    // The Kafka group's commits are the appliance's: `appliance group describe` shows them.
+    let described = cli_ok(
+        &daemon,
+        dir.path(),
+        &["group", "describe", "dashboards", "--json"],
+        b"",
+    )?;
+    let described: serde_json::Value = serde_json::from_str(&described)?;
+    let offsets = described["offsets"].as_array().context("offsets")?;
+    assert_eq!(offsets.len(), 6, "{described}");
+    assert!(
+        offsets
+            .iter()
+            .all(|o| o["lag"] == 0 && o["committed_offset"].as_u64().is_some()),
+        "every partition committed to its end: {described}"
+    );
+
+    // Committed offsets survive a restart: a new member reads only what came after.
+    daemon.stop_with(Signal::SIGKILL)?;
+    daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        produce_sensors(&daemon, 900..960)?;
+        let late = GroupMember::start(&daemon, dir.path(), "late")?;
+        let outs = [late.out.clone()];
+        wait_for_consumed(&outs, 60)?;
+        std::thread::sleep(Duration::from_secs(2));
+        late.leave()?;
+        let values: BTreeSet<String> = consumed(&outs)?.into_iter().map(|r| r.2).collect();
+        let expected: BTreeSet<String> = (900..960).map(|n| format!("reading {n}")).collect();
+        assert_eq!(values, expected, "only the records after the commits");
+        Ok(())
+    })
 }

@@ -97,9 +97,11 @@ impl From<GroupError> for Status {
             GroupError::UnknownMember { .. } | GroupError::SessionExpired { .. } => {
                 Some(Code::NotFound)
             }
-            GroupError::NotOwner { .. } | GroupError::GroupActive { .. } => {
-                Some(Code::FailedPrecondition)
-            }
+            GroupError::NotOwner { .. }
+            | GroupError::GroupActive { .. }
+            | GroupError::InconsistentProtocol { .. }
+            | GroupError::IllegalGeneration { .. } => Some(Code::FailedPrecondition),
+            GroupError::RebalanceInProgress { .. } => Some(Code::Unavailable),
             GroupError::OffsetBeyondEnd { .. }
             | GroupError::NoTopics
             | GroupError::InvalidSessionTimeout { .. } => Some(Code::InvalidArgument),

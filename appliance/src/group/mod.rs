@@ -1,5 +1,10 @@
 //! Consumer groups: who consumes which partition, and committed offsets.
 //!
+//! A group's members are of one kind at a time: the appliance's own (`member.rs`, below: the
+//! coordinator assigns and delivers) or Kafka consumers (`classic.rs`: Kafka's classic
+//! protocol, the members assign among themselves and fetch for themselves). Both commit into
+//! the one store of offsets in meta, so a group's offsets are the same whoever reads them.
+//!
 //! The coordinator keeps each group's live members in memory and its committed offsets in
 //! the metadata store. Partitions of the topics a group subscribes to are divided among its
 //! members by Kafka's range assignment (per topic, sorted members, contiguous ranges),
@@ -31,11 +36,14 @@
 //! partitions move at once. Its stream ends and its next call fails with `SessionExpired`,
 //! which tells it to subscribe again.
 
+mod classic;
 mod member;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -43,7 +51,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::log::{Log, LogError, Offset, PartitionId, Timestamp, TopicName};
 use crate::meta::{CommittedOffset, GroupId, Meta, MetaError, PartitionOffset};
+use classic::ClassicGroup;
 
+pub use classic::{
+    ClassicDescription, ClassicJoin, ClassicMemberInfo, ClassicState, Joined, JoinedMember,
+    MemberAssignment,
+};
 pub use member::{Delivery, Membership, StartPosition};
 
 /// A topic and one of its partitions.
@@ -89,6 +102,19 @@ pub enum GroupError {
     },
     #[error("a subscription needs at least one topic")]
     NoTopics,
+    #[error("group {group} cannot take the member: {reason}")]
+    InconsistentProtocol { group: GroupId, reason: String },
+    #[error(
+        "member {member} of group {group} is in generation {generation}, the group in {current}: rejoin"
+    )]
+    IllegalGeneration {
+        group: GroupId,
+        member: String,
+        generation: i32,
+        current: i32,
+    },
+    #[error("group {group} is rebalancing: rejoin")]
+    RebalanceInProgress { group: GroupId },
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -224,10 +250,26 @@ struct GroupEntry {
     generation: u64,
     members: BTreeMap<String, MemberState>,
     leases: BTreeMap<TopicPartition, Lease>,
+    /// Members of Kafka's classic protocol. A group has members of one kind at a time: the
+    /// coordinator assigns partitions to its own, Kafka's assign among themselves.
+    classic: ClassicGroup,
 }
 
 impl GroupEntry {
+    fn is_unused(&self) -> bool {
+        self.members.is_empty() && self.classic.is_empty()
+    }
+
     fn state(&self) -> GroupState {
+        if !self.classic.is_empty() {
+            return match self.classic.state() {
+                ClassicState::Empty => GroupState::Empty,
+                ClassicState::Stable => GroupState::Stable,
+                ClassicState::PreparingRebalance | ClassicState::CompletingRebalance => {
+                    GroupState::Rebalancing
+                }
+            };
+        }
         if self.members.is_empty() {
             GroupState::Empty
         } else if self.leases.values().any(|l| l.owner != l.target) {
@@ -253,6 +295,17 @@ impl GroupEntry {
             lease.outstanding = None;
         }
     }
+}
+
+/// Who commits offsets, which decides what must be true of the group.
+#[derive(Debug, Clone, Copy)]
+enum Committer<'a> {
+    /// An operator or a consumer without a group: the group must have no members.
+    Admin,
+    /// A member of the coordinator's own protocol: it must own the partitions.
+    Member(&'a str),
+    /// A Kafka consumer: a member of the group's current generation.
+    Classic { member: &'a str, generation: i32 },
 }
 
 /// Handle to the coordinator; cheap to clone.
@@ -318,6 +371,12 @@ impl Coordinator {
         {
             let mut groups = self.groups();
             let entry = groups.entry(group.clone()).or_default();
+            if !entry.classic.is_empty() {
+                return Err(GroupError::InconsistentProtocol {
+                    group,
+                    reason: "its members are Kafka consumers (the classic group protocol)".into(),
+                });
+            }
             entry.members.insert(
                 member_id.clone(),
                 MemberState {
@@ -371,7 +430,7 @@ impl Coordinator {
             }
         }
         self.rebalance(entry);
-        if entry.members.is_empty() {
+        if entry.is_unused() {
             groups.remove(group);
         }
         true
@@ -428,9 +487,25 @@ impl Coordinator {
             }
             self.remove(&mut groups, &group, &member);
         }
+        for (group, entry) in groups.iter_mut() {
+            for member in entry.classic.expire(group, now) {
+                tracing::warn!(
+                    %group,
+                    %member,
+                    "Kafka group member removed: no heartbeat within its session timeout"
+                );
+            }
+        }
+        groups.retain(|_, entry| !entry.is_unused());
         groups
             .values()
-            .flat_map(|entry| entry.members.values().map(MemberState::deadline))
+            .flat_map(|entry| {
+                entry
+                    .members
+                    .values()
+                    .map(MemberState::deadline)
+                    .chain(entry.classic.next_deadline())
+            })
             .min()
     }
 
@@ -466,6 +541,112 @@ impl Coordinator {
             }
             None => Err(self.unknown_member(group, member)),
         }
+    }
+
+    /// Joins a Kafka consumer to a group, and waits until its generation is formed (every
+    /// member rejoined, or the rebalance timeout passed).
+    pub async fn join_classic(
+        &self,
+        group: &GroupId,
+        mut request: ClassicJoin,
+    ) -> Result<Joined, GroupError> {
+        request.session_timeout = self.sessions.grant(Some(request.session_timeout))?;
+        let number = self
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let new_id = format!("{}-{}-{number}", request.client_id, std::process::id());
+        let answer = {
+            let mut groups = self.groups();
+            let entry = groups.entry(group.clone()).or_default();
+            if !entry.members.is_empty() {
+                return Err(GroupError::InconsistentProtocol {
+                    group: group.clone(),
+                    reason: "its members consume through the appliance's Subscribe".into(),
+                });
+            }
+            let joined = entry.classic.join(group, request, new_id, Instant::now());
+            if entry.is_unused() {
+                groups.remove(group);
+            }
+            let (member, answer) = joined?;
+            tracing::info!(%group, %member, "Kafka group member joining");
+            answer
+        };
+        answer.await.unwrap_or_else(|_| {
+            Err(GroupError::RebalanceInProgress {
+                group: group.clone(),
+            })
+        })
+    }
+
+    /// A Kafka consumer's SyncGroup: the leader hands out the assignments; every member
+    /// waits for its own.
+    pub async fn sync_classic(
+        &self,
+        group: &GroupId,
+        member: &str,
+        generation: i32,
+        assignments: Vec<MemberAssignment>,
+    ) -> Result<Bytes, GroupError> {
+        let answer = self.with_classic(group, member, |classic, now| {
+            classic.sync(group, member, generation, assignments, now)
+        })?;
+        answer.await.unwrap_or_else(|_| {
+            Err(GroupError::RebalanceInProgress {
+                group: group.clone(),
+            })
+        })
+    }
+
+    pub fn heartbeat_classic(
+        &self,
+        group: &GroupId,
+        member: &str,
+        generation: i32,
+    ) -> Result<(), GroupError> {
+        self.with_classic(group, member, |classic, now| {
+            classic.heartbeat(group, member, generation, now)
+        })
+    }
+
+    pub fn leave_classic(&self, group: &GroupId, member: &str) -> Result<(), GroupError> {
+        let left = self.with_classic(group, member, |classic, now| {
+            classic.leave(group, member, now)
+        });
+        if left.is_ok() {
+            tracing::info!(%group, %member, "Kafka group member left");
+        }
+        left
+    }
+
+    /// The classic protocol's view of a group; None when it has no Kafka members.
+    pub fn describe_classic(&self, group: &GroupId) -> Option<ClassicDescription> {
+        self.groups()
+            .get(group)
+            .filter(|entry| !entry.classic.is_empty())
+            .map(|entry| entry.classic.describe())
+    }
+
+    /// Runs `call` on the classic side of an existing group, dropping the group if it ends
+    /// up without members.
+    fn with_classic<T>(
+        &self,
+        group: &GroupId,
+        member: &str,
+        call: impl FnOnce(&mut ClassicGroup, Instant) -> Result<T, GroupError>,
+    ) -> Result<T, GroupError> {
+        let mut groups = self.groups();
+        let entry = groups
+            .get_mut(group)
+            .ok_or_else(|| GroupError::UnknownMember {
+                group: group.clone(),
+                member: member.to_owned(),
+            })?;
+        let result = call(&mut entry.classic, Instant::now());
+        if entry.is_unused() {
+            groups.remove(group);
+        }
+        result
     }
 
     /// Range assignment per topic over the sorted members subscribed to it.
@@ -608,6 +789,31 @@ impl Coordinator {
         member: Option<&str>,
         offsets: Vec<(TopicPartition, Offset, String)>,
     ) -> Result<(), GroupError> {
+        let committer = member.map_or(Committer::Admin, Committer::Member);
+        self.commit_as(group, committer, offsets).await
+    }
+
+    /// Commits offsets of a Kafka consumer durably into the store every group shares: a
+    /// member of the group's current generation, or, with no member, a group without members
+    /// (a consumer that assigns itself its partitions).
+    pub async fn commit_classic(
+        &self,
+        group: &GroupId,
+        member: Option<(&str, i32)>,
+        offsets: Vec<(TopicPartition, Offset, String)>,
+    ) -> Result<(), GroupError> {
+        let committer = member.map_or(Committer::Admin, |(member, generation)| {
+            Committer::Classic { member, generation }
+        });
+        self.commit_as(group, committer, offsets).await
+    }
+
+    async fn commit_as(
+        &self,
+        group: &GroupId,
+        committer: Committer<'_>,
+        offsets: Vec<(TopicPartition, Offset, String)>,
+    ) -> Result<(), GroupError> {
         for ((topic, partition), offset, _) in &offsets {
             let high_watermark = self.log.partition(topic, *partition)?.high_watermark();
             if *offset > high_watermark {
@@ -619,10 +825,10 @@ impl Coordinator {
                 });
             }
         }
-        if let Some(member) = member {
+        if let Committer::Member(member) = committer {
             self.heartbeat(group, member)?;
         }
-        self.check_may_commit(group, member, &offsets)?;
+        self.check_may_commit(group, committer, &offsets)?;
         let now = Timestamp::now().0;
         let records: Vec<PartitionOffset> = offsets
             .iter()
@@ -637,7 +843,7 @@ impl Coordinator {
             })
             .collect();
         self.meta.commit_offsets(group, &records).await?;
-        if member.is_some() {
+        if let Committer::Member(_) = committer {
             let mut groups = self.groups();
             if let Some(entry) = groups.get_mut(group) {
                 for (partition, _, _) in &offsets {
@@ -655,20 +861,30 @@ impl Coordinator {
     fn check_may_commit(
         &self,
         group: &GroupId,
-        member: Option<&str>,
+        committer: Committer<'_>,
         offsets: &[(TopicPartition, Offset, String)],
     ) -> Result<(), GroupError> {
-        let groups = self.groups();
-        let entry = groups.get(group);
-        match member {
-            None => match entry.map_or(0, |e| e.members.len()) {
-                0 => Ok(()),
-                members => Err(GroupError::GroupActive {
-                    group: group.clone(),
-                    members,
-                }),
+        let mut groups = self.groups();
+        let entry = groups.get_mut(group);
+        match committer {
+            Committer::Admin => {
+                match entry.map_or(0, |e| e.members.len() + e.classic.members.len()) {
+                    0 => Ok(()),
+                    members => Err(GroupError::GroupActive {
+                        group: group.clone(),
+                        members,
+                    }),
+                }
+            }
+            Committer::Classic { member, generation } => match entry {
+                Some(entry) => {
+                    entry
+                        .classic
+                        .check_commit(group, member, generation, Instant::now())
+                }
+                None => Err(self.unknown_member(group, member)),
             },
-            Some(member) => {
+            Committer::Member(member) => {
                 let entry = entry
                     .filter(|e| e.members.contains_key(member))
                     .ok_or_else(|| self.unknown_member(group, member))?;
@@ -764,6 +980,11 @@ impl Coordinator {
         let groups = self.groups();
         let entry = groups.get(group);
         let members = entry.map_or_else(Vec::new, |entry| {
+            let classic = entry.classic.members.iter().map(|(id, member)| MemberInfo {
+                member_id: id.clone(),
+                topics: member.topics.clone(),
+                owned: member.assigned.clone(),
+            });
             entry
                 .members
                 .iter()
@@ -777,12 +998,20 @@ impl Coordinator {
                         .map(|(p, _)| p.clone())
                         .collect(),
                 })
+                .chain(classic)
                 .collect()
         });
+        let generation = |entry: &GroupEntry| {
+            if entry.classic.is_empty() {
+                entry.generation
+            } else {
+                u64::try_from(entry.classic.generation).unwrap_or_default()
+            }
+        };
         Ok(GroupDescription {
             group: group.clone(),
             state: entry.map_or(GroupState::Empty, GroupEntry::state),
-            generation: entry.map_or(0, |e| e.generation),
+            generation: entry.map_or(0, generation),
             members,
             offsets,
         })
@@ -800,7 +1029,12 @@ impl Coordinator {
             }
         }
         if let Some(entry) = self.groups().get(group) {
-            for partition in entry.leases.keys() {
+            let classic = entry
+                .classic
+                .members
+                .values()
+                .flat_map(|m| m.assigned.iter());
+            for partition in entry.leases.keys().chain(classic) {
                 committed.entry(partition.clone()).or_insert(None);
             }
         }

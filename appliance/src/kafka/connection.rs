@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use super::error::KafkaError;
-use super::handlers::{self, Answer};
+use super::handlers::{self, Answer, Caller};
 use super::sasl::{MECHANISMS, Sasl, Step};
 use super::versions::{self, SUPPORTED};
 use crate::security::random;
@@ -41,6 +41,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut connection = Connection {
         broker,
         sasl: Sasl::Start,
+        peer,
         local,
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
@@ -61,6 +62,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 struct Connection {
     broker: Broker,
     sasl: Sasl,
+    peer: SocketAddr,
     /// The address the client reached: what Metadata advertises unless configured.
     local: SocketAddr,
 }
@@ -119,22 +121,26 @@ impl Connection {
         if !versions::serves(api, version) {
             return Err(KafkaError::UnsupportedVersion { api: name, version });
         }
-        RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| {
-            KafkaError::Malformed {
+        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+            .map_err(|e| KafkaError::Malformed {
                 api: name,
                 reason: format!("header: {e:#}"),
-            }
-        })?;
+            })?;
         let Some(principal) = self.sasl.principal().cloned() else {
             return self
                 .unauthenticated(api, version, correlation_id, &mut frame)
                 .await
                 .map(Answer::now);
         };
+        let caller = Caller {
+            principal: &principal,
+            peer: self.peer,
+            local: self.local,
+            client_id: header.client_id.as_deref().unwrap_or_default(),
+        };
         handlers::handle(
             &self.broker,
-            &principal,
-            self.local,
+            &caller,
             api,
             version,
             correlation_id,
@@ -322,6 +328,12 @@ mod tests {
     };
     use proptest::prelude::*;
 
+    use kafka_protocol::messages::{
+        DescribeGroupsRequest, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest,
+        LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+        SyncGroupRequest,
+    };
+
     use super::*;
 
     /// Decodes `body` as `api`'s request at `version`, as the listener would.
@@ -352,6 +364,21 @@ mod tests {
             ApiKey::InitProducerId => {
                 decode::<InitProducerIdRequest>(name, &mut body, version).map(drop)
             }
+            ApiKey::FindCoordinator => {
+                decode::<FindCoordinatorRequest>(name, &mut body, version).map(drop)
+            }
+            ApiKey::JoinGroup => decode::<JoinGroupRequest>(name, &mut body, version).map(drop),
+            ApiKey::SyncGroup => decode::<SyncGroupRequest>(name, &mut body, version).map(drop),
+            ApiKey::Heartbeat => decode::<HeartbeatRequest>(name, &mut body, version).map(drop),
+            ApiKey::LeaveGroup => decode::<LeaveGroupRequest>(name, &mut body, version).map(drop),
+            ApiKey::OffsetCommit => {
+                decode::<OffsetCommitRequest>(name, &mut body, version).map(drop)
+            }
+            ApiKey::OffsetFetch => decode::<OffsetFetchRequest>(name, &mut body, version).map(drop),
+            ApiKey::DescribeGroups => {
+                decode::<DescribeGroupsRequest>(name, &mut body, version).map(drop)
+            }
+            ApiKey::ListGroups => decode::<ListGroupsRequest>(name, &mut body, version).map(drop),
             other => panic!("{other:?} is not served"),
         }
     }

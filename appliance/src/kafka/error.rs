@@ -3,6 +3,7 @@
 
 use kafka_protocol::ResponseError;
 
+use crate::group::GroupError;
 use crate::log::LogError;
 
 /// Why a connection ends. Kafka answers a request it cannot read by closing the connection,
@@ -58,5 +59,24 @@ pub fn log_code(error: &LogError) -> ResponseError {
         | LogError::NotAMirror { .. }
         | LogError::RestartBeforeEnd { .. }
         | LogError::Meta(_) => ResponseError::UnknownServerError,
+    }
+}
+
+/// The Kafka error code of a group coordinator's error.
+pub fn group_code(error: &GroupError) -> ResponseError {
+    match error {
+        GroupError::UnknownMember { .. }
+        | GroupError::SessionExpired { .. }
+        | GroupError::GroupActive { .. } => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration { .. } | GroupError::NotOwner { .. } => {
+            ResponseError::IllegalGeneration
+        }
+        GroupError::RebalanceInProgress { .. } => ResponseError::RebalanceInProgress,
+        GroupError::InconsistentProtocol { .. } => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
+        GroupError::OffsetBeyondEnd { .. } => ResponseError::OffsetOutOfRange,
+        GroupError::NoTopics => ResponseError::InvalidRequest,
+        GroupError::Log(error) => log_code(error),
+        GroupError::Meta(_) => ResponseError::CoordinatorNotAvailable,
     }
 }

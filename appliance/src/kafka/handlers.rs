@@ -12,9 +12,12 @@ use futures_util::future::join_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName as WireTopic,
+    DeleteTopicsResponse, DescribeGroupsRequest, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, ProduceResponse, ProducerId, SyncGroupRequest,
+    TopicName as WireTopic,
     create_topics_response::CreatableTopicResult,
     delete_topics_response::DeletableTopicResult,
     fetch_response::{FetchableTopicResponse, PartitionData},
@@ -36,7 +39,7 @@ use crate::log::{
 use crate::security::{Operation, Principal, ResourceType, Usage};
 
 /// This appliance's id as a Kafka broker: the only broker and the controller.
-const NODE_ID: i32 = 0;
+pub(super) const NODE_ID: i32 = 0;
 /// The most a Fetch answers with, whatever the client asks.
 const MAX_FETCH_BYTES: usize = 64 * 1024 * 1024;
 /// The longest a Fetch waits for data.
@@ -65,11 +68,20 @@ impl Answer {
     }
 }
 
+/// Who sent a request, and where.
+pub struct Caller<'a> {
+    pub principal: &'a Principal,
+    pub peer: SocketAddr,
+    /// The address the client reached: what Metadata advertises unless configured.
+    pub local: SocketAddr,
+    /// As the request header names it.
+    pub client_id: &'a str,
+}
+
 /// Serves one request of an authenticated client.
 pub async fn handle(
     broker: &Broker,
-    principal: &Principal,
-    local: SocketAddr,
+    caller: &Caller<'_>,
     api: ApiKey,
     version: i16,
     correlation_id: i32,
@@ -79,10 +91,11 @@ pub async fn handle(
     let _timer = broker.metrics.time_kafka(name);
     let context = Context {
         broker,
-        principal,
+        principal: caller.principal,
         started: Instant::now(),
         errors: AtomicU32::new(0),
     };
+    let local = caller.local;
     let requests = context.charge(Usage::Requests, 1);
     macro_rules! answer {
         ($response:expr, $throttle:expr) => {{
@@ -134,6 +147,42 @@ pub async fn handle(
             let request: InitProducerIdRequest = decode(name, body, version)?;
             answer!(context.init_producer_id(request).await, requests)
         }
+        ApiKey::FindCoordinator => {
+            let request: FindCoordinatorRequest = decode(name, body, version)?;
+            answer!(context.find_coordinator(request, version, caller), requests)
+        }
+        ApiKey::JoinGroup => {
+            let request: JoinGroupRequest = decode(name, body, version)?;
+            answer!(context.join_group(request, caller).await, requests)
+        }
+        ApiKey::SyncGroup => {
+            let request: SyncGroupRequest = decode(name, body, version)?;
+            answer!(context.sync_group(request).await, requests)
+        }
+        ApiKey::Heartbeat => {
+            let request: HeartbeatRequest = decode(name, body, version)?;
+            answer!(context.heartbeat(request), requests)
+        }
+        ApiKey::LeaveGroup => {
+            let request: LeaveGroupRequest = decode(name, body, version)?;
+            answer!(context.leave_group(request, version), requests)
+        }
+        ApiKey::OffsetCommit => {
+            let request: OffsetCommitRequest = decode(name, body, version)?;
+            answer!(context.offset_commit(request).await, requests)
+        }
+        ApiKey::OffsetFetch => {
+            let request: OffsetFetchRequest = decode(name, body, version)?;
+            answer!(context.offset_fetch(request, version), requests)
+        }
+        ApiKey::DescribeGroups => {
+            let request: DescribeGroupsRequest = decode(name, body, version)?;
+            answer!(context.describe_groups(request), requests)
+        }
+        ApiKey::ListGroups => {
+            let request: ListGroupsRequest = decode(name, body, version)?;
+            answer!(context.list_groups(request), requests)
+        }
         _ => return Err(KafkaError::UnknownApi { key: api as i16 }),
     };
     if context.errors.load(Ordering::Relaxed) > 0 {
@@ -142,8 +191,8 @@ pub async fn handle(
     Ok(answer)
 }
 
-struct Context<'a> {
-    broker: &'a Broker,
+pub(super) struct Context<'a> {
+    pub(super) broker: &'a Broker,
     principal: &'a Principal,
     started: Instant,
     /// Error codes the answer carries so far.
@@ -152,7 +201,7 @@ struct Context<'a> {
 
 impl Context<'_> {
     /// `error`'s code, counted for the metrics.
-    fn code(&self, error: ResponseError) -> i16 {
+    pub(super) fn code(&self, error: ResponseError) -> i16 {
         self.errors.fetch_add(1, Ordering::Relaxed);
         error.code()
     }
@@ -171,12 +220,21 @@ impl Context<'_> {
         wait
     }
 
-    fn may(&self, operation: Operation, topic: &str) -> bool {
+    pub(super) fn may(&self, operation: Operation, topic: &str) -> bool {
+        self.may_on(ResourceType::Topic, topic, operation)
+    }
+
+    pub(super) fn may_on(&self, resource: ResourceType, name: &str, operation: Operation) -> bool {
         self.broker
             .security
             .authorizer
-            .authorize(self.principal, ResourceType::Topic, topic, operation)
+            .authorize(self.principal, resource, name, operation)
             .is_ok()
+    }
+
+    /// Where clients are told to connect: configured, or the address this one reached.
+    pub(super) fn advertised(&self, local: SocketAddr) -> SocketAddr {
+        self.broker.settings.advertised.unwrap_or(local)
     }
 
     fn metadata(
@@ -185,7 +243,7 @@ impl Context<'_> {
         version: i16,
         local: SocketAddr,
     ) -> MetadataResponse {
-        let advertised = self.broker.settings.advertised.unwrap_or(local);
+        let advertised = self.advertised(local);
         let broker = MetadataResponseBroker::default()
             .with_node_id(BrokerId(NODE_ID))
             .with_host(StrBytes::from_string(advertised.ip().to_string()))

@@ -6,7 +6,8 @@
 //!   -> connection.rs: frame (size checked first) -> header -> versions.rs: served?
 //!   -> SASL (sasl.rs) until authenticated
 //!   -> handlers.rs: ACLs and quotas of security/, idempotent producers' sequences
-//!      (producers.rs), then the log -> response, in order
+//!      (producers.rs), then the log; groups.rs: the group APIs over group/'s coordinator
+//!   -> response, in order
 //! ```
 //!
 //! Invariants: nothing is decoded before its size is known to be within the limit (64 KiB
@@ -19,6 +20,7 @@
 
 mod connection;
 mod error;
+mod groups;
 mod handlers;
 mod producers;
 mod sasl;
@@ -38,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
 use crate::api::{ConnectionLimits, Metrics, handshake, incoming};
+use crate::group::Coordinator;
 use crate::log::Log;
 use crate::security::Security;
 
@@ -62,6 +65,7 @@ pub struct KafkaSettings {
 pub struct Broker {
     pub log: Log,
     pub security: Security,
+    pub coordinator: Coordinator,
     pub metrics: Metrics,
     pub settings: Arc<KafkaSettings>,
     pub producer_ids: Arc<ProducerIds>,

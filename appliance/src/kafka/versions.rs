@@ -44,6 +44,15 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::DeleteTopics, 1, 5),
     api(ApiKey::SaslAuthenticate, 0, 2),
     api(ApiKey::InitProducerId, 0, 4),
+    api(ApiKey::FindCoordinator, 0, 4),
+    api(ApiKey::JoinGroup, 0, 9),
+    api(ApiKey::SyncGroup, 0, 5),
+    api(ApiKey::Heartbeat, 0, 4),
+    api(ApiKey::LeaveGroup, 0, 5),
+    api(ApiKey::OffsetCommit, 2, 8),
+    api(ApiKey::OffsetFetch, 1, 8),
+    api(ApiKey::DescribeGroups, 0, 5),
+    api(ApiKey::ListGroups, 0, 4),
 ];
 
 /// The entry of `key`, if the listener serves it.
@@ -92,6 +101,24 @@ mod tests {
                 InitProducerIdRequest::VERSIONS,
                 InitProducerIdResponse::VERSIONS,
             ),
+            ApiKey::FindCoordinator => (
+                FindCoordinatorRequest::VERSIONS,
+                FindCoordinatorResponse::VERSIONS,
+            ),
+            ApiKey::JoinGroup => (JoinGroupRequest::VERSIONS, JoinGroupResponse::VERSIONS),
+            ApiKey::SyncGroup => (SyncGroupRequest::VERSIONS, SyncGroupResponse::VERSIONS),
+            ApiKey::Heartbeat => (HeartbeatRequest::VERSIONS, HeartbeatResponse::VERSIONS),
+            ApiKey::LeaveGroup => (LeaveGroupRequest::VERSIONS, LeaveGroupResponse::VERSIONS),
+            ApiKey::OffsetCommit => (
+                OffsetCommitRequest::VERSIONS,
+                OffsetCommitResponse::VERSIONS,
+            ),
+            ApiKey::OffsetFetch => (OffsetFetchRequest::VERSIONS, OffsetFetchResponse::VERSIONS),
+            ApiKey::DescribeGroups => (
+                DescribeGroupsRequest::VERSIONS,
+                DescribeGroupsResponse::VERSIONS,
+            ),
+            ApiKey::ListGroups => (ListGroupsRequest::VERSIONS, ListGroupsResponse::VERSIONS),
             other => panic!("{other:?} has no entry here"),
         };
         for api in SUPPORTED {
