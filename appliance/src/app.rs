@@ -207,6 +207,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             log: log.clone(),
             security: security.clone(),
             coordinator: coordinator.clone(),
+            audit: audit.clone(),
             metrics: metrics.clone(),
             settings: Arc::new(config.kafka.settings()),
             producer_ids: Arc::new(producer_ids),

@@ -14,6 +14,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 
 pub mod cluster;
+pub mod node;
 pub mod python;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -684,4 +685,26 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// Runs `dir/setup.sh` under the lock file `lock` (test binaries run at once: one installs
+/// while the others wait); `needs` says what it needs, for its error.
+pub(crate) fn set_up(dir: &Path, lock: &str, needs: &str) -> anyhow::Result<()> {
+    let lock_file = std::fs::File::create(dir.join(lock))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| anyhow::anyhow!("locking {}: {errno}", dir.join(lock).display()))?;
+    let setup = dir.join("setup.sh");
+    let output = Command::new("sh")
+        .arg(&setup)
+        .output()
+        .with_context(|| format!("running {}", setup.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} ({needs} are needed) failed: {}{}",
+            setup.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }

@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, bail};
-use nix::fcntl::{Flock, FlockArg};
+use anyhow::Context;
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
@@ -15,21 +14,7 @@ fn python_dir() -> PathBuf {
 /// The virtual environment's interpreter, with the requirements installed (by `setup.sh`).
 pub fn python() -> anyhow::Result<PathBuf> {
     let dir = python_dir();
-    // Test binaries run at once; one makes the environment while the others wait.
-    let lock_file = std::fs::File::create(dir.join(".venv.lock"))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| anyhow::anyhow!("locking tests/python/.venv.lock: {errno}"))?;
-    let output = Command::new("sh")
-        .arg(dir.join("setup.sh"))
-        .output()
-        .context("running tests/python/setup.sh")?;
-    if !output.status.success() {
-        bail!(
-            "tests/python/setup.sh (python3 with venv and pip, and PyPI, are needed) failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    crate::set_up(&dir, ".venv.lock", "python3 with venv and pip, and PyPI")?;
     Ok(dir.join(".venv").join("bin").join("python"))
 }
 

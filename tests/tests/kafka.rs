@@ -5,7 +5,10 @@
 //! Kafka consumer on a hub reads an edge's mirror at the edge's offsets; kafka-python 3's
 //! default idempotent producer works, and a retried batch is stored once, across a SIGKILL;
 //! kafka-python consumers share a group's partitions as members join and leave, with every
-//! record consumed once, and their commits are the appliance's and survive a SIGKILL.
+//! record consumed once, and their commits are the appliance's and survive a SIGKILL;
+//! confluent-kafka (PyPI) and kafkajs (npm) produce with every codec, consume in a group and
+//! meet a denied topic as their authorization error; confluent-kafka's AdminClient grows a
+//! topic and reads its settings, and the audit log records Kafka changes and denials.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -1058,4 +1061,244 @@ async fn a_kafka_consumer_group_shares_partitions_and_offsets_with_the_appliance
         assert_eq!(values, expected, "only the records after the commits");
         Ok(())
     })
+}
+
+/// A Kafka client no one here wrote, driven by a script that takes an action and options.
+#[derive(Debug, Clone, Copy)]
+enum ScriptedClient {
+    /// confluent-kafka from PyPI (librdkafka).
+    Confluent,
+    /// kafkajs from npm.
+    KafkaJs,
+}
+
+impl ScriptedClient {
+    fn run(self, action: &str, options: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let mut command = match self {
+            Self::Confluent => {
+                let mut command = Command::new(appliance_e2e::python::python()?);
+                command
+                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/confluent_client.py"));
+                command
+            }
+            Self::KafkaJs => appliance_e2e::node::script("kafka_client.js")?,
+        };
+        let out = command.arg(action).arg(options.to_string()).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{self:?} {action}: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{self:?} {action} printed {}", text(&out.stdout)))
+    }
+}
+
+/// Produces with every codec, reads it all back over gRPC and in a consumer group with the
+/// same client, and is refused a topic without an ACL with the client's authorization error.
+async fn a_client_produces_every_codec_and_consumes_in_a_group(
+    client: ScriptedClient,
+) -> anyhow::Result<()> {
+    const PER_CODEC: usize = 40;
+    let dir = tempfile::tempdir()?;
+    let daemon = daemon_with_users(dir.path())?;
+    for args in [
+        &["topic", "create", "secret"][..],
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:bob",
+            "--group",
+            "readers",
+            "--operation",
+            "read",
+        ],
+    ] {
+        cli_ok(&daemon, dir.path(), args, b"")?;
+    }
+    let options = |topic: &str| {
+        serde_json::json!({
+            "bootstrap": daemon.kafka_addr.clone().unwrap_or_default(),
+            "mechanism": "SCRAM-SHA-256",
+            "user": "bob",
+            "password": BOB_PASSWORD,
+            "topic": topic,
+            "codecs": CODECS,
+            "count": PER_CODEC,
+            "group": "readers",
+        })
+    };
+    let produced = tokio::task::block_in_place(|| client.run("produce", &options("events")))?;
+    assert!(
+        produced["error"].is_null() && produced["errors"].as_array().is_none_or(Vec::is_empty),
+        "{client:?}: {produced}"
+    );
+
+    let channel = daemon.channel().await?;
+    let mut stored = Vec::new();
+    for partition in 0..3 {
+        stored.extend(fetch_all(&channel, "events", partition).await?);
+    }
+    assert_eq!(stored.len(), CODECS.len() * PER_CODEC, "{client:?}");
+    for record in &stored {
+        let key = text(record.key.as_deref().unwrap_or_default());
+        let (codec, n) = key.split_once('-').context("key")?;
+        assert_eq!(
+            text(record.value.as_deref().unwrap_or_default()),
+            format!("{codec} record {n}"),
+            "{client:?}"
+        );
+        let header = record.headers.first().context("the codec header")?;
+        assert_eq!(
+            (header.key.as_str(), header.value.as_deref()),
+            ("codec", Some(codec.as_bytes())),
+            "{client:?}"
+        );
+    }
+
+    let mut consume = options("events");
+    consume["count"] = serde_json::json!(CODECS.len() * PER_CODEC);
+    let consumed = tokio::task::block_in_place(|| client.run("consume", &consume))?;
+    let records: BTreeSet<(String, String)> = consumed["records"]
+        .as_array()
+        .context("records")?
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap_or_default().to_owned(),
+                pair[1].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = CODECS
+        .iter()
+        .flat_map(|codec| {
+            (0..PER_CODEC).map(move |n| (format!("{codec}-{n}"), format!("{codec} record {n}")))
+        })
+        .collect();
+    assert_eq!(
+        records, expected,
+        "{client:?}: every record, once, in the group"
+    );
+    let described = cli_ok(
+        &daemon,
+        dir.path(),
+        &["group", "describe", "readers", "--json"],
+        b"",
+    )?;
+    let described: serde_json::Value = serde_json::from_str(&described)?;
+    let committed: u64 = described["offsets"]
+        .as_array()
+        .context("offsets")?
+        .iter()
+        .filter_map(|o| o["committed_offset"].as_u64())
+        .sum();
+    assert_eq!(
+        committed as usize,
+        expected.len(),
+        "{client:?}: {described}"
+    );
+
+    let mut denied = options("secret");
+    denied["codecs"] = serde_json::json!(["none"]);
+    let refused = tokio::task::block_in_place(|| client.run("produce", &denied))?;
+    let error = match client {
+        ScriptedClient::Confluent => refused["errors"][0].clone(),
+        ScriptedClient::KafkaJs => refused["error"].clone(),
+    };
+    assert_eq!(error, "TOPIC_AUTHORIZATION_FAILED", "{client:?}: {refused}");
+    Ok(())
+}
+
+/// Kafka's AdminClient (confluent-kafka) grows a topic and describes its settings, and the
+/// audit log records the change and a denied produce as it records gRPC calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn confluent_kafkas_admin_client_grows_a_topic_and_the_audit_log_records_kafka_requests()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let daemon = daemon_with_users(dir.path())?;
+    cli_ok(&daemon, dir.path(), &["topic", "create", "secret"], b"")?;
+    let options = |topic: &str| {
+        serde_json::json!({
+            "bootstrap": daemon.kafka_addr.clone().unwrap_or_default(),
+            "mechanism": "SCRAM-SHA-512",
+            "user": "bob",
+            "password": BOB_PASSWORD,
+            "topic": topic,
+            "partitions": 5,
+            "codecs": ["none"],
+            "count": 1,
+        })
+    };
+    let admin =
+        tokio::task::block_in_place(|| ScriptedClient::Confluent.run("admin", &options("events")))?;
+    assert_eq!(admin["partitions"], 5, "{admin}");
+    assert_eq!(admin["configs"]["cleanup.policy"], "delete", "{admin}");
+    assert_eq!(
+        admin["configs"]["max.message.bytes"]
+            .as_str()
+            .map(str::is_empty),
+        Some(false)
+    );
+    let described = cli_ok(
+        &daemon,
+        dir.path(),
+        &["topic", "describe", "events", "--json"],
+        b"",
+    )?;
+    let described: serde_json::Value = serde_json::from_str(&described)?;
+    assert_eq!(
+        described["partitions"].as_array().map(Vec::len),
+        Some(5),
+        "the appliance sees the partitions Kafka's AdminClient added: {described}"
+    );
+
+    tokio::task::block_in_place(|| ScriptedClient::Confluent.run("produce", &options("secret")))?;
+    let channel = daemon.channel().await?;
+    let audit: Vec<serde_json::Value> = fetch_all(&channel, "_audit", 0)
+        .await?
+        .iter()
+        .map(|record| serde_json::from_slice(record.value.as_deref().unwrap_or_default()))
+        .collect::<Result<_, _>>()?;
+    let grown = audit
+        .iter()
+        .find(|entry| entry["method"] == "Kafka CreatePartitions");
+    let grown = grown.context("an audit record of the CreatePartitions")?;
+    assert_eq!(
+        (
+            &grown["principal"],
+            &grown["resource"],
+            &grown["operation"],
+            &grown["result"]
+        ),
+        (
+            &serde_json::json!("User:bob"),
+            &serde_json::json!("events"),
+            &serde_json::json!("alter"),
+            &serde_json::json!("done")
+        ),
+        "{grown}"
+    );
+    assert_eq!(grown["detail"], "partitions 3 -> 5", "{grown}");
+    assert!(
+        audit.iter().any(|entry| entry["resource"] == "secret"
+            && entry["result"] == "denied"
+            && entry["principal"] == "User:bob"
+            && entry["method"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Kafka "))),
+        "a denial of the secret topic: {audit:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn confluent_kafka_produces_every_codec_and_consumes_in_a_group() -> anyhow::Result<()> {
+    a_client_produces_every_codec_and_consumes_in_a_group(ScriptedClient::Confluent).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafkajs_produces_every_codec_and_consumes_in_a_group() -> anyhow::Result<()> {
+    a_client_produces_every_codec_and_consumes_in_a_group(ScriptedClient::KafkaJs).await
 }

@@ -86,14 +86,44 @@ impl Note {
 /// How many failed authentications a second are recorded: each record is an fsynced append,
 /// and a client without credentials must not be able to fill the disk with them.
 const UNAUTHENTICATED_PER_SECOND: u32 = 20;
+/// How many Kafka requests' denials a second are recorded: Kafka clients retry a denied topic's
+/// metadata on their own, many times a second.
+const KAFKA_DENIALS_PER_SECOND: u32 = 20;
 
 /// Appends audit records; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Audit {
     log: Log,
     topic: TopicName,
-    /// The second (since the epoch) and how many failed authentications it recorded.
-    unauthenticated: Arc<Mutex<(i64, u32)>>,
+    unauthenticated: PerSecond,
+    kafka_denials: PerSecond,
+}
+
+/// Admits at most a number of records a second.
+#[derive(Debug, Clone)]
+struct PerSecond {
+    limit: u32,
+    /// The second (since the epoch) and how many records it admitted.
+    counted: Arc<Mutex<(i64, u32)>>,
+}
+
+impl PerSecond {
+    fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            counted: Arc::default(),
+        }
+    }
+
+    fn admits(&self) -> bool {
+        let second = Timestamp::now().0.div_euclid(1000);
+        let mut counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
+        if counted.0 != second {
+            *counted = (second, 0);
+        }
+        counted.1 += 1;
+        counted.1 <= self.limit
+    }
 }
 
 impl Audit {
@@ -108,7 +138,8 @@ impl Audit {
             Ok(()) | Err(LogError::TopicExists { .. }) => Ok(Self {
                 log,
                 topic,
-                unauthenticated: Arc::default(),
+                unauthenticated: PerSecond::new(UNAUTHENTICATED_PER_SECOND),
+                kafka_denials: PerSecond::new(KAFKA_DENIALS_PER_SECOND),
             }),
             Err(error) => Err(error),
         }
@@ -116,16 +147,12 @@ impl Audit {
 
     /// Whether a failed authentication now is recorded: up to [`UNAUTHENTICATED_PER_SECOND`].
     pub fn admits_unauthenticated(&self) -> bool {
-        let second = Timestamp::now().0.div_euclid(1000);
-        let mut recorded = self
-            .unauthenticated
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if recorded.0 != second {
-            *recorded = (second, 0);
-        }
-        recorded.1 += 1;
-        recorded.1 <= UNAUTHENTICATED_PER_SECOND
+        self.unauthenticated.admits()
+    }
+
+    /// Whether a Kafka request's denial now is recorded: up to [`KAFKA_DENIALS_PER_SECOND`].
+    pub fn admits_kafka_denial(&self) -> bool {
+        self.kafka_denials.admits()
     }
 
     /// The record of a call, durable when this returns.

@@ -72,7 +72,7 @@ use crate::pipeline::Pipelines;
 use crate::plugin::Plugins;
 use crate::security::Security;
 pub use access::bearer;
-pub use audit::{AUDIT_TOPIC, Audit};
+pub use audit::{AUDIT_TOPIC, Audit, Entry, Outcome};
 pub use error::invalid;
 pub use listener::{Connection, ConnectionLimits, incoming};
 pub use metrics::Metrics;

@@ -15,18 +15,26 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use super::error::KafkaError;
-use super::handlers::{self, Answer, Caller};
+use super::handlers::{self, Answer, Caller, Reply};
 use super::sasl::{MECHANISMS, Sasl, Step};
 use super::versions::{self, SUPPORTED};
+use crate::api::{Entry, Outcome};
+use crate::log::Timestamp;
 use crate::security::random;
 
 /// The most bytes a client may send before it authenticated: enough for ApiVersions and a
 /// SASL exchange, too little to make an anonymous peer cost memory.
 const MAX_UNAUTHENTICATED_REQUEST: usize = 64 * 1024;
+/// Answers a connection may have waiting to be written: Produce requests queued on the log
+/// ahead of their answers, each at most `kafka.max-request-bytes`.
+const MAX_IN_FLIGHT: usize = 8;
+/// The most a frame's buffer holds before its bytes arrive.
+const FIRST_FRAME_ALLOCATION: usize = 256 * 1024;
 /// A request must arrive whole within this, once its size arrived.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,38 +76,54 @@ struct Connection {
 }
 
 impl Connection {
+    /// Reads requests and writes their answers in the same order. A Produce's answer waits
+    /// for its batches to be durable while the next requests are read and queued, so a
+    /// producer's batches share fsyncs; at most `MAX_IN_FLIGHT` answers wait.
     async fn run<R, W>(&mut self, reader: &mut R, writer: &mut W) -> Result<(), KafkaError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        loop {
-            let limit = if self.sasl.principal().is_some() {
-                self.broker.settings.max_request_bytes
-            } else {
-                MAX_UNAUTHENTICATED_REQUEST
-            };
-            let Some(frame) = read_frame(reader, limit).await? else {
-                return Ok(());
-            };
-            let api = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]]))
-                .map_or("an unknown API", api_name);
-            let answer = match self.request(frame).await {
-                Ok(answer) => answer,
-                Err(error) => {
-                    self.broker.metrics.kafka_error(api, true);
-                    return Err(error);
+        let (replies, mut queued) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
+        let write = async move {
+            while let Some(reply) = queued.recv().await {
+                if let Some(frame) = reply.frame().await? {
+                    writer.write_all(&frame).await?;
                 }
-            };
-            let throttle = answer.throttle;
-            if let Some(frame) = answer.frame() {
-                writer.write_all(&frame).await?;
             }
-            // As Kafka mutes a throttled client's channel: its next request waits.
-            if !throttle.is_zero() {
-                tokio::time::sleep(throttle).await;
+            Ok::<(), KafkaError>(())
+        };
+        let read = async move {
+            loop {
+                let limit = if self.sasl.principal().is_some() {
+                    self.broker.settings.max_request_bytes
+                } else {
+                    MAX_UNAUTHENTICATED_REQUEST
+                };
+                let Some(frame) = read_frame(reader, limit).await? else {
+                    return Ok(());
+                };
+                let api = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]]))
+                    .map_or("an unknown API", api_name);
+                let answer = match self.request(frame).await {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        self.broker.metrics.kafka_error(api, true);
+                        return Err(error);
+                    }
+                };
+                let throttle = answer.throttle;
+                if replies.send(answer.reply()).await.is_err() {
+                    // The writer stopped; its error ends the connection.
+                    return Ok(());
+                }
+                // As Kafka mutes a throttled client's channel: its next request waits.
+                if !throttle.is_zero() {
+                    tokio::time::sleep(throttle).await;
+                }
             }
-        }
+        };
+        tokio::try_join!(read, write).map(drop)
     }
 
     /// One request: its answer (none for a Produce with acks=0), and how long the client must
@@ -149,6 +173,29 @@ impl Connection {
         .await
     }
 
+    /// Records a failed SASL authentication in the audit log (as many a second as it admits).
+    async fn audit_failed_authentication(&self, reason: &str) {
+        let audit = &self.broker.audit;
+        if !audit.admits_unauthenticated() {
+            return;
+        }
+        let entry = Entry {
+            time_unix_ms: Timestamp::now().0,
+            principal: None,
+            source: Some(self.peer.to_string()),
+            method: "Kafka SaslAuthenticate".to_owned(),
+            resource_type: None,
+            resource: None,
+            operation: None,
+            result: Outcome::Unauthenticated,
+            detail: None,
+            reason: Some(reason.to_owned()),
+        };
+        if let Err(error) = audit.append(&entry).await {
+            tracing::warn!(%error, "cannot write an audit record of a Kafka authentication");
+        }
+    }
+
     /// ApiVersions and the SASL exchange: all a client may do before it is authenticated.
     async fn unauthenticated(
         &mut self,
@@ -194,6 +241,7 @@ impl Connection {
                     }
                     Step::Failed(message) => {
                         tracing::warn!(mechanism_error = %message, "Kafka SASL authentication failed");
+                        self.audit_failed_authentication(&message).await;
                         SaslAuthenticateResponse::default()
                             .with_error_code(ResponseError::SaslAuthenticationFailed.code())
                             .with_error_message(Some(StrBytes::from_string(message)))
@@ -232,9 +280,10 @@ async fn read_frame<R: AsyncRead + Unpin>(
     if size as usize > limit {
         return Err(KafkaError::TooLarge { size, limit });
     }
-    // Grown as bytes arrive: a peer that announces a large request and sends nothing holds
-    // no more than it sent.
-    let mut frame = Vec::new();
+    // Grown as bytes arrive beyond a first allocation: a peer that announces a large request
+    // and sends nothing holds little, and a producer's batch of a megabyte or so is read
+    // without many reallocations.
+    let mut frame = Vec::with_capacity((size as usize).min(FIRST_FRAME_ALLOCATION));
     let mut body = reader.take(size as u64);
     let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, body.read_to_end(&mut frame))
         .await
@@ -316,6 +365,17 @@ pub(super) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DeleteTopics => "DeleteTopics",
         ApiKey::SaslAuthenticate => "SaslAuthenticate",
         ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
         _ => "an API not served",
     }
 }
@@ -329,9 +389,9 @@ mod tests {
     use proptest::prelude::*;
 
     use kafka_protocol::messages::{
-        DescribeGroupsRequest, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest,
-        LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
-        SyncGroupRequest,
+        CreatePartitionsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+        FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+        ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
     };
 
     use super::*;
@@ -379,7 +439,21 @@ mod tests {
                 decode::<DescribeGroupsRequest>(name, &mut body, version).map(drop)
             }
             ApiKey::ListGroups => decode::<ListGroupsRequest>(name, &mut body, version).map(drop),
+            ApiKey::CreatePartitions => {
+                decode::<CreatePartitionsRequest>(name, &mut body, version).map(drop)
+            }
+            ApiKey::DescribeConfigs => {
+                decode::<DescribeConfigsRequest>(name, &mut body, version).map(drop)
+            }
             other => panic!("{other:?} is not served"),
+        }
+    }
+
+    /// Metrics and audit records name every served API.
+    #[test]
+    fn every_served_api_has_a_name() {
+        for api in SUPPORTED {
+            assert_ne!(api_name(api.key), "an API not served", "{:?}", api.key);
         }
     }
 

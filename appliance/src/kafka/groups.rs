@@ -462,7 +462,7 @@ impl Context<'_> {
                         None => all.push((lag.topic.to_string(), vec![index])),
                     }
                 }
-                all.retain(|(topic, _)| self.may(Operation::Describe, topic));
+                all.retain(|(topic, _)| self.can(ResourceType::Topic, topic, Operation::Describe));
                 all
             }
         };
@@ -577,7 +577,7 @@ impl Context<'_> {
         };
         let groups = summaries
             .into_iter()
-            .filter(|g| self.may_group(Operation::Describe, g.group.as_str()))
+            .filter(|g| self.can(ResourceType::Group, g.group.as_str(), Operation::Describe))
             .filter_map(|g| {
                 let (state, protocol_type) =
                     match self.broker.coordinator.describe_classic(&g.group) {

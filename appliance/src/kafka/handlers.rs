@@ -3,23 +3,21 @@
 //! one gets TOPIC_AUTHORIZATION_FAILED and the rest of the request goes on.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeGroupsRequest, FetchRequest, FetchResponse,
+    ApiKey, BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FetchResponse,
     FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, InitProducerIdResponse,
     JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
     OffsetFetchRequest, ProduceRequest, ProduceResponse, ProducerId, SyncGroupRequest,
     TopicName as WireTopic,
-    create_topics_response::CreatableTopicResult,
-    delete_topics_response::DeletableTopicResult,
     fetch_response::{FetchableTopicResponse, PartitionData},
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
@@ -31,10 +29,10 @@ use super::Broker;
 use super::connection::{api_name, decode, encode};
 use super::error::{KafkaError, log_code};
 use super::producers::{REBUILD_SEGMENTS, Sequences, Verdict, rebuild_failed};
-use crate::api::AUDIT_TOPIC;
+use crate::api::{AUDIT_TOPIC, Entry, Outcome};
 use crate::log::{
-    AppendOutcome, BatchHeader, LogError, Offset, Partition, PartitionId, Timestamp, TopicConfig,
-    TopicName, validate_batch, visit_batch,
+    AppendOutcome, BatchHeader, LogError, Offset, Partition, PartitionId, Timestamp, TopicName,
+    validate_batch, visit_batch,
 };
 use crate::security::{Operation, Principal, ResourceType, Usage};
 
@@ -49,22 +47,110 @@ const LATEST: i64 = -1;
 
 /// An answer and how long the client must wait before its next request (a quota's pacing).
 pub struct Answer {
-    frame: Option<BytesMut>,
+    reply: Reply,
     pub throttle: Duration,
+}
+
+/// The frame a request is answered with, once it is known.
+pub enum Reply {
+    /// Known now; none for a Produce with acks=0.
+    Now(Option<BytesMut>),
+    /// A Produce whose batches are queued on their partitions in the order it came: its
+    /// frame once they are durable. Later requests are read meanwhile, and answered after it.
+    Durable(BoxFuture<'static, Result<Option<BytesMut>, KafkaError>>),
+}
+
+impl Reply {
+    /// The frame to send, once there is one.
+    pub async fn frame(self) -> Result<Option<BytesMut>, KafkaError> {
+        match self {
+            Self::Now(frame) => Ok(frame),
+            Self::Durable(frame) => frame.await,
+        }
+    }
 }
 
 impl Answer {
     /// An answer to send at once.
     pub fn now(frame: BytesMut) -> Self {
         Self {
-            frame: Some(frame),
+            reply: Reply::Now(Some(frame)),
             throttle: Duration::ZERO,
         }
     }
 
-    /// The frame to send; none for a Produce with acks=0.
-    pub fn frame(self) -> Option<BytesMut> {
-        self.frame
+    pub fn reply(self) -> Reply {
+        self.reply
+    }
+}
+
+/// A partition's part of a Produce after its batches were queued.
+enum Appending {
+    /// Where the first batch landed and the partition's log start, or why not.
+    Done(Result<(Offset, Offset), (ResponseError, String)>),
+    /// Queued on `target`: each batch's outcome once durable.
+    Queued {
+        target: Arc<Partition>,
+        pending: Vec<BoxFuture<'static, Result<AppendOutcome, LogError>>>,
+    },
+}
+
+/// A Produce whose batches are queued, per topic and partition.
+pub struct QueuedProduce {
+    topics: Vec<(WireTopic, Vec<(i32, Appending)>)>,
+}
+
+impl QueuedProduce {
+    /// The answer once every batch is durable, and how many partitions failed.
+    async fn durable(self) -> (ProduceResponse, u32) {
+        let mut failed = 0;
+        let mut topics = Vec::with_capacity(self.topics.len());
+        for (name, partitions) in self.topics {
+            let mut responses = Vec::with_capacity(partitions.len());
+            for (index, appending) in partitions {
+                let outcome = match appending {
+                    Appending::Done(outcome) => outcome,
+                    Appending::Queued { target, pending } => {
+                        let mut first = Ok(None);
+                        for durable in pending {
+                            match durable.await {
+                                Ok(outcome) => {
+                                    if let Ok(first) = &mut first {
+                                        first.get_or_insert(outcome.base_offset);
+                                    }
+                                }
+                                Err(error) => {
+                                    first = Err((log_code(&error), error.to_string()));
+                                }
+                            }
+                        }
+                        first.map(|first| (first.unwrap_or_default(), target.log_start()))
+                    }
+                };
+                let response = PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_log_append_time_ms(-1);
+                responses.push(match outcome {
+                    Ok((base_offset, log_start)) => response
+                        .with_base_offset(base_offset.0 as i64)
+                        .with_log_start_offset(log_start.0 as i64),
+                    Err((code, message)) => {
+                        failed += 1;
+                        response
+                            .with_error_code(code.code())
+                            .with_base_offset(-1)
+                            .with_log_start_offset(-1)
+                            .with_error_message(Some(StrBytes::from_string(message)))
+                    }
+                });
+            }
+            topics.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(responses),
+            );
+        }
+        (ProduceResponse::default().with_responses(topics), failed)
     }
 }
 
@@ -88,12 +174,13 @@ pub async fn handle(
     body: &mut Bytes,
 ) -> Result<Answer, KafkaError> {
     let name = api_name(api);
-    let _timer = broker.metrics.time_kafka(name);
+    let timer = broker.metrics.time_kafka(name);
     let context = Context {
         broker,
         principal: caller.principal,
         started: Instant::now(),
         errors: AtomicU32::new(0),
+        audited: Mutex::default(),
     };
     let local = caller.local;
     let requests = context.charge(Usage::Requests, 1);
@@ -103,7 +190,7 @@ pub async fn handle(
             let mut response = $response;
             response.throttle_time_ms = millis(throttle);
             Answer {
-                frame: Some(encode(api, version, correlation_id, &response)?),
+                reply: Reply::Now(Some(encode(api, version, correlation_id, &response)?)),
                 throttle,
             }
         }};
@@ -116,15 +203,27 @@ pub async fn handle(
         ApiKey::Produce => {
             let request: ProduceRequest = decode(name, body, version)?;
             let acks = request.acks;
-            let (response, throttle) = context.produce(request).await;
-            if acks == 0 {
-                Answer {
-                    frame: None,
-                    throttle: throttle.max(requests),
+            let (queued, throttle) = context.produce(request).await;
+            context.audit(name, caller).await;
+            let throttle = throttle.max(requests);
+            let refused = context.errors.load(Ordering::Relaxed);
+            let metrics = broker.metrics.clone();
+            let frame = async move {
+                let _timer = timer;
+                let (mut response, failed) = queued.durable().await;
+                if refused + failed > 0 {
+                    metrics.kafka_error(name, false);
                 }
-            } else {
-                answer!(response, throttle.max(requests))
-            }
+                if acks == 0 {
+                    return Ok(None);
+                }
+                response.throttle_time_ms = millis(throttle);
+                encode(api, version, correlation_id, &response).map(Some)
+            };
+            return Ok(Answer {
+                reply: Reply::Durable(Box::pin(frame)),
+                throttle,
+            });
         }
         ApiKey::Fetch => {
             let request: FetchRequest = decode(name, body, version)?;
@@ -183,11 +282,21 @@ pub async fn handle(
             let request: ListGroupsRequest = decode(name, body, version)?;
             answer!(context.list_groups(request), requests)
         }
+        ApiKey::CreatePartitions => {
+            let request: CreatePartitionsRequest = decode(name, body, version)?;
+            answer!(context.create_partitions(request).await, requests)
+        }
+        ApiKey::DescribeConfigs => {
+            let request: DescribeConfigsRequest = decode(name, body, version)?;
+            answer!(context.describe_configs(request), requests)
+        }
         _ => return Err(KafkaError::UnknownApi { key: api as i16 }),
     };
+    context.audit(name, caller).await;
     if context.errors.load(Ordering::Relaxed) > 0 {
         broker.metrics.kafka_error(name, false);
     }
+    drop(timer);
     Ok(answer)
 }
 
@@ -197,6 +306,16 @@ pub(super) struct Context<'a> {
     started: Instant,
     /// Error codes the answer carries so far.
     errors: AtomicU32,
+    /// What the audit log must record of the request.
+    audited: Mutex<Audited>,
+}
+
+/// A request's audit records: its first denial, and the changes it made.
+#[derive(Default)]
+struct Audited {
+    /// The resource, and why it was denied.
+    denied: Option<((ResourceType, String, Operation), String)>,
+    changes: Vec<((ResourceType, String, Operation), String)>,
 }
 
 impl Context<'_> {
@@ -224,12 +343,85 @@ impl Context<'_> {
         self.may_on(ResourceType::Topic, topic, operation)
     }
 
+    /// Whether the principal may do `operation` on a resource the request names; a denial is
+    /// recorded in the audit log.
     pub(super) fn may_on(&self, resource: ResourceType, name: &str, operation: Operation) -> bool {
+        let decision =
+            self.broker
+                .security
+                .authorizer
+                .authorize(self.principal, resource, name, operation);
+        if let Err(denied) = &decision {
+            self.audited().denied.get_or_insert_with(|| {
+                (
+                    (resource, name.to_owned(), operation),
+                    denied.explain(self.principal, resource, name, operation),
+                )
+            });
+        }
+        decision.is_ok()
+    }
+
+    /// Whether the principal may do `operation` on a resource, for a listing that shows only
+    /// what it may see: not a denial.
+    pub(super) fn can(&self, resource: ResourceType, name: &str, operation: Operation) -> bool {
         self.broker
             .security
             .authorizer
             .authorize(self.principal, resource, name, operation)
             .is_ok()
+    }
+
+    /// Records a change the request made, for the audit log.
+    pub(super) fn changed(
+        &self,
+        resource: ResourceType,
+        name: &str,
+        operation: Operation,
+        detail: String,
+    ) {
+        self.audited()
+            .changes
+            .push(((resource, name.to_owned(), operation), detail));
+    }
+
+    fn audited(&self) -> std::sync::MutexGuard<'_, Audited> {
+        self.audited.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes the request's audit records, durably: its changes, and its first denial (at
+    /// most `DENIALS_PER_SECOND` a second, so a client retrying a denied topic cannot fill
+    /// the disk with them).
+    async fn audit(&self, api: &'static str, caller: &Caller<'_>) {
+        let Audited { denied, changes } = std::mem::take(&mut *self.audited());
+        let audit = &self.broker.audit;
+        let denied = denied.filter(|_| audit.admits_kafka_denial());
+        let records = changes
+            .into_iter()
+            .map(|(resource, detail)| {
+                let detail = Some(detail).filter(|d| !d.is_empty());
+                (resource, Outcome::Done, detail, None)
+            })
+            .chain(
+                denied.map(|(resource, reason)| (resource, Outcome::Denied, None, Some(reason))),
+            );
+        for ((resource_type, resource, operation), result, detail, reason) in records {
+            let entry = Entry {
+                time_unix_ms: Timestamp::now().0,
+                principal: Some(self.principal.to_string()),
+                source: Some(caller.peer.to_string()),
+                method: format!("Kafka {api}"),
+                resource_type: Some(resource_type),
+                resource: Some(resource),
+                operation: Some(operation),
+                result,
+                detail,
+                reason,
+            };
+            if let Err(error) = audit.append(&entry).await {
+                tracing::warn!(%error, "cannot write an audit record of a Kafka request");
+            }
+        }
     }
 
     /// Where clients are told to connect: configured, or the address this one reached.
@@ -263,7 +455,9 @@ impl Context<'_> {
             None => log
                 .list_topics()
                 .into_iter()
-                .filter(|info| self.may(Operation::Describe, info.name.as_str()))
+                .filter(|info| {
+                    self.can(ResourceType::Topic, info.name.as_str(), Operation::Describe)
+                })
                 .map(|info| described_topic(info.name.as_str(), info.partitions.len()))
                 .collect(),
             Some(names) => names
@@ -289,7 +483,9 @@ impl Context<'_> {
             .with_topics(topics)
     }
 
-    async fn produce(&self, request: ProduceRequest) -> (ProduceResponse, Duration) {
+    /// Checks, authorizes and queues every batch of a Produce on its partition, in the order
+    /// the request holds them; what is left is to wait for them to be durable.
+    async fn produce(&self, request: ProduceRequest) -> (QueuedProduce, Duration) {
         let mut bytes = 0u64;
         let mut topics = Vec::with_capacity(request.topic_data.len());
         let refused = request.transactional_id.is_some().then_some((
@@ -315,76 +511,54 @@ impl Context<'_> {
                 let index = partition.index;
                 let name = name.as_str();
                 async move {
-                    let outcome = match topic_refusal {
-                        Some((code, message)) => Err((code, message.to_owned())),
+                    let appending = match topic_refusal {
+                        Some((code, message)) => Appending::Done(Err((code, message.to_owned()))),
                         None => self.append(name, index, partition.records).await,
                     };
-                    let response = PartitionProduceResponse::default().with_index(index);
-                    match outcome {
-                        Ok((base_offset, log_start)) => response
-                            .with_base_offset(base_offset.0 as i64)
-                            .with_log_append_time_ms(-1)
-                            .with_log_start_offset(log_start.0 as i64),
-                        Err((code, message)) => response
-                            .with_error_code(self.code(code))
-                            .with_base_offset(-1)
-                            .with_log_append_time_ms(-1)
-                            .with_log_start_offset(-1)
-                            .with_error_message(Some(StrBytes::from_string(message))),
-                    }
+                    (index, appending)
                 }
             });
-            let partition_responses = join_all(partitions).await;
-            topics.push(
-                TopicProduceResponse::default()
-                    .with_name(topic.name)
-                    .with_partition_responses(partition_responses),
-            );
+            topics.push((topic.name, join_all(partitions).await));
         }
         let throttle = self.charge(Usage::ProduceBytes, bytes);
-        (ProduceResponse::default().with_responses(topics), throttle)
+        (QueuedProduce { topics }, throttle)
     }
 
-    /// Stores the batches of one partition's records as they came, each checked (CRC, record
-    /// layout, no transactions, an idempotent producer's sequence); where the first landed
-    /// (for a retried batch: where it landed the first time) and the partition's log start.
-    async fn append(
-        &self,
-        topic: &str,
-        partition: i32,
-        records: Option<Bytes>,
-    ) -> Result<(Offset, Offset), (ResponseError, String)> {
+    /// Checks the batches of one partition's records (CRC, record layout, no transactions)
+    /// and queues them as they came; an idempotent producer's are stored here already, each
+    /// judged by its sequence.
+    async fn append(&self, topic: &str, partition: i32, records: Option<Bytes>) -> Appending {
         let failed = |error: LogError| (log_code(&error), error.to_string());
-        let target = self.partition(topic, partition).map_err(failed)?;
-        let mut records = records.unwrap_or_default();
-        let mut batches = Vec::new();
-        while !records.is_empty() {
-            let header = validate_batch(&records).map_err(|e| failed(e.into()))?;
-            let batch = records.split_to(header.total_len);
-            visit_batch(&header, batch.clone(), |_| {}).map_err(|e| failed(e.into()))?;
-            batches.push((header, batch));
-        }
-        if batches.is_empty() {
-            return Err((
-                ResponseError::CorruptMessage,
-                "the request holds no record batch for the partition".to_owned(),
-            ));
-        }
-        let first = if batches.iter().any(|(header, _)| header.producer_id >= 0) {
-            self.append_idempotent(topic, &target, batches).await?
-        } else {
+        let queued = async {
+            let target = self.partition(topic, partition).map_err(failed)?;
+            let mut records = records.unwrap_or_default();
+            let mut batches = Vec::new();
+            while !records.is_empty() {
+                let header = validate_batch(&records).map_err(|e| failed(e.into()))?;
+                let batch = records.split_to(header.total_len);
+                visit_batch(&header, batch.clone(), |_| {}).map_err(|e| failed(e.into()))?;
+                batches.push((header, batch));
+            }
+            if batches.is_empty() {
+                return Err((
+                    ResponseError::CorruptMessage,
+                    "the request holds no record batch for the partition".to_owned(),
+                ));
+            }
+            if batches.iter().any(|(header, _)| header.producer_id >= 0) {
+                let first = self.append_idempotent(topic, &target, batches).await?;
+                return Ok(Appending::Done(Ok((first, target.log_start()))));
+            }
             let mut pending = Vec::with_capacity(batches.len());
             for (_, batch) in batches {
-                pending.push(target.submit(BytesMut::from(batch)).await.map_err(failed)?);
+                let durable = target.submit(BytesMut::from(batch)).await.map_err(failed)?;
+                pending.push(Box::pin(durable) as BoxFuture<'static, _>);
             }
-            let mut first = None;
-            for appended in pending {
-                let outcome: AppendOutcome = appended.await.map_err(failed)?;
-                first.get_or_insert(outcome.base_offset);
-            }
-            first.expect("at least one batch")
+            Ok(Appending::Queued { target, pending })
         };
-        Ok((first, target.log_start()))
+        queued
+            .await
+            .unwrap_or_else(|refused| Appending::Done(Err(refused)))
     }
 
     /// [`Context::append`] of batches of which some come from idempotent producers: decided and
@@ -615,91 +789,6 @@ impl Context<'_> {
         }
     }
 
-    async fn create_topics(&self, request: CreateTopicsRequest) -> CreateTopicsResponse {
-        let mut results = Vec::with_capacity(request.topics.len());
-        for topic in request.topics {
-            let name = topic.name.0.to_string();
-            let outcome = self
-                .create_topic(
-                    &name,
-                    topic.num_partitions,
-                    topic.replication_factor,
-                    &topic.configs,
-                    request.validate_only,
-                )
-                .await;
-            let mut result = CreatableTopicResult::default().with_name(topic.name);
-            match outcome {
-                Ok(partitions) => {
-                    result = result
-                        .with_num_partitions(partitions as i32)
-                        .with_replication_factor(1);
-                }
-                Err((code, message)) => {
-                    result = result
-                        .with_error_code(self.code(code))
-                        .with_error_message(Some(StrBytes::from_string(message)))
-                        .with_num_partitions(-1)
-                        .with_replication_factor(-1);
-                }
-            }
-            results.push(result);
-        }
-        CreateTopicsResponse::default().with_topics(results)
-    }
-
-    async fn create_topic(
-        &self,
-        name: &str,
-        partitions: i32,
-        replication_factor: i16,
-        configs: &[kafka_protocol::messages::create_topics_request::CreatableTopicConfig],
-        validate_only: bool,
-    ) -> Result<u32, (ResponseError, String)> {
-        if !self.may(Operation::Create, name) {
-            return Err((
-                ResponseError::TopicAuthorizationFailed,
-                "no ACL allows this principal to create the topic".to_owned(),
-            ));
-        }
-        if !matches!(replication_factor, -1 | 1) {
-            return Err((
-                ResponseError::InvalidReplicationFactor,
-                "an appliance is one broker: the replication factor is 1 (or -1 for the default)"
-                    .to_owned(),
-            ));
-        }
-        let log = &self.broker.log;
-        let mut config: TopicConfig = log.topic_defaults().clone();
-        if partitions != -1 {
-            config.partitions = u32::try_from(partitions).map_err(|_| {
-                (
-                    ResponseError::InvalidPartitions,
-                    "partitions is 1 or more (or -1 for the default)".to_owned(),
-                )
-            })?;
-        }
-        for entry in configs {
-            apply_config(&mut config, entry.name.as_str(), entry.value.as_deref())
-                .map_err(|message| (ResponseError::InvalidConfig, message))?;
-        }
-        let failed = |error: LogError| (log_code(&error), error.to_string());
-        let topic = TopicName::new(name).map_err(failed)?;
-        let problems = config.problems();
-        if !problems.is_empty() {
-            return Err(failed(LogError::InvalidTopicConfig { problems }));
-        }
-        let partitions = config.partitions;
-        if validate_only {
-            return match log.topic_info(&topic) {
-                Ok(_) => Err(failed(LogError::TopicExists { topic })),
-                Err(_) => Ok(partitions),
-            };
-        }
-        log.create_topic(topic, config).await.map_err(failed)?;
-        Ok(partitions)
-    }
-
     /// A producer id for an idempotent producer, or the next epoch of the one it had.
     /// Transactions are refused: the log keeps no transaction markers.
     async fn init_producer_id(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
@@ -732,35 +821,6 @@ impl Context<'_> {
             }
         }
     }
-
-    async fn delete_topics(&self, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
-        let mut names: Vec<WireTopic> = request.topic_names;
-        names.extend(request.topics.into_iter().filter_map(|t| t.name));
-        let mut results = Vec::with_capacity(names.len());
-        for name in names {
-            let text = name.0.to_string();
-            let outcome = if text == AUDIT_TOPIC || !self.may(Operation::Delete, &text) {
-                Err((
-                    ResponseError::TopicAuthorizationFailed,
-                    "no ACL allows this principal to delete the topic".to_owned(),
-                ))
-            } else {
-                match TopicName::new(text.as_str()) {
-                    Ok(topic) => self.broker.log.delete_topic(&topic).await,
-                    Err(error) => Err(error),
-                }
-                .map_err(|error| (log_code(&error), error.to_string()))
-            };
-            let mut result = DeletableTopicResult::default().with_name(Some(name));
-            if let Err((code, message)) = outcome {
-                result = result
-                    .with_error_code(self.code(code))
-                    .with_error_message(Some(StrBytes::from_string(message)));
-            }
-            results.push(result);
-        }
-        DeleteTopicsResponse::default().with_responses(results)
-    }
 }
 
 fn described_topic(name: &str, partitions: usize) -> MetadataResponseTopic {
@@ -777,53 +837,6 @@ fn described_topic(name: &str, partitions: usize) -> MetadataResponseTopic {
         .with_name(Some(WireTopic(StrBytes::from_string(name.to_owned()))))
         .with_is_internal(name == AUDIT_TOPIC)
         .with_partitions(partitions)
-}
-
-/// A Kafka topic setting of CreateTopics, in the appliance's topic configuration.
-fn apply_config(config: &mut TopicConfig, key: &str, value: Option<&str>) -> Result<(), String> {
-    let Some(value) = value else {
-        return Ok(());
-    };
-    let number = |value: &str| -> Result<i64, String> {
-        value
-            .parse()
-            .map_err(|_| format!("{key} is a number, not {value:?}"))
-    };
-    let at_most_forever = |n: i64| u64::try_from(n).ok();
-    match key {
-        "retention.ms" => config.retention_ms = at_most_forever(number(value)?),
-        "retention.bytes" => config.retention_bytes = at_most_forever(number(value)?),
-        "segment.bytes" => {
-            config.segment_bytes =
-                u64::try_from(number(value)?).map_err(|_| format!("{key} is positive"))?;
-        }
-        "segment.ms" => {
-            config.segment_ms =
-                u64::try_from(number(value)?).map_err(|_| format!("{key} is positive"))?;
-        }
-        "max.message.bytes" => {
-            config.max_message_bytes =
-                u32::try_from(number(value)?).map_err(|_| format!("{key} is positive"))?;
-        }
-        "compression.type" => {
-            config.compression = match value {
-                "producer" | "uncompressed" => crate::log::Compression::None,
-                "gzip" => crate::log::Compression::Gzip,
-                "lz4" => crate::log::Compression::Lz4,
-                "zstd" => crate::log::Compression::Zstd,
-                "snappy" => crate::log::Compression::Snappy,
-                other => return Err(format!("compression.type {other:?} is not known")),
-            }
-        }
-        // Settings of replicated clusters: one broker has nothing to set.
-        "min.insync.replicas" | "unclean.leader.election.enable" => {}
-        other => {
-            return Err(format!(
-                "{other} is not a topic setting the appliance has (docs/kafka.md lists them)"
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn millis(duration: Duration) -> i32 {

@@ -6,8 +6,9 @@
 //!   -> connection.rs: frame (size checked first) -> header -> versions.rs: served?
 //!   -> SASL (sasl.rs) until authenticated
 //!   -> handlers.rs: ACLs and quotas of security/, idempotent producers' sequences
-//!      (producers.rs), then the log; groups.rs: the group APIs over group/'s coordinator
-//!   -> response, in order
+//!      (producers.rs), then the log; admin.rs: topic administration; groups.rs: the group
+//!      APIs over group/'s coordinator; the audit log's records of denials and changes
+//!   -> response, in order (a Produce's once its batches are durable)
 //! ```
 //!
 //! Invariants: nothing is decoded before its size is known to be within the limit (64 KiB
@@ -18,6 +19,7 @@
 //! the protocol crate patched to bound its allocations by the request's size
 //! (vendor/README.md).
 
+mod admin;
 mod connection;
 mod error;
 mod groups;
@@ -39,7 +41,7 @@ use tokio_rustls::TlsAcceptor;
 
 use tonic::transport::server::Connected;
 
-use crate::api::{ConnectionLimits, Metrics, handshake, incoming};
+use crate::api::{Audit, ConnectionLimits, Metrics, handshake, incoming};
 use crate::group::Coordinator;
 use crate::log::Log;
 use crate::security::Security;
@@ -66,6 +68,7 @@ pub struct Broker {
     pub log: Log,
     pub security: Security,
     pub coordinator: Coordinator,
+    pub audit: Audit,
     pub metrics: Metrics,
     pub settings: Arc<KafkaSettings>,
     pub producer_ids: Arc<ProducerIds>,

@@ -53,6 +53,8 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::OffsetFetch, 1, 8),
     api(ApiKey::DescribeGroups, 0, 5),
     api(ApiKey::ListGroups, 0, 4),
+    api(ApiKey::CreatePartitions, 0, 3),
+    api(ApiKey::DescribeConfigs, 1, 4),
 ];
 
 /// The entry of `key`, if the listener serves it.
@@ -119,6 +121,14 @@ mod tests {
                 DescribeGroupsResponse::VERSIONS,
             ),
             ApiKey::ListGroups => (ListGroupsRequest::VERSIONS, ListGroupsResponse::VERSIONS),
+            ApiKey::CreatePartitions => (
+                CreatePartitionsRequest::VERSIONS,
+                CreatePartitionsResponse::VERSIONS,
+            ),
+            ApiKey::DescribeConfigs => (
+                DescribeConfigsRequest::VERSIONS,
+                DescribeConfigsResponse::VERSIONS,
+            ),
             other => panic!("{other:?} has no entry here"),
         };
         for api in SUPPORTED {
