@@ -288,14 +288,9 @@ impl ClassicGroup {
         generation: i32,
         now: Instant,
     ) -> Result<(), GroupError> {
-        self.member(group, member_id)?.last_seen = now;
-        self.check_generation(group, member_id, generation)?;
-        match self.state {
-            ClassicState::PreparingRebalance => Err(GroupError::RebalanceInProgress {
-                group: group.clone(),
-            }),
-            _ => Ok(()),
-        }
+        self.seen(group, member_id, generation, now, |state| {
+            state != ClassicState::PreparingRebalance
+        })
     }
 
     /// Whether a member may commit now, as Kafka decides it; its session starts again.
@@ -306,13 +301,29 @@ impl ClassicGroup {
         generation: i32,
         now: Instant,
     ) -> Result<(), GroupError> {
+        self.seen(group, member_id, generation, now, |state| {
+            state == ClassicState::Stable
+        })
+    }
+
+    /// Starts a member's session again, then checks that it is of the current generation and
+    /// that the group is in a state `allowed` accepts (else it is rebalancing).
+    fn seen(
+        &mut self,
+        group: &GroupId,
+        member_id: &str,
+        generation: i32,
+        now: Instant,
+        allowed: fn(ClassicState) -> bool,
+    ) -> Result<(), GroupError> {
         self.member(group, member_id)?.last_seen = now;
         self.check_generation(group, member_id, generation)?;
-        match self.state {
-            ClassicState::Stable => Ok(()),
-            _ => Err(GroupError::RebalanceInProgress {
+        if allowed(self.state) {
+            Ok(())
+        } else {
+            Err(GroupError::RebalanceInProgress {
                 group: group.clone(),
-            }),
+            })
         }
     }
 

@@ -382,71 +382,20 @@ pub(super) fn api_name(api: ApiKey) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use kafka_protocol::messages::{
-        CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, InitProducerIdRequest,
-        ListOffsetsRequest, MetadataRequest, ProduceRequest,
-    };
+    use kafka_protocol::messages::RequestKind;
     use proptest::prelude::*;
-
-    use kafka_protocol::messages::{
-        CreatePartitionsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-        FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-        ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
-    };
 
     use super::*;
 
     /// Decodes `body` as `api`'s request at `version`, as the listener would.
     fn decode_any(api: ApiKey, version: i16, body: &[u8]) -> Result<(), KafkaError> {
         let mut body = Bytes::copy_from_slice(body);
-        let name = api_name(api);
-        match api {
-            ApiKey::Produce => decode::<ProduceRequest>(name, &mut body, version).map(drop),
-            ApiKey::Fetch => decode::<FetchRequest>(name, &mut body, version).map(drop),
-            ApiKey::ListOffsets => decode::<ListOffsetsRequest>(name, &mut body, version).map(drop),
-            ApiKey::Metadata => decode::<MetadataRequest>(name, &mut body, version).map(drop),
-            ApiKey::SaslHandshake => {
-                decode::<SaslHandshakeRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::SaslAuthenticate => {
-                decode::<SaslAuthenticateRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::ApiVersions => {
-                decode::<kafka_protocol::messages::ApiVersionsRequest>(name, &mut body, version)
-                    .map(drop)
-            }
-            ApiKey::CreateTopics => {
-                decode::<CreateTopicsRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::DeleteTopics => {
-                decode::<DeleteTopicsRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::InitProducerId => {
-                decode::<InitProducerIdRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::FindCoordinator => {
-                decode::<FindCoordinatorRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::JoinGroup => decode::<JoinGroupRequest>(name, &mut body, version).map(drop),
-            ApiKey::SyncGroup => decode::<SyncGroupRequest>(name, &mut body, version).map(drop),
-            ApiKey::Heartbeat => decode::<HeartbeatRequest>(name, &mut body, version).map(drop),
-            ApiKey::LeaveGroup => decode::<LeaveGroupRequest>(name, &mut body, version).map(drop),
-            ApiKey::OffsetCommit => {
-                decode::<OffsetCommitRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::OffsetFetch => decode::<OffsetFetchRequest>(name, &mut body, version).map(drop),
-            ApiKey::DescribeGroups => {
-                decode::<DescribeGroupsRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::ListGroups => decode::<ListGroupsRequest>(name, &mut body, version).map(drop),
-            ApiKey::CreatePartitions => {
-                decode::<CreatePartitionsRequest>(name, &mut body, version).map(drop)
-            }
-            ApiKey::DescribeConfigs => {
-                decode::<DescribeConfigsRequest>(name, &mut body, version).map(drop)
-            }
-            other => panic!("{other:?} is not served"),
-        }
+        RequestKind::decode(api, &mut body, version)
+            .map(drop)
+            .map_err(|e| KafkaError::Malformed {
+                api: api_name(api),
+                reason: format!("{e:#}"),
+            })
     }
 
     /// Metrics and audit records name every served API.
