@@ -4,8 +4,8 @@
 //! authorization error; hostile bytes at the Kafka port close only their own connection; a
 //! Kafka consumer on a hub reads an edge's mirror at the edge's offsets; kafka-python 3's
 //! default idempotent producer works, and a retried batch is stored once, across a SIGKILL;
-//! kafka-python consumers share a group's partitions as members join and leave, with every
-//! record consumed once, and their commits are the appliance's and survive a SIGKILL;
+//! kafka-python consumers share a group's partitions as members join, leave and crash, with
+//! every record consumed once, and their commits are the appliance's and survive a SIGKILL;
 //! confluent-kafka (PyPI) and kafkajs (npm) produce with every codec, consume in a group and
 //! meet a denied topic as their authorization error; confluent-kafka's AdminClient grows a
 //! topic and reads its settings, and the audit log records Kafka changes and denials.
@@ -880,6 +880,13 @@ impl GroupMember {
         Ok(Self { child, out, stop })
     }
 
+    /// Kills the member's process (SIGKILL): it leaves nothing behind but its silence.
+    fn crash(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Asks the member to leave and waits until it has.
     fn leave(mut self) -> anyhow::Result<()> {
         std::fs::write(&self.stop, b"")?;
@@ -928,7 +935,7 @@ fn wait_for_consumed(outs: &[std::path::PathBuf], count: usize) -> anyhow::Resul
 }
 
 /// Waits until `appliance group describe` shows `count` stable members of `dashboards`
-/// sharing the six partitions of `sensors`, each with one or two.
+/// sharing the six partitions of `sensors` evenly.
 fn wait_for_members(daemon: &Daemon, dir: &Path, count: usize) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -942,7 +949,11 @@ fn wait_for_members(daemon: &Daemon, dir: &Path, count: usize) -> anyhow::Result
         let shared = described["state"] == "stable"
             && members.len() == count
             && shares.iter().sum::<usize>() == 6
-            && shares.iter().all(|n| (1..=2).contains(n));
+            && shares
+                .iter()
+                .max()
+                .zip(shares.iter().min())
+                .is_some_and(|(max, min)| max - min <= 1);
         if shared {
             return Ok(());
         }
@@ -1000,7 +1011,8 @@ async fn a_kafka_consumer_group_shares_partitions_and_offsets_with_the_appliance
         cli_ok(&daemon, dir.path(), args, b"")?;
     }
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        // Three members share the six partitions; a fourth joins, then the first leaves.
+        // Three members share the six partitions; a fourth joins, the first leaves, the
+        // second crashes.
         produce_sensors(&daemon, 0..300)?;
         let first = GroupMember::start(&daemon, dir.path(), "first")?;
         let second = GroupMember::start(&daemon, dir.path(), "second")?;
@@ -1017,14 +1029,20 @@ async fn a_kafka_consumer_group_shares_partitions_and_offsets_with_the_appliance
         produce_sensors(&daemon, 600..900)?;
         wait_for_members(&daemon, dir.path(), 3)?;
         wait_for_consumed(&outs, 900)?;
-        for member in [second, third, fourth] {
+        // A member that crashes (while idle, everything it read committed) is removed after
+        // its session timeout, and the others take its partitions.
+        second.crash()?;
+        produce_sensors(&daemon, 900..1200)?;
+        wait_for_members(&daemon, dir.path(), 2)?;
+        wait_for_consumed(&outs, 1200)?;
+        for member in [third, fourth] {
             member.leave()?;
         }
         let records = consumed(&outs)?;
         let distinct: BTreeSet<&(u64, u64, String)> = records.iter().collect();
         assert_eq!(distinct.len(), records.len(), "no record consumed twice");
         let values: BTreeSet<String> = records.iter().map(|r| r.2.clone()).collect();
-        let expected: BTreeSet<String> = (0..900).map(|n| format!("reading {n}")).collect();
+        let expected: BTreeSet<String> = (0..1200).map(|n| format!("reading {n}")).collect();
         assert_eq!(values, expected, "every record consumed");
         Ok(())
     })?;
@@ -1050,14 +1068,14 @@ async fn a_kafka_consumer_group_shares_partitions_and_offsets_with_the_appliance
     daemon.stop_with(Signal::SIGKILL)?;
     daemon = Daemon::start_on_free_ports(dir.path(), &[])?;
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        produce_sensors(&daemon, 900..960)?;
+        produce_sensors(&daemon, 1200..1260)?;
         let late = GroupMember::start(&daemon, dir.path(), "late")?;
         let outs = [late.out.clone()];
         wait_for_consumed(&outs, 60)?;
         std::thread::sleep(Duration::from_secs(2));
         late.leave()?;
         let values: BTreeSet<String> = consumed(&outs)?.into_iter().map(|r| r.2).collect();
-        let expected: BTreeSet<String> = (900..960).map(|n| format!("reading {n}")).collect();
+        let expected: BTreeSet<String> = (1200..1260).map(|n| format!("reading {n}")).collect();
         assert_eq!(values, expected, "only the records after the commits");
         Ok(())
     })

@@ -1093,6 +1093,116 @@ mod tests {
         assert!(range_assignment(5, 0).is_empty());
     }
 
+    async fn coordinator(dir: &std::path::Path) -> Coordinator {
+        let meta = Meta::open(&dir.join("meta")).unwrap();
+        let config = crate::log::LogConfig {
+            durability: crate::log::Durability::Os,
+            ..crate::log::LogConfig::new(dir.to_path_buf())
+        };
+        let log = Log::open(config, meta.clone()).await.unwrap();
+        let topic = TopicName::new("t").unwrap();
+        let config = crate::log::TopicConfig {
+            partitions: 2,
+            ..Default::default()
+        };
+        log.create_topic(topic, config).await.unwrap();
+        Coordinator::new(log, meta)
+    }
+
+    fn kafka_join(member_id: Option<String>) -> ClassicJoin {
+        ClassicJoin {
+            member_id,
+            instance_id: None,
+            client_id: "kafka".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::new())],
+            topics: vec![TopicName::new("t").unwrap()],
+        }
+    }
+
+    /// A group's members are of one kind at a time, and a Kafka member's commit is the
+    /// group's offset whoever reads it.
+    #[tokio::test]
+    async fn kafka_and_appliance_members_share_offsets_but_not_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = coordinator(dir.path()).await;
+        let group = GroupId::new("g").unwrap();
+        let topic = TopicName::new("t").unwrap();
+        let joined = groups.join_classic(&group, kafka_join(None)).await.unwrap();
+        let refused = groups.join(
+            group.clone(),
+            vec![topic.clone()],
+            StartPosition::Earliest,
+            1024,
+            None,
+        );
+        assert!(matches!(
+            refused,
+            Err(GroupError::InconsistentProtocol { .. })
+        ));
+
+        let offsets = vec![((topic.clone(), PartitionId(0)), Offset(0), String::new())];
+        let stale = groups
+            .commit_classic(
+                &group,
+                Some((&joined.member_id, joined.generation)),
+                offsets.clone(),
+            )
+            .await;
+        assert!(
+            matches!(stale, Err(GroupError::RebalanceInProgress { .. })),
+            "no commit before the leader's SyncGroup: {stale:?}"
+        );
+        groups
+            .sync_classic(&group, &joined.member_id, joined.generation, Vec::new())
+            .await
+            .unwrap();
+        let wrong = groups
+            .commit_classic(
+                &group,
+                Some((&joined.member_id, joined.generation + 1)),
+                offsets.clone(),
+            )
+            .await;
+        assert!(matches!(wrong, Err(GroupError::IllegalGeneration { .. })));
+        assert!(matches!(
+            groups.commit(&group, None, offsets.clone()).await,
+            Err(GroupError::GroupActive { members: 1, .. })
+        ));
+        groups
+            .commit_classic(
+                &group,
+                Some((&joined.member_id, joined.generation)),
+                offsets,
+            )
+            .await
+            .unwrap();
+        let committed = groups
+            .committed(&group, &(topic.clone(), PartitionId(0)))
+            .unwrap();
+        assert_eq!(committed.map(|c| c.offset), Some(0));
+
+        groups.leave_classic(&group, &joined.member_id).unwrap();
+        let membership = groups.join(
+            group.clone(),
+            vec![topic],
+            StartPosition::Earliest,
+            1024,
+            None,
+        );
+        assert!(
+            membership.is_ok(),
+            "the group is free for the appliance's members once empty"
+        );
+        assert!(matches!(
+            groups.join_classic(&group, kafka_join(None)).await,
+            Err(GroupError::InconsistentProtocol { .. })
+        ));
+    }
+
     proptest! {
         /// Every partition goes to exactly one member, in order, and no member has more than
         /// one partition more than another.
