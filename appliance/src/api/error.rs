@@ -102,6 +102,7 @@ impl From<GroupError> for Status {
             | GroupError::InconsistentProtocol { .. }
             | GroupError::IllegalGeneration { .. } => Some(Code::FailedPrecondition),
             GroupError::RebalanceInProgress { .. } => Some(Code::Unavailable),
+            GroupError::GroupFull { .. } => Some(Code::ResourceExhausted),
             GroupError::OffsetBeyondEnd { .. }
             | GroupError::NoTopics
             | GroupError::InvalidSessionTimeout { .. } => Some(Code::InvalidArgument),

@@ -25,6 +25,10 @@ use super::{GroupError, TopicPartition};
 use crate::log::TopicName;
 use crate::meta::GroupId;
 
+/// The most members a group takes (Kafka's `group.max.size`): a client joining again and
+/// again without its member id must not grow the coordinator without bound.
+const MAX_MEMBERS: usize = 1000;
+
 /// Where a classic group is in its rebalance, named as Kafka names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClassicState {
@@ -187,6 +191,12 @@ impl ClassicGroup {
                 });
             }
             Some(id) => id,
+            None if self.members.len() >= MAX_MEMBERS => {
+                return Err(GroupError::GroupFull {
+                    group: group.clone(),
+                    max: MAX_MEMBERS,
+                });
+            }
             None => new_id,
         };
         let others = || self.members.iter().filter(|(id, _)| **id != member_id);
@@ -663,6 +673,30 @@ mod tests {
         g.leave(&group(), "b", now).unwrap();
         assert_eq!(g.state(), ClassicState::Empty);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_group_takes_at_most_max_members() {
+        let now = Instant::now();
+        let mut g = ClassicGroup::default();
+        for n in 0..MAX_MEMBERS {
+            g.join(&group(), request(None, &["range"]), format!("m{n}"), now)
+                .unwrap();
+        }
+        assert!(matches!(
+            g.join(&group(), request(None, &["range"]), "one-more".into(), now),
+            Err(GroupError::GroupFull { .. })
+        ));
+        assert!(
+            g.join(
+                &group(),
+                request(Some("m0"), &["range"]),
+                String::new(),
+                now
+            )
+            .is_ok(),
+            "a member rejoins"
+        );
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub enum GroupError {
     },
     #[error("group {group} is rebalancing: rejoin")]
     RebalanceInProgress { group: GroupId },
+    #[error("group {group} has {max} members, the most a group takes")]
+    GroupFull { group: GroupId, max: usize },
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]

@@ -72,6 +72,7 @@ pub fn group_code(error: &GroupError) -> ResponseError {
             ResponseError::IllegalGeneration
         }
         GroupError::RebalanceInProgress { .. } => ResponseError::RebalanceInProgress,
+        GroupError::GroupFull { .. } => ResponseError::GroupMaxSizeReached,
         GroupError::InconsistentProtocol { .. } => ResponseError::InconsistentGroupProtocol,
         GroupError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
         GroupError::OffsetBeyondEnd { .. } => ResponseError::OffsetOutOfRange,
