@@ -197,7 +197,14 @@ impl ClassicGroup {
                     max: MAX_MEMBERS,
                 });
             }
-            None => new_id,
+            None => {
+                // A static member restarting replaces its old self, whose calls are fenced.
+                if let Some(instance) = &request.instance_id {
+                    self.members
+                        .retain(|_, m| m.instance_id.as_ref() != Some(instance));
+                }
+                new_id
+            }
         };
         let others = || self.members.iter().filter(|(id, _)| **id != member_id);
         if others().next().is_some() {
@@ -303,7 +310,9 @@ impl ClassicGroup {
         })
     }
 
-    /// Whether a member may commit now, as Kafka decides it; its session starts again.
+    /// Whether a member may commit now, as Kafka decides it: while stable, and while a
+    /// rebalance gathers the members (consumers commit what they processed before they
+    /// rejoin), not while the leader assigns. Its session starts again.
     pub(super) fn check_commit(
         &mut self,
         group: &GroupId,
@@ -312,7 +321,10 @@ impl ClassicGroup {
         now: Instant,
     ) -> Result<(), GroupError> {
         self.seen(group, member_id, generation, now, |state| {
-            state == ClassicState::Stable
+            matches!(
+                state,
+                ClassicState::Stable | ClassicState::PreparingRebalance
+            )
         })
     }
 
@@ -337,13 +349,24 @@ impl ClassicGroup {
         }
     }
 
-    /// Removes a member; the others rebalance without it.
+    /// Removes a member, named by its id or (a static member) by its instance id; the others
+    /// rebalance without it.
     pub(super) fn leave(
         &mut self,
         group: &GroupId,
         member_id: &str,
+        instance_id: Option<&str>,
         now: Instant,
     ) -> Result<(), GroupError> {
+        let by_instance = instance_id
+            .filter(|_| member_id.is_empty())
+            .and_then(|instance| {
+                self.members
+                    .iter()
+                    .find(|(_, m)| m.instance_id.as_deref() == Some(instance))
+                    .map(|(id, _)| id.clone())
+            });
+        let member_id = by_instance.as_deref().unwrap_or(member_id);
         if self.members.remove(member_id).is_none() {
             return Err(GroupError::UnknownMember {
                 group: group.clone(),
@@ -670,8 +693,28 @@ mod tests {
         assert_eq!(g.expire(&group(), now + Duration::from_secs(10)), ["a"]);
         let b = joined(waiting);
         assert_eq!((b.generation, b.leader.as_str()), (2, "b"));
-        g.leave(&group(), "b", now).unwrap();
+        g.leave(&group(), "b", None, now).unwrap();
         assert_eq!(g.state(), ClassicState::Empty);
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_static_member_restarting_replaces_its_old_self() {
+        let now = Instant::now();
+        let mut g = ClassicGroup::default();
+        let mut first = request(None, &["range"]);
+        first.instance_id = Some("gateway-1".into());
+        let (old, answer) = g.join(&group(), first.clone(), "old".into(), now).unwrap();
+        joined(answer);
+        let (new, answer) = g.join(&group(), first, "new".into(), now).unwrap();
+        assert_eq!((old.as_str(), new.as_str()), ("old", "new"));
+        let rejoined = joined(answer);
+        assert_eq!(
+            rejoined.members.len(),
+            1,
+            "the old member is gone, not waited for"
+        );
+        g.leave(&group(), "", Some("gateway-1"), now).unwrap();
         assert!(g.is_empty());
     }
 

@@ -100,7 +100,14 @@ impl Connection {
                 } else {
                     MAX_UNAUTHENTICATED_REQUEST
                 };
-                let Some(frame) = read_frame(reader, limit).await? else {
+                // Only between requests does the reader stop for the writer's sake: a request
+                // once read is carried through (an idempotent producer's sequence, an audit
+                // record), whatever became of the answers before it.
+                let frame = tokio::select! {
+                    frame = read_frame(reader, limit) => frame?,
+                    () = replies.closed() => return Ok(()),
+                };
+                let Some(frame) = frame else {
                     return Ok(());
                 };
                 let api = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]]))
@@ -123,7 +130,8 @@ impl Connection {
                 }
             }
         };
-        tokio::try_join!(read, write).map(drop)
+        let (read, write) = tokio::join!(read, write);
+        write.and(read)
     }
 
     /// One request: its answer (none for a Produce with acks=0), and how long the client must

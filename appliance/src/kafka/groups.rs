@@ -271,7 +271,7 @@ impl Context<'_> {
                 let code = self
                     .broker
                     .coordinator
-                    .leave_classic(&group, member_id.as_str())
+                    .leave_classic(&group, member_id.as_str(), instance_id.as_deref())
                     .err()
                     .map_or(0, |error| self.group_code(&error));
                 MemberResponse::default()
@@ -309,7 +309,14 @@ impl Context<'_> {
                     (Err(error), _) => Some(*error),
                     (Ok(_), _) if !allowed => Some(ResponseError::TopicAuthorizationFailed),
                     (Ok(_), Err(_)) => Some(ResponseError::UnknownTopicOrPartition),
-                    (Ok(_), Ok(_)) if partition.partition_index < 0 => {
+                    (Ok(_), Ok(name))
+                        if u32::try_from(partition.partition_index)
+                            .ok()
+                            .and_then(|index| {
+                                self.broker.log.partition(name, PartitionId(index)).ok()
+                            })
+                            .is_none() =>
+                    {
                         Some(ResponseError::UnknownTopicOrPartition)
                     }
                     (Ok(_), Ok(_)) if partition.committed_offset < 0 => {
@@ -542,6 +549,11 @@ impl Context<'_> {
                         );
                 }
                 match self.broker.coordinator.describe(&group) {
+                    Ok(description)
+                        if description.members.is_empty() && description.offsets.is_empty() =>
+                    {
+                        described.with_group_state(StrBytes::from_static_str("Dead"))
+                    }
                     Ok(description) => described
                         .with_group_state(StrBytes::from_static_str(state_name(description.state)))
                         .with_protocol_type(StrBytes::from_static_str(
