@@ -209,9 +209,7 @@ impl Context<'_> {
         if validate_only {
             return Ok(());
         }
-        log.update_topic_config(&topic, config)
-            .await
-            .map_err(failed)?;
+        let current = log.add_partitions(&topic, count).await.map_err(failed)?;
         self.changed(
             ResourceType::Topic,
             name,

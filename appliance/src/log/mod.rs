@@ -625,11 +625,32 @@ impl Log {
         name: &TopicName,
         config: TopicConfig,
     ) -> Result<(), LogError> {
+        let _admin = self.inner.admin.lock().await;
+        self.replace_topic_config(name, config).await
+    }
+
+    /// Grows a topic to `partitions`, keeping its other settings as they are at that moment
+    /// (read under the same lock as every change, so a concurrent change is not undone);
+    /// the count it had.
+    pub async fn add_partitions(&self, name: &TopicName, partitions: u32) -> Result<u32, LogError> {
+        let _admin = self.inner.admin.lock().await;
+        let mut config = self.topic_config(name)?;
+        let before = config.partitions;
+        config.partitions = partitions;
+        self.replace_topic_config(name, config).await?;
+        Ok(before)
+    }
+
+    /// [`Log::update_topic_config`], with the admin lock held by the caller.
+    async fn replace_topic_config(
+        &self,
+        name: &TopicName,
+        config: TopicConfig,
+    ) -> Result<(), LogError> {
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(LogError::InvalidTopicConfig { problems });
         }
-        let _admin = self.inner.admin.lock().await;
         let current = self.topic(name)?;
         let partitions = current.partitions.len() as u32;
         if config.partitions < partitions {
