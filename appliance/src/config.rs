@@ -193,8 +193,10 @@ impl KafkaSection {
         crate::kafka::KafkaSettings {
             advertised: self.advertised_addr,
             max_request_bytes: self.max_request_bytes,
-            max_connections: self.max_connections,
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            limits: ConnectionLimits {
+                max: self.max_connections,
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            },
         }
     }
 

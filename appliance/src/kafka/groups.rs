@@ -6,6 +6,9 @@
 //! topic committed), Describe on the group to find its coordinator, fetch its offsets (and
 //! Describe on each topic) or describe it.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
@@ -35,9 +38,8 @@ use crate::group::{
     ClassicJoin, ClassicState, GroupError, GroupState, MemberAssignment, TopicPartition,
 };
 use crate::log::{Offset, PartitionId, TopicName};
-use crate::meta::GroupId;
+use crate::meta::{CommittedOffset, GroupId};
 use crate::security::{Operation, ResourceType};
-use std::time::Duration;
 
 type PartitionRefusal = (i32, Option<ResponseError>);
 
@@ -437,19 +439,18 @@ impl Context<'_> {
             Ok(group) => group,
             Err(error) => return answer.with_error_code(self.code(error)),
         };
-        let committed = match self.broker.coordinator.lags(&group) {
-            Ok(lags) => lags,
-            Err(error) => return answer.with_error_code(self.group_code(&error)),
-        };
-        let offset_of = |topic: &str, partition: i32| {
-            committed
-                .iter()
-                .find(|lag| {
-                    lag.topic.as_str() == topic
-                        && i64::from(lag.partition.0) == i64::from(partition)
-                })
-                .and_then(|lag| lag.committed.as_ref())
-        };
+        let committed: BTreeMap<(String, i32), CommittedOffset> =
+            match self.broker.coordinator.lags(&group) {
+                Ok(lags) => lags
+                    .into_iter()
+                    .filter_map(|lag| {
+                        let partition = i32::try_from(lag.partition.0).ok()?;
+                        Some(((lag.topic.to_string(), partition), lag.committed?))
+                    })
+                    .collect(),
+                Err(error) => return answer.with_error_code(self.group_code(&error)),
+            };
+        let offset_of = |topic: &str, partition: i32| committed.get(&(topic.to_owned(), partition));
         let wanted: Vec<(String, Vec<i32>)> = match request.topics {
             Some(topics) => topics
                 .into_iter()
@@ -457,16 +458,10 @@ impl Context<'_> {
                 .collect(),
             None => {
                 let mut all: Vec<(String, Vec<i32>)> = Vec::new();
-                for lag in committed.iter().filter(|lag| lag.committed.is_some()) {
-                    let Ok(index) = i32::try_from(lag.partition.0) else {
-                        continue;
-                    };
-                    match all
-                        .iter_mut()
-                        .find(|(topic, _)| topic == lag.topic.as_str())
-                    {
-                        Some((_, partitions)) => partitions.push(index),
-                        None => all.push((lag.topic.to_string(), vec![index])),
+                for (topic, index) in committed.keys() {
+                    match all.last_mut() {
+                        Some((last, partitions)) if last == topic => partitions.push(*index),
+                        _ => all.push((topic.clone(), vec![*index])),
                     }
                 }
                 all.retain(|(topic, _)| self.can(ResourceType::Topic, topic, Operation::Describe));

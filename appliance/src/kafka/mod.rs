@@ -30,7 +30,6 @@ mod versions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -57,9 +56,8 @@ pub struct KafkaSettings {
     pub advertised: Option<SocketAddr>,
     /// The largest request an authenticated client may send.
     pub max_request_bytes: usize,
-    pub max_connections: usize,
-    /// A connection that sent no request for this long is closed.
-    pub idle_timeout: Duration,
+    /// Connections open at once, and how long one may send nothing before it is closed.
+    pub limits: ConnectionLimits,
 }
 
 /// What the handlers work with; cheap to clone.
@@ -84,10 +82,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let limits = ConnectionLimits {
-        max: broker.settings.max_connections,
-        idle_timeout: broker.settings.idle_timeout,
-    };
+    let limits = broker.settings.limits;
     let mut accepted = std::pin::pin!(incoming(listener, limits, "Kafka listener"));
     let connections = TaskTracker::new();
     loop {
