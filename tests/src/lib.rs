@@ -1,7 +1,7 @@
 //! Harness for end-to-end tests: starts real `appliance` processes and talks to them as an
 //! operator does (command line, signals, files), and stops them when a test ends.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -707,4 +707,33 @@ pub(crate) fn set_up(dir: &Path, lock: &str, needs: &str) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+/// Runs kcat (librdkafka) against the daemon's Kafka listener as `user` over SASL `mechanism`,
+/// with the connection's settings in `security` (e.g. `-X security.protocol=SASL_PLAINTEXT`).
+pub fn kcat_with(
+    daemon: &Daemon,
+    security: &[&str],
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> anyhow::Result<Output> {
+    let broker = daemon.kafka_addr.clone().context("no Kafka listener")?;
+    let mut child = Command::new("kcat")
+        .args(["-b", &broker])
+        .args(security)
+        .args(["-X", &format!("sasl.mechanism={mechanism}")])
+        .args(["-X", &format!("sasl.username={user}")])
+        .args(["-X", &format!("sasl.password={password}")])
+        .args(["-m", "30"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting kcat (install the Debian package `kcat`)")?;
+    child.stdin.take().context("stdin")?.write_all(stdin)?;
+    Ok(child.wait_with_output()?)
 }

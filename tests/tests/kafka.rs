@@ -18,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use appliance_e2e::{Daemon, Deployment, cli_ok, closed_by_server, fetch_all};
+use appliance_e2e::{Daemon, Deployment, cli_ok, closed_by_server, fetch_all, kcat_with};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -78,34 +78,6 @@ fn kcat(
         args,
         stdin,
     )
-}
-
-/// [`kcat`] with the connection's settings in `security`.
-fn kcat_with(
-    daemon: &Daemon,
-    security: &[&str],
-    mechanism: &str,
-    user: &str,
-    password: &str,
-    args: &[&str],
-    stdin: &[u8],
-) -> anyhow::Result<Output> {
-    let broker = daemon.kafka_addr.clone().context("no Kafka listener")?;
-    let mut child = Command::new("kcat")
-        .args(["-b", &broker])
-        .args(security)
-        .args(["-X", &format!("sasl.mechanism={mechanism}")])
-        .args(["-X", &format!("sasl.username={user}")])
-        .args(["-X", &format!("sasl.password={password}")])
-        .args(["-m", "30"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting kcat (install the Debian package `kcat`)")?;
-    child.stdin.take().context("stdin")?.write_all(stdin)?;
-    Ok(child.wait_with_output()?)
 }
 
 /// One line per record of partition `partition` of `events`, as bob reads it with kcat:

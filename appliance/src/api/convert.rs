@@ -82,6 +82,14 @@ pub fn topic_config(
             config.schema = Some(schema);
         }
     }
+    if let Some(policy) = patch.cleanup_policy {
+        config.cleanup_policy = policy
+            .parse()
+            .map_err(|problem: String| invalid("config.cleanup_policy", problem))?;
+    }
+    if let Some(ms) = patch.delete_retention_ms {
+        config.delete_retention_ms = ms;
+    }
     config.compression = match pb::Compression::try_from(patch.compression) {
         Ok(pb::Compression::Unspecified) => config.compression,
         Ok(pb::Compression::None) => Compression::None,
@@ -110,6 +118,8 @@ pub fn topic_config_message(config: &TopicConfig) -> pb::TopicConfig {
             Compression::Snappy => pb::Compression::Snappy,
         } as i32,
         schema: config.schema.clone(),
+        cleanup_policy: Some(config.cleanup_policy.as_str().to_owned()),
+        delete_retention_ms: Some(config.delete_retention_ms),
     }
 }
 

@@ -19,16 +19,20 @@ impl From<LogError> for Status {
             LogError::InvalidTopicName { .. }
             | LogError::InvalidTopicConfig { .. }
             | LogError::UnknownPartition { .. }
-            | LogError::InvalidBatch(_) => Code::InvalidArgument,
+            | LogError::InvalidBatch(_)
+            | LogError::KeylessRecordInCompactedTopic { .. } => Code::InvalidArgument,
             LogError::UnknownTopic { .. } => Code::NotFound,
             LogError::TopicExists { .. } => Code::AlreadyExists,
             LogError::OrphanTopicDirectory { .. }
             | LogError::NotNextOffset { .. }
             | LogError::ReadOnlyMirror { .. }
             | LogError::NotAMirror { .. }
-            | LogError::RestartBeforeEnd { .. } => Code::FailedPrecondition,
+            | LogError::RestartBeforeEnd { .. }
+            | LogError::NotCompacted { .. } => Code::FailedPrecondition,
             LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
-            LogError::RecordTooLarge { .. } => Code::ResourceExhausted,
+            LogError::RecordTooLarge { .. } | LogError::TooManyKeys { .. } => {
+                Code::ResourceExhausted
+            }
             LogError::Corrupt { .. } => Code::DataLoss,
             LogError::Unavailable { .. } | LogError::ShuttingDown => Code::Unavailable,
             LogError::AppendFailed { .. } | LogError::Io { .. } => Code::Internal,

@@ -205,6 +205,32 @@ impl Records for RecordsService {
         }))
     }
 
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        let (call, request) = self.calls.start(request, Rpc::Lookup)?;
+        let topic = topic_name("topic", &request.topic)?;
+        call.authorize(topic.as_str())?;
+        let partitions = self.log.topic_config(&topic)?.partitions;
+        let partition = request
+            .partition
+            .map_or_else(|| partition_for_key(&request.key, partitions), PartitionId);
+        let handle = self.log.partition(&topic, partition)?;
+        let key = request.key;
+        let found = tokio::task::spawn_blocking(move || handle.lookup(&key))
+            .await
+            .map_err(|e| Status::internal(format!("lookup failed: {e}")))??;
+        if let Some(stored) = &found {
+            call.throttle()
+                .charge(Usage::FetchBytes, stored.record.payload_len() as u64)
+                .await;
+        }
+        Ok(Response::new(pb::LookupResponse {
+            record: found.map(|stored| consumed(&topic, partition, stored)),
+        }))
+    }
+
     type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
 
     async fn subscribe(

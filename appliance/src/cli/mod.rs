@@ -59,6 +59,13 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Print the newest value of a key of a compacted topic (the topic read as a table).
+    Lookup {
+        #[command(flatten)]
+        args: records::LookupArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Inspect consumer groups and move their offsets.
     Group {
         #[command(subcommand)]
@@ -235,6 +242,9 @@ pub fn main() -> ExitCode {
         }
         Command::Consume { args, server } => {
             client::run(&server, |channel| records::consume(channel, args))
+        }
+        Command::Lookup { args, server } => {
+            client::run(&server, |channel| records::lookup(channel, args))
         }
         Command::Group { command, server } => {
             client::run(&server, |channel| groups::group(channel, command))

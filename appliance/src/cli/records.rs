@@ -144,6 +144,41 @@ pub async fn produce(channel: ApiChannel, args: ProduceArgs) -> Result<(), Failu
     })
 }
 
+#[derive(Debug, Args)]
+pub struct LookupArgs {
+    /// A compacted topic (cleanup policy compact).
+    topic: String,
+    key: String,
+    /// Look in this partition rather than the key's (Kafka's murmur2 partitioner).
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Print a JSON object with key, value, partition, offset, timestamp and headers.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the newest value of a key of a compacted topic; fails when there is none.
+pub async fn lookup(channel: ApiChannel, args: LookupArgs) -> Result<(), Failure> {
+    let found = RecordsClient::new(channel)
+        .lookup(pb::LookupRequest {
+            topic: args.topic.clone(),
+            key: args.key.clone().into_bytes().into(),
+            partition: args.partition,
+        })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .record;
+    let Some(record) = found else {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{} has no record for key {:?} (or its newest is a tombstone)",
+            args.topic,
+            args.key
+        )));
+    };
+    emit(&mut std::io::stdout().lock(), &[record], args.json).map(|_| ())
+}
+
 /// Prints one consumed record, as its value or as a JSON object.
 fn print_record(
     out: &mut impl Write,

@@ -28,6 +28,13 @@ pub enum TopicCommand {
         segment_bytes: Option<u64>,
         #[arg(long, value_enum)]
         compression: Option<CompressionArg>,
+        /// What becomes of older records: delete (retention), compact (the newest record per
+        /// key is kept; every record needs a key) or compact,delete.
+        #[arg(long, value_name = "POLICY")]
+        cleanup_policy: Option<String>,
+        /// How long compaction keeps a tombstone after its segment was sealed.
+        #[arg(long)]
+        delete_retention_ms: Option<u64>,
         /// A file with the JSON values' schema for queries: a JSON Schema object, or a list of
         /// {"name", "type": Utf8|Int64|Float64|Boolean|Timestamp, "nullable"} fields.
         #[arg(long, value_name = "FILE")]
@@ -67,6 +74,8 @@ pub async fn topic(channel: ApiChannel, command: TopicCommand) -> Result<(), Fai
             retention_bytes,
             segment_bytes,
             compression,
+            cleanup_policy,
+            delete_retention_ms,
             schema,
         } => {
             let schema = schema
@@ -78,6 +87,8 @@ pub async fn topic(channel: ApiChannel, command: TopicCommand) -> Result<(), Fai
                 .transpose()?;
             let config = pb::TopicConfig {
                 schema,
+                cleanup_policy,
+                delete_retention_ms,
                 partitions,
                 retention_ms,
                 retention_bytes,
@@ -167,6 +178,11 @@ pub async fn topic(channel: ApiChannel, command: TopicCommand) -> Result<(), Fai
                     config.max_message_bytes.unwrap_or_default(),
                     compression_name(config.compression),
                 );
+                println!(
+                    "  cleanup-policy {}  delete-retention-ms {}",
+                    config.cleanup_policy.as_deref().unwrap_or("delete"),
+                    config.delete_retention_ms.unwrap_or_default(),
+                );
                 if let Some(schema) = &config.schema {
                     println!("  declared schema (for queries): {schema}");
                 }
@@ -235,6 +251,8 @@ fn topic_json(topic: &pb::Topic) -> serde_json::Value {
             "segment_ms": config.segment_ms,
             "max_message_bytes": config.max_message_bytes,
             "compression": compression_name(config.compression),
+            "cleanup_policy": config.cleanup_policy,
+            "delete_retention_ms": config.delete_retention_ms,
             "schema": config.schema,
         },
         "partitions": topic.partitions.iter().map(|p| json!({

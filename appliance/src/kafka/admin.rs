@@ -29,6 +29,7 @@ const DEFAULT_CONFIG: i8 = 5;
 const STRING_TYPE: i8 = 2;
 const INT_TYPE: i8 = 3;
 const LONG_TYPE: i8 = 5;
+const LIST_TYPE: i8 = 7;
 
 impl Context<'_> {
     pub(super) async fn create_topics(&self, request: CreateTopicsRequest) -> CreateTopicsResponse {
@@ -360,15 +361,18 @@ fn topic_settings(config: &TopicConfig) -> Vec<Setting> {
             STRING_TYPE,
             "Kafka producers' batches are stored as sent; the appliance's own producers compress with this",
         ),
-        Setting {
-            read_only: true,
-            ..setting(
-                "cleanup.policy",
-                "delete".to_owned(),
-                STRING_TYPE,
-                "segments are deleted by retention; compaction is not supported",
-            )
-        },
+        setting(
+            "cleanup.policy",
+            config.cleanup_policy.as_str().to_owned(),
+            LIST_TYPE,
+            "delete: retention deletes segments; compact: the newest record per key is kept at its offset; or both",
+        ),
+        setting(
+            "delete.retention.ms",
+            config.delete_retention_ms.to_string(),
+            LONG_TYPE,
+            "compaction keeps a tombstone this long after its segment was sealed",
+        ),
     ]
 }
 
@@ -417,6 +421,11 @@ fn apply_config(config: &mut TopicConfig, key: &str, value: Option<&str>) -> Res
                 "snappy" => crate::log::Compression::Snappy,
                 other => return Err(format!("compression.type {other:?} is not known")),
             }
+        }
+        "cleanup.policy" => config.cleanup_policy = value.parse()?,
+        "delete.retention.ms" => {
+            config.delete_retention_ms =
+                u64::try_from(number(value)?).map_err(|_| format!("{key} is positive"))?;
         }
         // Settings of replicated clusters: one broker has nothing to set.
         "min.insync.replicas" | "unclean.leader.election.enable" => {}

@@ -50,6 +50,7 @@ pub fn log_code(error: &LogError) -> ResponseError {
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::RecordTooLarge { .. } => ResponseError::MessageTooLarge,
         LogError::InvalidBatch(_) => ResponseError::CorruptMessage,
+        LogError::KeylessRecordInCompactedTopic { .. } => ResponseError::InvalidRecord,
         LogError::Unavailable { .. } | LogError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         LogError::Corrupt { .. }
         | LogError::AppendFailed { .. }
@@ -58,6 +59,8 @@ pub fn log_code(error: &LogError) -> ResponseError {
         LogError::NotNextOffset { .. }
         | LogError::NotAMirror { .. }
         | LogError::RestartBeforeEnd { .. }
+        | LogError::NotCompacted { .. }
+        | LogError::TooManyKeys { .. }
         | LogError::Meta(_) => ResponseError::UnknownServerError,
     }
 }

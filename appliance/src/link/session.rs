@@ -30,8 +30,8 @@ use super::transfer::{self, SendOptions};
 use super::{SessionError, describe, frame};
 use crate::group::{Coordinator, GroupError};
 use crate::log::{
-    Log, LogError, MAX_MESSAGE_BYTES, MirrorName, MirrorOwner, Offset, Partition, PartitionId,
-    TopicConfig, TopicName,
+    CleanupPolicy, Log, LogError, MAX_MESSAGE_BYTES, MirrorName, MirrorOwner, Offset, Partition,
+    PartitionId, TopicConfig, TopicName,
 };
 use crate::meta::{GroupId, Meta, Table};
 use crate::security::{Authorizer, Operation, Principal, ResourceType};
@@ -483,6 +483,8 @@ impl State<'_> {
                     max_message_bytes: info.config.max_message_bytes,
                     segment_bytes: info.config.segment_bytes,
                     schema: info.config.schema.clone().unwrap_or_default(),
+                    cleanup_policy: info.config.cleanup_policy.as_str().to_owned(),
+                    delete_retention_ms: info.config.delete_retention_ms,
                 },
             })
             .collect();
@@ -600,6 +602,23 @@ fn declared_schema(topic: &wire::TopicState) -> Option<String> {
         .then(|| topic.schema.clone())
 }
 
+/// A mirror is compacted when its origin is (its retention follows the origin's log start
+/// either way); a policy this side cannot read leaves it uncompacted, which keeps everything.
+fn mirrored_cleanup_policy(topic: &wire::TopicState) -> CleanupPolicy {
+    match topic.cleanup_policy.parse::<CleanupPolicy>() {
+        Ok(policy) if policy.compacts() => CleanupPolicy::Compact,
+        _ => CleanupPolicy::Delete,
+    }
+}
+
+/// The origin's tombstone retention; a peer that does not send one keeps `fallback`'s.
+fn mirrored_delete_retention(topic: &wire::TopicState, fallback: &TopicConfig) -> u64 {
+    match topic.delete_retention_ms {
+        0 => fallback.delete_retention_ms,
+        ms => ms,
+    }
+}
+
 /// The edge whose mirrors live here that a topic name begins with (`<edge>.`): a mirror of
 /// such a topic would be read under the same table name as that edge's mirror.
 fn claimed_owner(log: &Log, topic: &str) -> Option<MirrorOwner> {
@@ -634,6 +653,8 @@ async fn ensure_mirror(
                     .max_message_bytes
                     .max(topic.max_message_bytes.min(MAX_MESSAGE_BYTES)),
                 schema: declared_schema(topic).or(info.config.schema.clone()),
+                cleanup_policy: mirrored_cleanup_policy(topic),
+                delete_retention_ms: mirrored_delete_retention(topic, &info.config),
                 ..info.config.clone()
             };
             if config != info.config {
@@ -662,6 +683,8 @@ async fn ensure_mirror(
                     .clamp(defaults.max_message_bytes, MAX_MESSAGE_BYTES),
                 segment_bytes: topic.segment_bytes.clamp(1 << 20, 1 << 30),
                 schema: declared_schema(topic),
+                cleanup_policy: mirrored_cleanup_policy(topic),
+                delete_retention_ms: mirrored_delete_retention(topic, defaults),
                 ..defaults.clone()
             };
             match log

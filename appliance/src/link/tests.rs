@@ -604,6 +604,7 @@ async fn announce(
             max_message_bytes: 1 << 20,
             segment_bytes: 1 << 20,
             schema: String::new(),
+            ..Default::default()
         })),
     };
     send.write_all(&frame::encode(&state)).await.unwrap();

@@ -181,7 +181,10 @@ impl BatchHeader {
         if base_offset < 0 {
             return Err(BatchError::NegativeOffset { base_offset });
         }
-        if record_count <= 0 || last_offset_delta != record_count - 1 {
+        // A compacted batch keeps its offset range with fewer records: more offsets than
+        // records is valid in the log; appends that assign offsets require them dense
+        // ([`BatchHeader::check_dense`]).
+        if record_count <= 0 || last_offset_delta < record_count - 1 {
             return Err(if record_count == 0 {
                 BatchError::Empty
             } else {
@@ -225,6 +228,18 @@ impl BatchHeader {
 
     pub fn next_offset(&self) -> Offset {
         self.last_offset().next()
+    }
+
+    /// Refuses a batch whose records do not number every offset of its range, as producers'
+    /// batches do; only compaction leaves offsets without records.
+    pub fn check_dense(&self) -> Result<(), BatchError> {
+        if self.last_offset_delta != self.record_count - 1 {
+            return Err(BatchError::BadRecordCount {
+                record_count: i64::from(self.record_count),
+                last_offset_delta: i64::from(self.last_offset_delta),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -304,18 +319,51 @@ pub struct StoredRecord {
 /// the same (a property test compares the two), at a fraction of the cost, and repeated
 /// header keys, which Kafka allows, are kept.
 pub fn encode(records: &[Record], compression: Compression) -> Result<BytesMut, BatchError> {
+    let count = u32::try_from(records.len())
+        .map_err(|_| malformed(anyhow::anyhow!("{} records in one batch", records.len())))?;
+    encode_range(
+        records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| (index as u32, record)),
+        count.saturating_sub(1),
+        compression,
+    )
+}
+
+/// Encodes records at the given offset deltas (increasing) as one batch covering the deltas 0
+/// to `last_offset_delta`, with base offset 0: what compaction writes, where offsets without a
+/// record keep their place in the range.
+pub fn encode_sparse(
+    records: &[(u32, Record)],
+    last_offset_delta: u32,
+    compression: Compression,
+) -> Result<BytesMut, BatchError> {
+    encode_range(
+        records.iter().map(|(delta, record)| (*delta, record)),
+        last_offset_delta,
+        compression,
+    )
+}
+
+fn encode_range<'a>(
+    records: impl Iterator<Item = (u32, &'a Record)> + Clone,
+    last_offset_delta: u32,
+    compression: Compression,
+) -> Result<BytesMut, BatchError> {
     let (Some(min_timestamp), Some(max_timestamp)) = (
-        records.iter().map(|r| r.timestamp.0).min(),
-        records.iter().map(|r| r.timestamp.0).max(),
+        records.clone().map(|(_, r)| r.timestamp.0).min(),
+        records.clone().map(|(_, r)| r.timestamp.0).max(),
     ) else {
         return Err(BatchError::Empty);
     };
-    let count = i32::try_from(records.len())
-        .map_err(|_| malformed(anyhow::anyhow!("{} records in one batch", records.len())))?;
+    let count = i32::try_from(records.clone().count())
+        .map_err(|_| malformed(anyhow::anyhow!("too many records in one batch")))?;
+    let last_offset_delta = i32::try_from(last_offset_delta)
+        .map_err(|_| malformed(anyhow::anyhow!("offset delta {last_offset_delta}")))?;
     let sizes: Vec<usize> = records
-        .iter()
-        .enumerate()
-        .map(|(index, record)| record_body_len(record, index, record.timestamp.0 - min_timestamp))
+        .clone()
+        .map(|(delta, record)| record_body_len(record, delta, record.timestamp.0 - min_timestamp))
         .collect();
     let records_len: usize = sizes
         .iter()
@@ -328,7 +376,7 @@ pub fn encode(records: &[Record], compression: Compression) -> Result<BytesMut, 
     buf.put_u8(MAGIC_V2);
     buf.put_u32(0); // crc, filled in below
     buf.put_i16(compression.to_kafka() as i16);
-    buf.put_i32(count - 1);
+    buf.put_i32(last_offset_delta);
     buf.put_i64(min_timestamp);
     buf.put_i64(max_timestamp);
     buf.put_i64(kp::NO_PRODUCER_ID);
@@ -336,11 +384,11 @@ pub fn encode(records: &[Record], compression: Compression) -> Result<BytesMut, 
     buf.put_i32(kp::NO_SEQUENCE);
     buf.put_i32(count);
     let write_records = |out: &mut BytesMut| -> Result<(), BatchError> {
-        for ((index, record), size) in records.iter().enumerate().zip(&sizes) {
+        for ((delta, record), size) in records.clone().zip(&sizes) {
             put_record(
                 out,
                 record,
-                index,
+                delta,
                 record.timestamp.0 - min_timestamp,
                 *size,
             )?;
@@ -363,12 +411,12 @@ pub fn encode(records: &[Record], compression: Compression) -> Result<BytesMut, 
 }
 
 /// The bytes of one record after its length field.
-fn record_body_len(record: &Record, offset_delta: usize, timestamp_delta: i64) -> usize {
+fn record_body_len(record: &Record, offset_delta: u32, timestamp_delta: i64) -> usize {
     let bytes = |field: Option<&Bytes>| {
         field.map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len())
     };
     1 + varint_len(timestamp_delta)
-        + varint_len(offset_delta as i64)
+        + varint_len(i64::from(offset_delta))
         + bytes(record.key.as_ref())
         + bytes(record.value.as_ref())
         + varint_len(record.headers.len() as i64)
@@ -382,7 +430,7 @@ fn record_body_len(record: &Record, offset_delta: usize, timestamp_delta: i64) -
 fn put_record(
     out: &mut BytesMut,
     record: &Record,
-    offset_delta: usize,
+    offset_delta: u32,
     timestamp_delta: i64,
     size: usize,
 ) -> Result<(), BatchError> {
@@ -391,7 +439,7 @@ fn put_record(
     put_varint(out, size as i64);
     out.put_u8(0); // record attributes: none are defined
     put_varint(out, timestamp_delta);
-    put_varint(out, offset_delta as i64);
+    put_varint(out, i64::from(offset_delta));
     let put_bytes = |out: &mut BytesMut, field: Option<&Bytes>| match field {
         Some(bytes) => {
             put_varint(out, bytes.len() as i64);
@@ -589,6 +637,7 @@ pub fn visit_batch(
     check_room_for_records(record_count, records.len())?;
     let base_offset = header.base_offset.0 as i64;
     let mut cursor = Cursor(&records);
+    let mut previous_delta = -1;
     for index in 0..record_count {
         let size = cursor.length("record length")?;
         let mut record = Cursor(cursor.take(size, "record")?);
@@ -608,6 +657,16 @@ pub fn visit_batch(
                 record.0.len()
             )));
         }
+        if offset_delta <= previous_delta
+            || offset_delta as i64 > i64::from(header.last_offset_delta)
+        {
+            return Err(malformed_detail(format!(
+                "record {index} has offset delta {offset_delta}, after {previous_delta} and \
+                 within 0 to {} expected",
+                header.last_offset_delta
+            )));
+        }
+        previous_delta = offset_delta;
         let offset = base_offset
             .checked_add(i64::from(offset_delta))
             .filter(|offset| *offset >= 0)

@@ -13,7 +13,9 @@
 //! Log::read(topic, partition, offset) -> whole batches below the high watermark, CRC-checked;
 //!   a reader at the end waits on the high watermark's watch channel (long-poll, no busy loop)
 //! retention task -> deletes whole sealed segments by age and by total size, short of what
-//!   retention holds (in memory, per holder) still need, unless a partition exceeds their cap
+//!   retention holds (in memory, per holder) still need, unless a partition exceeds their cap;
+//!   then compacts compacted topics' sealed segments to the newest record per key, offsets
+//!   unchanged (partition/compaction.rs)
 //! Partition::restart_at(offset) -> through the writer: an empty partition from `offset` on
 //! ```
 //!
@@ -32,8 +34,10 @@
 //!
 //! # Invariants
 //!
-//! - Offsets are dense and never reused; segment `N` starts where segment `N-1` ends. Only a
-//!   restart jumps ahead, and it leaves no segment before its new start.
+//! - Offsets are never reused and batches tile them: each batch starts where the one before
+//!   it ends, and segment `N` starts where segment `N-1` ends. Only a restart jumps ahead, and
+//!   it leaves no segment before its new start. Producers' batches number every offset of
+//!   their range; a compacted batch keeps its range with fewer records.
 //! - The high watermark is the offset after the last durable batch; no reader sees past it,
 //!   and an append is acknowledged only once the high watermark covers it (with
 //!   `durability = "os"`, once it is written).
@@ -64,11 +68,13 @@ use tokio_util::task::TaskTracker;
 
 pub use batch::{
     BatchError, BatchHeader, Compression, Header, MAX_DECOMPRESSED_BATCH_BYTES, Record, RecordView,
-    StoredRecord, decode_all, encode, set_base_offset, validate as validate_batch, visit_all,
-    visit_batch,
+    StoredRecord, decode_all, encode, encode_sparse, set_base_offset, validate as validate_batch,
+    visit_all, visit_batch,
 };
 pub use mirror::{HUB_MIRROR_PREFIX, MirrorName, MirrorOwner};
-pub use partition::{AppendOutcome, Partition, ReadChunk};
+pub use partition::{
+    AppendOutcome, CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS, Partition, ReadChunk,
+};
 pub use partitioner::partition_for_key;
 pub use reserve::DiskReserve;
 pub use types::{MAX_TOPIC_NAME_LEN, Offset, PartitionId, Timestamp, TopicName};
@@ -115,6 +121,12 @@ pub struct TopicConfig {
     pub max_message_bytes: u32,
     /// Compression the appliance's own producers use for this topic.
     pub compression: Compression,
+    /// What happens to old records: deleted by retention, compacted to the latest per key,
+    /// or both (Kafka's `cleanup.policy`).
+    pub cleanup_policy: CleanupPolicy,
+    /// How long compaction keeps a tombstone (a record without a value) after its segment was
+    /// sealed, so that a reader behind by less than this still sees the delete.
+    pub delete_retention_ms: u64,
     /// The JSON values' declared schema (a JSON Schema object or a list of fields, as text;
     /// see [`schema`]): queries take their value columns from it instead of inferring them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +143,8 @@ impl Default for TopicConfig {
             segment_ms: 7 * 24 * 3600 * 1000,
             max_message_bytes: 1024 * 1024,
             compression: Compression::None,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: 24 * 3600 * 1000,
             schema: None,
         }
     }
@@ -174,6 +188,69 @@ impl TopicConfig {
             "at least 1, or absent to keep forever",
         );
         problems
+    }
+}
+
+/// Kafka's `cleanup.policy`: what becomes of records older than the newest ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// Retention deletes whole segments by age and size.
+    #[default]
+    Delete,
+    /// Compaction keeps the newest record per key; retention deletes nothing.
+    Compact,
+    /// Both: compacted, and segments past retention deleted.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    pub fn compacts(self) -> bool {
+        matches!(self, Self::Compact | Self::CompactDelete)
+    }
+
+    pub fn deletes(self) -> bool {
+        matches!(self, Self::Delete | Self::CompactDelete)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Compact => "compact",
+            Self::CompactDelete => "compact,delete",
+        }
+    }
+}
+
+impl std::str::FromStr for CleanupPolicy {
+    type Err = String;
+
+    /// Kafka's spellings: `delete`, `compact`, and both separated by a comma in either order.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut parts: Vec<&str> = text.split(',').map(str::trim).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        match parts.as_slice() {
+            ["delete"] => Ok(Self::Delete),
+            ["compact"] => Ok(Self::Compact),
+            ["compact", "delete"] => Ok(Self::CompactDelete),
+            _ => Err(format!(
+                "cleanup policy {text:?} is not one of delete, compact, compact,delete"
+            )),
+        }
+    }
+}
+
+impl Serialize for CleanupPolicy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CleanupPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -246,6 +323,14 @@ pub enum LogError {
     },
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),
+    #[error(
+        "topic {topic} is compacted (cleanup policy {policy}), so every record needs a key; \
+         give the record a key or produce to a topic with cleanup policy delete"
+    )]
+    KeylessRecordInCompactedTopic {
+        topic: TopicName,
+        policy: &'static str,
+    },
     #[error("corrupt data in {} at byte {position}: {problem}", path.display())]
     Corrupt {
         path: PathBuf,
@@ -286,6 +371,20 @@ pub enum LogError {
         partition: PartitionId,
         offset: Offset,
         high_watermark: Offset,
+    },
+    #[error(
+        "topic {topic} is not compacted, so it is not a table: lookups by key serve topics \
+         with cleanup policy compact"
+    )]
+    NotCompacted { topic: TopicName },
+    #[error(
+        "partition {topic}/{partition} holds more than {max} distinct keys, more than a lookup \
+         index holds; give the topic more partitions"
+    )]
+    TooManyKeys {
+        topic: TopicName,
+        partition: PartitionId,
+        max: usize,
     },
     #[error("the log is shutting down")]
     ShuttingDown,
@@ -950,7 +1049,8 @@ impl Log {
         }
     }
 
-    /// Deletes segments past retention in every partition now.
+    /// Deletes segments past retention in every partition now, and compacts the partitions of
+    /// compacted topics where enough was sealed since their last pass.
     pub async fn apply_retention(&self) {
         let partitions: Vec<Arc<Partition>> = self
             .read_topics()
@@ -962,6 +1062,9 @@ impl Log {
             for partition in partitions {
                 if let Err(error) = partition.apply_retention(now) {
                     tracing::warn!(%error, "retention failed");
+                }
+                if let Err(error) = partition.compact_if_due(std::time::SystemTime::now()) {
+                    tracing::warn!(%error, "compaction failed");
                 }
             }
         })

@@ -21,6 +21,18 @@ pub fn log_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.log", base.0))
 }
 
+/// Where compaction writes a segment's replacement before renaming it over the segment; a file
+/// of this name found at start is a compaction a stop interrupted, and is deleted.
+pub fn compacting_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.log.compacting", base.0))
+}
+
+/// Whether a file name is a compaction's unfinished replacement ([`compacting_path`]).
+pub fn is_compacting_file_name(name: &str) -> bool {
+    name.strip_suffix(".log.compacting")
+        .is_some_and(|digits| parse_log_file_name(&format!("{digits}.log")).is_some())
+}
+
 fn offset_index_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.index", base.0))
 }
@@ -140,6 +152,40 @@ impl Segment {
         let segment = Self::new(dir, base, path, file, index, len, end.next_offset);
         segment.write_index_files()?;
         Ok(segment)
+    }
+
+    /// Opens the replacement compaction wrote for the sealed segment at `base` at `written`
+    /// (synced), checking every batch, before it is renamed over the segment: the result is
+    /// the segment as it will be at its own path.
+    pub fn open_replacement(dir: &Path, base: Offset, written: &Path) -> Result<Self, LogError> {
+        let file = Self::open_file(written)?;
+        let len = file_len(&file, written)?;
+        let (index, end) = rebuild(&file, written, base, len)?;
+        if let Some(problem) = end.problem {
+            return Err(LogError::Corrupt {
+                path: written.to_path_buf(),
+                position: end.position,
+                problem,
+            });
+        }
+        Ok(Self::new(
+            dir,
+            base,
+            log_path(dir, base),
+            file,
+            index,
+            len,
+            end.next_offset,
+        ))
+    }
+
+    /// When the segment's data file was last written: for a sealed segment, when it was sealed
+    /// (compaction keeps the time on the segments it rewrites).
+    pub fn modified(&self) -> Result<std::time::SystemTime, LogError> {
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(io_error(&self.path, "stat segment"))
     }
 
     /// Opens the last segment after a start: validates every batch and cuts a torn tail.
@@ -570,19 +616,26 @@ fn file_len(file: &File, path: &Path) -> Result<u64, LogError> {
 
 /// Deletes the files of the segment at `base` in `dir`, those that exist.
 pub fn delete_files(dir: &Path, base: Offset) -> Result<(), LogError> {
-    for path in [
-        log_path(dir, base),
-        offset_index_path(dir, base),
-        time_index_path(dir, base),
-    ] {
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_error(&path, "delete segment file")(e));
-            }
-            _ => {}
-        }
+    remove_if_present(&log_path(dir, base))?;
+    delete_index_files(dir, base)
+}
+
+/// Deletes the index files of the segment at `base` in `dir`, those that exist: they are
+/// rebuilt from the data when the segment is next opened.
+pub fn delete_index_files(dir: &Path, base: Offset) -> Result<(), LogError> {
+    for path in [offset_index_path(dir, base), time_index_path(dir, base)] {
+        remove_if_present(&path)?;
     }
     Ok(())
+}
+
+pub fn remove_if_present(path: &Path) -> Result<(), LogError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_error(path, "delete segment file")(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Makes a directory's entries (files created, renamed or removed in it) durable.

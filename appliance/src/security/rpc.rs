@@ -39,6 +39,7 @@ rpcs! {
     Produce,
     ProduceStream,
     Fetch,
+    Lookup,
     Subscribe,
     ListGroups,
     DescribeGroup,
@@ -109,7 +110,7 @@ impl Rpc {
             Rpc::DeleteTopic => (Topic, Delete),
             Rpc::Produce | Rpc::ProduceStream => (Topic, Write),
             // A query's topics are read; the query itself names no other resource.
-            Rpc::Fetch | Rpc::Execute | Rpc::Follow | Rpc::Describe => (Topic, Read),
+            Rpc::Fetch | Rpc::Lookup | Rpc::Execute | Rpc::Follow | Rpc::Describe => (Topic, Read),
             // Joining a group reads its topics too (checked on each topic it subscribes).
             Rpc::Subscribe | Rpc::CommitOffsets | Rpc::Heartbeat => (Group, Read),
             Rpc::ListGroups | Rpc::DescribeGroup => (Group, Describe),

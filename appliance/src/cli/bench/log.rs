@@ -128,6 +128,19 @@ pub async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
         "read: sequential, whole batches with CRC check, {:.0} MB from page cache: {read_mb_s:>10.1} MB/s",
         read_bytes as f64 / MB
     );
+    let compaction = compaction_case(&log).await?;
+    println!(
+        "compaction: {:.0} MB of sealed segments ({} keys, each written {} times) in {:.2} s: \
+         {:.1} MB/s, {:.0}% of a plain read of the same partition ({:.1} MB/s); {:.1} MB left",
+        compaction.sealed_bytes as f64 / MB,
+        COMPACTION_KEYS,
+        COMPACTION_WRITES_PER_KEY,
+        compaction.seconds,
+        compaction.mb_s,
+        100.0 * compaction.mb_s / compaction.plain_read_mb_s,
+        compaction.plain_read_mb_s,
+        compaction.bytes_after as f64 / MB,
+    );
     log.close().await?;
 
     let find = |record_bytes, producers, partitions| {
@@ -154,6 +167,7 @@ pub async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
             "append_mb_s_1k_64p": append_mb_s_1k_64p,
             "append_rps_100b_8p": append_rps_100b_8p,
             "read_mb_s": read_mb_s,
+            "compaction": compaction,
             "batch_kib": args.batch_kib,
             "seconds_per_case": args.seconds,
             "cases": cases,
@@ -161,6 +175,69 @@ pub async fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
         println!("{summary}");
     }
     Ok(())
+}
+
+const COMPACTION_KEYS: usize = 50_000;
+const COMPACTION_WRITES_PER_KEY: usize = 12;
+
+#[derive(Debug, serde::Serialize)]
+struct CompactionFigures {
+    sealed_bytes: u64,
+    bytes_after: u64,
+    seconds: f64,
+    mb_s: f64,
+    plain_read_mb_s: f64,
+}
+
+/// A compacted topic of [`COMPACTION_KEYS`] keys, each written [`COMPACTION_WRITES_PER_KEY`]
+/// times in 16 MiB segments; one compaction pass over its sealed segments, beside a plain
+/// read of the partition (both from the page cache).
+async fn compaction_case(log: &Log) -> anyhow::Result<CompactionFigures> {
+    let topic = TopicName::new("bench-compaction")?;
+    log.create_topic(
+        topic.clone(),
+        TopicConfig {
+            segment_bytes: 16 * 1024 * 1024,
+            retention_ms: None,
+            cleanup_policy: crate::log::CleanupPolicy::Compact,
+            ..TopicConfig::default()
+        },
+    )
+    .await?;
+    let now = Timestamp::now();
+    let writes: Vec<usize> = (0..COMPACTION_KEYS * COMPACTION_WRITES_PER_KEY).collect();
+    for chunk in writes.chunks(2000) {
+        let records: Vec<Record> = chunk
+            .iter()
+            .map(|n| Record {
+                key: Some(Bytes::from(format!("device-{}", n % COMPACTION_KEYS))),
+                value: Some(Bytes::from(format!(
+                    r#"{{"reading":{n},"unit":"C","site":"plant-7","pad":"{}"}}"#,
+                    "x".repeat(40)
+                ))),
+                headers: Vec::new(),
+                timestamp: now,
+            })
+            .collect();
+        log.append(
+            &topic,
+            PartitionId(0),
+            crate::log::encode(&records, Compression::None)?,
+        )
+        .await?;
+    }
+    let (plain_read_mb_s, _) = read_case(log, &topic)?;
+    let partition = log.partition(&topic, PartitionId(0))?;
+    let started = Instant::now();
+    let report = partition.compact(std::time::SystemTime::now())?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(CompactionFigures {
+        sealed_bytes: report.bytes_before,
+        bytes_after: report.bytes_after,
+        seconds,
+        mb_s: report.bytes_before as f64 / MB / seconds,
+        plain_read_mb_s,
+    })
 }
 
 /// Appends `DISK_CHUNK`s to `streams` growing files at once, each with fdatasync after every

@@ -161,6 +161,7 @@ fn sensors(handle: u32, log_start: u64, high_watermark: u64) -> Vec<OwnTopic<u32
             max_message_bytes: 1 << 20,
             segment_bytes: 1 << 27,
             schema: String::new(),
+            ..Default::default()
         },
         partitions: vec![Some(OwnPartition {
             handle,

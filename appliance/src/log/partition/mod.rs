@@ -5,12 +5,17 @@
 //! writer.rs     the only writer: group commit, pipelined fdatasync, rolls, restarts
 //! recovery.rs   opening: segments listed and checked, the recovery point, a restart's log start
 //! retention.rs  what retention deletes, and the holds that keep what links still need
+//! compaction.rs the newest record per key, sealed segments rewritten at the same offsets
+//! lookup.rs     a compacted topic read as a table: the newest record of a key
 //! ```
 
+mod compaction;
+mod lookup;
 mod recovery;
 mod retention;
 mod writer;
 
+pub use compaction::{CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS};
 #[cfg(test)]
 pub(super) use recovery::write_log_start;
 pub(super) use retention::RetentionHold;
@@ -98,6 +103,8 @@ pub struct Partition {
     /// Retention holds by holder; in memory only, their holders register them again after a
     /// restart.
     holds: Mutex<BTreeMap<String, RetentionHold>>,
+    compaction: Mutex<compaction::CompactionState>,
+    key_index: Mutex<lookup::KeyIndex>,
     /// Set when the writer stopped on an error it cannot recover from (a failed fsync).
     failure: OnceLock<Arc<LogError>>,
     appended_records: AtomicU64,
@@ -140,6 +147,8 @@ impl Partition {
             segments: RwLock::new(segments),
             requests: sender,
             holds: Mutex::new(BTreeMap::new()),
+            compaction: Mutex::default(),
+            key_index: Mutex::default(),
             failure: OnceLock::new(),
             appended_records: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
@@ -255,6 +264,12 @@ impl Partition {
         }
         let header = batch::validate(&batch)?;
         header.check_timestamps()?;
+        if placement == Placement::Next {
+            header.check_dense()?;
+            if read_lock(&self.config).cleanup_policy.compacts() {
+                self.check_keyed(&header, &batch)?;
+            }
+        }
         if header.total_len != batch.len() {
             return Err(LogError::InvalidBatch(batch::BatchError::TrailingBytes {
                 extra: batch.len() - header.total_len,
@@ -272,6 +287,22 @@ impl Partition {
             .map_err(|_| self.unavailable())?;
         let unavailable = self.unavailable();
         Ok(async move { outcome.await.map_err(|_| unavailable)? })
+    }
+
+    /// Refuses a batch with a record without a key: a compacted topic keeps the newest record
+    /// per key, so a keyless record could never be replaced or deleted.
+    fn check_keyed(&self, header: &BatchHeader, batch: &BytesMut) -> Result<(), LogError> {
+        let mut keyless = false;
+        batch::visit_batch(header, Bytes::copy_from_slice(batch), |record| {
+            keyless |= record.key.is_none();
+        })?;
+        if keyless {
+            return Err(LogError::KeylessRecordInCompactedTopic {
+                topic: self.topic.clone(),
+                policy: read_lock(&self.config).cleanup_policy.as_str(),
+            });
+        }
+        Ok(())
     }
 
     /// Empties the partition and moves its start and end to `offset`, which must be at or past

@@ -33,12 +33,13 @@ pub(super) fn recover(
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error(dir, "list partition"))? {
         let entry = entry.map_err(io_error(dir, "list partition"))?;
-        if let Some(base) = entry
-            .file_name()
-            .to_str()
-            .and_then(segment::parse_log_file_name)
-        {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = segment::parse_log_file_name(name) {
             bases.push(base);
+        } else if segment::is_compacting_file_name(name) {
+            tracing::warn!(file = %entry.path().display(), "deleting the unfinished replacement of a compaction the stop interrupted; the segment it was for is whole");
+            segment::remove_if_present(&entry.path())?;
         }
     }
     bases.sort();

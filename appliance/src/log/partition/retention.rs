@@ -49,6 +49,9 @@ impl Partition {
     /// out is logged as a warning. Returns how many segments were deleted.
     pub fn apply_retention(&self, now: Timestamp) -> Result<usize, LogError> {
         let config = read_lock(&self.config).clone();
+        if !config.cleanup_policy.deletes() {
+            return Ok(0);
+        }
         let hold = self.binding_hold();
         let doomed: Vec<Arc<Segment>> = {
             let mut segments = self

@@ -321,7 +321,7 @@ impl Writer {
             .active_since
             .is_some_and(|since| since.elapsed() >= Duration::from_millis(config.segment_ms));
         let relative_end =
-            self.next_offset.0 - self.active.base().0 + u64::from(header.record_count);
+            self.next_offset.0 - self.active.base().0 + u64::from(header.last_offset_delta) + 1;
         too_big || too_old || relative_end > u64::from(u32::MAX)
     }
 

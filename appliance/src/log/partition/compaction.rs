@@ -1,0 +1,481 @@
+//! Compaction (`cleanup-policy = compact`): sealed segments rewritten to the newest record per
+//! key, offsets unchanged.
+//!
+//! A pass first maps every key of the partition, up to the high watermark, to the offset of
+//! its newest record (keys as 128-bit digests, at most [`MAX_COMPACTION_KEYS`] of them), then
+//! rewrites each sealed segment that holds a record to remove. A record is removed when a
+//! newer record of its key exists, or when it is a tombstone (no value) that is the newest of
+//! its key and its segment was sealed more than `delete-retention-ms` ago. Kept always: records
+//! without a key, and records carrying a progress tag ([`KEPT_BY_COMPACTION`]), by which
+//! pipelines and source connectors find what they wrote.
+//!
+//! Offsets never change. The kept records of neighbouring batches are written as one batch
+//! whose range (base offset, last offset delta) covers the offsets of the batches it replaces,
+//! so batches still tile the offsets without gaps and every reader (consumers, the link's
+//! mirrors, recovery's continuity checks) reads a compacted segment as any other. A segment of
+//! which nothing would be kept keeps its last record, so that its range stays covered.
+//!
+//! Crash safety: the replacement is written to `<base>.log.compacting` and synced, the old
+//! index files are deleted, and the replacement is renamed over `<base>.log` (the commit
+//! point) and the directory synced; the new indexes follow. A stop before the rename leaves
+//! the old segment (recovery deletes the unfinished file and rebuilds the indexes), one after
+//! it the new one (recovery rebuilds its indexes). The rename and the swap in the segment list
+//! happen under the list's lock, so a segment deleted meanwhile is not brought back; readers
+//! holding the old segment keep reading its open file.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+#[cfg(test)]
+mod tests;
+
+use super::Partition;
+use bytes::Bytes;
+
+use crate::log::batch::{self, BatchHeader, RecordView, StoredRecord};
+use crate::log::segment::{self, Segment};
+use crate::log::{LogError, Offset, TopicConfig, io_error, read_lock};
+
+/// A pass maps at most this many distinct keys of one partition (about 50 MB); a partition
+/// with more is not compacted, with a warning, rather than exhausting a gateway's memory.
+pub const MAX_COMPACTION_KEYS: usize = 1_000_000;
+
+/// Records carrying one of these headers are never removed: they are how pipelines and source
+/// connectors find, after a crash, what they already wrote.
+pub const KEPT_BY_COMPACTION: [&str; 2] = ["appliance.pipeline", "appliance.source"];
+
+/// A pass runs when at least this share of the sealed bytes was sealed since the last pass
+/// (Kafka's `min.cleanable.dirty.ratio`), or when a tombstone kept by the last one expires.
+const MIN_DIRTY_RATIO: f64 = 0.5;
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Bytes of segments read (the key map and the segments rewritten).
+    pub bytes_read: u64,
+    pub segments_rewritten: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub records_removed: u64,
+}
+
+/// What a partition remembers between passes (in memory: the first pass after a start looks
+/// at everything).
+#[derive(Debug, Default)]
+pub(super) struct CompactionState {
+    /// The end of the sealed segments the last pass saw.
+    cleaned_to: Offset,
+    /// When the oldest tombstone the last pass kept may go.
+    tombstone_expiry: Option<SystemTime>,
+}
+
+pub(super) type KeyDigest = [u8; 16];
+
+pub(super) fn digest(key: &[u8]) -> KeyDigest {
+    let hash = Sha256::digest(key);
+    let mut out = [0; 16];
+    out.copy_from_slice(&hash[..16]);
+    out
+}
+
+impl Partition {
+    fn lock_compaction(&self) -> std::sync::MutexGuard<'_, CompactionState> {
+        self.compaction
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Compacts the sealed segments when the topic's policy asks for it and enough was sealed
+    /// since the last pass (or a kept tombstone expired). `None`: nothing was due.
+    pub fn compact_if_due(&self, now: SystemTime) -> Result<Option<CompactionReport>, LogError> {
+        if !read_lock(&self.config).cleanup_policy.compacts() {
+            return Ok(None);
+        }
+        let segments = read_lock(&self.segments).clone();
+        let sealed = &segments[..segments.len() - 1];
+        let sealed_bytes: u64 = sealed.iter().map(|s| s.visible_len()).sum();
+        let (cleaned_to, expiry) = {
+            let state = self.lock_compaction();
+            (state.cleaned_to, state.tombstone_expiry)
+        };
+        let dirty_bytes: u64 = sealed
+            .iter()
+            .filter(|s| s.base() >= cleaned_to)
+            .map(|s| s.visible_len())
+            .sum();
+        let dirty = sealed_bytes > 0 && dirty_bytes as f64 >= MIN_DIRTY_RATIO * sealed_bytes as f64;
+        let expired = expiry.is_some_and(|at| at <= now);
+        if !dirty && !expired {
+            return Ok(None);
+        }
+        self.compact(now).map(Some)
+    }
+
+    /// One compaction pass over every sealed segment, whatever the policy.
+    pub fn compact(&self, now: SystemTime) -> Result<CompactionReport, LogError> {
+        let config = read_lock(&self.config).clone();
+        let segments = read_lock(&self.segments).clone();
+        let high_watermark = self.high_watermark();
+        let mut report = CompactionReport::default();
+        let Some(newest) = self.map_keys(&segments, high_watermark, &mut report)? else {
+            return Ok(report);
+        };
+        let sealed = &segments[..segments.len() - 1];
+        let retention = Duration::from_millis(config.delete_retention_ms);
+        let mut tombstone_expiry: Option<SystemTime> = None;
+        for old in sealed {
+            let modified = old.modified()?;
+            let tombstones_expire_at = modified + retention;
+            let plan = Plan {
+                newest: &newest,
+                drop_tombstones: tombstones_expire_at <= now,
+            };
+            let (removable, kept_tombstones) = plan.count(old, &mut report)?;
+            if kept_tombstones {
+                tombstone_expiry = Some(
+                    tombstone_expiry.map_or(tombstones_expire_at, |t| t.min(tombstones_expire_at)),
+                );
+            }
+            if removable == 0 {
+                continue;
+            }
+            let before = old.visible_len();
+            if let Some(rewritten) = self.rewrite(old, &plan, &config, modified, &mut report)? {
+                report.segments_rewritten += 1;
+                report.bytes_before += before;
+                report.bytes_after += rewritten.len;
+                report.records_removed += rewritten.removed;
+            }
+        }
+        *self.lock_compaction() = CompactionState {
+            cleaned_to: sealed.last().map_or(Offset(0), |s| s.next_offset()),
+            tombstone_expiry,
+        };
+        if report.segments_rewritten > 0 {
+            tracing::info!(
+                topic = %self.topic,
+                partition = %self.id,
+                segments = report.segments_rewritten,
+                records_removed = report.records_removed,
+                bytes_before = report.bytes_before,
+                bytes_after = report.bytes_after,
+                "compacted"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The offset of the newest record of every key below the high watermark; `None` when
+    /// there are more keys than a pass may map.
+    fn map_keys(
+        &self,
+        segments: &[Arc<Segment>],
+        high_watermark: Offset,
+        report: &mut CompactionReport,
+    ) -> Result<Option<HashMap<KeyDigest, Offset>>, LogError> {
+        let mut newest = HashMap::new();
+        for segment in segments {
+            for_each_record(segment, high_watermark, report, |_, record| {
+                if let Some(key) = record.key {
+                    newest.insert(digest(key), record.offset);
+                }
+            })?;
+            if newest.len() > MAX_COMPACTION_KEYS {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = %self.id,
+                    max_keys = MAX_COMPACTION_KEYS,
+                    "not compacted: the partition holds more distinct keys than a compaction \
+                     pass maps; give the topic more partitions"
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some(newest))
+    }
+
+    /// Writes the kept records of `old` to its replacement and swaps it in. `None`: the
+    /// segment left the partition meanwhile.
+    fn rewrite(
+        &self,
+        old: &Arc<Segment>,
+        plan: &Plan<'_>,
+        config: &TopicConfig,
+        modified: SystemTime,
+        report: &mut CompactionReport,
+    ) -> Result<Option<Rewritten>, LogError> {
+        let base = old.base();
+        let temp = segment::compacting_path(&self.dir, base);
+        let written = self.write_replacement(old, plan, config, &temp, modified, report);
+        let opened = written.and_then(|removed| {
+            Segment::open_replacement(&self.dir, base, &temp).map(|segment| (segment, removed))
+        });
+        let (replacement, removed) = match opened {
+            Ok(replacement) => replacement,
+            Err(error) => {
+                let _ = segment::remove_if_present(&temp);
+                return Err(error);
+            }
+        };
+        segment::delete_index_files(&self.dir, base)?;
+        let len = replacement.visible_len();
+        {
+            let mut all = self
+                .segments
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(slot) = all.iter().position(|s| Arc::ptr_eq(s, old)) else {
+                drop(all);
+                segment::remove_if_present(&temp)?;
+                return Ok(None);
+            };
+            std::fs::rename(&temp, segment::log_path(&self.dir, base))
+                .map_err(io_error(&temp, "rename compacted segment"))?;
+            segment::sync_dir(&self.dir)?;
+            all[slot] = Arc::new(replacement);
+            let replacement = all[slot].clone();
+            drop(all);
+            replacement.write_index_files()?;
+        }
+        Ok(Some(Rewritten { len, removed }))
+    }
+
+    fn write_replacement(
+        &self,
+        old: &Segment,
+        plan: &Plan<'_>,
+        config: &TopicConfig,
+        temp: &std::path::Path,
+        modified: SystemTime,
+        report: &mut CompactionReport,
+    ) -> Result<u64, LogError> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(temp)
+            .map_err(io_error(temp, "create compacted segment"))?;
+        let mut out = Output {
+            file: &file,
+            path: temp,
+            position: 0,
+            compression: config.compression,
+            max_batch_bytes: (config.max_message_bytes as usize / 2).clamp(64, 1 << 20),
+            group: Group::starting_at(old.base()),
+            pending: None,
+        };
+        let mut last_batch: Option<(u64, BatchHeader, Bytes)> = None;
+        let mut removed = 0;
+        let mut kept_any = false;
+        for_each_batch(old, Offset(u64::MAX), report, |position, header, bytes| {
+            let mut kept = Vec::new();
+            batch::visit_batch(header, bytes.clone(), |record| {
+                if plan.keeps(&record) {
+                    kept.push(record.to_stored());
+                } else {
+                    removed += 1;
+                }
+            })
+            .map_err(|e| corrupt(old, position, e))?;
+            kept_any |= !kept.is_empty();
+            last_batch = Some((position, *header, bytes));
+            out.add_batch(header, kept)
+        })?;
+        if !kept_any && let Some((position, header, bytes)) = last_batch {
+            let mut records = Vec::new();
+            batch::decode_batch(&header, bytes, &mut records)
+                .map_err(|e| corrupt(old, position, e))?;
+            out.group.records.extend(records.pop());
+            removed -= 1;
+        }
+        out.finish(old.next_offset())?;
+        file.set_modified(modified)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error(temp, "sync compacted segment"))?;
+        Ok(removed)
+    }
+}
+
+/// A segment's replacement: its size and how many records it has fewer.
+struct Rewritten {
+    len: u64,
+    removed: u64,
+}
+
+/// Which records of a segment a pass keeps.
+struct Plan<'a> {
+    newest: &'a HashMap<KeyDigest, Offset>,
+    drop_tombstones: bool,
+}
+
+impl Plan<'_> {
+    fn keeps(&self, record: &RecordView<'_>) -> bool {
+        let Some(key) = record.key else {
+            return true;
+        };
+        if record
+            .headers()
+            .any(|(key, _)| KEPT_BY_COMPACTION.contains(&key))
+        {
+            return true;
+        }
+        let is_newest = self.newest.get(&digest(key)) == Some(&record.offset);
+        is_newest && (record.value.is_some() || !self.drop_tombstones)
+    }
+
+    /// How many records of `segment` the pass removes, and whether it keeps a tombstone.
+    fn count(
+        &self,
+        segment: &Segment,
+        report: &mut CompactionReport,
+    ) -> Result<(u64, bool), LogError> {
+        let mut removable = 0;
+        let mut kept_tombstone = false;
+        for_each_record(segment, Offset(u64::MAX), report, |_, record| {
+            if self.keeps(&record) {
+                kept_tombstone |= record.value.is_none() && record.key.is_some();
+            } else {
+                removable += 1;
+            }
+        })?;
+        Ok((removable, kept_tombstone))
+    }
+}
+
+/// Calls `visit` with the position, header and bytes of every batch of `segment` below `end`,
+/// until it returns an error.
+fn for_each_batch(
+    segment: &Segment,
+    end: Offset,
+    report: &mut CompactionReport,
+    mut visit: impl FnMut(u64, &BatchHeader, Bytes) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    let mut headers = Vec::new();
+    segment.visit_headers(segment.base(), |position, header| {
+        if header.base_offset >= end {
+            return false;
+        }
+        headers.push((position, *header));
+        true
+    })?;
+    for (position, header) in headers {
+        let bytes = segment.read_batch(position, &header)?;
+        report.bytes_read += bytes.len() as u64;
+        visit(position, &header, bytes)?;
+    }
+    Ok(())
+}
+
+/// Calls `visit` with every record of `segment` below `end`, borrowed from its batch.
+fn for_each_record(
+    segment: &Segment,
+    end: Offset,
+    report: &mut CompactionReport,
+    mut visit: impl FnMut(&BatchHeader, RecordView<'_>),
+) -> Result<(), LogError> {
+    for_each_batch(segment, end, report, |position, header, bytes| {
+        batch::visit_batch(header, bytes, |record| visit(header, record))
+            .map_err(|e| corrupt(segment, position, e))
+    })
+}
+
+fn corrupt(segment: &Segment, position: u64, problem: batch::BatchError) -> LogError {
+    LogError::Corrupt {
+        path: segment.path().to_path_buf(),
+        position,
+        problem: crate::log::Corruption::Batch(problem),
+    }
+}
+
+/// The kept records of consecutive batches, written as one batch covering their offsets.
+struct Group {
+    base: Offset,
+    records: Vec<StoredRecord>,
+    bytes: usize,
+}
+
+impl Group {
+    fn starting_at(base: Offset) -> Self {
+        Self {
+            base,
+            records: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// The replacement file being written. A closed group waits in `pending` until the next
+/// group holds a record, so that the offsets of trailing batches without a kept record can
+/// still be added to the last batch written.
+struct Output<'a> {
+    file: &'a std::fs::File,
+    path: &'a std::path::Path,
+    position: u64,
+    compression: batch::Compression,
+    max_batch_bytes: usize,
+    group: Group,
+    pending: Option<(Group, Offset)>,
+}
+
+impl Output<'_> {
+    fn add_batch(&mut self, header: &BatchHeader, kept: Vec<StoredRecord>) -> Result<(), LogError> {
+        let spans_too_much = header.last_offset().0 - self.group.base.0 > i32::MAX as u64;
+        if spans_too_much && !self.group.records.is_empty() {
+            self.close_group(header.base_offset)?;
+        }
+        if !kept.is_empty()
+            && let Some((pending, end)) = self.pending.take()
+        {
+            self.write(pending, end)?;
+        }
+        self.group.bytes += kept.iter().map(|r| r.record.payload_len()).sum::<usize>();
+        self.group.records.extend(kept);
+        if self.group.bytes >= self.max_batch_bytes {
+            self.close_group(header.next_offset())?;
+        }
+        Ok(())
+    }
+
+    /// Ends the current group just before `next`, where the next one starts.
+    fn close_group(&mut self, next: Offset) -> Result<(), LogError> {
+        let group = std::mem::replace(&mut self.group, Group::starting_at(next));
+        if let Some((pending, end)) = self.pending.take() {
+            self.write(pending, end)?;
+        }
+        self.pending = Some((group, next));
+        Ok(())
+    }
+
+    /// Writes what is left; the last batch written covers the offsets up to `end`.
+    fn finish(mut self, end: Offset) -> Result<(), LogError> {
+        let group = std::mem::replace(&mut self.group, Group::starting_at(end));
+        match (self.pending.take(), group.records.is_empty()) {
+            (Some((pending, _)), true) => self.write(pending, end),
+            (Some((pending, pending_end)), false) => {
+                self.write(pending, pending_end)?;
+                self.write(group, end)
+            }
+            (None, _) => self.write(group, end),
+        }
+    }
+
+    fn write(&mut self, group: Group, end: Offset) -> Result<(), LogError> {
+        let records: Vec<(u32, batch::Record)> = group
+            .records
+            .into_iter()
+            .map(|stored| ((stored.offset.0 - group.base.0) as u32, stored.record))
+            .collect();
+        let last_offset_delta = (end.0 - 1 - group.base.0) as u32;
+        let mut bytes = batch::encode_sparse(&records, last_offset_delta, self.compression)?;
+        batch::set_base_offset(&mut bytes, group.base);
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(&bytes, self.position)
+            .map_err(io_error(self.path, "write compacted segment"))?;
+        self.position += bytes.len() as u64;
+        Ok(())
+    }
+}
