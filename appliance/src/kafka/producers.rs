@@ -22,8 +22,9 @@ use crate::meta::{Meta, MetaError, Table};
 
 /// The batches remembered per producer and partition.
 const RECENT_BATCHES: usize = 5;
-/// How many newest segments the state is rebuilt from.
-pub const REBUILD_SEGMENTS: usize = 2;
+/// How many newest segments the state is rebuilt from: the active one and those compaction
+/// leaves whole, so that the producer ids and sequences of their batches are as written.
+pub const REBUILD_SEGMENTS: usize = 1 + crate::log::RECENT_SEGMENTS_LEFT_WHOLE;
 /// Producer ids are reserved in blocks, each made durable before its first id is handed out,
 /// so no id is handed out twice across restarts.
 const ID_BLOCK: i64 = 1000;

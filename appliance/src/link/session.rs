@@ -484,7 +484,7 @@ impl State<'_> {
                     segment_bytes: info.config.segment_bytes,
                     schema: info.config.schema.clone().unwrap_or_default(),
                     cleanup_policy: info.config.cleanup_policy.as_str().to_owned(),
-                    delete_retention_ms: info.config.delete_retention_ms,
+                    delete_retention_ms: Some(info.config.delete_retention_ms),
                 },
             })
             .collect();
@@ -602,8 +602,9 @@ fn declared_schema(topic: &wire::TopicState) -> Option<String> {
         .then(|| topic.schema.clone())
 }
 
-/// A mirror is compacted when its origin is (its retention follows the origin's log start
-/// either way); a policy this side cannot read leaves it uncompacted, which keeps everything.
+/// A mirror is compacted when its origin is, `compact,delete` included (a mirror has no
+/// retention of its own: it follows the origin's log start); a policy this side cannot read
+/// leaves it uncompacted, which keeps everything.
 fn mirrored_cleanup_policy(topic: &wire::TopicState) -> CleanupPolicy {
     match topic.cleanup_policy.parse::<CleanupPolicy>() {
         Ok(policy) if policy.compacts() => CleanupPolicy::Compact,
@@ -613,10 +614,9 @@ fn mirrored_cleanup_policy(topic: &wire::TopicState) -> CleanupPolicy {
 
 /// The origin's tombstone retention; a peer that does not send one keeps `fallback`'s.
 fn mirrored_delete_retention(topic: &wire::TopicState, fallback: &TopicConfig) -> u64 {
-    match topic.delete_retention_ms {
-        0 => fallback.delete_retention_ms,
-        ms => ms,
-    }
+    topic
+        .delete_retention_ms
+        .unwrap_or(fallback.delete_retention_ms)
 }
 
 /// The edge whose mirrors live here that a topic name begins with (`<edge>.`): a mirror of

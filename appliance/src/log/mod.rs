@@ -73,7 +73,8 @@ pub use batch::{
 };
 pub use mirror::{HUB_MIRROR_PREFIX, MirrorName, MirrorOwner};
 pub use partition::{
-    AppendOutcome, CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS, Partition, ReadChunk,
+    AppendOutcome, CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS, Partition,
+    RECENT_SEGMENTS_LEFT_WHOLE, ReadChunk,
 };
 pub use partitioner::partition_for_key;
 pub use reserve::DiskReserve;

@@ -43,6 +43,11 @@ use crate::log::{LogError, Offset, TopicConfig, io_error, read_lock};
 /// with more is not compacted, with a warning, rather than exhausting a gateway's memory.
 pub const MAX_COMPACTION_KEYS: usize = 1_000_000;
 
+/// The newest sealed segments that compaction leaves whole: readers of the recent batch
+/// headers (Kafka's idempotent producers, rebuilt after a restart from the active segment
+/// and these) need their producer ids and sequences.
+pub const RECENT_SEGMENTS_LEFT_WHOLE: usize = 1;
+
 /// Records carrying one of these headers are never removed: they are how pipelines and source
 /// connectors find, after a crash, what they already wrote.
 pub const KEPT_BY_COMPACTION: [&str; 2] = ["appliance.pipeline", "appliance.source"];
@@ -95,7 +100,7 @@ impl Partition {
             return Ok(None);
         }
         let segments = read_lock(&self.segments).clone();
-        let sealed = &segments[..segments.len() - 1];
+        let sealed = self.compactable(&segments);
         let sealed_bytes: u64 = sealed.iter().map(|s| s.visible_len()).sum();
         let (cleaned_to, expiry) = {
             let state = self.lock_compaction();
@@ -114,8 +119,26 @@ impl Partition {
         self.compact(now).map(Some)
     }
 
-    /// One compaction pass over every sealed segment, whatever the policy.
+    /// The sealed segments a pass may rewrite, oldest first: not the newest sealed one, where
+    /// Kafka's idempotent producers' recent batches are found after a restart (their ids and
+    /// sequences would be lost in a rewrite), and none holding an offset a retention hold
+    /// keeps (a link that has not acknowledged it resumes there, at a batch boundary it
+    /// already compared with its mirror).
+    fn compactable<'a>(&self, segments: &'a [Arc<Segment>]) -> &'a [Arc<Segment>] {
+        let sealed = &segments[..segments
+            .len()
+            .saturating_sub(1 + RECENT_SEGMENTS_LEFT_WHOLE)];
+        let keep_from = self
+            .binding_hold()
+            .map_or(Offset(u64::MAX), |hold| hold.keep_from);
+        let eligible = sealed.partition_point(|s| s.next_offset() < keep_from);
+        &sealed[..eligible]
+    }
+
+    /// One compaction pass over the sealed segments it may rewrite, whatever the policy.
     pub fn compact(&self, now: SystemTime) -> Result<CompactionReport, LogError> {
+        // Held for the pass: two passes of one partition would share replacement files.
+        let mut state = self.lock_compaction();
         let config = read_lock(&self.config).clone();
         let segments = read_lock(&self.segments).clone();
         let high_watermark = self.high_watermark();
@@ -123,7 +146,7 @@ impl Partition {
         let Some(newest) = self.map_keys(&segments, high_watermark, &mut report)? else {
             return Ok(report);
         };
-        let sealed = &segments[..segments.len() - 1];
+        let sealed = self.compactable(&segments);
         let retention = Duration::from_millis(config.delete_retention_ms);
         let mut tombstone_expiry: Option<SystemTime> = None;
         for old in sealed {
@@ -133,13 +156,13 @@ impl Partition {
                 newest: &newest,
                 drop_tombstones: tombstones_expire_at <= now,
             };
-            let (removable, kept_tombstones) = plan.count(old, &mut report)?;
-            if kept_tombstones {
+            let count = plan.count(old, &mut report)?;
+            if count.kept_tombstone {
                 tombstone_expiry = Some(
                     tombstone_expiry.map_or(tombstones_expire_at, |t| t.min(tombstones_expire_at)),
                 );
             }
-            if removable == 0 {
+            if count.removable == 0 || count.is_lone_filler() {
                 continue;
             }
             let before = old.visible_len();
@@ -150,7 +173,7 @@ impl Partition {
                 report.records_removed += rewritten.removed;
             }
         }
-        *self.lock_compaction() = CompactionState {
+        *state = CompactionState {
             cleaned_to: sealed.last().map_or(Offset(0), |s| s.next_offset()),
             tombstone_expiry,
         };
@@ -179,7 +202,9 @@ impl Partition {
         let mut newest = HashMap::new();
         for segment in segments {
             for_each_record(segment, high_watermark, report, |_, record| {
-                if let Some(key) = record.key {
+                if let Some(key) = record.key
+                    && newest.len() <= MAX_COMPACTION_KEYS
+                {
                     newest.insert(digest(key), record.offset);
                 }
             })?;
@@ -221,6 +246,7 @@ impl Partition {
             }
         };
         segment::delete_index_files(&self.dir, base)?;
+        segment::sync_dir(&self.dir)?;
         let len = replacement.visible_len();
         {
             let mut all = self
@@ -234,10 +260,11 @@ impl Partition {
             };
             std::fs::rename(&temp, segment::log_path(&self.dir, base))
                 .map_err(io_error(&temp, "rename compacted segment"))?;
-            segment::sync_dir(&self.dir)?;
             all[slot] = Arc::new(replacement);
             let replacement = all[slot].clone();
             drop(all);
+            // Until this sync a crash may bring the old segment back, which is as valid.
+            segment::sync_dir(&self.dir)?;
             replacement.write_index_files()?;
         }
         Ok(Some(Rewritten { len, removed }))
@@ -263,7 +290,9 @@ impl Partition {
             path: temp,
             position: 0,
             compression: config.compression,
-            max_batch_bytes: (config.max_message_bytes as usize / 2).clamp(64, 1 << 20),
+            max_batch_bytes: (config.max_message_bytes as usize)
+                .saturating_sub(BATCH_OVERHEAD)
+                .min(1 << 20),
             group: Group::starting_at(old.base()),
             pending: None,
         };
@@ -274,7 +303,7 @@ impl Partition {
             let mut kept = Vec::new();
             batch::visit_batch(header, bytes.clone(), |record| {
                 if plan.keeps(&record) {
-                    kept.push(record.to_stored());
+                    kept.push(detached(&record));
                 } else {
                     removed += 1;
                 }
@@ -282,20 +311,73 @@ impl Partition {
             .map_err(|e| corrupt(old, position, e))?;
             kept_any |= !kept.is_empty();
             last_batch = Some((position, *header, bytes));
-            out.add_batch(header, kept)
+            kept.into_iter().try_for_each(|record| out.add(record))
         })?;
         if !kept_any && let Some((position, header, bytes)) = last_batch {
             let mut records = Vec::new();
             batch::decode_batch(&header, bytes, &mut records)
                 .map_err(|e| corrupt(old, position, e))?;
-            out.group.records.extend(records.pop());
-            removed -= 1;
+            if let Some(last) = records.pop() {
+                out.add(filler(last))?;
+                removed -= 1;
+            }
         }
         out.finish(old.next_offset())?;
         file.set_modified(modified)
             .and_then(|()| file.sync_all())
             .map_err(io_error(temp, "sync compacted segment"))?;
         Ok(removed)
+    }
+}
+
+/// A record of a batch with bytes of its own, so that a kept record does not hold its whole
+/// (decompressed) batch in memory.
+fn detached(record: &RecordView<'_>) -> StoredRecord {
+    let copy = |field: Option<&[u8]>| field.map(Bytes::copy_from_slice);
+    StoredRecord {
+        offset: record.offset,
+        record: batch::Record {
+            key: copy(record.key),
+            value: copy(record.value),
+            headers: record
+                .headers()
+                .map(|(key, value)| batch::Header {
+                    key: key.to_owned(),
+                    value: copy(value),
+                })
+                .collect(),
+            timestamp: record.timestamp,
+        },
+    }
+}
+
+/// What stands for a segment of which nothing is kept, so that its offsets stay covered: a
+/// tombstone of its last record's key, which a newer record of the key outlives and which
+/// cannot bring back a value that a newer tombstone deleted.
+fn filler(last: StoredRecord) -> StoredRecord {
+    StoredRecord {
+        offset: last.offset,
+        record: batch::Record {
+            value: None,
+            headers: Vec::new(),
+            ..last.record
+        },
+    }
+}
+
+/// What a pass would do to one segment.
+struct Count {
+    records: u64,
+    removable: u64,
+    kept_tombstone: bool,
+    /// The segment's only record is a tombstone: what a segment of which nothing is kept
+    /// becomes, so rewriting it changes nothing.
+    lone_tombstone: bool,
+}
+
+impl Count {
+    fn is_lone_filler(&self) -> bool {
+        self.records == 1 && self.lone_tombstone
     }
 }
 
@@ -327,21 +409,23 @@ impl Plan<'_> {
     }
 
     /// How many records of `segment` the pass removes, and whether it keeps a tombstone.
-    fn count(
-        &self,
-        segment: &Segment,
-        report: &mut CompactionReport,
-    ) -> Result<(u64, bool), LogError> {
-        let mut removable = 0;
-        let mut kept_tombstone = false;
+    fn count(&self, segment: &Segment, report: &mut CompactionReport) -> Result<Count, LogError> {
+        let mut count = Count {
+            records: 0,
+            removable: 0,
+            kept_tombstone: false,
+            lone_tombstone: false,
+        };
         for_each_record(segment, Offset(u64::MAX), report, |_, record| {
+            count.records += 1;
+            count.lone_tombstone = record.value.is_none();
             if self.keeps(&record) {
-                kept_tombstone |= record.value.is_none() && record.key.is_some();
+                count.kept_tombstone |= record.value.is_none() && record.key.is_some();
             } else {
-                removable += 1;
+                count.removable += 1;
             }
         })?;
-        Ok((removable, kept_tombstone))
+        Ok(count)
     }
 }
 
@@ -390,6 +474,14 @@ fn corrupt(segment: &Segment, position: u64, problem: batch::BatchError) -> LogE
     }
 }
 
+/// A batch's header and the slack of its compression's framing.
+const BATCH_OVERHEAD: usize = 256;
+
+/// A record's bytes in a batch, at most: its payload and every varint at its widest.
+fn encoded_size(record: &batch::Record) -> usize {
+    record.payload_len() + 40 + 10 * record.headers.len()
+}
+
 /// The kept records of consecutive batches, written as one batch covering their offsets.
 struct Group {
     base: Offset,
@@ -415,27 +507,28 @@ struct Output<'a> {
     path: &'a std::path::Path,
     position: u64,
     compression: batch::Compression,
+    /// What a written batch may hold at most: within the topic's `max-message-bytes`, so that
+    /// a mirror takes it.
     max_batch_bytes: usize,
     group: Group,
     pending: Option<(Group, Offset)>,
 }
 
 impl Output<'_> {
-    fn add_batch(&mut self, header: &BatchHeader, kept: Vec<StoredRecord>) -> Result<(), LogError> {
-        let spans_too_much = header.last_offset().0 - self.group.base.0 > i32::MAX as u64;
-        if spans_too_much && !self.group.records.is_empty() {
-            self.close_group(header.base_offset)?;
+    /// Adds a kept record (in offset order). The group is closed before it when the record
+    /// would take the batch past its size, or its offset delta past what a batch holds.
+    fn add(&mut self, stored: StoredRecord) -> Result<(), LogError> {
+        let size = encoded_size(&stored.record);
+        let too_big = self.group.bytes + size > self.max_batch_bytes;
+        let too_far = stored.offset.0 - self.group.base.0 > i32::MAX as u64;
+        if (too_big || too_far) && !self.group.records.is_empty() {
+            self.close_group(stored.offset)?;
         }
-        if !kept.is_empty()
-            && let Some((pending, end)) = self.pending.take()
-        {
+        if let Some((pending, end)) = self.pending.take() {
             self.write(pending, end)?;
         }
-        self.group.bytes += kept.iter().map(|r| r.record.payload_len()).sum::<usize>();
-        self.group.records.extend(kept);
-        if self.group.bytes >= self.max_batch_bytes {
-            self.close_group(header.next_offset())?;
-        }
+        self.group.bytes += size;
+        self.group.records.push(stored);
         Ok(())
     }
 

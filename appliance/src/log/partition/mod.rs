@@ -15,7 +15,9 @@ mod recovery;
 mod retention;
 mod writer;
 
-pub use compaction::{CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS};
+pub use compaction::{
+    CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS, RECENT_SEGMENTS_LEFT_WHOLE,
+};
 #[cfg(test)]
 pub(super) use recovery::write_log_start;
 pub(super) use retention::RetentionHold;

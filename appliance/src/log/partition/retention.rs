@@ -33,7 +33,7 @@ impl Partition {
     }
 
     /// What all holds together keep: from the smallest offset, up to the smallest cap.
-    fn binding_hold(&self) -> Option<RetentionHold> {
+    pub(super) fn binding_hold(&self) -> Option<RetentionHold> {
         self.lock_holds()
             .values()
             .copied()
