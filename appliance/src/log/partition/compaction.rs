@@ -294,7 +294,6 @@ impl Partition {
                 .saturating_sub(BATCH_OVERHEAD)
                 .min(1 << 20),
             group: Group::starting_at(old.base()),
-            pending: None,
         };
         let mut last_batch: Option<(u64, BatchHeader, Bytes)> = None;
         let mut removed = 0;
@@ -499,9 +498,8 @@ impl Group {
     }
 }
 
-/// The replacement file being written. A closed group waits in `pending` until the next
-/// group holds a record, so that the offsets of trailing batches without a kept record can
-/// still be added to the last batch written.
+/// The replacement file being written: groups of kept records, each written as one batch
+/// once the next record would not fit, the last one covering the segment's remaining offsets.
 struct Output<'a> {
     file: &'a std::fs::File,
     path: &'a std::path::Path,
@@ -511,7 +509,6 @@ struct Output<'a> {
     /// a mirror takes it.
     max_batch_bytes: usize,
     group: Group,
-    pending: Option<(Group, Offset)>,
 }
 
 impl Output<'_> {
@@ -522,37 +519,20 @@ impl Output<'_> {
         let too_big = self.group.bytes + size > self.max_batch_bytes;
         let too_far = stored.offset.0 - self.group.base.0 > i32::MAX as u64;
         if (too_big || too_far) && !self.group.records.is_empty() {
-            self.close_group(stored.offset)?;
-        }
-        if let Some((pending, end)) = self.pending.take() {
-            self.write(pending, end)?;
+            // The group's batch covers the offsets up to this record, which starts the next.
+            let group = std::mem::replace(&mut self.group, Group::starting_at(stored.offset));
+            self.write(group, stored.offset)?;
         }
         self.group.bytes += size;
         self.group.records.push(stored);
         Ok(())
     }
 
-    /// Ends the current group just before `next`, where the next one starts.
-    fn close_group(&mut self, next: Offset) -> Result<(), LogError> {
-        let group = std::mem::replace(&mut self.group, Group::starting_at(next));
-        if let Some((pending, end)) = self.pending.take() {
-            self.write(pending, end)?;
-        }
-        self.pending = Some((group, next));
-        Ok(())
-    }
-
-    /// Writes what is left; the last batch written covers the offsets up to `end`.
+    /// Writes the last group, its batch covering the offsets up to `end` (the segment's end),
+    /// those of trailing batches without a kept record included.
     fn finish(mut self, end: Offset) -> Result<(), LogError> {
         let group = std::mem::replace(&mut self.group, Group::starting_at(end));
-        match (self.pending.take(), group.records.is_empty()) {
-            (Some((pending, _)), true) => self.write(pending, end),
-            (Some((pending, pending_end)), false) => {
-                self.write(pending, pending_end)?;
-                self.write(group, end)
-            }
-            (None, _) => self.write(group, end),
-        }
+        self.write(group, end)
     }
 
     fn write(&mut self, group: Group, end: Offset) -> Result<(), LogError> {
