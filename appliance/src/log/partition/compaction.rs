@@ -59,8 +59,6 @@ const MIN_DIRTY_RATIO: f64 = 0.5;
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompactionReport {
-    /// Bytes of segments read (the key map and the segments rewritten).
-    pub bytes_read: u64,
     pub segments_rewritten: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
@@ -77,9 +75,32 @@ pub(super) struct CompactionState {
     tombstone_expiry: Option<SystemTime>,
 }
 
-pub(super) type KeyDigest = [u8; 16];
+/// Key digests (128 bits of SHA-256) to the offset of their newest record, at most
+/// [`MAX_COMPACTION_KEYS`] of them: what a pass keeps and a lookup finds.
+#[derive(Debug, Default)]
+pub(super) struct NewestOffsets(HashMap<[u8; 16], Offset>);
 
-pub(super) fn digest(key: &[u8]) -> KeyDigest {
+impl NewestOffsets {
+    /// Notes a record read in offset order; past the bound, new keys are not taken.
+    fn note(&mut self, record: &RecordView<'_>) {
+        if let Some(key) = record.key
+            && self.0.len() <= MAX_COMPACTION_KEYS
+        {
+            self.0.insert(digest(key), record.offset);
+        }
+    }
+
+    /// Whether more keys were noted than the bound allows: the map is incomplete.
+    pub(super) fn overflowed(&self) -> bool {
+        self.0.len() > MAX_COMPACTION_KEYS
+    }
+
+    pub(super) fn get(&self, key: &[u8]) -> Option<Offset> {
+        self.0.get(&digest(key)).copied()
+    }
+}
+
+fn digest(key: &[u8]) -> [u8; 16] {
     let hash = Sha256::digest(key);
     let mut out = [0; 16];
     out.copy_from_slice(&hash[..16]);
@@ -141,9 +162,8 @@ impl Partition {
         let mut state = self.lock_compaction();
         let config = read_lock(&self.config).clone();
         let segments = read_lock(&self.segments).clone();
-        let high_watermark = self.high_watermark();
         let mut report = CompactionReport::default();
-        let Some(newest) = self.map_keys(&segments, high_watermark, &mut report)? else {
+        let Some(newest) = self.map_keys()? else {
             return Ok(report);
         };
         let sealed = self.compactable(&segments);
@@ -156,7 +176,7 @@ impl Partition {
                 newest: &newest,
                 drop_tombstones: tombstones_expire_at <= now,
             };
-            let count = plan.count(old, &mut report)?;
+            let count = plan.count(old)?;
             if count.kept_tombstone {
                 tombstone_expiry = Some(
                     tombstone_expiry.map_or(tombstones_expire_at, |t| t.min(tombstones_expire_at)),
@@ -166,7 +186,7 @@ impl Partition {
                 continue;
             }
             let before = old.visible_len();
-            if let Some(rewritten) = self.rewrite(old, &plan, &config, modified, &mut report)? {
+            if let Some(rewritten) = self.rewrite(old, &plan, &config, modified)? {
                 report.segments_rewritten += 1;
                 report.bytes_before += before;
                 report.bytes_after += rewritten.len;
@@ -193,33 +213,30 @@ impl Partition {
 
     /// The offset of the newest record of every key below the high watermark; `None` when
     /// there are more keys than a pass may map.
-    fn map_keys(
-        &self,
-        segments: &[Arc<Segment>],
-        high_watermark: Offset,
-        report: &mut CompactionReport,
-    ) -> Result<Option<HashMap<KeyDigest, Offset>>, LogError> {
-        let mut newest = HashMap::new();
-        for segment in segments {
-            for_each_record(segment, high_watermark, report, |_, record| {
-                if let Some(key) = record.key
-                    && newest.len() <= MAX_COMPACTION_KEYS
-                {
-                    newest.insert(digest(key), record.offset);
-                }
-            })?;
-            if newest.len() > MAX_COMPACTION_KEYS {
-                tracing::warn!(
-                    topic = %self.topic,
-                    partition = %self.id,
-                    max_keys = MAX_COMPACTION_KEYS,
-                    "not compacted: the partition holds more distinct keys than a compaction \
-                     pass maps; give the topic more partitions"
-                );
-                return Ok(None);
-            }
+    fn map_keys(&self) -> Result<Option<NewestOffsets>, LogError> {
+        let mut newest = NewestOffsets::default();
+        self.note_newest(&mut newest, Offset(0))?;
+        if newest.overflowed() {
+            tracing::warn!(
+                topic = %self.topic,
+                partition = %self.id,
+                max_keys = MAX_COMPACTION_KEYS,
+                "not compacted: the partition holds more distinct keys than a compaction \
+                 pass maps; give the topic more partitions"
+            );
+            return Ok(None);
         }
         Ok(Some(newest))
+    }
+
+    /// Notes in `newest` every record from `from` up to the high watermark; returns the offset
+    /// it read to.
+    pub(super) fn note_newest(
+        &self,
+        newest: &mut NewestOffsets,
+        from: Offset,
+    ) -> Result<Offset, LogError> {
+        self.visit_records(from, |record| newest.note(&record))
     }
 
     /// Writes the kept records of `old` to its replacement and swaps it in. `None`: the
@@ -230,11 +247,10 @@ impl Partition {
         plan: &Plan<'_>,
         config: &TopicConfig,
         modified: SystemTime,
-        report: &mut CompactionReport,
     ) -> Result<Option<Rewritten>, LogError> {
         let base = old.base();
         let temp = segment::compacting_path(&self.dir, base);
-        let written = self.write_replacement(old, plan, config, &temp, modified, report);
+        let written = self.write_replacement(old, plan, config, &temp, modified);
         let opened = written.and_then(|removed| {
             Segment::open_replacement(&self.dir, base, &temp).map(|segment| (segment, removed))
         });
@@ -277,7 +293,6 @@ impl Partition {
         config: &TopicConfig,
         temp: &std::path::Path,
         modified: SystemTime,
-        report: &mut CompactionReport,
     ) -> Result<u64, LogError> {
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -298,7 +313,7 @@ impl Partition {
         let mut last_batch: Option<(u64, BatchHeader, Bytes)> = None;
         let mut removed = 0;
         let mut kept_any = false;
-        for_each_batch(old, Offset(u64::MAX), report, |position, header, bytes| {
+        for_each_batch(old, |position, header, bytes| {
             let mut kept = Vec::new();
             batch::visit_batch(header, bytes.clone(), |record| {
                 if plan.keeps(&record) {
@@ -388,7 +403,7 @@ struct Rewritten {
 
 /// Which records of a segment a pass keeps.
 struct Plan<'a> {
-    newest: &'a HashMap<KeyDigest, Offset>,
+    newest: &'a NewestOffsets,
     drop_tombstones: bool,
 }
 
@@ -403,19 +418,19 @@ impl Plan<'_> {
         {
             return true;
         }
-        let is_newest = self.newest.get(&digest(key)) == Some(&record.offset);
+        let is_newest = self.newest.get(key) == Some(record.offset);
         is_newest && (record.value.is_some() || !self.drop_tombstones)
     }
 
     /// How many records of `segment` the pass removes, and whether it keeps a tombstone.
-    fn count(&self, segment: &Segment, report: &mut CompactionReport) -> Result<Count, LogError> {
+    fn count(&self, segment: &Segment) -> Result<Count, LogError> {
         let mut count = Count {
             records: 0,
             removable: 0,
             kept_tombstone: false,
             lone_tombstone: false,
         };
-        for_each_record(segment, Offset(u64::MAX), report, |_, record| {
+        for_each_record(segment, |record| {
             count.records += 1;
             count.lone_tombstone = record.value.is_none();
             if self.keeps(&record) {
@@ -428,40 +443,31 @@ impl Plan<'_> {
     }
 }
 
-/// Calls `visit` with the position, header and bytes of every batch of `segment` below `end`,
-/// until it returns an error.
+/// Calls `visit` with the position, header and bytes of every batch of `segment`, until it
+/// returns an error.
 fn for_each_batch(
     segment: &Segment,
-    end: Offset,
-    report: &mut CompactionReport,
     mut visit: impl FnMut(u64, &BatchHeader, Bytes) -> Result<(), LogError>,
 ) -> Result<(), LogError> {
     let mut headers = Vec::new();
     segment.visit_headers(segment.base(), |position, header| {
-        if header.base_offset >= end {
-            return false;
-        }
         headers.push((position, *header));
         true
     })?;
     for (position, header) in headers {
         let bytes = segment.read_batch(position, &header)?;
-        report.bytes_read += bytes.len() as u64;
         visit(position, &header, bytes)?;
     }
     Ok(())
 }
 
-/// Calls `visit` with every record of `segment` below `end`, borrowed from its batch.
+/// Calls `visit` with every record of `segment`, borrowed from its batch.
 fn for_each_record(
     segment: &Segment,
-    end: Offset,
-    report: &mut CompactionReport,
-    mut visit: impl FnMut(&BatchHeader, RecordView<'_>),
+    mut visit: impl FnMut(RecordView<'_>),
 ) -> Result<(), LogError> {
-    for_each_batch(segment, end, report, |position, header, bytes| {
-        batch::visit_batch(header, bytes, |record| visit(header, record))
-            .map_err(|e| corrupt(segment, position, e))
+    for_each_batch(segment, |position, header, bytes| {
+        batch::visit_batch(header, bytes, &mut visit).map_err(|e| corrupt(segment, position, e))
     })
 }
 

@@ -8,20 +8,16 @@
 //! the key is simply absent. The index holds at most [`MAX_COMPACTION_KEYS`] keys, the bound
 //! compaction itself needs.
 
-use std::collections::HashMap;
 use std::sync::PoisonError;
 
 use super::Partition;
-use super::compaction::{KeyDigest, MAX_COMPACTION_KEYS, digest};
+use super::compaction::{MAX_COMPACTION_KEYS, NewestOffsets};
 use crate::log::batch::{self, StoredRecord};
 use crate::log::{LogError, Offset, read_lock};
 
-/// How much one read of the catch-up takes.
-const CATCH_UP_BYTES: usize = 1 << 20;
-
 #[derive(Debug, Default)]
 pub(super) struct KeyIndex {
-    newest: HashMap<KeyDigest, Offset>,
+    newest: NewestOffsets,
     /// The index covers every record below this offset.
     indexed_to: Offset,
 }
@@ -56,7 +52,6 @@ impl Partition {
     /// The offset of the newest record of `key`, after bringing the index up to the high
     /// watermark.
     fn newest_offset(&self, key: &[u8]) -> Result<Option<Offset>, LogError> {
-        let high_watermark = self.high_watermark();
         let log_start = self.log_start();
         let mut index = self
             .key_index
@@ -65,40 +60,20 @@ impl Partition {
         if index.indexed_to < log_start {
             // New, or the partition restarted past what it indexed.
             *index = KeyIndex {
-                newest: HashMap::new(),
+                newest: NewestOffsets::default(),
                 indexed_to: log_start,
             };
         }
-        while index.indexed_to < high_watermark {
-            let from = index.indexed_to;
-            let chunk = match self.read(from, CATCH_UP_BYTES) {
-                Err(LogError::OffsetOutOfRange { log_start, .. }) if from < log_start => {
-                    index.indexed_to = log_start;
-                    continue;
-                }
-                chunk => chunk?,
-            };
-            if chunk.batches.is_empty() {
-                break;
-            }
-            let newest = &mut index.newest;
-            batch::visit_all(chunk.batches, |record| {
-                if let Some(key) = record.key
-                    && record.offset >= from
-                {
-                    newest.insert(digest(key), record.offset);
-                }
-            })?;
-            if index.newest.len() > MAX_COMPACTION_KEYS {
-                *index = KeyIndex::default();
-                return Err(LogError::TooManyKeys {
-                    topic: self.topic.clone(),
-                    partition: self.id,
-                    max: MAX_COMPACTION_KEYS,
-                });
-            }
-            index.indexed_to = chunk.next_offset.min(high_watermark);
+        let KeyIndex { newest, indexed_to } = &mut *index;
+        *indexed_to = self.note_newest(newest, *indexed_to)?;
+        if newest.overflowed() {
+            *index = KeyIndex::default();
+            return Err(LogError::TooManyKeys {
+                topic: self.topic.clone(),
+                partition: self.id,
+                max: MAX_COMPACTION_KEYS,
+            });
         }
-        Ok(index.newest.get(&digest(key)).copied())
+        Ok(newest.get(key))
     }
 }

@@ -343,6 +343,17 @@ impl Partition {
         from: Offset,
         mut visit: impl FnMut(batch::StoredRecord),
     ) -> Result<(), LogError> {
+        self.visit_records(from, |record| visit(record.to_stored()))
+            .map(|_| ())
+    }
+
+    /// [`Partition::scan`] with each record borrowed from its batch; returns the offset it
+    /// read to.
+    fn visit_records(
+        &self,
+        from: Offset,
+        mut visit: impl FnMut(batch::RecordView<'_>),
+    ) -> Result<Offset, LogError> {
         let end = self.high_watermark();
         let mut offset = from.max(self.log_start());
         while offset < end {
@@ -357,13 +368,14 @@ impl Partition {
             if chunk.batches.is_empty() {
                 break;
             }
-            batch::decode_all(chunk.batches)?
-                .into_iter()
-                .filter(|record| record.offset >= offset)
-                .for_each(&mut visit);
+            batch::visit_all(chunk.batches, |record| {
+                if record.offset >= offset {
+                    visit(record);
+                }
+            })?;
             offset = chunk.next_offset;
         }
-        Ok(())
+        Ok(offset)
     }
 
     /// Visits the header of every batch below the high watermark in the newest `segments`
