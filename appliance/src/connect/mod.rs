@@ -275,6 +275,17 @@ impl Connectors {
         if kind == PluginKind::Sink {
             context.log.topic_info(&new.topic)?;
         }
+        if new
+            .transforms
+            .iter()
+            .any(|t| t.plugin == transform::window::WINDOW_AGGREGATE)
+        {
+            return Err(invalid(format!(
+                "{} runs in pipelines, which keep its state; a connector's transforms are \
+                 stateless",
+                transform::window::WINDOW_AGGREGATE
+            )));
+        }
         transform::validate_transforms(&context.plugins, context.limits, &new.transforms)
             .await
             .map_err(|e| match e {

@@ -1,8 +1,8 @@
 //! The topic graph pipelines make, checked for cycles when a pipeline is created.
 //!
 //! Each pipeline is an edge from its source topic to every topic it can write: its
-//! destination, its dead-letter topic, and the fixed targets of its `regex-router` steps whose
-//! regex matches the source topic. A cycle would send records round forever and grow the disk
+//! destination, its dead-letter topic, the fixed targets of its `regex-router` steps whose
+//! regex matches the source topic, and a `window-aggregate` step's late and changelog topics. A cycle would send records round forever and grow the disk
 //! without bound, so a pipeline that closes one is refused, naming the path. Targets known only
 //! per record (a replacement that inserts `$n` groups, other routing plugins) cannot be known
 //! here: the hop limit ([`super::HOPS_HEADER`]) stops those records at run time.
@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::{PipelineSpec, TransformSpec};
 use crate::log::TopicName;
+use crate::transform::window;
 
 /// The plugin whose fixed targets are known from its configuration.
 const REGEX_ROUTER: &str = "regex-router";
@@ -38,6 +39,10 @@ impl<'a> Edges<'a> {
                 .iter()
                 .filter_map(|transform| fixed_route(transform, from)),
         );
+        if let Ok(Some(window)) = window::stage(transforms) {
+            targets.extend(window.changelog_topic(pipeline).ok());
+            targets.push(window.late_topic);
+        }
         Self {
             pipeline,
             from,

@@ -18,6 +18,7 @@
 
 mod graph;
 mod progress;
+mod state;
 mod task;
 
 use std::sync::Arc;
@@ -206,7 +207,26 @@ impl Pipelines {
             ));
         }
         check_error_policy(new.errors, new.dlq_topic.as_ref(), Some(&new.from)).map_err(invalid)?;
-        self.inner.log.topic_info(&new.from)?;
+        let source = self.inner.log.topic_info(&new.from)?;
+        let window = transform::window::stage(&new.transforms).map_err(invalid)?;
+        let window_topics = match &window {
+            None => None,
+            Some(window) => {
+                let changelog = window.changelog_topic(&new.name).map_err(invalid)?;
+                for (topic, what) in [
+                    (&window.late_topic, "late-topic"),
+                    (&changelog, "changelog"),
+                ] {
+                    if *topic == new.from || *topic == new.to {
+                        return Err(invalid(format!(
+                            "the window's {what} {topic} must differ from the source and the \
+                             destination"
+                        )));
+                    }
+                }
+                Some((window.late_topic.clone(), changelog))
+            }
+        };
         validate_transforms(&self.inner.plugins, self.inner.limits, &new.transforms)
             .await
             .map_err(|e| match e {
@@ -235,8 +255,16 @@ impl Pipelines {
                 new.from
             )));
         }
-        for topic in std::iter::once(&new.to).chain(new.dlq_topic.as_ref()) {
+        let late_topic = window_topics.as_ref().map(|(late, _)| late);
+        for topic in std::iter::once(&new.to)
+            .chain(new.dlq_topic.as_ref())
+            .chain(late_topic)
+        {
             transform::ensure_topic(&self.inner.log, topic).await?;
+        }
+        if let Some((_, changelog)) = &window_topics {
+            state::ensure_changelog(&self.inner.log, changelog, source.partitions.len() as u32)
+                .await?;
         }
         let spec = PipelineSpec {
             id: runtime::unique_id(&new.name),

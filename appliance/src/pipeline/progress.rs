@@ -123,16 +123,24 @@ pub async fn written_ranges(
     };
     let mut ranges = Vec::new();
     target.scan(from, |stored| {
-        for header in stored.record.headers.iter().filter(|h| h.key == TAG_HEADER) {
-            if let Some((id, p, range)) = header.value.as_deref().and_then(parse_tag)
-                && id == pipeline_id
-                && p == partition.0
-            {
-                ranges.push(range);
-            }
-        }
+        ranges.extend(own_range(&stored.record, pipeline_id, partition));
     })?;
     Ok(ranges)
+}
+
+/// The source range `record` is tagged with by `(pipeline_id, partition)`, if it is.
+pub fn own_range(
+    record: &crate::log::Record,
+    pipeline_id: u64,
+    partition: PartitionId,
+) -> Option<SourceRange> {
+    record
+        .headers
+        .iter()
+        .filter(|h| h.key == TAG_HEADER)
+        .filter_map(|h| h.value.as_deref().and_then(parse_tag))
+        .find(|(id, p, _)| *id == pipeline_id && *p == partition.0)
+        .map(|(_, _, range)| range)
 }
 
 #[cfg(test)]

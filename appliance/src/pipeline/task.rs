@@ -2,21 +2,22 @@
 //! record progress. The appends of a few batches are in flight while the next batch is read
 //! and transformed; a batch's progress is recorded, in order, once its appends are durable.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 
 use super::progress::{self, Destination, Progress, SourceRange};
-use super::{PartitionStatus, PipelineSpec};
+use super::{PartitionStatus, PipelineSpec, state};
 use crate::log::{
     self, AppendOutcome, Header, Log, LogError, Offset, PartitionId, StoredRecord, TopicName,
 };
 use crate::meta::{Meta, Table};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
 use crate::runtime::{self, RestartPolicy, State, StatusCell};
+use crate::transform::window::{self, WindowOperator};
 use crate::transform::{
     self, ChainOutput, ErrorPolicy, HOPS_HEADER, MAX_HOPS, Rejection, Step, TaskError, cut_by_size,
     dead_letter, ensure_topic, hops, record_size, to_log_record, to_plugin_record,
@@ -44,8 +45,19 @@ type Routed = BTreeMap<Destination, Vec<(i64, log::Record)>>;
 /// Appends submitted for one source batch, and what to record once they are durable.
 struct InFlight {
     appends: Vec<Pending>,
+    /// The changelog's batches, appended once the other appends are durable.
+    changelog: Vec<(Destination, Arc<log::Partition>, bytes::BytesMut)>,
     next: u64,
     records_out: u64,
+}
+
+/// A pipeline's `window-aggregate` step, with the topic its state is kept in.
+struct WindowStage {
+    operator: WindowOperator,
+    changelog: TopicName,
+    /// Set at start when an idle advance was stopped midway: the results destination's end
+    /// before its results.
+    unfinished_idle_advance: Option<u64>,
 }
 
 pub(super) struct PartitionTask {
@@ -74,7 +86,7 @@ impl PartitionTask {
     async fn transform_until_stopped(&self) -> Result<(), TaskError> {
         let steps = self.start_chain().await?;
         let progress_key = progress::key(self.spec.id, self.partition);
-        let progress: Progress = self
+        let mut progress: Progress = self
             .meta
             .get(Table::PipelineProgress, &progress_key)
             .map_err(TaskError::meta("reading the progress"))?
@@ -103,14 +115,54 @@ impl PartitionTask {
             .log
             .partition(&self.spec.from, self.partition)
             .map_err(TaskError::opening(&self.spec.from))?;
+        let window = self.restore_window(&mut progress).await?;
         let mut worker = Worker {
             task: self,
             steps,
+            window,
             progress,
             progress_key,
             written,
+            last_input: Instant::now(),
         };
         worker.run(&source).await
+    }
+
+    /// The `window-aggregate` step's state, restored from its changelog; the source then
+    /// resumes after what the changelog holds, if that is further than the progress.
+    async fn restore_window(
+        &self,
+        progress: &mut Progress,
+    ) -> Result<Option<WindowStage>, TaskError> {
+        let Some(spec) = window::stage(&self.spec.transforms).map_err(TaskError::Permanent)? else {
+            return Ok(None);
+        };
+        let changelog = spec
+            .changelog_topic(&self.spec.name)
+            .map_err(TaskError::Permanent)?;
+        let partitions = self
+            .log
+            .topic_config(&self.spec.from)
+            .map_err(TaskError::opening(&self.spec.from))?
+            .partitions;
+        state::ensure_changelog(&self.log, &changelog, partitions)
+            .await
+            .map_err(TaskError::opening(&changelog))?;
+        let restored = state::restore(
+            &self.log,
+            spec,
+            changelog.clone(),
+            self.spec.id,
+            self.partition,
+        )?;
+        if let Some(at) = restored.resume_at {
+            progress.next = progress.next.max(at);
+        }
+        Ok(Some(WindowStage {
+            operator: restored.operator,
+            changelog,
+            unfinished_idle_advance: restored.unfinished_idle_advance,
+        }))
     }
 
     async fn start_chain(&self) -> Result<Vec<Step>, TaskError> {
@@ -122,12 +174,16 @@ impl PartitionTask {
 struct Worker<'t> {
     task: &'t PartitionTask,
     steps: Vec<Step>,
+    window: Option<WindowStage>,
     progress: Progress,
     progress_key: String,
     /// Destination topic -> the source ranges it already holds, in any of its partitions
     /// (found by the start scan). By topic, so output is not written again to another
     /// partition when the topic gained partitions since (source `p` goes to `p mod N`).
+    /// Ranges the task has read past are dropped.
     written: HashMap<TopicName, Vec<SourceRange>>,
+    /// When source records were last read (for a window's idle advance).
+    last_input: Instant,
 }
 
 impl Worker<'_> {
@@ -135,6 +191,14 @@ impl Worker<'_> {
         let task = self.task;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         self.skip_deleted(source);
+        self.forget_written_before(self.progress.next);
+        if let Some(end) = self
+            .window
+            .as_mut()
+            .and_then(|w| w.unfinished_idle_advance.take())
+        {
+            self.finish_idle_advance(end).await?;
+        }
         let mut next = self.progress.next;
         task.status.update(|s| {
             s.state = State::Running;
@@ -162,8 +226,10 @@ impl Worker<'_> {
                 self.finish_all(&mut in_flight).await?;
                 self.settle_ends()
                     .map_err(TaskError::meta("recording progress"))?;
+                self.advance_idle_if_due().await?;
                 continue;
             }
+            self.last_input = Instant::now();
             let records: Vec<StoredRecord> = log::decode_all(chunk.batches)
                 .map_err(TaskError::batch(|| format!("reading {}", task.spec.from)))?
                 .into_iter()
@@ -175,9 +241,10 @@ impl Worker<'_> {
             };
             let range = (first.offset.0, last.offset.0);
             let output = self.transform(&records).await?;
-            let (appends, records_out) = self.append(&records, range, output).await?;
+            let (appends, changelog, records_out) = self.append(&records, range, output).await?;
             in_flight.push_back(InFlight {
                 appends,
+                changelog,
                 next: range.1 + 1,
                 records_out,
             });
@@ -220,17 +287,36 @@ impl Worker<'_> {
             partition: self.task.partition.0,
         };
         let input: Vec<plugin::Record> = records.iter().map(to_plugin_record).collect();
-        transform::run_chain(&mut self.steps, &info, input, self.task.spec.errors).await
+        let mut output =
+            transform::run_chain(&mut self.steps, &info, input, self.task.spec.errors).await?;
+        if let Some(window) = &mut self.window {
+            let (records, rejected) = window
+                .operator
+                .process(std::mem::take(&mut output.records), wall_clock_ms())
+                .map_err(TaskError::Permanent)?;
+            output.records = records;
+            output.rejected.extend(rejected);
+        }
+        Ok(output)
     }
 
     /// Routes the output of the source records in `range` to destination partitions, adds
-    /// dead letters, and submits the appends. Returns them with the number of records.
+    /// dead letters, and submits the appends. Returns them, the changelog's batches (to be
+    /// appended after them) and the number of records.
+    #[allow(clippy::type_complexity)]
     async fn append(
         &mut self,
         source: &[StoredRecord],
         range: SourceRange,
         output: ChainOutput,
-    ) -> Result<(Vec<Pending>, u64), TaskError> {
+    ) -> Result<
+        (
+            Vec<Pending>,
+            Vec<(Destination, Arc<log::Partition>, bytes::BytesMut)>,
+            u64,
+        ),
+        TaskError,
+    > {
         let task = self.task;
         let ChainOutput {
             records,
@@ -294,6 +380,7 @@ impl Worker<'_> {
             entries.sort_by_key(|(offset, _)| *offset);
         }
         let mut appends: Vec<Pending> = Vec::new();
+        let mut changelog = Vec::new();
         let mut submitted = 0;
         for (destination, mut entries) in routed {
             if let Some(ranges) = self.written.get(&destination.topic) {
@@ -327,6 +414,14 @@ impl Worker<'_> {
                 let encoded = log::encode(&records, topic_config.compression).map_err(
                     TaskError::batch(|| format!("encoding output for {}", destination.topic)),
                 )?;
+                if self
+                    .window
+                    .as_ref()
+                    .is_some_and(|w| w.changelog == destination.topic)
+                {
+                    changelog.push((destination.clone(), target.clone(), encoded));
+                    continue;
+                }
                 let durable = target
                     .submit(encoded)
                     .await
@@ -339,7 +434,7 @@ impl Worker<'_> {
                 }));
             }
         }
-        Ok((appends, submitted))
+        Ok((appends, changelog, submitted))
     }
 
     /// Waits until a batch's appends are durable, then records its progress (without waiting
@@ -356,7 +451,19 @@ impl Worker<'_> {
             self.progress
                 .set_end(&destination, outcome.last_offset.next());
         }
+        // The changelog commits the state with the output it came with: only after the rest.
+        for (destination, target, batch) in done.changelog {
+            let outcome = target
+                .submit(batch)
+                .await
+                .map_err(TaskError::log("appending to the changelog"))?
+                .await
+                .map_err(TaskError::log("appending to the changelog"))?;
+            self.progress
+                .set_end(&destination, outcome.last_offset.next());
+        }
         self.progress.next = done.next;
+        self.forget_written_before(done.next);
         self.task
             .meta
             .put_unflushed(Table::PipelineProgress, &self.progress_key, &self.progress)
@@ -367,6 +474,106 @@ impl Worker<'_> {
             s.records_out += done.records_out;
         });
         Ok(())
+    }
+
+    /// Drops the ranges found by the start scan that end before `next`: no record before it is
+    /// read again, and output attributed to an earlier offset later (an idle advance's) is new.
+    fn forget_written_before(&mut self, next: u64) {
+        for ranges in self.written.values_mut() {
+            ranges.retain(|(_, to)| *to >= next);
+        }
+    }
+
+    /// With the source idle for the window's `idle-advance`, moves its watermark to the
+    /// gateway's clock minus that and closes the windows it passes, in the three steps
+    /// [`state`] describes. Nothing is in flight when this runs.
+    async fn advance_idle_if_due(&mut self) -> Result<(), TaskError> {
+        let next = self.progress.next;
+        let Some(window) = &self.window else {
+            return Ok(());
+        };
+        let Some(idle) = window.operator.spec().idle_advance else {
+            return Ok(());
+        };
+        if next == 0 || self.last_input.elapsed() < Duration::from_millis(idle as u64) {
+            return Ok(());
+        }
+        let results = results_partition(self.task).await?;
+        let end = self
+            .task
+            .log
+            .partition(&results.topic, results.partition)
+            .map_err(TaskError::opening(&results.topic))?
+            .high_watermark();
+        let Some(window) = &mut self.window else {
+            return Ok(());
+        };
+        let Some(decision) =
+            window
+                .operator
+                .advance_idle(wall_clock_ms() - idle, end.0, next as i64 - 1)
+        else {
+            return Ok(());
+        };
+        self.write_after_last_read(vec![decision]).await?;
+        self.close_after_idle_advance(&HashSet::new()).await
+    }
+
+    /// Completes an idle advance a stop interrupted: results already in the destination past
+    /// `end` are not written again.
+    async fn finish_idle_advance(&mut self, end: u64) -> Result<(), TaskError> {
+        let results = results_partition(self.task).await?;
+        let mut emitted = HashSet::new();
+        if let Ok(target) = self.task.log.partition(&results.topic, results.partition) {
+            target
+                .scan(Offset(end), |stored| {
+                    emitted.extend(window::result_identity(
+                        stored.record.key.as_ref(),
+                        stored.record.value.as_deref(),
+                    ));
+                })
+                .map_err(TaskError::log_with(|| {
+                    format!("scanning {}", results.topic)
+                }))?;
+        }
+        self.close_after_idle_advance(&emitted).await
+    }
+
+    async fn close_after_idle_advance(
+        &mut self,
+        emitted: &HashSet<(Option<Bytes>, i64)>,
+    ) -> Result<(), TaskError> {
+        let offset = self.progress.next as i64 - 1;
+        let Some(window) = &mut self.window else {
+            return Ok(());
+        };
+        let records = window.operator.close_pending(offset, emitted);
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write_after_last_read(records).await
+    }
+
+    /// Appends output that no new source record caused, attributed to the last one read,
+    /// and waits until it is stored.
+    async fn write_after_last_read(
+        &mut self,
+        records: Vec<plugin::Record>,
+    ) -> Result<(), TaskError> {
+        let next = self.progress.next;
+        let range = (next - 1, next - 1);
+        let output = ChainOutput {
+            records,
+            rejected: Vec::new(),
+        };
+        let (appends, changelog, records_out) = self.append(&[], range, output).await?;
+        self.finish(InFlight {
+            appends,
+            changelog,
+            next,
+            records_out,
+        })
+        .await
     }
 
     /// With nothing in flight, every destination's tags up to its current end are accounted
@@ -458,6 +665,17 @@ impl Worker<'_> {
         }
         Ok(topic)
     }
+}
+
+/// Where window results go: the pipeline's destination partition for this source partition.
+async fn results_partition(task: &PartitionTask) -> Result<Destination, TaskError> {
+    destination_partition(task, &mut HashMap::new(), task.spec.to.clone()).await
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Counts rejected records, and with `errors=dlq` routes their originals, with error

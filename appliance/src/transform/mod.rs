@@ -17,6 +17,7 @@
 mod chain;
 mod error;
 mod records;
+pub mod window;
 
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +129,11 @@ pub async fn validate_transforms(
             "at most {MAX_TRANSFORMS} transforms"
         )));
     }
-    for transform in transforms {
+    window::stage(transforms).map_err(TransformsError::Invalid)?;
+    for transform in transforms
+        .iter()
+        .filter(|t| t.plugin != window::WINDOW_AGGREGATE)
+    {
         let loaded = plugins
             .get(&transform.plugin)
             .await
@@ -151,7 +156,8 @@ pub async fn validate_transforms(
     Ok(())
 }
 
-/// Starts one instance of each transform of a chain; `label` prefixes the instances' labels.
+/// Starts one instance of each plugin transform of a chain (the built-in `window-aggregate`
+/// is the pipeline's to run); `label` prefixes the instances' labels.
 pub async fn start_chain(
     plugins: &Plugins,
     limits: Limits,
@@ -159,7 +165,10 @@ pub async fn start_chain(
     label: &str,
 ) -> Result<Vec<Step>, TaskError> {
     let mut steps = Vec::with_capacity(transforms.len());
-    for (index, transform) in transforms.iter().enumerate() {
+    let plugins_of_chain = transforms
+        .iter()
+        .filter(|t| t.plugin != window::WINDOW_AGGREGATE);
+    for (index, transform) in plugins_of_chain.enumerate() {
         let loaded = plugins.get(&transform.plugin).await?;
         let (predicate, config) =
             Predicate::split_config(&transform.config).map_err(TaskError::Permanent)?;

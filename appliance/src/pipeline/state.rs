@@ -1,0 +1,139 @@
+//! The state of a pipeline's `window-aggregate` step: kept in the compacted changelog topic
+//! `<pipeline>.<store>.changelog` (partition p holds source partition p's state), restored
+//! from it when a partition's task starts.
+//!
+//! The changelog is one of the pipeline's destinations, written with the same range tags,
+//! but last: a source batch's changelog batch is appended only once its other output is
+//! durable ([`super::task`]). So the changelog is the commit record of the state: whatever it
+//! holds, the results and late records that came with it are stored too. A start restores
+//! every entry up to the changelog's last batch tagged by this pipeline and partition, and
+//! reads the source from after that batch's range (or the recorded progress, if further);
+//! output of a later range that landed before a crash is found by the destinations' scan
+//! and not written again. Compaction only removes entries a newer one replaces, each batch's
+//! tagged entry stays, and entries of an earlier pipeline of the same name (another id) are
+//! skipped.
+//!
+//! An idle advance (no source records for `idle-advance`) has no source record to attribute
+//! its results to, so it is stored in three steps: the new watermark with the destination's
+//! end (a changelog batch of its own), the results, then their tombstones. A changelog that
+//! ends with the first step was stopped before the last: on start the windows the watermark
+//! passed are closed again, and results already in the destination past that end (found by
+//! key and window start) are not written twice.
+
+use std::time::Instant;
+
+use crate::log::{CleanupPolicy, Log, LogError, Offset, PartitionId, TopicName};
+use crate::transform::TaskError;
+use crate::transform::window::{self, WindowOperator, WindowSpec};
+
+use super::progress;
+
+/// A partition's window state as restored, and where its source resumes.
+pub(super) struct Restored {
+    pub operator: WindowOperator,
+    /// The source offset after the last range the changelog holds, if it holds one.
+    pub resume_at: Option<u64>,
+    /// When the changelog ends with an idle advance, the results of which may be stored in
+    /// part: the destination's end before them.
+    pub unfinished_idle_advance: Option<u64>,
+}
+
+/// Creates the changelog topic (compacted, a partition per source partition) or grows it to
+/// the source's partitions.
+pub(super) async fn ensure_changelog(
+    log: &Log,
+    changelog: &TopicName,
+    partitions: u32,
+) -> Result<(), LogError> {
+    match log.topic_config(changelog) {
+        Ok(config) if config.partitions >= partitions => Ok(()),
+        Ok(_) => log.add_partitions(changelog, partitions).await.map(|_| ()),
+        Err(LogError::UnknownTopic { .. }) => {
+            let mut config = log.topic_defaults().clone();
+            config.partitions = partitions;
+            config.cleanup_policy = CleanupPolicy::Compact;
+            match log.create_topic(changelog.clone(), config).await {
+                Ok(()) | Err(LogError::TopicExists { .. }) => Ok(()),
+                Err(error) => Err(error),
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Reads partition `partition` of the changelog into a new operator; an entry it cannot
+/// read stops the partition (the state would be wrong).
+pub(super) fn restore(
+    log: &Log,
+    spec: WindowSpec,
+    changelog: TopicName,
+    pipeline_id: u64,
+    partition: PartitionId,
+) -> Result<Restored, TaskError> {
+    let started = Instant::now();
+    let source = log
+        .partition(&changelog, partition)
+        .map_err(TaskError::opening(&changelog))?;
+    let mut operator = WindowOperator::new(spec, changelog.clone());
+    let mut pending: Vec<crate::log::Record> = Vec::new();
+    let mut resume_at = None;
+    let mut unfinished_idle_advance = None;
+    let mut problem: Option<String> = None;
+    let mut bytes = 0u64;
+    source
+        .scan(Offset(0), |stored| {
+            if problem.is_some() {
+                return;
+            }
+            let tagged = progress::own_range(&stored.record, pipeline_id, partition);
+            let foreign = stored
+                .record
+                .headers
+                .iter()
+                .any(|h| h.key == progress::TAG_HEADER);
+            pending.push(stored.record);
+            match tagged {
+                Some((_, to)) => {
+                    unfinished_idle_advance = None;
+                    for record in pending.drain(..) {
+                        bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
+                        let Some(key) = record.key.as_deref() else {
+                            continue;
+                        };
+                        let value = record.value.as_deref();
+                        unfinished_idle_advance =
+                            unfinished_idle_advance.or(window::idle_advance_end(key, value));
+                        if let Err(e) = operator.restore(key, value) {
+                            problem = Some(format!("{changelog}/{}: {e}", partition.0));
+                            return;
+                        }
+                    }
+                    resume_at = Some(to + 1);
+                }
+                // Another pipeline's (an earlier one of this name): not this state.
+                None if foreign => pending.clear(),
+                None => {}
+            }
+        })
+        .map_err(TaskError::log_with(|| {
+            format!("restoring state from {changelog}")
+        }))?;
+    if let Some(problem) = problem {
+        return Err(TaskError::Permanent(format!(
+            "the window state cannot be restored: {problem}"
+        )));
+    }
+    tracing::info!(
+        topic = %changelog,
+        partition = partition.0,
+        windows = operator.open_windows(),
+        bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "window state restored"
+    );
+    Ok(Restored {
+        operator,
+        resume_at,
+        unfinished_idle_advance,
+    })
+}
