@@ -1,5 +1,6 @@
-//! `appliance demo`, as a newcomer runs it: a hub and three edges in one process, and a live
-//! per-edge table from SQL on the hub.
+//! `appliance demo`, as a newcomer runs it: a hub and three edges in one process, each edge
+//! downsampling its readings to windows and linking only those, and a live per-edge table
+//! from SQL on the hub with the bytes the links carried beside the raw bytes.
 
 use anyhow::Context;
 use appliance_e2e::run_to_end;
@@ -7,7 +8,10 @@ use appliance_e2e::run_to_end;
 #[test]
 fn the_demo_shows_every_edge_in_the_hubs_live_table_and_stops_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let output = run_to_end(dir.path(), &["demo", "--seconds", "20", "--rate", "100"])?;
+    let output = run_to_end(
+        dir.path(),
+        &["demo", "--seconds", "20", "--rate", "100", "--window", "3s"],
+    )?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
@@ -36,5 +40,18 @@ fn the_demo_shows_every_edge_in_the_hubs_live_table_and_stops_cleanly() -> anyho
             .parse()?;
         assert!(readings > 0, "{row}");
     }
+    // Only the aggregates crossed the uplink: far fewer bytes than the raw readings.
+    let uplink = last
+        .lines()
+        .find(|line| line.starts_with("the links carried"))
+        .with_context(|| format!("no uplink line in\n{last}"))?;
+    let figures: Vec<u64> = uplink
+        .split(' ')
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    let [linked, raw] = figures[..] else {
+        anyhow::bail!("{uplink}");
+    };
+    assert!(linked > 0 && linked * 5 < raw, "{uplink}");
     Ok(())
 }

@@ -49,6 +49,7 @@ fn mirror_message(status: MirrorStatus) -> pb::MirrorPartition {
         lag_records: status.lag_records,
         lag_seconds: status.behind_for.as_secs_f64(),
         bytes_per_second: status.bytes_per_second,
+        bytes: status.bytes,
         gap_records: status.gap_records,
         state: state.to_owned(),
         last_error: problem.unwrap_or_default(),

@@ -4,9 +4,14 @@
 //!
 //! ```text
 //! edge-N: generator connector (synthetic readings) -> insert-field transform (site) -> readings
-//!         -> link (QUIC, mTLS with certificates made for the demo) -> hub: edge-N.readings
-//! hub:    every second, SQL over the table `readings` (every edge's mirror) -> a live table
+//!         -> pipeline `downsample` (window-aggregate: per sensor and window, count, avg, min,
+//!            max) -> downsampled
+//!         -> link (QUIC, mTLS with certificates made for the demo) -> hub: edge-N.downsampled
+//! hub:    every second, SQL over the table `downsampled` (every edge's mirror) -> a live
+//!         table, and the bytes the links carried beside the raw readings' bytes
 //! ```
+//!
+//! Only the aggregates cross the uplink: the raw readings stay on the edge.
 //!
 //! Ctrl-C (or `--seconds`) stops everything cleanly; the data directories go with a
 //! temporary `--dir` (the default) and stay in one the operator named.
@@ -19,8 +24,10 @@ use anyhow::Context;
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::connectors_client::ConnectorsClient;
 use appliance_proto::v1::links_client::LinksClient;
+use appliance_proto::v1::pipelines_client::PipelinesClient;
 use appliance_proto::v1::query_client::QueryClient;
 use appliance_proto::v1::security_client::SecurityClient;
+use appliance_proto::v1::topics_client::TopicsClient;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +39,12 @@ use crate::link::{EdgeId, Role};
 use crate::security::certs;
 
 const EDGES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
-const SQL: &str = "SELECT _edge AS edge, site, count(*) AS readings, \
-    round(avg(temp), 2) AS avg_temp, round(max(temp), 2) AS max_temp, \
-    max(_timestamp) AS latest FROM readings GROUP BY _edge, site ORDER BY _edge";
+/// The edges' output: one record per sensor and window.
+const DOWNSAMPLED: &str = "downsampled";
+const SQL: &str = "SELECT _edge AS edge, site, sum(\"count\") AS readings, count(*) AS windows, \
+    round(sum(avg_temp * \"count\") / sum(\"count\"), 2) AS avg_temp, \
+    round(max(max_temp), 2) AS max_temp, to_timestamp_millis(max(window_end)) AS latest \
+    FROM downsampled GROUP BY _edge, site ORDER BY _edge";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -47,6 +57,9 @@ pub struct DemoArgs {
     /// Stop after this many seconds [default: at Ctrl-C].
     #[arg(long)]
     seconds: Option<u64>,
+    /// The windows each edge downsamples its readings to, per sensor.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    window: Duration,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -92,14 +105,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for (n, edge) in EDGES.iter().enumerate() {
         let running = start(&dir, edge, None, &shutdown).await?;
         let channel = Local::of(&running)?.connect().await?;
-        configure_edge(channel, edge, n, &certs, hub_link, args.rate).await?;
+        configure_edge(channel, edge, n, &certs, hub_link, args.rate, args.window).await?;
         edges.push(running);
     }
+    let window = humantime::format_duration(args.window);
     let intro = format!(
-        "each edge: generator ({} readings/s) -> insert-field (site) -> readings -> link to the hub at {hub_link}\n\
+        "each edge: generator ({} readings/s) -> insert-field (site) -> readings\n\
+         \x20 -> pipeline downsample (window-aggregate: per sensor and {window} window: count, avg, min, max) -> {DOWNSAMPLED}\n\
+         \x20 -> link to the hub at {hub_link}: only the aggregates cross the uplink\n\
          the hub, every second: {SQL}\n",
         args.rate
     );
+    let mut edge_channels = Vec::new();
+    for running in &edges {
+        edge_channels.push(Local::of(running)?.connect().await?);
+    }
     println!("{intro}");
     let terminal = std::io::stdout().is_terminal();
 
@@ -128,7 +148,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             Ok(answer) => render_table(&answer.into_inner())
                 .map_err(|_| anyhow::anyhow!("the hub's answer did not decode"))?,
             Err(status) if status.code() == tonic::Code::NotFound => {
-                "waiting for the edges' first readings to reach the hub...".to_owned()
+                format!(
+                    "waiting for the edges' first {window} windows to close and reach the hub..."
+                )
             }
             Err(status) => format!("the query failed: {}", status.message()),
         };
@@ -136,7 +158,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         if terminal {
             println!("\x1b[2J\x1b[H{intro}");
         }
-        println!("[{shown} s] readings per edge on the hub (Ctrl-C to stop)\n{table}\n");
+        let uplink = match uplink_bytes(&edge_channels).await {
+            Ok((linked, raw)) => format!(
+                "the links carried {linked} bytes for {raw} bytes of raw readings{}",
+                if linked > 0 {
+                    format!(" ({:.0}x less)", raw as f64 / linked as f64)
+                } else {
+                    String::new()
+                }
+            ),
+            Err(error) => format!("uplink bytes unavailable: {error:#}"),
+        };
+        println!("[{shown} s] readings per edge on the hub (Ctrl-C to stop)\n{table}\n{uplink}\n");
     }
 
     shutdown.cancel();
@@ -146,6 +179,32 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("demo stopped");
     drop(temporary);
     Ok(())
+}
+
+/// The bytes the edges' links sent to the hub, and the bytes of the raw readings they keep.
+async fn uplink_bytes(edges: &[ApiChannel]) -> anyhow::Result<(u64, u64)> {
+    let (mut linked, mut raw) = (0, 0);
+    for channel in edges {
+        let link = LinksClient::new(channel.clone())
+            .get_link(pb::GetLinkRequest {
+                name: "to-hub".to_owned(),
+            })
+            .await?
+            .into_inner();
+        linked += link.partitions.iter().map(|p| p.bytes).sum::<u64>();
+        let readings = TopicsClient::new(channel.clone())
+            .get_topic(pb::GetTopicRequest {
+                name: "readings".to_owned(),
+            })
+            .await?
+            .into_inner();
+        raw += readings
+            .partitions
+            .iter()
+            .map(|p| p.size_bytes)
+            .sum::<u64>();
+    }
+    Ok((linked, raw))
 }
 
 /// Lets each edge fill its mirrors on the hub (`Edge:edge-N` may write `edge-N.*`).
@@ -197,8 +256,8 @@ async fn start(
         .with_context(|| format!("starting the demo's {name}"))
 }
 
-/// The edge's generator connector and its link to the hub, unless they exist from an earlier
-/// run in the same `--dir`.
+/// The edge's generator connector, its downsampling pipeline and its link to the hub, unless
+/// they exist from an earlier run in the same `--dir`.
 async fn configure_edge(
     channel: ApiChannel,
     edge: &str,
@@ -206,6 +265,7 @@ async fn configure_edge(
     certs: &Path,
     hub_link: std::net::SocketAddr,
     rate: u32,
+    window: Duration,
 ) -> anyhow::Result<()> {
     let entry = |key: &str, value: String| pb::ConfigEntry {
         key: key.to_owned(),
@@ -236,6 +296,36 @@ async fn configure_edge(
         Err(status) if status.code() == tonic::Code::AlreadyExists => {}
         Err(status) => anyhow::bail!("{edge}: creating the generator: {}", status.message()),
     }
+    let size = format!("{}ms", window.as_millis());
+    let settings = [
+        ("window", "tumbling"),
+        ("size", size.as_str()),
+        ("grace", "2s"),
+        ("group-by", "site;sensor"),
+        ("aggregates", "count;avg(temp);min(temp);max(temp)"),
+        ("late-topic", "readings.late"),
+    ];
+    let created = PipelinesClient::new(channel.clone())
+        .create_pipeline(pb::CreatePipelineRequest {
+            name: "downsample".to_owned(),
+            from_topic: "readings".to_owned(),
+            to_topic: DOWNSAMPLED.to_owned(),
+            transforms: vec![pb::Transform {
+                plugin: "window-aggregate".to_owned(),
+                config: settings
+                    .iter()
+                    .map(|(key, value)| entry(key, (*value).to_owned()))
+                    .collect(),
+            }],
+            errors: pb::ErrorPolicy::Fail.into(),
+            dlq_topic: String::new(),
+        })
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+        Err(status) => anyhow::bail!("{edge}: creating the pipeline: {}", status.message()),
+    }
     let file = |name: &str| certs.join(name).display().to_string();
     let mut links = LinksClient::new(channel);
     // The hub listens on a new port each run: a link kept from an earlier run is made anew.
@@ -248,7 +338,7 @@ async fn configure_edge(
         .create_link(pb::CreateLinkRequest {
             name: "to-hub".to_owned(),
             hub: hub_link.to_string(),
-            topics: "readings".to_owned(),
+            topics: DOWNSAMPLED.to_owned(),
             ca: file("ca.pem"),
             cert: file(&format!("{edge}.pem")),
             key: file(&format!("{edge}.key")),

@@ -275,18 +275,7 @@ impl Connectors {
         if kind == PluginKind::Sink {
             context.log.topic_info(&new.topic)?;
         }
-        if new
-            .transforms
-            .iter()
-            .any(|t| t.plugin == transform::window::WINDOW_AGGREGATE)
-        {
-            return Err(invalid(format!(
-                "{} runs in pipelines, which keep its state; a connector's transforms are \
-                 stateless",
-                transform::window::WINDOW_AGGREGATE
-            )));
-        }
-        transform::validate_transforms(&context.plugins, context.limits, &new.transforms)
+        transform::validate_transforms(&context.plugins, context.limits, &new.transforms, None)
             .await
             .map_err(|e| match e {
                 TransformsError::Plugin(e) => ConnectError::Plugin(e),
@@ -678,6 +667,7 @@ impl Task {
             context.limits,
             &self.spec.transforms,
             &label,
+            None,
         )
         .await?;
         Ok((loaded, label, steps))

@@ -99,6 +99,16 @@ pub struct PartitionStatus {
     pub dead_lettered: u64,
     /// Automatic restarts after failures since the partition's task started.
     pub restarts: u32,
+    /// What the last start of a `window-aggregate` partition read back from its changelog.
+    pub state_restored: Option<StateRestored>,
+}
+
+/// A window step's state as restored from its changelog at a partition's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateRestored {
+    pub bytes: u64,
+    pub open_windows: usize,
+    pub took: std::time::Duration,
 }
 
 impl PartitionStatus {
@@ -227,12 +237,21 @@ impl Pipelines {
                 Some((window.late_topic.clone(), changelog))
             }
         };
-        validate_transforms(&self.inner.plugins, self.inner.limits, &new.transforms)
-            .await
-            .map_err(|e| match e {
-                TransformsError::Plugin(e) => PipelineError::Plugin(e),
-                TransformsError::Invalid(problem) => invalid(problem),
-            })?;
+        let stream = transform::StreamContext {
+            log: &self.inner.log,
+            stream: &new.from,
+        };
+        validate_transforms(
+            &self.inner.plugins,
+            self.inner.limits,
+            &new.transforms,
+            Some(stream),
+        )
+        .await
+        .map_err(|e| match e {
+            TransformsError::Plugin(e) => PipelineError::Plugin(e),
+            TransformsError::Invalid(problem) => invalid(problem),
+        })?;
         let mut pipelines = self.inner.pipelines.lock().await;
         if pipelines.contains(&new.name) {
             return Err(PipelineError::AlreadyExists { name: new.name });
@@ -410,6 +429,7 @@ impl Pipelines {
                 skipped: 0,
                 dead_lettered: 0,
                 restarts: 0,
+                state_restored: None,
             }));
             if !running.spec.paused {
                 let context = task::PartitionTask {

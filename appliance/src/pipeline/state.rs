@@ -26,7 +26,7 @@ use crate::log::{CleanupPolicy, Log, LogError, Offset, PartitionId, TopicName};
 use crate::transform::TaskError;
 use crate::transform::window::{self, WindowOperator, WindowSpec};
 
-use super::progress;
+use super::{StateRestored, progress};
 
 /// A partition's window state as restored, and where its source resumes.
 pub(super) struct Restored {
@@ -36,6 +36,7 @@ pub(super) struct Restored {
     /// When the changelog ends with an idle advance, the results of which may be stored in
     /// part: the destination's end before them.
     pub unfinished_idle_advance: Option<u64>,
+    pub report: StateRestored,
 }
 
 /// Creates the changelog topic (compacted, a partition per source partition) or grows it to
@@ -96,7 +97,9 @@ pub(super) fn restore(
                 Some((_, to)) => {
                     unfinished_idle_advance = None;
                     for record in pending.drain(..) {
-                        bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
+                        bytes += (record.key.as_ref().map_or(0, |k| k.len())
+                            + record.value.as_ref().map_or(0, |v| v.len()))
+                            as u64;
                         let Some(key) = record.key.as_deref() else {
                             continue;
                         };
@@ -123,17 +126,23 @@ pub(super) fn restore(
             "the window state cannot be restored: {problem}"
         )));
     }
+    let report = StateRestored {
+        bytes,
+        open_windows: operator.open_windows(),
+        took: started.elapsed(),
+    };
     tracing::info!(
         topic = %changelog,
         partition = partition.0,
-        windows = operator.open_windows(),
+        windows = report.open_windows,
         bytes,
-        ms = started.elapsed().as_millis() as u64,
+        ms = report.took.as_millis() as u64,
         "window state restored"
     );
     Ok(Restored {
         operator,
         resume_at,
         unfinished_idle_advance,
+        report,
     })
 }

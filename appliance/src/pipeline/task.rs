@@ -158,6 +158,8 @@ impl PartitionTask {
         if let Some(at) = restored.resume_at {
             progress.next = progress.next.max(at);
         }
+        self.status
+            .update(|s| s.state_restored = Some(restored.report));
         Ok(Some(WindowStage {
             operator: restored.operator,
             changelog,
@@ -167,7 +169,18 @@ impl PartitionTask {
 
     async fn start_chain(&self) -> Result<Vec<Step>, TaskError> {
         let label = format!("{}/{}", self.spec.name, self.partition.0);
-        transform::start_chain(&self.plugins, self.limits, &self.spec.transforms, &label).await
+        let stream = transform::StreamContext {
+            log: &self.log,
+            stream: &self.spec.from,
+        };
+        transform::start_chain(
+            &self.plugins,
+            self.limits,
+            &self.spec.transforms,
+            &label,
+            Some((stream, self.partition)),
+        )
+        .await
     }
 }
 

@@ -1,10 +1,12 @@
-//! A chain of transform instances applied to one batch, with Kafka Connect's predicates
+//! A chain of transforms (plugin instances, and the built-in `table-join`) applied to one
+//! batch, with Kafka Connect's predicates
 //! (evaluated here, so every plugin gets them) and record-level error isolation: a record a
 //! plugin rejects is taken out of the batch (with everything already derived from it) and the
 //! rest of the batch is transformed again without it.
 
 use regex::Regex;
 
+use super::join::{TABLE_JOIN, TableJoin};
 use super::{ErrorPolicy, TaskError};
 use crate::plugin::{BatchInfo, PluginError, Record, RecordError, TransformInstance};
 
@@ -107,7 +109,36 @@ impl Predicate {
 #[derive(Debug)]
 pub struct Step {
     pub predicate: Option<Predicate>,
-    pub instance: TransformInstance,
+    pub transformer: Transformer,
+}
+
+/// What a step runs: a plugin in its sandbox, or a built-in that needs the host's log.
+#[derive(Debug)]
+pub enum Transformer {
+    Plugin(TransformInstance),
+    TableJoin(TableJoin),
+}
+
+impl Transformer {
+    fn name(&self) -> &str {
+        match self {
+            Self::Plugin(instance) => instance.plugin(),
+            Self::TableJoin(_) => TABLE_JOIN,
+        }
+    }
+
+    async fn process(
+        &mut self,
+        info: &BatchInfo,
+        records: &[Record],
+    ) -> Result<Result<Vec<Record>, RecordError>, TaskError> {
+        match self {
+            Self::Plugin(instance) => Ok(instance.process(info, records).await?),
+            Self::TableJoin(join) => join
+                .process(records)
+                .map_err(TaskError::log("joining with the table")),
+        }
+    }
 }
 
 /// A record a plugin rejected: the source offset it came from, and why.
@@ -159,13 +190,13 @@ async fn run_step(
         if selected.is_empty() {
             break Vec::new();
         }
-        match step.instance.process(info, &selected).await? {
+        match step.transformer.process(info, &selected).await? {
             Ok(out) => {
-                check_contract(step.instance.plugin(), &selected, &out)?;
+                check_contract(step.transformer.name(), &selected, &out)?;
                 break out;
             }
             Err(RecordError { index, message }) => {
-                let plugin = step.instance.plugin().to_owned();
+                let plugin = step.transformer.name().to_owned();
                 let Some(bad) = selected.get(index as usize) else {
                     return Err(contract(
                         &plugin,

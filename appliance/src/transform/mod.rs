@@ -16,6 +16,7 @@
 
 mod chain;
 mod error;
+pub mod join;
 mod records;
 pub mod window;
 
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::log::TopicName;
 use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
 
-pub use chain::{ChainOutput, Predicate, Rejection, Step, run as run_chain};
+pub use chain::{ChainOutput, Predicate, Rejection, Step, Transformer, run as run_chain};
 pub use error::TaskError;
 pub use records::{
     SourceRange, cut_by_size, dead_letter, ensure_topic, hops, record_size, to_log_record,
@@ -32,6 +33,16 @@ pub use records::{
 };
 
 const MAX_TRANSFORMS: usize = 32;
+
+/// Built-in transforms that only pipelines run: they keep state or read other topics.
+pub const PIPELINE_ONLY: [&str; 2] = [window::WINDOW_AGGREGATE, join::TABLE_JOIN];
+
+/// What the built-ins that read other topics need: the log, and the stream they transform.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamContext<'a> {
+    pub log: &'a crate::log::Log,
+    pub stream: &'a TopicName,
+}
 
 /// The header on the last record of each batch a pipeline appends: `ID:PARTITION:OFFSET`.
 pub const PIPELINE_TAG_HEADER: &str = "appliance.pipeline";
@@ -118,22 +129,46 @@ pub enum TransformsError {
 }
 
 /// Instantiates each transform of a chain once, so a configuration its plugin rejects is
-/// reported to whoever creates the chain.
+/// reported to whoever creates the chain. The pipeline-only built-ins are checked against
+/// `stream`; without one (a connector's chain) they are refused.
 pub async fn validate_transforms(
     plugins: &Plugins,
     limits: Limits,
     transforms: &[TransformSpec],
+    stream: Option<StreamContext<'_>>,
 ) -> Result<(), TransformsError> {
     if transforms.len() > MAX_TRANSFORMS {
         return Err(TransformsError::Invalid(format!(
             "at most {MAX_TRANSFORMS} transforms"
         )));
     }
-    window::stage(transforms).map_err(TransformsError::Invalid)?;
-    for transform in transforms
-        .iter()
-        .filter(|t| t.plugin != window::WINDOW_AGGREGATE)
+    if stream.is_none()
+        && let Some(builtin) = transforms
+            .iter()
+            .find(|t| PIPELINE_ONLY.contains(&t.plugin.as_str()))
     {
+        return Err(TransformsError::Invalid(format!(
+            "{} runs in pipelines, which keep its state and read its topics; a connector's \
+             transforms are stateless",
+            builtin.plugin
+        )));
+    }
+    window::stage(transforms).map_err(TransformsError::Invalid)?;
+    for transform in transforms {
+        if transform.plugin == window::WINDOW_AGGREGATE {
+            continue;
+        }
+        if transform.plugin == join::TABLE_JOIN {
+            let invalid = |problem: String| {
+                TransformsError::Invalid(format!("transform {}: {problem}", join::TABLE_JOIN))
+            };
+            let (_, config) = Predicate::split_config(&transform.config).map_err(invalid)?;
+            let spec = join::JoinSpec::parse(&config).map_err(invalid)?;
+            if let Some(stream) = stream {
+                spec.check(stream.log, stream.stream).map_err(invalid)?;
+            }
+            continue;
+        }
         let loaded = plugins
             .get(&transform.plugin)
             .await
@@ -156,28 +191,45 @@ pub async fn validate_transforms(
     Ok(())
 }
 
-/// Starts one instance of each plugin transform of a chain (the built-in `window-aggregate`
-/// is the pipeline's to run); `label` prefixes the instances' labels.
+/// Starts each step of a chain but the built-in `window-aggregate` (the pipeline's to run):
+/// plugin instances, and `table-join` over partition `partition` of `stream`; `label`
+/// prefixes the instances' labels.
 pub async fn start_chain(
     plugins: &Plugins,
     limits: Limits,
     transforms: &[TransformSpec],
     label: &str,
+    stream: Option<(StreamContext<'_>, crate::log::PartitionId)>,
 ) -> Result<Vec<Step>, TaskError> {
     let mut steps = Vec::with_capacity(transforms.len());
-    let plugins_of_chain = transforms
+    let steps_of_chain = transforms
         .iter()
         .filter(|t| t.plugin != window::WINDOW_AGGREGATE);
-    for (index, transform) in plugins_of_chain.enumerate() {
-        let loaded = plugins.get(&transform.plugin).await?;
+    for (index, transform) in steps_of_chain.enumerate() {
         let (predicate, config) =
             Predicate::split_config(&transform.config).map_err(TaskError::Permanent)?;
-        let instance = plugins
-            .instantiate_transform(&loaded, &config, limits, &format!("{label}/{index}"))
-            .await?;
+        let transformer = if transform.plugin == join::TABLE_JOIN {
+            let (stream, partition) = stream.ok_or_else(|| {
+                TaskError::Permanent(format!("{} runs in pipelines only", join::TABLE_JOIN))
+            })?;
+            let join = join::JoinSpec::parse(&config)
+                .and_then(|spec| {
+                    join::TableJoin::start(spec, stream.log.clone(), stream.stream, partition)
+                })
+                .map_err(|problem| {
+                    TaskError::Permanent(format!("transform {}: {problem}", join::TABLE_JOIN))
+                })?;
+            Transformer::TableJoin(join)
+        } else {
+            let loaded = plugins.get(&transform.plugin).await?;
+            let instance = plugins
+                .instantiate_transform(&loaded, &config, limits, &format!("{label}/{index}"))
+                .await?;
+            Transformer::Plugin(instance)
+        };
         steps.push(Step {
             predicate,
-            instance,
+            transformer,
         });
     }
     Ok(steps)

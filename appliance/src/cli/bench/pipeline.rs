@@ -2,7 +2,7 @@
 //! `mask-field` on 200-byte JSON records, the same transforms compiled natively and run in this
 //! process, and the per-call cost of crossing into the sandbox, all in one run.
 //!
-//! Three measurements:
+//! Four measurements:
 //! 1. Pipelines end to end (read, transform in WebAssembly, append durably): records per second
 //!    of wall time and per CPU-second of the whole process (every thread: reader, plugin
 //!    thread, log writer), beside a pipeline with no transform, which only copies.
@@ -11,6 +11,10 @@
 //!    `transform-mask-field` as ordinary dependencies), both starting from the host's records.
 //! 3. Per-call overhead: a filter on a header no record has (no JSON work) at batch sizes 1,
 //!    100 and 1000.
+//!
+//! And after 1., as 1b.: `window-aggregate` (tumbling 1 minute on the records' `ts`, 1,000
+//! sensors, avg/min/max of `temp`) end to end beside the `filter` pipeline, and the restore
+//! of its state from the changelog at the next start, in MB/s of changelog entries read.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -45,6 +49,16 @@ pub struct PipelineBenchArgs {
 const RECORD_BYTES: usize = 200;
 const BATCH: usize = 1000;
 const FILTER: &[(&str, &str)] = &[("field", "temp"), ("greater-than", "30")];
+const SENSORS: usize = 1000;
+const WINDOW: &[(&str, &str)] = &[
+    ("window", "tumbling"),
+    ("size", "1m"),
+    ("grace", "10s"),
+    ("time-field", "ts"),
+    ("group-by", "sensor"),
+    ("aggregates", "avg(temp);min(temp);max(temp)"),
+    ("late-topic", "bench-late"),
+];
 const MASK: &[(&str, &str)] = &[("fields", "card|sensor")];
 
 #[derive(Debug, serde::Serialize)]
@@ -52,6 +66,16 @@ struct PipelineFigures {
     case: &'static str,
     records_s: f64,
     records_per_cpu_s: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct WindowFigures {
+    records_s: f64,
+    records_per_cpu_s: f64,
+    over_filter: f64,
+    restore_mb: f64,
+    restore_mb_s: f64,
+    restored_windows: usize,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -110,12 +134,14 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         ("mask-field", vec![spec("mask-field", MASK)]),
     ] {
         let figures = pipeline_case(&pipelines, &source, case, transforms, args.records).await?;
+        pipelines.delete(&pipeline_name(case)).await?;
         println!(
             "{:<22} {:>12.0} {:>16.0}",
             figures.case, figures.records_s, figures.records_per_cpu_s
         );
         pipeline_figures.push(figures);
     }
+    let window = window_case(&pipelines, &source, &pipeline_figures, args.records).await?;
     pipelines.stop_all().await;
 
     println!();
@@ -190,6 +216,7 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
                 "pipelines": pipeline_figures,
                 "transform_step": step_figures,
                 "per_call": call_figures,
+                "window_aggregate": window,
             })
         );
     }
@@ -210,11 +237,13 @@ fn pairs(config: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A 200-byte JSON reading; `temp` spreads over 0..50, so the filter drops about 40%.
+/// A 200-byte JSON reading of one of 1,000 sensors, a reading a second each (`ts`, an hour
+/// back); `temp` spreads over 0..50, so the filter drops about 40%.
 fn json_record(seq: usize) -> String {
+    let ts = Timestamp::now().0 - 3_600_000 + (seq / SENSORS) as i64 * 1000;
     let mut text = format!(
-        r#"{{"sensor":"sensor-{:07}","site":"plant-{}","temp":{:.2},"humidity":{:.1},"status":"ok","card":"4111-1111-1111-{:04}","seq":{seq},"note":""#,
-        seq % 10_000_000,
+        r#"{{"sensor":"sensor-{:04}","ts":{ts},"site":"plant-{}","temp":{:.2},"humidity":{:.1},"status":"ok","card":"4111-1111-1111-{:04}","seq":{seq},"note":""#,
+        seq % SENSORS,
         seq % 7,
         (seq * 37 % 5000) as f64 / 100.0,
         (seq * 13 % 1000) as f64 / 10.0,
@@ -252,7 +281,7 @@ async fn pipeline_case(
     transforms: Vec<TransformSpec>,
     records: usize,
 ) -> anyhow::Result<PipelineFigures> {
-    let name = format!("bench-{}", case.split(' ').next().unwrap_or("case"));
+    let name = pipeline_name(case);
     let cpu_before = cpu_seconds()?;
     let started = Instant::now();
     pipelines
@@ -278,12 +307,70 @@ async fn pipeline_case(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds()? - cpu_before;
-    pipelines.delete(&name).await?;
     Ok(PipelineFigures {
         case,
         records_s: records as f64 / elapsed,
         records_per_cpu_s: records as f64 / cpu,
     })
+}
+
+fn pipeline_name(case: &str) -> String {
+    format!("bench-{}", case.split(' ').next().unwrap_or("case"))
+}
+
+/// Section 1b: the window pipeline end to end, then its state restored by a pause and resume.
+async fn window_case(
+    pipelines: &Pipelines,
+    source: &TopicName,
+    earlier: &[PipelineFigures],
+    records: usize,
+) -> anyhow::Result<WindowFigures> {
+    let case = "window-aggregate";
+    let figures = pipeline_case(pipelines, source, case, vec![spec(case, WINDOW)], records).await?;
+    let filter = earlier
+        .iter()
+        .find(|f| f.case == "filter")
+        .map_or(f64::NAN, |f| f.records_s);
+    let name = pipeline_name(case);
+    pipelines.pause(&name).await?;
+    pipelines.resume(&name).await?;
+    let restored = loop {
+        let status = pipelines.get(&name).await?;
+        let partition = status.partitions.first().context("no partition")?;
+        if let Some(failure) = partition.state.failure() {
+            anyhow::bail!("pipeline {name} failed: {}", failure.reason);
+        }
+        if let Some(restored) = partition.state_restored {
+            break restored;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    pipelines.delete(&name).await?;
+    let mb = restored.bytes as f64 / 1e6;
+    let window = WindowFigures {
+        records_s: figures.records_s,
+        records_per_cpu_s: figures.records_per_cpu_s,
+        over_filter: figures.records_s / filter,
+        restore_mb: mb,
+        restore_mb_s: mb / restored.took.as_secs_f64(),
+        restored_windows: restored.open_windows,
+    };
+    println!();
+    println!(
+        "1b. window-aggregate: tumbling 1 minute on `ts`, {SENSORS} sensors, avg/min/max of temp"
+    );
+    println!(
+        "{:<22} {:>12.0} {:>16.0}   {:.2}x the filter pipeline",
+        case, window.records_s, window.records_per_cpu_s, window.over_filter
+    );
+    println!(
+        "state restore: {:.1} MB of changelog entries in {:.3} s = {:.0} MB/s ({} open windows)",
+        window.restore_mb,
+        restored.took.as_secs_f64(),
+        window.restore_mb_s,
+        window.restored_windows
+    );
+    Ok(window)
 }
 
 /// User plus system CPU time of the whole process so far.
