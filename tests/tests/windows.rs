@@ -2,7 +2,8 @@
 //! downsamples known readings, out of order and with late ones, to per-device, per-minute
 //! count/avg/min/max; the results are exactly what this test computes, each window once
 //! through three SIGKILLs; the late readings are in the side topic, and a device whose clock
-//! is an hour fast lands there too without closing anyone's window.
+//! is an hour fast lands there too without closing anyone's window. Snapshots of the state
+//! are taken every 200 ms, so the restarts restore from a snapshot and the changelog after it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -223,7 +224,8 @@ async fn downsampling_counts_every_window_once_through_sigkills() -> anyhow::Res
         })
         .await?;
     let window = "window-aggregate:window=tumbling,size=1m,grace=10s,time-field=ts,\
-                  aggregates=count;avg(temp);min(temp);max(temp),late-topic=readings.late";
+                  aggregates=count;avg(temp);min(temp);max(temp),late-topic=readings.late,\
+                  snapshot-interval=200ms";
     let missing_grace = daemon.cli(
         root,
         &[
@@ -284,6 +286,8 @@ async fn downsampling_counts_every_window_once_through_sigkills() -> anyhow::Res
             // while the pipeline is at work.
             if kill != 1 {
                 wait_caught_up(&daemon.channel().await?).await?;
+                // Long enough for a snapshot (every 200 ms) of the caught-up state.
+                tokio::time::sleep(Duration::from_millis(700)).await;
             }
             daemon.stop_with(Signal::SIGKILL)?;
             daemon = Daemon::start_on_free_ports(root, &[])?;
@@ -297,6 +301,11 @@ async fn downsampling_counts_every_window_once_through_sigkills() -> anyhow::Res
             temp: 0,
         })
         .collect();
+    let restored = daemon.log_text();
+    assert!(
+        restored.contains("window state restored") && restored.contains("from_snapshot=true"),
+        "the last start did not restore from a snapshot:\n{restored}"
+    );
     let channel = daemon.channel().await?;
     produce(&channel, &flush, &mut fast).await?;
     wait_caught_up(&channel).await?;

@@ -19,14 +19,41 @@
 //! ends with the first step was stopped before the last: on start the windows the watermark
 //! passed are closed again, and results already in the destination past that end (found by
 //! key and window start) are not written twice.
+//!
+//! Snapshots: every `snapshot-interval`, with nothing in flight (the state in memory is then
+//! exactly what the changelog holds), the state is written to the metadata store with the
+//! changelog offset it covers; a start loads it and reads only the changelog after it. A
+//! snapshot that does not fit the changelog (its topic was recreated) is ignored.
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use crate::log::{CleanupPolicy, Log, LogError, Offset, PartitionId, TopicName};
 use crate::transform::TaskError;
-use crate::transform::window::{self, WindowOperator, WindowSpec};
+use crate::transform::window::{self, WindowOperator, WindowSpec, WindowState};
 
 use super::{StateRestored, progress};
+
+/// A partition's window state at a point where the changelog held exactly that state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Snapshot {
+    /// The changelog offset after the last entry the state includes.
+    pub changelog_next: u64,
+    /// The source offset after the last record the state includes.
+    pub resume_at: u64,
+    pub state: WindowState,
+}
+
+/// The key of a partition's snapshot, under its pipeline's progress prefix (so deleting the
+/// pipeline deletes it).
+pub(super) fn snapshot_key(pipeline_id: u64, partition: PartitionId) -> String {
+    format!(
+        "{}snapshot/{:010}",
+        progress::key_prefix(pipeline_id),
+        partition.0
+    )
+}
 
 /// A partition's window state as restored, and where its source resumes.
 pub(super) struct Restored {
@@ -62,27 +89,43 @@ pub(super) async fn ensure_changelog(
     }
 }
 
-/// Reads partition `partition` of the changelog into a new operator; an entry it cannot
-/// read stops the partition (the state would be wrong).
+/// Reads partition `partition` of the changelog into a new operator, from `snapshot` on if
+/// it fits; an entry it cannot read stops the partition (the state would be wrong).
 pub(super) fn restore(
     log: &Log,
     spec: WindowSpec,
     changelog: TopicName,
-    pipeline_id: u64,
-    partition: PartitionId,
+    (pipeline_id, partition): (u64, PartitionId),
+    snapshot: Option<Snapshot>,
 ) -> Result<Restored, TaskError> {
     let started = Instant::now();
     let source = log
         .partition(&changelog, partition)
         .map_err(TaskError::opening(&changelog))?;
-    let mut operator = WindowOperator::new(spec, changelog.clone());
+    let snapshot = snapshot.filter(|s| {
+        source.log_start().0 <= s.changelog_next && s.changelog_next <= source.high_watermark().0
+    });
+    let from_snapshot = snapshot.is_some();
+    let (mut operator, from, mut resume_at) = match snapshot {
+        Some(snapshot) => (
+            WindowOperator::from_state(spec, changelog.clone(), snapshot.state).map_err(
+                |problem| TaskError::Permanent(format!("the window snapshot: {problem}")),
+            )?,
+            Offset(snapshot.changelog_next),
+            Some(snapshot.resume_at),
+        ),
+        None => (
+            WindowOperator::new(spec, changelog.clone()),
+            Offset(0),
+            None,
+        ),
+    };
     let mut pending: Vec<crate::log::Record> = Vec::new();
-    let mut resume_at = None;
     let mut unfinished_idle_advance = None;
     let mut problem: Option<String> = None;
     let mut bytes = 0u64;
     source
-        .scan(Offset(0), |stored| {
+        .scan(from, |stored| {
             if problem.is_some() {
                 return;
             }
@@ -136,6 +179,8 @@ pub(super) fn restore(
         partition = partition.0,
         windows = report.open_windows,
         bytes,
+        from_snapshot,
+        changelog_from = from.0,
         ms = report.took.as_millis() as u64,
         "window state restored"
     );

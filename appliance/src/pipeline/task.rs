@@ -58,6 +58,8 @@ struct WindowStage {
     /// Set at start when an idle advance was stopped midway: the results destination's end
     /// before its results.
     unfinished_idle_advance: Option<u64>,
+    snapshot_key: String,
+    snapshot_taken: Instant,
 }
 
 pub(super) struct PartitionTask {
@@ -148,12 +150,17 @@ impl PartitionTask {
         state::ensure_changelog(&self.log, &changelog, partitions)
             .await
             .map_err(TaskError::opening(&changelog))?;
+        let snapshot_key = state::snapshot_key(self.spec.id, self.partition);
+        let snapshot = self
+            .meta
+            .get(Table::PipelineProgress, &snapshot_key)
+            .map_err(TaskError::meta("reading the window snapshot"))?;
         let restored = state::restore(
             &self.log,
             spec,
             changelog.clone(),
-            self.spec.id,
-            self.partition,
+            (self.spec.id, self.partition),
+            snapshot,
         )?;
         if let Some(at) = restored.resume_at {
             progress.next = progress.next.max(at);
@@ -164,6 +171,8 @@ impl PartitionTask {
             operator: restored.operator,
             changelog,
             unfinished_idle_advance: restored.unfinished_idle_advance,
+            snapshot_key,
+            snapshot_taken: Instant::now(),
         }))
     }
 
@@ -240,6 +249,9 @@ impl Worker<'_> {
                 self.settle_ends()
                     .map_err(TaskError::meta("recording progress"))?;
                 self.advance_idle_if_due().await?;
+                if self.snapshot_due() {
+                    self.snapshot()?;
+                }
                 continue;
             }
             self.last_input = Instant::now();
@@ -268,6 +280,10 @@ impl Worker<'_> {
             }
             task.status.update(|s| s.records_in += records.len() as u64);
             next = range.1 + 1;
+            if self.snapshot_due() {
+                self.finish_all(&mut in_flight).await?;
+                self.snapshot()?;
+            }
         }
         self.finish_all(&mut in_flight).await
     }
@@ -487,6 +503,36 @@ impl Worker<'_> {
             s.records_out += done.records_out;
         });
         Ok(())
+    }
+
+    fn snapshot_due(&self) -> bool {
+        self.window.as_ref().is_some_and(|w| {
+            w.snapshot_taken.elapsed().as_millis() as i64 >= w.operator.spec().snapshot_interval
+        })
+    }
+
+    /// Stores the window state, which with nothing in flight is what the changelog holds.
+    fn snapshot(&mut self) -> Result<(), TaskError> {
+        let Some(window) = &mut self.window else {
+            return Ok(());
+        };
+        window.snapshot_taken = Instant::now();
+        let changelog_next = self
+            .task
+            .log
+            .partition(&window.changelog, self.task.partition)
+            .map_err(TaskError::opening(&window.changelog))?
+            .high_watermark()
+            .0;
+        let snapshot = state::Snapshot {
+            changelog_next,
+            resume_at: self.progress.next,
+            state: window.operator.state(),
+        };
+        self.task
+            .meta
+            .put_unflushed(Table::PipelineProgress, &window.snapshot_key, &snapshot)
+            .map_err(TaskError::meta("storing the window snapshot"))
     }
 
     /// Drops the ranges found by the start scan that end before `next`: no record before it is

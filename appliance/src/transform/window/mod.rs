@@ -63,7 +63,7 @@ const IDLE_ADVANCE_ENTRY: u8 = 3;
 /// A group: `[0]` for records without a key, `[1] + key`, or the JSON array of field values.
 type GroupKey = Vec<u8>;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct WindowKey {
     group: GroupKey,
     start: i64,
@@ -100,6 +100,13 @@ enum Accumulator {
     Last { at: Option<(i64, Value)> },
 }
 
+/// An operator's windows and watermark, as a snapshot stores them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowState {
+    windows: Vec<(WindowKey, Window)>,
+    watermark: Option<i64>,
+}
+
 /// A record's contribution, taken out before any state changes.
 struct Event {
     record: Record,
@@ -132,6 +139,35 @@ impl WindowOperator {
             closing: BTreeSet::new(),
             watermark: None,
         }
+    }
+
+    /// Its windows and watermark, for a snapshot.
+    pub fn state(&self) -> WindowState {
+        WindowState {
+            windows: self
+                .windows
+                .iter()
+                .map(|(key, window)| (key.clone(), window.clone()))
+                .collect(),
+            watermark: self.watermark,
+        }
+    }
+
+    /// An operator holding a snapshot's state.
+    pub fn from_state(
+        spec: WindowSpec,
+        changelog: TopicName,
+        state: WindowState,
+    ) -> Result<Self, String> {
+        let mut operator = Self::new(spec, changelog);
+        for (key, window) in state.windows {
+            if window.accumulators.len() != operator.spec.aggregates.len() {
+                return Err("the snapshot has other aggregates than the transform".to_owned());
+            }
+            operator.insert(key, window);
+        }
+        operator.watermark = state.watermark;
+        Ok(operator)
     }
 
     pub fn spec(&self) -> &WindowSpec {

@@ -80,9 +80,12 @@ pub struct WindowSpec {
     /// After this long without records, a partition's watermark moves to the gateway's clock
     /// minus this; `None`: it waits for records.
     pub idle_advance: Option<i64>,
+    /// How often a partition's state is snapshotted, so a start reads only the changelog
+    /// written since.
+    pub snapshot_interval: i64,
 }
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
     "window",
     "size",
     "advance",
@@ -96,7 +99,9 @@ const KEYS: [&str; 13] = [
     "max-future",
     "store",
     "idle-advance",
+    "snapshot-interval",
 ];
+const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
 const MAX_OPEN_WINDOWS_KEY: &str = "max-open-windows";
 
 impl WindowSpec {
@@ -213,7 +218,13 @@ impl WindowSpec {
             Some(ms) if ms <= 0 => return Err("`idle-advance` must be longer than 0 ms".to_owned()),
             other => other,
         };
+        let snapshot_interval = match duration("snapshot-interval")? {
+            None => DEFAULT_SNAPSHOT_INTERVAL.as_millis() as i64,
+            Some(ms) if ms >= 100 => ms,
+            Some(_) => return Err("`snapshot-interval` is at least 100ms".to_owned()),
+        };
         Ok(Self {
+            snapshot_interval,
             idle_advance,
             kind,
             grace,

@@ -364,8 +364,12 @@ proptest! {
         run(&mut first, &input[..cut]);
         prop_assert_eq!(&again.windows, &first.windows);
         prop_assert_eq!(again.watermark, first.watermark);
+        let spec = spec(&settings).unwrap();
+        let changelog = spec.changelog_topic("p").unwrap();
+        let mut from_snapshot = WindowOperator::from_state(spec, changelog, first.state()).unwrap();
         let after_restore = run(&mut again, &input[cut..]);
-        prop_assert_eq!(after_restore, after_whole);
+        prop_assert_eq!(&after_restore, &after_whole);
+        prop_assert_eq!(run(&mut from_snapshot, &input[cut..]), after_whole);
     }
 
     /// Every accepted event is counted in each window that holds it, once: the counts of the
