@@ -39,13 +39,7 @@ impl Predicate {
         config: &[(String, String)],
     ) -> Result<(Option<Predicate>, Vec<(String, String)>), String> {
         let host_keys = [PREDICATE, PREDICATE_PATTERN, PREDICATE_NAME, NEGATE];
-        let get = |key: &str| {
-            config
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |key: &str| super::last_value(config, key);
         let plugin_config: Vec<(String, String)> = config
             .iter()
             .filter(|(k, _)| !host_keys.contains(&k.as_str()))

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::Settings;
 use crate::log::{Log, LogError, Offset, PartitionId, TopicName};
 use crate::plugin::{Record, RecordError};
 
@@ -48,19 +49,8 @@ const KEYS: [&str; 5] = ["table", "key-field", "into", "global", "missing"];
 
 impl JoinSpec {
     pub fn parse(config: &[(String, String)]) -> Result<Self, String> {
-        if let Some((key, _)) = config.iter().find(|(k, _)| !KEYS.contains(&k.as_str())) {
-            return Err(format!(
-                "unknown setting {key:?}; table-join takes {}",
-                KEYS.join(", ")
-            ));
-        }
-        let get = |key: &str| {
-            config
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.trim())
-        };
+        let settings = Settings::of(TABLE_JOIN, config, &KEYS)?;
+        let get = |key: &str| settings.get(key);
         let table =
             TopicName::new(get("table").ok_or("`table` names the compacted topic to join")?)
                 .map_err(|e| format!("`table`: {e}"))?;

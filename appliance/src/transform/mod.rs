@@ -37,6 +37,40 @@ const MAX_TRANSFORMS: usize = 32;
 /// Built-in transforms that only pipelines run: they keep state or read other topics.
 pub const PIPELINE_ONLY: [&str; 2] = [window::WINDOW_AGGREGATE, join::TABLE_JOIN];
 
+/// The last value given for `key` in a transform's config: a later `key=value` overrides.
+pub(crate) fn last_value<'c>(config: &'c [(String, String)], key: &str) -> Option<&'c str> {
+    config
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A built-in transform's settings, checked against the keys it takes.
+pub(crate) struct Settings<'c>(&'c [(String, String)]);
+
+impl<'c> Settings<'c> {
+    /// Refuses a key `transform` does not take, naming those it does.
+    pub fn of(
+        transform: &str,
+        config: &'c [(String, String)],
+        known: &[&str],
+    ) -> Result<Self, String> {
+        match config.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((key, _)) => Err(format!(
+                "unknown setting {key:?}; {transform} takes {}",
+                known.join(", ")
+            )),
+            None => Ok(Self(config)),
+        }
+    }
+
+    /// The last value given for `key`, without surrounding spaces.
+    pub fn get(&self, key: &str) -> Option<&'c str> {
+        last_value(self.0, key).map(str::trim)
+    }
+}
+
 /// What the built-ins that read other topics need: the log, and the stream they transform.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamContext<'a> {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::log::TopicName;
+use crate::transform::Settings;
 
 /// Hopping windows per record at most: `size / advance` above this is refused.
 const MAX_WINDOWS_PER_RECORD: i64 = 100;
@@ -85,7 +86,7 @@ pub struct WindowSpec {
     pub snapshot_interval: i64,
 }
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "window",
     "size",
     "advance",
@@ -100,27 +101,15 @@ const KEYS: [&str; 14] = [
     "store",
     "idle-advance",
     "snapshot-interval",
+    MAX_OPEN_WINDOWS_KEY,
 ];
 const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
 const MAX_OPEN_WINDOWS_KEY: &str = "max-open-windows";
 
 impl WindowSpec {
     pub fn parse(config: &[(String, String)]) -> Result<Self, String> {
-        for (key, _) in config {
-            if !KEYS.contains(&key.as_str()) && key != MAX_OPEN_WINDOWS_KEY {
-                return Err(format!(
-                    "unknown setting {key:?}; window-aggregate takes {} and {MAX_OPEN_WINDOWS_KEY}",
-                    KEYS.join(", ")
-                ));
-            }
-        }
-        let get = |key: &str| {
-            config
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.trim())
-        };
+        let settings = Settings::of(super::WINDOW_AGGREGATE, config, &KEYS)?;
+        let get = |key: &str| settings.get(key);
         let required = |key: &str| get(key).ok_or_else(|| format!("`{key}` is required"));
         let duration = |key: &str| -> Result<Option<i64>, String> {
             get(key).map(|text| parse_ms(key, text)).transpose()
