@@ -60,6 +60,10 @@ const WINDOW_ENTRY: u8 = 1;
 const WATERMARK_ENTRY: u8 = 2;
 const IDLE_ADVANCE_ENTRY: u8 = 3;
 
+/// Event times a window takes, in ms since the epoch: the years 1 to 9999 (the log's own
+/// timestamp range), which keeps window arithmetic far from overflow.
+const EVENT_TIMES: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+
 /// A group: `[0]` for records without a key, `[1] + key`, or the JSON array of field values.
 type GroupKey = Vec<u8>;
 
@@ -332,6 +336,11 @@ impl WindowOperator {
                 event_time(field(name)).map_err(|problem| fail(format!("`{name}` {problem}")))?
             }
         };
+        if !EVENT_TIMES.contains(&time) {
+            return Err(fail(format!(
+                "the event time {time} ms is not between the years 1 and 9999"
+            )));
+        }
         let (group, fields) = match &self.spec.group_by {
             GroupBy::Key => {
                 let group = match &record.key {

@@ -266,8 +266,9 @@ fn fields_group_and_unreadable_records_are_rejected() {
                 record(1, r#"{"ts":2,"site":"a","t":"warm"}"#),
                 record(2, "not json"),
                 record(3, r#"{"site":"a"}"#),
+                record(4, r#"{"ts":-9223372036854775807,"site":"a","t":1}"#),
                 record(
-                    4,
+                    5,
                     r#"{"ts":"1970-01-01T00:00:00.003Z","site":"a","kind":"x","t":4}"#,
                 ),
             ],
@@ -275,7 +276,8 @@ fn fields_group_and_unreadable_records_are_rejected() {
         )
         .unwrap();
     let offsets: Vec<i64> = rejected.iter().map(|r| r.offset).collect();
-    assert_eq!(offsets, [1, 2, 3]);
+    assert_eq!(offsets, [1, 2, 3, 4]);
+    assert!(rejected[3].message.contains("years 1 and 9999"));
     assert!(rejected[0].message.contains("needs a number"));
     assert!(rejected[2].message.contains("`ts` is missing"));
     let last = results(&out).pop().unwrap();
