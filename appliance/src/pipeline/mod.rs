@@ -234,6 +234,12 @@ impl Pipelines {
                         )));
                     }
                 }
+                if window.late_topic == changelog || new.dlq_topic.as_ref() == Some(&changelog) {
+                    return Err(invalid(format!(
+                        "{changelog} is the window's changelog, which only window-aggregate \
+                         writes; choose another late or dead-letter topic"
+                    )));
+                }
                 Some((window.late_topic.clone(), changelog))
             }
         };

@@ -3,7 +3,8 @@
 //! from it when a partition's task starts.
 //!
 //! The changelog is one of the pipeline's destinations, written with the same range tags,
-//! but last: a source batch's changelog batch is appended only once its other output is
+//! but as one batch per source batch, ended by a commit entry (the tagged record, which holds
+//! no state, so compaction keeps no stale window for the tag's sake), and last: a source batch's changelog batch is appended only once its other output is
 //! durable ([`super::task`]). So the changelog is the commit record of the state: whatever it
 //! holds, the results and late records that came with it are stored too. A start restores
 //! every entry up to the changelog's last batch tagged by this pipeline and partition, and
@@ -34,6 +35,10 @@ use crate::transform::TaskError;
 use crate::transform::window::{self, WindowOperator, WindowSpec, WindowState};
 
 use super::{StateRestored, progress};
+
+/// The largest batch a new changelog takes: each source batch's state changes are one batch
+/// (so they commit together), and a 1 MiB source batch may touch thousands of windows.
+const CHANGELOG_MAX_MESSAGE_BYTES: u32 = 64 << 20;
 
 /// A partition's window state at a point where the changelog held exactly that state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +85,7 @@ pub(super) async fn ensure_changelog(
             let mut config = log.topic_defaults().clone();
             config.partitions = partitions;
             config.cleanup_policy = CleanupPolicy::Compact;
+            config.max_message_bytes = config.max_message_bytes.max(CHANGELOG_MAX_MESSAGE_BYTES);
             match log.create_topic(changelog.clone(), config).await {
                 Ok(()) | Err(LogError::TopicExists { .. }) => Ok(()),
                 Err(error) => Err(error),

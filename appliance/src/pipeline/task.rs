@@ -358,6 +358,7 @@ impl Worker<'_> {
             .iter()
             .filter_map(|stored| Some((stored.offset.0 as i64, hops(&stored.record)?)))
             .collect();
+        let rejected_before = rejected.len();
         for record in records {
             let hops = hops_before.get(&record.offset).map_or(1, |hops| hops + 1);
             if hops > MAX_HOPS {
@@ -392,6 +393,17 @@ impl Worker<'_> {
             && let Some(rejection) = rejected.first()
         {
             return Err(TaskError::Rejected(rejection.clone()));
+        }
+        // A window step has already counted these records and closed windows with them:
+        // dropping their output now would leave its state ahead of what is stored.
+        if self.window.is_some()
+            && let Some(rejection) = rejected.get(rejected_before)
+        {
+            return Err(TaskError::Permanent(format!(
+                "output of source offset {} cannot be written ({}), and window-aggregate has \
+                 counted it already; fix the cause and resume",
+                rejection.offset, rejection.message
+            )));
         }
         let mut routed: Routed = BTreeMap::new();
         let mut partitions_of: HashMap<TopicName, u32> = HashMap::new();
@@ -430,7 +442,18 @@ impl Worker<'_> {
                 .topic_config(&destination.topic)
                 .map_err(TaskError::opening(&destination.topic))?;
             let budget = topic_config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
-            for (batch_range, mut batch) in cut_by_size(entries, budget, range) {
+            let is_changelog = self
+                .window
+                .as_ref()
+                .is_some_and(|w| w.changelog == destination.topic);
+            let batches = if is_changelog {
+                // One batch: a source batch's state changes are stored together or not at all.
+                check_changelog_size(&entries, &destination.topic, topic_config.max_message_bytes)?;
+                vec![(range, entries)]
+            } else {
+                cut_by_size(entries, budget, range)
+            };
+            for (batch_range, mut batch) in batches {
                 submitted += batch.len() as u64;
                 let Some((_, last)) = batch.last_mut() else {
                     continue;
@@ -574,22 +597,35 @@ impl Worker<'_> {
         else {
             return Ok(());
         };
-        self.write_after_last_read(vec![decision]).await?;
+        self.write_after_last_read(decision).await?;
         self.close_after_idle_advance(&HashSet::new()).await
     }
 
-    /// Completes an idle advance a stop interrupted: results already in the destination past
-    /// `end` are not written again.
+    /// Completes an idle advance a stop interrupted: results this partition already wrote to
+    /// the destination past `end` (in batches it tagged) are not written again.
     async fn finish_idle_advance(&mut self, end: u64) -> Result<(), TaskError> {
         let results = results_partition(self.task).await?;
         let mut emitted = HashSet::new();
+        let mut batch = Vec::new();
+        let (id, partition) = (self.task.spec.id, self.task.partition);
         if let Ok(target) = self.task.log.partition(&results.topic, results.partition) {
             target
                 .scan(Offset(end), |stored| {
-                    emitted.extend(window::result_identity(
+                    let own = progress::own_range(&stored.record, id, partition).is_some();
+                    let tagged = stored
+                        .record
+                        .headers
+                        .iter()
+                        .any(|h| h.key == progress::TAG_HEADER);
+                    batch.push(window::result_identity(
                         stored.record.key.as_ref(),
                         stored.record.value.as_deref(),
                     ));
+                    if own {
+                        emitted.extend(batch.drain(..).flatten());
+                    } else if tagged {
+                        batch.clear();
+                    }
                 })
                 .map_err(TaskError::log_with(|| {
                     format!("scanning {}", results.topic)
@@ -724,6 +760,33 @@ impl Worker<'_> {
         }
         Ok(topic)
     }
+}
+
+/// Refuses a source batch's changelog output that would not fit in one batch of the
+/// changelog topic (uncompressed, an upper bound of what is stored).
+fn check_changelog_size(
+    entries: &[(i64, log::Record)],
+    changelog: &TopicName,
+    max_message_bytes: u32,
+) -> Result<(), TaskError> {
+    let size: usize = entries
+        .iter()
+        .map(|(_, r)| {
+            record_size(
+                r.key.as_ref(),
+                r.value.as_ref(),
+                r.headers.iter().map(|h| (&h.key, h.value.as_ref())),
+            )
+        })
+        .sum();
+    if size > max_message_bytes as usize {
+        return Err(TaskError::Permanent(format!(
+            "the state changes of one source batch take {size} bytes, more than {changelog} \
+             takes in one batch ({max_message_bytes} bytes, max-message-bytes): raise the \
+             topic's max-message-bytes, or use fewer windows per record"
+        )));
+    }
+    Ok(())
 }
 
 /// Where window results go: the pipeline's destination partition for this source partition.

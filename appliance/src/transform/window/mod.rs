@@ -59,6 +59,9 @@ pub fn stage(transforms: &[super::TransformSpec]) -> Result<Option<WindowSpec>, 
 const WINDOW_ENTRY: u8 = 1;
 const WATERMARK_ENTRY: u8 = 2;
 const IDLE_ADVANCE_ENTRY: u8 = 3;
+/// The last record of each batch's changelog output, and the one the pipeline tags: it
+/// carries no state, so compaction (which keeps every tagged record) keeps no stale window.
+const COMMIT_ENTRY: u8 = 4;
 
 /// Event times a window takes, in ms since the epoch: the years 1 to 9999 (the log's own
 /// timestamp range), which keeps window arithmetic far from overflow.
@@ -210,6 +213,7 @@ impl WindowOperator {
                 }
                 Ok(())
             }
+            Some((&COMMIT_ENTRY, [])) => Ok(()),
             _ => Err("an entry of unknown kind".to_owned()),
         }
     }
@@ -223,20 +227,22 @@ impl WindowOperator {
         watermark: i64,
         destination_end: u64,
         offset: i64,
-    ) -> Option<Record> {
+    ) -> Option<Vec<Record>> {
         let (next_close, _) = self.closing.first()?;
         if *next_close > watermark || self.watermark.is_some_and(|w| w >= watermark) {
             return None;
         }
         self.watermark = Some(watermark);
-        Some(Record {
-            key: Some(Bytes::from_static(&[IDLE_ADVANCE_ENTRY])),
-            value: Some(Bytes::from(format!("{watermark} {destination_end}"))),
-            headers: Vec::new(),
-            timestamp: watermark,
-            offset,
-            topic: Some(self.changelog.to_string()),
-        })
+        let mut decision = Changes::new();
+        decision.insert(
+            Bytes::from_static(&[IDLE_ADVANCE_ENTRY]),
+            (
+                offset,
+                watermark,
+                Some(Bytes::from(format!("{watermark} {destination_end}"))),
+            ),
+        );
+        Some(self.changelog_records(decision))
     }
 
     /// Closes the windows the watermark has passed (after an idle advance): their results,
@@ -271,6 +277,17 @@ impl WindowOperator {
         let mut passed = Vec::new();
         let mut events = Vec::with_capacity(input.len());
         for record in input {
+            if record.topic.as_deref() == Some(self.changelog.as_str()) {
+                rejected.push(Rejection {
+                    offset: record.offset,
+                    plugin: WINDOW_AGGREGATE.to_owned(),
+                    message: format!(
+                        "routed to {}, the window's changelog, which only window-aggregate writes",
+                        self.changelog
+                    ),
+                });
+                continue;
+            }
             if record.topic.is_some() {
                 passed.push(record);
                 continue;
@@ -297,9 +314,22 @@ impl WindowOperator {
         Ok((output, rejected))
     }
 
-    fn changelog_records(&self, changes: Changes) -> impl Iterator<Item = Record> + '_ {
+    /// The changelog records of a batch's changes, ended by a commit entry at the offset of
+    /// the last of them (none when nothing changed).
+    fn changelog_records(&self, changes: Changes) -> Vec<Record> {
+        let last = changes
+            .values()
+            .map(|(offset, timestamp, _)| (*offset, *timestamp))
+            .max();
+        let commit = last.map(|(offset, timestamp)| {
+            (
+                Bytes::from_static(&[COMMIT_ENTRY]),
+                (offset, timestamp, Some(Bytes::new())),
+            )
+        });
         changes
             .into_iter()
+            .chain(commit)
             .map(|(key, (offset, timestamp, value))| Record {
                 key: Some(key),
                 value,
@@ -308,6 +338,7 @@ impl WindowOperator {
                 offset,
                 topic: Some(self.changelog.to_string()),
             })
+            .collect()
     }
 
     fn event(&self, record: Record) -> Result<Event, (i64, String)> {
@@ -397,9 +428,11 @@ impl WindowOperator {
     ) -> Result<(), String> {
         let offset = event.record.offset;
         let timestamp = event.record.timestamp;
+        // With a time field, the time the appliance received the record; a producer may set
+        // that timestamp too, so never past the wall clock.
         let clock = match self.spec.time {
             EventTime::Timestamp => now,
-            EventTime::Field(_) => event.record.timestamp,
+            EventTime::Field(_) => event.record.timestamp.min(now),
         };
         if event.time > clock.saturating_add(self.spec.max_future) {
             output.push(self.late(event.record, "future"));
@@ -744,8 +777,9 @@ fn add(window: &mut Window, event: &Event) {
 fn accumulate(accumulator: &mut Accumulator, number: Option<f64>, timed: (i64, Value)) {
     match accumulator {
         Accumulator::Count => {}
+        // Sums saturate at the largest finite number: JSON has no infinity to store.
         Accumulator::Sum { sum, n } => {
-            *sum += number.unwrap_or_default();
+            *sum = (*sum + number.unwrap_or_default()).clamp(f64::MIN, f64::MAX);
             *n += 1;
         }
         Accumulator::Min { value } => {
@@ -778,7 +812,7 @@ fn merge(into: &mut Window, from: Window) {
         match b {
             Accumulator::Sum { sum, n } => {
                 if let Accumulator::Sum { sum: s, n: m } = a {
-                    *s += sum;
+                    *s = (*s + sum).clamp(f64::MIN, f64::MAX);
                     *m += n;
                 }
             }

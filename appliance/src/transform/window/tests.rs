@@ -193,7 +193,7 @@ fn hopping_windows_take_a_record_in_each_window_that_holds_it() {
         ("emit", "update"),
     ]);
     let (out, _) = op
-        .process(vec![reading(0, "d", 65_000, 3, 65_000)], 0)
+        .process(vec![reading(0, "d", 65_000, 3, 65_000)], 65_000)
         .unwrap();
     let starts: Vec<i64> = results(&out)
         .iter()
@@ -223,13 +223,13 @@ fn sessions_merge_when_an_event_bridges_them() {
                 // Within the gap of both 9 s and 25 s: one session [0, 25 s].
                 reading(3, "d", 17_000, 3, 100_000),
             ],
-            0,
+            100_000,
         )
         .unwrap();
     assert!(results(&out).is_empty());
     assert_eq!(op.open_windows(), 1, "17 s bridged the two sessions");
     let (out, _) = op
-        .process(vec![reading(4, "d", 100_000, 0, 100_000)], 0)
+        .process(vec![reading(4, "d", 100_000, 0, 100_000)], 100_000)
         .unwrap();
     let results = results(&out);
     assert_eq!(results.len(), 1);
@@ -424,6 +424,9 @@ fn an_idle_advance_is_decided_first_then_closes_what_it_passed() {
         "it would close nothing"
     );
     let decision = op.advance_idle(70_000, 7, 1).expect("closes [0, 1m)");
+    assert_eq!(decision.len(), 2, "the decision and its commit entry");
+    assert_eq!(decision[1].key.as_deref(), Some(&[COMMIT_ENTRY][..]));
+    let decision = &decision[0];
     assert_eq!(decision.offset, 1);
     assert_eq!(decision.topic.as_deref(), Some("p.window.changelog"));
     let key = decision.key.clone().unwrap();
@@ -449,8 +452,8 @@ fn an_idle_advance_is_decided_first_then_closes_what_it_passed() {
     assert_eq!(results[0].key.as_deref(), Some(&b"b"[..]));
     assert_eq!(
         routed(&closed, "p.window.changelog").len(),
-        2,
-        "both tombstones"
+        3,
+        "both tombstones and the commit entry"
     );
     assert_eq!(again.open_windows(), 0);
 
@@ -458,4 +461,37 @@ fn an_idle_advance_is_decided_first_then_closes_what_it_passed() {
     assert_eq!(all.iter().filter(|r| r.topic.is_none()).count(), 2);
     settings.push(("idle-advance", "0s"));
     assert!(spec(&settings).unwrap_err().contains("idle-advance"));
+}
+
+#[test]
+fn sums_saturate_and_the_changelog_takes_no_routed_records() {
+    let settings = [
+        ("window", "tumbling"),
+        ("size", "1m"),
+        ("grace", "0s"),
+        ("time-field", "ts"),
+        ("aggregates", "sum(t)"),
+        ("late-topic", LATE),
+    ];
+    let mut op = operator(&settings);
+    let huge = |offset: i64| Record {
+        key: Some(Bytes::from_static(b"d")),
+        value: Some(Bytes::from_static(br#"{"ts":1,"t":1e308}"#)),
+        headers: Vec::new(),
+        timestamp: 0,
+        offset,
+        topic: None,
+    };
+    let mut routed_there = huge(2);
+    routed_there.topic = Some("p.window.changelog".to_owned());
+    let (out, rejected) = op.process(vec![huge(0), huge(1), routed_there], 0).unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].message.contains("changelog"), "{rejected:?}");
+    // The state stays storable: the sum is the largest finite number, not infinity.
+    let again = restored(&settings, &out);
+    assert_eq!(again.windows, op.windows);
+    let (closed, _) = op
+        .process(vec![reading(3, "d", 120_000, 0, 120_000)], 120_000)
+        .unwrap();
+    assert_eq!(results(&closed)[0]["sum_t"], f64::MAX);
 }
