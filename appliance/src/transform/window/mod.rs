@@ -63,6 +63,11 @@ const IDLE_ADVANCE_ENTRY: u8 = 3;
 /// carries no state, so compaction (which keeps every tagged record) keeps no stale window.
 const COMMIT_ENTRY: u8 = 4;
 
+/// Windows one record (or one idle advance) closes at most: their results are one source
+/// offset's output, which must fit one batch of the destination. The rest close with the
+/// next records; no record joins them meanwhile, as their close time has passed.
+const MAX_CLOSES_PER_RECORD: usize = 1000;
+
 /// Event times a window takes, in ms since the epoch: the years 1 to 9999 (the log's own
 /// timestamp range), which keeps window arithmetic far from overflow.
 const EVENT_TIMES: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
@@ -600,9 +605,12 @@ impl WindowOperator {
         let Some(watermark) = self.watermark else {
             return;
         };
+        let mut closed = 0;
         while let Some((close, _)) = self.closing.first()
             && *close <= watermark
+            && closed < MAX_CLOSES_PER_RECORD
         {
+            closed += 1;
             let Some((_, key)) = self.closing.pop_first() else {
                 break;
             };

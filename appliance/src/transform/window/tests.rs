@@ -495,3 +495,37 @@ fn sums_saturate_and_the_changelog_takes_no_routed_records() {
         .unwrap();
     assert_eq!(results(&closed)[0]["sum_t"], f64::MAX);
 }
+
+#[test]
+fn one_record_closes_a_bounded_number_of_windows() {
+    let mut op = operator(&[
+        ("window", "tumbling"),
+        ("size", "1m"),
+        ("grace", "0s"),
+        ("time-field", "ts"),
+        ("aggregates", "count"),
+        ("late-topic", LATE),
+    ]);
+    let now = 10 * MINUTE;
+    let open: Vec<Record> = (0..1500)
+        .map(|d| reading(d, &format!("d{d}"), 1, 1, now))
+        .collect();
+    op.process(open, now).unwrap();
+    let (out, _) = op
+        .process(vec![reading(1500, "x", 2 * MINUTE, 1, now)], now)
+        .unwrap();
+    assert_eq!(results(&out).len(), MAX_CLOSES_PER_RECORD);
+    // A record for a window past its close is late even while the window waits to close.
+    let (out, _) = op
+        .process(
+            vec![
+                reading(1501, "d1499", 2, 1, now),
+                reading(1502, "x", 2 * MINUTE + 1, 1, now),
+            ],
+            now,
+        )
+        .unwrap();
+    assert_eq!(routed(&out, LATE).len(), 1);
+    assert_eq!(results(&out).len(), 500);
+    assert_eq!(op.open_windows(), 1, "only x's window");
+}
