@@ -2,7 +2,8 @@
 //!
 //! Each pipeline is an edge from its source topic to every topic it can write: its
 //! destination, its dead-letter topic, the fixed targets of its `regex-router` steps whose
-//! regex matches the source topic, and a `window-aggregate` step's late and changelog topics. A cycle would send records round forever and grow the disk
+//! regex matches the source topic, and a `window-aggregate` step's late and changelog
+//! topics. A cycle would send records round forever and grow the disk
 //! without bound, so a pipeline that closes one is refused, naming the path. Targets known only
 //! per record (a replacement that inserts `$n` groups, other routing plugins) cannot be known
 //! here: the hop limit ([`super::HOPS_HEADER`]) stops those records at run time.

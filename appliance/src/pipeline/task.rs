@@ -42,11 +42,14 @@ type Pending = std::pin::Pin<
 /// Output for one destination partition: (source offset, record), in source order.
 type Routed = BTreeMap<Destination, Vec<(i64, log::Record)>>;
 
+/// A changelog batch waiting for the rest of its source batch's output to be durable.
+type ChangelogBatch = (Destination, Arc<log::Partition>, bytes::BytesMut);
+
 /// Appends submitted for one source batch, and what to record once they are durable.
 struct InFlight {
     appends: Vec<Pending>,
-    /// The changelog's batches, appended once the other appends are durable.
-    changelog: Vec<(Destination, Arc<log::Partition>, bytes::BytesMut)>,
+    /// The changelog's batch, appended once the other appends are durable.
+    changelog: Vec<ChangelogBatch>,
     next: u64,
     records_out: u64,
 }
@@ -332,20 +335,12 @@ impl Worker<'_> {
     /// Routes the output of the source records in `range` to destination partitions, adds
     /// dead letters, and submits the appends. Returns them, the changelog's batches (to be
     /// appended after them) and the number of records.
-    #[allow(clippy::type_complexity)]
     async fn append(
         &mut self,
         source: &[StoredRecord],
         range: SourceRange,
         output: ChainOutput,
-    ) -> Result<
-        (
-            Vec<Pending>,
-            Vec<(Destination, Arc<log::Partition>, bytes::BytesMut)>,
-            u64,
-        ),
-        TaskError,
-    > {
+    ) -> Result<(Vec<Pending>, Vec<ChangelogBatch>, u64), TaskError> {
         let task = self.task;
         let ChainOutput {
             records,

@@ -667,6 +667,7 @@ impl WindowOperator {
     }
 
     fn late(&self, mut record: Record, why: &str) -> Record {
+        record.headers.retain(|h| h.key != LATE_HEADER);
         record.headers.push(Header {
             key: LATE_HEADER.to_owned(),
             value: Bytes::copy_from_slice(why.as_bytes()),
