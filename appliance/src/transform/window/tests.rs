@@ -19,6 +19,20 @@ fn operator(settings: &[(&str, &str)]) -> WindowOperator {
     WindowOperator::new(spec, changelog)
 }
 
+/// Tumbling minutes on `ts` without grace, counting, with `extra` settings.
+fn counting_minutes(extra: &[(&str, &str)]) -> WindowOperator {
+    let mut settings = vec![
+        ("window", "tumbling"),
+        ("size", "1m"),
+        ("grace", "0s"),
+        ("time-field", "ts"),
+        ("aggregates", "count"),
+        ("late-topic", LATE),
+    ];
+    settings.extend_from_slice(extra);
+    operator(&settings)
+}
+
 fn tumbling() -> WindowOperator {
     operator(&[
         ("window", "tumbling"),
@@ -291,15 +305,7 @@ fn fields_group_and_unreadable_records_are_rejected() {
 
 #[test]
 fn too_many_open_windows_stop_the_partition() {
-    let mut op = operator(&[
-        ("window", "tumbling"),
-        ("size", "1m"),
-        ("grace", "0s"),
-        ("time-field", "ts"),
-        ("aggregates", "count"),
-        ("late-topic", LATE),
-        ("max-open-windows", "2"),
-    ]);
+    let mut op = counting_minutes(&[("max-open-windows", "2")]);
     let input = (0..3)
         .map(|i| reading(i, &format!("d{i}"), 1, 0, 0))
         .collect();
@@ -498,14 +504,7 @@ fn sums_saturate_and_the_changelog_takes_no_routed_records() {
 
 #[test]
 fn one_record_closes_a_bounded_number_of_windows() {
-    let mut op = operator(&[
-        ("window", "tumbling"),
-        ("size", "1m"),
-        ("grace", "0s"),
-        ("time-field", "ts"),
-        ("aggregates", "count"),
-        ("late-topic", LATE),
-    ]);
+    let mut op = counting_minutes(&[]);
     let now = 10 * MINUTE;
     let open: Vec<Record> = (0..1500)
         .map(|d| reading(d, &format!("d{d}"), 1, 1, now))
