@@ -128,6 +128,29 @@ pub async fn written_ranges(
     Ok(ranges)
 }
 
+/// Reads `target` from `from` on in the batches `(pipeline_id, partition)` wrote: `batch` gets
+/// the records up to and including each record this partition tagged, with the tag's range.
+/// Records another pipeline tagged (an earlier one of the same name) are passed over with
+/// their batch; records after the last tag are not passed on.
+pub fn scan_own_batches(
+    target: &crate::log::Partition,
+    from: Offset,
+    (pipeline_id, partition): (u64, PartitionId),
+    mut batch: impl FnMut(Vec<crate::log::Record>, SourceRange),
+) -> Result<(), LogError> {
+    let mut pending = Vec::new();
+    target.scan(from, |stored| {
+        let own = own_range(&stored.record, pipeline_id, partition);
+        let tagged = stored.record.headers.iter().any(|h| h.key == TAG_HEADER);
+        pending.push(stored.record);
+        match own {
+            Some(range) => batch(std::mem::take(&mut pending), range),
+            None if tagged => pending.clear(),
+            None => {}
+        }
+    })
+}
+
 /// The source range `record` is tagged with by `(pipeline_id, partition)`, if it is.
 pub fn own_range(
     record: &crate::log::Record,

@@ -126,50 +126,33 @@ pub(super) fn restore(
             None,
         ),
     };
-    let mut pending: Vec<crate::log::Record> = Vec::new();
     let mut unfinished_idle_advance = None;
     let mut problem: Option<String> = None;
     let mut bytes = 0u64;
-    source
-        .scan(from, |stored| {
-            if problem.is_some() {
+    progress::scan_own_batches(&source, from, (pipeline_id, partition), |batch, (_, to)| {
+        if problem.is_some() {
+            return;
+        }
+        unfinished_idle_advance = None;
+        for record in batch {
+            bytes += (record.key.as_ref().map_or(0, |k| k.len())
+                + record.value.as_ref().map_or(0, |v| v.len())) as u64;
+            let Some(key) = record.key.as_deref() else {
+                continue;
+            };
+            let value = record.value.as_deref();
+            unfinished_idle_advance =
+                unfinished_idle_advance.or(window::idle_advance_end(key, value));
+            if let Err(e) = operator.restore(key, value) {
+                problem = Some(format!("{changelog}/{}: {e}", partition.0));
                 return;
             }
-            let tagged = progress::own_range(&stored.record, pipeline_id, partition);
-            let foreign = stored
-                .record
-                .headers
-                .iter()
-                .any(|h| h.key == progress::TAG_HEADER);
-            pending.push(stored.record);
-            match tagged {
-                Some((_, to)) => {
-                    unfinished_idle_advance = None;
-                    for record in pending.drain(..) {
-                        bytes += (record.key.as_ref().map_or(0, |k| k.len())
-                            + record.value.as_ref().map_or(0, |v| v.len()))
-                            as u64;
-                        let Some(key) = record.key.as_deref() else {
-                            continue;
-                        };
-                        let value = record.value.as_deref();
-                        unfinished_idle_advance =
-                            unfinished_idle_advance.or(window::idle_advance_end(key, value));
-                        if let Err(e) = operator.restore(key, value) {
-                            problem = Some(format!("{changelog}/{}: {e}", partition.0));
-                            return;
-                        }
-                    }
-                    resume_at = Some(to + 1);
-                }
-                // Another pipeline's (an earlier one of this name): not this state.
-                None if foreign => pending.clear(),
-                None => {}
-            }
-        })
-        .map_err(TaskError::log_with(|| {
-            format!("restoring state from {changelog}")
-        }))?;
+        }
+        resume_at = Some(to + 1);
+    })
+    .map_err(TaskError::log_with(|| {
+        format!("restoring state from {changelog}")
+    }))?;
     if let Some(problem) = problem {
         return Err(TaskError::Permanent(format!(
             "the window state cannot be restored: {problem}"

@@ -12,7 +12,8 @@ use futures_util::future::join_all;
 use super::progress::{self, Destination, Progress, SourceRange};
 use super::{PartitionStatus, PipelineSpec, state};
 use crate::log::{
-    self, AppendOutcome, Header, Log, LogError, Offset, PartitionId, StoredRecord, TopicName,
+    self, AppendOutcome, Header, Log, LogError, Offset, PartitionId, StoredRecord, Timestamp,
+    TopicName,
 };
 use crate::meta::{Meta, Table};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
@@ -324,7 +325,7 @@ impl Worker<'_> {
         if let Some(window) = &mut self.window {
             let (records, rejected) = window
                 .operator
-                .process(std::mem::take(&mut output.records), wall_clock_ms())
+                .process(std::mem::take(&mut output.records), Timestamp::now().0)
                 .map_err(TaskError::Permanent)?;
             output.records = records;
             output.rejected.extend(rejected);
@@ -588,7 +589,7 @@ impl Worker<'_> {
         let Some(decision) =
             window
                 .operator
-                .advance_idle(wall_clock_ms() - idle, end.0, next as i64 - 1)
+                .advance_idle(Timestamp::now().0 - idle, end.0, next as i64 - 1)
         else {
             return Ok(());
         };
@@ -601,30 +602,16 @@ impl Worker<'_> {
     async fn finish_idle_advance(&mut self, end: u64) -> Result<(), TaskError> {
         let results = results_partition(self.task).await?;
         let mut emitted = HashSet::new();
-        let mut batch = Vec::new();
-        let (id, partition) = (self.task.spec.id, self.task.partition);
+        let writer = (self.task.spec.id, self.task.partition);
         if let Ok(target) = self.task.log.partition(&results.topic, results.partition) {
-            target
-                .scan(Offset(end), |stored| {
-                    let own = progress::own_range(&stored.record, id, partition).is_some();
-                    let tagged = stored
-                        .record
-                        .headers
-                        .iter()
-                        .any(|h| h.key == progress::TAG_HEADER);
-                    batch.push(window::result_identity(
-                        stored.record.key.as_ref(),
-                        stored.record.value.as_deref(),
-                    ));
-                    if own {
-                        emitted.extend(batch.drain(..).flatten());
-                    } else if tagged {
-                        batch.clear();
-                    }
-                })
-                .map_err(TaskError::log_with(|| {
-                    format!("scanning {}", results.topic)
-                }))?;
+            progress::scan_own_batches(&target, Offset(end), writer, |batch, _| {
+                emitted.extend(batch.iter().filter_map(|record| {
+                    window::result_identity(record.key.as_ref(), record.value.as_deref())
+                }));
+            })
+            .map_err(TaskError::log_with(|| {
+                format!("scanning {}", results.topic)
+            }))?;
         }
         self.close_after_idle_advance(&emitted).await
     }
@@ -787,12 +774,6 @@ fn check_changelog_size(
 /// Where window results go: the pipeline's destination partition for this source partition.
 async fn results_partition(task: &PartitionTask) -> Result<Destination, TaskError> {
     destination_partition(task, &mut HashMap::new(), task.spec.to.clone()).await
-}
-
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Counts rejected records, and with `errors=dlq` routes their originals, with error

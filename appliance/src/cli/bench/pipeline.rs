@@ -25,7 +25,7 @@ use clap::Args;
 
 use super::{PluginHost, open_plugin_host, print_header, scratch_dir};
 use crate::log::{Compression, Log, PartitionId, Record, Timestamp, TopicConfig, TopicName};
-use crate::pipeline::{NewPipeline, Pipelines};
+use crate::pipeline::{NewPipeline, PartitionStatus, Pipelines};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
 use crate::runtime::{RestartPolicies, RestartPolicy};
 use crate::transform::{ErrorPolicy, TransformSpec};
@@ -294,17 +294,10 @@ async fn pipeline_case(
             dlq_topic: None,
         })
         .await?;
-    loop {
-        let status = pipelines.get(&name).await?;
-        let partition = status.partitions.first().context("no partition")?;
-        if let Some(failure) = partition.state.failure() {
-            anyhow::bail!("pipeline {name} failed: {}", failure.reason);
-        }
-        if partition.next_offset as usize >= records {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    first_partition_when(pipelines, &name, |p| {
+        (p.next_offset as usize >= records).then_some(())
+    })
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds()? - cpu_before;
     Ok(PipelineFigures {
@@ -312,6 +305,25 @@ async fn pipeline_case(
         records_s: records as f64 / elapsed,
         records_per_cpu_s: records as f64 / cpu,
     })
+}
+
+/// Polls the pipeline's first partition until `done` returns something; fails if it fails.
+async fn first_partition_when<T>(
+    pipelines: &Pipelines,
+    name: &str,
+    done: impl Fn(&PartitionStatus) -> Option<T>,
+) -> anyhow::Result<T> {
+    loop {
+        let status = pipelines.get(name).await?;
+        let partition = status.partitions.first().context("no partition")?;
+        if let Some(failure) = partition.state.failure() {
+            anyhow::bail!("pipeline {name} failed: {}", failure.reason);
+        }
+        if let Some(value) = done(partition) {
+            return Ok(value);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn pipeline_name(case: &str) -> String {
@@ -334,17 +346,7 @@ async fn window_case(
     let name = pipeline_name(case);
     pipelines.pause(&name).await?;
     pipelines.resume(&name).await?;
-    let restored = loop {
-        let status = pipelines.get(&name).await?;
-        let partition = status.partitions.first().context("no partition")?;
-        if let Some(failure) = partition.state.failure() {
-            anyhow::bail!("pipeline {name} failed: {}", failure.reason);
-        }
-        if let Some(restored) = partition.state_restored {
-            break restored;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let restored = first_partition_when(pipelines, &name, |p| p.state_restored).await?;
     pipelines.delete(&name).await?;
     let mb = restored.bytes as f64 / 1e6;
     let window = WindowFigures {
