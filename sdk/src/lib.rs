@@ -1,7 +1,7 @@
 //! The guest side of the appliance's plugin ABI: what plugin authors depend on.
 //!
 //! A transform is a plain Rust type implementing [`Transform`], exported with
-//! [`#[transform]`](transform); connectors implement [`Source`] or [`Sink`] and are exported
+//! [`#[transform]`](transform) (a stateful one keeps its state in [`state`]); connectors implement [`Source`] or [`Sink`] and are exported
 //! with [`#[source]`](source) or [`#[sink]`](sink). The appliance hands it batches of [`Record`]s; the default
 //! [`Transform::process`] calls [`Transform::apply`] once per record, so most transforms only
 //! write `apply`. Build with `cargo build --target wasm32-wasip2 --release` and load the
@@ -20,6 +20,7 @@ pub mod java_date_format;
 pub mod json;
 mod record;
 mod side;
+pub mod state;
 pub mod testing;
 
 pub use appliance_sdk_macros::{sink, source, transform};
@@ -37,6 +38,7 @@ pub mod wit {
             world imports {
                 import appliance:plugin/types@0.1.0;
                 import appliance:plugin/host@0.1.0;
+                import appliance:plugin/state@0.1.0;
             }
         ",
         world: "appliance:sdk/imports",

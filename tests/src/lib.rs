@@ -394,6 +394,59 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs the CLI against `daemon`, from inside a multi-threaded tokio runtime, without
 /// holding up the runtime's other tasks.
+/// Every record of every partition of `topic`, partition by partition.
+pub async fn fetch_topic(
+    channel: &Channel,
+    topic: &str,
+) -> anyhow::Result<Vec<appliance_proto::v1::ConsumedRecord>> {
+    use appliance_proto::v1 as pb;
+    let info = pb::topics_client::TopicsClient::new(channel.clone())
+        .get_topic(pb::GetTopicRequest { name: topic.into() })
+        .await?
+        .into_inner();
+    let mut records = Vec::new();
+    for partition in 0..info.partitions.len() as u32 {
+        records.extend(fetch_all(channel, topic, partition).await?);
+    }
+    Ok(records)
+}
+
+/// Waits (up to two minutes) until pipeline `name` runs on `partitions` partitions, each
+/// having transformed all its source holds; fails at once if a partition failed.
+pub async fn wait_pipeline_caught_up(
+    channel: &Channel,
+    name: &str,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    use appliance_proto::v1 as pb;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let pipeline = pb::pipelines_client::PipelinesClient::new(channel.clone())
+            .get_pipeline(pb::GetPipelineRequest { name: name.into() })
+            .await?
+            .into_inner();
+        for partition in &pipeline.partitions {
+            anyhow::ensure!(
+                partition.state != pb::PipelineState::Failed as i32,
+                "the pipeline failed: {pipeline:?}"
+            );
+        }
+        if pipeline.partitions.len() == partitions as usize
+            && pipeline
+                .partitions
+                .iter()
+                .all(|p| p.lag == 0 && p.state == pb::PipelineState::Running as i32)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "pipeline {name} lags: {pipeline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn cli_in_runtime(
     daemon: &Daemon,
     dir: &Path,

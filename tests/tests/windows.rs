@@ -10,9 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use appliance_e2e::cluster::cli_json;
-use appliance_e2e::{Channel, Daemon, cli_ok, fetch_all};
+use appliance_e2e::{Channel, Daemon, cli_ok, fetch_topic, wait_pipeline_caught_up};
 use appliance_proto::v1 as pb;
-use appliance_proto::v1::pipelines_client::PipelinesClient;
 use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use nix::sys::signal::Signal;
@@ -166,48 +165,6 @@ fn record(device: &str, ts: i64, temp: i64) -> pb::Record {
     }
 }
 
-async fn every_record(channel: &Channel, topic: &str) -> anyhow::Result<Vec<pb::ConsumedRecord>> {
-    let info = TopicsClient::new(channel.clone())
-        .get_topic(pb::GetTopicRequest { name: topic.into() })
-        .await?
-        .into_inner();
-    let mut records = Vec::new();
-    for partition in 0..info.partitions.len() as u32 {
-        records.extend(fetch_all(channel, topic, partition).await?);
-    }
-    Ok(records)
-}
-
-async fn wait_caught_up(channel: &Channel) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !caught_up(channel).await? {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the pipeline lags");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-/// Whether every partition of the pipeline is running and has transformed all it holds.
-async fn caught_up(channel: &Channel) -> anyhow::Result<bool> {
-    let pipeline = PipelinesClient::new(channel.clone())
-        .get_pipeline(pb::GetPipelineRequest {
-            name: "downsample".into(),
-        })
-        .await?
-        .into_inner();
-    for partition in &pipeline.partitions {
-        anyhow::ensure!(
-            partition.state != pb::PipelineState::Failed as i32,
-            "the pipeline failed: {pipeline:?}"
-        );
-    }
-    Ok(pipeline.partitions.len() == PARTITIONS as usize
-        && pipeline
-            .partitions
-            .iter()
-            .all(|p| p.lag == 0 && p.state == pb::PipelineState::Running as i32))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn downsampling_counts_every_window_once_through_sigkills() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -285,7 +242,7 @@ async fn downsampling_counts_every_window_once_through_sigkills() -> anyhow::Res
             // open that only the changelog holds then; the second right after producing,
             // while the pipeline is at work.
             if kill != 1 {
-                wait_caught_up(&daemon.channel().await?).await?;
+                wait_pipeline_caught_up(&daemon.channel().await?, "downsample", PARTITIONS).await?;
                 // Long enough for a snapshot (every 200 ms) of the caught-up state.
                 tokio::time::sleep(Duration::from_millis(700)).await;
             }
@@ -303,15 +260,15 @@ async fn downsampling_counts_every_window_once_through_sigkills() -> anyhow::Res
         .collect();
     let restored = daemon.log_text();
     assert!(
-        restored.contains("window state restored") && restored.contains("from_snapshot=true"),
+        restored.contains("state restored") && restored.contains("from_snapshot=true"),
         "the last start did not restore from a snapshot:\n{restored}"
     );
     let channel = daemon.channel().await?;
     produce(&channel, &flush, &mut fast).await?;
-    wait_caught_up(&channel).await?;
+    wait_pipeline_caught_up(&channel, "downsample", PARTITIONS).await?;
 
     let mut results: BTreeMap<(String, i64), Vec<serde_json::Value>> = BTreeMap::new();
-    for record in every_record(&channel, "readings.1m").await? {
+    for record in fetch_topic(&channel, "readings.1m").await? {
         let value: serde_json::Value =
             serde_json::from_slice(record.value.as_deref().context("value")?)?;
         let device = String::from_utf8(record.key.context("key")?.to_vec())?;
@@ -347,7 +304,7 @@ async fn downsampling_counts_every_window_once_through_sigkills() -> anyhow::Res
     }
 
     let mut side: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for record in every_record(&channel, "readings.late").await? {
+    for record in fetch_topic(&channel, "readings.late").await? {
         let why = record
             .headers
             .iter()
@@ -389,7 +346,7 @@ async fn window_counts(
     topic: &str,
 ) -> anyhow::Result<BTreeMap<(String, i64), Vec<u64>>> {
     let mut counts: BTreeMap<(String, i64), Vec<u64>> = BTreeMap::new();
-    for record in every_record(channel, topic).await? {
+    for record in fetch_topic(channel, topic).await? {
         let value: serde_json::Value =
             serde_json::from_slice(record.value.as_deref().context("value")?)?;
         let key = String::from_utf8(record.key.context("key")?.to_vec())?;

@@ -14,7 +14,9 @@
 //! for this pipeline's tags, so output a crash left behind is never written twice and nothing
 //! is skipped. Each pipeline's spec lives in meta "pipelines"; a pipeline's state (running,
 //! paused, failed with a reason) and lag are reported per partition. Partitions added to a
-//! source topic get their task within [`PARTITION_CHECK`].
+//! source topic get their task within [`PARTITION_CHECK`]. A pipeline with a stateful step
+//! (`window-aggregate`, or a plugin with a state store) commits that state through its
+//! changelog topic, last of a batch's output ([`state`]).
 
 mod graph;
 mod progress;
@@ -99,15 +101,16 @@ pub struct PartitionStatus {
     pub dead_lettered: u64,
     /// Automatic restarts after failures since the partition's task started.
     pub restarts: u32,
-    /// What the last start of a `window-aggregate` partition read back from its changelog.
+    /// What the last start of a stateful partition read back from its changelog.
     pub state_restored: Option<StateRestored>,
 }
 
-/// A window step's state as restored from its changelog at a partition's start.
+/// A stateful step's state as restored from its changelog at a partition's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateRestored {
     pub bytes: u64,
-    pub open_windows: usize,
+    /// The open windows of `window-aggregate`, or the entries of a stateful plugin's store.
+    pub entries: usize,
     pub took: std::time::Duration,
 }
 
@@ -247,7 +250,7 @@ impl Pipelines {
             log: &self.inner.log,
             stream: &new.from,
         };
-        validate_transforms(
+        let stateful_plugin = validate_transforms(
             &self.inner.plugins,
             self.inner.limits,
             &new.transforms,
@@ -258,6 +261,22 @@ impl Pipelines {
             TransformsError::Plugin(e) => PipelineError::Plugin(e),
             TransformsError::Invalid(problem) => invalid(problem),
         })?;
+        let changelog = match (&window_topics, stateful_plugin) {
+            (Some((_, changelog)), _) => Some(changelog.clone()),
+            (None, Some(plugin)) => {
+                let changelog = transform::plugin_changelog(&new.name, &plugin).map_err(invalid)?;
+                if [Some(&new.from), Some(&new.to), new.dlq_topic.as_ref()]
+                    .contains(&Some(&changelog))
+                {
+                    return Err(invalid(format!(
+                        "{changelog} keeps the state of {plugin}, which only the appliance \
+                         writes; choose other topics"
+                    )));
+                }
+                Some(changelog)
+            }
+            (None, None) => None,
+        };
         let mut pipelines = self.inner.pipelines.lock().await;
         if pipelines.contains(&new.name) {
             return Err(PipelineError::AlreadyExists { name: new.name });
@@ -287,7 +306,7 @@ impl Pipelines {
         {
             transform::ensure_topic(&self.inner.log, topic).await?;
         }
-        if let Some((_, changelog)) = &window_topics {
+        if let Some(changelog) = &changelog {
             state::ensure_changelog(&self.inner.log, changelog, source.partitions.len() as u32)
                 .await?;
         }

@@ -1,6 +1,8 @@
 //! The task that runs one source partition of a pipeline: read, transform, route, append,
 //! record progress. The appends of a few batches are in flight while the next batch is read
-//! and transformed; a batch's progress is recorded, in order, once its appends are durable.
+//! and transformed; a batch's progress is recorded, in order, once its appends are durable,
+//! and its state changes (the window's, or a stateful plugin's) are appended to the
+//! changelog after the rest of its output.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -20,8 +22,8 @@ use crate::plugin::{self, BatchInfo, Limits, Plugins};
 use crate::runtime::{self, RestartPolicy, State, StatusCell};
 use crate::transform::window::{self, WindowOperator};
 use crate::transform::{
-    self, ChainOutput, ErrorPolicy, HOPS_HEADER, MAX_HOPS, Rejection, Step, TaskError, cut_by_size,
-    dead_letter, ensure_topic, hops, record_size, to_log_record, to_plugin_record,
+    self, ChainOutput, ErrorPolicy, HOPS_HEADER, MAX_HOPS, Rejection, Step, TaskError, Transformer,
+    cut_by_size, dead_letter, ensure_topic, hops, record_size, to_log_record, to_plugin_record,
 };
 
 /// How much of the source one batch reads.
@@ -55,15 +57,22 @@ struct InFlight {
     records_out: u64,
 }
 
-/// A pipeline's `window-aggregate` step, with the topic its state is kept in.
+/// A pipeline's `window-aggregate` step.
 struct WindowStage {
     operator: WindowOperator,
-    changelog: TopicName,
     /// Set at start when an idle advance was stopped midway: the results destination's end
     /// before its results.
     unfinished_idle_advance: Option<u64>,
+}
+
+/// Where a stateful pipeline keeps its state ([`state`]): the changelog, and the snapshots.
+struct StateLog {
+    changelog: TopicName,
+    /// The chain step whose plugin keeps its store here (none: the window step's state).
+    plugin_step: Option<usize>,
     snapshot_key: String,
     snapshot_taken: Instant,
+    snapshot_interval: Duration,
 }
 
 pub(super) struct PartitionTask {
@@ -90,7 +99,7 @@ impl PartitionTask {
     }
 
     async fn transform_until_stopped(&self) -> Result<(), TaskError> {
-        let steps = self.start_chain().await?;
+        let mut steps = self.start_chain().await?;
         let progress_key = progress::key(self.spec.id, self.partition);
         let mut progress: Progress = self
             .meta
@@ -121,11 +130,12 @@ impl PartitionTask {
             .log
             .partition(&self.spec.from, self.partition)
             .map_err(TaskError::opening(&self.spec.from))?;
-        let window = self.restore_window(&mut progress).await?;
+        let (window, state) = self.restore_state(&mut steps, &mut progress).await?;
         let mut worker = Worker {
             task: self,
             steps,
             window,
+            state,
             progress,
             progress_key,
             written,
@@ -134,18 +144,26 @@ impl PartitionTask {
         worker.run(&source).await
     }
 
-    /// The `window-aggregate` step's state, restored from its changelog; the source then
-    /// resumes after what the changelog holds, if that is further than the progress.
-    async fn restore_window(
+    /// The state of the pipeline's stateful step (`window-aggregate` or a stateful plugin),
+    /// restored from its changelog; the source then resumes after what the changelog holds,
+    /// if that is further than the progress.
+    async fn restore_state(
         &self,
+        steps: &mut [Step],
         progress: &mut Progress,
-    ) -> Result<Option<WindowStage>, TaskError> {
-        let Some(spec) = window::stage(&self.spec.transforms).map_err(TaskError::Permanent)? else {
-            return Ok(None);
-        };
-        let changelog = spec
-            .changelog_topic(&self.spec.name)
-            .map_err(TaskError::Permanent)?;
+    ) -> Result<(Option<WindowStage>, Option<StateLog>), TaskError> {
+        let window_spec = window::stage(&self.spec.transforms).map_err(TaskError::Permanent)?;
+        let plugin_step = steps.iter().position(|step| {
+            matches!(&step.transformer, Transformer::Plugin(instance) if instance.is_stateful())
+        });
+        let changelog = match (&window_spec, plugin_step) {
+            (Some(spec), _) => spec.changelog_topic(&self.spec.name),
+            (None, Some(step)) => {
+                transform::plugin_changelog(&self.spec.name, steps[step].transformer.name())
+            }
+            (None, None) => return Ok((None, None)),
+        }
+        .map_err(TaskError::Permanent)?;
         let partitions = self
             .log
             .topic_config(&self.spec.from)
@@ -155,29 +173,54 @@ impl PartitionTask {
             .await
             .map_err(TaskError::opening(&changelog))?;
         let snapshot_key = state::snapshot_key(self.spec.id, self.partition);
-        let snapshot = self
-            .meta
-            .get(Table::PipelineProgress, &snapshot_key)
-            .map_err(TaskError::meta("reading the window snapshot"))?;
-        let restored = state::restore(
-            &self.log,
-            spec,
-            changelog.clone(),
-            (self.spec.id, self.partition),
-            snapshot,
-        )?;
-        if let Some(at) = restored.resume_at {
+        let writer = (self.spec.id, self.partition);
+        let reading = TaskError::meta("reading the state snapshot");
+        let (window, resume_at, report, snapshot_interval) = match (window_spec, plugin_step) {
+            (Some(spec), _) => {
+                let interval = Duration::from_millis(spec.snapshot_interval as u64);
+                let snapshot = self
+                    .meta
+                    .get(Table::PipelineProgress, &snapshot_key)
+                    .map_err(reading)?;
+                let restored =
+                    state::restore(&self.log, spec, changelog.clone(), writer, snapshot)?;
+                let window = WindowStage {
+                    operator: restored.operator,
+                    unfinished_idle_advance: restored.unfinished_idle_advance,
+                };
+                (Some(window), restored.resume_at, restored.report, interval)
+            }
+            (None, step) => {
+                let config = step.map_or(&[][..], |step| &self.spec.transforms[step].config);
+                let interval = transform::snapshot_interval(transform::last_value(
+                    config,
+                    transform::SNAPSHOT_INTERVAL,
+                ))
+                .map_err(TaskError::Permanent)?;
+                let snapshot = self
+                    .meta
+                    .get(Table::PipelineProgress, &snapshot_key)
+                    .map_err(reading)?;
+                let store = step
+                    .and_then(|step| steps[step].transformer.state())
+                    .ok_or_else(|| TaskError::Permanent("no stateful step".to_owned()))?;
+                let (resume_at, report) =
+                    state::restore_store(&self.log, &changelog, writer, snapshot, store)?;
+                (None, resume_at, report, interval)
+            }
+        };
+        if let Some(at) = resume_at {
             progress.next = progress.next.max(at);
         }
-        self.status
-            .update(|s| s.state_restored = Some(restored.report));
-        Ok(Some(WindowStage {
-            operator: restored.operator,
+        self.status.update(|s| s.state_restored = Some(report));
+        let state = StateLog {
             changelog,
-            unfinished_idle_advance: restored.unfinished_idle_advance,
+            plugin_step,
             snapshot_key,
             snapshot_taken: Instant::now(),
-        }))
+            snapshot_interval,
+        };
+        Ok((window, Some(state)))
     }
 
     async fn start_chain(&self) -> Result<Vec<Step>, TaskError> {
@@ -201,6 +244,7 @@ struct Worker<'t> {
     task: &'t PartitionTask,
     steps: Vec<Step>,
     window: Option<WindowStage>,
+    state: Option<StateLog>,
     progress: Progress,
     progress_key: String,
     /// Destination topic -> the source ranges it already holds, in any of its partitions
@@ -330,6 +374,41 @@ impl Worker<'_> {
             output.records = records;
             output.rejected.extend(rejected);
         }
+        if let (Some(state), Some(last)) = (&self.state, records.last())
+            && let Some(store) = state
+                .plugin_step
+                .and_then(|step| self.steps[step].transformer.state())
+        {
+            let changelog = state.changelog.as_str();
+            if let Some(routed) = output
+                .records
+                .iter()
+                .find(|r| r.topic.as_deref() == Some(changelog))
+            {
+                return Err(TaskError::Permanent(format!(
+                    "the output of source offset {} is routed to {changelog}, the changelog of \
+                     the pipeline's state, which only the appliance writes",
+                    routed.offset
+                )));
+            }
+            let offset = last.offset.0 as i64;
+            let timestamp = Timestamp::now().0;
+            output
+                .records
+                .extend(
+                    store
+                        .take_changes()
+                        .into_iter()
+                        .map(|(key, value)| plugin::Record {
+                            key: Some(key),
+                            value,
+                            headers: Vec::new(),
+                            timestamp,
+                            offset,
+                            topic: Some(changelog.to_owned()),
+                        }),
+                );
+        }
         Ok(output)
     }
 
@@ -390,14 +469,14 @@ impl Worker<'_> {
         {
             return Err(TaskError::Rejected(rejection.clone()));
         }
-        // A window step has already counted these records and closed windows with them:
-        // dropping their output now would leave its state ahead of what is stored.
-        if self.window.is_some()
+        // A stateful step has already counted these records (a window step closed windows
+        // with them): dropping their output now would leave its state ahead of what is stored.
+        if self.state.is_some()
             && let Some(rejection) = rejected.get(rejected_before)
         {
             return Err(TaskError::Permanent(format!(
-                "output of source offset {} cannot be written ({}), and window-aggregate has \
-                 counted it already; fix the cause and resume",
+                "output of source offset {} cannot be written ({}), and the pipeline's state \
+                 counts it already; fix the cause and resume",
                 rejection.offset, rejection.message
             )));
         }
@@ -438,10 +517,7 @@ impl Worker<'_> {
                 .topic_config(&destination.topic)
                 .map_err(TaskError::opening(&destination.topic))?;
             let budget = topic_config.max_message_bytes as usize / OUTPUT_BATCH_SHARE;
-            let is_changelog = self
-                .window
-                .as_ref()
-                .is_some_and(|w| w.changelog == destination.topic);
+            let is_changelog = self.is_changelog(&destination.topic);
             let batches = if is_changelog {
                 // One batch: a source batch's state changes are stored together or not at all.
                 check_changelog_size(&entries, &destination.topic, topic_config.max_message_bytes)?;
@@ -462,11 +538,7 @@ impl Worker<'_> {
                 let encoded = log::encode(&records, topic_config.compression).map_err(
                     TaskError::batch(|| format!("encoding output for {}", destination.topic)),
                 )?;
-                if self
-                    .window
-                    .as_ref()
-                    .is_some_and(|w| w.changelog == destination.topic)
-                {
+                if is_changelog {
                     changelog.push((destination.clone(), target.clone(), encoded));
                     continue;
                 }
@@ -524,34 +596,54 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn snapshot_due(&self) -> bool {
-        self.window.as_ref().is_some_and(|w| {
-            w.snapshot_taken.elapsed().as_millis() as i64 >= w.operator.spec().snapshot_interval
-        })
+    fn is_changelog(&self, topic: &TopicName) -> bool {
+        self.state.as_ref().is_some_and(|s| s.changelog == *topic)
     }
 
-    /// Stores the window state, which with nothing in flight is what the changelog holds.
+    fn snapshot_due(&self) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|s| s.snapshot_taken.elapsed() >= s.snapshot_interval)
+    }
+
+    /// Stores the state, which with nothing in flight is what the changelog holds.
     fn snapshot(&mut self) -> Result<(), TaskError> {
-        let Some(window) = &mut self.window else {
+        let Some(state) = &mut self.state else {
             return Ok(());
         };
-        window.snapshot_taken = Instant::now();
+        state.snapshot_taken = Instant::now();
         let changelog_next = self
             .task
             .log
-            .partition(&window.changelog, self.task.partition)
-            .map_err(TaskError::opening(&window.changelog))?
+            .partition(&state.changelog, self.task.partition)
+            .map_err(TaskError::opening(&state.changelog))?
             .high_watermark()
             .0;
-        let snapshot = state::Snapshot {
-            changelog_next,
-            resume_at: self.progress.next,
-            state: window.operator.state(),
-        };
-        self.task
-            .meta
-            .put_unflushed(Table::PipelineProgress, &window.snapshot_key, &snapshot)
-            .map_err(TaskError::meta("storing the window snapshot"))
+        let resume_at = self.progress.next;
+        let (meta, key) = (&self.task.meta, &state.snapshot_key);
+        let storing = TaskError::meta("storing the state snapshot");
+        if let Some(window) = &self.window {
+            let snapshot = state::Snapshot {
+                changelog_next,
+                resume_at,
+                state: window.operator.state(),
+            };
+            meta.put_unflushed(Table::PipelineProgress, key, &snapshot)
+                .map_err(storing)
+        } else if let Some(store) = state
+            .plugin_step
+            .and_then(|step| self.steps[step].transformer.state())
+        {
+            let snapshot = state::Snapshot {
+                changelog_next,
+                resume_at,
+                state: state::StoreImage::of(store),
+            };
+            meta.put_unflushed(Table::PipelineProgress, key, &snapshot)
+                .map_err(storing)
+        } else {
+            Ok(())
+        }
     }
 
     /// Drops the ranges found by the start scan that end before `next`: no record before it is

@@ -37,7 +37,7 @@ use crate::security::secrets::{SecretError, SecretProviders};
 
 pub use instance::{
     BatchInfo, Header, InstanceCounters, Polled, Record, RecordError, SinkInstance, SourceInstance,
-    TransformInstance, is_host_key,
+    StateChanges, StateStore, TransformInstance, is_host_key,
 };
 
 /// How often the engine's epoch advances: the granularity of `timeout-ms`.
@@ -181,6 +181,13 @@ pub struct Loaded {
     prepared: instance::Prepared,
     /// The configuration keys the plugin declares secret.
     secret_keys: Vec<String>,
+}
+
+impl Loaded {
+    /// Whether the plugin is a stateful transform (imports `appliance:plugin/state`).
+    pub fn uses_state(&self) -> bool {
+        self.prepared.uses_state()
+    }
 }
 
 impl std::fmt::Debug for Loaded {

@@ -486,3 +486,57 @@ async fn keys_a_plugin_declares_secret_are_refused_as_literals() {
     let filter = plugins.get("filter").await.unwrap();
     assert!(filter.secret_keys.is_empty(), "a plugin declaring none");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stateful_plugin_keeps_its_store_and_a_new_instance_restores_it_from_the_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = open(dir.path());
+    plugins
+        .add("counter", test_plugin("plugin_running_count"))
+        .await
+        .unwrap();
+    let counter = plugins.get("counter").await.unwrap();
+    assert!(counter.uses_state());
+    assert!(!plugins.get("filter").await.unwrap().uses_state());
+    let keyed = |offset: i64, key: &str| Record {
+        key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
+        ..record(offset, "{}")
+    };
+    let counts = |out: Vec<Record>| -> Vec<String> {
+        out.iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect()
+    };
+    let mut first = plugins
+        .instantiate_transform(&counter, &[], Limits::default(), "p/0")
+        .await
+        .unwrap();
+    let out = first
+        .process(&info(), &[keyed(0, "a"), keyed(1, "b"), keyed(2, "a")])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        counts(out),
+        [
+            r#"{"count":1,"key":"a"}"#,
+            r#"{"count":1,"key":"b"}"#,
+            r#"{"count":2,"key":"a"}"#
+        ]
+    );
+    let changes = first.state().take_changes();
+    assert_eq!(changes.len(), 3, "a, b and the commit entry: {changes:?}");
+    let mut second = plugins
+        .instantiate_transform(&counter, &[], Limits::default(), "p/0")
+        .await
+        .unwrap();
+    for (key, value) in &changes {
+        second.state().restore(key, value.as_deref()).unwrap();
+    }
+    let out = second
+        .process(&info(), &[keyed(3, "a")])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counts(out), [r#"{"count":3,"key":"a"}"#]);
+}

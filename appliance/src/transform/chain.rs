@@ -8,7 +8,7 @@ use regex::Regex;
 
 use super::join::{TABLE_JOIN, TableJoin};
 use super::{ErrorPolicy, TaskError};
-use crate::plugin::{BatchInfo, PluginError, Record, RecordError, TransformInstance};
+use crate::plugin::{BatchInfo, PluginError, Record, RecordError, StateStore, TransformInstance};
 
 /// The config keys the host takes out of a transform's config for its predicate.
 const PREDICATE: &str = "predicate";
@@ -114,10 +114,18 @@ pub enum Transformer {
 }
 
 impl Transformer {
-    fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         match self {
             Self::Plugin(instance) => instance.plugin(),
             Self::TableJoin(_) => TABLE_JOIN,
+        }
+    }
+
+    /// The state store of a stateful plugin.
+    pub fn state(&mut self) -> Option<&mut StateStore> {
+        match self {
+            Self::Plugin(instance) if instance.is_stateful() => Some(instance.state()),
+            _ => None,
         }
     }
 

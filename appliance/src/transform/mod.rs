@@ -20,6 +20,8 @@ pub mod join;
 mod records;
 pub mod window;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::log::TopicName;
@@ -36,6 +38,23 @@ const MAX_TRANSFORMS: usize = 32;
 
 /// Built-in transforms that only pipelines run: they keep state or read other topics.
 pub const PIPELINE_ONLY: [&str; 2] = [window::WINDOW_AGGREGATE, join::TABLE_JOIN];
+
+/// How often a stateful step's state is snapshotted (`window-aggregate`'s setting, and a host
+/// key of a stateful plugin's config).
+pub const SNAPSHOT_INTERVAL: &str = "snapshot-interval";
+const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The `snapshot-interval` a step's config gives: at least 100ms, by default 30s.
+pub(crate) fn snapshot_interval(text: Option<&str>) -> Result<Duration, String> {
+    match text
+        .map(|text| window::parse_ms(SNAPSHOT_INTERVAL, text.trim()))
+        .transpose()?
+    {
+        None => Ok(DEFAULT_SNAPSHOT_INTERVAL),
+        Some(ms) if ms >= 100 => Ok(Duration::from_millis(ms as u64)),
+        Some(_) => Err(format!("`{SNAPSHOT_INTERVAL}` is at least 100ms")),
+    }
+}
 
 /// The last value given for `key` in a transform's config: a later `key=value` overrides.
 pub(crate) fn last_value<'c>(config: &'c [(String, String)], key: &str) -> Option<&'c str> {
@@ -163,14 +182,15 @@ pub enum TransformsError {
 }
 
 /// Instantiates each transform of a chain once, so a configuration its plugin rejects is
-/// reported to whoever creates the chain. The pipeline-only built-ins are checked against
-/// `stream`; without one (a connector's chain) they are refused.
+/// reported to whoever creates the chain. The pipeline-only built-ins and stateful plugins
+/// are checked against `stream`; without one (a connector's chain) they are refused. Returns
+/// the name of the stateful plugin, if the chain has one.
 pub async fn validate_transforms(
     plugins: &Plugins,
     limits: Limits,
     transforms: &[TransformSpec],
     stream: Option<StreamContext<'_>>,
-) -> Result<(), TransformsError> {
+) -> Result<Option<String>, TransformsError> {
     if transforms.len() > MAX_TRANSFORMS {
         return Err(TransformsError::Invalid(format!(
             "at most {MAX_TRANSFORMS} transforms"
@@ -187,7 +207,12 @@ pub async fn validate_transforms(
             builtin.plugin
         )));
     }
-    window::stage(transforms).map_err(TransformsError::Invalid)?;
+    let mut stateful_steps = usize::from(
+        window::stage(transforms)
+            .map_err(TransformsError::Invalid)?
+            .is_some(),
+    );
+    let mut stateful_plugin = None;
     for transform in transforms {
         if transform.plugin == window::WINDOW_AGGREGATE {
             continue;
@@ -214,6 +239,22 @@ pub async fn validate_transforms(
                 wanted: PluginKind::Transform,
             }));
         }
+        if loaded.uses_state() {
+            if stream.is_none() {
+                return Err(TransformsError::Invalid(format!(
+                    "{} keeps state, which pipelines keep; a connector's transforms are \
+                     stateless",
+                    transform.plugin
+                )));
+            }
+            snapshot_interval(last_value(&transform.config, SNAPSHOT_INTERVAL)).map_err(
+                |problem| {
+                    TransformsError::Invalid(format!("transform {}: {problem}", transform.plugin))
+                },
+            )?;
+            stateful_steps += 1;
+            stateful_plugin = Some(transform.plugin.clone());
+        }
         let (_, plugin_config) = Predicate::split_config(&transform.config).map_err(|problem| {
             TransformsError::Invalid(format!("transform {}: {problem}", transform.plugin))
         })?;
@@ -222,7 +263,21 @@ pub async fn validate_transforms(
             .await
             .map_err(TransformsError::Plugin)?;
     }
-    Ok(())
+    if stateful_steps > 1 {
+        return Err(TransformsError::Invalid(
+            "a pipeline keeps state in one step at most (window-aggregate or one stateful \
+             plugin), so that its changelog commits the state with the output; chain two \
+             pipelines through a topic instead"
+                .to_owned(),
+        ));
+    }
+    Ok(stateful_plugin)
+}
+
+/// `<pipeline>.<plugin>.changelog`: the compacted topic a stateful plugin's store is kept in.
+pub fn plugin_changelog(pipeline: &str, plugin: &str) -> Result<TopicName, String> {
+    TopicName::new(format!("{pipeline}.{plugin}.changelog"))
+        .map_err(|e| format!("the changelog topic of {plugin}'s state: {e}"))
 }
 
 /// Starts each step of a chain but the built-in `window-aggregate` (the pipeline's to run):

@@ -355,7 +355,7 @@ async fn window_case(
         over_filter: figures.records_s / filter,
         restore_mb: mb,
         restore_mb_s: mb / restored.took.as_secs_f64(),
-        restored_windows: restored.open_windows,
+        restored_windows: restored.entries,
     };
     println!();
     println!(

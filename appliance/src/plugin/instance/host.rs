@@ -1,6 +1,6 @@
 //! The host side of an instance: its state in the store, the host functions of
 //! `appliance:plugin/host` (log, counters), the captured stderr, and the linker every instance
-//! is made from.
+//! is made from (with `appliance:plugin/state`, in [`super::state`]).
 
 use super::abi::{RecordOut, SourceRecordOut, charge, read_records};
 use super::sandbox::MemoryLimiter;
@@ -92,6 +92,8 @@ pub struct InstanceState {
     pub(super) plugin: Arc<str>,
     pub(super) label: Arc<str>,
     pub(super) counters: Arc<InstanceCounters>,
+    /// A stateful transform's state store (empty for any other instance).
+    pub(super) state: super::StateStore,
 }
 
 impl std::fmt::Debug for InstanceState {
@@ -150,6 +152,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     bindings::appliance::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     bindings::appliance::plugin::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    bindings::appliance::plugin::state::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     linker.instance(OUTPUT_IMPORT)?.func_wrap(
         "emit",
         |mut store: StoreContextMut<'_, InstanceState>, (list,): (WasmList<RecordOut>,)| {

@@ -18,6 +18,7 @@
 //! abi.rs      records across the boundary, in and out
 //! host.rs     the store's state, host functions, stderr, the linker
 //! sandbox.rs  grants, memory and time limits, and how a failed call is named
+//! state.rs    the state store of a stateful transform (`appliance:plugin/state`)
 //! ```
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -42,12 +43,14 @@ use super::{EPOCH_TICK, Fault, Limits, PluginError, PluginKind, lock};
 mod abi;
 mod host;
 mod sandbox;
+mod state;
 
 pub use self::abi::{Header, MAX_OUTPUT_BYTES, Record};
 pub use self::host::{InstanceCounters, InstanceState, linker};
 pub(super) use self::sandbox::InstanceSpec;
 pub use self::sandbox::is_host_key;
 use self::sandbox::{CallError, Sandbox};
+pub use self::state::{StateChanges, StateStore};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -63,7 +66,9 @@ mod bindings {
             }
         ",
         world: "appliance:host/plugins",
+        imports: { "appliance:plugin/state": trappable },
         exports: { default: async },
+        with: { "appliance:plugin/state.bucket": crate::plugin::instance::state::Bucket },
     });
 }
 
@@ -73,6 +78,7 @@ use bindings::exports::appliance::plugin::{
     config_schema, sink_connector, source_connector, transformer,
 };
 
+const STATE_IMPORT: &str = "appliance:plugin/state@0.1.0";
 const CONFIG_SCHEMA_EXPORT: &str = "appliance:plugin/config-schema@0.1.0";
 /// The most keys a plugin may declare secret, and the longest such key.
 const MAX_SECRET_KEYS: usize = 256;
@@ -105,6 +111,8 @@ pub fn kind_of(engine: &Engine, component: &Component) -> Option<PluginKind> {
 /// A plugin resolved against the linker once, so each instance starts quickly.
 pub struct Prepared {
     pre: InstancePre<InstanceState>,
+    /// Whether the component imports `appliance:plugin/state`: a stateful transform.
+    uses_state: bool,
     exports: Exports,
     /// None when the component declares nothing about its configuration.
     config_schema: Option<config_schema::GuestIndices>,
@@ -157,8 +165,13 @@ pub fn prepare(
         .map(|_| config_schema::GuestIndices::new(&pre))
         .transpose()
         .map_err(|e| format!("its export {CONFIG_SCHEMA_EXPORT} does not match the ABI: {e:#}"))?;
+    let uses_state = component
+        .component_type()
+        .imports(linker.engine())
+        .any(|(name, _)| name == STATE_IMPORT);
     Ok(Prepared {
         pre,
+        uses_state,
         exports,
         config_schema,
     })
@@ -192,6 +205,10 @@ pub(super) async fn secret_keys(
 }
 
 impl Prepared {
+    pub fn uses_state(&self) -> bool {
+        self.uses_state
+    }
+
     pub fn kind(&self) -> PluginKind {
         match self.exports {
             Exports::Transform { .. } => PluginKind::Transform,
@@ -215,6 +232,7 @@ fn wrong_world(prepared: &Prepared, plugin: &str, wanted: PluginKind) -> PluginE
 pub struct TransformInstance {
     sandbox: Sandbox,
     process: Func,
+    stateful: bool,
 }
 
 impl TransformInstance {
@@ -236,7 +254,11 @@ impl TransformInstance {
                 Ok((process, guest.call_init(&mut *store, config).await?))
             })
             .await?;
-        Ok(Self { sandbox, process })
+        Ok(Self {
+            sandbox,
+            process,
+            stateful: prepared.uses_state,
+        })
     }
 
     /// Transforms one batch. `Ok(Err(_))` is the plugin's verdict on one record; `Err(_)` is a
@@ -246,7 +268,23 @@ impl TransformInstance {
         info: &BatchInfo,
         records: &[Record],
     ) -> Result<Result<Vec<Record>, RecordError>, PluginError> {
-        self.sandbox.call_batch(self.process, info, records).await
+        let verdict = self.sandbox.call_batch(self.process, info, records).await;
+        let state = &mut self.sandbox.store.data_mut().state;
+        match verdict {
+            Ok(Ok(_)) => state.keep_call(),
+            _ => state.discard_call(),
+        }
+        verdict
+    }
+
+    /// Whether the plugin keeps state (imports `appliance:plugin/state`).
+    pub fn is_stateful(&self) -> bool {
+        self.stateful
+    }
+
+    /// The instance's state store, between calls.
+    pub fn state(&mut self) -> &mut StateStore {
+        &mut self.sandbox.store.data_mut().state
     }
 
     pub fn plugin(&self) -> &str {

@@ -97,6 +97,7 @@ impl Sandbox {
             plugin: spec.plugin.into(),
             label: spec.label.into(),
             counters: spec.counters,
+            state: super::StateStore::default(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -206,7 +207,7 @@ pub(super) async fn guarded<R>(
 
 /// Whether a config key is the host's (a limit or a grant) rather than the plugin's.
 pub fn is_host_key(key: &str) -> bool {
-    matches!(key, "max-memory-mb" | "timeout-ms") || key.starts_with("wasi.")
+    matches!(key, "max-memory-mb" | "timeout-ms" | "snapshot-interval") || key.starts_with("wasi.")
 }
 
 /// Splits the host's keys (limits and WASI grants) from the plugin's configuration.
@@ -254,6 +255,8 @@ pub(super) async fn sandbox(
                 limits.timeout_ms =
                     parse_limit(value, 1, 3_600_000).map_err(|reason| grant_error(key, reason))?;
             }
+            // The pipeline's, for a stateful transform's snapshots.
+            "snapshot-interval" => {}
             "wasi.dir" | "wasi.dir-rw" => {
                 let (host, guest) = value.split_once(':').unwrap_or((value, value));
                 let perms = if key == "wasi.dir" {

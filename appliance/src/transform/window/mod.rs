@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 use super::Rejection;
 use crate::log::TopicName;
 use crate::plugin::{Header, Record};
+pub(crate) use spec::parse_ms;
 pub use spec::{Aggregate, Emit, EventTime, Function, GroupBy, WindowKind, WindowSpec};
 
 /// The transform name that selects this built-in in a pipeline's chain (always its last step).

@@ -103,7 +103,6 @@ const KEYS: [&str; 15] = [
     "snapshot-interval",
     MAX_OPEN_WINDOWS_KEY,
 ];
-const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
 const MAX_OPEN_WINDOWS_KEY: &str = "max-open-windows";
 
 impl WindowSpec {
@@ -207,11 +206,9 @@ impl WindowSpec {
             Some(ms) if ms <= 0 => return Err("`idle-advance` must be longer than 0 ms".to_owned()),
             other => other,
         };
-        let snapshot_interval = match duration("snapshot-interval")? {
-            None => DEFAULT_SNAPSHOT_INTERVAL.as_millis() as i64,
-            Some(ms) if ms >= 100 => ms,
-            Some(_) => return Err("`snapshot-interval` is at least 100ms".to_owned()),
-        };
+        let snapshot_interval =
+            crate::transform::snapshot_interval(get(crate::transform::SNAPSHOT_INTERVAL))?
+                .as_millis() as i64;
         Ok(Self {
             snapshot_interval,
             idle_advance,
@@ -291,7 +288,7 @@ fn function_name(function: Function) -> &'static str {
     }
 }
 
-fn parse_ms(key: &str, text: &str) -> Result<i64, String> {
+pub(crate) fn parse_ms(key: &str, text: &str) -> Result<i64, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|e| format!("`{key}` = {text:?} is not a duration such as 1m or 500ms: {e}"))?;
     i64::try_from(duration.as_millis())
