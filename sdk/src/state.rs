@@ -85,7 +85,7 @@ impl Bucket {
 /// order: `a < b` exactly when `a.encode() < b.encode()`, so ranges over them are ranges of
 /// numbers or text.
 pub trait Codec: Sized {
-    fn encode(&self) -> Vec<u8>;
+    fn encode(&self) -> Result<Vec<u8>, String>;
     fn decode(bytes: &[u8]) -> Result<Self, String>;
 }
 
@@ -96,8 +96,8 @@ fn fixed<const N: usize>(bytes: &[u8], what: &str) -> Result<[u8; N], String> {
 }
 
 impl Codec for u64 {
-    fn encode(&self) -> Vec<u8> {
-        self.to_be_bytes().to_vec()
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        Ok(self.to_be_bytes().to_vec())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -106,8 +106,8 @@ impl Codec for u64 {
 }
 
 impl Codec for i64 {
-    fn encode(&self) -> Vec<u8> {
-        ((*self as u64) ^ (1 << 63)).to_be_bytes().to_vec()
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        Ok(((*self as u64) ^ (1 << 63)).to_be_bytes().to_vec())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -117,15 +117,22 @@ impl Codec for i64 {
 
 impl Codec for f64 {
     /// Negative numbers have every bit flipped, the others their sign bit: the bytes order
-    /// like the numbers (NaN after the infinities).
-    fn encode(&self) -> Vec<u8> {
-        let bits = self.to_bits();
+    /// like the numbers. `-0.0` is stored as `0.0`, and every NaN as one NaN, after infinity.
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        let canonical = if self.is_nan() {
+            f64::NAN
+        } else if *self == 0.0 {
+            0.0
+        } else {
+            *self
+        };
+        let bits = canonical.to_bits();
         let ordered = if bits >> 63 == 1 {
             !bits
         } else {
             bits ^ (1 << 63)
         };
-        ordered.to_be_bytes().to_vec()
+        Ok(ordered.to_be_bytes().to_vec())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -140,8 +147,8 @@ impl Codec for f64 {
 }
 
 impl Codec for String {
-    fn encode(&self) -> Vec<u8> {
-        self.as_bytes().to_vec()
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        Ok(self.as_bytes().to_vec())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -150,8 +157,8 @@ impl Codec for String {
 }
 
 impl Codec for Vec<u8> {
-    fn encode(&self) -> Vec<u8> {
-        self.clone()
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        Ok(self.clone())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -164,8 +171,8 @@ impl Codec for Vec<u8> {
 pub struct Json<T>(pub T);
 
 impl<T: serde::Serialize + serde::de::DeserializeOwned> Codec for Json<T> {
-    fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.0).unwrap_or_default()
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(&self.0).map_err(|e| format!("a value cannot be stored as JSON: {e}"))
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -199,23 +206,23 @@ impl<K: Codec, V: Codec> KeyValueStore<K, V> {
 
     pub fn get(&self, key: &K) -> Result<Option<V>, String> {
         self.bucket
-            .get(&key.encode())?
+            .get(&key.encode()?)?
             .map(|value| V::decode(&value))
             .transpose()
     }
 
     pub fn put(&self, key: &K, value: &V) -> Result<(), String> {
-        self.bucket.set(&key.encode(), &value.encode())
+        self.bucket.set(&key.encode()?, &value.encode()?)
     }
 
     pub fn delete(&self, key: &K) -> Result<(), String> {
-        self.bucket.delete(&key.encode())
+        self.bucket.delete(&key.encode()?)
     }
 
     /// Up to `limit` entries with `from <= key < to` (no `to`: to the last key), in key order.
     pub fn range(&self, from: &K, to: Option<&K>, limit: u32) -> Result<Vec<(K, V)>, String> {
-        let to = to.map(Codec::encode);
-        decode_entries(self.bucket.range(&from.encode(), to.as_deref(), limit)?)
+        let to = to.map(Codec::encode).transpose()?;
+        decode_entries(self.bucket.range(&from.encode()?, to.as_deref(), limit)?)
     }
 
     /// The untyped bucket, for prefix scans over encoded keys.
@@ -241,7 +248,7 @@ impl<K: Codec, V: Codec> WindowStore<K, V> {
 
     pub fn put(&self, key: &K, start: WindowStart, value: &V) -> Result<(), String> {
         self.bucket
-            .window_put(&key.encode(), start, &value.encode())
+            .window_put(&key.encode()?, start, &value.encode()?)
     }
 
     pub fn get(&self, key: &K, start: WindowStart) -> Result<Option<V>, String> {
@@ -252,7 +259,7 @@ impl<K: Codec, V: Codec> WindowStore<K, V> {
     }
 
     pub fn delete(&self, key: &K, start: WindowStart) -> Result<(), String> {
-        self.bucket.window_delete(&key.encode(), start)
+        self.bucket.window_delete(&key.encode()?, start)
     }
 
     /// Up to `limit` windows of `key` with `earliest <= start <= latest`, by start.
@@ -264,7 +271,7 @@ impl<K: Codec, V: Codec> WindowStore<K, V> {
         limit: u32,
     ) -> Result<Vec<(WindowStart, V)>, String> {
         self.bucket
-            .window_fetch(&key.encode(), earliest, latest, limit)?
+            .window_fetch(&key.encode()?, earliest, latest, limit)?
             .into_iter()
             .map(|(start, value)| Ok((start, V::decode(&value)?)))
             .collect()
@@ -458,17 +465,28 @@ mod tests {
 
     use super::*;
 
+    fn encoded<T: Codec>(value: &T) -> Vec<u8> {
+        value.encode().unwrap()
+    }
+
     proptest! {
         #[test]
         fn integer_and_float_encodings_order_like_the_numbers(a: i64, b: i64, x: u64, y: u64, f: f64, g: f64) {
-            prop_assert_eq!(a.cmp(&b), a.encode().cmp(&b.encode()));
-            prop_assert_eq!(x.cmp(&y), x.encode().cmp(&y.encode()));
-            prop_assert_eq!(i64::decode(&a.encode()).unwrap(), a);
-            prop_assert_eq!(f64::decode(&f.encode()).unwrap().to_bits(), f.to_bits());
-            if !f.is_nan() && !g.is_nan() && f != g {
-                prop_assert_eq!(f.partial_cmp(&g), f.encode().partial_cmp(&g.encode()));
+            prop_assert_eq!(a.cmp(&b), encoded(&a).cmp(&encoded(&b)));
+            prop_assert_eq!(x.cmp(&y), encoded(&x).cmp(&encoded(&y)));
+            prop_assert_eq!(i64::decode(&encoded(&a)).unwrap(), a);
+            if !f.is_nan() && !g.is_nan() {
+                prop_assert_eq!(f64::decode(&encoded(&f)).unwrap(), f);
+                prop_assert_eq!(f.partial_cmp(&g), Some(encoded(&f).cmp(&encoded(&g))));
             }
         }
+    }
+
+    #[test]
+    fn zeros_and_nans_have_one_encoding_each_and_nan_sorts_last() {
+        assert_eq!(encoded(&-0.0f64), encoded(&0.0f64));
+        assert_eq!(encoded(&-f64::NAN), encoded(&f64::NAN));
+        assert!(encoded(&f64::NAN) > encoded(&f64::INFINITY));
     }
 
     #[test]

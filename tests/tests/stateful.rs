@@ -76,7 +76,7 @@ async fn a_running_count_counts_every_record_once_through_sigkills() -> anyhow::
     )?;
     let said = String::from_utf8_lossy(&twice.stderr);
     assert!(
-        !twice.status.success() && said.contains("one step at most"),
+        !twice.status.success() && said.contains("must be the last transform"),
         "{said}"
     );
 

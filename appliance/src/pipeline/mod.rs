@@ -299,6 +299,29 @@ impl Pipelines {
                 new.from
             )));
         }
+        for (theirs, running) in existing.iter().zip(pipelines.states()) {
+            let their_changelog = self.changelog_of(&running.spec).await;
+            if let Some(topic) = their_changelog
+                .as_ref()
+                .filter(|c| edges.targets.contains(c) || changelog.as_ref() == Some(*c))
+            {
+                return Err(invalid(format!(
+                    "{topic} keeps the state of pipeline {}, which only it writes; choose \
+                     other topics (or another pipeline name)",
+                    theirs.pipeline
+                )));
+            }
+            if let Some(topic) = changelog.as_ref().filter(|c| theirs.targets.contains(c)) {
+                return Err(invalid(format!(
+                    "{topic}, where this pipeline would keep its state, is written by pipeline \
+                     {}; choose another pipeline name",
+                    theirs.pipeline
+                )));
+            }
+        }
+        if let Some(changelog) = &changelog {
+            state::check_changelog_policy(&self.inner.log, changelog).map_err(invalid)?;
+        }
         let late_topic = window_topics.as_ref().map(|(late, _)| late);
         for topic in std::iter::once(&new.to)
             .chain(new.dlq_topic.as_ref())
@@ -328,6 +351,20 @@ impl Pipelines {
         let status = status_of(&running.state);
         pipelines.insert(status.spec.name.clone(), running).await;
         Ok(status)
+    }
+
+    /// The changelog topic of a pipeline's stateful step (its last), if it has one.
+    async fn changelog_of(&self, spec: &PipelineSpec) -> Option<TopicName> {
+        let last = spec.transforms.last()?;
+        if last.plugin == transform::window::WINDOW_AGGREGATE {
+            let window = transform::window::WindowSpec::parse(&last.config).ok()?;
+            return window.changelog_topic(&spec.name).ok();
+        }
+        let loaded = self.inner.plugins.get(&last.plugin).await.ok()?;
+        loaded
+            .uses_state()
+            .then(|| transform::plugin_changelog(&spec.name, &last.plugin).ok())
+            .flatten()
     }
 
     pub async fn get(&self, name: &str) -> Result<PipelineStatus, PipelineError> {

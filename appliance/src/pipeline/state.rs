@@ -227,6 +227,18 @@ fn report_restored(
     report
 }
 
+/// Refuses an existing changelog topic that compaction would not keep (made by hand, or a
+/// pipeline's destination of the same name): its state would be deleted by retention.
+pub(super) fn check_changelog_policy(log: &Log, changelog: &TopicName) -> Result<(), String> {
+    match log.topic_config(changelog) {
+        Ok(config) if config.cleanup_policy == CleanupPolicy::Delete => Err(format!(
+            "{changelog}, where the state is kept, exists with cleanup-policy delete; a \
+             changelog must be compacted: delete the topic or rename the pipeline"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Reads partition `partition` of the changelog into a new operator, from `snapshot` on if
 /// it fits; an entry it cannot read stops the partition (the state would be wrong).
 pub(super) fn restore(

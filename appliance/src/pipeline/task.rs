@@ -164,6 +164,7 @@ impl PartitionTask {
             (None, None) => return Ok((None, None)),
         }
         .map_err(TaskError::Permanent)?;
+        state::check_changelog_policy(&self.log, &changelog).map_err(TaskError::Permanent)?;
         let partitions = self
             .log
             .topic_config(&self.spec.from)
@@ -426,6 +427,15 @@ impl Worker<'_> {
             records,
             mut rejected,
         } = output;
+        // The state's changelog entries go to the changelog whatever happens to the output
+        // they share offsets with: they record what the state step already counted.
+        let (state_entries, records): (Vec<plugin::Record>, Vec<plugin::Record>) = match &self.state
+        {
+            Some(state) => records
+                .into_iter()
+                .partition(|r| r.topic.as_deref() == Some(state.changelog.as_str())),
+            None => (Vec::new(), records),
+        };
         // Output by topic (`None`: the pipeline's destination), each in source order.
         let mut by_topic: HashMap<Option<TopicName>, Vec<(i64, log::Record)>> = HashMap::new();
         let mut max_bytes: HashMap<Option<TopicName>, usize> = HashMap::new();
@@ -491,6 +501,15 @@ impl Worker<'_> {
             routed.entry(destination).or_default().extend(entries);
         }
         route_rejections(task, source, &rejected, &mut routed, &mut partitions_of).await?;
+        if let (Some(state), false) = (&self.state, state_entries.is_empty()) {
+            let changelog = state.changelog.clone();
+            let destination = destination_partition(task, &mut partitions_of, changelog).await?;
+            routed.entry(destination).or_default().extend(
+                state_entries
+                    .into_iter()
+                    .map(|record| (record.offset, to_log_record(record))),
+            );
+        }
         for entries in routed.values_mut() {
             // Stable, and linear on the runs that are already in order.
             entries.sort_by_key(|(offset, _)| *offset);

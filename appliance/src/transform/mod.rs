@@ -207,13 +207,9 @@ pub async fn validate_transforms(
             builtin.plugin
         )));
     }
-    let mut stateful_steps = usize::from(
-        window::stage(transforms)
-            .map_err(TransformsError::Invalid)?
-            .is_some(),
-    );
+    window::stage(transforms).map_err(TransformsError::Invalid)?;
     let mut stateful_plugin = None;
-    for transform in transforms {
+    for (index, transform) in transforms.iter().enumerate() {
         if transform.plugin == window::WINDOW_AGGREGATE {
             continue;
         }
@@ -252,7 +248,15 @@ pub async fn validate_transforms(
                     TransformsError::Invalid(format!("transform {}: {problem}", transform.plugin))
                 },
             )?;
-            stateful_steps += 1;
+            if index + 1 != transforms.len() {
+                return Err(TransformsError::Invalid(format!(
+                    "{} keeps state, so it must be the last transform (and a pipeline keeps \
+                     state in one step, a stateful plugin or window-aggregate): a record a \
+                     later transform rejected would stay counted, and one changelog batch \
+                     commits a source batch; chain a second pipeline through a topic",
+                    transform.plugin
+                )));
+            }
             stateful_plugin = Some(transform.plugin.clone());
         }
         let (_, plugin_config) = Predicate::split_config(&transform.config).map_err(|problem| {
@@ -262,14 +266,6 @@ pub async fn validate_transforms(
             .instantiate_transform(&loaded, &plugin_config, limits, "validation")
             .await
             .map_err(TransformsError::Plugin)?;
-    }
-    if stateful_steps > 1 {
-        return Err(TransformsError::Invalid(
-            "a pipeline keeps state in one step at most (window-aggregate or one stateful \
-             plugin), so that its changelog commits the state with the output; chain two \
-             pipelines through a topic instead"
-                .to_owned(),
-        ));
     }
     Ok(stateful_plugin)
 }

@@ -60,7 +60,7 @@ mod bindings {
         inline: "
             package appliance:host;
             world plugins {
-                include appliance:plugin/transform@0.1.0;
+                include appliance:plugin/stateful-transform@0.1.0;
                 include appliance:plugin/source@0.1.0;
                 include appliance:plugin/sink@0.1.0;
             }
@@ -169,6 +169,11 @@ pub fn prepare(
         .component_type()
         .imports(linker.engine())
         .any(|(name, _)| name == STATE_IMPORT);
+    if uses_state && kind != PluginKind::Transform {
+        return Err(format!(
+            "it imports {STATE_IMPORT}, which only transforms have (world stateful-transform)"
+        ));
+    }
     Ok(Prepared {
         pre,
         uses_state,
@@ -245,7 +250,7 @@ impl TransformInstance {
         let Exports::Transform { indices, process } = &prepared.exports else {
             return Err(wrong_world(prepared, spec.plugin, PluginKind::Transform));
         };
-        let (sandbox, _, process) =
+        let (mut sandbox, _, process) =
             Sandbox::start(engine, prepared, spec, async |store, instance, config| {
                 let guest = indices.load(&mut *store, instance)?;
                 let process = instance
@@ -254,6 +259,8 @@ impl TransformInstance {
                 Ok((process, guest.call_init(&mut *store, config).await?))
             })
             .await?;
+        // The store is restored after `init`: what `init` wrote would overwrite it.
+        sandbox.store.data_mut().state.discard_call();
         Ok(Self {
             sandbox,
             process,

@@ -25,11 +25,14 @@ use wasmtime::component::Resource;
 use super::bindings::appliance::plugin::state::{self, Error};
 use super::host::InstanceState;
 
-/// What one instance's store holds at most, in key and value bytes.
-const MAX_STATE_BYTES: usize = 64 << 20;
+/// What one instance's store holds at most, in key and value bytes: half a changelog batch,
+/// so that a batch that rewrites all of it still commits as one.
+const MAX_STATE_BYTES: usize = 32 << 20;
 const MAX_KEY_BYTES: usize = 64 << 10;
 const MAX_VALUE_BYTES: usize = 4 << 20;
 const MAX_BUCKETS: usize = 64;
+/// Bucket handles an instance holds open at once.
+const MAX_OPEN_HANDLES: usize = 1024;
 const MAX_BUCKET_NAME: usize = 255;
 /// What one scan returns at most, whatever its limit: entries, and their bytes.
 const MAX_SCAN_ENTRIES: usize = 10_000;
@@ -103,6 +106,7 @@ pub struct StateStore {
     /// The changes of successful calls the pipeline has not taken yet.
     uncommitted: BTreeMap<Vec<u8>, Option<Bytes>>,
     buckets: Vec<String>,
+    open_handles: usize,
 }
 
 /// The changes one batch made, in changelog form: key, and value (`None` deletes).
@@ -181,7 +185,12 @@ impl StateStore {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Option<Bytes>) -> Result<(), Error> {
-        let old = self.get(&key).map_or(0, |old| key.len() + old.len());
+        let old = self.get(&key).map(|old| key.len() + old.len());
+        if old.is_none() && value.is_none() {
+            // Deleting what is not there changes nothing, and costs the changelog nothing.
+            return Ok(());
+        }
+        let old = old.unwrap_or(0);
         let new = value.as_ref().map_or(0, |value| key.len() + value.len());
         let call_bytes = self.call_bytes + new as isize - old as isize;
         if new > old && self.bytes.saturating_add_signed(call_bytes) > MAX_STATE_BYTES {
@@ -274,6 +283,12 @@ impl state::Host for InstanceState {
                 "a bucket name takes at most {MAX_BUCKET_NAME} bytes"
             ))));
         }
+        if self.state.open_handles >= MAX_OPEN_HANDLES {
+            return Ok(Err(Error::TooLarge(format!(
+                "an instance holds at most {MAX_OPEN_HANDLES} bucket handles open; open each \
+                 bucket once and keep it"
+            ))));
+        }
         let buckets = &mut self.state.buckets;
         if !buckets.contains(&identifier) {
             if buckets.len() >= MAX_BUCKETS {
@@ -283,7 +298,9 @@ impl state::Host for InstanceState {
             }
             buckets.push(identifier.clone());
         }
-        Ok(Ok(self.table.push(Bucket::new(&identifier))?))
+        let handle = self.table.push(Bucket::new(&identifier))?;
+        self.state.open_handles += 1;
+        Ok(Ok(handle))
     }
 }
 
@@ -302,7 +319,7 @@ impl state::HostBucket for InstanceState {
 
     fn delete(&mut self, bucket: Resource<Bucket>, key: Vec<u8>) -> Answer<()> {
         let full = self.bucket(&bucket)?.key(&key);
-        Ok(self.state.put(full, None))
+        Ok(check_key(&key).and_then(|()| self.state.put(full, None)))
     }
 
     fn exists(&mut self, bucket: Resource<Bucket>, key: Vec<u8>) -> Answer<bool> {
@@ -367,7 +384,7 @@ impl state::HostBucket for InstanceState {
         window_start: i64,
     ) -> Answer<()> {
         let full = self.bucket(&bucket)?.window(&key, window_start);
-        Ok(self.state.put(full, None))
+        Ok(check_key(&key).and_then(|()| self.state.put(full, None)))
     }
 
     fn window_fetch(
@@ -392,6 +409,7 @@ impl state::HostBucket for InstanceState {
 
     fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
         self.table.delete(bucket)?;
+        self.state.open_handles -= 1;
         Ok(())
     }
 }
@@ -453,6 +471,14 @@ mod tests {
         assert_eq!(restored.committed, store.committed);
         assert_eq!(restored.bytes, store.bytes);
         assert!(restored.restore(b"\x09", None).is_err());
+    }
+
+    #[test]
+    fn deleting_a_missing_key_changes_nothing() {
+        let mut store = StateStore::default();
+        store.put(b"\x01gone".to_vec(), None).unwrap();
+        store.keep_call();
+        assert!(store.take_changes().is_empty());
     }
 
     #[test]
