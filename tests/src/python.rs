@@ -1,6 +1,7 @@
 //! Python clients the end-to-end tests drive (grpcio, kafka-python): a virtual environment in
 //! `tests/python/.venv` with `tests/python/requirements.txt`, made on first use (`.ci/run`
-//! makes it beforehand), and `grpc_call.py`, one call per run.
+//! makes it beforehand), `grpc_call.py`, one call per run, and componentize-py, which builds
+//! the Python plugins from source.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +17,52 @@ pub fn python() -> anyhow::Result<PathBuf> {
     let dir = python_dir();
     crate::set_up(&dir, ".venv.lock", "python3 with venv and pip, and PyPI")?;
     Ok(dir.join(".venv").join("bin").join("python"))
+}
+
+/// Builds the Python plugin whose `app.py` is in `source` (relative to the repository) for
+/// `world` (`transform`, `source`, `sink`) with componentize-py and the Python SDK, as
+/// docs/plugin-guide.md does, into `out`.
+pub fn build_python_plugin(source: &str, world: &str, out: &Path) -> anyhow::Result<()> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the tests crate is in the repository")?;
+    let world = format!("appliance:plugin/{world}@0.1.0");
+    let out = out.to_str().context("a UTF-8 path")?;
+    componentize_py(
+        repo,
+        &[
+            "-d",
+            "sdk/wit",
+            "-w",
+            &world,
+            "componentize",
+            "app",
+            "-p",
+            source,
+            "-p",
+            "sdk/python",
+            "-o",
+            out,
+        ],
+    )
+}
+
+/// Runs componentize-py (from the virtual environment) in `dir` with `args`.
+pub fn componentize_py(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let componentize = python()?.with_file_name("componentize-py");
+    let output = Command::new(&componentize)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", componentize.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "componentize-py {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 /// Options of one grpcio call beyond its target, method and request.

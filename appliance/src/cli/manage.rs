@@ -24,6 +24,9 @@ pub enum PluginCommand {
     },
     /// Delete an added plugin that no pipeline uses.
     Delete { name: String },
+    /// Write a new plugin project (with the SDK and WIT it builds against) into DIR/NAME and
+    /// print the commands that build and load it. Needs no running appliance.
+    New(super::scaffold::NewPlugin),
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +136,7 @@ pub async fn plugin(channel: ApiChannel, command: PluginCommand) -> Result<(), F
                 print_table(&["PLUGIN", "KIND", "ORIGIN", "BYTES", "SHA256"], &rows);
             }
         }
+        PluginCommand::New(args) => super::scaffold::run(args)?,
         PluginCommand::Delete { name } => {
             client
                 .delete_plugin(pb::DeletePluginRequest { name: name.clone() })

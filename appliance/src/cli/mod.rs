@@ -13,6 +13,7 @@ mod manage;
 mod output;
 mod query;
 mod records;
+mod scaffold;
 mod security;
 mod topics;
 
@@ -249,6 +250,10 @@ pub fn main() -> ExitCode {
         Command::Group { command, server } => {
             client::run(&server, |channel| groups::group(channel, command))
         }
+        Command::Plugin {
+            command: manage::PluginCommand::New(args),
+            ..
+        } => scaffold::run(args),
         Command::Plugin { command, server } => {
             client::run(&server, |channel| manage::plugin(channel, command))
         }

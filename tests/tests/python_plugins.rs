@@ -1,0 +1,376 @@
+//! Plugins written in Python with the SDK in sdk/python, built from source with componentize-py
+//! (installed from PyPI into tests/python/.venv) as docs/plugin-guide.md does, added over
+//! gRPC to a real `appliance run`, and checked record by record: the transform template in a
+//! pipeline, the source example in a connector; and Python plugins that raise, loop forever or
+//! hoard memory fail only their own pipeline, with the reason.
+
+use std::time::Duration;
+
+use appliance_e2e::python::build_python_plugin;
+use appliance_e2e::{Channel, Daemon, cli_ok, fetch_topic, wait_pipeline_caught_up};
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::pipelines_client::PipelinesClient;
+use appliance_proto::v1::plugins_client::PluginsClient;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn add_plugin(
+    channel: &Channel,
+    name: &str,
+    wasm: &std::path::Path,
+) -> anyhow::Result<pb::Plugin> {
+    Ok(PluginsClient::new(channel.clone())
+        .add_plugin(pb::AddPluginRequest {
+            name: name.into(),
+            wasm: std::fs::read(wasm)?.into(),
+        })
+        .await?
+        .into_inner())
+}
+
+fn names(count: usize) -> String {
+    (0..count)
+        .map(|i| format!("{{\"name\":\"sensor-{i}\",\"i\":{i}}}\n"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_template_transforms_every_record_in_a_pipeline() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let wasm = root.join("template-python.wasm");
+    build_python_plugin("plugins/template-python", "transform", &wasm)?;
+    let daemon = Daemon::start_on_free_ports(root, &[])?;
+    let channel = daemon.channel().await?;
+    let added = add_plugin(&channel, "upper-py", &wasm).await?;
+    assert_eq!(added.kind, pb::PluginKind::Transform as i32);
+    cli_ok(&daemon, root, &["topic", "create", "names"], b"")?;
+    cli_ok(
+        &daemon,
+        root,
+        &[
+            "pipeline",
+            "create",
+            "shout",
+            "--from",
+            "names",
+            "--to",
+            "loud",
+            "--transform",
+            "upper-py:field=name",
+        ],
+        b"",
+    )?;
+    const RECORDS: usize = 500;
+    cli_ok(
+        &daemon,
+        root,
+        &["produce", "names"],
+        names(RECORDS).as_bytes(),
+    )?;
+    wait_pipeline_caught_up(&channel, "shout", 1).await?;
+    let out = fetch_topic(&channel, "loud").await?;
+    assert_eq!(out.len(), RECORDS);
+    for (i, record) in out.iter().enumerate() {
+        let value: serde_json::Value =
+            serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+        assert_eq!(
+            value,
+            serde_json::json!({"name": format!("SENSOR-{i}"), "i": i}),
+            "record {i}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_source_example_produces_every_number_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let wasm = root.join("source-python.wasm");
+    build_python_plugin("plugins/source-python", "source", &wasm)?;
+    let daemon = Daemon::start_on_free_ports(root, &[])?;
+    let channel = daemon.channel().await?;
+    let added = add_plugin(&channel, "numbers-py", &wasm).await?;
+    assert_eq!(added.kind, pb::PluginKind::Source as i32);
+    const COUNT: u64 = 300;
+    cli_ok(
+        &daemon,
+        root,
+        &[
+            "connector",
+            "create",
+            "numbers",
+            "--plugin",
+            "numbers-py",
+            "--topic",
+            "numbers",
+            "--config",
+            &format!("count={COUNT}"),
+            "--config",
+            "keys=3",
+        ],
+        b"",
+    )?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let records = loop {
+        // The topic is made by the connector's first append.
+        let records: Vec<pb::ConsumedRecord> =
+            fetch_topic(&channel, "numbers").await.unwrap_or_default();
+        if records.len() as u64 >= COUNT {
+            break records;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {COUNT} records",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut numbers: Vec<u64> = records
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value =
+                serde_json::from_slice(r.value.as_deref().unwrap_or_default()).expect("JSON");
+            let n = value["n"].as_u64().expect("a number");
+            assert_eq!(
+                r.key.as_deref(),
+                Some(format!("key-{}", n % 3).as_bytes()),
+                "the key of {n}"
+            );
+            n
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=COUNT).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Waits until partition 0 of pipeline `name` has failed, and returns its failure.
+async fn failure_of(channel: &Channel, name: &str) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pipeline = PipelinesClient::new(channel.clone())
+            .get_pipeline(pb::GetPipelineRequest { name: name.into() })
+            .await?
+            .into_inner();
+        if let Some(failed) = pipeline
+            .partitions
+            .iter()
+            .find(|p| p.state == pb::PipelineState::Failed as i32)
+        {
+            return Ok(failed.failure.clone());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{name} did not fail: {pipeline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_plugins_that_raise_loop_or_hoard_fail_only_their_own_pipeline() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let faults = root.join("faults-python.wasm");
+    build_python_plugin("tests/plugins/faults-python", "transform", &faults)?;
+    let template = root.join("template-python.wasm");
+    build_python_plugin("plugins/template-python", "transform", &template)?;
+    let daemon = Daemon::start_on_free_ports(root, &[])?;
+    let channel = daemon.channel().await?;
+    add_plugin(&channel, "faulty-py", &faults).await?;
+    add_plugin(&channel, "upper-py", &template).await?;
+    cli_ok(&daemon, root, &["topic", "create", "in"], b"")?;
+    cli_ok(&daemon, root, &["produce", "in"], names(50).as_bytes())?;
+    for (name, transform) in [
+        ("raise", "faulty-py:mode=raise"),
+        ("spin", "faulty-py:mode=loop,timeout-ms=500"),
+        ("hoard", "faulty-py:mode=alloc,max-memory-mb=96"),
+        ("healthy", "upper-py:field=name"),
+    ] {
+        cli_ok(
+            &daemon,
+            root,
+            &[
+                "pipeline",
+                "create",
+                name,
+                "--from",
+                "in",
+                "--to",
+                &format!("{name}-out"),
+                "--transform",
+                transform,
+            ],
+            b"",
+        )?;
+    }
+    for (name, reason) in [
+        ("raise", "faults-python was told to fail"),
+        ("spin", "ran longer than its limit of 500 ms"),
+        ("hoard", "more than its memory limit of 96 MiB"),
+    ] {
+        let failure = failure_of(&channel, name).await?;
+        assert!(
+            failure.contains("plugin \"faulty-py\"") && failure.contains(reason),
+            "{name}: {failure}"
+        );
+    }
+    cli_ok(&daemon, root, &["produce", "in"], names(50).as_bytes())?;
+    wait_pipeline_caught_up(&channel, "healthy", 1).await?;
+    assert_eq!(fetch_topic(&channel, "healthy-out").await?.len(), 100);
+    Ok(())
+}
+
+/// The Python plugins' own unit tests, natively under plain CPython, as the guide runs them.
+#[test]
+fn the_python_plugins_unit_tests_pass_natively() -> anyhow::Result<()> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository");
+    for plugin in ["plugins/template-python", "plugins/source-python"] {
+        let output = std::process::Command::new("python3")
+            .current_dir(repo.join(plugin))
+            .env("PYTHONPATH", repo.join("sdk/python"))
+            .args(["-m", "unittest", "-v"])
+            .output()?;
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && said.contains("OK"),
+            "{plugin}: {said}"
+        );
+    }
+    Ok(())
+}
+
+/// The command of `appliance plugin new`'s instructions that starts with `program`, as
+/// arguments (the project's venv replaced by the tests' one for componentize-py).
+fn printed_command<'s>(said: &'s str, program: &str) -> Vec<&'s str> {
+    let line = said
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with(program))
+        .unwrap_or_else(|| panic!("no `{program}` command in:\n{said}"));
+    line.split('#')
+        .next()
+        .unwrap_or(line)
+        .split_whitespace()
+        .skip(1)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_new_writes_python_and_rust_projects_that_build_and_load() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let daemon = Daemon::start_on_free_ports(root, &[])?;
+    let channel = daemon.channel().await?;
+    let projects = root.join("projects");
+    std::fs::create_dir(&projects)?;
+    let projects_arg = projects.to_str().expect("a UTF-8 path");
+    for (name, kind) in [("shout-py", "transform"), ("log-py", "sink")] {
+        let said = appliance_e2e::run_to_end(
+            root,
+            &[
+                "plugin",
+                "new",
+                name,
+                "--lang",
+                "python",
+                "--kind",
+                kind,
+                "--dir",
+                projects_arg,
+            ],
+        )?;
+        let said = String::from_utf8(said.stdout)?;
+        let project = projects.join(name);
+        let unittest = std::process::Command::new("python3")
+            .current_dir(&project)
+            .args(printed_command(&said, "python3 -m unittest"))
+            .output()?;
+        assert!(
+            unittest.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&unittest.stderr)
+        );
+        appliance_e2e::python::componentize_py(
+            &project,
+            &printed_command(&said, ".venv/bin/componentize-py"),
+        )?;
+        let add = printed_command(&said, "appliance plugin add");
+        let wasm = project.join(add[add.len() - 1]);
+        let added = add_plugin(&channel, name, &wasm).await?;
+        let wanted = if kind == "sink" {
+            pb::PluginKind::Sink
+        } else {
+            pb::PluginKind::Transform
+        };
+        assert_eq!(added.kind, wanted as i32, "{name}");
+    }
+    cli_ok(&daemon, root, &["topic", "create", "names"], b"")?;
+    cli_ok(
+        &daemon,
+        root,
+        &[
+            "pipeline",
+            "create",
+            "shout",
+            "--from",
+            "names",
+            "--to",
+            "loud",
+            "--transform",
+            "shout-py:field=name",
+        ],
+        b"",
+    )?;
+    cli_ok(&daemon, root, &["produce", "names"], names(3).as_bytes())?;
+    wait_pipeline_caught_up(&channel, "shout", 1).await?;
+    let loud = fetch_topic(&channel, "loud").await?;
+    assert_eq!(
+        loud.iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect::<Vec<_>>(),
+        (0..3)
+            .map(|i| format!(r#"{{"name":"SENSOR-{i}","i":{i}}}"#))
+            .collect::<Vec<_>>()
+    );
+
+    // Rust: built with cargo outside this workspace, against the SDK copy it was given.
+    let said = appliance_e2e::run_to_end(
+        root,
+        &[
+            "plugin",
+            "new",
+            "shout-rs",
+            "--lang",
+            "rust",
+            "--dir",
+            projects_arg,
+        ],
+    )?;
+    let said = String::from_utf8(said.stdout)?;
+    let project = projects.join("shout-rs");
+    // The project's own target directory would rebuild its dependencies on every run.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(std::env::temp_dir, std::path::PathBuf::from)
+        .join("plugin-new");
+    let build = std::process::Command::new("cargo")
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .args(printed_command(&said, "cargo build"))
+        .output()?;
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/shout_rs.wasm");
+    let added = add_plugin(&channel, "shout-rs", &wasm).await?;
+    assert_eq!(added.kind, pb::PluginKind::Transform as i32);
+    Ok(())
+}
