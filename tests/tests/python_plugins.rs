@@ -28,6 +28,29 @@ async fn add_plugin(
         .into_inner())
 }
 
+/// Topic `names` and pipeline `shout` from it to `loud` through `plugin` on field `name`.
+fn create_shout(daemon: &Daemon, root: &std::path::Path, plugin: &str) -> anyhow::Result<()> {
+    cli_ok(daemon, root, &["topic", "create", "names"], b"")?;
+    let transform = format!("{plugin}:field=name");
+    cli_ok(
+        daemon,
+        root,
+        &[
+            "pipeline",
+            "create",
+            "shout",
+            "--from",
+            "names",
+            "--to",
+            "loud",
+            "--transform",
+            &transform,
+        ],
+        b"",
+    )?;
+    Ok(())
+}
+
 fn names(count: usize) -> String {
     (0..count)
         .map(|i| format!("{{\"name\":\"sensor-{i}\",\"i\":{i}}}\n"))
@@ -44,23 +67,7 @@ async fn the_python_template_transforms_every_record_in_a_pipeline() -> anyhow::
     let channel = daemon.channel().await?;
     let added = add_plugin(&channel, "upper-py", &wasm).await?;
     assert_eq!(added.kind, pb::PluginKind::Transform as i32);
-    cli_ok(&daemon, root, &["topic", "create", "names"], b"")?;
-    cli_ok(
-        &daemon,
-        root,
-        &[
-            "pipeline",
-            "create",
-            "shout",
-            "--from",
-            "names",
-            "--to",
-            "loud",
-            "--transform",
-            "upper-py:field=name",
-        ],
-        b"",
-    )?;
+    create_shout(&daemon, root, "upper-py")?;
     const RECORDS: usize = 500;
     cli_ok(
         &daemon,
@@ -221,6 +228,56 @@ async fn python_plugins_that_raise_loop_or_hoard_fail_only_their_own_pipeline() 
     cli_ok(&daemon, root, &["produce", "in"], names(50).as_bytes())?;
     wait_pipeline_caught_up(&channel, "healthy", 1).await?;
     assert_eq!(fetch_topic(&channel, "healthy-out").await?.len(), 100);
+
+    // A configuration the plugin rejects, and a record its `apply` cannot read.
+    let rejected = daemon.cli(
+        root,
+        &[
+            "pipeline",
+            "create",
+            "bare",
+            "--from",
+            "in",
+            "--to",
+            "bare-out",
+            "--transform",
+            "upper-py",
+        ],
+        b"",
+    )?;
+    let said = String::from_utf8_lossy(&rejected.stderr);
+    assert!(
+        !rejected.status.success() && said.contains("`field` is required"),
+        "{said}"
+    );
+    cli_ok(&daemon, root, &["topic", "create", "mixed"], b"")?;
+    cli_ok(
+        &daemon,
+        root,
+        &[
+            "pipeline",
+            "create",
+            "picky",
+            "--from",
+            "mixed",
+            "--to",
+            "picky-out",
+            "--transform",
+            "upper-py:field=name",
+            "--errors",
+            "dlq",
+            "--dlq-topic",
+            "picky-dead",
+        ],
+        b"",
+    )?;
+    let mixed = format!("{}not json\n{}", names(2), names(1));
+    cli_ok(&daemon, root, &["produce", "mixed"], mixed.as_bytes())?;
+    wait_pipeline_caught_up(&channel, "picky", 1).await?;
+    assert_eq!(fetch_topic(&channel, "picky-out").await?.len(), 3);
+    let dead = fetch_topic(&channel, "picky-dead").await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value.as_deref(), Some(&b"not json"[..]));
     Ok(())
 }
 
@@ -243,6 +300,14 @@ fn the_python_plugins_unit_tests_pass_natively() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn kind_of(kind: &str) -> pb::PluginKind {
+    match kind {
+        "source" => pb::PluginKind::Source,
+        "sink" => pb::PluginKind::Sink,
+        _ => pb::PluginKind::Transform,
+    }
 }
 
 /// The command of `appliance plugin new`'s instructions that starts with `program`, as
@@ -270,7 +335,11 @@ async fn plugin_new_writes_python_and_rust_projects_that_build_and_load() -> any
     let projects = root.join("projects");
     std::fs::create_dir(&projects)?;
     let projects_arg = projects.to_str().expect("a UTF-8 path");
-    for (name, kind) in [("shout-py", "transform"), ("log-py", "sink")] {
+    for (name, kind) in [
+        ("shout-py", "transform"),
+        ("numbers-py", "source"),
+        ("log-py", "sink"),
+    ] {
         let said = appliance_e2e::run_to_end(
             root,
             &[
@@ -303,30 +372,9 @@ async fn plugin_new_writes_python_and_rust_projects_that_build_and_load() -> any
         let add = printed_command(&said, "appliance plugin add");
         let wasm = project.join(add[add.len() - 1]);
         let added = add_plugin(&channel, name, &wasm).await?;
-        let wanted = if kind == "sink" {
-            pb::PluginKind::Sink
-        } else {
-            pb::PluginKind::Transform
-        };
-        assert_eq!(added.kind, wanted as i32, "{name}");
+        assert_eq!(added.kind, kind_of(kind) as i32, "{name}");
     }
-    cli_ok(&daemon, root, &["topic", "create", "names"], b"")?;
-    cli_ok(
-        &daemon,
-        root,
-        &[
-            "pipeline",
-            "create",
-            "shout",
-            "--from",
-            "names",
-            "--to",
-            "loud",
-            "--transform",
-            "shout-py:field=name",
-        ],
-        b"",
-    )?;
+    create_shout(&daemon, root, "shout-py")?;
     cli_ok(&daemon, root, &["produce", "names"], names(3).as_bytes())?;
     wait_pipeline_caught_up(&channel, "shout", 1).await?;
     let loud = fetch_topic(&channel, "loud").await?;
@@ -339,38 +387,50 @@ async fn plugin_new_writes_python_and_rust_projects_that_build_and_load() -> any
             .collect::<Vec<_>>()
     );
 
-    // Rust: built with cargo outside this workspace, against the SDK copy it was given.
-    let said = appliance_e2e::run_to_end(
-        root,
-        &[
-            "plugin",
-            "new",
-            "shout-rs",
-            "--lang",
-            "rust",
-            "--dir",
-            projects_arg,
-        ],
-    )?;
-    let said = String::from_utf8(said.stdout)?;
-    let project = projects.join("shout-rs");
-    // The project's own target directory would rebuild its dependencies on every run.
+    // Rust: built with cargo outside this workspace, against the SDK copy each was given,
+    // with the commands printed (one target directory, so dependencies build once).
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(std::env::temp_dir, std::path::PathBuf::from)
         .join("plugin-new");
-    let build = std::process::Command::new("cargo")
-        .current_dir(&project)
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
-        .args(printed_command(&said, "cargo build"))
-        .output()?;
-    assert!(
-        build.status.success(),
-        "{}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-    let wasm = target.join("wasm32-wasip2/release/shout_rs.wasm");
-    let added = add_plugin(&channel, "shout-rs", &wasm).await?;
-    assert_eq!(added.kind, pb::PluginKind::Transform as i32);
+    for (name, kind) in [
+        ("shout-rs", "transform"),
+        ("numbers-rs", "source"),
+        ("log-rs", "sink"),
+    ] {
+        let said = appliance_e2e::run_to_end(
+            root,
+            &[
+                "plugin",
+                "new",
+                name,
+                "--lang",
+                "rust",
+                "--kind",
+                kind,
+                "--dir",
+                projects_arg,
+            ],
+        )?;
+        let said = String::from_utf8(said.stdout)?;
+        let project = projects.join(name);
+        for command in ["cargo test", "cargo build"] {
+            let run = std::process::Command::new("cargo")
+                .current_dir(&project)
+                .env("CARGO_TARGET_DIR", &target)
+                .args(printed_command(&said, command))
+                .output()?;
+            assert!(
+                run.status.success(),
+                "{name}: {command}: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+        }
+        let wasm = target.join(format!(
+            "wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        ));
+        let added = add_plugin(&channel, name, &wasm).await?;
+        assert_eq!(added.kind, kind_of(kind) as i32, "{name}");
+    }
     Ok(())
 }

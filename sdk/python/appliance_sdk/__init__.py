@@ -16,7 +16,7 @@ from .host import Level, counter_add, log, now_ms
 from .json import get_path, json_value, set_json_value
 from .plugin import RecordError, Sink, Source, Transform
 from .exports import sink_exports, source_exports, transform_exports
-from .records import BatchInfo, Header, Record, header
+from .records import BatchInfo, Header, Record, header, new_record
 
 __all__ = [
     "BatchInfo",
@@ -34,6 +34,7 @@ __all__ = [
     "header",
     "json_value",
     "log",
+    "new_record",
     "now_ms",
     "set_json_value",
     "sink_exports",

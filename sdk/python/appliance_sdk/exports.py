@@ -6,7 +6,10 @@ plain CPython there is nothing to export: each function returns ``(None, None)``
 
 from .bindings import IN_COMPONENT
 from .config import Config
-from .plugin import RecordError
+from .plugin import RecordError, describe
+
+#: Exceptions that are faults of the plugin, never a verdict: they trap.
+FAULTS = (MemoryError, RecursionError)
 
 _CALLED_EARLY = "called before a successful init"
 
@@ -30,9 +33,11 @@ def _schema(exports, cls):
 def _plan(Err, cls, config, max_tasks):
     try:
         planned = cls.plan(Config(config), max_tasks)
+    except FAULTS:
+        raise
     except Exception as e:
-        raise Err(str(e)) from None
-    return [c.pairs() if isinstance(c, Config) else list(c) for c in planned]
+        raise Err(describe(e)) from None
+    return [(c if isinstance(c, Config) else Config(c)).pairs() for c in planned]
 
 
 def transform_exports(cls):
@@ -49,8 +54,10 @@ def transform_exports(cls):
         def init(self, config):
             try:
                 slot["instance"] = cls(Config(config))
+            except FAULTS:
+                raise
             except Exception as e:
-                raise Err(str(e)) from None
+                raise Err(describe(e)) from None
 
         def process(self, info, records):
             instance = slot.get("instance")
@@ -82,8 +89,10 @@ def source_exports(cls):
         def init(self, config, resume_after):
             try:
                 slot["instance"] = cls(Config(config), resume_after)
+            except FAULTS:
+                raise
             except Exception as e:
-                raise Err(str(e)) from None
+                raise Err(describe(e)) from None
 
         def poll(self, max_records):
             instance = slot.get("instance")
@@ -91,8 +100,13 @@ def source_exports(cls):
                 raise Err(_CALLED_EARLY)
             try:
                 polled = instance.poll(max_records)
+            except FAULTS:
+                raise
             except Exception as e:
-                raise Err(str(e)) from None
+                raise Err(describe(e)) from None
+            for _, position in polled:
+                if not isinstance(position, (bytes, bytearray)):
+                    raise Err(f"a position is {type(position).__name__}, not bytes: encode it")
             if polled:
                 source_output.emit(
                     [types.SourceRecord(record, bytes(position)) for record, position in polled]
@@ -115,8 +129,10 @@ def sink_exports(cls):
         def init(self, config):
             try:
                 slot["instance"] = cls(Config(config))
+            except FAULTS:
+                raise
             except Exception as e:
-                raise Err(str(e)) from None
+                raise Err(describe(e)) from None
 
         def put(self, info, records):
             instance = slot.get("instance")
@@ -126,8 +142,10 @@ def sink_exports(cls):
                 instance.put(info, records)
             except RecordError as e:
                 raise Err(types.RecordError(e.index, e.message)) from None
+            except FAULTS:
+                raise
             except Exception as e:
-                raise Err(types.RecordError(0, f"{type(e).__name__}: {e}")) from None
+                raise Err(types.RecordError(0, describe(e))) from None
 
         def flush(self):
             instance = slot.get("instance")
@@ -135,7 +153,9 @@ def sink_exports(cls):
                 raise Err(_CALLED_EARLY)
             try:
                 instance.flush()
+            except FAULTS:
+                raise
             except Exception as e:
-                raise Err(str(e)) from None
+                raise Err(describe(e)) from None
 
     return SinkConnector, _schema(exports, cls)

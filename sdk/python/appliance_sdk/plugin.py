@@ -5,6 +5,12 @@ from typing import List, Optional, Sequence, Tuple, Union
 from .config import Config
 
 
+def describe(error: BaseException) -> str:
+    """An exception as an operator reads it: its message, or its type when it has none."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class RecordError(Exception):
     """A plugin's verdict on the record at ``index`` of its batch: the pipeline's error
     policy (fail, skip or dead-letter) applies to it."""
@@ -33,21 +39,25 @@ class Transform:
         return record
 
     def process(self, info, records: List) -> List:
-        """Transforms one batch; by default ``apply`` on each record, in order."""
+        """Transforms one batch; by default ``apply`` on each record, in order. Every output
+        of a record gets that record's ``offset``, as the appliance requires."""
         out = []
         for index, record in enumerate(records):
+            offset = record.offset
             try:
                 result = self.apply(info, record)
-            except (RecordError, MemoryError, RecursionError):
+            except RecordError as e:
+                raise RecordError(index, e.message) from None
+            except (MemoryError, RecursionError):
                 raise
             except Exception as e:  # the record's verdict, not a fault of the plugin
-                raise RecordError(index, f"{type(e).__name__}: {e}") from None
+                raise RecordError(index, describe(e)) from None
             if result is None:
                 continue
-            if isinstance(result, list):
-                out.extend(result)
-            else:
-                out.append(result)
+            outputs = list(result) if isinstance(result, (list, tuple)) else [result]
+            for output in outputs:
+                output.offset = offset
+            out.extend(outputs)
         return out
 
 

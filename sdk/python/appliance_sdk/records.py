@@ -1,7 +1,7 @@
 """Records, headers and batch information: the WIT types inside a component, dataclasses
 with the same fields outside it."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 from .bindings import wit_types
@@ -24,12 +24,12 @@ else:
         """One record. ``offset`` is its position in the source partition; an output record
         keeps the offset of the input record it came from. ``topic`` re-routes it."""
 
-        key: Optional[bytes] = None
-        value: Optional[bytes] = None
-        headers: List[Header] = field(default_factory=list)
-        timestamp: int = 0
-        offset: int = 0
-        topic: Optional[str] = None
+        key: Optional[bytes]
+        value: Optional[bytes]
+        headers: List[Header]
+        timestamp: int
+        offset: int
+        topic: Optional[str]
 
     @dataclass
     class BatchInfo:
@@ -45,3 +45,9 @@ def header(record, key: str) -> Optional[bytes]:
         if h.key == key:
             return h.value
     return None
+
+
+def new_record(value=None, key=None, headers=None, timestamp=0, offset=0, topic=None):
+    """A record (inside a component and out); ``str`` values and keys are encoded as UTF-8."""
+    encode = lambda v: v.encode() if isinstance(v, str) else v  # noqa: E731
+    return Record(encode(key), encode(value), list(headers or []), timestamp, offset, topic)

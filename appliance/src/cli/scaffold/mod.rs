@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use super::Failure;
+use crate::plugin::MAX_NAME_LEN;
 
 #[derive(Debug, Args)]
 pub struct NewPlugin {
@@ -163,13 +164,14 @@ syn = { version = "2", features = ["full"] }
 /// Writes project `name` into `dir/name` and returns what to tell the user.
 fn new_project(name: &str, language: Language, kind: Kind, dir: &Path) -> anyhow::Result<String> {
     if name.is_empty()
+        || name.len() > MAX_NAME_LEN
         || !name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         || !name.starts_with(|c: char| c.is_ascii_lowercase())
     {
         bail!(
-            "a plugin name is lower-case letters, digits and '-', starting with a letter: {name:?}"
+            "a plugin name is up to {MAX_NAME_LEN} lower-case letters, digits and '-', starting with a letter: {name:?}"
         );
     }
     let root = dir.join(name);
@@ -240,6 +242,8 @@ edition = "2024"
 
 [lib]
 crate-type = ["cdylib", "rlib"]   # cdylib: the component; rlib: native unit tests
+
+[workspace]                       # a project of its own, wherever it is made
 
 [dependencies]
 appliance-sdk = {{ path = "appliance-sdk" }}
