@@ -2,7 +2,9 @@
 //! (installed from PyPI into tests/python/.venv) as docs/plugin-guide.md does, added over
 //! gRPC to a real `appliance run`, and checked record by record: the transform template in a
 //! pipeline, the source example in a connector; and Python plugins that raise, loop forever or
-//! hoard memory fail only their own pipeline, with the reason.
+//! hoard memory fail only their own pipeline, with the reason. Also `appliance plugin new` in
+//! every language (Rust, Python, JavaScript) and kind: the printed commands build projects
+//! that load.
 
 use std::time::Duration;
 
@@ -327,7 +329,7 @@ fn printed_command<'s>(said: &'s str, program: &str) -> Vec<&'s str> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn plugin_new_writes_python_and_rust_projects_that_build_and_load() -> anyhow::Result<()> {
+async fn plugin_new_writes_projects_in_every_language_that_build_and_load() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let root = dir.path();
     let daemon = Daemon::start_on_free_ports(root, &[])?;
@@ -386,6 +388,44 @@ async fn plugin_new_writes_python_and_rust_projects_that_build_and_load() -> any
             .map(|i| format!(r#"{{"name":"SENSOR-{i}","i":{i}}}"#))
             .collect::<Vec<_>>()
     );
+
+    // JavaScript: componentize-js from the tests' node_modules instead of the project's.
+    for (name, kind) in [
+        ("shout-js", "transform"),
+        ("numbers-js", "source"),
+        ("log-js", "sink"),
+    ] {
+        let said = appliance_e2e::run_to_end(
+            root,
+            &[
+                "plugin",
+                "new",
+                name,
+                "--lang",
+                "js",
+                "--kind",
+                kind,
+                "--dir",
+                projects_arg,
+            ],
+        )?;
+        let said = String::from_utf8(said.stdout)?;
+        let project = projects.join(name);
+        let tested = std::process::Command::new("node")
+            .current_dir(&project)
+            .args(printed_command(&said, "node --test"))
+            .output()?;
+        assert!(
+            tested.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&tested.stdout)
+        );
+        let build = printed_command(&said, "npx componentize-js");
+        appliance_e2e::node::componentize_js(&project, &build[1..])?;
+        let wasm = project.join(build[build.len() - 1]);
+        let added = add_plugin(&channel, name, &wasm).await?;
+        assert_eq!(added.kind, kind_of(kind) as i32, "{name}");
+    }
 
     // Rust: built with cargo outside this workspace, against the SDK copy each was given,
     // with the commands printed (one target directory, so dependencies build once).

@@ -130,20 +130,25 @@ export class Transform {
     return record;
   }
 
-  /** Transforms one batch; by default `apply` on each record, in order. */
+  /** Transforms one batch; by default `apply` on each record, in order. Every output of a
+   * record gets that record's `offset`, as the appliance requires. */
   process(info, records) {
     const out = [];
     records.forEach((record, index) => {
+      const offset = record.offset;
       let result;
       try {
         result = this.apply(info, record);
       } catch (e) {
-        if (e instanceof RecordError || e instanceof RangeError) throw e;
+        if (e instanceof RecordError) throw new RecordError(index, e.message);
+        if (e instanceof RangeError) throw e;
         throw new RecordError(index, `${e?.name ?? 'Error'}: ${e?.message ?? e}`);
       }
       if (result === null || result === undefined) return;
-      if (Array.isArray(result)) out.push(...result);
-      else out.push(result);
+      for (const output of Array.isArray(result) ? result : [result]) {
+        output.offset = offset;
+        out.push(output);
+      }
     });
     return out;
   }
@@ -181,4 +186,11 @@ export class Sink {
 
   /** Makes everything `put` so far durable; the appliance commits after it. */
   flush() {}
+}
+
+/** Builds the transform from `config` and runs one batch, as the appliance would; offsets
+ * are set to the records' positions when all are 0. For unit tests under Node. */
+export function runTransform(cls, config, records, info = { topic: 't', partition: 0 }) {
+  if (records.every((r) => r.offset === 0n)) records.forEach((r, n) => (r.offset = BigInt(n)));
+  return new cls(new Config(config)).process(info, records);
 }

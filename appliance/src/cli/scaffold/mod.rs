@@ -35,6 +35,7 @@ pub fn run(args: NewPlugin) -> Result<(), Failure> {
 pub enum Language {
     Rust,
     Python,
+    Js,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,6 +57,10 @@ impl Kind {
 
 /// The componentize-py release the Python SDK is built and tested with.
 pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+/// The componentize-js release the JavaScript SDK is built and tested with, and the
+/// preview2-shim it needs at run time (it declares it for development only).
+const COMPONENTIZE_JS: &str =
+    "@bytecodealliance/componentize-js@0.23.0 @bytecodealliance/preview2-shim@0.25.0";
 
 const WIT: &str = include_str!("../../../../sdk/wit/plugin.wit");
 
@@ -97,6 +102,31 @@ const PYTHON_SDK: [(&str, &str); 9] = [
         include_str!("../../../../sdk/python/appliance_sdk/testing.py"),
     ),
 ];
+
+const JS_SDK: [(&str, &str); 5] = [
+    (
+        "index.js",
+        include_str!("../../../../sdk/js/appliance_sdk/index.js"),
+    ),
+    (
+        "glue.js",
+        include_str!("../../../../sdk/js/appliance_sdk/glue.js"),
+    ),
+    (
+        "transform.js",
+        include_str!("../../../../sdk/js/appliance_sdk/transform.js"),
+    ),
+    (
+        "source.js",
+        include_str!("../../../../sdk/js/appliance_sdk/source.js"),
+    ),
+    (
+        "sink.js",
+        include_str!("../../../../sdk/js/appliance_sdk/sink.js"),
+    ),
+];
+
+const JS_PACKAGE: &str = include_str!("../../../../plugins/template-js/package.json");
 
 const RUST_SDK: [(&str, &str); 12] = [
     ("src/lib.rs", include_str!("../../../../sdk/src/lib.rs")),
@@ -184,6 +214,7 @@ fn new_project(name: &str, language: Language, kind: Kind, dir: &Path) -> anyhow
     let files = match language {
         Language::Python => python_files(kind),
         Language::Rust => rust_files(name, kind),
+        Language::Js => js_files(kind),
     };
     for (path, contents) in &files {
         let path = root.join(path);
@@ -226,6 +257,53 @@ fn python_files(kind: Kind) -> Vec<(PathBuf, String)> {
             .map(|(file, text)| (Path::new("appliance_sdk").join(file), (*text).to_owned())),
     );
     files
+}
+
+fn js_files(kind: Kind) -> Vec<(PathBuf, String)> {
+    let files: [(&str, &str); 3] = match kind {
+        Kind::Transform => [
+            (
+                "uppercase.js",
+                include_str!("../../../../plugins/template-js/uppercase.js"),
+            ),
+            (
+                "app.js",
+                include_str!("../../../../plugins/template-js/app.js"),
+            ),
+            (
+                "test.js",
+                include_str!("../../../../plugins/template-js/test.js"),
+            ),
+        ],
+        Kind::Source => [
+            ("numbers.js", include_str!("js_source.js.txt")),
+            ("app.js", include_str!("js_source_app.js.txt")),
+            ("test.js", include_str!("js_source_test.js.txt")),
+        ],
+        Kind::Sink => [
+            (
+                "logsink.js",
+                include_str!("../../../../plugins/sink-js/logsink.js"),
+            ),
+            ("app.js", include_str!("../../../../plugins/sink-js/app.js")),
+            (
+                "test.js",
+                include_str!("../../../../plugins/sink-js/test.js"),
+            ),
+        ],
+    };
+    let mut out: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(file, text)| (PathBuf::from(file), (*text).to_owned()))
+        .collect();
+    out.push((PathBuf::from("package.json"), JS_PACKAGE.to_owned()));
+    out.push((PathBuf::from("wit/plugin.wit"), WIT.to_owned()));
+    out.extend(
+        JS_SDK
+            .iter()
+            .map(|(file, text)| (Path::new("appliance_sdk").join(file), (*text).to_owned())),
+    );
+    out
 }
 
 fn rust_files(name: &str, kind: Kind) -> Vec<(PathBuf, String)> {
@@ -284,6 +362,12 @@ fn instructions(name: &str, language: Language, kind: Kind, root: &Path) -> Stri
              .venv/bin/componentize-py -d wit -w appliance:plugin/{world}@0.1.0 componentize app -o {wasm}",
             world = kind.world()
         ),
+        Language::Js => format!(
+            "npm install --no-save {COMPONENTIZE_JS}\n  \
+             node --test                             # native unit tests\n  \
+             npx componentize-js app.js --wit wit --world-name {world} -d http -d fetch-event -o {wasm}",
+            world = kind.world()
+        ),
         Language::Rust => format!(
             "rustup target add wasm32-wasip2\n  \
              cargo test                              # native unit tests\n  \
@@ -297,6 +381,7 @@ fn instructions(name: &str, language: Language, kind: Kind, root: &Path) -> Stri
         language = match language {
             Language::Rust => "Rust",
             Language::Python => "Python",
+            Language::Js => "JavaScript",
         },
         root = root.display(),
     )
