@@ -15,6 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 
 pub mod cluster;
 pub mod node;
+pub mod plugins;
 pub mod python;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

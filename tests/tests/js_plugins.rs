@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use appliance_e2e::node::{componentize_js, componentize_js_args, lay_out_js_plugin};
+use appliance_e2e::plugins::{FaultTest, add_plugin, faults_fail_only_their_own_pipeline, names};
 use appliance_e2e::{Channel, Daemon, cli_ok, fetch_topic, wait_pipeline_caught_up};
 use appliance_proto::v1 as pb;
-use appliance_proto::v1::plugins_client::PluginsClient;
 
 async fn build_and_add(
     channel: &Channel,
@@ -29,19 +29,7 @@ async fn build_and_add(
         String::from_utf8_lossy(&tested.stdout)
     );
     componentize_js(&project, &componentize_js_args(world, "plugin.wasm"))?;
-    Ok(PluginsClient::new(channel.clone())
-        .add_plugin(pb::AddPluginRequest {
-            name: name.into(),
-            wasm: std::fs::read(project.join("plugin.wasm"))?.into(),
-        })
-        .await?
-        .into_inner())
-}
-
-fn names(range: std::ops::Range<usize>) -> String {
-    range
-        .map(|i| format!("{{\"name\":\"sensor-{i}\",\"i\":{i}}}\n"))
-        .collect()
+    add_plugin(channel, name, &project.join("plugin.wasm")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,29 +154,6 @@ async fn the_javascript_template_and_sink_carry_every_record() -> anyhow::Result
     Ok(())
 }
 
-/// Waits until partition 0 of pipeline `name` has failed, and returns its failure.
-async fn failure_of(channel: &Channel, name: &str) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let pipeline = appliance_proto::v1::pipelines_client::PipelinesClient::new(channel.clone())
-            .get_pipeline(pb::GetPipelineRequest { name: name.into() })
-            .await?
-            .into_inner();
-        if let Some(failed) = pipeline
-            .partitions
-            .iter()
-            .find(|p| p.state == pb::PipelineState::Failed as i32)
-        {
-            return Ok(failed.failure.clone());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{name} did not fail: {pipeline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn javascript_plugins_that_throw_loop_or_hoard_fail_only_their_own_pipeline()
 -> anyhow::Result<()> {
@@ -208,44 +173,12 @@ async fn javascript_plugins_that_throw_loop_or_hoard_fail_only_their_own_pipelin
         ("plugins/template-js", "transform", "upper-js"),
     )
     .await?;
-    cli_ok(&daemon, root, &["topic", "create", "in"], b"")?;
-    cli_ok(&daemon, root, &["produce", "in"], names(0..50).as_bytes())?;
-    for (name, transform) in [
-        ("throw", "faulty-js:mode=throw"),
-        ("spin", "faulty-js:mode=loop,timeout-ms=500"),
-        ("hoard", "faulty-js:mode=alloc,max-memory-mb=96"),
-        ("healthy", "upper-js:field=name"),
-    ] {
-        cli_ok(
-            &daemon,
-            root,
-            &[
-                "pipeline",
-                "create",
-                name,
-                "--from",
-                "in",
-                "--to",
-                &format!("{name}-out"),
-                "--transform",
-                transform,
-            ],
-            b"",
-        )?;
-    }
-    for (name, reason) in [
-        ("throw", "faults-js was told to fail"),
-        ("spin", "ran longer than its limit of 500 ms"),
-        ("hoard", "more than its memory limit of 96 MiB"),
-    ] {
-        let failure = failure_of(&channel, name).await?;
-        assert!(
-            failure.contains("plugin \"faulty-js\"") && failure.contains(reason),
-            "{name}: {failure}"
-        );
-    }
-    cli_ok(&daemon, root, &["produce", "in"], names(50..100).as_bytes())?;
-    wait_pipeline_caught_up(&channel, "healthy", 1).await?;
-    assert_eq!(fetch_topic(&channel, "healthy-out").await?.len(), 100);
+    let test = FaultTest {
+        faulty: "faulty-js",
+        fail_mode: "throw",
+        told_to_fail: "faults-js was told to fail",
+        upper: "upper-js",
+    };
+    faults_fail_only_their_own_pipeline(&daemon, &channel, root, &test).await?;
     Ok(())
 }

@@ -8,27 +8,12 @@
 
 use std::time::Duration;
 
+use appliance_e2e::plugins::{FaultTest, add_plugin, faults_fail_only_their_own_pipeline, names};
 use appliance_e2e::python::build_python_plugin;
-use appliance_e2e::{Channel, Daemon, cli_ok, fetch_topic, wait_pipeline_caught_up};
+use appliance_e2e::{Daemon, cli_ok, fetch_topic, wait_pipeline_caught_up};
 use appliance_proto::v1 as pb;
-use appliance_proto::v1::pipelines_client::PipelinesClient;
-use appliance_proto::v1::plugins_client::PluginsClient;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-async fn add_plugin(
-    channel: &Channel,
-    name: &str,
-    wasm: &std::path::Path,
-) -> anyhow::Result<pb::Plugin> {
-    Ok(PluginsClient::new(channel.clone())
-        .add_plugin(pb::AddPluginRequest {
-            name: name.into(),
-            wasm: std::fs::read(wasm)?.into(),
-        })
-        .await?
-        .into_inner())
-}
 
 /// Topic `names` and pipeline `shout` from it to `loud` through `plugin` on field `name`.
 fn create_shout(daemon: &Daemon, root: &std::path::Path, plugin: &str) -> anyhow::Result<()> {
@@ -53,12 +38,6 @@ fn create_shout(daemon: &Daemon, root: &std::path::Path, plugin: &str) -> anyhow
     Ok(())
 }
 
-fn names(count: usize) -> String {
-    (0..count)
-        .map(|i| format!("{{\"name\":\"sensor-{i}\",\"i\":{i}}}\n"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_template_transforms_every_record_in_a_pipeline() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -75,7 +54,7 @@ async fn the_python_template_transforms_every_record_in_a_pipeline() -> anyhow::
         &daemon,
         root,
         &["produce", "names"],
-        names(RECORDS).as_bytes(),
+        names(0..RECORDS).as_bytes(),
     )?;
     wait_pipeline_caught_up(&channel, "shout", 1).await?;
     let out = fetch_topic(&channel, "loud").await?;
@@ -155,29 +134,6 @@ async fn the_python_source_example_produces_every_number_once() -> anyhow::Resul
     Ok(())
 }
 
-/// Waits until partition 0 of pipeline `name` has failed, and returns its failure.
-async fn failure_of(channel: &Channel, name: &str) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let pipeline = PipelinesClient::new(channel.clone())
-            .get_pipeline(pb::GetPipelineRequest { name: name.into() })
-            .await?
-            .into_inner();
-        if let Some(failed) = pipeline
-            .partitions
-            .iter()
-            .find(|p| p.state == pb::PipelineState::Failed as i32)
-        {
-            return Ok(failed.failure.clone());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{name} did not fail: {pipeline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn python_plugins_that_raise_loop_or_hoard_fail_only_their_own_pipeline() -> anyhow::Result<()>
 {
@@ -191,45 +147,13 @@ async fn python_plugins_that_raise_loop_or_hoard_fail_only_their_own_pipeline() 
     let channel = daemon.channel().await?;
     add_plugin(&channel, "faulty-py", &faults).await?;
     add_plugin(&channel, "upper-py", &template).await?;
-    cli_ok(&daemon, root, &["topic", "create", "in"], b"")?;
-    cli_ok(&daemon, root, &["produce", "in"], names(50).as_bytes())?;
-    for (name, transform) in [
-        ("raise", "faulty-py:mode=raise"),
-        ("spin", "faulty-py:mode=loop,timeout-ms=500"),
-        ("hoard", "faulty-py:mode=alloc,max-memory-mb=96"),
-        ("healthy", "upper-py:field=name"),
-    ] {
-        cli_ok(
-            &daemon,
-            root,
-            &[
-                "pipeline",
-                "create",
-                name,
-                "--from",
-                "in",
-                "--to",
-                &format!("{name}-out"),
-                "--transform",
-                transform,
-            ],
-            b"",
-        )?;
-    }
-    for (name, reason) in [
-        ("raise", "faults-python was told to fail"),
-        ("spin", "ran longer than its limit of 500 ms"),
-        ("hoard", "more than its memory limit of 96 MiB"),
-    ] {
-        let failure = failure_of(&channel, name).await?;
-        assert!(
-            failure.contains("plugin \"faulty-py\"") && failure.contains(reason),
-            "{name}: {failure}"
-        );
-    }
-    cli_ok(&daemon, root, &["produce", "in"], names(50).as_bytes())?;
-    wait_pipeline_caught_up(&channel, "healthy", 1).await?;
-    assert_eq!(fetch_topic(&channel, "healthy-out").await?.len(), 100);
+    let test = FaultTest {
+        faulty: "faulty-py",
+        fail_mode: "raise",
+        told_to_fail: "faults-python was told to fail",
+        upper: "upper-py",
+    };
+    faults_fail_only_their_own_pipeline(&daemon, &channel, root, &test).await?;
 
     // A configuration the plugin rejects, and a record its `apply` cannot read.
     let rejected = daemon.cli(
@@ -273,7 +197,7 @@ async fn python_plugins_that_raise_loop_or_hoard_fail_only_their_own_pipeline() 
         ],
         b"",
     )?;
-    let mixed = format!("{}not json\n{}", names(2), names(1));
+    let mixed = format!("{}not json\n{}", names(0..2), names(0..1));
     cli_ok(&daemon, root, &["produce", "mixed"], mixed.as_bytes())?;
     wait_pipeline_caught_up(&channel, "picky", 1).await?;
     assert_eq!(fetch_topic(&channel, "picky-out").await?.len(), 3);
@@ -377,7 +301,7 @@ async fn plugin_new_writes_projects_in_every_language_that_build_and_load() -> a
         assert_eq!(added.kind, kind_of(kind) as i32, "{name}");
     }
     create_shout(&daemon, root, "shout-py")?;
-    cli_ok(&daemon, root, &["produce", "names"], names(3).as_bytes())?;
+    cli_ok(&daemon, root, &["produce", "names"], names(0..3).as_bytes())?;
     wait_pipeline_caught_up(&channel, "shout", 1).await?;
     let loud = fetch_topic(&channel, "loud").await?;
     assert_eq!(

@@ -12,6 +12,11 @@
 //! 3. Per-call overhead: a filter on a header no record has (no JSON work) at batch sizes 1,
 //!    100 and 1000.
 //!
+//! 4. With `--template LANG=PATH` (components of the upper-case template built from
+//!    plugins/template, plugins/template-python, plugins/template-js): each one's size, first
+//!    instantiation (the one compile included), cached instantiation, memory per instance and transform step, beside the Rust
+//!    template compiled natively.
+//!
 //! And after 1., as 1b.: `window-aggregate` (tumbling 1 minute on the records' `ts`, 1,000
 //! sensors, avg/min/max of `temp`) end to end beside the `filter` pipeline, and the restore
 //! of its state from the changelog at the next start, in MB/s of changelog entries read.
@@ -44,6 +49,10 @@ pub struct PipelineBenchArgs {
     /// End with one JSON object holding every figure on the last line.
     #[arg(long)]
     json: bool,
+    /// A component of the upper-case template in another language to measure (section 4),
+    /// as LANG=PATH; repeat for each.
+    #[arg(long = "template", value_name = "LANG=PATH")]
+    templates: Vec<String>,
 }
 
 const RECORD_BYTES: usize = 200;
@@ -85,6 +94,19 @@ struct StepFigures {
     native_records_s: f64,
     wasm_over_native: f64,
 }
+
+#[derive(Debug, serde::Serialize)]
+struct TemplateFigures {
+    language: String,
+    component_bytes: u64,
+    /// `plugin add` (the one compile) and the first instance.
+    first_instantiation_s: f64,
+    cached_instantiation_ms: f64,
+    memory_per_instance_mib: f64,
+    records_s: f64,
+}
+
+const UPPERCASE: &[(&str, &str)] = &[("field", "sensor")];
 
 #[derive(Debug, serde::Serialize)]
 struct CallFigures {
@@ -206,6 +228,7 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         );
         call_figures.push(figures);
     }
+    let templates = template_cases(&plugins, &args.templates, &batch, duration).await?;
     shutdown.cancel();
     log.close().await?;
     if args.json {
@@ -217,10 +240,88 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
                 "transform_step": step_figures,
                 "per_call": call_figures,
                 "window_aggregate": window,
+                "templates": templates,
             })
         );
     }
     Ok(())
+}
+
+/// Section 4: the upper-case template in each language given, and natively.
+async fn template_cases(
+    plugins: &Plugins,
+    templates: &[String],
+    batch: &[plugin::Record],
+    duration: Duration,
+) -> anyhow::Result<Vec<TemplateFigures>> {
+    if templates.is_empty() {
+        return Ok(Vec::new());
+    }
+    println!();
+    println!(
+        "4. the upper-case template by language (transform step, one thread, batches of {BATCH})"
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>14} {:>12} {:>12}",
+        "language", "size", "first", "cached", "memory", "records/s"
+    );
+    let mut figures = Vec::new();
+    for template in templates {
+        let (language, path) = template
+            .split_once('=')
+            .with_context(|| format!("--template {template}: give LANG=PATH"))?;
+        let wasm = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        let name = format!("template-{language}");
+        let started = Instant::now();
+        plugins.add(&name, wasm.clone()).await?;
+        instance(plugins, &name, UPPERCASE).await?;
+        let first_instantiation_s = started.elapsed().as_secs_f64();
+        const INSTANCES: u32 = 5;
+        let started = Instant::now();
+        for _ in 0..INSTANCES {
+            instance(plugins, &name, UPPERCASE).await?;
+        }
+        let cached_instantiation_ms =
+            started.elapsed().as_secs_f64() * 1000.0 / f64::from(INSTANCES);
+        let mut wasm_instance = instance(plugins, &name, UPPERCASE).await?;
+        let records_s = rate(duration, BATCH, async || {
+            wasm_call(&mut wasm_instance, batch).await
+        })
+        .await?;
+        let row = TemplateFigures {
+            language: language.to_owned(),
+            component_bytes: wasm.len() as u64,
+            first_instantiation_s,
+            cached_instantiation_ms,
+            memory_per_instance_mib: wasm_instance.memory_bytes() as f64 / f64::from(1 << 20),
+            records_s,
+        };
+        println!(
+            "{:<10} {:>10} B {:>10.2} s {:>11.2} ms {:>8.1} MiB {:>12.0}",
+            row.language,
+            row.component_bytes,
+            row.first_instantiation_s,
+            row.cached_instantiation_ms,
+            row.memory_per_instance_mib,
+            row.records_s
+        );
+        figures.push(row);
+    }
+    let mut native = Native::new("template", UPPERCASE)?;
+    let native_rate = rate(duration, BATCH, async || native.call(batch)).await?;
+    println!(
+        "{:<10} {:>12} {:>12} {:>14} {:>12} {:>12.0}",
+        "native", "-", "-", "-", "-", native_rate
+    );
+    figures.push(TemplateFigures {
+        language: "native".to_owned(),
+        component_bytes: 0,
+        first_instantiation_s: 0.0,
+        cached_instantiation_ms: 0.0,
+        memory_per_instance_mib: 0.0,
+        records_s: native_rate,
+    });
+    Ok(figures)
 }
 
 fn spec(plugin: &str, config: &[(&str, &str)]) -> TransformSpec {
@@ -443,6 +544,7 @@ async fn rate(
 enum Native {
     Filter(transform_filter::Filter),
     MaskField(transform_mask_field::MaskField),
+    Template(plugin_template::Uppercase),
 }
 
 impl Native {
@@ -455,6 +557,9 @@ impl Native {
             }
             "mask-field" => Self::MaskField(
                 transform_mask_field::MaskField::init(config).map_err(anyhow::Error::msg)?,
+            ),
+            "template" => Self::Template(
+                plugin_template::Uppercase::init(config).map_err(anyhow::Error::msg)?,
             ),
             other => anyhow::bail!("no native build of {other}"),
         };
@@ -490,6 +595,7 @@ impl Native {
         let out = match self {
             Self::Filter(filter) => filter.process(&info, batch),
             Self::MaskField(mask) => mask.process(&info, batch),
+            Self::Template(template) => template.process(&info, batch),
         }
         .map_err(|e| anyhow::anyhow!("record {} rejected: {}", e.index, e.message))?;
         Ok(out.len())

@@ -284,6 +284,11 @@ impl TransformInstance {
         verdict
     }
 
+    /// The bytes of memory the instance holds (its linear memories and tables).
+    pub fn memory_bytes(&self) -> usize {
+        self.sandbox.store.data().limiter.total_bytes
+    }
+
     /// Whether the plugin keeps state (imports `appliance:plugin/state`).
     pub fn is_stateful(&self) -> bool {
         self.stateful
