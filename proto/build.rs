@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "appliance/v1/links.proto",
     "appliance/v1/query.proto",
     "appliance/v1/security.proto",
+    "appliance/v1/exports.proto",
     "appliance/link/v1/link.proto",
 ];
 

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiError, Metrics};
 use crate::config::Config;
 use crate::connect::{ConnectError, Connectors};
+use crate::export::{ExportError, Exports};
 use crate::group::Coordinator;
 use crate::kafka;
 use crate::link::LinkError;
@@ -57,6 +58,8 @@ pub enum AppError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error(transparent)]
     Connector(#[from] ConnectError),
     #[error(transparent)]
@@ -180,6 +183,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )
     .await?;
+    let lake = query::LakeCatalog::default();
+    let exports = Exports::open(
+        log.clone(),
+        meta.clone(),
+        config.restart.exports(),
+        lake.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let metrics = Metrics::new(
         log.clone(),
         coordinator.clone(),
@@ -216,7 +228,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let tls = tls.as_ref().map(|tls| tls.kafka.clone());
         tokio::spawn(kafka::serve(listener, broker, tls, shutdown.clone()))
     });
-    let query = query::Query::with_limits(log.clone(), config.query.limits(), query_runtime);
+    let query = query::Query::with_limits(log.clone(), config.query.limits(), query_runtime)
+        .with_lake(lake);
     let grpc_server = tokio::spawn(api::serve(
         grpc_listener,
         api::Subsystems {
@@ -225,6 +238,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             plugins,
             pipelines: pipelines.clone(),
             connectors: connectors.clone(),
+            exports: exports.clone(),
             links: links.clone(),
             hub: hub.clone(),
             metrics,
@@ -258,6 +272,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         pipelines.stop_all().await;
         connectors.stop_all().await;
+        exports.stop_all().await;
         links.stop_all().await;
         ticker.cancel();
         log.close().await?;

@@ -546,9 +546,11 @@ pub struct RestartSection {
     pub pipelines: PolicySection,
     pub connectors: PolicySection,
     pub links: PolicySection,
+    pub exports: PolicySection,
     pub pipeline: BTreeMap<String, PolicySection>,
     pub connector: BTreeMap<String, PolicySection>,
     pub link: BTreeMap<String, PolicySection>,
+    pub export: BTreeMap<String, PolicySection>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -625,6 +627,11 @@ impl RestartSection {
         policies(RestartPolicy::LINKS, &self.links, &self.link)
     }
 
+    /// Exports wait on their table's storage like links on their hub: no budget.
+    pub fn exports(&self) -> RestartPolicies {
+        policies(RestartPolicy::LINKS, &self.exports, &self.export)
+    }
+
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (kind, one, builtin, kind_section, by_name) in [
@@ -648,6 +655,13 @@ impl RestartSection {
                 RestartPolicy::LINKS,
                 &self.links,
                 &self.link,
+            ),
+            (
+                "exports",
+                "export",
+                RestartPolicy::LINKS,
+                &self.exports,
+                &self.export,
             ),
         ] {
             problems.extend(kind_section.problems(&format!("restart.{kind}"), builtin));

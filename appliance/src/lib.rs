@@ -9,6 +9,7 @@
 //! app.rs       wires the subsystems; the only module that knows them all
 //! kafka/       the Kafka listener: Kafka's wire protocol over the log, with SASL, ACLs, quotas
 //! api/         the gRPC services and metrics over the subsystems below
+//! export/      exports: a table's records continuously written to a Delta Lake table
 //! config.rs    TOML configuration and defaults
 //! runtime/     the registry every long-running component lives in, one status (a watch
 //!              channel per component or task), restart policies and the loop that applies them
@@ -48,6 +49,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod export;
 pub mod group;
 pub mod kafka;
 pub mod link;

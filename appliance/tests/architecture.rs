@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["plugin", "group"],
     &["transform"],
     &["pipeline", "connect", "link", "query"],
+    &["export"],
     &["api"],
     &["kafka"],
     &["config"],

@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::connect::ConnectError;
+use crate::export::ExportError;
 use crate::group::GroupError;
 use crate::link::LinkError;
 use crate::log::LogError;
@@ -156,6 +157,21 @@ impl From<PipelineError> for Status {
             PipelineError::NotFound { .. } => Status::not_found(error.to_string()),
             PipelineError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             PipelineError::PluginInUse { .. } => Status::failed_precondition(error.to_string()),
+        }
+    }
+}
+
+impl From<ExportError> for Status {
+    fn from(error: ExportError) -> Self {
+        match error {
+            ExportError::Log(error) => error.into(),
+            ExportError::Meta(error) => error.into(),
+            ExportError::InvalidName { .. } | ExportError::InvalidSpec { .. } => {
+                Status::invalid_argument(error.to_string())
+            }
+            ExportError::NotFound { .. } => Status::not_found(error.to_string()),
+            ExportError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+            ExportError::Table(_) | ExportError::Rows(_) => Status::internal(error.to_string()),
         }
     }
 }

@@ -16,6 +16,7 @@
 //!                             link::hub::Hub (edges, revoke, join tokens),
 //!                             log::Log (promote a mirror)
 //!                  Query   -> query::Query (SQL over topics: Arrow IPC and JSON rows)
+//!                  Exports -> export::Exports (create, status, pause, resume, delete)
 //!                  Security -> security::Security (tokens, users, ACLs, quotas)
 //! ```
 //!
@@ -36,6 +37,7 @@ mod audit;
 mod connectors;
 mod convert;
 mod error;
+mod exports;
 mod groups;
 mod links;
 mod listener;
@@ -52,6 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
 use appliance_proto::v1::connectors_server::ConnectorsServer;
+use appliance_proto::v1::exports_server::ExportsServer;
 use appliance_proto::v1::groups_server::GroupsServer;
 use appliance_proto::v1::links_server::LinksServer;
 use appliance_proto::v1::pipelines_server::PipelinesServer;
@@ -104,6 +107,7 @@ pub struct Subsystems {
     pub plugins: Plugins,
     pub pipelines: Pipelines,
     pub connectors: Connectors,
+    pub exports: crate::export::Exports,
     pub links: Links,
     /// Present when this appliance is a hub.
     pub hub: Option<Hub>,
@@ -129,6 +133,7 @@ pub async fn serve(
         plugins,
         pipelines,
         connectors,
+        exports,
         links,
         hub,
         metrics,
@@ -167,6 +172,9 @@ pub async fn serve(
         .await;
     health
         .set_serving::<QueryServer<query::QueryService>>()
+        .await;
+    health
+        .set_serving::<ExportsServer<exports::ExportsService>>()
         .await;
     health
         .set_serving::<SecurityServer<security::SecurityService>>()
@@ -220,6 +228,10 @@ pub async fn serve(
         connectors,
         calls: calls.clone(),
     };
+    let exports = exports::ExportsService {
+        exports,
+        calls: calls.clone(),
+    };
     let security = security::SecurityService { security, calls };
     let keepalive = connections.idle_timeout / 3;
     let mut server = tonic::transport::Server::builder();
@@ -264,6 +276,9 @@ pub async fn serve(
         )
         .add_service(
             guards.guard(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
+        .add_service(
+            guards.guard(ExportsServer::new(exports).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
             guards

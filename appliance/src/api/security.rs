@@ -94,7 +94,7 @@ fn acl(message: pb::Acl) -> Result<security::Acl, Status> {
         pb::ResourceType::Unspecified => {
             return Err(invalid(
                 "resource_type",
-                "name a resource type: topic, group, pipeline, connector, plugin, link or cluster",
+                "name a resource type: topic, group, pipeline, connector, plugin, link, export or cluster",
             ));
         }
         pb::ResourceType::Topic => ResourceType::Topic,
@@ -104,6 +104,7 @@ fn acl(message: pb::Acl) -> Result<security::Acl, Status> {
         pb::ResourceType::Plugin => ResourceType::Plugin,
         pb::ResourceType::Link => ResourceType::Link,
         pb::ResourceType::Cluster => ResourceType::Cluster,
+        pb::ResourceType::Export => ResourceType::Export,
     };
     let operation = match message.operation() {
         pb::AclOperation::Unspecified => {
@@ -159,6 +160,7 @@ fn acl_message(acl: security::Acl) -> pb::Acl {
         ResourceType::Plugin => pb::ResourceType::Plugin,
         ResourceType::Link => pb::ResourceType::Link,
         ResourceType::Cluster => pb::ResourceType::Cluster,
+        ResourceType::Export => pb::ResourceType::Export,
     });
     message.set_pattern_type(match acl.pattern_type {
         PatternType::Literal => pb::PatternType::Literal,

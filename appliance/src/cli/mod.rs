@@ -7,6 +7,7 @@ mod certs;
 mod client;
 mod connectors;
 mod demo;
+mod exports;
 mod groups;
 mod links;
 mod manage;
@@ -85,6 +86,13 @@ enum Command {
     Pipeline {
         #[command(subcommand)]
         command: manage::PipelineCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Delta Lake tables written continuously from a table's topics (on a hub, every edge's).
+    Export {
+        #[command(subcommand)]
+        command: exports::ExportCommand,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -227,6 +235,9 @@ enum Failure {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // rustls picks its provider by itself only when one crypto backend is built in; delta-rs's
+    // HTTP client brings aws-lc-rs beside the ring every TLS endpoint here is built on.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The bench prints a table; only warnings may interrupt it.
     init_tracing(match cli.command {
@@ -259,6 +270,9 @@ pub fn main() -> ExitCode {
         }
         Command::Pipeline { command, server } => {
             client::run(&server, |channel| manage::pipeline(channel, command))
+        }
+        Command::Export { command, server } => {
+            client::run(&server, |channel| exports::export(channel, command))
         }
         Command::Connector { command, server } => {
             client::run(&server, |channel| connectors::connector(channel, command))

@@ -96,7 +96,7 @@ pub enum QuotaCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("resource").required(true).args(["topic", "group", "pipeline", "connector", "plugin", "link", "cluster"])))]
+#[command(group(clap::ArgGroup::new("resource").required(true).args(["topic", "group", "pipeline", "connector", "plugin", "link", "export", "cluster"])))]
 pub struct AclArgs {
     /// User:NAME, Edge:ID, or * for every authenticated principal.
     #[arg(long)]
@@ -114,6 +114,8 @@ pub struct AclArgs {
     plugin: Option<String>,
     #[arg(long)]
     link: Option<String>,
+    #[arg(long)]
+    export: Option<String>,
     /// The appliance itself: tokens, ACLs, edges, metrics.
     #[arg(long)]
     cluster: bool,
@@ -147,6 +149,7 @@ impl AclArgs {
             (pb::ResourceType::Connector, self.connector),
             (pb::ResourceType::Plugin, self.plugin),
             (pb::ResourceType::Link, self.link),
+            (pb::ResourceType::Export, self.export),
         ]
         .into_iter()
         .find_map(|(resource_type, name)| name.map(|name| (resource_type, name)))

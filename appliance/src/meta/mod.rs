@@ -152,10 +152,11 @@ pub enum Table {
     RevokedEdges = 11,
     JoinTokens = 12,
     KafkaProducerIds = 13,
+    Exports = 14,
 }
 
 impl Table {
-    const ALL: [Table; 14] = [
+    const ALL: [Table; 15] = [
         Table::Plugins,
         Table::Pipelines,
         Table::PipelineProgress,
@@ -170,6 +171,7 @@ impl Table {
         Table::RevokedEdges,
         Table::JoinTokens,
         Table::KafkaProducerIds,
+        Table::Exports,
     ];
 
     fn tree_name(self) -> &'static str {
@@ -188,6 +190,7 @@ impl Table {
             Table::RevokedEdges => "revoked-edges",
             Table::JoinTokens => "join-tokens",
             Table::KafkaProducerIds => "kafka-producer-ids",
+            Table::Exports => "exports",
         }
     }
 }

@@ -16,6 +16,7 @@
 //! fails the query with the log's error rather than returning part of the answer.
 
 mod columns;
+mod lake;
 mod limits;
 mod scan;
 mod table;
@@ -45,6 +46,7 @@ pub use limits::{QueryLimits, query_runtime};
 
 const MIB: usize = 1024 * 1024;
 pub use columns::{Source, VIRTUAL_COLUMNS};
+pub use lake::{LAKE, LakeCatalog};
 pub use table::{ScanCache, TopicTable};
 
 /// How often a live query looks for new records.
@@ -216,6 +218,7 @@ pub struct Query {
     log: Log,
     read: Arc<AtomicU64>,
     governor: Arc<Governor>,
+    lake: LakeCatalog,
 }
 
 impl Query {
@@ -234,7 +237,13 @@ impl Query {
             log,
             read: Arc::default(),
             governor: Arc::new(Governor::new(limits, runtime)),
+            lake: LakeCatalog::default(),
         }
+    }
+
+    /// The engine, with the exported Delta tables of `lake` as the schema `lake`.
+    pub fn with_lake(self, lake: LakeCatalog) -> Self {
+        Self { lake, ..self }
     }
 
     /// Largest encoded answer ([`Answer::render`]).
@@ -295,7 +304,13 @@ impl Query {
         let query = self.clone();
         let sql = sql.to_owned();
         self.governor
-            .run(async move { run(&query.context(false)?, &sql).await })
+            .run(async move {
+                let context = query.context(false)?;
+                if lake::names_lake(&sql) {
+                    query.lake.register(&context).await?;
+                }
+                run(&context, &sql).await
+            })
             .await
     }
 
@@ -363,19 +378,30 @@ impl Query {
     }
 
     /// The topics `sql` reads: every topic behind every table it names (so on a hub, every
-    /// edge's mirror a table unites). Names that are no table are left to the query to report.
+    /// edge's mirror a table unites); for `lake.NAME`, the table export NAME exports (by its
+    /// name too, so a table whose topics are gone still needs read on them). Names that are no
+    /// table are left to the query to report.
     pub fn scanned_topics(&self, sql: &str) -> Result<Vec<TopicName>, QueryError> {
         let state = SessionStateBuilder::new().with_default_features().build();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
-        let mut tables = self.tables();
-        let mut topics: Vec<TopicName> = state
-            .resolve_table_references(&statement)?
-            .iter()
-            .filter_map(|reference| tables.remove(reference.table()))
-            .flatten()
-            .map(|source| source.topic)
-            .collect();
+        let tables = self.tables();
+        let mut topics: Vec<TopicName> = Vec::new();
+        for reference in state.resolve_table_references(&statement)? {
+            let table = match reference.schema() {
+                Some(LAKE) => match self.lake.exported(reference.table()) {
+                    Some(exported) => {
+                        topics.push(exported.clone());
+                        exported.to_string()
+                    }
+                    None => continue,
+                },
+                _ => reference.table().to_owned(),
+            };
+            if let Some(sources) = tables.get(&table) {
+                topics.extend(sources.iter().map(|source| source.topic.clone()));
+            }
+        }
         topics.sort();
         topics.dedup();
         Ok(topics)
@@ -421,6 +447,13 @@ async fn run(context: &SessionContext, sql: &str) -> Result<Answer, QueryError> 
         batches,
         _memory: memory,
     })
+}
+
+/// The topics behind table `name`: a topic, and on a hub every edge's mirror of it.
+pub fn sources_of(log: &Log, name: &str) -> Vec<Source> {
+    tables_of(log.list_topics())
+        .remove(name)
+        .unwrap_or_default()
 }
 
 /// The tables of these topics. A name means one thing: a topic's own name is that topic

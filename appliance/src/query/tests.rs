@@ -203,6 +203,27 @@ async fn a_query_scans_every_mirror_its_tables_unite_and_nothing_else() {
     );
     assert!(scanned("SELECT 1").is_empty());
     assert!(query.scanned_topics("SELEC nonsense").is_err());
+
+    // An exported table needs read on what it exports, even once those topics are gone.
+    let lake = LakeCatalog::default();
+    let url = url::Url::parse("file:///nowhere/lake").unwrap();
+    lake.insert("history", url.clone(), TopicName::new("sensors").unwrap());
+    lake.insert("old", url, TopicName::new("retired").unwrap());
+    let query = query.with_lake(lake);
+    let scanned = |sql: &str| {
+        query
+            .scanned_topics(sql)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        scanned("SELECT count(*) FROM lake.history"),
+        ["edge-1.sensors", "edge-2.sensors", "sensors"]
+    );
+    assert_eq!(scanned("SELECT count(*) FROM lake.old"), ["retired"]);
+    assert!(scanned("SELECT count(*) FROM lake.unknown").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

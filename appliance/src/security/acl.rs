@@ -29,6 +29,7 @@ pub enum ResourceType {
     Plugin,
     Link,
     Cluster,
+    Export,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -79,7 +80,7 @@ macro_rules! words {
 words! {
     ResourceType {
         Topic => "topic", Group => "group", Pipeline => "pipeline", Connector => "connector",
-        Plugin => "plugin", Link => "link", Cluster => "cluster",
+        Plugin => "plugin", Link => "link", Cluster => "cluster", Export => "export",
     }
     Operation {
         Read => "read", Write => "write", Create => "create", Delete => "delete",

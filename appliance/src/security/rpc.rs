@@ -89,6 +89,12 @@ rpcs! {
     ChangePassword,
     ListUsers,
     DeleteUser,
+    CreateExport,
+    GetExport,
+    ListExports,
+    PauseExport,
+    ResumeExport,
+    DeleteExport,
 }
 
 /// What a method needs on the resource its request names.
@@ -135,6 +141,10 @@ impl Rpc {
             Rpc::GetLink | Rpc::ListLinks => (Link, Describe),
             Rpc::PauseLink | Rpc::ResumeLink => (Link, Alter),
             Rpc::DeleteLink => (Link, Delete),
+            Rpc::CreateExport => (Export, Create),
+            Rpc::GetExport | Rpc::ListExports => (Export, Describe),
+            Rpc::PauseExport | Rpc::ResumeExport => (Export, Alter),
+            Rpc::DeleteExport => (Export, Delete),
             Rpc::ListEdges | Rpc::ListTokens | Rpc::ListAcls | Rpc::ListQuotas | Rpc::ListUsers => {
                 (Cluster, Describe)
             }
