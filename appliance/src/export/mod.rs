@@ -37,8 +37,6 @@ use crate::runtime::{
     State, StatusCell, Supervised,
 };
 
-pub use table::LakeTable;
-
 /// The columns a table may be partitioned by.
 pub const PARTITION_COLUMNS: [&str; 3] = [rows::EDGE, rows::DAY, rows::PARTITION];
 pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;

@@ -10,7 +10,6 @@
 //! what the table says.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use datafusion::arrow::compute::cast;
@@ -50,7 +49,6 @@ impl std::fmt::Debug for LakeTable {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Maintained {
     pub files_compacted: u64,
-    pub files_written: u64,
     pub files_deleted: u64,
 }
 
@@ -279,7 +277,6 @@ impl LakeTable {
                 .map_err(lake)?;
             self.table = table;
             maintained.files_compacted += metrics.num_files_removed;
-            maintained.files_written += metrics.num_files_added;
         }
         let retention = chrono::Duration::from_std(retention)
             .map_err(|e| ExportError::Table(format!("vacuum retention: {e}")))?;
@@ -308,12 +305,9 @@ impl LakeTable {
     }
 
     /// The URIs of the Parquet files of the table's current version.
+    #[cfg(test)]
     pub fn file_uris(&self) -> Result<Vec<String>, ExportError> {
         Ok(self.table.get_file_uris().map_err(lake)?.collect())
-    }
-
-    pub fn delta_table(&self) -> Arc<DeltaTable> {
-        Arc::new(self.table.clone())
     }
 }
 

@@ -263,7 +263,7 @@ impl ExportTask {
     ) -> Result<(), ExportError> {
         let topic = &self.spec.dead_letter_topic;
         crate::transform::ensure_topic(&self.log, topic).await?;
-        let partitions = self.log.topic_config(topic)?.partitions.max(1);
+        let config = self.log.topic_config(topic)?;
         let letters: Vec<log::Record> = misfits
             .iter()
             .map(|misfit| {
@@ -281,10 +281,9 @@ impl ExportTask {
                 )
             })
             .collect();
-        let compression = self.log.topic_config(topic)?.compression;
-        let batch = log::encode(&letters, compression)
+        let batch = log::encode(&letters, config.compression)
             .map_err(|e| ExportError::Rows(format!("a dead letter cannot be encoded: {e}")))?;
-        let partition = PartitionId(source.partition.0 % partitions);
+        let partition = PartitionId(source.partition.0 % config.partitions.max(1));
         self.log.append(topic, partition, batch).await?;
         let count = misfits.len() as u64;
         self.progress.update(|p| p.dead_lettered += count);

@@ -11,6 +11,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type};
 use deltalake_core::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::rows::{self, RowBuilder};
+use super::table::LakeTable;
 use super::*;
 use crate::log::{
     Compression, Durability, LogConfig, Record, StoredRecord, Timestamp, TopicConfig,
