@@ -236,6 +236,25 @@ fn kind_of(kind: &str) -> pb::PluginKind {
     }
 }
 
+/// `appliance plugin new NAME --lang LANG --kind KIND --dir PROJECTS`: what it printed, and
+/// the project's directory.
+fn plugin_new(
+    root: &std::path::Path,
+    projects: &std::path::Path,
+    name: &str,
+    lang: &str,
+    kind: &str,
+) -> anyhow::Result<(String, std::path::PathBuf)> {
+    let dir = projects.to_str().expect("a UTF-8 path");
+    let said = appliance_e2e::run_to_end(
+        root,
+        &[
+            "plugin", "new", name, "--lang", lang, "--kind", kind, "--dir", dir,
+        ],
+    )?;
+    Ok((String::from_utf8(said.stdout)?, projects.join(name)))
+}
+
 /// The command of `appliance plugin new`'s instructions that starts with `program`, as
 /// arguments (the project's venv replaced by the tests' one for componentize-py).
 fn printed_command<'s>(said: &'s str, program: &str) -> Vec<&'s str> {
@@ -260,28 +279,12 @@ async fn plugin_new_writes_projects_in_every_language_that_build_and_load() -> a
     let channel = daemon.channel().await?;
     let projects = root.join("projects");
     std::fs::create_dir(&projects)?;
-    let projects_arg = projects.to_str().expect("a UTF-8 path");
     for (name, kind) in [
         ("shout-py", "transform"),
         ("numbers-py", "source"),
         ("log-py", "sink"),
     ] {
-        let said = appliance_e2e::run_to_end(
-            root,
-            &[
-                "plugin",
-                "new",
-                name,
-                "--lang",
-                "python",
-                "--kind",
-                kind,
-                "--dir",
-                projects_arg,
-            ],
-        )?;
-        let said = String::from_utf8(said.stdout)?;
-        let project = projects.join(name);
+        let (said, project) = plugin_new(root, &projects, name, "python", kind)?;
         let unittest = std::process::Command::new("python3")
             .current_dir(&project)
             .args(printed_command(&said, "python3 -m unittest"))
@@ -319,22 +322,7 @@ async fn plugin_new_writes_projects_in_every_language_that_build_and_load() -> a
         ("numbers-js", "source"),
         ("log-js", "sink"),
     ] {
-        let said = appliance_e2e::run_to_end(
-            root,
-            &[
-                "plugin",
-                "new",
-                name,
-                "--lang",
-                "js",
-                "--kind",
-                kind,
-                "--dir",
-                projects_arg,
-            ],
-        )?;
-        let said = String::from_utf8(said.stdout)?;
-        let project = projects.join(name);
+        let (said, project) = plugin_new(root, &projects, name, "js", kind)?;
         let tested = std::process::Command::new("node")
             .current_dir(&project)
             .args(printed_command(&said, "node --test"))
@@ -361,22 +349,7 @@ async fn plugin_new_writes_projects_in_every_language_that_build_and_load() -> a
         ("numbers-rs", "source"),
         ("log-rs", "sink"),
     ] {
-        let said = appliance_e2e::run_to_end(
-            root,
-            &[
-                "plugin",
-                "new",
-                name,
-                "--lang",
-                "rust",
-                "--kind",
-                kind,
-                "--dir",
-                projects_arg,
-            ],
-        )?;
-        let said = String::from_utf8(said.stdout)?;
-        let project = projects.join(name);
+        let (said, project) = plugin_new(root, &projects, name, "rust", kind)?;
         for command in ["cargo test", "cargo build"] {
             let run = std::process::Command::new("cargo")
                 .current_dir(&project)
