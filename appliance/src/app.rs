@@ -183,12 +183,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )
     .await?;
-    let lake = query::LakeCatalog::default();
+    let lake = query::LakeCatalog::new(config.security.secret_providers());
     let exports = Exports::open(
         log.clone(),
         meta.clone(),
         config.restart.exports(),
         lake.clone(),
+        config.security.secret_providers(),
         shutdown.clone(),
     )
     .await?;

@@ -130,6 +130,15 @@ fn log_field(line: &str, field: &str) -> Option<String> {
 impl Daemon {
     /// Starts `appliance run ARGS` in `dir` with the gRPC and metrics endpoints on free ports.
     pub fn start_on_free_ports(dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on_free_ports_with_env(dir, args, &[])
+    }
+
+    /// [`Daemon::start_on_free_ports`], with these environment variables set.
+    pub fn start_on_free_ports_with_env(
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut all = vec![
             "--grpc-addr",
             "127.0.0.1:0",
@@ -137,7 +146,7 @@ impl Daemon {
             "127.0.0.1:0",
         ];
         all.extend_from_slice(args);
-        Self::start(dir, &all)
+        Self::start_with_env(dir, &all, env)
     }
 
     /// Starts `appliance run ARGS` in `dir` and waits until it logs that it is ready.
@@ -561,6 +570,8 @@ pub struct Deployment {
     edges: Vec<String>,
     /// The edges' `[link] idle-timeout-ms`, when a test wants cuts to end connections sooner.
     edge_idle_timeout_ms: Option<u64>,
+    /// Environment variables of the hub (secrets it reads as `${env:NAME}`).
+    hub_env: Vec<(String, String)>,
 }
 
 impl Deployment {
@@ -571,6 +582,7 @@ impl Deployment {
             port: free_udp_port()?,
             edges: edges.iter().map(|edge| edge.to_string()).collect(),
             edge_idle_timeout_ms: None,
+            hub_env: Vec::new(),
         };
         make_certs(deployment.root(), "certs", edges)?;
         Ok(deployment)
@@ -580,6 +592,12 @@ impl Deployment {
     /// of its two ends' idle timeouts, so this one applies).
     pub fn with_edge_idle_timeout_ms(mut self, ms: u64) -> Self {
         self.edge_idle_timeout_ms = Some(ms);
+        self
+    }
+
+    /// Hubs started afterwards have `name=value` in their environment.
+    pub fn with_hub_env(mut self, name: &str, value: &str) -> Self {
+        self.hub_env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -618,13 +636,14 @@ impl Deployment {
     /// [`Deployment::start_hub`] without granting the edges anything. Either hub enrolls
     /// edges by join token (it has the CA's key).
     pub fn start_hub_without_acls(&self) -> anyhow::Result<Daemon> {
+        let link_addr = self.hub_addr();
         let args = [
             "--data-dir",
             "hub-data",
             "--role",
             "hub",
             "--link-addr",
-            &self.hub_addr(),
+            &link_addr,
             "--link-ca",
             "certs/ca.pem",
             "--link-cert",
@@ -633,12 +652,18 @@ impl Deployment {
             "certs/hub.key",
             "--link-ca-key",
             "certs/ca.key",
-        ]
-        .map(str::to_owned);
-        let hub = start_in_runtime(self.root(), &args)?;
+        ];
+        let env: Vec<(&str, &str)> = self
+            .hub_env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let hub = tokio::task::block_in_place(|| {
+            Daemon::start_on_free_ports_with_env(self.root(), &args, &env)
+        })?;
         let log = hub.log_text();
         anyhow::ensure!(
-            log.contains(&format!("link_addr=\"{}\"", self.hub_addr())),
+            log.contains(&format!("link_addr=\"{link_addr}\"")),
             "the hub is not on its link address:\n{log}"
         );
         Ok(hub)

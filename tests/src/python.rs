@@ -1,10 +1,13 @@
 //! Python clients the end-to-end tests drive (grpcio, kafka-python): a virtual environment in
 //! `tests/python/.venv` with `tests/python/requirements.txt`, made on first use (`.ci/run`
-//! makes it beforehand), `grpc_call.py`, one call per run, and componentize-py, which builds
-//! the Python plugins from source.
+//! makes it beforehand), `grpc_call.py`, one call per run, componentize-py, which builds
+//! the Python plugins from source, and moto's S3-compatible server.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -129,4 +132,64 @@ fn call(
             String::from_utf8_lossy(&output.stderr)
         )
     })
+}
+
+/// An S3-compatible object store on a free loopback port: moto's server (PyPI `moto[server]`),
+/// which keeps objects in memory and honours conditional puts (`If-None-Match: *`) as S3 does.
+/// Stopped when dropped.
+#[derive(Debug)]
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(python()?.with_file_name("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting moto_server from tests/python/.venv")?;
+        let server = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto_server did not listen on port {port} within a minute"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+
+    /// Creates `bucket` (moto takes an unsigned request for it).
+    pub fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        let host = self.endpoint.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(host)?;
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        anyhow::ensure!(
+            answer.starts_with("HTTP/1.1 200"),
+            "creating bucket {bucket}: {answer}"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

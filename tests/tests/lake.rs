@@ -4,14 +4,17 @@
 //! summing per edge what three edges produced, through three SIGKILLs of the hub while the
 //! export runs. Also: records that do not fit go to the dead-letter topic with the reason,
 //! `appliance query` over `lake.NAME` agrees with the same query over the topic, and two hubs
-//! exporting their own edges into one table concurrently leave every record of both once.
+//! exporting their own edges into one table concurrently leave every record of both once, in
+//! a directory and in an S3-compatible object store (moto's server) with the credentials from
+//! the secret providers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
 use appliance_e2e::cluster::{cli_json, positions};
-use appliance_e2e::{Channel, Daemon, Deadline, Deployment, cli_ok, fetch_all};
+use appliance_e2e::python::S3Server;
+use appliance_e2e::{Channel, Daemon, Deadline, Deployment, cli_ok, fetch_all, found_in_files};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
 use nix::sys::signal::Signal;
@@ -95,15 +98,15 @@ async fn wait_exported(
     }
 }
 
-/// The table read by `reader` (tests/python/lake_read.py): edge -> tally, checked free of
-/// duplicates.
-fn read_table(reader: &str, table: &Path) -> anyhow::Result<BTreeMap<String, Tally>> {
+/// The table at `table` (a directory, or `s3://...` with the S3 server's endpoint after it)
+/// read by `reader` (tests/python/lake_read.py): edge -> tally, checked free of duplicates.
+fn read_table(reader: &str, table: &[&str]) -> anyhow::Result<BTreeMap<String, Tally>> {
     let python = appliance_e2e::python::python()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/lake_read.py");
     let output = std::process::Command::new(python)
         .arg(script)
         .arg(reader)
-        .arg(table)
+        .args(table)
         .output()?;
     anyhow::ensure!(
         output.status.success(),
@@ -136,7 +139,11 @@ struct Fleet {
 
 impl Fleet {
     async fn start(edges: &[&str], first: u64) -> anyhow::Result<Self> {
-        let deployment = Deployment::new(edges)?;
+        Self::start_on(Deployment::new(edges)?, edges, first).await
+    }
+
+    /// [`Fleet::start`] on `deployment` (certificates for `edges`).
+    async fn start_on(deployment: Deployment, edges: &[&str], first: u64) -> anyhow::Result<Self> {
         let hub = deployment.start_hub()?;
         let mut fleet = Self {
             deployment,
@@ -195,25 +202,36 @@ impl Fleet {
     }
 }
 
-fn create_export(hub: &Daemon, root: &Path, table: &Path) -> anyhow::Result<String> {
-    cli_ok(
-        hub,
-        root,
-        &[
-            "export",
-            "create",
-            "lake",
-            "--from",
-            "sensors",
-            "--to",
-            table.to_str().context("a UTF-8 path")?,
-            "--flush-interval",
-            "300ms",
-            "--maintenance-interval",
-            "2s",
-        ],
-        b"",
-    )
+/// `export create lake --from sensors --to TO` with `more` arguments.
+fn create_export(hub: &Daemon, root: &Path, to: &str, more: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec![
+        "export",
+        "create",
+        "lake",
+        "--from",
+        "sensors",
+        "--to",
+        to,
+        "--flush-interval",
+        "300ms",
+        "--maintenance-interval",
+        "2s",
+    ];
+    args.extend_from_slice(more);
+    cli_ok(hub, root, &args, b"")
+}
+
+fn utf8(path: &Path) -> anyhow::Result<&str> {
+    path.to_str().context("a UTF-8 path")
+}
+
+/// `SELECT _edge, count(*), sum(v) ... GROUP BY _edge` over `from` on `hub`, as JSON.
+fn per_edge(hub: &Daemon, root: &Path, from: &str) -> anyhow::Result<Value> {
+    let sql = format!(
+        "SELECT _edge, count(*) AS n, sum(v) AS s FROM {from} GROUP BY _edge ORDER BY _edge"
+    );
+    let answer = cli_ok(hub, root, &["query", "--format", "json", &sql], b"")?;
+    Ok(serde_json::from_str(&answer)?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +239,7 @@ async fn three_edges_exported_through_hub_kills_read_the_same_in_deltalake_duckd
 -> anyhow::Result<()> {
     let mut fleet = Fleet::start(&["edge-1", "edge-2", "edge-3"], 400).await?;
     let table = fleet.root().join("lake").join("sensors");
-    let created = create_export(fleet.hub(), fleet.root(), &table)?;
+    let created = create_export(fleet.hub(), fleet.root(), utf8(&table)?, &[])?;
     assert!(created.contains("partitioned by _edge,_day"), "{created}");
 
     // Three SIGKILLs of the hub while the export (and the links) run, more readings between.
@@ -241,30 +259,13 @@ async fn three_edges_exported_through_hub_kills_read_the_same_in_deltalake_duckd
     eprintln!("exported: {status}");
 
     for reader in ["deltalake", "duckdb", "spark"] {
-        let read = tokio::task::block_in_place(|| read_table(reader, &table))?;
+        let read = tokio::task::block_in_place(|| read_table(reader, &[utf8(&table)?]))?;
         assert_eq!(read, fleet.tallies, "{reader}");
     }
 
     // The hub's SQL over the table agrees with the same SQL over the topic.
-    let sql = |from: &str| {
-        format!(
-            "SELECT _edge, count(*) AS n, sum(v) AS s FROM {from} GROUP BY _edge ORDER BY _edge"
-        )
-    };
-    let over_topic = cli_ok(
-        fleet.hub(),
-        fleet.root(),
-        &["query", "--format", "json", &sql("sensors")],
-        b"",
-    )?;
-    let over_lake = cli_ok(
-        fleet.hub(),
-        fleet.root(),
-        &["query", "--format", "json", &sql("lake.lake")],
-        b"",
-    )?;
-    let over_topic: Value = serde_json::from_str(&over_topic)?;
-    let over_lake: Value = serde_json::from_str(&over_lake)?;
+    let over_topic = per_edge(fleet.hub(), fleet.root(), "sensors")?;
+    let over_lake = per_edge(fleet.hub(), fleet.root(), "lake.lake")?;
     assert_eq!(over_lake, over_topic);
     assert_eq!(over_topic.as_array().map(Vec::len), Some(3), "{over_topic}");
 
@@ -300,7 +301,7 @@ async fn three_edges_exported_through_hub_kills_read_the_same_in_deltalake_duckd
         "{reasons:?}"
     );
     assert!(reasons[1].contains("not a JSON object"), "{reasons:?}");
-    let read = tokio::task::block_in_place(|| read_table("deltalake", &table))?;
+    let read = tokio::task::block_in_place(|| read_table("deltalake", &[utf8(&table)?]))?;
     assert_eq!(read, fleet.tallies, "the misfits are not in the table");
     Ok(())
 }
@@ -311,8 +312,8 @@ async fn two_hubs_exporting_into_one_table_leave_every_record_of_both_once() -> 
     let table = shared.path().join("sensors");
     let mut east = Fleet::start(&["east-1", "east-2"], 300).await?;
     let mut west = Fleet::start(&["west-1", "west-2"], 300).await?;
-    create_export(east.hub(), east.root(), &table)?;
-    create_export(west.hub(), west.root(), &table)?;
+    create_export(east.hub(), east.root(), utf8(&table)?, &[])?;
+    create_export(west.hub(), west.root(), utf8(&table)?, &[])?;
     for round in 0..4u64 {
         east.produce(300 + round * 200, 500 + round * 200).await;
         west.produce(300 + round * 200, 500 + round * 200).await;
@@ -321,9 +322,89 @@ async fn two_hubs_exporting_into_one_table_leave_every_record_of_both_once() -> 
     let west_ends = west.ends().await?;
     wait_exported(east.hub(), east.root(), "lake", &east_ends).await?;
     wait_exported(west.hub(), west.root(), "lake", &west_ends).await?;
-    let read = tokio::task::block_in_place(|| read_table("deltalake", &table))?;
+    let read = tokio::task::block_in_place(|| read_table("deltalake", &[utf8(&table)?]))?;
     let mut expected = east.tallies.clone();
     expected.extend(west.tallies.clone());
     assert_eq!(read, expected);
+    Ok(())
+}
+
+/// The secret key the hubs sign their S3 requests with, from their environment.
+const S3_SECRET: &str = "lake-test-secret";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_exporting_into_one_s3_table_through_a_hub_kill_leave_every_record_once()
+-> anyhow::Result<()> {
+    let s3 = tokio::task::block_in_place(S3Server::start)?;
+    s3.create_bucket("lake-bucket")?;
+    let table = "s3://lake-bucket/fleet/sensors";
+    let storage = [
+        "--storage",
+        &format!("endpoint={}", s3.endpoint),
+        "--storage",
+        "allow-http=true",
+        "--storage",
+        "access-key-id=lake-test",
+        "--storage",
+        "secret-access-key=${env:APPLIANCE_SECRET_S3_KEY}",
+    ];
+    let fleet = |edges: &'static [&'static str]| async move {
+        let deployment = Deployment::new(edges)?.with_hub_env("APPLIANCE_SECRET_S3_KEY", S3_SECRET);
+        Fleet::start_on(deployment, edges, 300).await
+    };
+    let mut east = fleet(&["east-1", "east-2"]).await?;
+    let mut west = fleet(&["west-1", "west-2"]).await?;
+    create_export(east.hub(), east.root(), table, &storage)?;
+    create_export(west.hub(), west.root(), table, &storage)?;
+    for round in 0..4u64 {
+        east.produce(300 + round * 200, 500 + round * 200).await;
+        west.produce(300 + round * 200, 500 + round * 200).await;
+        if round == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+            tokio::task::block_in_place(|| east.kill_and_restart_hub())?;
+        }
+    }
+    let east_ends = east.ends().await?;
+    let west_ends = west.ends().await?;
+    wait_exported(east.hub(), east.root(), "lake", &east_ends).await?;
+    let status = wait_exported(west.hub(), west.root(), "lake", &west_ends).await?;
+
+    let mut expected = east.tallies.clone();
+    expected.extend(west.tallies.clone());
+    let read = tokio::task::block_in_place(|| read_table("deltalake", &[table, &s3.endpoint]))?;
+    assert_eq!(read, expected);
+    // A hub's SQL over the S3 table sees both hubs' edges.
+    let over_lake = per_edge(west.hub(), west.root(), "lake.lake")?;
+    let counted: BTreeMap<String, u64> = over_lake
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            (
+                row["_edge"].as_str().unwrap_or_default().to_owned(),
+                row["n"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let produced: BTreeMap<String, u64> = expected
+        .iter()
+        .map(|(edge, tally)| (edge.clone(), tally.rows))
+        .collect();
+    assert_eq!(counted, produced, "{over_lake}");
+
+    // The secret is a reference wherever the export is stored or answered.
+    let said = status["storage"].to_string();
+    assert!(said.contains("${env:APPLIANCE_SECRET_S3_KEY}"), "{said}");
+    assert!(!said.contains(S3_SECRET), "{said}");
+    for fleet in [&east, &west] {
+        assert!(
+            !found_in_files(&fleet.root().join("hub-data"), S3_SECRET.as_bytes())?,
+            "the S3 secret is in the hub's files"
+        );
+        assert!(
+            !fleet.hub().log_text().contains(S3_SECRET),
+            "the S3 secret is in the log"
+        );
+    }
     Ok(())
 }

@@ -7,7 +7,9 @@ use tonic::{Request, Response, Status};
 use super::access::Calls;
 use super::convert::{state_fields, topic_name};
 use super::error::invalid;
-use super::pipelines::{error_policy, policy_message, transform_message, transform_spec};
+use super::pipelines::{
+    config_entries, config_pairs, error_policy, policy_message, transform_message, transform_spec,
+};
 use crate::connect::{ConnectorOffsets, ConnectorStatus, Connectors, NewConnector, OffsetReset};
 use crate::plugin::PluginKind;
 use crate::security::{Operation, ResourceType, Rpc};
@@ -16,13 +18,6 @@ use crate::security::{Operation, ResourceType, Rpc};
 pub struct ConnectorsService {
     pub connectors: Connectors,
     pub calls: Calls,
-}
-
-fn config_message(config: Vec<(String, String)>) -> Vec<pb::ConfigEntry> {
-    config
-        .into_iter()
-        .map(|(key, value)| pb::ConfigEntry { key, value })
-        .collect()
 }
 
 fn connector_message(status: ConnectorStatus) -> pb::Connector {
@@ -43,7 +38,7 @@ fn connector_message(status: ConnectorStatus) -> pb::Connector {
             _ => pb::ConnectorKind::Source,
         } as i32,
         topic: spec.topic.to_string(),
-        config: config_message(spec.config),
+        config: config_entries(spec.config),
         tasks_max: spec.tasks_max,
         transforms: spec.transforms.into_iter().map(transform_message).collect(),
         errors: policy_message(spec.errors) as i32,
@@ -112,11 +107,7 @@ fn new_connector(request: pb::CreateConnectorRequest) -> Result<NewConnector, St
         name: request.name,
         plugin: request.plugin,
         topic: topic_name("topic", &request.topic)?,
-        config: request
-            .config
-            .into_iter()
-            .map(|e| (e.key, e.value))
-            .collect(),
+        config: config_pairs(request.config),
         tasks_max: request.tasks.max(1),
         transforms: request.transforms.into_iter().map(transform_spec).collect(),
         errors: error_policy(request.errors)?,

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::access::Calls;
 use super::convert::{state_fields, topic_name};
+use super::pipelines::{config_entries, config_pairs};
 use crate::export::{ExportStatus, Exports, NewExport, StartAt};
 use crate::security::{Operation, ResourceType, Rpc};
 
@@ -34,6 +35,7 @@ fn export_message(status: ExportStatus) -> pb::Export {
         name: spec.name,
         from_topic: spec.from.to_string(),
         to: spec.to,
+        storage: config_entries(spec.storage),
         partition_by: spec.partition_by,
         start_unix_ms: match spec.start {
             StartAt::Earliest => 0,
@@ -84,6 +86,7 @@ fn new_export(request: pb::CreateExportRequest) -> Result<NewExport, Status> {
         name: request.name,
         from: topic_name("from_topic", &request.from_topic)?,
         to: request.to,
+        storage: config_pairs(request.storage),
         partition_by,
         start: match request.start_unix_ms {
             0 => StartAt::Earliest,

@@ -70,25 +70,29 @@ fn pipeline_message(status: PipelineStatus) -> pb::Pipeline {
     }
 }
 
+/// Settings as the API carries them (plugins', connectors', an export's storage).
+pub(super) fn config_entries(config: Vec<(String, String)>) -> Vec<pb::ConfigEntry> {
+    config
+        .into_iter()
+        .map(|(key, value)| pb::ConfigEntry { key, value })
+        .collect()
+}
+
+pub(super) fn config_pairs(entries: Vec<pb::ConfigEntry>) -> Vec<(String, String)> {
+    entries.into_iter().map(|e| (e.key, e.value)).collect()
+}
+
 pub(super) fn transform_message(transform: TransformSpec) -> pb::Transform {
     pb::Transform {
         plugin: transform.plugin,
-        config: transform
-            .config
-            .into_iter()
-            .map(|(key, value)| pb::ConfigEntry { key, value })
-            .collect(),
+        config: config_entries(transform.config),
     }
 }
 
 pub(super) fn transform_spec(transform: pb::Transform) -> TransformSpec {
     TransformSpec {
         plugin: transform.plugin,
-        config: transform
-            .config
-            .into_iter()
-            .map(|e| (e.key, e.value))
-            .collect(),
+        config: config_pairs(transform.config),
     }
 }
 

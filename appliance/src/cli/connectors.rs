@@ -93,18 +93,7 @@ pub async fn connector(channel: ApiChannel, command: ConnectorCommand) -> Result
             errors,
             dlq_topic,
         } => {
-            let config = config
-                .iter()
-                .map(|entry| match entry.split_once('=') {
-                    Some((key, value)) if !key.trim().is_empty() => Ok(pb::ConfigEntry {
-                        key: key.trim().to_owned(),
-                        value: value.to_owned(),
-                    }),
-                    _ => Err(Failure::Usage(anyhow::anyhow!(
-                        "--config {entry:?}: expected KEY=VALUE"
-                    ))),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let config = config_entries("--config", &config)?;
             let connector = client
                 .create_connector(pb::CreateConnectorRequest {
                     name,
@@ -289,12 +278,7 @@ fn print_status(connector: &pb::Connector) {
     if !connector.failure.is_empty() {
         println!("  failure: {}", connector.failure);
     }
-    let config: Vec<String> = connector
-        .config
-        .iter()
-        .map(|e| format!("{}={}", e.key, e.value))
-        .collect();
-    println!("  config: {}", config.join(" "));
+    println!("  config: {}", config_text(&connector.config));
     for (index, transform) in connector.transforms.iter().enumerate() {
         println!("  transform {}. {}", index + 1, transform_line(transform));
     }
@@ -398,4 +382,32 @@ fn print_offsets(offsets: &pb::ConnectorOffsets, json: bool) {
             .collect();
         print_table(&["PARTITION", "COMMITTED", "END"], &rows);
     }
+}
+
+/// `KEY=VALUE` arguments of `flag` as settings.
+pub(super) fn config_entries(
+    flag: &str,
+    entries: &[String],
+) -> Result<Vec<pb::ConfigEntry>, Failure> {
+    entries
+        .iter()
+        .map(|entry| match entry.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(pb::ConfigEntry {
+                key: key.trim().to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err(Failure::Usage(anyhow::anyhow!(
+                "{flag} {entry:?}: expected KEY=VALUE"
+            ))),
+        })
+        .collect()
+}
+
+/// Settings as `KEY=VALUE` words, as they are given.
+pub(super) fn config_text(entries: &[pb::ConfigEntry]) -> String {
+    let words: Vec<String> = entries
+        .iter()
+        .map(|e| format!("{}={}", e.key, e.value))
+        .collect();
+    words.join(" ")
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::Failure;
 use super::client::{ApiChannel, status};
+use super::connectors::{config_entries, config_text};
 use super::manage::failure_text;
 use super::output::{print_json, print_table};
 
@@ -21,9 +22,15 @@ pub enum ExportCommand {
         /// The table exported: a topic name.
         #[arg(long)]
         from: String,
-        /// Where the Delta table lives: an absolute directory or a file:/// URL.
+        /// Where the Delta table lives: an absolute directory, a file:/// URL, or
+        /// s3://BUCKET/PREFIX in an S3-compatible object store.
         #[arg(long)]
         to: String,
+        /// An s3:// table's object store (repeat): endpoint=URL, region=R, access-key-id=ID,
+        /// secret-access-key='${env:NAME}' or '${file:PATH}', session-token=..., allow-http=true
+        /// for a plain-HTTP endpoint, virtual-hosted-style=true (docs/lake.md).
+        #[arg(long = "storage", value_name = "KEY=VALUE")]
+        storage: Vec<String>,
         /// Partition columns, of _edge, _day and _partition (repeat or separate by commas), or
         /// `none`; default _edge,_day.
         #[arg(long, value_delimiter = ',')]
@@ -71,6 +78,7 @@ pub async fn export(channel: ApiChannel, command: ExportCommand) -> Result<(), F
             name,
             from,
             to,
+            storage,
             partition_by,
             since,
             target_file_bytes,
@@ -87,6 +95,7 @@ pub async fn export(channel: ApiChannel, command: ExportCommand) -> Result<(), F
                     name,
                     from_topic: from,
                     to,
+                    storage: config_entries("--storage", &storage)?,
                     partition_by,
                     start_unix_ms,
                     target_file_bytes: target_file_bytes.unwrap_or(0),
@@ -203,6 +212,7 @@ fn export_json(export: &pb::Export) -> serde_json::Value {
         "name": export.name,
         "from": export.from_topic,
         "to": export.to,
+        "storage": export.storage.iter().map(|e| json!([e.key, e.value])).collect::<Vec<_>>(),
         "partition_by": export.partition_by,
         "start_unix_ms": export.start_unix_ms,
         "target_file_bytes": export.target_file_bytes,
@@ -257,6 +267,9 @@ fn print_status(export: &pb::Export) {
         export.files_vacuumed,
         export.restarts
     );
+    if !export.storage.is_empty() {
+        println!("storage: {}", config_text(&export.storage));
+    }
     if !export.failure.is_empty() {
         println!(
             "failure: {}",

@@ -27,15 +27,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 use crate::log::{Log, LogError, Offset, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
-use crate::query::LakeCatalog;
+use crate::query::{LakeCatalog, LakeLocation};
 use crate::runtime::{
     self, Classified, Component, Components, Recovery, Registry, ResourceName, RestartPolicies,
     State, StatusCell, Supervised,
 };
+use crate::security::secrets::SecretProviders;
 
 /// The columns a table may be partitioned by.
 pub const PARTITION_COLUMNS: [&str; 3] = [rows::EDGE, rows::DAY, rows::PARTITION];
@@ -100,8 +100,11 @@ pub struct ExportSpec {
     pub id: u64,
     /// The table exported: a topic, and on a hub every edge's mirror of it.
     pub from: TopicName,
-    /// The Delta table's location, as a URL (`file:///...`).
+    /// The Delta table's location, as a URL (`file:///...`, `s3://bucket/prefix`).
     pub to: String,
+    /// The object store's settings (`endpoint`, `region`, ...); secrets as references.
+    #[serde(default)]
+    pub storage: Vec<(String, String)>,
     pub partition_by: Vec<String>,
     pub start: StartAt,
     pub target_file_bytes: u64,
@@ -119,6 +122,7 @@ pub struct NewExport {
     pub name: String,
     pub from: TopicName,
     pub to: String,
+    pub storage: Vec<(String, String)>,
     pub partition_by: Option<Vec<String>>,
     pub start: StartAt,
     pub target_file_bytes: Option<u64>,
@@ -175,6 +179,18 @@ impl Supervised for ExportProgress {
     }
 }
 
+impl ExportSpec {
+    /// Where the table lives; checked when the export was created.
+    pub fn location(&self) -> Result<LakeLocation, ExportError> {
+        LakeLocation::new(&self.to, self.storage.clone()).map_err(|problem| {
+            ExportError::InvalidSpec {
+                name: self.name.clone(),
+                problem,
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ExportStatus {
     pub spec: ExportSpec,
@@ -202,6 +218,8 @@ struct Inner {
     exports: Registry<Running>,
     /// The query engine's `lake` schema: every export's table.
     lake: LakeCatalog,
+    /// Resolves the object stores' credentials each time a task opens its table.
+    secrets: SecretProviders,
 }
 
 impl Exports {
@@ -211,6 +229,7 @@ impl Exports {
         meta: Meta,
         restarts: RestartPolicies,
         lake: LakeCatalog,
+        secrets: SecretProviders,
         shutdown: CancellationToken,
     ) -> Result<Self, ExportError> {
         let this = Self {
@@ -220,6 +239,7 @@ impl Exports {
                 restarts,
                 exports: Registry::new(shutdown),
                 lake,
+                secrets,
             }),
         };
         let stored: Vec<(String, ExportSpec)> = this.inner.meta.entries(Table::Exports)?;
@@ -241,7 +261,11 @@ impl Exports {
             name: new.name.clone(),
             problem,
         };
-        let to = table_url(&new.to).map_err(invalid)?;
+        let location = LakeLocation::new(&new.to, new.storage).map_err(invalid)?;
+        // Settings whose references cannot be resolved, or that the object store refuses,
+        // are said now rather than by the task's first failure.
+        location.builder(&self.inner.secrets).map_err(invalid)?;
+        let to = location.url();
         let partition_by = new
             .partition_by
             .unwrap_or_else(|| vec![rows::EDGE.to_owned(), rows::DAY.to_owned()]);
@@ -303,6 +327,7 @@ impl Exports {
             name: new.name,
             from: new.from,
             to: to.to_string(),
+            storage: location.storage().to_vec(),
             partition_by,
             start: new.start,
             target_file_bytes,
@@ -390,8 +415,10 @@ impl Exports {
     }
 
     fn launch(&self, spec: ExportSpec) -> Component<Running> {
-        if let Ok(url) = Url::parse(&spec.to) {
-            self.inner.lake.insert(&spec.name, url, spec.from.clone());
+        if let Ok(location) = spec.location() {
+            self.inner
+                .lake
+                .insert(&spec.name, location, spec.from.clone());
         }
         let progress = Arc::new(StatusCell::new(ExportProgress {
             state: if spec.paused {
@@ -419,6 +446,7 @@ impl Exports {
                 restart: self.inner.restarts.of(&spec.name),
                 spec,
                 log: self.inner.log.clone(),
+                secrets: self.inner.secrets.clone(),
                 progress,
                 stop: component.stop_token(),
             };
@@ -444,24 +472,6 @@ fn status_of(running: &Running) -> ExportStatus {
     ExportStatus {
         spec: running.spec.clone(),
         progress: running.progress.get(),
-    }
-}
-
-/// The table's location as a URL: `file:///...`, or an absolute directory path.
-fn table_url(to: &str) -> Result<Url, String> {
-    if to.starts_with('/') {
-        return Url::from_directory_path(to)
-            .map_err(|()| format!("{to} is not a directory path the table can live in"));
-    }
-    let url = Url::parse(to).map_err(|e| {
-        format!("{to:?} is neither an absolute directory nor a URL ({e}); give file:///path")
-    })?;
-    match url.scheme() {
-        "file" => Ok(url),
-        other => Err(format!(
-            "{other}:// tables are not supported by this build: give a local or mounted \
-             directory (file:///path)"
-        )),
     }
 }
 

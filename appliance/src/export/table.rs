@@ -9,8 +9,6 @@
 //! conflicting one (the same application id) fails the attempt, which then starts again from
 //! what the table says.
 
-use std::collections::HashMap;
-
 use datafusion::arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
@@ -21,12 +19,13 @@ use deltalake_core::kernel::{StructField, StructType, Transaction};
 use deltalake_core::operations::vacuum::VacuumMode;
 use deltalake_core::protocol::SaveMode;
 use deltalake_core::writer::{DeltaWriter as _, RecordBatchWriter};
-use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use deltalake_core::{DeltaTable, DeltaTableError};
 use deltalake_core::{FilterLiteral, FilterOp, FilterValue};
-use url::Url;
 
 use super::ExportError;
 use crate::log::Offset;
+use crate::query::LakeLocation;
+use crate::security::secrets::SecretProviders;
 
 /// How often a commit that lost to a concurrent one is tried again on the newer version.
 const COMMIT_RETRIES: usize = 100;
@@ -65,15 +64,18 @@ fn lake(error: DeltaTableError) -> ExportError {
 }
 
 impl LakeTable {
-    /// The table at `url`, loaded if it exists.
-    pub async fn open(url: &Url, options: HashMap<String, String>) -> Result<Self, ExportError> {
-        if let Ok(dir) = url.to_file_path() {
+    /// The table at `location`, loaded if it exists.
+    pub async fn open(
+        location: &LakeLocation,
+        secrets: &SecretProviders,
+    ) -> Result<Self, ExportError> {
+        if let Ok(dir) = location.url().to_file_path() {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| ExportError::Table(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let mut table = DeltaTableBuilder::from_url(url.clone())
-            .map_err(lake)?
-            .with_storage_options(options)
+        let mut table = location
+            .builder(secrets)
+            .map_err(ExportError::Table)?
             .build()
             .map_err(lake)?;
         match table.load().await {

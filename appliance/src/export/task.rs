@@ -2,7 +2,7 @@
 //! the records into rows, and commits them in files of the target size or at the flush
 //! interval, whichever comes first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use super::table::LakeTable;
 use super::{ExportError, ExportProgress, ExportSpec, SourceProgress, StartAt};
 use crate::log::{self, Log, Offset, PartitionId, Timestamp, TopicName};
 use crate::runtime::{RestartPolicy, State, StatusCell, supervise};
+use crate::security::secrets::SecretProviders;
 use crate::transform::{Rejection, dead_letter};
 
 /// Stored bytes read from one source partition at a time.
@@ -28,6 +29,7 @@ const SOURCE_CHECK: Duration = Duration::from_secs(2);
 pub struct ExportTask {
     pub spec: ExportSpec,
     pub log: Log,
+    pub secrets: SecretProviders,
     pub progress: Arc<StatusCell<ExportProgress>>,
     pub stop: CancellationToken,
     pub restart: RestartPolicy,
@@ -70,9 +72,8 @@ impl ExportTask {
     }
 
     async fn attempt(&self) -> Result<(), ExportError> {
-        let url = url::Url::parse(&self.spec.to)
-            .map_err(|e| ExportError::Table(format!("{}: {e}", self.spec.to)))?;
-        let mut table = LakeTable::open(&url, HashMap::new()).await?;
+        let location = self.spec.location()?;
+        let mut table = LakeTable::open(&location, &self.secrets).await?;
         let mut values: Vec<Field> = if table.exists() {
             rows::value_fields(table.schema()?.as_ref())
         } else {

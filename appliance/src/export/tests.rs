@@ -131,6 +131,7 @@ impl Setup {
             self.meta.clone(),
             RestartPolicies::all(RestartPolicy::TASKS),
             crate::query::LakeCatalog::default(),
+            SecretProviders::default(),
             self.shutdown.child_token(),
         )
         .await
@@ -159,6 +160,7 @@ fn new_export(table: &Path) -> NewExport {
         name: "lake".into(),
         from: topic("sensors"),
         to: table.display().to_string(),
+        storage: Vec::new(),
         partition_by: None,
         start: StartAt::Earliest,
         target_file_bytes: None,
@@ -191,10 +193,16 @@ async fn wait_exported(exports: &Exports, ends: &[u64]) -> ExportStatus {
     }
 }
 
+async fn open_table(dir: &Path) -> LakeTable {
+    let location = LakeLocation::new(dir.to_str().unwrap(), Vec::new()).unwrap();
+    LakeTable::open(&location, &SecretProviders::default())
+        .await
+        .unwrap()
+}
+
 /// The (partition, offset) of every row of the table's current version.
 async fn rows_in(table: &Path) -> Vec<(i32, i64)> {
-    let url = url::Url::from_directory_path(table).unwrap();
-    let lake = LakeTable::open(&url, Default::default()).await.unwrap();
+    let lake = open_table(table).await;
     let mut rows = Vec::new();
     for uri in lake.file_uris().unwrap() {
         let path = url::Url::parse(&uri)
@@ -259,8 +267,7 @@ async fn an_export_writes_every_record_once_across_restarts() {
     exports.stop_all().await;
 
     // Maintenance compacts the many small files; the rows stay the same.
-    let url = url::Url::from_directory_path(&table).unwrap();
-    let mut lake = LakeTable::open(&url, Default::default()).await.unwrap();
+    let mut lake = open_table(&table).await;
     let (files_before, _) = lake.files_and_bytes();
     let done = lake
         .maintain(DEFAULT_TARGET_FILE_BYTES, VACUUM_RETENTION, &[None])
@@ -341,11 +348,44 @@ async fn specs_that_cannot_work_are_refused_with_the_fix() {
         ..new_export(&table)
     };
     assert!(refused(relative).await.contains("file:///path"));
-    let s3 = NewExport {
-        to: "s3://bucket/t".into(),
+    let gcs = NewExport {
+        to: "gs://bucket/t".into(),
         ..new_export(&table)
     };
-    assert!(refused(s3).await.contains("not supported by this build"));
+    assert!(refused(gcs).await.contains("s3://bucket/prefix"));
+    let s3 = |storage: &[(&str, &str)]| NewExport {
+        to: "s3://bucket/t".into(),
+        storage: storage
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..new_export(&table)
+    };
+    let literal_secret = refused(s3(&[("secret-access-key", "hunter22")])).await;
+    assert!(literal_secret.contains("${env:NAME}"), "{literal_secret}");
+    assert!(!literal_secret.contains("hunter22"), "{literal_secret}");
+    let plain_http = refused(s3(&[("endpoint", "http://127.0.0.1:9000")])).await;
+    assert!(plain_http.contains("allow-http=true"), "{plain_http}");
+    let unknown = refused(s3(&[("bucket-key", "x")])).await;
+    assert!(unknown.contains("endpoint, region"), "{unknown}");
+    let unreadable = refused(s3(&[(
+        "secret-access-key",
+        "${env:APPLIANCE_SECRET_NONE_SUCH}",
+    )]))
+    .await;
+    assert!(
+        unreadable.contains("APPLIANCE_SECRET_NONE_SUCH"),
+        "{unreadable}"
+    );
+    let directory_with_settings = NewExport {
+        storage: vec![("region".into(), "eu-west-1".into())],
+        ..new_export(&table)
+    };
+    assert!(
+        refused(directory_with_settings)
+            .await
+            .contains("s3:// tables only")
+    );
     let bad_column = NewExport {
         partition_by: Some(vec!["temp".into()]),
         ..new_export(&table)

@@ -469,7 +469,8 @@ impl Plugins {
         loaded: &Loaded,
         config: &'a [(String, String)],
     ) -> Result<std::borrow::Cow<'a, [(String, String)]>, PluginError> {
-        SecretProviders::require_references(config, &loaded.secret_keys, &loaded.info.name)?;
+        let owner = format!("plugin {:?}", loaded.info.name);
+        SecretProviders::require_references(config, &loaded.secret_keys, &owner)?;
         Ok(self.inner.secrets.resolve(config)?)
     }
 

@@ -46,7 +46,7 @@ pub use limits::{QueryLimits, query_runtime};
 
 const MIB: usize = 1024 * 1024;
 pub use columns::{Source, VIRTUAL_COLUMNS};
-pub use lake::{LAKE, LakeCatalog};
+pub use lake::{LAKE, LakeCatalog, LakeLocation};
 pub use table::{ScanCache, TopicTable};
 
 /// How often a live query looks for new records.
@@ -307,7 +307,7 @@ impl Query {
             .run(async move {
                 let context = query.context(false)?;
                 if lake::names_lake(&sql) {
-                    query.lake.register(&context).await?;
+                    query.lake.register(&context, &sql).await?;
                 }
                 run(&context, &sql).await
             })

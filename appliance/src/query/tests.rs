@@ -206,9 +206,13 @@ async fn a_query_scans_every_mirror_its_tables_unite_and_nothing_else() {
 
     // An exported table needs read on what it exports, even once those topics are gone.
     let lake = LakeCatalog::default();
-    let url = url::Url::parse("file:///nowhere/lake").unwrap();
-    lake.insert("history", url.clone(), TopicName::new("sensors").unwrap());
-    lake.insert("old", url, TopicName::new("retired").unwrap());
+    let location = super::LakeLocation::new("/nowhere/lake", Vec::new()).unwrap();
+    lake.insert(
+        "history",
+        location.clone(),
+        TopicName::new("sensors").unwrap(),
+    );
+    lake.insert("old", location, TopicName::new("retired").unwrap());
     let query = query.with_lake(lake);
     let scanned = |sql: &str| {
         query

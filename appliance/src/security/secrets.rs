@@ -61,11 +61,11 @@ pub enum SecretError {
         prefixes: String,
     },
     #[error(
-        "setting {key:?} is a secret of plugin {plugin:?}: give it as a reference, \
+        "setting {key:?} is a secret of {owner}: give it as a reference, \
          `${{file:PATH}}` or `${{env:NAME}}`, so it is never stored in plain text \
          (docs/security.md)"
     )]
-    Literal { key: String, plugin: String },
+    Literal { key: String, owner: String },
     #[error("setting {key:?}: {reference} cannot be read: {reason}")]
     Unreadable {
         key: String,
@@ -116,12 +116,13 @@ impl SecretProviders {
             .map(Cow::Owned)
     }
 
-    /// Refuses a literal value for any of `secret_keys` (the keys `plugin` declares secret):
-    /// such a value must be one provider reference, or empty for none.
+    /// Refuses a literal value for any of `secret_keys` (the keys `owner`, a plugin or an
+    /// export's storage, declares secret): such a value must be one provider reference, or
+    /// empty for none.
     pub fn require_references(
         config: &[(String, String)],
-        secret_keys: &[String],
-        plugin: &str,
+        secret_keys: &[impl AsRef<str>],
+        owner: &str,
     ) -> Result<(), SecretError> {
         let is_reference = |value: &str| {
             value
@@ -132,11 +133,13 @@ impl SecretProviders {
                 })
         };
         match config.iter().find(|(key, value)| {
-            secret_keys.contains(key) && !value.is_empty() && !is_reference(value)
+            secret_keys.iter().any(|secret| secret.as_ref() == key)
+                && !value.is_empty()
+                && !is_reference(value)
         }) {
             Some((key, _)) => Err(SecretError::Literal {
                 key: key.clone(),
-                plugin: plugin.to_owned(),
+                owner: owner.to_owned(),
             }),
             None => Ok(()),
         }

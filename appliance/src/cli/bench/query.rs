@@ -27,6 +27,7 @@ use crate::log::{
 use crate::meta::Meta;
 use crate::query::{LakeCatalog, Query};
 use crate::runtime::{RestartPolicies, RestartPolicy, State};
+use crate::security::secrets::SecretProviders;
 
 #[derive(Debug, Args)]
 pub struct QueryBenchArgs {
@@ -178,6 +179,7 @@ async fn export_all(log: &Log, dir: &std::path::Path) -> anyhow::Result<Exported
         Meta::open(&dir.join("export-meta"))?,
         RestartPolicies::all(RestartPolicy::LINKS),
         LakeCatalog::default(),
+        SecretProviders::default(),
         shutdown.clone(),
     )
     .await?;
@@ -187,6 +189,7 @@ async fn export_all(log: &Log, dir: &std::path::Path) -> anyhow::Result<Exported
             name: "bench".into(),
             from: TopicName::new("sensors")?,
             to: dir.join("lake").display().to_string(),
+            storage: Vec::new(),
             partition_by: None,
             start: StartAt::Earliest,
             target_file_bytes: None,
