@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "appliance/v1/query.proto",
     "appliance/v1/security.proto",
     "appliance/v1/exports.proto",
+    "appliance/v1/system.proto",
     "appliance/link/v1/link.proto",
 ];
 

@@ -15,7 +15,7 @@ use crate::kafka;
 use crate::link::LinkError;
 use crate::link::edge::Links;
 use crate::link::hub::Hub;
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, TopicName};
 use crate::meta::{Meta, MetaError};
 use crate::pipeline::{PipelineError, Pipelines};
 use crate::plugin::{PluginError, Plugins};
@@ -105,7 +105,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         path: config.data_dir.clone(),
         source,
     })?;
-    let log_config = config.log_config();
+    let mut log_config = config.log_config();
+    // The deletes that make room under the disk budget must stay acknowledged, so their audit
+    // records are written past it.
+    log_config
+        .unbudgeted_topics
+        .push(TopicName::new(api::AUDIT_TOPIC)?);
     if let Err(error) = log_config.disk_reserve().release_if_short() {
         tracing::warn!(%error, "cannot check the disk reserve");
     }

@@ -9,6 +9,7 @@
 //! durability = "fsync"                 # or "os": acknowledge after write, before fsync
 //! retention-check-interval-ms = 300000
 //! disk-reserve-mb = 64                 # released at start when the disk is full
+//! max-disk-bytes = 4294967296          # the data directory's budget; appends past it refused
 //!
 //! [log.topic-defaults]                 # any TopicConfig field
 //! retention-ms = 604800000
@@ -84,6 +85,8 @@ use crate::security::secrets::SecretProviders;
 use crate::security::{self, Principal, PrincipalRules};
 
 const MIB: usize = 1024 * 1024;
+/// The smallest `log.max-disk-bytes`.
+const MIN_DISK_BUDGET: u64 = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -142,6 +145,9 @@ pub struct LogSection {
     /// Disk space held back in the data directory, in MiB: released at start when the disk
     /// is full, so the appliance can start and serve deletes (docs/operations.md). 0: none.
     pub disk_reserve_mb: u64,
+    /// The most bytes the data directory holds; appends past it are refused until there is
+    /// room (docs/operations.md). None: no budget.
+    pub max_disk_bytes: Option<u64>,
 }
 
 impl Default for LogSection {
@@ -151,6 +157,7 @@ impl Default for LogSection {
             retention_check_interval_ms: 5 * 60 * 1000,
             topic_defaults: TopicConfig::default(),
             disk_reserve_mb: 64,
+            max_disk_bytes: None,
         }
     }
 }
@@ -767,6 +774,16 @@ impl Config {
         if self.log.disk_reserve_mb > 65_536 {
             problems.push("log.disk-reserve-mb must be from 0 to 65536".into());
         }
+        if self
+            .log
+            .max_disk_bytes
+            .is_some_and(|max| max < MIN_DISK_BUDGET)
+        {
+            problems.push(format!(
+                "log.max-disk-bytes must be at least {MIN_DISK_BUDGET} (16 MiB): the metadata \
+                 store alone takes some"
+            ));
+        }
         if !(1000..=86_400_000).contains(&self.api.idle_timeout_ms) {
             problems.push("api.idle-timeout-ms must be from 1000 to 86400000".into());
         }
@@ -847,6 +864,8 @@ impl Config {
             retention_check_interval: Duration::from_millis(self.log.retention_check_interval_ms),
             topic_defaults: self.log.topic_defaults.clone(),
             disk_reserve_bytes: self.log.disk_reserve_mb << 20,
+            max_disk_bytes: self.log.max_disk_bytes,
+            unbudgeted_topics: Vec::new(),
         }
     }
 }

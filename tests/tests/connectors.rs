@@ -690,6 +690,30 @@ async fn a_trapping_connector_shows_failed_with_the_reason_while_another_runs() 
     let channel = daemon.channel().await?;
     let first = wait_for_task(&channel, "readings", |t| t.records_out > 0).await?;
     wait_for_task(&channel, "readings", |t| t.records_out > first.records_out).await?;
+    // `appliance status` names the failed task and why, and only it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = cli(&["status", "--json"])?;
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+        let failed = status["failed"].as_array().context("failed")?;
+        if let Some(task) = failed.first() {
+            assert_eq!(failed.len(), 1, "{status}");
+            assert_eq!(task["kind"], "connector", "{status}");
+            assert_eq!(task["name"], "broken task 0", "{status}");
+            assert!(
+                task["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("trapped"),
+                "{status}"
+            );
+            // broken, readings and the audit topic.
+            assert_eq!(status["topics"]["count"], 3, "{status}");
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let list = cli(&["connector", "list", "--json"])?;
     let list: serde_json::Value = serde_json::from_slice(&list.stdout)?;
     // The broken connector is restarted with backoff, so between its failures it shows

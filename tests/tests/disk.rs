@@ -2,7 +2,8 @@
 //! starts anyway on the space its disk reserve held back, serves what it stored, refuses
 //! writes with RESOURCE_EXHAUSTED saying the disk is full, deletes topics, and takes writes
 //! again once there is room, without a restart (segment rolls and index writes that failed
-//! for want of space are tried again, the metadata store is reopened).
+//! for want of space are tried again, the metadata store is reopened). And the same for a
+//! data directory at its budget (`log.max-disk-bytes`) on a disk with room.
 
 use anyhow::{Context, ensure};
 use appliance_e2e::Channel;
@@ -75,8 +76,12 @@ async fn produce_until_refused(
 }
 
 fn start(dir: &std::path::Path, data: &std::path::Path) -> anyhow::Result<Daemon> {
+    start_with(dir, data, "[log]\ndisk-reserve-mb = 8\n")
+}
+
+fn start_with(dir: &std::path::Path, data: &std::path::Path, toml: &str) -> anyhow::Result<Daemon> {
     let config = dir.join("appliance.toml");
-    std::fs::write(&config, "[log]\ndisk-reserve-mb = 8\n")?;
+    std::fs::write(&config, toml)?;
     tokio::task::block_in_place(|| {
         Daemon::start_on_free_ports(
             dir,
@@ -199,5 +204,92 @@ async fn a_full_disk_refuses_writes_but_not_the_start_reads_or_deletes() -> anyh
         !topics.iter().any(|topic| topic.name == "bulk"),
         "{topics:?}"
     );
+    Ok(())
+}
+
+/// The budget of the budget test: 24 MiB.
+const BUDGET: u64 = 24 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_at_its_budget_refuses_appends_naming_it_until_there_is_room()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let toml = format!("[log]\ndisk-reserve-mb = 8\nmax-disk-bytes = {BUDGET}\n");
+    let daemon = start_with(dir.path(), &data, &toml)?;
+    let channel = daemon.channel().await?;
+    create_topic(&channel, "readings").await?;
+    create_topic(&channel, "bulk").await?;
+    for n in 0..10 {
+        produce_batch(&channel, "readings", n).await?;
+    }
+
+    let (accepted, refusal) = produce_until_refused(&channel, "bulk").await?;
+    ensure!(refusal.code() == Code::ResourceExhausted, "{refusal:?}");
+    ensure!(
+        refusal.message().contains("log.max-disk-bytes")
+            && refusal.message().contains(&BUDGET.to_string()),
+        "{refusal:?}"
+    );
+    ensure!(accepted > 100, "only {accepted} batches before the budget");
+    let stored = fetch_all(&channel, "bulk", 0).await?;
+    ensure!(
+        stored.len() as u64 == accepted * 64,
+        "{} records stored, {} acknowledged",
+        stored.len(),
+        accepted * 64
+    );
+    let metrics = daemon.scrape_metrics().await?;
+    ensure!(
+        metrics.contains(&format!("appliance_disk_budget_bytes {BUDGET}")),
+        "{metrics}"
+    );
+    let used: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("appliance_disk_used_bytes "))
+        .context("appliance_disk_used_bytes")?
+        .trim()
+        .parse()?;
+    ensure!(
+        used <= BUDGET && used > BUDGET / 2,
+        "{used} bytes used of {BUDGET}"
+    );
+    ensure!(
+        produce_batch(&channel, "readings", 100).await.is_err(),
+        "every topic is under the one budget"
+    );
+    let screen = daemon.cli(dir.path(), &["status"], b"")?;
+    let screen = String::from_utf8(screen.stdout)?;
+    ensure!(
+        screen.contains("of a 24.0 MiB budget") && screen.contains("topics   3 (3 partitions"),
+        "{screen}"
+    );
+
+    // The delete that makes room is acknowledged (its audit record is outside the budget),
+    // and the next append sees the room, with no restart.
+    TopicsClient::new(channel.clone())
+        .delete_topic(pb::DeleteTopicRequest {
+            name: "bulk".into(),
+        })
+        .await
+        .context("deleting a topic at the budget")?;
+    for n in 0..10 {
+        produce_batch(&channel, "readings", 1_000 + n)
+            .await
+            .context("producing once there is room")?;
+    }
+
+    // A start measures the directory again: what was there is, and the budget holds.
+    daemon.stop_with(Signal::SIGKILL)?;
+    let daemon = start_with(dir.path(), &data, &toml)?;
+    let channel = daemon.channel().await?;
+    let stored = fetch_all(&channel, "readings", 0).await?;
+    ensure!(
+        stored.len() == 20 * 64,
+        "{} records read back",
+        stored.len()
+    );
+    let (_, refusal) = produce_until_refused(&channel, "readings").await?;
+    ensure!(refusal.code() == Code::ResourceExhausted, "{refusal:?}");
     Ok(())
 }

@@ -392,6 +392,17 @@ async fn two_hubs_exporting_into_one_s3_table_through_a_hub_kill_leave_every_rec
         .collect();
     assert_eq!(counted, produced, "{over_lake}");
 
+    // `appliance status` on a hub lists its edges.
+    let screen = cli_json(west.hub(), west.root(), &["status", "--json"])?;
+    assert_eq!(screen["role"], "hub", "{screen}");
+    let edges: Vec<&str> = screen["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|edge| edge["edge"].as_str())
+        .collect();
+    assert_eq!(edges, ["west-1", "west-2"], "{screen}");
+
     // The secret is a reference wherever the export is stored or answered.
     let said = status["storage"].to_string();
     assert!(said.contains("${env:APPLIANCE_SECRET_S3_KEY}"), "{said}");

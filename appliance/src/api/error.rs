@@ -34,6 +34,10 @@ impl From<LogError> for Status {
             LogError::RecordTooLarge { .. } | LogError::TooManyKeys { .. } => {
                 Code::ResourceExhausted
             }
+            // Says what the budget is and what makes room, unlike a full disk.
+            LogError::DiskBudgetReached { .. } => {
+                return Status::resource_exhausted(error.to_string());
+            }
             LogError::Corrupt { .. } => Code::DataLoss,
             LogError::Unavailable { .. } | LogError::ShuttingDown => Code::Unavailable,
             LogError::AppendFailed { .. } | LogError::Io { .. } => Code::Internal,

@@ -13,6 +13,8 @@
 //! appliance_log_start_offset{topic,partition}            gauge
 //! appliance_log_size_bytes{topic,partition}              gauge
 //! appliance_log_partition_online{topic,partition}        gauge    (0: refusing to serve)
+//! appliance_disk_used_bytes                              gauge    (the data directory)
+//! appliance_disk_budget_bytes                            gauge    (log.max-disk-bytes; 0: none)
 //! appliance_group_lag{group,topic,partition}             gauge    (records behind the end)
 //! appliance_group_members{group}                         gauge
 //! appliance_pipeline_records_in_total{pipeline,partition}  counter (source records transformed)
@@ -308,6 +310,24 @@ impl Collector for StateCollector {
             for (labels, state, _) in &partitions {
                 ConstGauge::new(value(state)).encode(family.encode_family(labels)?)?;
             }
+        }
+        let budget = self.log.disk_budget();
+        let disk: [(&str, &str, u64); 2] = [
+            (
+                "disk_used_bytes",
+                "Bytes the data directory holds (but the disk reserve)",
+                budget.used(),
+            ),
+            (
+                "disk_budget_bytes",
+                "log.max-disk-bytes; 0 when there is no budget",
+                budget.max().unwrap_or(0),
+            ),
+        ];
+        for (name, help, value) in disk {
+            let family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            ConstGauge::new(value as i64).encode(family)?;
         }
         let groups = self.coordinator.list().unwrap_or_default();
         let mut members = encoder.encode_descriptor(

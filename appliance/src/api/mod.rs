@@ -18,6 +18,7 @@
 //!                  Query   -> query::Query (SQL over topics: Arrow IPC and JSON rows)
 //!                  Exports -> export::Exports (create, status, pause, resume, delete)
 //!                  Security -> security::Security (tokens, users, ACLs, quotas)
+//!                  System  -> log::Log (version, role, uptime, disk use against the budget)
 //! ```
 //!
 //! Every service but health sits behind an `access::Guard`, which turns the request's bearer
@@ -47,6 +48,7 @@ mod plugins;
 mod query;
 mod records;
 mod security;
+mod system;
 mod tls;
 mod topics;
 
@@ -62,6 +64,7 @@ use appliance_proto::v1::plugins_server::PluginsServer;
 use appliance_proto::v1::query_server::QueryServer;
 use appliance_proto::v1::records_server::RecordsServer;
 use appliance_proto::v1::security_server::SecurityServer;
+use appliance_proto::v1::system_server::SystemServer;
 use appliance_proto::v1::topics_server::TopicsServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -179,6 +182,9 @@ pub async fn serve(
     health
         .set_serving::<SecurityServer<security::SecurityService>>()
         .await;
+    health
+        .set_serving::<SystemServer<system::SystemService>>()
+        .await;
     // Both reflection versions: grpcurl asks v1 first, older tools (grpcurl before 1.8.8,
     // Python's grpcio-reflection) only v1alpha.
     let reflection = || {
@@ -190,6 +196,12 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let topics = topics::TopicsService {
         log: log.clone(),
+        calls: calls.clone(),
+    };
+    let system = system::SystemService {
+        log: log.clone(),
+        hub: hub.is_some(),
+        started: std::time::Instant::now(),
         calls: calls.clone(),
     };
     let links = links::LinksService {
@@ -283,6 +295,9 @@ pub async fn serve(
         .add_service(
             guards
                 .guard(SecurityServer::new(security).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        )
+        .add_service(
+            guards.guard(SystemServer::new(system).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .serve_with_incoming_shutdown(
             listener::incoming(listener, connections, "gRPC API"),

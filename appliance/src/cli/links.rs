@@ -371,7 +371,7 @@ fn lag(partitions: &[pb::MirrorPartition]) -> u64 {
     partitions.iter().map(|p| p.lag_records).sum()
 }
 
-fn state_name(state: i32) -> &'static str {
+pub(super) fn state_name(state: i32) -> &'static str {
     match pb::LinkState::try_from(state) {
         Ok(pb::LinkState::Connecting) => "connecting",
         Ok(pb::LinkState::Connected) => "connected",

@@ -16,6 +16,7 @@ mod query;
 mod records;
 mod scaffold;
 mod security;
+mod status;
 mod topics;
 
 use std::net::SocketAddr;
@@ -113,6 +114,14 @@ enum Command {
     /// A hub and three edges in this process: generators, a transform, links, and a live
     /// per-edge table from SQL on the hub. Nothing to install; Ctrl-C stops it.
     Demo(demo::DemoArgs),
+    /// One screen of what matters: version, role, uptime, disk use against the budget,
+    /// topics, links or edges with their lag, and every failed component with why.
+    Status {
+        #[command(flatten)]
+        args: status::StatusArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Run SQL over the topics (on a hub, table T unites every edge's <edge>.T).
     Query {
         #[command(flatten)]
@@ -287,6 +296,9 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args).map_err(Failure::Runtime),
         Command::Query { args, server } => {
             client::run(&server, |channel| query::query(channel, args))
+        }
+        Command::Status { args, server } => {
+            client::run(&server, |channel| status::status_screen(channel, args))
         }
         Command::Token { command, server } => {
             client::run(&server, |channel| security::token(channel, command))

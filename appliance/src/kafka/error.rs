@@ -55,6 +55,7 @@ pub fn log_code(error: &LogError) -> ResponseError {
         LogError::Corrupt { .. }
         | LogError::AppendFailed { .. }
         | LogError::Io { .. }
+        | LogError::DiskBudgetReached { .. }
         | LogError::OrphanTopicDirectory { .. } => ResponseError::KafkaStorageError,
         LogError::NotNextOffset { .. }
         | LogError::NotAMirror { .. }

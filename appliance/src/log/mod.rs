@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! Log::append(topic, partition, batch)
-//!   -> Partition::append: size limit, header and CRC checks (in the caller's task)
+//!   -> Partition::append: size limit, header and CRC checks, the data directory's disk
+//!      budget (budget.rs; in the caller's task)
 //!   -> bounded channel -> the partition's one writer task
 //!        drains every request waiting (group commit), assigns offsets by rewriting each
 //!        batch's base offset (outside the CRC), writes them, rolls segments by size and age,
@@ -48,6 +49,7 @@
 //!   A partition with corruption refuses to serve instead of dropping data.
 
 mod batch;
+mod budget;
 mod index;
 mod mirror;
 mod partition;
@@ -71,6 +73,7 @@ pub use batch::{
     StoredRecord, decode_all, encode, encode_sparse, set_base_offset, validate as validate_batch,
     visit_all, visit_batch,
 };
+pub use budget::DiskBudget;
 pub use mirror::{HUB_MIRROR_PREFIX, MirrorName, MirrorOwner};
 pub use partition::{
     AppendOutcome, CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS, Partition,
@@ -387,6 +390,12 @@ pub enum LogError {
         partition: PartitionId,
         max: usize,
     },
+    #[error(
+        "the data directory holds {used} bytes, at its budget of {max} (log.max-disk-bytes): \
+         delete topics or lower their retention to make room, or raise the budget (reads and \
+         deletes still work)"
+    )]
+    DiskBudgetReached { used: u64, max: u64 },
     #[error("the log is shutting down")]
     ShuttingDown,
     #[error("{op} {}: {source}", path.display())]
@@ -415,6 +424,7 @@ impl LogError {
             Self::Io { source, .. } => crate::meta::is_disk_full(source),
             Self::AppendFailed { cause } | Self::Unavailable { cause, .. } => cause.is_disk_full(),
             Self::Meta(meta) => meta.is_disk_full(),
+            Self::DiskBudgetReached { .. } => true,
             _ => false,
         }
     }
@@ -438,6 +448,10 @@ pub struct LogConfig {
     pub topic_defaults: TopicConfig,
     /// Bytes of disk held back in the data directory for a full disk ([`DiskReserve`]).
     pub disk_reserve_bytes: u64,
+    /// The most bytes the data directory holds ([`DiskBudget`]); `None`: no budget.
+    pub max_disk_bytes: Option<u64>,
+    /// Topics whose appends the budget does not refuse (the audit topic).
+    pub unbudgeted_topics: Vec<TopicName>,
 }
 
 impl LogConfig {
@@ -450,6 +464,8 @@ impl LogConfig {
             retention_check_interval: Duration::from_secs(300),
             topic_defaults: TopicConfig::default(),
             disk_reserve_bytes: 0,
+            max_disk_bytes: None,
+            unbudgeted_topics: Vec::new(),
         }
     }
 
@@ -519,6 +535,7 @@ pub struct Log {
 #[derive(Debug)]
 struct LogInner {
     config: LogConfig,
+    budget: Arc<DiskBudget>,
     meta: Meta,
     topics: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
     /// Serialises topic creation and deletion, which do I/O between map updates.
@@ -540,8 +557,10 @@ impl Log {
         let deleting_dir = config.data_dir.join(DELETING_DIR);
         std::fs::create_dir_all(&deleting_dir)
             .map_err(io_error(&deleting_dir, "create directory"))?;
+        let budget = Arc::new(DiskBudget::new(&config.data_dir, config.max_disk_bytes));
         let inner = Arc::new(LogInner {
             config,
+            budget,
             meta,
             topics: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
@@ -692,12 +711,15 @@ impl Log {
         let dir = self.topic_dir(name);
         for id in topic.partitions.len() as u32..count {
             let id = PartitionId(id);
+            let budget = (!self.inner.config.unbudgeted_topics.contains(name))
+                .then(|| self.inner.budget.clone());
             let opened = Partition::open(
                 name.clone(),
                 id,
                 dir.join(id.0.to_string()),
                 topic.config.clone(),
                 topic.mirror_of.clone(),
+                budget,
                 self.inner.config.durability,
                 create,
                 &topic.shutdown,
@@ -939,6 +961,11 @@ impl Log {
         drop(topic);
         self.remove_topic_files_and_metadata(name).await?;
         tracing::info!(topic = %name, "topic deleted");
+        // The room it made is there for the next append.
+        let budget = self.inner.budget.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || budget.measure()).await {
+            tracing::error!(%error, "measuring the data directory panicked");
+        }
         Ok(())
     }
 
@@ -995,6 +1022,11 @@ impl Log {
         self.partition(topic, partition)?
             .read_wait(offset, max_bytes, max_wait)
             .await
+    }
+
+    /// The data directory's disk budget: bytes used and the most it may hold.
+    pub fn disk_budget(&self) -> &DiskBudget {
+        &self.inner.budget
     }
 
     /// Settings of topics created without their own.
@@ -1059,6 +1091,7 @@ impl Log {
             .flat_map(|t| t.partitions.iter().filter_map(|p| p.as_ref().ok().cloned()))
             .collect();
         let now = Timestamp::now();
+        let budget = self.inner.budget.clone();
         let result = tokio::task::spawn_blocking(move || {
             for partition in partitions {
                 if let Err(error) = partition.apply_retention(now) {
@@ -1068,6 +1101,7 @@ impl Log {
                     tracing::warn!(%error, "compaction failed");
                 }
             }
+            budget.measure();
         })
         .await;
         if let Err(error) = result {

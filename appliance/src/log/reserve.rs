@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-const FILE_NAME: &str = "disk-reserve";
+pub(super) const FILE_NAME: &str = "disk-reserve";
 
 /// The reserve file of one data directory.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ impl DiskReserve {
     clippy::useless_conversion,
     reason = "the counts are u32 on 32-bit ARM gateways' C libraries"
 )]
-fn free_bytes(path: &Path) -> io::Result<u64> {
+pub(super) fn free_bytes(path: &Path) -> io::Result<u64> {
     let stats = nix::sys::statvfs::statvfs(path)?;
     Ok(u64::from(stats.blocks_available()) * u64::from(stats.fragment_size()))
 }

@@ -95,6 +95,7 @@ rpcs! {
     PauseExport,
     ResumeExport,
     DeleteExport,
+    GetSystemStatus,
 }
 
 /// What a method needs on the resource its request names.
@@ -145,9 +146,12 @@ impl Rpc {
             Rpc::GetExport | Rpc::ListExports => (Export, Describe),
             Rpc::PauseExport | Rpc::ResumeExport => (Export, Alter),
             Rpc::DeleteExport => (Export, Delete),
-            Rpc::ListEdges | Rpc::ListTokens | Rpc::ListAcls | Rpc::ListQuotas | Rpc::ListUsers => {
-                (Cluster, Describe)
-            }
+            Rpc::ListEdges
+            | Rpc::ListTokens
+            | Rpc::ListAcls
+            | Rpc::ListQuotas
+            | Rpc::ListUsers
+            | Rpc::GetSystemStatus => (Cluster, Describe),
             Rpc::CreateToken
             | Rpc::RevokeToken
             | Rpc::CreateAcl

@@ -38,7 +38,7 @@ use self::writer::Writer;
 use super::batch::{self, BatchHeader};
 use super::segment::Segment;
 use super::types::{Offset, PartitionId, Timestamp, TopicName};
-use super::{Corruption, Durability, LogError, PartitionState, TopicConfig, read_lock};
+use super::{Corruption, DiskBudget, Durability, LogError, PartitionState, TopicConfig, read_lock};
 
 /// Appends waiting for the writer; beyond this, producers wait (backpressure).
 const APPEND_QUEUE: usize = 1024;
@@ -98,6 +98,8 @@ pub struct Partition {
     /// The origin of the topic's records while it is a mirror, shared with the topic (and so
     /// with every partition): producers are refused while it is set.
     mirror_of: Arc<RwLock<Option<String>>>,
+    /// The data directory's budget, which admits each append; `None` for a topic outside it.
+    budget: Option<Arc<DiskBudget>>,
     /// Ordered by base offset; the last one is active. Never empty.
     segments: RwLock<Vec<Arc<Segment>>>,
     high_watermark: watch::Sender<Offset>,
@@ -123,6 +125,7 @@ impl Partition {
         dir: PathBuf,
         config: Arc<RwLock<TopicConfig>>,
         mirror_of: Arc<RwLock<Option<String>>>,
+        budget: Option<Arc<DiskBudget>>,
         durability: Durability,
         create: bool,
         shutdown: &CancellationToken,
@@ -145,6 +148,7 @@ impl Partition {
             dir,
             config,
             mirror_of,
+            budget,
             high_watermark: watch::Sender::new(active.next_offset()),
             segments: RwLock::new(segments),
             requests: sender,
@@ -276,6 +280,9 @@ impl Partition {
             return Err(LogError::InvalidBatch(batch::BatchError::TrailingBytes {
                 extra: batch.len() - header.total_len,
             }));
+        }
+        if let Some(budget) = &self.budget {
+            budget.admit(batch.len() as u64)?;
         }
         let (reply, outcome) = oneshot::channel();
         self.requests

@@ -1,0 +1,48 @@
+//! The `System` service: the appliance itself (version, role, uptime, disk use against the
+//! budget), which `appliance status` shows beside what the other services list.
+
+use std::time::Instant;
+
+use appliance_proto::v1 as pb;
+use appliance_proto::v1::system_server::System as SystemApi;
+use tonic::{Request, Response, Status};
+
+use super::access::Calls;
+use crate::log::Log;
+use crate::security::{CLUSTER, Rpc};
+
+#[derive(Debug)]
+pub struct SystemService {
+    pub log: Log,
+    pub hub: bool,
+    /// When the API started serving.
+    pub started: Instant,
+    pub calls: Calls,
+}
+
+#[tonic::async_trait]
+impl SystemApi for SystemService {
+    async fn get_system_status(
+        &self,
+        request: Request<pb::GetSystemStatusRequest>,
+    ) -> Result<Response<pb::SystemStatus>, Status> {
+        let (call, _) = self.calls.start(request, Rpc::GetSystemStatus)?;
+        call.authorize(CLUSTER)?;
+        let log = self.log.clone();
+        let (used, budget, free) = tokio::task::spawn_blocking(move || {
+            let budget = log.disk_budget();
+            budget.measure();
+            (budget.used(), budget.max().unwrap_or(0), budget.free())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("measuring the disk: {e}")))?;
+        Ok(Response::new(pb::SystemStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            role: if self.hub { "hub" } else { "edge" }.to_owned(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            disk_used_bytes: used,
+            disk_budget_bytes: budget,
+            disk_free_bytes: free,
+        }))
+    }
+}

@@ -1,0 +1,147 @@
+//! The data directory's disk budget (`log.max-disk-bytes`): a gateway whose uplink is down for
+//! days must not fill its disk until every write on the machine fails.
+//!
+//! The budget counts the bytes of every file under the data directory (segments, indexes, the
+//! metadata store, plugins' caches) but the disk reserve, which is ballast held back for a
+//! full disk. It is measured by walking the directory at start and after each retention pass;
+//! between walks each admitted append adds its size. An append that would pass the budget is
+//! measured again first (at most every [`REMEASURE`]), so room made by deleting topics or
+//! lowering retention is seen by the next append, without a restart.
+//!
+//! When the budget is reached, appends are refused before they are queued: nothing
+//! acknowledged is lost, and the refusal names the budget and what makes room. Reads, deletes
+//! and the topics the log is told to leave outside the budget (the audit topic, so that the
+//! deletes that make room stay acknowledged) go on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{LogError, reserve};
+
+/// The shortest time between two walks of the data directory for appends that would pass the
+/// budget.
+const REMEASURE: Duration = Duration::from_millis(200);
+
+/// The budget of one data directory and what it holds now.
+#[derive(Debug)]
+pub struct DiskBudget {
+    dir: PathBuf,
+    max: Option<u64>,
+    used: AtomicU64,
+    measured: Mutex<Option<Instant>>,
+}
+
+impl DiskBudget {
+    /// The budget of `dir`, `max` bytes (`None`: no budget), measured now.
+    pub fn new(dir: &Path, max: Option<u64>) -> Self {
+        let budget = Self {
+            dir: dir.to_path_buf(),
+            max,
+            used: AtomicU64::new(0),
+            measured: Mutex::new(None),
+        };
+        budget.measure();
+        budget
+    }
+
+    pub fn max(&self) -> Option<u64> {
+        self.max
+    }
+
+    /// Bytes the data directory holds, as last measured plus what was appended since.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Free bytes on the data directory's file system; 0 when it cannot be asked.
+    pub fn free(&self) -> u64 {
+        reserve::free_bytes(&self.dir).unwrap_or(0)
+    }
+
+    /// Walks the data directory and takes what it holds as the bytes used.
+    pub fn measure(&self) {
+        self.used.store(bytes_under(&self.dir), Ordering::Relaxed);
+        *self.measured.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Admits `bytes` more, or refuses them with the budget when they would pass it.
+    pub fn admit(&self, bytes: u64) -> Result<(), LogError> {
+        let Some(max) = self.max else {
+            return Ok(());
+        };
+        if self.used().saturating_add(bytes) > max && self.measured_long_ago() {
+            self.measure();
+        }
+        let used = self.used();
+        if used.saturating_add(bytes) > max {
+            return Err(LogError::DiskBudgetReached { used, max });
+        }
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn measured_long_ago(&self) -> bool {
+        self.measured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|at| at.elapsed() >= REMEASURE)
+    }
+}
+
+/// The bytes of the files under `dir` but the disk reserve; what cannot be read counts 0 (a
+/// file deleted while the walk passes it).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => bytes_under(&entry.path()),
+            Ok(kind) if kind.is_file() && entry.file_name() != reserve::FILE_NAME => {
+                entry.metadata().map_or(0, |m| m.len())
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_past_the_budget_are_refused_until_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("topics")).unwrap();
+        std::fs::write(dir.path().join("topics/a"), vec![0u8; 600]).unwrap();
+        std::fs::write(dir.path().join(reserve::FILE_NAME), vec![0u8; 5000]).unwrap();
+        let budget = DiskBudget::new(dir.path(), Some(1000));
+        assert_eq!(budget.used(), 600, "the reserve is outside the budget");
+        budget.admit(300).unwrap();
+        let refused = budget.admit(200).unwrap_err();
+        assert!(
+            refused.to_string().contains("log.max-disk-bytes"),
+            "{refused}"
+        );
+        assert!(matches!(
+            refused,
+            LogError::DiskBudgetReached { max: 1000, .. }
+        ));
+        assert!(refused.is_disk_full());
+
+        std::fs::remove_file(dir.path().join("topics/a")).unwrap();
+        std::thread::sleep(REMEASURE);
+        budget.admit(200).unwrap();
+        assert_eq!(budget.used(), 200);
+    }
+
+    #[test]
+    fn no_budget_admits_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = DiskBudget::new(dir.path(), None);
+        budget.admit(u64::MAX).unwrap();
+    }
+}
