@@ -328,20 +328,32 @@ impl Query {
         let (answers, receiver) = mpsc::channel(2);
         let query = self.clone();
         tokio::spawn(async move {
-            let context = match query.context(true) {
-                Ok(context) => context,
-                Err(error) => {
-                    let _ = answers.send(Err(error)).await;
-                    return;
-                }
-            };
-            let mut seen = None;
+            let mut context: Option<SessionContext> = None;
+            let mut seen: Option<BTreeMap<TopicName, Vec<u64>>> = None;
             loop {
                 let marks = query.high_watermarks();
                 if seen.as_ref() != Some(&marks) {
+                    // A topic that appeared or went (an edge's first mirror on a hub) changes
+                    // what the tables unite: the next run plans on a new context.
+                    if seen
+                        .as_ref()
+                        .is_none_or(|seen| !seen.keys().eq(marks.keys()))
+                    {
+                        context = None;
+                    }
                     seen = Some(marks);
-                    let (context, sql) = (context.clone(), sql.clone());
-                    let this_run = query.governor.run(async move { run(&context, &sql).await });
+                    let current = match &context {
+                        Some(current) => current.clone(),
+                        None => match query.context(true) {
+                            Ok(made) => context.insert(made).clone(),
+                            Err(error) => {
+                                let _ = answers.send(Err(error)).await;
+                                return;
+                            }
+                        },
+                    };
+                    let sql = sql.clone();
+                    let this_run = query.governor.run(async move { run(&current, &sql).await });
                     let answer = tokio::select! {
                         answer = this_run => answer,
                         () = stop.cancelled() => return,
@@ -362,17 +374,20 @@ impl Query {
         receiver
     }
 
-    /// Every partition's high watermark: a live query runs again when one moves.
-    fn high_watermarks(&self) -> Vec<u64> {
+    /// Every topic's partitions' high watermarks: a live query runs again when one moves.
+    fn high_watermarks(&self) -> BTreeMap<TopicName, Vec<u64>> {
         self.log
             .list_topics()
-            .iter()
-            .flat_map(|topic| {
-                (0..topic.config.partitions).map(|p| {
-                    self.log
-                        .partition(&topic.name, crate::log::PartitionId(p))
-                        .map_or(0, |partition| partition.high_watermark().0)
-                })
+            .into_iter()
+            .map(|topic| {
+                let marks = (0..topic.config.partitions)
+                    .map(|p| {
+                        self.log
+                            .partition(&topic.name, crate::log::PartitionId(p))
+                            .map_or(0, |partition| partition.high_watermark().0)
+                    })
+                    .collect();
+                (topic.name, marks)
             })
             .collect()
     }

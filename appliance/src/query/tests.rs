@@ -441,6 +441,32 @@ async fn a_live_query_answers_again_with_the_records_that_arrive() {
             break;
         }
     }
+
+    // An edge whose first mirror appears while the query follows is counted too.
+    let topic = TopicName::new("edge-3.sensors").unwrap();
+    let config = TopicConfig {
+        partitions: 1,
+        ..TopicConfig::default()
+    };
+    fixture
+        .log
+        .create_mirror_topic(topic.clone(), config, "edge edge-3".into())
+        .await
+        .unwrap();
+    let partition = fixture.log.partition(&topic, PartitionId(0)).unwrap();
+    let mut batch: BytesMut = crate::log::encode(&records, Compression::None).unwrap();
+    crate::log::set_base_offset(&mut batch, partition.high_watermark());
+    partition.append_at_own_offset(batch).await.unwrap();
+    loop {
+        let answer = tokio::time::timeout_at(deadline, answers.recv())
+            .await
+            .expect("the live query never counted the new edge")
+            .unwrap()
+            .unwrap();
+        if integers(&answer, 1) == [2000, 2050, 50] {
+            break;
+        }
+    }
     stop.cancel();
 }
 
