@@ -425,22 +425,10 @@ async fn a_live_query_answers_again_with_the_records_that_arrive() {
             timestamp: Timestamp(BASE + 2_000_000 + i),
         })
         .collect();
-    let mut batch: BytesMut = crate::log::encode(&records, Compression::None).unwrap();
-    crate::log::set_base_offset(&mut batch, partition.high_watermark());
-    partition.append_at_own_offset(batch).await.unwrap();
-
+    mirror(&partition, &records).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let answer = tokio::time::timeout_at(deadline, answers.recv())
-            .await
-            .expect("the live query never answered again")
-            .unwrap()
-            .unwrap();
-        if integers(&answer, 1) == [2000, 2050] {
-            assert_eq!(floats(&answer, 2)[1], 149.0);
-            break;
-        }
-    }
+    let answer = counted(&mut answers, deadline, &[2000, 2050]).await;
+    assert_eq!(floats(&answer, 2)[1], 149.0);
 
     // An edge whose first mirror appears while the query follows is counted too.
     let topic = TopicName::new("edge-3.sensors").unwrap();
@@ -454,20 +442,34 @@ async fn a_live_query_answers_again_with_the_records_that_arrive() {
         .await
         .unwrap();
     let partition = fixture.log.partition(&topic, PartitionId(0)).unwrap();
-    let mut batch: BytesMut = crate::log::encode(&records, Compression::None).unwrap();
+    mirror(&partition, &records).await;
+    counted(&mut answers, deadline, &[2000, 2050, 50]).await;
+    stop.cancel();
+}
+
+/// Appends `records` to a mirror's partition at its next offset.
+async fn mirror(partition: &crate::log::Partition, records: &[Record]) {
+    let mut batch: BytesMut = crate::log::encode(records, Compression::None).unwrap();
     crate::log::set_base_offset(&mut batch, partition.high_watermark());
     partition.append_at_own_offset(batch).await.unwrap();
+}
+
+/// The first answer of a live query whose per-edge counts (its second column) are `counts`.
+async fn counted(
+    answers: &mut mpsc::Receiver<Result<Answer, QueryError>>,
+    deadline: tokio::time::Instant,
+    counts: &[i64],
+) -> Answer {
     loop {
         let answer = tokio::time::timeout_at(deadline, answers.recv())
             .await
-            .expect("the live query never counted the new edge")
+            .unwrap_or_else(|_| panic!("the live query never counted {counts:?}"))
             .unwrap()
             .unwrap();
-        if integers(&answer, 1) == [2000, 2050, 50] {
-            break;
+        if integers(&answer, 1) == counts {
+            return answer;
         }
     }
-    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
