@@ -194,7 +194,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         meta.clone(),
         config.restart.exports(),
         lake.clone(),
-        config.security.secret_providers(),
         shutdown.clone(),
     )
     .await?;

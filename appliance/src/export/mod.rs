@@ -35,7 +35,6 @@ use crate::runtime::{
     self, Classified, Component, Components, Recovery, Registry, ResourceName, RestartPolicies,
     State, StatusCell, Supervised,
 };
-use crate::security::secrets::SecretProviders;
 
 /// The columns a table may be partitioned by.
 pub const PARTITION_COLUMNS: [&str; 3] = [rows::EDGE, rows::DAY, rows::PARTITION];
@@ -216,10 +215,9 @@ struct Inner {
     meta: Meta,
     restarts: RestartPolicies,
     exports: Registry<Running>,
-    /// The query engine's `lake` schema: every export's table.
+    /// The query engine's `lake` schema: every export's table, and the secret providers
+    /// that resolve the object stores' credentials each time a table is opened.
     lake: LakeCatalog,
-    /// Resolves the object stores' credentials each time a task opens its table.
-    secrets: SecretProviders,
 }
 
 impl Exports {
@@ -229,7 +227,6 @@ impl Exports {
         meta: Meta,
         restarts: RestartPolicies,
         lake: LakeCatalog,
-        secrets: SecretProviders,
         shutdown: CancellationToken,
     ) -> Result<Self, ExportError> {
         let this = Self {
@@ -239,7 +236,6 @@ impl Exports {
                 restarts,
                 exports: Registry::new(shutdown),
                 lake,
-                secrets,
             }),
         };
         let stored: Vec<(String, ExportSpec)> = this.inner.meta.entries(Table::Exports)?;
@@ -264,7 +260,9 @@ impl Exports {
         let location = LakeLocation::new(&new.to, new.storage).map_err(invalid)?;
         // Settings whose references cannot be resolved, or that the object store refuses,
         // are said now rather than by the task's first failure.
-        location.builder(&self.inner.secrets).map_err(invalid)?;
+        location
+            .builder(self.inner.lake.secrets())
+            .map_err(invalid)?;
         let to = location.url();
         let partition_by = new
             .partition_by
@@ -446,7 +444,7 @@ impl Exports {
                 restart: self.inner.restarts.of(&spec.name),
                 spec,
                 log: self.inner.log.clone(),
-                secrets: self.inner.secrets.clone(),
+                secrets: self.inner.lake.secrets().clone(),
                 progress,
                 stop: component.stop_token(),
             };

@@ -17,6 +17,7 @@ use crate::log::{
     Compression, Durability, LogConfig, Record, StoredRecord, Timestamp, TopicConfig,
 };
 use crate::runtime::RestartPolicy;
+use crate::security::secrets::SecretProviders;
 
 fn topic(name: &str) -> TopicName {
     TopicName::new(name).unwrap()
@@ -131,7 +132,6 @@ impl Setup {
             self.meta.clone(),
             RestartPolicies::all(RestartPolicy::TASKS),
             crate::query::LakeCatalog::default(),
-            SecretProviders::default(),
             self.shutdown.child_token(),
         )
         .await

@@ -231,6 +231,11 @@ impl LakeCatalog {
         }
     }
 
+    /// What resolves the secret references of the tables' storage settings.
+    pub fn secrets(&self) -> &SecretProviders {
+        &self.secrets
+    }
+
     pub fn insert(&self, name: &str, location: LakeLocation, exported: TopicName) {
         self.tables
             .write()

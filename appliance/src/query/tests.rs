@@ -175,18 +175,21 @@ async fn the_table_of_a_topic_name_unites_every_edges_mirror() {
     assert_eq!(one.to_json().unwrap(), "[{\"n\":1000}]");
 }
 
+/// The names of the topics `sql` scans.
+fn scanned_topics(query: &Query, sql: &str) -> Vec<String> {
+    query
+        .scanned_topics(sql)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_scans_every_mirror_its_tables_unite_and_nothing_else() {
     let fixture = fixture().await;
     let query = Query::new(fixture.log.clone());
-    let scanned = |sql: &str| {
-        query
-            .scanned_topics(sql)
-            .unwrap()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-    };
+    let scanned = |sql: &str| scanned_topics(&query, sql);
     assert_eq!(
         scanned("SELECT count(*) FROM sensors"),
         ["edge-1.sensors", "edge-2.sensors"]
@@ -214,14 +217,7 @@ async fn a_query_scans_every_mirror_its_tables_unite_and_nothing_else() {
     );
     lake.insert("old", location, TopicName::new("retired").unwrap());
     let query = query.with_lake(lake);
-    let scanned = |sql: &str| {
-        query
-            .scanned_topics(sql)
-            .unwrap()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-    };
+    let scanned = |sql: &str| scanned_topics(&query, sql);
     assert_eq!(
         scanned("SELECT count(*) FROM lake.history"),
         ["edge-1.sensors", "edge-2.sensors", "sensors"]

@@ -27,7 +27,6 @@ use crate::log::{
 use crate::meta::Meta;
 use crate::query::{LakeCatalog, Query};
 use crate::runtime::{RestartPolicies, RestartPolicy, State};
-use crate::security::secrets::SecretProviders;
 
 #[derive(Debug, Args)]
 pub struct QueryBenchArgs {
@@ -179,7 +178,6 @@ async fn export_all(log: &Log, dir: &std::path::Path) -> anyhow::Result<Exported
         Meta::open(&dir.join("export-meta"))?,
         RestartPolicies::all(RestartPolicy::LINKS),
         LakeCatalog::default(),
-        SecretProviders::default(),
         shutdown.clone(),
     )
     .await?;
