@@ -14,8 +14,8 @@
 //! deletes that make room stay acknowledged) go on.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{LogError, reserve};
@@ -66,13 +66,22 @@ impl DiskBudget {
         *self.measured.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
-    /// Admits `bytes` more, or refuses them with the budget when they would pass it.
-    pub fn admit(&self, bytes: u64) -> Result<(), LogError> {
+    /// [`DiskBudget::measure`] on the blocking pool, for async callers.
+    pub async fn remeasure(self: &Arc<Self>) {
+        let budget = Arc::clone(self);
+        if let Err(error) = tokio::task::spawn_blocking(move || budget.measure()).await {
+            tracing::error!(%error, "measuring the data directory panicked");
+        }
+    }
+
+    /// Admits `bytes` more, or refuses them with the budget when they would pass it. The walk
+    /// that measures again runs on the blocking pool, not on the appending task's thread.
+    pub async fn admit(self: &Arc<Self>, bytes: u64) -> Result<(), LogError> {
         let Some(max) = self.max else {
             return Ok(());
         };
         if self.used().saturating_add(bytes) > max && self.measured_long_ago() {
-            self.measure();
+            self.remeasure().await;
         }
         let used = self.used();
         if used.saturating_add(bytes) > max {
@@ -112,16 +121,16 @@ fn bytes_under(dir: &Path) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn appends_past_the_budget_are_refused_until_files_go() {
+    #[tokio::test]
+    async fn appends_past_the_budget_are_refused_until_files_go() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("topics")).unwrap();
         std::fs::write(dir.path().join("topics/a"), vec![0u8; 600]).unwrap();
         std::fs::write(dir.path().join(reserve::FILE_NAME), vec![0u8; 5000]).unwrap();
-        let budget = DiskBudget::new(dir.path(), Some(1000));
+        let budget = Arc::new(DiskBudget::new(dir.path(), Some(1000)));
         assert_eq!(budget.used(), 600, "the reserve is outside the budget");
-        budget.admit(300).unwrap();
-        let refused = budget.admit(200).unwrap_err();
+        budget.admit(300).await.unwrap();
+        let refused = budget.admit(200).await.unwrap_err();
         assert!(
             refused.to_string().contains("log.max-disk-bytes"),
             "{refused}"
@@ -134,14 +143,14 @@ mod tests {
 
         std::fs::remove_file(dir.path().join("topics/a")).unwrap();
         std::thread::sleep(REMEASURE);
-        budget.admit(200).unwrap();
+        budget.admit(200).await.unwrap();
         assert_eq!(budget.used(), 200);
     }
 
-    #[test]
-    fn no_budget_admits_everything() {
+    #[tokio::test]
+    async fn no_budget_admits_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let budget = DiskBudget::new(dir.path(), None);
-        budget.admit(u64::MAX).unwrap();
+        let budget = Arc::new(DiskBudget::new(dir.path(), None));
+        budget.admit(u64::MAX).await.unwrap();
     }
 }

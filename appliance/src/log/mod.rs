@@ -962,10 +962,7 @@ impl Log {
         self.remove_topic_files_and_metadata(name).await?;
         tracing::info!(topic = %name, "topic deleted");
         // The room it made is there for the next append.
-        let budget = self.inner.budget.clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || budget.measure()).await {
-            tracing::error!(%error, "measuring the data directory panicked");
-        }
+        self.inner.budget.remeasure().await;
         Ok(())
     }
 
@@ -1025,7 +1022,7 @@ impl Log {
     }
 
     /// The data directory's disk budget: bytes used and the most it may hold.
-    pub fn disk_budget(&self) -> &DiskBudget {
+    pub fn disk_budget(&self) -> &Arc<DiskBudget> {
         &self.inner.budget
     }
 

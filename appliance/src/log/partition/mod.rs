@@ -282,7 +282,7 @@ impl Partition {
             }));
         }
         if let Some(budget) = &self.budget {
-            budget.admit(batch.len() as u64)?;
+            budget.admit(batch.len() as u64).await?;
         }
         let (reply, outcome) = oneshot::channel();
         self.requests
