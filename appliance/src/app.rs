@@ -1,5 +1,5 @@
 //! Wires the subsystems together and runs them until shutdown. The only place that knows them
-//! all; tests call [`run`] the way `main` does.
+//! all; tests call [`start`] the way `main` does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiError, Metrics};
 use crate::config::Config;
 use crate::connect::{ConnectError, Connectors};
+#[cfg(feature = "hub")]
 use crate::export::{ExportError, Exports};
 use crate::group::Coordinator;
 use crate::kafka;
@@ -19,6 +20,7 @@ use crate::log::{Log, LogError, TopicName};
 use crate::meta::{Meta, MetaError};
 use crate::pipeline::{PipelineError, Pipelines};
 use crate::plugin::{PluginError, Plugins};
+#[cfg(feature = "hub")]
 use crate::query;
 use crate::security::{Security, SecurityError};
 
@@ -39,6 +41,7 @@ pub enum AppError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[cfg(feature = "hub")]
     #[error("cannot start the query engine's threads: {source}")]
     QueryRuntime {
         #[source]
@@ -58,6 +61,7 @@ pub enum AppError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[cfg(feature = "hub")]
     #[error(transparent)]
     Export(#[from] ExportError),
     #[error(transparent)]
@@ -66,13 +70,6 @@ pub enum AppError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Security(#[from] SecurityError),
-}
-
-/// Opens the data directory, runs until `shutdown` is cancelled, then stops in data-flow
-/// order: the API stops taking requests, the log's writers commit what they hold, then the
-/// metadata store is flushed.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    start(config, shutdown).await?.stopped().await
 }
 
 /// An appliance that is up: its endpoints are listening.
@@ -188,7 +185,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )
     .await?;
+    #[cfg(feature = "hub")]
     let lake = query::LakeCatalog::new(config.security.secret_providers());
+    #[cfg(feature = "hub")]
     let exports = Exports::open(
         log.clone(),
         meta.clone(),
@@ -214,6 +213,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.api.connection_limits().idle_timeout,
         shutdown.clone(),
     ));
+    #[cfg(feature = "hub")]
     let query_runtime = query::query_runtime(config.query.threads(), shutdown.clone())
         .map_err(|source| AppError::QueryRuntime { source })?;
     let audit = api::Audit::open(log.clone()).await?;
@@ -233,6 +233,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let tls = tls.as_ref().map(|tls| tls.kafka.clone());
         tokio::spawn(kafka::serve(listener, broker, tls, shutdown.clone()))
     });
+    #[cfg(feature = "hub")]
     let query = query::Query::with_limits(log.clone(), config.query.limits(), query_runtime)
         .with_lake(lake);
     let grpc_server = tokio::spawn(api::serve(
@@ -243,10 +244,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             plugins,
             pipelines: pipelines.clone(),
             connectors: connectors.clone(),
+            #[cfg(feature = "hub")]
             exports: exports.clone(),
             links: links.clone(),
             hub: hub.clone(),
             metrics,
+            #[cfg(feature = "hub")]
             query,
             security,
             audit,
@@ -277,6 +280,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         pipelines.stop_all().await;
         connectors.stop_all().await;
+        #[cfg(feature = "hub")]
         exports.stop_all().await;
         links.stop_all().await;
         ticker.cancel();

@@ -9,7 +9,8 @@
 //! durability = "fsync"                 # or "os": acknowledge after write, before fsync
 //! retention-check-interval-ms = 300000
 //! disk-reserve-mb = 64                 # released at start when the disk is full
-//! max-disk-bytes = 4294967296          # the data directory's budget; appends past it refused
+//! max-disk-bytes = 4294967296          # the data directory's budget; at it, appends are
+//! disk-budget-policy = "refuse"        # refused, or "delete-oldest" segments make room
 //!
 //! [log.topic-defaults]                 # any TopicConfig field
 //! retention-ms = 604800000
@@ -77,13 +78,15 @@ use crate::api::{ConnectionLimits, TlsFiles};
 use crate::group::SessionLimits;
 use crate::link::Role;
 use crate::link::hub::HubOptions;
-use crate::log::{Durability, LogConfig, TopicConfig, TopicName};
+use crate::log::{BudgetPolicy, Durability, LogConfig, TopicConfig, TopicName};
 use crate::plugin::Limits;
+#[cfg(feature = "hub")]
 use crate::query::QueryLimits;
 use crate::runtime::{ResourceName, RestartPolicies, RestartPolicy};
 use crate::security::secrets::SecretProviders;
 use crate::security::{self, Principal, PrincipalRules};
 
+#[cfg(feature = "hub")]
 const MIB: usize = 1024 * 1024;
 /// The smallest `log.max-disk-bytes`.
 const MIN_DISK_BUDGET: u64 = 16 << 20;
@@ -145,9 +148,11 @@ pub struct LogSection {
     /// Disk space held back in the data directory, in MiB: released at start when the disk
     /// is full, so the appliance can start and serve deletes (docs/operations.md). 0: none.
     pub disk_reserve_mb: u64,
-    /// The most bytes the data directory holds; appends past it are refused until there is
-    /// room (docs/operations.md). None: no budget.
+    /// The most bytes the data directory holds (docs/operations.md). None: no budget.
     pub max_disk_bytes: Option<u64>,
+    /// At the budget: `refuse` appends until there is room, or `delete-oldest` segments of
+    /// topics whose cleanup deletes.
+    pub disk_budget_policy: BudgetPolicy,
 }
 
 impl Default for LogSection {
@@ -158,6 +163,7 @@ impl Default for LogSection {
             topic_defaults: TopicConfig::default(),
             disk_reserve_mb: 64,
             max_disk_bytes: None,
+            disk_budget_policy: BudgetPolicy::Refuse,
         }
     }
 }
@@ -374,21 +380,23 @@ pub struct QuerySection {
     pub threads: Option<usize>,
 }
 
+/// The section is read by every build (a lean edge's configuration may name it), so its
+/// defaults do not come from `query::QueryLimits`; a test keeps the two equal.
 impl Default for QuerySection {
     fn default() -> Self {
-        let limits = QueryLimits::default();
         Self {
-            memory_mb: (limits.memory_per_query / MIB) as u64,
-            total_memory_mb: (limits.memory_total / MIB) as u64,
-            timeout_ms: limits.timeout.as_millis() as u64,
-            max_concurrent: limits.concurrent,
-            max_answer_mb: (limits.answer_bytes / MIB) as u64,
+            memory_mb: 256,
+            total_memory_mb: 1024,
+            timeout_ms: 60_000,
+            max_concurrent: 4,
+            max_answer_mb: 64,
             threads: None,
         }
     }
 }
 
 impl QuerySection {
+    #[cfg(feature = "hub")]
     pub fn limits(&self) -> QueryLimits {
         QueryLimits {
             memory_per_query: self.memory_mb as usize * MIB,
@@ -865,6 +873,7 @@ impl Config {
             topic_defaults: self.log.topic_defaults.clone(),
             disk_reserve_bytes: self.log.disk_reserve_mb << 20,
             max_disk_bytes: self.log.max_disk_bytes,
+            budget_policy: self.log.disk_budget_policy,
             unbudgeted_topics: Vec::new(),
         }
     }
@@ -879,6 +888,12 @@ mod tests {
         let config: Config = toml::from_str("").expect("parses");
         assert_eq!(config, Config::default());
         config.validate().expect("defaults are valid");
+    }
+
+    #[cfg(feature = "hub")]
+    #[test]
+    fn the_query_section_defaults_to_the_engines_limits() {
+        assert_eq!(QuerySection::default().limits(), QueryLimits::default());
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! # Layout
 //!
 //! ```text
-//! main.rs      parse the command line, load config, call app::run or a client command
+//! main.rs      parse the command line, load config, call app::start or a client command
 //! cli/         clap commands: `run`, client commands, `demo`, `bench`
 //! app.rs       wires the subsystems; the only module that knows them all
 //! kafka/       the Kafka listener: Kafka's wire protocol over the log, with SASL, ACLs, quotas
 //! api/         the gRPC services and metrics over the subsystems below
-//! export/      exports: a table's records continuously written to a Delta Lake table
+//! export/      exports: a table's records continuously written to a Delta Lake table (feature
+//!              `hub`, as query/; without it the binary is the lean edge build)
 //! config.rs    TOML configuration and defaults
 //! runtime/     the registry every long-running component lives in, one status (a watch
 //!              channel per component or task), restart policies and the loop that applies them
@@ -49,6 +50,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connect;
+#[cfg(feature = "hub")]
 pub mod export;
 pub mod group;
 pub mod kafka;
@@ -57,6 +59,7 @@ pub mod log;
 pub mod meta;
 pub mod pipeline;
 pub mod plugin;
+#[cfg(feature = "hub")]
 pub mod query;
 pub mod runtime;
 pub mod security;

@@ -156,12 +156,25 @@ impl Daemon {
 
     /// [`Daemon::start`], with these environment variables set.
     pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_program(appliance(dir)?, dir, args, env)
+    }
+
+    /// `program run ARGS` in `dir`, where `program` is this build's appliance or another's
+    /// (an ARM build under an emulator); waits until it logs that it is ready.
+    pub fn start_program(
+        mut program: Command,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         // Each daemon's Kafka listener on a port of its own, unless the test chose one.
         let kafka_addr: &[&str] = match args.contains(&"--kafka-addr") {
             true => &[],
             false => &["--kafka-addr", "127.0.0.1:0"],
         };
-        let mut child = appliance(dir)?
+        let mut child = program
+            .current_dir(dir)
+            .env_remove("APPLIANCE_LOG")
             .arg("run")
             .args(args)
             .args(kafka_addr)
@@ -348,10 +361,19 @@ pub async fn fetch_all(
     topic: &str,
     partition: u32,
 ) -> anyhow::Result<Vec<appliance_proto::v1::ConsumedRecord>> {
+    fetch_from(channel, topic, partition, 0).await
+}
+
+/// The records of one partition from `offset` to the high watermark, fetched over gRPC.
+pub async fn fetch_from(
+    channel: &Channel,
+    topic: &str,
+    partition: u32,
+    mut offset: u64,
+) -> anyhow::Result<Vec<appliance_proto::v1::ConsumedRecord>> {
     use appliance_proto::v1 as pb;
     let mut client = pb::records_client::RecordsClient::new(channel.clone());
     let mut out = Vec::new();
-    let mut offset = 0;
     loop {
         let response = client
             .fetch(pb::FetchRequest {

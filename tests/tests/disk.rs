@@ -3,11 +3,16 @@
 //! writes with RESOURCE_EXHAUSTED saying the disk is full, deletes topics, and takes writes
 //! again once there is room, without a restart (segment rolls and index writes that failed
 //! for want of space are tried again, the metadata store is reopened). And the same for a
-//! data directory at its budget (`log.max-disk-bytes`) on a disk with room.
+//! data directory at its budget (`log.max-disk-bytes`) on a disk with room; with the
+//! `delete-oldest` policy, an edge whose hub is down keeps taking records within its budget,
+//! and its link reports the records it deleted unsent as a gap once the hub is back.
 
 use anyhow::{Context, ensure};
 use appliance_e2e::Channel;
-use appliance_e2e::{Daemon, SmallDisk, fetch_all};
+use appliance_e2e::cluster::{hub_edge, positions, status_partitions, wait_mirrored};
+use appliance_e2e::{
+    Daemon, Deadline, Deployment, SmallDisk, cli_ok, fetch_all, fetch_from, start_in_runtime,
+};
 use appliance_proto::v1 as pb;
 use appliance_proto::v1::records_client::RecordsClient;
 use appliance_proto::v1::topics_client::TopicsClient;
@@ -291,5 +296,72 @@ async fn a_data_directory_at_its_budget_refuses_appends_naming_it_until_there_is
     );
     let (_, refusal) = produce_until_refused(&channel, "readings").await?;
     ensure!(refusal.code() == Code::ResourceExhausted, "{refusal:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_budget_delete_oldest_takes_records_and_a_lagging_link_reports_the_gap()
+-> anyhow::Result<()> {
+    let deployment = Deployment::new(&["edge-1"])?;
+    let root = deployment.root();
+    std::fs::write(
+        root.join("edge.toml"),
+        format!(
+            "[log]\ndisk-reserve-mb = 8\nmax-disk-bytes = {BUDGET}\n\
+             disk-budget-policy = \"delete-oldest\"\n\
+             [topics.sensors]\npartitions = 1\nsegment-bytes = {SEGMENT_BYTES}\n"
+        ),
+    )?;
+    let args = ["--config", "edge.toml", "--data-dir", "edge-1-data"].map(String::from);
+    let edge = start_in_runtime(root, &args)?;
+    let channel = edge.channel().await?;
+    // Linked to a hub that is not up yet: the link's retention hold asks to keep everything.
+    deployment.link(&edge, "edge-1", &deployment.hub_addr(), &[])?;
+
+    // Twice the budget, every batch acknowledged.
+    let batches = 2 * BUDGET / (64 * 1024);
+    for n in 0..batches {
+        produce_batch(&channel, "sensors", n)
+            .await
+            .with_context(|| format!("batch {n} at the budget with delete-oldest"))?;
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&cli_ok(&edge, root, &["status", "--json"], b"")?)?;
+    let disk = &status["disk"];
+    ensure!(disk["budget_policy"] == "delete-oldest", "{status:#}");
+    ensure!(disk["evicted_segments"].as_u64() > Some(0), "{status:#}");
+    ensure!(disk["used_bytes"].as_u64() <= Some(BUDGET), "{status:#}");
+    let metrics = edge.scrape_metrics().await?;
+    ensure!(
+        !metrics.contains("appliance_disk_evicted_segments_total 0\n"),
+        "{metrics}"
+    );
+    let (log_start, end) = positions(&channel, "sensors").await?.context("sensors")?[0];
+    ensure!(end == batches * 64 && log_start > 0, "{log_start}..{end}");
+    let kept = fetch_from(&channel, "sensors", 0, log_start).await?;
+    ensure!(
+        kept.len() as u64 == end - log_start,
+        "{} records from the log start {log_start} to {end}",
+        kept.len()
+    );
+
+    // The hub comes up: the mirror starts at the edge's log start, and the hub shows the
+    // deleted records as the partition's gap.
+    let hub = deployment.start_hub()?;
+    let hub_channel = hub.channel().await?;
+    wait_mirrored(&channel, "sensors", &hub_channel, "edge-1.sensors").await?;
+    let deadline = Deadline::new("the hub reporting the gap");
+    loop {
+        let seen = hub_edge(&hub, root, "edge-1")?;
+        let gap = seen.as_ref().and_then(|seen| {
+            status_partitions(seen, "up", "sensors")
+                .first()
+                .and_then(|partition| partition["gap_records"].as_u64())
+        });
+        if gap == Some(log_start) {
+            break;
+        }
+        deadline.pause(seen).await?;
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::connect::ConnectError;
+#[cfg(feature = "hub")]
 use crate::export::ExportError;
 use crate::group::GroupError;
 use crate::link::LinkError;
@@ -11,6 +12,7 @@ use crate::log::LogError;
 use crate::meta::MetaError;
 use crate::pipeline::PipelineError;
 use crate::plugin::PluginError;
+#[cfg(feature = "hub")]
 use crate::query::QueryError;
 use crate::security::{SecurityError, secrets};
 
@@ -165,6 +167,7 @@ impl From<PipelineError> for Status {
     }
 }
 
+#[cfg(feature = "hub")]
 impl From<ExportError> for Status {
     fn from(error: ExportError) -> Self {
         match error {
@@ -228,6 +231,7 @@ impl From<LinkError> for Status {
     }
 }
 
+#[cfg(feature = "hub")]
 impl From<QueryError> for Status {
     fn from(error: QueryError) -> Self {
         match error {

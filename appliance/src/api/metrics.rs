@@ -15,6 +15,7 @@
 //! appliance_log_partition_online{topic,partition}        gauge    (0: refusing to serve)
 //! appliance_disk_used_bytes                              gauge    (the data directory)
 //! appliance_disk_budget_bytes                            gauge    (log.max-disk-bytes; 0: none)
+//! appliance_disk_evicted_segments_total                  counter  (log.disk-budget-policy)
 //! appliance_group_lag{group,topic,partition}             gauge    (records behind the end)
 //! appliance_group_members{group}                         gauge
 //! appliance_pipeline_records_in_total{pipeline,partition}  counter (source records transformed)
@@ -329,6 +330,13 @@ impl Collector for StateCollector {
                 encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
             ConstGauge::new(value as i64).encode(family)?;
         }
+        let evicted = ConstCounter::new(budget.evicted_segments());
+        evicted.encode(encoder.encode_descriptor(
+            "disk_evicted_segments",
+            "Segments the disk budget's delete-oldest policy deleted",
+            None,
+            evicted.metric_type(),
+        )?)?;
         let groups = self.coordinator.list().unwrap_or_default();
         let mut members = encoder.encode_descriptor(
             "group_members",

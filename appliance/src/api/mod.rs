@@ -38,6 +38,7 @@ mod audit;
 mod connectors;
 mod convert;
 mod error;
+#[cfg(feature = "hub")]
 mod exports;
 mod groups;
 mod links;
@@ -45,6 +46,7 @@ mod listener;
 pub mod metrics;
 mod pipelines;
 mod plugins;
+#[cfg(feature = "hub")]
 mod query;
 mod records;
 mod security;
@@ -56,11 +58,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
 use appliance_proto::v1::connectors_server::ConnectorsServer;
+#[cfg(feature = "hub")]
 use appliance_proto::v1::exports_server::ExportsServer;
 use appliance_proto::v1::groups_server::GroupsServer;
 use appliance_proto::v1::links_server::LinksServer;
 use appliance_proto::v1::pipelines_server::PipelinesServer;
 use appliance_proto::v1::plugins_server::PluginsServer;
+#[cfg(feature = "hub")]
 use appliance_proto::v1::query_server::QueryServer;
 use appliance_proto::v1::records_server::RecordsServer;
 use appliance_proto::v1::security_server::SecurityServer;
@@ -110,11 +114,13 @@ pub struct Subsystems {
     pub plugins: Plugins,
     pub pipelines: Pipelines,
     pub connectors: Connectors,
+    #[cfg(feature = "hub")]
     pub exports: crate::export::Exports,
     pub links: Links,
     /// Present when this appliance is a hub.
     pub hub: Option<Hub>,
     pub metrics: Metrics,
+    #[cfg(feature = "hub")]
     pub query: crate::query::Query,
     pub security: Security,
     pub audit: Audit,
@@ -136,10 +142,12 @@ pub async fn serve(
         plugins,
         pipelines,
         connectors,
+        #[cfg(feature = "hub")]
         exports,
         links,
         hub,
         metrics,
+        #[cfg(feature = "hub")]
         query,
         security,
         audit,
@@ -173,12 +181,15 @@ pub async fn serve(
     health
         .set_serving::<LinksServer<links::LinksService>>()
         .await;
-    health
-        .set_serving::<QueryServer<query::QueryService>>()
-        .await;
-    health
-        .set_serving::<ExportsServer<exports::ExportsService>>()
-        .await;
+    #[cfg(feature = "hub")]
+    {
+        health
+            .set_serving::<QueryServer<query::QueryService>>()
+            .await;
+        health
+            .set_serving::<ExportsServer<exports::ExportsService>>()
+            .await;
+    }
     health
         .set_serving::<SecurityServer<security::SecurityService>>()
         .await;
@@ -210,11 +221,6 @@ pub async fn serve(
         log: log.clone(),
         calls: calls.clone(),
     };
-    let query = query::QueryService {
-        query,
-        calls: calls.clone(),
-        shutdown: shutdown.clone(),
-    };
     let records = records::RecordsService {
         log,
         coordinator: coordinator.clone(),
@@ -240,6 +246,13 @@ pub async fn serve(
         connectors,
         calls: calls.clone(),
     };
+    #[cfg(feature = "hub")]
+    let query = query::QueryService {
+        query,
+        calls: calls.clone(),
+        shutdown: shutdown.clone(),
+    };
+    #[cfg(feature = "hub")]
     let exports = exports::ExportsService {
         exports,
         calls: calls.clone(),
@@ -250,7 +263,7 @@ pub async fn serve(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    server
+    let router = server
         .layer(tower::util::MapResponseLayer::new(
             error::outgoing_error::<tonic::body::Body>,
         ))
@@ -287,18 +300,22 @@ pub async fn serve(
             guards.guard(LinksServer::new(links).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
-            guards.guard(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES)),
-        )
-        .add_service(
-            guards.guard(ExportsServer::new(exports).max_decoding_message_size(MAX_REQUEST_BYTES)),
-        )
-        .add_service(
             guards
                 .guard(SecurityServer::new(security).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
             guards.guard(SystemServer::new(system).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        );
+    // A lean edge build serves neither: a call gets UNIMPLEMENTED, as for any unknown service.
+    #[cfg(feature = "hub")]
+    let router = router
+        .add_service(
+            guards.guard(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
+        .add_service(
+            guards.guard(ExportsServer::new(exports).max_decoding_message_size(MAX_REQUEST_BYTES)),
+        );
+    router
         .serve_with_incoming_shutdown(
             listener::incoming(listener, connections, "gRPC API"),
             shutdown.cancelled_owned(),

@@ -8,7 +8,7 @@ use appliance_proto::v1::system_server::System as SystemApi;
 use tonic::{Request, Response, Status};
 
 use super::access::Calls;
-use crate::log::Log;
+use crate::log::{BudgetPolicy, Log};
 use crate::security::{CLUSTER, Rpc};
 
 #[derive(Debug)]
@@ -28,21 +28,28 @@ impl SystemApi for SystemService {
     ) -> Result<Response<pb::SystemStatus>, Status> {
         let (call, _) = self.calls.start(request, Rpc::GetSystemStatus)?;
         call.authorize(CLUSTER)?;
-        let log = self.log.clone();
-        let (used, budget, free) = tokio::task::spawn_blocking(move || {
-            let budget = log.disk_budget();
+        let budget = self.log.disk_budget().clone();
+        let (used, free) = tokio::task::spawn_blocking(move || {
             budget.measure();
-            (budget.used(), budget.max().unwrap_or(0), budget.free())
+            (budget.used(), budget.free())
         })
         .await
         .map_err(|e| Status::internal(format!("measuring the disk: {e}")))?;
+        let budget = self.log.disk_budget();
         Ok(Response::new(pb::SystemStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             role: if self.hub { "hub" } else { "edge" }.to_owned(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             disk_used_bytes: used,
-            disk_budget_bytes: budget,
+            disk_budget_bytes: budget.max().unwrap_or(0),
             disk_free_bytes: free,
+            disk_budget_policy: match budget.policy() {
+                BudgetPolicy::Refuse => "refuse",
+                BudgetPolicy::DeleteOldest => "delete-oldest",
+            }
+            .to_owned(),
+            disk_evicted_segments: budget.evicted_segments(),
+            build: if cfg!(feature = "hub") { "hub" } else { "edge" }.to_owned(),
         }))
     }
 }

@@ -4,6 +4,7 @@
 //! small runtime per command, and a gRPC status as the CLI's failure. The commands live beside it by group (topics,
 //! records, groups, plugins and pipelines, connectors, links, query); output.rs prints.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -139,9 +140,15 @@ impl Local {
             .admin_token_file
             .as_deref()
             .context("the appliance has no admin.token file")?;
+        Self::at(running.grpc_addr, file)
+    }
+
+    /// The appliance serving gRPC on `grpc_addr` (plaintext, loopback), with the token in
+    /// `token_file`.
+    pub(super) fn at(grpc_addr: SocketAddr, token_file: &Path) -> anyhow::Result<Self> {
         Ok(Self {
-            url: format!("http://{}", running.grpc_addr),
-            token: read_token(file)?,
+            url: format!("http://{grpc_addr}"),
+            token: read_token(token_file)?,
             tls: None,
         })
     }

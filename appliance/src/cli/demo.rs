@@ -26,12 +26,12 @@ use appliance_proto::v1::connectors_client::ConnectorsClient;
 use appliance_proto::v1::links_client::LinksClient;
 use appliance_proto::v1::pipelines_client::PipelinesClient;
 use appliance_proto::v1::query_client::QueryClient;
-use appliance_proto::v1::security_client::SecurityClient;
 use appliance_proto::v1::topics_client::TopicsClient;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{ApiChannel, Local};
+use super::links::allow_edge_mirrors;
 use super::query::render_table;
 use crate::app::{self, Running};
 use crate::config::Config;
@@ -100,7 +100,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let hub = start(&dir, "hub", Some(&certs), &shutdown).await?;
     let hub_link = hub.link_addr.context("the hub has no link endpoint")?;
-    allow_edges(Local::of(&hub)?.connect().await?).await?;
+    let hub_channel = Local::of(&hub)?.connect().await?;
+    for edge in EDGES {
+        allow_edge_mirrors(hub_channel.clone(), edge).await?;
+    }
     let mut edges = Vec::new();
     for (n, edge) in EDGES.iter().enumerate() {
         let running = start(&dir, edge, None, &shutdown).await?;
@@ -205,27 +208,6 @@ async fn uplink_bytes(edges: &[ApiChannel]) -> anyhow::Result<(u64, u64)> {
             .sum::<u64>();
     }
     Ok((linked, raw))
-}
-
-/// Lets each edge fill its mirrors on the hub (`Edge:edge-N` may write `edge-N.*`).
-async fn allow_edges(hub: ApiChannel) -> anyhow::Result<()> {
-    let mut security = SecurityClient::new(hub);
-    for edge in EDGES {
-        security
-            .create_acl(pb::Acl {
-                principal: format!("Edge:{edge}"),
-                resource_type: pb::ResourceType::Topic.into(),
-                pattern_type: pb::PatternType::Prefixed.into(),
-                pattern: format!("{edge}."),
-                operation: pb::AclOperation::Write.into(),
-                permission: pb::AclPermission::Allow.into(),
-            })
-            .await
-            .map_err(|status| {
-                anyhow::anyhow!("allowing {edge} on the hub: {}", status.message())
-            })?;
-    }
-    Ok(())
 }
 
 /// Starts one appliance of the demo on its own data directory and loopback ports; the hub

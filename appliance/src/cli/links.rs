@@ -535,3 +535,20 @@ fn edge_json(edge: &pb::Edge) -> serde_json::Value {
         "partitions": edge.partitions.iter().map(partition_json).collect::<Vec<_>>(),
     })
 }
+
+/// On a hub: lets `edge` fill its mirrors (`Edge:EDGE` may write `EDGE.*`), for the demo and
+/// the benches, which make their edges' certificates themselves.
+pub(super) async fn allow_edge_mirrors(hub: ApiChannel, edge: &str) -> anyhow::Result<()> {
+    appliance_proto::v1::security_client::SecurityClient::new(hub)
+        .create_acl(pb::Acl {
+            principal: format!("Edge:{edge}"),
+            resource_type: pb::ResourceType::Topic.into(),
+            pattern_type: pb::PatternType::Prefixed.into(),
+            pattern: format!("{edge}."),
+            operation: pb::AclOperation::Write.into(),
+            permission: pb::AclPermission::Allow.into(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("allowing {edge} on the hub: {}", status.message()))?;
+    Ok(())
+}

@@ -6,16 +6,19 @@ mod bench;
 mod certs;
 mod client;
 mod connectors;
+#[cfg(feature = "hub")]
 mod demo;
 mod exports;
 mod groups;
 mod links;
 mod manage;
 mod output;
+#[cfg(feature = "hub")]
 mod query;
 mod records;
 mod scaffold;
 mod security;
+mod service;
 mod status;
 mod topics;
 
@@ -113,6 +116,7 @@ enum Command {
     },
     /// A hub and three edges in this process: generators, a transform, links, and a live
     /// per-edge table from SQL on the hub. Nothing to install; Ctrl-C stops it.
+    #[cfg(feature = "hub")]
     Demo(demo::DemoArgs),
     /// One screen of what matters: version, role, uptime, disk use against the budget,
     /// topics, links or edges with their lag, and every failed component with why.
@@ -123,6 +127,7 @@ enum Command {
         server: client::ServerArgs,
     },
     /// Run SQL over the topics (on a hub, table T unites every edge's <edge>.T).
+    #[cfg(feature = "hub")]
     Query {
         #[command(flatten)]
         args: query::QueryArgs,
@@ -293,7 +298,9 @@ pub fn main() -> ExitCode {
         Command::Link { command, server } => {
             client::run(&server, |channel| links::link(channel, command))
         }
+        #[cfg(feature = "hub")]
         Command::Demo(args) => demo::run(args).map_err(Failure::Runtime),
+        #[cfg(feature = "hub")]
         Command::Query { args, server } => {
             client::run(&server, |channel| query::query(channel, args))
         }
@@ -407,8 +414,13 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = shutdown_on_signal(shutdown.clone()).map_err(Failure::Runtime)?;
-        let result = crate::app::run(config, shutdown).await;
+        let running = crate::app::start(config, shutdown.clone())
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
+        let service = service::ready(&running, shutdown);
+        let result = running.stopped().await;
         signals.abort();
+        let _ = service.await;
         result.map_err(|e| Failure::Runtime(e.into()))
     })
 }

@@ -73,7 +73,7 @@ pub use batch::{
     StoredRecord, decode_all, encode, encode_sparse, set_base_offset, validate as validate_batch,
     visit_all, visit_batch,
 };
-pub use budget::DiskBudget;
+pub use budget::{BudgetPolicy, DiskBudget};
 pub use mirror::{HUB_MIRROR_PREFIX, MirrorName, MirrorOwner};
 pub use partition::{
     AppendOutcome, CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS, Partition,
@@ -450,6 +450,8 @@ pub struct LogConfig {
     pub disk_reserve_bytes: u64,
     /// The most bytes the data directory holds ([`DiskBudget`]); `None`: no budget.
     pub max_disk_bytes: Option<u64>,
+    /// What an append that would pass the budget does.
+    pub budget_policy: BudgetPolicy,
     /// Topics whose appends the budget does not refuse (the audit topic).
     pub unbudgeted_topics: Vec<TopicName>,
 }
@@ -465,6 +467,7 @@ impl LogConfig {
             topic_defaults: TopicConfig::default(),
             disk_reserve_bytes: 0,
             max_disk_bytes: None,
+            budget_policy: BudgetPolicy::Refuse,
             unbudgeted_topics: Vec::new(),
         }
     }
@@ -557,7 +560,11 @@ impl Log {
         let deleting_dir = config.data_dir.join(DELETING_DIR);
         std::fs::create_dir_all(&deleting_dir)
             .map_err(io_error(&deleting_dir, "create directory"))?;
-        let budget = Arc::new(DiskBudget::new(&config.data_dir, config.max_disk_bytes));
+        let budget = Arc::new(DiskBudget::new(
+            &config.data_dir,
+            config.max_disk_bytes,
+            config.budget_policy,
+        ));
         let inner = Arc::new(LogInner {
             config,
             budget,

@@ -1420,3 +1420,78 @@ async fn topics_stored_before_mirrors_existed_still_open() {
         .expect("writable");
     log.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn at_the_budget_delete_oldest_makes_room_from_the_oldest_segments_of_deleting_topics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta_dir = tempfile::tempdir().expect("tempdir");
+    let max = 48 * 1024;
+    let config = LogConfig {
+        max_disk_bytes: Some(max),
+        budget_policy: BudgetPolicy::DeleteOldest,
+        ..log_config(dir.path(), Durability::Fsync)
+    };
+    let log = Log::open(config, open_meta(meta_dir.path()))
+        .await
+        .expect("log opens");
+    let table = TopicConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        ..small_segments(1)
+    };
+    for (name, config) in [
+        ("table", table),
+        ("old", small_segments(1)),
+        ("new", small_segments(1)),
+    ] {
+        log.create_topic(topic(name), config).await.expect("create");
+    }
+    let names = ["table", "old", "new"].map(topic);
+    let append = |name: usize, from: usize, timestamp: i64| {
+        log.append(
+            &names[name],
+            PartitionId(0),
+            batch_of(&values(from, 20), timestamp),
+        )
+    };
+    // Oldest first: the table, then `old`, whose head a link has not sent yet.
+    for b in 0..20 {
+        append(0, b * 20, 500).await.expect("table appends");
+    }
+    for b in 0..40 {
+        append(1, b * 20, 1000 + b as i64)
+            .await
+            .expect("old appends");
+    }
+    log.set_retention_hold(&topic("old"), PartitionId(0), "link", Offset(0), u64::MAX)
+        .expect("hold");
+
+    // Far more than the budget: every append fits, made room for by deleting.
+    for b in 0..200 {
+        append(2, b * 20, 10_000 + b as i64)
+            .await
+            .expect("appends go on past the budget");
+    }
+    let budget = log.disk_budget();
+    assert!(budget.evicted_segments() > 0);
+    budget.measure();
+    assert!(budget.used() <= max, "{} of {max}", budget.used());
+
+    let start = |name: &str| {
+        log.partition(&topic(name), PartitionId(0))
+            .expect("partition")
+            .log_start()
+    };
+    assert_eq!(
+        start("table"),
+        Offset(0),
+        "a compacted topic keeps its segments"
+    );
+    assert!(start("old") > Offset(0), "the hold does not keep them");
+    assert!(start("new") > Offset(0));
+    // What is left reads back whole, up to the last acknowledged record.
+    let new = log.partition(&topic("new"), PartitionId(0)).expect("new");
+    let kept = read_all(&new, new.log_start()).expect("reads");
+    assert_eq!(kept.last().map(|r| r.offset), Some(Offset(3999)));
+    assert_eq!(kept.len() as u64, 4000 - new.log_start().0);
+    log.close().await.expect("close");
+}

@@ -12,16 +12,20 @@
 //!   read figures (`connectors.rs`).
 //! - `bench link`: raw QUIC, the hub's durable append, link replication and catch-up, and a
 //!   lossy uplink through a userspace UDP proxy (`link.rs`).
+//! - `bench footprint`: an edge's resident memory idle and under load, its startup time and
+//!   the binary's size, hub and edge as separate processes (`footprint.rs`).
 //! - `bench query`: SQL over a hub's mirrors beside a plain read of the log, a time-restricted
 //!   query's bytes read, a live query's update latency (`query.rs`).
 
 mod connectors;
+mod footprint;
 mod grpc;
 mod kafka;
 mod link;
 mod log;
 mod nats;
 mod pipeline;
+#[cfg(feature = "hub")]
 mod query;
 
 use std::net::SocketAddr;
@@ -50,8 +54,12 @@ pub enum BenchCommand {
     /// Cluster-link replication on loopback beside raw QUIC and the hub's durable append,
     /// catch-up of a backlog, and a lossy uplink (2% loss, 40 ms RTT).
     Link(link::LinkBenchArgs),
+    /// An edge's RSS idle and under load, startup time to ready, binary size (10 topics, 2
+    /// pipelines, 1 connector, 1 link to a hub in another process).
+    Footprint(footprint::FootprintBenchArgs),
     /// SQL over mirrors (GROUP BY over 10 million JSON records) beside a plain read of the
     /// log, a query over the last 1% of the time, a live query's update latency.
+    #[cfg(feature = "hub")]
     Query(query::QueryBenchArgs),
 }
 
@@ -64,6 +72,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(args) => runtime.block_on(pipeline::pipeline_bench(args)),
         BenchCommand::Connectors(args) => runtime.block_on(connectors::connector_bench(args)),
         BenchCommand::Link(args) => runtime.block_on(link::link_bench(args)),
+        BenchCommand::Footprint(args) => runtime.block_on(footprint::footprint_bench(args)),
+        #[cfg(feature = "hub")]
         BenchCommand::Query(args) => runtime.block_on(query::query_bench(args)),
     }
 }

@@ -159,6 +159,9 @@ impl Partition {
             appended_records: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
         });
+        if let Some(budget) = &partition.budget {
+            budget.register(&partition);
+        }
         let writer = Writer::new(partition.clone(), active, durability, recovery_point);
         writers.spawn(writer.run(requests, shutdown.clone()));
         Ok(partition)

@@ -53,21 +53,7 @@ impl Partition {
             return Ok(0);
         }
         let hold = self.binding_hold();
-        let doomed: Vec<Arc<Segment>> = {
-            let mut segments = self
-                .segments
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let total_bytes = segments.iter().map(|s| s.visible_len()).sum();
-            let sealed: Vec<SealedSegment> = segments[..segments.len().saturating_sub(1)]
-                .iter()
-                .map(|s| SealedSegment {
-                    end: s.next_offset(),
-                    len: s.visible_len(),
-                    max_timestamp: s.max_timestamp(),
-                })
-                .collect();
-            let count = segments_to_delete(&sealed, total_bytes, &config, now, hold);
+        let lost_hold = |segments: &[Arc<Segment>], count: usize| {
             if let (Some(hold), Some(first), Some(new_start)) = (
                 hold,
                 segments.first(),
@@ -85,21 +71,91 @@ impl Partition {
                      exceeds the hold's cap (the holder sees its position before the log start)"
                 );
             }
+        };
+        let doomed: Vec<Arc<Segment>> = {
+            let mut segments = self
+                .segments
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let total_bytes = segments.iter().map(|s| s.visible_len()).sum();
+            let sealed: Vec<SealedSegment> = segments[..segments.len().saturating_sub(1)]
+                .iter()
+                .map(|s| SealedSegment {
+                    end: s.next_offset(),
+                    len: s.visible_len(),
+                    max_timestamp: s.max_timestamp(),
+                })
+                .collect();
+            let count = segments_to_delete(&sealed, total_bytes, &config, now, hold);
+            lost_hold(&segments, count);
             segments.drain(..count).collect()
         };
-        for segment in &doomed {
+        self.delete_segments(&doomed, "retention deleted segment")?;
+        Ok(doomed.len())
+    }
+
+    /// When the topic's cleanup deletes and the partition has a sealed segment: the newest
+    /// timestamp of its oldest one, by which the disk budget's `delete-oldest` policy picks the
+    /// partition to take a segment from (no timestamp sorts first).
+    pub(in crate::log) fn oldest_sealed_segment(&self) -> Option<Option<Timestamp>> {
+        if !read_lock(&self.config).cleanup_policy.deletes() {
+            return None;
+        }
+        let segments = read_lock(&self.segments);
+        (segments.len() > 1).then(|| segments[0].max_timestamp())
+    }
+
+    /// Deletes the oldest sealed segment whatever the topic's retention and the holds say: the
+    /// disk budget's `delete-oldest` policy. What a hold (a link not yet caught up) wanted kept
+    /// is logged, and the link reports it as a gap. Returns the bytes freed, or `None` when
+    /// there is no sealed segment left to delete.
+    pub(in crate::log) fn evict_oldest_segment(&self) -> Result<Option<u64>, LogError> {
+        let hold = self.binding_hold();
+        let doomed = {
+            let mut segments = self
+                .segments
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if segments.len() < 2 {
+                return Ok(None);
+            }
+            let segment = segments.remove(0);
+            if let Some(hold) = hold
+                && segment.next_offset() > hold.keep_from
+            {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = %self.id,
+                    lost_from = %hold.keep_from.max(segment.base()),
+                    lost_to = %segment.next_offset(),
+                    "the disk budget (delete-oldest) deletes offsets a retention hold asked to \
+                     keep: the holder sees a gap"
+                );
+            }
+            segment
+        };
+        let freed = doomed.visible_len();
+        self.delete_segments(
+            std::slice::from_ref(&doomed),
+            "the disk budget deleted the oldest segment",
+        )?;
+        Ok(Some(freed))
+    }
+
+    fn delete_segments(&self, doomed: &[Arc<Segment>], what: &'static str) -> Result<(), LogError> {
+        for segment in doomed {
             segment.delete_files()?;
             tracing::info!(
                 topic = %self.topic,
                 partition = %self.id,
                 segment = %segment.path().display(),
-                "retention deleted segment"
+                "{what}"
             );
         }
         if !doomed.is_empty() {
             segment::sync_dir(&self.dir)?;
         }
-        Ok(doomed.len())
+        Ok(())
     }
 }
 /// What retention needs to know of a sealed segment.
