@@ -3,12 +3,16 @@
 //! (the built-in filter and mask-field), 1 connector (the built-in generator) and 1 link to
 //! the hub (its three busy topics). Measured, beside the binary's size:
 //!
-//! 1. idle RSS: the edge with every component created and the generator stopped, settled;
-//! 2. startup: a restart of the edge until it tells systemd it is ready (`READY=1` on
-//!    `NOTIFY_SOCKET`), its plugins compiled and cached by the first run;
+//! 1. startup: a restart of the edge until it tells systemd it is ready (`READY=1` on
+//!    `NOTIFY_SOCKET`: the log recovered, every endpoint listening), its plugins compiled and
+//!    cached by the first run; and until every pipeline partition runs its plugins and the
+//!    link is connected to the hub;
+//! 2. idle RSS of the restarted edge, every component running and the generator paused,
+//!    settled (and of the first run, which compiled the plugins, for comparison);
 //! 3. RSS under load: the generator at `--rate` records/s through both pipelines and the link
-//!    for `--load-seconds`, sampled every `--sample-seconds`; growth compares the mean of the
-//!    last fifth of the samples with the first fifth's (after a warm-up of one sample).
+//!    for `--load-seconds`, sampled every `--sample-seconds`, with its anonymous part (heap,
+//!    plugin memories) apart from mapped files; growth is given for the first and the second
+//!    half of the run.
 //!
 //! Run it from the lean edge build to measure what a gateway runs (`--no-default-features`).
 
@@ -62,12 +66,34 @@ const SETTLE: Duration = Duration::from_secs(10);
 #[derive(Debug, serde::Serialize)]
 struct Footprint {
     binary_bytes: u64,
-    idle_rss_kib: u64,
     startup_ms: f64,
+    all_running_ms: f64,
     first_startup_ms: f64,
-    load_rss_kib: Vec<u64>,
-    load_rss_growth_percent: f64,
+    idle: Rss,
+    idle_first_run: Rss,
+    load: Vec<Rss>,
+    load_growth_first_half_percent: f64,
+    load_growth_second_half_percent: f64,
     load_records: u64,
+}
+
+/// Resident memory of a process, in KiB: all of it, and its anonymous part (heap, stacks,
+/// plugin memories); the rest is mapped files (the binary's own pages first).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Rss {
+    kib: u64,
+    anon_kib: u64,
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>6.1} MB ({:.1} MB anonymous)",
+            self.kib as f64 / 1024.0,
+            self.anon_kib as f64 / 1024.0
+        )
+    }
 }
 
 pub async fn footprint_bench(args: FootprintBenchArgs) -> anyhow::Result<()> {
@@ -82,7 +108,7 @@ pub async fn footprint_bench(args: FootprintBenchArgs) -> anyhow::Result<()> {
     );
     let binary_bytes = std::fs::metadata(&exe)?.len();
     println!(
-        "binary:                      {:>8.1} MB ({})",
+        "binary:                      {:>6.1} MB ({})",
         binary_bytes as f64 / 1e6,
         exe.display()
     );
@@ -106,42 +132,49 @@ pub async fn footprint_bench(args: FootprintBenchArgs) -> anyhow::Result<()> {
     configure_edge(channel.clone(), &certs_dir, hub_link, args.rate).await?;
     pause_generator(channel, true).await?;
     tokio::time::sleep(SETTLE).await;
-    let idle_rss = edge.rss_kib()?;
-    println!(
-        "idle RSS:                    {:>8.1} MB",
-        idle_rss as f64 / 1024.0
-    );
+    let idle_first_run = edge.rss()?;
 
     edge.stop()?;
     let edge = Appliance::start(&exe, root, "edge", &edge_args)?;
     let startup = edge.ready_after;
+    let all_running = edge.ready_after + all_running(edge.local()?.connect().await?).await?;
     println!(
-        "startup to ready:            {:>8.0} ms (first start, empty: {:.0} ms)",
+        "startup to ready:            {:>6.0} ms, every component running {:.0} ms (first \
+         start, empty: {:.0} ms)",
         startup.as_secs_f64() * 1e3,
+        all_running.as_secs_f64() * 1e3,
         first_startup.as_secs_f64() * 1e3
+    );
+    tokio::time::sleep(SETTLE).await;
+    let idle = edge.rss()?;
+    println!(
+        "idle RSS:                    {idle} (first run, compiling the plugins: {idle_first_run})"
     );
 
     let channel = edge.local()?.connect().await?;
     let before = generated(channel.clone()).await?;
     pause_generator(channel.clone(), false).await?;
-    let mut samples = Vec::new();
+    let mut load = Vec::new();
     let started = Instant::now();
     let every = Duration::from_secs(args.sample_seconds.max(1));
     while started.elapsed() < Duration::from_secs(args.load_seconds) {
         tokio::time::sleep(every).await;
-        samples.push(edge.rss_kib()?);
+        load.push(edge.rss()?);
     }
     let records = generated(channel).await?.saturating_sub(before);
-    let growth = growth_percent(&samples);
-    println!(
-        "RSS under load:              {:>8.1} MB at the end, {:.1} MB at most, {growth:+.1}% \
-         from the first to the last fifth ({} samples over {} s, {records} records, {:.0}/s)",
-        samples.last().copied().unwrap_or(0) as f64 / 1024.0,
-        samples.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
-        samples.len(),
-        args.load_seconds,
-        records as f64 / started.elapsed().as_secs_f64()
-    );
+    let kib: Vec<u64> = load.iter().map(|rss| rss.kib).collect();
+    let (first_half, second_half) = half_growths(&kib);
+    if let Some(end) = load.last() {
+        println!(
+            "RSS under load:              {end} at the end, {:.1} MB at most; {first_half:+.1}% \
+             in the first half, {second_half:+.1}% in the second ({} samples over {} s, {records} \
+             records, {:.0}/s)",
+            kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+            load.len(),
+            args.load_seconds,
+            records as f64 / started.elapsed().as_secs_f64()
+        );
+    }
     edge.stop()?;
     hub.stop()?;
     if args.json {
@@ -149,11 +182,14 @@ pub async fn footprint_bench(args: FootprintBenchArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::to_string(&Footprint {
                 binary_bytes,
-                idle_rss_kib: idle_rss,
                 startup_ms: startup.as_secs_f64() * 1e3,
+                all_running_ms: all_running.as_secs_f64() * 1e3,
                 first_startup_ms: first_startup.as_secs_f64() * 1e3,
-                load_rss_kib: samples,
-                load_rss_growth_percent: growth,
+                idle,
+                idle_first_run,
+                load,
+                load_growth_first_half_percent: first_half,
+                load_growth_second_half_percent: second_half,
                 load_records: records,
             })?
         );
@@ -161,18 +197,15 @@ pub async fn footprint_bench(args: FootprintBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The mean of the last fifth of `samples` over the first fifth's, in percent; the first
-/// sample (warm-up) is left out.
-fn growth_percent(samples: &[u64]) -> f64 {
-    let samples = samples.get(1..).unwrap_or_default();
-    let fifth = (samples.len() / 5).max(1);
-    if samples.len() < 2 {
-        return 0.0;
-    }
-    let mean = |part: &[u64]| part.iter().sum::<u64>() as f64 / part.len() as f64;
-    let first = mean(&samples[..fifth]);
-    let last = mean(&samples[samples.len() - fifth..]);
-    (last / first - 1.0) * 100.0
+/// The change of RSS from the first sample to the middle one, and from the middle one to the
+/// last, in percent.
+fn half_growths(samples: &[u64]) -> (f64, f64) {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return (0.0, 0.0);
+    };
+    let middle = samples[samples.len() / 2];
+    let percent = |from: u64, to: u64| (to as f64 / from.max(1) as f64 - 1.0) * 100.0;
+    (percent(*first, middle), percent(middle, *last))
 }
 
 fn free_udp_addr() -> anyhow::Result<SocketAddr> {
@@ -290,6 +323,39 @@ async fn pause_generator(channel: ApiChannel, pause: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// How long after the call every pipeline partition runs and the link is connected.
+async fn all_running(channel: ApiChannel) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut pipelines = PipelinesClient::new(channel.clone());
+    let mut links = LinksClient::new(channel);
+    while started.elapsed() < READY_TIMEOUT {
+        let listed = pipelines
+            .list_pipelines(pb::ListPipelinesRequest {})
+            .await?
+            .into_inner()
+            .pipelines;
+        let running = listed.iter().all(|pipeline| {
+            !pipeline.partitions.is_empty()
+                && pipeline
+                    .partitions
+                    .iter()
+                    .all(|p| p.state == pb::PipelineState::Running as i32)
+        });
+        let connected = links
+            .list_links(pb::ListLinksRequest {})
+            .await?
+            .into_inner()
+            .links
+            .iter()
+            .all(|link| link.state == pb::LinkState::Connected as i32);
+        if running && connected && listed.len() == 2 {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    bail!("the edge's components did not all run within {READY_TIMEOUT:?}")
+}
+
 /// Records the generator wrote so far: t0's high watermark.
 async fn generated(channel: ApiChannel) -> anyhow::Result<u64> {
     let topic = TopicsClient::new(channel)
@@ -370,16 +436,22 @@ impl Appliance {
         Local::at(self.grpc, &self.data_dir.join("admin.token"))
     }
 
-    /// Resident set size, from /proc.
-    fn rss_kib(&self) -> anyhow::Result<u64> {
+    /// Resident set size and its anonymous part, from /proc.
+    fn rss(&self) -> anyhow::Result<Rss> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.split_whitespace().next())
-            .context("no VmRSS in /proc/PID/status")?
-            .parse()
-            .context("VmRSS")
+        let field = |name: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.split_whitespace().next())
+                .with_context(|| format!("no {name} in /proc/PID/status"))?
+                .parse()
+                .with_context(|| format!("{name} in /proc/PID/status"))
+        };
+        Ok(Rss {
+            kib: field("VmRSS:")?,
+            anon_kib: field("RssAnon:")?,
+        })
     }
 
     /// SIGTERM, and waits for a clean exit.
