@@ -141,21 +141,34 @@ fn emulated(bin: &Path) -> Command {
     command
 }
 
-/// Runs the aarch64 CLI against `daemon` in `dir`; its stdout, which must be a success.
-fn emulated_cli(bin: &Path, daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = emulated(bin)
-        .args(args)
-        .current_dir(dir)
-        .env("APPLIANCE_SERVER", &daemon.grpc_url)
-        .env("APPLIANCE_TOKEN", &daemon.token)
-        .output()?;
+/// Runs `command`; its stdout, which must be a success.
+fn stdout_of(mut command: Command) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
     ensure!(
         output.status.success(),
-        "aarch64 appliance {}: {}",
-        args.join(" "),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(String::from_utf8(output.stdout)?)
+}
+
+/// `program ARGS` as a client of `daemon` (its address, its admin token); its stdout.
+fn client_of(mut program: Command, daemon: &Daemon, args: &[&str]) -> anyhow::Result<String> {
+    program
+        .args(args)
+        .env("APPLIANCE_SERVER", &daemon.grpc_url)
+        .env("APPLIANCE_TOKEN", &daemon.token);
+    stdout_of(program)
+}
+
+/// The aarch64 CLI under qemu-user, run in `dir`, against `daemon`; its stdout.
+fn emulated_cli(bin: &Path, daemon: &Daemon, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut program = emulated(bin);
+    program.current_dir(dir);
+    client_of(program, daemon, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,15 +260,9 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<Output> {
 }
 
 fn run_ok(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = run(program, args)?;
-    ensure!(
-        output.status.success(),
-        "{program} {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
+    let mut command = Command::new(program);
+    command.args(args);
+    stdout_of(command)
 }
 
 /// The installed package's name (appliance or appliance-edge), from the .deb.
@@ -394,17 +401,11 @@ fn the_amd64_package_installs_a_hardened_service_that_runs_as_its_own_user() -> 
         (uid, 0o600),
         "the service's files are its own"
     );
-    let status = Command::new("/usr/bin/appliance")
-        .args(["status", "--json"])
-        .env("APPLIANCE_SERVER", &daemon.grpc_url)
-        .env("APPLIANCE_TOKEN", &daemon.token)
-        .output()?;
-    ensure!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let status: serde_json::Value = serde_json::from_str(&client_of(
+        Command::new("/usr/bin/appliance"),
+        &daemon,
+        &["status", "--json"],
+    )?)?;
     assert_eq!(status["role"], "edge", "{status}");
     let (exit, log) = daemon.stop_with(Signal::SIGTERM)?;
     assert!(exit.success(), "{log}");

@@ -28,14 +28,14 @@ impl SystemApi for SystemService {
     ) -> Result<Response<pb::SystemStatus>, Status> {
         let (call, _) = self.calls.start(request, Rpc::GetSystemStatus)?;
         call.authorize(CLUSTER)?;
-        let budget = self.log.disk_budget().clone();
+        let budget = self.log.disk_budget();
+        let measured = budget.clone();
         let (used, free) = tokio::task::spawn_blocking(move || {
-            budget.measure();
-            (budget.used(), budget.free())
+            measured.measure();
+            (measured.used(), measured.free())
         })
         .await
         .map_err(|e| Status::internal(format!("measuring the disk: {e}")))?;
-        let budget = self.log.disk_budget();
         Ok(Response::new(pb::SystemStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             role: if self.hub { "hub" } else { "edge" }.to_owned(),

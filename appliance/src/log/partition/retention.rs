@@ -53,7 +53,21 @@ impl Partition {
             return Ok(0);
         }
         let hold = self.binding_hold();
-        let lost_hold = |segments: &[Arc<Segment>], count: usize| {
+        let doomed: Vec<Arc<Segment>> = {
+            let mut segments = self
+                .segments
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let total_bytes = segments.iter().map(|s| s.visible_len()).sum();
+            let sealed: Vec<SealedSegment> = segments[..segments.len().saturating_sub(1)]
+                .iter()
+                .map(|s| SealedSegment {
+                    end: s.next_offset(),
+                    len: s.visible_len(),
+                    max_timestamp: s.max_timestamp(),
+                })
+                .collect();
+            let count = segments_to_delete(&sealed, total_bytes, &config, now, hold);
             if let (Some(hold), Some(first), Some(new_start)) = (
                 hold,
                 segments.first(),
@@ -71,23 +85,6 @@ impl Partition {
                      exceeds the hold's cap (the holder sees its position before the log start)"
                 );
             }
-        };
-        let doomed: Vec<Arc<Segment>> = {
-            let mut segments = self
-                .segments
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let total_bytes = segments.iter().map(|s| s.visible_len()).sum();
-            let sealed: Vec<SealedSegment> = segments[..segments.len().saturating_sub(1)]
-                .iter()
-                .map(|s| SealedSegment {
-                    end: s.next_offset(),
-                    len: s.visible_len(),
-                    max_timestamp: s.max_timestamp(),
-                })
-                .collect();
-            let count = segments_to_delete(&sealed, total_bytes, &config, now, hold);
-            lost_hold(&segments, count);
             segments.drain(..count).collect()
         };
         self.delete_segments(&doomed, "retention deleted segment")?;
