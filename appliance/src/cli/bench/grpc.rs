@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::client::{ApiChannel, Local};
 use super::log::append_case;
-use super::{loopback_config, nats, open_log, scratch_dir};
+#[cfg(feature = "bench-peers")]
+use super::nats;
+use super::{NatsFigures, loopback_config, open_log, scratch_dir};
 use crate::log::{Offset, PartitionId, TopicName, decode_all};
 use crate::meta::Meta;
 use crate::security::{
@@ -113,27 +115,7 @@ pub async fn grpc_bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let (secured_produce_rps, secured_fetch_rps) = secured(scratch.path(), &args, duration).await?;
     let acl_check_ns = acl_check_ns(scratch.path()).await?;
 
-    let nats = if nats::available() {
-        let measured = nats::measure(
-            scratch.path(),
-            args.streams as usize,
-            RECORD_BYTES,
-            duration,
-        )
-        .await;
-        match measured {
-            Ok(figures) => Some(figures),
-            Err(error) => {
-                println!("NATS JetStream: no figures: {error:#}");
-                None
-            }
-        }
-    } else {
-        println!(
-            "NATS JetStream: skipped, nats-server is not installed (apt-get install nats-server)"
-        );
-        None
-    };
+    let nats = nats_figures(scratch.path(), args.streams as usize, duration).await;
 
     println!();
     println!("{:<44} {:>14} {:>10}", "", "records/s", "of log");
@@ -482,4 +464,31 @@ async fn subscribe(local: &Local, members: u32, total: u64) -> anyhow::Result<f6
         joined??;
     }
     Ok(consumed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// NATS JetStream's figures for the same workload, when `nats-server` is installed.
+#[cfg(feature = "bench-peers")]
+async fn nats_figures(dir: &Path, streams: usize, duration: Duration) -> Option<NatsFigures> {
+    if nats::available() {
+        let measured = nats::measure(dir, streams, RECORD_BYTES, duration).await;
+        match measured {
+            Ok(figures) => Some(figures),
+            Err(error) => {
+                println!("NATS JetStream: no figures: {error:#}");
+                None
+            }
+        }
+    } else {
+        println!(
+            "NATS JetStream: skipped, nats-server is not installed (apt-get install nats-server)"
+        );
+        None
+    }
+}
+
+/// The lean edge build carries no NATS client.
+#[cfg(not(feature = "bench-peers"))]
+async fn nats_figures(_: &Path, _: usize, _: Duration) -> Option<NatsFigures> {
+    println!("NATS JetStream: skipped, this build has no NATS client (feature `bench-peers`)");
+    None
 }

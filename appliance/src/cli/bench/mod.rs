@@ -23,6 +23,7 @@ mod grpc;
 mod kafka;
 mod link;
 mod log;
+#[cfg(feature = "bench-peers")]
 mod nats;
 mod pipeline;
 #[cfg(feature = "hub")]
@@ -81,6 +82,13 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 const MB: f64 = 1_000_000.0;
 
 /// An appliance with its data in `data_dir` and every endpoint on a free loopback port.
+/// Records per second NATS JetStream reached (`bench grpc`'s peer).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct NatsFigures {
+    publish_rps: f64,
+    consume_rps: f64,
+}
+
 fn loopback_config(data_dir: PathBuf) -> Config {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut config = Config {

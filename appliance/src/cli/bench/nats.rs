@@ -14,18 +14,13 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::NatsFigures;
+
 /// Publishes one publisher sends before awaiting their acknowledgements.
 const PUBLISH_WINDOW: usize = 256;
 /// The NATS measurement is abandoned (and reported) if it takes longer than this beyond its
 /// publishing time: a bench must end.
 const GRACE: Duration = Duration::from_secs(60);
-
-/// Records per second NATS JetStream reached.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct NatsFigures {
-    pub publish_rps: f64,
-    pub consume_rps: f64,
-}
 
 /// A `nats-server` child process, stopped when dropped.
 struct Server(Child);
