@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiError, Metrics};
 use crate::config::Config;
 use crate::connect::{ConnectError, Connectors};
+use crate::console;
 #[cfg(feature = "hub")]
 use crate::export::{ExportError, Exports};
 use crate::group::Coordinator;
@@ -79,6 +80,8 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     /// The Kafka listener's address, when it runs.
     pub kafka_addr: Option<SocketAddr>,
+    /// The web console's address, when it is served.
+    pub console_addr: Option<SocketAddr>,
     /// A hub's UDP endpoint for edges.
     pub link_addr: Option<SocketAddr>,
     /// The admin token made at first start, unless an operator removed it.
@@ -130,6 +133,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (grpc_listener, grpc_addr) = listen("gRPC API", config.api.grpc_addr).await?;
     let (metrics_listener, metrics_addr) =
         listen("metrics endpoint", config.api.metrics_addr).await?;
+    let console_listener = match config.api.console {
+        true => Some(listen("console", config.api.console_addr).await?),
+        false => None,
+    };
     let kafka_listener = match config.kafka.enabled {
         true => Some(listen("Kafka listener", config.kafka.addr).await?),
         false => None,
@@ -209,7 +216,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics_listener,
         metrics.clone(),
         security.clone(),
-        tls.as_ref().map(|tls| tls.metrics.clone()),
+        tls.as_ref().map(|tls| tls.http.clone()),
         config.api.connection_limits().idle_timeout,
         shutdown.clone(),
     ));
@@ -236,6 +243,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     #[cfg(feature = "hub")]
     let query = query::Query::with_limits(log.clone(), config.query.limits(), query_runtime)
         .with_lake(lake);
+    let (local_api, local_incoming) = api::local_api();
+    let console_addr = console_listener.as_ref().map(|(_, addr)| *addr);
+    let console_server = console_listener.map(|(listener, _)| {
+        let parts = console::Parts {
+            api: local_api,
+            security: security.clone(),
+            audit: audit.clone(),
+            hub: hub.clone(),
+            pipelines: pipelines.clone(),
+            connectors: connectors.clone(),
+        };
+        tokio::spawn(console::serve(
+            listener,
+            parts,
+            tls.as_ref().map(|tls| tls.http.clone()),
+            config.api.connection_limits(),
+            shutdown.clone(),
+        ))
+    });
     let grpc_server = tokio::spawn(api::serve(
         grpc_listener,
         api::Subsystems {
@@ -256,6 +282,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         },
         config.api.connection_limits(),
         tls.map(|tls| tls.grpc),
+        local_incoming,
         shutdown.clone(),
     ));
     let link_addr = hub.as_ref().map(Hub::local_addr);
@@ -265,6 +292,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         %grpc_addr,
         %metrics_addr,
         kafka_addr = kafka_addr.map(|a| a.to_string()),
+        console_addr = console_addr.map(|a| a.to_string()),
         link_addr = link_addr.map(|a| a.to_string()),
         tls = config.api.tls_cert.is_some(),
         admin_token_file = admin_token_file.as_ref().map(|path| path.display().to_string()),
@@ -273,6 +301,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let stopped = tokio::spawn(async move {
         shutdown.cancelled().await;
         tracing::info!("shutting down");
+        if let Some(console_server) = console_server {
+            let _ = console_server.await;
+        }
         let served = grpc_server.await;
         let _ = metrics_server.await;
         if let Some(kafka_server) = kafka_server {
@@ -296,6 +327,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         grpc_addr,
         metrics_addr,
         kafka_addr,
+        console_addr,
         link_addr,
         admin_token_file,
         stopped,

@@ -19,10 +19,12 @@
 //! [api]
 //! grpc-addr = "127.0.0.1:7070"
 //! metrics-addr = "127.0.0.1:9464"
+//! console = true                       # the web console (docs/console.md)
+//! console-addr = "127.0.0.1:7080"
 //! max-connections = 512                # gRPC connections open at once; more are refused
 //! idle-timeout-ms = 120000             # a peer silent this long is disconnected
-//! tls-cert = "tls/api.pem"             # TLS on both (appliance certs server); needed to
-//! tls-key = "tls/api.key"              # bind either to a non-loopback address
+//! tls-cert = "tls/api.pem"             # TLS on all three (appliance certs server); needed
+//! tls-key = "tls/api.key"              # to bind any of them to a non-loopback address
 //! tls-client-ca = "tls/ca.pem"         # client certificates of this CA authenticate
 //!
 //! [query]                              # SQL (docs/queries.md)
@@ -246,13 +248,18 @@ pub struct ApiSection {
     pub grpc_addr: SocketAddr,
     /// Address of the Prometheus endpoint, `GET /metrics` (TCP).
     pub metrics_addr: SocketAddr,
+    /// Whether the web console is served.
+    pub console: bool,
+    /// Address of the web console (TCP, HTTP or HTTPS as the API is).
+    pub console_addr: SocketAddr,
     /// gRPC connections open at once; one more is accepted and closed at once.
     pub max_connections: usize,
     /// A connection whose peer sent nothing for this long is closed, in milliseconds; HTTP/2
     /// keepalive pings go every third of it, so live clients always answer in time.
     pub idle_timeout_ms: u64,
-    /// The certificate (PEM, chain first) of TLS on the gRPC API and the metrics endpoint
-    /// (`appliance certs server`); required to bind either to a non-loopback address.
+    /// The certificate (PEM, chain first) of TLS on the gRPC API, the metrics endpoint and
+    /// the console (`appliance certs server`); required to bind any of them to a
+    /// non-loopback address.
     pub tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub tls_key: Option<PathBuf>,
@@ -266,6 +273,8 @@ impl Default for ApiSection {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            console: true,
+            console_addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
             max_connections: 512,
             idle_timeout_ms: 120_000,
             tls_cert: None,
@@ -295,10 +304,14 @@ impl ApiSection {
             problems.push("api.tls-client-ca needs api.tls-cert and api.tls-key".into());
         }
         if self.tls_cert.is_none() {
+            let console = self.console.then_some(("console-addr", self.console_addr));
             for (field, addr) in [
                 ("grpc-addr", self.grpc_addr),
                 ("metrics-addr", self.metrics_addr),
-            ] {
+            ]
+            .into_iter()
+            .chain(console)
+            {
                 if !addr.ip().is_loopback() {
                     problems.push(format!(
                         "api.{field} {addr} is reachable from other machines, and plaintext would \

@@ -8,6 +8,8 @@
 //! cli/         clap commands: `run`, client commands, `demo`, `bench`
 //! app.rs       wires the subsystems; the only module that knows them all
 //! kafka/       the Kafka listener: Kafka's wire protocol over the log, with SASL, ACLs, quotas
+//! console/     the web console: pages, sign-in and sessions; its data and actions are gRPC
+//!              calls in process, as the signed-in principal
 //! api/         the gRPC services and metrics over the subsystems below
 //! export/      exports: a table's records continuously written to a Delta Lake table (feature
 //!              `hub`, as query/; without it the binary is the lean edge build)
@@ -50,6 +52,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod console;
 #[cfg(feature = "hub")]
 pub mod export;
 pub mod group;

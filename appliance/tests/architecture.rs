@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline", "connect", "link", "query"],
     &["export"],
     &["api"],
-    &["kafka"],
+    &["kafka", "console"],
     &["config"],
     &["app"],
     &["cli"],

@@ -117,6 +117,8 @@ pub struct Daemon {
     pub metrics_addr: String,
     /// `ADDR` of its Kafka listener, when it runs one.
     pub kafka_addr: Option<String>,
+    /// `ADDR` of its web console, when it serves one.
+    pub console_addr: Option<String>,
     /// Its admin token (from the admin.token file it logs at start).
     pub token: String,
 }
@@ -167,10 +169,15 @@ impl Daemon {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        // Each daemon's Kafka listener on a port of its own, unless the test chose one.
+        // Each daemon's Kafka listener and console on ports of their own, unless the test
+        // chose them.
         let kafka_addr: &[&str] = match args.contains(&"--kafka-addr") {
             true => &[],
             false => &["--kafka-addr", "127.0.0.1:0"],
+        };
+        let console_addr: &[&str] = match args.contains(&"--console-addr") {
+            true => &[],
+            false => &["--console-addr", "127.0.0.1:0"],
         };
         let mut child = program
             .current_dir(dir)
@@ -178,6 +185,7 @@ impl Daemon {
             .arg("run")
             .args(args)
             .args(kafka_addr)
+            .args(console_addr)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -196,6 +204,7 @@ impl Daemon {
                         log_field(&line, "admin_token_file"),
                         log_field(&line, "tls"),
                         log_field(&line, "kafka_addr"),
+                        log_field(&line, "console_addr"),
                     )
                 });
                 collected
@@ -213,11 +222,13 @@ impl Daemon {
             grpc_url: String::new(),
             metrics_addr: String::new(),
             kafka_addr: None,
+            console_addr: None,
             token: String::new(),
         };
         match ready_rx.recv_timeout(PROCESS_TIMEOUT) {
-            Ok((Some(grpc), Some(metrics), Some(token_file), tls, kafka)) => {
+            Ok((Some(grpc), Some(metrics), Some(token_file), tls, kafka, console)) => {
                 daemon.kafka_addr = kafka.map(|addr| addr.trim_matches('"').to_owned());
+                daemon.console_addr = console.map(|addr| addr.trim_matches('"').to_owned());
                 let scheme = if tls.as_deref() == Some("true") {
                     "https"
                 } else {

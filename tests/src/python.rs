@@ -193,3 +193,29 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `console_browser.py` (Selenium driving Debian's headless Chromium through a web
+/// console) with `args`; what it measured, or why it failed with its output. Blocks; inside a
+/// multi-threaded runtime it lets the runtime's other tasks run meanwhile.
+pub fn drive_console(args: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let run = || -> anyhow::Result<serde_json::Value> {
+        let output = Command::new(python()?)
+            .arg(python_dir().join("console_browser.py"))
+            .arg(args.to_string())
+            .output()
+            .context("running console_browser.py")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(
+            output.status.success(),
+            "console_browser.py failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let last = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(last).with_context(|| format!("console_browser.py printed {stdout:?}"))
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::block_in_place(run),
+        Err(_) => run(),
+    }
+}

@@ -19,6 +19,7 @@ use tonic::{Code, Request, Status};
 use tower::Service;
 
 use super::audit::{self, AUDIT_TOPIC, Audit, Note, Outcome};
+use super::local::{CONSOLE_PEER_HEADER, LocalConnectInfo};
 
 use super::metrics::{Metrics, Timer};
 use crate::security::{
@@ -79,8 +80,18 @@ impl<S: NamedService> NamedService for Guard<S> {
 }
 
 /// The address and the client certificates of a request's connection.
+/// A local connection's call (the console's) names the browser it is for in a header, which
+/// nothing outside the process can send on such a connection.
 fn peer<B>(request: &http::Request<B>) -> (Option<SocketAddr>, Option<CertificateDer<'static>>) {
     let extensions = request.extensions();
+    if extensions.get::<LocalConnectInfo>().is_some() {
+        let browser = request
+            .headers()
+            .get(CONSOLE_PEER_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+        return (browser, None);
+    }
     if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
         let certificate = tls.peer_certs().and_then(|certs| certs.first().cloned());
         return (tls.get_ref().remote_addr(), certificate);

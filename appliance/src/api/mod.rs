@@ -29,6 +29,9 @@
 //! denials and successful changes to the `_audit` topic (`audit.rs`), a change's record durable
 //! before the change is acknowledged.
 //!
+//! The web console calls these services too, over in-process connections (`local.rs`) that a
+//! second server without TLS answers with the same guarded routes.
+//!
 //! ```text
 //! Prometheus --HTTP GET /metrics--> metrics::Metrics
 //! ```
@@ -43,6 +46,7 @@ mod exports;
 mod groups;
 mod links;
 mod listener;
+mod local;
 pub mod metrics;
 mod pipelines;
 mod plugins;
@@ -85,6 +89,7 @@ pub use access::bearer;
 pub use audit::{AUDIT_TOPIC, Audit, Entry, Outcome};
 pub use error::invalid;
 pub use listener::{Connection, ConnectionLimits, incoming};
+pub use local::{CONSOLE_PEER_HEADER, LocalConnector, LocalIncoming, local_api};
 pub use metrics::Metrics;
 pub use tls::{ApiTls, TlsFiles, handshake};
 
@@ -126,7 +131,8 @@ pub struct Subsystems {
     pub audit: Audit,
 }
 
-/// Serves the gRPC API on `listener` until `shutdown`, then lets requests in progress finish.
+/// Serves the gRPC API on `listener`, and on the in-process connections of `local` (the
+/// console's), until `shutdown`, then lets requests in progress finish.
 /// HTTP/2 keepalive pings go every third of the idle timeout, so that live clients answer
 /// well within it and dead ones are found.
 pub async fn serve(
@@ -134,6 +140,7 @@ pub async fn serve(
     subsystems: Subsystems,
     connections: ConnectionLimits,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    local: LocalIncoming,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let Subsystems {
@@ -259,18 +266,8 @@ pub async fn serve(
     };
     let security = security::SecurityService { security, calls };
     let keepalive = connections.idle_timeout / 3;
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    let router = server
-        .layer(tower::util::MapResponseLayer::new(
-            error::outgoing_error::<tonic::body::Body>,
-        ))
-        .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(keepalive))
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
         .add_service(health_service)
         .add_service(guards.guard(reflection_v1))
         .add_service(guards.guard(reflection_v1alpha))
@@ -308,18 +305,39 @@ pub async fn serve(
         );
     // A lean edge build serves neither: a call gets UNIMPLEMENTED, as for any unknown service.
     #[cfg(feature = "hub")]
-    let router = router
+    routes
         .add_service(
             guards.guard(QueryServer::new(query).max_decoding_message_size(MAX_REQUEST_BYTES)),
         )
         .add_service(
             guards.guard(ExportsServer::new(exports).max_decoding_message_size(MAX_REQUEST_BYTES)),
         );
-    router
+    let routes = routes.routes();
+    let server = || {
+        tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                error::outgoing_error::<tonic::body::Body>,
+            ))
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+    };
+    let mut remote = server();
+    if let Some(tls) = tls {
+        remote = remote.tls_config(tls)?;
+    }
+    let remote = remote
+        .add_routes(routes.clone())
         .serve_with_incoming_shutdown(
             listener::incoming(listener, connections, "gRPC API"),
-            shutdown.cancelled_owned(),
-        )
-        .await?;
+            shutdown.clone().cancelled_owned(),
+        );
+    let local = server()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(local.into_stream(), shutdown.cancelled_owned());
+    let (remote, local) = tokio::join!(remote, local);
+    remote?;
+    local?;
     Ok(())
 }

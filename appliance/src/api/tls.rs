@@ -50,11 +50,12 @@ pub struct TlsFiles<'a> {
     pub client_ca: Option<&'a Path>,
 }
 
-/// TLS settings of the three endpoints.
+/// TLS settings of the four endpoints.
 #[derive(Clone)]
 pub struct ApiTls {
     pub grpc: ServerTlsConfig,
-    pub metrics: tokio_rustls::TlsAcceptor,
+    /// HTTP/1.1: the metrics endpoint and the web console.
+    pub http: tokio_rustls::TlsAcceptor,
     /// Kafka clients (SASL_SSL) negotiate no application protocol.
     pub kafka: tokio_rustls::TlsAcceptor,
 }
@@ -92,11 +93,11 @@ impl ApiTls {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|e| certs::unusable(files.cert, e))?;
-        let mut metrics = kafka.clone();
-        metrics.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut http = kafka.clone();
+        http.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             grpc,
-            metrics: tokio_rustls::TlsAcceptor::from(Arc::new(metrics)),
+            http: tokio_rustls::TlsAcceptor::from(Arc::new(http)),
             kafka: tokio_rustls::TlsAcceptor::from(Arc::new(kafka)),
         })
     }

@@ -62,6 +62,19 @@ pub struct DemoArgs {
     window: Duration,
 }
 
+/// Where to watch the demo in a browser: the hub's console, and the token to sign in with.
+fn console_line(hub: &Running) -> String {
+    let Some(addr) = hub.console_addr else {
+        return String::new();
+    };
+    let token = hub
+        .admin_token_file
+        .as_ref()
+        .map(|file| format!(" (sign in with the token in {})", file.display()))
+        .unwrap_or_default();
+    format!("the hub's web console: http://{addr}/{token}\n")
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(demo(args))
@@ -116,8 +129,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "each edge: generator ({} readings/s) -> insert-field (site) -> readings\n\
          \x20 -> pipeline downsample (window-aggregate: per sensor and {window} window: count, avg, min, max) -> {DOWNSAMPLED}\n\
          \x20 -> link to the hub at {hub_link}: only the aggregates cross the uplink\n\
-         the hub, every second: {SQL}\n",
-        args.rate
+         the hub, every second: {SQL}\n{console}",
+        args.rate,
+        console = console_line(&hub),
     );
     let mut edge_channels = Vec::new();
     for running in &edges {
@@ -224,6 +238,7 @@ async fn start(
     };
     config.api.grpc_addr = ([127, 0, 0, 1], 0).into();
     config.api.metrics_addr = ([127, 0, 0, 1], 0).into();
+    config.api.console_addr = ([127, 0, 0, 1], 0).into();
     config.kafka.addr = ([127, 0, 0, 1], 0).into();
     if let Some(certs) = hub_certs {
         config.link.role = Role::Hub;

@@ -187,6 +187,9 @@ struct RunArgs {
     /// Address of the Prometheus endpoint [default: 127.0.0.1:9464].
     #[arg(long, env = "APPLIANCE_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Address of the web console [default: 127.0.0.1:7080].
+    #[arg(long, env = "APPLIANCE_CONSOLE_ADDR")]
+    console_addr: Option<SocketAddr>,
     /// Address of the Kafka listener [default: 127.0.0.1:9092].
     #[arg(long, env = "APPLIANCE_KAFKA_ADDR")]
     kafka_addr: Option<SocketAddr>,
@@ -377,6 +380,9 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(addr) = args.metrics_addr {
         config.api.metrics_addr = addr;
+    }
+    if let Some(addr) = args.console_addr {
+        config.api.console_addr = addr;
     }
     if let Some(addr) = args.kafka_addr {
         config.kafka.addr = addr;

@@ -400,7 +400,12 @@ impl Appliance {
                 "--metrics-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--kafka-addr", "127.0.0.1:0"])
+            .args([
+                "--kafka-addr",
+                "127.0.0.1:0",
+                "--console-addr",
+                "127.0.0.1:0",
+            ])
             .env("NOTIFY_SOCKET", &socket_path)
             .env("APPLIANCE_LOG", "warn")
             .stdin(Stdio::null())

@@ -97,6 +97,7 @@ fn loopback_config(data_dir: PathBuf) -> Config {
     };
     config.api.grpc_addr = loopback;
     config.api.metrics_addr = loopback;
+    config.api.console_addr = loopback;
     config.kafka.addr = loopback;
     config
 }
