@@ -12,7 +12,7 @@ import sys
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -39,7 +39,11 @@ def shot(name):
 
 def wait_for(what, condition, timeout=30):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition())
+        # The pushed overview redraws the view every 2 s: an element found just before a
+        # redraw is stale, and the condition is tried again.
+        return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda d: condition())
     except TimeoutException:
         shot(f"failed-{what.replace(' ', '-')}")
         raise AssertionError(f"{what}: not within {timeout} s; the page said:\n"
@@ -47,8 +51,21 @@ def wait_for(what, condition, timeout=30):
 
 
 def text_of(element_id):
-    found = driver.find_elements(By.ID, element_id)
-    return found[0].text if found and found[0].is_displayed() else ""
+    for _ in range(20):
+        try:
+            found = driver.find_elements(By.ID, element_id)
+            return found[0].text if found and found[0].is_displayed() else ""
+        except StaleElementReferenceException:
+            continue
+    return ""
+
+
+def click(what, selector):
+    """Clicks the element of `selector`, found anew if a redraw replaced it."""
+    def clicked():
+        driver.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+    wait_for(what, clicked)
 
 
 def rows_of(table_id):
@@ -113,7 +130,8 @@ try:
     for edge in args["edges"]:
         assert edge in overview, f"edge {edge} missing from the overview:\n{overview}"
     assert "connected" in overview, overview
-    header = driver.find_element(By.CSS_SELECTOR, "#edges thead").text
+    header = wait_for("the edges' header",
+                      lambda: driver.find_element(By.CSS_SELECTOR, "#edges thead").text)
     assert "lag (records)" in header and "lag (time)" in header, header
     # The bytes/s charts are drawn (SVG) once the console has two samples of an edge.
     wait_for("an edge's throughput chart",
@@ -126,7 +144,7 @@ try:
     mirror = f"{args['edges'][0]}.sensors"
     wait_for("the topics table", lambda: mirror in text_of("topics"))
     check_viewports("topics")
-    driver.find_element(By.LINK_TEXT, mirror).click()
+    click("the mirror's link", f"a[href='#/topics/{mirror}']")
     wait_for("the newest records", lambda: len(rows_of("records")) > 0)
     assert "temp" in text_of("records"), text_of("records")
     check_viewports("topic")
@@ -152,7 +170,7 @@ try:
     driver.find_element(By.ID, "follow").click()
     driver.find_element(By.ID, "run").click()
     wait_for("the followed answer", lambda: len(rows_of("answer-table")) == 1)
-    first = rows_of("answer-table")[0].text
+    first = wait_for("the followed answer's row", lambda: rows_of("answer-table")[0].text)
     followed = time.monotonic()
     wait_for("the followed answer to change", lambda: rows_of("answer-table")
              and rows_of("answer-table")[0].text != first)
@@ -165,10 +183,10 @@ try:
     pipeline = args["pipeline"]
     wait_for("the pipeline, running", lambda: pipeline in text_of("pipelines")
              and "running" in text_of("pipelines"))
-    driver.find_element(By.CSS_SELECTOR, f"button[data-name='{pipeline}'][data-action='pause']").click()
+    click("the pause button", f"button[data-name='{pipeline}'][data-action='pause']")
     wait_for("the pipeline, paused", lambda: "paused" in text_of("pipelines"))
     check_viewports("pipelines")
-    driver.find_element(By.CSS_SELECTOR, f"button[data-name='{pipeline}'][data-action='resume']").click()
+    click("the resume button", f"button[data-name='{pipeline}'][data-action='resume']")
     wait_for("the pipeline, running again", lambda: "running" in text_of("pipelines")
              and "paused" not in text_of("pipelines"))
 
@@ -178,7 +196,7 @@ try:
     wait_for("the viewer's overview", lambda: driver.find_element(By.ID, "nav").is_displayed())
     driver.find_element(By.ID, "nav-components").click()
     wait_for("the pipeline, for the viewer", lambda: pipeline in text_of("pipelines"))
-    driver.find_element(By.CSS_SELECTOR, f"button[data-name='{pipeline}'][data-action='pause']").click()
+    click("the pause button", f"button[data-name='{pipeline}'][data-action='pause']")
     wait_for("the refusal shown", lambda: "refused" in text_of("notice"))
     refusal = text_of("notice")
     assert args["viewer"] in refusal and "acl add" in refusal, refusal

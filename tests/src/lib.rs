@@ -736,11 +736,23 @@ impl Deployment {
         hub: &str,
         extra: &[&str],
     ) -> anyhow::Result<String> {
+        self.link_named(edge, LINK, cert, hub, extra)
+    }
+
+    /// [`Deployment::link`] of another name: one edge process with several links.
+    pub fn link_named(
+        &self,
+        edge: &Daemon,
+        link: &str,
+        cert: &str,
+        hub: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
         let (cert, key) = (format!("certs/{cert}.pem"), format!("certs/{cert}.key"));
         let mut args = vec![
             "link",
             "create",
-            LINK,
+            link,
             "--hub",
             hub,
             "--topics",

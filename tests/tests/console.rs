@@ -404,34 +404,12 @@ async fn the_overview_of_fifty_edges_loads_in_chromium() -> anyhow::Result<()> {
     let names: Vec<String> = (0..FLEET).map(|i| format!("edge-{i:02}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let deployment = Deployment::new(&name_refs)?;
-    let root = deployment.root();
     let hub = deployment.start_hub()?;
     let edge = deployment.start_edge("fleet", 1)?;
     produce(&edge, 0, 0, 100).await?;
     let hub_addr = deployment.hub_addr();
     for name in &names {
-        let (cert, key) = (format!("certs/{name}.pem"), format!("certs/{name}.key"));
-        let link = format!("to-hub-{name}");
-        cli_ok(
-            &edge,
-            root,
-            &[
-                "link",
-                "create",
-                &link,
-                "--hub",
-                &hub_addr,
-                "--topics",
-                "sensors",
-                "--ca",
-                "certs/ca.pem",
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-            ],
-            b"",
-        )?;
+        deployment.link_named(&edge, &format!("to-hub-{name}"), name, &hub_addr, &[])?;
     }
     let mut links = LinksClient::new(hub.channel().await?);
     let deadline = Deadline::new("fifty edges connected and caught up");
