@@ -500,13 +500,19 @@ impl Console {
     }
 
     fn pipeline_json(&self, pipeline: pb::Pipeline) -> Value {
+        let states: Vec<String> = pipeline
+            .partitions
+            .iter()
+            .map(|partition| state_name(partition.state().as_str_name(), "PIPELINE_STATE_"))
+            .collect();
         let tasks: Vec<Value> = pipeline
             .partitions
             .iter()
-            .map(|partition| {
+            .zip(&states)
+            .map(|(partition, state)| {
                 json!({
                     "task": format!("partition {}", partition.partition),
-                    "state": state_name(partition.state().as_str_name(), "PIPELINE_STATE_"),
+                    "state": state,
                     "restarting": partition.restarting,
                     "failure": partition.failure,
                     "records_out": partition.records_out,
@@ -514,13 +520,7 @@ impl Console {
                 })
             })
             .collect();
-        let state = summary(
-            pipeline.paused,
-            pipeline
-                .partitions
-                .iter()
-                .map(|partition| state_name(partition.state().as_str_name(), "PIPELINE_STATE_")),
-        );
+        let state = summary(pipeline.paused, &states);
         json!({
             "name": pipeline.name,
             "from": pipeline.from_topic,
@@ -589,13 +589,12 @@ impl Console {
     }
 }
 
-/// One word for a component of many tasks: paused, failed (any task), restarting, starting,
-/// running.
-fn summary(paused: bool, states: impl Iterator<Item = String>) -> String {
+/// One word for a component of many tasks: paused, failed (any task), starting (any task,
+/// or no task yet), running.
+fn summary(paused: bool, states: &[String]) -> String {
     if paused {
         return "paused".into();
     }
-    let states: Vec<String> = states.collect();
     for worst in ["failed", "starting"] {
         if states.iter().any(|state| state == worst) {
             return worst.into();
