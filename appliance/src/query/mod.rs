@@ -16,6 +16,7 @@
 //! fails the query with the log's error rather than returning part of the answer.
 
 mod columns;
+mod json;
 mod lake;
 mod limits;
 mod scan;

@@ -10,9 +10,7 @@ use datafusion::arrow::array::{
     ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray, StringBuilder,
     TimestampMillisecondArray,
 };
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::json::ReaderBuilder;
 use datafusion::common::project_schema;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
@@ -26,6 +24,7 @@ use datafusion::physical_plan::{
 
 use super::QueryError;
 use super::columns::{self, Source, VIRTUAL_COLUMNS};
+use super::json::ValueDecoder;
 use crate::log::{self, Offset, Partition, RecordView};
 
 /// Bytes of stored batches read (and turned into one Arrow batch) at a time.
@@ -189,18 +188,15 @@ struct BatchDecoder {
     /// Indices into the table's schema, in the order of the batches made.
     columns: Vec<usize>,
     projected: SchemaRef,
-    /// The projected value fields, in the order `columns` names them.
-    values: SchemaRef,
     source: Source,
     partition: i32,
     rows: usize,
     offsets: Option<Vec<i64>>,
     timestamps: Option<Vec<i64>>,
     keys: Option<StringBuilder>,
-    /// The values as JSON lines (a value that is not an object as `{}`), and where each
-    /// line ends.
-    lines: Vec<u8>,
-    line_ends: Vec<usize>,
+    /// The projected value fields, in the order `columns` names them; none when the query
+    /// names no value field.
+    values: Option<ValueDecoder>,
 }
 
 impl BatchDecoder {
@@ -219,9 +215,13 @@ impl BatchDecoder {
             .filter(|&index| index >= VIRTUAL_COLUMNS.len())
             .collect();
         let wants = |column: usize| columns.contains(&column);
+        let values = (!value_indices.is_empty())
+            .then(|| schema.project(&value_indices))
+            .transpose()?
+            .map(|values| ValueDecoder::new(&Arc::new(values)));
         Ok(Self {
             projected: Arc::new(schema.project(&columns)?),
-            values: Arc::new(schema.project(&value_indices)?),
+            values,
             offsets: wants(columns::OFFSET).then(Vec::new),
             timestamps: wants(columns::TIMESTAMP).then(Vec::new),
             keys: wants(columns::KEY).then(StringBuilder::new),
@@ -229,8 +229,6 @@ impl BatchDecoder {
             source: scan.source.clone(),
             partition: scan.partition.id().0 as i32,
             rows: 0,
-            lines: Vec::new(),
-            line_ends: Vec::new(),
         })
     }
 
@@ -245,20 +243,17 @@ impl BatchDecoder {
         if let Some(keys) = &mut self.keys {
             keys.append_option(record.key.map(String::from_utf8_lossy));
         }
-        if !self.values.fields().is_empty() {
-            self.lines.extend_from_slice(object_or_empty(record.value));
-            self.lines.push(b'\n');
-            self.line_ends.push(self.lines.len());
+        if let Some(values) = &mut self.values {
+            values.push(record.value);
         }
     }
 
     /// The batch of the records pushed since the last one.
     fn finish(&mut self) -> Result<RecordBatch> {
         let rows = std::mem::take(&mut self.rows);
-        let mut values = if self.values.fields().is_empty() {
-            Vec::new().into_iter()
-        } else {
-            self.values(rows)?.columns().to_vec().into_iter()
+        let mut values = match &mut self.values {
+            Some(values) => values.finish()?.columns().to_vec().into_iter(),
+            None => Vec::new().into_iter(),
         };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for &index in &self.columns {
@@ -293,69 +288,9 @@ impl BatchDecoder {
             &options,
         )?)
     }
-
-    /// The projected value columns of the lines gathered, decoded in one pass; a field that
-    /// does not fit its column's type gives a null.
-    fn values(&mut self, rows: usize) -> Result<RecordBatch> {
-        let lines = std::mem::take(&mut self.lines);
-        let line_ends = std::mem::take(&mut self.line_ends);
-        let decoded = match decode_json(&self.values, &lines, rows) {
-            Ok(batch) => Ok(batch),
-            // One value that is not JSON spoils the whole pass: decode them one by one.
-            Err(_) => {
-                let mut batches = Vec::with_capacity(rows);
-                let mut start = 0;
-                for &end in &line_ends {
-                    let batch = decode_json(&self.values, &lines[start..end], 1)
-                        .or_else(|_| decode_json(&self.values, b"{}", 1))?;
-                    batches.push(batch);
-                    start = end;
-                }
-                concat_batches(&self.values, &batches).map_err(DataFusionError::from)
-            }
-        };
-        self.lines = lines;
-        self.lines.clear();
-        self.line_ends = line_ends;
-        self.line_ends.clear();
-        decoded
-    }
 }
 
 /// The values gathered for a column, leaving an empty vector to gather the next batch's.
 fn take(gathered: &mut Option<Vec<i64>>) -> Vec<i64> {
     gathered.as_mut().map(std::mem::take).unwrap_or_default()
-}
-
-fn object_or_empty(value: Option<&[u8]>) -> &[u8] {
-    match value {
-        Some(value) if value.trim_ascii_start().first() == Some(&b'{') => value,
-        _ => b"{}",
-    }
-}
-
-/// Exactly `rows` rows of newline-separated JSON objects.
-fn decode_json(schema: &SchemaRef, lines: &[u8], rows: usize) -> Result<RecordBatch> {
-    let mut decoder = ReaderBuilder::new(Arc::clone(schema))
-        .with_batch_size(rows.max(1))
-        .with_ignore_type_conflicts(true)
-        .build_decoder()?;
-    let mut consumed = 0;
-    while consumed < lines.len() {
-        let read = decoder.decode(&lines[consumed..])?;
-        if read == 0 {
-            break;
-        }
-        consumed += read;
-    }
-    let batch = decoder
-        .flush()?
-        .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema)));
-    if batch.num_rows() != rows || consumed != lines.len() {
-        return Err(DataFusionError::Execution(format!(
-            "{} JSON rows decoded out of {rows}",
-            batch.num_rows()
-        )));
-    }
-    Ok(batch)
 }
