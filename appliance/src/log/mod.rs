@@ -77,7 +77,7 @@ pub use budget::{BudgetPolicy, DiskBudget};
 pub use mirror::{HUB_MIRROR_PREFIX, MirrorName, MirrorOwner};
 pub use partition::{
     AppendOutcome, CompactionReport, KEPT_BY_COMPACTION, MAX_COMPACTION_KEYS, Partition,
-    RECENT_SEGMENTS_LEFT_WHOLE, ReadChunk,
+    RECENT_SEGMENTS_LEFT_WHOLE, ReadChunk, SealedSegment,
 };
 pub use partitioner::partition_for_key;
 pub use reserve::DiskReserve;

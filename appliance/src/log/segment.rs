@@ -41,6 +41,28 @@ fn time_index_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.timeindex", base.0))
 }
 
+/// Where a reader may keep a columnar form of the sealed segment at `base` (the hub's query
+/// engine does, query/sidecar.rs). The log knows only its name: it deletes the file with the
+/// segment's indexes, so that it goes with the segment and never outlives a rewrite of it.
+pub fn columns_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.columns", base.0))
+}
+
+/// Where the columnar form is written before it is renamed to [`columns_path`].
+pub fn columns_temp_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.columns.tmp", base.0))
+}
+
+/// The base offset of a segment's columnar form named by a file name ([`columns_path`] or
+/// [`columns_temp_path`]), and whether it is the unfinished one.
+pub fn parse_columns_file_name(name: &str) -> Option<(Offset, bool)> {
+    let (digits, unfinished) = match name.strip_suffix(".columns.tmp") {
+        Some(digits) => (digits, true),
+        None => (name.strip_suffix(".columns")?, false),
+    };
+    Some((parse_log_file_name(&format!("{digits}.log"))?, unfinished))
+}
+
 /// The base offset named by a segment file name, or `None` for other files.
 pub fn parse_log_file_name(name: &str) -> Option<Offset> {
     let digits = name.strip_suffix(".log")?;
@@ -620,10 +642,15 @@ pub fn delete_files(dir: &Path, base: Offset) -> Result<(), LogError> {
     delete_index_files(dir, base)
 }
 
-/// Deletes the index files of the segment at `base` in `dir`, those that exist: they are
-/// rebuilt from the data when the segment is next opened.
+/// Deletes the index files (and the columnar form) of the segment at `base` in `dir`, those
+/// that exist: they are rebuilt from the data when the segment is next opened (or read).
 pub fn delete_index_files(dir: &Path, base: Offset) -> Result<(), LogError> {
-    for path in [offset_index_path(dir, base), time_index_path(dir, base)] {
+    for path in [
+        offset_index_path(dir, base),
+        time_index_path(dir, base),
+        columns_path(dir, base),
+        columns_temp_path(dir, base),
+    ] {
         remove_if_present(&path)?;
     }
     Ok(())

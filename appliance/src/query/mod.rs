@@ -20,6 +20,7 @@ mod json;
 mod lake;
 mod limits;
 mod scan;
+mod sidecar;
 mod table;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::log::{Log, MirrorName, TopicName};
 use limits::{Governor, YieldBetweenBatches};
 pub use limits::{QueryLimits, query_runtime};
+use sidecar::Columnar;
 
 const MIB: usize = 1024 * 1024;
 pub use columns::{Source, VIRTUAL_COLUMNS};
@@ -220,6 +222,7 @@ pub struct Query {
     read: Arc<AtomicU64>,
     governor: Arc<Governor>,
     lake: LakeCatalog,
+    columnar: Arc<Columnar>,
 }
 
 impl Query {
@@ -237,9 +240,31 @@ impl Query {
         Self {
             log,
             read: Arc::default(),
+            columnar: Arc::new(Columnar::new(true, runtime.clone())),
             governor: Arc::new(Governor::new(limits, runtime)),
             lake: LakeCatalog::default(),
         }
+    }
+
+    /// The engine, reading (and writing) sealed segments' columnar forms or not (`false`:
+    /// every scan parses the JSON values).
+    pub fn with_columnar(self, enabled: bool) -> Self {
+        let runtime = self.governor.runtime().clone();
+        Self {
+            columnar: Arc::new(Columnar::new(enabled, runtime)),
+            ..self
+        }
+    }
+
+    /// Whether every columnar form asked for so far is written (or given up); the count of
+    /// those written.
+    pub fn columnar_forms(&self) -> (bool, u64) {
+        (self.columnar.idle(), self.columnar.written())
+    }
+
+    /// The columnar forms the scans use, if they do.
+    fn columnar(&self) -> Option<Arc<Columnar>> {
+        self.columnar.enabled().then(|| Arc::clone(&self.columnar))
     }
 
     /// The engine, with the exported Delta tables of `lake` as the schema `lake`.
@@ -291,9 +316,15 @@ impl Query {
         for (name, sources) in self.tables() {
             let read = Arc::clone(&self.read);
             let table = if live {
-                TopicTable::cached(self.log.clone(), sources, read, Arc::default())
+                TopicTable::cached(
+                    self.log.clone(),
+                    sources,
+                    read,
+                    self.columnar(),
+                    Arc::default(),
+                )
             } else {
-                TopicTable::new(self.log.clone(), sources, read)
+                TopicTable::new(self.log.clone(), sources, read, self.columnar())
             };
             context.register_table(TableReference::bare(name), Arc::new(table))?;
         }
@@ -430,7 +461,12 @@ impl Query {
             .remove(table)
             .ok_or_else(|| QueryError::UnknownTable(format!("table '{table}' not found")))?;
         let topics = sources.iter().map(|s| s.topic.to_string()).collect();
-        let table_provider = TopicTable::new(self.log.clone(), sources, Arc::clone(&self.read));
+        let table_provider = TopicTable::new(
+            self.log.clone(),
+            sources,
+            Arc::clone(&self.read),
+            self.columnar(),
+        );
         Ok(TableDescription {
             table: table.to_owned(),
             topics,

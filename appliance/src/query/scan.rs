@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
     ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray, StringBuilder,
     TimestampMillisecondArray,
 };
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Field, SchemaRef};
 use datafusion::common::project_schema;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
@@ -25,7 +25,8 @@ use datafusion::physical_plan::{
 use super::QueryError;
 use super::columns::{self, Source, VIRTUAL_COLUMNS};
 use super::json::ValueDecoder;
-use crate::log::{self, Offset, Partition, RecordView};
+use super::sidecar::{self, Columnar, Comparison, STORED_VIRTUAL, SidecarError, SidecarReader};
+use crate::log::{self, Offset, Partition, RecordView, SealedSegment};
 
 /// Bytes of stored batches read (and turned into one Arrow batch) at a time.
 const CHUNK_BYTES: usize = 4 << 20;
@@ -37,8 +38,12 @@ pub struct PartitionScan {
     pub source: Source,
     pub from: Offset,
     pub end: Offset,
-    /// Bytes of stored batches read, counted for the whole query engine.
+    /// Bytes of stored batches (and columnar forms) read, counted for the whole engine.
     pub read: Arc<AtomicU64>,
+    /// Where sealed segments' columnar forms are read and asked for; none: JSON only.
+    pub columnar: Option<Arc<Columnar>>,
+    /// The query's filters the forms' statistics can rule a segment out with.
+    pub comparisons: Arc<Vec<Comparison>>,
 }
 
 #[derive(Debug)]
@@ -120,39 +125,176 @@ impl ExecutionPlan for TopicScanExec {
             let empty = futures_util::stream::empty();
             return Ok(Box::pin(RecordBatchStreamAdapter::new(projected, empty)));
         };
-        let decoder = BatchDecoder::new(&scan, &self.schema, self.projection.as_ref())?;
-        let stream = futures_util::stream::unfold(
-            (scan, decoder, false),
-            |(scan, mut decoder, done)| async move {
-                if done || scan.from >= scan.end {
-                    return None;
-                }
-                let mut next = scan.clone();
-                let outcome = read_chunk(&scan, &mut decoder).map(|(batch, after)| {
-                    next.from = after;
-                    batch
-                });
-                let failed = outcome.is_err();
-                Some((outcome, (next, decoder, failed)))
-            },
-        );
+        let reader = PartitionReader::new(scan, &self.schema, self.projection.as_ref())?;
+        let stream = futures_util::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            match reader.next_batch() {
+                Ok(Some(batch)) => Some((Ok(batch), Some(reader))),
+                Ok(None) => None,
+                Err(error) => Some((Err(error), None)),
+            }
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(projected, stream)))
     }
 }
 
-/// Every record of a partition scan as full-schema batches, one per chunk read.
+/// Every record of a partition scan as full-schema batches, one per chunk or frame read.
 pub fn read_all(scan: &PartitionScan, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    let mut decoder = BatchDecoder::new(scan, schema, None)?;
-    let mut next = scan.clone();
+    let mut reader = PartitionReader::new(scan.clone(), schema, None)?;
     let mut batches = Vec::new();
-    while next.from < next.end {
-        let (batch, after) = read_chunk(&next, &mut decoder)?;
+    while let Some(batch) = reader.next_batch()? {
         if batch.num_rows() > 0 {
             batches.push(batch);
         }
-        next.from = after;
     }
     Ok(batches)
+}
+
+/// Reads one partition scan in batches: a sealed segment from its columnar form when it has
+/// a usable one (and not at all when the form's statistics rule it out), the rest from the
+/// log's JSON; a sealed segment read as JSON gets its form written afterwards.
+struct PartitionReader {
+    scan: PartitionScan,
+    schema: SchemaRef,
+    decoder: BatchDecoder,
+    form: Option<(SidecarReader, SealedSegment)>,
+    /// The base of the sealed segment last looked at, so each is looked at once.
+    looked_at: Option<Offset>,
+}
+
+impl PartitionReader {
+    fn new(
+        scan: PartitionScan,
+        schema: &SchemaRef,
+        projection: Option<&Vec<usize>>,
+    ) -> Result<Self> {
+        Ok(Self {
+            decoder: BatchDecoder::new(&scan, schema, projection)?,
+            scan,
+            schema: Arc::clone(schema),
+            form: None,
+            looked_at: None,
+        })
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            let (from, end) = (self.scan.from, self.scan.end);
+            if from >= end {
+                return Ok(None);
+            }
+            if let Some((form, segment)) = &mut self.form {
+                match form.next_frame(from) {
+                    Ok(Some((frame, bytes))) => {
+                        self.scan.read.fetch_add(bytes, Ordering::Relaxed);
+                        self.scan.from = frame.next.min(end);
+                        return self.decoder.from_frame(&frame.batch, from, end).map(Some);
+                    }
+                    Ok(None) => {
+                        self.scan.from = segment.next.max(from);
+                        self.form = None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "a segment's columnar form is damaged; reading its records instead and writing it again");
+                        let _ = std::fs::remove_file(form.path());
+                        self.form = None;
+                    }
+                }
+                continue;
+            }
+            if self.look_at_form(from) {
+                continue;
+            }
+            let (batch, after) = read_chunk(&self.scan, &mut self.decoder)?;
+            self.scan.from = after;
+            return Ok(Some(batch));
+        }
+    }
+
+    /// Opens the form of the sealed segment holding `from` if it serves this scan, or asks
+    /// for one to be written; true when the scan should look again (it skipped the segment or
+    /// will read its form).
+    fn look_at_form(&mut self, from: Offset) -> bool {
+        let Some(columnar) = self.scan.columnar.clone() else {
+            return false;
+        };
+        let Some(segment) = self
+            .scan
+            .partition
+            .sealed_segments()
+            .into_iter()
+            .find(|s| s.base <= from && from < s.next)
+        else {
+            return false;
+        };
+        if self.looked_at == Some(segment.base) {
+            return false;
+        }
+        self.looked_at = Some(segment.base);
+        match SidecarReader::open(&segment) {
+            Some(form) if form.covers(self.decoder.value_fields()) => {
+                if form.rules_out(&self.scan.comparisons) {
+                    self.scan.from = segment.next.max(from);
+                } else {
+                    self.form = Some((form, segment));
+                }
+                true
+            }
+            _ => {
+                columnar.request(&segment, self.form_writer(segment.clone()));
+                false
+            }
+        }
+    }
+
+    /// What writes the form of `segment`: its records decoded with every column of the table.
+    fn form_writer(
+        &self,
+        segment: SealedSegment,
+    ) -> impl FnOnce() -> std::result::Result<bool, SidecarError> + Send + 'static {
+        let scan = PartitionScan {
+            from: segment.base,
+            end: segment.next,
+            // Not a read of the query's: it happens after, and its bytes are not the query's.
+            read: Arc::default(),
+            ..self.scan.clone()
+        };
+        let schema = Arc::clone(&self.schema);
+        move || {
+            let damaged = |problem: String| SidecarError::Damaged {
+                path: segment.columns_path.clone(),
+                problem,
+            };
+            let stored: Vec<usize> = STORED_VIRTUAL
+                .into_iter()
+                .chain(VIRTUAL_COLUMNS.len()..schema.fields().len())
+                .collect();
+            let stored_schema = Arc::new(
+                schema
+                    .project(&stored)
+                    .map_err(|e| damaged(e.to_string()))?,
+            );
+            let mut decoder = BatchDecoder::new(&scan, &schema, Some(&stored))
+                .map_err(|e| damaged(e.to_string()))?;
+            let mut next = scan.clone();
+            let chunks = std::iter::from_fn(|| {
+                if next.from >= next.end {
+                    return None;
+                }
+                let first = next.from;
+                Some(read_chunk(&next, &mut decoder).and_then(|(batch, after)| {
+                    if after <= first {
+                        return Err(DataFusionError::Execution(format!(
+                            "no records at offset {first}"
+                        )));
+                    }
+                    next.from = after;
+                    Ok((first, after, batch))
+                }))
+            });
+            sidecar::write(&scan.partition, &segment, &stored_schema, chunks)
+        }
+    }
 }
 
 /// The records of the next chunk of a scan (at most up to its end) as one batch, and where
@@ -248,6 +390,34 @@ impl BatchDecoder {
         }
     }
 
+    /// The value fields the batches hold.
+    fn value_fields(&self) -> impl Iterator<Item = &Field> {
+        self.projected
+            .fields()
+            .iter()
+            .zip(&self.columns)
+            .filter(|(_, index)| **index >= VIRTUAL_COLUMNS.len())
+            .map(|(field, _)| field.as_ref())
+    }
+
+    /// The batch of a columnar form's frame's records from `from` to `end`.
+    fn from_frame(&self, stored: &RecordBatch, from: Offset, end: Offset) -> Result<RecordBatch> {
+        let offsets = stored
+            .column_by_name(VIRTUAL_COLUMNS[columns::OFFSET])
+            .and_then(|column| column.as_any().downcast_ref::<Int64Array>())
+            .ok_or_else(|| DataFusionError::Internal("a columnar form without _offset".into()))?;
+        let values = offsets.values();
+        let first = values.partition_point(|&offset| offset < from.0 as i64);
+        let last = values.partition_point(|&offset| offset < end.0 as i64);
+        let stored = stored.slice(first, last - first);
+        let rows = stored.num_rows();
+        self.assemble(rows, |_, field| {
+            stored.column_by_name(field.name()).cloned().ok_or_else(|| {
+                DataFusionError::Internal(format!("a columnar form without {}", field.name()))
+            })
+        })
+    }
+
     /// The batch of the records pushed since the last one.
     fn finish(&mut self) -> Result<RecordBatch> {
         let rows = std::mem::take(&mut self.rows);
@@ -255,9 +425,38 @@ impl BatchDecoder {
             Some(values) => values.finish()?.columns().to_vec().into_iter(),
             None => Vec::new().into_iter(),
         };
+        let offsets = self.offsets.as_mut().map(std::mem::take);
+        let timestamps = self.timestamps.as_mut().map(std::mem::take);
+        let keys = self.keys.as_mut().map(StringBuilder::finish);
+        let (mut offsets, mut timestamps, mut keys) = (offsets, timestamps, keys);
+        self.assemble(rows, |index, _| {
+            Ok(match index {
+                columns::OFFSET => Arc::new(Int64Array::from(offsets.take().unwrap_or_default())),
+                columns::TIMESTAMP => Arc::new(
+                    TimestampMillisecondArray::from(timestamps.take().unwrap_or_default())
+                        .with_timezone("UTC"),
+                ),
+                columns::KEY => match keys.take() {
+                    Some(keys) => Arc::new(keys),
+                    None => Arc::new(StringArray::new_null(rows)),
+                },
+                _ => values.next().ok_or_else(|| {
+                    DataFusionError::Internal("a value column was not decoded".into())
+                })?,
+            })
+        })
+    }
+
+    /// A batch of the projected columns: `_edge`, `_topic` and `_partition` made here, the
+    /// others (by their index in the table's schema, and field) from `column`.
+    fn assemble(
+        &self,
+        rows: usize,
+        mut column: impl FnMut(usize, &Field) -> Result<ArrayRef>,
+    ) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
-        for &index in &self.columns {
-            let column: ArrayRef = match index {
+        for (&index, field) in self.columns.iter().zip(self.projected.fields()) {
+            let made: ArrayRef = match index {
                 columns::EDGE => match &self.source.edge {
                     Some(edge) => Arc::new(StringArray::new_repeated(edge, rows)),
                     None => Arc::new(StringArray::new_null(rows)),
@@ -266,20 +465,9 @@ impl BatchDecoder {
                     Arc::new(StringArray::new_repeated(self.source.topic.as_str(), rows))
                 }
                 columns::PARTITION => Arc::new(Int32Array::from_value(self.partition, rows)),
-                columns::OFFSET => Arc::new(Int64Array::from(take(&mut self.offsets))),
-                columns::TIMESTAMP => Arc::new(
-                    TimestampMillisecondArray::from(take(&mut self.timestamps))
-                        .with_timezone("UTC"),
-                ),
-                columns::KEY => match &mut self.keys {
-                    Some(keys) => Arc::new(keys.finish()),
-                    None => Arc::new(StringArray::new_null(rows)),
-                },
-                _ => values.next().ok_or_else(|| {
-                    DataFusionError::Internal("a value column was not decoded".into())
-                })?,
+                _ => column(index, field)?,
             };
-            columns.push(column);
+            columns.push(made);
         }
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         Ok(RecordBatch::try_new_with_options(
@@ -288,9 +476,4 @@ impl BatchDecoder {
             &options,
         )?)
     }
-}
-
-/// The values gathered for a column, leaving an empty vector to gather the next batch's.
-fn take(gathered: &mut Option<Vec<i64>>) -> Vec<i64> {
-    gathered.as_mut().map(std::mem::take).unwrap_or_default()
 }

@@ -22,6 +22,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::QueryError;
 use super::columns::{self, Source, VIRTUAL_COLUMNS, virtual_fields};
 use super::scan::{PartitionScan, TopicScanExec, read_all};
+use super::sidecar::{Bound, Columnar, Comparison};
 use crate::log::schema::{DeclaredField, FieldType, parse_schema};
 use crate::log::{self, Log, Offset, Partition, PartitionId, Timestamp, TopicName};
 
@@ -37,6 +38,8 @@ pub struct TopicTable {
     cache: Option<Arc<ScanCache>>,
     /// Bytes of stored batches the scans read.
     read: Arc<AtomicU64>,
+    /// Sealed segments' columnar forms; none: the scans read only JSON.
+    columnar: Option<Arc<Columnar>>,
 }
 
 /// The Arrow batches a live query has decoded so far, per topic partition: each run reads
@@ -63,13 +66,19 @@ fn arrow_type(field_type: FieldType) -> DataType {
 }
 
 impl TopicTable {
-    pub fn new(log: Log, sources: Vec<Source>, read: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        log: Log,
+        sources: Vec<Source>,
+        read: Arc<AtomicU64>,
+        columnar: Option<Arc<Columnar>>,
+    ) -> Self {
         Self {
             log,
             sources,
             schema: OnceLock::new(),
             cache: None,
             read,
+            columnar,
         }
     }
 
@@ -78,11 +87,12 @@ impl TopicTable {
         log: Log,
         sources: Vec<Source>,
         read: Arc<AtomicU64>,
+        columnar: Option<Arc<Columnar>>,
         cache: Arc<ScanCache>,
     ) -> Self {
         Self {
             cache: Some(cache),
-            ..Self::new(log, sources, read)
+            ..Self::new(log, sources, read, columnar)
         }
     }
 
@@ -169,6 +179,9 @@ pub struct Pruning {
     pub min_timestamp: Option<i64>,
     pub edge: Option<String>,
     pub partition: Option<u32>,
+    /// `_timestamp` and value fields compared with a number: what the statistics of sealed
+    /// segments' columnar forms can rule segments out with.
+    pub comparisons: Vec<Comparison>,
 }
 
 impl Pruning {
@@ -197,13 +210,56 @@ impl Pruning {
                 }
                 _ => {}
             }
+            pruning.comparisons.extend(comparison(filter));
         }
         pruning
     }
 
     fn is_none(&self) -> bool {
-        self.min_timestamp.is_none() && self.edge.is_none() && self.partition.is_none()
+        self.min_timestamp.is_none()
+            && self.edge.is_none()
+            && self.partition.is_none()
+            && self.comparisons.is_empty()
     }
+}
+
+/// `_timestamp` or a value field (not through a cast, which may change how values compare)
+/// compared with a number or a timestamp in whole milliseconds.
+fn comparison(filter: &Expr) -> Option<Comparison> {
+    let Expr::BinaryExpr(BinaryExpr { left, right, .. }) = filter else {
+        return None;
+    };
+    let (name, op, value) = split(filter)?;
+    if !matches!(
+        op,
+        Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+    ) {
+        return None;
+    }
+    let timestamp = name == VIRTUAL_COLUMNS[columns::TIMESTAMP];
+    let bare = [left, right]
+        .iter()
+        .any(|side| matches!(side.as_ref(), Expr::Column(_)));
+    if (!timestamp && (VIRTUAL_COLUMNS.contains(&name) || !bare)) || value.is_null() {
+        return None;
+    }
+    let bound = match value {
+        ScalarValue::Float64(Some(v)) => Bound::Float(*v),
+        ScalarValue::Float32(Some(v)) => Bound::Float(f64::from(*v)),
+        ScalarValue::TimestampSecond(..) | ScalarValue::TimestampMillisecond(..) => {
+            Bound::Int(timestamp_ms(value)?)
+        }
+        ScalarValue::TimestampMicrosecond(Some(us), _) if us % 1000 == 0 => Bound::Int(us / 1000),
+        ScalarValue::TimestampNanosecond(Some(ns), _) if ns % 1_000_000 == 0 => {
+            Bound::Int(ns / 1_000_000)
+        }
+        other => Bound::Int(integer(other)?),
+    };
+    Some(Comparison {
+        column: name.to_owned(),
+        op,
+        value: bound,
+    })
 }
 
 fn column_name(expr: &Expr) -> Option<&str> {
@@ -295,6 +351,7 @@ impl TableProvider for TopicTable {
             .inferred_schema()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let pruning = Pruning::from_filters(filters);
+        let comparisons = Arc::new(pruning.comparisons.clone());
         let mut partitions = Vec::new();
         for source in &self.sources {
             if pruning
@@ -331,6 +388,8 @@ impl TableProvider for TopicTable {
                     from,
                     end,
                     read: Arc::clone(&self.read),
+                    columnar: self.columnar.clone(),
+                    comparisons: Arc::clone(&comparisons),
                 });
             }
         }
@@ -414,15 +473,31 @@ mod tests {
             col("_edge").eq(lit("plant-7")),
             col("_partition").eq(lit(3i32)),
             col("temp").gt(lit(20)),
+            col("sensor").eq(lit("s-1")),
+            datafusion::prelude::cast(col("temp"), DataType::Utf8).eq(lit("20")),
         ];
         let pruning = Pruning::from_filters(&filters);
         assert_eq!(pruning.min_timestamp, Some(1_700_000_000_000));
-        assert!(
-            !prunes(&filters[1]),
-            "no upper bound: timestamps need not follow offsets"
-        );
         assert_eq!(pruning.edge.as_deref(), Some("plant-7"));
         assert_eq!(pruning.partition, Some(3));
-        assert!(!prunes(&filters[4]));
+        // The time index gives no upper bound (timestamps need not follow offsets); the
+        // statistics of columnar forms do, and bounds on value fields.
+        let compared: Vec<(&str, Operator, Bound)> = pruning
+            .comparisons
+            .iter()
+            .map(|c| (c.column.as_str(), c.op, c.value))
+            .collect();
+        let at = Bound::Int(1_700_000_000_000);
+        assert_eq!(
+            compared,
+            [
+                ("_timestamp", Operator::GtEq, at),
+                ("_timestamp", Operator::Lt, at),
+                ("temp", Operator::Gt, Bound::Int(20)),
+            ],
+            "no statistics for strings, nor through a cast"
+        );
+        assert!(!prunes(&filters[5]));
+        assert!(!prunes(&filters[6]));
     }
 }

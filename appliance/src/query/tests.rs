@@ -637,3 +637,264 @@ async fn an_answer_larger_than_allowed_is_refused_naming_the_setting() {
         .unwrap();
     assert_eq!(both.json, answer.to_json().unwrap());
 }
+
+// Columnar forms of sealed segments (sidecar.rs): the answers they give are the JSON's.
+
+/// A log with one topic `t` of small segments, holding `values` (one record each, a second
+/// apart, batches of 8) in one partition; its segment files' directory.
+async fn small_segments(values: &[Option<String>]) -> (tempfile::TempDir, Log, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Meta::open(&dir.path().join("meta")).unwrap();
+    let config = LogConfig {
+        durability: Durability::Os,
+        ..LogConfig::new(dir.path().to_path_buf())
+    };
+    let log = Log::open(config, meta).await.unwrap();
+    let topic = TopicName::new("t").unwrap();
+    let config = TopicConfig {
+        partitions: 1,
+        segment_bytes: 2048,
+        ..TopicConfig::default()
+    };
+    log.create_topic(topic.clone(), config).await.unwrap();
+    let partition = log.partition(&topic, PartitionId(0)).unwrap();
+    for (n, batch) in values.chunks(8).enumerate() {
+        let records: Vec<Record> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, value)| Record {
+                key: Some(Bytes::from(format!("k{}", i % 3))),
+                value: value.clone().map(Bytes::from),
+                headers: Vec::new(),
+                timestamp: Timestamp(BASE + ((n * 8 + i) as i64) * 1000),
+            })
+            .collect();
+        mirror(&partition, &records).await;
+    }
+    let segments = dir.path().join("topics/t/0");
+    assert!(segments.is_dir(), "the partition's directory moved");
+    (dir, log, segments)
+}
+
+/// Every answer of `queries`, as JSON.
+async fn answers(query: &Query, queries: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for sql in queries {
+        let answer = query
+            .execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        out.push(answer.to_json().unwrap());
+    }
+    out
+}
+
+/// Waits until every columnar form asked for is written; how many were.
+async fn forms_written(query: &Query) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (idle, written) = query.columnar_forms();
+        if idle {
+            return written;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forms were never written"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn forms(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().contains(".columns"))
+        .collect();
+    found.sort();
+    found
+}
+
+fn sensor_queries(a: i64, b: f64, at: i64) -> Vec<String> {
+    vec![
+        "SELECT _partition, _offset, _timestamp, _key, a, b, s FROM t ORDER BY _offset".into(),
+        format!("SELECT count(*) AS n, sum(a) AS total, min(b) AS low FROM t WHERE a > {a}"),
+        format!("SELECT count(*) AS n FROM t WHERE a = {a}"),
+        format!(
+            "SELECT s, count(*) AS n FROM t WHERE b < {b:?} AND _timestamp <= \
+             to_timestamp_millis({at}) GROUP BY s ORDER BY s"
+        ),
+        format!(
+            "SELECT _offset FROM t WHERE _timestamp >= to_timestamp_millis({at}) ORDER BY _offset"
+        ),
+    ]
+}
+
+fn sensor_value() -> impl proptest::strategy::Strategy<Value = Option<String>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        8 => (0i64..100, -50.0f64..50.0, "[a-c]{1,2}").prop_map(|(a, b, s)| {
+            Some(format!(r#"{{"a":{a},"b":{b},"s":"{s}"}}"#))
+        }),
+        1 => (0i64..100).prop_map(|a| Some(format!(r#"{{"a":{a}.5,"other":[1,2],"flag":true}}"#))),
+        1 => Just(None),
+        1 => Just(Some("not json".into())),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+    #[test]
+    fn columnar_forms_give_the_answers_the_json_gives(
+        values in proptest::collection::vec(sensor_value(), 40..300),
+        a in 0i64..100,
+        b in -50.0f64..50.0,
+        second in 0i64..300,
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // The newest records name every field, so that the inferred schema has them all.
+        let mut values = values;
+        values.extend((0..8).map(|n| Some(format!(r#"{{"a":{n},"b":0.5,"s":"a"}}"#))));
+        runtime.block_on(async {
+            let (_dir, log, segments) = small_segments(&values).await;
+            let queries = sensor_queries(a, b, BASE + second * 1000);
+            let json = answers(&Query::new(log.clone()).with_columnar(false), &queries).await;
+            let query = Query::new(log.clone());
+            let first = answers(&query, &queries).await;
+            let written = forms_written(&query).await;
+            assert!(written > 0 && !forms(&segments).is_empty(), "no form written");
+            let from_forms = answers(&query, &queries).await;
+            assert_eq!(first, json);
+            assert_eq!(from_forms, json);
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_missing_or_unfinished_form_is_not_used_and_is_written_again() {
+    let values: Vec<Option<String>> = (0..400)
+        .map(|n| {
+            Some(format!(
+                r#"{{"a":{},"b":{}.5,"s":"s{}"}}"#,
+                n % 97,
+                n % 13,
+                n % 4
+            ))
+        })
+        .collect();
+    let (_dir, log, segments) = small_segments(&values).await;
+    let queries = sensor_queries(40, 3.0, BASE + 200_000);
+    let json = answers(&Query::new(log.clone()).with_columnar(false), &queries).await;
+    let query = Query::new(log.clone());
+    answers(&query, &queries).await;
+    forms_written(&query).await;
+    let written = forms(&segments);
+    assert!(
+        written.len() >= 4,
+        "{written:?} in {:?}",
+        std::fs::read_dir(&segments)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
+    let good: Vec<Vec<u8>> = written.iter().map(|p| std::fs::read(p).unwrap()).collect();
+
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 6] = [
+        ("cut short", |bytes| bytes.truncate(bytes.len() / 2)),
+        ("a flipped bit in a frame's values", |bytes| {
+            bytes[200] ^= 0x10
+        }),
+        ("a flipped bit in a frame header", |bytes| bytes[5] ^= 0x01),
+        ("a flipped bit in the trailer", |bytes| {
+            let at = bytes.len() - 40;
+            bytes[at] ^= 0x04;
+        }),
+        ("emptied", Vec::clear),
+        ("another segment's form", |bytes| {
+            bytes.extend_from_slice(b"")
+        }),
+    ];
+    for (what, damage) in damages {
+        for (n, (path, bytes)) in written.iter().zip(&good).enumerate() {
+            let mut bytes = if what == "another segment's form" {
+                good[(n + 1) % good.len()].clone()
+            } else {
+                bytes.clone()
+            };
+            damage(&mut bytes);
+            std::fs::write(path, bytes).unwrap();
+        }
+        assert_eq!(answers(&query, &queries).await, json, "{what}");
+        forms_written(&query).await;
+        let again: Vec<Vec<u8>> = written.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        assert_eq!(again, good, "{what}: the forms were not written again");
+    }
+
+    for path in &written {
+        std::fs::remove_file(path).unwrap();
+    }
+    assert_eq!(answers(&query, &queries).await, json, "missing");
+    forms_written(&query).await;
+    assert_eq!(forms(&segments), written, "missing forms are written again");
+
+    // A stop during a write leaves an unfinished form, and possibly one renamed into place
+    // for a segment deleted meanwhile: the log deletes both when it opens the partition.
+    let unfinished = segments.join(format!("{:020}.columns.tmp", 0));
+    std::fs::write(&unfinished, &good[0][..100]).unwrap();
+    let orphan = segments.join(format!("{:020}.columns", 999_999));
+    std::fs::write(&orphan, &good[0]).unwrap();
+    log.close().await.unwrap();
+    drop((query, log));
+    let meta = Meta::open(&_dir.path().join("meta")).unwrap();
+    let config = LogConfig {
+        durability: Durability::Os,
+        ..LogConfig::new(_dir.path().to_path_buf())
+    };
+    let log = Log::open(config, meta).await.unwrap();
+    assert!(!unfinished.exists() && !orphan.exists());
+    assert_eq!(forms(&segments), written);
+    let reopened = Query::new(log.clone());
+    assert_eq!(answers(&reopened, &queries).await, json, "after a restart");
+    assert_eq!(forms_written(&reopened).await, 0, "the forms were whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_a_segments_form_with_it() {
+    let values: Vec<Option<String>> = (0..400)
+        .map(|n| Some(format!(r#"{{"a":{},"b":1.5,"s":"x"}}"#, n % 7)))
+        .collect();
+    let (_dir, log, segments) = small_segments(&values).await;
+    let query = Query::new(log.clone());
+    let count = "SELECT count(*) AS n, sum(a) AS total FROM t".to_owned();
+    answers(&query, std::slice::from_ref(&count)).await;
+    forms_written(&query).await;
+    let before = forms(&segments);
+    assert!(before.len() >= 4);
+
+    let topic = TopicName::new("t").unwrap();
+    let mut config = log.topic_config(&topic).unwrap();
+    config.retention_bytes = Some(8192);
+    log.update_topic_config(&topic, config).await.unwrap();
+    log.apply_retention().await;
+    let partition = log.partition(&topic, PartitionId(0)).unwrap();
+    let sealed = partition.sealed_segments();
+    let after = forms(&segments);
+    assert!(after.len() < before.len(), "retention deleted segments");
+    for form in &after {
+        assert!(
+            sealed.iter().any(|s| s.columns_path == *form),
+            "{form:?} outlived its segment"
+        );
+    }
+    let json = answers(
+        &Query::new(log.clone()).with_columnar(false),
+        std::slice::from_ref(&count),
+    )
+    .await;
+    assert_eq!(answers(&query, std::slice::from_ref(&count)).await, json);
+}

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use self::recovery::recover;
 use self::writer::Writer;
 use super::batch::{self, BatchHeader};
-use super::segment::Segment;
+use super::segment::{self, Segment};
 use super::types::{Offset, PartitionId, Timestamp, TopicName};
 use super::{Corruption, DiskBudget, Durability, LogError, PartitionState, TopicConfig, read_lock};
 
@@ -115,6 +115,18 @@ pub struct Partition {
     appended_bytes: AtomicU64,
 }
 
+/// A sealed segment as a reader sees it: the offsets it holds, its size, and where its
+/// columnar form is kept (deleted by the log with the segment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSegment {
+    pub base: Offset,
+    /// The offset after its last record.
+    pub next: Offset,
+    pub bytes: u64,
+    pub columns_path: PathBuf,
+    pub columns_temp_path: PathBuf,
+}
+
 impl Partition {
     /// Opens (or, with `create`, creates) the partition in `dir`, recovers it and starts its
     /// writer on `writers`, stopping when `shutdown` is cancelled.
@@ -179,6 +191,21 @@ impl Partition {
         read_lock(&self.segments)
             .first()
             .map_or(Offset(0), |s| s.base())
+    }
+
+    /// The sealed segments, oldest first: what a reader may keep a columnar form of.
+    pub fn sealed_segments(&self) -> Vec<SealedSegment> {
+        let segments = read_lock(&self.segments);
+        segments[..segments.len().saturating_sub(1)]
+            .iter()
+            .map(|s| SealedSegment {
+                base: s.base(),
+                next: s.next_offset(),
+                bytes: s.visible_len(),
+                columns_path: segment::columns_path(&self.dir, s.base()),
+                columns_temp_path: segment::columns_temp_path(&self.dir, s.base()),
+            })
+            .collect()
     }
 
     pub(super) fn state(&self) -> PartitionState {

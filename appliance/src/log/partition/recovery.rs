@@ -31,6 +31,7 @@ pub(super) fn recover(
         }
     }
     let mut bases = Vec::new();
+    let mut columnar = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error(dir, "list partition"))? {
         let entry = entry.map_err(io_error(dir, "list partition"))?;
         let name = entry.file_name();
@@ -40,9 +41,18 @@ pub(super) fn recover(
         } else if segment::is_compacting_file_name(name) {
             tracing::warn!(file = %entry.path().display(), "deleting the unfinished replacement of a compaction the stop interrupted; the segment it was for is whole");
             segment::remove_if_present(&entry.path())?;
+        } else if let Some((base, unfinished)) = segment::parse_columns_file_name(name) {
+            columnar.push((base, unfinished, entry.path()));
         }
     }
     bases.sort();
+    // A columnar form being written when the process stopped, or one renamed into place just
+    // after retention deleted its segment, is of no use.
+    for (base, unfinished, path) in columnar {
+        if unfinished || bases.binary_search(&base).is_err() {
+            segment::remove_if_present(&path)?;
+        }
+    }
     let log_start = read_log_start(dir)?;
     if let Some(start) = log_start {
         let below = bases.partition_point(|&base| base < start);
