@@ -337,6 +337,33 @@ impl Column {
     }
 }
 
+/// Records per second decoding the float field `field` of `values` into one column, with
+/// this decoder and with arrow-json (`appliance bench query`).
+pub fn decode_rates(values: &[bytes::Bytes], field: &str) -> Result<(f64, f64)> {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        field,
+        DataType::Float64,
+        true,
+    )]));
+    let rate = |mut decoder: ValueDecoder| -> Result<f64> {
+        let started = std::time::Instant::now();
+        for chunk in values.chunks(8192) {
+            for value in chunk {
+                decoder.push(Some(value));
+            }
+            decoder.finish()?;
+        }
+        Ok(values.len() as f64 / started.elapsed().as_secs_f64())
+    };
+    let projected = ProjectedJson::new(&schema)
+        .ok_or_else(|| DataFusionError::Internal("a float column is decoded".into()))?;
+    Ok((
+        rate(ValueDecoder::Projected(projected))?,
+        rate(ValueDecoder::Lines(LineDecoder::new(&schema)))?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::datatypes::{Field, Schema};

@@ -5,8 +5,11 @@
 //! SQL -> SessionContext with one TopicTable per table name (schema inferred lazily, only
 //!        for the tables a query names) -> DataFusion plans; filters on _timestamp, _edge and
 //!        _partition reach TopicTable::scan -> one scan partition per (topic, partition) kept:
-//!        read from the time index's offset to the end, decode batches, JSON values -> Arrow
-//!        (scan.rs) -> DataFusion's operators -> Answer (batches + schema) -> table/JSON/CSV/IPC
+//!        read from the time index's offset to the end: a sealed segment with a columnar form
+//!        from its Arrow frames (or skipped by its statistics; sidecar.rs), the rest decoded
+//!        from the log, the named JSON fields -> Arrow (scan.rs, json.rs) -> DataFusion's
+//!        operators -> Answer (batches + schema) -> table/JSON/CSV/IPC
+//! scan of a sealed segment's JSON -> Columnar writes its form after the query, one at a time
 //! ```
 //!
 //! Columns: `_edge` (the edge a mirror belongs to, null for a local topic), `_topic`,
@@ -49,6 +52,7 @@ use sidecar::Columnar;
 
 const MIB: usize = 1024 * 1024;
 pub use columns::{Source, VIRTUAL_COLUMNS};
+pub use json::decode_rates;
 pub use lake::{LAKE, LakeCatalog, LakeLocation};
 pub use table::{ScanCache, TopicTable};
 

@@ -4,7 +4,11 @@
 //! 1. Mirrors `edge-N.sensors` (2 partitions each) filled with JSON readings (~60-byte
 //!    values, one day of timestamps), as a hub holds them.
 //! 2. The log alone: every batch read and checked, every record parsed (no JSON, no SQL).
-//! 3. `SELECT _edge, avg(temp) FROM sensors GROUP BY _edge`: records scanned per second.
+//! 3. `SELECT _edge, avg(temp) FROM sensors GROUP BY _edge`: records scanned per second
+//!    (JSON decoded with sonic-rs; the field's decoding alone beside arrow-json's, the
+//!    decoder before it), then the same again once the sealed segments' columnar forms are
+//!    written; and DuckDB's `read_json` over the same records as one NDJSON file (when the
+//!    Python module `duckdb` is installed: `--python`).
 //! 4. The same restricted to the last 1% of the time: the time index keeps the bytes read
 //!    near 1% (printed beside the full scan's).
 //! 5. A live query: the time from appending a batch to the answer that counts it.
@@ -39,6 +43,13 @@ pub struct QueryBenchArgs {
     /// Edges (mirrors of `sensors`).
     #[arg(long, default_value_t = 4)]
     edges: u32,
+    /// Segment size of the mirrors: sealed segments get columnar forms, the active one not.
+    #[arg(long, default_value_t = 8 << 20)]
+    segment_bytes: u64,
+    /// Python with the `duckdb` module, for DuckDB's figure (default: tests/python/.venv's
+    /// if there is one, else python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
     /// End with one JSON object holding every figure on the last line.
     #[arg(long)]
     json: bool,
@@ -56,6 +67,11 @@ struct Figures {
     log_read_records_s: f64,
     group_by_records_s: f64,
     group_by_s: f64,
+    decode_sonic_records_s: f64,
+    decode_arrow_json_records_s: f64,
+    columnar_forms_written_s: f64,
+    repeated_group_by_s: f64,
+    duckdb_read_json_s: Option<f64>,
     recent_s: f64,
     recent_bytes_read: u64,
     full_bytes_read: u64,
@@ -80,7 +96,7 @@ pub async fn query_bench(args: QueryBenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut stored_bytes = 0;
     for edge in 1..=args.edges {
-        stored_bytes += fill(&log, edge, per_partition).await?;
+        stored_bytes += fill(&log, edge, per_partition, args.segment_bytes).await?;
     }
     let records = per_partition * u64::from(args.edges * PARTITIONS);
     println!(
@@ -94,18 +110,55 @@ pub async fn query_bench(args: QueryBenchArgs) -> anyhow::Result<()> {
     println!("log read + parse (no SQL):                 {log_read:>12.0} records/s");
 
     let query = Query::new(log.clone());
+    let group_by = "SELECT _edge, avg(temp) AS mean FROM sensors GROUP BY _edge";
     let started = Instant::now();
-    let answer = query
-        .execute("SELECT _edge, avg(temp) AS mean FROM sensors GROUP BY _edge")
-        .await?;
+    let answer = query.execute(group_by).await?;
     let group_by_s = started.elapsed().as_secs_f64();
     anyhow::ensure!(answer.rows() == args.edges as usize, "one row per edge");
     let full_bytes = query.bytes_read();
     println!(
-        "SELECT _edge, avg(temp) ... GROUP BY _edge: {:>12.0} records/s ({group_by_s:.2} s, {:.0}% of the plain read)",
+        "SELECT _edge, avg(temp) ... GROUP BY _edge: {:>12.0} records/s ({group_by_s:.2} s, {:.2}x the plain read)",
         records as f64 / group_by_s,
-        100.0 * (records as f64 / group_by_s) / log_read
+        (records as f64 / group_by_s) / log_read
     );
+    let (sonic, arrow_json) = crate::query::decode_rates(&sample_values(200_000), "temp")?;
+    println!(
+        "  decoding temp alone: sonic-rs {sonic:>12.0} records/s, arrow-json {arrow_json:.0} ({:.1}x)",
+        sonic / arrow_json
+    );
+
+    let started = Instant::now();
+    loop {
+        let (idle, _) = query.columnar_forms();
+        if idle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let forms_s = started.elapsed().as_secs_f64();
+    let (forms_bytes, forms) = columnar_bytes(scratch.path())?;
+    println!(
+        "columnar forms of the sealed segments:     {forms_s:>12.2} s after the query, {forms} files, {:.0} MB",
+        forms_bytes as f64 / 1e6
+    );
+    let started = Instant::now();
+    query.execute(group_by).await?;
+    let repeated_s = started.elapsed().as_secs_f64();
+    println!(
+        "the same GROUP BY again:                   {:>12.0} records/s ({repeated_s:.2} s, {:.1}x the first run, {:.2}x the plain read)",
+        records as f64 / repeated_s,
+        group_by_s / repeated_s,
+        (records as f64 / repeated_s) / log_read
+    );
+    let duckdb = duckdb_read_json(&log, args.edges, scratch.path(), args.python.as_deref())?;
+    if let Some(duckdb_s) = duckdb {
+        println!(
+            "DuckDB read_json, the same GROUP BY:       {:>12.0} records/s ({duckdb_s:.2} s; the appliance's first run {:.2}x, again {:.2}x DuckDB's)",
+            records as f64 / duckdb_s,
+            duckdb_s / group_by_s,
+            duckdb_s / repeated_s
+        );
+    }
 
     let since = START_MS + DAY_MS * 99 / 100;
     let started = Instant::now();
@@ -149,6 +202,11 @@ pub async fn query_bench(args: QueryBenchArgs) -> anyhow::Result<()> {
             log_read_records_s: log_read,
             group_by_records_s: records as f64 / group_by_s,
             group_by_s,
+            decode_sonic_records_s: sonic,
+            decode_arrow_json_records_s: arrow_json,
+            columnar_forms_written_s: forms_s,
+            repeated_group_by_s: repeated_s,
+            duckdb_read_json_s: duckdb,
             recent_s,
             recent_bytes_read: recent_bytes,
             full_bytes_read: full_bytes,
@@ -160,6 +218,129 @@ pub async fn query_bench(args: QueryBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&figures)?);
     }
     Ok(())
+}
+
+/// JSON values as the mirrors hold them.
+fn sample_values(count: u64) -> Vec<Bytes> {
+    (0..count)
+        .filter_map(|n| reading(1, n, START_MS).value)
+        .collect()
+}
+
+/// Bytes and count of the columnar forms under `dir`.
+fn columnar_bytes(dir: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let mut total = (0, 0);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "columns") {
+                total.0 += entry.metadata()?.len();
+                total.1 += 1;
+            }
+        }
+    }
+    Ok(total)
+}
+
+const DUCKDB_GROUP_BY: &str = r#"
+import sys, time, duckdb
+path = sys.argv[1]
+con = duckdb.connect()
+best = None
+for _ in range(2):
+    started = time.perf_counter()
+    rows = con.execute(
+        f"SELECT edge, avg(temp) AS mean FROM read_json('{path}', format='newline_delimited') GROUP BY edge"
+    ).fetchall()
+    elapsed = time.perf_counter() - started
+    best = elapsed if best is None else min(best, elapsed)
+print(len(rows), best)
+"#;
+
+/// The same records as one NDJSON file (each with its edge as a field) and DuckDB's
+/// `read_json` running the same GROUP BY over it: the better of two runs' seconds, or `None`
+/// when no Python with `duckdb` is at hand.
+fn duckdb_read_json(
+    log: &Log,
+    edges: u32,
+    dir: &std::path::Path,
+    python: Option<&std::path::Path>,
+) -> anyhow::Result<Option<f64>> {
+    let python = python.map(PathBuf::from).unwrap_or_else(|| {
+        let venv = PathBuf::from("tests/python/.venv/bin/python");
+        if venv.exists() {
+            venv
+        } else {
+            PathBuf::from("python3")
+        }
+    });
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import duckdb"])
+        .output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        println!(
+            "DuckDB read_json: skipped, {} has no duckdb module (pip install duckdb; --python)",
+            python.display()
+        );
+        return Ok(None);
+    }
+    let path = dir.join("sensors.ndjson");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for edge in 1..=edges {
+        for p in 0..PARTITIONS {
+            let partition = log.partition(&mirror(edge)?, PartitionId(p))?;
+            let mut offset = partition.log_start();
+            while offset < partition.high_watermark() {
+                let chunk = partition.read(offset, 4 << 20)?;
+                let mut failed = None;
+                log::visit_all(chunk.batches, |record| {
+                    let value = record.value.unwrap_or_default();
+                    let line = value.strip_prefix(b"{").map(|rest| {
+                        [
+                            format!("{{\"edge\":\"edge-{edge}\",").as_bytes(),
+                            rest,
+                            b"\n",
+                        ]
+                        .concat()
+                    });
+                    if let Some(line) = line {
+                        if let Err(e) = std::io::Write::write_all(&mut file, &line) {
+                            failed = Some(e);
+                        }
+                    }
+                })?;
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
+                offset = chunk.next_offset;
+            }
+        }
+    }
+    std::io::Write::flush(&mut file)?;
+    drop(file);
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(DUCKDB_GROUP_BY)
+        .arg(&path)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "DuckDB failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let rows: usize = words.next().unwrap_or_default().parse()?;
+    anyhow::ensure!(
+        rows == edges as usize,
+        "DuckDB gave {rows} rows for {edges} edges"
+    );
+    std::fs::remove_file(&path)?;
+    Ok(Some(words.next().unwrap_or_default().parse()?))
 }
 
 struct Exported {
@@ -237,11 +418,12 @@ fn reading(edge: u32, n: u64, timestamp: i64) -> Record {
 
 /// One edge's mirror with `per_partition` readings in each partition, timestamps spread
 /// evenly over a day; returns the bytes stored.
-async fn fill(log: &Log, edge: u32, per_partition: u64) -> anyhow::Result<u64> {
+async fn fill(log: &Log, edge: u32, per_partition: u64, segment_bytes: u64) -> anyhow::Result<u64> {
     let topic = mirror(edge)?;
     let config = TopicConfig {
         partitions: PARTITIONS,
         retention_ms: None,
+        segment_bytes,
         ..TopicConfig::default()
     };
     log.create_mirror_topic(topic.clone(), config, format!("edge edge-{edge}"))
