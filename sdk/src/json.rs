@@ -159,6 +159,83 @@ impl<'de> Visitor<'de> for PathSeed<'_, '_> {
     }
 }
 
+/// Where the fields at `paths` lie in the JSON object `bytes`: (index into `paths`, byte
+/// range of the field's value), in document order, every occurrence of a repeated key
+/// included. The whole document is validated in the one pass, without building it, so a
+/// transform can rewrite a few fields in place instead of parsing and writing the document
+/// (what it does not touch keeps its bytes: key order, spacing, number spelling). A path
+/// whose step is missing or not an object has no span; an error when `bytes` are not a JSON
+/// object.
+pub fn field_spans(
+    bytes: &[u8],
+    paths: &[&str],
+) -> Result<Vec<(usize, std::ops::Range<usize>)>, String> {
+    let mut spans = Vec::new();
+    let wanted: Vec<(usize, &str)> = paths.iter().copied().enumerate().collect();
+    collect_spans(bytes, 0, &wanted, &mut spans)?;
+    Ok(spans)
+}
+
+/// The spans of `wanted` in the object `bytes`, which starts `at` bytes into the document.
+fn collect_spans(
+    bytes: &[u8],
+    at: usize,
+    wanted: &[(usize, &str)],
+    spans: &mut Vec<(usize, std::ops::Range<usize>)>,
+) -> Result<(), String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let fields: Vec<(Key<'_>, &serde_json::value::RawValue)> = deserializer
+        .deserialize_map(FieldsVisitor)
+        .and_then(|fields| deserializer.end().map(|()| fields))
+        .map_err(|e| {
+            if e.is_data() {
+                "not a JSON object".to_owned()
+            } else {
+                format!("not JSON: {e}")
+            }
+        })?;
+    let base = bytes.as_ptr() as usize;
+    for (Key(key), raw) in fields {
+        let text = raw.get().as_bytes();
+        let start = text.as_ptr() as usize - base;
+        let mut nested = Vec::new();
+        for &(index, path) in wanted {
+            match path.split_once('.') {
+                None if path == key => spans.push((index, at + start..at + start + text.len())),
+                Some((name, rest)) if name == key => nested.push((index, rest)),
+                _ => {}
+            }
+        }
+        if !nested.is_empty() && text.first() == Some(&b'{') {
+            collect_spans(text, at + start, &nested, spans)?;
+        }
+    }
+    Ok(())
+}
+
+/// A key, borrowed from the document unless it has escapes.
+#[derive(serde::Deserialize)]
+struct Key<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+/// An object's fields as raw text; anything else is a data error.
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Vec<(Key<'de>, &'de serde_json::value::RawValue)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            fields.push(entry);
+        }
+        Ok(fields)
+    }
+}
+
 /// A JSON value as the text a header, key or route carries: strings without quotes.
 pub fn to_plain_string(value: &Value) -> String {
     match value {
@@ -204,6 +281,70 @@ mod tests {
         fn lookup_survives_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = lookup(&bytes, "a.b");
         }
+    }
+
+    proptest! {
+        /// Each span holds exactly the value `get` finds at its path (the last occurrence, for
+        /// a document serialized from a `Value`, where keys do not repeat).
+        #[test]
+        fn field_spans_hold_what_get_finds(
+            document in json_value(),
+            paths in proptest::collection::vec("[abc]{1,2}(\\.[abc]{1,2}){0,2}", 1..4),
+        ) {
+            let bytes = serde_json::to_vec(&document).unwrap();
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            match field_spans(&bytes, &paths) {
+                Ok(spans) => {
+                    prop_assert!(document.is_object());
+                    for (index, path) in paths.iter().enumerate() {
+                        let found: Vec<Value> = spans
+                            .iter()
+                            .filter(|(i, _)| *i == index)
+                            .map(|(_, range)| serde_json::from_slice(&bytes[range.clone()]).unwrap())
+                            .collect();
+                        prop_assert_eq!(found.last(), get(&document, path));
+                    }
+                }
+                Err(error) => {
+                    prop_assert!(!document.is_object());
+                    prop_assert_eq!(error, "not a JSON object");
+                }
+            }
+        }
+
+        /// Arbitrary bytes never panic the span finder.
+        #[test]
+        fn field_spans_survive_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = field_spans(&bytes, &["a", "a.b"]);
+        }
+    }
+
+    #[test]
+    fn field_spans_keep_every_occurrence_and_refuse_what_is_not_an_object() {
+        let doc = br#" {"a" : 1, "n": {"x": [1,2], "y": "s"}, "a": {"b": 2}} "#;
+        let spans = field_spans(doc, &["a", "n.y", "a.b", "z"]).unwrap();
+        let texts: Vec<(usize, &str)> = spans
+            .iter()
+            .map(|(i, r)| (*i, std::str::from_utf8(&doc[r.clone()]).unwrap()))
+            .collect();
+        assert_eq!(
+            texts,
+            [(0, "1"), (1, r#""s""#), (0, r#"{"b": 2}"#), (2, "2")]
+        );
+        assert_eq!(
+            field_spans(b"[1]", &["a"]),
+            Err("not a JSON object".to_owned())
+        );
+        assert!(
+            field_spans(br#"{"a":1} x"#, &["a"])
+                .unwrap_err()
+                .starts_with("not JSON")
+        );
+        assert!(
+            field_spans(br#"{"a":tru}"#, &["a"])
+                .unwrap_err()
+                .starts_with("not JSON")
+        );
     }
 
     #[test]

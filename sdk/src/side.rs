@@ -40,6 +40,22 @@ impl Side {
         }
     }
 
+    /// This side's bytes; `None` for a tombstone's value or a missing key.
+    pub fn bytes(self, record: &Record) -> Option<&[u8]> {
+        match self {
+            Self::Value => record.value.as_deref(),
+            Self::Key => record.key.as_deref(),
+        }
+    }
+
+    /// Replaces this side's bytes (JSON rewritten in place, [`crate::json::field_spans`]).
+    pub fn set_bytes(self, record: &mut Record, bytes: Vec<u8>) {
+        match self {
+            Self::Value => record.value = Some(bytes),
+            Self::Key => record.key = Some(bytes),
+        }
+    }
+
     pub fn write(self, record: &mut Record, json: &Value) {
         match self {
             Self::Value => record.set_json_value(json),
