@@ -1,15 +1,18 @@
-//! Projected JSON decoding with sonic-rs: each value's top-level fields are walked once (SIMD
-//! validation and skipping), and only the fields a query names are converted, straight into
-//! Arrow builders. It gives the answers arrow-json's decoder gives with
-//! `ignore_type_conflicts` (the scan's fallback for the types it does not handle, and the
-//! reference of its property test):
+//! Projected JSON decoding: one pass over each value walks its top-level fields, checking the
+//! grammar as arrow-json's tokenizer does and skipping what the query does not name, and
+//! converts only the named fields, straight into Arrow builders; nothing is copied into a
+//! tape first. It gives the answers arrow-json's decoder gives with `ignore_type_conflicts`
+//! (the scan's fallback for the types it does not handle, and the reference of its property
+//! test), including its leniency (commas between fields may be missing or repeated, a number
+//! is any run of `0-9 + - . e E` and converts only if it parses):
 //!
 //! - a value that is not one valid JSON object gives nulls in every column;
 //! - a field that does not fit its column's type gives a null; a number becomes a string
 //!   column's null, a string is parsed for a number or timestamp column (`"42"` is 42);
 //! - a number with a fraction in an integer column is truncated (`27.9` is 27), one out of
 //!   the column's range is null; a number in a timestamp column is milliseconds;
-//! - when a key repeats, its last value counts.
+//! - when a key repeats, its last value counts;
+//! - a value nested deeper than 256 levels gives nulls (arrow-json has no limit).
 
 use std::sync::Arc;
 
@@ -216,34 +219,52 @@ impl ProjectedJson {
         )?)
     }
 
-    /// Finds the projected fields' values in `value`; false when it is not exactly one valid
+    /// Finds the projected fields' values in `value`; false when it is not exactly one
     /// JSON object (surrounded by whitespace at most).
     fn locate(&mut self, value: &[u8]) -> bool {
-        let base = value.as_ptr() as usize;
-        let Some(open) = value.iter().position(|b| !is_json_space(*b)) else {
-            return false;
+        let mut cursor = Cursor {
+            bytes: value,
+            at: 0,
         };
-        if value[open] != b'{' {
+        cursor.space();
+        if cursor.next() != Some(b'{') {
             return false;
         }
-        let mut after_last = open + 1;
-        for entry in sonic_rs::to_object_iter(value) {
-            let Ok((key, field)) = entry else {
+        loop {
+            cursor.skip_while(|b| is_json_space(b) || b == b',');
+            match cursor.next() {
+                Some(b'}') => break,
+                Some(b'"') => {}
+                _ => return false,
+            }
+            let Some(key) = cursor.string() else {
                 return false;
             };
-            let raw = field.as_raw_str().as_bytes();
-            let start = raw.as_ptr() as usize - base;
-            after_last = start + raw.len();
-            if let Some(index) = self.names.iter().position(|name| *name == key) {
-                self.found[index] = Some((start, after_last));
+            cursor.space();
+            if cursor.next() != Some(b':') {
+                return false;
+            }
+            cursor.space();
+            let start = cursor.at;
+            if cursor.value(0).is_none() {
+                return false;
+            }
+            let key = &value[key];
+            if let Some(index) = self.index_of(key) {
+                self.found[index] = Some((start, cursor.at));
             }
         }
-        // The iterator stops at the closing brace without looking past it.
-        let mut rest = value[after_last..]
-            .iter()
-            .copied()
-            .skip_while(|b| is_json_space(*b));
-        rest.next() == Some(b'}') && rest.all(is_json_space)
+        cursor.space();
+        cursor.at == value.len()
+    }
+
+    /// The projected field a key names.
+    fn index_of(&self, key: &[u8]) -> Option<usize> {
+        if key.contains(&b'\\') {
+            let key = unescape(key)?;
+            return self.names.iter().position(|name| *name == key);
+        }
+        self.names.iter().position(|name| name.as_bytes() == key)
     }
 }
 
@@ -251,10 +272,169 @@ fn is_json_space(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// Nesting deeper than this is refused (bounds the recursion).
+const MAX_DEPTH: usize = 256;
+
+/// A position in a value, moving forward over it as arrow-json's tokenizer would.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn next(&mut self) -> Option<u8> {
+        let byte = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn skip_while(&mut self, keep: impl Fn(u8) -> bool) {
+        while self.bytes.get(self.at).is_some_and(|b| keep(*b)) {
+            self.at += 1;
+        }
+    }
+
+    fn space(&mut self) {
+        self.skip_while(is_json_space);
+    }
+
+    /// After an opening quote: the string's contents (escapes checked, UTF-8 valid), the
+    /// cursor after its closing quote.
+    fn string(&mut self) -> Option<std::ops::Range<usize>> {
+        let start = self.at;
+        loop {
+            let found = memchr::memchr2(b'"', b'\\', &self.bytes[self.at..])?;
+            self.at += found + 1;
+            if self.bytes[self.at - 1] == b'"' {
+                break;
+            }
+            match self.next()? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                b'u' => {
+                    let high = self.hex()?;
+                    if char::from_u32(u32::from(high)).is_none() {
+                        if self.next()? != b'\\' || self.next()? != b'u' {
+                            return None;
+                        }
+                        surrogate_pair(high, self.hex()?)?;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let contents = start..self.at - 1;
+        std::str::from_utf8(&self.bytes[contents.clone()]).ok()?;
+        Some(contents)
+    }
+
+    fn hex(&mut self) -> Option<u16> {
+        let digits = self.bytes.get(self.at..self.at + 4)?;
+        self.at += 4;
+        let text = std::str::from_utf8(digits).ok()?;
+        u16::from_str_radix(text, 16)
+            .ok()
+            .filter(|_| digits.iter().all(u8::is_ascii_hexdigit))
+    }
+
+    /// Moves over one value, checking it.
+    fn value(&mut self, depth: usize) -> Option<()> {
+        match self.next()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => {
+                self.skip_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'));
+                Some(())
+            }
+            b'n' => self.literal(b"ull"),
+            b't' => self.literal(b"rue"),
+            b'f' => self.literal(b"alse"),
+            open @ (b'[' | b'{') if depth < MAX_DEPTH => loop {
+                self.skip_while(|b| is_json_space(b) || b == b',');
+                match self.bytes.get(self.at)? {
+                    b']' if open == b'[' => {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    b'}' if open == b'{' => {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    _ if open == b'[' => self.value(depth + 1)?,
+                    b'"' => {
+                        self.at += 1;
+                        self.string()?;
+                        self.space();
+                        if self.next()? != b':' {
+                            return None;
+                        }
+                        self.space();
+                        self.value(depth + 1)?;
+                    }
+                    _ => return None,
+                }
+            },
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, rest: &[u8]) -> Option<()> {
+        let found = self.bytes.get(self.at..self.at + rest.len())?;
+        self.at += rest.len();
+        (found == rest).then_some(())
+    }
+}
+
+/// The character of a UTF-16 surrogate pair, if it is one.
+fn surrogate_pair(high: u16, low: u16) -> Option<char> {
+    char::decode_utf16([high, low]).next()?.ok()
+}
+
+/// A string's contents with its escapes resolved (`None` if one does not resolve).
+fn unescape(contents: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(contents.len());
+    let mut at = 0;
+    while at < contents.len() {
+        let byte = contents[at];
+        at += 1;
+        if byte != b'\\' {
+            out.push(byte);
+            continue;
+        }
+        let escaped = *contents.get(at)?;
+        at += 1;
+        let resolved = match escaped {
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hex = |at: usize| -> Option<u16> {
+                    let digits = std::str::from_utf8(contents.get(at..at + 4)?).ok()?;
+                    u16::from_str_radix(digits, 16).ok()
+                };
+                let high = hex(at)?;
+                at += 4;
+                match char::from_u32(u32::from(high)) {
+                    Some(c) => c,
+                    None => {
+                        let low = hex(at + 2)?;
+                        at += 6;
+                        surrogate_pair(high, low)?
+                    }
+                }
+            }
+            other => char::from(other),
+        };
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(resolved.encode_utf8(&mut buf).as_bytes());
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A JSON value's text, by what it is.
 enum Raw<'a> {
     String(std::borrow::Cow<'a, str>),
-    Number(&'a str),
+    Number(&'a [u8]),
     Bool(bool),
     /// null, an object, an array, or a string that does not unescape.
     Other,
@@ -265,24 +445,24 @@ fn classify(raw: &[u8]) -> Raw<'_> {
         Some(b'"') => {
             let inner = &raw[1..raw.len() - 1];
             let text = if inner.contains(&b'\\') {
-                sonic_rs::from_slice::<String>(raw).ok().map(Into::into)
+                unescape(inner).map(Into::into)
             } else {
                 std::str::from_utf8(inner).ok().map(Into::into)
             };
             text.map_or(Raw::Other, Raw::String)
         }
-        Some(b'-' | b'0'..=b'9') => std::str::from_utf8(raw).map_or(Raw::Other, Raw::Number),
+        Some(b'-' | b'0'..=b'9') => Raw::Number(raw),
         Some(b't') => Raw::Bool(true),
         Some(b'f') => Raw::Bool(false),
         _ => Raw::Other,
     }
 }
 
-/// An integer from a JSON number: its integer value, or a fraction truncated toward zero;
-/// none out of range.
-fn number_to_i64(text: &str) -> Option<i64> {
-    text.parse::<i64>().ok().or_else(|| {
-        let float = text.parse::<f64>().ok()?;
+/// An integer from a JSON number as arrow-json reads it: its integer value, or a fraction
+/// truncated toward zero; none out of range.
+fn number_to_i64(text: &[u8]) -> Option<i64> {
+    lexical_core::parse::<i64>(text).ok().or_else(|| {
+        let float = lexical_core::parse::<f64>(text).ok()?;
         // i64::MIN is exactly representable; i64::MAX + 1 is the first float out of range.
         (float >= -9_223_372_036_854_775_808.0 && float < 9_223_372_036_854_775_808.0)
             .then_some(float as i64)
@@ -304,7 +484,7 @@ impl Column {
             }),
             Column::Float64(builder) => builder.append_option(match raw {
                 Raw::String(text) => Float64Type::parse(&text),
-                Raw::Number(text) => text.parse::<f64>().ok(),
+                Raw::Number(text) => lexical_core::parse::<f64>(text).ok(),
                 _ => None,
             }),
             Column::Boolean(builder) => builder.append_option(match raw {
@@ -315,10 +495,11 @@ impl Column {
                 Raw::String(text) => string_to_datetime(&Utc, &text)
                     .ok()
                     .map(|at| at.timestamp_millis()),
-                Raw::Number(text) => text
-                    .parse::<i64>()
-                    .ok()
-                    .or_else(|| text.parse::<f64>().ok().map(|float| float as i64)),
+                Raw::Number(text) => lexical_core::parse::<i64>(text).ok().or_else(|| {
+                    lexical_core::parse::<f64>(text)
+                        .ok()
+                        .map(|float| float as i64)
+                }),
                 _ => None,
             }),
             Column::Null => {}
@@ -456,10 +637,46 @@ mod tests {
                     Some(text)
                 }),
             1 => prop::collection::vec(any::<u8>(), 0..16).prop_map(Some),
+            2 => lenient().prop_map(Some),
         ]
     }
 
+    /// Text arrow-json's tokenizer takes or refuses in ways a strict parser would not:
+    /// missing and repeated commas, number-like runs, escapes and surrogates, control bytes.
+    fn lenient() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop::sample::select(vec![
+            r#""s":"a\u00e9\ud83d\ude00""#,
+            r#""s":"lone \ud800""#,
+            r#""s":"bad \q""#,
+            "\"s\":\"raw \u{1} control\"",
+            r#""s\u0000":"key with escape""#,
+            r#""\u0069":7"#,
+            r#""i":1-2"#,
+            r#""i":-"#,
+            r#""f":1e5"#,
+            r#""f":1.5e"#,
+            r#""b":tru"#,
+            r#""n":nul"#,
+            r#""t":[1 2,,3]"#,
+            r#""t":{"x" 1}"#,
+            r#""t":{"x":1,,}"#,
+            r#""i":[[[[[[[[1]]]]]]]]"#,
+            r#""f":"1e3""#,
+        ]);
+        let separator = prop::sample::select(vec![",", ",,", " ", ""]);
+        prop::collection::vec((field, separator), 0..5).prop_map(|fields| {
+            let mut text = String::from("{");
+            for (field, separator) in fields {
+                text.push_str(field);
+                text.push_str(separator);
+            }
+            text.push('}');
+            text.into_bytes()
+        })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
         #[test]
         fn projected_decoding_answers_as_arrow_json(values in prop::collection::vec(value(), 1..40)) {
             let (projected, lines) = both(&schema(), &values);

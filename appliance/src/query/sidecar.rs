@@ -152,7 +152,10 @@ impl SidecarReader {
         }
         let trailer_len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4")));
         let crc = u32::from_le_bytes(tail[4..8].try_into().expect("4"));
-        let Some(frames_end) = (len - TRAILER_TAIL as u64).checked_sub(trailer_len) else {
+        let Some(frames_end) = (len - TRAILER_TAIL as u64)
+            .checked_sub(trailer_len)
+            .filter(|_| trailer_len <= u64::from(MAX_FRAME_BYTES))
+        else {
             return Err(damaged("trailer longer than the file"));
         };
         let mut text = vec![0u8; trailer_len as usize];

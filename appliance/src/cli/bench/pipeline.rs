@@ -148,7 +148,10 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
 
     println!();
     println!("1. pipelines end to end (source -> plugin in its sandbox -> durable append)");
-    println!("{:<22} {:>12} {:>16}", "case", "records/s", "records/CPU-s");
+    println!(
+        "{:<22} {:>12} {:>16} {:>10}",
+        "case", "records/s", "records/CPU-s", "of copy"
+    );
     let mut pipeline_figures = Vec::new();
     for (case, transforms) in [
         ("copy (no transform)", vec![]),
@@ -157,9 +160,15 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     ] {
         let figures = pipeline_case(&pipelines, &source, case, transforms, args.records).await?;
         pipelines.delete(&pipeline_name(case)).await?;
+        let copy = pipeline_figures
+            .first()
+            .map_or(figures.records_s, |copy: &PipelineFigures| copy.records_s);
         println!(
-            "{:<22} {:>12.0} {:>16.0}",
-            figures.case, figures.records_s, figures.records_per_cpu_s
+            "{:<22} {:>12.0} {:>16.0} {:>9.2}x",
+            figures.case,
+            figures.records_s,
+            figures.records_per_cpu_s,
+            figures.records_s / copy
         );
         pipeline_figures.push(figures);
     }

@@ -161,6 +161,7 @@ pub async fn query_bench(args: QueryBenchArgs) -> anyhow::Result<()> {
     }
 
     let since = START_MS + DAY_MS * 99 / 100;
+    let read_before = query.bytes_read();
     let started = Instant::now();
     query
         .execute(&format!(
@@ -169,7 +170,7 @@ pub async fn query_bench(args: QueryBenchArgs) -> anyhow::Result<()> {
         ))
         .await?;
     let recent_s = started.elapsed().as_secs_f64();
-    let recent_bytes = query.bytes_read() - full_bytes;
+    let recent_bytes = query.bytes_read() - read_before;
     println!(
         "the same over the last 1% of the time:     {recent_s:>12.3} s, {:.1} MB read ({:.2}% of the full scan's {:.0} MB)",
         recent_bytes as f64 / 1e6,
