@@ -121,8 +121,7 @@ pub async fn query_bench(args: QueryBenchArgs) -> anyhow::Result<()> {
         records as f64 / group_by_s,
         (records as f64 / group_by_s) / log_read
     );
-    let (projected, arrow_json) =
-        crate::query::decode_rates(&sample_values(1_000_000), "temp")?;
+    let (projected, arrow_json) = crate::query::decode_rates(&sample_values(1_000_000), "temp")?;
     println!(
         "  decoding temp alone, one thread:         {projected:>12.0} records/s, arrow-json {arrow_json:.0} ({:.1}x)",
         projected / arrow_json
