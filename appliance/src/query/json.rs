@@ -464,7 +464,8 @@ fn number_to_i64(text: &[u8]) -> Option<i64> {
     lexical_core::parse::<i64>(text).ok().or_else(|| {
         let float = lexical_core::parse::<f64>(text).ok()?;
         // i64::MIN is exactly representable; i64::MAX + 1 is the first float out of range.
-        (float >= -9_223_372_036_854_775_808.0 && float < 9_223_372_036_854_775_808.0)
+        (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0)
+            .contains(&float)
             .then_some(float as i64)
     })
 }

@@ -188,7 +188,7 @@ impl PartitionReader {
                     Ok(Some((frame, bytes))) => {
                         self.scan.read.fetch_add(bytes, Ordering::Relaxed);
                         self.scan.from = frame.next.min(end);
-                        return self.decoder.from_frame(&frame.batch, from, end).map(Some);
+                        return self.decoder.frame_batch(&frame.batch, from, end).map(Some);
                     }
                     Ok(None) => {
                         self.scan.from = segment.next.max(from);
@@ -401,7 +401,7 @@ impl BatchDecoder {
     }
 
     /// The batch of a columnar form's frame's records from `from` to `end`.
-    fn from_frame(&self, stored: &RecordBatch, from: Offset, end: Offset) -> Result<RecordBatch> {
+    fn frame_batch(&self, stored: &RecordBatch, from: Offset, end: Offset) -> Result<RecordBatch> {
         let offsets = stored
             .column_by_name(VIRTUAL_COLUMNS[columns::OFFSET])
             .and_then(|column| column.as_any().downcast_ref::<Int64Array>())

@@ -308,10 +308,10 @@ fn duckdb_read_json(
                         ]
                         .concat()
                     });
-                    if let Some(line) = line {
-                        if let Err(e) = std::io::Write::write_all(&mut file, &line) {
-                            failed = Some(e);
-                        }
+                    if let Some(line) = line
+                        && let Err(e) = std::io::Write::write_all(&mut file, &line)
+                    {
+                        failed = Some(e);
                     }
                 })?;
                 if let Some(e) = failed {
