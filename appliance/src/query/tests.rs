@@ -28,14 +28,19 @@ struct Fixture {
     written: BTreeMap<String, Vec<Row>>,
 }
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = Meta::open(&dir.path().join("meta")).unwrap();
+/// The log of a data directory, acknowledging without fsync.
+async fn open_log(dir: &std::path::Path) -> Log {
+    let meta = Meta::open(&dir.join("meta")).unwrap();
     let config = LogConfig {
         durability: Durability::Os,
-        ..LogConfig::new(dir.path().to_path_buf())
+        ..LogConfig::new(dir.to_path_buf())
     };
-    let log = Log::open(config, meta).await.unwrap();
+    Log::open(config, meta).await.unwrap()
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
     let mut written = BTreeMap::new();
     for (e, edge) in ["edge-1", "edge-2"].into_iter().enumerate() {
         let topic = TopicName::new(format!("{edge}.sensors")).unwrap();
@@ -644,12 +649,7 @@ async fn an_answer_larger_than_allowed_is_refused_naming_the_setting() {
 /// apart, batches of 8) in one partition; its segment files' directory.
 async fn small_segments(values: &[Option<String>]) -> (tempfile::TempDir, Log, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let meta = Meta::open(&dir.path().join("meta")).unwrap();
-    let config = LogConfig {
-        durability: Durability::Os,
-        ..LogConfig::new(dir.path().to_path_buf())
-    };
-    let log = Log::open(config, meta).await.unwrap();
+    let log = open_log(dir.path()).await;
     let topic = TopicName::new("t").unwrap();
     let config = TopicConfig {
         partitions: 1,
@@ -786,7 +786,7 @@ async fn a_damaged_missing_or_unfinished_form_is_not_used_and_is_written_again()
             ))
         })
         .collect();
-    let (_dir, log, segments) = small_segments(&values).await;
+    let (dir, log, segments) = small_segments(&values).await;
     let queries = sensor_queries(40, 3.0, BASE + 200_000);
     let json = answers(&Query::new(log.clone()).with_columnar(false), &queries).await;
     let query = Query::new(log.clone());
@@ -850,12 +850,7 @@ async fn a_damaged_missing_or_unfinished_form_is_not_used_and_is_written_again()
     std::fs::write(&orphan, &good[0]).unwrap();
     log.close().await.unwrap();
     drop((query, log));
-    let meta = Meta::open(&_dir.path().join("meta")).unwrap();
-    let config = LogConfig {
-        durability: Durability::Os,
-        ..LogConfig::new(_dir.path().to_path_buf())
-    };
-    let log = Log::open(config, meta).await.unwrap();
+    let log = open_log(dir.path()).await;
     assert!(!unfinished.exists() && !orphan.exists());
     assert_eq!(forms(&segments), written);
     let reopened = Query::new(log.clone());
