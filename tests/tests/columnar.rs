@@ -1,8 +1,8 @@
 //! Columnar forms of sealed segments under a real process: a query over a topic of many small
 //! segments makes the appliance write a form of each after answering; the process is
 //! SIGKILLed right after the answer, while it writes them; after a restart no unfinished form
-//! is left, the answer is the same, the forms get written, and the answer read from them is
-//! still the same.
+//! is left, the answer is the same, the forms get written (those that fit their bound), and
+//! the answer read from them is still the same.
 
 use std::path::{Path, PathBuf};
 
@@ -95,10 +95,11 @@ async fn a_sigkill_while_columnar_forms_are_written_leaves_answers_whole() -> an
         "the answer changed after the kill"
     );
 
-    let deadline = Deadline::new("a columnar form of every sealed segment");
+    // A form larger than its segment is not kept: most segments get one, not every one.
+    let deadline = Deadline::new("a columnar form of nine in ten sealed segments");
     loop {
         let written = files_ending(root, ".columns")?.len();
-        if written >= segments - 1 {
+        if written * 10 >= (segments - 1) * 9 {
             break;
         }
         deadline

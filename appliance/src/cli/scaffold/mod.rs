@@ -173,7 +173,7 @@ java-date-format = ["dep:chrono"]
 appliance-sdk-macros = { path = "macros" }
 chrono = { version = "0.4", default-features = false, features = ["alloc", "std"], optional = true }
 serde = { version = "1", features = ["derive"] }
-serde_json = "1"
+serde_json = { version = "1", features = ["raw_value"] }
 wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc"] }
 "#;
 
