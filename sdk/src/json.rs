@@ -168,10 +168,10 @@ impl<'de> Visitor<'de> for PathSeed<'_, '_> {
 /// object.
 pub fn field_spans(
     bytes: &[u8],
-    paths: &[&str],
+    paths: &[impl AsRef<str>],
 ) -> Result<Vec<(usize, std::ops::Range<usize>)>, String> {
     let mut spans = Vec::new();
-    let wanted: Vec<(usize, &str)> = paths.iter().copied().enumerate().collect();
+    let wanted: Vec<(usize, &str)> = paths.iter().map(AsRef::as_ref).enumerate().collect();
     collect_spans(bytes, 0, &wanted, &mut spans)?;
     Ok(spans)
 }

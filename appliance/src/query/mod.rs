@@ -226,7 +226,8 @@ pub struct Query {
     read: Arc<AtomicU64>,
     governor: Arc<Governor>,
     lake: LakeCatalog,
-    columnar: Arc<Columnar>,
+    /// Sealed segments' columnar forms; none: every scan parses the JSON values.
+    columnar: Option<Arc<Columnar>>,
 }
 
 impl Query {
@@ -244,7 +245,7 @@ impl Query {
         Self {
             log,
             read: Arc::default(),
-            columnar: Arc::new(Columnar::new(true, runtime.clone())),
+            columnar: Some(Arc::new(Columnar::new(runtime.clone()))),
             governor: Arc::new(Governor::new(limits, runtime)),
             lake: LakeCatalog::default(),
         }
@@ -255,7 +256,7 @@ impl Query {
     pub fn with_columnar(self, enabled: bool) -> Self {
         let runtime = self.governor.runtime().clone();
         Self {
-            columnar: Arc::new(Columnar::new(enabled, runtime)),
+            columnar: enabled.then(|| Arc::new(Columnar::new(runtime))),
             ..self
         }
     }
@@ -263,12 +264,9 @@ impl Query {
     /// Whether every columnar form asked for so far is written (or given up); the count of
     /// those written.
     pub fn columnar_forms(&self) -> (bool, u64) {
-        (self.columnar.idle(), self.columnar.written())
-    }
-
-    /// The columnar forms the scans use, if they do.
-    fn columnar(&self) -> Option<Arc<Columnar>> {
-        self.columnar.enabled().then(|| Arc::clone(&self.columnar))
+        self.columnar
+            .as_ref()
+            .map_or((true, 0), |columnar| (columnar.idle(), columnar.written()))
     }
 
     /// The engine, with the exported Delta tables of `lake` as the schema `lake`.
@@ -324,11 +322,11 @@ impl Query {
                     self.log.clone(),
                     sources,
                     read,
-                    self.columnar(),
+                    self.columnar.clone(),
                     Arc::default(),
                 )
             } else {
-                TopicTable::new(self.log.clone(), sources, read, self.columnar())
+                TopicTable::new(self.log.clone(), sources, read, self.columnar.clone())
             };
             context.register_table(TableReference::bare(name), Arc::new(table))?;
         }
@@ -469,7 +467,7 @@ impl Query {
             self.log.clone(),
             sources,
             Arc::clone(&self.read),
-            self.columnar(),
+            self.columnar.clone(),
         );
         Ok(TableDescription {
             table: table.to_owned(),

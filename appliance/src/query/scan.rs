@@ -158,6 +158,9 @@ struct PartitionReader {
     schema: SchemaRef,
     decoder: BatchDecoder,
     form: Option<(SidecarReader, SealedSegment)>,
+    /// The partition's sealed segments when the scan started (none without columnar forms):
+    /// those the scan may read forms of. One sealed later is read as JSON.
+    sealed: Vec<SealedSegment>,
     /// The base of the sealed segment last looked at, so each is looked at once.
     looked_at: Option<Offset>,
 }
@@ -168,11 +171,16 @@ impl PartitionReader {
         schema: &SchemaRef,
         projection: Option<&Vec<usize>>,
     ) -> Result<Self> {
+        let sealed = match scan.columnar {
+            Some(_) => scan.partition.sealed_segments(),
+            None => Vec::new(),
+        };
         Ok(Self {
             decoder: BatchDecoder::new(&scan, schema, projection)?,
             scan,
             schema: Arc::clone(schema),
             form: None,
+            sealed,
             looked_at: None,
         })
     }
@@ -218,13 +226,8 @@ impl PartitionReader {
         let Some(columnar) = self.scan.columnar.clone() else {
             return false;
         };
-        let Some(segment) = self
-            .scan
-            .partition
-            .sealed_segments()
-            .into_iter()
-            .find(|s| s.base <= from && from < s.next)
-        else {
+        let holding = self.sealed.partition_point(|s| s.next <= from);
+        let Some(segment) = self.sealed.get(holding).filter(|s| s.base <= from).cloned() else {
             return false;
         };
         if self.looked_at == Some(segment.base) {

@@ -466,7 +466,6 @@ fn write_temp(
 /// queries' path, on the query runtime's blocking threads.
 #[derive(Debug)]
 pub struct Columnar {
-    enabled: bool,
     runtime: tokio::runtime::Handle,
     building: Mutex<HashSet<PathBuf>>,
     /// Forms that would be larger than their segment.
@@ -476,19 +475,14 @@ pub struct Columnar {
 }
 
 impl Columnar {
-    pub fn new(enabled: bool, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(runtime: tokio::runtime::Handle) -> Self {
         Self {
-            enabled,
             runtime,
             building: Mutex::default(),
             given_up: Mutex::default(),
             one_at_a_time: Arc::new(Semaphore::new(1)),
             written: Default::default(),
         }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled
     }
 
     /// Forms written since the engine started.
@@ -498,10 +492,7 @@ impl Columnar {
 
     /// Whether no form is being written or waits to be.
     pub fn idle(&self) -> bool {
-        self.building
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        lock(&self.building).is_empty()
     }
 
     /// Runs `write` (which writes the form of `segment`, decoding its JSON) soon on a
@@ -512,13 +503,7 @@ impl Columnar {
         write: impl FnOnce() -> Result<bool, SidecarError> + Send + 'static,
     ) {
         let path = segment.columns_path.clone();
-        if lock(&self.given_up).contains(&path)
-            || !self
-                .building
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(path.clone())
-        {
+        if lock(&self.given_up).contains(&path) || !lock(&self.building).insert(path.clone()) {
             return;
         }
         let columnar = Arc::clone(self);

@@ -64,8 +64,7 @@ impl Transform for MaskField {
         let Some(bytes) = self.side.bytes(&record) else {
             return Ok(Some(record));
         };
-        let paths: Vec<&str> = self.fields.iter().map(String::as_str).collect();
-        let Ok(mut spans) = json::field_spans(bytes, &paths) else {
+        let Ok(mut spans) = json::field_spans(bytes, &self.fields) else {
             // Not a JSON object: the document path says what it is instead.
             return self.apply_to_document(record);
         };
