@@ -9,15 +9,23 @@
 //!    hub; the time until the hub's mirrors are complete is the catch-up time, and the
 //!    backlog over it the link's throughput: cubic and BBR without wire compression
 //!    (loopback has no bandwidth to save), BBR with zstd.
-//! 4. A lossy uplink: the same through a userspace UDP proxy dropping 2% of packets each way
+//! 4. The ends on separate CPUs: the edge's threads pinned to one CPU and the hub's to
+//!    another (as `taskset -c` pins two processes), the catch-up beside the hub's durable
+//!    append pinned to one CPU, and what each end spends in CPU seconds per GB replicated.
+//!    Each end runs in a runtime of its own with one worker thread; its CPU time is what its
+//!    threads used (`getrusage(RUSAGE_THREAD)`, summed as they stop).
+//! 5. A lossy uplink: the same through a userspace UDP proxy dropping 2% of packets each way
 //!    with 40 ms of round trip, for a fixed time: BBR with zstd wire compression and without,
 //!    and cubic for comparison.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use super::log::append_case;
@@ -60,6 +68,12 @@ const RECORD_BYTES: usize = 1024;
 const PARTITIONS: u32 = 8;
 /// The edge's producer batches: what travels as one frame.
 const BATCH_BYTES: usize = 256 * 1024;
+const GB: f64 = 1e9;
+/// How long the hub's durable append is measured.
+const APPEND_CASE: Duration = Duration::from_secs(3);
+/// The CPUs the ends are pinned to when each has one of its own.
+const EDGE_CPU: usize = 0;
+const HUB_CPU: usize = 1;
 
 #[derive(Debug, serde::Serialize)]
 struct Figures {
@@ -73,12 +87,26 @@ struct Figures {
     link_bbr_mb_s: f64,
     link_bbr_zstd_mb_s: f64,
     backlog_bytes: u64,
+    /// The ends on separate CPUs; none on a machine with one.
+    separate_cpus: Option<SeparateCpus>,
     /// Lossy uplink: BBR without compression, BBR with zstd, cubic without.
     lossy_mb_s: f64,
     lossy_wire_mb_s: f64,
     lossy_compressed_mb_s: f64,
     lossy_compressed_wire_mb_s: f64,
     lossy_cubic_mb_s: f64,
+}
+
+/// The catch-up with the edge and the hub on CPUs of their own, beside the hub's durable
+/// append on one CPU.
+#[derive(Debug, serde::Serialize)]
+struct SeparateCpus {
+    hub_append_mb_s: f64,
+    hub_append_cpu_s_per_gb: f64,
+    link_mb_s: f64,
+    link_over_hub_append: f64,
+    edge_cpu_s_per_gb: f64,
+    hub_cpu_s_per_gb: f64,
 }
 
 pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
@@ -107,7 +135,7 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
         PARTITIONS as usize,
         PARTITIONS,
         BATCH_BYTES,
-        Duration::from_secs(3),
+        APPEND_CASE,
     )
     .await?;
     hub_log.close().await?;
@@ -131,6 +159,7 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
             &certs,
             scratch.path(),
             &edge,
+            &Ends::here(),
             None,
             congestion,
             compression,
@@ -151,6 +180,12 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
         );
         catch_up.push((mb_s, records_s, elapsed.as_secs_f64()));
     }
+    let separate_cpus = if std::thread::available_parallelism().map_or(1, usize::from) > HUB_CPU {
+        Some(separate_cpus(&certs, scratch.path(), &edge, produced).await?)
+    } else {
+        println!("one CPU: the ends cannot have one each; that case is left out");
+        None
+    };
     let impairment = lossy_udp::Impairment {
         loss: args.loss_percent / 100.0,
         delay: Duration::from_millis(args.rtt_ms / 2),
@@ -166,6 +201,7 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
             &certs,
             scratch.path(),
             &edge,
+            &Ends::here(),
             Some(impairment),
             congestion,
             compression,
@@ -198,6 +234,7 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
             link_bbr_mb_s: catch_up[1].0,
             link_bbr_zstd_mb_s: catch_up[2].0,
             backlog_bytes: produced.bytes,
+            separate_cpus,
             lossy_mb_s: lossy[0].0,
             lossy_wire_mb_s: lossy[0].1,
             lossy_compressed_mb_s: lossy[1].0,
@@ -207,6 +244,173 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&figures)?);
     }
     Ok(())
+}
+
+/// The hub's durable append on one CPU, then the catch-up with the edge on [`EDGE_CPU`] and
+/// the hub on [`HUB_CPU`], and the CPU time of each.
+async fn separate_cpus(
+    certs: &Path,
+    scratch: &Path,
+    edge: &Log,
+    produced: Produced,
+) -> anyhow::Result<SeparateCpus> {
+    println!(
+        "the ends on separate CPUs (threads pinned as `taskset -c` pins a process; edge on CPU {EDGE_CPU}, hub on CPU {HUB_CPU}):"
+    );
+    let hub = PinnedRuntime::new("bench-hub", HUB_CPU)?;
+    let hub_dir = scratch.join("append-one-cpu");
+    let append_dir = hub_dir.clone();
+    let append = hub
+        .handle()
+        .spawn(async move {
+            let hub_log = open_log(&append_dir).await?;
+            let append = append_case(
+                &hub_log,
+                RECORD_BYTES,
+                PARTITIONS as usize,
+                PARTITIONS,
+                BATCH_BYTES,
+                APPEND_CASE,
+            )
+            .await?;
+            hub_log.close().await?;
+            anyhow::Ok(append)
+        })
+        .await??;
+    // Opening and closing the log are counted too: a small share of the case's CPU time.
+    let append_cpu = hub.finish().await?;
+    std::fs::remove_dir_all(&hub_dir)?;
+    let append_cpu_s_per_gb = append_cpu / (append.mb_s * MB * APPEND_CASE.as_secs_f64() / GB);
+    println!(
+        "hub durable append on one CPU ({PARTITIONS} writers): {:>8.0} MB/s  {:>10.0} records/s, {append_cpu_s_per_gb:.2} CPU-s/GB",
+        append.mb_s, append.records_s
+    );
+
+    let (edge_runtime, hub_runtime) = (
+        PinnedRuntime::new("bench-edge", EDGE_CPU)?,
+        PinnedRuntime::new("bench-hub", HUB_CPU)?,
+    );
+    let ends = Ends {
+        edge: edge_runtime.handle(),
+        hub: hub_runtime.handle(),
+    };
+    let run = replicate(
+        certs,
+        scratch,
+        edge,
+        &ends,
+        None,
+        Congestion::Cubic,
+        WireCompression::None,
+        None,
+    )
+    .await?;
+    let (edge_cpu, hub_cpu) = (edge_runtime.finish().await?, hub_runtime.finish().await?);
+    let gb = produced.bytes as f64 / GB;
+    let link_mb_s = produced.bytes as f64 / MB / run.elapsed.as_secs_f64();
+    let figures = SeparateCpus {
+        hub_append_mb_s: append.mb_s,
+        hub_append_cpu_s_per_gb: append_cpu_s_per_gb,
+        link_mb_s,
+        link_over_hub_append: link_mb_s / append.mb_s,
+        edge_cpu_s_per_gb: edge_cpu / gb,
+        hub_cpu_s_per_gb: hub_cpu / gb,
+    };
+    println!(
+        "link catch-up, cubic none, ends on separate CPUs: {:>8.0} MB/s in {:.1} s = {:.2}x the hub's durable append on one CPU; edge {:.2} CPU-s/GB, hub {:.2} CPU-s/GB",
+        figures.link_mb_s,
+        run.elapsed.as_secs_f64(),
+        figures.link_over_hub_append,
+        figures.edge_cpu_s_per_gb,
+        figures.hub_cpu_s_per_gb,
+    );
+    Ok(figures)
+}
+
+/// Where the ends of a replication run: both in the bench's runtime, or each in a
+/// [`PinnedRuntime`].
+struct Ends {
+    edge: Handle,
+    hub: Handle,
+}
+
+impl Ends {
+    fn here() -> Self {
+        Self {
+            edge: Handle::current(),
+            hub: Handle::current(),
+        }
+    }
+}
+
+/// A runtime whose threads all run on one CPU, counting the CPU time they use.
+struct PinnedRuntime {
+    runtime: tokio::runtime::Runtime,
+    cpu: usize,
+    cpu_micros: Arc<AtomicU64>,
+    unpinned: Arc<AtomicBool>,
+}
+
+impl PinnedRuntime {
+    fn new(name: &str, cpu: usize) -> anyhow::Result<Self> {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let cpu_micros = Arc::new(AtomicU64::new(0));
+        let unpinned = Arc::new(AtomicBool::new(false));
+        let (used, failed) = (cpu_micros.clone(), unpinned.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .on_thread_start(move || {
+                let mut cpus = nix::sched::CpuSet::new();
+                let pinned = cpus.set(cpu).and_then(|()| {
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)
+                });
+                if pinned.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            })
+            .on_thread_stop(move || {
+                if let Ok(usage) = getrusage(UsageWho::RUSAGE_THREAD) {
+                    let micros = |time: nix::sys::time::TimeVal| {
+                        (time.tv_sec() * 1_000_000 + time.tv_usec()).unsigned_abs()
+                    };
+                    used.fetch_add(
+                        micros(usage.user_time()) + micros(usage.system_time()),
+                        Ordering::Relaxed,
+                    );
+                }
+            })
+            .build()?;
+        Ok(Self {
+            runtime,
+            cpu,
+            cpu_micros,
+            unpinned,
+        })
+    }
+
+    fn handle(&self) -> Handle {
+        self.runtime.handle().clone()
+    }
+
+    /// Shuts the runtime down and returns the CPU seconds its threads used.
+    async fn finish(self) -> anyhow::Result<f64> {
+        let Self {
+            runtime,
+            cpu,
+            cpu_micros,
+            unpinned,
+        } = self;
+        // Dropping a runtime blocks until its threads have stopped, and counted their time.
+        tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(30)))
+            .await?;
+        anyhow::ensure!(
+            !unpinned.load(Ordering::Relaxed),
+            "could not pin a thread to CPU {cpu}"
+        );
+        Ok(cpu_micros.load(Ordering::Relaxed) as f64 / 1e6)
+    }
 }
 
 async fn open_log(dir: &Path) -> anyhow::Result<Log> {
@@ -342,23 +546,19 @@ struct Replicated {
 }
 
 /// Links `edge` to a fresh hub (through a lossy proxy when `impairment` is given) and waits
-/// until the mirrors are complete, or for `limit`.
+/// until the mirrors are complete, or for `limit`. The hub and the link run where `ends` says.
+#[expect(clippy::too_many_arguments, reason = "one bench case's settings")]
 async fn replicate(
     certs: &Path,
     scratch: &Path,
     edge: &Log,
+    ends: &Ends,
     impairment: Option<lossy_udp::Impairment>,
     congestion: Congestion,
     compression: WireCompression,
     limit: Option<Duration>,
 ) -> anyhow::Result<Replicated> {
     let hub_dir = tempfile::tempdir_in(scratch)?;
-    let hub_meta = Meta::open(&hub_dir.path().join("meta"))?;
-    let hub_log = Log::open(
-        LogConfig::new(hub_dir.path().to_path_buf()),
-        hub_meta.clone(),
-    )
-    .await?;
     let shutdown = CancellationToken::new();
     let options = HubOptions {
         addr: ([127, 0, 0, 1], 0).into(),
@@ -368,19 +568,28 @@ async fn replicate(
         key: certs.join("hub.key"),
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
     };
-    // The bench's edge is a super-user of the hub: replication is measured, not ACLs.
-    let bench_edge: crate::security::Principal = "Edge:bench-edge".parse()?;
-    let hub = Hub::start(
-        &options,
-        hub_log.clone(),
-        Coordinator::new(hub_log.clone(), hub_meta.clone()),
-        crate::security::Security::open(
-            hub_meta,
-            [bench_edge].into(),
-            crate::security::PrincipalRules::default(),
-        )?,
-        shutdown.clone(),
-    )?;
+    let (hub_path, hub_shutdown) = (hub_dir.path().to_path_buf(), shutdown.clone());
+    let (hub_log, hub) = ends
+        .hub
+        .spawn(async move {
+            let hub_meta = Meta::open(&hub_path.join("meta"))?;
+            let hub_log = Log::open(LogConfig::new(hub_path), hub_meta.clone()).await?;
+            // The bench's edge is a super-user of the hub: replication is measured, not ACLs.
+            let bench_edge: crate::security::Principal = "Edge:bench-edge".parse()?;
+            let hub = Hub::start(
+                &options,
+                hub_log.clone(),
+                Coordinator::new(hub_log.clone(), hub_meta.clone()),
+                crate::security::Security::open(
+                    hub_meta,
+                    [bench_edge].into(),
+                    crate::security::PrincipalRules::default(),
+                )?,
+                hub_shutdown,
+            )?;
+            anyhow::Ok((hub_log, hub))
+        })
+        .await??;
     let proxy = match impairment {
         Some(impairment) => Some(
             lossy_udp::Proxy::start(([127, 0, 0, 1], 0).into(), hub.local_addr(), impairment)
@@ -392,31 +601,41 @@ async fn replicate(
         .as_ref()
         .map_or(hub.local_addr(), lossy_udp::Proxy::local_addr);
     let edge_meta_dir = tempfile::tempdir_in(scratch)?;
-    let links = Links::open(
+    let spec = LinkSpec {
+        name: "bench".to_owned(),
+        hub: target.to_string(),
+        topics: "sensors".to_owned(),
+        downstream: String::new(),
+        ca: certs.join("ca.pem"),
+        cert: certs.join("bench-edge.pem"),
+        key: certs.join("bench-edge.key"),
+        compression,
+        max_bytes_per_sec: 0,
+        congestion,
+        hold_max_bytes: 0,
+        paused: false,
+    };
+    let (edge_log, edge_meta, edge_shutdown) = (
         edge.clone(),
         Meta::open(edge_meta_dir.path())?,
-        DEFAULT_IDLE_TIMEOUT,
-        RestartPolicies::all(RestartPolicy::LINKS),
         shutdown.clone(),
-    )
-    .await?;
+    );
     let started = Instant::now();
-    links
-        .create(LinkSpec {
-            name: "bench".to_owned(),
-            hub: target.to_string(),
-            topics: "sensors".to_owned(),
-            downstream: String::new(),
-            ca: certs.join("ca.pem"),
-            cert: certs.join("bench-edge.pem"),
-            key: certs.join("bench-edge.key"),
-            compression,
-            max_bytes_per_sec: 0,
-            congestion,
-            hold_max_bytes: 0,
-            paused: false,
+    let links = ends
+        .edge
+        .spawn(async move {
+            let links = Links::open(
+                edge_log,
+                edge_meta,
+                DEFAULT_IDLE_TIMEOUT,
+                RestartPolicies::all(RestartPolicy::LINKS),
+                edge_shutdown,
+            )
+            .await?;
+            links.create(spec).await?;
+            anyhow::Ok(links)
         })
-        .await?;
+        .await??;
     let topic = TopicName::new("sensors")?;
     let mirror = TopicName::new("bench-edge.sensors")?;
     let ends: Vec<_> = (0..PARTITIONS)

@@ -1,5 +1,5 @@
 //! `appliance bench pipeline`: records through pipelines with the built-in `filter` and
-//! `mask-field` on 200-byte JSON records, the same transforms compiled natively and run in this
+//! `mask-field` (and the step alone of `insert-field`) on 200-byte JSON records, the same transforms compiled natively and run in this
 //! process, and the per-call cost of crossing into the sandbox, all in one run.
 //!
 //! Four measurements:
@@ -8,7 +8,7 @@
 //!    thread, log writer), beside a pipeline with no transform, which only copies.
 //! 2. The transform step alone on one thread, on batches of 1000 decoded records: the plugin
 //!    in its sandbox against the same crate compiled natively (`transform-filter`,
-//!    `transform-mask-field` as ordinary dependencies), both starting from the host's records.
+//!    `transform-mask-field`, `transform-insert-field` as ordinary dependencies), both starting from the host's records.
 //! 3. Per-call overhead: a filter on a header no record has (no JSON work) at batch sizes 1,
 //!    100 and 1000.
 //!
@@ -69,6 +69,11 @@ const WINDOW: &[(&str, &str)] = &[
     ("late-topic", "bench-late"),
 ];
 const MASK: &[(&str, &str)] = &[("fields", "card|sensor")];
+const INSERT: &[(&str, &str)] = &[
+    ("offset.field", "offset"),
+    ("static.field", "gateway"),
+    ("static.value", "gw-7"),
+];
 
 #[derive(Debug, serde::Serialize)]
 struct PipelineFigures {
@@ -184,8 +189,11 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     let batch = host_records(BATCH);
     let duration = Duration::from_secs_f64(args.seconds);
     let mut step_figures = Vec::new();
-    for transform in ["filter", "mask-field"] {
-        let config = if transform == "filter" { FILTER } else { MASK };
+    for (transform, config) in [
+        ("filter", FILTER),
+        ("mask-field", MASK),
+        ("insert-field", INSERT),
+    ] {
         let mut wasm = instance(&plugins, transform, config).await?;
         let wasm_rate = rate(duration, BATCH, async || wasm_call(&mut wasm, &batch).await).await?;
         let mut native = Native::new(transform, config)?;
@@ -553,6 +561,7 @@ async fn rate(
 enum Native {
     Filter(transform_filter::Filter),
     MaskField(transform_mask_field::MaskField),
+    InsertField(transform_insert_field::InsertField),
     Template(plugin_template::Uppercase),
 }
 
@@ -566,6 +575,9 @@ impl Native {
             }
             "mask-field" => Self::MaskField(
                 transform_mask_field::MaskField::init(config).map_err(anyhow::Error::msg)?,
+            ),
+            "insert-field" => Self::InsertField(
+                transform_insert_field::InsertField::init(config).map_err(anyhow::Error::msg)?,
             ),
             "template" => Self::Template(
                 plugin_template::Uppercase::init(config).map_err(anyhow::Error::msg)?,
@@ -604,6 +616,7 @@ impl Native {
         let out = match self {
             Self::Filter(filter) => filter.process(&info, batch),
             Self::MaskField(mask) => mask.process(&info, batch),
+            Self::InsertField(insert) => insert.process(&info, batch),
             Self::Template(template) => template.process(&info, batch),
         }
         .map_err(|e| anyhow::anyhow!("record {} rejected: {}", e.index, e.message))?;
