@@ -11,7 +11,8 @@
 //!    (loopback has no bandwidth to save), BBR with zstd.
 //! 4. The ends on separate CPUs: the edge's threads pinned to one CPU and the hub's to
 //!    another (as `taskset -c` pins two processes), the catch-up beside the hub's durable
-//!    append pinned to one CPU, and what each end spends in CPU seconds per GB replicated.
+//!    append pinned to one CPU (BBR, no compression), and what each end spends in CPU seconds
+//!    per GB replicated.
 //!    Each end runs in a runtime of its own with one worker thread; its CPU time is what its
 //!    threads used (`getrusage(RUSAGE_THREAD)`, summed as they stop).
 //! 5. A lossy uplink: the same through a userspace UDP proxy dropping 2% of packets each way
@@ -300,7 +301,7 @@ async fn separate_cpus(
         edge,
         &ends,
         None,
-        Congestion::Cubic,
+        Congestion::Bbr,
         WireCompression::None,
         None,
     )
@@ -317,7 +318,7 @@ async fn separate_cpus(
         hub_cpu_s_per_gb: hub_cpu / gb,
     };
     println!(
-        "link catch-up, cubic none, ends on separate CPUs: {:>8.0} MB/s in {:.1} s = {:.2}x the hub's durable append on one CPU; edge {:.2} CPU-s/GB, hub {:.2} CPU-s/GB",
+        "link catch-up, bbr none, ends on separate CPUs: {:>8.0} MB/s in {:.1} s = {:.2}x the hub's durable append on one CPU; edge {:.2} CPU-s/GB, hub {:.2} CPU-s/GB",
         figures.link_mb_s,
         run.elapsed.as_secs_f64(),
         figures.link_over_hub_append,
