@@ -92,10 +92,6 @@ pub(super) struct Governor {
 }
 
 impl Governor {
-    pub fn runtime(&self) -> &Handle {
-        &self.runtime
-    }
-
     pub fn new(limits: QueryLimits, runtime: Handle) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(limits.concurrent.max(1))),

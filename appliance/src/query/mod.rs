@@ -230,6 +230,15 @@ pub struct Query {
     columnar: Option<Arc<Columnar>>,
 }
 
+/// The writer of sealed segments' columnar forms; none, when its thread cannot start, and
+/// every scan parses the JSON values.
+fn start_columnar() -> Option<Arc<Columnar>> {
+    Columnar::new()
+        .inspect_err(|error| tracing::warn!(%error, "columnar forms are off"))
+        .ok()
+        .map(Arc::new)
+}
+
 impl Query {
     /// An engine with the default limits that runs queries on the current runtime.
     pub fn new(log: Log) -> Self {
@@ -245,7 +254,7 @@ impl Query {
         Self {
             log,
             read: Arc::default(),
-            columnar: Some(Arc::new(Columnar::new(runtime.clone()))),
+            columnar: start_columnar(),
             governor: Arc::new(Governor::new(limits, runtime)),
             lake: LakeCatalog::default(),
         }
@@ -254,9 +263,8 @@ impl Query {
     /// The engine, reading (and writing) sealed segments' columnar forms or not (`false`:
     /// every scan parses the JSON values).
     pub fn with_columnar(self, enabled: bool) -> Self {
-        let runtime = self.governor.runtime().clone();
         Self {
-            columnar: enabled.then(|| Arc::new(Columnar::new(runtime))),
+            columnar: if enabled { start_columnar() } else { None },
             ..self
         }
     }

@@ -14,7 +14,8 @@
 //!
 //! Invariants:
 //! - It is a cache: written after a scan of the segment (off the query's path, one at a time,
-//!   to `<base>.columns.tmp` then renamed), never needed. A file that is missing, cut short,
+//!   on a thread at the lowest CPU priority, to `<base>.columns.tmp` then renamed), never
+//!   needed. A file that is missing, cut short,
 //!   fails a checksum, was made for another form of the segment (its size or end differ: a
 //!   compaction rewrote it) or lacks a field the query names is not used: the query reads the
 //!   JSON, and the file is written again. A frame found damaged during a scan hands the rest of
@@ -40,7 +41,6 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::logical_expr::Operator;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
 use super::columns;
 use crate::log::{Offset, Partition, SealedSegment};
@@ -462,71 +462,116 @@ fn write_temp(
     Ok(true)
 }
 
-/// Writes the forms scans asked for, one at a time, each segment once at a time; off the
-/// queries' path, on the query runtime's blocking threads.
+/// A form to write: the segment's form path, and the work that writes it.
+type FormJob = (
+    PathBuf,
+    Box<dyn FnOnce() -> Result<bool, SidecarError> + Send>,
+);
+
+/// Writes the forms scans asked for, one at a time, each segment once at a time, on a thread
+/// of its own at the lowest CPU priority: a form is upkeep, and the queries that asked for it
+/// (and every later one) go first; on an idle hub it runs at full speed.
 #[derive(Debug)]
 pub struct Columnar {
-    runtime: tokio::runtime::Handle,
+    jobs: Mutex<std::sync::mpsc::Sender<FormJob>>,
+    state: Arc<WriterState>,
+}
+
+#[derive(Debug, Default)]
+struct WriterState {
     building: Mutex<HashSet<PathBuf>>,
     /// Forms that would be larger than their segment.
     given_up: Mutex<HashSet<PathBuf>>,
-    one_at_a_time: Arc<Semaphore>,
     written: std::sync::atomic::AtomicU64,
 }
 
+/// The nice value of the form writer's thread: the lowest priority.
+const WRITER_NICE: i32 = 19;
+
 impl Columnar {
-    pub fn new(runtime: tokio::runtime::Handle) -> Self {
-        Self {
-            runtime,
-            building: Mutex::default(),
-            given_up: Mutex::default(),
-            one_at_a_time: Arc::new(Semaphore::new(1)),
-            written: Default::default(),
-        }
+    /// Starts the writer's thread, which ends when this is dropped (after the form it is
+    /// writing, if any).
+    pub fn new() -> Result<Self, SidecarError> {
+        let (jobs, queue) = std::sync::mpsc::channel::<FormJob>();
+        let state = Arc::new(WriterState::default());
+        let writer = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("columnar-forms".to_owned())
+            .spawn(move || {
+                lower_priority();
+                for (path, write) in queue {
+                    writer.finish(&path, write());
+                }
+            })
+            .map_err(|source| SidecarError::Io {
+                path: PathBuf::from("columnar-forms thread"),
+                source,
+            })?;
+        Ok(Self {
+            jobs: Mutex::new(jobs),
+            state,
+        })
     }
 
     /// Forms written since the engine started.
     pub fn written(&self) -> u64 {
-        self.written.load(std::sync::atomic::Ordering::Relaxed)
+        self.state
+            .written
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether no form is being written or waits to be.
     pub fn idle(&self) -> bool {
-        lock(&self.building).is_empty()
+        lock(&self.state.building).is_empty()
     }
 
-    /// Runs `write` (which writes the form of `segment`, decoding its JSON) soon on a
-    /// blocking thread, unless that form is being written already.
+    /// Queues `write` (which writes the form of `segment`, decoding its JSON), unless that
+    /// form is being written already or waits to be.
     pub fn request(
-        self: &Arc<Self>,
+        &self,
         segment: &SealedSegment,
         write: impl FnOnce() -> Result<bool, SidecarError> + Send + 'static,
     ) {
         let path = segment.columns_path.clone();
-        if lock(&self.given_up).contains(&path) || !lock(&self.building).insert(path.clone()) {
+        if lock(&self.state.given_up).contains(&path)
+            || !lock(&self.state.building).insert(path.clone())
+        {
             return;
         }
-        let columnar = Arc::clone(self);
-        self.runtime.spawn(async move {
-            let permit = columnar.one_at_a_time.clone().acquire_owned().await;
-            let outcome = tokio::task::spawn_blocking(write).await;
-            drop(permit);
-            match outcome {
-                Ok(Ok(true)) => {
-                    columnar
-                        .written
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(Ok(false)) => {
-                    lock(&columnar.given_up).insert(path.clone());
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "could not write a segment's columnar form; queries read its JSON");
-                }
-                Err(error) => tracing::warn!(%error, "writing a segment's columnar form stopped"),
+        if lock(&self.jobs)
+            .send((path.clone(), Box::new(write)))
+            .is_err()
+        {
+            lock(&self.state.building).remove(&path);
+        }
+    }
+}
+
+impl WriterState {
+    fn finish(&self, path: &PathBuf, outcome: Result<bool, SidecarError>) {
+        match outcome {
+            Ok(true) => {
+                self.written
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            lock(&columnar.building).remove(&path);
-        });
+            Ok(false) => {
+                lock(&self.given_up).insert(path.clone());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not write a segment's columnar form; queries read its JSON");
+            }
+        }
+        lock(&self.building).remove(path);
+    }
+}
+
+/// Gives the calling thread the lowest CPU priority. Linux keeps a nice value per thread
+/// (`setpriority` with the thread's id); where it cannot be lowered, forms are written at
+/// the process's priority.
+fn lower_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), WRITER_NICE) {
+        tracing::debug!(%error, "the columnar forms' writer keeps the process's priority");
     }
 }
 
