@@ -29,7 +29,7 @@ use clap::Args;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use super::log::append_case;
+use super::log::{AppendFigures, append_case};
 use super::{MB, print_header, scratch_dir};
 use crate::group::Coordinator;
 use crate::link::edge::{LinkSpec, Links};
@@ -128,19 +128,7 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
     let quic = raw_quic(&certs, seconds).await?;
     println!("raw QUIC, one quinn stream (TLS 1.3, cubic):  {quic:>8.0} MB/s");
 
-    let hub_dir = scratch.path().join("append");
-    let hub_log = open_log(&hub_dir).await?;
-    let append = append_case(
-        &hub_log,
-        RECORD_BYTES,
-        PARTITIONS as usize,
-        PARTITIONS,
-        BATCH_BYTES,
-        APPEND_CASE,
-    )
-    .await?;
-    hub_log.close().await?;
-    std::fs::remove_dir_all(&hub_dir)?;
+    let append = hub_append(scratch.path().join("append")).await?;
     println!(
         "hub durable append ({PARTITIONS} writers):      {:>8.0} MB/s  {:>10.0} records/s",
         append.mb_s, append.records_s
@@ -259,28 +247,12 @@ async fn separate_cpus(
         "the ends on separate CPUs (threads pinned as `taskset -c` pins a process; edge on CPU {EDGE_CPU}, hub on CPU {HUB_CPU}):"
     );
     let hub = PinnedRuntime::new("bench-hub", HUB_CPU)?;
-    let hub_dir = scratch.join("append-one-cpu");
-    let append_dir = hub_dir.clone();
     let append = hub
         .handle()
-        .spawn(async move {
-            let hub_log = open_log(&append_dir).await?;
-            let append = append_case(
-                &hub_log,
-                RECORD_BYTES,
-                PARTITIONS as usize,
-                PARTITIONS,
-                BATCH_BYTES,
-                APPEND_CASE,
-            )
-            .await?;
-            hub_log.close().await?;
-            anyhow::Ok(append)
-        })
+        .spawn(hub_append(scratch.join("append-one-cpu")))
         .await??;
     // Opening and closing the log are counted too: a small share of the case's CPU time.
     let append_cpu = hub.finish().await?;
-    std::fs::remove_dir_all(&hub_dir)?;
     let append_cpu_s_per_gb = append_cpu / (append.mb_s * MB * APPEND_CASE.as_secs_f64() / GB);
     println!(
         "hub durable append on one CPU ({PARTITIONS} writers): {:>8.0} MB/s  {:>10.0} records/s, {append_cpu_s_per_gb:.2} CPU-s/GB",
@@ -412,6 +384,24 @@ impl PinnedRuntime {
         );
         Ok(cpu_micros.load(Ordering::Relaxed) as f64 / 1e6)
     }
+}
+
+/// The hub's durable append of the edge's batches, 8 writers, in a log made in `dir` and
+/// removed after.
+async fn hub_append(dir: PathBuf) -> anyhow::Result<AppendFigures> {
+    let hub_log = open_log(&dir).await?;
+    let append = append_case(
+        &hub_log,
+        RECORD_BYTES,
+        PARTITIONS as usize,
+        PARTITIONS,
+        BATCH_BYTES,
+        APPEND_CASE,
+    )
+    .await?;
+    hub_log.close().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(append)
 }
 
 async fn open_log(dir: &Path) -> anyhow::Result<Log> {
