@@ -82,15 +82,16 @@ pub async fn read<M: Message + Default>(
     if length > limit {
         return Err(FrameError::TooLong { length, limit });
     }
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).await.map_err(|error| {
-        if error.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(error)
+    // Read into uninitialised room: a batch frame is a few hundred KiB, not worth zeroing
+    // before the stream overwrites it.
+    let mut body = BytesMut::with_capacity(length);
+    while body.len() < length {
+        let room = length - body.len();
+        if stream.read_buf(&mut (&mut body).limit(room)).await? == 0 {
+            return Err(FrameError::Truncated);
         }
-    })?;
-    M::decode(Bytes::from(body))
+    }
+    M::decode(body.freeze())
         .map(Some)
         .map_err(|source| FrameError::Malformed {
             what: std::any::type_name::<M>()
