@@ -15,10 +15,9 @@
 //! Invariants:
 //! - It is a cache: written after a scan of the segment (off the query's path, one at a time,
 //!   on a thread at the lowest CPU priority, to `<base>.columns.tmp` then renamed), never
-//!   needed. A file that is missing, cut short,
-//!   fails a checksum, was made for another form of the segment (its size or end differ: a
-//!   compaction rewrote it) or lacks a field the query names is not used: the query reads the
-//!   JSON, and the file is written again. A frame found damaged during a scan hands the rest of
+//!   needed. A file that is missing, cut short, fails a checksum, was made for another form of
+//!   the segment (its size or end differ: a compaction rewrote it) or lacks a field the query
+//!   names is not used: the query reads the JSON, and the file is written again. A frame found damaged during a scan hands the rest of
 //!   the segment back to the JSON decoder at that frame's first offset.
 //! - The log deletes it with the segment's indexes (retention, compaction, truncation) and
 //!   deletes unfinished or orphaned ones when it opens the partition (log/segment.rs).
@@ -473,14 +472,15 @@ type FormJob = (
 /// (and every later one) go first; on an idle hub it runs at full speed.
 #[derive(Debug)]
 pub struct Columnar {
-    jobs: Mutex<std::sync::mpsc::Sender<FormJob>>,
+    jobs: std::sync::mpsc::Sender<FormJob>,
     state: Arc<WriterState>,
 }
 
 #[derive(Debug, Default)]
 struct WriterState {
     building: Mutex<HashSet<PathBuf>>,
-    /// Forms that would be larger than their segment.
+    /// Forms not tried again while the process runs: larger than their segment, or whose
+    /// writing panicked.
     given_up: Mutex<HashSet<PathBuf>>,
     written: std::sync::atomic::AtomicU64,
 }
@@ -500,17 +500,20 @@ impl Columnar {
             .spawn(move || {
                 lower_priority();
                 for (path, write) in queue {
-                    writer.finish(&path, write());
+                    // A form whose writing panics is given up; the others are still written.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write))
+                        .unwrap_or_else(|_| {
+                            tracing::warn!(path = %path.display(), "writing a columnar form panicked; the segment is read as JSON");
+                            Ok(false)
+                        });
+                    writer.finish(&path, outcome);
                 }
             })
             .map_err(|source| SidecarError::Io {
                 path: PathBuf::from("columnar-forms thread"),
                 source,
             })?;
-        Ok(Self {
-            jobs: Mutex::new(jobs),
-            state,
-        })
+        Ok(Self { jobs, state })
     }
 
     /// Forms written since the engine started.
@@ -538,10 +541,7 @@ impl Columnar {
         {
             return;
         }
-        if lock(&self.jobs)
-            .send((path.clone(), Box::new(write)))
-            .is_err()
-        {
+        if self.jobs.send((path.clone(), Box::new(write))).is_err() {
             lock(&self.state.building).remove(&path);
         }
     }
