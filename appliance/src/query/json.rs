@@ -222,10 +222,7 @@ impl ProjectedJson {
     /// Finds the projected fields' values in `value`; false when it is not exactly one
     /// JSON object (surrounded by whitespace at most).
     fn locate(&mut self, value: &[u8]) -> bool {
-        let mut cursor = Cursor {
-            bytes: value,
-            at: 0,
-        };
+        let mut cursor = Cursor::new(value);
         cursor.space();
         if cursor.next() != Some(b'{') {
             return false;
@@ -279,9 +276,20 @@ const MAX_DEPTH: usize = 256;
 struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// The whole value is UTF-8, so every string in it is: strings end at ASCII quotes, which
+    /// never fall inside a multi-byte character. One check per value instead of per string.
+    utf8: bool,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            at: 0,
+            utf8: std::str::from_utf8(bytes).is_ok(),
+        }
+    }
+
     fn next(&mut self) -> Option<u8> {
         let byte = *self.bytes.get(self.at)?;
         self.at += 1;
@@ -323,7 +331,9 @@ impl Cursor<'_> {
             }
         }
         let contents = start..self.at - 1;
-        std::str::from_utf8(&self.bytes[contents.clone()]).ok()?;
+        if !self.utf8 {
+            std::str::from_utf8(&self.bytes[contents.clone()]).ok()?;
+        }
         Some(contents)
     }
 
