@@ -12,7 +12,7 @@
 //!
 //! When every inserted field is a distinct top-level name, the record's bytes are rewritten
 //! without building the document: a field already there has its value replaced where it
-//! stands, a new one is added before the closing brace, and every other byte is kept. Dotted
+//! stands, a new one is added after the last field, and every other byte is kept. Dotted
 //! paths, which may create objects on the way, go through the parsed document.
 
 use appliance_sdk::json::{self, serde_json::Value};
@@ -158,8 +158,8 @@ impl InsertField {
 }
 
 /// `object` with each top-level field of `insertions` replaced where it stands (every
-/// occurrence, should the object repeat a name) or added before the closing brace; `None`
-/// when `object` is not a JSON object.
+/// occurrence, should the object repeat a name) or added after its last field; `None` when
+/// `object` is not a JSON object.
 fn insert_in_place(object: &[u8], insertions: &[(&str, Value)]) -> Option<Vec<u8>> {
     let names: Vec<&str> = insertions.iter().map(|(name, _)| *name).collect();
     let mut spans = json::field_spans(object, &names).ok()?;
