@@ -578,3 +578,55 @@ fn lower_priority() {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn segment(name: &str) -> SealedSegment {
+        SealedSegment {
+            base: Offset(0),
+            next: Offset(1),
+            bytes: 1,
+            columns_path: PathBuf::from(format!("{name}.columns")),
+            columns_temp_path: PathBuf::from(format!("{name}.columns.tmp")),
+        }
+    }
+
+    fn wait_idle(columnar: &Columnar) {
+        let started = Instant::now();
+        while !columnar.idle() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the writer never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_writer_runs_at_the_lowest_priority_and_outlives_a_form_that_panics() {
+        let columnar = Columnar::new().expect("the writer starts");
+        let (priority, seen) = std::sync::mpsc::channel();
+        columnar.request(&segment("a"), move || {
+            let thread = rustix::thread::gettid();
+            let _ = priority.send(rustix::process::getpriority_process(Some(thread)));
+            panic!("a form that cannot be written");
+        });
+        columnar.request(&segment("b"), || Ok(true));
+        wait_idle(&columnar);
+        assert_eq!(columnar.written(), 1, "the form after the panic is written");
+        assert_eq!(
+            seen.recv()
+                .expect("the first form ran")
+                .expect("getpriority"),
+            WRITER_NICE
+        );
+        // The form that panicked is given up: asking again queues nothing.
+        columnar.request(&segment("a"), || Ok(true));
+        assert!(columnar.idle());
+        assert_eq!(columnar.written(), 1);
+    }
+}
