@@ -428,10 +428,9 @@ impl BatchDecoder {
             Some(values) => values.finish()?.columns().to_vec().into_iter(),
             None => Vec::new().into_iter(),
         };
-        let offsets = self.offsets.as_mut().map(std::mem::take);
-        let timestamps = self.timestamps.as_mut().map(std::mem::take);
-        let keys = self.keys.as_mut().map(StringBuilder::finish);
-        let (mut offsets, mut timestamps, mut keys) = (offsets, timestamps, keys);
+        let mut offsets = self.offsets.as_mut().map(std::mem::take);
+        let mut timestamps = self.timestamps.as_mut().map(std::mem::take);
+        let mut keys = self.keys.as_mut().map(StringBuilder::finish);
         self.assemble(rows, |index, _| {
             Ok(match index {
                 columns::OFFSET => Arc::new(Int64Array::from(offsets.take().unwrap_or_default())),

@@ -275,24 +275,26 @@ fn io(path: &std::path::Path, source: std::io::Error) -> SidecarError {
 
 /// Whether no value within `min..=max` passes `filter`.
 fn excludes(min: Bound, max: Bound, filter: &Comparison) -> bool {
-    let (min, max, value) = match (min, max, filter.value) {
-        (Bound::Int(min), Bound::Int(max), Bound::Int(value)) => {
-            (min as i128 as f64, max as i128 as f64, value as i128 as f64)
-        }
-        (Bound::Float(min), Bound::Float(max), Bound::Float(value)) => (min, max, value),
-        // Mixed kinds: compared only where the integer is exact as a float.
-        (min, max, value) => match (exact(min), exact(max), exact(value)) {
-            (Some(min), Some(max), Some(value)) => (min, max, value),
-            _ => return false,
-        },
+    use std::cmp::Ordering::{Greater, Less};
+    let (Some(min), Some(max)) = (compare(min, filter.value), compare(max, filter.value)) else {
+        return false;
     };
     match filter.op {
-        Operator::Eq => value < min || value > max,
-        Operator::Gt => max <= value,
-        Operator::GtEq => max < value,
-        Operator::Lt => min >= value,
-        Operator::LtEq => min > value,
+        Operator::Eq => min == Greater || max == Less,
+        Operator::Gt => max != Greater,
+        Operator::GtEq => max == Less,
+        Operator::Lt => min != Less,
+        Operator::LtEq => min == Greater,
         _ => false,
+    }
+}
+
+/// How `bound` compares with `value`: integers as integers, floats as floats, and mixed kinds
+/// only where the integer is exact as a float; `None` when that cannot be said exactly.
+fn compare(bound: Bound, value: Bound) -> Option<std::cmp::Ordering> {
+    match (bound, value) {
+        (Bound::Int(bound), Bound::Int(value)) => Some(bound.cmp(&value)),
+        (bound, value) => exact(bound)?.partial_cmp(&exact(value)?),
     }
 }
 
@@ -371,17 +373,10 @@ pub fn write(
     chunks: impl Iterator<Item = datafusion::error::Result<(Offset, Offset, RecordBatch)>>,
 ) -> Result<bool, SidecarError> {
     let temp = &segment.columns_temp_path;
-    let result = write_temp(segment, schema, chunks);
-    let kept = match result {
-        Ok(kept) => kept,
-        Err(error) => {
-            let _ = std::fs::remove_file(temp);
-            return Err(error);
-        }
-    };
-    if !kept {
+    let written = write_temp(segment, schema, chunks);
+    if !matches!(written, Ok(true)) {
         let _ = std::fs::remove_file(temp);
-        return Ok(false);
+        return written;
     }
     std::fs::rename(temp, &segment.columns_path).map_err(|source| io(temp, source))?;
     // Retention may have deleted the segment while the form was written.
@@ -604,6 +599,51 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn statistics_compare_integers_exactly_beyond_what_floats_hold() {
+        let big = 1_i64 << 53;
+        let filter = |op, value| Comparison {
+            column: "seq".to_owned(),
+            op,
+            value,
+        };
+        let (min, max) = (Bound::Int(0), Bound::Int(big + 1));
+        assert!(!excludes(min, max, &filter(Operator::Gt, Bound::Int(big))));
+        assert!(excludes(
+            min,
+            max,
+            &filter(Operator::Gt, Bound::Int(big + 1))
+        ));
+        assert!(!excludes(
+            min,
+            max,
+            &filter(Operator::Eq, Bound::Int(big + 1))
+        ));
+        assert!(excludes(
+            min,
+            max,
+            &filter(Operator::GtEq, Bound::Int(big + 2))
+        ));
+        assert!(excludes(min, max, &filter(Operator::Lt, Bound::Int(0))));
+        assert!(!excludes(min, max, &filter(Operator::LtEq, Bound::Int(0))));
+        // A float beside an integer that a float cannot hold exactly says nothing.
+        assert!(!excludes(
+            min,
+            max,
+            &filter(Operator::Gt, Bound::Float(1e300))
+        ));
+        assert!(excludes(
+            Bound::Int(1),
+            Bound::Int(5),
+            &filter(Operator::Gt, Bound::Float(5.0))
+        ));
+        assert!(!excludes(
+            Bound::Float(0.5),
+            Bound::Float(f64::NAN),
+            &filter(Operator::Lt, Bound::Float(1.0))
+        ));
     }
 
     #[test]
