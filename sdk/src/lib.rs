@@ -8,12 +8,15 @@
 //! resulting `.wasm` with `appliance plugin add`.
 //!
 //! The WIT worlds in `sdk/wit/` are the single source of truth of the ABI: the host's bindings
-//! and the ones in [`wit`] are generated from the same file. Records, headers and batch
+//! and the ones in [`wit`] are generated from the same file. A transform exported here takes
+//! its batches encoded in one buffer ([`encoded`], world `encoded-transform`) as well as typed,
+//! which the host prefers; the plugin's code is the same for both. Records, headers and batch
 //! information are the generated WIT types, extended here with helpers ([`json`] for values,
 //! header accessors on [`Record`]).
 
 mod config;
 mod connector;
+pub mod encoded;
 pub mod host;
 #[cfg(feature = "java-date-format")]
 pub mod java_date_format;
@@ -156,6 +159,26 @@ pub mod __private {
     ) -> Result<Vec<Record>, RecordError> {
         slot.with(|instance| instance.process(&info, records))
             .unwrap_or_else(|message| Err(RecordError { index: 0, message }))
+    }
+
+    /// `transform_process` on a batch encoded as [`crate::encoded`] describes, with the output
+    /// encoded the same way. Bytes the host sent that do not decode, or output that cannot be
+    /// encoded (a field of 4 GiB), trap: neither is a verdict on a record.
+    pub fn transform_process_encoded<T: Transform>(
+        slot: &Slot<T>,
+        info: BatchInfo,
+        encoded: &[u8],
+    ) -> Result<Vec<u8>, RecordError> {
+        let records = crate::encoded::decode(encoded)
+            .unwrap_or_else(|e| panic!("the host sent a batch the SDK cannot read: {e}"))
+            .into_iter()
+            .map(Record::from)
+            .collect();
+        let output = transform_process(slot, info, records)?;
+        Ok(
+            crate::encoded::encode(output.iter().map(crate::encoded::RecordRef::from))
+                .unwrap_or_else(|e| panic!("the output cannot be encoded: {e}")),
+        )
     }
 
     fn pairs_of(configs: Vec<Config>) -> Vec<Pairs> {

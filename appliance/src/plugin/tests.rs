@@ -217,6 +217,12 @@ async fn traps_loops_and_runaway_memory_end_the_call_with_a_reason() {
     assert!(flood.contains("emitted more than 64 MiB"), "{flood}");
     let memory = fault("allocate", limits).await.to_string();
     assert!(memory.contains("memory limit of 16 MiB"), "{memory}");
+    let garbage = fault("garbage", limits).await.to_string();
+    assert!(
+        garbage.contains("broke the plugin contract")
+            && garbage.contains("its encoded output is malformed at byte 4"),
+        "{garbage}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,6 +260,21 @@ async fn grants_and_limits_are_host_keys_the_plugin_never_sees() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("timeout-ms"), "{error}");
+    let error = plugins
+        .instantiate_transform(
+            &filter,
+            &config(&[("batch-abi", "fast")]),
+            Limits::default(),
+            "p/0",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("expected auto (the default) or typed"),
+        "{error}"
+    );
 }
 
 /// Every built-in transform, compiled to WebAssembly and run in the sandbox, does its job on
@@ -406,19 +427,27 @@ async fn every_builtin_runs_in_the_sandbox() {
     );
     for (name, pairs, check) in cases {
         let loaded = plugins.get(name).await.unwrap();
-        let mut instance = plugins
-            .instantiate_transform(&loaded, &config(&pairs), Limits::default(), "smoke")
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let out = instance
-            .process(&info(), std::slice::from_ref(&input))
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-        if name == "filter" {
-            assert_eq!(out.len(), 1, "filter keeps what does not match");
+        // Batches cross encoded in one buffer by default, or as typed records: the same
+        // output either way.
+        let mut outputs = Vec::new();
+        for abi in ["auto", "typed"] {
+            let pairs = [&pairs[..], &[("batch-abi", abi)]].concat();
+            let mut instance = plugins
+                .instantiate_transform(&loaded, &config(&pairs), Limits::default(), "smoke")
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let out = instance
+                .process(&info(), std::slice::from_ref(&input))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            if name == "filter" {
+                assert_eq!(out.len(), 1, "filter keeps what does not match");
+            }
+            check(&out[0]);
+            outputs.push(out);
         }
-        check(&out[0]);
+        assert_eq!(outputs[0], outputs[1], "{name}: encoded and typed outputs");
     }
 }
 

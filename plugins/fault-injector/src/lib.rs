@@ -3,7 +3,8 @@
 //! memory until something stops it), `reject-config` (fails init), `poison` (an error for
 //! each record whose value contains `poison`, every other record passes), `trap-until` (traps
 //! like `trap` until the wall clock reaches `until`, epoch milliseconds, then passes records:
-//! a transient fault that outlives the instance, as a restart makes a new one).
+//! a transient fault that outlives the instance, as a restart makes a new one), `garbage`
+//! (hands the host bytes that are not an encoded batch as its output).
 
 use appliance_sdk::{BatchInfo, Config, Record, Transform, transform};
 
@@ -24,6 +25,7 @@ enum Mode {
     Poison,
     Connect(String),
     TrapUntil(u128),
+    Garbage,
 }
 
 impl Transform for FaultInjector {
@@ -32,6 +34,13 @@ impl Transform for FaultInjector {
         info: &BatchInfo,
         records: Vec<Record>,
     ) -> Result<Vec<Record>, appliance_sdk::RecordError> {
+        if self.mode == Mode::Garbage {
+            // The import the SDK's encoded export writes its output to, called directly.
+            #[cfg(target_family = "wasm")]
+            __appliance_transform_export_FaultInjector::appliance::plugin::encoded_output::emit(
+                b"not an encoded batch",
+            );
+        }
         if self.mode != Mode::Flood {
             return appliance_sdk::apply_each(self, info, records);
         }
@@ -68,6 +77,7 @@ impl Transform for FaultInjector {
                     .map_err(|e| format!("until: {e}"))?,
             ),
             "poison" => Mode::Poison,
+            "garbage" => Mode::Garbage,
             "reject-config" => return Err("this configuration is rejected on purpose".into()),
             other => return Err(format!("unknown mode {other:?}")),
         };
@@ -103,7 +113,7 @@ impl Transform for FaultInjector {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
                 Ok(Some(record))
             }
-            Mode::Flood => Ok(Some(record)),
+            Mode::Flood | Mode::Garbage => Ok(Some(record)),
             Mode::Allocate => loop {
                 self.hoard.push(vec![1; 1 << 20]);
             },

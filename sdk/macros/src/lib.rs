@@ -19,35 +19,56 @@ const PLUGIN_WIT: &str = include_str!("../../wit/plugin.wit");
 /// transform. A component exports one transform.
 #[proc_macro_attribute]
 pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
-    export(attr, item, "transform", "Transform", |name| {
-        quote! {
-            impl exports::appliance::plugin::transformer::Guest for Exports {
-                fn init(config: ::appliance_sdk::__private::Pairs)
-                    -> ::std::result::Result<(), ::std::string::String>
-                {
-                    ::appliance_sdk::__private::transform_init(&SLOT, config)
+    export(
+        attr,
+        item,
+        "transform",
+        "encoded-transform",
+        "Transform",
+        |name| {
+            quote! {
+                impl exports::appliance::plugin::encoded_transformer::Guest for Exports {
+                    fn process(
+                        info: ::appliance_sdk::BatchInfo,
+                        records: ::std::vec::Vec<u8>,
+                    ) -> ::std::result::Result<(), ::appliance_sdk::RecordError> {
+                        let output =
+                            ::appliance_sdk::__private::transform_process_encoded::<super::#name>(
+                                &SLOT, info, &records,
+                            )?;
+                        appliance::plugin::encoded_output::emit(&output);
+                        Ok(())
+                    }
                 }
 
-                fn process(
-                    info: ::appliance_sdk::BatchInfo,
-                    records: ::std::vec::Vec<::appliance_sdk::Record>,
-                ) -> ::std::result::Result<(), ::appliance_sdk::RecordError> {
-                    let output = ::appliance_sdk::__private::transform_process::<super::#name>(
-                        &SLOT, info, records,
-                    )?;
-                    appliance::plugin::output::emit(&output);
-                    Ok(())
+                impl exports::appliance::plugin::transformer::Guest for Exports {
+                    fn init(config: ::appliance_sdk::__private::Pairs)
+                        -> ::std::result::Result<(), ::std::string::String>
+                    {
+                        ::appliance_sdk::__private::transform_init(&SLOT, config)
+                    }
+
+                    fn process(
+                        info: ::appliance_sdk::BatchInfo,
+                        records: ::std::vec::Vec<::appliance_sdk::Record>,
+                    ) -> ::std::result::Result<(), ::appliance_sdk::RecordError> {
+                        let output = ::appliance_sdk::__private::transform_process::<super::#name>(
+                            &SLOT, info, records,
+                        )?;
+                        appliance::plugin::output::emit(&output);
+                        Ok(())
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Exports the annotated type, which implements `appliance_sdk::Source`, as the plugin's
 /// source connector.
 #[proc_macro_attribute]
 pub fn source(attr: TokenStream, item: TokenStream) -> TokenStream {
-    export(attr, item, "source", "Source", |name| {
+    export(attr, item, "source", "source", "Source", |name| {
         quote! {
             impl exports::appliance::plugin::source_connector::Guest for Exports {
                 fn plan(
@@ -81,7 +102,7 @@ pub fn source(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// connector.
 #[proc_macro_attribute]
 pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
-    export(attr, item, "sink", "Sink", |name| {
+    export(attr, item, "sink", "sink", "Sink", |name| {
         quote! {
             impl exports::appliance::plugin::sink_connector::Guest for Exports {
                 fn plan(
@@ -115,13 +136,15 @@ pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
     })
 }
 
-/// The item as written, plus the hidden export module of `world`, whose `Guest` impl for
-/// `Exports` the caller writes (given the type's name); `SLOT` holds the instance. The
+/// The item as written (under `#[attribute]`), plus the hidden export module of `world`, whose
+/// `Guest` impls for `Exports` the caller writes (given the type's name); `SLOT` holds the
+/// instance. The
 /// world's `config-schema` export answers with the `SECRET_KEYS` of the type's `trait_name`
 /// implementation.
 fn export(
     attr: TokenStream,
     item: TokenStream,
+    attribute: &str,
     world: &str,
     trait_name: &str,
     guest: impl FnOnce(&Ident) -> Tokens,
@@ -129,7 +152,7 @@ fn export(
     if !attr.is_empty() {
         return syn::Error::new(
             proc_macro2::Span::call_site(),
-            format!("#[{world}] takes no arguments"),
+            format!("#[{attribute}] takes no arguments"),
         )
         .to_compile_error()
         .into();
@@ -141,13 +164,13 @@ fn export(
         other => {
             return syn::Error::new_spanned(
                 other,
-                format!("#[{world}] goes on a struct or an enum"),
+                format!("#[{attribute}] goes on a struct or an enum"),
             )
             .to_compile_error()
             .into();
         }
     };
-    let module = format_ident!("__appliance_{}_export_{}", world, name);
+    let module = format_ident!("__appliance_{}_export_{}", attribute, name);
     let world_name = format!("appliance:plugin/{world}");
     let guest = guest(&name);
     let trait_name = format_ident!("{}", trait_name);

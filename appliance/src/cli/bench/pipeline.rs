@@ -7,10 +7,12 @@
 //!    of wall time and per CPU-second of the whole process (every thread: reader, plugin
 //!    thread, log writer), beside a pipeline with no transform, which only copies.
 //! 2. The transform step alone on one thread, on batches of 1000 decoded records: the plugin
-//!    in its sandbox against the same crate compiled natively (`transform-filter`,
-//!    `transform-mask-field`, `transform-insert-field` as ordinary dependencies), both starting from the host's records.
-//! 3. Per-call overhead: a filter on a header no record has (no JSON work) at batch sizes 1,
-//!    100 and 1000.
+//!    in its sandbox, with batches encoded in one buffer (the default) and as typed WIT
+//!    records (`batch-abi=typed`), against the same crate compiled natively
+//!    (`transform-filter`, `transform-mask-field`, `transform-insert-field` as ordinary
+//!    dependencies), all starting from the host's records.
+//! 3. Per-call overhead, encoded and typed: a filter on a header no record has (no JSON work)
+//!    at batch sizes 1, 100 and 1000.
 //!
 //! 4. With `--template LANG=PATH` (components of the upper-case template built from
 //!    plugins/template, plugins/template-python, plugins/template-js): each one's size, first
@@ -58,6 +60,8 @@ pub struct PipelineBenchArgs {
 const RECORD_BYTES: usize = 200;
 const BATCH: usize = 1000;
 const FILTER: &[(&str, &str)] = &[("field", "temp"), ("greater-than", "30")];
+/// The host's setting that makes batches cross as typed WIT records.
+const TYPED: (&str, &str) = ("batch-abi", "typed");
 const SENSORS: usize = 1000;
 const WINDOW: &[(&str, &str)] = &[
     ("window", "tumbling"),
@@ -95,9 +99,13 @@ struct WindowFigures {
 #[derive(Debug, serde::Serialize)]
 struct StepFigures {
     transform: &'static str,
+    /// Batches encoded in one buffer each way (`encoded-transformer`, the default).
     wasm_records_s: f64,
+    /// Batches as typed WIT records (`batch-abi=typed`).
+    typed_records_s: f64,
     native_records_s: f64,
     wasm_over_native: f64,
+    typed_over_native: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -117,6 +125,7 @@ const UPPERCASE: &[(&str, &str)] = &[("field", "sensor")];
 struct CallFigures {
     batch: usize,
     wasm_us_per_call: f64,
+    typed_us_per_call: f64,
     native_us_per_call: f64,
 }
 
@@ -162,6 +171,10 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         ("copy (no transform)", vec![]),
         ("filter", vec![spec("filter", FILTER)]),
         ("mask-field", vec![spec("mask-field", MASK)]),
+        (
+            "filter, typed batches",
+            vec![spec("filter", &[FILTER, &[TYPED]].concat())],
+        ),
     ] {
         let figures = pipeline_case(&pipelines, &source, case, transforms, args.records).await?;
         pipelines.delete(&pipeline_name(case)).await?;
@@ -181,10 +194,15 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     pipelines.stop_all().await;
 
     println!();
-    println!("2. the transform step alone, one thread, batches of {BATCH}");
+    println!("2. the transform step alone, one thread, batches of {BATCH}, encoded and typed");
     println!(
-        "{:<12} {:>14} {:>16} {:>12}",
-        "transform", "wasm rec/s", "native rec/s", "wasm/native"
+        "{:<12} {:>14} {:>14} {:>14} {:>15} {:>13}",
+        "transform",
+        "encoded rec/s",
+        "typed rec/s",
+        "native rec/s",
+        "encoded/native",
+        "typed/native"
     );
     let batch = host_records(BATCH);
     let duration = Duration::from_secs_f64(args.seconds);
@@ -196,20 +214,29 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     ] {
         let mut wasm = instance(&plugins, transform, config).await?;
         let wasm_rate = rate(duration, BATCH, async || wasm_call(&mut wasm, &batch).await).await?;
+        let mut typed = instance(&plugins, transform, &[config, &[TYPED]].concat()).await?;
+        let typed_rate = rate(duration, BATCH, async || {
+            wasm_call(&mut typed, &batch).await
+        })
+        .await?;
         let mut native = Native::new(transform, config)?;
         let native_rate = rate(duration, BATCH, async || native.call(&batch)).await?;
         let figures = StepFigures {
             transform,
             wasm_records_s: wasm_rate,
+            typed_records_s: typed_rate,
             native_records_s: native_rate,
             wasm_over_native: native_rate / wasm_rate,
+            typed_over_native: native_rate / typed_rate,
         };
         println!(
-            "{:<12} {:>14.0} {:>16.0} {:>11.2}x",
+            "{:<12} {:>14.0} {:>14.0} {:>14.0} {:>14.2}x {:>12.2}x",
             figures.transform,
             figures.wasm_records_s,
+            figures.typed_records_s,
             figures.native_records_s,
-            figures.wasm_over_native
+            figures.wasm_over_native,
+            figures.typed_over_native
         );
         step_figures.push(figures);
     }
@@ -217,11 +244,17 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     println!();
     println!("3. per-call overhead: filter on a header no record has (no JSON work)");
     println!(
-        "{:>6} {:>14} {:>16} {:>16}",
-        "batch", "wasm us/call", "wasm ns/record", "native us/call"
+        "{:>6} {:>15} {:>17} {:>13} {:>15} {:>16}",
+        "batch",
+        "encoded us/call",
+        "encoded ns/record",
+        "typed us/call",
+        "typed ns/record",
+        "native us/call"
     );
     let header_filter: &[(&str, &str)] = &[("header", "absent")];
     let mut wasm = instance(&plugins, "filter", header_filter).await?;
+    let mut typed = instance(&plugins, "filter", &[header_filter, &[TYPED]].concat()).await?;
     let mut native = Native::new("filter", header_filter)?;
     let mut call_figures = Vec::new();
     for size in [1, 100, 1000] {
@@ -230,17 +263,24 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
             wasm_call(&mut wasm, &records).await
         })
         .await?;
+        let typed_rate = rate(duration / 2, size, async || {
+            wasm_call(&mut typed, &records).await
+        })
+        .await?;
         let native_rate = rate(duration / 2, size, async || native.call(&records)).await?;
         let figures = CallFigures {
             batch: size,
             wasm_us_per_call: size as f64 / wasm_rate * 1e6,
+            typed_us_per_call: size as f64 / typed_rate * 1e6,
             native_us_per_call: size as f64 / native_rate * 1e6,
         };
         println!(
-            "{:>6} {:>14.2} {:>16.0} {:>16.2}",
+            "{:>6} {:>15.2} {:>17.0} {:>13.2} {:>15.0} {:>16.2}",
             size,
             figures.wasm_us_per_call,
             figures.wasm_us_per_call * 1000.0 / size as f64,
+            figures.typed_us_per_call,
+            figures.typed_us_per_call * 1000.0 / size as f64,
             figures.native_us_per_call
         );
         call_figures.push(figures);
@@ -445,7 +485,11 @@ async fn first_partition_when<T>(
 }
 
 fn pipeline_name(case: &str) -> String {
-    format!("bench-{}", case.split(' ').next().unwrap_or("case"))
+    let words: Vec<&str> = case
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .collect();
+    format!("bench-{}", words.join("-"))
 }
 
 /// Section 1b: the window pipeline end to end, then its state restored by a pause and resume.

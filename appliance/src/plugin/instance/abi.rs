@@ -2,6 +2,8 @@
 //! lowered from borrowed host data, and the output read from the plugin's memory with every
 //! byte counted before it is copied.
 
+use appliance_sdk::encoded::{self, DecodeError, RecordRef};
+
 use super::*;
 
 /// A record as the host holds it between the log and the plugins: byte fields share the
@@ -75,6 +77,9 @@ pub(super) struct SourceRecordOut {
 
 /// The parameters and results of `transformer.process` and `sink-connector.put`.
 pub(super) type BatchParams<'a> = (&'a BatchInfo, &'a [RecordIn<'a>]);
+
+/// The parameters of `encoded-transformer.process`.
+pub(super) type EncodedParams<'a> = (&'a BatchInfo, &'a [u8]);
 
 pub(super) type BatchResults = (Result<(), RecordError>,);
 
@@ -169,12 +174,69 @@ pub(super) fn read_records(
     Ok(records)
 }
 
+/// A host record as the encoded batch borrows it.
+pub(super) fn record_ref(record: &Record) -> RecordRef<'_> {
+    RecordRef {
+        key: record.key.as_deref(),
+        value: record.value.as_deref(),
+        headers: record
+            .headers
+            .iter()
+            .map(|h| (h.key.as_str(), &h.value[..]))
+            .collect(),
+        timestamp: record.timestamp,
+        offset: record.offset,
+        topic: record.topic.as_deref(),
+    }
+}
+
+/// Copies an encoded batch out of the plugin's memory, counting it against the batch's
+/// [`MAX_OUTPUT_BYTES`] first, and decodes it into records that share the one copy.
+pub(super) fn read_encoded(
+    store: &mut StoreContextMut<'_, InstanceState>,
+    list: &WasmList<u8>,
+) -> wasmtime::Result<Vec<Record>> {
+    charge(store.data_mut(), list.len())?;
+    let encoded = Bytes::copy_from_slice(list.as_le_slice(&*store));
+    decode_records(&encoded).map_err(|error| {
+        let detail = format!("its encoded output is {error}");
+        store.data_mut().output_refused = Some(detail.clone());
+        wasmtime::Error::msg(detail)
+    })
+}
+
+/// The records of an encoded batch, their byte fields slices of `encoded`.
+fn decode_records(encoded: &Bytes) -> Result<Vec<Record>, DecodeError> {
+    Ok(encoded::decode(encoded)?
+        .into_iter()
+        .map(|record| Record {
+            key: record.key.map(|key| encoded.slice_ref(key)),
+            value: record.value.map(|value| encoded.slice_ref(value)),
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(key, value)| Header {
+                    key: key.to_owned(),
+                    value: encoded.slice_ref(value),
+                })
+                .collect(),
+            timestamp: record.timestamp,
+            offset: record.offset,
+            topic: record.topic.map(str::to_owned),
+        })
+        .collect())
+}
+
 /// Counts `len` more bytes of output against the batch's budget.
 pub(super) fn charge(state: &mut InstanceState, len: usize) -> wasmtime::Result<()> {
     state.output_bytes = state.output_bytes.saturating_add(len);
     if state.output_bytes > MAX_OUTPUT_BYTES {
-        state.output_overflow = true;
-        wasmtime::bail!("output over {} MiB", MAX_OUTPUT_BYTES >> 20);
+        let detail = format!(
+            "it emitted more than {} MiB for one batch",
+            MAX_OUTPUT_BYTES >> 20
+        );
+        state.output_refused = Some(detail.clone());
+        return Err(wasmtime::Error::msg(detail));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! `appliance:plugin/host` (log, counters), the captured stderr, and the linker every instance
 //! is made from (with `appliance:plugin/state`, in [`super::state`]).
 
-use super::abi::{RecordOut, SourceRecordOut, charge, read_records};
+use super::abi::{RecordOut, SourceRecordOut, charge, read_encoded, read_records};
 use super::sandbox::MemoryLimiter;
 use super::*;
 
@@ -14,6 +14,7 @@ const MAX_LOG_MESSAGE: usize = 4096;
 const MAX_COUNTERS: usize = 64;
 const MAX_COUNTER_NAME: usize = 128;
 const OUTPUT_IMPORT: &str = "appliance:plugin/output@0.1.0";
+const ENCODED_OUTPUT_IMPORT: &str = "appliance:plugin/encoded-output@0.1.0";
 const SOURCE_OUTPUT_IMPORT: &str = "appliance:plugin/source-output@0.1.0";
 
 /// The counters an instance keeps through `counter-add`.
@@ -87,8 +88,9 @@ pub struct InstanceState {
     pub(super) output: Vec<Record>,
     pub(super) positions: Vec<Bytes>,
     pub(super) output_bytes: usize,
-    /// Set when the call in progress emitted more than [`MAX_OUTPUT_BYTES`].
-    pub(super) output_overflow: bool,
+    /// Why the host refused what the call in progress emitted (more than
+    /// [`MAX_OUTPUT_BYTES`], or encoded output that does not decode): a broken contract.
+    pub(super) output_refused: Option<String>,
     pub(super) plugin: Arc<str>,
     pub(super) label: Arc<str>,
     pub(super) counters: Arc<InstanceCounters>,
@@ -145,8 +147,9 @@ impl Host for InstanceState {
 }
 
 /// The linker every instance is created from: WASI (which grants nothing by itself: each
-/// store's context decides), the appliance's host functions, and `output.emit`, defined here
-/// rather than through the generated bindings so that it reads its argument lazily.
+/// store's context decides), the appliance's host functions, and the `emit`s of the output
+/// interfaces, defined here rather than through the generated bindings so that they read
+/// their argument lazily.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -159,6 +162,14 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
             let emitted: Vec<RecordOut> =
                 list.iter(&mut store)?.collect::<wasmtime::Result<_>>()?;
             let records = read_records(&mut store, emitted)?;
+            store.data_mut().output.extend(records);
+            Ok(())
+        },
+    )?;
+    linker.instance(ENCODED_OUTPUT_IMPORT)?.func_wrap(
+        "emit",
+        |mut store: StoreContextMut<'_, InstanceState>, (list,): (WasmList<u8>,)| {
+            let records = read_encoded(&mut store, &list)?;
             store.data_mut().output.extend(records);
             Ok(())
         },

@@ -6,12 +6,14 @@
 //! Calls are async. The epoch callback makes a running guest yield to the executor at every
 //! tick, so a busy plugin shares its thread, and traps it once its `timeout-ms` of ticks are
 //! spent; a timer around the call catches a guest that waits inside a host call instead (a WASI
-//! sleep). Records cross in borrowed form on the way in (lowered straight from the log's
-//! buffers, no copy on the host). The output arrives through the `output.emit` import while
-//! the call runs: the host reads it straight from the plugin's memory, counting bytes before
-//! copying them, so no plugin can make the host allocate more than [`MAX_OUTPUT_BYTES`] per
-//! batch (lists in a plugin's memory may overlap, so its output could otherwise be far larger
-//! than its memory).
+//! sleep). A transform that exports `encoded-transformer` (every Rust one) gets each batch
+//! encoded in one buffer and emits its output the same way through `encoded-output.emit`;
+//! otherwise (or with `batch-abi=typed`) records cross typed, in borrowed form on the way in
+//! (lowered straight from the log's buffers, no copy on the host), and the output arrives
+//! through the `output.emit` import. Either way the host reads output while the call runs,
+//! straight from the plugin's memory, counting bytes before copying them, so no plugin can
+//! make the host allocate more than [`abi::MAX_OUTPUT_BYTES`] per batch (lists in a plugin's memory
+//! may overlap, so its output could otherwise be far larger than its memory).
 //!
 //! ```text
 //! mod.rs      the kinds of instance (transform, source, sink) and the plan call
@@ -28,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use appliance_sdk::encoded;
 use bytes::{Bytes, BytesMut};
 use wasmtime::component::{
     Component, ComponentExportIndex, ComponentType, Func, HasSelf, Instance, InstancePre, Lift,
@@ -45,11 +48,12 @@ mod host;
 mod sandbox;
 mod state;
 
-pub use self::abi::{Header, MAX_OUTPUT_BYTES, Record};
+use self::abi::record_ref;
+pub use self::abi::{Header, Record};
 pub use self::host::{InstanceCounters, InstanceState, linker};
 pub(super) use self::sandbox::InstanceSpec;
 pub use self::sandbox::is_host_key;
-use self::sandbox::{CallError, Sandbox};
+use self::sandbox::{BatchAbi, CallError, Sandbox};
 pub use self::state::{StateChanges, StateStore};
 
 mod bindings {
@@ -84,6 +88,7 @@ const CONFIG_SCHEMA_EXPORT: &str = "appliance:plugin/config-schema@0.1.0";
 const MAX_SECRET_KEYS: usize = 256;
 const MAX_KEY_LEN: usize = 256;
 const TRANSFORMER_EXPORT: &str = "appliance:plugin/transformer@0.1.0";
+const ENCODED_TRANSFORMER_EXPORT: &str = "appliance:plugin/encoded-transformer@0.1.0";
 const SINK_EXPORT: &str = "appliance:plugin/sink-connector@0.1.0";
 /// The export names of the plugin worlds, as they appear in a component's type.
 const WORLD_EXPORTS: [(&str, PluginKind); 3] = [
@@ -123,6 +128,8 @@ enum Exports {
     Transform {
         indices: transformer::GuestIndices,
         process: ComponentExportIndex,
+        /// `encoded-transformer.process`, where the component exports it.
+        encoded: Option<ComponentExportIndex>,
     },
     Source(source_connector::GuestIndices),
     Sink {
@@ -151,6 +158,10 @@ pub fn prepare(
         PluginKind::Transform => Exports::Transform {
             indices: transformer::GuestIndices::new(&pre).map_err(mismatch)?,
             process: function(TRANSFORMER_EXPORT, "process")?,
+            encoded: component
+                .get_export_index(None, ENCODED_TRANSFORMER_EXPORT)
+                .map(|_| function(ENCODED_TRANSFORMER_EXPORT, "process"))
+                .transpose()?,
         },
         PluginKind::Source => {
             Exports::Source(source_connector::GuestIndices::new(&pre).map_err(mismatch)?)
@@ -237,6 +248,9 @@ fn wrong_world(prepared: &Prepared, plugin: &str, wanted: PluginKind) -> PluginE
 pub struct TransformInstance {
     sandbox: Sandbox,
     process: Func,
+    /// `encoded-transformer.process`, used instead of `process` where the plugin exports it
+    /// and the instance's `batch-abi` allows it.
+    process_encoded: Option<Func>,
     stateful: bool,
 }
 
@@ -247,23 +261,38 @@ impl TransformInstance {
         prepared: &Prepared,
         spec: InstanceSpec<'_>,
     ) -> Result<Self, PluginError> {
-        let Exports::Transform { indices, process } = &prepared.exports else {
+        let Exports::Transform {
+            indices,
+            process,
+            encoded,
+        } = &prepared.exports
+        else {
             return Err(wrong_world(prepared, spec.plugin, PluginKind::Transform));
         };
-        let (mut sandbox, _, process) =
+        let (mut sandbox, _, (process, process_encoded)) =
             Sandbox::start(engine, prepared, spec, async |store, instance, config| {
                 let guest = indices.load(&mut *store, instance)?;
-                let process = instance
-                    .get_func(&mut *store, process)
-                    .ok_or_else(|| CallError::Contract("it has no process function".to_owned()))?;
-                Ok((process, guest.call_init(&mut *store, config).await?))
+                let function = |store: &mut Store<InstanceState>, index| {
+                    instance
+                        .get_func(store, index)
+                        .ok_or_else(|| CallError::Contract("it has no process function".to_owned()))
+                };
+                let process = function(&mut *store, process)?;
+                let process_encoded = encoded
+                    .as_ref()
+                    .map(|index| function(&mut *store, index))
+                    .transpose()?;
+                let verdict = guest.call_init(&mut *store, config).await?;
+                Ok(((process, process_encoded), verdict))
             })
             .await?;
         // The store is restored after `init`: what `init` wrote would overwrite it.
         sandbox.store.data_mut().state.discard_call();
+        let process_encoded = process_encoded.filter(|_| sandbox.batch_abi == BatchAbi::Auto);
         Ok(Self {
             sandbox,
             process,
+            process_encoded,
             stateful: prepared.uses_state,
         })
     }
@@ -275,7 +304,17 @@ impl TransformInstance {
         info: &BatchInfo,
         records: &[Record],
     ) -> Result<Result<Vec<Record>, RecordError>, PluginError> {
-        let verdict = self.sandbox.call_batch(self.process, info, records).await;
+        let encoded = self.process_encoded.and_then(|function| {
+            Some((
+                function,
+                encoded::encode(records.iter().map(record_ref)).ok()?,
+            ))
+        });
+        let verdict = match encoded {
+            Some((function, encoded)) => self.sandbox.call_encoded(function, info, &encoded).await,
+            // A batch with a field of 4 GiB or more has no encoding; it crosses typed.
+            None => self.sandbox.call_batch(self.process, info, records).await,
+        };
         let state = &mut self.sandbox.store.data_mut().state;
         match verdict {
             Ok(Ok(_)) => state.keep_call(),

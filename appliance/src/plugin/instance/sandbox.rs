@@ -2,7 +2,7 @@
 //! network addresses from the config's `wasi.*` keys), its memory limit, its deadline per
 //! call, and how a call that failed is named.
 
-use super::abi::{BatchParams, BatchResults, RecordIn, record_in};
+use super::abi::{BatchParams, BatchResults, EncodedParams, RecordIn, record_in};
 use super::host::StderrTail;
 use super::*;
 
@@ -60,6 +60,7 @@ pub(in crate::plugin) struct InstanceSpec<'a> {
 pub(super) struct Sandbox {
     pub(super) store: Store<InstanceState>,
     pub(super) limits: Limits,
+    pub(super) batch_abi: BatchAbi,
     pub(super) refused: RefusedConnection,
 }
 
@@ -76,7 +77,7 @@ impl Sandbox {
             &Vec<(String, String)>,
         ) -> Result<(G, Result<(), String>), CallError>,
     ) -> Result<(Self, Instance, G), PluginError> {
-        let (limits, mut wasi, plugin_config, refused) =
+        let (limits, batch_abi, mut wasi, plugin_config, refused) =
             sandbox(spec.plugin, spec.config, spec.default_limits).await?;
         let stderr = StderrTail::default();
         wasi.stderr(stderr.clone());
@@ -93,7 +94,7 @@ impl Sandbox {
             output: Vec::new(),
             positions: Vec::new(),
             output_bytes: 0,
-            output_overflow: false,
+            output_refused: None,
             plugin: spec.plugin.into(),
             label: spec.label.into(),
             counters: spec.counters,
@@ -112,6 +113,7 @@ impl Sandbox {
         let mut sandbox = Self {
             store,
             limits,
+            batch_abi,
             refused,
         };
         let (instance, guest, verdict) = sandbox
@@ -149,6 +151,23 @@ impl Sandbox {
         self.call(async |store| {
             let typed = function.typed::<BatchParams<'_>, BatchResults>(&*store)?;
             let (verdict,) = typed.call_async(&mut *store, (info, &inputs)).await?;
+            let output = std::mem::take(&mut store.data_mut().output);
+            Ok(verdict.map(|()| output))
+        })
+        .await
+    }
+
+    /// Calls `encoded-transformer.process`: the batch encoded in one buffer, the output read
+    /// through `encoded-output.emit`.
+    pub(super) async fn call_encoded(
+        &mut self,
+        function: Func,
+        info: &BatchInfo,
+        encoded: &[u8],
+    ) -> Result<Result<Vec<Record>, RecordError>, PluginError> {
+        self.call(async |store| {
+            let typed = function.typed::<EncodedParams<'_>, BatchResults>(&*store)?;
+            let (verdict,) = typed.call_async(&mut *store, (info, encoded)).await?;
             let output = std::mem::take(&mut store.data_mut().output);
             Ok(verdict.map(|()| output))
         })
@@ -196,7 +215,7 @@ pub(super) async fn guarded<R>(
     state.output.clear();
     state.positions.clear();
     state.output_bytes = 0;
-    state.output_overflow = false;
+    state.output_refused = None;
     store.set_epoch_deadline(1);
     let timer = Duration::from_millis(limits.timeout_ms) + TIMER_GRACE;
     match tokio::time::timeout(timer, call(store)).await {
@@ -207,7 +226,19 @@ pub(super) async fn guarded<R>(
 
 /// Whether a config key is the host's (a limit or a grant) rather than the plugin's.
 pub fn is_host_key(key: &str) -> bool {
-    matches!(key, "max-memory-mb" | "timeout-ms" | "snapshot-interval") || key.starts_with("wasi.")
+    matches!(
+        key,
+        "max-memory-mb" | "timeout-ms" | "snapshot-interval" | "batch-abi"
+    ) || key.starts_with("wasi.")
+}
+
+/// How batches cross into a transform (its `batch-abi` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BatchAbi {
+    /// Encoded in one buffer where the plugin exports `encoded-transformer`, else typed.
+    Auto,
+    /// As typed WIT records always (`batch-abi=typed`).
+    Typed,
 }
 
 /// Splits the host's keys (limits and WASI grants) from the plugin's configuration.
@@ -219,6 +250,7 @@ pub(super) async fn sandbox(
 ) -> Result<
     (
         Limits,
+        BatchAbi,
         WasiCtxBuilder,
         Vec<(String, String)>,
         RefusedConnection,
@@ -242,6 +274,7 @@ pub(super) async fn sandbox(
         }
     }
     let mut limits = default_limits;
+    let mut batch_abi = BatchAbi::Auto;
     let mut wasi = WasiCtxBuilder::new();
     let mut plugin_config = Vec::with_capacity(config.len());
     let mut outbound: HashSet<SocketAddr> = HashSet::new();
@@ -254,6 +287,18 @@ pub(super) async fn sandbox(
             "timeout-ms" => {
                 limits.timeout_ms =
                     parse_limit(value, 1, 3_600_000).map_err(|reason| grant_error(key, reason))?;
+            }
+            "batch-abi" => {
+                batch_abi = match value.as_str() {
+                    "auto" => BatchAbi::Auto,
+                    "typed" => BatchAbi::Typed,
+                    _ => {
+                        return Err(grant_error(
+                            key,
+                            format!("expected auto (the default) or typed, not {value:?}"),
+                        ));
+                    }
+                };
             }
             // The pipeline's, for a stateful transform's snapshots.
             "snapshot-interval" => {}
@@ -312,7 +357,7 @@ pub(super) async fn sandbox(
             }
             Box::pin(async move { allowed })
         });
-    Ok((limits, wasi, plugin_config, refused))
+    Ok((limits, batch_abi, wasi, plugin_config, refused))
 }
 
 /// The last address the sandbox refused a plugin instance a connection to.
@@ -348,13 +393,10 @@ pub(super) fn classify(
     let plugin = state.plugin.to_string();
     let fault = match error {
         CallError::Contract(detail) => return PluginError::Contract { plugin, detail },
-        CallError::Wasm(_) if state.output_overflow => {
+        CallError::Wasm(_) if state.output_refused.is_some() => {
             return PluginError::Contract {
                 plugin,
-                detail: format!(
-                    "it emitted more than {} MiB for one batch",
-                    MAX_OUTPUT_BYTES >> 20
-                ),
+                detail: state.output_refused.clone().unwrap_or_default(),
             };
         }
         CallError::TimerExpired => Fault::Timeout {
