@@ -128,7 +128,7 @@ const JS_SDK: [(&str, &str); 5] = [
 
 const JS_PACKAGE: &str = include_str!("../../../../plugins/template-js/package.json");
 
-const RUST_SDK: [(&str, &str); 12] = [
+const RUST_SDK: [(&str, &str); 13] = [
     ("src/lib.rs", include_str!("../../../../sdk/src/lib.rs")),
     (
         "src/config.rs",
@@ -137,6 +137,10 @@ const RUST_SDK: [(&str, &str); 12] = [
     (
         "src/connector.rs",
         include_str!("../../../../sdk/src/connector.rs"),
+    ),
+    (
+        "src/encoded.rs",
+        include_str!("../../../../sdk/src/encoded.rs"),
     ),
     ("src/host.rs", include_str!("../../../../sdk/src/host.rs")),
     (
@@ -412,5 +416,23 @@ mod tests {
         let sdk = dir.path().join("log-sink/appliance-sdk");
         assert!(sdk.join("macros/src/lib.rs").exists() && sdk.join("wit/plugin.wit").exists());
         assert!(new_project("Bad Name", Language::Rust, Kind::Sink, dir.path()).is_err());
+    }
+
+    /// A module added to the SDK must reach the projects too, or they do not build.
+    #[test]
+    fn the_rust_sdk_copy_has_every_source_file() {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(sdk)
+            .unwrap()
+            .map(|entry| format!("src/{}", entry.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let mut copied: Vec<String> = RUST_SDK
+            .iter()
+            .map(|(path, _)| path.to_string())
+            .filter(|path| path.starts_with("src/"))
+            .collect();
+        copied.sort();
+        assert_eq!(copied, on_disk);
     }
 }
