@@ -1,7 +1,8 @@
 //! The task that runs one source partition of a pipeline: read, transform, route, append,
 //! record progress. The appends of a few batches are in flight while the next batch is read
-//! and transformed; a batch's progress is recorded, in order, once its appends are durable,
-//! and its state changes (the window's, or a stateful plugin's) are appended to the
+//! and transformed, and the batch after it is read and decoded on a blocking thread while
+//! this one is transformed; a batch's progress is recorded, in order, once its appends are
+//! durable, and its state changes (the window's, or a stateful plugin's) are appended to the
 //! changelog after the rest of its output.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -47,6 +48,50 @@ type Routed = BTreeMap<Destination, Vec<(i64, log::Record)>>;
 
 /// A changelog batch waiting for the rest of its source batch's output to be durable.
 type ChangelogBatch = (Destination, Arc<log::Partition>, bytes::BytesMut);
+
+/// Source records read from an offset on: those at or after it, decoded.
+struct DecodedChunk {
+    records: Vec<StoredRecord>,
+    next_offset: Offset,
+    high_watermark: Offset,
+}
+
+impl DecodedChunk {
+    fn decode(chunk: log::ReadChunk, from: u64) -> Result<Self, log::BatchError> {
+        let mut records = log::decode_all(chunk.batches)?;
+        records.retain(|r| r.offset.0 >= from);
+        Ok(Self {
+            records,
+            next_offset: chunk.next_offset,
+            high_watermark: chunk.high_watermark,
+        })
+    }
+}
+
+/// The source's next chunk, read and decoded on a blocking thread while the task transforms
+/// the chunk before it, so that with two cores decoding does not wait for the transform.
+/// Only a chunk that has records is kept; an empty read, an error or a chunk that does not
+/// start where the task goes on is read again in the task, which handles each case.
+struct ReadAhead {
+    from: u64,
+    chunk: tokio::task::JoinHandle<Option<DecodedChunk>>,
+}
+
+impl ReadAhead {
+    fn start(source: &Arc<log::Partition>, from: u64) -> Self {
+        let source = Arc::clone(source);
+        let chunk = tokio::task::spawn_blocking(move || {
+            let chunk = source.read(Offset(from), READ_BYTES).ok()?;
+            if chunk.batches.is_empty() {
+                return None;
+            }
+            DecodedChunk::decode(chunk, from)
+                .ok()
+                .filter(|decoded| !decoded.records.is_empty())
+        });
+        Self { from, chunk }
+    }
+}
 
 /// Appends submitted for one source batch, and what to record once they are durable.
 struct InFlight {
@@ -258,9 +303,10 @@ struct Worker<'t> {
 }
 
 impl Worker<'_> {
-    async fn run(&mut self, source: &log::Partition) -> Result<(), TaskError> {
+    async fn run(&mut self, source: &Arc<log::Partition>) -> Result<(), TaskError> {
         let task = self.task;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut read_ahead: Option<ReadAhead> = None;
         self.skip_deleted(source);
         self.forget_written_before(self.progress.next);
         if let Some(end) = self
@@ -276,44 +322,59 @@ impl Worker<'_> {
             s.next_offset = next;
         });
         loop {
-            let read = tokio::select! {
-                _ = task.stop.cancelled() => break,
-                read = source.read_wait(Offset(next), READ_BYTES, READ_WAIT) => read,
+            let ahead = match read_ahead.take() {
+                Some(ahead) if ahead.from == next => tokio::select! {
+                    _ = task.stop.cancelled() => break,
+                    joined = ahead.chunk => joined.ok().flatten(),
+                },
+                _ => None,
             };
-            let chunk = match read {
-                Err(LogError::OffsetOutOfRange { log_start, .. }) if Offset(next) < log_start => {
-                    self.finish_all(&mut in_flight).await?;
-                    self.skip_deleted(source);
-                    next = self.progress.next;
-                    continue;
+            let chunk = match ahead {
+                Some(chunk) => chunk,
+                None => {
+                    let read = tokio::select! {
+                        _ = task.stop.cancelled() => break,
+                        read = source.read_wait(Offset(next), READ_BYTES, READ_WAIT) => read,
+                    };
+                    let chunk = match read {
+                        Err(LogError::OffsetOutOfRange { log_start, .. })
+                            if Offset(next) < log_start =>
+                        {
+                            self.finish_all(&mut in_flight).await?;
+                            self.skip_deleted(source);
+                            next = self.progress.next;
+                            continue;
+                        }
+                        read => read.map_err(TaskError::log_with(|| {
+                            format!("reading {}", task.spec.from)
+                        }))?,
+                    };
+                    if chunk.batches.is_empty() {
+                        task.status
+                            .update(|s| s.high_watermark = chunk.high_watermark.0);
+                        self.finish_all(&mut in_flight).await?;
+                        self.settle_ends()
+                            .map_err(TaskError::meta("recording progress"))?;
+                        self.advance_idle_if_due().await?;
+                        if self.snapshot_due() {
+                            self.snapshot()?;
+                        }
+                        continue;
+                    }
+                    DecodedChunk::decode(chunk, next)
+                        .map_err(TaskError::batch(|| format!("reading {}", task.spec.from)))?
                 }
-                read => read.map_err(TaskError::log_with(|| {
-                    format!("reading {}", task.spec.from)
-                }))?,
             };
             task.status
                 .update(|s| s.high_watermark = chunk.high_watermark.0);
-            if chunk.batches.is_empty() {
-                self.finish_all(&mut in_flight).await?;
-                self.settle_ends()
-                    .map_err(TaskError::meta("recording progress"))?;
-                self.advance_idle_if_due().await?;
-                if self.snapshot_due() {
-                    self.snapshot()?;
-                }
-                continue;
-            }
             self.last_input = Instant::now();
-            let records: Vec<StoredRecord> = log::decode_all(chunk.batches)
-                .map_err(TaskError::batch(|| format!("reading {}", task.spec.from)))?
-                .into_iter()
-                .filter(|r| r.offset.0 >= next)
-                .collect();
+            let records = chunk.records;
             let (Some(first), Some(last)) = (records.first(), records.last()) else {
                 next = chunk.next_offset.0;
                 continue;
             };
             let range = (first.offset.0, last.offset.0);
+            read_ahead = Some(ReadAhead::start(source, range.1 + 1));
             let output = self.transform(&records).await?;
             let (appends, changelog, records_out) = self.append(&records, range, output).await?;
             in_flight.push_back(InFlight {

@@ -243,6 +243,36 @@ async fn a_filter_pipeline_transforms_continuously() {
     s.close().await;
 }
 
+/// A backlog of several reads, growing while the pipeline runs: each read after the first is
+/// made ahead, while the chunk before it is transformed, and the output is the input, in
+/// order, each record once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_read_ahead_comes_out_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path()).await;
+    let padding = "x".repeat(300);
+    let value = |i: usize| format!(r#"{{"i":{i},"pad":"{padding}"}}"#);
+    produce(&s.log, "in", (0..12_000).map(value)).await;
+    let keep_all = step("filter", &[("field", "i"), ("action", "keep")]);
+    s.pipelines
+        .create(new_pipeline("all", "in", "out", vec![keep_all]))
+        .await
+        .unwrap();
+    produce(&s.log, "in", (12_000..15_000).map(value)).await;
+    wait_for(&s.pipelines, "all", |p| {
+        p.next_offset == 15_000 && p.lag() == 0
+    })
+    .await;
+    let expected: Vec<String> = (0..15_000).map(value).collect();
+    assert!(
+        values(&s.log, "out").await == expected,
+        "output differs from input"
+    );
+    let status = s.pipelines.get("all").await.unwrap();
+    assert_eq!(status.partitions[0].records_in, 15_000);
+    s.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_progress_never_duplicates_output() {
     let dir = tempfile::tempdir().unwrap();
