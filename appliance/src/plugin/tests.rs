@@ -240,41 +240,20 @@ async fn grants_and_limits_are_host_keys_the_plugin_never_sees() {
         .instantiate_transform(&filter, &keys, Limits::default(), "p/0")
         .await
         .unwrap();
-    let error = plugins
-        .instantiate_transform(
-            &filter,
-            &config(&[("wasi.gpu", "x")]),
-            Limits::default(),
-            "p/0",
-        )
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("unknown capability"), "{error}");
-    let error = plugins
-        .instantiate_transform(
-            &filter,
-            &config(&[("timeout-ms", "0")]),
-            Limits::default(),
-            "p/0",
-        )
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("timeout-ms"), "{error}");
-    let error = plugins
-        .instantiate_transform(
-            &filter,
-            &config(&[("batch-abi", "fast")]),
-            Limits::default(),
-            "p/0",
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("expected auto (the default) or typed"),
-        "{error}"
-    );
+    for (pair, expected) in [
+        (("wasi.gpu", "x"), "unknown capability"),
+        (("timeout-ms", "0"), "timeout-ms"),
+        (
+            ("batch-abi", "fast"),
+            "expected auto (the default) or typed",
+        ),
+    ] {
+        let error = plugins
+            .instantiate_transform(&filter, &config(&[pair]), Limits::default(), "p/0")
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{pair:?}: {error}");
+    }
 }
 
 /// Every built-in transform, compiled to WebAssembly and run in the sandbox, does its job on

@@ -138,9 +138,8 @@ pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 /// The item as written (under `#[attribute]`), plus the hidden export module of `world`, whose
 /// `Guest` impls for `Exports` the caller writes (given the type's name); `SLOT` holds the
-/// instance. The
-/// world's `config-schema` export answers with the `SECRET_KEYS` of the type's `trait_name`
-/// implementation.
+/// instance. The world's `config-schema` export answers with the `SECRET_KEYS` of the type's
+/// `trait_name` implementation.
 fn export(
     attr: TokenStream,
     item: TokenStream,
