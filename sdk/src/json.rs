@@ -1,9 +1,8 @@
 //! JSON values addressed by dotted paths (`payload.sensor.id`), as Kafka Connect's SMTs
 //! address nested fields.
 
-use std::fmt;
+use std::ops::Range;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 pub use crate::record::{parse_json, to_json_bytes};
@@ -53,110 +52,20 @@ pub fn remove(value: &mut Value, path: &str) -> Option<Value> {
     }
 }
 
-/// The field at `path` of the JSON document `bytes`, read without building the rest of the
-/// document and without reading past the field: for a transform that only tests one field (a
-/// filter, a router), several times faster than parsing the whole value. `Ok(None)` when a
-/// step is missing or not an object (which takes reading the whole document); an error when
-/// `bytes` stop being JSON before the field is found. What follows the field is not checked,
-/// so with a duplicated key (which JSON advises against) this finds the first occurrence where
-/// a parsed `Value` keeps the last.
+/// The field at `path` (`a.b.c`) of the JSON document `bytes`, read without building the rest
+/// of the document and without reading past the field: for a transform that only tests one
+/// field (a filter, a router), several times faster than parsing the whole value. `Ok(None)`
+/// when a step is missing or not an object (which takes reading the whole document); an error
+/// when `bytes` stop being JSON before the field is found. What follows the field is not
+/// checked, so with a duplicated key (which JSON advises against) this finds the first
+/// occurrence where a parsed `Value` keeps the last.
 pub fn lookup(bytes: &[u8], path: &str) -> Result<Option<Value>, String> {
-    let mut found = None;
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let outcome = PathSeed {
-        path,
-        found: &mut found,
+    let mut scan = Scan::new(bytes);
+    if scan.find(path, 0)? {
+        return scan.parse_value().map(Some);
     }
-    .deserialize(&mut deserializer)
-    .and_then(|()| deserializer.end());
-    match outcome {
-        Ok(()) => Ok(None),
-        // Once the field is found nothing else is parsed, so the error is the stop signal.
-        Err(_) if found.is_some() => Ok(found),
-        Err(error) => Err(format!("not JSON: {error}")),
-    }
-}
-
-/// The error that stops parsing once the field is found (serde has no other way out).
-const FOUND: &str = "appliance-sdk: field found";
-
-/// Finds `path` in the value being deserialized, skipping everything before it.
-struct PathSeed<'p, 'f> {
-    path: &'p str,
-    found: &'f mut Option<Value>,
-}
-
-impl<'de> DeserializeSeed<'de> for PathSeed<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PathSeed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let (name, rest) = match self.path.split_once('.') {
-            Some((name, rest)) => (name, Some(rest)),
-            None => (self.path, None),
-        };
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key != name {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            }
-            match rest {
-                Some(rest) => map.next_value_seed(PathSeed {
-                    path: rest,
-                    found: &mut *self.found,
-                })?,
-                None => *self.found = Some(map.next_value::<Value>()?),
-            }
-            if self.found.is_some() {
-                return Err(serde::de::Error::custom(FOUND));
-            }
-            // The first field of that name was not an object holding the rest of the path;
-            // like `get`, do not look further.
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            return Ok(());
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
+    scan.end()?;
+    Ok(None)
 }
 
 /// Where the fields at `paths` lie in the JSON object `bytes`: (index into `paths`, byte
@@ -169,70 +78,375 @@ impl<'de> Visitor<'de> for PathSeed<'_, '_> {
 pub fn field_spans(
     bytes: &[u8],
     paths: &[impl AsRef<str>],
-) -> Result<Vec<(usize, std::ops::Range<usize>)>, String> {
-    let mut spans = Vec::new();
+) -> Result<Vec<(usize, Range<usize>)>, String> {
     let wanted: Vec<(usize, &str)> = paths.iter().map(AsRef::as_ref).enumerate().collect();
-    collect_spans(bytes, 0, &wanted, &mut spans)?;
+    let mut scan = Scan::new(bytes);
+    scan.whitespace();
+    match scan.peek() {
+        Some(b'{') => {}
+        Some(_) => return Err("not a JSON object".to_owned()),
+        None => return Err(scan.error("the document is empty")),
+    }
+    let mut spans = Vec::new();
+    scan.spans(&wanted, 0, &mut spans)?;
+    scan.end()?;
     Ok(spans)
 }
 
-/// The spans of `wanted` in the object `bytes`, which starts `at` bytes into the document.
-fn collect_spans(
-    bytes: &[u8],
+/// How deep arrays and objects may nest, as deep as serde_json reads: deeper input is refused
+/// rather than read with unbounded recursion.
+const MAX_DEPTH: usize = 127;
+
+/// A strict reader of JSON text (RFC 8259) that finds fields and skips values without
+/// building them. serde_json has no way to stop at a field but an error, whose message and
+/// position it formats each time; at a few fields into a record that costs more than
+/// reading the whole record.
+struct Scan<'b> {
+    bytes: &'b [u8],
     at: usize,
-    wanted: &[(usize, &str)],
-    spans: &mut Vec<(usize, std::ops::Range<usize>)>,
-) -> Result<(), String> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let fields: Vec<(Key<'_>, &serde_json::value::RawValue)> = deserializer
-        .deserialize_map(FieldsVisitor)
-        .and_then(|fields| deserializer.end().map(|()| fields))
-        .map_err(|e| {
-            if e.is_data() {
-                "not a JSON object".to_owned()
-            } else {
-                format!("not JSON: {e}")
-            }
-        })?;
-    let base = bytes.as_ptr() as usize;
-    for (Key(key), raw) in fields {
-        let text = raw.get().as_bytes();
-        let start = text.as_ptr() as usize - base;
-        let mut nested = Vec::new();
-        for &(index, path) in wanted {
-            match path.split_once('.') {
-                None if path == key => spans.push((index, at + start..at + start + text.len())),
-                Some((name, rest)) if name == key => nested.push((index, rest)),
-                _ => {}
-            }
-        }
-        if !nested.is_empty() && text.first() == Some(&b'{') {
-            collect_spans(text, at + start, &nested, spans)?;
-        }
-    }
-    Ok(())
 }
 
-/// A key, borrowed from the document unless it has escapes.
-#[derive(serde::Deserialize)]
-struct Key<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
-
-/// An object's fields as raw text; anything else is a data error.
-struct FieldsVisitor;
-
-impl<'de> Visitor<'de> for FieldsVisitor {
-    type Value = Vec<(Key<'de>, &'de serde_json::value::RawValue)>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+impl<'b> Scan<'b> {
+    fn new(bytes: &'b [u8]) -> Self {
+        Self { bytes, at: 0 }
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = Vec::new();
-        while let Some(entry) = map.next_entry()? {
-            fields.push(entry);
+    fn error(&self, what: &str) -> String {
+        format!("not JSON: {what} at byte {}", self.at)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
         }
-        Ok(fields)
+    }
+
+    fn expect(&mut self, byte: u8, what: &str) -> Result<(), String> {
+        self.whitespace();
+        if self.peek() != Some(byte) {
+            return Err(self.error(&format!("expected {what}")));
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    /// Only whitespace is left.
+    fn end(&mut self) -> Result<(), String> {
+        self.whitespace();
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.error("trailing characters")),
+        }
+    }
+
+    /// Moves the cursor to the value of the field at `path` of the value at the cursor and
+    /// says whether it is there; if not, the cursor ends after the value.
+    fn find(&mut self, path: &str, depth: usize) -> Result<bool, String> {
+        self.whitespace();
+        if self.peek() != Some(b'{') {
+            self.skip_value(depth)?;
+            return Ok(false);
+        }
+        let (name, rest) = match path.split_once('.') {
+            Some((name, rest)) => (name, Some(rest)),
+            None => (path, None),
+        };
+        self.open(depth)?;
+        let mut first = true;
+        while let Some(key) = self.next_key(&mut first)? {
+            if !key.is(name) {
+                self.skip_value(depth + 1)?;
+                continue;
+            }
+            match rest {
+                None => return Ok(true),
+                Some(rest) if self.find(rest, depth + 1)? => return Ok(true),
+                // Only the first field of that name is looked into, as `get` would see it.
+                Some(_) => {
+                    while self.next_key(&mut first)?.is_some() {
+                        self.skip_value(depth + 1)?;
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Adds the spans of `wanted` in the object at the cursor, which ends after it.
+    fn spans(
+        &mut self,
+        wanted: &[(usize, &str)],
+        depth: usize,
+        spans: &mut Vec<(usize, Range<usize>)>,
+    ) -> Result<(), String> {
+        self.open(depth)?;
+        let mut first = true;
+        while let Some(key) = self.next_key(&mut first)? {
+            let nested: Vec<(usize, &str)> = wanted
+                .iter()
+                .filter_map(|&(index, path)| {
+                    let (name, rest) = path.split_once('.')?;
+                    key.is(name).then_some((index, rest))
+                })
+                .collect();
+            self.whitespace();
+            let start = self.at;
+            let inner = spans.len();
+            if !nested.is_empty() && self.peek() == Some(b'{') {
+                self.spans(&nested, depth + 1, spans)?;
+            } else {
+                self.skip_value(depth + 1)?;
+            }
+            let whole = wanted
+                .iter()
+                .filter(|&&(_, path)| key.is(path))
+                .map(|&(index, _)| (index, start..self.at));
+            // In document order: the field itself before the fields found inside it.
+            spans.splice(inner..inner, whole);
+        }
+        Ok(())
+    }
+
+    /// Steps into the object at the cursor.
+    fn open(&mut self, depth: usize) -> Result<(), String> {
+        if depth >= MAX_DEPTH {
+            return Err(self.error("nested too deep"));
+        }
+        self.expect(b'{', "`{`")
+    }
+
+    /// The next key of the object being read, the cursor then before its value; `None`
+    /// (the cursor after the object) at its end. `first` is true until the first call.
+    fn next_key(&mut self, first: &mut bool) -> Result<Option<Key<'b>>, String> {
+        self.whitespace();
+        match self.peek() {
+            Some(b'}') => {
+                self.at += 1;
+                return Ok(None);
+            }
+            Some(b',') if !*first => self.at += 1,
+            _ if *first => {}
+            _ => return Err(self.error("expected `,` or `}`")),
+        }
+        *first = false;
+        self.whitespace();
+        if self.peek() != Some(b'"') {
+            return Err(self.error("expected a string key"));
+        }
+        let key = self.key()?;
+        self.expect(b':', "`:`")?;
+        Ok(Some(key))
+    }
+
+    /// The value at the cursor, built; the cursor ends after it.
+    fn parse_value(&mut self) -> Result<Value, String> {
+        self.whitespace();
+        let mut values =
+            serde_json::Deserializer::from_slice(&self.bytes[self.at..]).into_iter::<Value>();
+        let value = values
+            .next()
+            .unwrap_or_else(|| Err(serde::de::Error::custom("the document ends")))
+            .map_err(|e| format!("not JSON: {e} (in the value at byte {})", self.at))?;
+        self.at += values.byte_offset();
+        Ok(value)
+    }
+
+    fn skip_value(&mut self, depth: usize) -> Result<(), String> {
+        self.whitespace();
+        match self.peek() {
+            Some(b'{') => {
+                self.open(depth)?;
+                let mut first = true;
+                while self.next_key(&mut first)?.is_some() {
+                    self.skip_value(depth + 1)?;
+                }
+                Ok(())
+            }
+            Some(b'[') => self.skip_array(depth),
+            Some(b'"') => self.string().map(drop),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(_) => Err(self.error("expected a value")),
+            None => Err(self.error("the document ends where a value should be")),
+        }
+    }
+
+    fn skip_array(&mut self, depth: usize) -> Result<(), String> {
+        if depth >= MAX_DEPTH {
+            return Err(self.error("nested too deep"));
+        }
+        self.at += 1;
+        self.whitespace();
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            self.skip_value(depth + 1)?;
+            self.whitespace();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b']') => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.error("expected `,` or `]`")),
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), String> {
+        if !self.bytes[self.at..].starts_with(word) {
+            return Err(self.error("expected a value"));
+        }
+        self.at += word.len();
+        Ok(())
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn number(&mut self) -> Result<(), String> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.at += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.error("expected a digit")),
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            self.some_digits()?;
+        }
+        Ok(())
+    }
+
+    fn some_digits(&mut self) -> Result<(), String> {
+        if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            return Err(self.error("expected a digit"));
+        }
+        self.digits();
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+    }
+
+    /// The key at the cursor.
+    fn key(&mut self) -> Result<Key<'b>, String> {
+        let start = self.at;
+        let escaped = self.string()?;
+        let quoted = &self.bytes[start..self.at];
+        if escaped {
+            serde_json::from_slice(quoted)
+                .map(Key::Decoded)
+                .map_err(|e| format!("not JSON: {e} (in the key at byte {start})"))
+        } else {
+            Ok(Key::Raw(&quoted[1..quoted.len() - 1]))
+        }
+    }
+
+    /// Skips the string at the cursor (its opening quote), checking its escapes, that it has
+    /// no control characters and that it is UTF-8; whether it has escapes.
+    fn string(&mut self) -> Result<bool, String> {
+        self.at += 1;
+        let start = self.at;
+        let mut escaped = false;
+        loop {
+            let Some(len) = string_stop(&self.bytes[self.at..]) else {
+                self.at = self.bytes.len();
+                return Err(self.error("the document ends inside a string"));
+            };
+            self.at += len;
+            match self.bytes[self.at] {
+                b'"' => break,
+                b'\\' => {}
+                _ => return Err(self.error("a control character in a string")),
+            }
+            escaped = true;
+            self.at += 1;
+            match self.peek() {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.at += 1,
+                Some(b'u') => {
+                    self.at += 1;
+                    for _ in 0..4 {
+                        if !self.peek().is_some_and(|b| b.is_ascii_hexdigit()) {
+                            return Err(self.error("expected a hex digit of a \\u escape"));
+                        }
+                        self.at += 1;
+                    }
+                }
+                _ => return Err(self.error("invalid escape")),
+            }
+        }
+        if !self.bytes[start..self.at].is_ascii() {
+            std::str::from_utf8(&self.bytes[start..self.at]).map_err(|e| {
+                format!(
+                    "not JSON: a string is not UTF-8 at byte {}",
+                    start + e.valid_up_to()
+                )
+            })?;
+        }
+        self.at += 1;
+        Ok(escaped)
+    }
+}
+
+/// Where the first `"`, `\\` or control character of `bytes` is: what ends the plain run of
+/// a string. Eight bytes at a time, as serde_json's own string reader goes, since strings are
+/// most of a record's bytes.
+fn string_stop(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    // The high bit of each byte of `word` below `limit`; the lowest one set is exact (a byte
+    // above a hit may be flagged too, by the borrow).
+    let below = |word: u64, limit: u8| word.wrapping_sub(ONES * u64::from(limit)) & !word & HIGH;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let stops = below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1)
+            | below(word, 0x20);
+        if stops != 0 {
+            return Some(at + stops.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let tail = bytes[at..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    Some(at + tail)
+}
+
+/// An object's key as `Scan` read it: its bytes between the quotes (checked UTF-8) unless it
+/// has escapes, which are rare enough in keys to decode.
+enum Key<'b> {
+    Raw(&'b [u8]),
+    Decoded(String),
+}
+
+impl Key<'_> {
+    fn is(&self, name: &str) -> bool {
+        match self {
+            Self::Raw(bytes) => *bytes == name.as_bytes(),
+            Self::Decoded(key) => key == name,
+        }
     }
 }
 
@@ -281,6 +495,75 @@ mod tests {
         fn lookup_survives_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = lookup(&bytes, "a.b");
         }
+
+        /// On a document with a few bytes changed, the scanner is never stricter than
+        /// serde_json, and where it reads the whole document never laxer: what serde_json
+        /// parses, the lookup and the span finder read; what the span finder reads, or the
+        /// lookup reads to the end without the field, serde_json parses.
+        #[test]
+        fn the_scanner_accepts_what_serde_json_accepts(
+            (bytes, path) in (json_value(), "[abc]{1,2}(\\.[abc]{1,2}){0,2}").prop_flat_map(|(document, path)| {
+                let bytes = serde_json::to_vec(&document).unwrap();
+                (mutated(bytes), Just(path))
+            }),
+        ) {
+            let parsed = serde_json::from_slice::<Value>(&bytes);
+            let looked = lookup(&bytes, &path);
+            let spans = field_spans(&bytes, &[path.as_str()]);
+            if let Ok(document) = &parsed {
+                prop_assert!(looked.is_ok(), "{looked:?}");
+                prop_assert_eq!(spans.is_ok(), document.is_object(), "{:?}", spans);
+            }
+            if matches!(looked, Ok(None)) || spans.is_ok() {
+                prop_assert!(parsed.is_ok(), "{parsed:?}");
+            }
+        }
+    }
+
+    proptest! {
+        /// Eight bytes at a time finds what a byte at a time finds.
+        #[test]
+        fn string_stop_finds_the_first_stop(
+            bytes in proptest::collection::vec(prop_oneof![
+                40 => 0x20u8..=0xFF,
+                1 => Just(b'"'),
+                1 => Just(b'\\'),
+                1 => 0u8..0x20,
+            ], 0..80),
+        ) {
+            let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            prop_assert_eq!(string_stop(&bytes), naive);
+        }
+    }
+
+    /// `bytes` with up to three bytes replaced, inserted or cut (JSON's punctuation, digits,
+    /// letters of its literals, a tab, a control character, a byte that is never UTF-8), or
+    /// cut short.
+    fn mutated(bytes: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+        let len = bytes.len();
+        let edit = (
+            0..=len,
+            proptest::sample::select(b"{}[]\":,.-0123456789 tfnrlusa\t\x01\xff".to_vec()),
+            0..3u8,
+        );
+        (proptest::collection::vec(edit, 0..4), 0..=len).prop_map(move |(edits, keep)| {
+            let mut bytes = bytes.clone();
+            for (at, byte, how) in edits {
+                let at = at.min(bytes.len());
+                match how {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            if keep < len / 4 {
+                bytes.truncate(keep);
+            }
+            bytes
+        })
     }
 
     proptest! {
@@ -345,6 +628,28 @@ mod tests {
                 .unwrap_err()
                 .starts_with("not JSON")
         );
+    }
+
+    #[test]
+    fn the_scanner_nests_as_deep_as_serde_json() {
+        for depth in [MAX_DEPTH, MAX_DEPTH + 1] {
+            let document = format!(
+                r#"{{"x":{}{}}}"#,
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            );
+            let parsed = serde_json::from_str::<Value>(&document);
+            assert_eq!(parsed.is_ok(), depth == MAX_DEPTH, "{depth}");
+            assert_eq!(
+                lookup(document.as_bytes(), "a").is_ok(),
+                parsed.is_ok(),
+                "{depth}"
+            );
+            assert_eq!(
+                field_spans(document.as_bytes(), &["a"]).is_ok(),
+                parsed.is_ok()
+            );
+        }
     }
 
     #[test]
