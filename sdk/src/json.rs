@@ -221,7 +221,7 @@ impl<'b> Scan<'b> {
     }
 
     /// The next key of the object being read, the cursor then before its value; `None`
-    /// (the cursor after the object) at its end. `first` is true until the first call.
+    /// (the cursor after the object) at its end. `first` holds until the first key is read.
     fn next_key(&mut self, first: &mut bool) -> Result<Option<Key<'b>>, String> {
         self.whitespace();
         match self.peek() {
