@@ -167,9 +167,7 @@ impl<'b> Scan<'b> {
                 Some(rest) if self.find(rest, depth + 1)? => return Ok(true),
                 // Only the first field of that name is looked into, as `get` would see it.
                 Some(_) => {
-                    while self.next_key(&mut first)?.is_some() {
-                        self.skip_value(depth + 1)?;
-                    }
+                    self.skip_fields(&mut first, depth)?;
                     return Ok(false);
                 }
             }
@@ -214,10 +212,24 @@ impl<'b> Scan<'b> {
 
     /// Steps into the object at the cursor.
     fn open(&mut self, depth: usize) -> Result<(), String> {
+        self.nest(depth)?;
+        self.expect(b'{', "`{`")
+    }
+
+    /// Refuses an array or object at `depth` beyond [`MAX_DEPTH`].
+    fn nest(&self, depth: usize) -> Result<(), String> {
         if depth >= MAX_DEPTH {
             return Err(self.error("nested too deep"));
         }
-        self.expect(b'{', "`{`")
+        Ok(())
+    }
+
+    /// Skips the fields left in the object being read (at `depth`), and its end.
+    fn skip_fields(&mut self, first: &mut bool, depth: usize) -> Result<(), String> {
+        while self.next_key(first)?.is_some() {
+            self.skip_value(depth + 1)?;
+        }
+        Ok(())
     }
 
     /// The next key of the object being read, the cursor then before its value; `None`
@@ -261,11 +273,7 @@ impl<'b> Scan<'b> {
         match self.peek() {
             Some(b'{') => {
                 self.open(depth)?;
-                let mut first = true;
-                while self.next_key(&mut first)?.is_some() {
-                    self.skip_value(depth + 1)?;
-                }
-                Ok(())
+                self.skip_fields(&mut true, depth)
             }
             Some(b'[') => self.skip_array(depth),
             Some(b'"') => self.string().map(drop),
@@ -279,9 +287,7 @@ impl<'b> Scan<'b> {
     }
 
     fn skip_array(&mut self, depth: usize) -> Result<(), String> {
-        if depth >= MAX_DEPTH {
-            return Err(self.error("nested too deep"));
-        }
+        self.nest(depth)?;
         self.at += 1;
         self.whitespace();
         if self.peek() == Some(b']') {
