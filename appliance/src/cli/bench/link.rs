@@ -12,7 +12,9 @@
 //! 4. The ends on separate CPUs: the edge's threads pinned to one CPU and the hub's to
 //!    another (as `taskset -c` pins two processes), the catch-up beside the hub's durable
 //!    append pinned to one CPU (BBR, no compression), and what each end spends in CPU seconds
-//!    per GB replicated.
+//!    per GB replicated, in `--rounds` rounds (3 by default) of the append then the catch-up,
+//!    with the median of each figure: the pinned append moves by up to 2x between minutes on
+//!    a shared virtual machine (docs/performance.md#cluster-links).
 //!    Each end runs in a runtime of its own with one worker thread; its CPU time is what its
 //!    threads used (`getrusage(RUSAGE_THREAD)`, summed as they stop).
 //! 5. A lossy uplink: the same through a userspace UDP proxy dropping 2% of packets each way
@@ -60,6 +62,11 @@ pub struct LinkBenchArgs {
     /// Round trip of the lossy uplink, in milliseconds.
     #[arg(long, default_value_t = 40)]
     rtt_ms: u64,
+    /// Rounds of the case with the ends on separate CPUs, each the hub's durable append on one
+    /// CPU and then the catch-up; the medians are reported, since on a shared machine either
+    /// figure drifts from one minute to the next.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// End with one JSON object holding every figure on the last line.
     #[arg(long)]
     json: bool,
@@ -89,13 +96,20 @@ struct Figures {
     link_bbr_zstd_mb_s: f64,
     backlog_bytes: u64,
     /// The ends on separate CPUs; none on a machine with one.
-    separate_cpus: Option<SeparateCpus>,
+    separate_cpus: Option<SeparateCpusRounds>,
     /// Lossy uplink: BBR without compression, BBR with zstd, cubic without.
     lossy_mb_s: f64,
     lossy_wire_mb_s: f64,
     lossy_compressed_mb_s: f64,
     lossy_compressed_wire_mb_s: f64,
     lossy_cubic_mb_s: f64,
+}
+
+/// Every round of the ends on separate CPUs, and the median of each figure over them.
+#[derive(Debug, serde::Serialize)]
+struct SeparateCpusRounds {
+    median: SeparateCpus,
+    rounds: Vec<SeparateCpus>,
 }
 
 /// The catch-up with the edge and the hub on CPUs of their own, beside the hub's durable
@@ -170,7 +184,7 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
         catch_up.push((mb_s, records_s, elapsed.as_secs_f64()));
     }
     let separate_cpus = if std::thread::available_parallelism().map_or(1, usize::from) > HUB_CPU {
-        Some(separate_cpus(&certs, scratch.path(), &edge, produced).await?)
+        Some(separate_cpus_rounds(&certs, scratch.path(), &edge, produced, args.rounds).await?)
     } else {
         println!("one CPU: the ends cannot have one each; that case is left out");
         None
@@ -235,6 +249,55 @@ pub async fn link_bench(args: LinkBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `rounds` of [`separate_cpus`], and the median of each figure. Each round's ratio is its
+/// catch-up over the append measured just before it, so the median ratio pairs figures taken
+/// a few seconds apart.
+async fn separate_cpus_rounds(
+    certs: &Path,
+    scratch: &Path,
+    edge: &Log,
+    produced: Produced,
+    rounds: u32,
+) -> anyhow::Result<SeparateCpusRounds> {
+    println!(
+        "the ends on separate CPUs (threads pinned as `taskset -c` pins a process; edge on CPU {EDGE_CPU}, hub on CPU {HUB_CPU}), {rounds} rounds:"
+    );
+    let mut all = Vec::new();
+    for _ in 0..rounds {
+        all.push(separate_cpus(certs, scratch, edge, produced).await?);
+    }
+    let median_of = |figure: fn(&SeparateCpus) -> f64| {
+        let mut values: Vec<f64> = all.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        let middle = values.len() / 2;
+        if values.len().is_multiple_of(2) {
+            (values[middle - 1] + values[middle]) / 2.0
+        } else {
+            values[middle]
+        }
+    };
+    let median = SeparateCpus {
+        hub_append_mb_s: median_of(|r| r.hub_append_mb_s),
+        hub_append_cpu_s_per_gb: median_of(|r| r.hub_append_cpu_s_per_gb),
+        link_mb_s: median_of(|r| r.link_mb_s),
+        link_over_hub_append: median_of(|r| r.link_over_hub_append),
+        edge_cpu_s_per_gb: median_of(|r| r.edge_cpu_s_per_gb),
+        hub_cpu_s_per_gb: median_of(|r| r.hub_cpu_s_per_gb),
+    };
+    println!(
+        "median of {rounds} rounds: hub durable append on one CPU {:.0} MB/s, catch-up {:.0} MB/s, each round's catch-up over its append {:.2}x; edge {:.2} CPU-s/GB, hub {:.2} CPU-s/GB",
+        median.hub_append_mb_s,
+        median.link_mb_s,
+        median.link_over_hub_append,
+        median.edge_cpu_s_per_gb,
+        median.hub_cpu_s_per_gb,
+    );
+    Ok(SeparateCpusRounds {
+        median,
+        rounds: all,
+    })
+}
+
 /// The hub's durable append on one CPU, then the catch-up with the edge on [`EDGE_CPU`] and
 /// the hub on [`HUB_CPU`], and the CPU time of each.
 async fn separate_cpus(
@@ -243,9 +306,6 @@ async fn separate_cpus(
     edge: &Log,
     produced: Produced,
 ) -> anyhow::Result<SeparateCpus> {
-    println!(
-        "the ends on separate CPUs (threads pinned as `taskset -c` pins a process; edge on CPU {EDGE_CPU}, hub on CPU {HUB_CPU}):"
-    );
     let hub = PinnedRuntime::new("bench-hub", HUB_CPU)?;
     let append = hub
         .handle()
