@@ -32,7 +32,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use super::log::{AppendFigures, append_case};
-use super::{MB, print_header, scratch_dir};
+use super::{MB, median, print_header, scratch_dir};
 use crate::group::Coordinator;
 use crate::link::edge::{LinkSpec, Links};
 use crate::link::hub::{Hub, HubOptions};
@@ -266,16 +266,7 @@ async fn separate_cpus_rounds(
     for _ in 0..rounds {
         all.push(separate_cpus(certs, scratch, edge, produced).await?);
     }
-    let median_of = |figure: fn(&SeparateCpus) -> f64| {
-        let mut values: Vec<f64> = all.iter().map(figure).collect();
-        values.sort_by(f64::total_cmp);
-        let middle = values.len() / 2;
-        if values.len().is_multiple_of(2) {
-            (values[middle - 1] + values[middle]) / 2.0
-        } else {
-            values[middle]
-        }
-    };
+    let median_of = |figure: fn(&SeparateCpus) -> f64| median(all.iter().map(figure));
     let median = SeparateCpus {
         hub_append_mb_s: median_of(|r| r.hub_append_mb_s),
         hub_append_cpu_s_per_gb: median_of(|r| r.hub_append_cpu_s_per_gb),

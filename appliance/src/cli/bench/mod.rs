@@ -150,6 +150,19 @@ fn print_header(dir: &Path, what: std::fmt::Arguments<'_>) -> anyhow::Result<f64
     Ok(disk)
 }
 
+/// The median of figures from rounds of one case: on a shared virtual machine a single run
+/// drifts with the host's other guests.
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        len if len.is_multiple_of(2) => (values[middle - 1] + values[middle]) / 2.0,
+        _ => values[middle],
+    }
+}
+
 /// A durable log in `dir`, as the daemon opens it.
 async fn open_log(dir: &Path) -> anyhow::Result<Log> {
     let meta = Meta::open(&dir.join("meta"))?;

@@ -10,7 +10,8 @@
 //!    in its sandbox, with batches encoded in one buffer (the default) and as typed WIT
 //!    records (`batch-abi=typed`), against the same crate compiled natively
 //!    (`transform-filter`, `transform-mask-field`, `transform-insert-field` as ordinary
-//!    dependencies), all starting from the host's records.
+//!    dependencies), all starting from the host's records; five rounds in which the three
+//!    alternate, and the medians, with the range of the encoded/native ratio over the rounds.
 //! 3. Per-call overhead, encoded and typed: a filter on a header no record has (no JSON work)
 //!    at batch sizes 1, 100 and 1000.
 //!
@@ -30,7 +31,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 
-use super::{PluginHost, open_plugin_host, print_header, scratch_dir};
+use super::{PluginHost, median, open_plugin_host, print_header, scratch_dir};
 use crate::log::{Compression, Log, PartitionId, Record, Timestamp, TopicConfig, TopicName};
 use crate::pipeline::{NewPipeline, PartitionStatus, Pipelines};
 use crate::plugin::{self, BatchInfo, Limits, Plugins};
@@ -59,6 +60,9 @@ pub struct PipelineBenchArgs {
 
 const RECORD_BYTES: usize = 200;
 const BATCH: usize = 1000;
+/// Rounds of the transform step: encoded, typed and native alternate within each, so that a
+/// machine whose speed drifts moves all three alike, and the medians are reported.
+const STEP_ROUNDS: u32 = 5;
 const FILTER: &[(&str, &str)] = &[("field", "temp"), ("greater-than", "30")];
 /// The host's setting that makes batches cross as typed WIT records.
 const TYPED: (&str, &str) = ("batch-abi", "typed");
@@ -106,6 +110,8 @@ struct StepFigures {
     native_records_s: f64,
     wasm_over_native: f64,
     typed_over_native: f64,
+    /// The lowest and highest of the rounds' `wasm_over_native`.
+    wasm_over_native_range: [f64; 2],
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -194,14 +200,17 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
     pipelines.stop_all().await;
 
     println!();
-    println!("2. the transform step alone, one thread, batches of {BATCH}, encoded and typed");
     println!(
-        "{:<12} {:>14} {:>14} {:>14} {:>15} {:>13}",
+        "2. the transform step alone, one thread, batches of {BATCH}, encoded and typed: medians of {STEP_ROUNDS} rounds"
+    );
+    println!(
+        "{:<12} {:>14} {:>14} {:>14} {:>15} {:>13} {:>13}",
         "transform",
         "encoded rec/s",
         "typed rec/s",
         "native rec/s",
         "encoded/native",
+        "rounds' range",
         "typed/native"
     );
     let batch = host_records(BATCH);
@@ -213,29 +222,41 @@ pub async fn pipeline_bench(args: PipelineBenchArgs) -> anyhow::Result<()> {
         ("insert-field", INSERT),
     ] {
         let mut wasm = instance(&plugins, transform, config).await?;
-        let wasm_rate = rate(duration, BATCH, async || wasm_call(&mut wasm, &batch).await).await?;
         let mut typed = instance(&plugins, transform, &[config, &[TYPED]].concat()).await?;
-        let typed_rate = rate(duration, BATCH, async || {
-            wasm_call(&mut typed, &batch).await
-        })
-        .await?;
         let mut native = Native::new(transform, config)?;
-        let native_rate = rate(duration, BATCH, async || native.call(&batch)).await?;
+        let round = duration / STEP_ROUNDS;
+        let mut rounds = Vec::new();
+        for _ in 0..STEP_ROUNDS {
+            let wasm_rate = rate(round, BATCH, async || wasm_call(&mut wasm, &batch).await).await?;
+            let typed_rate =
+                rate(round, BATCH, async || wasm_call(&mut typed, &batch).await).await?;
+            let native_rate = rate(round, BATCH, async || native.call(&batch)).await?;
+            rounds.push((wasm_rate, typed_rate, native_rate));
+        }
+        let ratios: Vec<f64> = rounds.iter().map(|(w, _, n)| n / w).collect();
         let figures = StepFigures {
             transform,
-            wasm_records_s: wasm_rate,
-            typed_records_s: typed_rate,
-            native_records_s: native_rate,
-            wasm_over_native: native_rate / wasm_rate,
-            typed_over_native: native_rate / typed_rate,
+            wasm_records_s: median(rounds.iter().map(|r| r.0)),
+            typed_records_s: median(rounds.iter().map(|r| r.1)),
+            native_records_s: median(rounds.iter().map(|r| r.2)),
+            wasm_over_native: median(ratios.iter().copied()),
+            typed_over_native: median(rounds.iter().map(|(_, t, n)| n / t)),
+            wasm_over_native_range: [
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            ],
         };
         println!(
-            "{:<12} {:>14.0} {:>14.0} {:>14.0} {:>14.2}x {:>12.2}x",
+            "{:<12} {:>14.0} {:>14.0} {:>14.0} {:>14.2}x {:>13} {:>12.2}x",
             figures.transform,
             figures.wasm_records_s,
             figures.typed_records_s,
             figures.native_records_s,
             figures.wasm_over_native,
+            format!(
+                "{:.2}-{:.2}x",
+                figures.wasm_over_native_range[0], figures.wasm_over_native_range[1]
+            ),
             figures.typed_over_native
         );
         step_figures.push(figures);
