@@ -151,10 +151,7 @@ impl<'b> Scan<'b> {
             self.skip_value(depth)?;
             return Ok(false);
         }
-        let (name, rest) = match path.split_once('.') {
-            Some((name, rest)) => (name, Some(rest)),
-            None => (path, None),
-        };
+        let (name, rest) = first_step(path);
         self.open(depth)?;
         let mut first = true;
         while let Some(key) = self.next_key(&mut first)? {
@@ -182,15 +179,20 @@ impl<'b> Scan<'b> {
         depth: usize,
         spans: &mut Vec<(usize, Range<usize>)>,
     ) -> Result<(), String> {
+        let steps: Vec<(usize, &str, Option<&str>)> = wanted
+            .iter()
+            .map(|&(index, path)| {
+                let (name, rest) = first_step(path);
+                (index, name, rest)
+            })
+            .collect();
         self.open(depth)?;
         let mut first = true;
         while let Some(key) = self.next_key(&mut first)? {
-            let nested: Vec<(usize, &str)> = wanted
+            let nested: Vec<(usize, &str)> = steps
                 .iter()
-                .filter_map(|&(index, path)| {
-                    let (name, rest) = path.split_once('.')?;
-                    key.is(name).then_some((index, rest))
-                })
+                .filter(|&&(_, name, _)| key.is(name))
+                .filter_map(|&(index, _, rest)| Some((index, rest?)))
                 .collect();
             self.whitespace();
             let start = self.at;
@@ -200,10 +202,10 @@ impl<'b> Scan<'b> {
             } else {
                 self.skip_value(depth + 1)?;
             }
-            let whole = wanted
+            let whole = steps
                 .iter()
-                .filter(|&&(_, path)| key.is(path))
-                .map(|&(index, _)| (index, start..self.at));
+                .filter(|&&(_, name, rest)| rest.is_none() && key.is(name))
+                .map(|&(index, _, _)| (index, start..self.at));
             // In document order: the field itself before the fields found inside it.
             spans.splice(inner..inner, whole);
         }
@@ -411,6 +413,14 @@ impl<'b> Scan<'b> {
         }
         self.at += 1;
         Ok(escaped)
+    }
+}
+
+/// The first step of a dotted path and the rest of it, if any: `a.b.c` is `a` then `b.c`.
+fn first_step(path: &str) -> (&str, Option<&str>) {
+    match path.split_once('.') {
+        Some((name, rest)) => (name, Some(rest)),
+        None => (path, None),
     }
 }
 
@@ -633,6 +643,19 @@ mod tests {
             field_spans(br#"{"a":tru}"#, &["a"])
                 .unwrap_err()
                 .starts_with("not JSON")
+        );
+    }
+
+    #[test]
+    fn a_key_with_a_dot_is_not_a_dotted_path() {
+        let doc = br#"{"a.b": 1, "a": {"b": 2}}"#;
+        let spans = field_spans(doc, &["a.b"]).unwrap();
+        let texts: Vec<&[u8]> = spans.iter().map(|(_, r)| &doc[r.clone()]).collect();
+        assert_eq!(texts, [b"2"]);
+        assert_eq!(lookup(doc, "a.b").unwrap(), Some(json!(2)));
+        assert_eq!(
+            get(&serde_json::from_slice(doc).unwrap(), "a.b"),
+            Some(&json!(2))
         );
     }
 
