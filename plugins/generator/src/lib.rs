@@ -79,28 +79,59 @@ impl Source for Generator {
 impl Generator {
     /// Reading `seq`, timestamped `now` (one clock read per poll, not per record).
     fn reading(&self, seq: u64, now: i64) -> SourceRecord {
-        let sensor = format!("sensor-{:04}", seq % self.sensors);
-        // Written directly rather than through a JSON document: a bench source must cost
-        // little per record. Every part is a number or a fixed ASCII name, so no escaping.
-        let mut bytes = format!(
-            r#"{{"sensor":"{sensor}","seq":{seq},"temp":{:?},"humidity":{:?}"#,
-            (seq * 37 % 5000) as f64 / 100.0,
-            (seq * 13 % 1000) as f64 / 10.0,
-        );
+        // Written directly rather than through a JSON document or `format!`: a bench source
+        // must cost little per record. Every part is a number or a fixed ASCII name, so no
+        // escaping.
+        let mut key = b"sensor-".to_vec();
+        let sensor = seq % self.sensors;
+        key.extend(std::iter::repeat_n(
+            b'0',
+            4usize.saturating_sub(decimal_digits(sensor)),
+        ));
+        key.extend_from_slice(itoa::Buffer::new().format(sensor).as_bytes());
+        let mut value = Vec::with_capacity(self.bytes.max(64));
+        value.extend_from_slice(br#"{"sensor":""#);
+        value.extend_from_slice(&key);
+        value.extend_from_slice(br#"","seq":"#);
+        value.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        value.extend_from_slice(br#","temp":"#);
+        push_fixed(&mut value, seq * 37 % 5000, 100);
+        value.extend_from_slice(br#","humidity":"#);
+        push_fixed(&mut value, seq * 13 % 1000, 10);
         // `,"note":""` adds 10 bytes around the padding, the closing brace one more.
-        if let Some(padding) = self.bytes.checked_sub(bytes.len() + 11) {
-            bytes.push_str(r#","note":""#);
-            bytes.extend(std::iter::repeat_n('.', padding));
-            bytes.push('"');
+        if let Some(padding) = self.bytes.checked_sub(value.len() + 11) {
+            value.extend_from_slice(br#","note":""#);
+            value.resize(value.len() + padding, b'.');
+            value.push(b'"');
         }
-        bytes.push('}');
-        let bytes = bytes.into_bytes();
-        let mut record = Record::from_value(bytes);
-        record.key = Some(sensor.into_bytes());
+        value.push(b'}');
+        let mut record = Record::from_value(value);
+        record.key = Some(key);
         record.timestamp = now;
         SourceRecord {
             record,
             position: (seq + 1).to_be_bytes().to_vec(),
+        }
+    }
+}
+
+fn decimal_digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// Appends `units / scale` (`scale` 10 or 100) as `{:?}` writes that `f64`: the shortest
+/// decimal, with at least one digit after the point (`27.3`, `27.0`, `0.05`).
+fn push_fixed(out: &mut Vec<u8>, units: u64, scale: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(units / scale).as_bytes());
+    out.push(b'.');
+    let mut fraction = units % scale;
+    let mut place = scale / 10;
+    loop {
+        out.push(b'0' + (fraction / place) as u8);
+        fraction %= place;
+        place /= 10;
+        if fraction == 0 || place == 0 {
+            break;
         }
     }
 }
@@ -149,6 +180,43 @@ mod tests {
 
     fn value_of(seq: u64) -> Option<Vec<u8>> {
         generator(&[], None).reading(seq, 0).record.value
+    }
+
+    /// The readings as the first version wrote them, through `format!`: a replay after an
+    /// upgrade must produce the same records.
+    fn reading_by_format(sensors: u64, bytes: usize, seq: u64) -> (Vec<u8>, Vec<u8>) {
+        let sensor = format!("sensor-{:04}", seq % sensors);
+        let mut value = format!(
+            r#"{{"sensor":"{sensor}","seq":{seq},"temp":{:?},"humidity":{:?}"#,
+            (seq * 37 % 5000) as f64 / 100.0,
+            (seq * 13 % 1000) as f64 / 10.0,
+        );
+        if let Some(padding) = bytes.checked_sub(value.len() + 11) {
+            value.push_str(r#","note":""#);
+            value.extend(std::iter::repeat_n('.', padding));
+            value.push('"');
+        }
+        value.push('}');
+        (sensor.into_bytes(), value.into_bytes())
+    }
+
+    #[test]
+    fn readings_are_byte_for_byte_those_of_the_formatted_version() {
+        for (sensors, bytes) in [(10, 0), (10, 200), (12_345, 200), (1, 40)] {
+            let generator = generator(
+                &[
+                    ("sensors", &sensors.to_string()),
+                    ("bytes", &bytes.to_string()),
+                ],
+                None,
+            );
+            for seq in (0..10_000).chain([123_456_789, 98_765_432_109_876]) {
+                let reading = generator.reading(seq, 0).record;
+                let (key, value) = reading_by_format(sensors, bytes, seq);
+                assert_eq!(reading.key, Some(key), "key of {seq}");
+                assert_eq!(reading.value, Some(value), "value of {seq}");
+            }
+        }
     }
 
     #[test]
