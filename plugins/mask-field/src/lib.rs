@@ -28,6 +28,21 @@ pub struct MaskField {
     side: Side,
     fields: Vec<String>,
     replacement: Option<String>,
+    /// What a field of each kind becomes, written once.
+    masks: Masks,
+}
+
+/// The JSON a masked field becomes, by the field's kind, or why that kind cannot be masked
+/// with the configured replacement. A field's kind is told by its first byte (and a number's
+/// spelling), so the field itself is never built.
+#[derive(Debug, Clone)]
+struct Masks {
+    string: Result<Vec<u8>, String>,
+    boolean: Result<Vec<u8>, String>,
+    integer: Result<Vec<u8>, String>,
+    float: Result<Vec<u8>, String>,
+    array: Result<Vec<u8>, String>,
+    object: Result<Vec<u8>, String>,
 }
 
 const KNOWN_KEYS: &[&str] = &["fields", "replacement", "on"];
@@ -56,6 +71,7 @@ impl Transform for MaskField {
         Ok(Self {
             side: Side::from_config(&config)?,
             fields,
+            masks: Masks::new(replacement.as_deref()),
             replacement,
         })
     }
@@ -78,14 +94,12 @@ impl Transform for MaskField {
         let mut rewritten = Vec::with_capacity(bytes.len());
         let mut copied = 0;
         for (index, range) in spans {
-            let path = &self.fields[index];
-            let field: Value = json::serde_json::from_slice(&bytes[range.clone()])
-                .map_err(|e| format!("cannot mask `{path}`: {e}"))?;
             let masked = self
-                .masked(&field)
-                .map_err(|e| format!("cannot mask `{path}`: {e}"))?;
+                .masks
+                .of(&bytes[range.clone()])
+                .map_err(|e| format!("cannot mask `{}`: {e}", self.fields[index]))?;
             rewritten.extend_from_slice(&bytes[copied..range.start]);
-            rewritten.extend_from_slice(&json::to_json_bytes(&masked));
+            rewritten.extend_from_slice(masked);
             copied = range.end;
         }
         rewritten.extend_from_slice(&bytes[copied..]);
@@ -102,42 +116,74 @@ impl MaskField {
         };
         for path in &self.fields {
             if let Some(field) = json::get_mut(&mut target, path) {
-                *field = self
-                    .masked(field)
+                *field = masked(field, self.replacement.as_deref())
                     .map_err(|e| format!("cannot mask `{path}`: {e}"))?;
             }
         }
         self.side.write(&mut record, &target);
         Ok(Some(record))
     }
+}
 
-    fn masked(&self, field: &Value) -> Result<Value, String> {
-        let Some(replacement) = &self.replacement else {
-            return Ok(empty_like(field));
-        };
-        match field {
-            Value::Null => Ok(Value::Null),
-            Value::String(_) => Ok(Value::from(replacement.as_str())),
-            Value::Number(number) if number.is_f64() => replacement
-                .parse::<f64>()
-                .ok()
-                .and_then(Number::from_f64)
-                .map(Value::Number)
-                .ok_or_else(|| format!("`replacement` {replacement:?} is not a number")),
-            Value::Number(_) => replacement
-                .parse::<Number>()
-                .ok()
-                .filter(|number| !number.is_f64())
-                .map(Value::Number)
-                .ok_or_else(|| format!("`replacement` {replacement:?} is not an integer")),
-            Value::Bool(_) => replacement
-                .parse::<bool>()
-                .map(Value::Bool)
-                .map_err(|_| format!("`replacement` {replacement:?} is not true or false")),
-            Value::Array(_) | Value::Object(_) => {
-                Err("an array or object takes no `replacement`".to_owned())
-            }
+/// What `field` becomes: the empty value of its kind, or `replacement` read as its kind.
+fn masked(field: &Value, replacement: Option<&str>) -> Result<Value, String> {
+    let Some(replacement) = replacement else {
+        return Ok(empty_like(field));
+    };
+    match field {
+        Value::Null => Ok(Value::Null),
+        Value::String(_) => Ok(Value::from(replacement)),
+        Value::Number(number) if number.is_f64() => replacement
+            .parse::<f64>()
+            .ok()
+            .and_then(Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| format!("`replacement` {replacement:?} is not a number")),
+        Value::Number(_) => replacement
+            .parse::<Number>()
+            .ok()
+            .filter(|number| !number.is_f64())
+            .map(Value::Number)
+            .ok_or_else(|| format!("`replacement` {replacement:?} is not an integer")),
+        Value::Bool(_) => replacement
+            .parse::<bool>()
+            .map(Value::Bool)
+            .map_err(|_| format!("`replacement` {replacement:?} is not true or false")),
+        Value::Array(_) | Value::Object(_) => {
+            Err("an array or object takes no `replacement`".to_owned())
         }
+    }
+}
+
+impl Masks {
+    fn new(replacement: Option<&str>) -> Self {
+        let written = |field: Value| masked(&field, replacement).map(|m| json::to_json_bytes(&m));
+        Self {
+            string: written(Value::from("")),
+            boolean: written(Value::Bool(false)),
+            integer: written(Value::from(0)),
+            float: written(Value::from(0.0)),
+            array: written(Value::Array(Vec::new())),
+            object: written(Value::Object(Map::new())),
+        }
+    }
+
+    /// What `field`, one JSON value the scan has validated, becomes. Only a number is read,
+    /// as serde_json reads it: its spelling and range decide whether it is an integer.
+    fn of<'m>(&'m self, field: &'m [u8]) -> Result<&'m [u8], String> {
+        let mask = match field.first() {
+            Some(b'"') => &self.string,
+            Some(b't' | b'f') => &self.boolean,
+            Some(b'n') => return Ok(field),
+            Some(b'[') => &self.array,
+            Some(b'{') => &self.object,
+            _ => match json::serde_json::from_slice::<Number>(field) {
+                Ok(number) if number.is_f64() => &self.float,
+                Ok(_) => &self.integer,
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        mask.as_deref().map_err(Clone::clone)
     }
 }
 
@@ -252,6 +298,34 @@ mod tests {
                 (Ok(a), Ok(b)) => proptest::prop_assert_eq!(a, b),
                 (Err(_), Err(_)) => {}
                 (a, b) => proptest::prop_assert!(false, "{a:?} against {b:?}"),
+            }
+        }
+    }
+
+    /// A number's kind comes from its spelling and range, as serde_json reads it, in place as
+    /// through the document.
+    #[test]
+    fn numbers_are_masked_by_the_kind_serde_json_reads() {
+        let info = BatchInfo::new("t", 0);
+        for replacement in [None, Some("7")] {
+            let mut config = vec![("fields", "n")];
+            config.extend(replacement.map(|r| ("replacement", r)));
+            let mask = MaskField::init(config.into_iter().collect()).expect("valid config");
+            for spelling in ["-0", "1E2", "12", "-12", "18446744073709551616", "1e400"] {
+                let record = Record::from_value(format!(r#"{{"n": {spelling}, "m": 1}}"#));
+                let in_place = mask.clone().apply(&info, record.clone());
+                let by_document = mask.apply_to_document(record);
+                match (in_place, by_document) {
+                    (Ok(a), Ok(b)) => {
+                        assert_eq!(
+                            a.unwrap().json_value(),
+                            b.unwrap().json_value(),
+                            "{spelling}"
+                        )
+                    }
+                    (Err(_), Err(_)) => {}
+                    (a, b) => panic!("{spelling}: {a:?} against {b:?}"),
+                }
             }
         }
     }
