@@ -8,6 +8,9 @@
 //!   (or was handled by the error policy). A source that must acknowledge upstream (an MQTT
 //!   PUBACK, deleting a spooled file) does it for the previous poll's records at the start of
 //!   the next poll: what it acknowledges is never lost.
+//! - Unless it answers [`Source::polls_ahead`] with true: then `poll` runs again while the
+//!   previous poll's records are appended (one poll in flight at most), and
+//!   [`Source::acknowledge`] says, in poll order, when a poll's records are durable.
 //! - The worker stores the position of the last record of each batch it appends, in the same
 //!   append as the records; after a crash or a restart `init` gets the newest stored position.
 //!   Records emitted after it are not in the log and must be produced again.
@@ -51,6 +54,25 @@ pub trait Source: Sized + Send + 'static {
     /// available now (the worker polls again shortly). An error fails the task, which the
     /// worker restarts with backoff from the last position the log holds.
     fn poll(&mut self, max: u32) -> Result<Vec<SourceRecord>, String>;
+
+    /// Whether the appliance may poll again while the records of the previous poll are still
+    /// being made durable, so that polling and transforms overlap the disk's flush; asked once,
+    /// after `init`. Leave it false when `poll` acknowledges anything upstream (a broker's
+    /// message, a file moved or deleted): with it true, the next `poll` can come before the
+    /// records it would acknowledge are durable, and a crash then loses them. A source whose
+    /// position alone says where to resume (a generator, a file read by offset) can answer
+    /// true; one that must acknowledge does so in [`acknowledge`](Self::acknowledge).
+    fn polls_ahead(&self) -> bool {
+        false
+    }
+
+    /// The records of every poll up to the one that ended at `position` are durable in the
+    /// log: called in poll order, for each poll that produced records, when
+    /// [`polls_ahead`](Self::polls_ahead) is true. An error fails the task.
+    fn acknowledge(&mut self, position: Vec<u8>) -> Result<(), String> {
+        let _ = position;
+        Ok(())
+    }
 }
 
 /// A sink connector task, exported with [`#[sink]`](crate::sink).

@@ -202,6 +202,15 @@ pub mod __private {
         slot.with(|instance| instance.poll(max))?
     }
 
+    pub fn source_polls_ahead<T: Source>(slot: &Slot<T>) -> bool {
+        slot.with(|instance| instance.polls_ahead())
+            .unwrap_or(false)
+    }
+
+    pub fn source_acknowledge<T: Source>(slot: &Slot<T>, position: Vec<u8>) -> Result<(), String> {
+        slot.with(|instance| instance.acknowledge(position))?
+    }
+
     pub fn sink_plan<T: Sink>(config: Pairs, max_tasks: u32) -> Result<Vec<Pairs>, String> {
         T::plan(Config::new(config), max_tasks).map(pairs_of)
     }

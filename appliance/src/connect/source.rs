@@ -10,7 +10,11 @@
 //! scanned for this task's tags: the newest one found is where the plugin resumes. A crash
 //! before an append is durable replays those records from the plugin; after, they are found.
 //! The plugin is polled again only once the previous poll's records are durable, which is
-//! also the backpressure: a slow or full disk stops the polling, nothing is buffered.
+//! also the backpressure: a slow or full disk stops the polling, nothing more is buffered. A
+//! plugin that polls ahead (`source-acknowledger.polls-ahead`) is polled and its records
+//! transformed while the previous poll's records are appended, one poll in flight at most,
+//! and is told in `acknowledge` when they are durable; its position alone says where to
+//! resume, so a crash with a poll in flight replays it from the plugin like any other.
 //!
 //! Records a transform re-routes to another topic are appended before the connector's own
 //! batch; after a crash between the two they are written again (at least once for those).
@@ -91,15 +95,19 @@ pub(super) async fn run(task: &Task) -> Result<(), TaskError> {
             progress.position.as_deref(),
         )
         .await?;
-    let mut worker = Worker {
+    let worker = Worker {
         task,
         steps,
+        partition: progress.partition,
+    };
+    let appender = Appender {
+        task,
         progress,
         key: key(task.spec.id, task.index),
         tag: Bytes::from(tag(task.spec.id, task.index)),
     };
     task.cell.update(|s| s.state = State::Running);
-    worker.run(instance).await
+    worker.run(appender, instance).await
 }
 
 /// The task's progress: the stored one, moved up to the newest tag in the partition's tail.
@@ -171,56 +179,105 @@ async fn recover(task: &Task) -> Result<SourceProgress, TaskError> {
     Ok(progress)
 }
 
+/// Polls the plugin and runs the transforms.
 struct Worker<'t> {
     task: &'t Task,
     steps: Vec<transform::Step>,
+    /// The partition of the connector's topic the task writes.
+    partition: u32,
+}
+
+/// Appends prepared polls and records the task's progress.
+struct Appender<'t> {
+    task: &'t Task,
     progress: SourceProgress,
     key: String,
     tag: Bytes,
 }
 
+/// One poll's records, transformed and routed, ready to be appended.
+struct Prepared {
+    /// How many records the poll brought.
+    count: usize,
+    /// Records for the connector's topic, by their index in the poll.
+    own: Vec<(i64, log::Record)>,
+    /// Records a transform re-routed, and dead letters.
+    routed: Vec<(TopicName, log::Record)>,
+    /// The position after each record of the poll.
+    positions: Vec<Bytes>,
+}
+
 impl Worker<'_> {
-    async fn run(&mut self, mut instance: plugin::SourceInstance) -> Result<(), TaskError> {
+    /// Polls, transforms and appends until an error. A poll's records are appended while the
+    /// next poll runs when the plugin polls ahead; otherwise the next poll waits for them.
+    async fn run(
+        mut self,
+        mut appender: Appender<'_>,
+        mut instance: plugin::SourceInstance,
+    ) -> Result<(), TaskError> {
         let mut idle = IDLE_MIN;
+        let mut pending = None;
         loop {
-            let polled =
-                instance
-                    .poll(MAX_POLL)
-                    .await?
-                    .map_err(|message| TaskError::PluginFailed {
-                        plugin: format!("source plugin {:?}", instance.plugin()),
-                        message,
-                    })?;
-            if polled.records.is_empty() {
-                tokio::time::sleep(idle).await;
-                idle = (idle * 2).min(IDLE_MAX);
-                continue;
+            let (appended, next) = if instance.polls_ahead() {
+                tokio::join!(appender.append(pending.take()), self.poll(&mut instance))
+            } else {
+                // Only once the records are durable may the plugin acknowledge them upstream,
+                // which it does in its next poll.
+                let appended = appender.append(pending.take()).await?;
+                (Ok(appended), self.poll(&mut instance).await)
+            };
+            if let Some(position) = appended? {
+                let verdict = instance.acknowledge(&position).await?;
+                verdict.map_err(|message| plugin_failed(&instance, message))?;
             }
-            idle = IDLE_MIN;
-            if polled.positions.len() != polled.records.len()
-                || polled.records.len() > MAX_POLL as usize
-            {
-                return Err(TaskError::Plugin(PluginError::Contract {
-                    plugin: instance.plugin().to_owned(),
-                    detail: format!(
-                        "it emitted {} records for a poll of at most {MAX_POLL}",
-                        polled.records.len()
-                    ),
-                }));
+            match next? {
+                Some(prepared) => {
+                    idle = IDLE_MIN;
+                    pending = Some(prepared);
+                }
+                None => {
+                    tokio::time::sleep(idle).await;
+                    idle = (idle * 2).min(IDLE_MAX);
+                }
             }
-            self.store(polled).await?;
         }
     }
 
-    /// Transforms and appends one poll's records, then records the position after them.
-    async fn store(&mut self, polled: Polled) -> Result<(), TaskError> {
+    /// One poll, transformed and routed; none when it brought nothing.
+    async fn poll(
+        &mut self,
+        instance: &mut plugin::SourceInstance,
+    ) -> Result<Option<Prepared>, TaskError> {
+        let polled = instance
+            .poll(MAX_POLL)
+            .await?
+            .map_err(|message| plugin_failed(instance, message))?;
+        if polled.records.is_empty() {
+            return Ok(None);
+        }
+        if polled.positions.len() != polled.records.len()
+            || polled.records.len() > MAX_POLL as usize
+        {
+            return Err(TaskError::Plugin(PluginError::Contract {
+                plugin: instance.plugin().to_owned(),
+                detail: format!(
+                    "it emitted {} records for a poll of at most {MAX_POLL}",
+                    polled.records.len()
+                ),
+            }));
+        }
+        self.prepare(polled).await.map(Some)
+    }
+
+    /// Transforms and routes one poll's records, applying the error policy.
+    async fn prepare(&mut self, polled: Polled) -> Result<Prepared, TaskError> {
         let task = self.task;
         let spec = &task.spec;
         let count = polled.records.len();
         task.cell.update(|s| s.records_in += count as u64);
         let info = BatchInfo {
             topic: spec.topic.to_string(),
-            partition: self.progress.partition,
+            partition: self.partition,
         };
         let originals: Vec<log::Record> = if spec.errors == ErrorPolicy::Dlq {
             polled
@@ -261,58 +318,12 @@ impl Worker<'_> {
             }
             own.retain(|(offset, _)| rejected.iter().all(|r| r.offset != *offset));
         }
-        for (topic, records) in group_by_topic(routed) {
-            append_elsewhere(&task.context.log, &topic, task.index, records).await?;
-        }
-        let written = own.len() as u64;
-        self.append_own(own, count as u64 - 1, &polled.positions)
-            .await?;
-        task.context
-            .meta
-            .put_unflushed(Table::ConnectorProgress, &self.key, &self.progress)
-            .map_err(TaskError::meta("recording the task's position"))?;
-        task.cell.update(|s| s.records_out += written);
-        Ok(())
-    }
-
-    /// Appends the records for the connector's topic, durably, each batch tagged with the
-    /// position after the last source record it completes.
-    async fn append_own(
-        &mut self,
-        own: Vec<(i64, log::Record)>,
-        last: u64,
-        positions: &[Bytes],
-    ) -> Result<(), TaskError> {
-        let task = self.task;
-        let partition = PartitionId(self.progress.partition);
-        let tag = &self.tag;
-        let end = append_in_batches(
-            &task.context.log,
-            &task.spec.topic,
-            partition,
+        Ok(Prepared {
+            count,
             own,
-            last,
-            |to, record| {
-                let position = positions
-                    .get(to as usize)
-                    .ok_or_else(|| TaskError::Permanent("a batch ends past the poll".to_owned()))?;
-                record.headers.push(Header {
-                    key: SOURCE_TAG_HEADER.to_owned(),
-                    value: Some(tag.clone()),
-                });
-                record.headers.push(Header {
-                    key: POSITION_HEADER.to_owned(),
-                    value: Some(position.clone()),
-                });
-                Ok(())
-            },
-        )
-        .await?;
-        if let Some(end) = end {
-            self.progress.end = end.0;
-        }
-        self.progress.position = positions.get(last as usize).map(|p| p.to_vec());
-        Ok(())
+            routed,
+            positions: polled.positions,
+        })
     }
 
     fn dead_letter(
@@ -331,7 +342,7 @@ impl Worker<'_> {
             };
             let letter = transform::dead_letter(
                 &spec.name,
-                (&spec.topic, PartitionId(self.progress.partition)),
+                (&spec.topic, PartitionId(self.partition)),
                 rejection.offset,
                 original,
                 rejection,
@@ -380,6 +391,82 @@ impl Worker<'_> {
             ));
         }
         Ok(topic)
+    }
+}
+
+impl Appender<'_> {
+    /// Appends a prepared poll durably and records the position after it, which it returns.
+    async fn append(&mut self, prepared: Option<Prepared>) -> Result<Option<Bytes>, TaskError> {
+        let Some(Prepared {
+            count,
+            own,
+            routed,
+            positions,
+        }) = prepared
+        else {
+            return Ok(None);
+        };
+        let task = self.task;
+        for (topic, records) in group_by_topic(routed) {
+            append_elsewhere(&task.context.log, &topic, task.index, records).await?;
+        }
+        let written = own.len() as u64;
+        let last = count as u64 - 1;
+        self.append_own(own, last, &positions).await?;
+        task.context
+            .meta
+            .put_unflushed(Table::ConnectorProgress, &self.key, &self.progress)
+            .map_err(TaskError::meta("recording the task's position"))?;
+        task.cell.update(|s| s.records_out += written);
+        Ok(positions.get(last as usize).cloned())
+    }
+
+    /// Appends the records for the connector's topic, durably, each batch tagged with the
+    /// position after the last source record it completes.
+    async fn append_own(
+        &mut self,
+        own: Vec<(i64, log::Record)>,
+        last: u64,
+        positions: &[Bytes],
+    ) -> Result<(), TaskError> {
+        let task = self.task;
+        let partition = PartitionId(self.progress.partition);
+        let tag = &self.tag;
+        let end = append_in_batches(
+            &task.context.log,
+            &task.spec.topic,
+            partition,
+            own,
+            last,
+            |to, record| {
+                let position = positions
+                    .get(to as usize)
+                    .ok_or_else(|| TaskError::Permanent("a batch ends past the poll".to_owned()))?;
+                record.headers.push(Header {
+                    key: SOURCE_TAG_HEADER.to_owned(),
+                    value: Some(tag.clone()),
+                });
+                record.headers.push(Header {
+                    key: POSITION_HEADER.to_owned(),
+                    value: Some(position.clone()),
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        if let Some(end) = end {
+            self.progress.end = end.0;
+        }
+        self.progress.position = positions.get(last as usize).map(|p| p.to_vec());
+        Ok(())
+    }
+}
+
+/// The plugin's own error, which fails the task with its message.
+fn plugin_failed(instance: &plugin::SourceInstance, message: String) -> TaskError {
+    TaskError::PluginFailed {
+        plugin: format!("source plugin {:?}", instance.plugin()),
+        message,
     }
 }
 

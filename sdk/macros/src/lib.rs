@@ -68,34 +68,53 @@ pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// source connector.
 #[proc_macro_attribute]
 pub fn source(attr: TokenStream, item: TokenStream) -> TokenStream {
-    export(attr, item, "source", "source", "Source", |name| {
-        quote! {
-            impl exports::appliance::plugin::source_connector::Guest for Exports {
-                fn plan(
-                    config: ::appliance_sdk::__private::Pairs,
-                    max_tasks: u32,
-                ) -> ::std::result::Result<
-                    ::std::vec::Vec<::appliance_sdk::__private::Pairs>,
-                    ::std::string::String,
-                > {
-                    ::appliance_sdk::__private::source_plan::<super::#name>(config, max_tasks)
+    export(
+        attr,
+        item,
+        "source",
+        "acknowledging-source",
+        "Source",
+        |name| {
+            quote! {
+                impl exports::appliance::plugin::source_acknowledger::Guest for Exports {
+                    fn polls_ahead() -> bool {
+                        ::appliance_sdk::__private::source_polls_ahead(&SLOT)
+                    }
+
+                    fn acknowledge(position: ::std::vec::Vec<u8>)
+                        -> ::std::result::Result<(), ::std::string::String>
+                    {
+                        ::appliance_sdk::__private::source_acknowledge(&SLOT, position)
+                    }
                 }
 
-                fn init(
-                    config: ::appliance_sdk::__private::Pairs,
-                    resume_after: ::std::option::Option<::std::vec::Vec<u8>>,
-                ) -> ::std::result::Result<(), ::std::string::String> {
-                    ::appliance_sdk::__private::source_init(&SLOT, config, resume_after)
-                }
+                impl exports::appliance::plugin::source_connector::Guest for Exports {
+                    fn plan(
+                        config: ::appliance_sdk::__private::Pairs,
+                        max_tasks: u32,
+                    ) -> ::std::result::Result<
+                        ::std::vec::Vec<::appliance_sdk::__private::Pairs>,
+                        ::std::string::String,
+                    > {
+                        ::appliance_sdk::__private::source_plan::<super::#name>(config, max_tasks)
+                    }
 
-                fn poll(max: u32) -> ::std::result::Result<(), ::std::string::String> {
-                    let records = ::appliance_sdk::__private::source_poll(&SLOT, max)?;
-                    appliance::plugin::source_output::emit(&records);
-                    Ok(())
+                    fn init(
+                        config: ::appliance_sdk::__private::Pairs,
+                        resume_after: ::std::option::Option<::std::vec::Vec<u8>>,
+                    ) -> ::std::result::Result<(), ::std::string::String> {
+                        ::appliance_sdk::__private::source_init(&SLOT, config, resume_after)
+                    }
+
+                    fn poll(max: u32) -> ::std::result::Result<(), ::std::string::String> {
+                        let records = ::appliance_sdk::__private::source_poll(&SLOT, max)?;
+                        appliance::plugin::source_output::emit(&records);
+                        Ok(())
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Exports the annotated type, which implements `appliance_sdk::Sink`, as the plugin's sink

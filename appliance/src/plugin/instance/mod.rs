@@ -65,7 +65,7 @@ mod bindings {
             package appliance:host;
             world plugins {
                 include appliance:plugin/stateful-transform@0.1.0;
-                include appliance:plugin/source@0.1.0;
+                include appliance:plugin/acknowledging-source@0.1.0;
                 include appliance:plugin/sink@0.1.0;
             }
         ",
@@ -79,7 +79,7 @@ mod bindings {
 use bindings::appliance::plugin::host::{Host, Level};
 pub use bindings::appliance::plugin::types::{BatchInfo, RecordError};
 use bindings::exports::appliance::plugin::{
-    config_schema, sink_connector, source_connector, transformer,
+    config_schema, sink_connector, source_acknowledger, source_connector, transformer,
 };
 
 const STATE_IMPORT: &str = "appliance:plugin/state@0.1.0";
@@ -90,6 +90,7 @@ const MAX_KEY_LEN: usize = 256;
 const TRANSFORMER_EXPORT: &str = "appliance:plugin/transformer@0.1.0";
 const ENCODED_TRANSFORMER_EXPORT: &str = "appliance:plugin/encoded-transformer@0.1.0";
 const SINK_EXPORT: &str = "appliance:plugin/sink-connector@0.1.0";
+const SOURCE_ACKNOWLEDGER_EXPORT: &str = "appliance:plugin/source-acknowledger@0.1.0";
 /// The export names of the plugin worlds, as they appear in a component's type.
 const WORLD_EXPORTS: [(&str, PluginKind); 3] = [
     (TRANSFORMER_EXPORT, PluginKind::Transform),
@@ -131,7 +132,11 @@ enum Exports {
         /// `encoded-transformer.process`, where the component exports it.
         encoded: Option<ComponentExportIndex>,
     },
-    Source(source_connector::GuestIndices),
+    Source {
+        indices: source_connector::GuestIndices,
+        /// `source-acknowledger`, where the component exports it.
+        acknowledger: Option<source_acknowledger::GuestIndices>,
+    },
     Sink {
         indices: sink_connector::GuestIndices,
         put: ComponentExportIndex,
@@ -163,9 +168,16 @@ pub fn prepare(
                 .map(|_| function(ENCODED_TRANSFORMER_EXPORT, "process"))
                 .transpose()?,
         },
-        PluginKind::Source => {
-            Exports::Source(source_connector::GuestIndices::new(&pre).map_err(mismatch)?)
-        }
+        PluginKind::Source => Exports::Source {
+            indices: source_connector::GuestIndices::new(&pre).map_err(mismatch)?,
+            acknowledger: component
+                .get_export_index(None, SOURCE_ACKNOWLEDGER_EXPORT)
+                .map(|_| source_acknowledger::GuestIndices::new(&pre))
+                .transpose()
+                .map_err(|e| {
+                    format!("its export {SOURCE_ACKNOWLEDGER_EXPORT} does not match the ABI: {e:#}")
+                })?,
+        },
         PluginKind::Sink => Exports::Sink {
             indices: sink_connector::GuestIndices::new(&pre).map_err(mismatch)?,
             put: function(SINK_EXPORT, "put")?,
@@ -228,7 +240,7 @@ impl Prepared {
     pub fn kind(&self) -> PluginKind {
         match self.exports {
             Exports::Transform { .. } => PluginKind::Transform,
-            Exports::Source(_) => PluginKind::Source,
+            Exports::Source { .. } => PluginKind::Source,
             Exports::Sink { .. } => PluginKind::Sink,
         }
     }
@@ -352,7 +364,7 @@ pub(super) async fn plan(
 ) -> Result<Vec<Vec<(String, String)>>, PluginError> {
     let plugin = spec.plugin.to_owned();
     let (_, _, planned) = match &prepared.exports {
-        Exports::Source(indices) => {
+        Exports::Source { indices, .. } => {
             Sandbox::start(engine, prepared, spec, async |store, instance, config| {
                 let guest = indices.load(&mut *store, instance)?;
                 let planned = guest.call_plan(&mut *store, config, max_tasks).await?;
@@ -387,6 +399,8 @@ pub struct Polled {
 pub struct SourceInstance {
     sandbox: Sandbox,
     guest: source_connector::Guest,
+    /// The plugin's `source-acknowledger`, kept only when it answered that it polls ahead.
+    acknowledger: Option<source_acknowledger::Guest>,
 }
 
 impl std::fmt::Debug for SourceInstance {
@@ -405,17 +419,54 @@ impl SourceInstance {
         spec: InstanceSpec<'_>,
         resume_after: Option<&[u8]>,
     ) -> Result<Self, PluginError> {
-        let Exports::Source(indices) = &prepared.exports else {
+        let Exports::Source {
+            indices,
+            acknowledger,
+        } = &prepared.exports
+        else {
             return Err(wrong_world(prepared, spec.plugin, PluginKind::Source));
         };
-        let (sandbox, _, guest) =
+        let (sandbox, _, (guest, acknowledger)) =
             Sandbox::start(engine, prepared, spec, async |store, instance, config| {
                 let guest = indices.load(&mut *store, instance)?;
                 let verdict = guest.call_init(&mut *store, config, resume_after).await?;
-                Ok((guest, verdict))
+                let mut polls_ahead = None;
+                if verdict.is_ok()
+                    && let Some(indices) = acknowledger
+                {
+                    let acknowledger = indices.load(&mut *store, instance)?;
+                    if acknowledger.call_polls_ahead(&mut *store).await? {
+                        polls_ahead = Some(acknowledger);
+                    }
+                }
+                Ok(((guest, polls_ahead), verdict))
             })
             .await?;
-        Ok(Self { sandbox, guest })
+        Ok(Self {
+            sandbox,
+            guest,
+            acknowledger,
+        })
+    }
+
+    /// Whether the task may poll again before the last poll's records are durable
+    /// (`source-acknowledger.polls-ahead`).
+    pub fn polls_ahead(&self) -> bool {
+        self.acknowledger.is_some()
+    }
+
+    /// Tells a source that polls ahead that the records of its polls up to the one that ended
+    /// at `position` are durable. `Ok(Err(_))` is the plugin's own error.
+    pub async fn acknowledge(
+        &mut self,
+        position: &[u8],
+    ) -> Result<Result<(), String>, PluginError> {
+        let Some(acknowledger) = &self.acknowledger else {
+            return Ok(Ok(()));
+        };
+        self.sandbox
+            .call(async |store| Ok(acknowledger.call_acknowledge(&mut *store, position).await?))
+            .await
     }
 
     /// Polls for up to `max` records. `Ok(Err(_))` is the plugin's own error (its task
