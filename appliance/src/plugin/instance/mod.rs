@@ -465,7 +465,15 @@ impl SourceInstance {
             return Ok(Ok(()));
         };
         self.sandbox
-            .call(async |store| Ok(acknowledger.call_acknowledge(&mut *store, position).await?))
+            .call(async |store| {
+                let verdict = acknowledger.call_acknowledge(&mut *store, position).await?;
+                if !store.data().output.is_empty() {
+                    return Err(CallError::Contract(
+                        "it emitted records in acknowledge; a source emits only in poll".to_owned(),
+                    ));
+                }
+                Ok(verdict)
+            })
             .await
     }
 
