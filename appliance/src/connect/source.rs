@@ -197,13 +197,11 @@ struct Appender<'t> {
 
 /// One poll's records, transformed and routed, ready to be appended.
 struct Prepared {
-    /// How many records the poll brought.
-    count: usize,
     /// Records for the connector's topic, by their index in the poll.
     own: Vec<(i64, log::Record)>,
     /// Records a transform re-routed, and dead letters.
     routed: Vec<(TopicName, log::Record)>,
-    /// The position after each record of the poll.
+    /// The position after each record of the poll (one at least).
     positions: Vec<Bytes>,
 }
 
@@ -319,7 +317,6 @@ impl Worker<'_> {
             own.retain(|(offset, _)| rejected.iter().all(|r| r.offset != *offset));
         }
         Ok(Prepared {
-            count,
             own,
             routed,
             positions: polled.positions,
@@ -398,7 +395,6 @@ impl Appender<'_> {
     /// Appends a prepared poll durably and records the position after it, which it returns.
     async fn append(&mut self, prepared: Option<Prepared>) -> Result<Option<Bytes>, TaskError> {
         let Some(Prepared {
-            count,
             own,
             routed,
             positions,
@@ -411,7 +407,7 @@ impl Appender<'_> {
             append_elsewhere(&task.context.log, &topic, task.index, records).await?;
         }
         let written = own.len() as u64;
-        let last = count as u64 - 1;
+        let last = positions.len() as u64 - 1;
         self.append_own(own, last, &positions).await?;
         task.context
             .meta

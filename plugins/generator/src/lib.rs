@@ -88,13 +88,14 @@ impl Generator {
         // Written directly rather than through a JSON document or `format!`: a bench source
         // must cost little per record. Every part is a number or a fixed ASCII name, so no
         // escaping.
+        let mut digits = itoa::Buffer::new();
+        let sensor = digits.format(seq % self.sensors).as_bytes();
         let mut key = b"sensor-".to_vec();
-        let sensor = seq % self.sensors;
         key.extend(std::iter::repeat_n(
             b'0',
-            4usize.saturating_sub(decimal_digits(sensor)),
+            4usize.saturating_sub(sensor.len()),
         ));
-        key.extend_from_slice(itoa::Buffer::new().format(sensor).as_bytes());
+        key.extend_from_slice(sensor);
         let mut value = Vec::with_capacity(self.bytes.max(64));
         value.extend_from_slice(br#"{"sensor":""#);
         value.extend_from_slice(&key);
@@ -119,10 +120,6 @@ impl Generator {
             position: (seq + 1).to_be_bytes().to_vec(),
         }
     }
-}
-
-fn decimal_digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 /// Appends `units / scale` (`scale` 10 or 100) as `{:?}` writes that `f64`: the shortest

@@ -170,24 +170,18 @@ pub fn prepare(
         },
         PluginKind::Source => Exports::Source {
             indices: source_connector::GuestIndices::new(&pre).map_err(mismatch)?,
-            acknowledger: component
-                .get_export_index(None, SOURCE_ACKNOWLEDGER_EXPORT)
-                .map(|_| source_acknowledger::GuestIndices::new(&pre))
-                .transpose()
-                .map_err(|e| {
-                    format!("its export {SOURCE_ACKNOWLEDGER_EXPORT} does not match the ABI: {e:#}")
-                })?,
+            acknowledger: optional_export(component, SOURCE_ACKNOWLEDGER_EXPORT, || {
+                source_acknowledger::GuestIndices::new(&pre)
+            })?,
         },
         PluginKind::Sink => Exports::Sink {
             indices: sink_connector::GuestIndices::new(&pre).map_err(mismatch)?,
             put: function(SINK_EXPORT, "put")?,
         },
     };
-    let config_schema = component
-        .get_export_index(None, CONFIG_SCHEMA_EXPORT)
-        .map(|_| config_schema::GuestIndices::new(&pre))
-        .transpose()
-        .map_err(|e| format!("its export {CONFIG_SCHEMA_EXPORT} does not match the ABI: {e:#}"))?;
+    let config_schema = optional_export(component, CONFIG_SCHEMA_EXPORT, || {
+        config_schema::GuestIndices::new(&pre)
+    })?;
     let uses_state = component
         .component_type()
         .imports(linker.engine())
@@ -203,6 +197,20 @@ pub fn prepare(
         exports,
         config_schema,
     })
+}
+
+/// The indices of an interface the component may export: none when it does not, an error
+/// when it does with functions of other types than the ABI's.
+fn optional_export<T>(
+    component: &Component,
+    export: &str,
+    indices: impl FnOnce() -> wasmtime::Result<T>,
+) -> Result<Option<T>, String> {
+    component
+        .get_export_index(None, export)
+        .map(|_| indices())
+        .transpose()
+        .map_err(|e| format!("its export {export} does not match the ABI: {e:#}"))
 }
 
 /// The configuration keys the plugin declares secret, asked of an instance of its own.
@@ -430,16 +438,15 @@ impl SourceInstance {
             Sandbox::start(engine, prepared, spec, async |store, instance, config| {
                 let guest = indices.load(&mut *store, instance)?;
                 let verdict = guest.call_init(&mut *store, config, resume_after).await?;
-                let mut polls_ahead = None;
-                if verdict.is_ok()
-                    && let Some(indices) = acknowledger
-                {
-                    let acknowledger = indices.load(&mut *store, instance)?;
-                    if acknowledger.call_polls_ahead(&mut *store).await? {
-                        polls_ahead = Some(acknowledger);
+                let acknowledger = match acknowledger {
+                    Some(indices) if verdict.is_ok() => {
+                        let acknowledger = indices.load(&mut *store, instance)?;
+                        let polls_ahead = acknowledger.call_polls_ahead(&mut *store).await?;
+                        polls_ahead.then_some(acknowledger)
                     }
-                }
-                Ok(((guest, polls_ahead), verdict))
+                    _ => None,
+                };
+                Ok(((guest, acknowledger), verdict))
             })
             .await?;
         Ok(Self {
@@ -475,6 +482,7 @@ impl SourceInstance {
                 Ok(verdict)
             })
             .await
+            .map(|verdict| verdict.map_err(|message| self.sandbox.refused.explain(message)))
     }
 
     /// Polls for up to `max` records. `Ok(Err(_))` is the plugin's own error (its task
