@@ -11,10 +11,13 @@
 //! before an append is durable replays those records from the plugin; after, they are found.
 //! The plugin is polled again only once the previous poll's records are durable, which is
 //! also the backpressure: a slow or full disk stops the polling, nothing more is buffered. A
-//! plugin that polls ahead (`source-acknowledger.polls-ahead`) is polled and its records
-//! transformed while the previous poll's records are appended, one poll in flight at most,
-//! and is told in `acknowledge` when they are durable; its position alone says where to
-//! resume, so a crash with a poll in flight replays it from the plugin like any other.
+//! plugin that polls ahead (`source-acknowledger.polls-ahead`) runs in three stages instead:
+//! it is polled while its previous poll is transformed and the one before that appended, two
+//! polls in flight at most, and is told in `acknowledge` when a poll's records are durable;
+//! its position alone says where to resume, so a crash with polls in flight replays them from
+//! the plugin like any other. Its poll and its transforms then run on tokio tasks of their own,
+//! spawned for each poll and aborted with the source task, so that with two cores polling,
+//! transforms and appends run side by side rather than on the task's one thread.
 //!
 //! Records a transform re-routes to another topic are appended before the connector's own
 //! batch; after a crash between the two they are written again (at least once for those).
@@ -23,6 +26,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{
     OUTPUT_BATCH_SHARE, POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task, append_elsewhere,
@@ -179,7 +183,7 @@ async fn recover(task: &Task) -> Result<SourceProgress, TaskError> {
     Ok(progress)
 }
 
-/// Polls the plugin and runs the transforms.
+/// Runs the transforms over the plugin's polls.
 struct Worker<'t> {
     task: &'t Task,
     steps: Vec<transform::Step>,
@@ -206,69 +210,83 @@ struct Prepared {
 }
 
 impl Worker<'_> {
-    /// Polls, transforms and appends until an error. A poll's records are appended while the
-    /// next poll runs when the plugin polls ahead; otherwise the next poll waits for them.
+    /// Polls, transforms and appends until an error.
     async fn run(
+        self,
+        appender: Appender<'_>,
+        instance: plugin::SourceInstance,
+    ) -> Result<(), TaskError> {
+        if instance.polls_ahead() {
+            self.run_ahead(appender, instance).await
+        } else {
+            self.run_in_step(appender, instance).await
+        }
+    }
+
+    /// Each poll is appended before the next: only once its records are durable may the
+    /// plugin acknowledge them upstream, which it does in its next poll.
+    async fn run_in_step(
         mut self,
         mut appender: Appender<'_>,
         mut instance: plugin::SourceInstance,
     ) -> Result<(), TaskError> {
-        let mut idle = IDLE_MIN;
-        let mut pending = None;
+        let mut idle = Idle::default();
         loop {
-            let (appended, next) = if instance.polls_ahead() {
-                tokio::join!(appender.append(pending.take()), self.poll(&mut instance))
-            } else {
-                // Only once the records are durable may the plugin acknowledge them upstream,
-                // which it does in its next poll.
-                let appended = appender.append(pending.take()).await?;
-                (Ok(appended), self.poll(&mut instance).await)
+            let Some(polled) = poll(&mut instance).await? else {
+                idle.wait().await;
+                continue;
             };
+            idle.reset();
+            let prepared = self.prepare(Some(polled), false).await?;
+            appender.append(prepared).await?;
+        }
+    }
+
+    /// Polls while the previous poll is transformed and the one before it appended, and
+    /// acknowledges each poll once its records are durable.
+    async fn run_ahead(
+        mut self,
+        mut appender: Appender<'_>,
+        mut instance: plugin::SourceInstance,
+    ) -> Result<(), TaskError> {
+        let mut idle = Idle::default();
+        let mut polled = None;
+        let mut prepared = None;
+        loop {
+            let (appended, transformed, lent) = tokio::join!(
+                appender.append(prepared.take()),
+                self.prepare(polled.take(), true),
+                on_own_task("the source's poll", async move {
+                    let next = poll(&mut instance).await;
+                    (instance, next)
+                }),
+            );
+            let next;
+            (instance, next) = lent?;
             if let Some(position) = appended? {
                 let verdict = instance.acknowledge(&position).await?;
                 verdict.map_err(|message| plugin_failed(&instance, message))?;
             }
-            match next? {
-                Some(prepared) => {
-                    idle = IDLE_MIN;
-                    pending = Some(prepared);
-                }
-                None => {
-                    tokio::time::sleep(idle).await;
-                    idle = (idle * 2).min(IDLE_MAX);
-                }
+            prepared = transformed?;
+            polled = next?;
+            if polled.is_some() {
+                idle.reset();
+            } else if prepared.is_none() {
+                idle.wait().await;
             }
         }
     }
 
-    /// One poll, transformed and routed; none when it brought nothing.
-    async fn poll(
+    /// Transforms and routes one poll's records, applying the error policy; the transforms
+    /// on a task of their own when `apart`.
+    async fn prepare(
         &mut self,
-        instance: &mut plugin::SourceInstance,
+        polled: Option<Polled>,
+        apart: bool,
     ) -> Result<Option<Prepared>, TaskError> {
-        let polled = instance
-            .poll(MAX_POLL)
-            .await?
-            .map_err(|message| plugin_failed(instance, message))?;
-        if polled.records.is_empty() {
+        let Some(polled) = polled else {
             return Ok(None);
-        }
-        if polled.positions.len() != polled.records.len()
-            || polled.records.len() > MAX_POLL as usize
-        {
-            return Err(TaskError::Plugin(PluginError::Contract {
-                plugin: instance.plugin().to_owned(),
-                detail: format!(
-                    "it emitted {} records for a poll of at most {MAX_POLL}",
-                    polled.records.len()
-                ),
-            }));
-        }
-        self.prepare(polled).await.map(Some)
-    }
-
-    /// Transforms and routes one poll's records, applying the error policy.
-    async fn prepare(&mut self, polled: Polled) -> Result<Prepared, TaskError> {
+        };
         let task = self.task;
         let spec = &task.spec;
         let count = polled.records.len();
@@ -290,7 +308,7 @@ impl Worker<'_> {
         let ChainOutput {
             records,
             mut rejected,
-        } = transform::run_chain(&mut self.steps, &info, polled.records, spec.errors).await?;
+        } = self.transform(info, polled.records, apart).await?;
         let mut own: Vec<(i64, log::Record)> = Vec::with_capacity(records.len());
         let mut routed: Vec<(TopicName, log::Record)> = Vec::new();
         let mut max_bytes = HashMap::new();
@@ -316,11 +334,34 @@ impl Worker<'_> {
             }
             own.retain(|(offset, _)| rejected.iter().all(|r| r.offset != *offset));
         }
-        Ok(Prepared {
+        Ok(Some(Prepared {
             own,
             routed,
             positions: polled.positions,
+        }))
+    }
+
+    /// Runs the transforms over a poll's records, on a task of their own when `apart` (the
+    /// steps lent to it and given back with its output), so that they can run on another core
+    /// than the polls and appends beside them.
+    async fn transform(
+        &mut self,
+        info: BatchInfo,
+        records: Vec<plugin::Record>,
+        apart: bool,
+    ) -> Result<ChainOutput, TaskError> {
+        let policy = self.task.spec.errors;
+        if !apart || self.steps.is_empty() {
+            return transform::run_chain(&mut self.steps, &info, records, policy).await;
+        }
+        let mut steps = std::mem::take(&mut self.steps);
+        let output;
+        (self.steps, output) = on_own_task("the source's transforms", async move {
+            let output = transform::run_chain(&mut steps, &info, records, policy).await;
+            (steps, output)
         })
+        .await?;
+        output
     }
 
     fn dead_letter(
@@ -455,6 +496,65 @@ impl Appender<'_> {
         }
         self.progress.position = positions.get(last as usize).map(|p| p.to_vec());
         Ok(())
+    }
+}
+
+/// One poll of the plugin; none when it brought nothing.
+async fn poll(instance: &mut plugin::SourceInstance) -> Result<Option<Polled>, TaskError> {
+    let polled = instance
+        .poll(MAX_POLL)
+        .await?
+        .map_err(|message| plugin_failed(instance, message))?;
+    if polled.records.is_empty() {
+        return Ok(None);
+    }
+    if polled.positions.len() != polled.records.len() || polled.records.len() > MAX_POLL as usize {
+        return Err(TaskError::Plugin(PluginError::Contract {
+            plugin: instance.plugin().to_owned(),
+            detail: format!(
+                "it emitted {} records for a poll of at most {MAX_POLL}",
+                polled.records.len()
+            ),
+        }));
+    }
+    Ok(Some(polled))
+}
+
+/// Runs `stage` on a tokio task of its own, aborted if this future is dropped; a panic in it
+/// goes on in the caller. Both stages a source that polls ahead runs beside its appends, the
+/// poll and the transforms, go on tasks of their own: a task spawned from a worker thread
+/// waits in that worker's one-task slot, which no other worker takes from, until the next
+/// spawn moves it to the worker's queue, from which an idle worker does take.
+async fn on_own_task<T: Send + 'static>(
+    name: &'static str,
+    stage: impl Future<Output = T> + Send + 'static,
+) -> Result<T, TaskError> {
+    match AbortOnDropHandle::new(tokio::spawn(stage)).await {
+        Ok(output) => Ok(output),
+        Err(ended) if ended.is_panic() => std::panic::resume_unwind(ended.into_panic()),
+        Err(_) => Err(TaskError::StageStopped(name)),
+    }
+}
+
+/// The wait before polling again once polls bring nothing: from [`IDLE_MIN`], doubling up to
+/// [`IDLE_MAX`] while they go on bringing nothing.
+#[derive(Debug)]
+struct Idle(std::time::Duration);
+
+impl Default for Idle {
+    fn default() -> Self {
+        Self(IDLE_MIN)
+    }
+}
+
+impl Idle {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(IDLE_MAX);
+    }
+
+    fn reset(&mut self) {
+        self.0 = IDLE_MIN;
     }
 }
 

@@ -229,32 +229,37 @@ async fn a_trapping_source_fails_with_its_reason_while_another_runs() {
     setup.close().await;
 }
 
-/// A source that polls ahead is polled while its previous poll is appended, one poll in flight
-/// at most, and is told of each poll once its records are durable, in order (the plugin fails
-/// its task otherwise).
+/// A source that polls ahead is polled while its previous poll is transformed and the one
+/// before it appended, two polls in flight at most, and is told of each poll once its records
+/// are durable, in order (the plugin fails its task otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_polls_ahead_is_acknowledged_each_poll_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let setup = setup(dir.path()).await;
     setup.add_fault_source().await;
-    setup
-        .connectors
-        .create(source(
-            "ahead",
-            "fault-source",
-            "ahead",
-            &[("mode", "ahead")],
-        ))
-        .await
-        .unwrap();
+    let mut ahead = source("ahead", "fault-source", "ahead", &[("mode", "ahead")]);
+    // With a transform, which then runs on a task of its own.
+    ahead.transforms = vec![TransformSpec {
+        plugin: "insert-header".to_owned(),
+        config: pairs(&[("header", "seen"), ("value.literal", "yes")]),
+    }];
+    setup.connectors.create(ahead).await.unwrap();
     let status = wait_for_task(&setup.connectors, "ahead", |t| {
         t.records_out >= 50 || t.state.failure().is_some()
     })
     .await;
     assert!(status.state.failure().is_none(), "{status:?}");
     setup.connectors.pause("ahead").await.unwrap();
-    let polls: Vec<String> = read_all(&setup.log, "ahead")
-        .await
+    let records = read_all(&setup.log, "ahead").await;
+    assert!(
+        records.iter().all(|r| r
+            .record
+            .headers
+            .iter()
+            .any(|h| h.key == "seen" && h.value.as_deref() == Some(&b"yes"[..]))),
+        "every record went through the transform"
+    );
+    let polls: Vec<String> = records
         .iter()
         .map(|r| String::from_utf8(r.record.value.as_deref().unwrap().to_vec()).unwrap())
         .collect();
@@ -262,14 +267,14 @@ async fn a_source_that_polls_ahead_is_acknowledged_each_poll_in_order() {
         .map(|poll| {
             format!(
                 "poll {poll} after acknowledgement {}",
-                poll.saturating_sub(2)
+                poll.saturating_sub(3)
             )
         })
         .collect();
     assert_eq!(
         polls, expected,
-        "each poll came while the one before it was appended, after the one before that was \
-         acknowledged"
+        "each poll came while the one before it was transformed and the one before that \
+         appended, after the one before those was acknowledged"
     );
     setup.close().await;
 }

@@ -47,6 +47,10 @@ pub enum TaskError {
     /// The configuration or the data makes the task fail the same way on every try.
     #[error("{0}")]
     Permanent(String),
+    /// A task's stage that runs on a tokio task of its own was cancelled under it, which only
+    /// the runtime's own shutdown does.
+    #[error("{0} was stopped")]
+    StageStopped(&'static str),
 }
 
 /// The helpers for `map_err` below describe what the task was doing only once it failed:
@@ -98,7 +102,8 @@ impl Classified for TaskError {
             | Self::Meta { .. }
             | Self::Plugin(_)
             | Self::PluginFailed { .. }
-            | Self::Commit(_) => Recovery::Restart,
+            | Self::Commit(_)
+            | Self::StageStopped(_) => Recovery::Restart,
         }
     }
 }
@@ -133,5 +138,8 @@ mod tests {
             TaskError::Permanent("fans out too far".into()).recovery(),
             Recovery::Never
         );
+        let stopped = TaskError::StageStopped("the source's poll");
+        assert_eq!(stopped.recovery(), Recovery::Restart);
+        assert_eq!(stopped.to_string(), "the source's poll was stopped");
     }
 }
