@@ -10,8 +10,8 @@
 //!   the next poll: what it acknowledges is never lost.
 //! - Unless it answers [`Source::polls_ahead`] with true: then `poll` runs again while the
 //!   previous poll is transformed and the one before it appended (two polls in flight at
-//!   most), and
-//!   [`Source::acknowledge`] says, in poll order, when a poll's records are durable.
+//!   most), and [`Source::acknowledge`] says, in poll order, when a poll's records are
+//!   durable.
 //! - The worker stores the position of the last record of each batch it appends, in the same
 //!   append as the records; after a crash or a restart `init` gets the newest stored position.
 //!   Records emitted after it are not in the log and must be produced again.

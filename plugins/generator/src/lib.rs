@@ -76,7 +76,8 @@ impl Source for Generator {
     }
 
     /// Record `n` is the same whenever it is made and the position says which comes next, so
-    /// nothing needs acknowledging: the appliance may poll while the last poll is appended.
+    /// nothing needs acknowledging: the appliance may poll while earlier polls are still
+    /// transformed and appended.
     fn polls_ahead(&self) -> bool {
         true
     }
