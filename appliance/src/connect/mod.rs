@@ -767,6 +767,31 @@ async fn append_elsewhere(
     Ok(())
 }
 
+/// The wait before a connector task looks for work again after finding none: from 10 ms,
+/// doubling up to 250 ms while it goes on finding none.
+#[derive(Debug)]
+struct Idle(Duration);
+
+impl Idle {
+    const MIN: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_millis(250);
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::MIN;
+    }
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Self(Self::MIN)
+    }
+}
+
 /// Backoff after the `attempt`th failed try of something the task retries itself.
 fn retry_backoff(attempt: u32) -> Duration {
     const MAX: Duration = Duration::from_secs(5);

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Task, append_elsewhere, retry_backoff};
+use super::{Idle, Task, append_elsewhere, retry_backoff};
 use crate::log::{self, LogError, Offset, PartitionId, StoredRecord};
 use crate::meta::GroupId;
 use crate::plugin::{self, BatchInfo, PluginError, RecordError};
@@ -29,8 +29,6 @@ const MAX_PUT_RETRIES: u32 = 8;
 const FLUSH_BYTES: usize = 8 << 20;
 /// At the latest this long after the first unflushed put, the same.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
-const IDLE_MIN: Duration = Duration::from_millis(10);
-const IDLE_MAX: Duration = Duration::from_millis(250);
 
 pub(super) async fn run(task: &Task) -> Result<(), TaskError> {
     let context = &task.context;
@@ -77,7 +75,7 @@ struct Unflushed {
 
 impl Worker<'_> {
     async fn run(&mut self) -> Result<(), TaskError> {
-        let mut idle = IDLE_MIN;
+        let mut idle = Idle::default();
         loop {
             self.assign()?;
             let mut delivered = false;
@@ -94,10 +92,9 @@ impl Worker<'_> {
                 self.flush_and_commit().await?;
             }
             if delivered {
-                idle = IDLE_MIN;
+                idle.reset();
             } else {
-                tokio::time::sleep(idle).await;
-                idle = (idle * 2).min(IDLE_MAX);
+                idle.wait().await;
             }
         }
     }

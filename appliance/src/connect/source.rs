@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{
-    OUTPUT_BATCH_SHARE, POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task, append_elsewhere,
-    append_in_batches,
+    Idle, OUTPUT_BATCH_SHARE, POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task,
+    append_elsewhere, append_in_batches,
 };
 use crate::log::{self, Header, Offset, PartitionId, TopicName};
 use crate::meta::{Meta, MetaError, Table};
@@ -40,9 +40,6 @@ use crate::transform::{self, ChainOutput, ErrorPolicy, Rejection, TaskError};
 
 /// At most this many records per poll.
 const MAX_POLL: u32 = 4096;
-/// The wait after a poll that brought nothing, doubling while idle up to [`IDLE_MAX`].
-const IDLE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
-const IDLE_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What a source task has durably done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -533,28 +530,6 @@ async fn on_own_task<T: Send + 'static>(
         Ok(output) => Ok(output),
         Err(ended) if ended.is_panic() => std::panic::resume_unwind(ended.into_panic()),
         Err(_) => Err(TaskError::StageStopped(name)),
-    }
-}
-
-/// The wait before polling again once polls bring nothing: from [`IDLE_MIN`], doubling up to
-/// [`IDLE_MAX`] while they go on bringing nothing.
-#[derive(Debug)]
-struct Idle(std::time::Duration);
-
-impl Default for Idle {
-    fn default() -> Self {
-        Self(IDLE_MIN)
-    }
-}
-
-impl Idle {
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(IDLE_MAX);
-    }
-
-    fn reset(&mut self) {
-        self.0 = IDLE_MIN;
     }
 }
 
