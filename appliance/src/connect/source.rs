@@ -26,7 +26,6 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio_util::task::AbortOnDropHandle;
 
 use super::{
     Idle, OUTPUT_BATCH_SHARE, POSITION_HEADER, SOURCE_TAG_HEADER, SourceOffset, Task,
@@ -250,13 +249,15 @@ impl Worker<'_> {
         let mut polled = None;
         let mut prepared = None;
         loop {
-            let (appended, transformed, lent) = tokio::join!(
-                appender.append(prepared.take()),
-                self.prepare(polled.take(), true),
-                on_own_task("the source's poll", async move {
+            // `join!` polls in order: the stages on tasks of their own first, so that they are
+            // spawned before the append's work holds this thread.
+            let (lent, transformed, appended) = tokio::join!(
+                transform::on_own_task("the source's poll", async move {
                     let next = poll(&mut instance).await;
                     (instance, next)
                 }),
+                self.prepare(polled.take(), true),
+                appender.append(prepared.take()),
             );
             let next;
             (instance, next) = lent?;
@@ -348,17 +349,11 @@ impl Worker<'_> {
         apart: bool,
     ) -> Result<ChainOutput, TaskError> {
         let policy = self.task.spec.errors;
-        if !apart || self.steps.is_empty() {
-            return transform::run_chain(&mut self.steps, &info, records, policy).await;
+        if apart {
+            transform::run_chain_apart(&mut self.steps, info, records, policy).await
+        } else {
+            transform::run_chain(&mut self.steps, &info, records, policy).await
         }
-        let mut steps = std::mem::take(&mut self.steps);
-        let output;
-        (self.steps, output) = on_own_task("the source's transforms", async move {
-            let output = transform::run_chain(&mut steps, &info, records, policy).await;
-            (steps, output)
-        })
-        .await?;
-        output
     }
 
     fn dead_letter(
@@ -515,22 +510,6 @@ async fn poll(instance: &mut plugin::SourceInstance) -> Result<Option<Polled>, T
         }));
     }
     Ok(Some(polled))
-}
-
-/// Runs `stage` on a tokio task of its own, aborted if this future is dropped; a panic in it
-/// goes on in the caller. Both stages a source that polls ahead runs beside its appends, the
-/// poll and the transforms, go on tasks of their own: a task spawned from a worker thread
-/// waits in that worker's one-task slot, which no other worker takes from, until the next
-/// spawn moves it to the worker's queue, from which an idle worker does take.
-async fn on_own_task<T: Send + 'static>(
-    name: &'static str,
-    stage: impl Future<Output = T> + Send + 'static,
-) -> Result<T, TaskError> {
-    match AbortOnDropHandle::new(tokio::spawn(stage)).await {
-        Ok(output) => Ok(output),
-        Err(ended) if ended.is_panic() => std::panic::resume_unwind(ended.into_panic()),
-        Err(_) => Err(TaskError::StageStopped(name)),
-    }
 }
 
 /// The plugin's own error, which fails the task with its message.

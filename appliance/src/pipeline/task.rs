@@ -1,7 +1,8 @@
 //! The task that runs one source partition of a pipeline: read, transform, route, append,
-//! record progress. The appends of a few batches are in flight while the next batch is read
-//! and transformed, and the batch after it is read and decoded on a blocking thread while
-//! this one is transformed; a batch's progress is recorded, in order, once its appends are
+//! record progress. Three batches move at once: one's chain runs on a tokio task of its own
+//! while the batch before it is routed, encoded and submitted on the partition's task, and
+//! the batch after it is read and decoded on a blocking thread; the appends of a few batches
+//! are in flight beside them. A batch's progress is recorded, in order, once its appends are
 //! durable, and its state changes (the window's, or a stateful plugin's) are appended to the
 //! changelog after the rest of its output.
 
@@ -91,6 +92,14 @@ impl ReadAhead {
         });
         Self { from, chunk }
     }
+}
+
+/// A source batch through its chain, not yet submitted: it is routed and submitted while the
+/// next batch's chain runs.
+struct Transformed {
+    records: Vec<StoredRecord>,
+    range: SourceRange,
+    output: ChainOutput,
 }
 
 /// Appends submitted for one source batch, and what to record once they are durable.
@@ -307,6 +316,7 @@ impl Worker<'_> {
         let task = self.task;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut read_ahead: Option<ReadAhead> = None;
+        let mut transformed: Option<Transformed> = None;
         self.skip_deleted(source);
         self.forget_written_before(self.progress.next);
         if let Some(end) = self
@@ -322,6 +332,13 @@ impl Worker<'_> {
             s.next_offset = next;
         });
         loop {
+            let next_is_decoded = read_ahead
+                .as_ref()
+                .is_some_and(|ahead| ahead.from == next && ahead.chunk.is_finished());
+            if !next_is_decoded && let Some(batch) = transformed.take() {
+                // No batch to transform beside it yet: submitted now rather than after the read.
+                self.submit(batch, &mut in_flight).await?;
+            }
             let ahead = match read_ahead.take() {
                 Some(ahead) if ahead.from == next => tokio::select! {
                     _ = task.stop.cancelled() => break,
@@ -332,6 +349,9 @@ impl Worker<'_> {
             let chunk = match ahead {
                 Some(chunk) => chunk,
                 None => {
+                    if let Some(batch) = transformed.take() {
+                        self.submit(batch, &mut in_flight).await?;
+                    }
                     let read = tokio::select! {
                         _ = task.stop.cancelled() => break,
                         read = source.read_wait(Offset(next), READ_BYTES, READ_WAIT) => read,
@@ -375,27 +395,70 @@ impl Worker<'_> {
             };
             let range = (first.offset.0, last.offset.0);
             read_ahead = Some(ReadAhead::start(source, range.1 + 1));
-            let output = self.transform(&records).await?;
-            let (appends, changelog, records_out) = self.append(&records, range, output).await?;
-            in_flight.push_back(InFlight {
-                appends,
-                changelog,
-                next: range.1 + 1,
-                records_out,
-            });
-            if in_flight.len() > MAX_IN_FLIGHT
-                && let Some(done) = in_flight.pop_front()
-            {
-                self.finish(done).await?;
-            }
+            // This batch's chain runs on a task of its own while the batch before it is routed,
+            // encoded and submitted here.
+            let input = records.iter().map(to_plugin_record).collect();
+            let mut steps = std::mem::take(&mut self.steps);
+            let chain =
+                transform::run_chain_apart(&mut steps, self.batch_info(), input, task.spec.errors);
+            let before = transformed.take();
+            let submitted = async {
+                match before {
+                    Some(batch) => self.submit(batch, &mut in_flight).await,
+                    None => Ok(()),
+                }
+            };
+            // The chain first: `join!` polls in order, and its first poll spawns the chain's task.
+            let (output, submitted) = tokio::join!(chain, submitted);
+            self.steps = steps;
+            submitted?;
+            let output = self.after_chain(&records, output?)?;
             task.status.update(|s| s.records_in += records.len() as u64);
+            transformed = Some(Transformed {
+                records,
+                range,
+                output,
+            });
             next = range.1 + 1;
             if self.snapshot_due() {
+                if let Some(batch) = transformed.take() {
+                    self.submit(batch, &mut in_flight).await?;
+                }
                 self.finish_all(&mut in_flight).await?;
                 self.snapshot()?;
             }
         }
+        if let Some(batch) = transformed.take() {
+            self.submit(batch, &mut in_flight).await?;
+        }
         self.finish_all(&mut in_flight).await
+    }
+
+    /// Submits a transformed batch's appends; with more than [`MAX_IN_FLIGHT`] batches in
+    /// flight, waits until the oldest is durable and records its progress.
+    async fn submit(
+        &mut self,
+        batch: Transformed,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<(), TaskError> {
+        let Transformed {
+            records,
+            range,
+            output,
+        } = batch;
+        let (appends, changelog, records_out) = self.append(&records, range, output).await?;
+        in_flight.push_back(InFlight {
+            appends,
+            changelog,
+            next: range.1 + 1,
+            records_out,
+        });
+        if in_flight.len() > MAX_IN_FLIGHT
+            && let Some(done) = in_flight.pop_front()
+        {
+            self.finish(done).await?;
+        }
+        Ok(())
     }
 
     async fn finish_all(&mut self, in_flight: &mut VecDeque<InFlight>) -> Result<(), TaskError> {
@@ -420,14 +483,20 @@ impl Worker<'_> {
         }
     }
 
-    async fn transform(&mut self, records: &[StoredRecord]) -> Result<ChainOutput, TaskError> {
-        let info = BatchInfo {
+    fn batch_info(&self) -> BatchInfo {
+        BatchInfo {
             topic: self.task.spec.from.to_string(),
             partition: self.task.partition.0,
-        };
-        let input: Vec<plugin::Record> = records.iter().map(to_plugin_record).collect();
-        let mut output =
-            transform::run_chain(&mut self.steps, &info, input, self.task.spec.errors).await?;
+        }
+    }
+
+    /// What follows the chain: the window step, and a stateful plugin's changes for the
+    /// changelog.
+    fn after_chain(
+        &mut self,
+        records: &[StoredRecord],
+        mut output: ChainOutput,
+    ) -> Result<ChainOutput, TaskError> {
         if let Some(window) = &mut self.window {
             let (records, rejected) = window
                 .operator

@@ -5,6 +5,7 @@
 //! rest of the batch is transformed again without it.
 
 use regex::Regex;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::join::{TABLE_JOIN, TableJoin};
 use super::{ErrorPolicy, TaskError};
@@ -173,6 +174,46 @@ pub async fn run(
         output.records = run_step(step, info, output.records, policy, &mut output.rejected).await?;
     }
     Ok(output)
+}
+
+/// Runs every step over the batch on a tokio task of its own, the steps lent to it and given
+/// back with its output, so that the chain runs on another core than the work its caller does
+/// meanwhile (an empty chain runs in place). Steps lent to a task that did not finish are
+/// gone: the caller's task fails and starts its chain anew.
+pub async fn run_apart(
+    steps: &mut Vec<Step>,
+    info: BatchInfo,
+    records: Vec<Record>,
+    policy: ErrorPolicy,
+) -> Result<ChainOutput, TaskError> {
+    if steps.is_empty() {
+        return run(steps, &info, records, policy).await;
+    }
+    let mut lent = std::mem::take(steps);
+    let output;
+    (*steps, output) = on_own_task("the transform chain", async move {
+        let output = run(&mut lent, &info, records, policy).await;
+        (lent, output)
+    })
+    .await?;
+    output
+}
+
+/// Runs `stage` on a tokio task of its own, aborted if this future is dropped; a panic in it
+/// goes on in the caller. A task spawned from a worker thread waits in that worker's one-task
+/// slot, which other workers do not take from, until this worker is free: an empty task
+/// spawned after it moves it to the worker's queue, from which an idle worker takes it at once.
+pub async fn on_own_task<T: Send + 'static>(
+    name: &'static str,
+    stage: impl Future<Output = T> + Send + 'static,
+) -> Result<T, TaskError> {
+    let stage = AbortOnDropHandle::new(tokio::spawn(stage));
+    tokio::spawn(std::future::ready(()));
+    match stage.await {
+        Ok(output) => Ok(output),
+        Err(ended) if ended.is_panic() => std::panic::resume_unwind(ended.into_panic()),
+        Err(_) => Err(TaskError::StageStopped(name)),
+    }
 }
 
 async fn run_step(

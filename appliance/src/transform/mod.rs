@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::log::TopicName;
 use crate::plugin::{Limits, PluginError, PluginKind, Plugins};
 
-pub use chain::{ChainOutput, Predicate, Rejection, Step, Transformer, run as run_chain};
+pub use chain::{
+    ChainOutput, Predicate, Rejection, Step, Transformer, on_own_task, run as run_chain,
+    run_apart as run_chain_apart,
+};
 pub use error::TaskError;
 pub use records::{
     SourceRange, cut_by_size, dead_letter, ensure_topic, hops, record_size, to_log_record,
