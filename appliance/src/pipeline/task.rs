@@ -127,6 +127,9 @@ struct StateLog {
     snapshot_key: String,
     snapshot_taken: Instant,
     snapshot_interval: Duration,
+    /// Where the source resumes and the changelog's end by the last snapshot this run stored:
+    /// while both are unchanged, the state is too, and storing it again is skipped.
+    snapshot_covers: Option<(u64, u64)>,
 }
 
 pub(super) struct PartitionTask {
@@ -274,6 +277,7 @@ impl PartitionTask {
             snapshot_key,
             snapshot_taken: Instant::now(),
             snapshot_interval,
+            snapshot_covers: None,
         };
         Ok((window, Some(state)))
     }
@@ -352,9 +356,16 @@ impl Worker<'_> {
                     if let Some(batch) = transformed.take() {
                         self.submit(batch, &mut in_flight).await?;
                     }
+                    // With appends in flight, a read at the end of the source returns at once:
+                    // their progress is recorded now, not after a wait for new records.
+                    let wait = if in_flight.is_empty() {
+                        self.idle_wait()
+                    } else {
+                        Duration::ZERO
+                    };
                     let read = tokio::select! {
                         _ = task.stop.cancelled() => break,
-                        read = source.read_wait(Offset(next), READ_BYTES, READ_WAIT) => read,
+                        read = source.read_wait(Offset(next), READ_BYTES, wait) => read,
                     };
                     let chunk = match read {
                         Err(LogError::OffsetOutOfRange { log_start, .. })
@@ -376,8 +387,13 @@ impl Worker<'_> {
                         self.settle_ends()
                             .map_err(TaskError::meta("recording progress"))?;
                         self.advance_idle_if_due().await?;
-                        if self.snapshot_due() {
-                            self.snapshot()?;
+                        if self.snapshot_due() && self.snapshot()? {
+                            // The source is idle: the new snapshot goes to disk now rather
+                            // than with the metadata store's next flush.
+                            task.meta
+                                .flush()
+                                .await
+                                .map_err(TaskError::meta("storing the state snapshot"))?;
                         }
                         continue;
                     }
@@ -755,10 +771,30 @@ impl Worker<'_> {
             .is_some_and(|s| s.snapshot_taken.elapsed() >= s.snapshot_interval)
     }
 
-    /// Stores the state, which with nothing in flight is what the changelog holds.
-    fn snapshot(&mut self) -> Result<(), TaskError> {
+    /// How long a read at the end of the source waits for new records: at most until the next
+    /// snapshot falls due while the state has moved since the last one, so that a source that
+    /// goes quiet has its state snapshotted within `snapshot-interval`.
+    fn idle_wait(&self) -> Duration {
+        match &self.state {
+            Some(state)
+                if state
+                    .snapshot_covers
+                    .is_none_or(|(resume_at, _)| resume_at != self.progress.next) =>
+            {
+                let due_in = state
+                    .snapshot_interval
+                    .saturating_sub(state.snapshot_taken.elapsed());
+                due_in.min(READ_WAIT)
+            }
+            _ => READ_WAIT,
+        }
+    }
+
+    /// Stores the state, which with nothing in flight is what the changelog holds, unless the
+    /// last snapshot stored the same. Returns whether it stored one.
+    fn snapshot(&mut self) -> Result<bool, TaskError> {
         let Some(state) = &mut self.state else {
-            return Ok(());
+            return Ok(false);
         };
         state.snapshot_taken = Instant::now();
         let changelog_next = self
@@ -769,6 +805,10 @@ impl Worker<'_> {
             .high_watermark()
             .0;
         let resume_at = self.progress.next;
+        if state.snapshot_covers == Some((resume_at, changelog_next)) {
+            return Ok(false);
+        }
+        state.snapshot_covers = Some((resume_at, changelog_next));
         let (meta, key) = (&self.task.meta, &state.snapshot_key);
         let storing = TaskError::meta("storing the state snapshot");
         if let Some(window) = &self.window {
@@ -778,7 +818,8 @@ impl Worker<'_> {
                 state: window.operator.state(),
             };
             meta.put_unflushed(Table::PipelineProgress, key, &snapshot)
-                .map_err(storing)
+                .map_err(storing)?;
+            Ok(true)
         } else if let Some(store) = state
             .plugin_step
             .and_then(|step| self.steps[step].transformer.state())
@@ -789,9 +830,10 @@ impl Worker<'_> {
                 state: state::StoreImage::of(store),
             };
             meta.put_unflushed(Table::PipelineProgress, key, &snapshot)
-                .map_err(storing)
+                .map_err(storing)?;
+            Ok(true)
         } else {
-            Ok(())
+            Ok(false)
         }
     }
 
