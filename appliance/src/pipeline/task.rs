@@ -339,9 +339,9 @@ impl Worker<'_> {
             let next_is_decoded = read_ahead
                 .as_ref()
                 .is_some_and(|ahead| ahead.from == next && ahead.chunk.is_finished());
-            if !next_is_decoded && let Some(batch) = transformed.take() {
+            if !next_is_decoded {
                 // No batch to transform beside it yet: submitted now rather than after the read.
-                self.submit(batch, &mut in_flight).await?;
+                self.submit(transformed.take(), &mut in_flight).await?;
             }
             let ahead = match read_ahead.take() {
                 Some(ahead) if ahead.from == next => tokio::select! {
@@ -353,9 +353,7 @@ impl Worker<'_> {
             let chunk = match ahead {
                 Some(chunk) => chunk,
                 None => {
-                    if let Some(batch) = transformed.take() {
-                        self.submit(batch, &mut in_flight).await?;
-                    }
+                    self.submit(transformed.take(), &mut in_flight).await?;
                     // With appends in flight, a read at the end of the source returns at once:
                     // their progress is recorded now, not after a wait for new records.
                     let wait = if in_flight.is_empty() {
@@ -417,13 +415,7 @@ impl Worker<'_> {
             let mut steps = std::mem::take(&mut self.steps);
             let chain =
                 transform::run_chain_apart(&mut steps, self.batch_info(), input, task.spec.errors);
-            let before = transformed.take();
-            let submitted = async {
-                match before {
-                    Some(batch) => self.submit(batch, &mut in_flight).await,
-                    None => Ok(()),
-                }
-            };
+            let submitted = self.submit(transformed.take(), &mut in_flight);
             // The chain first: `join!` polls in order, and its first poll spawns the chain's task.
             let (output, submitted) = tokio::join!(chain, submitted);
             self.steps = steps;
@@ -437,31 +429,31 @@ impl Worker<'_> {
             });
             next = range.1 + 1;
             if self.snapshot_due() {
-                if let Some(batch) = transformed.take() {
-                    self.submit(batch, &mut in_flight).await?;
-                }
+                self.submit(transformed.take(), &mut in_flight).await?;
                 self.finish_all(&mut in_flight).await?;
                 self.snapshot()?;
             }
         }
-        if let Some(batch) = transformed.take() {
-            self.submit(batch, &mut in_flight).await?;
-        }
+        self.submit(transformed.take(), &mut in_flight).await?;
         self.finish_all(&mut in_flight).await
     }
 
-    /// Submits a transformed batch's appends; with more than [`MAX_IN_FLIGHT`] batches in
-    /// flight, waits until the oldest is durable and records its progress.
+    /// Submits the appends of the transformed batch, if there is one; with more than
+    /// [`MAX_IN_FLIGHT`] batches in flight, waits until the oldest is durable and records its
+    /// progress.
     async fn submit(
         &mut self,
-        batch: Transformed,
+        batch: Option<Transformed>,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<(), TaskError> {
-        let Transformed {
+        let Some(Transformed {
             records,
             range,
             output,
-        } = batch;
+        }) = batch
+        else {
+            return Ok(());
+        };
         let (appends, changelog, records_out) = self.append(&records, range, output).await?;
         in_flight.push_back(InFlight {
             appends,
@@ -805,13 +797,13 @@ impl Worker<'_> {
             .high_watermark()
             .0;
         let resume_at = self.progress.next;
-        if state.snapshot_covers == Some((resume_at, changelog_next)) {
+        let covers = (resume_at, changelog_next);
+        if state.snapshot_covers == Some(covers) {
             return Ok(false);
         }
-        state.snapshot_covers = Some((resume_at, changelog_next));
         let (meta, key) = (&self.task.meta, &state.snapshot_key);
         let storing = TaskError::meta("storing the state snapshot");
-        if let Some(window) = &self.window {
+        let stored = if let Some(window) = &self.window {
             let snapshot = state::Snapshot {
                 changelog_next,
                 resume_at,
@@ -819,7 +811,7 @@ impl Worker<'_> {
             };
             meta.put_unflushed(Table::PipelineProgress, key, &snapshot)
                 .map_err(storing)?;
-            Ok(true)
+            true
         } else if let Some(store) = state
             .plugin_step
             .and_then(|step| self.steps[step].transformer.state())
@@ -831,10 +823,14 @@ impl Worker<'_> {
             };
             meta.put_unflushed(Table::PipelineProgress, key, &snapshot)
                 .map_err(storing)?;
-            Ok(true)
+            true
         } else {
-            Ok(false)
+            false
+        };
+        if stored {
+            state.snapshot_covers = Some(covers);
         }
+        Ok(stored)
     }
 
     /// Drops the ranges found by the start scan that end before `next`: no record before it is
