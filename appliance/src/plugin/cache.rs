@@ -1,6 +1,8 @@
 //! Compiled components on disk, keyed by the component's SHA-256 and the engine's
 //! compatibility hash, so a restart (or the same bytes added under another name) does not
 //! compile again, and a different wasmtime or engine configuration never loads a stale file.
+//! Opening the cache deletes every other file in it: code an earlier engine compiled (after
+//! an upgrade) and partial writes of a killed process would otherwise stay forever.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
@@ -21,11 +23,35 @@ impl ComponentCache {
         create_dir(&dir)?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Self {
+        let cache = Self {
             engine: engine.clone(),
             dir,
             engine_tag: format!("{:016x}", hasher.finish()),
-        })
+        };
+        cache.remove_stale();
+        Ok(cache)
+    }
+
+    /// Deletes what this engine never loads: only this module writes the directory, and
+    /// before any plugin is compiled, so nothing removed here is in use.
+    fn remove_stale(&self) {
+        let current = format!("-{}.cwasm", self.engine_tag);
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let stale = entry
+                .file_name()
+                .to_str()
+                .is_none_or(|name| !name.ends_with(&current));
+            if stale && let Err(error) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(
+                    path = %entry.path().display(),
+                    %error,
+                    "cannot delete a stale compiled plugin"
+                );
+            }
+        }
     }
 
     /// Removes the compiled code of a component that is no longer stored.

@@ -96,12 +96,17 @@ async fn a_builtin_filter_runs_and_is_cached_on_disk() {
         "{rejected}"
     );
     drop((instance, filter, plugins));
+    let stale = ["0123-00000000000000ff.cwasm", ".tmpAbC123"];
+    for name in stale {
+        std::fs::write(dir.path().join("plugin-cache").join(name), b"stale").unwrap();
+    }
     let restarted = open(dir.path());
     restarted.get("filter").await.unwrap();
     assert_eq!(
         cache(),
         compiled,
-        "a restart loads the compiled code, not compiling again"
+        "a restart loads the compiled code, not compiling again, and deletes what another \
+         engine compiled or a killed write left"
     );
 }
 
