@@ -15,7 +15,8 @@ use super::{PluginError, create_dir, write_durably};
 pub struct ComponentCache {
     engine: wasmtime::Engine,
     dir: PathBuf,
-    engine_tag: String,
+    /// `-<engine tag>.cwasm`: what every file this engine loads is named with.
+    file_suffix: String,
 }
 
 impl ComponentCache {
@@ -26,7 +27,7 @@ impl ComponentCache {
         let cache = Self {
             engine: engine.clone(),
             dir,
-            engine_tag: format!("{:016x}", hasher.finish()),
+            file_suffix: format!("-{:016x}.cwasm", hasher.finish()),
         };
         cache.remove_stale();
         Ok(cache)
@@ -35,7 +36,6 @@ impl ComponentCache {
     /// Deletes what this engine never loads: only this module writes the directory, and
     /// before any plugin is compiled, so nothing removed here is in use.
     fn remove_stale(&self) {
-        let current = format!("-{}.cwasm", self.engine_tag);
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -43,7 +43,7 @@ impl ComponentCache {
             let stale = entry
                 .file_name()
                 .to_str()
-                .is_none_or(|name| !name.ends_with(&current));
+                .is_none_or(|name| !name.ends_with(&self.file_suffix));
             if stale && let Err(error) = std::fs::remove_file(entry.path()) {
                 tracing::warn!(
                     path = %entry.path().display(),
@@ -63,7 +63,7 @@ impl ComponentCache {
     }
 
     fn path(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{digest}-{}.cwasm", self.engine_tag))
+        self.dir.join(format!("{digest}{}", self.file_suffix))
     }
 
     /// The compiled component for `bytes`: loaded from the cache, or validated, compiled and
